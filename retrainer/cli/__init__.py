@@ -1,0 +1,50 @@
+"""Thin click front-ends. Shared here: turning library errors into one line and an exit code.
+
+Only this package imports click. TensorFlow is imported inside the commands, so `--help` is instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+
+from retrainer.errors import EXIT_INTERRUPTED, RetrainerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ start-up chatter unless the user asked for it."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def configure_logging(verbosity: str) -> None:
+    """Logs go to stderr; results go to stdout."""
+    logging.basicConfig(
+        level=getattr(logging, verbosity.upper()),
+        format="%(levelname)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def reports_errors(command: F) -> F:
+    """Map `RetrainerError` to 'Error: ...' on stderr plus its exit code; Ctrl-C to exit 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except RetrainerError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(error.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+
+    return wrapper  # type: ignore[return-value]

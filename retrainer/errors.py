@@ -1,0 +1,46 @@
+"""Error hierarchy and the exit codes the command-line tools map it to.
+
+Library code raises these for user mistakes (bad flags, paths, data, models); the CLI catches them
+once, prints a one-line message and exits with the error's documented code. Anything else is a bug
+and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_BUG = 1  # unexpected internal error (Python traceback)
+EXIT_USAGE = 2  # bad flag value, missing or unwritable path
+EXIT_DATA = 3  # unusable dataset: no classes, clashing labels, no decodable images
+EXIT_MODEL = 4  # model or graph unusable: missing weights package, corrupt file, unknown op
+EXIT_UNREADABLE_IMAGES = 5  # label-image: some inputs could not be classified (the rest were)
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
+
+
+class RetrainerError(Exception):
+    """A user-facing error: the message says what was expected, what was found and what to do."""
+
+    exit_code: int = EXIT_USAGE
+
+
+class UsageError(RetrainerError):
+    """A flag value or path the user gave cannot be used."""
+
+    exit_code = EXIT_USAGE
+
+
+class DataError(RetrainerError):
+    """The image folder cannot produce a classifier (too few classes, no images, ...)."""
+
+    exit_code = EXIT_DATA
+
+
+class ModelError(RetrainerError):
+    """A feature extractor, weights file or exported graph cannot be loaded or used."""
+
+    exit_code = EXIT_MODEL
+
+
+class UnreadableImagesError(RetrainerError):
+    """Some inputs could not be read; the others were processed and reported."""
+
+    exit_code = EXIT_UNREADABLE_IMAGES

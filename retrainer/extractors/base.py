@@ -1,0 +1,58 @@
+"""The feature-extractor interface every later stage uses, and nothing model-specific beyond it.
+
+An extractor maps a float32 RGB batch [N, H, W, 3] with values in [0, 1] to bottleneck vectors
+float32 [N, D]. Normalisation lives inside the extractor, so exported graphs take [0, 1] input like
+every TF Hub image module. Extractors are `tf.Module`s so they can be traced into a `tf.function`,
+frozen into a GraphDef and saved in a SavedModel together with a trained head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import tensorflow as tf
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractorSpec:
+    """What the pipeline needs to know about an extractor, and nothing else.
+
+    Attributes:
+        name: what the user asked for (registry name, hub handle or path), for messages.
+        id: stable and filesystem-safe; changes whenever the vectors would change. Used as the
+            bottleneck cache namespace, so two extractors never share cached vectors.
+        input_size: (height, width) in pixels that `__call__` expects.
+        vector_size: D, the length of one bottleneck vector.
+    """
+
+    name: str
+    id: str
+    input_size: tuple[int, int]
+    vector_size: int
+
+    def __post_init__(self) -> None:
+        if not _SAFE_ID.match(self.id) or len(self.id) > 200:
+            raise ValueError(f"extractor id must be filesystem-safe. Received: id={self.id!r}")
+        height, width = self.input_size
+        if height <= 0 or width <= 0 or self.vector_size <= 0:
+            raise ValueError(f"input_size and vector_size must be positive. Received: {self}")
+
+
+class FeatureExtractor(tf.Module):
+    """Base class: subclasses set `self.spec` and implement `__call__`."""
+
+    spec: ExtractorSpec
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        """Compute bottleneck vectors.
+
+        Args:
+            images: float32 [N, H, W, 3], RGB in [0, 1], (H, W) == spec.input_size.
+
+        Returns:
+            float32 [N, D] with D == spec.vector_size.
+        """
+        raise NotImplementedError

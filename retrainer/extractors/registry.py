@@ -1,0 +1,71 @@
+"""Name -> extractor factory registry; `create_extractor` is the only public constructor.
+
+Built-in extractors register themselves with `@register_extractor("name")`. Anything that is not a
+registered name goes to the resolvers (TF Hub handles, local SavedModels, Keras applications), which
+are tried in registration order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Protocol
+
+from retrainer.errors import UsageError
+from retrainer.extractors.base import FeatureExtractor
+
+
+class ExtractorFactory(Protocol):
+    def __call__(self, image_size: Optional[int] = None) -> FeatureExtractor: ...
+
+
+# A resolver returns an extractor for handles it understands, or None to let the next one try.
+Resolver = Callable[[str, Optional[int]], Optional[FeatureExtractor]]
+
+_FACTORIES: dict[str, ExtractorFactory] = {}
+_RESOLVERS: list[Resolver] = []
+
+
+def register_extractor(name: str) -> Callable[[ExtractorFactory], ExtractorFactory]:
+    """Decorator registering a factory under `name` (lower-case, no spaces)."""
+
+    def decorate(factory: ExtractorFactory) -> ExtractorFactory:
+        if name in _FACTORIES:
+            raise ValueError(f"extractor {name!r} is already registered")
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorate
+
+
+def register_resolver(resolver: Resolver) -> Resolver:
+    """Decorator adding a resolver for handles that are not registered names."""
+    _RESOLVERS.append(resolver)
+    return resolver
+
+
+def list_extractors() -> list[str]:
+    """Registered built-in names, sorted."""
+    return sorted(_FACTORIES)
+
+
+def create_extractor(name_or_handle: str, image_size: Optional[int] = None) -> FeatureExtractor:
+    """Build the extractor for a registered name, hub handle/URL, or local module path.
+
+    Args:
+        name_or_handle: e.g. "efficientnet_lite0".
+        image_size: input side length for modules that accept any size; None = the module's own.
+
+    Raises:
+        UsageError: nothing knows `name_or_handle`, or `image_size` conflicts with the module.
+        ModelError: the module exists but cannot be loaded.
+    """
+    factory = _FACTORIES.get(name_or_handle)
+    if factory is not None:
+        return factory(image_size=image_size)
+    for resolve in _RESOLVERS:
+        extractor = resolve(name_or_handle, image_size)
+        if extractor is not None:
+            return extractor
+    raise UsageError(
+        f"unknown feature extractor {name_or_handle!r}: expected one of {list_extractors()}"
+        + (", a TF Hub handle or URL, or a local SavedModel directory" if _RESOLVERS else "")
+    )

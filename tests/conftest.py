@@ -1,0 +1,10 @@
+"""Shared test set-up. Fixture modules are owned per area and listed here."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+pytest_plugins = [
+    "tests.fixtures_extractors",
+    "tests.fixtures_data",
+]
