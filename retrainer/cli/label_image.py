@@ -1,0 +1,185 @@
+"""`label-image`: classify image files with a graph exported by `retrain`, for people and for scripts.
+
+Flags keep TensorFlow label_image.py's names (dash spellings work too); op names, input size and
+labels default to the export's `<graph>.meta.json`. Results go to stdout (text, `--quiet` top-1 lines
+or `--json` lines), warnings to stderr. Exit 0 when every image was classified, 5 when some could not
+be read (the rest are still printed); see docs/readme/label_image.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterable, Optional
+
+import click
+
+# retrainer.classify imports TensorFlow only when it loads a graph, so `--help` stays instant.
+from retrainer.classify import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_GRAPH,
+    DEFAULT_INPUT_LAYER,
+    DEFAULT_INPUT_MEAN,
+    DEFAULT_INPUT_STD,
+    DEFAULT_OUTPUT_LAYER,
+    DEFAULT_TOP_K,
+    LABELS_FILENAME,
+    ClassifyConfig,
+    ImageResult,
+    classify_images,
+)
+from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.discovery import IMAGE_EXTENSIONS
+from retrainer.errors import UnreadableImagesError, UsageError
+
+log = logging.getLogger("retrainer.label_image")
+
+
+def _option(name: str, **kwargs):
+    """An option under label_image.py's underscore name and its dash spelling."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    return click.option(*spellings, name, **kwargs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--image", "more_images", multiple=True, type=click.Path(path_type=Path),
+              help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
+@_option("graph", type=click.Path(path_type=Path), default=DEFAULT_GRAPH, show_default=True,
+         help="Frozen graph (.pb) written by retrain.")
+@_option("labels", type=click.Path(path_type=Path), default=None,
+         help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
+              f"{LABELS_FILENAME} next to the graph]")
+@_option("input_layer", default=None,
+         help=f"Input op name.  [default: from <graph>.meta.json, else {DEFAULT_INPUT_LAYER}]")
+@_option("output_layer", default=None,
+         help=f"Output op name.  [default: from <graph>.meta.json, else {DEFAULT_OUTPUT_LAYER}]")
+@_option("input_height", type=click.IntRange(min=1), default=None,
+         help="Input height in pixels.  [default: from <graph>.meta.json, else the graph's input shape]")
+@_option("input_width", type=click.IntRange(min=1), default=None,
+         help="Input width in pixels.  [default: from <graph>.meta.json, else the graph's input shape]")
+@_option("input_mean", type=float, default=None,
+         help=f"The graph is fed (pixel - input_mean) / input_std, pixels 0..255.  "
+              f"[default: from <graph>.meta.json, else {DEFAULT_INPUT_MEAN:g}]")
+@_option("input_std", type=float, default=None,
+         help=f"See --input_mean.  [default: from <graph>.meta.json, else {DEFAULT_INPUT_STD:g}]")
+@_option("top_k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True,
+         help="Labels to print per image.")
+@_option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+         help="Images per model run.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per image and line: path, label, score, predictions (or error).")
+@click.option("--quiet", "-q", is_flag=True,
+              help="Only the top-1 per image: 'label<TAB>score', prefixed by 'path<TAB>' when several "
+                   "images are given. No warnings.")
+@reports_errors
+def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, labels: Optional[Path],
+         input_layer: Optional[str], output_layer: Optional[str], input_height: Optional[int],
+         input_width: Optional[int], input_mean: Optional[float], input_std: Optional[float], top_k: int,
+         batch_size: int, as_json: bool, quiet: bool) -> None:
+    """Classify IMAGE files (and image files found in folders, recursively) with a retrained graph.
+
+    \b
+    Examples:
+      label-image --graph retrain_output/output_graph.pb photo.jpg
+      label-image --graph out.pb --json photos/ > labels.jsonl
+      label-image --graph out.pb --quiet photo.jpg     # -> roses<TAB>0.97312
+    """
+    if as_json and quiet:
+        raise click.UsageError("--json and --quiet are alternatives; pass one of them")
+    configure_logging("error" if quiet else "warning")
+    quiet_tensorflow()
+    paths = expand_images(images + more_images)
+    config = ClassifyConfig(
+        graph=graph, labels=labels, input_layer=input_layer, output_layer=output_layer,
+        input_height=input_height, input_width=input_width, input_mean=input_mean, input_std=input_std,
+        top_k=top_k, batch_size=batch_size,
+    )
+    several = len(paths) > 1
+    unreadable: list[ImageResult] = []
+    printed = 0
+    for result in _with_progress(classify_images(config, paths), len(paths), quiet):
+        if result.error is not None:
+            unreadable.append(result)
+            log.warning("cannot read %s: %s", result.path, result.error)
+        if as_json:
+            click.echo(json.dumps(_as_json(result)))
+        elif result.error is None:
+            click.echo(_as_text(result, several, quiet, first=printed == 0))
+            printed += 1
+    if unreadable:
+        raise UnreadableImagesError(_unreadable_summary(unreadable, len(paths)))
+
+
+def expand_images(arguments: Iterable[Path]) -> list[Path]:
+    """Files as given (missing ones are reported per image later); folders -> their image files.
+
+    Folders are searched recursively for files with an image extension, skipping hidden entries,
+    sorted by path within each folder.
+    """
+    paths: list[Path] = []
+    for argument in arguments:
+        if not argument.is_dir():
+            paths.append(argument)
+            continue
+        found = []
+        for folder, subfolders, files in os.walk(argument):
+            subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+            found += [Path(folder, name) for name in files
+                      if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+        if not found:
+            extensions = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
+            raise UsageError(f"no image files ({extensions}) in folder {argument}")
+        paths += sorted(found, key=lambda path: path.relative_to(argument).parts)
+    if not paths:
+        raise UsageError("no images given; pass image files or folders, e.g. label-image --graph out.pb photo.jpg")
+    return paths
+
+
+def _unreadable_summary(unreadable: list[ImageResult], total: int) -> str:
+    first = unreadable[0]
+    if total == 1:
+        return f"cannot read {first.path}: {first.error}"
+    classified = f"the other {total - len(unreadable)} were classified"
+    if len(unreadable) == 1:
+        return f"cannot read {first.path}: {first.error}; {classified}"
+    return f"cannot read {len(unreadable)} of {total} images (first: {first.path}: {first.error}); {classified}"
+
+
+def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> str:
+    """label_image.py's 'label score' lines; a '==> path <==' header (as `head`) when several images."""
+    best = result.predictions[0]
+    if quiet:
+        return f"{result.path}\t{best.label}\t{best.score:.5f}" if several else f"{best.label}\t{best.score:.5f}"
+    lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in result.predictions]
+    if several:
+        lines.insert(0, ("" if first else "\n") + f"==> {result.path} <==")
+    return "\n".join(lines)
+
+
+def _as_json(result: ImageResult) -> dict:
+    if result.error is not None:
+        return {"path": str(result.path), "error": result.error}
+    best = result.predictions[0]
+    return {
+        "path": str(result.path),
+        "label": best.label,
+        "score": best.score,
+        "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
+    }
+
+
+def _with_progress(results, total: int, quiet: bool):
+    """A tqdm bar on stderr, only when results go to a file or pipe and stderr is a terminal."""
+    if quiet or sys.stdout.isatty() or total <= DEFAULT_BATCH_SIZE:
+        return results
+    from tqdm import tqdm
+
+    return tqdm(results, total=total, unit="image", file=sys.stderr, disable=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Export stage: extractor + trained head as a frozen graph, labels file, metadata, SavedModel.
+
+The frozen GraphDef is what TensorFlow's label_image.py loads: input op `Placeholder`, float32
+[None, H, W, 3] RGB in [0, 1] (the extractor's own normalisation is inside the graph), output op
+`final_tensor_name` (default `final_result`), softmax probabilities float32 [None, C]. Next to it,
+`<graph>.meta.json` describes it (input size, mean/std for label_image's (x - mean) / std, tensor
+names, labels, extractor), so `label-image` needs no flags. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2,
+)
+
+from retrainer._files import replace_directory, write_bytes_atomically, write_text_atomically
+from retrainer.errors import UsageError
+from retrainer.extractors import FeatureExtractor
+from retrainer.train import SoftmaxHead
+
+GRAPH_FORMAT = "retrainer-graph/1"
+INPUT_OP = "Placeholder"
+# label_image.py feeds (pixel - input_mean) / input_std with pixels in 0..255: that is [0, 1].
+INPUT_MEAN = 0.0
+INPUT_STD = 255.0
+SIGNATURE_OUTPUT = "probabilities"
+
+
+def metadata_path(graph_path: os.PathLike[str] | str) -> Path:
+    """Where the sidecar of a graph lives: out.pb -> out.pb.meta.json."""
+    return Path(f"{os.fspath(graph_path)}.meta.json")
+
+
+def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Path:
+    """retrain.py's name for the graph stored at `step`."""
+    return Path(directory) / f"intermediate_{step}.pb"
+
+
+def write_labels(path: os.PathLike[str] | str, labels: Sequence[str]) -> None:
+    """One label per line in class-index order, trailing newline."""
+    write_text_atomically(path, "".join(f"{label}\n" for label in labels))
+
+
+class Classifier(tf.Module):
+    """Extractor + head as one function of images: what every export contains."""
+
+    def __init__(
+        self,
+        extractor: FeatureExtractor,
+        head: SoftmaxHead,
+        labels: Sequence[str],
+        final_tensor_name: str,
+    ) -> None:
+        super().__init__(name="retrained_classifier")
+        self.extractor = extractor
+        self.head = head
+        self.final_tensor_name = final_tensor_name
+        self.label_names = tuple(labels)
+        height, width = extractor.spec.input_size
+        self.classify = tf.function(
+            self._classify,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_OP)],
+        )
+
+    def _classify(self, images: tf.Tensor) -> tf.Tensor:
+        """float32 [N, H, W, 3] RGB in [0, 1] -> float32 [N, C] probabilities."""
+        features = self.extractor(images)
+        with tf.name_scope("final_retrain_ops"):
+            probabilities = self.head.probabilities(features)
+        return tf.identity(probabilities, name=self.final_tensor_name)
+
+    def metadata(self, step: Optional[int] = None) -> dict:
+        """The `<graph>.meta.json` contract (see docs/readme/retrain.md)."""
+        spec = self.extractor.spec
+        height, width = spec.input_size
+        document = {
+            "format": GRAPH_FORMAT,
+            "input_layer": INPUT_OP,
+            "output_layer": self.final_tensor_name,
+            "input_height": height,
+            "input_width": width,
+            "input_mean": INPUT_MEAN,
+            "input_std": INPUT_STD,
+            "labels": list(self.label_names),
+            "extractor": {"name": spec.name, "id": spec.id},
+        }
+        if step is not None:
+            document["step"] = step
+        return document
+
+
+class GraphExporter:
+    """Freezes a `Classifier` (traced once) as often as asked, e.g. at intermediate steps."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self._concrete = classifier.classify.get_concrete_function()
+        _check_final_op(self._concrete.graph, classifier.final_tensor_name)
+
+    def frozen_graph_def(self) -> tf.compat.v1.GraphDef:
+        """The graph with the variables' current values baked in as constants."""
+        frozen = convert_variables_to_constants_v2(self._concrete)
+        graph_def = frozen.graph.as_graph_def()
+        _check_frozen(graph_def, self.classifier)
+        return graph_def
+
+    def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> Path:
+        """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path."""
+        write_bytes_atomically(path, self.frozen_graph_def().SerializeToString())
+        sidecar = metadata_path(path)
+        text = json.dumps(self.classifier.metadata(step), indent=2, ensure_ascii=False) + "\n"
+        write_text_atomically(sidecar, text)
+        return sidecar
+
+
+def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str) -> None:
+    """A SavedModel whose `serving_default` signature maps images to probabilities.
+
+    Signature: images float32 [N, H, W, 3] RGB in [0, 1] -> {"probabilities": float32 [N, C]}.
+    The labels are saved as `assets/labels.txt` and as the string variable `labels`. The directory
+    is built beside `directory` and swapped into place.
+    """
+    module = tf.Module()
+    module.classifier = classifier
+    module.labels = tf.Variable(list(classifier.label_names), trainable=False, name="labels")
+    height, width = classifier.extractor.spec.input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, "images")])
+    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {SIGNATURE_OUTPUT: classifier.classify(images)}
+
+    module.serve = serve
+    with tempfile.TemporaryDirectory() as scratch:
+        labels_file = Path(scratch) / "labels.txt"
+        write_labels(labels_file, classifier.label_names)
+        module.labels_file = tf.saved_model.Asset(str(labels_file))
+        replace_directory(
+            directory,
+            lambda staging: tf.saved_model.save(module, str(staging), signatures={"serving_default": serve}),
+        )
+
+
+def _check_final_op(graph: tf.Graph, name: str) -> None:
+    """`name` must be our softmax identity, not a renamed copy clashing with an extractor op."""
+    try:
+        operation = graph.get_operation_by_name(name)
+    except KeyError:
+        operation = None
+    if operation is None or operation.type != "Identity" or operation.inputs[0].op.type != "Softmax":
+        raise UsageError(
+            f"--final_tensor_name {name!r} clashes with an operation of the feature extractor's "
+            "graph; choose another name (the default is final_result)."
+        )
+
+
+def _check_frozen(graph_def: tf.compat.v1.GraphDef, classifier: Classifier) -> None:
+    """The exported contract holds: named ops present, no variables left."""
+    nodes = {node.name: node for node in graph_def.node}
+    placeholder = nodes.get(INPUT_OP)
+    if placeholder is None or placeholder.op != "Placeholder":
+        raise RuntimeError(f"frozen graph lacks the {INPUT_OP!r} input op")
+    if classifier.final_tensor_name not in nodes:
+        raise RuntimeError(f"frozen graph lacks the {classifier.final_tensor_name!r} output op")
+    leftover = sorted({node.op for node in graph_def.node if "Variable" in node.op})
+    if leftover:
+        raise RuntimeError(f"frozen graph still has variable ops: {leftover}")

@@ -1,0 +1,382 @@
+"""The retrain pipeline: discover/split -> extractor -> bottlenecks -> train -> evaluate -> export.
+
+`RetrainConfig` holds every option with its default (the CLI reads its defaults from here);
+`run(config)` does the work and returns a `RetrainResult`. TensorFlow and the stage modules are
+imported inside `run`, so reading the config (e.g. for `retrain --help`) stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from retrainer.errors import DataError, UsageError
+from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
+
+log = logging.getLogger(__name__)
+
+# Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
+# TensorFlow (tests check the two agree).
+DEFAULT_EXTRACTOR = "efficientnet_lite0"
+# retrain.py wrote to fixed /tmp paths, which clashed between users (tensorflow/hub#302).
+DEFAULT_OUTPUT_DIR = Path("retrain_output")
+WHOLE_SET = -1
+_OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
+
+
+def default_bottleneck_dir() -> Path:
+    """`${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks`: shared by runs, survives reboots."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache_home) / "retrainer" / "bottlenecks"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """Every option of a retrain run (retrain.py's flag names and defaults, plus a few new ones).
+
+    Raises:
+        UsageError: on construction, for any value that cannot work (the message names the flag).
+    """
+
+    image_dir: Path
+    output_graph: Path = DEFAULT_OUTPUT_DIR / "output_graph.pb"
+    output_labels: Path = DEFAULT_OUTPUT_DIR / "output_labels.txt"
+    summaries_dir: Path = DEFAULT_OUTPUT_DIR / "retrain_logs"
+    bottleneck_dir: Path = dataclasses.field(default_factory=default_bottleneck_dir)
+    how_many_training_steps: int = 4000
+    learning_rate: float = 0.01
+    testing_percentage: float = 10
+    validation_percentage: float = 10
+    eval_step_interval: int = 10
+    train_batch_size: int = 100
+    test_batch_size: int = WHOLE_SET
+    validation_batch_size: int = 100
+    print_misclassified_test_images: bool = False
+    final_tensor_name: str = "final_result"
+    intermediate_store_frequency: int = 0
+    intermediate_output_graphs_dir: Path = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
+    saved_model_dir: Optional[Path] = None
+    tfhub_module: str = DEFAULT_EXTRACTOR
+    image_size: Optional[int] = None
+    checkpoint_path: Path = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
+    seed: int = 0
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
+                      "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
+                      "saved_model_dir"):
+            value = getattr(self, field)
+            if value is not None:
+                if not os.fspath(value):
+                    raise UsageError(f"--{field} must not be empty.")
+                object.__setattr__(self, field, Path(value))
+        validate_percentages(self.validation_percentage, self.testing_percentage)
+        self._require("how_many_training_steps", lambda steps: steps >= 1, "at least 1")
+        self._require("learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
+                      "a positive number")
+        self._require("eval_step_interval", lambda steps: steps >= 1, "at least 1")
+        for field in ("train_batch_size", "validation_batch_size", "test_batch_size"):
+            self._require(field, lambda size: size >= 1 or size == WHOLE_SET,
+                          "at least 1, or -1 for the whole set")
+        self._require("intermediate_store_frequency", lambda steps: steps >= 0,
+                      "0 (never) or a number of steps")
+        self._require("final_tensor_name",
+                      lambda name: bool(_OP_NAME.match(name)) and name != "Placeholder",
+                      "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
+        self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
+        self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
+        if self.output_graph == self.output_labels:
+            raise UsageError(f"--output_graph and --output_labels are the same file: {self.output_graph}")
+
+    def _require(self, field: str, valid: Callable[[Any], bool], expected: str) -> None:
+        value = getattr(self, field)
+        if not valid(value):
+            raise UsageError(f"--{field} must be {expected}. Received: {value!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainResult:
+    """What a run did and produced; `to_json()` is the `--json` document.
+
+    Attributes:
+        labels: class names in class-index order.
+        counts: {label: {split: images used}} (decodable images only).
+        skipped: (relpath, reason) of every file left out: by discovery, or undecodable.
+        bottlenecks_computed, bottlenecks_reused: vectors computed now / read from the cache.
+        train_accuracy, cross_entropy: on the last step's training batch.
+        validation_accuracy, validation_count: on the last step's validation batch (None, 0
+            without validation images).
+        test_accuracy, test_count: the final test (None, 0 without test images).
+        test_per_class: {label: {"correct": n, "total": n}} over the final test.
+        misclassified: (relpath, predicted label) of each wrong test prediction.
+        outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
+        seconds: wall time per stage and "total".
+    """
+
+    labels: tuple[str, ...]
+    counts: dict[str, dict[str, int]]
+    skipped: tuple[tuple[str, str], ...]
+    bottlenecks_computed: int
+    bottlenecks_reused: int
+    train_accuracy: float
+    cross_entropy: float
+    validation_accuracy: Optional[float]
+    validation_count: int
+    test_accuracy: Optional[float]
+    test_count: int
+    test_per_class: dict[str, dict[str, int]]
+    misclassified: tuple[tuple[str, str], ...]
+    outputs: dict[str, Any]
+    seconds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready dict (paths as strings)."""
+        document = dataclasses.asdict(self)
+        document["labels"] = list(self.labels)
+        document["skipped"] = [{"path": path, "reason": reason} for path, reason in self.skipped]
+        document["misclassified"] = [
+            {"path": path, "predicted": label} for path, label in self.misclassified
+        ]
+        document["outputs"] = {
+            name: [str(path) for path in value] if isinstance(value, list) else str(value)
+            for name, value in self.outputs.items()
+        }
+        return document
+
+
+def run(config: RetrainConfig) -> RetrainResult:
+    """Retrain a classifier on `config.image_dir` and export it.
+
+    Returns:
+        RetrainResult with metrics, counts, skipped files and output paths.
+
+    Raises:
+        UsageError: bad paths (checked before the long work), unknown extractor.
+        DataError: fewer than two classes, no decodable training images.
+        ModelError: the extractor cannot be loaded.
+    """
+    # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
+    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.discovery import discover_images
+    from retrainer.evaluate import evaluate_head
+    from retrainer.export import (
+        Classifier, GraphExporter, intermediate_graph_path, metadata_path, write_labels,
+        write_saved_model,
+    )
+    from retrainer.extractors import create_extractor
+    from retrainer.train import train_head
+
+    timer = _StageTimer()
+    check_output_paths(config)
+    with timer("discover"):
+        collection = discover_images(
+            config.image_dir, config.validation_percentage, config.testing_percentage
+        )
+    with timer("extractor"):
+        extractor = create_extractor(config.tfhub_module, config.image_size)
+    with timer("bottlenecks"):
+        bottlenecks = compute_bottlenecks(
+            [image.path for image in collection.images], extractor, config.bottleneck_dir,
+            show_progress=config.show_progress,
+        )
+    splits = _SplitFeatures(collection, bottlenecks)
+
+    exporters: list[GraphExporter] = []  # traced once, on first use
+
+    def exporter_for(head) -> GraphExporter:
+        if not exporters:
+            classifier = Classifier(extractor, head, collection.labels, config.final_tensor_name)
+            exporters.append(GraphExporter(classifier))
+        return exporters[0]
+
+    intermediate_graphs: list[Path] = []
+
+    def store_intermediate(step: int, head) -> None:
+        path = intermediate_graph_path(config.intermediate_output_graphs_dir, step)
+        exporter_for(head).write_graph(path, step=step)
+        intermediate_graphs.append(path)
+        log.info("Saved intermediate graph %s", path)
+
+    with timer("train"):
+        training = train_head(
+            splits.features[TRAINING], splits.features[VALIDATION], len(collection.labels),
+            _training_config(config), store_intermediate, config.intermediate_store_frequency,
+        )
+    with timer("evaluate"):
+        evaluation = evaluate_head(
+            training.head, splits.features[TESTING], len(collection.labels),
+            config.test_batch_size, config.seed,
+        )
+    with timer("export"):
+        exporter = exporter_for(training.head)
+        write_labels(config.output_labels, collection.labels)
+        exporter.write_graph(config.output_graph)
+        if config.saved_model_dir is not None:
+            write_saved_model(exporter.classifier, config.saved_model_dir)
+    outputs: dict[str, Any] = {
+        "output_graph": config.output_graph,
+        "output_graph_metadata": metadata_path(config.output_graph),
+        "output_labels": config.output_labels,
+        "summaries_dir": config.summaries_dir,
+        "checkpoint_path": config.checkpoint_path,
+    }
+    if config.saved_model_dir is not None:
+        outputs["saved_model_dir"] = config.saved_model_dir
+    if intermediate_graphs:
+        outputs["intermediate_graphs"] = intermediate_graphs
+    last = training.history[-1]
+    test_images = splits.images[TESTING]
+    return RetrainResult(
+        labels=collection.labels,
+        counts=splits.counts(),
+        skipped=collection.ignored + splits.unreadable,
+        bottlenecks_computed=bottlenecks.computed,
+        bottlenecks_reused=bottlenecks.reused,
+        train_accuracy=last.train_accuracy,
+        cross_entropy=last.cross_entropy,
+        validation_accuracy=last.validation_accuracy,
+        validation_count=last.validation_count,
+        test_accuracy=evaluation.accuracy,
+        test_count=evaluation.count,
+        test_per_class={
+            label: {"correct": correct, "total": total}
+            for label, (correct, total) in zip(collection.labels, evaluation.per_class)
+        },
+        misclassified=tuple(
+            (test_images[position].relpath, collection.labels[predicted])
+            for position, predicted in evaluation.misclassified(splits.features[TESTING].labels)
+        ),
+        outputs=outputs,
+        seconds=timer.seconds(),
+    )
+
+
+def _training_config(config: RetrainConfig):
+    from retrainer.train import TrainingConfig
+
+    return TrainingConfig(
+        steps=config.how_many_training_steps,
+        learning_rate=config.learning_rate,
+        train_batch_size=config.train_batch_size,
+        validation_batch_size=config.validation_batch_size,
+        eval_step_interval=config.eval_step_interval,
+        seed=config.seed,
+        summaries_dir=config.summaries_dir,
+        checkpoint_path=config.checkpoint_path,
+    )
+
+
+class _SplitFeatures:
+    """The decodable images and their vectors, grouped by split."""
+
+    def __init__(self, collection, bottlenecks) -> None:
+        import numpy as np
+
+        from retrainer.train import FeatureSet
+
+        self.labels = collection.labels
+        self.images = {split: [] for split in SPLITS}
+        rows = {split: [] for split in SPLITS}
+        for position, image in enumerate(collection.images):
+            if bottlenecks.ok[position]:
+                self.images[image.split].append(image)
+                rows[image.split].append(position)
+        self.unreadable = tuple(
+            (collection.images[position].relpath, reason) for position, reason in bottlenecks.skipped
+        )
+        self.features = {
+            split: FeatureSet(
+                bottlenecks.vectors[rows[split]].reshape(len(rows[split]), -1),
+                np.array([image.label_index for image in self.images[split]], np.int64),
+            )
+            for split in SPLITS
+        }
+        if not self.images[TRAINING]:
+            raise DataError(
+                f"No decodable training images in {collection.image_dir} "
+                f"({len(self.unreadable)} could not be read); add images or lower "
+                "--validation_percentage/--testing_percentage."
+            )
+        for label, row in self.counts().items():
+            if row[TRAINING] == 0:
+                log.warning("Class %r has no usable training images; it cannot be predicted.", label)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
+        for split, images in self.images.items():
+            for image in images:
+                table[self.labels[image.label_index]][split] += 1
+        return table
+
+
+class _StageTimer:
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self._seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds[stage] = time.perf_counter() - started
+
+    def seconds(self) -> dict[str, float]:
+        return {**self._seconds, "total": time.perf_counter() - self.started}
+
+
+def check_output_paths(config: RetrainConfig) -> None:
+    """Fail fast, before any long work, if an output cannot be written.
+
+    Creates the output folders (as the run would) and probes each with a temporary file.
+
+    Raises:
+        UsageError: naming the flag and the path.
+    """
+    files = {"output_graph": config.output_graph, "output_labels": config.output_labels,
+             "checkpoint_path": config.checkpoint_path}
+    folders = {"bottleneck_dir": config.bottleneck_dir, "summaries_dir": config.summaries_dir}
+    if config.intermediate_store_frequency > 0:
+        folders["intermediate_output_graphs_dir"] = config.intermediate_output_graphs_dir
+    for flag, path in files.items():
+        if path.is_dir():
+            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
+        folders[flag] = path.parent
+    if config.saved_model_dir is not None:
+        _check_saved_model_dir(config.saved_model_dir)
+        folders["saved_model_dir"] = config.saved_model_dir.parent
+    for flag, folder in folders.items():
+        _check_writable_folder(flag, folder)
+
+
+def _check_saved_model_dir(path: Path) -> None:
+    """Only a SavedModel (or nothing) may be replaced: never delete a user's unrelated folder."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--saved_model_dir {path} is a file; expected a folder path.")
+    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").is_file():
+        raise UsageError(
+            f"--saved_model_dir {path} exists and is not a SavedModel; it would be replaced. "
+            "Pass a new or empty folder, or an earlier --saved_model_dir."
+        )
+
+
+def _check_writable_folder(flag: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"cannot write to {folder} (for --{flag}): {error.strerror or error}. "
+            f"Pass a writable path with --{flag}."
+        ) from error

@@ -1,0 +1,280 @@
+"""Head training stage: a new softmax layer (dense D -> C) fitted to bottleneck vectors.
+
+Takes arrays of features, never cache paths, so later stages (distortions, fine-tuning) can feed
+freshly computed features instead. Runs retrain.py's loop -- plain SGD on random class-balanced
+batches, evaluating every `eval_step_interval` steps and at the last one -- but executes the steps
+between evaluations inside one tf.function, so thousands of steps take seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from retrainer._sampling import (
+    INIT_STREAM,
+    TRAIN_STREAM,
+    VALIDATION_STREAM,
+    BalancedSampler,
+    stream_seed,
+)
+
+log = logging.getLogger(__name__)
+
+INIT_STDDEV = 0.001  # retrain.py's truncated-normal initialisation of the new layer
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """One split's features and integer labels.
+
+    Attributes:
+        features: float32 [N, D] bottleneck vectors.
+        labels: int64 [N] class indices.
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """How to train the head (retrain.py's flags; -1 batch size = the whole split)."""
+
+    steps: int
+    learning_rate: float
+    train_batch_size: int
+    validation_batch_size: int
+    eval_step_interval: int
+    seed: int
+    summaries_dir: Optional[Path] = None
+    checkpoint_path: Optional[Path] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPoint:
+    """Metrics logged at one evaluation step (validation_* are None without validation data)."""
+
+    step: int
+    train_accuracy: float
+    cross_entropy: float
+    validation_accuracy: Optional[float]
+    validation_count: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingResult:
+    head: "SoftmaxHead"
+    history: tuple[EvalPoint, ...]
+    seconds: float
+
+
+class SoftmaxHead(tf.Module):
+    """The new final layer: logits = features @ weights + biases."""
+
+    def __init__(self, vector_size: int, num_classes: int, seed: int) -> None:
+        super().__init__(name="final_retrain_ops")
+        initial = tf.random.stateless_truncated_normal(
+            [vector_size, num_classes], stream_seed(seed, INIT_STREAM), stddev=INIT_STDDEV
+        )
+        self.weights = tf.Variable(initial, name="final_weights")
+        self.biases = tf.Variable(tf.zeros([num_classes]), name="final_biases")
+
+    def __call__(self, features: tf.Tensor) -> tf.Tensor:
+        """float32 [N, D] features -> float32 [N, C] logits."""
+        return tf.matmul(features, self.weights) + self.biases
+
+    def probabilities(self, features: tf.Tensor) -> tf.Tensor:
+        """float32 [N, D] features -> float32 [N, C] softmax probabilities."""
+        return tf.nn.softmax(self(features))
+
+
+def _boundaries(steps: int, interval: int, store_every: int) -> list[int]:
+    """Steps after which control returns to Python: evaluations, the last step, stores."""
+    stops = {step for step in range(0, steps, interval)} | {steps - 1}
+    if store_every > 0:
+        stops |= set(range(store_every, steps, store_every))
+    return sorted(stops)
+
+
+class _Split:
+    """One split on the device, with its batch sampler."""
+
+    def __init__(self, data: FeatureSet, batch_size: int, seed: tf.Tensor) -> None:
+        self.sampler = BalancedSampler(data.labels, batch_size)
+        self.seed = seed
+        self.features = tf.constant(data.features, tf.float32)
+        self.labels = tf.constant(data.labels, tf.int64)
+
+    def batch(self, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        indices = self.sampler.sample(self.seed, step)
+        return tf.gather(self.features, indices), tf.gather(self.labels, indices)
+
+
+class _TrainingLoop:
+    """The traced functions of one training run: SGD steps, and evaluation + summaries."""
+
+    HISTOGRAM_BUCKETS = 30
+
+    def __init__(
+        self, head: SoftmaxHead, train: FeatureSet, validation: FeatureSet, config: TrainingConfig
+    ) -> None:
+        self.head = head
+        self.learning_rate = config.learning_rate
+        self.train = _Split(train, config.train_batch_size, stream_seed(config.seed, TRAIN_STREAM))
+        self.validation = None
+        if len(validation):
+            seed = stream_seed(config.seed, VALIDATION_STREAM)
+            self.validation = _Split(validation, config.validation_batch_size, seed)
+        self.writers = None
+        if config.summaries_dir is not None:
+            self.writers = {
+                name: tf.summary.create_file_writer(str(Path(config.summaries_dir) / name))
+                for name in ("train", "validation")
+            }
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+    def run_steps(self, first: tf.Tensor, last: tf.Tensor) -> None:
+        """SGD steps first..last inclusive."""
+        for step in tf.range(first, last + 1):
+            features, labels = self.train.batch(step)
+            with tf.GradientTape() as tape:
+                loss = _cross_entropy(labels, self.head(features))
+            gradients = tape.gradient(loss, self.head.trainable_variables)
+            for variable, gradient in zip(self.head.trainable_variables, gradients):
+                variable.assign_sub(self.learning_rate * gradient)
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
+    def evaluate(self, step: tf.Tensor) -> tf.Tensor:
+        """Metrics at `step` (after its update) and their summaries, in one call.
+
+        Returns:
+            float32 [4]: train accuracy and cross entropy on step's training batch (as retrain.py
+            measured them), validation accuracy on step's validation batch and that batch's size
+            (-1 and 0 without validation data).
+        """
+        features, labels = self.train.batch(step)
+        logits = self.head(features)
+        train_accuracy, cross_entropy = _accuracy(labels, logits), _cross_entropy(labels, logits)
+        validation_accuracy, validation_count = tf.constant(-1.0), tf.constant(0.0)
+        if self.validation is not None:
+            features, labels = self.validation.batch(step)
+            validation_accuracy = _accuracy(labels, self.head(features))
+            validation_count = tf.cast(tf.size(labels), tf.float32)
+        if self.writers is not None:
+            with self.writers["train"].as_default(step=step):
+                _scalar("accuracy", train_accuracy)
+                _scalar("cross_entropy", cross_entropy)
+                _histogram("final_weights", self.head.weights, self.HISTOGRAM_BUCKETS)
+                _histogram("final_biases", self.head.biases, self.HISTOGRAM_BUCKETS)
+            if self.validation is not None:
+                with self.writers["validation"].as_default(step=step):
+                    _scalar("accuracy", validation_accuracy)
+        return tf.stack([train_accuracy, cross_entropy, validation_accuracy, validation_count])
+
+    def close(self) -> None:
+        for writer in (self.writers or {}).values():
+            writer.close()
+
+
+def _cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(
+        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+    )
+
+
+def _accuracy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1), labels), tf.float32))
+
+
+def _plugin(name: str) -> tf.compat.v1.SummaryMetadata:
+    """Tags TensorBoard's plugins read; written with core tf.summary.write, so no tensorboard
+    package is needed to write summaries (only to view them)."""
+    return tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=name)
+    )
+
+
+def _scalar(tag: str, value: tf.Tensor) -> None:
+    tf.summary.write(tag, value, metadata=_plugin("scalars"))
+
+
+def _histogram(tag: str, values: tf.Tensor, buckets: int) -> None:
+    """TensorBoard's histogram format: float64 [k, 3] rows of (left edge, right edge, count)."""
+    values = tf.reshape(tf.cast(values, tf.float64), [-1])
+    low, high = tf.reduce_min(values), tf.reduce_max(values)
+    high = tf.maximum(high, low + 1e-12)
+    counts = tf.histogram_fixed_width(values, [low, high], nbins=buckets)
+    edges = tf.linspace(low, high, buckets + 1)
+    table = tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1)
+    tf.summary.write(tag, table, metadata=_plugin("histograms"))
+
+
+def train_head(
+    train: FeatureSet,
+    validation: FeatureSet,
+    num_classes: int,
+    config: TrainingConfig,
+    on_store: Optional[Callable[[int, SoftmaxHead], None]] = None,
+    store_every: int = 0,
+) -> TrainingResult:
+    """Train a new softmax layer on bottleneck vectors.
+
+    Args:
+        train: the training split; at least one example.
+        validation: the validation split; may be empty (validation is then skipped).
+        num_classes: C, the number of output classes (classes may lack training examples).
+        config: steps, learning rate, batch sizes, seed and where to write summaries/checkpoint.
+        on_store: called as on_store(step, head) every `store_every` steps (step > 0), e.g. to
+            export intermediate graphs.
+        store_every: 0 = never call `on_store`.
+
+    Returns:
+        The trained head, the metrics logged at each evaluation step, and the time taken.
+    """
+    started = time.perf_counter()
+    head = SoftmaxHead(train.features.shape[1], num_classes, config.seed)
+    loop = _TrainingLoop(head, train, validation, config)
+    if loop.validation is None:
+        log.warning("No validation images: skipping validation during training.")
+    history = []
+    first = 0
+    try:
+        for stop in _boundaries(config.steps, config.eval_step_interval, store_every):
+            loop.run_steps(tf.constant(first, tf.int64), tf.constant(stop, tf.int64))
+            first = stop + 1
+            if stop % config.eval_step_interval == 0 or stop == config.steps - 1:
+                history.append(_log_point(stop, loop.evaluate(tf.constant(stop, tf.int64))))
+            if on_store is not None and store_every > 0 and stop > 0 and stop % store_every == 0:
+                on_store(stop, head)
+    finally:
+        loop.close()
+    if config.checkpoint_path is not None:
+        checkpoint = tf.train.Checkpoint(head=head, step=tf.Variable(config.steps, dtype=tf.int64))
+        checkpoint.write(str(config.checkpoint_path))
+    return TrainingResult(head=head, history=tuple(history), seconds=time.perf_counter() - started)
+
+
+def _log_point(step: int, metrics: tf.Tensor) -> EvalPoint:
+    """Log one evaluation the way retrain.py did."""
+    train_accuracy, cross_entropy, validation_accuracy, validation_count = metrics.numpy().tolist()
+    log.info("Step %d: Train accuracy = %.1f%%", step, train_accuracy * 100)
+    log.info("Step %d: Cross entropy = %f", step, cross_entropy)
+    if validation_count == 0:
+        return EvalPoint(step, train_accuracy, cross_entropy, None, 0)
+    log.info(
+        "Step %d: Validation accuracy = %.1f%% (N=%d)",
+        step,
+        validation_accuracy * 100,
+        validation_count,
+    )
+    return EvalPoint(step, train_accuracy, cross_entropy, validation_accuracy, int(validation_count))

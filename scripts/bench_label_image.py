@@ -1,0 +1,99 @@
+"""Benchmark: classifying N images in one `label-image` call vs one call per image.
+
+One call loads TensorFlow and the graph once and decodes images on a thread pool while the model
+runs; separate calls (what a shell loop over label_image.py does) pay the start-up per image.
+Separate calls are measured on --separate images and scaled to N (said in the output).
+
+    PYTHONPATH=. python scripts/bench_label_image.py [--images 200] [--separate 20]
+        [--extractor efficientnet_lite0|tiny_test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 10.0
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """`count` JPEGs of 480x360: random crops and flips of scikit-image's real photos."""
+    import skimage.data
+    from PIL import Image
+
+    sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        photo = sources[index % len(sources)]
+        top = rng.integers(0, photo.shape[0] // 4)
+        left = rng.integers(0, photo.shape[1] // 4)
+        crop = photo[top:, left:]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]  # mirror
+        paths.append(folder / f"photo_{index:04d}.jpg")
+        Image.fromarray(np.ascontiguousarray(crop)).resize((480, 360)).save(paths[-1], quality=90)
+    return paths
+
+
+def export_graph(folder: Path, extractor_name: str) -> Path:
+    """A graph per the export contract: the named extractor and a random 5-class softmax head."""
+    from retrainer.extractors import create_extractor
+    from tests.fixtures_label_image import write_frozen_graph
+
+    if extractor_name == "tiny_test":
+        import tests.fixtures_extractors  # noqa: F401  (registers tiny_test)
+    extractor = create_extractor(extractor_name)
+    head = np.random.default_rng(0).normal(size=(extractor.spec.vector_size, 5)).astype(np.float32)
+    return write_frozen_graph(folder / "output_graph.pb", extractor, head, ("a", "b", "c", "d", "e"))
+
+
+def label_image(graph: Path, images: list[Path]) -> float:
+    """Seconds for one `label-image --quiet` process over `images`."""
+    command = [sys.executable, "-m", "retrainer.cli.label_image", "--graph", str(graph), "--quiet",
+               *map(str, images)]
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    start = time.perf_counter()
+    process = subprocess.run(command, capture_output=True, text=True, env=environment)
+    seconds = time.perf_counter() - start
+    if process.returncode != 0 or len(process.stdout.splitlines()) != len(images):
+        sys.exit(f"label-image failed ({process.returncode}): {process.stderr[-2000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--separate", type=int, default=20, help="separate calls actually timed")
+    parser.add_argument("--extractor", default="efficientnet_lite0")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        photos = make_photos(folder, args.images)
+        graph = export_graph(folder, args.extractor)
+        print(f"graph: {args.extractor} ({graph.stat().st_size / 1e6:.1f} MB), {args.images} JPEGs 480x360, "
+              f"{os.cpu_count()} CPUs")
+        label_image(graph, photos[:1])  # warm the file cache and Python's bytecode cache
+        one_call = label_image(graph, photos)
+        separate = [label_image(graph, [photo]) for photo in photos[: args.separate]]
+    per_call = float(np.median(separate))
+    scaled = per_call * args.images
+    ratio = scaled / one_call
+    print(f"one call, {args.images} images:      {one_call:7.1f} s  ({args.images / one_call:.1f} images/s)")
+    print(f"separate calls (median of {args.separate}): {per_call:7.2f} s each -> x{args.images} = {scaled:.0f} s "
+          "(scaled, not all run)")
+    print(f"ratio: {ratio:.1f}x faster in one call (target >= {TARGET_RATIO:g}x: "
+          f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Frozen graphs and image folders for the label-image tests (owned by the classification stage).
+
+`tiny_graph` is a hand-built frozen graph that follows the export contract (input op `Placeholder`
+float32 [None, 32, 32, 3] in [0, 1], softmax output op `final_result`, labels file, meta sidecar)
+with a head whose answer is known without running our code: the tiny extractor's first three
+features are the mean R, G and B, and the head maps them to the labels red / green / blue.
+`retrained_graph` is the real `retrain` pipeline's export, when that stage is available.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+RGB_LABELS = ("red", "green", "blue")
+SOLID_COLOURS = {"red": (220, 30, 40), "green": (20, 200, 50), "blue": (30, 40, 210)}
+
+
+def write_frozen_graph(
+    graph_path: Path, extractor, head_weights: np.ndarray, labels: tuple[str, ...], sidecar: bool = True
+) -> Path:
+    """Freeze `softmax(extractor(Placeholder) @ head_weights)` to `graph_path` per the export contract.
+
+    Args:
+        graph_path: where the GraphDef goes; labels go to `output_labels.txt` beside it.
+        extractor: a FeatureExtractor; its spec gives the input size.
+        head_weights: float32 [D, C].
+        labels: C class names.
+        sidecar: also write `<graph_path>.meta.json`.
+    """
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    height, width = extractor.spec.input_size
+    head = tf.Variable(head_weights.astype(np.float32), name="final_weights")
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="Placeholder")])
+    def serve(images):
+        return tf.nn.softmax(tf.matmul(extractor(images), head), name="final_result")
+
+    frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
+    graph_path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
+    (graph_path.parent / "output_labels.txt").write_text("".join(f"{label}\n" for label in labels))
+    if sidecar:
+        meta = {
+            "format": "retrainer-graph/1",
+            "input_layer": "Placeholder",
+            "output_layer": "final_result",
+            "input_height": height,
+            "input_width": width,
+            "input_mean": 0.0,
+            "input_std": 255.0,
+            "labels": list(labels),
+            "extractor": {"name": extractor.spec.name, "id": extractor.spec.id},
+        }
+        Path(f"{graph_path}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return graph_path
+
+
+def rgb_head_weights(vector_size: int) -> np.ndarray:
+    """float32 [D, 3]: class c's logit is 5 x (mean of channel c - half the others' means)."""
+    weights = np.zeros((vector_size, 3), np.float32)
+    weights[:3, :3] = 5.0 * (1.5 * np.eye(3) - 0.5)
+    return weights
+
+
+def write_solid_images(folder: Path, size: tuple[int, int] = (48, 40)) -> dict[str, Path]:
+    """One solid-colour JPEG per RGB label, named `<label>.jpg`; returns {label: path}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for label, colour in SOLID_COLOURS.items():
+        paths[label] = folder / f"{label}.jpg"
+        Image.new("RGB", size, colour).save(paths[label], quality=95)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_graph(tmp_path_factory) -> Path:
+    """A red/green/blue classifier frozen per the export contract, with sidecar and labels file."""
+    from tests.fixtures_extractors import TinyExtractor
+
+    extractor = TinyExtractor()
+    folder = tmp_path_factory.mktemp("tiny_graph")
+    return write_frozen_graph(
+        folder / "output_graph.pb", extractor, rgb_head_weights(extractor.spec.vector_size), RGB_LABELS
+    )
+
+
+@pytest.fixture(scope="session")
+def solid_images(tmp_path_factory) -> dict[str, Path]:
+    return write_solid_images(tmp_path_factory.mktemp("solid_images"))
