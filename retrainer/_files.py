@@ -6,23 +6,33 @@ hidden temporary name, then renamed over it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+
 
 def write_bytes_atomically(path: os.PathLike[str] | str, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and `os.replace`."""
+    """Write `data` to `path` via a temp file in the same folder and `os.replace`.
+
+    The file gets 0o666 less the umask, like any new file (not mkstemp's owner-only 0o600), so
+    exports and a shared cache stay readable by other users (tensorflow/hub#302).
+    """
     path = Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temp_name = _sibling_name(path, ".tmp")
+    handle = os.open(temp_name, _NEW_FILE, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
+    except BaseException:  # e.g. Ctrl-C, which may also land just after the rename
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
         raise
 
 
@@ -38,7 +48,8 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
     no `path`, but never one with a half-written directory under that name.
     """
     path = Path(path)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    staging = Path(_sibling_name(path, ".tmp"))
+    staging.mkdir(0o777)  # less the umask, unlike mkdtemp's owner-only 0o700
     try:
         fill(staging)
         if path.exists():
@@ -51,3 +62,8 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _sibling_name(path: Path, suffix: str) -> str:
+    """A new hidden name beside `path` (same folder, so `os.replace` onto `path` is atomic)."""
+    return os.path.join(path.parent, f".{path.name}.{secrets.token_hex(8)}{suffix}")

@@ -9,6 +9,7 @@ names, labels, extractor), so `label-image` needs no flags. Every file is writte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -112,10 +113,17 @@ class GraphExporter:
         return graph_def
 
     def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> Path:
-        """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path."""
-        write_bytes_atomically(path, self.frozen_graph_def().SerializeToString())
+        """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
+
+        The sidecar, written last, holds the graph's SHA-256: after a kill between the two writes
+        (or a graph copied without its sidecar) label-image refuses the pair instead of serving the
+        new graph with the old labels.
+        """
+        data = self.frozen_graph_def().SerializeToString(deterministic=True)
+        write_bytes_atomically(path, data)
         sidecar = metadata_path(path)
-        text = json.dumps(self.classifier.metadata(step), indent=2, ensure_ascii=False) + "\n"
+        document = {**self.classifier.metadata(step), "graph_sha256": hashlib.sha256(data).hexdigest()}
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_text_atomically(sidecar, text)
         return sidecar
 

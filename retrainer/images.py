@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zlib
 from pathlib import Path
 from typing import BinaryIO
@@ -42,6 +43,9 @@ _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 # What a broken or hostile file makes Pillow raise while opening or decoding.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error,
                   Image.DecompressionBombError)
+# Pillow warns at open about anything over its limit, even a camera JPEG the draft mode then decodes
+# small; `_check_pixel_count` refuses what is really too large, with a clearer reason.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class UnreadableImageError(Exception):
@@ -80,7 +84,9 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarra
         raise UnreadableImageError(path, f"cannot read file ({error.strerror or error})") from error
 
 
-def decode_image(data: bytes, size: tuple[int, int], source: str = "<bytes>") -> np.ndarray:
+def decode_image(
+    data: bytes, size: tuple[int, int], source: str | os.PathLike[str] = "<bytes>"
+) -> np.ndarray:
     """Like `load_image`, for image bytes already in memory (e.g. read from stdin).
 
     Args:

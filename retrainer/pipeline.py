@@ -168,10 +168,6 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
     from retrainer.evaluate import evaluate_head
-    from retrainer.export import (
-        Classifier, GraphExporter, intermediate_graph_path, metadata_path, write_labels,
-        write_saved_model,
-    )
     from retrainer.extractors import create_extractor
     from retrainer.train import train_head
 
@@ -189,27 +185,12 @@ def run(config: RetrainConfig) -> RetrainResult:
             show_progress=config.show_progress,
         )
     splits = _SplitFeatures(collection, bottlenecks)
-
-    exporters: list[GraphExporter] = []  # traced once, on first use
-
-    def exporter_for(head) -> GraphExporter:
-        if not exporters:
-            classifier = Classifier(extractor, head, collection.labels, config.final_tensor_name)
-            exporters.append(GraphExporter(classifier))
-        return exporters[0]
-
-    intermediate_graphs: list[Path] = []
-
-    def store_intermediate(step: int, head) -> None:
-        path = intermediate_graph_path(config.intermediate_output_graphs_dir, step)
-        exporter_for(head).write_graph(path, step=step)
-        intermediate_graphs.append(path)
-        log.info("Saved intermediate graph %s", path)
-
+    exports = _Exports(config, extractor, collection.labels)
     with timer("train"):
         training = train_head(
             splits.features[TRAINING], splits.features[VALIDATION], len(collection.labels),
-            _training_config(config), store_intermediate, config.intermediate_store_frequency,
+            _training_config(config), exports.store_intermediate,
+            config.intermediate_store_frequency,
         )
     with timer("evaluate"):
         evaluation = evaluate_head(
@@ -217,22 +198,7 @@ def run(config: RetrainConfig) -> RetrainResult:
             config.test_batch_size, config.seed,
         )
     with timer("export"):
-        exporter = exporter_for(training.head)
-        write_labels(config.output_labels, collection.labels)
-        exporter.write_graph(config.output_graph)
-        if config.saved_model_dir is not None:
-            write_saved_model(exporter.classifier, config.saved_model_dir)
-    outputs: dict[str, Any] = {
-        "output_graph": config.output_graph,
-        "output_graph_metadata": metadata_path(config.output_graph),
-        "output_labels": config.output_labels,
-        "summaries_dir": config.summaries_dir,
-        "checkpoint_path": config.checkpoint_path,
-    }
-    if config.saved_model_dir is not None:
-        outputs["saved_model_dir"] = config.saved_model_dir
-    if intermediate_graphs:
-        outputs["intermediate_graphs"] = intermediate_graphs
+        outputs = exports.write_final(training.head)
     last = training.history[-1]
     test_images = splits.images[TESTING]
     return RetrainResult(
@@ -258,6 +224,54 @@ def run(config: RetrainConfig) -> RetrainResult:
         outputs=outputs,
         seconds=timer.seconds(),
     )
+
+
+class _Exports:
+    """Writes a run's exports; the classifier graph is traced once, on first use."""
+
+    def __init__(self, config: RetrainConfig, extractor, labels: tuple[str, ...]) -> None:
+        self.config = config
+        self.extractor = extractor
+        self.labels = labels
+        self.intermediate_graphs: list[Path] = []
+        self._exporter = None
+
+    def exporter(self, head):
+        from retrainer.export import Classifier, GraphExporter
+
+        if self._exporter is None:
+            classifier = Classifier(self.extractor, head, self.labels, self.config.final_tensor_name)
+            self._exporter = GraphExporter(classifier)
+        return self._exporter
+
+    def store_intermediate(self, step: int, head) -> None:
+        from retrainer.export import intermediate_graph_path
+
+        path = intermediate_graph_path(self.config.intermediate_output_graphs_dir, step)
+        self.exporter(head).write_graph(path, step=step)
+        self.intermediate_graphs.append(path)
+        log.info("Saved intermediate graph %s", path)
+
+    def write_final(self, head) -> dict[str, Any]:
+        """Labels, graph + sidecar, SavedModel if asked; returns {flag name: path}."""
+        from retrainer.export import write_labels, write_saved_model
+
+        config = self.config
+        exporter = self.exporter(head)
+        write_labels(config.output_labels, self.labels)
+        outputs: dict[str, Any] = {
+            "output_graph": config.output_graph,
+            "output_graph_metadata": exporter.write_graph(config.output_graph),
+            "output_labels": config.output_labels,
+            "summaries_dir": config.summaries_dir,
+            "checkpoint_path": config.checkpoint_path,
+        }
+        if config.saved_model_dir is not None:
+            write_saved_model(exporter.classifier, config.saved_model_dir)
+            outputs["saved_model_dir"] = config.saved_model_dir
+        if self.intermediate_graphs:
+            outputs["intermediate_graphs"] = list(self.intermediate_graphs)
+        return outputs
 
 
 def _training_config(config: RetrainConfig):
@@ -295,7 +309,7 @@ class _SplitFeatures:
         )
         self.features = {
             split: FeatureSet(
-                bottlenecks.vectors[rows[split]].reshape(len(rows[split]), -1),
+                bottlenecks.vectors[rows[split]],  # float32 [n, D], also when n == 0
                 np.array([image.label_index for image in self.images[split]], np.int64),
             )
             for split in SPLITS
@@ -305,6 +319,13 @@ class _SplitFeatures:
                 f"No decodable training images in {collection.image_dir} "
                 f"({len(self.unreadable)} could not be read); add images or lower "
                 "--validation_percentage/--testing_percentage."
+            )
+        trainable = [label for label, row in self.counts().items() if row[TRAINING]]
+        if len(trainable) < 2:  # a one-class "classifier" would exit 0 and be useless
+            raise DataError(
+                f"Only 1 class has decodable training images ({trainable[0]!r}) in "
+                f"{collection.image_dir} ({len(self.unreadable)} files could not be read); at least "
+                "2 are needed: add images or lower --validation_percentage/--testing_percentage."
             )
         for label, row in self.counts().items():
             if row[TRAINING] == 0:

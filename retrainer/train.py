@@ -138,7 +138,7 @@ class _TrainingLoop:
         self.writers = None
         if config.summaries_dir is not None:
             self.writers = {
-                name: tf.summary.create_file_writer(str(Path(config.summaries_dir) / name))
+                name: _fresh_writer(Path(config.summaries_dir) / name)
                 for name in ("train", "validation")
             }
 
@@ -184,6 +184,13 @@ class _TrainingLoop:
     def close(self) -> None:
         for writer in (self.writers or {}).values():
             writer.close()
+
+
+def _fresh_writer(folder: Path) -> tf.summary.SummaryWriter:
+    """A writer replacing the previous run's event files (retrain.py emptied summaries_dir)."""
+    for old_events in folder.glob("events.out.tfevents.*"):
+        old_events.unlink()
+    return tf.summary.create_file_writer(str(folder))
 
 
 def _cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:

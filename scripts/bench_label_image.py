@@ -45,15 +45,20 @@ def make_photos(folder: Path, count: int) -> list[Path]:
 
 
 def export_graph(folder: Path, extractor_name: str) -> Path:
-    """A graph per the export contract: the named extractor and a random 5-class softmax head."""
+    """The real exporter's graph, sidecar and labels: the named extractor + an untrained 5-class head."""
+    from retrainer.export import Classifier, GraphExporter, write_labels
     from retrainer.extractors import create_extractor
-    from tests.fixtures_label_image import write_frozen_graph
+    from retrainer.train import SoftmaxHead
 
     if extractor_name == "tiny_test":
         import tests.fixtures_extractors  # noqa: F401  (registers tiny_test)
     extractor = create_extractor(extractor_name)
-    head = np.random.default_rng(0).normal(size=(extractor.spec.vector_size, 5)).astype(np.float32)
-    return write_frozen_graph(folder / "output_graph.pb", extractor, head, ("a", "b", "c", "d", "e"))
+    labels = ("a", "b", "c", "d", "e")
+    head = SoftmaxHead(extractor.spec.vector_size, len(labels), seed=0)
+    graph = folder / "output_graph.pb"
+    GraphExporter(Classifier(extractor, head, labels, "final_result")).write_graph(graph)
+    write_labels(folder / "output_labels.txt", labels)
+    return graph
 
 
 def label_image(graph: Path, images: list[Path]) -> float:

@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures_data",
     "tests.fixtures_hub",
     "tests.fixtures_label_image",
+    "tests.fixtures_pipeline",
 ]

@@ -1,10 +1,11 @@
-"""Frozen graphs and image folders for the label-image tests (owned by the classification stage).
+"""Frozen graphs and images for the label-image tests (owned by the classification stage).
 
-`tiny_graph` is a hand-built frozen graph that follows the export contract (input op `Placeholder`
-float32 [None, 32, 32, 3] in [0, 1], softmax output op `final_result`, labels file, meta sidecar)
-with a head whose answer is known without running our code: the tiny extractor's first three
-features are the mean R, G and B, and the head maps them to the labels red / green / blue.
-`retrained_graph` is the real `retrain` pipeline's export, when that stage is available.
+- `tiny_graph`: a hand-built graph in the style of TF Hub's retrain.py (its `final_result` is the
+  Softmax op itself), with labels file and sidecar, whose answers are known without running our
+  code: the tiny extractor's first three features are the mean R, G and B, and the head maps them
+  to red / green / blue.
+- `retrained_graph`: the real `retrain` pipeline's export (tiny extractor, generated colour folders).
+- `solid_images`: one solid-colour JPEG per RGB label.
 """
 
 from __future__ import annotations
@@ -20,17 +21,15 @@ RGB_LABELS = ("red", "green", "blue")
 SOLID_COLOURS = {"red": (220, 30, 40), "green": (20, 200, 50), "blue": (30, 40, 210)}
 
 
-def write_frozen_graph(
-    graph_path: Path, extractor, head_weights: np.ndarray, labels: tuple[str, ...], sidecar: bool = True
-) -> Path:
+def write_frozen_graph(graph_path: Path, extractor, head_weights: np.ndarray, labels: tuple[str, ...]) -> Path:
     """Freeze `softmax(extractor(Placeholder) @ head_weights)` to `graph_path` per the export contract.
 
     Args:
-        graph_path: where the GraphDef goes; labels go to `output_labels.txt` beside it.
+        graph_path: where the GraphDef goes; `<graph_path>.meta.json` and `output_labels.txt` go
+            beside it.
         extractor: a FeatureExtractor; its spec gives the input size.
         head_weights: float32 [D, C].
         labels: C class names.
-        sidecar: also write `<graph_path>.meta.json`.
     """
     import tensorflow as tf
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -45,24 +44,23 @@ def write_frozen_graph(
     frozen = convert_variables_to_constants_v2(serve.get_concrete_function())
     graph_path.write_bytes(frozen.graph.as_graph_def().SerializeToString())
     (graph_path.parent / "output_labels.txt").write_text("".join(f"{label}\n" for label in labels))
-    if sidecar:
-        meta = {
-            "format": "retrainer-graph/1",
-            "input_layer": "Placeholder",
-            "output_layer": "final_result",
-            "input_height": height,
-            "input_width": width,
-            "input_mean": 0.0,
-            "input_std": 255.0,
-            "labels": list(labels),
-            "extractor": {"name": extractor.spec.name, "id": extractor.spec.id},
-        }
-        Path(f"{graph_path}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta = {
+        "format": "retrainer-graph/1",
+        "input_layer": "Placeholder",
+        "output_layer": "final_result",
+        "input_height": height,
+        "input_width": width,
+        "input_mean": 0.0,
+        "input_std": 255.0,
+        "labels": list(labels),
+        "extractor": {"name": extractor.spec.name, "id": extractor.spec.id},
+    }
+    Path(f"{graph_path}.meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return graph_path
 
 
 def rgb_head_weights(vector_size: int) -> np.ndarray:
-    """float32 [D, 3]: class c's logit is 5 x (mean of channel c - half the others' means)."""
+    """float32 [D, 3]: class c's logit is 5 x (mean of channel c - half the sum of the other two)."""
     weights = np.zeros((vector_size, 3), np.float32)
     weights[:3, :3] = 5.0 * (1.5 * np.eye(3) - 0.5)
     return weights
@@ -93,3 +91,32 @@ def tiny_graph(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def solid_images(tmp_path_factory) -> dict[str, Path]:
     return write_solid_images(tmp_path_factory.mktemp("solid_images"))
+
+
+def retrain(image_dir: Path, out: Path, extractor: str, steps: int) -> Path:
+    """Run the real retrain pipeline; returns the exported graph (labels and sidecar beside it)."""
+    from retrainer.pipeline import RetrainConfig, run
+
+    config = RetrainConfig(
+        image_dir=image_dir,
+        output_graph=out / "output_graph.pb",
+        output_labels=out / "output_labels.txt",
+        summaries_dir=out / "retrain_logs",
+        bottleneck_dir=out / "bottlenecks",
+        intermediate_output_graphs_dir=out / "intermediate_graphs",
+        checkpoint_path=out / "checkpoint" / "retrain_checkpoint",
+        tfhub_module=extractor,
+        how_many_training_steps=steps,
+        show_progress=False,
+    )
+    return run(config).outputs["output_graph"]
+
+
+@pytest.fixture(scope="session")
+def retrained_graph(tmp_path_factory) -> Path:
+    """`retrain --tfhub_module tiny_test` on red/green/blue class folders (10 generated PNGs each)."""
+    from tests.fixtures_data import make_color_image_dir
+
+    root = tmp_path_factory.mktemp("retrained")
+    image_dir = make_color_image_dir(root / "colors", per_class=10)
+    return retrain(image_dir, root / "retrain_output", "tiny_test", steps=100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -90,7 +91,7 @@ def test_local_module_computes_its_features_and_freezes(kind, tmp_path, no_netwo
     size = (own_size or 40, own_size or 40)
     assert extractor.spec.input_size == size
     assert extractor.spec.vector_size == 8
-    assert extractor.spec.id.startswith(f"hub-{kind}-") and extractor.spec.id.endswith(f"-{size[0]}x{size[1]}")
+    assert re.fullmatch(rf"hub-{kind}-[0-9a-f]{{16}}-{size[0]}x{size[1]}", extractor.spec.id)
     assert [v.shape.as_list() for v in extractor.variables] == [[1, 1, 3, 8]]
     images = random_images(3, size)
     want = expected_features(images, kernel)
@@ -149,9 +150,11 @@ def test_module_without_feature_vector_is_a_model_error(style, message, tmp_path
 
 
 def test_directory_without_saved_model_is_a_usage_error(tmp_path):
-    (tmp_path / "weights.h5").write_bytes(b"not a module")
+    (tmp_path / "module.tar.gz").write_bytes(b"not a module")
     with pytest.raises(UsageError, match=r"is not a model directory: expected a TF2 SavedModel"):
         create_extractor(str(tmp_path))
+    with pytest.raises(UsageError, match=r"is a file; expected a directory holding saved_model.pb"):
+        create_extractor(str(tmp_path / "module.tar.gz"))
 
 
 @pytest.mark.parametrize(
@@ -249,7 +252,7 @@ def test_keras_backbone_random_weights(no_network):
 
     assert extractor.spec.input_size == (96, 96)
     assert extractor.spec.vector_size == 1280
-    assert extractor.spec.id.startswith("keras-mobilenetv2_a0.35-") and extractor.spec.id.endswith("-96")
+    assert re.fullmatch(r"keras-mobilenetv2_a0\.35-[0-9a-f]{16}-96", extractor.spec.id)
     assert len(extractor.variables) == len(extractor.model.weights) > 100
     images = random_images(2, (96, 96))
     # MobileNetV2 wants [-1, 1]; the extractor takes [0, 1].
@@ -340,9 +343,182 @@ def test_keras_weights_file_that_does_not_fit(tmp_path):
 
 
 def test_handles_are_classified_without_side_effects():
-    assert tfhub.is_remote_handle("https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
-    assert tfhub.is_remote_handle("https://www.kaggle.com/models/google/mobilenet-v2/TensorFlow2/100-224-feature-vector/2")
+    assert tfhub.is_remote_handle("https://tfhub.dev/google/imagenet/inception_v3/feature_vector/5")
+    assert tfhub.is_remote_handle("https://www.kaggle.com/models/google/mobilenet-v2/TensorFlow2/x/2")
     assert not tfhub.is_remote_handle("keras:MobileNetV2")
     assert not tfhub.is_remote_handle("/models/mobilenet")
     assert tfhub.looks_like_path("models/mobilenet") and tfhub.looks_like_path("~/m")
     assert not tfhub.looks_like_path("keras:MobileNetV2,weights=/w/x.h5")
+
+
+# --- End to end: retrain -> frozen graph -> label-image ------------------------------------------
+
+def retrain_args(image_dir: Path, out: Path, module: str, *extra: str) -> list[str]:
+    return [
+        "--image_dir", str(image_dir), "--tfhub_module", module,
+        "--output_graph", str(out / "graph.pb"), "--output_labels", str(out / "labels.txt"),
+        "--summaries_dir", str(out / "logs"), "--checkpoint_path", str(out / "checkpoint" / "ckpt"),
+        "--bottleneck_dir", str(out / "bottlenecks"), "--how_many_training_steps", "30",
+        "--json", "--quiet", *extra,
+    ]
+
+
+def check_exported_graph(graph_path: Path, input_size: tuple[int, int]) -> None:
+    """retrain.py's contract: float32 Placeholder [?, H, W, 3] -> ... -> final_result, no variables."""
+    graph_def = tf.compat.v1.GraphDef.FromString(graph_path.read_bytes())
+    nodes = {node.name: node for node in graph_def.node}
+    placeholder = nodes["Placeholder"]
+    assert placeholder.op == "Placeholder"
+    assert tf.dtypes.as_dtype(placeholder.attr["dtype"].type) == tf.float32
+    assert [dim.size for dim in placeholder.attr["shape"].shape.dim] == [-1, *input_size, 3]
+    assert "final_result" in nodes
+    assert not [node.op for node in graph_def.node if "Variable" in node.op]
+
+
+@pytest.mark.parametrize("kind", ["tf2_call", "tf1_hub_format"])
+def test_retrain_and_label_image_with_local_module(kind, tmp_path, monkeypatch, no_network):
+    from click.testing import CliRunner
+
+    from retrainer.cli.label_image import main as label_image
+    from retrainer.cli.retrain import main as retrain
+    from retrainer.images import load_image
+    from tests.fixtures_data import make_color_image_dir
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
+    images = make_color_image_dir(tmp_path / "colors", per_class=8)
+    write, _ = MODULE_KINDS[kind]
+    module_dir = write(tmp_path / kind, module_kernel(vector_size=16))
+    out = tmp_path / "out"
+
+    trained = CliRunner().invoke(
+        retrain, retrain_args(images, out, str(module_dir), "--saved_model_dir", str(out / "saved"))
+    )
+
+    assert trained.exit_code == 0, trained.output
+    result = json.loads(trained.stdout)
+    assert result["train_accuracy"] == 1.0  # colours are linearly separable in these features
+    check_exported_graph(out / "graph.pb", (32, 32))
+    metadata = json.loads((out / "graph.pb.meta.json").read_text())
+    extractor_id = create_extractor(str(module_dir)).spec.id
+    assert metadata["extractor"] == {"name": str(module_dir), "id": extractor_id}
+    assert (out / "bottlenecks" / extractor_id).is_dir()
+    assert not (tmp_path / "hub_cache").exists()
+
+    photos = sorted((images / "red").iterdir())[:3]
+    labelled = CliRunner().invoke(
+        label_image, ["--graph", str(out / "graph.pb"), "--json", *map(str, photos)]
+    )
+    assert labelled.exit_code == 0, labelled.output
+    rows = [json.loads(line) for line in labelled.stdout.splitlines()]
+    assert [row["label"] for row in rows] == ["red"] * 3
+    # label-image feeds pixels / 255; the SavedModel's signature, fed [0, 1] directly, must agree.
+    serve = tf.saved_model.load(str(out / "saved")).signatures["serving_default"]
+    pixels = np.stack([load_image(photo, (32, 32)) for photo in photos]).astype(np.float32) / 255
+    probabilities = serve(images=tf.constant(pixels))["probabilities"].numpy()
+    labels = metadata["labels"]
+    for row, expected in zip(rows, probabilities):
+        got = {prediction["label"]: prediction["score"] for prediction in row["predictions"]}
+        np.testing.assert_allclose([got[label] for label in labels], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_retrain_and_label_image_with_keras_backbone(tmp_path, no_network):
+    from click.testing import CliRunner
+
+    from retrainer.cli.label_image import main as label_image
+    from retrainer.cli.retrain import main as retrain
+    from tests.fixtures_data import make_color_image_dir
+
+    images = make_color_image_dir(tmp_path / "colors", per_class=6)
+    out = tmp_path / "out"
+    handle = "keras:MobileNetV2,alpha=0.35,weights=random"
+
+    trained = CliRunner().invoke(retrain, retrain_args(images, out, handle, "--image_size", "96"))
+
+    assert trained.exit_code == 0, trained.output
+    check_exported_graph(out / "graph.pb", (96, 96))
+    metadata = json.loads((out / "graph.pb.meta.json").read_text())
+    assert metadata["extractor"]["id"].startswith("keras-mobilenetv2_a0.35-")
+    assert (metadata["input_height"], metadata["input_width"]) == (96, 96)
+    labelled = CliRunner().invoke(
+        label_image, ["--graph", str(out / "graph.pb"), "--json", str(images)]
+    )
+    assert labelled.exit_code == 0, labelled.output
+    rows = [json.loads(line) for line in labelled.stdout.splitlines()]
+    assert len(rows) == 18
+    for row in rows:
+        assert {p["label"] for p in row["predictions"]} == {"red", "green", "blue"}
+        assert sum(p["score"] for p in row["predictions"]) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    "module_args, exit_code, message",
+    [
+        (["--image_size", "48"], 2, "takes 32x32 images; --image_size=48 conflicts with it"),
+        (["--tfhub_module", "keras:ResNet51"], 2, "`keras:` name must be one of"),
+    ],
+)
+def test_retrain_reports_extractor_errors(module_args, exit_code, message, tiny_hub_module, tmp_path):
+    from click.testing import CliRunner
+
+    from retrainer.cli.retrain import main as retrain
+    from tests.fixtures_data import make_color_image_dir
+
+    images = make_color_image_dir(tmp_path / "colors", per_class=3)
+    args = retrain_args(images, tmp_path / "out", str(tiny_hub_module)) + module_args
+    result = CliRunner().invoke(retrain, args)
+    assert result.exit_code == exit_code
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+
+
+def test_retrain_with_unreachable_remote_module_exits_4(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from retrainer.cli.retrain import main as retrain
+    from tests.fixtures_data import make_color_image_dir
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
+    images = make_color_image_dir(tmp_path / "colors", per_class=3)
+    handle = f"https://127.0.0.1:{unused_local_port()}/google/imagenet/inception_v3/feature_vector/5"
+    result = CliRunner().invoke(retrain, retrain_args(images, tmp_path / "out", handle))
+    assert result.exit_code == 4
+    assert result.stderr.startswith(f"Error: could not download TF Hub module {handle!r}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, size, expected_input",
+    [
+        # What each family's preprocess_input does to [0, 255], written out independently.
+        ("ResNet50", 64, lambda x: x[..., ::-1] * 255.0 - np.float32([103.939, 116.779, 123.68])),
+        ("Xception", 71, lambda x: x * 2.0 - 1.0),
+        ("EfficientNetB0", 64, lambda x: x * 255.0),  # rescales inside the model
+        ("MobileNetV3Small", 64, lambda x: x * 255.0),  # rescales inside the model
+    ],
+    ids=["ResNet50", "Xception", "EfficientNetB0", "MobileNetV3Small"],
+)
+def test_keras_families_preprocess_and_freeze(name, size, expected_input, no_network):
+    extractor = create_extractor(f"keras:{name},weights=random", image_size=size)
+    images = random_images(2, (size, size))
+    want = extractor.model(tf.constant(expected_input(images)), training=False).numpy()
+    np.testing.assert_allclose(extractor(tf.constant(images)).numpy(), want, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(run_frozen(freeze(extractor), images), want, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_keras_backbone_in_saved_model_export(tmp_path, no_network):
+    from click.testing import CliRunner
+
+    from retrainer.cli.retrain import main as retrain
+    from tests.fixtures_data import make_color_image_dir
+
+    images = make_color_image_dir(tmp_path / "colors", per_class=6)
+    out = tmp_path / "out"
+    handle = "keras:MobileNetV2,alpha=0.35,weights=random"
+    args = retrain_args(
+        images, out, handle, "--image_size", "96", "--saved_model_dir", str(out / "saved")
+    )
+    assert CliRunner().invoke(retrain, args).exit_code == 0
+    serve = tf.saved_model.load(str(out / "saved")).signatures["serving_default"]
+    probabilities = serve(images=tf.constant(random_images(2, (96, 96))))["probabilities"].numpy()
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.discovery import normalize_label
 from retrainer.cli.label_image import main
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE
 from retrainer.images import load_image
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def label_image_py(graph: Path, image: Path, size: tuple[int, int], input_mean: float = 0.0,
-                   input_std: float = 255.0, pixels: np.ndarray | None = None) -> np.ndarray:
+                   input_std: float = 255.0, pixels: np.ndarray | None = None,
+                   output_layer: str = "final_result") -> np.ndarray:
     """Scores float32 [C] the way TensorFlow's label_image.py computes them (tf.compat.v1).
 
     Decodes with TF ops and resize_bilinear like label_image.py, unless `pixels` (uint8 [H, W, 3])
@@ -47,7 +49,7 @@ def label_image_py(graph: Path, image: Path, size: tuple[int, int], input_mean: 
         tf.compat.v1.import_graph_def(graph_def)
     with tf.compat.v1.Session(graph=model) as session:
         scores = session.run(
-            model.get_operation_by_name("import/final_result").outputs[0],
+            model.get_operation_by_name(f"import/{output_layer}").outputs[0],
             {model.get_operation_by_name("import/Placeholder").outputs[0]: feed},
         )
     return np.squeeze(scores, axis=0)
@@ -92,6 +94,42 @@ def test_top1_matches_label_image_py(tiny_graph, photos):
         assert line["label"] == RGB_LABELS[int(np.argmax(reference))], photo.name
     # The solid colours have known answers, independent of any code under test.
     assert [line["label"] for line in lines[:3]] == list(RGB_LABELS)
+
+
+def test_retrained_graph_top1_matches_label_image_py(retrained_graph, photos):
+    """A graph from the real `retrain` pipeline, read through its sidecar only (no flags)."""
+    labels = retrained_graph.with_name("output_labels.txt").read_text().split()
+    result = run_cli("--graph", retrained_graph, "--json", "--top_k", 3, *photos)
+    assert result.exit_code == 0, result.output
+    lines = json_lines(result.stdout)
+    for line, photo in zip(lines, photos):
+        reference = label_image_py(retrained_graph, photo, (32, 32), pixels=load_image(photo, (32, 32)))
+        assert line["label"] == labels[int(np.argmax(reference))], photo.name
+        scores = {prediction["label"]: prediction["score"] for prediction in line["predictions"]}
+        np.testing.assert_allclose([scores[label] for label in labels], reference, rtol=1e-5, atol=1e-7)
+    # Trained on colour folders: the solid colours come out right.
+    assert [line["label"] for line in lines[:3]] == list(RGB_LABELS)
+
+
+@pytest.mark.slow
+def test_efficientnet_retrained_on_fashion_mnist(fashion_mnist_dir, fashion_mnist_holdout_dir, tmp_path):
+    """The real model on real data: label-image agrees with label_image.py on held-out images."""
+    from tests.fixtures_label_image import retrain
+
+    graph = retrain(fashion_mnist_dir, tmp_path / "out", "efficientnet_lite0", steps=300)
+    labels = graph.with_name("output_labels.txt").read_text().splitlines()
+    holdout = sorted(fashion_mnist_holdout_dir.rglob("*.png"))
+    result = run_cli("--json", "--graph", graph, fashion_mnist_holdout_dir)
+    assert result.exit_code == 0, result.output
+    lines = json_lines(result.stdout)
+    assert sorted(Path(line["path"]) for line in lines) == holdout
+    correct = 0
+    for line in lines:
+        path = Path(line["path"])
+        reference = label_image_py(graph, path, (224, 224), pixels=load_image(path, (224, 224)))
+        assert line["label"] == labels[int(np.argmax(reference))], path
+        correct += line["label"] == normalize_label(path.parent.name)
+    assert correct >= len(lines) // 2, f"{correct} of {len(lines)} held-out images right (chance: 10%)"
 
 
 @pytest.mark.parametrize("mean, std", [(0.0, 255.0), (127.5, 127.5), (10.5, 300.25)])
@@ -182,6 +220,13 @@ def test_without_sidecar_uses_graph_shape_and_labels_file_beside_it(graph_copy, 
     assert result.stdout.split("\t")[0] == "blue"
 
 
+def test_op_flags_accept_tensor_names_and_dash_spellings(tiny_graph, solid_images):
+    result = run_cli("--graph", tiny_graph, "--input-layer", "Placeholder:0", "--output_layer", "final_result:0",
+                     "--input-height", 32, "--input_width", 32, "--top-k", 1, "-q", solid_images["green"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("green\t")
+
+
 # --- errors: message and exit code -------------------------------------------------------------------
 
 
@@ -245,11 +290,34 @@ def test_wrong_labels_count(tiny_graph, solid_images, tmp_path):
     )
 
 
+def test_missing_labels(graph_copy, solid_images, tmp_path):
+    result = run_cli("--graph", graph_copy, "--labels", tmp_path / "labels.txt", solid_images["red"])
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr == f"Error: cannot read labels file {tmp_path / 'labels.txt'}: No such file or directory\n"
+    Path(f"{graph_copy}.meta.json").unlink()
+    graph_copy.with_name("output_labels.txt").unlink()
+    result = run_cli("--graph", graph_copy, solid_images["red"])
+    assert result.exit_code == EXIT_USAGE
+    assert result.stderr == (
+        f"Error: no labels for graph {graph_copy}: it has no .meta.json sidecar and there is no "
+        "output_labels.txt next to it; pass --labels FILE\n"
+    )
+
+
 def test_unknown_output_layer_lists_candidates(tiny_graph, solid_images):
     result = run_cli("--graph", tiny_graph, "--output_layer", "final_reslt", solid_images["red"])
     assert result.exit_code == EXIT_MODEL
     assert result.stderr.startswith(f"Error: output op 'final_reslt' is not in graph {tiny_graph}; likely outputs")
     assert "final_result" in result.stderr and "--output_layer" in result.stderr
+
+
+def test_unknown_output_layer_on_retrained_graph_lists_final_result(retrained_graph, solid_images):
+    result = run_cli("--graph", retrained_graph, "--output_layer", "softmax", solid_images["red"])
+    assert result.exit_code == EXIT_MODEL
+    assert result.stderr == (
+        f"Error: output op 'softmax' is not in graph {retrained_graph}; likely outputs: final_result, "
+        "Identity, final_retrain_ops/Softmax. Pass --output_layer with one of them\n"
+    )
 
 
 def test_unknown_input_layer_lists_placeholders(tiny_graph, solid_images):
@@ -285,6 +353,15 @@ def test_empty_folder_and_no_images(tiny_graph, tmp_path):
 def test_json_and_quiet_exclude_each_other(tiny_graph, solid_images):
     result = run_cli("--graph", tiny_graph, "--json", "-q", solid_images["red"])
     assert result.exit_code == EXIT_USAGE and "--json and --quiet" in result.stderr
+
+
+def test_defaults_agree_with_export_contract():
+    from retrainer import classify, export
+
+    assert (classify.DEFAULT_INPUT_LAYER, classify.DEFAULT_INPUT_MEAN, classify.DEFAULT_INPUT_STD) == (
+        export.INPUT_OP, export.INPUT_MEAN, export.INPUT_STD)
+    assert classify.SIDECAR_FORMAT == export.GRAPH_FORMAT
+    assert str(export.metadata_path("out.pb")) == "out.pb" + classify.SIDECAR_SUFFIX
 
 
 # --- the real process --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -34,10 +35,11 @@ def configure_logging(verbosity: str) -> None:
 
 
 def reports_errors(command: F) -> F:
-    """Map `RetrainerError` to 'Error: ...' on stderr plus its exit code; Ctrl-C to exit 130."""
+    """Map `RetrainerError` to 'Error: ...' on stderr plus its exit code; Ctrl-C/SIGTERM to 130."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous_sigterm = _sigterm_as_interrupt()
         try:
             return command(*args, **kwargs)
         except RetrainerError as error:
@@ -46,5 +48,20 @@ def reports_errors(command: F) -> F:
         except KeyboardInterrupt:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        finally:
+            if previous_sigterm is not None:
+                signal.signal(signal.SIGTERM, previous_sigterm)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _sigterm_as_interrupt() -> Any:
+    """Make SIGTERM (CI cancel, `timeout`) stop like Ctrl-C; returns the previous handler."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        return None

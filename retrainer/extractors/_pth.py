@@ -9,13 +9,12 @@ reading a file never runs code from it; anything else is refused with a `ModelEr
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import os
 import pickle
 import struct
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,20 +42,18 @@ class _StateDict(dict):
         pass
 
 
-@dataclasses.dataclass(frozen=True)
-class _StorageType:
+# Tuples: a pickle's BUILD opcode cannot set attributes on them (no __dict__, read-only fields).
+class _StorageType(NamedTuple):
     dtype: np.dtype
 
 
-@dataclasses.dataclass(frozen=True)
-class _StorageRef:
+class _StorageRef(NamedTuple):
     key: str
     dtype: np.dtype
     size: int
 
 
-@dataclasses.dataclass(frozen=True)
-class _TensorRef:
+class _TensorRef(NamedTuple):
     """A tensor whose data is read later, once the storages that follow the pickles are known."""
 
     storage: _StorageRef
@@ -147,7 +144,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         ) from None
     except Exception as error:  # a broken pickle can raise almost anything; none of it is a bug here
         raise ModelError(
-            f"{path} is not a legacy PyTorch weights file ({type(error).__name__}: {error})"
+            f"{path} is corrupt or not a legacy (torch < 1.6) PyTorch weights file "
+            f"({type(error).__name__}: {error})"
         ) from None
     if not isinstance(state, dict) or not isinstance(keys, list):
         raise ModelError(f"{path} does not hold a state dict")
@@ -168,7 +166,7 @@ def _read_storages(
             raise ModelError(f"{path} is truncated (storage {key} missing)")
         (count,) = struct.unpack_from("<q", data, position)
         end = position + 8 + count * ref.dtype.itemsize
-        if count != ref.size or end > len(data):
+        if count != ref.size or count < 0 or end > len(data):
             raise ModelError(f"{path} is truncated or corrupt (storage {key})")
         storages[key] = np.frombuffer(data, ref.dtype, count, position + 8)
         position = end
@@ -183,8 +181,10 @@ def _tensor_array(path: Any, name: str, ref: Any, storages: dict[str, np.ndarray
         raise ModelError(f"{path}: storage of {name!r} is missing")
     if len(ref.shape) != len(ref.stride) or min(ref.shape + ref.stride + (ref.offset,), default=0) < 0:
         raise ModelError(f"{path}: tensor {name!r} has an invalid shape or stride")
+    count = math.prod(ref.shape)
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
-    if math.prod(ref.shape) and last >= storage.size:
+    # The count limit also stops zero strides from expanding a tiny storage into a huge array.
+    if count and (last >= storage.size or count > storage.size):
         raise ModelError(f"{path}: tensor {name!r} lies outside its storage")
     view = np.lib.stride_tricks.as_strided(
         storage[ref.offset:],

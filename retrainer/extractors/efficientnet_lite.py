@@ -160,13 +160,16 @@ class _FoldedWeights:
 
     def __init__(self, state: dict[str, np.ndarray], source: Path) -> None:
         self._state = state
-        self._source = source
+        self.source = source
+
+    def has(self, key: str) -> bool:
+        return key in self._state
 
     def array(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
         value = self._state.get(key)
         if value is None or value.shape != shape:
             found = "missing" if value is None else f"shape {value.shape}"
-            raise ModelError(f"{self._source} does not match the architecture: {key} is {found}, "
+            raise ModelError(f"{self.source} does not match the architecture: {key} is {found}, "
                              f"expected shape {shape}")
         return value.astype(np.float32)
 
@@ -191,8 +194,10 @@ class _FoldedWeights:
         return scale, beta - mean * scale
 
 
-def _variable(value: np.ndarray, name: str) -> tf.Variable:
-    return tf.Variable(value, trainable=False, name=name)
+def _variables(kernel_and_bias: tuple[np.ndarray, np.ndarray], layer: str) -> tuple[tf.Variable, ...]:
+    kernel, bias = kernel_and_bias
+    return (tf.Variable(kernel, trainable=False, name=f"{layer}_kernel"),
+            tf.Variable(bias, trainable=False, name=f"{layer}_bias"))
 
 
 def _conv(x: tf.Tensor, kernel: tf.Variable, bias: tf.Variable, stride: int = 1) -> tf.Tensor:
@@ -210,38 +215,44 @@ def _normalize(images: tf.Tensor) -> tf.Tensor:
 
 
 class _Block(tf.Module):
-    """Inverted residual: 1x1 expand + ReLU6, depthwise + ReLU6, 1x1 project (+ skip)."""
+    """Inverted residual: 1x1 expand + ReLU6, depthwise + ReLU6, 1x1 project (+ identity skip)."""
 
-    def __init__(self, weights: _FoldedWeights, index: int, cin: int, cout: int, stage: _Stage,
-                 stride: int) -> None:
+    def __init__(self, weights: _FoldedWeights, index: int, cin: int, stage: _Stage, stride: int):
         super().__init__(name=f"block_{index}")
         prefix = f"_blocks.{index}."
         hidden = cin * stage.expand_ratio
         self.expand = None
         if stage.expand_ratio != 1:
-            self.expand = tuple(
-                _variable(v, n) for v, n in zip(
-                    weights.conv(prefix + "_expand_conv", prefix + "_bn0", cin, hidden, 1),
-                    ("expand_kernel", "expand_bias"))
-            )
-        self.depthwise = tuple(
-            _variable(v, n) for v, n in zip(
-                weights.depthwise(prefix + "_depthwise_conv", prefix + "_bn1", hidden, stage.kernel),
-                ("depthwise_kernel", "depthwise_bias"))
-        )
-        self.project = tuple(
-            _variable(v, n) for v, n in zip(
-                weights.conv(prefix + "_project_conv", prefix + "_bn2", hidden, cout, 1),
-                ("project_kernel", "project_bias"))
-        )
+            self.expand = _variables(
+                weights.conv(prefix + "_expand_conv", prefix + "_bn0", cin, hidden, 1), "expand")
+        self.depthwise = _variables(
+            weights.depthwise(prefix + "_depthwise_conv", prefix + "_bn1", hidden, stage.kernel),
+            "depthwise")
+        self.project = _variables(
+            weights.conv(prefix + "_project_conv", prefix + "_bn2", hidden, stage.channels, 1),
+            "project")
         self.stride = stride
-        self.residual = stride == 1 and cin == cout
+        self.residual = stride == 1 and cin == stage.channels
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         hidden = tf.nn.relu6(_conv(x, *self.expand)) if self.expand else x
         hidden = tf.nn.relu6(_depthwise(hidden, *self.depthwise, self.stride))
         out = _conv(hidden, *self.project)
         return out + x if self.residual else out
+
+
+def _build_blocks(weights: _FoldedWeights, variant: Variant) -> tuple[_Block, ...]:
+    blocks: list[_Block] = []
+    cin = _STEM_CHANNELS
+    for stage in _stages(variant):
+        for repeat in range(stage.repeats):
+            stride = stage.stride if repeat == 0 else 1
+            blocks.append(_Block(weights, len(blocks), cin, stage, stride))
+            cin = stage.channels
+    if weights.has(f"_blocks.{len(blocks)}._project_conv.weight"):
+        raise ModelError(f"{weights.source} has more blocks than {variant.name}'s {len(blocks)}: "
+                         "wrong weights file")
+    return tuple(blocks)
 
 
 class EfficientNetLite(FeatureExtractor):
@@ -273,37 +284,14 @@ class EfficientNetLite(FeatureExtractor):
             vector_size=BOTTLENECK_SIZE,
         )
         with self.name_scope:
-            self.stem = tuple(
-                _variable(v, n) for v, n in zip(
-                    weights.conv("_conv_stem", "_bn0", 3, _STEM_CHANNELS, 3),
-                    ("stem_kernel", "stem_bias"))
-            )
-            self.blocks = self._build_blocks(weights, variant)
+            self.stem = _variables(weights.conv("_conv_stem", "_bn0", 3, _STEM_CHANNELS, 3), "stem")
+            self.blocks = _build_blocks(weights, variant)
             head_in = self.blocks[-1].project[1].shape[0]
-            self.head = tuple(
-                _variable(v, n) for v, n in zip(
-                    weights.conv("_conv_head", "_bn1", head_in, BOTTLENECK_SIZE, 1),
-                    ("head_kernel", "head_bias"))
-            )
-            self.classifier = (
-                _variable(weights.array("_fc.weight", (NUM_IMAGENET_CLASSES, BOTTLENECK_SIZE)).T.copy(),
-                          "classifier_kernel"),
-                _variable(weights.array("_fc.bias", (NUM_IMAGENET_CLASSES,)), "classifier_bias"),
-            )
-
-    @staticmethod
-    def _build_blocks(weights: _FoldedWeights, variant: Variant) -> tuple[_Block, ...]:
-        blocks = []
-        cin = _STEM_CHANNELS
-        for stage in _stages(variant):
-            for repeat in range(stage.repeats):
-                stride = stage.stride if repeat == 0 else 1
-                blocks.append(_Block(weights, len(blocks), cin, stage.channels, stage, stride))
-                cin = stage.channels
-        if f"_blocks.{len(blocks)}._project_conv.weight" in weights._state:
-            raise ModelError(f"{weights._source} has more blocks than {variant.name} "
-                             f"({len(blocks)}): wrong weights file")
-        return tuple(blocks)
+            self.head = _variables(
+                weights.conv("_conv_head", "_bn1", head_in, BOTTLENECK_SIZE, 1), "head")
+            fc_kernel = weights.array("_fc.weight", (NUM_IMAGENET_CLASSES, BOTTLENECK_SIZE))
+            fc_bias = weights.array("_fc.bias", (NUM_IMAGENET_CLASSES,))
+            self.classifier = _variables((np.ascontiguousarray(fc_kernel.T), fc_bias), "classifier")
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
         """Bottleneck vectors.
@@ -313,7 +301,15 @@ class EfficientNetLite(FeatureExtractor):
 
         Returns:
             float32 [N, 1280]: the global average of the last (head) convolution's ReLU6 output.
+
+        Raises:
+            ValueError: the images' static shape is not [N, H, W, 3] with (H, W) == input_size.
         """
+        images = tf.convert_to_tensor(images, tf.float32)
+        height, width = self.spec.input_size
+        if not images.shape.is_compatible_with([None, height, width, 3]):
+            raise ValueError(f"{self.spec.name} expects images of shape [N, {height}, {width}, 3]. "
+                             f"Received: shape={images.shape}")
         x = tf.nn.relu6(_conv(_normalize(images), *self.stem, stride=2))
         for block in self.blocks:
             x = block(x)

@@ -32,7 +32,8 @@ _WRAPPER_VERSION = b"keras-extractor/1"
 # Application name -> (keras.applications submodule holding its `preprocess_input`, default input
 # side length).
 APPLICATIONS: dict[str, tuple[str, int]] = {
-    **{f"ConvNeXt{size}": ("convnext", 224) for size in ("Tiny", "Small", "Base", "Large", "XLarge")},
+    **{f"ConvNeXt{size}": ("convnext", 224)
+       for size in ("Tiny", "Small", "Base", "Large", "XLarge")},
     **{f"DenseNet{depth}": ("densenet", 224) for depth in (121, 169, 201)},
     **{
         f"EfficientNetB{i}": ("efficientnet", size)
@@ -102,7 +103,9 @@ def parse_handle(handle: str) -> KerasHandle:
         try:
             alpha = float(values["alpha"])
         except ValueError:
-            raise UsageError(f"alpha must be a number. Received: alpha={values['alpha']!r}") from None
+            raise UsageError(
+                f"alpha must be a number. Received: alpha={values['alpha']!r}"
+            ) from None
     weights = values.get("weights", "imagenet")
     if weights.lower() in WEIGHT_CHOICES:
         weights = weights.lower()
@@ -209,7 +212,9 @@ def _weights_from_cache_only() -> Iterator[None]:
                 f"there and copy ~/.keras/models), or pass weights=<file> or weights=random"
             )
         if file_hash is not None and not file_utils.validate_file(str(path), file_hash):
-            raise ModelError(f"cached weights {path} are corrupt (hash mismatch): delete and re-fetch")
+            raise ModelError(
+                f"cached weights {path} are corrupt (hash mismatch): delete and re-fetch"
+            )
         return str(path)
 
     file_utils.get_file = cached_file

@@ -67,5 +67,10 @@ def create_extractor(name_or_handle: str, image_size: Optional[int] = None) -> F
             return extractor
     raise UsageError(
         f"unknown feature extractor {name_or_handle!r}: expected one of {list_extractors()}"
-        + (", a TF Hub handle or URL, or a local SavedModel directory" if _RESOLVERS else "")
+        + (
+            ", keras:<Name> (a keras.applications backbone), a TF Hub URL,"
+            " or a local SavedModel / TF Hub module directory"
+            if _RESOLVERS
+            else ""
+        )
     )

@@ -62,6 +62,11 @@ def resolve_hub_module(handle: str, image_size: Optional[int]) -> Optional[Featu
     path = Path(handle).expanduser()
     if path.is_dir():
         return HubModuleExtractor(handle, path, image_size)
+    if path.exists():
+        raise UsageError(
+            f"--tfhub_module {handle!r} is a file; expected a directory holding saved_model.pb "
+            f"(extract a downloaded .tar.gz module first)"
+        )
     if looks_like_path(handle):
         hint = ""
         if handle.startswith(("tfhub.dev/", "www.kaggle.com/", "kaggle.com/")):
@@ -265,7 +270,8 @@ def _resolve_input_size(
         return height, width
     if image_size is None:
         image_size = DEFAULT_IMAGE_SIZE
-        logger.info("Module %s accepts any image size; using %d (set --image_size).", name, image_size)
+        logger.info("Module %s accepts any image size; using %d (see --image_size).",
+                    name, image_size)
     return height or image_size, width or image_size
 
 

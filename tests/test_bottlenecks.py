@@ -1,0 +1,232 @@
+"""Bottleneck cache and extraction: computed once, reused, never stale, resumable, shared safely."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from retrainer import bottlenecks as bottlenecks_module
+from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest
+from retrainer.images import load_image
+from tests.fixtures_data import make_color_image_dir
+
+
+@pytest.fixture
+def image_paths(tmp_path: Path) -> list[Path]:
+    """3 classes x 8 generated PNGs."""
+    root = make_color_image_dir(tmp_path / "images", per_class=8)
+    return sorted(root.rglob("*.png"))
+
+
+def expected_vectors(extractor, paths) -> np.ndarray:
+    """What the extractor gives for the decoded pixels, computed directly."""
+    pixels = np.stack([load_image(path, extractor.spec.input_size) for path in paths])
+    return extractor(tf.constant(pixels, tf.float32) / 255.0).numpy()
+
+
+def cache_entries(root: Path) -> list[Path]:
+    return sorted(root.rglob("*.npy"))
+
+
+def test_vectors_are_the_extractors_and_reused_on_the_next_run(tmp_path, image_paths, tiny_extractor):
+    first = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=5)
+    assert (first.computed, first.reused, first.skipped) == (len(image_paths), 0, ())
+    assert first.ok.all()
+    np.testing.assert_allclose(first.vectors, expected_vectors(tiny_extractor, image_paths),
+                               rtol=1e-5, atol=1e-6)
+
+    second = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (second.computed, second.reused) == (0, len(image_paths))
+    np.testing.assert_array_equal(second.vectors, first.vectors)
+
+
+def test_cache_layout_is_content_addressed_per_extractor(tmp_path, image_paths, tiny_extractor):
+    compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    digest = file_digest(image_paths[0])
+    entry = tmp_path / "cache" / "tiny_test-v1" / "v1-32x32" / digest[:2] / f"{digest}.npy"
+    assert entry.is_file()
+    vector = np.load(entry, allow_pickle=False)
+    assert vector.dtype == np.float32 and vector.shape == (16,)
+    relative = [str(path.relative_to(tmp_path / "cache")) for path in cache_entries(tmp_path / "cache")]
+    assert len(relative) == len(image_paths)
+    assert not any(name in entry for entry in relative for name in ("red", "green", "blue", "png"))
+
+
+def test_renamed_image_reuses_its_vector(tmp_path, image_paths, tiny_extractor):
+    compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    renamed = image_paths[0].with_name("renamed.png")
+    image_paths[0].rename(renamed)
+    result = compute_bottlenecks([renamed], tiny_extractor, tmp_path / "cache")
+    assert (result.computed, result.reused) == (0, 1)
+
+
+def test_edited_image_is_recomputed_never_served_stale(tmp_path, image_paths, tiny_extractor):
+    before = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    edited = image_paths[3]
+    Image.new("RGB", (32, 32), (255, 255, 0)).save(edited)
+
+    after = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (after.computed, after.reused) == (1, len(image_paths) - 1)
+    np.testing.assert_allclose(after.vectors[3], expected_vectors(tiny_extractor, [edited])[0],
+                               rtol=1e-5, atol=1e-6)
+    assert not np.allclose(after.vectors[3], before.vectors[3])
+
+
+def test_another_extractor_never_reuses_these_vectors(tmp_path, image_paths, tiny_extractor):
+    compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    other = type(tiny_extractor)()
+    other.spec = dataclasses.replace(other.spec, id="tiny_test-v2")
+    other.kernel.assign(-other.kernel)
+
+    result = compute_bottlenecks(image_paths, other, tmp_path / "cache")
+    assert (result.computed, result.reused) == (len(image_paths), 0)
+    np.testing.assert_allclose(result.vectors, expected_vectors(other, image_paths),
+                               rtol=1e-5, atol=1e-6)
+    assert sorted(path.name for path in (tmp_path / "cache").iterdir()) == ["tiny_test-v1", "tiny_test-v2"]
+
+
+@pytest.mark.parametrize(
+    "corruption",
+    [
+        b"",
+        b"\x93NUMPY garbage",
+        "truncated",
+        "wrong_shape",
+        "wrong_dtype",
+        "not_finite",
+        "pickled_object",
+    ],
+)
+def test_corrupt_entry_is_recomputed_with_a_warning(tmp_path, image_paths, tiny_extractor, caplog,
+                                                     corruption):
+    good = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    cache = BottleneckCache(tmp_path / "cache", tiny_extractor.spec)
+    entry = cache.path(file_digest(image_paths[2]))
+    if isinstance(corruption, bytes):
+        entry.write_bytes(corruption)
+    elif corruption == "truncated":
+        entry.write_bytes(entry.read_bytes()[:-10])
+    elif corruption == "pickled_object":
+        np.save(entry, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    else:
+        bad = {"wrong_shape": np.zeros(7, np.float32), "wrong_dtype": np.zeros(16, np.float64),
+               "not_finite": np.full(16, np.nan, np.float32)}[corruption]
+        np.save(entry, bad)
+
+    with caplog.at_level(logging.WARNING, logger="retrainer.bottlenecks"):
+        result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (result.computed, result.reused) == (1, len(image_paths) - 1)
+    # Recomputed alone, not in a batch of 24: equal up to float rounding.
+    np.testing.assert_allclose(result.vectors, good.vectors, rtol=1e-5, atol=1e-6)
+    assert any(str(entry) in message and "recomputing" in message for message in caplog.messages)
+    np.testing.assert_array_equal(np.load(entry, allow_pickle=False), result.vectors[2])
+
+
+def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, image_paths,
+                                                                   tiny_extractor, caplog):
+    text = image_paths[0].parent / "notes.png"
+    text.write_bytes(b"not a picture\n")
+    empty = image_paths[0].parent / "empty.png"
+    empty.write_bytes(b"")
+    paths = [text, *image_paths, empty]
+    with caplog.at_level(logging.WARNING, logger="retrainer.bottlenecks"):
+        result = compute_bottlenecks(paths, tiny_extractor, tmp_path / "cache")
+    assert [position for position, _ in result.skipped] == [0, len(paths) - 1]
+    assert "text file" in result.skipped[0][1] and "empty" in result.skipped[1][1]
+    assert result.ok.tolist() == [False] + [True] * len(image_paths) + [False]
+    assert not result.vectors[0].any()
+    assert result.computed == len(image_paths)
+    assert any(str(text) in message for message in caplog.messages)
+    assert any(str(empty) in message for message in caplog.messages)
+    assert len(cache_entries(tmp_path / "cache")) == len(image_paths)
+
+
+def test_interrupted_extraction_resumes_with_only_the_missing_vectors(tmp_path, image_paths,
+                                                                      tiny_extractor, monkeypatch):
+    """Ctrl-C in the middle of writing: whole entries stay, the rerun computes only the rest."""
+    real_store = BottleneckCache.store
+    stored = []
+
+    def store_then_interrupt(self, digest, vector):
+        if len(stored) == 7:
+            raise KeyboardInterrupt
+        real_store(self, digest, vector)
+        stored.append(digest)
+
+    monkeypatch.setattr(BottleneckCache, "store", store_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=4)
+    monkeypatch.undo()
+    assert len(cache_entries(tmp_path / "cache")) == 7
+
+    resumed = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (resumed.computed, resumed.reused) == (len(image_paths) - 7, 7)
+    np.testing.assert_allclose(resumed.vectors, expected_vectors(tiny_extractor, image_paths),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_deleted_entries_and_stray_temp_files(tmp_path, image_paths, tiny_extractor):
+    """A run killed mid-write leaves at most a temp file: ignored, and only lost entries redone."""
+    compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    entries = cache_entries(tmp_path / "cache")
+    for entry in entries[::3]:
+        entry.unlink()
+    (entries[1].parent / f".{entries[1].stem}.abc.tmp").write_bytes(b"\x93NUMPY half")
+    result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert result.computed == len(entries[::3])
+    assert result.reused == len(image_paths) - len(entries[::3])
+
+
+def test_two_runs_sharing_a_cache_at_the_same_time(tmp_path, image_paths, tiny_extractor):
+    results, errors = [], []
+
+    def extract() -> None:
+        try:
+            results.append(compute_bottlenecks(image_paths, type(tiny_extractor)(),
+                                               tmp_path / "cache", batch_size=2, show_progress=False))
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=extract) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert all(result.ok.all() for result in results)
+    np.testing.assert_array_equal(results[0].vectors, results[1].vectors)
+    assert len(cache_entries(tmp_path / "cache")) == len(image_paths)
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.name.endswith(".tmp")]
+    again = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert again.computed == 0
+
+
+def test_unusual_file_names(tmp_path, tiny_extractor):
+    folder = tmp_path / "naïve class"
+    folder.mkdir()
+    paths = []
+    for index, name in enumerate(["a b.png", "ünï 玫瑰.png", "x,y;z'.png"]):
+        paths.append(folder / name)
+        Image.new("RGB", (20, 20), (index * 80, 0, 0)).save(paths[-1])
+    result = compute_bottlenecks(paths, tiny_extractor, tmp_path / "cache")
+    assert result.ok.all() and result.computed == 3
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, image_paths, tiny_extractor, capsys):
+    compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    captured = capsys.readouterr()
+    assert captured.out == "" and "img/s" not in captured.err  # not a TTY under pytest
+
+
+def test_cache_format_version_is_part_of_the_key(tmp_path, image_paths, tiny_extractor, monkeypatch):
+    compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    monkeypatch.setattr(bottlenecks_module, "CACHE_FORMAT", "v2")
+    result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert result.computed == len(image_paths)
