@@ -139,8 +139,8 @@ def _check_input(tensor: "tf.Tensor", graph_path: Path) -> None:
 def _check_output(tensor: "tf.Tensor", graph_path: Path) -> None:
     if tensor.shape.rank not in (None, 2):
         raise ModelError(
-            f"output {tensor.name} of graph {graph_path} has shape {tensor.shape}, expected [N, classes] "
-            "scores; pass the --output_layer of the final softmax (retrain's default: final_result)"
+            f"output {tensor.name} of graph {graph_path} has shape {tensor.shape}, expected "
+            "[N, classes] scores; pass the --output_layer of the final softmax (retrain's: final_result)"
         )
 
 

@@ -43,6 +43,9 @@ SIDECAR_FORMAT = "retrainer-graph/1"
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
 
+# (path, uint8 [H, W, 3] pixels or None, why it could not be decoded or None)
+_Decoded = tuple[Path, Optional[np.ndarray], Optional[str]]
+
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyConfig:
@@ -75,9 +78,13 @@ class ClassifyConfig:
             if value is not None and value < 1:
                 raise UsageError(f"--{name} must be at least 1. Received: {name}={value}")
         if self.input_std is not None and (self.input_std == 0 or not math.isfinite(self.input_std)):
-            raise UsageError(f"--input_std must be a non-zero number. Received: input_std={self.input_std}")
+            raise UsageError(
+                f"--input_std must be a non-zero number. Received: input_std={self.input_std}"
+            )
         if self.input_mean is not None and not math.isfinite(self.input_mean):
-            raise UsageError(f"--input_mean must be a finite number. Received: input_mean={self.input_mean}")
+            raise UsageError(
+                f"--input_mean must be a finite number. Received: input_mean={self.input_mean}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +189,7 @@ class Classifier:
         Yields:
             One ImageResult per path, in input order; undecodable files carry `error`.
         """
-        pending: list[tuple[Path, Optional[np.ndarray], Optional[str]]] = []
+        pending: list[_Decoded] = []
         decoded = 0
         for path, pixels, error in self._decode_ahead(paths):
             pending.append((path, pixels, error))
@@ -192,7 +199,7 @@ class Classifier:
                 pending, decoded = [], 0
         yield from self._finish(pending)
 
-    def _decode_ahead(self, paths: Iterable[Path]) -> Iterator[tuple[Path, Optional[np.ndarray], Optional[str]]]:
+    def _decode_ahead(self, paths: Iterable[Path]) -> Iterator[_Decoded]:
         """(path, pixels or None, error or None) in input order, decoding up to 2 batches ahead."""
         lookahead = 2 * self.config.batch_size
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -204,7 +211,7 @@ class Classifier:
             while queue:
                 yield _result_of(*queue.popleft())
 
-    def _finish(self, pending: list[tuple[Path, Optional[np.ndarray], Optional[str]]]) -> Iterator[ImageResult]:
+    def _finish(self, pending: list[_Decoded]) -> Iterator[ImageResult]:
         images = [pixels for _, pixels, _ in pending if pixels is not None]
         scores = iter(self.scores(np.stack(images)) if images else [])
         for path, pixels, error in pending:
@@ -220,9 +227,9 @@ class Classifier:
     def _check_class_count(self, classes: int) -> None:
         if classes != len(self.spec.labels):
             raise ModelError(
-                f"graph {self.config.graph}'s output {self.spec.output_layer!r} scores {classes} classes, but "
-                f"{self._labels_source} lists {len(self.spec.labels)} labels; pass the labels file written "
-                "together with this graph (--labels)"
+                f"graph {self.config.graph}'s output {self.spec.output_layer!r} scores {classes} "
+                f"classes, but {self._labels_source} lists {len(self.spec.labels)} labels; pass the "
+                "labels file written together with this graph (--labels)"
             )
 
 
@@ -239,7 +246,9 @@ def read_sidecar(graph: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelError(f"cannot read metadata {path}: {error}; fix or delete it (flags can replace it)") from None
+        raise ModelError(
+            f"cannot read metadata {path}: {error}; fix or delete it (flags can replace it)"
+        ) from None
     if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelError(
@@ -284,28 +293,30 @@ def _input_size(config: ClassifyConfig, sidecar: dict[str, Any], tensor: "tf.Ten
     """Flags, else sidecar, else the graph's static input shape; flags must agree with the graph."""
     graph_size = tuple(tensor.shape)[1:3] if tensor.shape.rank == 4 else (None, None)
     size = []
-    for axis, flag, graph_value in zip(("height", "width"), (config.input_height, config.input_width), graph_size):
+    flags = (config.input_height, config.input_width)
+    for axis, flag, graph_value in zip(("height", "width"), flags, graph_size):
         value = _first_set(flag, sidecar.get(f"input_{axis}"), graph_value)
         if value is None:
             raise UsageError(
-                f"graph {config.graph} accepts images of any {axis} and has no {SIDECAR_SUFFIX} sidecar; "
-                f"pass --input_{axis}"
+                f"graph {config.graph} accepts images of any {axis} and has no {SIDECAR_SUFFIX} "
+                f"sidecar; pass --input_{axis}"
             )
         if graph_value is not None and value != graph_value:
             raise UsageError(
-                f"graph {config.graph}'s input {tensor.name} takes {axis} {graph_value}, but input_{axis} "
-                f"is {value}; drop --input_{axis} to use the graph's size"
+                f"graph {config.graph}'s input {tensor.name} takes {axis} {graph_value}, but "
+                f"input_{axis} is {value}; drop --input_{axis} to use the graph's size"
             )
         size.append(int(value))
     return size[0], size[1]
 
 
 def _labels(config: ClassifyConfig, sidecar: dict[str, Any]) -> tuple[tuple[str, ...], str]:
-    """(labels, where they came from): --labels, else the sidecar's, else output_labels.txt beside the graph."""
+    """(labels, their source): --labels, else the sidecar's, else output_labels.txt beside the graph."""
     if config.labels is not None:
         return read_labels(config.labels), f"labels file {config.labels}"
     if sidecar.get("labels"):
-        return tuple(str(label) for label in sidecar["labels"]), f"metadata {config.graph}{SIDECAR_SUFFIX}"
+        labels = tuple(str(label) for label in sidecar["labels"])
+        return labels, f"metadata {config.graph}{SIDECAR_SUFFIX}"
     beside = config.graph.parent / LABELS_FILENAME
     if beside.is_file():
         return read_labels(beside), f"labels file {beside}"
@@ -315,7 +326,7 @@ def _labels(config: ClassifyConfig, sidecar: dict[str, Any]) -> tuple[tuple[str,
     )
 
 
-def _result_of(path: Path, future: "Future[np.ndarray]") -> tuple[Path, Optional[np.ndarray], Optional[str]]:
+def _result_of(path: Path, future: "Future[np.ndarray]") -> _Decoded:
     try:
         return path, future.result(), None
     except UnreadableImageError as error:

@@ -188,7 +188,7 @@ def _class_folders(root: Path, ignored: list[tuple[str, str]]) -> list[str]:
     folders = []
     for entry in entries:
         name = entry.name
-        if entry.is_dir():
+        if _is_folder(entry):
             if name.startswith("."):
                 ignored.append((f"{name}/", "hidden folder"))
             elif name == _MACOS_ARCHIVE_FOLDER:
@@ -217,7 +217,7 @@ def _class_candidates(
             continue
         for entry in entries:
             relpath = f"{folder}/{entry.name}"
-            if entry.is_dir():
+            if _is_folder(entry):
                 reason = _subfolder_reason(entry)
                 if reason:
                     ignored.append((f"{relpath}/", reason))
@@ -233,6 +233,14 @@ def _class_candidates(
                 _Candidate(class_index, relpath, (info.st_dev, info.st_ino), entry.is_symlink())
             )
     return found
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    """`entry.is_dir()`, but False for a symlink that cannot be followed (it raises on a loop)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _subfolder_reason(entry: os.DirEntry[str]) -> str | None:

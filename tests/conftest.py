@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures_hub",
     "tests.fixtures_label_image",
     "tests.fixtures_pipeline",
+    "tests.fixtures_faults",
 ]

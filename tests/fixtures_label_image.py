@@ -21,7 +21,9 @@ RGB_LABELS = ("red", "green", "blue")
 SOLID_COLOURS = {"red": (220, 30, 40), "green": (20, 200, 50), "blue": (30, 40, 210)}
 
 
-def write_frozen_graph(graph_path: Path, extractor, head_weights: np.ndarray, labels: tuple[str, ...]) -> Path:
+def write_frozen_graph(
+    graph_path: Path, extractor, head_weights: np.ndarray, labels: tuple[str, ...]
+) -> Path:
     """Freeze `softmax(extractor(Placeholder) @ head_weights)` to `graph_path` per the export contract.
 
     Args:
@@ -37,7 +39,9 @@ def write_frozen_graph(graph_path: Path, extractor, head_weights: np.ndarray, la
     height, width = extractor.spec.input_size
     head = tf.Variable(head_weights.astype(np.float32), name="final_weights")
 
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="Placeholder")])
+    signature = [tf.TensorSpec([None, height, width, 3], tf.float32, name="Placeholder")]
+
+    @tf.function(input_signature=signature)
     def serve(images):
         return tf.nn.softmax(tf.matmul(extractor(images), head), name="final_result")
 

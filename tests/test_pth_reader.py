@@ -21,7 +21,7 @@ from retrainer.extractors._pth import read_state_dict
 from retrainer.extractors.efficientnet_lite import VARIANTS, weights_path
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-STORAGE_TYPES = {np.float32: "FloatStorage", np.int64: "LongStorage", np.float16: "HalfStorage"}
+NOT_LEGACY = r"is corrupt or not a legacy \(torch < 1.6\) PyTorch weights file"
 
 
 def _value(value) -> bytes:
@@ -36,9 +36,11 @@ def _global(module: str, name: str) -> bytes:
 def _tensor(key: str, storage_type: str, count: int, offset: int, shape: tuple, stride: tuple,
             storage_global: bytes | None = None) -> bytes:
     """torch._utils._rebuild_tensor_v2(storage, offset, shape, stride, False, OrderedDict())."""
-    storage_id = (pickle.MARK + _value("storage") + (storage_global or _global("torch", storage_type))
-                  + _value(key) + _value("cpu") + _value(count) + pickle.NONE + pickle.TUPLE)
-    return (_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK + storage_id + pickle.BINPERSID
+    storage_global = storage_global or _global("torch", storage_type)
+    storage_id = (pickle.MARK + _value("storage") + storage_global + _value(key) + _value("cpu")
+                  + _value(count) + pickle.NONE + pickle.TUPLE)
+    return (_global("torch._utils", "_rebuild_tensor_v2") + pickle.MARK + storage_id
+            + pickle.BINPERSID
             + _value(offset) + _value(shape) + _value(stride) + pickle.NEWFALSE
             + _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE
             + pickle.TUPLE + pickle.REDUCE)
@@ -55,8 +57,8 @@ def _legacy_file(state_pickle: bytes, storages: dict[str, np.ndarray]) -> bytes:
     header = b"".join(pickle.dumps(value, protocol=2) for value in (
         LEGACY_MAGIC, 1001, {"protocol_version": 1001, "little_endian": True,
                              "type_sizes": {"short": 2, "int": 4, "long": 4}}))
-    data = b"".join(struct.pack("<q", array.size) + array.astype(array.dtype.newbyteorder("<")).tobytes()
-                    for array in storages.values())
+    data = b"".join(struct.pack("<q", array.size) + array.astype(array.dtype.newbyteorder("<"))
+                    .tobytes() for array in storages.values())
     return header + state_pickle + pickle.dumps(list(storages), protocol=2) + data
 
 
@@ -126,8 +128,8 @@ def test_refuses_a_pickle_that_calls_a_global_outside_the_allow_list(tmp_path, m
     with pytest.raises(ModelError) as caught:
         read_state_dict(path)
 
-    assert str(caught.value) == (f"refusing to load {path}: it references the global {module}.{name}, "
-                                 "which is not allowed in a weights file")
+    assert str(caught.value) == (f"refusing to load {path}: it references the global "
+                                 f"{module}.{name}, which is not allowed in a weights file")
     assert caught.value.exit_code == EXIT_MODEL
     assert not marker.exists()
 
@@ -149,7 +151,8 @@ def test_truncated_file_is_a_model_error(tmp_path, lite0_pth):
     in_storages = _write(tmp_path, content[: len(content) // 2], "half.pth")
     in_pickle = _write(tmp_path, content[:20_000], "head.pth")
 
-    with pytest.raises(ModelError, match=r"half\.pth is truncated or corrupt \(storage \d+\)") as caught:
+    message = r"half\.pth is truncated or corrupt \(storage \d+\)"
+    with pytest.raises(ModelError, match=message) as caught:
         read_state_dict(in_storages)
     assert caught.value.exit_code == EXIT_MODEL
     with pytest.raises(ModelError, match=r"head\.pth is corrupt or not a legacy .*truncated"):
@@ -159,9 +162,9 @@ def test_truncated_file_is_a_model_error(tmp_path, lite0_pth):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (b"", "is corrupt or not a legacy \\(torch < 1.6\\) PyTorch weights file"),
-        (bytes(range(256)) * 4, "is corrupt or not a legacy \\(torch < 1.6\\) PyTorch weights file"),
-        (pickle.dumps(12345, protocol=2) * 3, "is corrupt or not a legacy \\(torch < 1.6\\) PyTorch weights file"),
+        (b"", NOT_LEGACY),
+        (bytes(range(256)) * 4, NOT_LEGACY),
+        (pickle.dumps(12345, protocol=2) * 3, NOT_LEGACY),
         (b"PK\x03\x04" + bytes(100), "is a zip-format torch file; expected the legacy"),
     ],
     ids=["empty", "garbage", "wrong-magic", "zip-format"],

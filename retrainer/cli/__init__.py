@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from typing import Any, Callable, TypeVar
 
 import click
@@ -19,9 +20,32 @@ from retrainer.errors import EXIT_INTERRUPTED, RetrainerError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ start-up chatter unless the user asked for it."""
+def quiet_tensorflow(verbose: bool = False) -> None:
+    """Import TensorFlow and set up its devices without its C++ start-up chatter on stderr.
+
+    TensorFlow 2.x writes oneDNN/CUDA notices straight to file descriptor 2 before its logging is
+    configured, so TF_CPP_MIN_LOG_LEVEL alone does not hide them. Unless `verbose`, the import runs
+    with fd 2 redirected to a temporary file, which is replayed if the import fails.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if verbose or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved_fd, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
 
 
 def configure_logging(verbosity: str) -> None:

@@ -128,15 +128,20 @@ def expand_images(arguments: Iterable[Path]) -> list[Path]:
         found = []
         for folder, subfolders, files in os.walk(argument):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-            found += [Path(folder, name) for name in files
-                      if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS]
+            found += [Path(folder, name) for name in files if _is_image_name(name)]
         if not found:
             extensions = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
             raise UsageError(f"no image files ({extensions}) in folder {argument}")
         paths += sorted(found, key=lambda path: path.relative_to(argument).parts)
     if not paths:
-        raise UsageError("no images given; pass image files or folders, e.g. label-image --graph out.pb photo.jpg")
+        raise UsageError(
+            "no images given; pass image files or folders, e.g. label-image --graph out.pb photo.jpg"
+        )
     return paths
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _unreadable_summary(unreadable: list[ImageResult], total: int) -> str:
@@ -146,14 +151,16 @@ def _unreadable_summary(unreadable: list[ImageResult], total: int) -> str:
     classified = f"the other {total - len(unreadable)} were classified"
     if len(unreadable) == 1:
         return f"cannot read {first.path}: {first.error}; {classified}"
-    return f"cannot read {len(unreadable)} of {total} images (first: {first.path}: {first.error}); {classified}"
+    return (f"cannot read {len(unreadable)} of {total} images (first: {first.path}: {first.error}); "
+            f"{classified}")
 
 
 def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> str:
     """label_image.py's 'label score' lines; a '==> path <==' header (as `head`) when several images."""
     best = result.predictions[0]
     if quiet:
-        return f"{result.path}\t{best.label}\t{best.score:.5f}" if several else f"{best.label}\t{best.score:.5f}"
+        top1 = f"{best.label}\t{best.score:.5f}"
+        return f"{result.path}\t{top1}" if several else top1
     lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in result.predictions]
     if several:
         lines.insert(0, ("" if first else "\n") + f"==> {result.path} <==")

@@ -95,7 +95,7 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     # TensorFlow's own INFO lines ("Assets written to ...") are not retrain's progress.
     for library in ("tensorflow", "absl"):
         logging.getLogger(library).setLevel(max(logging.getLogger().level, logging.WARNING))
-    quiet_tensorflow()
+    quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
     config = RetrainConfig(show_progress=not quiet, **options)
     result = run(config)
     if as_json:

@@ -66,7 +66,7 @@ def _rebuild_tensor(storage: Any, offset: Any, shape: Any, stride: Any, *unused:
     """Stand-in for torch._utils._rebuild_tensor_v2 (requires_grad, hooks, metadata are dropped)."""
     if not isinstance(storage, _StorageRef):
         raise pickle.UnpicklingError("tensor without a storage")
-    return _TensorRef(storage, int(offset), tuple(int(n) for n in shape), tuple(int(n) for n in stride))
+    return _TensorRef(storage, int(offset), tuple(map(int, shape)), tuple(map(int, stride)))
 
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
@@ -110,8 +110,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read the tensors of a legacy-format PyTorch state dict.
 
     Args:
-        path: a `.pth` file written by `torch.save(state_dict, f, _use_new_zipfile_serialization=False)`
-            (the format of torch < 1.6).
+        path: a `.pth` file in the format of torch < 1.6 (later: `torch.save(state_dict, f,
+            _use_new_zipfile_serialization=False)`).
 
     Returns:
         parameter name -> array (contiguous, native byte order, same dtype as the tensor).
@@ -126,7 +126,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except OSError as error:
         raise ModelError(f"cannot read weights file {path}: {error.strerror or error}") from error
     if data[:2] == b"PK":
-        raise ModelError(f"{path} is a zip-format torch file; expected the legacy (torch < 1.6) format")
+        raise ModelError(
+            f"{path} is a zip-format torch file; expected the legacy (torch < 1.6) format"
+        )
     stream = io.BytesIO(data)
     try:
         magic, protocol, sys_info = (_RestrictedUnpickler(stream).load() for _ in range(3))
@@ -142,7 +144,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
             f"refusing to load {path}: it references the global {error}, which is not allowed in "
             "a weights file"
         ) from None
-    except Exception as error:  # a broken pickle can raise almost anything; none of it is a bug here
+    except Exception as error:  # a broken pickle can raise almost anything; none of it is a bug
         raise ModelError(
             f"{path} is corrupt or not a legacy (torch < 1.6) PyTorch weights file "
             f"({type(error).__name__}: {error})"
@@ -179,7 +181,7 @@ def _tensor_array(path: Any, name: str, ref: Any, storages: dict[str, np.ndarray
     storage = storages.get(ref.storage.key)
     if storage is None:
         raise ModelError(f"{path}: storage of {name!r} is missing")
-    if len(ref.shape) != len(ref.stride) or min(ref.shape + ref.stride + (ref.offset,), default=0) < 0:
+    if len(ref.shape) != len(ref.stride) or min((*ref.shape, *ref.stride, ref.offset)) < 0:
         raise ModelError(f"{path}: tensor {name!r} has an invalid shape or stride")
     count = math.prod(ref.shape)
     last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))

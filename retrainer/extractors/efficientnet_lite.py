@@ -6,17 +6,19 @@ and with the stem, head and first/last stages left unscaled. The bottleneck is t
 average-pooled output of the head convolution (before dropout and the ImageNet classifier).
 
 Formulation: plain TF ops with batch norm folded into the convolution kernels and biases (one conv
-plus one bias-add per layer). Weights are non-trainable `tf.Variable`s, so an extractor can be traced
-in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call it inside a `tf.function`:
-eagerly every op is dispatched from Python.
+plus one bias-add per layer). Weights are non-trainable `tf.Variable`s, so an extractor can be
+traced in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call it inside a
+`tf.function`: eagerly every op is dispatched from Python.
 
-What the checkpoints expect was measured, not assumed (top-1 over real photos, see
-docs/readme/extractors.md and scripts/bench_extractor.py):
-- padding: TensorFlow "SAME" (stride-2 layers pad bottom/right only), as in the original TF
-  training; PyTorch-style symmetric k//2 padding lowers the probability of the true class;
-- input normalisation: (pixel - 127) / 128 per channel (the TF EfficientNet-Lite constants); the
-  ImageNet mean/std normalisation gives lower probabilities on the true classes;
-- batch-norm epsilon: 1e-3 (the TF value; PyTorch's default 1e-5 changes the logits slightly).
+What the checkpoints expect was measured, not assumed (scripts/measure_extractor_preprocessing.py,
+details in docs/readme/extractors.md):
+- input normalisation (pixel - 127) / 128: the stem's batch-norm running means match the stem kernel
+  applied to the ImageNet mean pixel normalised this way (correlation 0.97-0.99 for Lite0/1/2);
+  ImageNet mean/std normalisation would predict all zeros. Photos alone could not tell them apart.
+- padding TensorFlow "SAME" (stride 2 pads bottom/right): the files' `_metadata` names the PyTorch
+  port's TF-SAME emulation (`static_padding`) on every conv, and at 96x96 input, where borders
+  weigh most, SAME beats symmetric k//2 padding on real photos (top-1 0.65-0.80 vs 0.47-0.67);
+- batch-norm epsilon 1e-3 (TF's), better than PyTorch's 1e-5 on 67-90% of photo views.
 """
 
 from __future__ import annotations
@@ -177,13 +179,15 @@ class _FoldedWeights:
         """Regular conv: torch [out, in, kh, kw] -> TF [kh, kw, in, out], bias [out]."""
         weight = self.array(f"{conv}.weight", (cout, cin, kernel, kernel))
         scale, bias = self._batch_norm(bn, cout)
-        return np.ascontiguousarray((weight * scale[:, None, None, None]).transpose(2, 3, 1, 0)), bias
+        folded = weight * scale[:, None, None, None]
+        return np.ascontiguousarray(folded.transpose(2, 3, 1, 0)), bias
 
     def depthwise(self, conv: str, bn: str, channels: int, kernel: int) -> tuple[np.ndarray, ...]:
         """Depthwise conv: torch [C, 1, kh, kw] -> TF [kh, kw, C, 1], bias [C]."""
         weight = self.array(f"{conv}.weight", (channels, 1, kernel, kernel))
         scale, bias = self._batch_norm(bn, channels)
-        return np.ascontiguousarray((weight * scale[:, None, None, None]).transpose(2, 3, 0, 1)), bias
+        folded = weight * scale[:, None, None, None]
+        return np.ascontiguousarray(folded.transpose(2, 3, 0, 1)), bias
 
     def _batch_norm(self, bn: str, channels: int) -> tuple[np.ndarray, np.ndarray]:
         gamma, beta, mean, var = (
@@ -194,7 +198,7 @@ class _FoldedWeights:
         return scale, beta - mean * scale
 
 
-def _variables(kernel_and_bias: tuple[np.ndarray, np.ndarray], layer: str) -> tuple[tf.Variable, ...]:
+def _variables(kernel_and_bias: tuple[np.ndarray, ...], layer: str) -> tuple[tf.Variable, ...]:
     kernel, bias = kernel_and_bias
     return (tf.Variable(kernel, trainable=False, name=f"{layer}_kernel"),
             tf.Variable(bias, trainable=False, name=f"{layer}_bias"))
@@ -332,7 +336,8 @@ def _factory(variant: Variant):
     def create(image_size: Optional[int] = None) -> EfficientNetLite:
         return EfficientNetLite(variant, image_size)
 
-    create.__doc__ = f"{variant.name}: {variant.image_size}x{variant.image_size} input, 1280-d vectors."
+    size = variant.image_size
+    create.__doc__ = f"{variant.name}: {size}x{size} input, {BOTTLENECK_SIZE}-d vectors."
     return create
 
 

@@ -1,0 +1,137 @@
+"""Benchmark the retrain pipeline with the real efficientnet_lite0, all in one run:
+
+(a) extraction stage (read + hash + parallel decode + extractor + cache writes, from files) in
+    images/s, divided by the raw extractor's images/s on the same images pre-decoded in memory
+    (target >= 0.9): on Fashion-MNIST PNGs, and on 480x360 JPEG photos (decoding costs more);
+(b) cold `retrain` (a real process, empty bottleneck cache) on N Fashion-MNIST images, against
+    the raw extraction time of those images;
+(c) warm rerun (every vector cached), TensorFlow start-up included (target <= 10 s), against a bare
+    `python -c "import tensorflow"`.
+
+    PYTHONPATH=. python scripts/bench_pipeline.py [--images 1000] [--photos 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+STAGE_TARGET = 0.9
+WARM_TARGET_SECONDS = 10.0
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def fashion_mnist_folder(out: Path, per_class: int) -> Path:
+    """examples/fashion_mnist.py's class folders (10 classes x per_class PNGs)."""
+    spec = importlib.util.spec_from_file_location("fashion_mnist", REPO / "examples" / "fashion_mnist.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
+    return module.write_image_folder(idx_dir, out, per_class=per_class)
+
+
+def make_photos(folder: Path, count: int) -> list[Path]:
+    """`count` 480x360 JPEGs: random crops and mirrors of scikit-image's real photos."""
+    import skimage.data
+    from PIL import Image
+
+    sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(),
+               skimage.data.rocket()]
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True)
+    paths = []
+    for index in range(count):
+        photo = sources[index % len(sources)]
+        crop = photo[rng.integers(0, photo.shape[0] // 4):, rng.integers(0, photo.shape[1] // 4):]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        paths.append(folder / f"photo_{index:04d}.jpg")
+        Image.fromarray(np.ascontiguousarray(crop)).resize((480, 360)).save(paths[-1], quality=90)
+    return paths
+
+
+def raw_extractor_seconds(extractor, paths: list[Path], batch_size: int) -> float:
+    """Seconds for the traced extractor alone over pre-decoded uint8 batches (trace excluded)."""
+    import tensorflow as tf
+
+    from retrainer.bottlenecks import feature_function
+    from retrainer.images import load_image
+
+    pixels = np.stack([load_image(path, extractor.spec.input_size) for path in paths])
+    features = feature_function(extractor)
+    features(tf.constant(pixels[:batch_size]))  # trace and warm up
+    batches = [tf.constant(pixels[start:start + batch_size])
+               for start in range(0, len(pixels), batch_size)]
+    started = time.perf_counter()
+    for batch in batches:
+        features(batch).numpy()
+    return time.perf_counter() - started
+
+
+def stage_seconds(extractor, paths: list[Path], cache: Path, batch_size: int) -> float:
+    """Seconds for compute_bottlenecks from files into an empty cache (its trace included)."""
+    from retrainer.bottlenecks import compute_bottlenecks
+
+    started = time.perf_counter()
+    result = compute_bottlenecks(paths, extractor, cache, batch_size=batch_size, show_progress=False)
+    seconds = time.perf_counter() - started
+    assert result.computed == len(paths), result
+    return seconds
+
+
+def timed_process(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST images (10 classes)")
+    parser.add_argument("--photos", type=int, default=300, help="JPEG photos for (a); 0 to skip")
+    args = parser.parse_args()
+
+    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
+    from retrainer.extractors import create_extractor
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        image_dir = fashion_mnist_folder(work / "fashion", args.images // 10)
+        fashion = sorted(image_dir.rglob("*.png"))
+        extractor = create_extractor("efficientnet_lite0")
+        print(f"efficientnet_lite0, extraction batch {DEFAULT_BATCH_SIZE}, {os.cpu_count()} CPUs")
+
+        datasets = [("Fashion-MNIST 28x28 PNG", fashion)]
+        if args.photos:
+            datasets.append(("photos 480x360 JPEG", make_photos(work / "photos", args.photos)))
+        raw_fashion = None
+        for index, (name, paths) in enumerate(datasets):
+            raw = raw_extractor_seconds(extractor, paths, DEFAULT_BATCH_SIZE)
+            stage = stage_seconds(extractor, paths, work / f"cache_{index}", DEFAULT_BATCH_SIZE)
+            raw_fashion = raw_fashion or raw
+            print(f"(a) {name}, {len(paths)} images: stage {len(paths) / stage:.1f} img/s, raw "
+                  f"extractor {len(paths) / raw:.1f} img/s -> ratio {raw / stage:.2f} "
+                  f"(target >= {STAGE_TARGET})")
+
+        import_seconds = timed_process([sys.executable, "-c", "import tensorflow"], work)
+        command = [sys.executable, "-m", "retrainer.cli.retrain", "--image_dir", str(image_dir),
+                   "--bottleneck_dir", str(work / "cli_cache"), "--quiet"]
+        cold = timed_process(command, work)
+        warm = timed_process(command, work)
+        print(f"(b) cold retrain, {len(fashion)} images, 4000 steps: {cold:.1f} s wall = "
+              f"{cold / raw_fashion:.2f} x the raw extraction time ({raw_fashion:.1f} s)")
+        print(f"(c) warm rerun (all cached): {warm:.1f} s wall (target <= {WARM_TARGET_SECONDS:g} s) "
+              f"= {warm / import_seconds:.2f} x a bare `import tensorflow` ({import_seconds:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
