@@ -30,9 +30,11 @@ def write_bytes_atomically(path: os.PathLike[str] | str, data: bytes) -> None:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temp_name, path)
-    except BaseException:  # e.g. Ctrl-C, which may also land just after the rename
+    except BaseException as error:  # e.g. Ctrl-C, which may also land just after the rename
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
+        if isinstance(error, OSError) and error.filename is None:  # e.g. disk full: say where
+            raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
 
 

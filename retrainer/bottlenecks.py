@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # Bump when the stored format or the pixels fed to extractors (decoding, resizing) change.
 CACHE_FORMAT = "v1"
 DEFAULT_BATCH_SIZE = 32
+# Fixed decode parallelism and read-ahead, with tf.data autotuning off: its background thread made
+# iterator teardown stall for 1-2 s at random (measured with scripts/bench_pipeline.py), and
+# decoding on every core, two batches ahead, already keeps the extractor busy.
+PREFETCH_BATCHES = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +153,18 @@ def decoded_images(
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, tf.string, [len(encoded)]))
     )
-    dataset = dataset.map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.map(load_one, num_parallel_calls=_decode_threads(), deterministic=False)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.batch(batch_size).prefetch(PREFETCH_BATCHES).with_options(options)
+
+
+def _decode_threads() -> int:
+    """One decoding thread per CPU this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def feature_function(extractor: FeatureExtractor) -> Callable[[tf.Tensor], tf.Tensor]:

@@ -122,7 +122,8 @@ class GraphExporter:
         data = self.frozen_graph_def().SerializeToString(deterministic=True)
         write_bytes_atomically(path, data)
         sidecar = metadata_path(path)
-        document = {**self.classifier.metadata(step), "graph_sha256": hashlib.sha256(data).hexdigest()}
+        document = self.classifier.metadata(step)
+        document["graph_sha256"] = hashlib.sha256(data).hexdigest()
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_text_atomically(sidecar, text)
         return sidecar

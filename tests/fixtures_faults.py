@@ -1,16 +1,19 @@
 """Bad inputs with their expected outcomes, and real-process helpers, for the fault tests.
 
 - `CORPUS_USED` / `CORPUS_SKIPPED`: what `retrain` must do with each file `write_decode_corpus`
-  (tests/fixtures_data.py) writes: use it, or skip it with this reason.
-- `save_slow_module(path, ...)`: a local TF2 SavedModel extractor that burns a fixed amount of CPU per
-  batch, so a real `retrain` process can be interrupted in the middle of extraction on purpose (a
-  subprocess cannot see the in-process `tiny_test` registration; `--tfhub_module PATH` it can).
+  (tests/fixtures_data.py) writes: use it, or skip it with this reason. `RENAMED_USED`: corpus
+  files copied under a lying extension (used: the content decides). `write_fault_corpus` writes all.
+- `save_slow_module(path, ...)`: a local TF2 SavedModel extractor that burns a fixed amount of CPU
+  per batch, so a real `retrain` process can be interrupted in the middle of extraction on purpose
+  (a subprocess cannot see the in-process `tiny_test` registration; `--tfhub_module PATH` it can).
 - `start_retrain(...)`, `wait_until(...)`, `cache_entries(...)`, `assert_complete_graph(...)`.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +31,10 @@ CORPUS_USED = (
     "sixteen_bit.png", "float.tiff", "cmyk.jpg", "rgba.png", "palette_transparent.png", "la.png",
     "animated.gif", "animated.webp", "exif_rotated.jpg",
 )
+# Extension lies: {new name: corpus file whose bytes it gets}. The content decides the format
+# (tensorflow#48556: an animated GIF named .jpg broke retrain.py with "Not a JPEG file").
+RENAMED_USED = {"gif_named.jpg": "animated.gif", "jpeg_named.png": "rgb.jpg",
+                "webp_named.JPEG": "animated.webp"}
 # Files that cannot be used: skipped with this reason (decoder) or left out by discovery (fork).
 CORPUS_SKIPPED = {
     "empty.jpg": "empty file (0 bytes)",
@@ -47,6 +54,17 @@ SLOW_MODULE_SIZE = 32  # input height and width of `save_slow_module` modules
 SLOW_MODULE_VECTOR = 8
 
 
+def write_fault_corpus(folder: Path) -> dict[str, Path]:
+    """`write_decode_corpus(folder)` plus the `RENAMED_USED` copies; returns {name: path}."""
+    from tests.fixtures_data import write_decode_corpus
+
+    corpus = write_decode_corpus(folder)
+    for name, source in RENAMED_USED.items():
+        corpus[name] = folder / name
+        corpus[name].write_bytes(corpus[source].read_bytes())
+    return corpus
+
+
 def save_slow_module(path: Path, iterations: int = 200, width: int = 512,
                      padding_floats: int = 0) -> Path:
     """Write a TF2 SavedModel feature extractor: float32 [N, 32, 32, 3] -> float32 [N, 8].
@@ -62,7 +80,8 @@ def save_slow_module(path: Path, iterations: int = 200, width: int = 512,
     module = tf.Module()
     module.kernel = tf.Variable(rng.normal(size=(1, 1, 3, SLOW_MODULE_VECTOR)).astype(np.float32))
     module.mix = tf.Variable((rng.normal(size=(SLOW_MODULE_VECTOR, width)) / 8).astype(np.float32))
-    module.square = tf.Variable((rng.normal(size=(width, width)) / np.sqrt(width)).astype(np.float32))
+    square = rng.normal(size=(width, width)) / np.sqrt(width)
+    module.square = tf.Variable(square.astype(np.float32))
     module.padding = tf.Variable(np.ones(max(padding_floats, 1), np.float32))
 
     @tf.function(input_signature=[tf.TensorSpec([None, SLOW_MODULE_SIZE, SLOW_MODULE_SIZE, 3],
@@ -90,11 +109,21 @@ def retrain_command(*args: object) -> list[str]:
     return [sys.executable, "-m", "retrainer.cli.retrain", *map(str, args)]
 
 
-def start_retrain(args: list[str], cwd: Path) -> subprocess.Popen:
-    """Start `retrain ARGS` in a subprocess; stdout and stderr are captured as text."""
+def start_retrain(args: list[str], cwd: Path, max_file_bytes: Optional[int] = None
+                  ) -> subprocess.Popen:
+    """Start `retrain ARGS` in a subprocess; stdout and stderr are captured as text.
+
+    `max_file_bytes` caps the size of any file it writes (RLIMIT_FSIZE): a full disk for any user.
+    """
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
     return subprocess.Popen(retrain_command(*args), cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=None if max_file_bytes is None else limit_file_size)
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120,
@@ -104,7 +133,8 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout
     while not condition():
         if process.poll() is not None:
             _, stderr = process.communicate()
-            pytest.fail(f"retrain ended (exit {process.returncode}) before the kill point:\n{stderr}")
+            pytest.fail(f"retrain ended (exit {process.returncode}) before the kill point:\n"
+                        f"{stderr}")
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"kill point not reached within {timeout} s")
@@ -127,7 +157,7 @@ def assert_whole_entries(bottleneck_dir: Path, vector_size: int) -> int:
 
 
 def assert_complete_graph(path: Path, final_tensor_name: str = "final_result") -> bytes:
-    """`path` parses as a whole GraphDef with the export's input and output ops; returns its bytes."""
+    """`path` is a whole GraphDef with the export's input and output ops; returns its bytes."""
     import tensorflow as tf
 
     data = path.read_bytes()

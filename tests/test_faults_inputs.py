@@ -23,12 +23,16 @@ from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.errors import (EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_UNREADABLE_IMAGES,
                               EXIT_USAGE)
-from tests.fixtures_data import make_color_image_dir, make_messy_image_dir, write_decode_corpus
+from tests.fixtures_data import make_color_image_dir, make_messy_image_dir
 from tests.fixtures_extractors import TinyExtractor
-from tests.fixtures_faults import CORPUS_SKIPPED, CORPUS_USED, DISCOVERY_SKIPPED, find_line
+from tests.fixtures_faults import (CORPUS_SKIPPED, CORPUS_USED, DISCOVERY_SKIPPED, RENAMED_USED,
+                                   find_line, write_fault_corpus)
 from tests.fixtures_pipeline import retrain_args
 
 GOOD_PER_CLASS = 6
+USED = (*CORPUS_USED, *RENAMED_USED)
+# retrainer.images silences Pillow's warning for processes; pytest re-enables warnings per test.
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
 def retrain(*args: object):
@@ -40,7 +44,7 @@ def label_image(*args: object):
 
 
 def assert_one_line_error(result, exit_code: int, *fragments: str) -> str:
-    """The run stopped with `exit_code`, its last stderr line is 'Error: ...' with every fragment."""
+    """The run exited `exit_code`; its last stderr line is 'Error: ...' with every fragment."""
     assert result.exit_code == exit_code, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.stderr
@@ -60,7 +64,7 @@ def corpus_run(tmp_path_factory) -> SimpleNamespace:
     with --json (the rerun must reuse every vector)."""
     root = tmp_path_factory.mktemp("corpus_run")
     image_dir = make_color_image_dir(root / "images", per_class=GOOD_PER_CLASS)
-    corpus = write_decode_corpus(image_dir / "red")
+    corpus = write_fault_corpus(image_dir / "red")
     args = retrain_args(root, image_dir)
     text = retrain(*args)
     rerun = retrain(*args, "--json")
@@ -91,20 +95,20 @@ def test_unusable_file_is_skipped_with_a_warning_naming_it(corpus_run, name):
     assert reason in skipped[f"red/{name}"]
 
 
-@pytest.mark.parametrize("name", CORPUS_USED)
+@pytest.mark.parametrize("name", USED)
 def test_awkward_but_valid_file_is_used(corpus_run, name):
     path = corpus_run.corpus[name]
     assert f"red/{name}" not in {entry["path"] for entry in corpus_run.document["skipped"]}
     assert str(path) not in corpus_run.text.stderr
-    entry = BottleneckCache(corpus_run.root / "bottlenecks", TinyExtractor().spec).path(file_digest(path))
-    assert entry.is_file(), f"no vector cached for {name}"
+    cache = BottleneckCache(corpus_run.root / "bottlenecks", TinyExtractor().spec)
+    assert cache.path(file_digest(path)).is_file(), f"no vector cached for {name}"
 
 
 def test_summary_counts_every_usable_image_once(corpus_run):
     document = corpus_run.document
     counts = {label: sum(row.values()) for label, row in document["counts"].items()}
     assert counts == {"blue": GOOD_PER_CLASS, "green": GOOD_PER_CLASS,
-                      "red": GOOD_PER_CLASS + len(CORPUS_USED)}
+                      "red": GOOD_PER_CLASS + len(USED)}
     assert len(document["skipped"]) == len(CORPUS_SKIPPED)
     assert f"Skipped {len(CORPUS_SKIPPED)} files:" in corpus_run.text.stdout
     assert "Images used per class:" in corpus_run.text.stdout
@@ -136,10 +140,10 @@ def test_label_image_on_the_corpus_exits_5_without_traceback(labelled_corpus):
     unreadable = len(CORPUS_SKIPPED)  # the fork too: named explicitly, it is tried
     assert_one_line_error(labelled_corpus.result, EXIT_UNREADABLE_IMAGES,
                           f"cannot read {unreadable} of {len(labelled_corpus.lines)} images",
-                          f"the other {len(CORPUS_USED)} were classified")
+                          f"the other {len(USED)} were classified")
 
 
-@pytest.mark.parametrize("name", CORPUS_USED)
+@pytest.mark.parametrize("name", USED)
 def test_label_image_classifies_awkward_but_valid_file(labelled_corpus, name):
     line = labelled_corpus.lines[name]
     assert "error" not in line and line["label"] in ("red", "green", "blue")
@@ -193,7 +197,8 @@ def test_label_image_refuses_a_graph_whose_sidecar_describes_another_graph(corpu
     assert result.stdout == ""
 
     (mixed / "graph.pb.meta.json").write_bytes(Path(f"{new_graph}.meta.json").read_bytes())
-    assert label_image("--graph", mixed / "graph.pb", "-q", corpus_run.corpus["rgb.png"]).exit_code == 0
+    matching = label_image("--graph", mixed / "graph.pb", "-q", corpus_run.corpus["rgb.png"])
+    assert matching.exit_code == EXIT_OK, matching.output
 
 
 # --- messy folders --------------------------------------------------------------------------------
@@ -342,7 +347,7 @@ def test_existing_folder_as_output_file_is_refused(tmp_path):
     image_dir = make_color_image_dir(tmp_path / "images", per_class=2)
     (tmp_path / "labels_dir").mkdir()
     result = retrain(*retrain_args(tmp_path, image_dir, "--output_labels", tmp_path / "labels_dir"))
-    assert_one_line_error(result, EXIT_USAGE, "--output_labels", "is a folder; expected a file path")
+    assert_one_line_error(result, EXIT_USAGE, "--output_labels", "is a folder; expected a file")
 
 
 # --- the cache and the outputs --------------------------------------------------------------------
@@ -373,7 +378,7 @@ def test_corrupted_cache_entries_are_recomputed_never_read(tmp_path):
         2: lambda entry: entry.write_bytes(os.urandom(200)),
         3: lambda entry: np.save(entry, np.zeros(5, np.float32)),  # wrong shape
         4: lambda entry: np.save(entry, np.full(16, np.inf, np.float32)),
-        5: lambda entry: np.save(entry, np.array([_Payload(marker)], dtype=object), allow_pickle=True),
+        5: lambda entry: np.save(entry, np.array([_Payload(marker)], object), allow_pickle=True),
     }
     for index, damage in corrupt.items():
         damage(entries[index])
@@ -387,7 +392,8 @@ def test_corrupted_cache_entries_are_recomputed_never_read(tmp_path):
         assert f"Cached bottleneck {entries[index]} is " in result.stderr
     assert not marker.exists(), "a cache entry was unpickled"
     for entry, original in zip(entries, originals):
-        np.testing.assert_allclose(np.load(entry, allow_pickle=False), original, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.load(entry, allow_pickle=False), original, rtol=1e-5,
+                                   atol=1e-6)
     assert document["test_accuracy"] == first["test_accuracy"]
 
 

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
-from retrainer.errors import EXIT_INTERRUPTED, EXIT_OK
+from retrainer.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tests.fixtures_data import make_color_image_dir, write_decode_corpus
 from tests.fixtures_faults import (INTERRUPTED_MESSAGE, SLOW_MODULE_VECTOR, assert_complete_graph,
                                    assert_whole_entries, cache_entries, save_slow_module,
@@ -67,7 +67,8 @@ def test_stopped_during_extraction_keeps_whole_vectors_and_the_rerun_resumes(
     rerun = retrain(*args, "--json")
     assert rerun.exit_code == EXIT_OK, rerun.output
     document = json.loads(rerun.stdout)
-    assert (document["bottlenecks_computed"], document["bottlenecks_reused"]) == (IMAGES - kept, kept)
+    assert document["bottlenecks_computed"] == IMAGES - kept
+    assert document["bottlenecks_reused"] == kept
     assert "Cached bottleneck" not in rerun.stderr  # no damaged entry was ever found
     assert_complete_graph(tmp_path / "out" / "graph.pb")
     assert assert_whole_entries(cache, SLOW_MODULE_VECTOR) == IMAGES
@@ -99,6 +100,23 @@ def test_two_runs_sharing_a_cache_at_the_same_time_both_finish(tmp_path, slow_mo
         assert_complete_graph(run / "out" / "graph.pb")
     assert assert_whole_entries(cache, SLOW_MODULE_VECTOR) == 120
     assert not temp_files(cache)
+
+
+def test_full_disk_mid_run_is_one_line_and_exit_2_and_keeps_nothing_half_written(tmp_path,
+                                                                                 slow_module):
+    """A write the machine refuses (here: over a file size limit, as on a full disk) stops the run
+    with one line naming the file, not a traceback; no temp file is left behind."""
+    image_dir = make_color_image_dir(tmp_path / "images", per_class=4)
+    args = retrain_args(tmp_path, image_dir, extractor=str(slow_module))
+    process = start_retrain(args, tmp_path, max_file_bytes=100)  # a cache entry takes 160 bytes
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == EXIT_USAGE, stderr
+    last = stderr.rstrip("\n").splitlines()[-1]
+    assert last.startswith(f"Error: File too large: {tmp_path / 'bottlenecks'}")
+    assert last.endswith(".npy. Free some space or fix the permissions (or pass another path), "
+                         "then rerun: work done so far is kept.")
+    assert "Traceback" not in stderr and stdout == ""
+    assert not cache_entries(tmp_path / "bottlenecks") and not temp_files(tmp_path / "bottlenecks")
 
 
 # --- slow: SIGKILL at the training log line, during export, and at random points ------------------
@@ -149,7 +167,7 @@ def test_killed_while_writing_the_graph_keeps_the_previous_graph(tmp_path):
     assert (out / "graph.pb.meta.json").read_bytes() == previous["graph.pb.meta.json"]
     assert (out / "labels.txt").read_bytes() == previous["labels.txt"]
     image = sorted(image_dir.rglob("*.png"))[0]
-    served = CliRunner().invoke(label_image_main, ["--graph", str(out / "graph.pb"), "-q", str(image)])
+    served = CliRunner().invoke(label_image_main, ["--graph", str(out / "graph.pb"), str(image)])
     assert served.exit_code == EXIT_OK, served.output
 
     assert retrain(*args, "--seed", "2").exit_code == EXIT_OK
@@ -157,31 +175,42 @@ def test_killed_while_writing_the_graph_keeps_the_previous_graph(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_at_random_points_then_rerun_matches_an_uninterrupted_run(tmp_path, slow_module):
-    """Seeded kill delays spread over a whole run: after every kill the cache and outputs are whole,
-    and the final rerun gives the uninterrupted run's classifier."""
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
+def test_stopped_at_random_points_then_rerun_matches_an_uninterrupted_run(tmp_path, slow_module,
+                                                                          signal_name):
+    """Seeded signal delays spread over a run's work (from its "Found N images" line to its end):
+    after every stop the cache and outputs are whole (after Ctrl-C also: exit 130, one line, no
+    temp file); the final rerun gives the uninterrupted run's classifier."""
     image_dir = make_color_image_dir(tmp_path / "images", per_class=64)
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
     for folder in (reference_dir, resumed_dir):
         folder.mkdir()
-    reference_args = retrain_args(reference_dir, image_dir, "--json", extractor=str(slow_module),
-                                  steps=400)
-    started = time.monotonic()
-    reference = start_retrain(reference_args, reference_dir)
+    reference = start_retrain(retrain_args(reference_dir, image_dir, "--json", steps=2000,
+                                           extractor=str(slow_module)), reference_dir)
+    work_started = _wait_for_work(reference)
     stdout, stderr = reference.communicate(timeout=300)
-    duration = time.monotonic() - started
+    work = time.monotonic() - work_started
     assert reference.returncode == EXIT_OK, stderr
     expected = json.loads(stdout)
 
-    args = retrain_args(resumed_dir, image_dir, "--json", extractor=str(slow_module), steps=400)
+    args = retrain_args(resumed_dir, image_dir, "--json", extractor=str(slow_module), steps=2000)
     out = resumed_dir / "out"
     rng = random.Random(20240607)
-    for delay in sorted(rng.uniform(0.1, 1.0) * duration for _ in range(5)):
+    kills = 6
+    for stratum in range(kills):  # one delay in each sixth of the work, so all stages get hit
         process = start_retrain(args, resumed_dir)
-        time.sleep(delay)
-        process.kill()
-        process.communicate(timeout=120)
-        print("DEBUG", delay, duration, assert_whole_entries(resumed_dir / "bottlenecks", SLOW_MODULE_VECTOR), (out / "graph.pb").exists(), temp_files(resumed_dir))
+        _wait_for_work(process)
+        time.sleep(rng.uniform(stratum / kills, (stratum + 1) / kills) * work)
+        process.send_signal(getattr(signal, signal_name))
+        stdout, stderr = process.communicate(timeout=120)
+        if signal_name == "SIGINT":
+            assert "Traceback" not in stderr and not temp_files(resumed_dir)
+            if process.returncode == EXIT_INTERRUPTED:
+                assert stderr.rstrip("\n").splitlines()[-1] == INTERRUPTED_MESSAGE
+            else:  # too late to interrupt: the run had finished (Python's exit then dies of it)
+                assert process.returncode in (EXIT_OK, -signal.SIGINT), stderr
+                assert json.loads(stdout)["outputs"]["output_graph"] == str(out / "graph.pb")
+        assert_whole_entries(resumed_dir / "bottlenecks", SLOW_MODULE_VECTOR)
         if (out / "graph.pb").exists():
             assert_complete_graph(out / "graph.pb")
         if (out / "labels.txt").exists():
@@ -199,6 +228,14 @@ def test_killed_at_random_points_then_rerun_matches_an_uninterrupted_run(tmp_pat
     scores = [_label_image_scores(folder / "out" / "graph.pb", images)
               for folder in (reference_dir, resumed_dir)]
     np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)
+
+
+def _wait_for_work(process) -> float:
+    """Read the run's stderr up to its "Found N images" line; returns when that was."""
+    for line in process.stderr:
+        if line.startswith("INFO: Found "):
+            return time.monotonic()
+    pytest.fail(f"retrain ended (exit {process.wait()}) before finding its images")
 
 
 def _label_image_scores(graph: Path, images: list[str]) -> np.ndarray:

@@ -5,6 +5,7 @@ Only this package imports click. TensorFlow is imported inside the commands, so 
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -15,9 +16,13 @@ from typing import Any, Callable, TypeVar
 
 import click
 
-from retrainer.errors import EXIT_INTERRUPTED, RetrainerError
+from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The machine, not the code, refused a write (disk full, quota, read-only, file size limit, another
+# user's files): a one-line error with exit code 2, not a traceback.
+_UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                                errno.EPERM})
 
 
 def quiet_tensorflow(verbose: bool = False) -> None:
@@ -72,6 +77,13 @@ def reports_errors(command: F) -> F:
         except KeyboardInterrupt:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except OSError as error:
+            if error.errno not in _UNWRITABLE_ERRNOS:
+                raise
+            where = f": {error.filename}" if error.filename else ""
+            click.echo(f"Error: {error.strerror}{where}. Free some space or fix the permissions "
+                       "(or pass another path), then rerun: work done so far is kept.", err=True)
+            sys.exit(EXIT_USAGE)
         finally:
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
