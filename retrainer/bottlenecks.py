@@ -1,15 +1,15 @@
 """Bottleneck stage: each image's feature vector, computed once per extractor and cached on disk.
 
 Cache layout: `<bottleneck_dir>/<extractor id>/<CACHE_FORMAT>-<H>x<W>/<aa>/<sha256>.npy`, one
-float32 [D] `.npy` per image, keyed by the SHA-256 of the file's bytes. So an edited image gets a new
-key (a stale vector can never be served), a renamed or moved image keeps its entry, a different
-extractor never sees another's vectors, and no dataset path ever appears in a cache path. Entries
-are written to a temp file and renamed into place: a run killed at any moment leaves only whole
-entries, the next run recomputes only what is missing, and runs sharing a cache do not collide.
-Unreadable entries are recomputed with a warning.
+float32 [D] `.npy` per image, keyed by the SHA-256 of the file's bytes. So an edited image gets a
+new key (a stale vector can never be served), a renamed or moved image keeps its entry, a
+different extractor never sees another's vectors, and no dataset path ever appears in a cache path.
+Entries are written to a temp file and renamed into place: a run killed at any moment leaves only
+whole entries, the next run recomputes only what is missing, and runs sharing a cache do not
+collide. Unreadable entries are recomputed with a warning.
 
-Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch) feeding
-the extractor inside a tf.function, and stored batch by batch as they come.
+Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch)
+feeding the extractor inside a tf.function, and stored batch by batch as they come.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -79,7 +80,7 @@ class BottleneckCache:
         return self.directory / digest[:2] / f"{digest}.npy"
 
     def load(self, digest: str) -> Optional[np.ndarray]:
-        """The cached float32 [D] vector, or None if absent or unusable (warned, then recomputed)."""
+        """The cached float32 [D] vector; None if absent or unusable (warned, then recomputed)."""
         path = self.path(digest)
         try:
             vector = np.load(path, allow_pickle=False)
@@ -251,23 +252,42 @@ def _computed(
     batch_size: int,
     show_progress: bool,
 ) -> Iterator[tuple[int, Optional[np.ndarray], str]]:
-    """Run the pipeline over `paths`, caching each vector as its batch completes.
+    """Run the pipeline over `paths`, caching each batch's vectors as it completes.
+
+    Entries are written on a background thread while the extractor works on the next batch; write
+    errors surface on the next batch, and pending writes finish even when interrupted.
 
     Yields:
         (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
     """
     features = feature_function(extractor)
     dataset = decoded_images(paths, extractor.spec.input_size, batch_size)
-    with tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
-              disable=None if show_progress else True) as progress:
+    writes: list[Future] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
+            tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
+                 disable=None if show_progress else True) as progress:
         for positions, images, digests, reasons in dataset:
-            batch_vectors = features(images).numpy()
+            reasons = [reason.decode() for reason in reasons.numpy()]
+            # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
+            batch_vectors = None if all(reasons) else features(images).numpy()
+            entries = []
             for row, (index, digest, reason) in enumerate(
-                zip(positions.numpy(), digests.numpy(), reasons.numpy())
+                zip(positions.numpy(), digests.numpy(), reasons)
             ):
                 if reason:
-                    yield int(index), None, reason.decode()
+                    yield int(index), None, reason
                 else:
-                    cache.store(digest.decode(), batch_vectors[row])
+                    entries.append((digest.decode(), batch_vectors[row]))
                     yield int(index), batch_vectors[row], ""
+            for write in [write for write in writes if write.done()]:
+                write.result()
+                writes.remove(write)
+            writes.append(writer.submit(_store_all, cache, entries))
             progress.update(len(positions))
+    for write in writes:
+        write.result()
+
+
+def _store_all(cache: BottleneckCache, entries: list[tuple[str, np.ndarray]]) -> None:
+    for digest, vector in entries:
+        cache.store(digest, vector)

@@ -152,7 +152,9 @@ def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str)
         module.labels_file = tf.saved_model.Asset(str(labels_file))
         replace_directory(
             directory,
-            lambda staging: tf.saved_model.save(module, str(staging), signatures={"serving_default": serve}),
+            lambda staging: tf.saved_model.save(
+                module, str(staging), signatures={"serving_default": serve}
+            ),
         )
 
 
@@ -162,7 +164,9 @@ def _check_final_op(graph: tf.Graph, name: str) -> None:
         operation = graph.get_operation_by_name(name)
     except KeyError:
         operation = None
-    if operation is None or operation.type != "Identity" or operation.inputs[0].op.type != "Softmax":
+    ours = (operation is not None and operation.type == "Identity"
+            and operation.inputs[0].op.type == "Softmax")
+    if not ours:
         raise UsageError(
             f"--final_tensor_name {name!r} clashes with an operation of the feature extractor's "
             "graph; choose another name (the default is final_result)."

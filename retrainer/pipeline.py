@@ -13,11 +13,11 @@ import logging
 import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from retrainer._output_paths import check_output_paths
 from retrainer.errors import DataError, UsageError
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
@@ -95,7 +95,9 @@ class RetrainConfig:
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
         if self.output_graph == self.output_labels:
-            raise UsageError(f"--output_graph and --output_labels are the same file: {self.output_graph}")
+            raise UsageError(
+                f"--output_graph and --output_labels are the same file: {self.output_graph}"
+            )
 
     def _require(self, field: str, valid: Callable[[Any], bool], expected: str) -> None:
         value = getattr(self, field)
@@ -172,7 +174,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.train import train_head
 
     timer = _StageTimer()
-    check_output_paths(config)
+    check_output_paths(config)  # before the long work
     with timer("discover"):
         collection = discover_images(
             config.image_dir, config.validation_percentage, config.testing_percentage
@@ -204,7 +206,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     return RetrainResult(
         labels=collection.labels,
         counts=splits.counts(),
-        skipped=collection.ignored + splits.unreadable,
+        skipped=tuple(sorted(collection.ignored + splits.unreadable)),
         bottlenecks_computed=bottlenecks.computed,
         bottlenecks_reused=bottlenecks.reused,
         train_accuracy=last.train_accuracy,
@@ -240,8 +242,8 @@ class _Exports:
         from retrainer.export import Classifier, GraphExporter
 
         if self._exporter is None:
-            classifier = Classifier(self.extractor, head, self.labels, self.config.final_tensor_name)
-            self._exporter = GraphExporter(classifier)
+            name = self.config.final_tensor_name
+            self._exporter = GraphExporter(Classifier(self.extractor, head, self.labels, name))
         return self._exporter
 
     def store_intermediate(self, step: int, head) -> None:
@@ -305,7 +307,8 @@ class _SplitFeatures:
                 self.images[image.split].append(image)
                 rows[image.split].append(position)
         self.unreadable = tuple(
-            (collection.images[position].relpath, reason) for position, reason in bottlenecks.skipped
+            (collection.images[position].relpath, reason)
+            for position, reason in bottlenecks.skipped
         )
         self.features = {
             split: FeatureSet(
@@ -324,12 +327,14 @@ class _SplitFeatures:
         if len(trainable) < 2:  # a one-class "classifier" would exit 0 and be useless
             raise DataError(
                 f"Only 1 class has decodable training images ({trainable[0]!r}) in "
-                f"{collection.image_dir} ({len(self.unreadable)} files could not be read); at least "
-                "2 are needed: add images or lower --validation_percentage/--testing_percentage."
+                f"{collection.image_dir} ({len(self.unreadable)} files could not be read); at "
+                "least 2 are needed: add images or lower --validation_percentage/"
+                "--testing_percentage."
             )
         for label, row in self.counts().items():
             if row[TRAINING] == 0:
-                log.warning("Class %r has no usable training images; it cannot be predicted.", label)
+                log.warning("Class %r has no usable training images; it cannot be predicted.",
+                            label)
 
     def counts(self) -> dict[str, dict[str, int]]:
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
@@ -354,54 +359,3 @@ class _StageTimer:
 
     def seconds(self) -> dict[str, float]:
         return {**self._seconds, "total": time.perf_counter() - self.started}
-
-
-def check_output_paths(config: RetrainConfig) -> None:
-    """Fail fast, before any long work, if an output cannot be written.
-
-    Creates the output folders (as the run would) and probes each with a temporary file.
-
-    Raises:
-        UsageError: naming the flag and the path.
-    """
-    files = {"output_graph": config.output_graph, "output_labels": config.output_labels,
-             "checkpoint_path": config.checkpoint_path}
-    folders = {"bottleneck_dir": config.bottleneck_dir, "summaries_dir": config.summaries_dir}
-    if config.intermediate_store_frequency > 0:
-        folders["intermediate_output_graphs_dir"] = config.intermediate_output_graphs_dir
-    for flag, path in files.items():
-        if path.is_dir():
-            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
-        folders[flag] = path.parent
-    if config.saved_model_dir is not None:
-        _check_saved_model_dir(config.saved_model_dir)
-        folders["saved_model_dir"] = config.saved_model_dir.parent
-    for flag, folder in folders.items():
-        _check_writable_folder(flag, folder)
-
-
-def _check_saved_model_dir(path: Path) -> None:
-    """Only a SavedModel (or nothing) may be replaced: never delete a user's unrelated folder."""
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--saved_model_dir {path} is a file; expected a folder path.")
-    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").is_file():
-        raise UsageError(
-            f"--saved_model_dir {path} exists and is not a SavedModel; it would be replaced. "
-            "Pass a new or empty folder, or an earlier --saved_model_dir."
-        )
-
-
-def _check_writable_folder(flag: str, folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        reason = error.strerror or error
-        if isinstance(error, (FileExistsError, NotADirectoryError)):  # mkdir's words for this
-            blocker = next((path for path in (folder, *folder.parents) if path.is_file()), None)
-            reason = f"{blocker} is a file, not a folder" if blocker else reason
-        raise UsageError(
-            f"cannot write to {folder} (for --{flag}): {reason}. "
-            f"Pass a writable path with --{flag}."
-        ) from error

@@ -315,4 +315,6 @@ def _log_point(
         validation_accuracy * 100,
         validation_count,
     )
-    return EvalPoint(step, train_accuracy, cross_entropy, validation_accuracy, int(validation_count))
+    return EvalPoint(
+        step, train_accuracy, cross_entropy, validation_accuracy, int(validation_count)
+    )

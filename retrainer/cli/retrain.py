@@ -25,7 +25,7 @@ _MAX_SKIPPED_SHOWN = 20
 
 
 def _option(name: str, help: str, **kwargs: Any):
-    """An option under retrain.py's underscore name and its dash spelling, default from the config."""
+    """An option under retrain.py's name and its dash spelling, its default from the config."""
     spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
     field = _FIELDS.get(name)
     if field is not None and "default" not in kwargs:
@@ -95,8 +95,8 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     # TensorFlow's own INFO lines ("Assets written to ...") are not retrain's progress.
     for library in ("tensorflow", "absl"):
         logging.getLogger(library).setLevel(max(logging.getLogger().level, logging.WARNING))
+    config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
-    config = RetrainConfig(show_progress=not quiet, **options)
     result = run(config)
     if as_json:
         click.echo(json.dumps(result.to_json(), ensure_ascii=False))
@@ -143,7 +143,8 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         lines += ["", f"Skipped {len(result.skipped)} files:"]
         lines += [f"  {path}: {reason}" for path, reason in result.skipped[:_MAX_SKIPPED_SHOWN]]
         if len(result.skipped) > _MAX_SKIPPED_SHOWN:
-            lines.append(f"  ... and {len(result.skipped) - _MAX_SKIPPED_SHOWN} more (all in --json)")
+            more = len(result.skipped) - _MAX_SKIPPED_SHOWN
+            lines.append(f"  ... and {more} more (all in --json)")
     lines += [
         "",
         f"Bottleneck vectors: {result.bottlenecks_computed} computed, "

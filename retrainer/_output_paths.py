@@ -1,0 +1,65 @@
+"""Fail fast on unusable output paths, before any long work (a `retrain` helper).
+
+Creates the output folders (as the run would) and probes each with a temporary file, so a typo or
+a read-only folder is reported in a second, naming the flag, not after the bottlenecks are computed.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from retrainer.errors import UsageError
+
+if TYPE_CHECKING:
+    from retrainer.pipeline import RetrainConfig
+
+
+def check_output_paths(config: RetrainConfig) -> None:
+    """Check every output path of `config` can be written.
+
+    Raises:
+        UsageError: naming the flag and the path.
+    """
+    files = {"output_graph": config.output_graph, "output_labels": config.output_labels,
+             "checkpoint_path": config.checkpoint_path}
+    folders = {"bottleneck_dir": config.bottleneck_dir, "summaries_dir": config.summaries_dir}
+    if config.intermediate_store_frequency > 0:
+        folders["intermediate_output_graphs_dir"] = config.intermediate_output_graphs_dir
+    for flag, path in files.items():
+        if path.is_dir():
+            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
+        folders[flag] = path.parent
+    if config.saved_model_dir is not None:
+        _check_saved_model_dir(config.saved_model_dir)
+        folders["saved_model_dir"] = config.saved_model_dir.parent
+    for flag, folder in folders.items():
+        _check_writable_folder(flag, folder)
+
+
+def _check_saved_model_dir(path: Path) -> None:
+    """Only a SavedModel (or nothing) may be replaced: never delete a user's unrelated folder."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--saved_model_dir {path} is a file; expected a folder path.")
+    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").is_file():
+        raise UsageError(
+            f"--saved_model_dir {path} exists and is not a SavedModel; it would be replaced. "
+            "Pass a new or empty folder, or an earlier --saved_model_dir."
+        )
+
+
+def _check_writable_folder(flag: str, folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        if isinstance(error, (FileExistsError, NotADirectoryError)):  # mkdir's words for this
+            blocker = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker else reason
+        raise UsageError(
+            f"cannot write to {folder} (for --{flag}): {reason}. "
+            f"Pass a writable path with --{flag}."
+        ) from error
