@@ -78,7 +78,7 @@ class Classifier(tf.Module):
         return tf.identity(probabilities, name=self.final_tensor_name)
 
     def metadata(self, step: Optional[int] = None) -> dict:
-        """The `<graph>.meta.json` contract (see docs/readme/retrain.md)."""
+        """The `<graph>.meta.json` contract (see docs/retrain.md)."""
         spec = self.extractor.spec
         height, width = spec.input_size
         document = {

@@ -5,7 +5,7 @@ content decides the format (a PNG named .jpg decodes); the extension only decide
 picks up. Runs in tf.data worker threads via tf.numpy_function: Pillow releases the GIL while
 decoding and resizing, and nothing here touches shared state.
 
-Choices (documented in docs/readme/data.md):
+Choices (documented in docs/data.md):
 - transparency is composited on white (`ALPHA_BACKGROUND`), the way viewers and web pages show it;
 - EXIF orientation is applied, so a phone photo is upright;
 - animations (GIF, APNG, WebP) and multi-page files contribute their first frame;

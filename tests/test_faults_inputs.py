@@ -1,7 +1,7 @@
 """Bad inputs through the real CLIs: each is skipped with a warning naming it, or stops the run with
 one "Error: ..." line and its documented exit code -- never a traceback, never a lost run.
 
-Cases and outcomes are listed in docs/readme/faults.md. `retrain` runs in-process with the fast
+Cases and outcomes are listed in docs/faults.md. `retrain` runs in-process with the fast
 `tiny_test` extractor; real processes are in tests/test_faults_process.py.
 """
 

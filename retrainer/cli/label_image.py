@@ -3,7 +3,7 @@
 Flags keep TensorFlow label_image.py's names (dash spellings work too); op names, input size and
 labels default to the export's `<graph>.meta.json`. Results go to stdout (text, `--quiet` top-1 lines
 or `--json` lines), warnings to stderr. Exit 0 when every image was classified, 5 when some could not
-be read (the rest are still printed); see docs/readme/label_image.md.
+be read (the rest are still printed); see docs/label_image.md.
 """
 
 from __future__ import annotations

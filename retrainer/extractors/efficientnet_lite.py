@@ -11,7 +11,7 @@ traced in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call
 `tf.function`: eagerly every op is dispatched from Python.
 
 What the checkpoints expect was measured, not assumed (scripts/measure_extractor_preprocessing.py,
-details in docs/readme/extractors.md):
+details in docs/extractors.md):
 - input normalisation (pixel - 127) / 128: the stem's batch-norm running means match the stem kernel
   applied to the ImageNet mean pixel normalised this way (correlation 0.97-0.99 for Lite0/1/2);
   ImageNet mean/std normalisation would predict all zeros. Photos alone could not tell them apart.
