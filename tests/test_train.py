@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -61,6 +61,9 @@ def configure_logging(verbosity: str) -> None:
         stream=sys.stderr,
         force=True,
     )
+    # TensorFlow's own INFO lines ("Assets written to ...") are not our progress.
+    for library in ("tensorflow", "absl"):
+        logging.getLogger(library).setLevel(max(logging.getLogger().level, logging.WARNING))
 
 
 def reports_errors(command: F) -> F:

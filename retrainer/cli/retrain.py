@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -92,9 +91,6 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
       label-image --graph retrain_output/output_graph.pb photo.jpg
     """
     configure_logging("ERROR" if quiet else logging_verbosity)
-    # TensorFlow's own INFO lines ("Assets written to ...") are not retrain's progress.
-    for library in ("tensorflow", "absl"):
-        logging.getLogger(library).setLevel(max(logging.getLogger().level, logging.WARNING))
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
     result = run(config)
