@@ -24,6 +24,14 @@ import numpy as np
 
 from retrainer._frozen_graph import load_frozen_graph
 from retrainer.errors import ModelError, UsageError
+from retrainer.graph_contract import (
+    GRAPH_FORMAT,
+    INPUT_MEAN,
+    INPUT_OP,
+    INPUT_STD,
+    METADATA_SUFFIX,
+    metadata_path,
+)
 from retrainer.images import UnreadableImageError, load_image
 from retrainer.pipeline import RetrainConfig
 
@@ -34,12 +42,6 @@ if TYPE_CHECKING:
 DEFAULT_GRAPH: Path = RetrainConfig.output_graph
 DEFAULT_OUTPUT_LAYER: str = RetrainConfig.final_tensor_name
 LABELS_FILENAME: str = RetrainConfig.output_labels.name  # looked for next to the graph
-# The export contract (retrainer.export, which imports TensorFlow; tests check they agree).
-DEFAULT_INPUT_LAYER = "Placeholder"
-DEFAULT_INPUT_MEAN = 0.0
-DEFAULT_INPUT_STD = 255.0
-SIDECAR_SUFFIX = ".meta.json"
-SIDECAR_FORMAT = "retrainer-graph/1"
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
 
@@ -142,7 +144,7 @@ class Classifier:
         sidecar = read_sidecar(config.graph)
         frozen = load_frozen_graph(
             config.graph,
-            config.input_layer or sidecar.get("input_layer") or DEFAULT_INPUT_LAYER,
+            config.input_layer or sidecar.get("input_layer") or INPUT_OP,
             config.output_layer or sidecar.get("output_layer") or DEFAULT_OUTPUT_LAYER,
         )
         self._input, self._output = frozen.input, frozen.output
@@ -151,8 +153,8 @@ class Classifier:
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
             input_size=_input_size(config, sidecar, self._input),
-            input_mean=_first_set(config.input_mean, sidecar.get("input_mean"), DEFAULT_INPUT_MEAN),
-            input_std=_first_set(config.input_std, sidecar.get("input_std"), DEFAULT_INPUT_STD),
+            input_mean=_first_set(config.input_mean, sidecar.get("input_mean"), INPUT_MEAN),
+            input_std=_first_set(config.input_std, sidecar.get("input_std"), INPUT_STD),
             labels=labels,
         )
         classes = self._output.shape[-1]
@@ -240,7 +242,7 @@ def read_sidecar(graph: Path) -> dict[str, Any]:
         ModelError: the sidecar exists but is not valid JSON or not a format this version reads, or
             it belongs to another version of the graph (its "graph_sha256" differs).
     """
-    path = Path(f"{graph}{SIDECAR_SUFFIX}")
+    path = metadata_path(graph)
     if not path.is_file():
         return {}
     try:
@@ -249,10 +251,10 @@ def read_sidecar(graph: Path) -> dict[str, Any]:
         raise ModelError(
             f"cannot read metadata {path}: {error}; fix or delete it (flags can replace it)"
         ) from None
-    if not isinstance(meta, dict) or meta.get("format") != SIDECAR_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != GRAPH_FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ModelError(
-            f"metadata {path} has format {found!r}, expected {SIDECAR_FORMAT!r}; "
+            f"metadata {path} has format {found!r}, expected {GRAPH_FORMAT!r}; "
             "delete it and pass --input_layer, --output_layer and --labels instead"
         )
     expected = meta.get("graph_sha256")
@@ -298,7 +300,7 @@ def _input_size(config: ClassifyConfig, sidecar: dict[str, Any], tensor: "tf.Ten
         value = _first_set(flag, sidecar.get(f"input_{axis}"), graph_value)
         if value is None:
             raise UsageError(
-                f"graph {config.graph} accepts images of any {axis} and has no {SIDECAR_SUFFIX} "
+                f"graph {config.graph} accepts images of any {axis} and has no {METADATA_SUFFIX} "
                 f"sidecar; pass --input_{axis}"
             )
         if graph_value is not None and value != graph_value:
@@ -316,12 +318,12 @@ def _labels(config: ClassifyConfig, sidecar: dict[str, Any]) -> tuple[tuple[str,
         return read_labels(config.labels), f"labels file {config.labels}"
     if sidecar.get("labels"):
         labels = tuple(str(label) for label in sidecar["labels"])
-        return labels, f"metadata {config.graph}{SIDECAR_SUFFIX}"
+        return labels, f"metadata {config.graph}{METADATA_SUFFIX}"
     beside = config.graph.parent / LABELS_FILENAME
     if beside.is_file():
         return read_labels(beside), f"labels file {beside}"
     raise UsageError(
-        f"no labels for graph {config.graph}: it has no {SIDECAR_SUFFIX} sidecar and there is no "
+        f"no labels for graph {config.graph}: it has no {METADATA_SUFFIX} sidecar and there is no "
         f"{LABELS_FILENAME} next to it; pass --labels FILE"
     )
 

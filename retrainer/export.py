@@ -21,22 +21,23 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
-from retrainer._files import replace_directory, write_bytes_atomically, write_text_atomically
+from retrainer._files import (
+    replace_directory,
+    write_bytes_atomically,
+    write_text_atomically,
+)
 from retrainer.errors import UsageError
 from retrainer.extractors import FeatureExtractor
+from retrainer.graph_contract import (
+    GRAPH_FORMAT,
+    INPUT_MEAN,
+    INPUT_OP,
+    INPUT_STD,
+    metadata_path,
+)
 from retrainer.train import SoftmaxHead
 
-GRAPH_FORMAT = "retrainer-graph/1"
-INPUT_OP = "Placeholder"
-# label_image.py feeds (pixel - input_mean) / input_std with pixels in 0..255: that is [0, 1].
-INPUT_MEAN = 0.0
-INPUT_STD = 255.0
 SIGNATURE_OUTPUT = "probabilities"
-
-
-def metadata_path(graph_path: os.PathLike[str] | str) -> Path:
-    """Where the sidecar of a graph lives: out.pb -> out.pb.meta.json."""
-    return Path(f"{os.fspath(graph_path)}.meta.json")
 
 
 def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Path:

@@ -15,7 +15,8 @@ from skimage import data as skimage_data
 
 from retrainer._files import replace_directory
 from retrainer.errors import UsageError
-from retrainer.export import Classifier, GraphExporter, metadata_path, write_labels, write_saved_model
+from retrainer.export import Classifier, GraphExporter, write_labels, write_saved_model
+from retrainer.graph_contract import metadata_path
 from retrainer.train import SoftmaxHead
 
 LABELS = ("cat", "espresso", "naïve label")

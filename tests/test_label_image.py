@@ -383,15 +383,6 @@ def test_json_and_quiet_exclude_each_other(tiny_graph, solid_images):
     assert result.exit_code == EXIT_USAGE and "--json and --quiet" in result.stderr
 
 
-def test_defaults_agree_with_export_contract():
-    from retrainer import classify, export
-
-    assert (classify.DEFAULT_INPUT_LAYER, classify.DEFAULT_INPUT_MEAN, classify.DEFAULT_INPUT_STD) == (
-        export.INPUT_OP, export.INPUT_MEAN, export.INPUT_STD)
-    assert classify.SIDECAR_FORMAT == export.GRAPH_FORMAT
-    assert str(export.metadata_path("out.pb")) == "out.pb" + classify.SIDECAR_SUFFIX
-
-
 # --- the real process --------------------------------------------------------------------------------
 
 

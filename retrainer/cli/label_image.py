@@ -21,9 +21,6 @@ import click
 from retrainer.classify import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_GRAPH,
-    DEFAULT_INPUT_LAYER,
-    DEFAULT_INPUT_MEAN,
-    DEFAULT_INPUT_STD,
     DEFAULT_OUTPUT_LAYER,
     DEFAULT_TOP_K,
     LABELS_FILENAME,
@@ -34,6 +31,7 @@ from retrainer.classify import (
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
 from retrainer.discovery import IMAGE_EXTENSIONS
 from retrainer.errors import UnreadableImagesError, UsageError
+from retrainer.graph_contract import INPUT_MEAN, INPUT_OP, INPUT_STD
 
 log = logging.getLogger("retrainer.label_image")
 
@@ -54,7 +52,7 @@ def _option(name: str, **kwargs):
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")
 @_option("input_layer", default=None,
-         help=f"Input op name.  [default: from <graph>.meta.json, else {DEFAULT_INPUT_LAYER}]")
+         help=f"Input op name.  [default: from <graph>.meta.json, else {INPUT_OP}]")
 @_option("output_layer", default=None,
          help=f"Output op name.  [default: from <graph>.meta.json, else {DEFAULT_OUTPUT_LAYER}]")
 @_option("input_height", type=click.IntRange(min=1), default=None,
@@ -63,9 +61,9 @@ def _option(name: str, **kwargs):
          help="Input width in pixels.  [default: from <graph>.meta.json, else the graph's input shape]")
 @_option("input_mean", type=float, default=None,
          help=f"The graph is fed (pixel - input_mean) / input_std, pixels 0..255.  "
-              f"[default: from <graph>.meta.json, else {DEFAULT_INPUT_MEAN:g}]")
+              f"[default: from <graph>.meta.json, else {INPUT_MEAN:g}]")
 @_option("input_std", type=float, default=None,
-         help=f"See --input_mean.  [default: from <graph>.meta.json, else {DEFAULT_INPUT_STD:g}]")
+         help=f"See --input_mean.  [default: from <graph>.meta.json, else {INPUT_STD:g}]")
 @_option("top_k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True,
          help="Labels to print per image.")
 @_option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,

@@ -1,0 +1,21 @@
+"""What an exported graph promises its consumers; shared by `export` and `classify`.
+
+Kept free of TensorFlow so `label-image` can read it before deciding to load the model.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+GRAPH_FORMAT = "retrainer-graph/1"
+INPUT_OP = "Placeholder"
+# label_image.py feeds (pixel - input_mean) / input_std with pixels in 0..255: that is [0, 1].
+INPUT_MEAN = 0.0
+INPUT_STD = 255.0
+METADATA_SUFFIX = ".meta.json"
+
+
+def metadata_path(graph_path: os.PathLike[str] | str) -> Path:
+    """Where the sidecar of a graph lives: out.pb -> out.pb.meta.json."""
+    return Path(f"{os.fspath(graph_path)}{METADATA_SUFFIX}")
