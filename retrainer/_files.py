@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -64,6 +66,34 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+# A concurrent writer's temporary is seconds old; one this old was left by a killed process.
+STALE_AFTER_SECONDS = 3600.0
+
+
+def remove_stale_temporaries(path: os.PathLike[str] | str) -> list[Path]:
+    """Delete what a killed writer of `path` left beside it (`.NAME.<hex>.tmp`, `.NAME.*.old`).
+
+    Only entries older than STALE_AFTER_SECONDS go, so a run writing the same path right now keeps
+    its temporary. Returns the paths removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:[0-9a-f]{{16}}\.tmp|\w+\.old)$")
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(path.parent):
+            if not pattern.match(entry.name):
+                continue
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_AFTER_SECONDS:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
 
 
 def _sibling_name(path: Path, suffix: str) -> str:

@@ -6,14 +6,19 @@ a read-only folder is reported in a second, naming the flag, not after the bottl
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from retrainer._files import remove_stale_temporaries
 from retrainer.errors import UsageError
+from retrainer.graph_contract import metadata_path
 
 if TYPE_CHECKING:
     from retrainer.pipeline import RetrainConfig
+
+log = logging.getLogger(__name__)
 
 
 def check_output_paths(config: RetrainConfig) -> None:
@@ -36,6 +41,16 @@ def check_output_paths(config: RetrainConfig) -> None:
         folders["saved_model_dir"] = config.saved_model_dir.parent
     for flag, folder in folders.items():
         _check_writable_folder(flag, folder)
+
+
+def remove_stale_export_temporaries(config: RetrainConfig) -> None:
+    """Delete temporaries that a killed earlier run left next to this run's exports."""
+    exports = [config.output_graph, metadata_path(config.output_graph), config.output_labels]
+    if config.saved_model_dir is not None:
+        exports.append(config.saved_model_dir)
+    for export in exports:
+        for leftover in remove_stale_temporaries(export):
+            log.info("Removed %s, left by an interrupted run.", leftover)
 
 
 def _check_saved_model_dir(path: Path) -> None:

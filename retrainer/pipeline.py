@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from retrainer._output_paths import check_output_paths
+from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.errors import DataError, UsageError
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
@@ -175,6 +175,7 @@ def run(config: RetrainConfig) -> RetrainResult:
 
     timer = _StageTimer()
     check_output_paths(config)  # before the long work
+    remove_stale_export_temporaries(config)
     with timer("discover"):
         collection = discover_images(
             config.image_dir, config.validation_percentage, config.testing_percentage

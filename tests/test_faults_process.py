@@ -10,6 +10,7 @@ found by watching the run (cache entries appearing, log lines, temp files), not 
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -245,3 +246,28 @@ def _label_image_scores(graph: Path, images: list[str]) -> np.ndarray:
     return np.array([[prediction["score"] for prediction in sorted(line["predictions"],
                                                                   key=lambda p: p["label"])]
                      for line in lines])
+
+
+def test_a_rerun_removes_temporaries_left_by_a_killed_export_but_not_a_live_writers(tmp_path):
+    """SIGKILL leaves `.NAME.<hex>.tmp` beside an export; the next run cleans up old ones only."""
+    image_dir = make_color_image_dir(tmp_path / "images")
+    out = tmp_path / "out"
+    out.mkdir()
+    hour_ago = time.time() - 2 * 3600
+    stale = [out / ".graph.pb.0123456789abcdef.tmp", out / ".graph.pb.meta.json.fedcba9876543210.tmp",
+             out / ".labels.txt.00112233445566ff.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+        os.utime(path, (hour_ago, hour_ago))
+    live = out / ".graph.pb.aaaaaaaaaaaaaaaa.tmp"  # another run writing the same graph right now
+    live.write_bytes(b"being written")
+    unrelated = out / ".notes.0123456789abcdef.tmp"
+    unrelated.write_bytes(b"not ours")
+    os.utime(unrelated, (hour_ago, hour_ago))
+
+    result = retrain(*retrain_args(tmp_path, image_dir))
+
+    assert result.exit_code == EXIT_OK, result.output
+    assert not any(path.exists() for path in stale)
+    assert live.exists() and unrelated.exists()
+    assert_complete_graph(out / "graph.pb")
