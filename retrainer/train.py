@@ -116,8 +116,6 @@ class _Split:
 class _TrainingLoop:
     """The traced function of one training run: SGD steps with evaluations and summaries."""
 
-    HISTOGRAM_BUCKETS = 30
-
     def __init__(
         self, head: SoftmaxHead, train: FeatureSet, validation: FeatureSet, config: TrainingConfig
     ) -> None:
@@ -177,14 +175,15 @@ class _TrainingLoop:
             validation_accuracy = _accuracy(labels, self.head(features))
             validation_count = tf.cast(tf.size(labels), tf.float32)
         if self.writers is not None:
-            with self.writers["train"].as_default(step=step):
-                _scalar("accuracy", train_accuracy)
-                _scalar("cross_entropy", cross_entropy)
-                _histogram("final_weights", self.head.weights, self.HISTOGRAM_BUCKETS)
-                _histogram("final_biases", self.head.biases, self.HISTOGRAM_BUCKETS)
+            # Root name scope: inside the traced loop, tags would otherwise get a "while/" prefix.
+            with self.writers["train"].as_default(step=step), tf.compat.v1.name_scope(None):
+                tf.summary.scalar("accuracy", train_accuracy)
+                tf.summary.scalar("cross_entropy", cross_entropy)
+                tf.summary.histogram("final_weights", self.head.weights)
+                tf.summary.histogram("final_biases", self.head.biases)
             if self.validation is not None:
-                with self.writers["validation"].as_default(step=step):
-                    _scalar("accuracy", validation_accuracy)
+                with self.writers["validation"].as_default(step=step), tf.compat.v1.name_scope(None):
+                    tf.summary.scalar("accuracy", validation_accuracy)
         return tf.stack([train_accuracy, cross_entropy, validation_accuracy, validation_count])
 
     def close(self) -> None:
@@ -207,29 +206,6 @@ def _cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
 
 def _accuracy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1), labels), tf.float32))
-
-
-def _plugin(name: str) -> tf.compat.v1.SummaryMetadata:
-    """Tags TensorBoard's plugins read; written with core tf.summary.write, so no tensorboard
-    package is needed to write summaries (only to view them)."""
-    return tf.compat.v1.SummaryMetadata(
-        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=name)
-    )
-
-
-def _scalar(tag: str, value: tf.Tensor) -> None:
-    tf.summary.write(tag, value, metadata=_plugin("scalars"))
-
-
-def _histogram(tag: str, values: tf.Tensor, buckets: int) -> None:
-    """TensorBoard's histogram format: float64 [k, 3] rows of (left edge, right edge, count)."""
-    values = tf.reshape(tf.cast(values, tf.float64), [-1])
-    low, high = tf.reduce_min(values), tf.reduce_max(values)
-    high = tf.maximum(high, low + 1e-12)
-    counts = tf.histogram_fixed_width(values, [low, high], nbins=buckets)
-    edges = tf.linspace(low, high, buckets + 1)
-    table = tf.stack([edges[:-1], edges[1:], tf.cast(counts, tf.float64)], axis=1)
-    tf.summary.write(tag, table, metadata=_plugin("histograms"))
 
 
 def train_head(
