@@ -25,20 +25,37 @@ class FrozenGraph(NamedTuple):
     output: "tf.Tensor"  # [N, C] scores
 
 
-def load_frozen_graph(path: Path, input_layer: str, output_layer: str) -> FrozenGraph:
+def read_graph_file(path: Path) -> bytes:
+    """The bytes of the .pb at `path`, read once (its hash and its parse must see the same bytes).
+
+    Raises:
+        UsageError: the file is missing, unreadable or a directory.
+    """
+    if path.is_dir():
+        raise UsageError(f"--graph must be a frozen graph file (.pb), but {path} is a directory")
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise UsageError(
+            f"cannot read graph {path}: {error.strerror or error}; pass the .pb written by retrain "
+            "(--output_graph, default retrain_output/output_graph.pb)"
+        ) from None
+
+
+def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: str) -> FrozenGraph:
     """Import a frozen GraphDef into a new tf.Graph and find its input and output tensors.
 
     Args:
-        path: the .pb file.
+        path: the .pb file, for messages.
+        data: its bytes (`read_graph_file`).
         input_layer / output_layer: op names ("Placeholder") or tensor names ("Placeholder:0").
 
     Raises:
-        UsageError: the file is missing or a directory.
         ModelError: not a GraphDef, an op name not in it, or tensors of the wrong dtype/rank.
     """
     import tensorflow as tf
 
-    graph_def = _read_graph_def(path)
+    graph_def = _parse_graph_def(path, data)
     _require_op(graph_def, input_layer, "input", path)
     _require_op(graph_def, output_layer, "output", path)
     graph = tf.Graph()
@@ -54,19 +71,10 @@ def load_frozen_graph(path: Path, input_layer: str, output_layer: str) -> Frozen
     return frozen
 
 
-def _read_graph_def(path: Path):
+def _parse_graph_def(path: Path, data: bytes):
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 
-    if path.is_dir():
-        raise UsageError(f"--graph must be a frozen graph file (.pb), but {path} is a directory")
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise UsageError(
-            f"cannot read graph {path}: {error.strerror or error}; pass the .pb written by retrain "
-            "(--output_graph, default retrain_output/output_graph.pb)"
-        ) from None
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import numpy as np
 
-from retrainer._frozen_graph import load_frozen_graph
+from retrainer._frozen_graph import load_frozen_graph, read_graph_file
 from retrainer.errors import ModelError, UsageError
 from retrainer.graph_contract import (
     GRAPH_FORMAT,
@@ -141,9 +141,11 @@ class Classifier:
         import tensorflow as tf
 
         self.config = config
-        sidecar = read_sidecar(config.graph)
+        data = read_graph_file(config.graph)
+        sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
         frozen = load_frozen_graph(
             config.graph,
+            data,
             config.input_layer or sidecar.get("input_layer") or INPUT_OP,
             config.output_layer or sidecar.get("output_layer") or DEFAULT_OUTPUT_LAYER,
         )
@@ -235,8 +237,12 @@ class Classifier:
             )
 
 
-def read_sidecar(graph: Path) -> dict[str, Any]:
+def read_sidecar(graph: Path, graph_sha256: str) -> dict[str, Any]:
     """The export's `<graph>.meta.json` as a dict, or {} when there is none.
+
+    Args:
+        graph: the .pb file.
+        graph_sha256: hex SHA-256 of the graph's bytes, checked against the sidecar's.
 
     Raises:
         ModelError: the sidecar exists but is not valid JSON or not a format this version reads, or
@@ -258,21 +264,13 @@ def read_sidecar(graph: Path) -> dict[str, Any]:
             "delete it and pass --input_layer, --output_layer and --labels instead"
         )
     expected = meta.get("graph_sha256")
-    if expected is not None and _sha256_or_none(graph) not in (None, expected):
+    if expected is not None and expected != graph_sha256:
         raise ModelError(
             f"metadata {path} describes another version of {graph} (an interrupted export, or a "
             "graph copied without its metadata), so its labels may not match; rerun retrain, or "
             "copy the graph together with its metadata"
         )
     return meta
-
-
-def _sha256_or_none(path: Path) -> Optional[str]:
-    """Hex SHA-256 of a file; None if it cannot be read (loading the graph reports why)."""
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return None
 
 
 def read_labels(path: Path) -> tuple[str, ...]:
