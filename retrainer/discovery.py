@@ -317,17 +317,23 @@ def _require_two_classes(
         found = f"{len(folders)} sub-folder(s) but no images in any of them"
     else:
         found = "no sub-folders"
-    loose = sum(1 for relpath, _ in ignored if "/" not in relpath and _is_image_name(relpath))
+    loose = sum(1 for relpath, _ in ignored if "/" not in relpath and is_image_name(relpath))
     hint = f"; {loose} image(s) lie directly in it, outside any class folder" if loose else ""
-    extensions = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
+    extensions = image_extensions_text()
     raise DataError(
         f"Found {found} in {str(root)!r}{hint}. At least 2 classes are needed: put each class's "
         f"images ({extensions}) in its own sub-folder, e.g. roses/*.jpg and tulips/*.jpg."
     )
 
 
-def _is_image_name(name: str) -> bool:
+def is_image_name(name: str) -> bool:
+    """A visible file name with an image extension, in any case (decoding decides the rest)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def image_extensions_text() -> str:
+    """The extensions we pick up, for messages: "apng, avif, bmp, ..."."""
+    return ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
 
 
 def _unique_labels(folders: list[str]) -> tuple[str, ...]:

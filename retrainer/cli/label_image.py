@@ -29,7 +29,7 @@ from retrainer.classify import (
     classify_images,
 )
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
-from retrainer.discovery import IMAGE_EXTENSIONS
+from retrainer.discovery import image_extensions_text, is_image_name
 from retrainer.errors import UnreadableImagesError, UsageError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_OP, INPUT_STD
 
@@ -126,20 +126,15 @@ def expand_images(arguments: Iterable[Path]) -> list[Path]:
         found = []
         for folder, subfolders, files in os.walk(argument):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-            found += [Path(folder, name) for name in files if _is_image_name(name)]
+            found += [Path(folder, name) for name in files if is_image_name(name)]
         if not found:
-            extensions = ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
-            raise UsageError(f"no image files ({extensions}) in folder {argument}")
+            raise UsageError(f"no image files ({image_extensions_text()}) in folder {argument}")
         paths += sorted(found, key=lambda path: path.relative_to(argument).parts)
     if not paths:
         raise UsageError(
             "no images given; pass image files or folders, e.g. label-image --graph out.pb photo.jpg"
         )
     return paths
-
-
-def _is_image_name(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _unreadable_summary(unreadable: list[ImageResult], total: int) -> str:
