@@ -3,6 +3,8 @@
 - `fashion_subset_dir`: a few real Fashion-MNIST classes (copied from `fashion_mnist_dir`).
 - `retrain_args(tmp_path, image_dir, ...)`: retrain flags with every output and the cache inside
   `tmp_path`, the fast `tiny_test` extractor and few steps.
+- `interrupt_cache_writes_after(monkeypatch, count)`: Ctrl-C inside the cache writer once `count`
+  entries are stored, to test resuming.
 - `isolated_home`: HOME, XDG_CACHE_HOME and the working directory inside `tmp_path`, so runs with
   default paths never touch the real ones.
 """
@@ -25,6 +27,22 @@ def copy_classes(source: Path, dest: Path, classes: Sequence[str], per_class: in
         for path in sorted((source / name).iterdir())[:per_class]:
             shutil.copy(path, dest / name / path.name)
     return dest
+
+
+def interrupt_cache_writes_after(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Make the bottleneck cache raise KeyboardInterrupt (Ctrl-C) after storing `count` entries."""
+    from retrainer.bottlenecks import BottleneckCache
+
+    real_store = BottleneckCache.store
+    stored = []
+
+    def store_then_interrupt(self, digest, vector):
+        if len(stored) == count:
+            raise KeyboardInterrupt
+        real_store(self, digest, vector)
+        stored.append(digest)
+
+    monkeypatch.setattr(BottleneckCache, "store", store_then_interrupt)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from retrainer import bottlenecks as bottlenecks_module
 from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest
 from retrainer.images import load_image
 from tests.fixtures_data import make_color_image_dir
+from tests.fixtures_pipeline import interrupt_cache_writes_after
 
 
 @pytest.fixture
@@ -151,16 +152,7 @@ def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, ima
 def test_interrupted_extraction_resumes_with_only_the_missing_vectors(tmp_path, image_paths,
                                                                       tiny_extractor, monkeypatch):
     """Ctrl-C in the middle of writing: whole entries stay, the rerun computes only the rest."""
-    real_store = BottleneckCache.store
-    stored = []
-
-    def store_then_interrupt(self, digest, vector):
-        if len(stored) == 7:
-            raise KeyboardInterrupt
-        real_store(self, digest, vector)
-        stored.append(digest)
-
-    monkeypatch.setattr(BottleneckCache, "store", store_then_interrupt)
+    interrupt_cache_writes_after(monkeypatch, 7)
     with pytest.raises(KeyboardInterrupt):
         compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=4)
     monkeypatch.undo()

@@ -13,13 +13,12 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.bottlenecks import BottleneckCache
 from retrainer.cli.retrain import main
 from retrainer.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
 from retrainer.pipeline import DEFAULT_EXTRACTOR, default_bottleneck_dir
 from retrainer.split import TRAINING, assign_split
 from tests.fixtures_data import make_color_image_dir
-from tests.fixtures_pipeline import retrain_args
+from tests.fixtures_pipeline import interrupt_cache_writes_after, retrain_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -189,16 +188,7 @@ def test_undecodable_images_are_skipped_and_reported(tmp_path, colors):
 
 
 def test_interrupted_run_exits_130_and_the_rerun_resumes(tmp_path, colors, monkeypatch):
-    real_store = BottleneckCache.store
-    stored = []
-
-    def store_then_interrupt(self, digest, vector):
-        if len(stored) == 12:
-            raise KeyboardInterrupt
-        real_store(self, digest, vector)
-        stored.append(digest)
-
-    monkeypatch.setattr(BottleneckCache, "store", store_then_interrupt)
+    interrupt_cache_writes_after(monkeypatch, 12)
     result = invoke(retrain_args(tmp_path, colors))
     assert result.exit_code == EXIT_INTERRUPTED
     assert "Interrupted" in result.stderr
