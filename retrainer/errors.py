@@ -13,6 +13,8 @@ EXIT_USAGE = 2  # bad flag value, missing or unwritable path
 EXIT_DATA = 3  # unusable dataset: no classes, clashing labels, no decodable images
 EXIT_MODEL = 4  # model or graph unusable: missing weights package, corrupt file, unknown op
 EXIT_UNREADABLE_IMAGES = 5  # label-image: some inputs could not be classified (the rest were)
+EXIT_QUALITY_GATE = 6  # retrain: the model missed --assert_accuracy_at_least (nothing exported)
+EXIT_EXPORT_MISMATCH = 7  # retrain: an export lost more accuracy than allowed vs the frozen graph
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM
 
 
@@ -44,3 +46,15 @@ class UnreadableImagesError(RetrainerError):
     """Some inputs could not be read; the others were processed and reported."""
 
     exit_code = EXIT_UNREADABLE_IMAGES
+
+
+class QualityGateError(RetrainerError):
+    """The trained model fell short of a quality gate; previous exports were left untouched."""
+
+    exit_code = EXIT_QUALITY_GATE
+
+
+class ExportMismatchError(RetrainerError):
+    """An exported artifact (e.g. a quantized .tflite) lost more accuracy than allowed."""
+
+    exit_code = EXIT_EXPORT_MISMATCH

@@ -70,6 +70,7 @@ class EvalPoint:
     cross_entropy: float
     validation_accuracy: Optional[float]
     validation_count: int
+    validation_cross_entropy: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,11 +141,12 @@ class _TrainingLoop:
         """SGD steps from `first` to ends[-1], measuring after each step in `ends` (ascending).
 
         Returns:
-            float32 [len(ends), 4]: per end step, train accuracy and cross entropy on its training
-            batch, validation accuracy on its validation batch (-1 without validation data) and
-            that batch's size (0 without). Summaries are written for evaluation steps only.
+            float32 [len(ends), 5]: per end step, train accuracy and cross entropy on its training
+            batch, validation accuracy on its validation batch (-1 without validation data),
+            that batch's size (0 without) and its cross entropy. Summaries are written for
+            evaluation steps only.
         """
-        rows = tf.TensorArray(tf.float32, size=tf.size(ends), element_shape=[4])
+        rows = tf.TensorArray(tf.float32, size=tf.size(ends), element_shape=[5])
         start = first
         for index in tf.range(tf.size(ends)):
             end = ends[index]
@@ -170,9 +172,12 @@ class _TrainingLoop:
         logits = self.head(features)
         train_accuracy, cross_entropy = _accuracy(labels, logits), _cross_entropy(labels, logits)
         validation_accuracy, validation_count = tf.constant(-1.0), tf.constant(0.0)
+        validation_cross_entropy = tf.constant(-1.0)
         if self.validation is not None:
             features, labels = self.validation.batch(step)
-            validation_accuracy = _accuracy(labels, self.head(features))
+            validation_logits = self.head(features)
+            validation_accuracy = _accuracy(labels, validation_logits)
+            validation_cross_entropy = _cross_entropy(labels, validation_logits)
             validation_count = tf.cast(tf.size(labels), tf.float32)
         if self.writers is not None:
             # Root name scope: inside the traced loop, tags would otherwise get a "while/" prefix.
@@ -184,7 +189,9 @@ class _TrainingLoop:
             if self.validation is not None:
                 with self.writers["validation"].as_default(step=step), tf.compat.v1.name_scope(None):
                     tf.summary.scalar("accuracy", validation_accuracy)
-        return tf.stack([train_accuracy, cross_entropy, validation_accuracy, validation_count])
+                    tf.summary.scalar("cross_entropy", validation_cross_entropy)
+        return tf.stack([train_accuracy, cross_entropy, validation_accuracy, validation_count,
+                         validation_cross_entropy])
 
     def close(self) -> None:
         for writer in (self.writers or {}).values():
@@ -279,6 +286,7 @@ def _log_point(
     cross_entropy: float,
     validation_accuracy: float,
     validation_count: float,
+    validation_cross_entropy: float,
 ) -> EvalPoint:
     """Log one evaluation the way retrain.py did."""
     log.info("Step %d: Train accuracy = %.1f%%", step, train_accuracy * 100)
@@ -291,6 +299,5 @@ def _log_point(
         validation_accuracy * 100,
         validation_count,
     )
-    return EvalPoint(
-        step, train_accuracy, cross_entropy, validation_accuracy, int(validation_count)
-    )
+    return EvalPoint(step, train_accuracy, cross_entropy, validation_accuracy,
+                     int(validation_count), validation_cross_entropy)

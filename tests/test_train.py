@@ -128,7 +128,8 @@ def test_summaries_and_checkpoint(color_features, tmp_path):
 
     assert events("train") == {tag: [0, 10, 20] for tag in
                                ("accuracy", "cross_entropy", "final_weights", "final_biases")}
-    assert events("validation") == {"accuracy": [0, 10, 20]}
+    assert events("validation") == {tag: [0, 10, 20] for tag in ("accuracy", "cross_entropy")}
+    assert all(point.validation_cross_entropy > 0 for point in result.history)
 
     restored = SoftmaxHead(16, 4, seed=99)
     tf.train.Checkpoint(head=restored).read(str(checkpoint)).expect_partial()
