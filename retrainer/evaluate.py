@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer._sampling import TEST_STREAM, BalancedSampler, stream_seed
-from retrainer.train import FeatureSet, SoftmaxHead
+from retrainer.training.head import FeatureSet, SoftmaxHead
 
 log = logging.getLogger(__name__)
 

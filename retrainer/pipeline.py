@@ -171,7 +171,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.discovery import discover_images
     from retrainer.evaluate import evaluate_head
     from retrainer.extractors import create_extractor
-    from retrainer.train import train_head
+    from retrainer.training.head import train_head
 
     timer = _StageTimer()
     check_output_paths(config)  # before the long work
@@ -240,7 +240,8 @@ class _Exports:
         self._exporter = None
 
     def exporter(self, head):
-        from retrainer.export import Classifier, GraphExporter
+        from retrainer.exports.classifier import Classifier
+        from retrainer.exports.graph import GraphExporter
 
         if self._exporter is None:
             name = self.config.final_tensor_name
@@ -248,7 +249,7 @@ class _Exports:
         return self._exporter
 
     def store_intermediate(self, step: int, head) -> None:
-        from retrainer.export import intermediate_graph_path
+        from retrainer.exports.graph import intermediate_graph_path
 
         path = intermediate_graph_path(self.config.intermediate_output_graphs_dir, step)
         self.exporter(head).write_graph(path, step=step)
@@ -257,7 +258,8 @@ class _Exports:
 
     def write_final(self, head) -> dict[str, Any]:
         """Labels, graph + sidecar, SavedModel if asked; returns {flag name: path}."""
-        from retrainer.export import write_labels, write_saved_model
+        from retrainer.exports.classifier import write_labels
+        from retrainer.exports.saved_model import write_saved_model
 
         config = self.config
         exporter = self.exporter(head)
@@ -278,7 +280,7 @@ class _Exports:
 
 
 def _training_config(config: RetrainConfig):
-    from retrainer.train import TrainingConfig
+    from retrainer.training.head import TrainingConfig
 
     return TrainingConfig(
         steps=config.how_many_training_steps,
@@ -298,7 +300,7 @@ class _SplitFeatures:
     def __init__(self, collection, bottlenecks) -> None:
         import numpy as np
 
-        from retrainer.train import FeatureSet
+        from retrainer.training.head import FeatureSet
 
         self.labels = collection.labels
         self.images = {split: [] for split in SPLITS}

@@ -47,9 +47,10 @@ def make_photos(folder: Path, count: int) -> list[Path]:
 
 def export_graph(folder: Path, extractor_name: str) -> Path:
     """The real exporter's graph, sidecar and labels: the named extractor + an untrained 5-class head."""
-    from retrainer.export import Classifier, GraphExporter, write_labels
+    from retrainer.exports.classifier import Classifier, write_labels
+    from retrainer.exports.graph import GraphExporter
     from retrainer.extractors import create_extractor
-    from retrainer.train import SoftmaxHead
+    from retrainer.training.head import SoftmaxHead
 
     if extractor_name == "tiny_test":
         import tests.fixtures_extractors  # noqa: F401  (registers tiny_test)

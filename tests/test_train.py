@@ -11,7 +11,7 @@ import tensorflow as tf
 from retrainer._sampling import WHOLE_SET, BalancedSampler, stream_seed
 from retrainer.bottlenecks import compute_bottlenecks
 from retrainer.evaluate import evaluate_head
-from retrainer.train import FeatureSet, SoftmaxHead, TrainingConfig, train_head
+from retrainer.training.head import FeatureSet, SoftmaxHead, TrainingConfig, train_head
 from tests.fixtures_data import make_color_image_dir
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "grey": (128, 128, 128)}
@@ -50,7 +50,7 @@ def test_learns_separable_classes(color_features):
 
 
 def test_logs_like_retrain_py_at_each_interval_and_the_last_step(color_features, caplog):
-    with caplog.at_level(logging.INFO, logger="retrainer.train"):
+    with caplog.at_level(logging.INFO, logger="retrainer.training.head"):
         result = train_head(color_features, color_features, 4, config(steps=25, eval_step_interval=10))
     assert [point.step for point in result.history] == [0, 10, 20, 24]
     for point in result.history:
@@ -79,7 +79,7 @@ def test_same_seed_same_numbers_however_steps_are_grouped(color_features):
 
 def test_empty_validation_set_is_skipped_with_a_note(color_features, caplog):
     empty = subset(color_features, np.zeros(len(color_features), bool))
-    with caplog.at_level(logging.INFO, logger="retrainer.train"):
+    with caplog.at_level(logging.INFO, logger="retrainer.training.head"):
         result = train_head(color_features, empty, 4, config(steps=11))
     assert all(point.validation_accuracy is None for point in result.history)
     assert any("No validation images" in message for message in caplog.messages)

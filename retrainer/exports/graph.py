@@ -1,0 +1,91 @@
+"""Frozen-graph export: the `Classifier` as a GraphDef plus its `.meta.json` sidecar.
+
+The frozen GraphDef is what TensorFlow's label_image.py loads: input op `Placeholder`, float32
+[None, H, W, 3] RGB in [0, 1] (the extractor's own normalisation is inside the graph), output op
+`final_tensor_name` (default `final_result`), softmax probabilities float32 [None, C]. Next to it,
+`<graph>.meta.json` describes it (input size, mean/std for label_image's (x - mean) / std, tensor
+names, labels, extractor), so `label-image` needs no flags. Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import (
+    convert_variables_to_constants_v2,
+)
+
+from retrainer._files import write_bytes_atomically, write_text_atomically
+from retrainer.errors import UsageError
+from retrainer.exports.classifier import Classifier
+from retrainer.graph_contract import INPUT_OP, metadata_path
+
+
+def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Path:
+    """retrain.py's name for the graph stored at `step`."""
+    return Path(directory) / f"intermediate_{step}.pb"
+
+
+class GraphExporter:
+    """Freezes a `Classifier` (traced once) as often as asked, e.g. at intermediate steps."""
+
+    def __init__(self, classifier: Classifier) -> None:
+        self.classifier = classifier
+        self._concrete = classifier.classify.get_concrete_function()
+        _check_final_op(self._concrete.graph, classifier.final_tensor_name)
+
+    def frozen_graph_def(self) -> tf.compat.v1.GraphDef:
+        """The graph with the variables' current values baked in as constants."""
+        frozen = convert_variables_to_constants_v2(self._concrete)
+        graph_def = frozen.graph.as_graph_def()
+        _check_frozen(graph_def, self.classifier)
+        return graph_def
+
+    def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> Path:
+        """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
+
+        The sidecar, written last, holds the graph's SHA-256: after a kill between the two writes
+        (or a graph copied without its sidecar) label-image refuses the pair instead of serving the
+        new graph with the old labels.
+        """
+        data = self.frozen_graph_def().SerializeToString(deterministic=True)
+        write_bytes_atomically(path, data)
+        sidecar = metadata_path(path)
+        document = self.classifier.metadata(step)
+        document["graph_sha256"] = hashlib.sha256(data).hexdigest()
+        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+        write_text_atomically(sidecar, text)
+        return sidecar
+
+
+def _check_final_op(graph: tf.Graph, name: str) -> None:
+    """`name` must be our softmax identity, not a renamed copy clashing with an extractor op."""
+    try:
+        operation = graph.get_operation_by_name(name)
+    except KeyError:
+        operation = None
+    ours = (operation is not None and operation.type == "Identity"
+            and operation.inputs[0].op.type == "Softmax")
+    if not ours:
+        raise UsageError(
+            f"--final_tensor_name {name!r} clashes with an operation of the feature extractor's "
+            "graph; choose another name (the default is final_result)."
+        )
+
+
+def _check_frozen(graph_def: tf.compat.v1.GraphDef, classifier: Classifier) -> None:
+    """The exported contract holds: named ops present, no variables left."""
+    nodes = {node.name: node for node in graph_def.node}
+    placeholder = nodes.get(INPUT_OP)
+    if placeholder is None or placeholder.op != "Placeholder":
+        raise RuntimeError(f"frozen graph lacks the {INPUT_OP!r} input op")
+    if classifier.final_tensor_name not in nodes:
+        raise RuntimeError(f"frozen graph lacks the {classifier.final_tensor_name!r} output op")
+    leftover = sorted({node.op for node in graph_def.node if "Variable" in node.op})
+    if leftover:
+        raise RuntimeError(f"frozen graph still has variable ops: {leftover}")
