@@ -29,6 +29,9 @@ def check_output_paths(config: RetrainConfig) -> None:
     """
     files = {"output_graph": config.output_graph, "output_labels": config.output_labels,
              "checkpoint_path": config.checkpoint_path}
+    files.update({flag: path for flag, path in (("metrics_file", config.metrics_file),
+                                                ("report_html", config.report_html))
+                  if path is not None})
     folders = {"bottleneck_dir": config.bottleneck_dir, "summaries_dir": config.summaries_dir}
     if config.intermediate_store_frequency > 0:
         folders["intermediate_output_graphs_dir"] = config.intermediate_output_graphs_dir

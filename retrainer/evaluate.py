@@ -3,6 +3,7 @@
 retrain.py's "Final test accuracy = x% (N=n)", measured on the whole test set by default
 (test_batch_size -1) or on a seeded class-balanced sample, plus what the CLI needs to report:
 per-class counts and the misclassified images. An empty test split gives no accuracy, not a crash.
+`predict_probabilities` scores a whole split once (the validation split's honest final figures).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Evaluation:
         count: N, the number of predictions made (a sample may repeat an image).
         positions: int64 [N] indices into the test split of the examples predicted.
         predictions: int64 [N] predicted class of each.
+        probabilities: float32 [N, C] softmax probabilities of each.
         per_class: (correct, total) per class index, over the N predictions.
     """
 
@@ -36,6 +38,7 @@ class Evaluation:
     count: int
     positions: np.ndarray
     predictions: np.ndarray
+    probabilities: np.ndarray
     per_class: tuple[tuple[int, int], ...]
 
     def misclassified(self, labels: np.ndarray) -> list[tuple[int, int]]:
@@ -62,11 +65,12 @@ def evaluate_head(
     if len(test) == 0:
         log.warning("No test images: skipping the final test accuracy.")
         empty = np.zeros(0, np.int64)
-        return Evaluation(None, 0, empty, empty, tuple((0, 0) for _ in range(num_classes)))
+        return Evaluation(None, 0, empty, empty, np.zeros((0, num_classes), np.float32),
+                          tuple((0, 0) for _ in range(num_classes)))
     sampler = BalancedSampler(test.labels, batch_size)
     positions = sampler.sample(stream_seed(seed, TEST_STREAM), tf.constant(0, tf.int64)).numpy()
-    logits = head(tf.constant(test.features[positions], tf.float32))
-    predictions = tf.argmax(logits, axis=1).numpy().astype(np.int64)
+    probabilities = predict_probabilities(head, test.features[positions])
+    predictions = np.argmax(probabilities, axis=1).astype(np.int64)
     truth = test.labels[positions]
     correct = predictions == truth
     per_class = tuple(
@@ -75,4 +79,9 @@ def evaluate_head(
     )
     accuracy = float(correct.mean())
     log.info("Final test accuracy = %.1f%% (N=%d)", accuracy * 100, len(positions))
-    return Evaluation(accuracy, len(positions), positions, predictions, per_class)
+    return Evaluation(accuracy, len(positions), positions, predictions, probabilities, per_class)
+
+
+def predict_probabilities(head: SoftmaxHead, features: np.ndarray) -> np.ndarray:
+    """float32 [N, D] bottleneck vectors -> float32 [N, C] softmax probabilities (N may be 0)."""
+    return head.probabilities(tf.constant(features, tf.float32)).numpy()

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
-from retrainer.errors import DataError, UsageError
+from retrainer.errors import DataError, QualityGateError, UsageError
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,11 @@ class RetrainConfig:
     test_batch_size: int = WHOLE_SET
     validation_batch_size: int = 100
     print_misclassified_test_images: bool = False
+    # reports and quality gates (issue 12): None turns a report off; gates are fractions or None
+    metrics_file: Optional[Path] = DEFAULT_OUTPUT_DIR / "metrics.json"
+    report_html: Optional[Path] = DEFAULT_OUTPUT_DIR / "report.html"
+    assert_accuracy_at_least: Optional[float] = None
+    assert_recall_at_least: Optional[float] = None
     final_tensor_name: str = "final_result"
     intermediate_store_frequency: int = 0
     intermediate_output_graphs_dir: Path = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
@@ -94,6 +99,15 @@ class RetrainConfig:
                       "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
+        # reports and quality gates: an empty path turns that report off
+        for field in ("metrics_file", "report_html"):
+            value = getattr(self, field)
+            object.__setattr__(self, field, Path(value) if value not in (None, "") else None)
+        for field in ("assert_accuracy_at_least", "assert_recall_at_least"):
+            self._require(field, lambda x: x is None or 0 <= x <= 1, "a fraction from 0 to 1")
+        if self.metrics_file is not None and self.metrics_file == self.report_html:
+            raise UsageError(f"--metrics_file and --report_html are the same file: "
+                             f"{self.metrics_file}")
         if self.output_graph == self.output_labels:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
@@ -122,6 +136,7 @@ class RetrainResult:
         misclassified: (relpath, predicted label) of each wrong test prediction.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
+        report: per-class metrics, confusion matrices, history, gates (retrainer.reports).
     """
 
     labels: tuple[str, ...]
@@ -139,10 +154,12 @@ class RetrainResult:
     misclassified: tuple[tuple[str, str], ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
+    report: Optional[Any] = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
-        document = dataclasses.asdict(self)
+        document = dataclasses.asdict(dataclasses.replace(self, report=None))
+        del document["report"]
         document["labels"] = list(self.labels)
         document["skipped"] = [{"path": path, "reason": reason} for path, reason in self.skipped]
         document["misclassified"] = [
@@ -152,6 +169,8 @@ class RetrainResult:
             name: [str(path) for path in value] if isinstance(value, list) else str(value)
             for name, value in self.outputs.items()
         }
+        if self.report is not None:
+            document = self.report.extend_document(document, self.labels)
         return document
 
 
@@ -165,12 +184,16 @@ def run(config: RetrainConfig) -> RetrainResult:
         UsageError: bad paths (checked before the long work), unknown extractor.
         DataError: fewer than two classes, no decodable training images.
         ModelError: the extractor cannot be loaded.
+        QualityGateError: a gate failed; nothing was exported, the reports were written.
     """
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
-    from retrainer.evaluate import evaluate_head
+    from retrainer.evaluate import evaluate_head, predict_probabilities
     from retrainer.extractors import create_extractor
+    from retrainer.reports.gates import failure_message
+    from retrainer.reports.metrics_file import build_run_report, report_paths
+    from retrainer.reports.writer import write_reports
     from retrainer.training.head import train_head
 
     timer = _StageTimer()
@@ -200,11 +223,17 @@ def run(config: RetrainConfig) -> RetrainResult:
             training.head, splits.features[TESTING], len(collection.labels),
             config.test_batch_size, config.seed,
         )
-    with timer("export"):
-        outputs = exports.write_final(training.head)
+        validation = predict_probabilities(training.head, splits.features[VALIDATION].features)
+    report = build_run_report(config, extractor.spec, training.history, evaluation, validation,
+                              splits)
+    gate_failure = failure_message(report.gates)
+    outputs: dict[str, Any] = {}
+    if gate_failure is None:  # a model that fails a gate replaces no previous export
+        with timer("export"):
+            outputs = exports.write_final(training.head)
     last = training.history[-1]
     test_images = splits.images[TESTING]
-    return RetrainResult(
+    result = RetrainResult(
         labels=collection.labels,
         counts=splits.counts(),
         skipped=tuple(sorted(collection.ignored + splits.unreadable)),
@@ -224,9 +253,14 @@ def run(config: RetrainConfig) -> RetrainResult:
             (test_images[position].relpath, collection.labels[predicted])
             for position, predicted in evaluation.misclassified(splits.features[TESTING].labels)
         ),
-        outputs=outputs,
+        outputs={**outputs, **report_paths(config.metrics_file, config.report_html)},
         seconds=timer.seconds(),
+        report=report,
     )
+    write_reports(result, config.metrics_file, config.report_html, config.summaries_dir)
+    if gate_failure is not None:
+        raise QualityGateError(gate_failure)
+    return result
 
 
 class _Exports:

@@ -2,7 +2,7 @@
 
 Flags keep retrain.py's names and defaults (dash spellings work too). Defaults come from
 `RetrainConfig`. Logs and progress go to stderr; the summary (or `--json`) goes to stdout. Exit
-codes: 0 ok, 2 usage, 3 data, 4 model, 130 interrupted (see retrainer/errors.py).
+codes: 0 ok, 2 usage, 3 data, 4 model, 6 quality gate failed, 130 interrupted (see retrainer/errors.py).
 """
 
 from __future__ import annotations
@@ -60,6 +60,15 @@ _BATCH = click.IntRange(min=-1)
          "How many images to validate on at a time (-1: the whole validation set).", type=_BATCH)
 @_option("test_batch_size", "How many images to test on (-1: the whole test set).", type=_BATCH)
 @_option("print_misclassified_test_images", "Print all misclassified test images.", is_flag=True)
+@_option("metrics_file", "Write every metric, the training history, counts and flags as JSON "
+         "here ('' for none).", type=click.Path())
+@_option("report_html", "Write a self-contained HTML report here, with training_curves.png and "
+         "confusion_matrix.png beside it ('' for none).", type=click.Path())
+@_option("assert_accuracy_at_least", "Exit 6 and export nothing if the test accuracy (validation "
+         "without test images) is below this fraction, e.g. 0.9.",
+         type=click.FloatRange(0, 1), show_default=False)
+@_option("assert_recall_at_least", "Exit 6 and export nothing if any class's recall on that split "
+         "is below this fraction.", type=click.FloatRange(0, 1), show_default=False)
 @_option("final_tensor_name", "Name of the output classification op in the graph.")
 @_option("intermediate_store_frequency",
          "Store an intermediate graph every this many steps (0: never).",
@@ -120,8 +129,8 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     """The end-of-run summary: training metrics, images per class and split, skipped, outputs."""
     lines = [
         f"Last step: train accuracy = {_percent(result.train_accuracy)}, cross entropy = "
-        f"{result.cross_entropy:.6f}, validation accuracy = "
-        f"{_percent(result.validation_accuracy)} (N={result.validation_count})",
+        f"{result.cross_entropy:.6f}",
+        *_report_lines(result),
         "",
         "Images used per class:",
     ]
@@ -153,6 +162,36 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     for name, value in result.outputs.items():
         paths = value if isinstance(value, list) else [value]
         lines += [f"  {name}: {path}" for path in paths]
+    return lines
+
+
+def _report_lines(result: RetrainResult) -> list[str]:
+    """Whole-split accuracies, the per-class table and the most confused pairs (details: files)."""
+    report = result.report
+    validation, test = report.validation, report.test
+    lines = [f"Validation accuracy = {_percent(validation.accuracy)} (N={validation.count} "
+             "images, the whole validation split)"]
+    name, split = report.headline()
+    if name is None:
+        return lines
+    top_k = f", top-{split.top_k} {_percent(split.top_k_accuracy)}" if split.top_k else ""
+    where = "test" if split is test else "validation"
+    lines += [f"{where.capitalize()} split: accuracy {_percent(split.accuracy)}, balanced "
+              f"accuracy {_percent(split.balanced_accuracy)}{top_k} (N={split.count})", ""]
+    width = max(len("class"), *(len(label) for label in result.labels))
+    lines += [f"Per-class metrics ({where} split):",
+              f"  {'class':<{width}}  precision   recall       F1  support"]
+    for label, row in zip(result.labels, split.per_class):
+        lines.append(f"  {label:<{width}}  {_percent(row.precision):>9}  {_percent(row.recall):>7}"
+                     f"  {_percent(row.f1):>7}  {row.support:>7}")
+    confused = split.most_confused()
+    if confused:
+        lines.append("Most confused (true -> predicted): " + "; ".join(
+            f"{result.labels[true]} -> {result.labels[predicted]} ({count})"
+            for true, predicted, count in confused))
+    for gate in report.gates:
+        lines.append(f"Quality gate --{gate.flag} {gate.threshold:g}: passed "
+                     f"({_percent(gate.value)})")
     return lines
 
 

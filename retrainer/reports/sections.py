@@ -1,0 +1,139 @@
+"""The report's built-in sections, from a run's RetrainResult and its PNG pictures.
+
+Each function returns one `html.Section`; `run_sections` lists them in report order. Thumbnails of
+misclassified images are decoded by retrainer.images (the decoder training used) at the size the
+network saw them, so the gallery shows what the model was given.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import logging
+from typing import Any, Optional
+
+from PIL import Image
+
+from retrainer.images import UnreadableImageError, load_image
+from retrainer.reports.html import Section, paragraph, png_image, table
+from retrainer.split import SPLITS, TESTING, VALIDATION
+
+log = logging.getLogger(__name__)
+
+MAX_GALLERY_IMAGES = 60
+MAX_SKIPPED_ROWS = 200
+THUMBNAIL_SIZE = (112, 112)
+
+
+def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes]) -> list[Section]:
+    """Summary, dataset, training curves, confusion matrix, per-class table, gallery."""
+    return [
+        summary_section(result),
+        dataset_section(result),
+        Section("training", "Training curves", png_image(curves_png, "Training curves")
+                + paragraph("Validation points are retrain.py's sampled batches; the final "
+                            "whole-split figures are in the summary.", "note")),
+        confusion_section(result, confusion_png),
+        per_class_section(result),
+        gallery_section(result),
+    ]
+
+
+def summary_section(result: Any) -> Section:
+    report = result.report
+    rows = []
+    for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
+        top_k = "n/a" if split.top_k is None else f"top-{split.top_k} {_percent(split.top_k_accuracy)}"
+        rows.append((name, split.count, _percent(split.accuracy),
+                     _percent(split.balanced_accuracy), top_k))
+    body = table(("split", "images", "accuracy", "balanced accuracy", "top-k"), rows)
+    body += paragraph(f"Extractor {report.extractor['name']} ({report.extractor['id']}); "
+                      f"{len(result.labels)} classes; run took {result.seconds['total']:.1f} s.")
+    for gate in report.gates:
+        verdict = "PASSED" if gate.passed else "FAILED"
+        text = (f"{verdict}: --{gate.flag} {gate.threshold:g} "
+                f"(reached {_percent(gate.value)}"
+                + (f", class {gate.label}" if gate.label else "") + ")")
+        body += paragraph(text, "pass" if gate.passed else "fail")
+    return Section("summary", "Summary", body)
+
+
+def dataset_section(result: Any) -> Section:
+    rows = [(label, *(result.counts[label][split] for split in SPLITS),
+             sum(result.counts[label].values())) for label in result.labels]
+    totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
+    rows.append(("total", *totals, sum(totals)))
+    body = paragraph("Images used per class and split (decodable images only):")
+    body += table(("class", *SPLITS, "all"), rows)
+    if result.skipped:
+        body += paragraph(f"Skipped {len(result.skipped)} files:")
+        body += table(("file", "reason"), result.skipped[:MAX_SKIPPED_ROWS])
+        if len(result.skipped) > MAX_SKIPPED_ROWS:
+            body += paragraph(f"... and {len(result.skipped) - MAX_SKIPPED_ROWS} more in the "
+                              "metrics file.", "note")
+    else:
+        body += paragraph("No files were skipped.")
+    return Section("dataset", "Dataset", body)
+
+
+def confusion_section(result: Any, confusion_png: Optional[bytes]) -> Section:
+    _, split = result.report.headline()
+    if confusion_png is None:
+        return Section("confusion", "Confusion matrix",
+                       paragraph("No test or validation images: nothing to show."))
+    body = png_image(confusion_png, "Confusion matrix")
+    pairs = [(result.labels[true], result.labels[predicted], count)
+             for true, predicted, count in split.most_confused()]
+    if pairs:
+        body += paragraph("Most confused (true → predicted):")
+        body += table(("true", "predicted", "images"), pairs)
+    return Section("confusion", "Confusion matrix", body)
+
+
+def per_class_section(result: Any) -> Section:
+    report = result.report
+    body = ""
+    for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
+        if not split.count:
+            body += paragraph(f"No {name} images.")
+            continue
+        body += paragraph(f"{name.capitalize()} split, N={split.count}:")
+        body += table(("class", "precision", "recall", "F1", "support"),
+                      [(label, _percent(row.precision), _percent(row.recall), _percent(row.f1),
+                        row.support) for label, row in zip(result.labels, split.per_class)])
+    return Section("per-class", "Per-class metrics", body)
+
+
+def gallery_section(result: Any) -> Section:
+    images = result.report.misclassified
+    if not images:
+        return Section("misclassified", "Misclassified test images",
+                       paragraph("No test image was misclassified."))
+    figures = []
+    for image in images[:MAX_GALLERY_IMAGES]:
+        caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
+                   f"predicted: {html.escape(image.predicted_label)} ({image.score:.2f})")
+        figures.append(f"<figure>{_thumbnail(image.path, image.relpath)}"
+                       f"<figcaption>{caption}</figcaption></figure>")
+    body = paragraph(f"{len(images)} misclassified test images (thumbnails squared, as the "
+                     "network saw them; score = predicted probability).")
+    body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
+    if len(images) > MAX_GALLERY_IMAGES:
+        body += paragraph(f"... and {len(images) - MAX_GALLERY_IMAGES} more in the metrics file.",
+                          "note")
+    return Section("misclassified", "Misclassified test images", body)
+
+
+def _thumbnail(path: Any, relpath: str) -> str:
+    try:
+        pixels = load_image(path, THUMBNAIL_SIZE)
+    except UnreadableImageError as error:  # e.g. deleted since training
+        log.warning("Report: no thumbnail for %s: %s", relpath, error.reason)
+        return paragraph(f"(unreadable: {error.reason})", "note")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return png_image(buffer.getvalue(), relpath, "thumbnail")
+
+
+def _percent(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f}%"
