@@ -113,6 +113,10 @@ class RetrainConfig:
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
             )
 
+    @property
+    def has_quality_gates(self) -> bool:
+        return self.assert_accuracy_at_least is not None or self.assert_recall_at_least is not None
+
     def _require(self, field: str, valid: Callable[[Any], bool], expected: str) -> None:
         value = getattr(self, field)
         if not valid(value):
@@ -192,6 +196,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.evaluate import evaluate_head, predict_probabilities
     from retrainer.extractors import create_extractor
     from retrainer.reports.gates import failure_message
+    from retrainer.reports.held_outputs import HeldOutputs
     from retrainer.reports.metrics_file import build_run_report, report_paths
     from retrainer.reports.writer import write_reports
     from retrainer.training.head import train_head
@@ -211,11 +216,15 @@ def run(config: RetrainConfig) -> RetrainResult:
             show_progress=config.show_progress,
         )
     splits = _SplitFeatures(collection, bottlenecks)
-    exports = _Exports(config, extractor, collection.labels)
+    held = HeldOutputs(active=config.has_quality_gates)  # until the gates pass
+    exports = _Exports(config, extractor, collection.labels,
+                       held.folder(config.intermediate_output_graphs_dir))
+    checkpoint = held.folder(config.checkpoint_path.parent) / config.checkpoint_path.name
     with timer("train"):
         training = train_head(
             splits.features[TRAINING], splits.features[VALIDATION], len(collection.labels),
-            _training_config(config), exports.store_intermediate,
+            dataclasses.replace(_training_config(config), checkpoint_path=checkpoint),
+            exports.store_intermediate,
             config.intermediate_store_frequency,
         )
     with timer("evaluate"):
@@ -231,6 +240,9 @@ def run(config: RetrainConfig) -> RetrainResult:
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
             outputs = exports.write_final(training.head)
+            held.release()
+    else:
+        held.discard()
     last = training.history[-1]
     test_images = splits.images[TESTING]
     result = RetrainResult(
@@ -266,8 +278,10 @@ def run(config: RetrainConfig) -> RetrainResult:
 class _Exports:
     """Writes a run's exports; the classifier graph is traced once, on first use."""
 
-    def __init__(self, config: RetrainConfig, extractor, labels: tuple[str, ...]) -> None:
+    def __init__(self, config: RetrainConfig, extractor, labels: tuple[str, ...],
+                 intermediate_dir: Path) -> None:
         self.config = config
+        self.intermediate_dir = intermediate_dir  # config's, or a staging folder (quality gates)
         self.extractor = extractor
         self.labels = labels
         self.intermediate_graphs: list[Path] = []
@@ -286,7 +300,8 @@ class _Exports:
         from retrainer.exports.graph import intermediate_graph_path
 
         path = intermediate_graph_path(self.config.intermediate_output_graphs_dir, step)
-        self.exporter(head).write_graph(path, step=step)
+        self.exporter(head).write_graph(intermediate_graph_path(self.intermediate_dir, step),
+                                        step=step)
         self.intermediate_graphs.append(path)
         log.info("Saved intermediate graph %s", path)
 
