@@ -109,6 +109,8 @@ def retrain(image_dir: Path, out: Path, extractor: str, steps: int) -> Path:
         bottleneck_dir=out / "bottlenecks",
         intermediate_output_graphs_dir=out / "intermediate_graphs",
         checkpoint_path=out / "checkpoint" / "retrain_checkpoint",
+        metrics_file=out / "metrics.json",
+        report_html=out / "report.html",
         tfhub_module=extractor,
         how_many_training_steps=steps,
         show_progress=False,

@@ -65,6 +65,8 @@ def retrain_args(
         "--summaries_dir", str(out / "logs"),
         "--checkpoint_path", str(out / "checkpoint" / "head"),
         "--intermediate_output_graphs_dir", str(out / "intermediate"),
+        "--metrics_file", str(out / "metrics.json"),
+        "--report_html", str(out / "report.html"),
         "--how_many_training_steps", str(steps),
         *extra,
     ]
