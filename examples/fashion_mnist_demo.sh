@@ -17,9 +17,14 @@ OUT=runs/fashion_mnist
 .venv/bin/retrain --image_dir "$OUT/images" \
     --output_graph "$OUT/output_graph.pb" --output_labels "$OUT/output_labels.txt" \
     --bottleneck_dir "$OUT/bottlenecks" --summaries_dir "$OUT/retrain_logs" \
-    --checkpoint_path "$OUT/checkpoint/retrain" --how_many_training_steps 4000
+    --checkpoint_path "$OUT/checkpoint/retrain" --how_many_training_steps 4000 \
+    --metrics_file "$OUT/metrics.json" --report_html "$OUT/report.html"
 
 echo
 echo "Classifying held-out images (never seen in training):"
 .venv/bin/label-image --graph "$OUT/output_graph.pb" --labels "$OUT/output_labels.txt" \
     --top_k 3 "$OUT/holdout"
+
+echo
+echo "Report (open in a browser; self-contained, works offline): $OUT/report.html"
+echo "Metrics (JSON, schema in docs/reports.md): $OUT/metrics.json"
