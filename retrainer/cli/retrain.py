@@ -16,7 +16,7 @@ import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
 from retrainer.pipeline import RetrainConfig, RetrainResult, run
-from retrainer.split import SPLITS
+from retrainer.split import SPLITS, TESTING
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
 _VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
@@ -129,8 +129,9 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     """The end-of-run summary: training metrics, images per class and split, skipped, outputs."""
     lines = [
         f"Last step: train accuracy = {_percent(result.train_accuracy)}, cross entropy = "
-        f"{result.cross_entropy:.6f}",
-        *_report_lines(result),
+        f"{result.cross_entropy:.6f}, validation accuracy = "
+        f"{_percent(result.validation_accuracy)} (N={result.validation_count})",
+        _whole_validation_line(result),
         "",
         "Images used per class:",
     ]
@@ -144,6 +145,7 @@ def _summary_lines(result: RetrainResult) -> list[str]:
                      + f"  {tested['correct']:>5}/{tested['total']}")
     totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
     lines.append(f"  {'total':<{width}}  " + "  ".join(f"{total:>10}" for total in totals))
+    lines += ["", *_report_lines(result)]
     if result.skipped:
         lines += ["", f"Skipped {len(result.skipped)} files:"]
         lines += [f"  {path}: {reason}" for path, reason in result.skipped[:_MAX_SKIPPED_SHOWN]]
@@ -165,22 +167,26 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     return lines
 
 
+def _whole_validation_line(result: RetrainResult) -> str:
+    """The honest figure: each validation image once (the step lines count sampled draws)."""
+    validation = result.report.validation
+    return (f"Validation accuracy = {_percent(validation.accuracy)} (N={validation.count} images, "
+            "the whole validation split)")
+
+
 def _report_lines(result: RetrainResult) -> list[str]:
-    """Whole-split accuracies, the per-class table and the most confused pairs (details: files)."""
+    """Headline split's accuracies, the per-class table and the most confused pairs."""
     report = result.report
-    validation, test = report.validation, report.test
-    lines = [f"Validation accuracy = {_percent(validation.accuracy)} (N={validation.count} "
-             "images, the whole validation split)"]
     name, split = report.headline()
     if name is None:
-        return lines
+        return []
     top_k = f", top-{split.top_k} {_percent(split.top_k_accuracy)}" if split.top_k else ""
-    where = "test" if split is test else "validation"
-    lines += [f"{where.capitalize()} split: accuracy {_percent(split.accuracy)}, balanced "
-              f"accuracy {_percent(split.balanced_accuracy)}{top_k} (N={split.count})", ""]
+    where = "test" if name == TESTING else "validation"
     width = max(len("class"), *(len(label) for label in result.labels))
-    lines += [f"Per-class metrics ({where} split):",
-              f"  {'class':<{width}}  precision   recall       F1  support"]
+    lines = [f"{where.capitalize()} split: accuracy {_percent(split.accuracy)}, balanced "
+             f"accuracy {_percent(split.balanced_accuracy)}{top_k} (N={split.count})",
+             f"Per-class metrics ({where} split):",
+             f"  {'class':<{width}}  precision   recall       F1  support"]
     for label, row in zip(result.labels, split.per_class):
         lines.append(f"  {label:<{width}}  {_percent(row.precision):>9}  {_percent(row.recall):>7}"
                      f"  {_percent(row.f1):>7}  {row.support:>7}")
