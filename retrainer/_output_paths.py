@@ -29,6 +29,8 @@ def check_output_paths(config: RetrainConfig) -> None:
     """
     files = {"output_graph": config.output_graph, "output_labels": config.output_labels,
              "checkpoint_path": config.checkpoint_path}
+    if not config.skip_audit:
+        files["audit_file"] = config.audit_file
     folders = {"bottleneck_dir": config.bottleneck_dir, "summaries_dir": config.summaries_dir}
     if config.intermediate_store_frequency > 0:
         folders["intermediate_output_graphs_dir"] = config.intermediate_output_graphs_dir

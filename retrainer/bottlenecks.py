@@ -54,6 +54,7 @@ class Bottlenecks:
         computed: vectors computed in this call.
         reused: vectors read from the cache.
         seconds: wall time of the call.
+        digests: hex SHA-256 of each file's bytes (the cache key), "" where it could not be read.
     """
 
     vectors: np.ndarray
@@ -62,6 +63,7 @@ class Bottlenecks:
     computed: int
     reused: int
     seconds: float
+    digests: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,13 +211,15 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
     ok = np.zeros(len(paths), bool)
     skipped: dict[int, str] = {}
+    digests = [""] * len(paths)
     missing = []
     for position, path in enumerate(paths):
         try:
-            vector = cache.load(file_digest(path))
+            digests[position] = file_digest(path)
         except OSError as error:
             skipped[position] = f"cannot read file ({error.strerror or error})"
             continue
+        vector = cache.load(digests[position])
         if vector is None:
             missing.append(position)
         else:
@@ -242,6 +246,7 @@ def compute_bottlenecks(
         computed=int(ok.sum()) - reused,
         reused=reused,
         seconds=time.perf_counter() - started,
+        digests=tuple(digests),
     )
 
 

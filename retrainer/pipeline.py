@@ -55,6 +55,10 @@ class RetrainConfig:
     learning_rate: float = 0.01
     testing_percentage: float = 10
     validation_percentage: float = 10
+    # dataset audit (retrainer/audit, docs/audit.md)
+    audit_file: Path = DEFAULT_OUTPUT_DIR / "audit.json"
+    skip_audit: bool = False
+    keep_duplicates_in_one_split: bool = False
     eval_step_interval: int = 10
     train_batch_size: int = 100
     test_batch_size: int = WHOLE_SET
@@ -73,7 +77,7 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir"):
+                      "saved_model_dir", "audit_file"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
@@ -94,6 +98,8 @@ class RetrainConfig:
                       "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
+        if self.keep_duplicates_in_one_split and self.skip_audit:
+            raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
         if self.output_graph == self.output_labels:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
@@ -122,6 +128,7 @@ class RetrainResult:
         misclassified: (relpath, predicted label) of each wrong test prediction.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
+        audit: the audit.json document (docs/audit.md), None with --skip_audit.
     """
 
     labels: tuple[str, ...]
@@ -139,6 +146,7 @@ class RetrainResult:
     misclassified: tuple[tuple[str, str], ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
+    audit: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -187,6 +195,14 @@ def run(config: RetrainConfig) -> RetrainResult:
             [image.path for image in collection.images], extractor, config.bottleneck_dir,
             show_progress=config.show_progress,
         )
+    audit = None
+    if not config.skip_audit:
+        from retrainer.audit.run import DatasetAudit
+
+        with timer("audit"):
+            audit = DatasetAudit(collection, bottlenecks, config)
+        if config.keep_duplicates_in_one_split:
+            collection = audit.keep_groups_in_one_split()
     splits = _SplitFeatures(collection, bottlenecks)
     exports = _Exports(config, extractor, collection.labels)
     with timer("train"):
@@ -202,6 +218,10 @@ def run(config: RetrainConfig) -> RetrainResult:
         )
     with timer("export"):
         outputs = exports.write_final(training.head)
+    if audit is not None:
+        audit_document = audit.write(evaluation, splits.images[TESTING],
+                                     splits.features[TESTING].labels)
+        outputs["audit_file"] = config.audit_file
     last = training.history[-1]
     test_images = splits.images[TESTING]
     return RetrainResult(
@@ -226,6 +246,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         ),
         outputs=outputs,
         seconds=timer.seconds(),
+        audit=None if audit is None else audit_document,
     )
 
 

@@ -54,6 +54,11 @@ _BATCH = click.IntRange(min=-1)
 @_option("train_batch_size", "How many images to train on at a time (-1: all).", type=_BATCH)
 @_option("testing_percentage", "Percentage of images to use as a test set.", type=float)
 @_option("validation_percentage", "Percentage of images to use as a validation set.", type=float)
+@_option("audit_file", "Where to write the dataset audit (duplicates, leaks, likely mislabeled "
+         "images, outliers; JSON).", type=_PATH)
+@_option("skip_audit", "Do not audit the dataset (no audit file).", is_flag=True)
+@_option("keep_duplicates_in_one_split", "Move each group of duplicate images into the split of "
+         "its first member, so no copy straddles training and test.", is_flag=True)
 @_option("eval_step_interval", "How often to evaluate the training results.",
          type=click.IntRange(min=1))
 @_option("validation_batch_size",
@@ -141,6 +146,7 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         if len(result.skipped) > _MAX_SKIPPED_SHOWN:
             more = len(result.skipped) - _MAX_SKIPPED_SHOWN
             lines.append(f"  ... and {more} more (all in --json)")
+    lines += _audit_lines(result)
     lines += [
         "",
         f"Bottleneck vectors: {result.bottlenecks_computed} computed, "
@@ -154,6 +160,14 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         paths = value if isinstance(value, list) else [value]
         lines += [f"  {name}: {path}" for path in paths]
     return lines
+
+
+def _audit_lines(result: RetrainResult) -> list[str]:
+    if result.audit is None:
+        return []
+    from retrainer.audit.summary import audit_summary_lines
+
+    return ["", *audit_summary_lines(result.audit, result.outputs.get("audit_file"))]
 
 
 if __name__ == "__main__":
