@@ -18,7 +18,7 @@ from retrainer.cli.retrain import main
 from retrainer.split import TRAINING, assign_split
 from tests.fixtures_pipeline import FASHION_CLASSES, copy_classes, retrain_args
 
-PHOTO = "Trouser/photo_astronaut.png"
+PHOTO = "Sneaker/photo_page.png"  # a scanned text page among shoes
 
 
 def name_in_split(folder: str, stem: str, want_training: bool) -> str:
@@ -57,7 +57,7 @@ def faulty_dir(fashion_mnist_dir, tmp_path_factory) -> tuple[Path, dict]:
         moved = sorted((root / source).iterdir())[-1]
         moved.rename(root / target / moved.name)
         flips.append((f"{target}/{moved.name}", source.lower()))
-    photo = Image.fromarray(skimage.data.astronaut()).convert("L").resize((28, 28))
+    photo = Image.fromarray(skimage.data.page()).convert("L").resize((28, 28))
     photo.save(root / PHOTO)
     truth = {
         "byte": {f"Bag/{bag[0].name}", "Sneaker/dup_bag.png"},

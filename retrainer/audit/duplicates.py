@@ -102,19 +102,24 @@ def near_pairs(
 def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.ndarray],
            thumbnails: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, ...]:
     """The candidate pairs that are near-duplicates: (firsts, seconds, similarity)."""
-    score = {name: np.einsum("ij,ij->i", unit[firsts], unit[seconds])
-             for name, unit in descriptors.items()}
-    hash_bits = hamming(hashes[firsts], hashes[seconds])
-    by_picture = ((score["picture"] >= THUMBNAIL_MATCH) & (hash_bits <= HASH_MATCH)
-                  & (score["vector"] >= THUMBNAIL_VECTOR_MATCH))
-    similarity = np.where(by_picture, score["picture"], 0.0)
-    shift_candidate = (~by_picture & (score["spectrum"] >= FOURIER_MATCH)
-                       & (score["vector"] >= SHIFT_VECTOR_MATCH)
-                       & (score["picture"] >= SHIFT_THUMBNAIL_MATCH))
-    rows = np.flatnonzero(shift_candidate)
-    aligned = aligned_correlation(thumbnails[firsts[rows]], thumbnails[seconds[rows]],
+    def score(name: str, rows: np.ndarray) -> np.ndarray:
+        unit = descriptors[name]
+        return np.einsum("ij,ij->i", unit[firsts[rows]], unit[seconds[rows]])
+
+    similarity = np.zeros(len(firsts), np.float32)
+    everything = np.arange(len(firsts))
+    picture = score("picture", everything)
+    spectrum = score("spectrum", everything)
+    by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH)
+                                & (hamming(hashes[firsts], hashes[seconds]) <= HASH_MATCH))
+    by_picture = by_picture[score("vector", by_picture) >= THUMBNAIL_VECTOR_MATCH]
+    similarity[by_picture] = picture[by_picture]
+    shifted = np.flatnonzero((similarity == 0) & (spectrum >= FOURIER_MATCH)
+                             & (picture >= SHIFT_THUMBNAIL_MATCH))
+    shifted = shifted[score("vector", shifted) >= SHIFT_VECTOR_MATCH]
+    aligned = aligned_correlation(thumbnails[firsts[shifted]], thumbnails[seconds[shifted]],
                                   ALIGN_REACH)
-    similarity[rows] = np.where(aligned >= ALIGNED_MATCH, aligned, 0.0)
+    similarity[shifted] = np.where(aligned >= ALIGNED_MATCH, aligned, 0.0)
     matched = similarity > 0
     return firsts[matched], seconds[matched], similarity[matched]
 

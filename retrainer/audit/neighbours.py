@@ -9,7 +9,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-BLOCK_ROWS = 512  # 512 x 50,000 float32 = 100 MB per block
+BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block and descriptor
 PCA_SAMPLE = 512  # rows the principal axes are estimated from
 
 

@@ -125,9 +125,11 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     """
     from retrainer.audit.neighbours import unit_rows
 
+    from scipy.fft import rfft2
+
     grey = thumbnails.astype(np.float32)
-    spectrum = np.abs(np.fft.fft2(grey - grey.mean(axis=(1, 2), keepdims=True)))
-    low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)  # one half: real
+    spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))
+    low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)
     return unit_rows(low)
 
 
