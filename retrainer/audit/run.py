@@ -75,6 +75,8 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
         (Findings, True if they came from the cache).
     """
     usable = np.flatnonzero(bottlenecks.ok)
+    if len(usable) < 2:  # nothing to compare; the pipeline reports the missing images
+        return Findings((), (), (), ()), False
     digests = [bottlenecks.digests[position] for position in usable]
     vectors = bottlenecks.vectors[usable]
     labels = np.array([collection.images[p].label_index for p in usable], np.int64)
