@@ -39,8 +39,8 @@ def audit_summary_lines(document: dict[str, Any], path: Optional[object] = None)
     lines = [f"Dataset audit{f' ({path})' if path else ''}:"]
     lines.append(f"  exact duplicates: {figures['exact_duplicate_groups']} groups "
                  f"({figures['exact_across_classes']} with conflicting labels); "
-                 f"near-duplicates: {figures['near_duplicate_groups']} groups; "
-                 f"{figures['leaking_groups']} groups span training and validation/test")
+                 f"near-duplicates: {figures['near_duplicate_groups']} groups")
+    lines.append(f"  leaks: {figures['leaking_groups']} groups span training and validation/test")
     if figures["leaked_test_images"]:
         adjusted = figures["leak_adjusted_test_accuracy"]
         shown = "n/a" if adjusted is None else f"{adjusted * 100:.1f}%"
