@@ -7,6 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import Sequence
+
+from retrainer.errors import DataError
 
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
@@ -59,3 +63,21 @@ class QuantizationConfig:
     @property
     def needs_calibration(self) -> bool:
         return self.mode == INT8
+
+
+def tflite_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
+    """Where each mode's `.tflite` goes: `path` itself for one mode; for several,
+    `<stem>_<mode><suffix>` beside it (model.tflite -> model_int8.tflite)."""
+    if len(modes) == 1:
+        return {modes[0]: path}
+    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or '.tflite'}") for mode in modes}
+
+
+def too_few_calibration_images(available: int, requested: int, where: str) -> DataError:
+    """The error for int8 without enough training images to calibrate on."""
+    return DataError(
+        f"--tflite_quantization int8 calibrates on real training images and needs at least "
+        f"{MIN_CALIBRATION_IMAGES} (default sample {requested}); {where} has {available}. Add "
+        "training images, or export --tflite_quantization dynamic or float16, which need no "
+        "calibration."
+    )

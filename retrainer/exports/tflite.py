@@ -14,19 +14,77 @@ Contract of the file (docs/exports.md):
 from __future__ import annotations
 
 import logging
-from typing import Iterator, Optional
+import os
+import time
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer.errors import DataError
+from retrainer._files import write_bytes_atomically
+from retrainer.exports._pixels import decode_files, seeded_sample
 from retrainer.exports.classifier import Classifier
-from retrainer.exports.quantization import DYNAMIC, FLOAT16, INT8, QuantizationConfig
+from retrainer.exports.quantization import (
+    DYNAMIC,
+    FLOAT16,
+    INT8,
+    MIN_CALIBRATION_IMAGES,
+    QuantizationConfig,
+    too_few_calibration_images,
+)
+from retrainer.exports.tflite_metadata import ModelDescription, add_metadata
+from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
+
+
+def write_tflite_files(
+    classifier: Classifier,
+    paths: dict[str, Path],
+    calibration_images: int,
+    training_files: Sequence[os.PathLike[str] | str],
+    seed: int,
+) -> dict[str, Path]:
+    """Convert the classifier once per mode, add the metadata, write each file atomically.
+
+    Args:
+        classifier: extractor + trained head.
+        paths: {mode: .tflite path} (`quantization.tflite_paths`).
+        calibration_images: int8's sample size.
+        training_files: the decodable training images, for int8 calibration.
+        seed: picks the calibration sample.
+
+    Returns:
+        `paths`, once every file is written.
+
+    Raises:
+        DataError: int8 without enough training images.
+    """
+    calibration = None
+    if INT8 in paths:
+        chosen = seeded_sample(calibration_images, len(training_files), seed)
+        pixels, ok = decode_files([training_files[index] for index in chosen],
+                                  classifier.extractor.spec.input_size)
+        calibration = pixels[ok]
+    description = ModelDescription(
+        name=f"retrainer image classifier ({classifier.extractor.spec.name})",
+        description=f"Classifies images into {len(classifier.label_names)} classes; retrained "
+                    f"on {classifier.extractor.spec.name} features by retrainer.",
+        input_size=classifier.extractor.spec.input_size,
+        mean=INPUT_MEAN, std=INPUT_STD, labels=classifier.label_names,
+    )
+    for mode, path in paths.items():
+        started = time.perf_counter()
+        quantization = QuantizationConfig(mode, max(calibration_images, MIN_CALIBRATION_IMAGES))
+        model = convert(classifier, quantization, calibration)
+        write_bytes_atomically(path, add_metadata(model, description))
+        log.info("Wrote %s (%s, %d bytes) in %.1f s", path, mode, path.stat().st_size,
+                 time.perf_counter() - started)
+    return paths
 
 
 def convert(
@@ -81,16 +139,10 @@ def convert(
 
 
 def _check_calibration(calibration: Optional[np.ndarray], quantization: QuantizationConfig) -> None:
-    from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES
-
     count = 0 if calibration is None else len(calibration)
     if count < MIN_CALIBRATION_IMAGES:
-        raise DataError(
-            f"--tflite_quantization int8 calibrates on real training images and needs at least "
-            f"{MIN_CALIBRATION_IMAGES} (default sample {quantization.calibration_images}); the "
-            f"training split has {count} decodable images. Add training images, or export "
-            "--tflite_quantization dynamic or float16, which need no calibration."
-        )
+        raise too_few_calibration_images(count, quantization.calibration_images,
+                                         "the calibration sample (decodable training images)")
 
 
 def _representative(calibration: np.ndarray) -> Iterator[list[np.ndarray]]:
