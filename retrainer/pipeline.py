@@ -214,7 +214,6 @@ def run(config: RetrainConfig) -> RetrainResult:
         )
     with timer("export"):
         outputs = exports.write_final(training.head, splits.images[TRAINING])
-    with timer("verify"):
         report = verify_exports(config, outputs, splits.images[TESTING], extractor.spec.input_size)
     last = training.history[-1]
     test_images = splits.images[TESTING]

@@ -168,6 +168,10 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     return lines
 
 
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
 def _export_report_lines(result: RetrainResult) -> list[str]:
     """The export report as a small table (docs/exports.md), or nothing without exports."""
     if not result.exports:
@@ -177,7 +181,7 @@ def _export_report_lines(result: RetrainResult) -> list[str]:
              f"{'max |dp|':>9}"]
     for row in result.exports:
         lines.append(
-            f"  {row['artifact']:<14} {row['size_bytes'] / 1e6:>7.2f}MB "
+            f"  {row['artifact']:<14} {_size_text(row['size_bytes']):>9} "
             f"{row['accuracy'] * 100:>8.1f}% {row['change_points']:>+7.1f} "
             f"{row['agreement'] * 100:>6.1f}% {row['max_probability_difference']:>9.4f}"
         )
