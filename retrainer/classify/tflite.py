@@ -10,10 +10,14 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import sys
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -30,7 +34,35 @@ from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
 
 
 def make_interpreter(model: bytes):
-    """An interpreter for `model`: LiteRT's when installed, else TensorFlow's (deprecated)."""
+    """An interpreter for `model`, tensors allocated: LiteRT's when installed, else
+    TensorFlow's (deprecated).
+
+    The runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line on file descriptor 2
+    is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
+    """
+    with _without_runtime_info():
+        interpreter = _new_interpreter(model)
+        interpreter.allocate_tensors()  # applies the XNNPACK delegate
+    return interpreter
+
+
+@contextlib.contextmanager
+def _without_runtime_info() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
+
+
+def _new_interpreter(model: bytes):
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -54,7 +86,6 @@ class TFLiteModel:
         path = config.graph
         try:
             self._interpreter = make_interpreter(data)
-            self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             raise ModelError(
                 f"cannot load TFLite model {path}: truncated or corrupt ({_first_line(error)}); "
