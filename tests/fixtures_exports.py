@@ -43,6 +43,7 @@ def deployed_run(tmp_path_factory) -> DeployedRun:
         image_dir=image_dir, output_graph=out / "output_graph.pb",
         output_labels=out / "output_labels.txt", summaries_dir=out / "logs",
         bottleneck_dir=root / "bottlenecks", checkpoint_path=out / "checkpoint" / "head",
+        audit_file=out / "audit.json",
         tfhub_module="tiny_test", how_many_training_steps=100, show_progress=False,
         saved_model_dir=out / "saved_model", tflite_output_file=out / "model.tflite",
         tflite_quantization=MODES, tflite_calibration_images=20,
