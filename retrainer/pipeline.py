@@ -60,9 +60,9 @@ class RetrainConfig:
     random_brightness: int = 0
     distorted_variants: int = 4
     do_fine_tuning: bool = False
-    fine_tune_blocks: int = 2
-    fine_tune_epochs: int = 3
-    fine_tune_learning_rate: float = 0.001
+    fine_tune_blocks: int = 4
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 0.003
     early_stopping: bool = False
     early_stopping_patience: int = 10
     momentum: float = 0.0

@@ -5,11 +5,11 @@ On N real Fashion-MNIST images (10 classes), each `retrain` a real process:
     / warm plain rerun (target <= ~2x);
 (b) accuracy of the exported frozen graph (loaded and run the way label_image.py does) on the run's
     test split and on held-out t10k images: plain vs distorted, for each --distorted_variants;
-(c) frozen vs --do_fine_tuning, for each --fine_tune_blocks: accuracy (same exported-graph measure)
-    and wall time.
+(c) frozen vs --do_fine_tuning, for each --fine_tune_blocks and --fine_tune_learning_rate given:
+    accuracy (same exported-graph measure) and wall time.
 
     PYTHONPATH=. python scripts/bench_distortions.py [--images 1000] [--holdout 500]
-        [--variants 1,2,4,8] [--blocks 1,2,4] [--parts cost,variants,fine_tune]
+        [--variants 1,2,4,8] [--fine_tune 2@0.001,2@0.01] [--parts cost,variants,fine_tune]
 """
 
 from __future__ import annotations
@@ -58,8 +58,13 @@ def retrain(work: Path, name: str, images: Path, cache: Path, *flags: str) -> di
         sys.exit(f"{name} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     document = json.loads(done.stdout)
     document.update(wall=wall, graph=out / "graph.pb", labels_file=out / "labels.txt")
-    print(f"  {name}: {wall:.1f} s, test accuracy (cached vectors) "
+    print(f"  {name}: {wall:.1f} s, test accuracy (head's evaluation) "
           f"{document['test_accuracy']:.3f}", flush=True)
+    if document.get("fine_tuning"):
+        history = document["fine_tuning"]["history"]
+        print("    validation accuracy / cross entropy per epoch: " + ", ".join(
+            f"{point['validation_accuracy']:.3f}/{point['validation_cross_entropy']:.3f}"
+            for point in history), flush=True)
     return document
 
 
@@ -102,8 +107,11 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--holdout", type=int, default=500)
     parser.add_argument("--variants", default="1,2,4,8")
-    parser.add_argument("--blocks", default="1,2,4")
+    parser.add_argument("--fine_tune", default="2@0.001,2@0.01,1@0.01,4@0.01",
+                        help="comma-separated BLOCKS@LEARNING_RATE fine-tuning runs")
     parser.add_argument("--parts", default="cost,variants,fine_tune")
+    parser.add_argument("--fine_tune_flags", default="",
+                        help="extra retrain flags for every fine-tuning run")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench_distortions_") as scratch:
@@ -137,10 +145,12 @@ def main() -> None:
                 rows.append((f"distorted, {variants} variants", run,
                              *accuracies(run, tests, holdout_files)))
         if "fine_tune" in parts:
-            for blocks in [int(value) for value in args.blocks.split(",")]:
-                run = retrain(work, f"fine_tune_{blocks}", images, work / "plain_cache",
-                              "--do_fine_tuning", "--fine_tune_blocks", str(blocks))
-                rows.append((f"fine-tuned, {blocks} blocks", run,
+            for setting in args.fine_tune.split(","):
+                blocks, rate = setting.split("@")
+                run = retrain(work, f"fine_tune_{blocks}_{rate}", images, work / "plain_cache",
+                              "--do_fine_tuning", "--fine_tune_blocks", blocks,
+                              "--fine_tune_learning_rate", rate, *args.fine_tune_flags.split())
+                rows.append((f"fine-tuned, {blocks} blocks, lr {rate}", run,
                              *accuracies(run, tests, holdout_files)))
         print("\n| run | test split acc (graph) | t10k holdout acc (graph) | wall s | "
               "distort s | fine-tune s |\n|---|---|---|---|---|---|")
