@@ -54,6 +54,22 @@ class RetrainConfig:
     bottleneck_dir: Path = dataclasses.field(default_factory=default_bottleneck_dir)
     how_many_training_steps: int = 4000
     learning_rate: float = 0.01
+    # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
+    flip_left_right: bool = False
+    random_crop: int = 0
+    random_scale: int = 0
+    random_brightness: int = 0
+    distorted_variants: int = 4
+    do_fine_tuning: bool = False
+    fine_tune_blocks: int = 4
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 0.003
+    early_stopping: bool = False
+    early_stopping_patience: int = 10
+    momentum: float = 0.0
+    dropout_rate: float = 0.0
+    l2_regularizer: float = 0.0
+    label_smoothing: float = 0.0
     testing_percentage: float = 10
     validation_percentage: float = 10
     # dataset audit (retrainer/audit, docs/audit.md)
@@ -104,6 +120,20 @@ class RetrainConfig:
                       "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
+        # training on images
+        for field in ("random_crop", "random_scale"):
+            self._require(field, lambda percent: percent >= 0, "a percentage, 0 or more")
+        self._require("random_brightness", lambda percent: 0 <= percent <= 100,
+                      "a percentage from 0 to 100")
+        for field in ("distorted_variants", "fine_tune_epochs", "early_stopping_patience"):
+            self._require(field, lambda count: count >= 1, "at least 1")
+        self._require("fine_tune_blocks", lambda blocks: blocks >= 0, "0 or more")
+        self._require("fine_tune_learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
+                      "a positive number")
+        for field in ("momentum", "dropout_rate", "label_smoothing"):
+            self._require(field, lambda value: 0 <= value < 1, "from 0 up to (not including) 1")
+        self._require("l2_regularizer", lambda value: math.isfinite(value) and value >= 0,
+                      "0 or a positive number")
         if self.keep_duplicates_in_one_split and self.skip_audit:
             raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
         from retrainer.exports.validation import validate_export_options
@@ -137,6 +167,10 @@ class RetrainResult:
         misclassified: (relpath, predicted label) of each wrong test prediction.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
+        best_step: the head training step kept by --early_stopping (None without it).
+        distorted: {"variants", "computed", "reused", "seconds"} of the distorted training
+            vectors (None without distortion flags).
+        fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
         audit: the audit.json document (docs/audit.md), None with --skip_audit.
     """
 
@@ -156,6 +190,9 @@ class RetrainResult:
     outputs: dict[str, Any]
     seconds: dict[str, float]
     exports: tuple[dict[str, Any], ...] = ()  # the export report, one row per artifact
+    best_step: Optional[int] = None
+    distorted: Optional[dict[str, Any]] = None
+    fine_tuning: Optional[dict[str, Any]] = None
     audit: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
@@ -191,6 +228,13 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.exports.deployable import check_calibration_supply, verify_exports
     from retrainer.extractors import create_extractor
     from retrainer.training.head import train_head
+    from retrainer.training.image_modes import (
+        check_fine_tunable,
+        distortions_of,
+        fine_tune_if_asked,
+        fine_tuning_summary,
+        training_features,
+    )
 
     timer = _StageTimer()
     check_output_paths(config)  # before the long work
@@ -202,6 +246,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
+    check_fine_tunable(config, extractor)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
             [image.path for image in collection.images], extractor, config.bottleneck_dir,
@@ -217,15 +262,21 @@ def run(config: RetrainConfig) -> RetrainResult:
             collection = audit.keep_groups_in_one_split()
     splits = _SplitFeatures(collection, bottlenecks)
     exports = _Exports(config, extractor, collection.labels)
+    with timer("distort", active=distortions_of(config).enabled):
+        train_features, distorted = training_features(
+            config, extractor, splits.images[TRAINING], splits.features[TRAINING])
     with timer("train"):
         training = train_head(
-            splits.features[TRAINING], splits.features[VALIDATION], len(collection.labels),
+            train_features, splits.features[VALIDATION], len(collection.labels),
             _training_config(config), exports.store_intermediate,
             config.intermediate_store_frequency,
         )
+    with timer("fine_tune", active=config.do_fine_tuning):
+        tuning, test_features = fine_tune_if_asked(
+            config, extractor, training.head, splits.images, splits.features)
     with timer("evaluate"):
         evaluation = evaluate_head(
-            training.head, splits.features[TESTING], len(collection.labels),
+            training.head, test_features, len(collection.labels),
             config.test_batch_size, config.seed,
         )
     with timer("export"):
@@ -260,6 +311,9 @@ def run(config: RetrainConfig) -> RetrainResult:
         outputs=outputs,
         seconds=timer.seconds(),
         exports=tuple(row.to_json() for row in report),
+        best_step=training.best_step,
+        distorted=distorted,
+        fine_tuning=fine_tuning_summary(config, tuning),
         audit=None if audit is None else audit_document,
     )
 
@@ -318,6 +372,7 @@ class _Exports:
 
 def _training_config(config: RetrainConfig):
     from retrainer.training.head import TrainingConfig
+    from retrainer.training.image_modes import regularization_of
 
     return TrainingConfig(
         steps=config.how_many_training_steps,
@@ -328,6 +383,8 @@ def _training_config(config: RetrainConfig):
         seed=config.seed,
         summaries_dir=config.summaries_dir,
         checkpoint_path=config.checkpoint_path,
+        regularization=regularization_of(config),
+        early_stopping_patience=config.early_stopping_patience if config.early_stopping else 0,
     )
 
 
@@ -390,12 +447,14 @@ class _StageTimer:
         self._seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, stage: str):
+    def __call__(self, stage: str, active: bool = True):
+        """Time the block as `stage`; an inactive stage (a mode not asked for) is not listed."""
         started = time.perf_counter()
         try:
             yield
         finally:
-            self._seconds[stage] = time.perf_counter() - started
+            if active:
+                self._seconds[stage] = time.perf_counter() - started
 
     def seconds(self) -> dict[str, float]:
         return {**self._seconds, "total": time.perf_counter() - self.started}

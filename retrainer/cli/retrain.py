@@ -52,6 +52,32 @@ _BATCH = click.IntRange(min=-1)
          show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks")
 @_option("how_many_training_steps", "How many training steps to run.", type=click.IntRange(min=1))
 @_option("learning_rate", "Learning rate of the SGD training.", type=float)
+# training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
+@_option("flip_left_right", "Randomly mirror half of the training images horizontally.",
+         is_flag=True)
+@_option("random_crop", "A percentage: how much margin to randomly crop off the training images.",
+         type=int)
+@_option("random_scale", "A percentage: how much to randomly enlarge the training images.",
+         type=int)
+@_option("random_brightness", "A percentage: how much to randomly multiply the training images' "
+         "pixels up or down.", type=int)
+@_option("distorted_variants", "With a distortion flag: distorted versions of each training image, "
+         "computed once and cached (cost: this many extractions per training image).", type=int)
+@_option("do_fine_tuning", "After training the new layer, also train the top of the extractor "
+         "with it, on the images (minutes on CPU, not seconds).", is_flag=True)
+@_option("fine_tune_blocks", "How many blocks below the extractor's last layer fine-tuning trains "
+         "(EfficientNet-Lite: inverted-residual blocks; keras: layers with weights).", type=int)
+@_option("fine_tune_epochs", "Passes over the training images when fine-tuning.", type=int)
+@_option("fine_tune_learning_rate", "Learning rate of the fine-tuning SGD.", type=float)
+@_option("early_stopping", "Stop training once the validation cross entropy has not improved for "
+         "--early_stopping_patience evaluations, and keep the best weights.", is_flag=True)
+@_option("early_stopping_patience", "Evaluations (every --eval_step_interval steps; fine-tuning: "
+         "epochs) without improvement before --early_stopping stops.", type=int)
+@_option("momentum", "SGD momentum (0: plain SGD, as retrain.py).", type=float)
+@_option("dropout_rate", "Dropout on the bottleneck vectors while training (0: none).",
+         type=float)
+@_option("l2_regularizer", "L2 penalty on the new layer's weights (0: none).", type=float)
+@_option("label_smoothing", "Label smoothing of the training targets (0: none).", type=float)
 @_option("train_batch_size", "How many images to train on at a time (-1: all).", type=_BATCH)
 @_option("testing_percentage", "Percentage of images to use as a test set.", type=float)
 @_option("validation_percentage", "Percentage of images to use as a validation set.", type=float)
@@ -157,6 +183,7 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         if len(result.skipped) > _MAX_SKIPPED_SHOWN:
             more = len(result.skipped) - _MAX_SKIPPED_SHOWN
             lines.append(f"  ... and {more} more (all in --json)")
+    lines += _training_mode_lines(result)
     lines += _audit_lines(result)
     lines += [
         "",
@@ -191,6 +218,25 @@ def _export_report_lines(result: RetrainResult) -> list[str]:
             f"{row['accuracy'] * 100:>8.1f}% {row['change_points']:>+7.1f} "
             f"{row['agreement'] * 100:>6.1f}% {row['max_probability_difference']:>9.4f}"
         )
+    return lines
+
+
+def _training_mode_lines(result: RetrainResult) -> list[str]:
+    """Summary of early stopping, distorted vectors and fine-tuning, when they were used."""
+    lines = []
+    if result.best_step is not None:
+        lines += ["", f"Early stopping kept the weights of step {result.best_step}."]
+    if result.distorted is not None:
+        distorted = result.distorted
+        lines += ["", f"Distorted training vectors ({distorted['variants']} per image): "
+                  f"{distorted['computed']} computed, {distorted['reused']} reused."]
+    if result.fine_tuning is not None:
+        tuning = result.fine_tuning
+        best = "" if tuning["best_epoch"] is None else f", kept epoch {tuning['best_epoch']}"
+        lines += ["", f"Fine-tuned {tuning['tuned_parameters']} extractor weights "
+                  f"({tuning['blocks']} blocks) for {tuning['epochs_run']} epochs{best}: "
+                  f"validation accuracy = {_percent(tuning['validation_accuracy'])}, "
+                  f"{tuning['seconds']:.1f} s."]
     return lines
 
 
