@@ -3,14 +3,14 @@
 retrain.py's "Final test accuracy = x% (N=n)", measured on the whole test set by default
 (test_batch_size -1) or on a seeded class-balanced sample, plus what the CLI needs to report:
 per-class counts and the misclassified images. An empty test split gives no accuracy, not a crash.
-`predict_probabilities` scores a whole split once (the validation split's honest final figures).
+`validation_probabilities` scores the whole validation split once (its honest final figures).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -85,3 +85,23 @@ def evaluate_head(
 def predict_probabilities(head: SoftmaxHead, features: np.ndarray) -> np.ndarray:
     """float32 [N, D] bottleneck vectors -> float32 [N, C] softmax probabilities (N may be 0)."""
     return head.probabilities(tf.constant(features, tf.float32)).numpy()
+
+
+def validation_probabilities(head: SoftmaxHead, validation: FeatureSet, images: Sequence[Any],
+                             extractor: Any, fine_tuning: Optional[Any]) -> np.ndarray:
+    """float32 [N, C] probabilities of every validation image, each once.
+
+    Args:
+        head: the trained softmax layer.
+        validation: the cached validation vectors and labels.
+        images: the validation ImageFiles (with `.path`), aligned with `validation`.
+        extractor: the feature extractor (tuned in place by --do_fine_tuning).
+        fine_tuning: the fine-tuning result, None without it. After fine-tuning the cached vectors
+            are stale, so the images are run through the tuned extractor again.
+    """
+    features = validation.features
+    if fine_tuning is not None and len(validation):
+        from retrainer.training.image_modes import image_features
+
+        features = image_features([image.path for image in images], extractor)
+    return predict_probabilities(head, features)

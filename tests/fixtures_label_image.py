@@ -111,6 +111,7 @@ def retrain(image_dir: Path, out: Path, extractor: str, steps: int) -> Path:
         checkpoint_path=out / "checkpoint" / "retrain_checkpoint",
         metrics_file=out / "metrics.json",
         report_html=out / "report.html",
+        audit_file=out / "audit.json",
         tfhub_module=extractor,
         how_many_training_steps=steps,
         show_progress=False,

@@ -67,6 +67,7 @@ def retrain_args(
         "--intermediate_output_graphs_dir", str(out / "intermediate"),
         "--metrics_file", str(out / "metrics.json"),
         "--report_html", str(out / "report.html"),
+        "--audit_file", str(out / "audit.json"),
         "--how_many_training_steps", str(steps),
         *extra,
     ]

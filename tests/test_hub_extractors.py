@@ -360,7 +360,7 @@ def retrain_args(image_dir: Path, out: Path, module: str, *extra: str) -> list[s
         "--summaries_dir", str(out / "logs"), "--checkpoint_path", str(out / "checkpoint" / "ckpt"),
         "--bottleneck_dir", str(out / "bottlenecks"), "--how_many_training_steps", "30",
         "--metrics_file", str(out / "metrics.json"), "--report_html", str(out / "report.html"),
-        "--json", "--quiet", *extra,
+        "--audit_file", str(out / "audit.json"), "--json", "--quiet", *extra,
     ]
 
 

@@ -160,7 +160,8 @@ def test_reports_can_be_turned_off_and_paths_are_checked_first(tmp_path, colors)
 
 def exported_files(out: Path) -> dict[str, tuple[bytes, int]]:
     """Every export under `out` (not the reports and logs) -> (bytes, mtime_ns)."""
-    reports = {"metrics.json", "report.html", "training_curves.png", "confusion_matrix.png"}
+    reports = {"metrics.json", "report.html", "training_curves.png", "confusion_matrix.png",
+               "audit.json"}  # reports, written by every run
     return {str(path.relative_to(out)): (path.read_bytes(), path.stat().st_mtime_ns)
             for path in sorted(out.rglob("*")) if path.is_file() and path.name not in reports
             and "logs" not in path.parts}
