@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
+from retrainer.engines import FLOAT32 as DEFAULT_EXTRACTOR_PRECISION
+from retrainer.engines import PRECISIONS as EXTRACTOR_PRECISIONS
 from retrainer.errors import DataError, UsageError
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
@@ -65,6 +67,8 @@ class RetrainConfig:
     intermediate_output_graphs_dir: Path = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
     saved_model_dir: Optional[Path] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
+    # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
+    extractor_precision: str = DEFAULT_EXTRACTOR_PRECISION
     image_size: Optional[int] = None
     checkpoint_path: Path = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
     seed: int = 0
@@ -93,6 +97,8 @@ class RetrainConfig:
                       lambda name: bool(_OP_NAME.match(name)) and name != "Placeholder",
                       "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
+        self._require("extractor_precision", lambda name: name in EXTRACTOR_PRECISIONS,
+                      f"one of {list(EXTRACTOR_PRECISIONS)}")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
         if self.output_graph == self.output_labels:
             raise UsageError(
@@ -122,6 +128,8 @@ class RetrainResult:
         misclassified: (relpath, predicted label) of each wrong test prediction.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
+        extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
+            cache namespace.
     """
 
     labels: tuple[str, ...]
@@ -139,6 +147,8 @@ class RetrainResult:
     misclassified: tuple[tuple[str, str], ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
+    extractor_precision: str = DEFAULT_EXTRACTOR_PRECISION
+    extractor_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -169,6 +179,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
+    from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head
     from retrainer.extractors import create_extractor
     from retrainer.training.head import train_head
@@ -182,9 +193,10 @@ def run(config: RetrainConfig) -> RetrainResult:
         )
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
+        engine = create_engine(extractor, config.extractor_precision)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
-            [image.path for image in collection.images], extractor, config.bottleneck_dir,
+            [image.path for image in collection.images], engine, config.bottleneck_dir,
             show_progress=config.show_progress,
         )
     splits = _SplitFeatures(collection, bottlenecks)
@@ -226,6 +238,8 @@ def run(config: RetrainConfig) -> RetrainResult:
         ),
         outputs=outputs,
         seconds=timer.seconds(),
+        extractor_precision=engine.precision,
+        extractor_id=engine.spec.id,
     )
 
 

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
-from retrainer.pipeline import RetrainConfig, RetrainResult, run
+from retrainer.pipeline import EXTRACTOR_PRECISIONS, RetrainConfig, RetrainResult, run
 from retrainer.split import SPLITS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
@@ -69,6 +69,10 @@ _BATCH = click.IntRange(min=-1)
          "probabilities).", type=_PATH, show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
+@_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
+         "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration). Each has its own cache; "
+         "the exported graph always holds the float32 network.",
+         type=click.Choice(EXTRACTOR_PRECISIONS))
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)
 @_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)

@@ -3,20 +3,23 @@
     engine = create_engine(create_extractor("efficientnet_lite0"), "int8")
     vectors = engine(uint8_pixels)        # float32 [N, 1280]
 
-Importing this package does not import TensorFlow beyond what `retrainer.extractors` does; each
-engine's module loads on demand.
+Importing this package does not import TensorFlow (the config reads `PRECISIONS` and
+`default_precision` from here); each engine's module loads on demand.
 """
 
 from __future__ import annotations
 
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from retrainer.engines.base import BFLOAT16, FLOAT32, INT8, PRECISIONS, Engine
+from retrainer.engines.cpu import default_precision
 from retrainer.errors import UsageError
-from retrainer.extractors import FeatureExtractor
+
+if TYPE_CHECKING:
+    from retrainer.extractors import FeatureExtractor
 
 
-def create_engine(extractor: FeatureExtractor, precision: str = FLOAT32) -> Engine:
+def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32) -> Engine:
     """The engine running `extractor` at `precision`.
 
     Args:
@@ -42,11 +45,12 @@ def create_engine(extractor: FeatureExtractor, precision: str = FLOAT32) -> Engi
                      f"Received: {precision!r}.")
 
 
-def as_engine(extractor_or_engine: Union[FeatureExtractor, Engine]) -> Engine:
+def as_engine(extractor_or_engine: Union["FeatureExtractor", Engine]) -> Engine:
     """An engine as is; an extractor wrapped in the float32 engine."""
     if isinstance(extractor_or_engine, Engine):
         return extractor_or_engine
     return create_engine(extractor_or_engine, FLOAT32)
 
 
-__all__ = ["BFLOAT16", "FLOAT32", "INT8", "PRECISIONS", "Engine", "as_engine", "create_engine"]
+__all__ = ["BFLOAT16", "FLOAT32", "INT8", "PRECISIONS", "Engine", "as_engine", "create_engine",
+           "default_precision"]

@@ -11,10 +11,12 @@ float32 extractor.
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from retrainer.extractors import ExtractorSpec
+if TYPE_CHECKING:  # importing extractors loads TensorFlow; this module must stay light
+    from retrainer.extractors import ExtractorSpec
 
 FLOAT32, BFLOAT16, INT8 = "float32", "bfloat16", "int8"
 PRECISIONS = (FLOAT32, BFLOAT16, INT8)
@@ -31,7 +33,7 @@ class Engine:
     """
 
     precision: str
-    spec: ExtractorSpec
+    spec: "ExtractorSpec"
     batch_size: int
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
@@ -46,6 +48,6 @@ class Engine:
         raise NotImplementedError
 
 
-def precision_spec(spec: ExtractorSpec, suffix: str) -> ExtractorSpec:
+def precision_spec(spec: "ExtractorSpec", suffix: str) -> "ExtractorSpec":
     """`spec` with `-<suffix>` appended to its id: a separate cache namespace."""
     return dataclasses.replace(spec, id=f"{spec.id}-{suffix}")
