@@ -6,7 +6,7 @@
 #   bash scripts/bench_gpu.sh            # from the repository root; ~5-10 minutes
 #
 # Offline machines: carry .cache/fashion-mnist and a wheelhouse, or set SKIP_INSTALL=1 to use an
-# existing .venv-gpu. Real images: 5,000 Fashion-MNIST PNGs (t10k + train subset, from .cache/fashion-mnist, fetched by
+# existing .venv-gpu. Real images: 4,000 Fashion-MNIST PNGs (train subset, from .cache/fashion-mnist, fetched by
 # scripts/fetch_fashion_mnist.sh) and 1,000 480x360 JPEG crops of scikit-image's photos.
 # On GPU, TensorFlow's float32 engine runs on the GPU and bfloat16 uses TF's own bf16 rewrite on
 # supported GPUs; the int8 engine (LiteRT/XNNPACK) always runs on the CPU.
