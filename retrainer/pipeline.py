@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
-from retrainer.engines import FLOAT32 as DEFAULT_EXTRACTOR_PRECISION
-from retrainer.engines import PRECISIONS as EXTRACTOR_PRECISIONS
+from retrainer.engines import AUTO, FLOAT32, PRECISIONS
 from retrainer.errors import DataError, UsageError
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
@@ -28,6 +27,7 @@ log = logging.getLogger(__name__)
 # Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
 # TensorFlow (tests check the two agree).
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
+EXTRACTOR_PRECISIONS = (AUTO, *PRECISIONS)
 # retrain.py wrote to fixed /tmp paths, which clashed between users (tensorflow/hub#302).
 DEFAULT_OUTPUT_DIR = Path("retrain_output")
 WHOLE_SET = -1
@@ -68,7 +68,7 @@ class RetrainConfig:
     saved_model_dir: Optional[Path] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
-    extractor_precision: str = DEFAULT_EXTRACTOR_PRECISION
+    extractor_precision: str = AUTO
     image_size: Optional[int] = None
     checkpoint_path: Path = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
     seed: int = 0
@@ -147,7 +147,7 @@ class RetrainResult:
     misclassified: tuple[tuple[str, str], ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
-    extractor_precision: str = DEFAULT_EXTRACTOR_PRECISION
+    extractor_precision: str = FLOAT32
     extractor_id: str = ""
 
     def to_json(self) -> dict[str, Any]:

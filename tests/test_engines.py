@@ -143,3 +143,17 @@ def test_int8_for_an_unconvertible_extractor_exits_2(color_image_dir, tmp_path):
     assert "--extractor_precision int8 is not available for extractor 'no_int8_test'" in message
     assert "Use --extractor_precision float32 or bfloat16" in message
     assert "Traceback" not in result.output
+
+
+def test_default_precision_follows_the_cpu():
+    from retrainer.engines.cpu import default_precision, fast_precisions
+
+    assert fast_precisions(frozenset({"avx2", "avx512_vnni"}), "x86_64") == ("int8", "float32")
+    assert fast_precisions(frozenset({"avx512_bf16", "avx2"}), "x86_64") == (
+        "int8", "bfloat16", "float32")
+    assert fast_precisions(frozenset({"sse4_2"}), "x86_64") == ("float32",)
+    assert fast_precisions(frozenset(), "aarch64")[0] == "int8"
+    assert pipeline.RetrainConfig(image_dir=Path("x")).extractor_precision == "auto"
+    assert default_precision(measured=False) == "float32"
+    assert default_precision(measured=True) == ("int8" if "int8" in fast_precisions() else "float32")
+    assert create_engine(TinyExtractor(), "auto").precision == "float32"  # int8 not measured

@@ -70,8 +70,9 @@ _BATCH = click.IntRange(min=-1)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
 @_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
-         "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration). Each has its own cache; "
-         "the exported graph always holds the float32 network.",
+         "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration); auto = int8 for the "
+         "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "
+         "has its own cache; the exported graph always holds the float32 network.",
          type=click.Choice(EXTRACTOR_PRECISIONS))
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Union
 
-from retrainer.engines.base import BFLOAT16, FLOAT32, INT8, PRECISIONS, Engine
+from retrainer.engines.base import AUTO, BFLOAT16, FLOAT32, INT8, INT8_MEASURED, PRECISIONS, Engine
 from retrainer.engines.cpu import default_precision
 from retrainer.errors import UsageError
 
@@ -24,11 +24,13 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32) -> En
 
     Args:
         extractor: any FeatureExtractor.
-        precision: one of PRECISIONS.
+        precision: one of PRECISIONS, or "auto" (`default_precision` for this extractor).
 
     Raises:
         UsageError: unknown precision, or one this extractor cannot be run at (exit 2).
     """
+    if precision == AUTO:
+        precision = default_precision(extractor.spec.name in INT8_MEASURED)
     if precision == FLOAT32:
         from retrainer.engines.float32 import Float32Engine
 
@@ -41,7 +43,7 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32) -> En
         from retrainer.engines.int8 import Int8Engine, default_threads
 
         return Int8Engine(extractor, threads=default_threads())
-    raise UsageError(f"--extractor_precision must be one of {list(PRECISIONS)}. "
+    raise UsageError(f"--extractor_precision must be one of {[AUTO, *PRECISIONS]}. "
                      f"Received: {precision!r}.")
 
 
@@ -52,5 +54,5 @@ def as_engine(extractor_or_engine: Union["FeatureExtractor", Engine]) -> Engine:
     return create_engine(extractor_or_engine, FLOAT32)
 
 
-__all__ = ["BFLOAT16", "FLOAT32", "INT8", "PRECISIONS", "Engine", "as_engine", "create_engine",
+__all__ = ["AUTO", "BFLOAT16", "FLOAT32", "INT8", "PRECISIONS", "Engine", "as_engine", "create_engine",
            "default_precision"]

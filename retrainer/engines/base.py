@@ -18,8 +18,10 @@ import numpy as np
 if TYPE_CHECKING:  # importing extractors loads TensorFlow; this module must stay light
     from retrainer.extractors import ExtractorSpec
 
-FLOAT32, BFLOAT16, INT8 = "float32", "bfloat16", "int8"
+FLOAT32, BFLOAT16, INT8, AUTO = "float32", "bfloat16", "int8", "auto"
 PRECISIONS = (FLOAT32, BFLOAT16, INT8)
+# int8 accuracy measured for these extractors' spec names (README, Performance): `auto` picks int8.
+INT8_MEASURED = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 
 
 class Engine:
