@@ -17,7 +17,8 @@ OUT=runs/fashion_mnist
 .venv/bin/retrain --image_dir "$OUT/images" \
     --output_graph "$OUT/output_graph.pb" --output_labels "$OUT/output_labels.txt" \
     --bottleneck_dir "$OUT/bottlenecks" --summaries_dir "$OUT/retrain_logs" \
-    --checkpoint_path "$OUT/checkpoint/retrain" --how_many_training_steps 4000
+    --checkpoint_path "$OUT/checkpoint/retrain" --audit_file "$OUT/audit.json" \
+    --how_many_training_steps 4000
 
 echo
 echo "Classifying held-out images (never seen in training):"

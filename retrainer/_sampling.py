@@ -16,6 +16,7 @@ WHOLE_SET = -1  # batch size meaning "every example once, in order"
 
 # Independent random streams derived from one user seed.
 INIT_STREAM, TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 1, 2, 3, 4
+DROPOUT_STREAM = 5  # dropout masks of the head (training/regularization.py)
 
 
 def stream_seed(seed: int, stream: int) -> tf.Tensor:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from retrainer._files import write_bytes_atomically
 from retrainer.engines import Engine, as_engine
+from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuning imports it here)
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
 
@@ -55,6 +56,7 @@ class Bottlenecks:
         computed: vectors computed in this call.
         reused: vectors read from the cache.
         seconds: wall time of the call.
+        digests: hex SHA-256 of each file's bytes (the cache key), "" where it could not be read.
     """
 
     vectors: np.ndarray
@@ -63,19 +65,25 @@ class Bottlenecks:
     computed: int
     reused: int
     seconds: float
+    digests: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class BottleneckCache:
-    """The cache namespace of one extractor (see the module docstring for the layout)."""
+    """The cache namespace of one extractor (see the module docstring for the layout).
+
+    `namespace` (a relative folder, e.g. distortion settings) separates vectors of transformed
+    images from the plain ones; keys are then `<digest>` plus whatever the caller appends.
+    """
 
     root: Path
     spec: ExtractorSpec
+    namespace: str = ""
 
     @property
     def directory(self) -> Path:
         height, width = self.spec.input_size
-        return Path(self.root) / self.spec.id / f"{CACHE_FORMAT}-{height}x{width}"
+        return Path(self.root) / self.spec.id / f"{CACHE_FORMAT}-{height}x{width}" / self.namespace
 
     def path(self, digest: str) -> Path:
         return self.directory / digest[:2] / f"{digest}.npy"
@@ -115,7 +123,8 @@ def file_digest(path: os.PathLike[str] | str) -> str:
 
 
 def decoded_images(
-    paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int
+    paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int,
+    deterministic: bool = False,
 ) -> tf.data.Dataset:
     """A tf.data pipeline that reads, hashes and decodes files in parallel, in batches.
 
@@ -125,11 +134,13 @@ def decoded_images(
         paths: image files.
         input_size: (height, width) to resize to.
         batch_size: images per batch.
+        deterministic: keep the files' order (training batches); False lets a slow file be
+            overtaken.
 
     Returns:
         Dataset of batches (positions int64 [B] into `paths`, images uint8 [B, H, W, 3],
         digests string [B] = SHA-256 of the bytes decoded, reasons string [B] = "" when decoded).
-        Batches may come out of order (positions say which file each row is).
+        Unless `deterministic`, rows may come out of order (positions say which file each is).
     """
     height, width = input_size
 
@@ -155,7 +166,8 @@ def decoded_images(
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, tf.string, [len(encoded)]))
     )
-    dataset = dataset.map(load_one, num_parallel_calls=_decode_threads(), deterministic=False)
+    dataset = dataset.map(load_one, num_parallel_calls=_decode_threads(),
+                          deterministic=deterministic)
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.batch(batch_size).prefetch(PREFETCH_BATCHES).with_options(options)
@@ -197,13 +209,15 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
     ok = np.zeros(len(paths), bool)
     skipped: dict[int, str] = {}
+    digests = [""] * len(paths)
     missing = []
     for position, path in enumerate(paths):
         try:
-            vector = cache.load(file_digest(path))
+            digests[position] = file_digest(path)
         except OSError as error:
             skipped[position] = f"cannot read file ({error.strerror or error})"
             continue
+        vector = cache.load(digests[position])
         if vector is None:
             missing.append(position)
         else:
@@ -230,6 +244,7 @@ def compute_bottlenecks(
         computed=int(ok.sum()) - reused,
         reused=reused,
         seconds=time.perf_counter() - started,
+        digests=tuple(digests),
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.engines import AUTO, FLOAT32, PRECISIONS
 from retrainer.errors import DataError, UsageError
+from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,28 @@ class RetrainConfig:
     bottleneck_dir: Path = dataclasses.field(default_factory=default_bottleneck_dir)
     how_many_training_steps: int = 4000
     learning_rate: float = 0.01
+    # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
+    flip_left_right: bool = False
+    random_crop: int = 0
+    random_scale: int = 0
+    random_brightness: int = 0
+    distorted_variants: int = 4
+    do_fine_tuning: bool = False
+    fine_tune_blocks: int = 4
+    fine_tune_epochs: int = 10
+    fine_tune_learning_rate: float = 0.003
+    early_stopping: bool = False
+    early_stopping_patience: int = 10
+    momentum: float = 0.0
+    dropout_rate: float = 0.0
+    l2_regularizer: float = 0.0
+    label_smoothing: float = 0.0
     testing_percentage: float = 10
     validation_percentage: float = 10
+    # dataset audit (retrainer/audit, docs/audit.md)
+    audit_file: Path = DEFAULT_OUTPUT_DIR / "audit.json"
+    skip_audit: bool = False
+    keep_duplicates_in_one_split: bool = False
     eval_step_interval: int = 10
     train_batch_size: int = 100
     test_batch_size: int = WHOLE_SET
@@ -66,6 +87,11 @@ class RetrainConfig:
     intermediate_store_frequency: int = 0
     intermediate_output_graphs_dir: Path = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
     saved_model_dir: Optional[Path] = None
+    # deployable exports: TFLite and the export report (docs/exports.md)
+    tflite_output_file: Optional[Path] = None
+    tflite_quantization: tuple[str, ...] = ("none",)
+    tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    max_export_accuracy_drop: Optional[float] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
@@ -77,7 +103,7 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir"):
+                      "saved_model_dir", "audit_file"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
@@ -100,6 +126,25 @@ class RetrainConfig:
         self._require("extractor_precision", lambda name: name in EXTRACTOR_PRECISIONS,
                       f"one of {list(EXTRACTOR_PRECISIONS)}")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
+        # training on images
+        for field in ("random_crop", "random_scale"):
+            self._require(field, lambda percent: percent >= 0, "a percentage, 0 or more")
+        self._require("random_brightness", lambda percent: 0 <= percent <= 100,
+                      "a percentage from 0 to 100")
+        for field in ("distorted_variants", "fine_tune_epochs", "early_stopping_patience"):
+            self._require(field, lambda count: count >= 1, "at least 1")
+        self._require("fine_tune_blocks", lambda blocks: blocks >= 0, "0 or more")
+        self._require("fine_tune_learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
+                      "a positive number")
+        for field in ("momentum", "dropout_rate", "label_smoothing"):
+            self._require(field, lambda value: 0 <= value < 1, "from 0 up to (not including) 1")
+        self._require("l2_regularizer", lambda value: math.isfinite(value) and value >= 0,
+                      "0 or a positive number")
+        if self.keep_duplicates_in_one_split and self.skip_audit:
+            raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
+        from retrainer.exports.validation import validate_export_options
+
+        validate_export_options(self)
         if self.output_graph == self.output_labels:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
@@ -128,6 +173,11 @@ class RetrainResult:
         misclassified: (relpath, predicted label) of each wrong test prediction.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
+        best_step: the head training step kept by --early_stopping (None without it).
+        distorted: {"variants", "computed", "reused", "seconds"} of the distorted training
+            vectors (None without distortion flags).
+        fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
+        audit: the audit.json document (docs/audit.md), None with --skip_audit.
         extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
             cache namespace.
     """
@@ -147,6 +197,11 @@ class RetrainResult:
     misclassified: tuple[tuple[str, str], ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
+    exports: tuple[dict[str, Any], ...] = ()  # the export report, one row per artifact
+    best_step: Optional[int] = None
+    distorted: Optional[dict[str, Any]] = None
+    fine_tuning: Optional[dict[str, Any]] = None
+    audit: Optional[dict[str, Any]] = None
     extractor_precision: str = FLOAT32
     extractor_id: str = ""
 
@@ -181,8 +236,16 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head
+    from retrainer.exports.deployable import check_calibration_supply, verify_exports
     from retrainer.extractors import create_extractor
     from retrainer.training.head import train_head
+    from retrainer.training.image_modes import (
+        check_fine_tunable,
+        distortions_of,
+        fine_tune_if_asked,
+        fine_tuning_summary,
+        training_features,
+    )
 
     timer = _StageTimer()
     check_output_paths(config)  # before the long work
@@ -191,29 +254,50 @@ def run(config: RetrainConfig) -> RetrainResult:
         collection = discover_images(
             config.image_dir, config.validation_percentage, config.testing_percentage
         )
+    check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
         engine = create_engine(extractor, config.extractor_precision)
+    check_fine_tunable(config, extractor)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
             [image.path for image in collection.images], engine, config.bottleneck_dir,
             show_progress=config.show_progress,
         )
+    audit = None
+    if not config.skip_audit:
+        from retrainer.audit.run import DatasetAudit
+
+        with timer("audit"):
+            audit = DatasetAudit(collection, bottlenecks, config)
+        if config.keep_duplicates_in_one_split:
+            collection = audit.keep_groups_in_one_split()
     splits = _SplitFeatures(collection, bottlenecks)
     exports = _Exports(config, extractor, collection.labels)
+    with timer("distort", active=distortions_of(config).enabled):
+        train_features, distorted = training_features(
+            config, extractor, splits.images[TRAINING], splits.features[TRAINING])
     with timer("train"):
         training = train_head(
-            splits.features[TRAINING], splits.features[VALIDATION], len(collection.labels),
+            train_features, splits.features[VALIDATION], len(collection.labels),
             _training_config(config), exports.store_intermediate,
             config.intermediate_store_frequency,
         )
+    with timer("fine_tune", active=config.do_fine_tuning):
+        tuning, test_features = fine_tune_if_asked(
+            config, extractor, training.head, splits.images, splits.features)
     with timer("evaluate"):
         evaluation = evaluate_head(
-            training.head, splits.features[TESTING], len(collection.labels),
+            training.head, test_features, len(collection.labels),
             config.test_batch_size, config.seed,
         )
     with timer("export"):
-        outputs = exports.write_final(training.head)
+        outputs = exports.write_final(training.head, splits.images[TRAINING])
+        report = verify_exports(config, outputs, splits.images[TESTING], extractor.spec.input_size)
+    if audit is not None:
+        audit_document = audit.write(evaluation, splits.images[TESTING],
+                                     splits.features[TESTING].labels)
+        outputs["audit_file"] = config.audit_file
     last = training.history[-1]
     test_images = splits.images[TESTING]
     return RetrainResult(
@@ -238,6 +322,11 @@ def run(config: RetrainConfig) -> RetrainResult:
         ),
         outputs=outputs,
         seconds=timer.seconds(),
+        exports=tuple(row.to_json() for row in report),
+        best_step=training.best_step,
+        distorted=distorted,
+        fine_tuning=fine_tuning_summary(config, tuning),
+        audit=None if audit is None else audit_document,
         extractor_precision=engine.precision,
         extractor_id=engine.spec.id,
     )
@@ -270,9 +359,10 @@ class _Exports:
         self.intermediate_graphs.append(path)
         log.info("Saved intermediate graph %s", path)
 
-    def write_final(self, head) -> dict[str, Any]:
-        """Labels, graph + sidecar, SavedModel if asked; returns {flag name: path}."""
+    def write_final(self, head, training_images) -> dict[str, Any]:
+        """Labels, graph + sidecar, SavedModel and .tflite if asked; returns {flag name: path}."""
         from retrainer.exports.classifier import write_labels
+        from retrainer.exports.deployable import write_tflite_exports
         from retrainer.exports.saved_model import write_saved_model
 
         config = self.config
@@ -288,6 +378,7 @@ class _Exports:
         if config.saved_model_dir is not None:
             write_saved_model(exporter.classifier, config.saved_model_dir)
             outputs["saved_model_dir"] = config.saved_model_dir
+        outputs.update(write_tflite_exports(config, exporter.classifier, training_images))
         if self.intermediate_graphs:
             outputs["intermediate_graphs"] = list(self.intermediate_graphs)
         return outputs
@@ -295,6 +386,7 @@ class _Exports:
 
 def _training_config(config: RetrainConfig):
     from retrainer.training.head import TrainingConfig
+    from retrainer.training.image_modes import regularization_of
 
     return TrainingConfig(
         steps=config.how_many_training_steps,
@@ -305,6 +397,8 @@ def _training_config(config: RetrainConfig):
         seed=config.seed,
         summaries_dir=config.summaries_dir,
         checkpoint_path=config.checkpoint_path,
+        regularization=regularization_of(config),
+        early_stopping_patience=config.early_stopping_patience if config.early_stopping else 0,
     )
 
 
@@ -367,12 +461,14 @@ class _StageTimer:
         self._seconds: dict[str, float] = {}
 
     @contextlib.contextmanager
-    def __call__(self, stage: str):
+    def __call__(self, stage: str, active: bool = True):
+        """Time the block as `stage`; an inactive stage (a mode not asked for) is not listed."""
         started = time.perf_counter()
         try:
             yield
         finally:
-            self._seconds[stage] = time.perf_counter() - started
+            if active:
+                self._seconds[stage] = time.perf_counter() - started
 
     def seconds(self) -> dict[str, float]:
         return {**self._seconds, "total": time.perf_counter() - self.started}

@@ -28,6 +28,9 @@ class TinyExtractor(FeatureExtractor):
         texture = tf.nn.relu(tf.nn.conv2d(centred, self.kernel, strides=2, padding="SAME"))
         return tf.concat([tf.reduce_mean(images, [1, 2]), tf.reduce_mean(texture, [1, 2])], axis=-1)
 
+    def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
+        return (self.kernel,)
+
 
 if TINY_EXTRACTOR not in list_extractors():
 

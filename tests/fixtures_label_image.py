@@ -109,6 +109,7 @@ def retrain(image_dir: Path, out: Path, extractor: str, steps: int) -> Path:
         bottleneck_dir=out / "bottlenecks",
         intermediate_output_graphs_dir=out / "intermediate_graphs",
         checkpoint_path=out / "checkpoint" / "retrain_checkpoint",
+        audit_file=out / "audit.json",
         tfhub_module=extractor,
         how_many_training_steps=steps,
         show_progress=False,

@@ -65,6 +65,7 @@ def retrain_args(
         "--summaries_dir", str(out / "logs"),
         "--checkpoint_path", str(out / "checkpoint" / "head"),
         "--intermediate_output_graphs_dir", str(out / "intermediate"),
+        "--audit_file", str(out / "audit.json"),
         "--how_many_training_steps", str(steps),
         *extra,
     ]

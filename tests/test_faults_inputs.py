@@ -326,6 +326,7 @@ UNWRITABLE = {
     "--checkpoint_path": ("a_file/checkpoint/head", "a_file/checkpoint"),
     "--summaries_dir": ("a_file/logs", "a_file/logs"),
     "--intermediate_output_graphs_dir": ("a_file/intermediate", "a_file/intermediate"),
+    "--audit_file": ("a_file/audit.json", "a_file"),
 }
 
 

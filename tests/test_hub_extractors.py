@@ -359,7 +359,7 @@ def retrain_args(image_dir: Path, out: Path, module: str, *extra: str) -> list[s
         "--output_graph", str(out / "graph.pb"), "--output_labels", str(out / "labels.txt"),
         "--summaries_dir", str(out / "logs"), "--checkpoint_path", str(out / "checkpoint" / "ckpt"),
         "--bottleneck_dir", str(out / "bottlenecks"), "--how_many_training_steps", "30",
-        "--json", "--quiet", *extra,
+        "--audit_file", str(out / "audit.json"), "--json", "--quiet", *extra,
     ]
 
 

@@ -2,7 +2,7 @@
 
 Flags keep retrain.py's names and defaults (dash spellings work too). Defaults come from
 `RetrainConfig`. Logs and progress go to stderr; the summary (or `--json`) goes to stdout. Exit
-codes: 0 ok, 2 usage, 3 data, 4 model, 130 interrupted (see retrainer/errors.py).
+codes: 0 ok, 2 usage, 3 data, 4 model, 7 export mismatch, 130 interrupted (see retrainer/errors.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Optional
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import EXTRACTOR_PRECISIONS, RetrainConfig, RetrainResult, run
 from retrainer.split import SPLITS
 
@@ -51,9 +52,40 @@ _BATCH = click.IntRange(min=-1)
          show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks")
 @_option("how_many_training_steps", "How many training steps to run.", type=click.IntRange(min=1))
 @_option("learning_rate", "Learning rate of the SGD training.", type=float)
+# training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
+@_option("flip_left_right", "Randomly mirror half of the training images horizontally.",
+         is_flag=True)
+@_option("random_crop", "A percentage: how much margin to randomly crop off the training images.",
+         type=int)
+@_option("random_scale", "A percentage: how much to randomly enlarge the training images.",
+         type=int)
+@_option("random_brightness", "A percentage: how much to randomly multiply the training images' "
+         "pixels up or down.", type=int)
+@_option("distorted_variants", "With a distortion flag: distorted versions of each training image, "
+         "computed once and cached (cost: this many extractions per training image).", type=int)
+@_option("do_fine_tuning", "After training the new layer, also train the top of the extractor "
+         "with it, on the images (minutes on CPU, not seconds).", is_flag=True)
+@_option("fine_tune_blocks", "How many blocks below the extractor's last layer fine-tuning trains "
+         "(EfficientNet-Lite: inverted-residual blocks; keras: layers with weights).", type=int)
+@_option("fine_tune_epochs", "Passes over the training images when fine-tuning.", type=int)
+@_option("fine_tune_learning_rate", "Learning rate of the fine-tuning SGD.", type=float)
+@_option("early_stopping", "Stop training once the validation cross entropy has not improved for "
+         "--early_stopping_patience evaluations, and keep the best weights.", is_flag=True)
+@_option("early_stopping_patience", "Evaluations (every --eval_step_interval steps; fine-tuning: "
+         "epochs) without improvement before --early_stopping stops.", type=int)
+@_option("momentum", "SGD momentum (0: plain SGD, as retrain.py).", type=float)
+@_option("dropout_rate", "Dropout on the bottleneck vectors while training (0: none).",
+         type=float)
+@_option("l2_regularizer", "L2 penalty on the new layer's weights (0: none).", type=float)
+@_option("label_smoothing", "Label smoothing of the training targets (0: none).", type=float)
 @_option("train_batch_size", "How many images to train on at a time (-1: all).", type=_BATCH)
 @_option("testing_percentage", "Percentage of images to use as a test set.", type=float)
 @_option("validation_percentage", "Percentage of images to use as a validation set.", type=float)
+@_option("audit_file", "Where to write the dataset audit (duplicates, leaks, likely mislabeled "
+         "images, outliers; JSON).", type=_PATH)
+@_option("skip_audit", "Do not audit the dataset (no audit file).", is_flag=True)
+@_option("keep_duplicates_in_one_split", "Move each group of duplicate images into the split of "
+         "its first member, so no copy straddles training and test.", is_flag=True)
 @_option("eval_step_interval", "How often to evaluate the training results.",
          type=click.IntRange(min=1))
 @_option("validation_batch_size",
@@ -67,6 +99,16 @@ _BATCH = click.IntRange(min=-1)
 @_option("intermediate_output_graphs_dir", "Where to save the intermediate graphs.", type=_PATH)
 @_option("saved_model_dir", "Also export a SavedModel here (serving signature: images -> "
          "probabilities).", type=_PATH, show_default=False)
+@_option("tflite_output_file", "Also export a .tflite here, with its labels and normalization as "
+         "TFLite metadata (docs/exports.md).", type=_PATH, show_default=False)
+@_option("tflite_quantization", "TFLite quantization: none (float32), dynamic, float16 or int8 "
+         "(full integer, uint8 input/output). Repeat for several files: PATH's stem gets a "
+         "_<mode> suffix.", type=click.Choice(MODES), multiple=True, default=("none",))
+@_option("tflite_calibration_images", "How many training images calibrate int8 (seeded sample).",
+         type=click.IntRange(min=MIN_CALIBRATION_IMAGES))
+@_option("max_export_accuracy_drop", "Fail (exit 7) when an export's test accuracy is more than "
+         "this many points below the frozen graph's.", type=click.FloatRange(min=0),
+         show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
 @_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
@@ -146,6 +188,8 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         if len(result.skipped) > _MAX_SKIPPED_SHOWN:
             more = len(result.skipped) - _MAX_SKIPPED_SHOWN
             lines.append(f"  ... and {more} more (all in --json)")
+    lines += _training_mode_lines(result)
+    lines += _audit_lines(result)
     lines += [
         "",
         f"Bottleneck vectors: {result.bottlenecks_computed} computed, "
@@ -158,7 +202,55 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     for name, value in result.outputs.items():
         paths = value if isinstance(value, list) else [value]
         lines += [f"  {name}: {path}" for path in paths]
+    lines += _export_report_lines(result)
     return lines
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _export_report_lines(result: RetrainResult) -> list[str]:
+    """The export report as a small table (docs/exports.md), or nothing without exports."""
+    if not result.exports:
+        return []
+    lines = ["", "Exports on the test split (vs the frozen graph):",
+             f"  {'artifact':<14} {'size':>9} {'accuracy':>9} {'change':>7} {'agree':>7} "
+             f"{'max |dp|':>9}"]
+    for row in result.exports:
+        lines.append(
+            f"  {row['artifact']:<14} {_size_text(row['size_bytes']):>9} "
+            f"{row['accuracy'] * 100:>8.1f}% {row['change_points']:>+7.1f} "
+            f"{row['agreement'] * 100:>6.1f}% {row['max_probability_difference']:>9.4f}"
+        )
+    return lines
+
+
+def _training_mode_lines(result: RetrainResult) -> list[str]:
+    """Summary of early stopping, distorted vectors and fine-tuning, when they were used."""
+    lines = []
+    if result.best_step is not None:
+        lines += ["", f"Early stopping kept the weights of step {result.best_step}."]
+    if result.distorted is not None:
+        distorted = result.distorted
+        lines += ["", f"Distorted training vectors ({distorted['variants']} per image): "
+                  f"{distorted['computed']} computed, {distorted['reused']} reused."]
+    if result.fine_tuning is not None:
+        tuning = result.fine_tuning
+        best = "" if tuning["best_epoch"] is None else f", kept epoch {tuning['best_epoch']}"
+        lines += ["", f"Fine-tuned {tuning['tuned_parameters']} extractor weights "
+                  f"({tuning['blocks']} blocks) for {tuning['epochs_run']} epochs{best}: "
+                  f"validation accuracy = {_percent(tuning['validation_accuracy'])}, "
+                  f"{tuning['seconds']:.1f} s."]
+    return lines
+
+
+def _audit_lines(result: RetrainResult) -> list[str]:
+    if result.audit is None:
+        return []
+    from retrainer.audit.summary import audit_summary_lines
+
+    return ["", *audit_summary_lines(result.audit, result.outputs.get("audit_file"))]
 
 
 if __name__ == "__main__":

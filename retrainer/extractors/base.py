@@ -13,6 +13,8 @@ import re
 
 import tensorflow as tf
 
+from retrainer.errors import UsageError
+
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -56,3 +58,21 @@ class FeatureExtractor(tf.Module):
             float32 [N, D] with D == spec.vector_size.
         """
         raise NotImplementedError
+
+    def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
+        """The variables `--do_fine_tuning` trains: the top `blocks` blocks and the last layer.
+
+        Args:
+            blocks: how many blocks below the last layer to train (more than there are: all).
+
+        Returns:
+            The variables, trainable or not (fine-tuning updates them in place).
+
+        Raises:
+            UsageError: this extractor cannot be trained (the default).
+        """
+        raise UsageError(
+            f"--do_fine_tuning: the feature extractor {self.spec.name!r} cannot be trained (it "
+            "has no trainable weights). Drop --do_fine_tuning, or use a built-in "
+            "efficientnet_lite*, a TF2 SavedModel with trainable variables or a keras: backbone."
+        )

@@ -8,7 +8,8 @@ average-pooled output of the head convolution (before dropout and the ImageNet c
 Formulation: plain TF ops with batch norm folded into the convolution kernels and biases (one conv
 plus one bias-add per layer). Weights are non-trainable `tf.Variable`s, so an extractor can be
 traced in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call it inside a
-`tf.function`: eagerly every op is dispatched from Python.
+`tf.function`: eagerly every op is dispatched from Python. Fine-tuning updates the variables in
+place (`fine_tunable_variables`); batch norm stays folded, so its statistics stay frozen.
 
 What the checkpoints expect was measured, not assumed (scripts/measure_extractor_preprocessing.py,
 details in docs/extractors.md):
@@ -318,6 +319,16 @@ class EfficientNetLite(FeatureExtractor):
         for block in self.blocks:
             x = block(x)
         return tf.reduce_mean(tf.nn.relu6(_conv(x, *self.head)), axis=(1, 2))
+
+    def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
+        """The head convolution, the top `blocks` inverted-residual blocks (and the stem once
+        `blocks` covers them all), as folded kernels and biases."""
+        tuned = list(self.head)
+        for block in self.blocks[max(0, len(self.blocks) - blocks):] if blocks else ():
+            tuned += [*(block.expand or ()), *block.depthwise, *block.project]
+        if blocks >= len(self.blocks):
+            tuned += list(self.stem)
+        return tuple(tuned)
 
     def imagenet_logits(self, images: tf.Tensor) -> tf.Tensor:
         """The pretrained ImageNet classifier, for correctness checks.

@@ -160,6 +160,16 @@ class KerasApplicationExtractor(FeatureExtractor):
         """float32 [N, H, W, 3] in [0, 1] -> float32 [N, D]."""
         return self.model(self._preprocess(images * 255.0), training=False)
 
+    def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
+        """The weights of the top `blocks` + 1 layers that have weights; batch-norm layers stay
+        frozen (and run in inference mode)."""
+        from keras.layers import BatchNormalization
+
+        layers = [layer for layer in self.model.layers
+                  if layer.weights and not isinstance(layer, BatchNormalization)]
+        return tuple(weight.value for layer in layers[max(0, len(layers) - blocks - 1):]
+                     for weight in layer.weights)
+
 
 def _build(handle: str, constructor, parsed: KerasHandle, size: int):
     """Call the application constructor; ImageNet weights strictly from the local cache."""

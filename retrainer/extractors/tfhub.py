@@ -200,6 +200,27 @@ class HubModuleExtractor(FeatureExtractor):
             features = self.module(images)
         return tf.cast(features, tf.float32)
 
+    def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
+        """All the module's trainable variables (a SavedModel does not say where its blocks are).
+
+        Raises:
+            UsageError: a TF1 Hub module or a signature-only SavedModel, or no trainable variables.
+        """
+        trainable = tuple(variable for variable in getattr(self, "module_variables", ())
+                          if variable.trainable)
+        if self._signature is not None or not trainable:
+            kind = "frozen signature" if self._signature is not None else "no trainable variables"
+            raise UsageError(
+                f"--do_fine_tuning: module {self.spec.name!r} cannot be trained ({kind}; TF1 Hub "
+                "modules never can). Drop --do_fine_tuning, or use a TF2 SavedModel whose "
+                "__call__ has trainable variables, a built-in efficientnet_lite* or a keras: "
+                "backbone."
+            )
+        if blocks:
+            logger.info("Fine-tuning all %d trainable variables of %s (--fine_tune_blocks does "
+                        "not apply to SavedModel modules).", len(trainable), self.spec.name)
+        return trainable
+
     def _find_entry_point(self, name: str) -> tf.TensorSpec:
         """Prefer the module's `__call__` (TF2 reusable SavedModel), else an image signature."""
         call = getattr(self.module, "__call__", None)

@@ -3,7 +3,10 @@
 Takes arrays of features, never cache paths, so later stages (distortions, fine-tuning) can feed
 freshly computed features instead. Runs retrain.py's loop -- plain SGD on random class-balanced
 batches, evaluating every `eval_step_interval` steps and at the last one -- but the steps and their
-evaluations run inside a tf.function, many per call, so thousands of steps take seconds.
+evaluations run inside a tf.function, many per call, so thousands of steps take seconds. Optional:
+make_image_classifier's regularisation (training/regularization.py) and early stopping, which ends
+training once the validation cross-entropy has not improved for `early_stopping_patience`
+evaluations in a row and restores the weights of the best evaluation (validation data only).
 """
 
 from __future__ import annotations
@@ -18,11 +21,19 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer._sampling import (
+    DROPOUT_STREAM,
     INIT_STREAM,
     TRAIN_STREAM,
     VALIDATION_STREAM,
     BalancedSampler,
     stream_seed,
+)
+from retrainer.training.early_stopping import BestWeights
+from retrainer.training.regularization import (
+    SGD,
+    Regularization,
+    accuracy,
+    cross_entropy,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +70,8 @@ class TrainingConfig:
     seed: int
     summaries_dir: Optional[Path] = None
     checkpoint_path: Optional[Path] = None
+    regularization: Regularization = Regularization()
+    early_stopping_patience: int = 0  # evaluations without improvement; 0 = no early stopping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,9 +88,13 @@ class EvalPoint:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingResult:
+    """The head, its evaluations (up to where training stopped), and the step early stopping kept
+    (None without early stopping)."""
+
     head: "SoftmaxHead"
     history: tuple[EvalPoint, ...]
     seconds: float
+    best_step: Optional[int] = None
 
 
 class SoftmaxHead(tf.Module):
@@ -121,7 +138,10 @@ class _TrainingLoop:
         self, head: SoftmaxHead, train: FeatureSet, validation: FeatureSet, config: TrainingConfig
     ) -> None:
         self.head = head
-        self.learning_rate = config.learning_rate
+        self.regularization = config.regularization
+        self.optimizer = SGD(head.trainable_variables, config.learning_rate,
+                             config.regularization.momentum)
+        self.dropout_seed = stream_seed(config.seed, DROPOUT_STREAM)
         self.eval_step_interval = config.eval_step_interval
         self.last_step = config.steps - 1
         self.train = _Split(train, config.train_batch_size, stream_seed(config.seed, TRAIN_STREAM))
@@ -160,37 +180,38 @@ class _TrainingLoop:
 
     def _sgd_step(self, step: tf.Tensor) -> None:
         features, labels = self.train.batch(step)
+        features = self.regularization.dropout(
+            features, tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
         with tf.GradientTape() as tape:
-            loss = _cross_entropy(labels, self.head(features))
+            loss = self.regularization.loss(labels, self.head(features), self.head.weights)
         gradients = tape.gradient(loss, self.head.trainable_variables)
-        for variable, gradient in zip(self.head.trainable_variables, gradients):
-            variable.assign_sub(self.learning_rate * gradient)
+        self.optimizer.apply(self.head.trainable_variables, gradients)
 
     def _evaluate(self, step: tf.Tensor) -> tf.Tensor:
         """Metrics at `step` (after its update), as retrain.py measured them, plus summaries."""
         features, labels = self.train.batch(step)
         logits = self.head(features)
-        train_accuracy, cross_entropy = _accuracy(labels, logits), _cross_entropy(labels, logits)
+        train_accuracy, train_loss = accuracy(labels, logits), cross_entropy(labels, logits)
         validation_accuracy, validation_count = tf.constant(-1.0), tf.constant(0.0)
         validation_cross_entropy = tf.constant(-1.0)
         if self.validation is not None:
             features, labels = self.validation.batch(step)
             validation_logits = self.head(features)
-            validation_accuracy = _accuracy(labels, validation_logits)
-            validation_cross_entropy = _cross_entropy(labels, validation_logits)
+            validation_accuracy = accuracy(labels, validation_logits)
+            validation_cross_entropy = cross_entropy(labels, validation_logits)
             validation_count = tf.cast(tf.size(labels), tf.float32)
         if self.writers is not None:
             # Root name scope: inside the traced loop, tags would otherwise get a "while/" prefix.
             with self.writers["train"].as_default(step=step), tf.compat.v1.name_scope(None):
                 tf.summary.scalar("accuracy", train_accuracy)
-                tf.summary.scalar("cross_entropy", cross_entropy)
+                tf.summary.scalar("cross_entropy", train_loss)
                 tf.summary.histogram("final_weights", self.head.weights)
                 tf.summary.histogram("final_biases", self.head.biases)
             if self.validation is not None:
                 with self.writers["validation"].as_default(step=step), tf.compat.v1.name_scope(None):
                     tf.summary.scalar("accuracy", validation_accuracy)
                     tf.summary.scalar("cross_entropy", validation_cross_entropy)
-        return tf.stack([train_accuracy, cross_entropy, validation_accuracy, validation_count,
+        return tf.stack([train_accuracy, train_loss, validation_accuracy, validation_count,
                          validation_cross_entropy])
 
     def close(self) -> None:
@@ -203,16 +224,6 @@ def _fresh_writer(folder: Path) -> tf.summary.SummaryWriter:
     for old_events in folder.glob("events.out.tfevents.*"):
         old_events.unlink()
     return tf.summary.create_file_writer(str(folder))
-
-
-def _cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(
-        tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    )
-
-
-def _accuracy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_mean(tf.cast(tf.equal(tf.argmax(logits, axis=1), labels), tf.float32))
 
 
 def train_head(
@@ -235,7 +246,8 @@ def train_head(
         store_every: 0 = never call `on_store`.
 
     Returns:
-        The trained head, the metrics logged at each evaluation step, and the time taken.
+        The trained head, the metrics logged at each evaluation step, the time taken, and with
+        early stopping the step whose weights were kept.
     """
     started = time.perf_counter()
     head = SoftmaxHead(train.features.shape[1], num_classes, config.seed)
@@ -244,10 +256,14 @@ def train_head(
         log.warning("No validation images: skipping validation during training.")
     evaluations = set(range(0, config.steps, config.eval_step_interval)) | {config.steps - 1}
     stores = set(range(store_every, config.steps, store_every)) if store_every > 0 else set()
+    stopper = BestWeights(head.trainable_variables, config.early_stopping_patience,
+                          loop.validation is not None)
+    # Early stopping decides after each evaluation, so each one ends a traced call.
+    stops = stores | (evaluations if stopper.enabled else set())
     history = []
     first = 0
     try:
-        for ends in _chunks(sorted(evaluations | stores), stores):
+        for ends in _chunks(sorted(evaluations | stores), stops):
             rows = loop.run_steps(tf.constant(first, tf.int64), tf.constant(ends, tf.int64))
             first = ends[-1] + 1
             for end, row in zip(ends, rows.numpy().tolist()):
@@ -255,24 +271,30 @@ def train_head(
                     history.append(_log_point(end, *row))
             if ends[-1] in stores and on_store is not None:
                 on_store(ends[-1], head)
+            if ends[-1] in evaluations and stopper.record(history[-1].validation_cross_entropy,
+                                                          history[-1].step):
+                break
     finally:
         loop.close()
+    best_step = stopper.restore_best()
     if config.checkpoint_path is not None:
-        checkpoint = tf.train.Checkpoint(head=head, step=tf.Variable(config.steps, dtype=tf.int64))
+        kept_steps = config.steps if best_step is None else best_step + 1
+        checkpoint = tf.train.Checkpoint(head=head, step=tf.Variable(kept_steps, dtype=tf.int64))
         checkpoint.write(str(config.checkpoint_path))
-    return TrainingResult(head=head, history=tuple(history), seconds=time.perf_counter() - started)
+    return TrainingResult(head=head, history=tuple(history), seconds=time.perf_counter() - started,
+                          best_step=best_step)
 
 
-def _chunks(boundaries: list[int], stores: set[int]) -> Iterator[list[int]]:
+def _chunks(boundaries: list[int], stops: set[int]) -> Iterator[list[int]]:
     """Split the steps where control must stop (ascending) into runs for one `run_steps` call each.
 
     Runs double in length while calls are quick (negligible call overhead on fast steps, live logs
-    on slow ones); a store step always ends a run, so it is stored right after its update.
+    on slow ones); a step in `stops` always ends a run, so control returns right after its update.
     """
     index, span = 0, 1
     while index < len(boundaries):
         stop = min(index + span, len(boundaries))
-        stop = next((k + 1 for k in range(index, stop) if boundaries[k] in stores), stop)
+        stop = next((k + 1 for k in range(index, stop) if boundaries[k] in stops), stop)
         started = time.perf_counter()
         yield boundaries[index:stop]
         if time.perf_counter() - started < _CHUNK_SECONDS:

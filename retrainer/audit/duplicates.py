@@ -1,0 +1,142 @@
+"""Audit detectors: exact duplicates (same SHA-256) and near-duplicates (same picture, re-made).
+
+Near-duplicates are searched among distinct files, in one blocked pass over three descriptors
+(see `signatures`): the 16x16 thumbnail, the Fourier magnitude (which ignores shifts) and the
+vectors' top principal components. A candidate is kept when the pixels agree (thumbnail and perceptual hash, or the
+thumbnails once aligned) AND the bottleneck vectors agree: on Fashion-MNIST the vectors alone
+rank merely similar garments above a copy, and pixels alone match different photos of look-alike
+products, but the two together rarely do. Thresholds and their measurements: docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+from retrainer.audit.neighbours import principal_components, similar_pairs, unit_rows
+from retrainer.audit.signatures import (aligned_correlation, fourier_descriptor, hamming,
+                                        thumbnail_descriptor)
+
+# Measured with scripts/bench_audit.py (docs/audit.md): see there before changing any of them.
+# The candidate search compares each descriptor on its top principal axes (which only raises
+# cosines, roughly), with slightly lower thresholds; candidates are then scored exactly.
+SEARCH_DIMENSIONS = {"picture": 64, "spectrum": 32, "vector": 32}
+PICTURE_CANDIDATE = 0.99
+SPECTRUM_CANDIDATE = 0.98
+VECTOR_CANDIDATE = 0.85
+_CHUNK = 20_000  # candidate pairs scored at a time
+# A re-encoded, resized or brightened copy: the same thumbnail, hash and roughly the same vector.
+THUMBNAIL_MATCH = 0.997
+HASH_MATCH = 16  # bits of 64
+THUMBNAIL_VECTOR_MATCH = 0.70
+# A shifted copy: the same spectrum, a close vector, and a 32x32 thumbnail that matches once
+# aligned (best of the shifts by up to ALIGN_REACH pixels).
+FOURIER_MATCH = 0.983
+SHIFT_VECTOR_MATCH = 0.88
+SHIFT_THUMBNAIL_MATCH = 0.70
+ALIGNED_MATCH = 0.993
+ALIGN_REACH = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NearPair:
+    """Two near-duplicate images (positions into the audited list) and how alike they are."""
+
+    first: int
+    second: int
+    similarity: float  # the pixel descriptor's cosine that matched, in [0, 1]
+
+
+def exact_groups(digests: Sequence[str]) -> list[list[int]]:
+    """Positions of byte-identical files, groups of two or more, in position order."""
+    by_digest: dict[str, list[int]] = defaultdict(list)
+    for position, digest in enumerate(digests):
+        by_digest[digest].append(position)
+    return sorted(group for group in by_digest.values() if len(group) > 1)
+
+
+def near_pairs(
+    digests: Sequence[str], vectors: np.ndarray, thumbnails: np.ndarray, hashes: np.ndarray
+) -> list[NearPair]:
+    """Pairs of distinct files showing the same picture (one pair per two files' digests).
+
+    Args:
+        digests: hex SHA-256 per image; images with the same digest are compared once.
+        vectors: float32 [N, D] bottleneck vectors.
+        thumbnails: uint8 [N, 32, 32] grey thumbnails.
+        hashes: uint64 [N] perceptual hashes.
+
+    Returns:
+        NearPair list between the first images of each digest, first < second.
+    """
+    first_of = {}
+    for position, digest in enumerate(digests):
+        first_of.setdefault(digest, position)
+    keep = np.array(sorted(first_of.values()), np.int64)
+    if len(keep) < 2:
+        return []
+    descriptors = {"picture": thumbnail_descriptor(thumbnails[keep]),
+                   "spectrum": fourier_descriptor(thumbnails[keep]),
+                   "vector": unit_rows(vectors[keep])}
+    reduced = [unit_rows(principal_components(descriptors[name], dims, center=False))
+               for name, dims in SEARCH_DIMENSIONS.items()]
+
+    def candidates(blocks: list[np.ndarray]) -> np.ndarray:
+        picture, spectrum, vector = blocks
+        return (picture >= PICTURE_CANDIDATE) | ((spectrum >= SPECTRUM_CANDIDATE)
+                                                & (picture >= SHIFT_THUMBNAIL_MATCH)
+                                                & (vector >= VECTOR_CANDIDATE))
+
+    firsts, seconds = similar_pairs(reduced, candidates)
+    matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,
+                      thumbnails[keep], hashes[keep])
+               for start in range(0, len(firsts), _CHUNK)]
+    pairs = [(int(keep[first]), int(keep[second]), float(min(score, 1.0)))
+             for chunk in matches for first, second, score in zip(*chunk)]
+    return [NearPair(*pair) for pair in pairs]
+
+
+def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.ndarray],
+           thumbnails: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The candidate pairs that are near-duplicates: (firsts, seconds, similarity)."""
+    def score(name: str, rows: np.ndarray) -> np.ndarray:
+        unit = descriptors[name]
+        return np.einsum("ij,ij->i", unit[firsts[rows]], unit[seconds[rows]])
+
+    similarity = np.zeros(len(firsts), np.float32)
+    everything = np.arange(len(firsts))
+    picture = score("picture", everything)
+    spectrum = score("spectrum", everything)
+    by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH)
+                                & (hamming(hashes[firsts], hashes[seconds]) <= HASH_MATCH))
+    by_picture = by_picture[score("vector", by_picture) >= THUMBNAIL_VECTOR_MATCH]
+    similarity[by_picture] = picture[by_picture]
+    shifted = np.flatnonzero((similarity == 0) & (spectrum >= FOURIER_MATCH)
+                             & (picture >= SHIFT_THUMBNAIL_MATCH))
+    shifted = shifted[score("vector", shifted) >= SHIFT_VECTOR_MATCH]
+    aligned = aligned_correlation(thumbnails[firsts[shifted]], thumbnails[seconds[shifted]],
+                                  ALIGN_REACH)
+    similarity[shifted] = np.where(aligned >= ALIGNED_MATCH, aligned, 0.0)
+    matched = similarity > 0
+    return firsts[matched], seconds[matched], similarity[matched]
+
+
+def connected_groups(count: int, edges: Sequence[tuple[int, int]]) -> list[list[int]]:
+    """Groups of two or more positions linked by `edges` (union-find), each sorted, sorted."""
+    parent = list(range(count))
+
+    def root(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    for first, second in edges:
+        parent[root(first)] = root(second)
+    members: dict[int, list[int]] = defaultdict(list)
+    for node in range(count):
+        members[root(node)].append(node)
+    return sorted(group for group in members.values() if len(group) > 1)

@@ -1,0 +1,97 @@
+"""Audit helper: similarity search without an N x N matrix (blocked matrix products).
+
+Rows are compared a block at a time, so memory stays at `block x N` floats whatever N is.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block and descriptor
+PCA_SAMPLE = 512  # rows the principal axes are estimated from
+
+
+def unit_rows(matrix: np.ndarray, center: bool = False) -> np.ndarray:
+    """Rows scaled to length 1 (optionally mean-centred first); all-zero rows stay zero.
+
+    Args:
+        matrix: float [N, D].
+        center: subtract each row's mean first (a correlation rather than a cosine).
+
+    Returns:
+        float32 [N, D].
+    """
+    rows = np.asarray(matrix, np.float32).reshape(len(matrix), -1)
+    if center:
+        rows = rows - rows.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+def principal_components(matrix: np.ndarray, dims: int, center: bool = True) -> np.ndarray:
+    """`matrix` projected on its top `dims` principal axes (unchanged if D <= dims).
+
+    The axes come from an evenly spaced sample of at most PCA_SAMPLE rows (cost S * D^2).
+    With center=False the rows are projected as they are (axes of the uncentred sample), so dot
+    products between projected rows approximate the original ones.
+
+    Returns:
+        float32 [N, min(D, dims)].
+    """
+    matrix = np.asarray(matrix, np.float32)
+    if matrix.shape[1] <= dims:
+        return matrix
+    if center:
+        matrix = matrix - matrix.mean(axis=0)
+    sample = matrix[:: max(1, len(matrix) // PCA_SAMPLE)]
+    _, _, axes = np.linalg.svd(sample, full_matrices=False)
+    return matrix @ axes[:dims].T
+
+
+def similar_pairs(
+    units: Sequence[np.ndarray], keep: Callable[[list[np.ndarray]], np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair i < j of rows whose similarities in several descriptors pass `keep`.
+
+    Args:
+        units: descriptors of the same N rows, each float32 [N, D_k] with rows of length 1.
+        keep: given the list of cosine blocks (float32 [B, M] each, one per descriptor), the
+            bool [B, M] mask of pairs to return.
+
+    Returns:
+        (first int64 [P], second int64 [P]) with first < second.
+    """
+    firsts, seconds = [], []
+    count = len(units[0])
+    for start in range(0, count, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, count)
+        blocks = [unit[start:stop] @ unit[start:].T for unit in units]  # upper triangle only
+        rows, columns = np.nonzero(keep(blocks))
+        above = columns > rows  # columns are offset by `start`, like the rows
+        firsts.append(rows[above] + start)
+        seconds.append(columns[above] + start)
+    if not firsts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+
+
+def mean_neighbour_distance(unit: np.ndarray, k: int) -> np.ndarray:
+    """Mean cosine distance (1 - cosine) of each row to its `k` nearest other rows.
+
+    Args:
+        unit: float32 [N, D], rows of length 1, N > k.
+        k: neighbours per row.
+
+    Returns:
+        float32 [N].
+    """
+    distances = np.empty(len(unit), np.float32)
+    for start in range(0, len(unit), BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, len(unit))
+        block = unit[start:stop] @ unit.T
+        block[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # not itself
+        nearest = -np.partition(-block, k - 1, axis=1)[:, :k]
+        distances[start:stop] = 1.0 - nearest.mean(axis=1)
+    return distances

@@ -1,0 +1,170 @@
+"""Audit helper: perceptual signatures of each image's pixels, cached by file digest.
+
+A signature is the image decoded (as training decodes it) to a 32x32 grey thumbnail, plus its
+perceptual hash (`imagehash.phash`, 64 bits). Near-duplicate search derives two descriptors from
+the thumbnail: the 16x16 thumbnail itself (re-encoding, resizing, brightness) and the magnitude of
+its 2-D Fourier transform (unchanged by shifts). Signatures are cached under
+`<bottleneck_dir>/audit-signatures-v1/<aa>.npz` (one shard per first two hex digits of the file's
+SHA-256, written atomically), so a warm rerun decodes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import zipfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Sequence
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+from retrainer._files import write_bytes_atomically
+from retrainer.images import UnreadableImageError, load_image
+
+log = logging.getLogger(__name__)
+
+CACHE_NAMESPACE = "audit-signatures-v1"
+THUMBNAIL = 32
+DECODE_SIZE = (64, 64)  # decoded larger than the thumbnail so downscaling averages pixels
+
+
+class SignatureCache:
+    """Thumbnails and perceptual hashes keyed by hex SHA-256 of the image file."""
+
+    def __init__(self, bottleneck_dir: os.PathLike[str] | str) -> None:
+        self.directory = Path(bottleneck_dir) / CACHE_NAMESPACE
+
+    def signatures(
+        self, paths: Sequence[Path], digests: Sequence[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Signatures of `paths` (whose file digests are `digests`), decoding only uncached ones.
+
+        Returns:
+            (thumbnails uint8 [N, 32, 32], hashes uint64 [N]); an image that no longer decodes
+            gets a black thumbnail and hash 0 (it was decodable moments ago, for its vector).
+        """
+        thumbnails = np.zeros((len(paths), THUMBNAIL, THUMBNAIL), np.uint8)
+        hashes = np.zeros(len(paths), np.uint64)
+        by_shard: dict[str, list[int]] = defaultdict(list)
+        for position, digest in enumerate(digests):
+            by_shard[digest[:2]].append(position)
+        for shard, positions in by_shard.items():
+            known = self._load(shard)
+            fresh = {}
+            for position in positions:
+                digest = digests[position]
+                if digest not in known:
+                    known[digest] = fresh[digest] = _signature(paths[position])
+                thumbnails[position], hashes[position] = known[digest]
+            if fresh:
+                self._store(shard, known)
+        return thumbnails, hashes
+
+    def _shard_path(self, shard: str) -> Path:
+        return self.directory / f"{shard}.npz"
+
+    def _load(self, shard: str) -> dict[str, tuple[np.ndarray, np.uint64]]:
+        path = self._shard_path(shard)
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                digests, thumbnails, hashes = stored["digests"], stored["thumbnails"], stored["hashes"]
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+            log.warning("Audit signature cache %s is unreadable (%s); recomputing it.", path, error)
+            return {}
+        if thumbnails.shape[1:] != (THUMBNAIL, THUMBNAIL) or len(digests) != len(hashes):
+            log.warning("Audit signature cache %s has an unexpected shape; recomputing it.", path)
+            return {}
+        return {str(digest): (thumbnail, hash_)
+                for digest, thumbnail, hash_ in zip(digests, thumbnails, hashes)}
+
+    def _store(self, shard: str, entries: dict[str, tuple[np.ndarray, np.uint64]]) -> None:
+        """Rewrite one shard atomically (two runs at once may drop an entry: it is recomputed)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        digests = sorted(entries)
+        buffer = io.BytesIO()
+        np.savez(buffer, digests=np.array(digests, dtype="U64"),
+                 thumbnails=np.stack([entries[digest][0] for digest in digests]),
+                 hashes=np.array([entries[digest][1] for digest in digests], np.uint64))
+        write_bytes_atomically(self._shard_path(shard), buffer.getvalue())
+
+
+def _signature(path: Path) -> tuple[np.ndarray, np.uint64]:
+    try:
+        pixels = load_image(path, DECODE_SIZE)
+    except UnreadableImageError as error:
+        log.warning("Audit: %s", error)
+        return np.zeros((THUMBNAIL, THUMBNAIL), np.uint8), np.uint64(0)
+    return signature_of_pixels(pixels)
+
+
+def signature_of_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+    """(uint8 [32, 32] grey thumbnail, uint64 perceptual hash) of uint8 [H, W, 3] RGB pixels."""
+    grey = Image.fromarray(pixels).convert("L").resize((THUMBNAIL, THUMBNAIL),
+                                                       Image.Resampling.BILINEAR)
+    return np.asarray(grey, np.uint8), np.uint64(int(str(imagehash.phash(grey)), 16))
+
+
+def thumbnail_descriptor(thumbnails: np.ndarray) -> np.ndarray:
+    """float32 [N, 256]: the 16x16 thumbnails, mean-centred, length 1."""
+    from retrainer.audit.neighbours import unit_rows
+
+    small = thumbnails.astype(np.float32).reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4))
+    return unit_rows(small, center=True)
+
+
+def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
+    """float32 [N, 128]: low-frequency magnitudes of the 2-D Fourier transform, length 1.
+
+    The magnitude ignores where the picture sits in the frame, so a shifted copy keeps it.
+    """
+    from retrainer.audit.neighbours import unit_rows
+
+    from scipy.fft import rfft2
+
+    grey = thumbnails.astype(np.float32)
+    spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))
+    low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)
+    return unit_rows(low)
+
+
+def aligned_correlation(first: np.ndarray, second: np.ndarray, reach: int = 1,
+                        chunk: int = 20_000) -> np.ndarray:
+    """Best correlation of two thumbnails' overlap over shifts of up to `reach` pixels.
+
+    Args:
+        first, second: uint8 [P, 32, 32] thumbnails, compared pairwise.
+        reach: largest shift tried in each direction ((2 reach + 1)^2 shifts).
+
+    Returns:
+        float32 [P], in [-1, 1].
+    """
+    best = np.full(len(first), -1.0, np.float32)
+    size = first.shape[-1]
+    for start in range(0, len(first), chunk):
+        a = first[start:start + chunk].astype(np.float32)
+        b = second[start:start + chunk].astype(np.float32)
+        for dy in range(-reach, reach + 1):
+            for dx in range(-reach, reach + 1):  # a[y, x] against b[y - dy, x - dx]
+                window_a = a[:, max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)]
+                window_b = b[:, max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
+                score = _correlation(window_a.reshape(len(a), -1), window_b.reshape(len(b), -1))
+                np.maximum(best[start:start + chunk], score, out=best[start:start + chunk])
+    return best
+
+
+def _correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    first = first - first.mean(axis=1, keepdims=True)
+    second = second - second.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
+    return np.einsum("ij,ij->i", first, second) / np.maximum(norms, 1e-6)
+
+
+def hamming(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Bits that differ between two uint64 hash arrays: int [N]."""
+    return np.bitwise_count(np.bitwise_xor(first, second)).astype(np.int64)

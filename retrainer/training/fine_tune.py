@@ -1,0 +1,231 @@
+"""Fine-tuning stage (--do_fine_tuning): the top of the extractor and the head, trained on images.
+
+Runs after the head has been trained on cached vectors (so fine-tuning starts from a good head, the
+Keras "unfreeze the top layers" recipe). Each epoch decodes the training images in a seeded order
+through the shared decode pipeline, applies the distortions afresh (seeded by image, seed and
+epoch) and takes SGD steps on the top `blocks` blocks of the extractor plus the head, at a small
+learning rate. Batch norm stays frozen: the built-in extractors have it folded into the
+convolutions, Keras backbones run in inference mode and their batch-norm layers are not trained.
+The variables are updated in place, so the exports hold the fine-tuned weights. After every epoch
+(and before the first) the whole validation split is measured; with early stopping, the weights of
+the epoch with the lowest validation cross-entropy are restored. The test split is never seen here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, decoded_images, feature_function
+from retrainer.extractors import FeatureExtractor
+from retrainer.training.distortions import Distortions, distort_images, image_seeds
+from retrainer.training.early_stopping import BestWeights
+from retrainer.training.head import SoftmaxHead
+from retrainer.training.out_of_memory import explains_out_of_memory
+from retrainer.training.regularization import (
+    SGD,
+    Regularization,
+    accuracy,
+    cross_entropy,
+)
+
+log = logging.getLogger(__name__)
+
+_DROPOUT_STREAM = 6  # see retrainer/_sampling.py for the others
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageSplit:
+    """One split as image files and labels (decodable images only).
+
+    Attributes:
+        paths: the image files.
+        labels: int64 [N] class indices.
+    """
+
+    paths: tuple[os.PathLike[str] | str, ...]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneConfig:
+    """How to fine-tune (see the --fine_tune_* flags)."""
+
+    blocks: int
+    epochs: int
+    learning_rate: float
+    batch_size: int  # -1: the whole training split per step
+    seed: int
+    distortions: Distortions = Distortions()
+    regularization: Regularization = Regularization()
+    early_stopping_patience: int = 0  # epochs without improvement; 0 = off
+    show_progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochPoint:
+    """Metrics after one epoch (epoch 0: before fine-tuning; validation_* None without data)."""
+
+    epoch: int
+    train_loss: Optional[float]
+    validation_accuracy: Optional[float]
+    validation_cross_entropy: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuneResult:
+    """history: one point per epoch measured; best_epoch: the epoch kept by early stopping (None
+    without it); tuned_parameters: how many extractor weights were trained."""
+
+    history: tuple[EpochPoint, ...]
+    best_epoch: Optional[int]
+    tuned_parameters: int
+    seconds: float
+
+
+def image_features(paths: Sequence[os.PathLike[str] | str], extractor: FeatureExtractor,
+                   features=None) -> np.ndarray:
+    """Vectors of image files computed now (not cached: the extractor may have been tuned).
+
+    Args:
+        paths: decodable image files.
+        extractor: the (possibly fine-tuned) extractor.
+        features: a `feature_function(extractor)` to reuse across calls (traced once).
+
+    Returns:
+        float32 [N, D] in the order of `paths`.
+    """
+    features = features or feature_function(extractor)
+    vectors = np.zeros((len(paths), extractor.spec.vector_size), np.float32)
+    for positions, images, _, _ in decoded_images(paths, extractor.spec.input_size,
+                                                  DEFAULT_BATCH_SIZE):
+        vectors[positions.numpy()] = features(images).numpy()
+    return vectors
+
+
+def fine_tune(extractor: FeatureExtractor, head: SoftmaxHead, train: ImageSplit,
+              validation: ImageSplit, config: FineTuneConfig) -> FineTuneResult:
+    """Train the top of `extractor` and `head` together on images, in place.
+
+    Args:
+        extractor: the feature extractor; its `fine_tunable_variables` are updated.
+        head: the head already trained on cached vectors; updated.
+        train: training images, at least one.
+        validation: validation images; may be empty (then no early stopping).
+        config: depth, epochs, learning rate, batch size, distortions, regularisation, patience.
+
+    Returns:
+        FineTuneResult.
+
+    Raises:
+        UsageError: the extractor cannot be trained, or the accelerator ran out of memory.
+    """
+    started = time.perf_counter()
+    tuned = extractor.fine_tunable_variables(config.blocks)
+    batch_size = len(train) if config.batch_size == -1 else min(config.batch_size, len(train))
+    loop = _FineTuneLoop(extractor, head, tuned, config)
+    measure = _Validation(extractor, head, validation)
+    stopper = BestWeights(loop.variables, config.early_stopping_patience, bool(len(validation)))
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    history = [measure(0, None)]
+    stopper.record(history[-1].validation_cross_entropy, 0)
+    with explains_out_of_memory(f"fine-tuning batches of {batch_size} images",
+                                "lower --train_batch_size"), \
+            tqdm(total=config.epochs * steps_per_epoch, unit="step", desc="Fine-tuning",
+                 dynamic_ncols=True, disable=None if config.show_progress else True) as progress:
+        for epoch in range(1, config.epochs + 1):
+            losses = [loss for loss in loop.epoch(train, epoch, batch_size, progress)]
+            history.append(measure(epoch, float(np.mean(losses))))
+            if stopper.record(history[-1].validation_cross_entropy, epoch):
+                break
+    best_epoch = stopper.restore_best()
+    if best_epoch == 0:
+        log.warning("Fine-tuning did not lower the validation cross entropy; keeping the weights "
+                    "from before it (epoch 0).")
+    parameters = sum(int(np.prod(variable.shape)) for variable in tuned)
+    return FineTuneResult(tuple(history), best_epoch, parameters, time.perf_counter() - started)
+
+
+class _FineTuneLoop:
+    """The traced training step and one epoch's pass over the images."""
+
+    def __init__(self, extractor: FeatureExtractor, head: SoftmaxHead,
+                 tuned: Sequence[tf.Variable], config: FineTuneConfig) -> None:
+        self.config = config
+        self.variables = (*tuned, *head.trainable_variables)
+        self.optimizer = SGD(self.variables, config.learning_rate,
+                             config.regularization.momentum)
+        self.input_size = extractor.spec.input_size
+        self.step = 0
+        height, width = self.input_size
+        dropout_seed = tf.random.experimental.stateless_fold_in(
+            tf.constant([config.seed, 0], tf.int64), _DROPOUT_STREAM)
+        regularization, distortions = config.regularization, config.distortions
+
+        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8),
+                                      tf.TensorSpec([None], tf.int64),
+                                      tf.TensorSpec([None, 2], tf.int64),
+                                      tf.TensorSpec([], tf.int64)])
+        def train_step(images, labels, seeds, step) -> tf.Tensor:
+            pixels = tf.cast(images, tf.float32) / 255.0
+            if distortions.enabled:
+                pixels = distort_images(pixels, seeds, distortions)
+            with tf.GradientTape(watch_accessed_variables=False) as tape:
+                tape.watch(self.variables)
+                features = regularization.dropout(
+                    extractor(pixels), tf.random.experimental.stateless_fold_in(dropout_seed, step))
+                loss = regularization.loss(labels, head(features), head.weights)
+            self.optimizer.apply(self.variables, tape.gradient(loss, self.variables))
+            return loss
+
+        self.train_step = train_step
+
+    def epoch(self, train: ImageSplit, epoch: int, batch_size: int, progress: tqdm):
+        """Yield each step's training loss over one seeded-order pass of `train`."""
+        order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
+        dataset = decoded_images([train.paths[index] for index in order], self.input_size,
+                                 batch_size, deterministic=True)
+        for positions, images, digests, reasons in dataset:
+            readable = reasons.numpy() == b""  # a file changed since the plain pass
+            labels = train.labels[order[positions.numpy()]]
+            seeds = image_seeds([digest.decode() for digest in digests.numpy()],
+                                self.config.seed, f"epoch{epoch}")
+            loss = self.train_step(tf.boolean_mask(images, readable), labels[readable],
+                                   seeds[readable], tf.constant(self.step, tf.int64))
+            self.step += 1
+            progress.update(1)
+            progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+            yield float(loss)
+
+
+class _Validation:
+    """Accuracy and cross entropy of the current weights on the whole validation split."""
+
+    def __init__(self, extractor: FeatureExtractor, head: SoftmaxHead,
+                 validation: ImageSplit) -> None:
+        self.extractor, self.head, self.validation = extractor, head, validation
+        self.features = feature_function(extractor)
+
+    def __call__(self, epoch: int, train_loss: Optional[float]) -> EpochPoint:
+        if not len(self.validation):
+            return EpochPoint(epoch, train_loss, None, None)
+        vectors = image_features(self.validation.paths, self.extractor, self.features)
+        logits = self.head(tf.constant(vectors))
+        labels = tf.constant(self.validation.labels, tf.int64)
+        point = EpochPoint(epoch, train_loss, float(accuracy(labels, logits)),
+                           float(cross_entropy(labels, logits)))
+        log.info("Fine-tuning epoch %d: %svalidation accuracy = %.1f%%, cross entropy = %f",
+                 epoch, "" if train_loss is None else f"train loss = {train_loss:.4f}, ",
+                 point.validation_accuracy * 100, point.validation_cross_entropy)
+        return point
