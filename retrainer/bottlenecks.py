@@ -9,7 +9,7 @@ whole entries, the next run recomputes only what is missing, and runs sharing a 
 collide. Unreadable entries are recomputed with a warning.
 
 Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch)
-feeding the extractor inside a tf.function, and stored batch by batch as they come.
+feeding the extractor's engine (`retrainer.engines`: float32, bfloat16 or int8), and stored batch by batch as they come.
 """
 
 from __future__ import annotations
@@ -22,13 +22,15 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
 from retrainer._files import write_bytes_atomically
+from retrainer.engines import Engine, as_engine
+from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuning imports it here)
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
 
@@ -179,25 +181,9 @@ def _decode_threads() -> int:
         return os.cpu_count() or 1
 
 
-def feature_function(extractor: FeatureExtractor) -> Callable[[tf.Tensor], tf.Tensor]:
-    """The extractor as one traced function from uint8 pixels.
-
-    Returns:
-        fn(uint8 [N, H, W, 3]) -> float32 [N, D]; pixels scaled to [0, 1] as the exported graph's
-        `Placeholder` expects them.
-    """
-    height, width = extractor.spec.input_size
-
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
-    def features(images: tf.Tensor) -> tf.Tensor:
-        return extractor(tf.cast(images, tf.float32) / 255.0)
-
-    return features
-
-
 def compute_bottlenecks(
     paths: Sequence[os.PathLike[str] | str],
-    extractor: FeatureExtractor,
+    extractor: FeatureExtractor | Engine,
     bottleneck_dir: os.PathLike[str] | str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = True,
@@ -206,7 +192,9 @@ def compute_bottlenecks(
 
     Args:
         paths: image files, in the order the result should follow.
-        extractor: the feature extractor; its spec.id names the cache namespace.
+        extractor: the feature extractor, or an engine running one at a precision
+            (`retrainer.engines`; an extractor runs in float32); its spec.id names the cache
+            namespace.
         bottleneck_dir: the cache root.
         batch_size: images per extractor call.
         show_progress: show a tqdm bar on stderr (only when stderr is a terminal).
@@ -215,7 +203,8 @@ def compute_bottlenecks(
         Bottlenecks aligned with `paths`. Unreadable files are skipped with a warning naming them.
     """
     started = time.perf_counter()
-    spec = extractor.spec
+    engine = as_engine(extractor)
+    spec = engine.spec
     cache = BottleneckCache(Path(bottleneck_dir), spec)
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
     ok = np.zeros(len(paths), bool)
@@ -240,7 +229,7 @@ def compute_bottlenecks(
             len(missing), spec.name, reused, cache.directory,
         )
         missing_paths = [paths[position] for position in missing]
-        for index, vector, reason in _computed(missing_paths, extractor, cache, batch_size,
+        for index, vector, reason in _computed(missing_paths, engine, cache, batch_size,
                                                show_progress):
             if reason:
                 skipped[missing[index]] = reason
@@ -261,7 +250,7 @@ def compute_bottlenecks(
 
 def _computed(
     paths: list,
-    extractor: FeatureExtractor,
+    engine: Engine,
     cache: BottleneckCache,
     batch_size: int,
     show_progress: bool,
@@ -274,8 +263,7 @@ def _computed(
     Yields:
         (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
     """
-    features = feature_function(extractor)
-    dataset = decoded_images(paths, extractor.spec.input_size, batch_size)
+    dataset = decoded_images(paths, engine.spec.input_size, batch_size)
     writes: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
@@ -283,7 +271,7 @@ def _computed(
         for positions, images, digests, reasons in dataset:
             reasons = [reason.decode() for reason in reasons.numpy()]
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
-            batch_vectors = None if all(reasons) else features(images).numpy()
+            batch_vectors = None if all(reasons) else engine(images.numpy())
             entries = []
             for row, (index, digest, reason) in enumerate(
                 zip(positions.numpy(), digests.numpy(), reasons)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
+from retrainer.engines import AUTO, FLOAT32, PRECISIONS
 from retrainer.errors import DataError, QualityGateError, UsageError
 from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
 # TensorFlow (tests check the two agree).
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
+EXTRACTOR_PRECISIONS = (AUTO, *PRECISIONS)
 # retrain.py wrote to fixed /tmp paths, which clashed between users (tensorflow/hub#302).
 DEFAULT_OUTPUT_DIR = Path("retrain_output")
 WHOLE_SET = -1
@@ -96,6 +98,8 @@ class RetrainConfig:
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
+    # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
+    extractor_precision: str = AUTO
     image_size: Optional[int] = None
     checkpoint_path: Path = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
     seed: int = 0
@@ -124,6 +128,8 @@ class RetrainConfig:
                       lambda name: bool(_OP_NAME.match(name)) and name != "Placeholder",
                       "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
+        self._require("extractor_precision", lambda name: name in EXTRACTOR_PRECISIONS,
+                      f"one of {list(EXTRACTOR_PRECISIONS)}")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
         # reports and quality gates: an empty path turns that report off
         for field in ("metrics_file", "report_html"):
@@ -191,6 +197,8 @@ class RetrainResult:
         fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
         audit: the audit.json document (docs/audit.md), None with --skip_audit.
         report: per-class metrics, confusion matrices, history, gates (retrainer.reports).
+        extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
+            cache namespace.
     """
 
     labels: tuple[str, ...]
@@ -214,6 +222,8 @@ class RetrainResult:
     fine_tuning: Optional[dict[str, Any]] = None
     audit: Optional[dict[str, Any]] = None
     report: Optional[Any] = None
+    extractor_precision: str = FLOAT32
+    extractor_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -248,6 +258,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
+    from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head, validation_probabilities
     from retrainer.exports.deployable import check_calibration_supply, verify_exports
     from retrainer.extractors import create_extractor
@@ -274,10 +285,11 @@ def run(config: RetrainConfig) -> RetrainResult:
     check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
+        engine = create_engine(extractor, config.extractor_precision)
     check_fine_tunable(config, extractor)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
-            [image.path for image in collection.images], extractor, config.bottleneck_dir,
+            [image.path for image in collection.images], engine, config.bottleneck_dir,
             show_progress=config.show_progress,
         )
     audit = None
@@ -360,6 +372,8 @@ def run(config: RetrainConfig) -> RetrainResult:
         fine_tuning=fine_tuning_summary(config, tuning),
         audit=None if audit is None else audit_document,
         report=run_report,
+        extractor_precision=engine.precision,
+        extractor_id=engine.spec.id,
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir)
     if gate_failure is not None:

@@ -8,7 +8,11 @@
    ops (conv, then batch norm), the same network built from Keras layers, the chosen formulation
    with jit_compile=True (XLA), and eager calls (no tf.function); with each one's largest difference
    from the chosen formulation's vectors.
-Runs in about 1-2 minutes on 2 cores.
+3. Each precision's engine (retrainer/engines: float32, bfloat16, int8) on real photos
+   (scikit-image's, 224x224), at the pipeline's batch size, timed in turns, as images/s and as a
+   ratio of float32's (target for int8: >= 2x on a CPU with AVX512-VNNI), with each one's relative
+   L2 difference from float32's vectors.
+Runs in about 2-3 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -135,10 +139,43 @@ def fastest_calls(functions: list, images: tf.Tensor, seconds: float) -> list[fl
     return best
 
 
+def bench_precisions(extractor, seconds: float) -> None:
+    """Part 3: raw images/s of each engine on the same real, pre-decoded photos."""
+    import io
+
+    import skimage.data
+    from PIL import Image
+
+    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
+    from retrainer.engines import PRECISIONS, create_engine
+    from retrainer.images import decode_image
+
+    photos = []
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        buffer = io.BytesIO()
+        Image.fromarray(getattr(skimage.data, name)()).save(buffer, format="PNG")
+        photos.append(decode_image(buffer.getvalue(), extractor.spec.input_size))
+    pixels = np.stack([photos[index % len(photos)] for index in range(DEFAULT_BATCH_SIZE)])
+    engines = {}
+    for precision in PRECISIONS:
+        started = time.perf_counter()
+        engines[precision] = create_engine(extractor, precision)
+        engines[precision](pixels)
+        print(f"  {precision}: engine ready in {time.perf_counter() - started:.1f} s")
+    reference = engines["float32"](pixels)
+    best = fastest_calls(list(engines.values()), pixels, seconds)
+    print(f"\nengines at batch {DEFAULT_BATCH_SIZE} on real photos, timed in turns:")
+    for (precision, engine), call in zip(engines.items(), best):
+        error = np.linalg.norm(engine(pixels) - reference) / np.linalg.norm(reference)
+        print(f"  {precision:8s} {DEFAULT_BATCH_SIZE / call:7.1f} images/s = "
+              f"{best[0] / call:4.2f}x float32   (relative L2 difference {error:.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="efficientnet_lite0", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
+    parser.add_argument("--precisions-only", action="store_true", help="only part 3")
     args = parser.parse_args()
     variant = VARIANTS[args.model]
     start = time.perf_counter()
@@ -146,6 +183,9 @@ def main() -> None:
     size = extractor.spec.input_size[0]
     print(f"{args.model}: weights loaded and folded in {time.perf_counter() - start:.2f} s; "
           f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
+    if args.precisions_only:
+        bench_precisions(extractor, args.seconds)
+        return
     rng = np.random.default_rng(0)
     batches = {n: tf.constant(rng.random((n, size, size, 3), dtype=np.float32))
                for n in BATCH_SIZES}
@@ -175,6 +215,8 @@ def main() -> None:
         rate = ALTERNATIVES_BATCH / best
         print(f"  {label:42s} {best / best_chosen:5.2f}x  ({rate:6.1f} images/s, "
               f"first call {first:.1f} s, max |difference| {difference:.1e})")
+    print("\nprecisions:")
+    bench_precisions(extractor, args.seconds)
 
 
 if __name__ == "__main__":

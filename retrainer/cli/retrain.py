@@ -17,7 +17,7 @@ import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
-from retrainer.pipeline import RetrainConfig, RetrainResult, run
+from retrainer.pipeline import EXTRACTOR_PRECISIONS, RetrainConfig, RetrainResult, run
 from retrainer.split import SPLITS, TESTING
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
@@ -121,6 +121,11 @@ _BATCH = click.IntRange(min=-1)
          show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
+@_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
+         "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration); auto = int8 for the "
+         "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "
+         "has its own cache; the exported graph always holds the float32 network.",
+         type=click.Choice(EXTRACTOR_PRECISIONS))
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)
 @_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)

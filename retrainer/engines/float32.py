@@ -1,0 +1,41 @@
+"""float32 engine: the extractor traced once into a tf.function (today's computation, unchanged)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from retrainer.engines.base import FLOAT32, Engine
+from retrainer.extractors import FeatureExtractor
+
+BATCH_SIZE = 32
+
+
+def feature_function(extractor: FeatureExtractor):
+    """The extractor as one traced function from uint8 pixels.
+
+    Returns:
+        fn(uint8 [N, H, W, 3]) -> float32 [N, D]; pixels scaled to [0, 1] as the exported graph's
+        `Placeholder` expects them.
+    """
+    height, width = extractor.spec.input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])
+    def features(images: tf.Tensor) -> tf.Tensor:
+        return extractor(tf.cast(images, tf.float32) / 255.0)
+
+    return features
+
+
+class Float32Engine(Engine):
+    """TensorFlow, float32 throughout; vectors are exactly the exported graph's."""
+
+    precision = FLOAT32
+    batch_size = BATCH_SIZE
+
+    def __init__(self, extractor: FeatureExtractor) -> None:
+        self.spec = extractor.spec
+        self._features = feature_function(extractor)
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self._features(pixels).numpy()

@@ -1,0 +1,143 @@
+"""int8 engine: the extractor converted to a full-integer TFLite model, run by LiteRT + XNNPACK.
+
+Calibration uses the fixed photos shipped in `calibration/` (scripts/make_calibration_set.py), never
+the user's images, so the same weights always give the same model and the same vectors, whatever
+dataset is being processed. The extractor id names the calibration set's digest. The model takes
+float32 pixels in [0, 1] (quantized by its first op) and returns float32 vectors: with uint8 input
+and the cast inside, XNNPACK ran it 3.7x slower (234 vs 858 images/s), so the engine scales on the
+host.
+
+`ai-edge-litert` (`pip install 'retrainer[litert]'`) is used when installed; otherwise TensorFlow's
+own `tf.lite.Interpreter` (deprecated in its favour; the warning is silenced: same kernels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from retrainer.engines.base import INT8, Engine, precision_spec
+from retrainer.errors import UsageError
+from retrainer.extractors import FeatureExtractor
+from retrainer.images import decode_image
+
+CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
+# XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (scripts/bench_extractor.py).
+BATCH_SIZE = 8
+
+
+def calibration_images(input_size: tuple[int, int]) -> list[np.ndarray]:
+    """The shipped calibration photos, decoded as training decodes: uint8 [H, W, 3] each."""
+    return [decode_image(path.read_bytes(), input_size, path) for path in _calibration_files()]
+
+
+def calibration_digest() -> str:
+    """SHA-256 over the calibration files' names and bytes (first 8 hex digits go in the id)."""
+    digest = hashlib.sha256()
+    for path in _calibration_files():
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _calibration_files() -> list[Path]:
+    return sorted(CALIBRATION_DIR.glob("*.jpg"))
+
+
+def convert_to_int8_tflite(concrete_function, representative_images: Iterable[np.ndarray]) -> bytes:
+    """Convert a traced function to a full-integer (int8 weights and activations) TFLite model.
+
+    Args:
+        concrete_function: a `tf.function`'s concrete function, one image input.
+        representative_images: inputs for calibration, each shaped like one batch of the input.
+
+    Returns:
+        The .tflite flatbuffer. Inputs and outputs keep the function's dtypes.
+
+    Raises:
+        Exception: whatever the converter raises for ops it cannot quantize or convert.
+    """
+    images = list(representative_images)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image] for image in images)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter.convert()
+
+
+def interpreter_class():
+    """LiteRT's Interpreter, or TensorFlow's (its deprecation warning silenced) without it."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
+        Interpreter = tf.lite.Interpreter
+    return Interpreter
+
+
+class Int8Engine(Engine):
+    """Full-integer TFLite model of the extractor on the XNNPACK delegate.
+
+    Raises:
+        UsageError: the extractor has ops TFLite cannot convert to int8 (exit 2).
+    """
+
+    precision = INT8
+    batch_size = BATCH_SIZE
+
+    def __init__(self, extractor: FeatureExtractor, threads: int) -> None:
+        spec = extractor.spec
+        self.spec = precision_spec(spec, f"{INT8}-{calibration_digest()[:8]}")
+        height, width = spec.input_size
+
+        features = tf.function(
+            extractor.__call__,
+            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
+        )
+        calibration = [_scaled(image[np.newaxis]) for image in calibration_images(spec.input_size)]
+        try:
+            model = convert_to_int8_tflite(features.get_concrete_function(), calibration)
+        except Exception as error:  # the converter raises several unrelated types
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UsageError(
+                f"--extractor_precision int8 is not available for extractor {spec.name!r}: "
+                f"TFLite cannot convert it to int8 ({reason[:300]}). "
+                "Use --extractor_precision float32 or bfloat16."
+            ) from None
+        self._interpreter = interpreter_class()(model_content=model, num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._rows = 0
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        pixels = np.asarray(pixels, np.uint8)
+        chunks = [self._invoke(pixels[start:start + BATCH_SIZE])
+                  for start in range(0, len(pixels), BATCH_SIZE)]
+        return np.concatenate(chunks) if chunks else np.zeros((0, self.spec.vector_size), np.float32)
+
+    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) != self._rows:  # re-plan only when the batch size changes
+            self._interpreter.resize_tensor_input(self._input, pixels.shape)
+            self._interpreter.allocate_tensors()
+            self._rows = len(pixels)
+        self._interpreter.set_tensor(self._input, _scaled(pixels))
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).astype(np.float32, copy=True)
+
+
+def _scaled(pixels: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 in [0, 1], as the float32 engine scales them."""
+    return pixels.astype(np.float32) / np.float32(255.0)
+
+
+def default_threads() -> int:
+    """One interpreter thread per CPU this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

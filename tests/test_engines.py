@@ -1,0 +1,159 @@
+"""Extractor precisions (retrainer/engines): stable vectors, separate caches, data-independent int8
+calibration, the bfloat16 rewrite scoped to its engine, a working int8-trained classifier, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from retrainer import pipeline
+from retrainer.bottlenecks import compute_bottlenecks
+from retrainer.discovery import normalize_label
+from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.cli.retrain import main
+from retrainer.engines import PRECISIONS, create_engine
+from retrainer.engines.float32 import feature_function
+from retrainer.errors import UsageError
+from retrainer.extractors import (ExtractorSpec, FeatureExtractor, create_extractor,
+                                  list_extractors, register_extractor)
+from retrainer.images import load_image
+from tests.fixtures_extractors import TinyExtractor
+from tests.fixtures_pipeline import retrain_args
+
+NOT_INT8 = "no_int8_test"
+
+
+class CumprodExtractor(FeatureExtractor):
+    """A real TF extractor whose op (cumulative product) TFLite has no int8 kernel for."""
+
+    def __init__(self) -> None:
+        super().__init__(name=NOT_INT8)
+        self.spec = ExtractorSpec(name=NOT_INT8, id="no_int8_test-v1", input_size=(16, 16),
+                                  vector_size=3)
+
+    def __call__(self, images: tf.Tensor) -> tf.Tensor:
+        return tf.reduce_mean(tf.math.cumprod(images + 0.5, axis=1), axis=[1, 2])
+
+
+if NOT_INT8 not in list_extractors():
+    register_extractor(NOT_INT8)(lambda image_size=None: CumprodExtractor())
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return create_extractor("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def lite0_int8(lite0):
+    return create_engine(lite0, "int8")
+
+
+def _pixels(paths, size=(224, 224)) -> np.ndarray:
+    return np.stack([load_image(path, size) for path in paths])
+
+
+def test_unknown_precision_is_a_usage_error():
+    with pytest.raises(UsageError, match="--extractor_precision must be one of"):
+        pipeline.RetrainConfig(image_dir=Path("x"), extractor_precision="float16")
+
+
+def test_each_precision_is_stable_run_to_run_and_close_to_float32(lite0, lite0_int8,
+                                                                  fashion_mnist_holdout_dir):
+    pixels = _pixels(sorted(fashion_mnist_holdout_dir.rglob("*.png"))[:8])
+    reference = create_engine(lite0, "float32")(pixels)
+    for precision in PRECISIONS:
+        engine = lite0_int8 if precision == "int8" else create_engine(lite0, precision)
+        first, second = engine(pixels), engine(pixels)
+        np.testing.assert_array_equal(first, second)
+        assert first.dtype == np.float32 and first.shape == (8, 1280)
+        error = np.linalg.norm(first - reference) / np.linalg.norm(reference)
+        assert error < 0.25, (precision, error)  # reduced precision, the same network
+        if precision != "float32":
+            assert error > 0, precision  # really computed differently
+
+
+def test_int8_calibration_is_data_independent(lite0, lite0_int8, fashion_mnist_dir,
+                                              fashion_mnist_holdout_dir, tmp_path):
+    """A fresh engine, used on another dataset, gives the same vectors for the shared image."""
+    shared = sorted(fashion_mnist_holdout_dir.rglob("*.png"))[0]
+    one = compute_bottlenecks([shared, *sorted(fashion_mnist_holdout_dir.rglob("*.png"))[1:]],
+                              lite0_int8, tmp_path / "a", show_progress=False)
+    other = create_engine(lite0, "int8")
+    assert other.spec.id == lite0_int8.spec.id
+    two = compute_bottlenecks([*sorted(fashion_mnist_dir.rglob("*.png"))[:9], shared], other,
+                              tmp_path / "b", show_progress=False)
+    np.testing.assert_array_equal(one.vectors[0], two.vectors[-1])
+
+
+def test_precisions_have_separate_cache_namespaces(color_image_dir, tmp_path):
+    paths = sorted(color_image_dir.rglob("*.png"))
+    extractor = TinyExtractor()
+    directories = set()
+    for precision in PRECISIONS:
+        engine = create_engine(extractor, precision)
+        result = compute_bottlenecks(paths, engine, tmp_path, show_progress=False)
+        assert result.computed == len(paths)  # nothing reused from another precision's cache
+        directories.add(next(tmp_path.glob(f"{engine.spec.id}/*")))
+    assert len(directories) == len(PRECISIONS)
+    assert compute_bottlenecks(paths, extractor, tmp_path, show_progress=False).reused == len(paths)
+
+
+def test_bfloat16_rewrite_does_not_leak_into_other_functions(color_image_dir):
+    pixels = _pixels(sorted(color_image_dir.rglob("*.png")), (32, 32))
+    extractor = TinyExtractor()
+    float32 = feature_function(extractor)
+    before = float32(pixels).numpy()
+    bfloat16 = create_engine(extractor, "bfloat16")(pixels)
+    assert not np.array_equal(bfloat16, before)
+    np.testing.assert_array_equal(float32(pixels).numpy(), before)
+    np.testing.assert_array_equal(feature_function(extractor)(pixels).numpy(), before)
+
+
+def test_classifier_trained_on_int8_vectors_classifies_real_images(fashion_mnist_dir,
+                                                                    fashion_mnist_holdout_dir,
+                                                                    tmp_path):
+    """The head learns from int8 vectors; the exported float32 graph labels held-out images."""
+    args = retrain_args(tmp_path, fashion_mnist_dir, "--extractor_precision", "int8", "--json",
+                        "--testing_percentage", "0", extractor="efficientnet_lite0", steps=300)
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["extractor_precision"] == "int8"
+    assert "-int8-" in document["extractor_id"]
+    holdout = sorted(fashion_mnist_holdout_dir.rglob("*.png"))
+    config = ClassifyConfig(graph=tmp_path / "out" / "graph.pb",
+                            labels=tmp_path / "out" / "labels.txt", top_k=1)
+    correct = sum(result.predictions[0].label == normalize_label(path.parent.name)
+                  for path, result in zip(holdout, classify_images(config, holdout)))
+    assert correct >= 0.6 * len(holdout), f"{correct}/{len(holdout)}"  # chance: 10 %
+
+
+def test_int8_for_an_unconvertible_extractor_exits_2(color_image_dir, tmp_path):
+    args = retrain_args(tmp_path, color_image_dir, "--extractor_precision", "int8",
+                        extractor=NOT_INT8)
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip().splitlines()[-1]
+    assert "--extractor_precision int8 is not available for extractor 'no_int8_test'" in message
+    assert "Use --extractor_precision float32 or bfloat16" in message
+    assert "Traceback" not in result.output
+
+
+def test_default_precision_follows_the_cpu():
+    from retrainer.engines.cpu import default_precision, fast_precisions
+
+    assert fast_precisions(frozenset({"avx2", "avx512_vnni"}), "x86_64") == ("int8", "float32")
+    assert fast_precisions(frozenset({"avx512_bf16", "avx2"}), "x86_64") == (
+        "int8", "bfloat16", "float32")
+    assert fast_precisions(frozenset({"sse4_2"}), "x86_64") == ("float32",)
+    assert fast_precisions(frozenset(), "aarch64")[0] == "int8"
+    assert pipeline.RetrainConfig(image_dir=Path("x")).extractor_precision == "auto"
+    assert default_precision(measured=False) == "float32"
+    assert default_precision(measured=True) == ("int8" if "int8" in fast_precisions() else "float32")
+    assert create_engine(TinyExtractor(), "auto").precision == "float32"  # int8 not measured
