@@ -6,7 +6,8 @@ new key (a stale vector can never be served), a renamed or moved image keeps its
 different extractor never sees another's vectors, and no dataset path ever appears in a cache path.
 Entries are written to a temp file and renamed into place: a run killed at any moment leaves only
 whole entries, the next run recomputes only what is missing, and runs sharing a cache do not
-collide. Unreadable entries are recomputed with a warning.
+collide. Unreadable entries are recomputed with a warning. Vectors written by `retrain-extract`
+as TFRecord shard runs in the same folder (retrainer/shards.py) are read alike.
 
 Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch)
 feeding the extractor inside a tf.function, and stored batch by batch as they come.
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from retrainer._files import write_bytes_atomically
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
+from retrainer.shards import load_sharded
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,7 @@ class BottleneckCache:
 
     @property
     def directory(self) -> Path:
-        height, width = self.spec.input_size
-        return Path(self.root) / self.spec.id / f"{CACHE_FORMAT}-{height}x{width}"
+        return Path(self.root) / namespace(self.spec)
 
     def path(self, digest: str) -> Path:
         return self.directory / digest[:2] / f"{digest}.npy"
@@ -108,9 +109,20 @@ class BottleneckCache:
         write_bytes_atomically(path, buffer.getvalue())
 
 
+def namespace(spec: ExtractorSpec) -> str:
+    """The cache folder of one extractor, relative to the cache root: "<id>/<format>-<H>x<W>"."""
+    height, width = spec.input_size
+    return f"{spec.id}/{CACHE_FORMAT}-{height}x{width}"
+
+
+def content_digest(data: bytes) -> str:
+    """Hex SHA-256 of an image file's bytes (the cache key)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def file_digest(path: os.PathLike[str] | str) -> str:
     """Hex SHA-256 of a file's bytes (the cache key)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return content_digest(Path(path).read_bytes())
 
 
 def decoded_images(
@@ -137,7 +149,7 @@ def decoded_images(
         try:
             data = Path(path).read_bytes()
             pixels = decode_image(data, input_size, path)
-            return pixels, hashlib.sha256(data).hexdigest().encode(), b""
+            return pixels, content_digest(data).encode(), b""
         except UnreadableImageError as error:
             reason = error.reason
         except OSError as error:
@@ -210,12 +222,16 @@ def compute_bottlenecks(
     ok = np.zeros(len(paths), bool)
     skipped: dict[int, str] = {}
     missing = []
+    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
     for position, path in enumerate(paths):
         try:
-            vector = cache.load(file_digest(path))
+            digest = file_digest(path)
         except OSError as error:
             skipped[position] = f"cannot read file ({error.strerror or error})"
             continue
+        vector = sharded.get(digest)
+        if vector is None:
+            vector = cache.load(digest)
         if vector is None:
             missing.append(position)
         else:
