@@ -33,7 +33,9 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedEx
     """
 
     def __init__(self, tfhub_module: str, image_size: Optional[int], max_batch_size: int) -> None:
-        super().__init__(min_batch_size=1, max_batch_size=max_batch_size)
+        # Fixed-size batches, as the single-machine path makes: BatchElements' adaptive sizes start
+        # at 1 and stay small on short bundles, which costs throughput for no gain.
+        super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size)
         self.tfhub_module = tfhub_module
         self.image_size = image_size
 
