@@ -19,3 +19,7 @@ METADATA_SUFFIX = ".meta.json"
 def metadata_path(graph_path: os.PathLike[str] | str) -> Path:
     """Where the sidecar of a graph lives: out.pb -> out.pb.meta.json."""
     return Path(f"{os.fspath(graph_path)}{METADATA_SUFFIX}")
+# Every .tflite flatbuffer carries this file identifier at bytes 4..8; label-image tells a .tflite
+# from a frozen graph by it, not by the file name.
+TFLITE_IDENTIFIER = b"TFL3"
+SAVED_MODEL_FILE = "saved_model.pb"  # a folder holding it is a SavedModel

@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.errors import DataError, UsageError
+from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
 from retrainer.split import SPLITS, TESTING, TRAINING, VALIDATION, validate_percentages
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,11 @@ class RetrainConfig:
     intermediate_store_frequency: int = 0
     intermediate_output_graphs_dir: Path = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
     saved_model_dir: Optional[Path] = None
+    # deployable exports: TFLite and the export report (docs/exports.md)
+    tflite_output_file: Optional[Path] = None
+    tflite_quantization: tuple[str, ...] = ("none",)
+    tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
+    max_export_accuracy_drop: Optional[float] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
     image_size: Optional[int] = None
     checkpoint_path: Path = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
@@ -94,6 +100,9 @@ class RetrainConfig:
                       "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
+        from retrainer.exports.validation import validate_export_options
+
+        validate_export_options(self)
         if self.output_graph == self.output_labels:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
@@ -139,6 +148,7 @@ class RetrainResult:
     misclassified: tuple[tuple[str, str], ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
+    exports: tuple[dict[str, Any], ...] = ()  # the export report, one row per artifact
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""
@@ -170,6 +180,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
     from retrainer.evaluate import evaluate_head
+    from retrainer.exports.deployable import check_calibration_supply, verify_exports
     from retrainer.extractors import create_extractor
     from retrainer.training.head import train_head
 
@@ -180,6 +191,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         collection = discover_images(
             config.image_dir, config.validation_percentage, config.testing_percentage
         )
+    check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
     with timer("bottlenecks"):
@@ -201,7 +213,8 @@ def run(config: RetrainConfig) -> RetrainResult:
             config.test_batch_size, config.seed,
         )
     with timer("export"):
-        outputs = exports.write_final(training.head)
+        outputs = exports.write_final(training.head, splits.images[TRAINING])
+        report = verify_exports(config, outputs, splits.images[TESTING], extractor.spec.input_size)
     last = training.history[-1]
     test_images = splits.images[TESTING]
     return RetrainResult(
@@ -226,6 +239,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         ),
         outputs=outputs,
         seconds=timer.seconds(),
+        exports=tuple(row.to_json() for row in report),
     )
 
 
@@ -256,9 +270,10 @@ class _Exports:
         self.intermediate_graphs.append(path)
         log.info("Saved intermediate graph %s", path)
 
-    def write_final(self, head) -> dict[str, Any]:
-        """Labels, graph + sidecar, SavedModel if asked; returns {flag name: path}."""
+    def write_final(self, head, training_images) -> dict[str, Any]:
+        """Labels, graph + sidecar, SavedModel and .tflite if asked; returns {flag name: path}."""
         from retrainer.exports.classifier import write_labels
+        from retrainer.exports.deployable import write_tflite_exports
         from retrainer.exports.saved_model import write_saved_model
 
         config = self.config
@@ -274,6 +289,7 @@ class _Exports:
         if config.saved_model_dir is not None:
             write_saved_model(exporter.classifier, config.saved_model_dir)
             outputs["saved_model_dir"] = config.saved_model_dir
+        outputs.update(write_tflite_exports(config, exporter.classifier, training_images))
         if self.intermediate_graphs:
             outputs["intermediate_graphs"] = list(self.intermediate_graphs)
         return outputs

@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures_label_image",
     "tests.fixtures_pipeline",
     "tests.fixtures_faults",
+    "tests.fixtures_exports",
 ]

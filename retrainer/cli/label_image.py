@@ -1,4 +1,6 @@
-"""`label-image`: classify image files with a graph exported by `retrain`, for people and for scripts.
+"""`label-image`: classify image files with a model exported by `retrain`, for people and for scripts.
+
+`--graph` takes a frozen graph (.pb), a .tflite or a SavedModel folder (docs/exports.md).
 
 Flags keep TensorFlow label_image.py's names (dash spellings work too); op names, input size and
 labels default to the export's `<graph>.meta.json`. Results go to stdout (text, `--quiet` top-1 lines
@@ -47,7 +49,8 @@ def _option(name: str, **kwargs):
 @click.option("--image", "more_images", multiple=True, type=click.Path(path_type=Path),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
 @_option("graph", type=click.Path(path_type=Path), default=DEFAULT_GRAPH, show_default=True,
-         help="Frozen graph (.pb) written by retrain.")
+         help="Model written by retrain: a frozen graph (.pb), a .tflite file or a SavedModel "
+              "folder (told apart by content).")
 @_option("labels", type=click.Path(path_type=Path), default=None,
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")

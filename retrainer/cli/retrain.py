@@ -2,7 +2,7 @@
 
 Flags keep retrain.py's names and defaults (dash spellings work too). Defaults come from
 `RetrainConfig`. Logs and progress go to stderr; the summary (or `--json`) goes to stdout. Exit
-codes: 0 ok, 2 usage, 3 data, 4 model, 130 interrupted (see retrainer/errors.py).
+codes: 0 ok, 2 usage, 3 data, 4 model, 7 export mismatch, 130 interrupted (see retrainer/errors.py).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any, Optional
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import RetrainConfig, RetrainResult, run
 from retrainer.split import SPLITS
 
@@ -67,6 +68,16 @@ _BATCH = click.IntRange(min=-1)
 @_option("intermediate_output_graphs_dir", "Where to save the intermediate graphs.", type=_PATH)
 @_option("saved_model_dir", "Also export a SavedModel here (serving signature: images -> "
          "probabilities).", type=_PATH, show_default=False)
+@_option("tflite_output_file", "Also export a .tflite here, with its labels and normalization as "
+         "TFLite metadata (docs/exports.md).", type=_PATH, show_default=False)
+@_option("tflite_quantization", "TFLite quantization: none (float32), dynamic, float16 or int8 "
+         "(full integer, uint8 input/output). Repeat for several files: PATH's stem gets a "
+         "_<mode> suffix.", type=click.Choice(MODES), multiple=True, default=("none",))
+@_option("tflite_calibration_images", "How many training images calibrate int8 (seeded sample).",
+         type=click.IntRange(min=MIN_CALIBRATION_IMAGES))
+@_option("max_export_accuracy_drop", "Fail (exit 7) when an export's test accuracy is more than "
+         "this many points below the frozen graph's.", type=click.FloatRange(min=0),
+         show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
@@ -153,6 +164,27 @@ def _summary_lines(result: RetrainResult) -> list[str]:
     for name, value in result.outputs.items():
         paths = value if isinstance(value, list) else [value]
         lines += [f"  {name}: {path}" for path in paths]
+    lines += _export_report_lines(result)
+    return lines
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
+
+
+def _export_report_lines(result: RetrainResult) -> list[str]:
+    """The export report as a small table (docs/exports.md), or nothing without exports."""
+    if not result.exports:
+        return []
+    lines = ["", "Exports on the test split (vs the frozen graph):",
+             f"  {'artifact':<14} {'size':>9} {'accuracy':>9} {'change':>7} {'agree':>7} "
+             f"{'max |dp|':>9}"]
+    for row in result.exports:
+        lines.append(
+            f"  {row['artifact']:<14} {_size_text(row['size_bytes']):>9} "
+            f"{row['accuracy'] * 100:>8.1f}% {row['change_points']:>+7.1f} "
+            f"{row['agreement'] * 100:>6.1f}% {row['max_probability_difference']:>9.4f}"
+        )
     return lines
 
 

@@ -1,0 +1,110 @@
+"""What every model kind of `label-image` shares: the config, the resolved spec, label files.
+
+Kept free of TensorFlow so the CLI can import it for `--help`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Optional
+
+from retrainer.errors import UsageError
+from retrainer.pipeline import RetrainConfig
+
+# retrain's defaults, so that `label-image photo.jpg` finds what a plain `retrain` wrote.
+DEFAULT_GRAPH: Path = RetrainConfig.output_graph
+DEFAULT_OUTPUT_LAYER: str = RetrainConfig.final_tensor_name
+LABELS_FILENAME: str = RetrainConfig.output_labels.name  # looked for next to the graph
+DEFAULT_TOP_K = 5
+DEFAULT_BATCH_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig:
+    """What the user asked for. None = take it from the model's metadata, else the default.
+
+    Attributes:
+        graph: a frozen GraphDef (.pb), a .tflite file or a SavedModel folder written by `retrain`
+            (told apart by content), or any frozen graph with a [N, H, W, 3] input.
+        labels: labels file, one per line in class-index order.
+        input_layer / output_layer: op (or tensor, "name:0") names in a frozen graph.
+        input_height / input_width: pixels the model's input expects.
+        input_mean / input_std: a float model is fed (uint8 pixel - input_mean) / input_std.
+        top_k: how many (label, score) pairs to return per image.
+        batch_size: images per model run.
+    """
+
+    graph: Path
+    labels: Optional[Path] = None
+    input_layer: Optional[str] = None
+    output_layer: Optional[str] = None
+    input_height: Optional[int] = None
+    input_width: Optional[int] = None
+    input_mean: Optional[float] = None
+    input_std: Optional[float] = None
+    top_k: int = DEFAULT_TOP_K
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "batch_size", "input_height", "input_width"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UsageError(f"--{name} must be at least 1. Received: {name}={value}")
+        if self.input_std is not None and (self.input_std == 0 or not math.isfinite(self.input_std)):
+            raise UsageError(
+                f"--input_std must be a non-zero number. Received: input_std={self.input_std}"
+            )
+        if self.input_mean is not None and not math.isfinite(self.input_mean):
+            raise UsageError(
+                f"--input_mean must be a finite number. Received: input_mean={self.input_mean}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """How to feed the loaded model and name its outputs, after flags and metadata are merged."""
+
+    input_layer: str
+    output_layer: str
+    input_size: tuple[int, int]  # (height, width)
+    input_mean: float
+    input_std: float
+    labels: tuple[str, ...]
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """Labels file -> labels in class-index order (one per line, trailing blank lines ignored).
+
+    Raises:
+        UsageError: the file is missing or unreadable.
+    """
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise UsageError(f"cannot read labels file {path}: {reason}") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return tuple(line.rstrip() for line in lines)
+
+
+def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: str) -> None:
+    """--input_height/--input_width, when given, must equal the model's fixed input size.
+
+    Raises:
+        UsageError: naming the model's size and the fix.
+    """
+    for axis, flag, value in zip(("height", "width"), (config.input_height, config.input_width),
+                                 model_size):
+        if flag is not None and flag != value:
+            raise UsageError(
+                f"{what} {config.graph} takes {model_size[0]}x{model_size[1]} images (height x "
+                f"width), but --input_{axis} is {flag}; its input size is fixed at export (the "
+                f"extractor's size): drop --input_{axis}, or retrain with --image_size {flag}"
+            )
+
+
+def first_set(*values):
+    return next((value for value in values if value is not None), None)

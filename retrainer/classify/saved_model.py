@@ -1,0 +1,72 @@
+"""A SavedModel folder for `label-image`: its `serving_default` signature (float images in [0, 1]).
+
+The float signature, not the bytes one, so label-image feeds it the very pixels it feeds every
+other kind (`retrainer.images.load_image`). Labels: --labels, else the model's
+`assets/labels.txt`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retrainer.classify._common import (
+    ClassifyConfig,
+    ModelSpec,
+    check_size_flags,
+    first_set,
+    read_labels,
+)
+from retrainer.errors import ModelError, UsageError
+from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+
+SIGNATURE = "serving_default"
+LABELS_ASSET = "labels.txt"
+
+
+class SavedModelModel:
+    """A SavedModel's `serving_default`: `scores(pixels)` for uint8 images."""
+
+    kind = "SavedModel"
+
+    def __init__(self, config: ClassifyConfig) -> None:
+        import tensorflow as tf
+
+        path = config.graph
+        try:
+            self._model = tf.saved_model.load(str(path))
+        except (OSError, ValueError, tf.errors.OpError) as error:
+            raise ModelError(f"cannot load SavedModel {path}: {str(error).splitlines()[0]}") from None
+        signature = self._model.signatures.get(SIGNATURE)
+        if signature is None:
+            raise ModelError(f"SavedModel {path} has no {SIGNATURE!r} signature")
+        (name, spec), = signature.structured_input_signature[1].items()
+        outputs = list(signature.structured_outputs)
+        if spec.shape.rank != 4 or None in tuple(spec.shape)[1:3]:
+            raise ModelError(f"SavedModel {path}'s {SIGNATURE} does not take [N, H, W, 3] images")
+        self._signature, self._input_name, self._output_name = signature, name, outputs[0]
+        size = (int(spec.shape[1]), int(spec.shape[2]))
+        check_size_flags(config, size, "SavedModel")
+        labels_file = path / "assets" / LABELS_ASSET
+        if config.labels is not None:
+            labels, self.labels_source = read_labels(config.labels), f"labels file {config.labels}"
+        elif labels_file.is_file():
+            labels, self.labels_source = read_labels(labels_file), f"labels file {labels_file}"
+        else:
+            raise UsageError(f"SavedModel {path} has no assets/{LABELS_ASSET}; pass --labels FILE")
+        self.spec = ModelSpec(
+            input_layer=name,
+            output_layer=self._output_name,
+            input_size=size,
+            input_mean=first_set(config.input_mean, INPUT_MEAN),
+            input_std=first_set(config.input_std, INPUT_STD),
+            labels=labels,
+        )
+        self.classes = signature.structured_outputs[self._output_name].shape[-1]
+
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] RGB -> float32 [N, C] probabilities."""
+        feed = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
+        return self._signature(**{self._input_name: feed})[self._output_name].numpy()
+
+    def close(self) -> None:
+        self._model = None

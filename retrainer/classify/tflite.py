@@ -1,0 +1,160 @@
+"""A `.tflite` file for `label-image`: float (none/dynamic/float16) or full-integer (uint8 I/O).
+
+Runs on `ai-edge-litert`'s interpreter when installed (`pip install '.[litert]'`), else on
+`tf.lite.Interpreter`, whose deprecation warning is silenced. Input normalization and labels come
+from flags, else the file's own TFLite metadata (`retrainer.exports.tflite_metadata`), else the
+defaults (mean 0, std 255) and `output_labels.txt` beside the file. A uint8 input is fed the
+normalized pixels quantized with the tensor's own scale and zero point (for retrain's int8 export,
+1/255 and 0: the raw pixels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from retrainer.classify._common import (
+    LABELS_FILENAME,
+    ClassifyConfig,
+    ModelSpec,
+    check_size_flags,
+    first_set,
+    read_labels,
+)
+from retrainer.errors import ModelError, UsageError
+from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+
+
+def make_interpreter(model: bytes):
+    """An interpreter for `model`, tensors allocated: LiteRT's when installed, else
+    TensorFlow's (deprecated).
+
+    The runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line on file descriptor 2
+    is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
+    """
+    with _without_runtime_info():
+        interpreter = _new_interpreter(model)
+        interpreter.allocate_tensors()  # applies the XNNPACK delegate
+    return interpreter
+
+
+@contextlib.contextmanager
+def _without_runtime_info() -> Iterator[None]:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
+
+
+def _new_interpreter(model: bytes):
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+            return tf.lite.Interpreter(model_content=model, num_threads=threads)
+    return Interpreter(model_content=model, num_threads=threads)
+
+
+class TFLiteModel:
+    """A `.tflite` in an interpreter: `scores(pixels)` for uint8 images, one image per invoke."""
+
+    kind = "TFLite model"
+
+    def __init__(self, config: ClassifyConfig, data: bytes) -> None:
+        from retrainer.exports.tflite_metadata import read_metadata
+
+        path = config.graph
+        try:
+            self._interpreter = make_interpreter(data)
+        except (ValueError, RuntimeError) as error:
+            raise ModelError(
+                f"cannot load TFLite model {path}: truncated or corrupt ({_first_line(error)}); "
+                "export it again (retrain --tflite_output_file)"
+            ) from None
+        try:
+            metadata = read_metadata(data)
+        except (ValueError, IndexError, struct.error) as error:
+            raise ModelError(f"TFLite model {path} has unreadable metadata: {error}") from None
+        inputs, outputs = self._interpreter.get_input_details(), self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(inputs[0]["shape"]) != 4 or inputs[0]["shape"][3] != 3:
+            raise ModelError(f"TFLite model {path} does not take one [1, H, W, 3] image input")
+        self._input, self._output = inputs[0], outputs[0]
+        size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
+        check_size_flags(config, size, "TFLite model")
+        labels, self.labels_source = _labels(config, metadata)
+        self.spec = ModelSpec(
+            input_layer=self._input["name"],
+            output_layer=self._output["name"],
+            input_size=size,
+            input_mean=first_set(config.input_mean, metadata and metadata.mean, INPUT_MEAN),
+            input_std=first_set(config.input_std, metadata and metadata.std, INPUT_STD),
+            labels=labels,
+        )
+        self.classes = int(self._output["shape"][-1])
+
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] RGB -> float32 [N, C] scores (dequantized for uint8 outputs)."""
+        rows = []
+        for image in pixels:
+            self._interpreter.set_tensor(self._input["index"], self._feed(image[np.newaxis]))
+            self._interpreter.invoke()
+            rows.append(self._dequantize(self._interpreter.get_tensor(self._output["index"])[0]))
+        return np.stack(rows)
+
+    def _feed(self, pixels: np.ndarray) -> np.ndarray:
+        normalized = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
+        dtype = self._input["dtype"]
+        if dtype == np.float32:
+            return normalized
+        scale, zero_point = self._input["quantization"]
+        limits = np.iinfo(dtype)
+        quantized = np.round(normalized / scale + zero_point)
+        return np.clip(quantized, limits.min, limits.max).astype(dtype)
+
+    def _dequantize(self, values: np.ndarray) -> np.ndarray:
+        if self._output["dtype"] == np.float32:
+            return values
+        scale, zero_point = self._output["quantization"]
+        return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+    def close(self) -> None:
+        self._interpreter = None
+
+
+def _labels(config: ClassifyConfig, metadata) -> tuple[tuple[str, ...], str]:
+    """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
+    if config.labels is not None:
+        return read_labels(config.labels), f"labels file {config.labels}"
+    if metadata is not None and metadata.labels:
+        return metadata.labels, f"the metadata of {config.graph}"
+    beside = Path(config.graph).parent / LABELS_FILENAME
+    if beside.is_file():
+        return read_labels(beside), f"labels file {beside}"
+    raise UsageError(
+        f"no labels for TFLite model {config.graph}: it has no label metadata and there is no "
+        f"{LABELS_FILENAME} next to it; pass --labels FILE"
+    )
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -1,0 +1,86 @@
+"""The pipeline's deployable-export steps: .tflite files and the export report.
+
+Thin glue between `RetrainConfig` and the export modules (`tflite`, `verify`), so that
+`pipeline.run` only calls them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrainer.exports.quantization import (
+    INT8,
+    MIN_CALIBRATION_IMAGES,
+    tflite_paths,
+    too_few_calibration_images,
+)
+from retrainer.split import TRAINING
+
+log = logging.getLogger(__name__)
+
+
+def check_calibration_supply(config, collection) -> None:
+    """Before the long work: int8 needs at least MIN_CALIBRATION_IMAGES training images.
+
+    Raises:
+        DataError: saying how many are needed and how many the training split has.
+    """
+    if config.tflite_output_file is None or INT8 not in config.tflite_quantization:
+        return
+    training = sum(image.split == TRAINING for image in collection.images)
+    if training < MIN_CALIBRATION_IMAGES:
+        raise too_few_calibration_images(training, config.tflite_calibration_images,
+                                         f"the training split of {collection.image_dir}")
+    if training < config.tflite_calibration_images:
+        log.warning("int8 calibration: only %d training images, fewer than "
+                    "--tflite_calibration_images %d; calibrating on all of them.",
+                    training, config.tflite_calibration_images)
+
+
+def write_tflite_exports(config, classifier, training_images: Sequence) -> dict[str, Any]:
+    """Write one .tflite per --tflite_quantization mode; returns {"tflite_output_file": path(s)}."""
+    if config.tflite_output_file is None:
+        return {}
+    from retrainer.exports.tflite import write_tflite_files
+
+    paths = write_tflite_files(
+        classifier, tflite_paths(config.tflite_output_file, config.tflite_quantization),
+        config.tflite_calibration_images, [image.path for image in training_images], config.seed,
+    )
+    written = list(paths.values())
+    return {"tflite_output_file": written[0] if len(written) == 1 else written}
+
+
+def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
+                   input_size: tuple[int, int]) -> list:
+    """The export report when a .tflite or SavedModel was written; [] otherwise.
+
+    Raises:
+        ExportMismatchError: an export lost more than --max_export_accuracy_drop points.
+    """
+    from retrainer.exports.verify import FROZEN_GRAPH, check_accuracy_drop, export_report
+
+    artifacts: list[tuple[str, Path]] = []
+    if config.tflite_output_file is not None:
+        artifacts += [(f"tflite {mode}", path) for mode, path in
+                      tflite_paths(config.tflite_output_file, config.tflite_quantization).items()]
+    if config.saved_model_dir is not None:
+        artifacts.append(("saved_model", config.saved_model_dir))
+    if not artifacts:
+        return []
+    if not test_images:
+        log.warning("No test images: skipping the export report.")
+        return []
+    from retrainer.exports._pixels import decode_files
+
+    pixels, ok = decode_files([image.path for image in test_images], input_size)
+    labels = np.array([image.label_index for image in test_images], np.int64)
+    reports = export_report([(FROZEN_GRAPH, config.output_graph)] + artifacts, pixels[ok],
+                            labels[ok])
+    if config.max_export_accuracy_drop is not None:
+        check_accuracy_drop(reports, config.max_export_accuracy_drop)
+    return reports

@@ -1,0 +1,128 @@
+"""The export report: every artifact run on the whole test split, compared with the frozen graph.
+
+Each artifact is loaded by label-image's own loaders (`retrainer.classify.open_model`) and fed the
+same decoded test pixels, so the report measures what users will run. Per artifact: file size,
+test accuracy, change against the frozen graph in points, top-1 agreement with it and the largest
+difference of any class probability. `check_accuracy_drop` turns a loss over `--max_export_accuracy_drop`
+points into `ExportMismatchError` (exit 7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrainer.errors import ExportMismatchError, ModelError
+
+log = logging.getLogger(__name__)
+
+FROZEN_GRAPH = "frozen graph"
+_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactReport:
+    """One artifact's row of the export report.
+
+    Attributes:
+        artifact: "frozen graph", "tflite none|dynamic|float16|int8" or "saved_model".
+        path: the file or folder.
+        size_bytes: its size on disk (a folder: all its files).
+        accuracy: test accuracy in [0, 1].
+        change_points: accuracy minus the frozen graph's, in percentage points.
+        agreement: fraction of test images whose top-1 equals the frozen graph's.
+        max_probability_difference: largest |p - p_frozen| over images and classes.
+    """
+
+    artifact: str
+    path: Path
+    size_bytes: int
+    accuracy: float
+    change_points: float
+    agreement: float
+    max_probability_difference: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "path": str(self.path)}
+
+
+def export_report(
+    artifacts: Sequence[tuple[str, Path]], pixels: np.ndarray, labels: np.ndarray
+) -> list[ArtifactReport]:
+    """Run every artifact on the test pixels and compare each with the first (the frozen graph).
+
+    Args:
+        artifacts: (name, path) pairs; the first is the reference.
+        pixels: uint8 [N, H, W, 3] test images, decoded as training decodes them; N >= 1.
+        labels: int64 [N] true classes.
+
+    Returns:
+        One ArtifactReport per artifact, in order.
+    """
+    reference = None
+    reports = []
+    for name, path in artifacts:
+        probabilities = _run(path, pixels)
+        if reference is None:
+            reference = probabilities
+        accuracy = float((probabilities.argmax(1) == labels).mean())
+        reports.append(ArtifactReport(
+            artifact=name,
+            path=path,
+            size_bytes=_size(path),
+            accuracy=accuracy,
+            change_points=0.0 if not reports else (accuracy - reports[0].accuracy) * 100,
+            agreement=float((probabilities.argmax(1) == reference.argmax(1)).mean()),
+            max_probability_difference=float(np.abs(probabilities - reference).max()),
+        ))
+        log.info("%s: test accuracy %.1f%%, %d bytes", name, accuracy * 100, reports[-1].size_bytes)
+    return reports
+
+
+def check_accuracy_drop(reports: Sequence[ArtifactReport], max_drop_points: float) -> None:
+    """Raise when any export loses more than `max_drop_points` against the frozen graph.
+
+    Raises:
+        ExportMismatchError: naming each artifact over the limit.
+    """
+    over = [report for report in reports[1:] if -report.change_points > max_drop_points]
+    if over:
+        details = ", ".join(f"{report.artifact} ({report.path}) {report.change_points:+.1f}"
+                            for report in over)
+        raise ExportMismatchError(
+            f"exports lost more than --max_export_accuracy_drop {max_drop_points:g} points of test "
+            f"accuracy against the frozen graph ({reports[0].accuracy * 100:.1f}%): {details}. "
+            "Use a milder --tflite_quantization (float16 or dynamic) or more calibration images "
+            "(--tflite_calibration_images); the files were written."
+        )
+
+
+def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
+    from retrainer.classify import ClassifyConfig, open_model
+
+    model = open_model(ClassifyConfig(graph=path))
+    size = tuple(pixels.shape[1:3])
+    if model.spec.input_size != size:
+        model.close()
+        raise ModelError(
+            f"{model.kind} {path} takes {model.spec.input_size[0]}x{model.spec.input_size[1]} "
+            f"images, but the extractor (and the frozen graph) take {size[0]}x{size[1]}; it was "
+            "exported from another extractor or --image_size: export it again from this run"
+        )
+    try:
+        return np.concatenate([model.scores(pixels[start:start + _BATCH])
+                               for start in range(0, len(pixels), _BATCH)])
+    finally:
+        model.close()
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(Path(folder, name).stat().st_size
+                   for folder, _, names in os.walk(path) for name in names)
+    return path.stat().st_size
