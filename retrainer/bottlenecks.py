@@ -6,7 +6,8 @@ new key (a stale vector can never be served), a renamed or moved image keeps its
 different extractor never sees another's vectors, and no dataset path ever appears in a cache path.
 Entries are written to a temp file and renamed into place: a run killed at any moment leaves only
 whole entries, the next run recomputes only what is missing, and runs sharing a cache do not
-collide. Unreadable entries are recomputed with a warning.
+collide. Unreadable entries are recomputed with a warning. Vectors written by `retrain-extract`
+as TFRecord shard runs in the same folder (retrainer/shards.py) are read alike.
 
 Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch)
 feeding the extractor's engine (`retrainer.engines`: float32, bfloat16 or int8), and stored batch by batch as they come.
@@ -33,6 +34,7 @@ from retrainer.engines import Engine, as_engine
 from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuning imports it here)
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
+from retrainer.shards import load_sharded
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,7 @@ class BottleneckCache:
 
     @property
     def directory(self) -> Path:
-        height, width = self.spec.input_size
-        return Path(self.root) / self.spec.id / f"{CACHE_FORMAT}-{height}x{width}" / self.namespace
+        return Path(self.root) / namespace(self.spec) / self.namespace
 
     def path(self, digest: str) -> Path:
         return self.directory / digest[:2] / f"{digest}.npy"
@@ -117,9 +118,20 @@ class BottleneckCache:
         write_bytes_atomically(path, buffer.getvalue())
 
 
+def namespace(spec: ExtractorSpec) -> str:
+    """The cache folder of one extractor, relative to the cache root: "<id>/<format>-<H>x<W>"."""
+    height, width = spec.input_size
+    return f"{spec.id}/{CACHE_FORMAT}-{height}x{width}"
+
+
+def content_digest(data: bytes) -> str:
+    """Hex SHA-256 of an image file's bytes (the cache key)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def file_digest(path: os.PathLike[str] | str) -> str:
     """Hex SHA-256 of a file's bytes (the cache key)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return content_digest(Path(path).read_bytes())
 
 
 def decoded_images(
@@ -149,7 +161,7 @@ def decoded_images(
         try:
             data = Path(path).read_bytes()
             pixels = decode_image(data, input_size, path)
-            return pixels, hashlib.sha256(data).hexdigest().encode(), b""
+            return pixels, content_digest(data).encode(), b""
         except UnreadableImageError as error:
             reason = error.reason
         except OSError as error:
@@ -211,13 +223,16 @@ def compute_bottlenecks(
     skipped: dict[int, str] = {}
     digests = [""] * len(paths)
     missing = []
+    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
     for position, path in enumerate(paths):
         try:
             digests[position] = file_digest(path)
         except OSError as error:
             skipped[position] = f"cannot read file ({error.strerror or error})"
             continue
-        vector = cache.load(digests[position])
+        vector = sharded.get(digests[position])
+        if vector is None:
+            vector = cache.load(digests[position])
         if vector is None:
             missing.append(position)
         else:

@@ -331,6 +331,21 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
+def is_image_relpath(relpath: str) -> bool:
+    """Whether discovery picks up the file at `relpath` by its path alone (for file lists from
+    elsewhere, e.g. a bucket listing): inside a class folder, no hidden or "__MACOSX" folder on
+    the way, an image name that is not a macOS "._" fork.
+
+    Args:
+        relpath: POSIX path relative to the image folder, e.g. "roses/a/img_1.jpg".
+    """
+    *folders, name = relpath.split("/")
+    return bool(folders) and is_image_name(name) and not any(
+        not folder or folder.startswith(".") or folder == _MACOS_ARCHIVE_FOLDER
+        for folder in folders
+    )
+
+
 def image_extensions_text() -> str:
     """The extensions we pick up, for messages: "apng, avif, bmp, ..."."""
     return ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))

@@ -1,0 +1,88 @@
+"""`retrain-extract`: compute `retrain`'s bottleneck vectors with Apache Beam, on any Beam runner.
+
+Options `retrain` also has keep its names and defaults; every other option goes to Beam's
+PipelineOptions (`--runner`, `--direct_num_workers`, `--project`, `--sdk_container_image`, ...).
+The summary (or `--json`) goes to stdout, logs to stderr. Exit codes as `retrain`'s (0 ok, 2
+usage, 4 model); unreadable images are reported, not fatal. Needs `pip install 'retrainer[beam]'`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import click
+
+from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.errors import UsageError
+from retrainer.pipeline import DEFAULT_EXTRACTOR, default_bottleneck_dir
+
+_VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
+_MAX_UNREADABLE_SHOWN = 20
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
+                                 "ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--image_dir", "--image-dir", "image_dir", required=True,
+              help="Folder (or gs:// prefix) with one sub-folder of images per class.")
+@click.option("--bottleneck_dir", "--bottleneck-dir", "bottleneck_dir",
+              default=lambda: str(default_bottleneck_dir()),
+              show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks",
+              help="Cache of bottleneck vectors, the one `retrain --bottleneck_dir` reads.")
+@click.option("--tfhub_module", "--tfhub-module", "tfhub_module", default=DEFAULT_EXTRACTOR,
+              show_default=True, help="Feature extractor, as for `retrain`.")
+@click.option("--image_size", "--image-size", "image_size", type=click.IntRange(min=1),
+              help="Input size for extractors that accept several (default: the module's own).")
+@click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(min=1),
+              help="Most images per extractor call on a worker (default: retrain's, 32).")
+@click.option("--logging_verbosity", "--logging-verbosity", "logging_verbosity",
+              type=click.Choice(_VERBOSITIES, case_sensitive=False), default="INFO",
+              show_default=True, help="How much to log on stderr.")
+@click.option("--quiet", "-q", is_flag=True, help="Print only the summary line and errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@click.pass_context
+@reports_errors
+def main(context: click.Context, logging_verbosity: str, quiet: bool, as_json: bool,
+         **options: Any) -> None:
+    """Compute the bottleneck vectors of IMAGE_DIR with Apache Beam; `retrain` then reuses them.
+
+    \b
+    Examples:
+      retrain-extract --image_dir photos --runner FnApiRunner \\
+          --direct_running_mode multi_processing --direct_num_workers 2
+      retrain-extract --image_dir gs://bucket/photos --bottleneck_dir gs://bucket/cache \\
+          --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
+          --sdk_container_image IMAGE
+      retrain --image_dir photos    # reuses every vector
+    """
+    configure_logging("ERROR" if quiet else logging_verbosity)
+    if logging_verbosity.upper() != "DEBUG":  # Beam's own INFO lines are not our progress
+        logging.getLogger("apache_beam").setLevel(max(logging.getLogger().level, logging.WARNING))
+    quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
+    try:
+        from retrainer.beam.pipeline import ExtractConfig, run_extraction
+    except ImportError as error:
+        raise UsageError(f"retrain-extract needs Apache Beam ({error}); install it with "
+                         "`pip install 'retrainer[beam]'`.") from error
+    config = ExtractConfig(**{name: value for name, value in options.items()
+                              if value is not None or name == "image_size"})
+    result = run_extraction(config, list(context.args))
+    if as_json:
+        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        return
+    click.echo(f"Bottleneck vectors: {result.computed} computed, {result.already_cached} already "
+               f"cached, {len(result.unreadable)} unreadable ({result.seconds:.1f} s).")
+    if quiet:
+        return
+    for path, reason in result.unreadable[:_MAX_UNREADABLE_SHOWN]:
+        click.echo(f"  unreadable: {path}: {reason}")
+    if len(result.unreadable) > _MAX_UNREADABLE_SHOWN:
+        click.echo(f"  ... and {len(result.unreadable) - _MAX_UNREADABLE_SHOWN} more (all in "
+                   "--json)")
+    click.echo(f"Wrote: {result.run_dir}" if result.run_dir else
+               f"Nothing new to write in {result.namespace}.")
+
+
+if __name__ == "__main__":
+    main()
