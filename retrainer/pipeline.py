@@ -438,7 +438,7 @@ class _Exports:
 
 def _training_config(config: RetrainConfig):
     from retrainer.training.head import TrainingConfig
-    from retrainer.training.image_modes import regularization_of
+    from retrainer.training.image_modes import early_stopping_patience_of, regularization_of
 
     return TrainingConfig(
         steps=config.how_many_training_steps,
@@ -450,7 +450,7 @@ def _training_config(config: RetrainConfig):
         summaries_dir=config.summaries_dir,
         checkpoint_path=config.checkpoint_path,
         regularization=regularization_of(config),
-        early_stopping_patience=config.early_stopping_patience if config.early_stopping else 0,
+        early_stopping_patience=early_stopping_patience_of(config),
     )
 
 

@@ -38,6 +38,11 @@ def regularization_of(config) -> Regularization:
                           config.label_smoothing)
 
 
+def early_stopping_patience_of(config) -> int:
+    """--early_stopping_patience when --early_stopping is on, else 0 (never stop early)."""
+    return config.early_stopping_patience if config.early_stopping else 0
+
+
 def check_fine_tunable(config, extractor: FeatureExtractor) -> None:
     """Fail before the long work when --do_fine_tuning cannot work with this extractor.
 
@@ -106,7 +111,7 @@ def fine_tune_if_asked(config, extractor: FeatureExtractor, head: SoftmaxHead,
         seed=config.seed,
         distortions=distortions_of(config),
         regularization=regularization_of(config),
-        early_stopping_patience=config.early_stopping_patience if config.early_stopping else 0,
+        early_stopping_patience=early_stopping_patience_of(config),
         show_progress=config.show_progress,
     ))
     test = features["testing"]
