@@ -16,7 +16,7 @@ from retrainer.errors import UsageError
 from retrainer.graph_contract import metadata_path
 
 if TYPE_CHECKING:
-    from retrainer.pipeline import RetrainConfig
+    from retrainer.config import RetrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,9 @@ def main() -> None:
                             str(folder), "--per-class", str(args.per_class), "--subset", subset],
                            check=True)
 
+    from retrainer.config import RetrainConfig
     from retrainer.exports.quantization import MODES
-    from retrainer.pipeline import RetrainConfig, run
+    from retrainer.pipeline import run
 
     out = args.work / "out"
     config = RetrainConfig(
@@ -65,16 +66,15 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
     """int8 re-exported from the trained run for each calibration size: accuracy on the test
     split and on the t10k holdout (never seen in training), and conversion time."""
     import numpy as np
+    import tensorflow as tf
+
     from retrainer.discovery import discover_images
-    from retrainer.exports.classifier import Classifier
     from retrainer.exports._pixels import decode_files
+    from retrainer.exports.classifier import Classifier
     from retrainer.exports.tflite import write_tflite_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
-    import tensorflow as tf
-
     from retrainer.split import TESTING, TRAINING
-
     from retrainer.training.head import SoftmaxHead
 
     collection = discover_images(config.image_dir, config.validation_percentage,

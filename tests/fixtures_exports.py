@@ -32,8 +32,9 @@ def bytes_literal(data: bytes) -> str:
 
 @pytest.fixture(scope="session")
 def deployed_run(tmp_path_factory) -> DeployedRun:
+    from retrainer.config import RetrainConfig
     from retrainer.exports.quantization import MODES, tflite_paths
-    from retrainer.pipeline import RetrainConfig, run
+    from retrainer.pipeline import run
     from tests.fixtures_data import make_color_image_dir
 
     root = tmp_path_factory.mktemp("deployed")

@@ -34,7 +34,9 @@ def write_frozen_graph(
         labels: C class names.
     """
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     height, width = extractor.spec.input_size
     head = tf.Variable(head_weights.astype(np.float32), name="final_weights")
@@ -99,7 +101,8 @@ def solid_images(tmp_path_factory) -> dict[str, Path]:
 
 def retrain(image_dir: Path, out: Path, extractor: str, steps: int) -> Path:
     """Run the real retrain pipeline; returns the exported graph (labels and sidecar beside it)."""
-    from retrainer.pipeline import RetrainConfig, run
+    from retrainer.config import RetrainConfig
+    from retrainer.pipeline import run
 
     config = RetrainConfig(
         image_dir=image_dir,

@@ -11,16 +11,21 @@ import pytest
 import tensorflow as tf
 from click.testing import CliRunner
 
-from retrainer import pipeline
+from retrainer import config as retrain_config
 from retrainer.bottlenecks import compute_bottlenecks
-from retrainer.discovery import normalize_label
 from retrainer.classify import ClassifyConfig, classify_images
 from retrainer.cli.retrain import main
+from retrainer.discovery import normalize_label
 from retrainer.engines import PRECISIONS, create_engine
 from retrainer.engines.float32 import feature_function
 from retrainer.errors import UsageError
-from retrainer.extractors import (ExtractorSpec, FeatureExtractor, create_extractor,
-                                  list_extractors, register_extractor)
+from retrainer.extractors import (
+    ExtractorSpec,
+    FeatureExtractor,
+    create_extractor,
+    list_extractors,
+    register_extractor,
+)
 from retrainer.images import load_image
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args
@@ -60,7 +65,7 @@ def _pixels(paths, size=(224, 224)) -> np.ndarray:
 
 def test_unknown_precision_is_a_usage_error():
     with pytest.raises(UsageError, match="--extractor_precision must be one of"):
-        pipeline.RetrainConfig(image_dir=Path("x"), extractor_precision="float16")
+        retrain_config.RetrainConfig(image_dir=Path("x"), extractor_precision="float16")
 
 
 def test_each_precision_is_stable_run_to_run_and_close_to_float32(lite0, lite0_int8,
@@ -153,7 +158,7 @@ def test_default_precision_follows_the_cpu():
         "int8", "bfloat16", "float32")
     assert fast_precisions(frozenset({"sse4_2"}), "x86_64") == ("float32",)
     assert fast_precisions(frozenset(), "aarch64")[0] == "int8"
-    assert pipeline.RetrainConfig(image_dir=Path("x")).extractor_precision == "auto"
+    assert retrain_config.RetrainConfig(image_dir=Path("x")).extractor_precision == "auto"
     assert default_precision(measured=False) == "float32"
     assert default_precision(measured=True) == ("int8" if "int8" in fast_precisions() else "float32")
     assert create_engine(TinyExtractor(), "auto").precision == "float32"  # int8 not measured

@@ -18,7 +18,11 @@ from retrainer.errors import DataError, ExportMismatchError
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import QuantizationConfig
 from retrainer.exports.tflite import convert, write_tflite_files
-from retrainer.exports.tflite_metadata import METADATA_IDENTIFIER, metadata_buffer, read_metadata
+from retrainer.exports.tflite_metadata import (
+    METADATA_IDENTIFIER,
+    metadata_buffer,
+    read_metadata,
+)
 from retrainer.exports.verify import ArtifactReport, check_accuracy_drop
 from retrainer.training.head import SoftmaxHead
 from tests.fixtures_data import make_color_image_dir
@@ -160,9 +164,9 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
     real export mismatch, caught by --max_export_accuracy_drop."""
     import tensorflow as tf
 
+    from retrainer.config import RetrainConfig
     from retrainer.exports.deployable import verify_exports
     from retrainer.extractors import create_extractor
-    from retrainer.pipeline import RetrainConfig
 
     labels = deployed_run.result.labels
     head = SoftmaxHead(16, len(labels), seed=0)

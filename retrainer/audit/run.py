@@ -26,9 +26,9 @@ from retrainer.split import TESTING, TRAINING
 
 if TYPE_CHECKING:
     from retrainer.bottlenecks import Bottlenecks
+    from retrainer.config import RetrainConfig
     from retrainer.discovery import ImageCollection, ImageFile
     from retrainer.evaluate import Evaluation
-    from retrainer.pipeline import RetrainConfig
 
 log = logging.getLogger(__name__)
 

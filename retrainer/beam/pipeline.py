@@ -29,13 +29,20 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from retrainer.beam.model_handler import BottleneckModelHandler
 from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
+from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.discovery import is_image_relpath
 from retrainer.errors import UsageError
 from retrainer.images import UnreadableImageError, decode_image
-from retrainer.pipeline import DEFAULT_EXTRACTOR
-from retrainer.shards import (SHARD_PREFIX, SHARD_SUFFIX, cached_digests, encode_record,
-                              finished_runs, read_manifest, shards_root,
-                              write_manifest_then_marker)
+from retrainer.shards import (
+    SHARD_PREFIX,
+    SHARD_SUFFIX,
+    cached_digests,
+    encode_record,
+    finished_runs,
+    read_manifest,
+    shards_root,
+    write_manifest_then_marker,
+)
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from retrainer.config import RetrainConfig
 from retrainer.errors import UsageError
-from retrainer.pipeline import RetrainConfig
 
 # retrain's defaults, so that `label-image photo.jpg` finds what a plain `retrain` wrote.
 DEFAULT_GRAPH: Path = RetrainConfig.output_graph

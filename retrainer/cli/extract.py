@@ -15,8 +15,8 @@ from typing import Any
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.config import DEFAULT_EXTRACTOR, default_bottleneck_dir
 from retrainer.errors import UsageError
-from retrainer.pipeline import DEFAULT_EXTRACTOR, default_bottleneck_dir
 
 _VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _MAX_UNREADABLE_SHOWN = 20

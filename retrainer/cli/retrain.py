@@ -16,8 +16,10 @@ from typing import Any, Optional
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
-from retrainer.pipeline import EXTRACTOR_PRECISIONS, RetrainConfig, RetrainResult, run
+from retrainer.pipeline import run
+from retrainer.result import RetrainResult
 from retrainer.split import SPLITS, TESTING
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}

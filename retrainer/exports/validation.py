@@ -11,7 +11,7 @@ from retrainer.errors import UsageError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 
 if TYPE_CHECKING:
-    from retrainer.pipeline import RetrainConfig
+    from retrainer.config import RetrainConfig
 
 
 def validate_export_options(config: RetrainConfig) -> None:
