@@ -1,0 +1,166 @@
+"""Remote paths (gs://, ram://...) through tf.io.gfile, tested on TensorFlow's in-memory ram://.
+
+ram:// lives inside one process, so every run here is in-process (click's CliRunner). Each test
+uses its own ram:// prefix (the file system is shared by the whole test session). GCS itself is
+not reachable here: these tests exercise the code path, not Google's service.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from retrainer.cli.label_image import main as label_image
+from retrainer.cli.retrain import main as retrain
+from retrainer.config import RetrainConfig
+from retrainer.errors import EXIT_USAGE
+from retrainer.storage import RemotePath, as_path
+from tests.fixtures_data import make_color_image_dir
+
+REPO = Path(__file__).resolve().parents[1]
+COMPARED = ("labels", "counts", "train_accuracy", "cross_entropy", "validation_accuracy",
+            "test_accuracy", "test_per_class", "bottlenecks_computed", "bottlenecks_reused")
+
+
+def upload(local: Path, url: str) -> str:
+    """Copy a local folder tree to `url` (ram://...) through tf.io.gfile; returns `url`."""
+    for folder, _, names in os.walk(local):
+        relative = Path(folder).relative_to(local).as_posix()
+        target = url if relative == "." else f"{url}/{relative}"
+        tf.io.gfile.makedirs(target)
+        for name in names:
+            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}", overwrite=True)
+    return url
+
+
+def output_args(cache: str, out: str) -> list[str]:
+    """Every output of a retrain run, and the cache, under the prefixes `cache` and `out`."""
+    return [
+        "--tfhub_module", "tiny_test", "--how_many_training_steps", "40",
+        "--bottleneck_dir", cache,
+        "--output_graph", f"{out}/graph.pb", "--output_labels", f"{out}/labels.txt",
+        "--summaries_dir", f"{out}/logs", "--checkpoint_path", f"{out}/checkpoint/head",
+        "--intermediate_output_graphs_dir", f"{out}/intermediate",
+        "--intermediate_store_frequency", "20",
+        "--metrics_file", f"{out}/metrics.json", "--report_html", f"{out}/report.html",
+        "--audit_file", f"{out}/audit.json", "--saved_model_dir", f"{out}/saved_model",
+        "--tflite_output_file", f"{out}/model.tflite", "--json",
+    ]
+
+
+def run_retrain(image_dir: str, cache: str, out: str) -> dict:
+    result = CliRunner().invoke(retrain, ["--image_dir", image_dir, *output_args(cache, out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def classify(graph: str, images: str) -> dict[str, tuple[str, float]]:
+    """label-image --json on a folder: {path relative to the folder: (label, score)}."""
+    result = CliRunner().invoke(label_image, ["--graph", graph, "--json", images],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    return {row["path"][len(images) + 1:]: (row["label"], row["score"]) for row in rows}
+
+
+@pytest.fixture
+def ram_prefix(tmp_path) -> str:
+    """A ram:// prefix of this test's own, removed afterwards."""
+    prefix = f"ram://{tmp_path.name}"
+    yield prefix
+    if tf.io.gfile.exists(prefix):
+        tf.io.gfile.rmtree(prefix)
+
+
+def test_retrain_and_label_image_on_ram_equal_the_local_run(tmp_path, ram_prefix):
+    local_images = make_color_image_dir(tmp_path / "colors", per_class=10)
+    (local_images / "notes.txt").write_text("not an image")  # ignored alike in both runs
+    (local_images / "red" / ".hidden.png").write_bytes(b"")
+    remote_images = upload(local_images, f"{ram_prefix}/colors")
+    local_out, remote_out = tmp_path / "out", f"{ram_prefix}/out"
+
+    local = run_retrain(str(local_images), str(tmp_path / "cache"), str(local_out))
+    remote = run_retrain(remote_images, f"{ram_prefix}/cache", remote_out)
+
+    assert {key: remote[key] for key in COMPARED} == {key: local[key] for key in COMPARED}
+    assert remote["skipped"] == local["skipped"] and len(remote["skipped"]) == 2
+    assert remote["outputs"]["output_graph"] == f"{remote_out}/graph.pb"
+    assert RemotePath(f"{remote_out}/graph.pb").read_bytes() == (local_out / "graph.pb").read_bytes()
+    for name in ("labels.txt", "audit.json", "metrics.json", "report.html", "model.tflite",
+                 "training_curves.png", "intermediate/intermediate_20.pb",
+                 "checkpoint/head.index", "saved_model/saved_model.pb",
+                 "saved_model/assets/labels.txt"):
+        assert tf.io.gfile.exists(f"{remote_out}/{name}"), name
+    assert tf.io.gfile.glob(f"{remote_out}/logs/train/events.out.tfevents.*")
+    assert json.loads(RemotePath(f"{remote_out}/metrics.json").read_text())["flags"][
+        "image_dir"] == remote_images
+    assert not list(Path.cwd().glob("ram:*")), "a URL was written as a local path"
+
+    for model in ("graph.pb", "model.tflite", "saved_model"):
+        from_ram = classify(f"{remote_out}/{model}", remote_images)
+        assert from_ram == classify(str(local_out / model), str(local_images)), model
+        assert len(from_ram) == 30
+
+    rerun = run_retrain(remote_images, f"{ram_prefix}/cache", remote_out)
+    assert (rerun["bottlenecks_computed"], rerun["bottlenecks_reused"]) == (0, 30)
+
+
+def test_url_paths_survive_retrain_config():
+    config = RetrainConfig(
+        image_dir="gs://bucket/photos", bottleneck_dir="gs://bucket/cache/",
+        output_graph="gs://bucket/out/graph.pb", metrics_file="ram://run/metrics.json",
+        saved_model_dir="s3://other/saved", tflite_output_file="gs://bucket/out/model.tflite",
+        report_html="local/report.html",
+    )
+    assert str(config.image_dir) == "gs://bucket/photos"
+    assert str(config.bottleneck_dir) == "gs://bucket/cache"  # a trailing slash is dropped
+    assert str(config.output_graph.parent / "labels.txt") == "gs://bucket/out/labels.txt"
+    assert config.output_graph.name == "graph.pb" and config.output_graph.suffix == ".pb"
+    assert str(config.metrics_file) == "ram://run/metrics.json"
+    assert str(config.saved_model_dir) == "s3://other/saved"
+    assert str(config.tflite_output_file.with_name("m_int8.tflite")) == "gs://bucket/out/m_int8.tflite"
+    assert config.report_html == Path("local/report.html") and isinstance(config.output_labels, Path)
+    assert as_path("gs://bucket").parent == as_path("gs://bucket")
+
+
+def test_unknown_scheme_is_a_one_line_usage_error(tmp_path):
+    images = make_color_image_dir(tmp_path / "colors")
+    result = CliRunner().invoke(
+        retrain, ["--image_dir", str(images), *output_args(str(tmp_path / "cache"), "nope://b/out")])
+    assert result.exit_code == EXIT_USAGE
+    assert "no file system for nope:// (path nope://b/out" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+    result = CliRunner().invoke(label_image, ["--graph", "nope://b/graph.pb", str(images)])
+    assert result.exit_code == EXIT_USAGE and "no file system for nope://" in result.stderr
+
+
+def test_missing_remote_paths_are_one_line_errors(tmp_path, ram_prefix):
+    result = CliRunner().invoke(
+        retrain, ["--image_dir", f"{ram_prefix}/missing",
+                  *output_args(f"{ram_prefix}/cache", str(tmp_path / "out"))])
+    assert result.exit_code == EXIT_USAGE
+    assert f"Image directory '{ram_prefix}/missing' does not exist" in result.stderr
+
+    images = make_color_image_dir(tmp_path / "colors")
+    result = CliRunner().invoke(label_image, ["--graph", f"{ram_prefix}/graph.pb", str(images)])
+    assert result.exit_code == EXIT_USAGE
+    assert f"cannot read graph {ram_prefix}/graph.pb" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_local_discovery_does_not_import_tensorflow(tmp_path):
+    images = make_color_image_dir(tmp_path / "colors")
+    code = ("import sys; from retrainer.discovery import discover_images; "
+            f"assert len(discover_images({str(images)!r}).images) == 18; "
+            "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
