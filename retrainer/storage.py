@@ -18,6 +18,7 @@ import io
 import os
 import re
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, NamedTuple, Union
@@ -218,15 +219,31 @@ def replace_remote_directory(url: RemotePath, fill: Callable[[Path], None]) -> N
         staging = Path(scratch) / "staging"
         staging.mkdir()
         fill(staging)
-        if url.is_dir():
-            with remote_errors(url.url):
-                _gfile().rmtree(url.url)
+        remove_tree(url)
         for folder, _, names in os.walk(staging):
             relative = Path(folder).relative_to(staging).as_posix()
             target = url if relative == "." else url / relative
             target.mkdir(parents=True, exist_ok=True)
             for name in names:
                 write_remote_bytes(target / name, Path(folder, name).read_bytes())
+
+
+def move(source: AnyPath, target: AnyPath) -> None:
+    """Rename a file over `target` (`os.replace` locally; on object stores a copy + delete)."""
+    if isinstance(source, Path):
+        os.replace(source, target)
+        return
+    with remote_errors(source.url):
+        _gfile().rename(source.url, os.fspath(target), overwrite=True)
+
+
+def remove_tree(path: AnyPath) -> None:
+    """Delete a folder and everything below it; a missing one is fine."""
+    if isinstance(path, Path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    with contextlib.suppress(FileNotFoundError), remote_errors(path.url):
+        _gfile().rmtree(path.url)
 
 
 def tree_size(path: AnyPath) -> int:

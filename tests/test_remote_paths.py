@@ -164,3 +164,27 @@ def test_local_discovery_does_not_import_tensorflow(tmp_path):
             "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_retrain_extract_names_a_scheme_beam_cannot_read(tmp_path):
+    pytest.importorskip("apache_beam")
+    from retrainer.cli.extract import main as extract
+
+    images = make_color_image_dir(tmp_path / "colors")
+    result = CliRunner().invoke(extract, ["--image_dir", str(images),
+                                          "--bottleneck_dir", "ram://cache"])
+    assert result.exit_code == EXIT_USAGE
+    assert "--bottleneck_dir ram://cache: Beam has no file system for ram://" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_quality_gates_hold_remote_outputs_until_they_pass(tmp_path, ram_prefix):
+    images = upload(make_color_image_dir(tmp_path / "colors", per_class=10), f"{ram_prefix}/colors")
+    out = f"{ram_prefix}/out"
+    result = CliRunner().invoke(
+        retrain, ["--image_dir", images, *output_args(f"{ram_prefix}/cache", out),
+                  "--assert_accuracy_at_least", "0.5"], catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    for name in ("intermediate/intermediate_20.pb", "checkpoint/head.index"):
+        assert tf.io.gfile.exists(f"{out}/{name}"), name
+    assert not tf.io.gfile.glob(f"{out}/.*.tmp"), "a staging folder was left behind"
