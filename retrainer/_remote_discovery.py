@@ -1,13 +1,13 @@
 """Discovery's listing for a remote --image_dir (gs://, ram://...), through tf.io.gfile.
 
 The same rules by name as a local folder (hidden and macOS entries, extensions); object stores
-have no symbolic or hard links, so nothing is deduplicated. TensorFlow is imported only here, so
-local discovery stays TF-free.
+have no symbolic or hard links, so nothing is deduplicated. Imported only for a URL, so local
+discovery stays TF-free.
 """
 
 from __future__ import annotations
 
-from retrainer.discovery import extension_reason, folder_name_reason, hidden_file_reason
+from retrainer.image_names import extension_reason, folder_name_reason, hidden_file_reason
 from retrainer.storage import RemotePath, walk
 
 

@@ -30,8 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from retrainer.beam.model_handler import BottleneckModelHandler
 from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
 from retrainer.config import DEFAULT_EXTRACTOR
-from retrainer.discovery import is_image_relpath
 from retrainer.errors import UsageError
+from retrainer.image_names import is_image_relpath
 from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import (
     SHARD_PREFIX,
