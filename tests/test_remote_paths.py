@@ -111,6 +111,22 @@ def test_retrain_and_label_image_on_ram_equal_the_local_run(tmp_path, ram_prefix
 
     rerun = run_retrain(remote_images, f"{ram_prefix}/cache", remote_out)
     assert (rerun["bottlenecks_computed"], rerun["bottlenecks_reused"]) == (0, 30)
+    assert rerun["audit"]["cached"] is True
+
+
+def test_audit_signatures_cached_on_ram_are_read_back(tmp_path, ram_prefix):
+    from retrainer.audit.signatures import SignatureCache
+    from retrainer.bottlenecks import file_digest
+
+    images = upload(make_color_image_dir(tmp_path / "colors"), f"{ram_prefix}/colors")
+    paths = sorted(as_path(images).glob("*/*.png"))
+    digests = [file_digest(path) for path in paths]
+    cache = SignatureCache(f"{ram_prefix}/cache")
+    thumbnails, hashes = cache.signatures(paths, digests)
+    assert hashes.all() and thumbnails.any()
+    tf.io.gfile.rmtree(images)  # now only the cache can answer
+    cached_thumbnails, cached_hashes = SignatureCache(f"{ram_prefix}/cache").signatures(paths, digests)
+    assert (cached_thumbnails == thumbnails).all() and (cached_hashes == hashes).all()
 
 
 def test_url_paths_survive_retrain_config():
