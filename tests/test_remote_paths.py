@@ -204,3 +204,23 @@ def test_quality_gates_hold_remote_outputs_until_they_pass(tmp_path, ram_prefix)
     for name in ("intermediate/intermediate_20.pb", "checkpoint/head.index"):
         assert tf.io.gfile.exists(f"{out}/{name}"), name
     assert not tf.io.gfile.glob(f"{out}/.*.tmp"), "a staging folder was left behind"
+
+
+@pytest.mark.slow
+def test_default_extractor_on_ram_equals_the_local_run(tmp_path, ram_prefix, fashion_subset_dir):
+    remote_images = upload(fashion_subset_dir, f"{ram_prefix}/fashion")
+    answers = []
+    for images, root in ((str(fashion_subset_dir), str(tmp_path)), (remote_images, ram_prefix)):
+        args = ["--image_dir", images, "--bottleneck_dir", f"{root}/cache",
+                "--output_graph", f"{root}/out/graph.pb", "--output_labels", f"{root}/out/labels.txt",
+                "--summaries_dir", f"{root}/out/logs", "--checkpoint_path", f"{root}/out/ckpt/head",
+                "--metrics_file", "", "--report_html", "", "--skip_audit",
+                "--how_many_training_steps", "50", "--json"]
+        result = CliRunner().invoke(retrain, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.stderr
+        document = json.loads(result.stdout)
+        answers.append(({key: document[key] for key in COMPARED},
+                         as_path(f"{root}/out/graph.pb").read_bytes(),
+                         classify(f"{root}/out/graph.pb", f"{images}/Bag")))
+    assert answers[1] == answers[0]
+    assert answers[0][0]["test_accuracy"] > 0.8
