@@ -220,12 +220,18 @@ def replace_remote_directory(url: RemotePath, fill: Callable[[Path], None]) -> N
         staging.mkdir()
         fill(staging)
         remove_tree(url)
-        for folder, _, names in os.walk(staging):
-            relative = Path(folder).relative_to(staging).as_posix()
-            target = url if relative == "." else url / relative
-            target.mkdir(parents=True, exist_ok=True)
-            for name in names:
-                write_remote_bytes(target / name, Path(folder, name).read_bytes())
+        upload_tree(staging, url)
+
+
+def upload_tree(local: Path, url: Union[str, RemotePath]) -> None:
+    """Copy a local folder and everything below it to `url` (each file via `write_remote_bytes`)."""
+    url = as_path(url)
+    for folder, _, names in os.walk(local):
+        relative = Path(folder).relative_to(local).as_posix()
+        target = url if relative == "." else url / relative
+        target.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            write_remote_bytes(target / name, Path(folder, name).read_bytes())
 
 
 def move(source: AnyPath, target: AnyPath) -> None:

@@ -12,17 +12,15 @@ own overhead, not a figure for GCS), and discovery of the folder, local vs ram:/
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from retrainer.discovery import discover_images
-from retrainer.storage import as_path, open_for_reading, read_bytes
+from retrainer.storage import as_path, open_for_reading, read_bytes, upload_tree
 
 
 def make_files(root: Path, count: int) -> tuple[list[Path], list[Path]]:
@@ -40,15 +38,6 @@ def make_files(root: Path, count: int) -> tuple[list[Path], list[Path]]:
         images.append(image)
         vectors.append(vector)
     return images, vectors
-
-
-def upload(local: Path, url: str) -> None:
-    for folder, _, names in os.walk(local):
-        relative = Path(folder).relative_to(local).as_posix()
-        target = url if relative == "." else f"{url}/{relative}"
-        tf.io.gfile.makedirs(target)
-        for name in names:
-            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}", overwrite=True)
 
 
 def best_of(repeats: int, work) -> float:
@@ -81,7 +70,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         images, vectors = make_files(root, args.images)
-        upload(root, "ram://bench")
+        upload_tree(root, "ram://bench")
         ram_images = [as_path(f"ram://bench/{path.relative_to(root).as_posix()}") for path in images]
         ram_vectors = [as_path(f"ram://bench/{path.relative_to(root).as_posix()}")
                        for path in vectors]

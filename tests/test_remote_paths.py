@@ -21,7 +21,7 @@ from retrainer.cli.label_image import main as label_image
 from retrainer.cli.retrain import main as retrain
 from retrainer.config import RetrainConfig
 from retrainer.errors import EXIT_USAGE
-from retrainer.storage import RemotePath, as_path
+from retrainer.storage import RemotePath, as_path, upload_tree
 from tests.fixtures_data import make_color_image_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,13 +30,8 @@ COMPARED = ("labels", "counts", "train_accuracy", "cross_entropy", "validation_a
 
 
 def upload(local: Path, url: str) -> str:
-    """Copy a local folder tree to `url` (ram://...) through tf.io.gfile; returns `url`."""
-    for folder, _, names in os.walk(local):
-        relative = Path(folder).relative_to(local).as_posix()
-        target = url if relative == "." else f"{url}/{relative}"
-        tf.io.gfile.makedirs(target)
-        for name in names:
-            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}", overwrite=True)
+    """Copy a local folder tree to `url` (ram://...); returns `url`."""
+    upload_tree(local, url)
     return url
 
 
