@@ -91,7 +91,7 @@ def test_compute_bottlenecks_reuses_shard_vectors_like_npy_entries(tmp_path, tin
     ("roses/__MACOSX/a.jpg", False), ("roses/a.txt", False), ("roses//a.jpg", False),
 ])
 def test_discovery_rule_for_listed_paths(relpath, picked):
-    from retrainer.discovery import is_image_relpath
+    from retrainer.image_names import is_image_relpath
 
     assert is_image_relpath(relpath) is picked
 

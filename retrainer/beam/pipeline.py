@@ -30,8 +30,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from retrainer.beam.model_handler import BottleneckModelHandler
 from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
 from retrainer.config import DEFAULT_EXTRACTOR
-from retrainer.discovery import is_image_relpath
 from retrainer.errors import UsageError
+from retrainer.image_names import is_image_relpath
 from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import (
     RUN_ID_TIME,
@@ -116,6 +116,8 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
 
     started = time.perf_counter()
     image_dir = _absolute(config.image_dir)
+    for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
+        _check_file_system(flag, path)
     if not _has_entries(image_dir):
         raise UsageError(f"Image directory {config.image_dir!r} does not exist or is empty; pass "
                          "--image_dir a folder with one sub-folder of images per class.")
@@ -238,6 +240,20 @@ def _finish_run(shard_paths: list[str], run_dir: str, manifest: dict[str, Any], 
         "already_cached": already_cached,
         "unreadable": [{"path": path, "reason": reason} for path, reason in sorted(unreadable)],
     })
+
+
+def _check_file_system(flag: str, path: str) -> None:
+    """Beam's file systems read the images and write the shards: a scheme they lack is a usage
+    error (ram:// is TensorFlow's only, and one process's; gs:// needs apache-beam[gcp])."""
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError:
+        scheme = path.split("://", 1)[0]
+        raise UsageError(
+            f"--{flag} {path}: Beam has no file system for {scheme}:// here (gs:// needs "
+            "pip install 'apache-beam[gcp]'; ram:// exists only inside one process); pass a local "
+            "path or a gs:// URL."
+        ) from None
 
 
 def _has_entries(folder: str) -> bool:
