@@ -14,7 +14,7 @@ from typing import Any
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.config import RetrainConfig
-from retrainer.errors import QualityGateError
+from retrainer.errors import FinishedRunError, QualityGateError
 from retrainer.result import RetrainResult
 from retrainer.split import TESTING, TRAINING, VALIDATION
 
@@ -32,13 +32,20 @@ def run(config: RetrainConfig) -> RetrainResult:
         DataError: fewer than two classes, no decodable training images.
         ModelError: the extractor cannot be loaded.
         QualityGateError: a gate failed; nothing was exported, the reports were written.
+        ExportMismatchError: an export lost more than --max_export_accuracy_drop points; all
+            was written.
+        Both carry the run's result as `.result`.
     """
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head, validation_probabilities
-    from retrainer.exports.deployable import check_calibration_supply, verify_exports
+    from retrainer.exports.deployable import (
+        check_calibration_supply,
+        check_export_accuracy,
+        verify_exports,
+    )
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
     from retrainer.reports.gates import failure_message
@@ -112,7 +119,8 @@ def run(config: RetrainConfig) -> RetrainResult:
     report: list = []
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
-            outputs = exports.write_final(training.head, splits.images[TRAINING])
+            outputs = exports.write_final(training.head, splits.images[TRAINING],
+                                         fine_tuned=tuning is not None)
             held.release()
             report = verify_exports(config, outputs, splits.images[TESTING],
                                     extractor.spec.input_size)
@@ -156,8 +164,13 @@ def run(config: RetrainConfig) -> RetrainResult:
         extractor_id=engine.spec.id,
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir)
-    if gate_failure is not None:
-        raise QualityGateError(gate_failure)
+    try:
+        if gate_failure is not None:
+            raise QualityGateError(gate_failure)
+        check_export_accuracy(config, report)
+    except FinishedRunError as error:
+        error.result = result
+        raise
     return result
 
 

@@ -34,12 +34,14 @@ from retrainer.discovery import is_image_relpath
 from retrainer.errors import UsageError
 from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import (
+    RUN_ID_TIME,
     SHARD_PREFIX,
     SHARD_SUFFIX,
     cached_digests,
     encode_record,
     finished_runs,
     read_manifest,
+    remove_abandoned_runs,
     shards_root,
     write_manifest_then_marker,
 )
@@ -120,6 +122,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
     spec = create_extractor(config.tfhub_module, config.image_size).spec
     cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
+    remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
@@ -251,4 +254,4 @@ def _absolute(path: str) -> str:
 
 def _new_run_id() -> str:
     """Sorts by start time; the random part keeps concurrent runs apart."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+    return time.strftime(RUN_ID_TIME, time.gmtime()) + "-" + secrets.token_hex(4)

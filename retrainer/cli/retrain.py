@@ -17,6 +17,7 @@ import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
 from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
+from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import run
 from retrainer.result import RetrainResult
@@ -152,9 +153,22 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     configure_logging("ERROR" if quiet else logging_verbosity)
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
-    result = run(config)
+    try:
+        result = run(config)
+    except FinishedRunError as error:  # a failed gate or export check: the figures still print
+        _print_result(error.result, config, quiet, as_json, error)
+        raise
+    _print_result(result, config, quiet, as_json)
+
+
+def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_json: bool,
+                  failure: Optional[FinishedRunError] = None) -> None:
+    """The summary (or the --json document, with "error" when a check failed) on stdout."""
     if as_json:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        document = result.to_json()
+        if failure is not None:
+            document["error"] = {"exit_code": failure.exit_code, "message": str(failure)}
+        click.echo(json.dumps(document, ensure_ascii=False))
         return
     click.echo(_test_line(result))
     if config.print_misclassified_test_images:
