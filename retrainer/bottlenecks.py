@@ -9,13 +9,15 @@ whole entries, the next run recomputes only what is missing, and runs sharing a 
 collide. Unreadable entries are recomputed with a warning. Vectors written by `retrain-extract`
 as TFRecord shard runs in the same folder (retrainer/shards.py) are read alike.
 
-Missing vectors are computed through a tf.data pipeline (parallel decode -> batch -> prefetch)
-feeding the extractor's engine (`retrainer.engines`: float32, bfloat16 or int8), and stored batch by batch as they come.
+Missing vectors are computed by a thread pool decoding a few batches ahead (`decoded_batches`),
+feeding the extractor's engine (`retrainer.engines`: float32, bfloat16 or int8), and stored batch
+by batch as they come.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -113,10 +115,21 @@ class BottleneckCache:
     def store(self, digest: str, vector: np.ndarray) -> None:
         """Write one entry atomically (temp file in the same folder, then rename over)."""
         path = self.path(digest)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.save(buffer, np.asarray(vector, np.float32), allow_pickle=False)
-        write_bytes_atomically(path, buffer.getvalue())
+        vector = np.asarray(vector, np.float32)
+        data = _npy_header(vector.shape) + vector.tobytes()  # what np.save writes, made cheaper
+        try:
+            write_bytes_atomically(path, data)
+        except FileNotFoundError:  # the first entry of its folder
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomically(path, data)
+
+
+@functools.lru_cache(maxsize=8)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The `.npy` header np.save writes for a float32 array of `shape`."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(shape, np.float32), allow_pickle=False)
+    return buffer.getvalue()[: -4 * int(np.prod(shape))]
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -130,9 +143,32 @@ def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def read_image_file(path: os.PathLike[str] | str) -> bytes:
+    """The bytes of one image file: every read of this stage goes through here."""
+    return read_bytes(path)
+
+
 def file_digest(path: os.PathLike[str] | str) -> str:
     """Hex SHA-256 of a file's bytes (the cache key)."""
-    return content_digest(read_bytes(path))
+    return content_digest(read_image_file(path))
+
+
+def _decoded_file(
+    path: os.PathLike[str] | str, input_size: tuple[int, int], digest: str = ""
+) -> tuple[np.ndarray, str, str]:
+    """(uint8 [H, W, 3] pixels, digest, reason): black pixels and a reason if undecodable.
+
+    The digest is computed from the bytes decoded unless the caller already knows it.
+    """
+    try:
+        data = read_image_file(path)
+        pixels = decode_image(data, input_size, path)
+        return pixels, digest or content_digest(data), ""
+    except UnreadableImageError as error:
+        reason = error.reason
+    except OSError as error:
+        reason = f"cannot read file ({error.strerror or error})"
+    return np.zeros((*input_size, 3), np.uint8), "", reason
 
 
 def decoded_images(
@@ -158,16 +194,8 @@ def decoded_images(
     height, width = input_size
 
     def load(encoded_path: bytes) -> tuple[np.ndarray, bytes, bytes]:
-        path = os.fsdecode(encoded_path)
-        try:
-            data = read_bytes(path)
-            pixels = decode_image(data, input_size, path)
-            return pixels, content_digest(data).encode(), b""
-        except UnreadableImageError as error:
-            reason = error.reason
-        except OSError as error:
-            reason = f"cannot read file ({error.strerror or error})"
-        return np.zeros((height, width, 3), np.uint8), b"", reason.encode()
+        pixels, digest, reason = _decoded_file(os.fsdecode(encoded_path), input_size)
+        return pixels, digest.encode(), reason.encode()
 
     def load_one(position: tf.Tensor, path: tf.Tensor):
         pixels, digest, reason = tf.numpy_function(
@@ -184,6 +212,50 @@ def decoded_images(
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.batch(batch_size).prefetch(PREFETCH_BATCHES).with_options(options)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodedBatch:
+    """One batch of `decoded_batches`: row i is file `start + i`."""
+
+    start: int
+    images: np.ndarray  # uint8 [B, H, W, 3]
+    reasons: list[str]  # "" where decoded
+
+
+def decoded_batches(
+    paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int,
+    digests: Sequence[str],
+) -> Iterator[DecodedBatch]:
+    """Decode `paths` in order, in batches, on a thread pool: `PREFETCH_BATCHES` batches ahead.
+
+    The bottleneck stage's decoder. Plain threads (Pillow releases the GIL) and numpy batches:
+    with tf.data's map and `numpy_function` each image cost twice the CPU of its decode (0.83 vs
+    0.37 ms for a Fashion-MNIST PNG, scripts/bench_pipeline.py), which the engine lost on 2 cores.
+    The files' digests are known (the cache lookup computed them), so they are not hashed again.
+    """
+    def submit(pool: ThreadPoolExecutor, index: int) -> Future:
+        return pool.submit(_decoded_file, paths[index], input_size, digests[index])
+
+    ahead = (PREFETCH_BATCHES + 1) * batch_size
+    with ThreadPoolExecutor(_decode_threads(), thread_name_prefix="decode") as pool:
+        pending = [submit(pool, index) for index in range(min(ahead, len(paths)))]
+        try:
+            for start in range(0, len(paths), batch_size):
+                count = min(batch_size, len(paths) - start)
+                images = np.empty((count, *input_size, 3), np.uint8)
+                reasons = []
+                for row in range(count):
+                    images[row], _, reason = pending[start + row].result()
+                    reasons.append(reason)
+                    if start + row + ahead < len(paths):
+                        pending.append(submit(pool, start + row + ahead))
+                    pending[start + row] = None  # let the pixels go
+                yield DecodedBatch(start, images, reasons)
+        finally:
+            for future in pending:
+                if future is not None:
+                    future.cancel()
 
 
 def _decode_threads() -> int:
@@ -245,8 +317,9 @@ def compute_bottlenecks(
             len(missing), spec.name, reused, cache.directory,
         )
         missing_paths = [paths[position] for position in missing]
-        for index, vector, reason in _computed(missing_paths, engine, cache, batch_size,
-                                               show_progress):
+        missing_digests = [digests[position] for position in missing]
+        for index, vector, reason in _computed(missing_paths, missing_digests, engine, cache,
+                                               batch_size, show_progress):
             if reason:
                 skipped[missing[index]] = reason
             else:
@@ -266,12 +339,13 @@ def compute_bottlenecks(
 
 def _computed(
     paths: list,
+    digests: list[str],
     engine: Engine,
     cache: BottleneckCache,
     batch_size: int,
     show_progress: bool,
 ) -> Iterator[tuple[int, Optional[np.ndarray], str]]:
-    """Run the pipeline over `paths`, caching each batch's vectors as it completes.
+    """Run the pipeline over `paths` (whose `digests` are known), caching each batch's vectors.
 
     Entries are written on a background thread while the extractor works on the next batch; write
     errors surface on the next batch, and pending writes finish even when interrupted.
@@ -279,29 +353,26 @@ def _computed(
     Yields:
         (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
     """
-    dataset = decoded_images(paths, engine.spec.input_size, batch_size)
     writes: list[Future] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
-        for positions, images, digests, reasons in dataset:
-            reasons = [reason.decode() for reason in reasons.numpy()]
+        for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests):
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
-            batch_vectors = None if all(reasons) else engine(images.numpy())
+            batch_vectors = None if all(batch.reasons) else engine(batch.images)
             entries = []
-            for row, (index, digest, reason) in enumerate(
-                zip(positions.numpy(), digests.numpy(), reasons)
-            ):
+            for row, reason in enumerate(batch.reasons):
+                index = batch.start + row
                 if reason:
-                    yield int(index), None, reason
+                    yield index, None, reason
                 else:
-                    entries.append((digest.decode(), batch_vectors[row]))
-                    yield int(index), batch_vectors[row], ""
+                    entries.append((digests[index], batch_vectors[row]))
+                    yield index, batch_vectors[row], ""
             for write in [write for write in writes if write.done()]:
                 write.result()
                 writes.remove(write)
             writes.append(writer.submit(_store_all, cache, entries))
-            progress.update(len(positions))
+            progress.update(len(batch.reasons))
     for write in writes:
         write.result()
 

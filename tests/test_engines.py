@@ -49,6 +49,15 @@ if NOT_INT8 not in list_extractors():
     register_extractor(NOT_INT8)(lambda image_size=None: CumprodExtractor())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def engine_cache(tmp_path_factory):
+    """Converted int8 models go to a temporary cache, not the user's."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("xdg")
+        patch.setenv("XDG_CACHE_HOME", str(home))
+        yield home / "retrainer" / "engines"
+
+
 @pytest.fixture(scope="module")
 def lite0():
     return create_extractor("efficientnet_lite0")
@@ -162,3 +171,28 @@ def test_default_precision_follows_the_cpu():
     assert default_precision(measured=False) == "float32"
     assert default_precision(measured=True) == ("int8" if "int8" in fast_precisions() else "float32")
     assert create_engine(TinyExtractor(), "auto").precision == "float32"  # int8 not measured
+
+
+def test_int8_model_is_converted_once_and_a_corrupt_copy_is_rebuilt(engine_cache, color_image_dir,
+                                                                    monkeypatch, caplog):
+    from retrainer.engines import int8
+
+    pixels = _pixels(sorted(color_image_dir.rglob("*.png")), (32, 32))
+    extractor = TinyExtractor()
+    first = create_engine(extractor, "int8")(pixels)
+    (model,) = (engine_cache / create_engine(extractor, "int8").spec.id).glob("*.tflite")
+
+    def no_conversion(_):
+        raise AssertionError("converted again despite a cached model")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(int8, "_converted", no_conversion)
+        np.testing.assert_array_equal(create_engine(extractor, "int8")(pixels), first)
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])  # truncated
+    with caplog.at_level("WARNING"):
+        np.testing.assert_array_equal(create_engine(extractor, "int8")(pixels), first)
+    assert any("corrupt or truncated" in message and str(model) in message
+               for message in caplog.messages)
+    with monkeypatch.context() as patch:
+        patch.setattr(int8, "_converted", no_conversion)
+        np.testing.assert_array_equal(create_engine(extractor, "int8")(pixels), first)

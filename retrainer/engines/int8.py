@@ -2,7 +2,8 @@
 
 Calibration uses the fixed photos shipped in `calibration/` (scripts/make_calibration_set.py), never
 the user's images, so the same weights always give the same model and the same vectors, whatever
-dataset is being processed. The extractor id names the calibration set's digest. The model takes
+dataset is being processed. The extractor id names the calibration set's digest. The converted
+model is cached on disk (`_model_cache`), keyed by the weights, calibration set and TF version. The model takes
 float32 pixels in [0, 1] (quantized by its first op) and returns float32 vectors: with uint8 input
 and the cast inside, XNNPACK ran it 3.7x slower (234 vs 858 images/s), so the engine scales on the
 host.
@@ -17,19 +18,22 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import tensorflow as tf
 
+from retrainer.engines._model_cache import cached_model, model_path
 from retrainer.engines.base import INT8, Engine, precision_spec
 from retrainer.errors import UsageError
+from retrainer.exports.tflite import full_integer_model
 from retrainer.extractors import FeatureExtractor
 from retrainer.images import decode_image
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 # XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (scripts/bench_extractor.py).
 BATCH_SIZE = 8
+# Bump when `_converted` changes how the model is built (part of the cached model's key).
+MODEL_FORMAT = "int8-v1"
 
 
 def calibration_images(input_size: tuple[int, int]) -> list[np.ndarray]:
@@ -47,27 +51,6 @@ def calibration_digest() -> str:
 
 def _calibration_files() -> list[Path]:
     return sorted(CALIBRATION_DIR.glob("*.jpg"))
-
-
-def convert_to_int8_tflite(concrete_function, representative_images: Iterable[np.ndarray]) -> bytes:
-    """Convert a traced function to a full-integer (int8 weights and activations) TFLite model.
-
-    Args:
-        concrete_function: a `tf.function`'s concrete function, one image input.
-        representative_images: inputs for calibration, each shaped like one batch of the input.
-
-    Returns:
-        The .tflite flatbuffer. Inputs and outputs keep the function's dtypes.
-
-    Raises:
-        Exception: whatever the converter raises for ops it cannot quantize or convert.
-    """
-    images = list(representative_images)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function])
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image] for image in images)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    return converter.convert()
 
 
 def interpreter_class():
@@ -93,15 +76,9 @@ class Int8Engine(Engine):
     def __init__(self, extractor: FeatureExtractor, threads: int) -> None:
         spec = extractor.spec
         self.spec = precision_spec(spec, f"{INT8}-{calibration_digest()[:8]}")
-        height, width = spec.input_size
-
-        features = tf.function(
-            extractor.__call__,
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)],
-        )
-        calibration = [_scaled(image[np.newaxis]) for image in calibration_images(spec.input_size)]
+        path = _model_path(extractor, self.spec.id)
         try:
-            model = convert_to_int8_tflite(features.get_concrete_function(), calibration)
+            model = cached_model(path, lambda: _converted(extractor))
         except Exception as error:  # the converter raises several unrelated types
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UsageError(
@@ -128,6 +105,29 @@ class Int8Engine(Engine):
         self._interpreter.set_tensor(self._input, _scaled(pixels))
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).astype(np.float32, copy=True)
+
+
+def _converted(extractor: FeatureExtractor) -> bytes:
+    """The extractor as a full-integer model calibrated on the shipped photos (seconds)."""
+    height, width = extractor.spec.input_size
+    features = tf.function(
+        extractor.__call__, input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)]
+    )
+    calibration = [[_scaled(image[np.newaxis])]
+                   for image in calibration_images(extractor.spec.input_size)]
+    # No trackable object: the converter's path the engine's vectors were first measured with.
+    return full_integer_model(features.get_concrete_function(), calibration)
+
+
+def _model_path(extractor: FeatureExtractor, engine_id: str) -> Path:
+    """The cached model's path, keyed by all that decides its bytes."""
+    weights = hashlib.sha256()
+    for variable in extractor.variables:
+        weights.update(variable.name.encode() + b"\0" + variable.numpy().tobytes())
+    height, width = extractor.spec.input_size
+    return model_path(engine_id, INT8, (MODEL_FORMAT, extractor.spec.id, f"{height}x{width}",
+                                        weights.hexdigest(), calibration_digest(),
+                                        tf.__version__))
 
 
 def _scaled(pixels: np.ndarray) -> np.ndarray:

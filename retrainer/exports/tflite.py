@@ -17,7 +17,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -26,10 +26,10 @@ from retrainer._files import write_bytes_atomically
 from retrainer.exports._pixels import decode_files, seeded_sample
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import (
-    DYNAMIC,
     FLOAT16,
     INT8,
     MIN_CALIBRATION_IMAGES,
+    NONE,
     QuantizationConfig,
     too_few_calibration_images,
 )
@@ -121,18 +121,46 @@ def convert(
         def model(images: tf.Tensor) -> dict[str, tf.Tensor]:
             return {OUTPUT_NAME: classifier.classify(images)}
 
+    if quantization.mode == INT8:
+        return full_integer_model(model.get_concrete_function(), _representative(calibration),
+                                  classifier, uint8_io=True)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [model.get_concrete_function()], classifier
     )
-    if quantization.mode == DYNAMIC:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantization.mode == FLOAT16:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.optimizations = [tf.lite.Optimize.DEFAULT] if quantization.mode != NONE else []
+    if quantization.mode == FLOAT16:
         converter.target_spec.supported_types = [tf.float16]
-    elif quantization.mode == INT8:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: _representative(calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return bytes(converter.convert())
+
+
+def full_integer_model(
+    concrete_function,
+    representative: Iterable[list[np.ndarray]],
+    trackable: Optional[tf.Module] = None,
+    uint8_io: bool = False,
+) -> bytes:
+    """Convert a traced function to a full-integer (int8 weights and activations) TFLite model.
+
+    Used by the int8 export and by the int8 extraction engine (`retrainer.engines.int8`).
+
+    Args:
+        concrete_function: a `tf.function`'s concrete function, one image input.
+        representative: calibration inputs, each a one-element list shaped like the input.
+        trackable: the module owning the function's variables (the non-deprecated converter path).
+        uint8_io: uint8 input and output (the export); otherwise they keep the function's dtypes.
+
+    Returns:
+        The .tflite flatbuffer.
+
+    Raises:
+        Exception: whatever the converter raises for ops it cannot quantize or convert.
+    """
+    samples = list(representative)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function], trackable)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter(samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if uint8_io:
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.uint8
     return bytes(converter.convert())
