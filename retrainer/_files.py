@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from retrainer.storage import as_path, is_url, replace_remote_directory, write_remote_bytes
+
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
@@ -23,8 +25,12 @@ def write_bytes_atomically(path: os.PathLike[str] | str, data: bytes) -> None:
     """Write `data` to `path` via a temp file in the same folder and `os.replace`.
 
     The file gets 0o666 less the umask, like any new file (not mkstemp's owner-only 0o600), so
-    exports and a shared cache stay readable by other users (tensorflow/hub#302).
+    exports and a shared cache stay readable by other users (tensorflow/hub#302). A URL goes
+    through `retrainer.storage` (temp object, then rename: a copy on object stores).
     """
+    if is_url(path):
+        write_remote_bytes(path, data)
+        return
     path = Path(path)
     temp_name = _sibling_name(path, ".tmp")
     handle = os.open(temp_name, _NEW_FILE, 0o666)
@@ -49,8 +55,12 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
     """Build a directory with `fill(staging_dir)` next to `path`, then swap it into place.
 
     An existing `path` is moved aside first and deleted after the swap; there is a moment with
-    no `path`, but never one with a half-written directory under that name.
+    no `path`, but never one with a half-written directory under that name. A URL is built
+    locally and uploaded, not atomically (`retrainer.storage.replace_remote_directory`).
     """
+    if is_url(path):
+        replace_remote_directory(as_path(path), fill)
+        return
     path = Path(path)
     staging = Path(_sibling_name(path, ".tmp"))
     staging.mkdir(0o777)  # less the umask, unlike mkdtemp's owner-only 0o700
@@ -76,8 +86,11 @@ def remove_stale_temporaries(path: os.PathLike[str] | str) -> list[Path]:
     """Delete what a killed writer of `path` left beside it (`.NAME.<hex>.tmp`, `.NAME.*.old`).
 
     Only entries older than STALE_AFTER_SECONDS go, so a run writing the same path right now keeps
-    its temporary. Returns the paths removed.
+    its temporary. Returns the paths removed. Remote folders are not swept (listing a bucket
+    folder can be slow and costs requests).
     """
+    if is_url(path):
+        return []
     path = Path(path)
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:[0-9a-f]{{16}}\.tmp|\w+\.old)$")
     removed = []

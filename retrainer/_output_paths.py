@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from retrainer._files import remove_stale_temporaries
 from retrainer.errors import UsageError
 from retrainer.graph_contract import metadata_path
+from retrainer.storage import AnyPath, RemotePath, probe_writable
 
 if TYPE_CHECKING:
     from retrainer.config import RetrainConfig
@@ -82,8 +83,11 @@ def _check_saved_model_dir(path: Path) -> None:
         )
 
 
-def _check_writable_folder(flag: str, folder: Path) -> None:
+def _check_writable_folder(flag: str, folder: AnyPath) -> None:
     try:
+        if isinstance(folder, RemotePath):
+            probe_writable(folder)
+            return
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass

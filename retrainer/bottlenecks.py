@@ -22,7 +22,6 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -35,6 +34,7 @@ from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuni
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import load_sharded
+from retrainer.storage import AnyPath, as_path, open_for_reading, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -78,22 +78,23 @@ class BottleneckCache:
     images from the plain ones; keys are then `<digest>` plus whatever the caller appends.
     """
 
-    root: Path
+    root: AnyPath  # a local folder or a URL (retrainer.storage)
     spec: ExtractorSpec
     namespace: str = ""
 
     @property
-    def directory(self) -> Path:
-        return Path(self.root) / namespace(self.spec) / self.namespace
+    def directory(self) -> AnyPath:
+        return as_path(self.root) / namespace(self.spec) / self.namespace
 
-    def path(self, digest: str) -> Path:
+    def path(self, digest: str) -> AnyPath:
         return self.directory / digest[:2] / f"{digest}.npy"
 
     def load(self, digest: str) -> Optional[np.ndarray]:
         """The cached float32 [D] vector; None if absent or unusable (warned, then recomputed)."""
         path = self.path(digest)
         try:
-            vector = np.load(path, allow_pickle=False)
+            with open_for_reading(path) as stream:
+                vector = np.load(stream, allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as error:
@@ -131,7 +132,7 @@ def content_digest(data: bytes) -> str:
 
 def file_digest(path: os.PathLike[str] | str) -> str:
     """Hex SHA-256 of a file's bytes (the cache key)."""
-    return content_digest(Path(path).read_bytes())
+    return content_digest(read_bytes(path))
 
 
 def decoded_images(
@@ -159,7 +160,7 @@ def decoded_images(
     def load(encoded_path: bytes) -> tuple[np.ndarray, bytes, bytes]:
         path = os.fsdecode(encoded_path)
         try:
-            data = Path(path).read_bytes()
+            data = read_bytes(path)
             pixels = decode_image(data, input_size, path)
             return pixels, content_digest(data).encode(), b""
         except UnreadableImageError as error:
@@ -217,7 +218,7 @@ def compute_bottlenecks(
     started = time.perf_counter()
     engine = as_engine(extractor)
     spec = engine.spec
-    cache = BottleneckCache(Path(bottleneck_dir), spec)
+    cache = BottleneckCache(as_path(bottleneck_dir), spec)
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
     ok = np.zeros(len(paths), bool)
     skipped: dict[int, str] = {}

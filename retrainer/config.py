@@ -17,6 +17,7 @@ from retrainer.engines import AUTO, PRECISIONS
 from retrainer.errors import UsageError
 from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
 from retrainer.split import validate_percentages
+from retrainer.storage import AnyPath, as_path
 
 # Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
 # TensorFlow (tests check the two agree).
@@ -42,11 +43,11 @@ class RetrainConfig:
         UsageError: on construction, for any value that cannot work (the message names the flag).
     """
 
-    image_dir: Path
-    output_graph: Path = DEFAULT_OUTPUT_DIR / "output_graph.pb"
-    output_labels: Path = DEFAULT_OUTPUT_DIR / "output_labels.txt"
-    summaries_dir: Path = DEFAULT_OUTPUT_DIR / "retrain_logs"
-    bottleneck_dir: Path = dataclasses.field(default_factory=default_bottleneck_dir)
+    image_dir: AnyPath
+    output_graph: AnyPath = DEFAULT_OUTPUT_DIR / "output_graph.pb"
+    output_labels: AnyPath = DEFAULT_OUTPUT_DIR / "output_labels.txt"
+    summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
+    bottleneck_dir: AnyPath = dataclasses.field(default_factory=default_bottleneck_dir)
     how_many_training_steps: int = 4000
     learning_rate: float = 0.01
     # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
@@ -68,7 +69,7 @@ class RetrainConfig:
     testing_percentage: float = 10
     validation_percentage: float = 10
     # dataset audit (retrainer/audit, docs/audit.md)
-    audit_file: Path = DEFAULT_OUTPUT_DIR / "audit.json"
+    audit_file: AnyPath = DEFAULT_OUTPUT_DIR / "audit.json"
     skip_audit: bool = False
     keep_duplicates_in_one_split: bool = False
     eval_step_interval: int = 10
@@ -77,16 +78,16 @@ class RetrainConfig:
     validation_batch_size: int = 100
     print_misclassified_test_images: bool = False
     # reports and quality gates (issue 12): None turns a report off; gates are fractions or None
-    metrics_file: Optional[Path] = DEFAULT_OUTPUT_DIR / "metrics.json"
-    report_html: Optional[Path] = DEFAULT_OUTPUT_DIR / "report.html"
+    metrics_file: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "metrics.json"
+    report_html: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "report.html"
     assert_accuracy_at_least: Optional[float] = None
     assert_recall_at_least: Optional[float] = None
     final_tensor_name: str = "final_result"
     intermediate_store_frequency: int = 0
-    intermediate_output_graphs_dir: Path = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
-    saved_model_dir: Optional[Path] = None
+    intermediate_output_graphs_dir: AnyPath = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
+    saved_model_dir: Optional[AnyPath] = None
     # deployable exports: TFLite and the export report (docs/exports.md)
-    tflite_output_file: Optional[Path] = None
+    tflite_output_file: Optional[AnyPath] = None
     tflite_quantization: tuple[str, ...] = ("none",)
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
@@ -94,7 +95,7 @@ class RetrainConfig:
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
     image_size: Optional[int] = None
-    checkpoint_path: Path = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
+    checkpoint_path: AnyPath = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
     seed: int = 0
     show_progress: bool = True
 
@@ -106,7 +107,7 @@ class RetrainConfig:
             if value is not None:
                 if not os.fspath(value):
                     raise UsageError(f"--{field} must not be empty.")
-                object.__setattr__(self, field, Path(value))
+                object.__setattr__(self, field, as_path(value))  # URLs stay URLs
         validate_percentages(self.validation_percentage, self.testing_percentage)
         self._require("how_many_training_steps", lambda steps: steps >= 1, "at least 1")
         self._require("learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
@@ -127,7 +128,7 @@ class RetrainConfig:
         # reports and quality gates: an empty path turns that report off
         for field in ("metrics_file", "report_html"):
             value = getattr(self, field)
-            object.__setattr__(self, field, Path(value) if value not in (None, "") else None)
+            object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
         for field in ("assert_accuracy_at_least", "assert_recall_at_least"):
             self._require(field, lambda x: x is None or 0 <= x <= 1, "a fraction from 0 to 1")
         if self.metrics_file is not None and self.metrics_file == self.report_html:

@@ -17,27 +17,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from PIL import Image
-
 from retrainer.errors import DataError, UsageError
+from retrainer.image_names import (
+    extension_reason,
+    folder_name_reason,
+    hidden_file_reason,
+    image_extensions_text,
+    is_image_name,
+)
 from retrainer.split import SPLITS, TRAINING, assign_split, validate_percentages
+from retrainer.storage import AnyPath, RemotePath, as_path
 
 logger = logging.getLogger(__name__)
 
-# Formats picked up by extension (compared lower-case); only those this Pillow build can read.
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".gif", ".bmp", ".dib",
-     ".webp", ".tif", ".tiff", ".avif", ".ppm", ".pgm", ".pbm", ".pnm"}
-) & frozenset(Image.registered_extensions())
 MIN_IMAGES_PER_CLASS = 20  # retrain.py's threshold for "may cause issues"
-_MACOS_ARCHIVE_FOLDER = "__MACOSX"
 
 
 @dataclass(frozen=True)
 class ImageFile:
     """One image: where it is, its class and its split."""
 
-    path: Path  # absolute, through any symlinked class folder (not resolved)
+    path: AnyPath  # absolute, through any symlinked class folder (not resolved); or a URL
     relpath: str  # POSIX path relative to the image folder, e.g. "roses/img_1.jpg"
     label_index: int  # index into ImageCollection.labels
     split: str  # "training" | "validation" | "testing"
@@ -47,7 +47,7 @@ class ImageFile:
 class ImageCollection:
     """Everything discovery found, in a deterministic order (label index, then relpath)."""
 
-    image_dir: Path  # absolute
+    image_dir: AnyPath  # absolute, or a URL
     labels: tuple[str, ...]  # index order = sorted class folder names
     images: tuple[ImageFile, ...]
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
@@ -128,13 +128,12 @@ def discover_images(
     validate_percentages(validation_percentage, testing_percentage)
     root = _check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
-    folders = _class_folders(root, ignored)
-    candidates = [
-        candidate
-        for index, name in enumerate(folders)
-        for candidate in _class_candidates(root, name, index, ignored)
-    ]
-    per_class = _deduplicate(candidates, len(folders), ignored)
+    if isinstance(root, RemotePath):
+        from retrainer._remote_discovery import remote_classes
+
+        folders, per_class = remote_classes(root, ignored)
+    else:
+        folders, per_class = _local_classes(root, ignored)
 
     kept_folders: list[str] = []
     kept_relpaths: list[list[str]] = []
@@ -164,8 +163,23 @@ def discover_images(
     return collection
 
 
-def _check_image_dir(image_dir: str | os.PathLike[str]) -> Path:
-    root = Path(os.path.abspath(image_dir))
+def _local_classes(
+    root: Path, ignored: list[tuple[str, str]]
+) -> tuple[list[str], list[list[str]]]:
+    """Class folder names and, per class, the relpaths of its images (links counted once)."""
+    folders = _class_folders(root, ignored)
+    candidates = [
+        candidate
+        for index, name in enumerate(folders)
+        for candidate in _class_candidates(root, name, index, ignored)
+    ]
+    return folders, _deduplicate(candidates, len(folders), ignored)
+
+
+def _check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+    root = as_path(image_dir)
+    if isinstance(root, Path):
+        root = Path(os.path.abspath(root))
     if not root.exists():
         raise UsageError(
             f"Image directory {os.fspath(image_dir)!r} does not exist; pass --image_dir a folder "
@@ -189,10 +203,9 @@ def _class_folders(root: Path, ignored: list[tuple[str, str]]) -> list[str]:
     for entry in entries:
         name = entry.name
         if _is_folder(entry):
-            if name.startswith("."):
-                ignored.append((f"{name}/", "hidden folder"))
-            elif name == _MACOS_ARCHIVE_FOLDER:
-                ignored.append((f"{name}/", "macOS archive metadata folder"))
+            reason = folder_name_reason(name)
+            if reason:
+                ignored.append((f"{name}/", reason))
             elif entry.is_symlink() and _is_within(root, Path(os.path.realpath(entry.path))):
                 ignored.append((f"{name}/", "symbolic link to a folder containing --image_dir"))
             else:
@@ -244,31 +257,24 @@ def _is_folder(entry: os.DirEntry[str]) -> bool:
 
 
 def _subfolder_reason(entry: os.DirEntry[str]) -> str | None:
-    if entry.name.startswith("."):
-        return "hidden folder"
-    if entry.name == _MACOS_ARCHIVE_FOLDER:
-        return "macOS archive metadata folder"
-    if entry.is_symlink():
+    reason = folder_name_reason(entry.name)
+    if reason is None and entry.is_symlink():
         return "symbolic link to a folder (not followed inside a class folder)"
-    return None
+    return reason
 
 
 def _file_reason(entry: os.DirEntry[str]) -> str | None:
     """Why a non-folder entry is not an image to use, or None if it is one."""
-    name = entry.name
-    if name.startswith("._"):
-        return "macOS resource fork"
-    if name.startswith("."):
-        return "hidden file"
+    reason = hidden_file_reason(entry.name)
+    if reason:
+        return reason
     try:
         mode = entry.stat().st_mode  # cached on the entry; follows symlinks
     except OSError:
         return "broken symbolic link" if entry.is_symlink() else "cannot read file"
-    extension = os.path.splitext(name)[1].lower()
-    if extension not in IMAGE_EXTENSIONS:
-        return f"not an image file (extension {extension!r})" if extension else (
-            "not an image file (no extension)"
-        )
+    reason = extension_reason(entry.name)
+    if reason:
+        return reason
     if not stat.S_ISREG(mode):
         return "not a regular file"
     return None
@@ -324,31 +330,6 @@ def _require_two_classes(
         f"Found {found} in {str(root)!r}{hint}. At least 2 classes are needed: put each class's "
         f"images ({extensions}) in its own sub-folder, e.g. roses/*.jpg and tulips/*.jpg."
     )
-
-
-def is_image_name(name: str) -> bool:
-    """A visible file name with an image extension, in any case (decoding decides the rest)."""
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-
-
-def is_image_relpath(relpath: str) -> bool:
-    """Whether discovery picks up the file at `relpath` by its path alone (for file lists from
-    elsewhere, e.g. a bucket listing): inside a class folder, no hidden or "__MACOSX" folder on
-    the way, an image name that is not a macOS "._" fork.
-
-    Args:
-        relpath: POSIX path relative to the image folder, e.g. "roses/a/img_1.jpg".
-    """
-    *folders, name = relpath.split("/")
-    return bool(folders) and is_image_name(name) and not any(
-        not folder or folder.startswith(".") or folder == _MACOS_ARCHIVE_FOLDER
-        for folder in folders
-    )
-
-
-def image_extensions_text() -> str:
-    """The extensions we pick up, for messages: "apng, avif, bmp, ..."."""
-    return ", ".join(sorted(extension.lstrip(".") for extension in IMAGE_EXTENSIONS))
 
 
 def _unique_labels(folders: list[str]) -> tuple[str, ...]:

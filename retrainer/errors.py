@@ -48,13 +48,23 @@ class UnreadableImagesError(RetrainerError):
     exit_code = EXIT_UNREADABLE_IMAGES
 
 
-class QualityGateError(RetrainerError):
+class FinishedRunError(RetrainerError):
+    """A run that finished and wrote its reports, then failed a check its user asked for.
+
+    `result` is the run's `RetrainResult`, so that the CLI still prints the summary or `--json`
+    (CI scripts want the figures most when the check fails).
+    """
+
+    result = None
+
+
+class QualityGateError(FinishedRunError):
     """The trained model fell short of a quality gate; previous exports were left untouched."""
 
     exit_code = EXIT_QUALITY_GATE
 
 
-class ExportMismatchError(RetrainerError):
+class ExportMismatchError(FinishedRunError):
     """An exported artifact (e.g. a quantized .tflite) lost more accuracy than allowed."""
 
     exit_code = EXIT_EXPORT_MISMATCH

@@ -6,7 +6,8 @@ Kept free of TensorFlow so `label-image` can read it before deciding to load the
 from __future__ import annotations
 
 import os
-from pathlib import Path
+
+from retrainer.storage import AnyPath, as_path
 
 GRAPH_FORMAT = "retrainer-graph/1"
 INPUT_OP = "Placeholder"
@@ -16,9 +17,9 @@ INPUT_STD = 255.0
 METADATA_SUFFIX = ".meta.json"
 
 
-def metadata_path(graph_path: os.PathLike[str] | str) -> Path:
+def metadata_path(graph_path: os.PathLike[str] | str) -> AnyPath:
     """Where the sidecar of a graph lives: out.pb -> out.pb.meta.json."""
-    return Path(f"{os.fspath(graph_path)}{METADATA_SUFFIX}")
+    return as_path(f"{os.fspath(graph_path)}{METADATA_SUFFIX}")
 # Every .tflite flatbuffer carries this file identifier at bytes 4..8; label-image tells a .tflite
 # from a frozen graph by it, not by the file name.
 TFLITE_IDENTIFIER = b"TFL3"

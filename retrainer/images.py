@@ -30,6 +30,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from retrainer.storage import is_url, read_bytes
+
 # Pillow's default decompression-bomb threshold (1 GiB of 24-bit pixels / 4 / 3): ~89.5 M pixels.
 MAX_IMAGE_PIXELS = 89_478_485
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -76,6 +78,8 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarra
         UnreadableImageError: missing, empty, truncated, not an image, or over the pixel limit.
     """
     try:
+        if is_url(path):  # gs://, ram://: through tf.io.gfile
+            return decode_image(read_bytes(path), size, path)
         if Path(path).stat().st_size == 0:
             raise UnreadableImageError(path, "empty file (0 bytes)")
         with open(path, "rb") as stream:

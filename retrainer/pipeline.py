@@ -14,7 +14,7 @@ from typing import Any
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.config import RetrainConfig
-from retrainer.errors import QualityGateError
+from retrainer.errors import FinishedRunError, QualityGateError
 from retrainer.result import RetrainResult
 from retrainer.split import TESTING, TRAINING, VALIDATION
 
@@ -32,6 +32,9 @@ def run(config: RetrainConfig) -> RetrainResult:
         DataError: fewer than two classes, no decodable training images.
         ModelError: the extractor cannot be loaded.
         QualityGateError: a gate failed; nothing was exported, the reports were written.
+        ExportMismatchError: an export lost more than --max_export_accuracy_drop points; all
+            was written.
+        Both carry the run's result as `.result`.
     """
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.audit.report_section import audit_sections
@@ -39,7 +42,11 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head, validation_probabilities
-    from retrainer.exports.deployable import check_calibration_supply, verify_exports
+    from retrainer.exports.deployable import (
+        check_calibration_supply,
+        check_export_accuracy,
+        verify_exports,
+    )
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
     from retrainer.reports.gates import failure_message
@@ -113,7 +120,8 @@ def run(config: RetrainConfig) -> RetrainResult:
     report: list = []
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
-            outputs = exports.write_final(training.head, splits.images[TRAINING])
+            outputs = exports.write_final(training.head, splits.images[TRAINING],
+                                         fine_tuned=tuning is not None)
             held.release()
             report = verify_exports(config, outputs, splits.images[TESTING],
                                     extractor.spec.input_size)
@@ -158,8 +166,13 @@ def run(config: RetrainConfig) -> RetrainResult:
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
                   audit_sections(result.audit) if config.report_html is not None else ())
-    if gate_failure is not None:
-        raise QualityGateError(gate_failure)
+    try:
+        if gate_failure is not None:
+            raise QualityGateError(gate_failure)
+        check_export_accuracy(config, report)
+    except FinishedRunError as error:
+        error.result = result
+        raise
     return result
 
 

@@ -13,17 +13,26 @@ extractor's cache namespace (`BottleneckCache.directory`):
 `retrain` reads finished runs next to the `.npy` entries (`load_sharded`). Entries are keyed by
 content hash, so a bundle Beam ran twice, or an image in two runs, is one entry: duplicates are
 dropped on read. Paths go through tf.io.gfile, so they may be local or remote (gs://, ram://).
+
+A killed writer leaves a run without its marker: never read, and deleted by the next writer or
+reader once it is old and untouched enough that no writer can still be at work on it
+(`remove_abandoned_runs`: started, and last changed, more than 3 days ago).
 """
 
 from __future__ import annotations
 
+import bisect
+import calendar
 import dataclasses
 import json
 import logging
+import time
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
+
+from retrainer._tfrecord_columns import read_equal_length_records
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +41,11 @@ MANIFEST_NAME = "manifest.json"
 MARKER_NAME = "_SUCCESS"
 SHARD_PREFIX = "vectors"
 SHARD_SUFFIX = ".tfrecord"
+DIGEST_LENGTH = 64  # hex SHA-256
+RUN_ID_TIME = "%Y%m%dT%H%M%SZ"  # a run id starts with its start time (UTC), then a random part
+# Unfinished runs this old, with no file changed for as long, are deleted (remove_abandoned_runs):
+# far longer than any writer stays silent (Beam writes shards as bundles finish).
+ABANDONED_AFTER_S = 3 * 24 * 3600
 MANIFEST_FORMAT = "retrainer-bottleneck-shards-v1"
 # Records parsed per tf.io.parse_example call: big enough to amortise the call, small enough to
 # keep one batch of 1280-float vectors at ~20 MB.
@@ -49,7 +63,7 @@ def encode_record(digest: str, vector: np.ndarray) -> bytes:
         "vector": tf.train.Feature(bytes_list=tf.train.BytesList(
             value=[np.asarray(vector, "<f4").tobytes()])),
     }))
-    return example.SerializeToString()
+    return example.SerializeToString(deterministic=True)  # one layout: the fast reader's
 
 
 def shards_root(namespace: str) -> str:
@@ -78,6 +92,54 @@ def finished_runs(namespace: str) -> list[str]:
     return runs
 
 
+def remove_abandoned_runs(namespace: str, max_age_s: float = ABANDONED_AFTER_S) -> list[str]:
+    """Delete the unfinished runs of `namespace` that no writer can still be working on.
+
+    A run without its marker is deleted only when both its start (the time its id begins with)
+    and the newest modification of any file in it are more than `max_age_s` ago. A live writer
+    keeps writing shards into its run, so it is never deleted; a run whose id is not a start time
+    (not written by retrain-extract) is never deleted.
+
+    Returns:
+        The run folders deleted.
+    """
+    root = shards_root(namespace)
+    if not tf.io.gfile.isdir(root):
+        return []
+    oldest_allowed = time.time() - max_age_s
+    removed = []
+    for name in tf.io.gfile.listdir(root):
+        run_dir = tf.io.gfile.join(root, name.rstrip("/"))
+        if tf.io.gfile.exists(tf.io.gfile.join(run_dir, MARKER_NAME)):
+            continue
+        started = _run_start(name.rstrip("/"))
+        if started is None or started > oldest_allowed or _newest_change(run_dir) > oldest_allowed:
+            continue
+        tf.io.gfile.rmtree(run_dir)
+        log.info("Deleted the unfinished bottleneck shard run %s (started %s, unchanged for over "
+                 "%.0f hours).", run_dir, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+                 max_age_s / 3600)
+        removed.append(run_dir)
+    return removed
+
+
+def _run_start(run_id: str) -> Optional[float]:
+    """Epoch seconds of a run id's leading "%Y%m%dT%H%M%SZ" (UTC), or None if it has none."""
+    try:
+        return calendar.timegm(time.strptime(run_id[:16], RUN_ID_TIME))  # 16 = len("20260101T000000Z")
+    except ValueError:
+        return None
+
+
+def _newest_change(run_dir: str) -> float:
+    """Epoch seconds of the newest file modification under `run_dir` (0 when it has no files)."""
+    newest = 0.0
+    for folder, _, files in tf.io.gfile.walk(run_dir):
+        for name in files:
+            newest = max(newest, tf.io.gfile.stat(tf.io.gfile.join(folder, name)).mtime_nsec / 1e9)
+    return newest
+
+
 def read_manifest(run_dir: str) -> dict[str, Any]:
     """The manifest of a finished run (see the module docstring)."""
     with tf.io.gfile.GFile(tf.io.gfile.join(run_dir, MANIFEST_NAME), "r") as stream:
@@ -88,28 +150,39 @@ def read_manifest(run_dir: str) -> dict[str, Any]:
 class ShardedVectors:
     """Every vector in the finished runs of one namespace, one row per content hash.
 
+    The vectors stay where the shard files were read into (one read-only block per shard, no
+    copy); `get` picks the row.
+
     Attributes:
-        rows: {hex sha256: row index into `vectors`}.
-        vectors: float32 [N, D].
+        rows: {hex sha256: row index over the blocks, in order}.
+        blocks: float32 [n_i, D] each.
     """
 
     rows: dict[str, int]
-    vectors: np.ndarray
+    blocks: tuple[np.ndarray, ...] = ()
+    _starts: list[int] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_starts", list(np.cumsum([0] + [len(b) for b in self.blocks])))
 
     def get(self, digest: str) -> Optional[np.ndarray]:
-        """float32 [D] for `digest`, or None when no finished run has it."""
+        """float32 [D] (read-only) for `digest`, or None when no finished run has it."""
         row = self.rows.get(digest)
-        return None if row is None else self.vectors[row]
+        if row is None:
+            return None
+        block = bisect.bisect_right(self._starts, row) - 1
+        return self.blocks[block][row - self._starts[block]]
 
     def __len__(self) -> int:
         return len(self.rows)
 
 
 def load_sharded(namespace: str, vector_size: int) -> ShardedVectors:
-    """Read the finished runs of `namespace` (tf.data, batched parsing); duplicates dropped.
+    """Read the finished runs of `namespace`; duplicates dropped, the first usable row kept.
 
-    A run that cannot be read, or holds vectors of another size or non-finite values, is left out
-    with a warning (its images are then computed again).
+    A run that cannot be read, or holds vectors of another size, is left out with a warning, and
+    so are non-finite vectors (their images are then computed again). Unfinished runs old enough
+    to be abandoned are deleted first (`remove_abandoned_runs`).
 
     Args:
         namespace: the cache folder of one extractor (`BottleneckCache.directory`).
@@ -118,48 +191,54 @@ def load_sharded(namespace: str, vector_size: int) -> ShardedVectors:
     Returns:
         ShardedVectors (empty when there are no finished runs).
     """
-    digests: list[np.ndarray] = []
+    remove_abandoned_runs(namespace)
+    keys: list[np.ndarray] = []
     blocks: list[np.ndarray] = []
-    usable: list[np.ndarray] = []
     for run_dir in finished_runs(namespace):
         try:
-            run_digests, run_vectors = _read_run(run_dir, vector_size)
+            run = _read_run(run_dir, vector_size)
         except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
             log.warning("Bottleneck shard run %s is unreadable (%s); its vectors are recomputed.",
                         run_dir, str(error).splitlines()[0] if str(error) else type(error).__name__)
             continue
-        finite = np.isfinite(run_vectors).all(axis=1)
-        if not finite.all():
+        finite = [np.isfinite(vectors).all(axis=1) for _, vectors in run]
+        bad = sum(int((~ok).sum()) for ok in finite)
+        if bad:
             log.warning("Bottleneck shard run %s has %d non-finite vectors; they are recomputed.",
-                        run_dir, int((~finite).sum()))
-        digests.append(run_digests)
-        blocks.append(run_vectors)
-        usable.append(finite)
+                        run_dir, bad)
+        for (digests, vectors), ok in zip(run, finite):
+            keys.append(np.where(ok, digests, b""))  # "" never matches a digest
+            blocks.append(vectors)
     if not blocks:
-        return ShardedVectors({}, np.zeros((0, vector_size), np.float32))
-    # No copy of the vectors when there is one run; the index keeps each hash's first usable row.
-    vectors = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-    rows: dict[str, int] = {}
-    for row, (digest, ok) in enumerate(zip(np.concatenate(digests).tolist(),
-                                           np.concatenate(usable).tolist())):
-        if ok:
-            rows.setdefault(digest.decode(), row)
-    return ShardedVectors(rows, vectors)
+        return ShardedVectors({})
+    # Built back to front, so the first row of a hash (first run, first shard) is the one kept.
+    digests = np.concatenate(keys).astype(str).tolist()
+    rows = dict(zip(reversed(digests), range(len(digests) - 1, -1, -1)))
+    rows.pop("", None)
+    return ShardedVectors(rows, tuple(blocks))
 
 
-def _read_run(run_dir: str, vector_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hex digests as bytes, object [n]; vectors float32 [n, D]) of the shards a run lists."""
+def _read_run(run_dir: str, vector_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(hex digests bytes [n], vectors float32 [n, D]) of each shard a finished run lists."""
     manifest = read_manifest(run_dir)
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"unknown format {manifest.get('format')!r}")
     if manifest.get("vector_size") != vector_size:
         raise ValueError(f"vectors of size {manifest.get('vector_size')}, not {vector_size}")
-    features = {"sha256": tf.io.FixedLenFeature([], tf.string),
-                "vector": tf.io.FixedLenFeature([], tf.string)}
-    digests = [np.zeros(0, object)]
-    vectors = [np.zeros((0, vector_size), np.float32)]
-    for batch in _parsed_batches(_shard_files(run_dir, manifest), features):
-        digests.append(batch["sha256"])
+    return [_read_shard(path, vector_size) for path in _shard_files(run_dir, manifest)]
+
+
+def _read_shard(path: str, vector_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One shard's columns: sliced out of the file read whole when every record has
+    `encode_record`'s layout (the fast path), else parsed record by record with tf.data."""
+    read = read_equal_length_records(path)
+    columns = None if read is None else _fixed_layout_columns(read[1], vector_size)
+    if columns is not None:
+        return columns
+    digests, vectors = [np.zeros(0, "S64")], [np.zeros((0, vector_size), np.float32)]
+    for batch in _parsed_batches([path], {"sha256": tf.io.FixedLenFeature([], tf.string),
+                                          "vector": tf.io.FixedLenFeature([], tf.string)}):
+        digests.append(batch["sha256"].astype("S64"))
         vectors.append(batch["vector"])
     vectors = np.concatenate(vectors)
     if vectors.shape[1:] != (vector_size,):  # decode_raw gave another row length
@@ -167,17 +246,40 @@ def _read_run(run_dir: str, vector_size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(digests), vectors
 
 
+def _fixed_layout_columns(records: np.ndarray, vector_size: int):
+    """(digests S64 [n], float32 [n, D] view) when every record of uint8 [n, L] `records` has the
+    first one's bytes outside the digest and the vector; None otherwise."""
+    if not len(records):
+        return np.zeros(0, "S64"), np.zeros((0, vector_size), np.float32)
+    first = bytes(records[0])
+    feature = tf.train.Example.FromString(first).features.feature
+    digest = feature["sha256"].bytes_list.value[0]
+    vector = feature["vector"].bytes_list.value[0]
+    if len(digest) != DIGEST_LENGTH or len(vector) != 4 * vector_size:
+        return None
+    vector_at, digest_at = first.index(vector), first.index(digest)
+    if vector_at < digest_at + len(digest) and digest_at < vector_at + len(vector):
+        return None  # the hash's text also occurs inside the vector's bytes: no fixed layout
+    framing = np.ones(records.shape[1], bool)
+    framing[digest_at:digest_at + len(digest)] = False
+    framing[vector_at:vector_at + len(vector)] = False
+    if not (records[:, framing] == records[0, framing]).all():
+        return None
+    digests = np.ascontiguousarray(records[:, digest_at:digest_at + len(digest)]).view("S64")[:, 0]
+    return digests, records[:, vector_at:vector_at + len(vector)].view("<f4")
+
+
 def cached_digests(namespace: str) -> set[str]:
     """Content hashes already cached in `namespace`: in finished shard runs or as `.npy` entries.
 
-    Reads only the shards' hash column and the `.npy` names, never a vector.
+    Reads the shards (their hash column is kept) and the `.npy` names, never a `.npy` file.
     """
     found: set[str] = set()
     for run_dir in finished_runs(namespace):
         try:
-            feature = {"sha256": tf.io.FixedLenFeature([], tf.string)}
-            for batch in _parsed_batches(_shard_files(run_dir, read_manifest(run_dir)), feature):
-                found.update(digest.decode() for digest in batch["sha256"])
+            manifest = read_manifest(run_dir)
+            for digests, _ in _read_run(run_dir, manifest["vector_size"]):
+                found.update(digests.astype(str).tolist())
         except (OSError, ValueError, KeyError, tf.errors.OpError):
             continue  # load_sharded warns about it; here its images just count as missing
     for path in tf.io.gfile.glob(tf.io.gfile.join(namespace, "??", "*.npy")):

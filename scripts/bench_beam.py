@@ -7,7 +7,9 @@
     over the difference in wall time, so start-up, model load and tracing cancel out) and peak
     memory (VmHWM) of the launcher and of each Beam worker process;
 (b) loading K cached vectors of 1280 floats, one `.npy` per image (`BottleneckCache.load`, as
-    `retrain` does) vs one shard run (`shards.load_sharded`), both just written (warm page cache).
+    `retrain` does) vs one shard run read record by record with tf.data (the previous reader)
+    vs the same run read by `shards.load_sharded` (whole files, columns sliced out), all just
+    written (warm page cache); load and lookup timed apart, image hashing left out.
 
 The machine may be shared: the figures to keep are the ratios, measured in the same run.
 
@@ -25,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -156,23 +159,59 @@ def bench_loading(work: Path, count: int, size: int = 1280) -> None:
     write_manifest_then_marker(run_dir, {"vector_size": size, "shards": names, "vectors": count,
                                          "already_cached": 0, "unreadable": []})
 
+    def gather(get) -> tuple[np.ndarray, float]:
+        """compute_bottlenecks' lookup: one get per image into a [K, D] array (no hashing)."""
+        started = time.perf_counter()
+        gathered = np.zeros((count, size), np.float32)
+        for row, digest in enumerate(digests):
+            gathered[row] = get(digest)
+        return gathered, time.perf_counter() - started
+
+    timings = {}
+    from_npy, lookup = gather(npy.load)  # the .npy reader loads as it looks up
+    timings[".npy per image (BottleneckCache)"] = (0.0, lookup)
     started = time.perf_counter()
-    from_npy = np.stack([npy.load(digest) for digest in digests])
-    npy_seconds = time.perf_counter() - started
+    previous = previous_reader([os.path.join(run_dir, name) for name in names])
+    load = time.perf_counter() - started
+    from_previous, lookup = gather(previous)
+    timings["shards, tf.data record by record"] = (load, lookup)
     started = time.perf_counter()
     sharded = load_sharded(namespace, size)
-    from_shards = np.stack([sharded.get(digest) for digest in digests])
-    shard_seconds = time.perf_counter() - started
-    assert np.array_equal(from_npy, vectors) and np.array_equal(from_shards, vectors)
+    load = time.perf_counter() - started
+    from_shards, lookup = gather(sharded.get)
+    timings["shards, whole files (load_sharded)"] = (load, lookup)
+    for gathered in (from_npy, from_previous, from_shards):
+        assert np.array_equal(gathered, vectors)
     npy_mib = sum(path.stat().st_size for path in (work / "npy").rglob("*.npy")) / 2**20
     shard_mib = sum(os.path.getsize(os.path.join(run_dir, name)) for name in names) / 2**20
-    print(f"\n(b) loading {count} vectors of {size} floats (warm page cache)")
-    print(f"{'storage':<34} {'seconds':>8} {'vectors/s':>10} {'MiB':>7} {'files':>7}")
-    print(f"{'.npy per image (BottleneckCache)':<34} {npy_seconds:>8.2f} "
-          f"{count / npy_seconds:>10.0f} {npy_mib:>7.0f} {count:>7}")
-    print(f"{'TFRecord shard run (load_sharded)':<34} {shard_seconds:>8.2f} "
-          f"{count / shard_seconds:>10.0f} {shard_mib:>7.0f} {len(names) + 2:>7}")
-    print(f"shards / .npy: x{npy_seconds / shard_seconds:.1f} faster")
+    print(f"\n(b) loading {count} vectors of {size} floats (warm page cache; no image hashing): "
+          f"load = reading the store, lookup = one get per image into a [{count}, {size}] array")
+    print(f"{'storage':<36} {'load s':>7} {'lookup s':>9} {'total s':>8} {'vectors/s':>10} "
+          f"{'MiB':>5} {'files':>7}")
+    for storage, (load, lookup) in timings.items():
+        mib, files = (npy_mib, count) if storage.startswith(".npy") else (shard_mib, len(names) + 2)
+        print(f"{storage:<36} {load:>7.2f} {lookup:>9.2f} {load + lookup:>8.2f} "
+              f"{count / (load + lookup):>10.0f} {mib:>5.0f} {files:>7}")
+    base = sum(timings[".npy per image (BottleneckCache)"])
+    for storage, parts in list(timings.items())[1:]:
+        print(f"{storage} vs .npy: x{base / sum(parts):.1f} faster")
+
+
+def previous_reader(files: list[str]) -> Callable[[str], np.ndarray]:
+    """The reader load_sharded used before whole-file reads: tf.data, parse_example and
+    decode_raw in batches of 4,096, one Python string per record, a dict of digests."""
+    import tensorflow as tf
+
+    from retrainer.shards import _parsed_batches
+
+    features = {name: tf.io.FixedLenFeature([], tf.string) for name in ("sha256", "vector")}
+    digests, blocks = [], []
+    for batch in _parsed_batches(files, features):
+        digests += [digest.decode() for digest in batch["sha256"]]
+        blocks.append(batch["vector"])
+    vectors = np.concatenate(blocks)
+    rows = {digest: row for row, digest in reversed(list(enumerate(digests)))}
+    return lambda digest: vectors[rows[digest]]
 
 
 def main() -> None:

@@ -48,6 +48,8 @@ def main() -> None:
         bottleneck_dir=args.work / "bottlenecks", checkpoint_path=out / "checkpoint" / "head",
         how_many_training_steps=args.steps, saved_model_dir=out / "saved_model",
         tflite_output_file=out / "model.tflite", tflite_quantization=MODES, show_progress=False,
+        metrics_file=out / "metrics.json", report_html=out / "report.html",
+        audit_file=out / "audit.json",
     )
     started = time.perf_counter()
     result = run(config)

@@ -78,6 +78,8 @@ def measure(name: str, image_dir: Path, work: Path, steps: int) -> None:
             summaries_dir=out / "logs", bottleneck_dir=out / "cache",
             checkpoint_path=out / "checkpoint" / "ckpt", how_many_training_steps=steps,
             extractor_precision=precision, show_progress=False,
+            metrics_file=out / "metrics.json", report_html=out / "report.html",
+            audit_file=out / "audit.json",
         )
         result = run(config)
         exported, count = export_accuracy(config)

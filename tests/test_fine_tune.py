@@ -64,6 +64,9 @@ def test_fine_tuning_changes_the_extractor_weights_in_the_export(tmp_path, image
     graph = Path(document["outputs"]["output_graph"])
     exported = find_kernel(graph_constants(graph), original.shape)
     assert np.abs(exported - original).max() > 1e-4
+    named = json.loads(graph.with_name(graph.name + ".meta.json").read_text())["extractor"]
+    assert named["fine_tuned_from"] == document["extractor_id"]
+    assert named["id"].startswith(document["extractor_id"] + "-tuned-")
     probabilities = classify_with_graph(graph, np.full((2, 32, 32, 3), 0.5, np.float32))
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)

@@ -176,8 +176,11 @@ def test_failed_gate_exits_6_and_leaves_the_previous_export_untouched(tmp_path, 
     assert {"graph.pb", "graph.pb.meta.json", "labels.txt", "checkpoint/head.index",
             "intermediate/intermediate_15.pb", "saved_model/saved_model.pb"} <= set(before)
 
-    result = invoke([*args, *BARELY_TRAINED, "--assert_accuracy_at_least", "0.99"])
+    result = invoke([*args, *BARELY_TRAINED, "--assert_accuracy_at_least", "0.99", "--json"])
     assert result.exit_code == EXIT_QUALITY_GATE == 6
+    printed = json.loads(result.stdout)  # CI scripts still get the figures of a failed run
+    assert printed["error"]["exit_code"] == 6
+    assert printed["error"]["message"] in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     document = json.loads((out / "metrics.json").read_text())
     reached = document["metrics"]["testing"]["accuracy"]
@@ -190,6 +193,7 @@ def test_failed_gate_exits_6_and_leaves_the_previous_export_untouched(tmp_path, 
     gate = document["quality_gates"][0]
     assert (gate["flag"], gate["threshold"], gate["passed"]) == ("assert_accuracy_at_least", 0.99,
                                                                   False)
+    assert printed["test_accuracy"] == document["test_accuracy"]
     assert "output_graph" not in document["outputs"] and "<p class=\"fail\">FAILED" in (
         out / "report.html").read_text()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest
-from retrainer.shards import cached_digests, load_sharded
+from retrainer.shards import cached_digests, load_sharded, remove_abandoned_runs
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_shards import write_shard_run
 
@@ -91,6 +91,98 @@ def test_compute_bottlenecks_reuses_shard_vectors_like_npy_entries(tmp_path, tin
     ("roses/__MACOSX/a.jpg", False), ("roses/a.txt", False), ("roses//a.jpg", False),
 ])
 def test_discovery_rule_for_listed_paths(relpath, picked):
-    from retrainer.discovery import is_image_relpath
+    from retrainer.image_names import is_image_relpath
 
     assert is_image_relpath(relpath) is picked
+
+
+def test_corrupt_vector_bytes_fail_the_crc_and_leave_the_run_out(tmp_path, caplog):
+    digests, vectors = digests_and_vectors(4)
+    run = write_shard_run(str(tmp_path), "run-1", digests, vectors)
+    shard = Path(run) / "vectors-00001-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[-20] ^= 0x01  # one bit of the last vector: still a finite float32, only the CRC tells
+    shard.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert len(load_sharded(str(tmp_path), 4)) == 0
+    assert "run-1 is unreadable" in caplog.text and "CRC" in caplog.text
+
+
+def test_records_of_another_layout_are_read_record_by_record(tmp_path):
+    """The fast reader needs equal-length records of one layout; others (e.g. a writer that put
+    the fields in another order) are still read, by tf.data."""
+    import tensorflow as tf
+
+    digests, vectors = digests_and_vectors(5)
+    run_dir = write_shard_run(str(tmp_path), "run-1", digests, vectors, shards=1)
+    with tf.io.TFRecordWriter(os.path.join(run_dir, "vectors-00000-of-00001.tfrecord")) as writer:
+        for digest, vector in zip(digests, vectors):
+            example = tf.train.Example()
+            example.features.feature["vector"].bytes_list.value.append(vector.tobytes())
+            example.features.feature["sha256"].bytes_list.value.append(digest.encode())
+            # A field the reader ignores, of varying length: records of unequal length.
+            example.features.feature["note"].bytes_list.value.append(b"x" * len(digest.strip("0")))
+            writer.write(example.SerializeToString())
+    sharded = load_sharded(str(tmp_path), 4)
+    for digest, vector in zip(digests, vectors):
+        np.testing.assert_array_equal(sharded.get(digest), vector)
+
+
+def test_non_finite_vectors_are_left_out_and_an_earlier_duplicate_wins(tmp_path, caplog):
+    digests, vectors = digests_and_vectors(4)
+    poisoned = vectors.copy()
+    poisoned[1, 2] = np.nan
+    write_shard_run(str(tmp_path), "20260101T000000Z-a", digests, poisoned, shards=1)
+    write_shard_run(str(tmp_path), "20260102T000000Z-b", digests[:1], vectors[:1] + 1, shards=1)
+    with caplog.at_level(logging.WARNING):
+        sharded = load_sharded(str(tmp_path), 4)
+    assert sorted(sharded.rows) == sorted(set(digests) - {digests[1]})
+    np.testing.assert_array_equal(sharded.get(digests[0]), vectors[0])  # the first run's
+    assert "1 non-finite vectors" in caplog.text
+
+
+def _age(run_dir: str, seconds: float) -> None:
+    import time
+
+    for folder, _, files in os.walk(run_dir):
+        for name in files:
+            then = time.time() - seconds
+            os.utime(os.path.join(folder, name), (then, then))
+
+
+def test_only_abandoned_unfinished_runs_are_deleted(tmp_path):
+    """An unfinished run is deleted when it started, and last changed, over 3 days ago: never a
+    finished run, a recent one, one still being written, or a folder not named by a start time."""
+    digests, vectors = digests_and_vectors(4)
+    namespace, week = str(tmp_path), 7 * 24 * 3600
+    runs = {
+        "abandoned": write_shard_run(namespace, "20200101T000000Z-dead", digests, vectors,
+                                     finished=False),
+        "finished long ago": write_shard_run(namespace, "20200101T000000Z-done", digests, vectors),
+        "started long ago, still writing": write_shard_run(
+            namespace, "20200102T000000Z-busy", digests, vectors, finished=False),
+        "started now": write_shard_run(namespace, f"{shards_run_id_now()}-new", digests, vectors,
+                                       finished=False),
+        "not a run id": write_shard_run(namespace, "my-backup", digests, vectors, finished=False),
+    }
+    for name in ("abandoned", "finished long ago", "started now", "not a run id"):
+        _age(runs[name], week)
+    assert remove_abandoned_runs(namespace) == [runs["abandoned"]]
+    assert [name for name, run in runs.items() if os.path.isdir(run)] == list(runs)[1:]
+    assert len(load_sharded(namespace, 4)) == 4  # the finished run is still read
+
+
+def test_the_reader_deletes_abandoned_runs(tmp_path):
+    digests, vectors = digests_and_vectors(2)
+    run = write_shard_run(str(tmp_path), "20200101T000000Z-dead", digests, vectors, finished=False)
+    _age(run, 4 * 24 * 3600)
+    assert len(load_sharded(str(tmp_path), 4)) == 0
+    assert not os.path.exists(run)
+
+
+def shards_run_id_now() -> str:
+    import time
+
+    from retrainer.shards import RUN_ID_TIME
+
+    return time.strftime(RUN_ID_TIME, time.gmtime())

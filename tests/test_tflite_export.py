@@ -165,7 +165,7 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
     import tensorflow as tf
 
     from retrainer.config import RetrainConfig
-    from retrainer.exports.deployable import verify_exports
+    from retrainer.exports.deployable import check_export_accuracy, verify_exports
     from retrainer.extractors import create_extractor
 
     labels = deployed_run.result.labels
@@ -184,7 +184,7 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
     tests = [type("Image", (), {"path": p, "label_index": labels.index(p.parent.name)})
              for name in labels for p in sorted((deployed_run.image_dir / name).iterdir())]
     with pytest.raises(ExportMismatchError) as raised:
-        verify_exports(config, {}, tests, (32, 32))
+        check_export_accuracy(config, verify_exports(config, {}, tests, (32, 32)))
     assert raised.value.exit_code == 7 and "tflite int8" in str(raised.value)
 
 

@@ -23,6 +23,7 @@ from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
 from retrainer.audit.signatures import SignatureCache
 from retrainer.split import TESTING, TRAINING
+from retrainer.storage import as_path
 
 if TYPE_CHECKING:
     from retrainer.bottlenecks import Bottlenecks
@@ -82,7 +83,7 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     labels = np.array([collection.images[p].label_index for p in usable], np.int64)
     relpaths = [collection.images[p].relpath for p in usable]
     key = _findings_key(vectors, labels, relpaths, digests, collection.labels, seed)
-    cache_path = Path(bottleneck_dir) / RESULT_NAMESPACE / key[:2] / f"{key}.json"
+    cache_path = as_path(bottleneck_dir) / RESULT_NAMESPACE / key[:2] / f"{key}.json"
     try:
         return Findings.from_json(json.loads(cache_path.read_text("utf-8"))), True
     except FileNotFoundError:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from retrainer._files import write_bytes_atomically
 from retrainer.images import UnreadableImageError, load_image
+from retrainer.storage import as_path, open_for_reading
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class SignatureCache:
     """Thumbnails and perceptual hashes keyed by hex SHA-256 of the image file."""
 
     def __init__(self, bottleneck_dir: os.PathLike[str] | str) -> None:
-        self.directory = Path(bottleneck_dir) / CACHE_NAMESPACE
+        self.directory = as_path(bottleneck_dir) / CACHE_NAMESPACE
 
     def signatures(
         self, paths: Sequence[Path], digests: Sequence[str]
@@ -70,7 +71,7 @@ class SignatureCache:
     def _load(self, shard: str) -> dict[str, tuple[np.ndarray, np.uint64]]:
         path = self._shard_path(shard)
         try:
-            with np.load(path, allow_pickle=False) as stored:
+            with open_for_reading(path) as stream, np.load(stream, allow_pickle=False) as stored:
                 digests, thumbnails, hashes = stored["digests"], stored["thumbnails"], stored["hashes"]
         except FileNotFoundError:
             return {}

@@ -30,16 +30,18 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from retrainer.beam.model_handler import BottleneckModelHandler
 from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
 from retrainer.config import DEFAULT_EXTRACTOR
-from retrainer.discovery import is_image_relpath
 from retrainer.errors import UsageError
+from retrainer.image_names import is_image_relpath
 from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import (
+    RUN_ID_TIME,
     SHARD_PREFIX,
     SHARD_SUFFIX,
     cached_digests,
     encode_record,
     finished_runs,
     read_manifest,
+    remove_abandoned_runs,
     shards_root,
     write_manifest_then_marker,
 )
@@ -114,12 +116,15 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
 
     started = time.perf_counter()
     image_dir = _absolute(config.image_dir)
+    for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
+        _check_file_system(flag, path)
     if not _has_entries(image_dir):
         raise UsageError(f"Image directory {config.image_dir!r} does not exist or is empty; pass "
                          "--image_dir a folder with one sub-folder of images per class.")
     # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
     spec = create_extractor(config.tfhub_module, config.image_size).spec
     cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
+    remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
@@ -237,6 +242,20 @@ def _finish_run(shard_paths: list[str], run_dir: str, manifest: dict[str, Any], 
     })
 
 
+def _check_file_system(flag: str, path: str) -> None:
+    """Beam's file systems read the images and write the shards: a scheme they lack is a usage
+    error (ram:// is TensorFlow's only, and one process's; gs:// needs apache-beam[gcp])."""
+    try:
+        FileSystems.get_filesystem(path)
+    except ValueError:
+        scheme = path.split("://", 1)[0]
+        raise UsageError(
+            f"--{flag} {path}: Beam has no file system for {scheme}:// here (gs:// needs "
+            "pip install 'apache-beam[gcp]'; ram:// exists only inside one process); pass a local "
+            "path or a gs:// URL."
+        ) from None
+
+
 def _has_entries(folder: str) -> bool:
     try:
         return bool(FileSystems.match([FileSystems.join(folder, "**")], limits=[1])[0].metadata_list)
@@ -251,4 +270,4 @@ def _absolute(path: str) -> str:
 
 def _new_run_id() -> str:
     """Sorts by start time; the random part keeps concurrent runs apart."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+    return time.strftime(RUN_ID_TIME, time.gmtime()) + "-" + secrets.token_hex(4)

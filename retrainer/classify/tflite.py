@@ -16,7 +16,6 @@ import struct
 import sys
 import tempfile
 import warnings
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -31,6 +30,7 @@ from retrainer.classify._common import (
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.storage import as_path
 
 
 def make_interpreter(model: bytes):
@@ -147,7 +147,7 @@ def _labels(config: ClassifyConfig, metadata) -> tuple[tuple[str, ...], str]:
         return read_labels(config.labels), f"labels file {config.labels}"
     if metadata is not None and metadata.labels:
         return metadata.labels, f"the metadata of {config.graph}"
-    beside = Path(config.graph).parent / LABELS_FILENAME
+    beside = as_path(config.graph).parent / LABELS_FILENAME
     if beside.is_file():
         return read_labels(beside), f"labels file {beside}"
     raise UsageError(

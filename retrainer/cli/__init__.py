@@ -17,12 +17,23 @@ from typing import Any, Callable, TypeVar
 import click
 
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
+from retrainer.storage import as_path, is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The machine, not the code, refused a write (disk full, quota, read-only, file size limit, another
 # user's files): a one-line error with exit code 2, not a traceback.
 _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
                                 errno.EPERM})
+
+
+class PathOrUrl(click.ParamType):
+    """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.storage`), unmangled
+    (`click.Path(path_type=Path)` would turn gs://b into gs:/b)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        return as_path(value) if value != "" else value  # '' stays '' (e.g. "no metrics file")
 
 
 def quiet_tensorflow(verbose: bool = False) -> None:
@@ -81,6 +92,10 @@ def reports_errors(command: F) -> F:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OSError as error:
+            if is_url(error.filename):  # a remote store refused or failed (retrainer.storage)
+                click.echo(f"Error: {error.strerror}: {error.filename}. Check the path and "
+                           "its access rights, then rerun: work done so far is kept.", err=True)
+                sys.exit(EXIT_USAGE)
             if error.errno not in _UNWRITABLE_ERRNOS:
                 raise
             where = f": {error.filename}" if error.filename else ""

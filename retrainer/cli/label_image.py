@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Iterable, Optional
@@ -30,10 +29,11 @@ from retrainer.classify import (
     ImageResult,
     classify_images,
 )
-from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
-from retrainer.discovery import image_extensions_text, is_image_name
+from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
 from retrainer.errors import UnreadableImagesError, UsageError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.image_names import image_extensions_text, is_image_name
+from retrainer.storage import walk
 
 log = logging.getLogger("retrainer.label_image")
 
@@ -45,13 +45,13 @@ def _option(name: str, **kwargs):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--image", "more_images", multiple=True, type=click.Path(path_type=Path),
+@click.argument("images", nargs=-1, type=PathOrUrl())
+@click.option("--image", "more_images", multiple=True, type=PathOrUrl(),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
-@_option("graph", type=click.Path(path_type=Path), default=DEFAULT_GRAPH, show_default=True,
+@_option("graph", type=PathOrUrl(), default=DEFAULT_GRAPH, show_default=True,
          help="Model written by retrain: a frozen graph (.pb), a .tflite file or a SavedModel "
               "folder (told apart by content).")
-@_option("labels", type=click.Path(path_type=Path), default=None,
+@_option("labels", type=PathOrUrl(), default=None,
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")
 @_option("input_layer", default=None,
@@ -127,12 +127,12 @@ def expand_images(arguments: Iterable[Path]) -> list[Path]:
             paths.append(argument)
             continue
         found = []
-        for folder, subfolders, files in os.walk(argument):
+        for folder, subfolders, files in walk(argument):
             subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-            found += [Path(folder, name) for name in files if is_image_name(name)]
+            found += [f"{folder}/{name}" if folder else name for name in files if is_image_name(name)]
         if not found:
             raise UsageError(f"no image files ({image_extensions_text()}) in folder {argument}")
-        paths += sorted(found, key=lambda path: path.relative_to(argument).parts)
+        paths += [argument / relpath for relpath in sorted(found, key=lambda path: path.split("/"))]
     if not paths:
         raise UsageError(
             "no images given; pass image files or folders, e.g. label-image --graph out.pb photo.jpg"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 from typing import Any, Optional
 
 import click
 
-from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
 from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
+from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import run
 from retrainer.result import RetrainResult
@@ -40,7 +40,7 @@ def _option(name: str, help: str, **kwargs: Any):
     return click.option(*spellings, name, help=help, **kwargs)
 
 
-_PATH = click.Path(path_type=Path)
+_PATH = PathOrUrl()
 _BATCH = click.IntRange(min=-1)
 
 
@@ -96,9 +96,9 @@ _BATCH = click.IntRange(min=-1)
 @_option("test_batch_size", "How many images to test on (-1: the whole test set).", type=_BATCH)
 @_option("print_misclassified_test_images", "Print all misclassified test images.", is_flag=True)
 @_option("metrics_file", "Write every metric, the training history, counts and flags as JSON "
-         "here ('' for none).", type=click.Path())
+         "here ('' for none).", type=_PATH)
 @_option("report_html", "Write a self-contained HTML report here, with training_curves.png and "
-         "confusion_matrix.png beside it ('' for none).", type=click.Path())
+         "confusion_matrix.png beside it ('' for none).", type=_PATH)
 @_option("assert_accuracy_at_least", "Exit 6 and export nothing if the test accuracy (validation "
          "without test images) is below this fraction, e.g. 0.9.",
          type=click.FloatRange(0, 1), show_default=False)
@@ -152,9 +152,22 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     configure_logging("ERROR" if quiet else logging_verbosity)
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
-    result = run(config)
+    try:
+        result = run(config)
+    except FinishedRunError as error:  # a failed gate or export check: the figures still print
+        _print_result(error.result, config, quiet, as_json, error)
+        raise
+    _print_result(result, config, quiet, as_json)
+
+
+def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_json: bool,
+                  failure: Optional[FinishedRunError] = None) -> None:
+    """The summary (or the --json document, with "error" when a check failed) on stdout."""
     if as_json:
-        click.echo(json.dumps(result.to_json(), ensure_ascii=False))
+        document = result.to_json()
+        if failure is not None:
+            document["error"] = {"exit_code": failure.exit_code, "message": str(failure)}
+        click.echo(json.dumps(document, ensure_ascii=False))
         return
     click.echo(_test_line(result))
     if config.print_misclassified_test_images:

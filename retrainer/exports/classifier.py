@@ -7,6 +7,7 @@ inside) to softmax probabilities float32 [N, C] under the op name `final_tensor_
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Optional, Sequence
 
@@ -38,11 +39,19 @@ class Classifier(tf.Module):
         self.head = head
         self.final_tensor_name = final_tensor_name
         self.label_names = tuple(labels)
+        self.fine_tuned = False  # set once fine-tuning changed the extractor's weights
         height, width = extractor.spec.input_size
         self.classify = tf.function(
             self._classify,
             input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_OP)],
         )
+
+    def _digest(self) -> str:
+        """First 12 hex digits of the SHA-256 of the extractor's weights: names a tuned copy."""
+        digest = hashlib.sha256()
+        for variable in self.extractor.variables:
+            digest.update(variable.numpy().tobytes())
+        return digest.hexdigest()[:12]
 
     def _classify(self, images: tf.Tensor) -> tf.Tensor:
         """float32 [N, H, W, 3] RGB in [0, 1] -> float32 [N, C] probabilities."""
@@ -66,6 +75,9 @@ class Classifier(tf.Module):
             "labels": list(self.label_names),
             "extractor": {"name": spec.name, "id": spec.id},
         }
+        if self.fine_tuned:  # its vectors are no longer those of spec.id's cache namespace
+            document["extractor"] = {"name": spec.name, "id": f"{spec.id}-tuned-{self._digest()}",
+                                     "fine_tuned_from": spec.id}
         if step is not None:
             document["step"] = step
         return document

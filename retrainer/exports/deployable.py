@@ -57,12 +57,8 @@ def write_tflite_exports(config, classifier, training_images: Sequence) -> dict[
 
 def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
                    input_size: tuple[int, int]) -> list:
-    """The export report when a .tflite or SavedModel was written; [] otherwise.
-
-    Raises:
-        ExportMismatchError: an export lost more than --max_export_accuracy_drop points.
-    """
-    from retrainer.exports.verify import FROZEN_GRAPH, check_accuracy_drop, export_report
+    """The export report when a .tflite or SavedModel was written; [] otherwise."""
+    from retrainer.exports.verify import FROZEN_GRAPH, export_report
 
     artifacts: list[tuple[str, Path]] = []
     if config.tflite_output_file is not None:
@@ -79,8 +75,17 @@ def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
 
     pixels, ok = decode_files([image.path for image in test_images], input_size)
     labels = np.array([image.label_index for image in test_images], np.int64)
-    reports = export_report([(FROZEN_GRAPH, config.output_graph)] + artifacts, pixels[ok],
-                            labels[ok])
-    if config.max_export_accuracy_drop is not None:
+    return export_report([(FROZEN_GRAPH, config.output_graph)] + artifacts, pixels[ok],
+                         labels[ok])
+
+
+def check_export_accuracy(config, reports: Sequence) -> None:
+    """Apply --max_export_accuracy_drop to the export report (no-op without the flag).
+
+    Raises:
+        ExportMismatchError: an export lost more than --max_export_accuracy_drop points.
+    """
+    from retrainer.exports.verify import check_accuracy_drop
+
+    if config.max_export_accuracy_drop is not None and reports:
         check_accuracy_drop(reports, config.max_export_accuracy_drop)
-    return reports

@@ -24,11 +24,12 @@ from retrainer._files import write_bytes_atomically, write_text_atomically
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
 from retrainer.graph_contract import INPUT_OP, metadata_path
+from retrainer.storage import as_path
 
 
 def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Path:
     """retrain.py's name for the graph stored at `step`."""
-    return Path(directory) / f"intermediate_{step}.pb"
+    return as_path(directory) / f"intermediate_{step}.pb"
 
 
 class GraphExporter:

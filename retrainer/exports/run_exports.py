@@ -39,7 +39,7 @@ class RunExports:
         self.intermediate_graphs.append(path)
         log.info("Saved intermediate graph %s", path)
 
-    def write_final(self, head, training_images) -> dict[str, Any]:
+    def write_final(self, head, training_images, fine_tuned: bool) -> dict[str, Any]:
         """Labels, graph + sidecar, SavedModel and .tflite if asked; returns {flag name: path}."""
         from retrainer.exports.classifier import write_labels
         from retrainer.exports.deployable import write_tflite_exports
@@ -47,6 +47,7 @@ class RunExports:
 
         config = self.config
         exporter = self.exporter(head)
+        exporter.classifier.fine_tuned = fine_tuned
         write_labels(config.output_labels, self.labels)
         outputs: dict[str, Any] = {
             "output_graph": config.output_graph,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from retrainer.errors import UsageError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
+from retrainer.storage import as_path
 
 if TYPE_CHECKING:
     from retrainer.config import RetrainConfig
@@ -24,7 +24,7 @@ def validate_export_options(config: RetrainConfig) -> None:
     if config.tflite_output_file is not None:
         if not os.fspath(config.tflite_output_file):
             raise UsageError("--tflite_output_file must not be empty.")
-        object.__setattr__(config, "tflite_output_file", Path(config.tflite_output_file))
+        object.__setattr__(config, "tflite_output_file", as_path(config.tflite_output_file))
     modes = config.tflite_quantization
     modes = (modes,) if isinstance(modes, str) else tuple(modes)
     modes = tuple(part.strip() for mode in modes for part in mode.split(",") if part.strip())

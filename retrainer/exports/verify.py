@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from retrainer.errors import ExportMismatchError, ModelError
+from retrainer.storage import tree_size
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def export_report(
         reports.append(ArtifactReport(
             artifact=name,
             path=path,
-            size_bytes=_size(path),
+            size_bytes=tree_size(path),
             accuracy=accuracy,
             change_points=0.0 if not reports else (accuracy - reports[0].accuracy) * 100,
             agreement=float((probabilities.argmax(1) == reference.argmax(1)).mean()),
@@ -120,9 +120,3 @@ def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
     finally:
         model.close()
 
-
-def _size(path: Path) -> int:
-    if path.is_dir():
-        return sum(Path(folder, name).stat().st_size
-                   for folder, _, names in os.walk(path) for name in names)
-    return path.stat().st_size

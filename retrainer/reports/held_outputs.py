@@ -9,12 +9,11 @@ was. A staging folder left by a killed run is deleted by a later run once it is 
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import shutil
 from pathlib import Path
 
 from retrainer._files import remove_stale_temporaries
+from retrainer.storage import move, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +43,12 @@ class HeldOutputs:
             if entries:  # an unused staging folder must not create its destination
                 destination.mkdir(parents=True, exist_ok=True)
             for entry in entries:
-                os.replace(entry, destination / entry.name)
-            staging.rmdir()
+                move(entry, destination / entry.name)
+            remove_tree(staging)
         self._staged.clear()
 
     def discard(self) -> None:
         """Delete every held file: the destinations keep what they had."""
         for staging, _ in self._staged:
-            shutil.rmtree(staging, ignore_errors=True)
+            remove_tree(staging)
         self._staged.clear()

@@ -132,7 +132,7 @@ def headline_split(test: SplitMetrics, validation: SplitMetrics
 
 def flags_json(config: Any) -> dict[str, Any]:
     """The config's fields, paths as strings."""
-    return {name: os.fspath(value) if isinstance(value, Path) else value
+    return {name: os.fspath(value) if isinstance(value, os.PathLike) else value
             for name, value in dataclasses.asdict(config).items()}
 
 

@@ -17,7 +17,6 @@ import dataclasses
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +32,7 @@ from retrainer.bottlenecks import (
 from retrainer.extractors import FeatureExtractor
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
 from retrainer.training.out_of_memory import explains_out_of_memory
+from retrainer.storage import as_path
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class DistortedBottlenecks:
 def distorted_cache(bottleneck_dir: os.PathLike[str] | str, extractor: FeatureExtractor,
                     distortions: Distortions, seed: int) -> BottleneckCache:
     """The cache folder of one extractor's vectors under these distortion settings and seed."""
-    return BottleneckCache(Path(bottleneck_dir), extractor.spec,
+    return BottleneckCache(as_path(bottleneck_dir), extractor.spec,
                            namespace=f"distorted/{distortions.key}-seed{seed}")
 
 

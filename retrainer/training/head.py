@@ -35,6 +35,7 @@ from retrainer.training.regularization import (
     accuracy,
     cross_entropy,
 )
+from retrainer.storage import as_path
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class _TrainingLoop:
         self.writers = None
         if config.summaries_dir is not None:
             self.writers = {
-                name: _fresh_writer(Path(config.summaries_dir) / name)
+                name: _fresh_writer(as_path(config.summaries_dir) / name)
                 for name in ("train", "validation")
             }
 
