@@ -37,6 +37,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         Both carry the run's result as `.result`.
     """
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
+    from retrainer.audit.report_section import audit_sections
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
@@ -163,7 +164,8 @@ def run(config: RetrainConfig) -> RetrainResult:
         extractor_precision=engine.precision,
         extractor_id=engine.spec.id,
     )
-    write_reports(result, config.metrics_file, config.report_html, config.summaries_dir)
+    write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
+                  audit_sections(result.audit) if config.report_html is not None else ())
     try:
         if gate_failure is not None:
             raise QualityGateError(gate_failure)

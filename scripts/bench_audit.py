@@ -85,7 +85,7 @@ def inject_faults(root: Path, rng: np.random.Generator) -> dict[str, set]:
     cursor = 0
     for kind in KINDS:
         placed = 0
-        while placed < max(4, len(files) // 250):
+        while placed < max(4, len(files) // 125):
             source = files[cursor]
             cursor += 1
             relpath = f"{source.parent.name}/{source.name}"
@@ -170,7 +170,7 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     print("\nThreshold evidence: cosine of each injected copy pair, and the 99.9th percentile /"
           " maximum over all other pairs (should be below the copies):")
     for name, unit in descriptors.items():
-        first, second = similar_pairs([unit], lambda blocks: blocks[0] >= 0.5)
+        first, second = similar_pairs([unit], 0.5)
         similarity = np.einsum("ij,ij->i", unit[first], unit[second])
         other = np.array([s for a, b, s in zip(first.tolist(), second.tolist(), similarity)
                           if (a, b) not in copies]) if len(first) else np.zeros(1)
@@ -184,6 +184,32 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     pairs = [tuple(sorted(index[path] for path in pair)) for kind in KINDS for pair in truth[kind]]
     bits = hamming(hashes[[a for a, _ in pairs]], hashes[[b for _, b in pairs]])
     print(f"  phash bits differing, copy pairs: median {np.median(bits):.0f}, max {bits.max()}")
+    crop_evidence(descriptors, thumbnails, truth, index, copies)
+
+
+def crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
+    """The crop test's zoomed score on cropped copies against other pairs passing its pre-tests."""
+    from retrainer.audit import duplicates as d
+    from retrainer.audit.neighbours import similar_pairs
+    from retrainer.audit.signatures import aligned_correlation
+
+    def zoomed(pairs):
+        first, second = thumbnails[[a for a, _ in pairs]], thumbnails[[b for _, b in pairs]]
+        score = aligned_correlation(first, second, d.ALIGN_REACH, d.CROP_SCALES, d.CROP_MARGIN)
+        return score, score > aligned_correlation(first, second, d.ALIGN_REACH, margin=d.CROP_MARGIN)
+
+    crops = [tuple(sorted(index[path] for path in pair)) for pair in truth["crop"]]
+    first, second = similar_pairs(
+        [descriptors["fourier"], descriptors["thumbnail"], descriptors["vector"]],
+        d.FOURIER_MATCH, lambda cosines: (cosines[0] >= d.CROP_THUMBNAIL_MATCH)
+        & (cosines[1] >= d.CROP_VECTOR_MATCH))
+    others = [(a, b) for a, b in zip(first.tolist(), second.tolist()) if (a, b) not in copies]
+    crop_score, crop_helps = zoomed(crops)
+    other_score, other_helps = zoomed(others) if others else (np.zeros(1), np.zeros(1, bool))
+    print(f"  crop test (zoomed, inner 24x24): cropped copies min {crop_score.min():.4f}, zoom "
+          f"helps {crop_helps.sum()}/{len(crops)}; {len(others)} other pairs pass the pre-tests: "
+          f"max {other_score.max():.4f}, max where zoom helps "
+          f"{other_score[other_helps].max() if other_helps.any() else float('nan'):.4f}")
 
 
 def timed_audit(collection, bottlenecks, work: Path) -> None:

@@ -3,6 +3,9 @@ audit.json schema, --skip_audit, --keep_duplicates_in_one_split and the caches."
 
 from __future__ import annotations
 
+import base64
+import html
+import html.parser
 import io
 import json
 import shutil
@@ -19,6 +22,22 @@ from retrainer.split import TRAINING, assign_split
 from tests.fixtures_pipeline import FASHION_CLASSES, copy_classes, retrain_args
 
 PHOTO = "Sneaker/photo_page.png"  # a scanned text page among shoes
+BYTE_COPY = "Sneaker/dup <b>bag & co.png"  # a name the HTML report must escape
+
+
+class _Images(html.parser.HTMLParser):
+    """The alt texts and PNG bytes of every <img> of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alts: list[str] = []
+        self.pngs: list[bytes] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.alts.append(attrs["alt"])
+            self.pngs.append(base64.b64decode(attrs["src"].removeprefix("data:image/png;base64,")))
 
 
 def name_in_split(folder: str, stem: str, want_training: bool) -> str:
@@ -44,7 +63,7 @@ def faulty_dir(fashion_mnist_dir, tmp_path_factory) -> tuple[Path, dict]:
     root = copy_classes(fashion_mnist_dir, tmp_path_factory.mktemp("audit") / "images",
                         FASHION_CLASSES, 25)
     bag, dress = training_images(root / "Bag"), training_images(root / "Dress")
-    shutil.copyfile(bag[0], root / "Sneaker" / "dup_bag.png")
+    shutil.copyfile(bag[0], root / BYTE_COPY)
     jpeg = io.BytesIO()
     Image.open(bag[1]).save(jpeg, "JPEG", quality=70)
     jpeg_name = name_in_split("Bag", "reencoded", want_training=False)
@@ -60,7 +79,7 @@ def faulty_dir(fashion_mnist_dir, tmp_path_factory) -> tuple[Path, dict]:
     photo = Image.fromarray(skimage.data.page()).convert("L").resize((28, 28))
     photo.save(root / PHOTO)
     truth = {
-        "byte": {f"Bag/{bag[0].name}", "Sneaker/dup_bag.png"},
+        "byte": {f"Bag/{bag[0].name}", BYTE_COPY},
         "near": [{f"Bag/{bag[1].name}", f"Bag/{jpeg_name}"},
                  {f"Dress/{dress[0].name}", f"Dress/{resized_name}"}],
         "flips": flips,
@@ -144,6 +163,30 @@ def test_audit_file_schema_matches_json_output(audited):
     assert all("/" in path and "\\" not in path and not Path(path).is_absolute() for path in paths)
     assert document["outputs"]["audit_file"] == str(tmp / "out" / "audit.json")
     assert "audit" in document["seconds"]
+
+
+def test_html_report_has_the_audit_section_with_escaped_paths_and_thumbnails(audited):
+    document, truth, tmp = audited
+    audit = document["audit"]
+    text = (tmp / "out" / "report.html").read_text("utf-8")
+    section = text[text.index('<section id="audit">'):]
+    section = section[:section.index("</section>")]
+    assert "<h2>Dataset audit</h2>" in section and '<a href="#audit">' in text
+    assert "<td>exact duplicate groups</td><td>1</td>" in section
+    assert f"<td>near-duplicate groups</td><td>{len(audit['near_duplicates'])}</td>" in section
+    assert f"<td>likely mislabeled images</td><td>{len(audit['likely_mislabeled'])}</td>" in section
+    accuracy = audit["leak_adjusted_test_accuracy"]
+    assert f"<td>{accuracy * 100:.1f}%</td><td>{audit['leak_adjusted_test_count']}</td>" in section
+    assert "<b>bag" not in text and html.escape(BYTE_COPY) in section
+    parser = _Images()
+    parser.feed(section)
+    shown = {*truth["byte"], *(entry["path"] for entry in
+                               audit["likely_mislabeled"] + audit["outliers"])}
+    shown |= {path for group in audit["near_duplicates"] for path in group["paths"]}
+    assert set(parser.alts) == shown  # one thumbnail per flagged image (few here: all shown)
+    for data in parser.pngs:
+        assert Image.open(io.BytesIO(data)).size == (112, 112)
+    assert PHOTO in parser.alts and "Leak: near duplicates" in section
 
 
 def test_summary_has_an_audit_section(faulty_dir, tmp_path):

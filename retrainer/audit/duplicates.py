@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,12 +21,10 @@ from retrainer.audit.signatures import (aligned_correlation, fourier_descriptor,
                                         thumbnail_descriptor)
 
 # Measured with scripts/bench_audit.py (docs/audit.md): see there before changing any of them.
-# The candidate search compares each descriptor on its top principal axes (which only raises
-# cosines, roughly), with slightly lower thresholds; candidates are then scored exactly.
-SEARCH_DIMENSIONS = {"picture": 64, "spectrum": 32, "vector": 32}
-PICTURE_CANDIDATE = 0.99
-SPECTRUM_CANDIDATE = 0.98
-VECTOR_CANDIDATE = 0.85
+# The candidate search compares each descriptor on its top principal axes; on the benchmark's
+# images such a projected cosine never fell below the full one, so the search uses the match
+# thresholds themselves and the candidates are then scored on the full descriptors.
+SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
 # A re-encoded, resized or brightened copy: the same thumbnail, hash and roughly the same vector.
 THUMBNAIL_MATCH = 0.997
@@ -39,6 +37,14 @@ SHIFT_VECTOR_MATCH = 0.88
 SHIFT_THUMBNAIL_MATCH = 0.70
 ALIGNED_MATCH = 0.993
 ALIGN_REACH = 1
+# A lightly cropped copy (a zoom): the same spectrum, a close thumbnail and vector, and a
+# thumbnail that matches once zoomed by one of CROP_SCALES and shifted (inner 24x24 compared),
+# better than it does unzoomed (look-alike garments match best as they are).
+CROP_SCALES = (1 / 1.08, 1 / 1.04, 1.04, 1.08)
+CROP_MARGIN = 4
+CROP_THUMBNAIL_MATCH = 0.95
+CROP_VECTOR_MATCH = 0.83
+CROP_ALIGNED_MATCH = 0.9945
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,19 +84,20 @@ def near_pairs(
     keep = np.array(sorted(first_of.values()), np.int64)
     if len(keep) < 2:
         return []
-    descriptors = {"picture": thumbnail_descriptor(thumbnails[keep]),
-                   "spectrum": fourier_descriptor(thumbnails[keep]),
+    descriptors = {"spectrum": fourier_descriptor(thumbnails[keep]),
+                   "picture": thumbnail_descriptor(thumbnails[keep]),
                    "vector": unit_rows(vectors[keep])}
     reduced = [unit_rows(principal_components(descriptors[name], dims, center=False))
                for name, dims in SEARCH_DIMENSIONS.items()]
 
-    def candidates(blocks: list[np.ndarray]) -> np.ndarray:
-        picture, spectrum, vector = blocks
-        return (picture >= PICTURE_CANDIDATE) | ((spectrum >= SPECTRUM_CANDIDATE)
-                                                & (picture >= SHIFT_THUMBNAIL_MATCH)
-                                                & (vector >= VECTOR_CANDIDATE))
+    def candidates(cosines: list[np.ndarray]) -> np.ndarray:
+        picture, vector = cosines
+        return ((picture >= THUMBNAIL_MATCH)
+                | (vector >= SHIFT_VECTOR_MATCH) & (picture >= SHIFT_THUMBNAIL_MATCH)
+                | (vector >= CROP_VECTOR_MATCH) & (picture >= CROP_THUMBNAIL_MATCH))
 
-    firsts, seconds = similar_pairs(reduced, candidates)
+    # Every kind of copy keeps the spectrum (a picture that matches keeps it too): it gates.
+    firsts, seconds = similar_pairs(reduced, FOURIER_MATCH, candidates)
     matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,
                       thumbnails[keep], hashes[keep])
                for start in range(0, len(firsts), _CHUNK)]
@@ -106,20 +113,28 @@ def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.nd
         unit = descriptors[name]
         return np.einsum("ij,ij->i", unit[firsts[rows]], unit[seconds[rows]])
 
+    def aligned(rows: np.ndarray, **alignment: Any) -> np.ndarray:
+        return aligned_correlation(thumbnails[firsts[rows]], thumbnails[seconds[rows]],
+                                   ALIGN_REACH, **alignment)
+
     similarity = np.zeros(len(firsts), np.float32)
     everything = np.arange(len(firsts))
     picture = score("picture", everything)
-    spectrum = score("spectrum", everything)
     by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH)
                                 & (hamming(hashes[firsts], hashes[seconds]) <= HASH_MATCH))
     by_picture = by_picture[score("vector", by_picture) >= THUMBNAIL_VECTOR_MATCH]
     similarity[by_picture] = picture[by_picture]
-    shifted = np.flatnonzero((similarity == 0) & (spectrum >= FOURIER_MATCH)
-                             & (picture >= SHIFT_THUMBNAIL_MATCH))
-    shifted = shifted[score("vector", shifted) >= SHIFT_VECTOR_MATCH]
-    aligned = aligned_correlation(thumbnails[firsts[shifted]], thumbnails[seconds[shifted]],
-                                  ALIGN_REACH)
-    similarity[shifted] = np.where(aligned >= ALIGNED_MATCH, aligned, 0.0)
+    rest = np.flatnonzero((similarity == 0) & (picture >= SHIFT_THUMBNAIL_MATCH))
+    rest = rest[score("spectrum", rest) >= FOURIER_MATCH]
+    vector = score("vector", rest)
+    shifted = rest[vector >= SHIFT_VECTOR_MATCH]
+    shift_score = aligned(shifted)
+    similarity[shifted] = np.where(shift_score >= ALIGNED_MATCH, shift_score, 0.0)
+    cropped = rest[(vector >= CROP_VECTOR_MATCH) & (picture[rest] >= CROP_THUMBNAIL_MATCH)]
+    cropped = cropped[similarity[cropped] == 0]
+    crop_score = aligned(cropped, scales=CROP_SCALES, margin=CROP_MARGIN)
+    zoom_helps = crop_score > aligned(cropped, margin=CROP_MARGIN)
+    similarity[cropped] = np.where((crop_score >= CROP_ALIGNED_MATCH) & zoom_helps, crop_score, 0.0)
     matched = similarity > 0
     return firsts[matched], seconds[matched], similarity[matched]
 

@@ -1,15 +1,16 @@
 """Audit helper: similarity search without an N x N matrix (blocked matrix products).
 
-Rows are compared a block at a time, so memory stays at `block x N` floats whatever N is.
+Rows are compared a block (or tile) at a time, so memory stays at `block x N` floats whatever N is.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block and descriptor
+BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
+TILE_ROWS, TILE_COLUMNS = 512, 2048  # 4 MB of cosines per tile and descriptor
 PCA_SAMPLE = 512  # rows the principal axes are estimated from
 
 
@@ -51,29 +52,42 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True) -> 
 
 
 def similar_pairs(
-    units: Sequence[np.ndarray], keep: Callable[[list[np.ndarray]], np.ndarray]
+    units: Sequence[np.ndarray], gate: float,
+    keep: Optional[Callable[[list[np.ndarray]], np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair i < j of rows whose similarities in several descriptors pass `keep`.
+    """Every pair i < j of rows similar in the first descriptor and passing `keep` on the rest.
+
+    The upper triangle of the first descriptor's cosines is computed in tiles of
+    TILE_ROWS x TILE_COLUMNS (one matrix product each, small enough to stay in the processor's
+    cache); the other descriptors are compared only on the few pairs that pass `gate`.
 
     Args:
         units: descriptors of the same N rows, each float32 [N, D_k] with rows of length 1.
-        keep: given the list of cosine blocks (float32 [B, M] each, one per descriptor), the
-            bool [B, M] mask of pairs to return.
+        gate: smallest cosine in the first descriptor.
+        keep: given the other descriptors' cosines of the gated pairs (float32 [G] each), the
+            bool [G] mask of pairs to return (None: every gated pair).
 
     Returns:
         (first int64 [P], second int64 [P]) with first < second.
     """
-    firsts, seconds = [], []
-    count = len(units[0])
-    for start in range(0, count, BLOCK_ROWS):
-        stop = min(start + BLOCK_ROWS, count)
-        blocks = [unit[start:stop] @ unit[start:].T for unit in units]  # upper triangle only
-        rows, columns = np.nonzero(keep(blocks))
-        above = columns > rows  # columns are offset by `start`, like the rows
-        firsts.append(rows[above] + start)
-        seconds.append(columns[above] + start)
-    if not firsts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    first_unit, others = units[0], units[1:]
+    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    count = len(first_unit)
+    for row in range(0, count, TILE_ROWS):
+        row_stop = min(row + TILE_ROWS, count)
+        for column in range(row, count, TILE_COLUMNS):
+            column_stop = min(column + TILE_COLUMNS, count)
+            tile = first_unit[row:row_stop] @ first_unit[column:column_stop].T
+            rows, columns = np.nonzero(tile >= gate)
+            rows, columns = rows + row, columns + column
+            above = columns > rows
+            rows, columns = rows[above], columns[above]
+            if keep is not None:
+                chosen = keep([np.einsum("ij,ij->i", unit[rows], unit[columns])
+                               for unit in others])
+                rows, columns = rows[chosen], columns[chosen]
+            firsts.append(rows)
+            seconds.append(columns)
     return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
 
 

@@ -135,12 +135,17 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 
 
 def aligned_correlation(first: np.ndarray, second: np.ndarray, reach: int = 1,
+                        scales: Sequence[float] = (1.0,), margin: int = 0,
                         chunk: int = 20_000) -> np.ndarray:
-    """Best correlation of two thumbnails' overlap over shifts of up to `reach` pixels.
+    """Best correlation of two thumbnails over shifts of up to `reach` pixels and zooms.
 
     Args:
         first, second: uint8 [P, 32, 32] thumbnails, compared pairwise.
         reach: largest shift tried in each direction ((2 reach + 1)^2 shifts).
+        scales: zooms of `second` about its centre (a crop of c pixels a side of an n-pixel
+            image, resized back, is a zoom of n / (n - 2c)).
+        margin: border left out of `first`'s window (the zoomed-out `second` is blank there);
+            0 compares the whole overlap of each shift.
 
     Returns:
         float32 [P], in [-1, 1].
@@ -149,14 +154,33 @@ def aligned_correlation(first: np.ndarray, second: np.ndarray, reach: int = 1,
     size = first.shape[-1]
     for start in range(0, len(first), chunk):
         a = first[start:start + chunk].astype(np.float32)
-        b = second[start:start + chunk].astype(np.float32)
-        for dy in range(-reach, reach + 1):
-            for dx in range(-reach, reach + 1):  # a[y, x] against b[y - dy, x - dx]
-                window_a = a[:, max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)]
-                window_b = b[:, max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
-                score = _correlation(window_a.reshape(len(a), -1), window_b.reshape(len(b), -1))
-                np.maximum(best[start:start + chunk], score, out=best[start:start + chunk])
+        for scale in scales:
+            b = second[start:start + chunk].astype(np.float32)
+            if scale != 1.0:
+                zoom = _zoom_matrix(scale, size)
+                b = np.einsum("ij,njk,lk->nil", zoom, b, zoom, optimize=True)
+            for dy in range(-reach, reach + 1):
+                for dx in range(-reach, reach + 1):  # a[y, x] against b[y - dy, x - dx]
+                    window_a = a[:, max(margin, dy):size - max(margin, -dy),
+                                 max(margin, dx):size - max(margin, -dx)]
+                    window_b = b[:, max(margin, dy) - dy:size - max(margin, -dy) - dy,
+                                 max(margin, dx) - dx:size - max(margin, -dx) - dx]
+                    score = _correlation(window_a.reshape(len(a), -1),
+                                         window_b.reshape(len(b), -1))
+                    np.maximum(best[start:start + chunk], score, out=best[start:start + chunk])
     return best
+
+
+def _zoom_matrix(scale: float, size: int) -> np.ndarray:
+    """float32 [size, size] bilinear resampling that zooms a row by `scale` about its centre."""
+    centre = (size - 1) / 2
+    source = (np.arange(size) - centre) / scale + centre
+    low = np.clip(np.floor(source).astype(np.int64), 0, size - 2)
+    weight = np.clip(source - low, 0.0, 1.0).astype(np.float32)
+    matrix = np.zeros((size, size), np.float32)
+    matrix[np.arange(size), low] = 1.0 - weight
+    matrix[np.arange(size), low + 1] += weight
+    return matrix
 
 
 def _correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:

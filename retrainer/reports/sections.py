@@ -43,16 +43,16 @@ def summary_section(result: Any) -> Section:
     report = result.report
     rows = []
     for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
-        top_k = "n/a" if split.top_k is None else f"top-{split.top_k} {_percent(split.top_k_accuracy)}"
-        rows.append((name, split.count, _percent(split.accuracy),
-                     _percent(split.balanced_accuracy), top_k))
+        top_k = "n/a" if split.top_k is None else f"top-{split.top_k} {percent(split.top_k_accuracy)}"
+        rows.append((name, split.count, percent(split.accuracy),
+                     percent(split.balanced_accuracy), top_k))
     body = table(("split", "images", "accuracy", "balanced accuracy", "top-k"), rows)
     body += paragraph(f"Extractor {report.extractor['name']} ({report.extractor['id']}); "
                       f"{len(result.labels)} classes; run took {result.seconds['total']:.1f} s.")
     for gate in report.gates:
         verdict = "PASSED" if gate.passed else "FAILED"
         text = (f"{verdict}: --{gate.flag} {gate.threshold:g} "
-                f"(reached {_percent(gate.value)}"
+                f"(reached {percent(gate.value)}"
                 + (f", class {gate.label}" if gate.label else "") + ")")
         body += paragraph(text, "pass" if gate.passed else "fail")
     return Section("summary", "Summary", body)
@@ -99,7 +99,7 @@ def per_class_section(result: Any) -> Section:
             continue
         body += paragraph(f"{name.capitalize()} split, N={split.count}:")
         body += table(("class", "precision", "recall", "F1", "support"),
-                      [(label, _percent(row.precision), _percent(row.recall), _percent(row.f1),
+                      [(label, percent(row.precision), percent(row.recall), percent(row.f1),
                         row.support) for label, row in zip(result.labels, split.per_class)])
     return Section("per-class", "Per-class metrics", body)
 
@@ -113,7 +113,7 @@ def gallery_section(result: Any) -> Section:
     for image in images[:MAX_GALLERY_IMAGES]:
         caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
                    f"predicted: {html.escape(image.predicted_label)} ({image.score:.2f})")
-        figures.append(f"<figure>{_thumbnail(image.path, image.relpath)}"
+        figures.append(f"<figure>{thumbnail_image(image.path, image.relpath)}"
                        f"<figcaption>{caption}</figcaption></figure>")
     body = paragraph(f"{len(images)} misclassified test images (thumbnails squared, as the "
                      "network saw them; score = predicted probability).")
@@ -124,7 +124,8 @@ def gallery_section(result: Any) -> Section:
     return Section("misclassified", "Misclassified test images", body)
 
 
-def _thumbnail(path: Any, relpath: str) -> str:
+def thumbnail_image(path: Any, relpath: str, css_class: str = "thumbnail") -> str:
+    """An <img> of the image at `path`, decoded as training decodes it, 112x112 (or a note)."""
     try:
         pixels = load_image(path, THUMBNAIL_SIZE)
     except UnreadableImageError as error:  # e.g. deleted since training
@@ -132,8 +133,9 @@ def _thumbnail(path: Any, relpath: str) -> str:
         return paragraph(f"(unreadable: {error.reason})", "note")
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
-    return png_image(buffer.getvalue(), relpath, "thumbnail")
+    return png_image(buffer.getvalue(), relpath, css_class)
 
 
-def _percent(value: Optional[float]) -> str:
+def percent(value: Optional[float]) -> str:
+    """A share as "93.1%", "n/a" when unmeasured."""
     return "n/a" if value is None else f"{value * 100:.1f}%"
