@@ -177,6 +177,7 @@ def test_local_discovery_does_not_import_tensorflow(tmp_path):
                    env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
+@pytest.mark.beam
 def test_retrain_extract_names_a_scheme_beam_cannot_read(tmp_path):
     pytest.importorskip("apache_beam")
     from retrainer.cli.extract import main as extract
