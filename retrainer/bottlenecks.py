@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from retrainer._files import write_bytes_atomically
 from retrainer.engines import Engine, as_engine
+from retrainer.engines.cpu import usable_cpus
 from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuning imports it here)
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
@@ -143,14 +144,9 @@ def content_digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_image_file(path: os.PathLike[str] | str) -> bytes:
-    """The bytes of one image file: every read of this stage goes through here."""
-    return read_bytes(path)
-
-
 def file_digest(path: os.PathLike[str] | str) -> str:
     """Hex SHA-256 of a file's bytes (the cache key)."""
-    return content_digest(read_image_file(path))
+    return content_digest(read_bytes(path))
 
 
 def _decoded_file(
@@ -161,7 +157,7 @@ def _decoded_file(
     The digest is computed from the bytes decoded unless the caller already knows it.
     """
     try:
-        data = read_image_file(path)
+        data = read_bytes(path)
         pixels = decode_image(data, input_size, path)
         return pixels, digest or content_digest(data), ""
     except UnreadableImageError as error:
@@ -207,7 +203,7 @@ def decoded_images(
     dataset = tf.data.Dataset.from_tensor_slices(
         (tf.range(len(encoded), dtype=tf.int64), tf.constant(encoded, tf.string, [len(encoded)]))
     )
-    dataset = dataset.map(load_one, num_parallel_calls=_decode_threads(),
+    dataset = dataset.map(load_one, num_parallel_calls=usable_cpus(),
                           deterministic=deterministic)
     options = tf.data.Options()
     options.autotune.enabled = False
@@ -238,7 +234,7 @@ def decoded_batches(
         return pool.submit(_decoded_file, paths[index], input_size, digests[index])
 
     ahead = (PREFETCH_BATCHES + 1) * batch_size
-    with ThreadPoolExecutor(_decode_threads(), thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="decode") as pool:
         pending = [submit(pool, index) for index in range(min(ahead, len(paths)))]
         try:
             for start in range(0, len(paths), batch_size):
@@ -256,14 +252,6 @@ def decoded_batches(
             for future in pending:
                 if future is not None:
                     future.cancel()
-
-
-def _decode_threads() -> int:
-    """One decoding thread per CPU this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def compute_bottlenecks(

@@ -28,6 +28,7 @@ from retrainer.classify._common import (
     first_set,
     read_labels,
 )
+from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError, UsageError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
 from retrainer.storage import as_path
@@ -63,7 +64,7 @@ def _without_runtime_info() -> Iterator[None]:
 
 
 def _new_interpreter(model: bytes):
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = usable_cpus()
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:

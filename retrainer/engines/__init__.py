@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Union
 
 from retrainer.engines.base import AUTO, BFLOAT16, FLOAT32, INT8, INT8_MEASURED, PRECISIONS, Engine
-from retrainer.engines.cpu import default_precision
+from retrainer.engines.cpu import default_precision, usable_cpus
 from retrainer.errors import UsageError
 
 if TYPE_CHECKING:
@@ -40,9 +40,9 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32) -> En
 
         return BFloat16Engine(extractor)
     if precision == INT8:
-        from retrainer.engines.int8 import Int8Engine, default_threads
+        from retrainer.engines.int8 import Int8Engine
 
-        return Int8Engine(extractor, threads=default_threads())
+        return Int8Engine(extractor, threads=usable_cpus())
     raise UsageError(f"--extractor_precision must be one of {[AUTO, *PRECISIONS]}. "
                      f"Received: {precision!r}.")
 

@@ -15,7 +15,6 @@ own `tf.lite.Interpreter` (deprecated in its favour; the warning is silenced: sa
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 from pathlib import Path
 
@@ -135,9 +134,3 @@ def _scaled(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / np.float32(255.0)
 
 
-def default_threads() -> int:
-    """One interpreter thread per CPU this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
