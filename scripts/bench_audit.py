@@ -7,13 +7,15 @@ then injects known faults:
   byte copies  -- files copied byte for byte into another class's folder;
   label flips  -- 3 % of the images moved to another class's folder;
   unrelated    -- scikit-image's photos (astronaut, coffee, ...), shrunk, in random class folders.
-Computes the real efficientnet_lite0 vectors (cached in --work), runs the audit's detectors and
-prints recall and precision per fault kind, the evidence behind the near-duplicate thresholds,
-and the audit's time: cold (signatures decoded), warm (signatures cached), cached findings. Then
-times the detectors at --large images (default 50,000) on synthetic-size data: the real vectors
-and thumbnails tiled with noise, as a ratio to the 1k run, with tracemalloc's peak memory.
+Computes the real efficientnet_lite0 vectors with the default engine (cached in --work), runs the
+audit's detectors and prints recall and precision per fault kind, the evidence behind the
+near-duplicate thresholds, and the audit's time: cold (signatures decoded), warm (signatures
+cached), cached findings. Then runs the audit at --large real images (default 50,000; 0 skips),
+whose real vectors are extracted once into --bottleneck_dir (minutes) and reused by reruns:
+time per detector and for the whole stage, peak memory, and the near-duplicate groups found.
 
     PYTHONPATH=. python scripts/bench_audit.py [--per-class 100] [--large 50000] [--work DIR]
+        [--bottleneck_dir /tmp/audit50k] [--large-only]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import importlib.util
 import io
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -155,9 +158,10 @@ def quality(collection, findings, truth) -> None:
 
 def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     """Scores of injected copy pairs against the best non-copy pairs, per descriptor."""
+    from retrainer.audit.duplicates import CROP_ZOOM, small_descriptor
     from retrainer.audit.neighbours import similar_pairs, unit_rows
     from retrainer.audit.signatures import (SignatureCache, fourier_descriptor, hamming,
-                                            thumbnail_descriptor)
+                                            thumbnail_descriptor, zoomed_in)
 
     paths = [image.path for image in collection.images]
     thumbnails, hashes = SignatureCache(work / "bottlenecks").signatures(paths, bottlenecks.digests)
@@ -170,7 +174,7 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     print("\nThreshold evidence: cosine of each injected copy pair, and the 99.9th percentile /"
           " maximum over all other pairs (should be below the copies):")
     for name, unit in descriptors.items():
-        first, second = similar_pairs([unit], 0.5)
+        first, second = similar_pairs(unit, 0.5)
         similarity = np.einsum("ij,ij->i", unit[first], unit[second])
         other = np.array([s for a, b, s in zip(first.tolist(), second.tolist(), similarity)
                           if (a, b) not in copies]) if len(first) else np.zeros(1)
@@ -184,32 +188,39 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     pairs = [tuple(sorted(index[path] for path in pair)) for kind in KINDS for pair in truth[kind]]
     bits = hamming(hashes[[a for a, _ in pairs]], hashes[[b for _, b in pairs]])
     print(f"  phash bits differing, copy pairs: median {np.median(bits):.0f}, max {bits.max()}")
-    crop_evidence(descriptors, thumbnails, truth, index, copies)
+    descriptors["small"] = small_descriptor(thumbnails)
+    descriptors["enlarged"] = small_descriptor(zoomed_in(thumbnails, CROP_ZOOM))
+    shift_crop_evidence(descriptors, thumbnails, truth, index, copies)
 
 
-def crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
-    """The crop test's zoomed score on cropped copies against other pairs passing its pre-tests."""
+def shift_crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
+    """The shift and crop tests' scores and gains on the injected copies against every other
+    pair that passes the tests' pre-tests (spectrum and vector; vector and crop gate)."""
     from retrainer.audit import duplicates as d
     from retrainer.audit.neighbours import similar_pairs
-    from retrainer.audit.signatures import aligned_correlation
 
-    def zoomed(pairs):
-        first, second = thumbnails[[a for a, _ in pairs]], thumbnails[[b for _, b in pairs]]
-        score = aligned_correlation(first, second, d.ALIGN_REACH, d.CROP_SCALES, d.CROP_MARGIN)
-        return score, score > aligned_correlation(first, second, d.ALIGN_REACH, margin=d.CROP_MARGIN)
-
-    crops = [tuple(sorted(index[path] for path in pair)) for pair in truth["crop"]]
-    first, second = similar_pairs(
-        [descriptors["fourier"], descriptors["thumbnail"], descriptors["vector"]],
-        d.FOURIER_MATCH, lambda cosines: (cosines[0] >= d.CROP_THUMBNAIL_MATCH)
-        & (cosines[1] >= d.CROP_VECTOR_MATCH))
-    others = [(a, b) for a, b in zip(first.tolist(), second.tolist()) if (a, b) not in copies]
-    crop_score, crop_helps = zoomed(crops)
-    other_score, other_helps = zoomed(others) if others else (np.zeros(1), np.zeros(1, bool))
-    print(f"  crop test (zoomed, inner 24x24): cropped copies min {crop_score.min():.4f}, zoom "
-          f"helps {crop_helps.sum()}/{len(crops)}; {len(others)} other pairs pass the pre-tests: "
-          f"max {other_score.max():.4f}, max where zoom helps "
-          f"{other_score[other_helps].max() if other_helps.any() else float('nan'):.4f}")
+    tests = {"shift": (d.shift_scores, d.SHIFT_GAIN, lambda a, b: (
+                 np.einsum("ij,ij->i", descriptors["fourier"][a], descriptors["fourier"][b])
+                 >= d.FOURIER_MATCH)),
+             "crop": (d.zoom_scores, d.ZOOM_GAIN, lambda a, b: d.crop_gate(
+                 {"small": descriptors["small"], "enlarged": descriptors["enlarged"]}, a, b)
+                 >= d.CROP_GATE)}
+    for kind, (scores, gain, pre_test) in tests.items():
+        vector_match = d.SHIFT_VECTOR_MATCH if kind == "shift" else d.CROP_VECTOR_MATCH
+        first, second = similar_pairs(descriptors["vector"], vector_match, pre_test)
+        others = [(a, b) for a, b in zip(first.tolist(), second.tolist()) if (a, b) not in copies]
+        pairs = [tuple(sorted(index[path] for path in pair)) for pair in truth[kind]]
+        copy_score, copy_plain = scores(thumbnails[[a for a, _ in pairs]], thumbnails[[b for _, b in pairs]])
+        if others:
+            other_score, other_plain = scores(thumbnails[[a for a, _ in others]],
+                                              thumbnails[[b for _, b in others]])
+        else:
+            other_score = other_plain = np.zeros(1)
+        helped = other_score - other_plain >= gain
+        print(f"  {kind} test: copies min {copy_score.min():.4f}, gain min "
+              f"{(copy_score - copy_plain).min():.4f}; {len(others)} other pairs pass the pre-tests: "
+              f"max {other_score.max():.4f}, max with gain >= {gain} "
+              f"{other_score[helped].max() if helped.any() else float('nan'):.4f}")
 
 
 def timed_audit(collection, bottlenecks, work: Path) -> None:
@@ -226,43 +237,47 @@ def timed_audit(collection, bottlenecks, work: Path) -> None:
         times[state] = time.perf_counter() - started
     print(f"\nAudit time at {len(collection.images)} images: "
           + ", ".join(f"{state} {seconds:.2f} s" for state, seconds in times.items()))
-    return findings, times["warm signatures"]
+    return findings
 
 
-def real_thumbnails(count: int) -> tuple[np.ndarray, np.ndarray]:
-    """Signatures of the first `count` Fashion-MNIST training images, from the idx pixels."""
-    from retrainer.audit.signatures import DECODE_SIZE, signature_of_pixels
+def large_collection(count: int, cache: Path):
+    """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with
+    their real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
+    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.discovery import discover_images
+    from retrainer.engines import AUTO, create_engine
+    from retrainer.extractors import create_extractor
 
-    module = fashion_module()
     idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    pixels = module.read_images(idx_dir / module.IDX_FILES["train"][0], count)
-    labels = module.read_labels(idx_dir / module.IDX_FILES["train"][1])[:count].astype(np.int64)
-    thumbnails = np.empty((count, 32, 32), np.uint8)
-    hashes = np.empty(count, np.uint64)
-    for index, image in enumerate(pixels):
-        rgb = Image.fromarray(image).convert("RGB").resize(DECODE_SIZE, Image.Resampling.BILINEAR)
-        thumbnails[index], hashes[index] = signature_of_pixels(np.asarray(rgb))
-    return thumbnails, hashes, labels
+    root = fashion_module().write_image_folder(idx_dir, cache / f"images_{count}",
+                                               per_class=count // 10)
+    collection = discover_images(root, 10, 10)
+    engine = create_engine(create_extractor("efficientnet_lite0"), AUTO)
+    bottlenecks = compute_bottlenecks([image.path for image in collection.images], engine,
+                                      cache / "bottlenecks", show_progress=False)
+    return collection, bottlenecks
 
 
-def large_run(vectors_1k: np.ndarray, labels_1k: np.ndarray, count: int, baseline: float,
-              baseline_n: int) -> None:
-    """Detectors at `count` images: real thumbnails and hashes of `count` Fashion-MNIST images;
-    vectors: the 1k run's real vectors of the same class, tiled, with noise (no 50k extraction)."""
+def large_run(count: int, cache: Path) -> None:
+    """The audit stage at `count` real images with real vectors (extracted once into `cache`):
+    wall time per detector, the whole stage, and memory."""
     from retrainer.audit import duplicates, label_issues, outliers
+    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.signatures import SignatureCache
 
-    rng = np.random.default_rng(0)
-    thumbnails, hashes, labels = real_thumbnails(count)
-    vectors = np.empty((count, vectors_1k.shape[1]), np.float32)
-    for label in np.unique(labels):
-        rows, pool = np.flatnonzero(labels == label), np.flatnonzero(labels_1k == label)
-        vectors[rows] = vectors_1k[rng.choice(pool, len(rows))]
-    vectors += rng.normal(0, 0.3 * vectors.std(), vectors.shape).astype(np.float32)
-    digests = [f"{index:064x}" for index in range(count)]
+    collection, bottlenecks = large_collection(count, cache)
+    paths = [image.path for image in collection.images]
+    started = time.perf_counter()
+    thumbnails, hashes = SignatureCache(cache / "bottlenecks").signatures(paths, bottlenecks.digests)
+    print(f"\n{count} images: signatures {time.perf_counter() - started:.1f} s "
+          "(decoded once, then cached)")
+    vectors, digests = bottlenecks.vectors, bottlenecks.digests
+    labels = np.array([image.label_index for image in collection.images])
+    resident = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     tracemalloc.start()
     stages = {}
     started = time.perf_counter()
-    duplicates.near_pairs(digests, vectors, thumbnails, hashes)
+    pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
     stages["near duplicates"] = time.perf_counter() - started
     started = time.perf_counter()
     probabilities = label_issues.out_of_fold_probabilities(vectors, labels, 10)
@@ -273,12 +288,18 @@ def large_run(vectors_1k: np.ndarray, labels_1k: np.ndarray, count: int, baselin
     stages["outliers"] = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    total = sum(stages.values())
-    print(f"\nDetectors at {count} images (real thumbnails; real vectors resampled + noise): "
-          f"{total:.1f} s (" + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
-          + f"), peak traced memory {peak / 2**30:.2f} GiB (inputs "
-          f"{(vectors.nbytes + thumbnails.nbytes) / 2**30:.2f} GiB); {total / baseline:.0f}x the "
-          f"{baseline_n}-image audit (signatures cached) for {count / baseline_n:.0f}x the images.")
+    shutil.rmtree(cache / "bottlenecks" / RESULT_NAMESPACE, ignore_errors=True)
+    started = time.perf_counter()
+    findings, _ = find_problems(collection, bottlenecks, cache / "bottlenecks", 0)
+    stage = time.perf_counter() - started
+    print("Detectors: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
+          + f"; peak traced memory {peak / 2**30:.2f} GiB")
+    print(f"Audit stage (find_problems, signatures cached): {stage:.1f} s; process peak RSS "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB "
+          f"({resident:.2f} GiB before the audit)")
+    relpath = [image.relpath for image in collection.images]
+    print(f"{len(pairs)} near pairs, {len(findings.near)} near groups, {len(findings.exact)} exact "
+          f"groups; first groups: {[[relpath[p] for p in group] for group, _ in findings.near[:10]]}")
 
 
 def main() -> None:
@@ -286,11 +307,18 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--large", type=int, default=50_000)
     parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument("--bottleneck_dir", type=Path, default=Path("/tmp/audit50k"),
+                        help="cache of the --large images and their vectors (reruns reuse it)")
+    parser.add_argument("--large-only", action="store_true", help="only the --large run")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if args.large_only:
+        large_run(args.large, args.bottleneck_dir)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_audit_"))
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
+    from retrainer.engines import AUTO, create_engine
     from retrainer.extractors import create_extractor
 
     root = work / f"images_{args.per_class}"
@@ -301,14 +329,15 @@ def main() -> None:
     truth = inject_faults(root, np.random.default_rng(0))
     collection = discover_images(root, 10, 10)
     bottlenecks = compute_bottlenecks([image.path for image in collection.images],
-                                      create_extractor("efficientnet_lite0"), work / "bottlenecks",
+                                      create_engine(create_extractor("efficientnet_lite0"), AUTO),
+                                      work / "bottlenecks",
                                       show_progress=False)
     print(f"{len(collection.images)} images, {bottlenecks.computed} vectors computed")
-    findings, warm = timed_audit(collection, bottlenecks, work)
+    findings = timed_audit(collection, bottlenecks, work)
     quality(collection, findings, truth)
     thresholds_evidence(collection, bottlenecks, truth, work)
-    labels = np.array([image.label_index for image in collection.images])
-    large_run(bottlenecks.vectors, labels, args.large, warm, len(labels))
+    if args.large:
+        large_run(args.large, args.bottleneck_dir)
 
 
 if __name__ == "__main__":

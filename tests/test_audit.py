@@ -286,3 +286,38 @@ def test_signature_of_identical_pixels_is_identical(tmp_path):
     thumbnails, hashes = SignatureCache(tmp_path / "cache").signatures(
         [tmp_path / "a.png", tmp_path / "b.bmp"], ["aa" + "0" * 62, "bb" + "0" * 62])
     assert (thumbnails[0] == thumbnails[1]).all() and hashes[0] == hashes[1] != 0
+
+
+def _thumbnail(image: Image.Image) -> np.ndarray:
+    from retrainer.audit.signatures import DECODE_SIZE, signature_of_pixels
+
+    rgb = image.convert("RGB").resize(DECODE_SIZE, Image.Resampling.BILINEAR)
+    return signature_of_pixels(np.asarray(rgb))[0]
+
+
+def test_shift_and_crop_tests_match_real_copies_not_look_alikes(fashion_mnist_dir):
+    """1-pixel shifted and cropped copies of real garments pass their tests; the other
+    images of the same class (look-alikes) do not."""
+    from retrainer.audit import duplicates as d
+
+    paths = [path for name in ("Trouser", "Bag", "Sneaker")
+             for path in sorted((fashion_mnist_dir / name).iterdir())[:6]]
+    originals = [Image.open(path).convert("L") for path in paths]
+    shifted, cropped = [], []
+    for image in originals:
+        pixels = np.asarray(image)
+        moved = np.zeros_like(pixels)
+        moved[1:, :-1] = pixels[:-1, 1:]
+        shifted.append(Image.fromarray(moved))
+        cropped.append(image.crop((1, 1, 27, 27)).resize((28, 28), Image.Resampling.BILINEAR))
+    base = np.stack([_thumbnail(image) for image in originals])
+    shift_score, unshifted = d.shift_scores(base, np.stack([_thumbnail(i) for i in shifted]))
+    assert (shift_score >= d.SHIFTED_MATCH).all()
+    assert (shift_score - unshifted >= d.SHIFT_GAIN).all()
+    zoomed, unzoomed = d.zoom_scores(base, np.stack([_thumbnail(i) for i in cropped]))
+    assert (zoomed - unzoomed >= d.ZOOM_GAIN).all() and (zoomed >= d.CROPPED_MATCH).mean() >= 0.8
+    first, second = np.triu_indices(len(base), 1)
+    other_shift, other_plain = d.shift_scores(base[first], base[second])
+    assert not ((other_shift >= d.SHIFTED_MATCH) & (other_shift - other_plain >= d.SHIFT_GAIN)).any()
+    other_zoom, other_unzoomed = d.zoom_scores(base[first], base[second])
+    assert not ((other_zoom >= d.CROPPED_MATCH) & (other_zoom - other_unzoomed >= d.ZOOM_GAIN)).any()

@@ -1,50 +1,60 @@
 """Audit detectors: exact duplicates (same SHA-256) and near-duplicates (same picture, re-made).
 
-Near-duplicates are searched among distinct files, in one blocked pass over three descriptors
-(see `signatures`): the 16x16 thumbnail, the Fourier magnitude (which ignores shifts) and the
-vectors' top principal components. A candidate is kept when the pixels agree (thumbnail and perceptual hash, or the
-thumbnails once aligned) AND the bottleneck vectors agree: on Fashion-MNIST the vectors alone
-rank merely similar garments above a copy, and pixels alone match different photos of look-alike
-products, but the two together rarely do. Thresholds and their measurements: docs/audit.md.
+Near-duplicates are searched among distinct files in two blocked passes (see `signatures`): one
+gated by the Fourier magnitude, which ignores shifts (re-encoded, resized, brightened, shifted
+copies), one gated by the vectors and checked against each image's centre enlarged (cropped
+copies, whose spectrum a zoom changes). A candidate is kept when the pixels agree (thumbnail and
+perceptual hash, or the thumbnails once shifted or zoomed into line) AND the bottleneck vectors
+agree: on Fashion-MNIST the vectors alone rank merely similar garments above a copy, and pixels
+alone match different photos of look-alike products, but the two together rarely do. Thresholds
+and their measurements: docs/audit.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from retrainer.audit.neighbours import principal_components, similar_pairs, unit_rows
-from retrainer.audit.signatures import (aligned_correlation, fourier_descriptor, hamming,
-                                        thumbnail_descriptor)
+from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_alignment,
+                                        thumbnail_descriptor, warped_correlation, zoomed_in)
 
 # Measured with scripts/bench_audit.py (docs/audit.md): see there before changing any of them.
-# The candidate search compares each descriptor on its top principal axes; on the benchmark's
-# images such a projected cosine never fell below the full one, so the search uses the match
-# thresholds themselves and the candidates are then scored on the full descriptors.
+# The passes (gate and pre-tests) use each descriptor's top principal axes, cheap on the millions
+# of gated pairs; on the benchmark's images such a projected cosine never fell below the full
+# one, so they use the match thresholds themselves; candidates are then scored exactly.
 SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
 # A re-encoded, resized or brightened copy: the same thumbnail, hash and roughly the same vector.
 THUMBNAIL_MATCH = 0.997
 HASH_MATCH = 16  # bits of 64
 THUMBNAIL_VECTOR_MATCH = 0.70
-# A shifted copy: the same spectrum, a close vector, and a 32x32 thumbnail that matches once
-# aligned (best of the shifts by up to ALIGN_REACH pixels).
+# A shifted copy: the same spectrum, a close vector, and a thumbnail that matches once shifted
+# (sub-pixel: a pixel of a 28-pixel image is 1.14 of the thumbnail's): first the best whole-pixel
+# shift (cheap; must reach SHIFT_COARSE_MATCH), then FINE_SHIFTS around it; and shifting must
+# help by SHIFT_GAIN (look-alike garments, already aligned, match best as they are).
 FOURIER_MATCH = 0.983
-SHIFT_VECTOR_MATCH = 0.88
-SHIFT_THUMBNAIL_MATCH = 0.70
-ALIGNED_MATCH = 0.993
-ALIGN_REACH = 1
-# A lightly cropped copy (a zoom): the same spectrum, a close thumbnail and vector, and a
-# thumbnail that matches once zoomed by one of CROP_SCALES and shifted (inner 24x24 compared),
-# better than it does unzoomed (look-alike garments match best as they are).
-CROP_SCALES = (1 / 1.08, 1 / 1.04, 1.04, 1.08)
-CROP_MARGIN = 4
-CROP_THUMBNAIL_MATCH = 0.95
+SHIFT_VECTOR_MATCH = 0.85
+SHIFT_MARGIN = 2
+SHIFT_COARSE_MATCH = 0.985
+FINE_SHIFTS = (-0.5, -0.25, 0.0, 0.25, 0.5)
+SHIFTED_MATCH = 0.9945
+SHIFT_GAIN = 0.02
+# A lightly cropped copy (a zoom by about 1.08): a close vector, one 8x8 thumbnail matching the
+# other's centre enlarged CROP_ZOOM times, and a thumbnail that matches the other zoomed by one
+# of CROP_SCALES and shifted (inner 24x24 compared), clearly better than it does unzoomed
+# (look-alike garments match best as they are).
 CROP_VECTOR_MATCH = 0.83
-CROP_ALIGNED_MATCH = 0.9945
+CROP_ZOOM = 1.08
+CROP_GATE = 0.995
+CROP_SCALES = (1.04, 1.08)
+CROP_SHIFTS = (-0.5, 0.0, 0.5)
+CROP_MARGIN = 4
+CROPPED_MATCH = 0.995
+ZOOM_GAIN = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,26 +94,76 @@ def near_pairs(
     keep = np.array(sorted(first_of.values()), np.int64)
     if len(keep) < 2:
         return []
-    descriptors = {"spectrum": fourier_descriptor(thumbnails[keep]),
-                   "picture": thumbnail_descriptor(thumbnails[keep]),
-                   "vector": unit_rows(vectors[keep])}
-    reduced = [unit_rows(principal_components(descriptors[name], dims, center=False))
-               for name, dims in SEARCH_DIMENSIONS.items()]
+    thumbnails = thumbnails[keep]
+    descriptors = {"spectrum": fourier_descriptor(thumbnails),
+                   "picture": thumbnail_descriptor(thumbnails),
+                   "vector": unit_rows(vectors[keep]),
+                   "small": small_descriptor(thumbnails),
+                   "enlarged": small_descriptor(zoomed_in(thumbnails, CROP_ZOOM))}
+    reduced = {name: unit_rows(principal_components(descriptors[name], dims, center=False))
+               for name, dims in SEARCH_DIMENSIONS.items()}
 
-    def candidates(cosines: list[np.ndarray]) -> np.ndarray:
-        picture, vector = cosines
-        return ((picture >= THUMBNAIL_MATCH)
-                | (vector >= SHIFT_VECTOR_MATCH) & (picture >= SHIFT_THUMBNAIL_MATCH)
-                | (vector >= CROP_VECTOR_MATCH) & (picture >= CROP_THUMBNAIL_MATCH))
+    def score(name: str, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", reduced[name][rows], reduced[name][columns])
 
-    # Every kind of copy keeps the spectrum (a picture that matches keeps it too): it gates.
-    firsts, seconds = similar_pairs(reduced, FOURIER_MATCH, candidates)
+    def same_or_shifted(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return ((score("picture", rows, columns) >= THUMBNAIL_MATCH)
+                | (score("vector", rows, columns) >= SHIFT_VECTOR_MATCH))
+
+    def cropped(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return crop_gate(descriptors, rows, columns) >= CROP_GATE
+
+    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted),
+             similar_pairs(reduced["vector"], CROP_VECTOR_MATCH, cropped)]
+    firsts, seconds = np.unique(np.concatenate([np.stack(pair, 1) for pair in found]),
+                                axis=0).reshape(-1, 2).T
     matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,
-                      thumbnails[keep], hashes[keep])
+                      thumbnails, hashes[keep])
                for start in range(0, len(firsts), _CHUNK)]
     pairs = [(int(keep[first]), int(keep[second]), float(min(score, 1.0)))
              for chunk in matches for first, second, score in zip(*chunk)]
     return [NearPair(*pair) for pair in pairs]
+
+
+def small_descriptor(thumbnails: np.ndarray) -> np.ndarray:
+    """float32 [N, 64]: 8x8 mean-pooled thumbnails, mean-centred, length 1 (blind to detail, so
+    a slightly misaligned copy still matches)."""
+    pooled = np.asarray(thumbnails, np.float32).reshape(-1, 8, 4, 8, 4).mean(axis=(2, 4))
+    return unit_rows(pooled, center=True)
+
+
+def crop_gate(descriptors: dict[str, np.ndarray], rows: np.ndarray,
+              columns: np.ndarray) -> np.ndarray:
+    """float32 [P]: how well either image's 8x8 thumbnail matches the other's enlarged centre."""
+    small, enlarged = descriptors["small"], descriptors["enlarged"]
+    return np.maximum(np.einsum("ij,ij->i", small[rows], enlarged[columns]),
+                      np.einsum("ij,ij->i", enlarged[rows], small[columns]))
+
+
+def zoom_scores(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(zoomed, unzoomed) float32 [P]: the crop test's best correlation with either thumbnail
+    enlarged by CROP_SCALES (a crop enlarges one of the two), and the same without zoom."""
+    def best(scales: Sequence[float], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return warped_correlation(a, b, CROP_SHIFTS, scales, CROP_MARGIN)
+
+    zoomed = np.maximum(best(CROP_SCALES, first, second), best(CROP_SCALES, second, first))
+    return zoomed, best((1.0,), first, second)
+
+
+def shift_scores(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shifted, unshifted) float32 [P]: the shift test's best correlation, sub-pixel around the
+    best whole-pixel shift (pairs whose whole-pixel best is below SHIFT_COARSE_MATCH keep that),
+    and the correlation as they are."""
+    scores, rows, columns, unshifted = integer_alignment(first, second, SHIFT_MARGIN)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            chosen = np.flatnonzero((rows == dy) & (columns == dx)
+                                    & (scores >= SHIFT_COARSE_MATCH))
+            if len(chosen):
+                scores[chosen] = warped_correlation(
+                    first[chosen], second[chosen], [dy + fine for fine in FINE_SHIFTS],
+                    margin=SHIFT_MARGIN, column_shifts=[dx + fine for fine in FINE_SHIFTS])
+    return scores, unshifted
 
 
 def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.ndarray],
@@ -113,28 +173,22 @@ def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.nd
         unit = descriptors[name]
         return np.einsum("ij,ij->i", unit[firsts[rows]], unit[seconds[rows]])
 
-    def aligned(rows: np.ndarray, **alignment: Any) -> np.ndarray:
-        return aligned_correlation(thumbnails[firsts[rows]], thumbnails[seconds[rows]],
-                                   ALIGN_REACH, **alignment)
-
     similarity = np.zeros(len(firsts), np.float32)
     everything = np.arange(len(firsts))
-    picture = score("picture", everything)
-    by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH)
+    picture, vector = score("picture", everything), score("vector", everything)
+    by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH) & (vector >= THUMBNAIL_VECTOR_MATCH)
                                 & (hamming(hashes[firsts], hashes[seconds]) <= HASH_MATCH))
-    by_picture = by_picture[score("vector", by_picture) >= THUMBNAIL_VECTOR_MATCH]
     similarity[by_picture] = picture[by_picture]
-    rest = np.flatnonzero((similarity == 0) & (picture >= SHIFT_THUMBNAIL_MATCH))
-    rest = rest[score("spectrum", rest) >= FOURIER_MATCH]
-    vector = score("vector", rest)
-    shifted = rest[vector >= SHIFT_VECTOR_MATCH]
-    shift_score = aligned(shifted)
-    similarity[shifted] = np.where(shift_score >= ALIGNED_MATCH, shift_score, 0.0)
-    cropped = rest[(vector >= CROP_VECTOR_MATCH) & (picture[rest] >= CROP_THUMBNAIL_MATCH)]
-    cropped = cropped[similarity[cropped] == 0]
-    crop_score = aligned(cropped, scales=CROP_SCALES, margin=CROP_MARGIN)
-    zoom_helps = crop_score > aligned(cropped, margin=CROP_MARGIN)
-    similarity[cropped] = np.where((crop_score >= CROP_ALIGNED_MATCH) & zoom_helps, crop_score, 0.0)
+    shifted = np.flatnonzero((similarity == 0) & (vector >= SHIFT_VECTOR_MATCH))
+    shifted = shifted[score("spectrum", shifted) >= FOURIER_MATCH]
+    shift_score, unshifted = shift_scores(thumbnails[firsts[shifted]], thumbnails[seconds[shifted]])
+    similarity[shifted] = np.where((shift_score >= SHIFTED_MATCH)
+                                   & (shift_score - unshifted >= SHIFT_GAIN), shift_score, 0.0)
+    cropped = np.flatnonzero((similarity == 0) & (vector >= CROP_VECTOR_MATCH))
+    cropped = cropped[crop_gate(descriptors, firsts[cropped], seconds[cropped]) >= CROP_GATE]
+    zoomed, unzoomed = zoom_scores(thumbnails[firsts[cropped]], thumbnails[seconds[cropped]])
+    similarity[cropped] = np.where((zoomed >= CROPPED_MATCH) & (zoomed - unzoomed >= ZOOM_GAIN),
+                                   zoomed, 0.0)
     matched = similarity > 0
     return firsts[matched], seconds[matched], similarity[matched]
 

@@ -5,7 +5,7 @@ Rows are compared a block (or tile) at a time, so memory stays at `block x N` fl
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -52,43 +52,41 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True) -> 
 
 
 def similar_pairs(
-    units: Sequence[np.ndarray], gate: float,
-    keep: Optional[Callable[[list[np.ndarray]], np.ndarray]] = None,
+    unit: np.ndarray, gate: float,
+    keep: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every pair i < j of rows similar in the first descriptor and passing `keep` on the rest.
+    """Every pair i < j of rows whose cosine reaches `gate` and that passes `keep`.
 
-    The upper triangle of the first descriptor's cosines is computed in tiles of
-    TILE_ROWS x TILE_COLUMNS (one matrix product each, small enough to stay in the processor's
-    cache); the other descriptors are compared only on the few pairs that pass `gate`.
+    The upper triangle of the cosines is computed in tiles of TILE_ROWS x TILE_COLUMNS (one
+    matrix product each, small enough to stay in the processor's cache); `keep` sees only the
+    few pairs that pass `gate`, so it can afford other descriptors.
 
     Args:
-        units: descriptors of the same N rows, each float32 [N, D_k] with rows of length 1.
-        gate: smallest cosine in the first descriptor.
-        keep: given the other descriptors' cosines of the gated pairs (float32 [G] each), the
-            bool [G] mask of pairs to return (None: every gated pair).
+        unit: float32 [N, D], rows of length 1.
+        gate: smallest cosine.
+        keep: given the gated pairs' rows and columns (int64 [G] each), the bool [G] mask of
+            pairs to return (None: every gated pair).
 
     Returns:
         (first int64 [P], second int64 [P]) with first < second.
     """
-    first_unit, others = units[0], units[1:]
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    count = len(first_unit)
+    count = len(unit)
     for row in range(0, count, TILE_ROWS):
         row_stop = min(row + TILE_ROWS, count)
         for column in range(row, count, TILE_COLUMNS):
             column_stop = min(column + TILE_COLUMNS, count)
-            tile = first_unit[row:row_stop] @ first_unit[column:column_stop].T
+            tile = unit[row:row_stop] @ unit[column:column_stop].T
             rows, columns = np.nonzero(tile >= gate)
             rows, columns = rows + row, columns + column
             above = columns > rows
-            rows, columns = rows[above], columns[above]
+            rows, columns = rows[above].astype(np.int64), columns[above].astype(np.int64)
             if keep is not None:
-                chosen = keep([np.einsum("ij,ij->i", unit[rows], unit[columns])
-                               for unit in others])
+                chosen = keep(rows, columns)
                 rows, columns = rows[chosen], columns[chosen]
             firsts.append(rows)
             seconds.append(columns)
-    return np.concatenate(firsts).astype(np.int64), np.concatenate(seconds).astype(np.int64)
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def mean_neighbour_distance(unit: np.ndarray, k: int) -> np.ndarray:

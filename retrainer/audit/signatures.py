@@ -16,7 +16,7 @@ import os
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import imagehash
 import numpy as np
@@ -134,47 +134,78 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     return unit_rows(low)
 
 
-def aligned_correlation(first: np.ndarray, second: np.ndarray, reach: int = 1,
-                        scales: Sequence[float] = (1.0,), margin: int = 0,
-                        chunk: int = 20_000) -> np.ndarray:
-    """Best correlation of two thumbnails over shifts of up to `reach` pixels and zooms.
+def zoomed_in(thumbnails: np.ndarray, scale: float) -> np.ndarray:
+    """float32 [N, 32, 32]: the thumbnails enlarged `scale` times about their centre (a crop)."""
+    matrix = _resample_matrix(thumbnails.shape[-1], scale, 0.0)
+    return np.einsum("ij,njk,lk->nil", matrix, thumbnails.astype(np.float32), matrix,
+                     optimize=True)
+
+
+def integer_alignment(first: np.ndarray, second: np.ndarray,
+                      margin: int = 2) -> tuple[np.ndarray, ...]:
+    """Best correlation of the inner windows over whole-pixel shifts of up to 1 (cheap slices).
+
+    Returns:
+        (best score float32 [P], its row shift int [P] and column shift int [P] of `second`,
+        unshifted score float32 [P]).
+    """
+    size = first.shape[-1]
+    target = _centred_units(first[:, margin:size - margin, margin:size - margin])
+    scores = np.stack([np.einsum("ij,ij->i", target, _centred_units(
+        second[:, margin - dy:size - margin - dy, margin - dx:size - margin - dx]))
+        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    best = scores.argmax(axis=0)
+    return scores.max(axis=0), best // 3 - 1, best % 3 - 1, scores[4]
+
+
+def warped_correlation(first: np.ndarray, second: np.ndarray, shifts: Sequence[float],
+                       scales: Sequence[float] = (1.0,), margin: int = 2,
+                       column_shifts: Optional[Sequence[float]] = None,
+                       chunk: int = 4096) -> np.ndarray:
+    """Best correlation of `first` with `second` zoomed and shifted, on the inner window.
+
+    A shifted copy of a 28-pixel image is shifted by a fraction of a 32-pixel thumbnail's
+    pixel, so shifts are sub-pixel (bilinear); each warp is two matrix products per chunk.
 
     Args:
         first, second: uint8 [P, 32, 32] thumbnails, compared pairwise.
-        reach: largest shift tried in each direction ((2 reach + 1)^2 shifts).
+        shifts: offsets in pixels tried along each axis (all combinations).
         scales: zooms of `second` about its centre (a crop of c pixels a side of an n-pixel
             image, resized back, is a zoom of n / (n - 2c)).
-        margin: border left out of `first`'s window (the zoomed-out `second` is blank there);
-            0 compares the whole overlap of each shift.
+        margin: border left out of the comparison (where the warp brings in blank pixels).
+        column_shifts: offsets along columns, when not `shifts` (then `shifts` are the rows').
 
     Returns:
         float32 [P], in [-1, 1].
     """
-    best = np.full(len(first), -1.0, np.float32)
     size = first.shape[-1]
+    inner = slice(margin, size - margin)
+    side = size - 2 * margin
+    column_shifts = shifts if column_shifts is None else column_shifts
+    warps = {(scale, shift): _resample_matrix(size, scale, shift)[inner]
+             for scale in scales for shift in (*shifts, *column_shifts)}
+    best = np.full(len(first), -1.0, np.float32)
     for start in range(0, len(first), chunk):
-        a = first[start:start + chunk].astype(np.float32)
+        target = _centred_units(first[start:start + chunk, inner, inner])
+        count = len(target)
+        columns = second[start:start + chunk].astype(np.float32).transpose(0, 2, 1)
+        columns = columns.reshape(count * size, size)
         for scale in scales:
-            b = second[start:start + chunk].astype(np.float32)
-            if scale != 1.0:
-                zoom = _zoom_matrix(scale, size)
-                b = np.einsum("ij,njk,lk->nil", zoom, b, zoom, optimize=True)
-            for dy in range(-reach, reach + 1):
-                for dx in range(-reach, reach + 1):  # a[y, x] against b[y - dy, x - dx]
-                    window_a = a[:, max(margin, dy):size - max(margin, -dy),
-                                 max(margin, dx):size - max(margin, -dx)]
-                    window_b = b[:, max(margin, dy) - dy:size - max(margin, -dy) - dy,
-                                 max(margin, dx) - dx:size - max(margin, -dx) - dx]
-                    score = _correlation(window_a.reshape(len(a), -1),
-                                         window_b.reshape(len(b), -1))
-                    np.maximum(best[start:start + chunk], score, out=best[start:start + chunk])
+            for dy in shifts:
+                rows = (columns @ warps[scale, dy].T).reshape(count, size, side)
+                rows = rows.transpose(0, 2, 1).reshape(count * side, size)
+                for dx in column_shifts:
+                    warped = _centred_units((rows @ warps[scale, dx].T).reshape(count, -1))
+                    np.maximum(best[start:start + count], np.einsum("ij,ij->i", target, warped),
+                               out=best[start:start + count])
     return best
 
 
-def _zoom_matrix(scale: float, size: int) -> np.ndarray:
-    """float32 [size, size] bilinear resampling that zooms a row by `scale` about its centre."""
+def _resample_matrix(size: int, scale: float, shift: float) -> np.ndarray:
+    """float32 [size, size] bilinear resampling: zoom a row by `scale` about its centre, then
+    move it by `shift` pixels (edge pixels repeat beyond the border)."""
     centre = (size - 1) / 2
-    source = (np.arange(size) - centre) / scale + centre
+    source = (np.arange(size) - centre - shift) / scale + centre
     low = np.clip(np.floor(source).astype(np.int64), 0, size - 2)
     weight = np.clip(source - low, 0.0, 1.0).astype(np.float32)
     matrix = np.zeros((size, size), np.float32)
@@ -183,11 +214,11 @@ def _zoom_matrix(scale: float, size: int) -> np.ndarray:
     return matrix
 
 
-def _correlation(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    first = first - first.mean(axis=1, keepdims=True)
-    second = second - second.mean(axis=1, keepdims=True)
-    norms = np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1)
-    return np.einsum("ij,ij->i", first, second) / np.maximum(norms, 1e-6)
+def _centred_units(pixels: np.ndarray) -> np.ndarray:
+    """float32 [P, K]: each row of pixels minus its mean, scaled to length 1."""
+    rows = np.asarray(pixels, np.float32).reshape(len(pixels), -1)
+    rows = rows - rows.mean(axis=1, keepdims=True)
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
 
 
 def hamming(first: np.ndarray, second: np.ndarray) -> np.ndarray:
