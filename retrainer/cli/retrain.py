@@ -128,6 +128,9 @@ _BATCH = click.IntRange(min=-1)
          "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "
          "has its own cache; the exported graph always holds the float32 network.",
          type=click.Choice(EXTRACTOR_PRECISIONS))
+@_option("extraction_devices", "Local devices the bottleneck stage splits each batch across, "
+         "e.g. GPU:0,GPU:1 (0,1 = GPUs) or CPU:0; auto = every GPU when there are 2 or more, "
+         "else TensorFlow's default device. Not with int8 (CPU only).")
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)
 @_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)
