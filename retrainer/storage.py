@@ -234,6 +234,17 @@ def upload_tree(local: Path, url: Union[str, RemotePath]) -> None:
             write_remote_bytes(target / name, Path(folder, name).read_bytes())
 
 
+def download_tree(url: Union[str, RemotePath], local: Path) -> None:
+    """Copy a remote folder and everything below it into the local folder `local`."""
+    url = as_path(url)
+    for relative, _, names in walk(url):
+        folder = local / relative
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            source = url / relative / name if relative else url / name
+            (folder / name).write_bytes(source.read_bytes())
+
+
 def move(source: AnyPath, target: AnyPath) -> None:
     """Rename a file over `target` (`os.replace` locally; on object stores a copy + delete)."""
     if isinstance(source, Path):
