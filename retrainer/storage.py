@@ -210,13 +210,14 @@ def remove_stale_remote_temporaries(url: Union[str, RemotePath],
     """Delete `write_remote_bytes` temporaries of `url` started over `max_age_s` ago.
 
     One listing of `url`'s folder (not a bucket walk). A live writer's temporary is seconds old,
-    so it stays. Returns the temporaries deleted.
+    so it stays. Best effort: a folder that cannot be listed (a write-only bucket) is left as is.
+    Returns the temporaries deleted.
     """
     target = as_path(url)
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{16}}-(\d+)\.tmp$")
     oldest_allowed = time.time() - max_age_s
-    removed = []
-    with remote_errors(target.url):
+    removed: list[RemotePath] = []
+    with contextlib.suppress(OSError), remote_errors(target.url):
         gfile = _gfile()
         if not gfile.isdir(target.parent.url):
             return []
