@@ -35,7 +35,13 @@ def main() -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
-    from bench_pipeline import fashion_mnist_folder, make_photos, raw_extractor_seconds, stage_seconds
+    from bench_pipeline import (
+        fashion_mnist_folder,
+        make_photos,
+        raw_extractor_seconds,
+        stage_seconds,
+    )
+
     from retrainer.engines import create_engine
     from retrainer.engines.devices import short_name
     from retrainer.engines.multi_device import local_devices
