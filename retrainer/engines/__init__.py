@@ -28,7 +28,7 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32,
     Args:
         extractor: any FeatureExtractor.
         precision: one of PRECISIONS, or "auto" (`default_precision` for this extractor; float32
-            when TensorFlow runs it on chosen devices, which int8 cannot use).
+            on a machine with a GPU or on chosen devices, which int8 cannot use).
         devices: `parse_devices` names to split batches over; () = auto: every local GPU when
             there are 2 or more, else TensorFlow's default device.
 
@@ -41,11 +41,12 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32,
                          "--extraction_devices; use --extraction_devices auto, or "
                          "--extractor_precision float32 or bfloat16 on those devices.")
     if precision != INT8:
-        from retrainer.engines.multi_device import resolve_devices
+        from retrainer.engines.multi_device import has_gpu, resolve_devices
 
         devices = resolve_devices(devices)
-    if precision == AUTO:
-        precision = FLOAT32 if devices else default_precision(extractor.spec.name in INT8_MEASURED)
+        if precision == AUTO:  # int8 runs on the CPU: a GPU runs TensorFlow's float32 faster
+            precision = (FLOAT32 if devices or has_gpu()
+                         else default_precision(extractor.spec.name in INT8_MEASURED))
     if precision == FLOAT32:
         from retrainer.engines.float32 import Float32Engine
 

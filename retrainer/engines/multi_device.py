@@ -45,6 +45,11 @@ def resolve_devices(requested: tuple[str, ...]) -> tuple[str, ...]:
     return requested
 
 
+def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU (then it, not the CPU, runs the single-device engine)."""
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
 def default_device() -> str:
     """Where TensorFlow places the single-device engine's ops: the first GPU, else the CPU."""
     gpus = tf.config.list_logical_devices("GPU")
