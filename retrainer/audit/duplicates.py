@@ -173,19 +173,23 @@ def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.nd
         unit = descriptors[name]
         return np.einsum("ij,ij->i", unit[firsts[rows]], unit[seconds[rows]])
 
+    # Cheapest tests first: the exact 1280-d vector cosine only for pairs whose pixels agree.
     similarity = np.zeros(len(firsts), np.float32)
-    everything = np.arange(len(firsts))
-    picture, vector = score("picture", everything), score("vector", everything)
-    by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH) & (vector >= THUMBNAIL_VECTOR_MATCH)
+    picture = score("picture", np.arange(len(firsts)))
+    by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH)
                                 & (hamming(hashes[firsts], hashes[seconds]) <= HASH_MATCH))
+    by_picture = by_picture[score("vector", by_picture) >= THUMBNAIL_VECTOR_MATCH]
     similarity[by_picture] = picture[by_picture]
-    shifted = np.flatnonzero((similarity == 0) & (vector >= SHIFT_VECTOR_MATCH))
+    shifted = np.flatnonzero(similarity == 0)
     shifted = shifted[score("spectrum", shifted) >= FOURIER_MATCH]
     shift_score, unshifted = shift_scores(thumbnails[firsts[shifted]], thumbnails[seconds[shifted]])
-    similarity[shifted] = np.where((shift_score >= SHIFTED_MATCH)
-                                   & (shift_score - unshifted >= SHIFT_GAIN), shift_score, 0.0)
-    cropped = np.flatnonzero((similarity == 0) & (vector >= CROP_VECTOR_MATCH))
+    passed = (shift_score >= SHIFTED_MATCH) & (shift_score - unshifted >= SHIFT_GAIN)
+    shifted, shift_score = shifted[passed], shift_score[passed]
+    close = score("vector", shifted) >= SHIFT_VECTOR_MATCH
+    similarity[shifted[close]] = shift_score[close]
+    cropped = np.flatnonzero(similarity == 0)
     cropped = cropped[crop_gate(descriptors, firsts[cropped], seconds[cropped]) >= CROP_GATE]
+    cropped = cropped[score("vector", cropped) >= CROP_VECTOR_MATCH]
     zoomed, unzoomed = zoom_scores(thumbnails[firsts[cropped]], thumbnails[seconds[cropped]])
     similarity[cropped] = np.where((zoomed >= CROPPED_MATCH) & (zoomed - unzoomed >= ZOOM_GAIN),
                                    zoomed, 0.0)
