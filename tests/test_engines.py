@@ -178,7 +178,8 @@ def test_int8_tflite_export_of_an_int8_trained_head_agrees_with_the_frozen_graph
     assert agree >= 0.9 * len(holdout), f"{agree}/{len(holdout)} agree"
     graph_correct = sum(label == true for label, true in zip(graph, truth))
     tflite_correct = sum(label == true for label, true in zip(tflite, truth))
-    assert abs(graph_correct - tflite_correct) <= 0.08 * len(holdout), (graph_correct, tflite_correct)
+    assert abs(graph_correct - tflite_correct) <= 0.08 * len(holdout), (graph_correct,
+                                                                        tflite_correct)
 
 
 def test_int8_for_an_unconvertible_extractor_exits_2(color_image_dir, tmp_path):
