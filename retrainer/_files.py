@@ -16,7 +16,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from retrainer.storage import as_path, is_url, replace_remote_directory, write_remote_bytes
+from retrainer.storage import (
+    AnyPath,
+    as_path,
+    is_url,
+    remove_stale_remote_temporaries,
+    replace_remote_directory,
+    write_remote_bytes,
+)
 
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
@@ -82,15 +89,15 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
 STALE_AFTER_SECONDS = 3600.0
 
 
-def remove_stale_temporaries(path: os.PathLike[str] | str) -> list[Path]:
+def remove_stale_temporaries(path: os.PathLike[str] | str) -> list[AnyPath]:
     """Delete what a killed writer of `path` left beside it (`.NAME.<hex>.tmp`, `.NAME.*.old`).
 
     Only entries older than STALE_AFTER_SECONDS go, so a run writing the same path right now keeps
-    its temporary. Returns the paths removed. Remote folders are not swept (listing a bucket
-    folder can be slow and costs requests).
+    its temporary. Returns the paths removed. On a URL: the remote temporaries of `path`, after
+    3 days (`remove_stale_remote_temporaries`, one listing of its folder).
     """
     if is_url(path):
-        return []
+        return remove_stale_remote_temporaries(path)
     path = Path(path)
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:[0-9a-f]{{16}}\.tmp|\w+\.old)$")
     removed = []

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from retrainer.engines import AUTO, PRECISIONS
+from retrainer.engines import AUTO, AUTO_DEVICES, PRECISIONS, parse_devices
 from retrainer.errors import UsageError
 from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
 from retrainer.split import validate_percentages
@@ -94,6 +94,7 @@ class RetrainConfig:
     tfhub_module: str = DEFAULT_EXTRACTOR
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
+    extraction_devices: str = AUTO_DEVICES  # "GPU:0,GPU:1": batches split across them
     image_size: Optional[int] = None
     checkpoint_path: AnyPath = DEFAULT_OUTPUT_DIR / "checkpoint" / "retrain_checkpoint"
     seed: int = 0
@@ -124,6 +125,7 @@ class RetrainConfig:
         self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
         self._require("extractor_precision", lambda name: name in EXTRACTOR_PRECISIONS,
                       f"one of {list(EXTRACTOR_PRECISIONS)}")
+        parse_devices(self.extraction_devices)  # spelling only; existence once TensorFlow loads
         self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
         # reports and quality gates: an empty path turns that report off
         for field in ("metrics_file", "report_html"):
@@ -157,6 +159,11 @@ class RetrainConfig:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
             )
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """`--extraction_devices` as TensorFlow device names; () for auto."""
+        return parse_devices(self.extraction_devices)
 
     @property
     def has_quality_gates(self) -> bool:

@@ -38,7 +38,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     """
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.audit.report_section import audit_sections
-    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head, validation_probabilities
@@ -73,11 +73,12 @@ def run(config: RetrainConfig) -> RetrainResult:
     check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
-        engine = create_engine(extractor, config.extractor_precision)
+        engine = create_engine(extractor, config.extractor_precision, config.devices)
     check_fine_tunable(config, extractor)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
             [image.path for image in collection.images], engine, config.bottleneck_dir,
+            max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 images each
             show_progress=config.show_progress,
         )
     audit = None
@@ -163,6 +164,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         report=run_report,
         extractor_precision=engine.precision,
         extractor_id=engine.spec.id,
+        extraction_devices=engine.devices,
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
                   audit_sections(result.audit) if config.report_html is not None else ())

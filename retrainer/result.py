@@ -32,7 +32,7 @@ class RetrainResult:
         audit: the audit.json document (docs/audit.md), None with --skip_audit.
         report: per-class metrics, confusion matrices, history, gates (retrainer.reports).
         extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
-            cache namespace.
+            cache namespace; extraction_devices: the TensorFlow devices that computed them.
     """
 
     labels: tuple[str, ...]
@@ -58,6 +58,7 @@ class RetrainResult:
     report: Optional[Any] = None
     extractor_precision: str = FLOAT32
     extractor_id: str = ""
+    extraction_devices: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""

@@ -20,12 +20,16 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, NamedTuple, Union
 
 from retrainer.errors import UsageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+# A killed run's remote temporary this old is swept (the shard runs' rule): object stores'
+# modification times are not always kept (ram:// has none), so the name carries the write's start.
+REMOTE_STALE_AFTER_S = 3 * 24 * 3600
 
 
 def is_url(path: Any) -> bool:
@@ -188,7 +192,7 @@ def open_for_reading(path: Union[str, os.PathLike[str]]) -> BinaryIO:
 def write_remote_bytes(url: Union[str, RemotePath], data: bytes) -> None:
     """Write under a temporary name beside `url`, then rename over it (on gs:// a copy + delete)."""
     target = as_path(url)
-    temp = target.parent / f".{target.name}.{secrets.token_hex(8)}.tmp"
+    temp = target.parent / f".{target.name}.{secrets.token_hex(8)}-{int(time.time())}.tmp"
     with remote_errors(target.url):
         gfile = _gfile()
         try:
@@ -199,6 +203,31 @@ def write_remote_bytes(url: Union[str, RemotePath], data: bytes) -> None:
             with contextlib.suppress(Exception):
                 gfile.remove(temp.url)
             raise
+
+
+def remove_stale_remote_temporaries(url: Union[str, RemotePath],
+                                    max_age_s: float = REMOTE_STALE_AFTER_S) -> list[RemotePath]:
+    """Delete `write_remote_bytes` temporaries of `url` started over `max_age_s` ago.
+
+    One listing of `url`'s folder (not a bucket walk). A live writer's temporary is seconds old,
+    so it stays. Best effort: a folder that cannot be listed (a write-only bucket) is left as is.
+    Returns the temporaries deleted.
+    """
+    target = as_path(url)
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{16}}-(\d+)\.tmp$")
+    oldest_allowed = time.time() - max_age_s
+    removed: list[RemotePath] = []
+    with contextlib.suppress(OSError), remote_errors(target.url):
+        gfile = _gfile()
+        if not gfile.isdir(target.parent.url):
+            return []
+        for name in gfile.listdir(target.parent.url):
+            match = pattern.match(name)
+            if match and int(match.group(1)) < oldest_allowed:
+                with contextlib.suppress(Exception):  # another sweeper got it first
+                    gfile.remove((target.parent / name).url)
+                    removed.append(target.parent / name)
+    return removed
 
 
 def probe_writable(folder: RemotePath) -> None:
@@ -232,6 +261,17 @@ def upload_tree(local: Path, url: Union[str, RemotePath]) -> None:
         target.mkdir(parents=True, exist_ok=True)
         for name in names:
             write_remote_bytes(target / name, Path(folder, name).read_bytes())
+
+
+def download_tree(url: Union[str, RemotePath], local: Path) -> None:
+    """Copy a remote folder and everything below it into the local folder `local`."""
+    url = as_path(url)
+    for relative, _, names in walk(url):
+        folder = local / relative
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            source = url / relative / name if relative else url / name
+            (folder / name).write_bytes(source.read_bytes())
 
 
 def move(source: AnyPath, target: AnyPath) -> None:

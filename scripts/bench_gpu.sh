@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark of the extraction engines, for a machine with an NVIDIA GPU (NOT yet run: written on a
 # CPU-only machine). One short script: install, build 5,000 real images, print images/s for each
-# precision and the decode rate alone.
+# precision and the decode rate alone; with 2+ GPUs, one GPU against all of them
+# (scripts/bench_devices.py, 8,000 images).
 #
 #   bash scripts/bench_gpu.sh            # from the repository root; ~5-10 minutes
 #
@@ -48,3 +49,7 @@ for precision in PRECISIONS:
         print(f"{precision:8s} batch {batch:3d}: raw {len(paths) / raw:7.0f} images/s, stage "
               f"{len(paths) / stage:7.0f} images/s, stage/raw {raw / stage:.2f}")
 PY
+# Several GPUs (--extraction_devices): GPU:0 alone against every GPU, float32, on real images.
+if [ "$(nvidia-smi --list-gpus | wc -l)" -ge 2 ]; then
+PYTHONPATH=$PWD .venv-gpu/bin/python scripts/bench_devices.py --fashion 400 --photos 4000 --rounds 2
+fi

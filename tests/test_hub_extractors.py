@@ -135,6 +135,31 @@ def test_id_follows_module_content_not_path_or_mtime(tmp_path):
     )
 
 
+def test_module_folder_on_a_remote_file_system(tmp_path, monkeypatch, no_network):
+    """A module directory on ram:// (gs:// takes the same path) is copied into the module cache and
+    gives the local module's id and vectors; a URL that is not a directory is exit 2."""
+    from retrainer import storage
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
+    kernel = module_kernel(seed=3)
+    local = save_tf2_module(tmp_path / "tiny_remote", kernel)
+    url = "ram://test_module_folder/tiny_remote"
+    storage.upload_tree(local, url)
+
+    remote = create_extractor(url)
+    local_id = create_extractor(str(local)).spec.id
+    assert remote.spec.id.rsplit("-", 2)[1:] == local_id.rsplit("-", 2)[1:]  # same content and size
+    images = random_images(2, (32, 32))
+    np.testing.assert_allclose(remote(tf.constant(images)).numpy(), expected_features(images, kernel),
+                               rtol=1e-5, atol=1e-6)
+    assert create_extractor(url).spec.id == remote.spec.id  # copied again: same content folder
+    assert len(list((tmp_path / "hub_cache" / "folders").iterdir())) == 1
+
+    with pytest.raises(UsageError) as caught:
+        create_extractor(f"{url}/saved_model.pb")
+    assert caught.value.exit_code == 2 and "is not a directory" in str(caught.value)
+
+
 @pytest.mark.parametrize(
     "style, message",
     [

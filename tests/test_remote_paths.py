@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,27 @@ def test_default_extractor_on_ram_equals_the_local_run(tmp_path, ram_prefix, fas
                          classify(f"{root}/out/graph.pb", f"{images}/Bag")))
     assert answers[1] == answers[0]
     assert answers[0][0]["test_accuracy"] > 0.8
+
+
+def test_a_killed_runs_remote_temporaries_are_swept_after_3_days(tmp_path, ram_prefix, caplog):
+    """The run's start sweeps `.NAME.<hex>-<start>.tmp` left beside a remote export; newer stay."""
+    from retrainer._output_paths import remove_stale_export_temporaries
+    from retrainer.storage import write_remote_bytes
+
+    graph = as_path(f"{ram_prefix}/out/graph.pb")
+    graph.parent.mkdir(parents=True, exist_ok=True)
+    write_remote_bytes(graph, b"graph")
+    assert tf.io.gfile.listdir(graph.parent.url) == ["graph.pb"]  # a finished write leaves none
+    now = int(time.time())
+    left = {age: graph.parent / f".graph.pb.{'ab' * 8}-{now - age}.tmp"
+            for age in (4 * 24 * 3600, 3600)}
+    unrelated = graph.parent / f".other.pb.{'cd' * 8}-{now - 5 * 24 * 3600}.tmp"
+    for path in (*left.values(), unrelated):
+        write_remote_bytes(path, b"partial")
+    config = RetrainConfig(image_dir=tmp_path, output_graph=graph,
+                           output_labels=f"{ram_prefix}/out/labels.txt")
+    with caplog.at_level("INFO"):
+        remove_stale_export_temporaries(config)
+    assert sorted(tf.io.gfile.listdir(graph.parent.url)) == sorted(
+        [left[3600].name, unrelated.name, "graph.pb"])
+    assert any(str(left[4 * 24 * 3600]) in message for message in caplog.messages)

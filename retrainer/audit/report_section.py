@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 from retrainer.audit.summary import audit_figures
 from retrainer.reports.html import Section, paragraph, table
-from retrainer.reports.sections import percent, thumbnail_image
+from retrainer.reports.format import percent
+from retrainer.reports.sections import thumbnail_image
 
 SHOWN_GROUPS = 8  # duplicate groups with thumbnails, leaks first; the rest are in audit.json
 SHOWN_IMAGES = 12  # likely mislabeled images and outliers with thumbnails

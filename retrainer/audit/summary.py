@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from retrainer.reports.format import percent
+
 SHOWN = 3  # entries listed per kind; the rest are in audit.json
 
 
@@ -43,8 +45,7 @@ def audit_summary_lines(document: dict[str, Any], path: Optional[object] = None)
     lines.append(f"  leaks: {figures['leaking_groups']} groups span training and validation/test")
     if figures["leaked_test_images"]:
         adjusted = figures["leak_adjusted_test_accuracy"]
-        shown = "n/a" if adjusted is None else f"{adjusted * 100:.1f}%"
-        lines.append(f"  leak-adjusted test accuracy = {shown} (N={document['leak_adjusted_test_count']}"
+        lines.append(f"  leak-adjusted test accuracy = {percent(adjusted)} (N={document['leak_adjusted_test_count']}"
                      f"; {figures['leaked_test_images']} test images with a copy in training "
                      "left out)")
     lines.append(f"  likely mislabeled: {figures['likely_mislabeled']}"

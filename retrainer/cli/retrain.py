@@ -19,6 +19,7 @@ from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import run
+from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
 from retrainer.split import SPLITS, TESTING
 
@@ -128,6 +129,9 @@ _BATCH = click.IntRange(min=-1)
          "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "
          "has its own cache; the exported graph always holds the float32 network.",
          type=click.Choice(EXTRACTOR_PRECISIONS))
+@_option("extraction_devices", "Local devices the bottleneck stage splits each batch across, "
+         "e.g. GPU:0,GPU:1 (0,1 = GPUs) or CPU:0; auto = every GPU when there are 2 or more, "
+         "else TensorFlow's default device. Not with int8 (CPU only).")
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)
 @_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)
@@ -184,16 +188,12 @@ def _test_line(result: RetrainResult) -> str:
     return f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})"
 
 
-def _percent(value: Optional[float]) -> str:
-    return "n/a" if value is None else f"{value * 100:.1f}%"
-
-
 def _summary_lines(result: RetrainResult) -> list[str]:
     """The end-of-run summary: training metrics, images per class and split, skipped, outputs."""
     lines = [
-        f"Last step: train accuracy = {_percent(result.train_accuracy)}, cross entropy = "
+        f"Last step: train accuracy = {percent(result.train_accuracy)}, cross entropy = "
         f"{result.cross_entropy:.6f}, validation accuracy = "
-        f"{_percent(result.validation_accuracy)} (N={result.validation_count})",
+        f"{percent(result.validation_accuracy)} (N={result.validation_count})",
         _whole_validation_line(result),
         "",
         "Images used per class:",
@@ -236,7 +236,7 @@ def _summary_lines(result: RetrainResult) -> list[str]:
 def _whole_validation_line(result: RetrainResult) -> str:
     """The honest figure: each validation image once (the step lines count sampled draws)."""
     validation = result.report.validation
-    return (f"Validation accuracy = {_percent(validation.accuracy)} (N={validation.count} images, "
+    return (f"Validation accuracy = {percent(validation.accuracy)} (N={validation.count} images, "
             "the whole validation split)")
 
 
@@ -246,16 +246,16 @@ def _report_lines(result: RetrainResult) -> list[str]:
     name, split = report.headline()
     if name is None:
         return []
-    top_k = f", top-{split.top_k} {_percent(split.top_k_accuracy)}" if split.top_k else ""
+    top_k = f", top-{split.top_k} {percent(split.top_k_accuracy)}" if split.top_k else ""
     where = "test" if name == TESTING else "validation"
     width = max(len("class"), *(len(label) for label in result.labels))
-    lines = [f"{where.capitalize()} split: accuracy {_percent(split.accuracy)}, balanced "
-             f"accuracy {_percent(split.balanced_accuracy)}{top_k} (N={split.count})",
+    lines = [f"{where.capitalize()} split: accuracy {percent(split.accuracy)}, balanced "
+             f"accuracy {percent(split.balanced_accuracy)}{top_k} (N={split.count})",
              f"Per-class metrics ({where} split):",
              f"  {'class':<{width}}  precision   recall       F1  support"]
     for label, row in zip(result.labels, split.per_class):
-        lines.append(f"  {label:<{width}}  {_percent(row.precision):>9}  {_percent(row.recall):>7}"
-                     f"  {_percent(row.f1):>7}  {row.support:>7}")
+        lines.append(f"  {label:<{width}}  {percent(row.precision):>9}  {percent(row.recall):>7}"
+                     f"  {percent(row.f1):>7}  {row.support:>7}")
     confused = split.most_confused()
     if confused:
         lines.append("Most confused (true -> predicted): " + "; ".join(
@@ -263,7 +263,7 @@ def _report_lines(result: RetrainResult) -> list[str]:
             for true, predicted, count in confused))
     for gate in report.gates:
         lines.append(f"Quality gate --{gate.flag} {gate.threshold:g}: passed "
-                     f"({_percent(gate.value)})")
+                     f"({percent(gate.value)})")
     return lines
 
 
@@ -301,7 +301,7 @@ def _training_mode_lines(result: RetrainResult) -> list[str]:
         best = "" if tuning["best_epoch"] is None else f", kept epoch {tuning['best_epoch']}"
         lines += ["", f"Fine-tuned {tuning['tuned_parameters']} extractor weights "
                   f"({tuning['blocks']} blocks) for {tuning['epochs_run']} epochs{best}: "
-                  f"validation accuracy = {_percent(tuning['validation_accuracy'])}, "
+                  f"validation accuracy = {percent(tuning['validation_accuracy'])}, "
                   f"{tuning['seconds']:.1f} s."]
     return lines
 

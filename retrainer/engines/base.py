@@ -32,11 +32,13 @@ class Engine:
         spec: the extractor's spec, its id extended by the precision (except for float32, whose
             vectors are the extractor's own).
         batch_size: images per call that the engine runs fastest at (callers may pass any).
+        devices: TensorFlow names of the devices it runs on, e.g. ("/device:GPU:0",).
     """
 
     precision: str
     spec: "ExtractorSpec"
     batch_size: int
+    devices: tuple[str, ...]
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Bottleneck vectors of a batch.

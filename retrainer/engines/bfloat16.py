@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.engines.base import BFLOAT16, Engine, precision_spec
-from retrainer.engines.float32 import BATCH_SIZE, feature_function
+from retrainer.engines.float32 import placed_feature_function
 from retrainer.extractors import FeatureExtractor
 
 _OPTION = "auto_mixed_precision_onednn_bfloat16"
@@ -38,14 +38,13 @@ def onednn_bfloat16() -> Iterator[None]:
 
 
 class BFloat16Engine(Engine):
-    """The float32 engine's function, run under the oneDNN bfloat16 rewrite."""
+    """The float32 engine's function (on `devices`, as there), run under the oneDNN rewrite."""
 
     precision = BFLOAT16
-    batch_size = BATCH_SIZE
 
-    def __init__(self, extractor: FeatureExtractor) -> None:
+    def __init__(self, extractor: FeatureExtractor, devices: tuple[str, ...] = ()) -> None:
         self.spec = precision_spec(extractor.spec, BFLOAT16)
-        self._features = feature_function(extractor)
+        self._features, self.devices, self.batch_size = placed_feature_function(extractor, devices)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         with onednn_bfloat16():

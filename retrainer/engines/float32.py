@@ -27,15 +27,31 @@ def feature_function(extractor: FeatureExtractor):
     return features
 
 
+def placed_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]):
+    """`feature_function`, or with `devices` its batches split across them (`multi_device`).
+
+    Returns:
+        (the function, the devices it runs on, the batch size that gives each device 32 images).
+    """
+    from retrainer.engines.multi_device import default_device, sharded_feature_function
+
+    if not devices:
+        return feature_function(extractor), (default_device(),), BATCH_SIZE
+    return sharded_feature_function(extractor, devices), devices, BATCH_SIZE * len(devices)
+
+
 class Float32Engine(Engine):
-    """TensorFlow, float32 throughout; vectors are exactly the exported graph's."""
+    """TensorFlow, float32 throughout; vectors are exactly the exported graph's.
+
+    Args:
+        devices: TensorFlow devices to split each batch over; () for TensorFlow's default.
+    """
 
     precision = FLOAT32
-    batch_size = BATCH_SIZE
 
-    def __init__(self, extractor: FeatureExtractor) -> None:
+    def __init__(self, extractor: FeatureExtractor, devices: tuple[str, ...] = ()) -> None:
         self.spec = extractor.spec
-        self._features = feature_function(extractor)
+        self._features, self.devices, self.batch_size = placed_feature_function(extractor, devices)
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self._features(pixels).numpy()

@@ -77,6 +77,7 @@ class Int8Engine(Engine):
 
     precision = INT8
     batch_size = BATCH_SIZE
+    devices = ("/device:CPU:0",)  # LiteRT runs on the host CPU only
 
     def __init__(self, extractor: FeatureExtractor, threads: int) -> None:
         spec = extractor.spec

@@ -17,11 +17,13 @@ import logging
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
 import tensorflow as tf
 
+from retrainer import storage
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
 from retrainer.extractors.registry import register_resolver
@@ -29,6 +31,7 @@ from retrainer.extractors.registry import register_resolver
 logger = logging.getLogger(__name__)
 
 REMOTE_PREFIXES = ("https://", "http://", "gs://")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 DEFAULT_IMAGE_SIZE = 224  # used when a module accepts any size and --image_size is not given
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation, so a dead connection fails instead of hanging
 TF1_HUB_MARKER = "tfhub_module.pb"
@@ -41,6 +44,15 @@ _WRAPPER_VERSION = b"hub-extractor/1"
 def is_remote_handle(handle: str) -> bool:
     """True for handles that need a download (TF Hub/Kaggle URLs, GCS tarballs)."""
     return handle.startswith(REMOTE_PREFIXES)
+
+
+def is_module_folder_url(handle: str) -> bool:
+    """True for a module directory on a file system TensorFlow reads (gs://bucket/module, ram://).
+
+    Archives (.tar.gz) and http(s) handles go to `tensorflow_hub`'s resolvers instead.
+    """
+    return (storage.is_url(handle) and not handle.startswith(("http://", "https://"))
+            and not handle.endswith(ARCHIVE_SUFFIXES))
 
 
 def looks_like_path(handle: str) -> bool:
@@ -57,6 +69,8 @@ def default_hub_cache_dir() -> Path:
 @register_resolver
 def resolve_hub_module(handle: str, image_size: Optional[int]) -> Optional[FeatureExtractor]:
     """Resolver for remote hub handles and local module directories; None for anything else."""
+    if is_module_folder_url(handle):
+        return HubModuleExtractor(handle, fetch_module_folder(handle), image_size)
     if is_remote_handle(handle):
         return HubModuleExtractor(handle, download_module(handle), image_size)
     path = Path(handle).expanduser()
@@ -73,6 +87,33 @@ def resolve_hub_module(handle: str, image_size: Optional[int]) -> Optional[Featu
             hint = f" To download it, spell it as a URL: https://{handle}"
         raise UsageError(f"module directory {handle!r} does not exist.{hint}")
     return None
+
+
+def fetch_module_folder(url: str) -> Path:
+    """Copy a remote module directory into the module cache, in a folder named by its content.
+
+    Copied anew on every run (a module is small next to the images), so a module replaced in place
+    is never mistaken for the old one; the content-named folder is written once (temp + rename).
+
+    Raises:
+        UsageError: `url` is not a directory.
+    """
+    remote = storage.as_path(url)
+    if not remote.is_dir():
+        raise UsageError(f"--tfhub_module {url!r} is not a directory holding saved_model.pb "
+                         "(pass the module's folder, or a .tar.gz archive)")
+    cache_dir = Path(os.environ.get("TFHUB_CACHE_DIR") or default_hub_cache_dir()) / "folders"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".download-") as staging:
+        copy = Path(staging) / "module"
+        storage.download_tree(remote, copy)
+        target = cache_dir / fingerprint_directory(copy)[:32]
+        try:
+            copy.rename(target)
+        except OSError:
+            if not target.is_dir():  # not merely another run that got there first
+                raise
+    return target
 
 
 def download_module(handle: str) -> Path:
@@ -298,7 +339,7 @@ def _resolve_input_size(
 
 def _slug(handle: str) -> str:
     """A short filesystem-safe reminder of the handle for the extractor id."""
-    if is_remote_handle(handle):
+    if storage.is_url(handle):
         tail = "_".join(handle.split("://", 1)[1].rstrip("/").split("/")[-4:])
     else:
         tail = Path(handle).expanduser().resolve().name

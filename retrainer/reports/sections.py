@@ -15,6 +15,7 @@ from typing import Any, Optional
 from PIL import Image
 
 from retrainer.images import UnreadableImageError, load_image
+from retrainer.reports.format import percent
 from retrainer.reports.html import Section, paragraph, png_image, table
 from retrainer.split import SPLITS, TESTING, VALIDATION
 
@@ -134,8 +135,3 @@ def thumbnail_image(path: Any, relpath: str, css_class: str = "thumbnail") -> st
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return png_image(buffer.getvalue(), relpath, css_class)
-
-
-def percent(value: Optional[float]) -> str:
-    """A share as "93.1%", "n/a" when unmeasured."""
-    return "n/a" if value is None else f"{value * 100:.1f}%"
