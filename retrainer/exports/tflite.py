@@ -123,7 +123,7 @@ def convert(
 
     if quantization.mode == INT8:
         return full_integer_model(model.get_concrete_function(), _representative(calibration),
-                                  classifier, uint8_io=True)
+                                  classifier, uint8_input=True, uint8_output=True)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [model.get_concrete_function()], classifier
     )
@@ -137,7 +137,8 @@ def full_integer_model(
     concrete_function,
     representative: Iterable[list[np.ndarray]],
     trackable: Optional[tf.Module] = None,
-    uint8_io: bool = False,
+    uint8_input: bool = False,
+    uint8_output: bool = False,
 ) -> bytes:
     """Convert a traced function to a full-integer (int8 weights and activations) TFLite model.
 
@@ -147,7 +148,9 @@ def full_integer_model(
         concrete_function: a `tf.function`'s concrete function, one image input.
         representative: calibration inputs, each a one-element list shaped like the input.
         trackable: the module owning the function's variables (the non-deprecated converter path).
-        uint8_io: uint8 input and output (the export); otherwise they keep the function's dtypes.
+        uint8_input: uint8 input (its scale and zero point come from the calibration range);
+            otherwise it keeps the function's dtype.
+        uint8_output: uint8 output (the export); otherwise it keeps the function's dtype.
 
     Returns:
         The .tflite flatbuffer.
@@ -160,8 +163,9 @@ def full_integer_model(
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: iter(samples)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if uint8_io:
+    if uint8_input:
         converter.inference_input_type = tf.uint8
+    if uint8_output:
         converter.inference_output_type = tf.uint8
     return bytes(converter.convert())
 
