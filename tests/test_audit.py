@@ -318,6 +318,8 @@ def test_shift_and_crop_tests_match_real_copies_not_look_alikes(fashion_mnist_di
     assert (zoomed - unzoomed >= d.ZOOM_GAIN).all() and (zoomed >= d.CROPPED_MATCH).mean() >= 0.8
     first, second = np.triu_indices(len(base), 1)
     other_shift, other_plain = d.shift_scores(base[first], base[second])
-    assert not ((other_shift >= d.SHIFTED_MATCH) & (other_shift - other_plain >= d.SHIFT_GAIN)).any()
+    assert not ((other_shift >= d.SHIFTED_MATCH)
+                & (other_shift - other_plain >= d.SHIFT_GAIN)).any()
     other_zoom, other_unzoomed = d.zoom_scores(base[first], base[second])
-    assert not ((other_zoom >= d.CROPPED_MATCH) & (other_zoom - other_unzoomed >= d.ZOOM_GAIN)).any()
+    assert not ((other_zoom >= d.CROPPED_MATCH)
+                & (other_zoom - other_unzoomed >= d.ZOOM_GAIN)).any()
