@@ -323,3 +323,29 @@ def test_shift_and_crop_tests_match_real_copies_not_look_alikes(fashion_mnist_di
     other_zoom, other_unzoomed = d.zoom_scores(base[first], base[second])
     assert not ((other_zoom >= d.CROPPED_MATCH)
                 & (other_zoom - other_unzoomed >= d.ZOOM_GAIN)).any()
+
+
+def test_capped_similar_pairs_are_each_images_nearest_that_pass_the_gate(fashion_mnist_dir,
+                                                                          monkeypatch):
+    """The per-image cap keeps exactly the gated pairs among either image's `limit` most similar,
+    also when an image's partners come from several tiles."""
+    from retrainer.audit import neighbours
+    from retrainer.audit.signatures import thumbnail_descriptor
+
+    paths = sorted(fashion_mnist_dir.glob("*/*"))
+    unit = neighbours.unit_rows(thumbnail_descriptor(
+        np.stack([_thumbnail(Image.open(path)) for path in paths])))
+    monkeypatch.setattr(neighbours, "TILE_ROWS", 7)
+    monkeypatch.setattr(neighbours, "TILE_COLUMNS", 11)
+    gate, limit = 0.9, 3
+    cosines = unit @ unit.T
+    np.fill_diagonal(cosines, -np.inf)
+    expected = set()
+    for row, scores in enumerate(cosines):
+        for column in np.argsort(-scores)[:limit]:
+            if scores[column] >= gate:
+                expected.add((min(row, column), max(row, column)))
+    first, second = neighbours.similar_pairs(unit, gate, limit=limit)
+    assert len(expected) > limit and set(zip(first.tolist(), second.tolist())) == expected
+    everything = neighbours.similar_pairs(unit, gate)
+    assert len(everything[0]) > len(first)

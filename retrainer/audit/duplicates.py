@@ -28,6 +28,7 @@ from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_ali
 # one, so they use the match thresholds themselves; candidates are then scored exactly.
 SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
+NEIGHBOUR_LIMIT = 16  # partners per image kept by each pass (a k-nearest-neighbour graph)
 # A re-encoded, resized or brightened copy: the same thumbnail, hash and roughly the same vector.
 THUMBNAIL_MATCH = 0.997
 HASH_MATCH = 16  # bits of 64
@@ -113,8 +114,8 @@ def near_pairs(
     def cropped(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return crop_gate(descriptors, rows, columns) >= CROP_GATE
 
-    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted),
-             similar_pairs(reduced["vector"], CROP_VECTOR_MATCH, cropped)]
+    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT),
+             similar_pairs(reduced["vector"], CROP_VECTOR_MATCH, cropped, NEIGHBOUR_LIMIT)]
     firsts, seconds = np.unique(np.concatenate([np.stack(pair, 1) for pair in found]),
                                 axis=0).reshape(-1, 2).T
     matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,
