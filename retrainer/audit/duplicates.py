@@ -2,8 +2,9 @@
 
 Near-duplicates are searched among distinct files in two blocked passes (see `signatures`): one
 gated by the Fourier magnitude, which ignores shifts (re-encoded, resized, brightened, shifted
-copies), one gated by the vectors and checked against each image's centre enlarged (cropped
-copies, whose spectrum a zoom changes). A candidate is kept when the pixels agree (thumbnail and
+copies), one gated by each 8x8 thumbnail against the other's centre enlarged and checked against
+the vectors (cropped copies, whose spectrum a zoom changes); each keeps an image's
+NEIGHBOUR_LIMIT best partners only. A candidate is kept when the pixels agree (thumbnail and
 perceptual hash, or the thumbnails once shifted or zoomed into line) AND the bottleneck vectors
 agree: on Fashion-MNIST the vectors alone rank merely similar garments above a copy, and pixels
 alone match different photos of look-alike products, but the two together rarely do. Thresholds
@@ -23,8 +24,8 @@ from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_ali
                                         thumbnail_descriptor, warped_correlation, zoomed_in)
 
 # Measured with scripts/bench_audit.py (docs/audit.md): see there before changing any of them.
-# The passes (gate and pre-tests) use each descriptor's top principal axes, cheap on the millions
-# of gated pairs; on the benchmark's images such a projected cosine never fell below the full
+# The passes (gate and pre-tests) use each descriptor's top principal axes (the crop pass: the
+# 64-d 8x8 thumbnails), cheap on the millions of gated pairs; on the benchmark's images such a projected cosine never fell below the full
 # one, so they use the match thresholds themselves; candidates are then scored exactly.
 SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
@@ -111,11 +112,12 @@ def near_pairs(
         return ((score("picture", rows, columns) >= THUMBNAIL_MATCH)
                 | (score("vector", rows, columns) >= SHIFT_VECTOR_MATCH))
 
-    def cropped(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        return crop_gate(descriptors, rows, columns) >= CROP_GATE
+    def close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return score("vector", rows, columns) >= CROP_VECTOR_MATCH
 
     found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT),
-             similar_pairs(reduced["vector"], CROP_VECTOR_MATCH, cropped, NEIGHBOUR_LIMIT)]
+             similar_pairs(descriptors["small"], CROP_GATE, close, NEIGHBOUR_LIMIT,
+                           descriptors["enlarged"])]
     firsts, seconds = np.unique(np.concatenate([np.stack(pair, 1) for pair in found]),
                                 axis=0).reshape(-1, 2).T
     matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,

@@ -54,9 +54,9 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True) -> 
 def similar_pairs(
     unit: np.ndarray, gate: float,
     keep: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
-    limit: Optional[int] = None,
+    limit: Optional[int] = None, other: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j of rows whose cosine reaches `gate` and that pass `keep`, at most `limit` per row.
+    """Pairs i < j of rows scoring at least `gate` and passing `keep`, at most `limit` per row.
 
     The upper triangle of the cosines is computed in tiles of TILE_ROWS x TILE_COLUMNS (one
     matrix product each, small enough to stay in the processor's cache); `keep` sees only the
@@ -67,10 +67,12 @@ def similar_pairs(
 
     Args:
         unit: float32 [N, D], rows of length 1.
-        gate: smallest cosine.
+        gate: smallest score (the cosine, or the `other` score).
         keep: given the gated pairs' rows and columns (int64 [G] each), the bool [G] mask of
             pairs to return (None: every gated pair).
-        limit: most partners kept per row, by cosine (None: all).
+        limit: most partners kept per row, by score (None: all).
+        other: float32 [N, D]: score a pair i, j by max(unit_i . other_j, other_i . unit_j)
+            instead (two products per tile), e.g. a thumbnail against the other's enlarged centre.
 
     Returns:
         (first int64 [P], second int64 [P]) with first < second.
@@ -82,7 +84,11 @@ def similar_pairs(
         row_stop = min(row + TILE_ROWS, count)
         for column in range(row, count, TILE_COLUMNS):
             column_stop = min(column + TILE_COLUMNS, count)
-            tile = unit[row:row_stop] @ unit[column:column_stop].T
+            if other is None:
+                tile = unit[row:row_stop] @ unit[column:column_stop].T
+            else:
+                tile = np.maximum(unit[row:row_stop] @ other[column:column_stop].T,
+                                  other[row:row_stop] @ unit[column:column_stop].T)
             rows, columns = np.nonzero(tile >= gate)
             scores = tile[rows, columns]
             rows, columns = rows + row, columns + column
