@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from retrainer.audit.neighbours import principal_components, similar_pairs, unit_rows
+from retrainer.audit.neighbours import principal_components, similar_pairs, take_rows, unit_rows
 from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_alignment,
                                         thumbnail_descriptor, warped_correlation, zoomed_in)
 
@@ -96,10 +96,10 @@ def near_pairs(
     keep = np.array(sorted(first_of.values()), np.int64)
     if len(keep) < 2:
         return []
-    thumbnails = thumbnails[keep]
+    thumbnails = take_rows(thumbnails, keep)
     descriptors = {"spectrum": fourier_descriptor(thumbnails),
                    "picture": thumbnail_descriptor(thumbnails),
-                   "vector": unit_rows(vectors[keep]),
+                   "vector": unit_rows(take_rows(vectors, keep)),
                    "small": small_descriptor(thumbnails),
                    "enlarged": small_descriptor(zoomed_in(thumbnails, CROP_ZOOM))}
     reduced = {name: unit_rows(principal_components(descriptors[name], dims, center=False))
