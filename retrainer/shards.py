@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer._tfrecord_columns import read_equal_length_records
+from retrainer.storage import ABANDONED_AFTER_S  # with no file changed for as long, too
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,6 @@ SHARD_PREFIX = "vectors"
 SHARD_SUFFIX = ".tfrecord"
 DIGEST_LENGTH = 64  # hex SHA-256
 RUN_ID_TIME = "%Y%m%dT%H%M%SZ"  # a run id starts with its start time (UTC), then a random part
-# Unfinished runs this old, with no file changed for as long, are deleted (remove_abandoned_runs):
-# far longer than any writer stays silent (Beam writes shards as bundles finish).
-ABANDONED_AFTER_S = 3 * 24 * 3600
 MANIFEST_FORMAT = "retrainer-bottleneck-shards-v1"
 # Records parsed per tf.io.parse_example call: big enough to amortise the call, small enough to
 # keep one batch of 1280-float vectors at ~20 MB.

@@ -27,9 +27,10 @@ from typing import Any, BinaryIO, Callable, Iterator, NamedTuple, Union
 from retrainer.errors import UsageError
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-# A killed run's remote temporary this old is swept (the shard runs' rule): object stores'
-# modification times are not always kept (ram:// has none), so the name carries the write's start.
-REMOTE_STALE_AFTER_S = 3 * 24 * 3600
+# Remote leftovers this old are abandoned: a killed run's temporaries (swept here; object stores'
+# modification times are not always kept, ram:// has none, so the name carries the write's start)
+# and unfinished shard runs (`shards.remove_abandoned_runs`). Far longer than any writer is silent.
+ABANDONED_AFTER_S = 3 * 24 * 3600
 
 
 def is_url(path: Any) -> bool:
@@ -206,7 +207,7 @@ def write_remote_bytes(url: Union[str, RemotePath], data: bytes) -> None:
 
 
 def remove_stale_remote_temporaries(url: Union[str, RemotePath],
-                                    max_age_s: float = REMOTE_STALE_AFTER_S) -> list[RemotePath]:
+                                    max_age_s: float = ABANDONED_AFTER_S) -> list[RemotePath]:
     """Delete `write_remote_bytes` temporaries of `url` started over `max_age_s` ago.
 
     One listing of `url`'s folder (not a bucket walk). A live writer's temporary is seconds old,

@@ -44,8 +44,9 @@ def audit_summary_lines(document: dict[str, Any], path: Optional[object] = None)
                  f"near-duplicates: {figures['near_duplicate_groups']} groups")
     lines.append(f"  leaks: {figures['leaking_groups']} groups span training and validation/test")
     if figures["leaked_test_images"]:
-        adjusted = figures["leak_adjusted_test_accuracy"]
-        lines.append(f"  leak-adjusted test accuracy = {percent(adjusted)} (N={document['leak_adjusted_test_count']}"
+        lines.append(f"  leak-adjusted test accuracy = "
+                     f"{percent(figures['leak_adjusted_test_accuracy'])} "
+                     f"(N={document['leak_adjusted_test_count']}"
                      f"; {figures['leaked_test_images']} test images with a copy in training "
                      "left out)")
     lines.append(f"  likely mislabeled: {figures['likely_mislabeled']}"
