@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from retrainer.audit.neighbours import principal_components, similar_pairs, take_rows, unit_rows
+from retrainer.audit.neighbours import (pair_cosines, principal_components, row_norms,
+                                        similar_pairs, take_rows, unique_pairs, unit_rows)
 from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_alignment,
+                                        shifted_by_whole_pixels,
                                         thumbnail_descriptor, warped_correlation, zoomed_in)
 
 # Measured with scripts/bench_audit.py (docs/audit.md): see there before changing any of them.
@@ -97,20 +99,29 @@ def near_pairs(
     if len(keep) < 2:
         return []
     thumbnails = take_rows(thumbnails, keep)
-    descriptors = {"spectrum": fourier_descriptor(thumbnails),
-                   "picture": thumbnail_descriptor(thumbnails),
-                   "vector": unit_rows(take_rows(vectors, keep)),
-                   "small": small_descriptor(thumbnails),
-                   "enlarged": small_descriptor(zoomed_in(thumbnails, CROP_ZOOM))}
+    descriptors = {"spectrum": per_chunk(fourier_descriptor, thumbnails),
+                   "picture": per_chunk(thumbnail_descriptor, thumbnails),
+                   "small": per_chunk(small_descriptor, thumbnails),
+                   "enlarged": per_chunk(enlarged_descriptor, thumbnails)}
     reduced = {name: unit_rows(principal_components(descriptors[name], dims, center=False))
-               for name, dims in SEARCH_DIMENSIONS.items()}
+               for name, dims in SEARCH_DIMENSIONS.items() if name != "vector"}
+    # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
+    # cosines gathered pair by pair through `keep`.
+    reduced["vector"] = take_rows(unit_rows(principal_components(
+        vectors, SEARCH_DIMENSIONS["vector"], center=False, normalize=True)), keep)
+    norms = row_norms(vectors)
+
+    def exact_vector(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return pair_cosines(vectors, norms, keep[rows], keep[columns])
 
     def score(name: str, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return np.einsum("ij,ij->i", reduced[name][rows], reduced[name][columns])
 
     def same_or_shifted(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        return ((score("picture", rows, columns) >= THUMBNAIL_MATCH)
-                | (score("vector", rows, columns) >= SHIFT_VECTOR_MATCH))
+        passed = score("vector", rows, columns) >= SHIFT_VECTOR_MATCH
+        rest = np.flatnonzero(~passed)  # the picture test only where it can still decide
+        passed[rest] = score("picture", rows[rest], columns[rest]) >= THUMBNAIL_MATCH
+        return passed
 
     def close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return score("vector", rows, columns) >= CROP_VECTOR_MATCH
@@ -118,14 +129,21 @@ def near_pairs(
     found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT),
              similar_pairs(descriptors["small"], CROP_GATE, close, NEIGHBOUR_LIMIT,
                            descriptors["enlarged"])]
-    firsts, seconds = np.unique(np.concatenate([np.stack(pair, 1) for pair in found]),
-                                axis=0).reshape(-1, 2).T
+    firsts, seconds = unique_pairs(*(np.concatenate(side) for side in zip(*found)))
     matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,
-                      thumbnails, hashes[keep])
+                      exact_vector, thumbnails, hashes[keep])
                for start in range(0, len(firsts), _CHUNK)]
     pairs = [(int(keep[first]), int(keep[second]), float(min(score, 1.0)))
              for chunk in matches for first, second, score in zip(*chunk)]
     return [NearPair(*pair) for pair in pairs]
+
+
+def per_chunk(describe: Callable[[np.ndarray], np.ndarray], thumbnails: np.ndarray,
+              rows: int = 4096) -> np.ndarray:
+    """`describe(thumbnails)`, computed `rows` thumbnails at a time: the descriptors' float
+    intermediates (4 KB per thumbnail, a complex spectrum more) then stay at a few MB for any N."""
+    return np.concatenate([describe(thumbnails[start:start + rows])
+                           for start in range(0, len(thumbnails), rows)])
 
 
 def small_descriptor(thumbnails: np.ndarray) -> np.ndarray:
@@ -133,6 +151,11 @@ def small_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     a slightly misaligned copy still matches)."""
     pooled = np.asarray(thumbnails, np.float32).reshape(-1, 8, 4, 8, 4).mean(axis=(2, 4))
     return unit_rows(pooled, center=True)
+
+
+def enlarged_descriptor(thumbnails: np.ndarray) -> np.ndarray:
+    """float32 [N, 64]: `small_descriptor` of the thumbnails' centres enlarged CROP_ZOOM times."""
+    return small_descriptor(zoomed_in(thumbnails, CROP_ZOOM))
 
 
 def crop_gate(descriptors: dict[str, np.ndarray], rows: np.ndarray,
@@ -158,25 +181,28 @@ def shift_scores(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.
     best whole-pixel shift (pairs whose whole-pixel best is below SHIFT_COARSE_MATCH keep that),
     and the correlation as they are."""
     scores, rows, columns, unshifted = integer_alignment(first, second, SHIFT_MARGIN)
-    for dy in (-1, 0, 1):
-        for dx in (-1, 0, 1):
-            chosen = np.flatnonzero((rows == dy) & (columns == dx)
-                                    & (scores >= SHIFT_COARSE_MATCH))
-            if len(chosen):
-                scores[chosen] = warped_correlation(
-                    first[chosen], second[chosen], [dy + fine for fine in FINE_SHIFTS],
-                    margin=SHIFT_MARGIN, column_shifts=[dx + fine for fine in FINE_SHIFTS])
+    chosen = np.flatnonzero(scores >= SHIFT_COARSE_MATCH)
+    if len(chosen):  # one pass for all: each `second` moved by its whole-pixel best first
+        aligned = shifted_by_whole_pixels(second[chosen], rows[chosen], columns[chosen])
+        scores[chosen] = warped_correlation(first[chosen], aligned, FINE_SHIFTS,
+                                            margin=SHIFT_MARGIN)
     return scores, unshifted
 
 
 def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.ndarray],
+           exact_vector: Callable[[np.ndarray, np.ndarray], np.ndarray],
            thumbnails: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The candidate pairs that are near-duplicates: (firsts, seconds, similarity)."""
+    """The candidate pairs that are near-duplicates: (firsts, seconds, similarity).
+
+    `exact_vector(firsts, seconds)` gives the bottleneck vectors' exact cosines."""
     def score(name: str, rows: np.ndarray) -> np.ndarray:
+        if name == "vector":
+            return exact_vector(firsts[rows], seconds[rows])
         unit = descriptors[name]
         return np.einsum("ij,ij->i", unit[firsts[rows]], unit[seconds[rows]])
 
-    # Cheapest tests first: the exact 1280-d vector cosine only for pairs whose pixels agree.
+    # Cheapest tests first: the exact 1280-d vector cosine before the shift and zoom tests
+    # (dozens of warped thumbnails per pair).
     similarity = np.zeros(len(firsts), np.float32)
     picture = score("picture", np.arange(len(firsts)))
     by_picture = np.flatnonzero((picture >= THUMBNAIL_MATCH)
@@ -185,11 +211,10 @@ def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.nd
     similarity[by_picture] = picture[by_picture]
     shifted = np.flatnonzero(similarity == 0)
     shifted = shifted[score("spectrum", shifted) >= FOURIER_MATCH]
+    shifted = shifted[score("vector", shifted) >= SHIFT_VECTOR_MATCH]
     shift_score, unshifted = shift_scores(thumbnails[firsts[shifted]], thumbnails[seconds[shifted]])
     passed = (shift_score >= SHIFTED_MATCH) & (shift_score - unshifted >= SHIFT_GAIN)
-    shifted, shift_score = shifted[passed], shift_score[passed]
-    close = score("vector", shifted) >= SHIFT_VECTOR_MATCH
-    similarity[shifted[close]] = shift_score[close]
+    similarity[shifted[passed]] = shift_score[passed]
     cropped = np.flatnonzero(similarity == 0)
     cropped = cropped[crop_gate(descriptors, firsts[cropped], seconds[cropped]) >= CROP_GATE]
     cropped = cropped[score("vector", cropped) >= CROP_VECTOR_MATCH]

@@ -36,7 +36,7 @@ def find_outliers(vectors: np.ndarray, labels: np.ndarray) -> list[Outlier]:
     Returns:
         Outlier list sorted by score, descending.
     """
-    reduced = unit_rows(principal_components(unit_rows(vectors), DIMENSIONS))
+    reduced = unit_rows(principal_components(vectors, DIMENSIONS, normalize=True))
     found = []
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)

@@ -145,17 +145,49 @@ def integer_alignment(first: np.ndarray, second: np.ndarray,
                       margin: int = 2) -> tuple[np.ndarray, ...]:
     """Best correlation of the inner windows over whole-pixel shifts of up to 1 (cheap slices).
 
+    `first`'s window is centred and normalised once; for each shifted window of `second` the
+    correlation is its dot product with that (centred, so `second`'s mean drops out) over the
+    window's spread, from its sum and sum of squares (summed separably): no copies per shift.
+
     Returns:
         (best score float32 [P], its row shift int [P] and column shift int [P] of `second`,
         unshifted score float32 [P]).
     """
     size = first.shape[-1]
+    side = size - 2 * margin
     target = _centred_units(first[:, margin:size - margin, margin:size - margin])
-    scores = np.stack([np.einsum("ij,ij->i", target, _centred_units(
-        second[:, margin - dy:size - margin - dy, margin - dx:size - margin - dx]))
-        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
+    target = target.reshape(len(first), side, side)
+    # Centred on the whole thumbnail's mean, so float32 sums of squares do not cancel.
+    second = np.asarray(second, np.float32)
+    second = second - second.mean(axis=(1, 2), keepdims=True)
+    # Window sums in two steps (along columns for the 3 column offsets, then along rows).
+    row_sums = {dx: (second[:, :, margin - dx:size - margin - dx].sum(axis=2),
+                     np.square(second[:, :, margin - dx:size - margin - dx]).sum(axis=2))
+                for dx in (-1, 0, 1)}
+    scores = []
+    for dy in (-1, 0, 1):
+        rows = slice(margin - dy, size - margin - dy)
+        for dx in (-1, 0, 1):
+            total, power = (sums[:, rows].sum(axis=1) for sums in row_sums[dx])
+            spread = np.sqrt(np.maximum(power - total * total / (side * side), 0.0))
+            dots = np.einsum("pij,pij->p", target, second[:, rows, margin - dx:size - margin - dx])
+            scores.append(dots / np.maximum(spread, 1e-6))
+    scores = np.stack(scores)
     best = scores.argmax(axis=0)
     return scores.max(axis=0), best // 3 - 1, best % 3 - 1, scores[4]
+
+
+def shifted_by_whole_pixels(thumbnails: np.ndarray, rows: np.ndarray,
+                            columns: np.ndarray) -> np.ndarray:
+    """[P, S, S]: thumbnail p moved down rows[p] and right columns[p] pixels (ints), its edge
+    pixels repeated into the gap: as `warped_correlation` moves them, so a fine shift f of the
+    result is a shift of rows[p] + f of the original inside the compared window."""
+    size = thumbnails.shape[-1]
+    pixel = np.arange(size)
+    source_rows = np.clip(pixel[None, :] - rows[:, None], 0, size - 1)
+    source_columns = np.clip(pixel[None, :] - columns[:, None], 0, size - 1)
+    return thumbnails[np.arange(len(thumbnails))[:, None, None], source_rows[:, :, None],
+                      source_columns[:, None, :]]
 
 
 def warped_correlation(first: np.ndarray, second: np.ndarray, shifts: Sequence[float],
