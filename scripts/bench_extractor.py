@@ -147,7 +147,8 @@ def bench_precisions(extractor, seconds: float) -> None:
     from PIL import Image
 
     from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
-    from retrainer.engines import PRECISIONS, create_engine
+    from retrainer.engines import create_engine
+    from retrainer.engines.cpu import cpu_precisions
     from retrainer.images import decode_image
 
     photos = []
@@ -157,7 +158,7 @@ def bench_precisions(extractor, seconds: float) -> None:
         photos.append(decode_image(buffer.getvalue(), extractor.spec.input_size))
     pixels = np.stack([photos[index % len(photos)] for index in range(DEFAULT_BATCH_SIZE)])
     engines = {}
-    for precision in PRECISIONS:
+    for precision in cpu_precisions():  # bfloat16 only where TensorFlow runs it
         started = time.perf_counter()
         engines[precision] = create_engine(extractor, precision)
         engines[precision](pixels)

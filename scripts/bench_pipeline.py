@@ -97,8 +97,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST images (10 classes)")
     parser.add_argument("--photos", type=int, default=300, help="JPEG photos for (a); 0 to skip")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements for (a)")
-    parser.add_argument("--precisions", default="float32,bfloat16,int8",
-                        help="engines for (a), comma-separated")
+    from retrainer.engines.cpu import cpu_precisions
+
+    parser.add_argument("--precisions", default=",".join(cpu_precisions()),
+                        help="engines for (a), comma-separated (default: those this CPU runs)")
     args = parser.parse_args()
 
     from retrainer.bottlenecks import DEFAULT_BATCH_SIZE

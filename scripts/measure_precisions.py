@@ -29,7 +29,7 @@ from bench_pipeline import fashion_mnist_folder  # noqa: E402
 from retrainer.classify import ClassifyConfig, classify_images  # noqa: E402
 from retrainer.config import RetrainConfig  # noqa: E402
 from retrainer.discovery import discover_images  # noqa: E402
-from retrainer.engines import PRECISIONS  # noqa: E402
+from retrainer.engines.cpu import cpu_precisions  # noqa: E402
 from retrainer.pipeline import run  # noqa: E402
 from retrainer.split import TESTING  # noqa: E402
 
@@ -71,7 +71,7 @@ def export_accuracy(config: RetrainConfig) -> tuple[float, int]:
 
 
 def measure(name: str, image_dir: Path, work: Path, steps: int) -> None:
-    for precision in PRECISIONS:
+    for precision in cpu_precisions():  # bfloat16 only where TensorFlow runs it
         out = work / f"{name}-{precision}"
         config = RetrainConfig(
             image_dir=image_dir, output_graph=out / "graph.pb", output_labels=out / "labels.txt",

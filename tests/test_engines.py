@@ -16,7 +16,8 @@ from retrainer.bottlenecks import compute_bottlenecks
 from retrainer.classify import ClassifyConfig, classify_images
 from retrainer.cli.retrain import main
 from retrainer.discovery import normalize_label
-from retrainer.engines import PRECISIONS, create_engine
+from retrainer.engines import cpu, create_engine
+from retrainer.engines.cpu import cpu_precisions, runs_bfloat16
 from retrainer.engines.float32 import feature_function
 from retrainer.errors import UsageError
 from retrainer.extractors import (
@@ -30,6 +31,9 @@ from retrainer.images import load_image
 from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args
+
+# The precisions this CPU runs (TensorFlow has no bfloat16 rewrite on x86 without AVX-512).
+RUNNABLE = cpu_precisions()
 
 NOT_INT8 = "no_int8_test"
 
@@ -82,7 +86,7 @@ def test_each_precision_is_stable_run_to_run_and_close_to_float32(lite0, lite0_i
                                                                   fashion_mnist_holdout_dir):
     pixels = _pixels(sorted(fashion_mnist_holdout_dir.rglob("*.png"))[:8])
     reference = create_engine(lite0, "float32")(pixels)
-    for precision in PRECISIONS:
+    for precision in RUNNABLE:
         engine = lite0_int8 if precision == "int8" else create_engine(lite0, precision)
         first, second = engine(pixels), engine(pixels)
         np.testing.assert_array_equal(first, second)
@@ -110,15 +114,16 @@ def test_precisions_have_separate_cache_namespaces(color_image_dir, tmp_path):
     paths = sorted(color_image_dir.rglob("*.png"))
     extractor = TinyExtractor()
     directories = set()
-    for precision in PRECISIONS:
+    for precision in RUNNABLE:
         engine = create_engine(extractor, precision)
         result = compute_bottlenecks(paths, engine, tmp_path, show_progress=False)
         assert result.computed == len(paths)  # nothing reused from another precision's cache
         directories.add(next(tmp_path.glob(f"{engine.spec.id}/*")))
-    assert len(directories) == len(PRECISIONS)
+    assert len(directories) == len(RUNNABLE)
     assert compute_bottlenecks(paths, extractor, tmp_path, show_progress=False).reused == len(paths)
 
 
+@pytest.mark.skipif(not runs_bfloat16(), reason="TensorFlow skips the bfloat16 rewrite here")
 def test_bfloat16_rewrite_does_not_leak_into_other_functions(color_image_dir):
     pixels = _pixels(sorted(color_image_dir.rglob("*.png")), (32, 32))
     extractor = TinyExtractor()
@@ -128,6 +133,20 @@ def test_bfloat16_rewrite_does_not_leak_into_other_functions(color_image_dir):
     assert not np.array_equal(bfloat16, before)
     np.testing.assert_array_equal(float32(pixels).numpy(), before)
     np.testing.assert_array_equal(feature_function(extractor)(pixels).numpy(), before)
+
+
+def test_bfloat16_without_avx512_exits_2_naming_the_alternatives(color_image_dir, tmp_path,
+                                                                  monkeypatch):
+    """Where TensorFlow would skip the rewrite (x86 without AVX-512), bfloat16 is refused
+    rather than computing float32 vectors under a bfloat16 cache namespace."""
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: frozenset({"sse4_2", "avx", "avx2", "fma"}))
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert not cpu.runs_bfloat16() and cpu.runs_bfloat16(frozenset({"avx512f"}), "x86_64")
+    result = CliRunner().invoke(main, [*retrain_args(tmp_path, color_image_dir),
+                                       "--extractor_precision", "bfloat16"])
+    assert result.exit_code == 2
+    assert "--extractor_precision bfloat16 needs a CPU with AVX-512" in result.stderr
+    assert "auto, int8 or float32" in result.stderr and "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")

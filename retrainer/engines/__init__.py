@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Union
 
 from retrainer.engines.base import AUTO, BFLOAT16, FLOAT32, INT8, INT8_MEASURED, PRECISIONS, Engine
-from retrainer.engines.cpu import default_precision, usable_cpus
+from retrainer.engines.cpu import default_precision, runs_bfloat16, usable_cpus
 from retrainer.engines.devices import AUTO_DEVICES, parse_devices
 from retrainer.errors import UsageError
 
@@ -33,8 +33,9 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32,
             there are 2 or more, else TensorFlow's default device.
 
     Raises:
-        UsageError: unknown precision or device, int8 on named devices, or a precision this
-            extractor cannot be run at (exit 2).
+        UsageError: unknown precision or device, int8 on named devices, bfloat16 on a CPU
+            TensorFlow does not run it on, or a precision this extractor cannot be run at
+            (exit 2).
     """
     if precision == INT8 and devices:
         raise UsageError("--extractor_precision int8 runs on the CPU (LiteRT) and cannot use "
@@ -53,6 +54,13 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32,
         return Float32Engine(extractor, devices)
     if precision == BFLOAT16:
         from retrainer.engines.bfloat16 import BFloat16Engine
+        from retrainer.engines.multi_device import default_device
+
+        on_cpu = all("CPU" in device for device in devices or (default_device(),))
+        if on_cpu and not runs_bfloat16():
+            raise UsageError("--extractor_precision bfloat16 needs a CPU with AVX-512 (this one "
+                             "has none, so TensorFlow would compute float32 vectors); use "
+                             "--extractor_precision auto, int8 or float32.")
 
         return BFloat16Engine(extractor, devices)
     if precision == INT8:

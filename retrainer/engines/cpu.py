@@ -13,7 +13,7 @@ import os
 import platform
 from pathlib import Path
 
-from retrainer.engines.base import BFLOAT16, FLOAT32, INT8
+from retrainer.engines.base import BFLOAT16, FLOAT32, INT8, PRECISIONS
 
 _CPUINFO = Path("/proc/cpuinfo")
 _ARM = ("aarch64", "arm64")
@@ -55,6 +55,25 @@ def fast_precisions(flags: frozenset[str] | None = None, machine: str | None = N
     if {"avx512_bf16", "amx_bf16", "bf16"} & flags:
         found.append(BFLOAT16)
     return (*found, FLOAT32)
+
+
+def runs_bfloat16(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+    """Whether TensorFlow applies its oneDNN bfloat16 rewrite on this CPU at all.
+
+    On x86 it needs AVX-512 (oneDNN emulates bfloat16 on AVX512F; natively fast only with
+    AVX512-BF16 or AMX): without it TensorFlow skips the rewrite silently and the vectors are
+    float32's (seen on an AVX2-only AMD EPYC). Arm builds decide inside TensorFlow.
+    """
+    flags = cpu_flags() if flags is None else flags
+    machine = (platform.machine() if machine is None else machine).lower()
+    return machine in _ARM or "avx512f" in flags
+
+
+def cpu_precisions() -> tuple[str, ...]:
+    """The precisions an engine can run at on this machine's CPU (bfloat16 only where TensorFlow
+    applies its rewrite, `runs_bfloat16`)."""
+    return tuple(precision for precision in PRECISIONS
+                 if precision != BFLOAT16 or runs_bfloat16())
 
 
 def default_precision(measured: bool) -> str:
