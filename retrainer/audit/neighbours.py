@@ -69,7 +69,7 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
     if center:
         mean = (sum(rows(block).sum(axis=0, dtype=np.float64) for block in blocks)
                 / len(matrix)).astype(np.float32)
-    sample = rows(slice(None, None, max(1, len(matrix) // PCA_SAMPLE))) - mean
+    sample = rows(_sample_rows(len(matrix))) - mean
     projection = top_axes(sample, dims).T
     projected = np.empty((len(matrix), projection.shape[1]), np.float32)  # fewer if S < dims
     for block in blocks:
@@ -146,10 +146,16 @@ def similar_pairs(
     count = len(unit)
     reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
     axis = _main_axis(unit if symmetric else np.concatenate([unit, other]))
-    row_order = np.argsort(unit @ axis, kind="stable")
-    column_order = row_order if symmetric else np.argsort(other @ axis, kind="stable")
+    row_keys = unit @ axis
+    row_order = np.argsort(row_keys, kind="stable")
+    row_keys = row_keys[row_order]
+    if symmetric:
+        column_keys, column_order = row_keys, row_order
+    else:
+        column_keys = other @ axis
+        column_order = np.argsort(column_keys, kind="stable")
+        column_keys = column_keys[column_order]
     rows_sorted, columns_sorted = unit[row_order], other[column_order]
-    row_keys, column_keys = rows_sorted @ axis, columns_sorted @ axis
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     nearest = None if limit is None else _Nearest(count, limit)
     for row in range(0, count, TILE_ROWS):
@@ -189,8 +195,13 @@ def similar_pairs(
 def _main_axis(matrix: np.ndarray) -> np.ndarray:
     """float32 [D], length 1: the first principal axis of an evenly spaced sample of rows (the
     direction the rows spread most along, so sorting by it separates them best)."""
-    sample = np.asarray(matrix[:: max(1, len(matrix) // PCA_SAMPLE)], np.float32)
+    sample = np.asarray(matrix[_sample_rows(len(matrix))], np.float32)
     return top_axes(sample - sample.mean(axis=0), 1)[0]
+
+
+def _sample_rows(count: int) -> slice:
+    """The evenly spaced rows (about PCA_SAMPLE of `count`) that principal axes come from."""
+    return slice(None, None, max(1, count // PCA_SAMPLE))
 
 
 def _one_direction(unit: np.ndarray, other: np.ndarray, rows: np.ndarray, columns: np.ndarray,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Union
 
 from retrainer.engines.base import AUTO, BFLOAT16, FLOAT32, INT8, INT8_MEASURED, PRECISIONS, Engine
-from retrainer.engines.cpu import default_precision, runs_bfloat16, usable_cpus
+from retrainer.engines.cpu import default_precision, usable_cpus
 from retrainer.engines.devices import AUTO_DEVICES, parse_devices
 from retrainer.errors import UsageError
 
@@ -54,13 +54,6 @@ def create_engine(extractor: "FeatureExtractor", precision: str = FLOAT32,
         return Float32Engine(extractor, devices)
     if precision == BFLOAT16:
         from retrainer.engines.bfloat16 import BFloat16Engine
-        from retrainer.engines.multi_device import default_device
-
-        on_cpu = all("CPU" in device for device in devices or (default_device(),))
-        if on_cpu and not runs_bfloat16():
-            raise UsageError("--extractor_precision bfloat16 needs a CPU with AVX-512 (this one "
-                             "has none, so TensorFlow would compute float32 vectors); use "
-                             "--extractor_precision auto, int8 or float32.")
 
         return BFloat16Engine(extractor, devices)
     if precision == INT8:

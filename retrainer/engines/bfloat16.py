@@ -20,7 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.engines.base import BFLOAT16, Engine, precision_spec
+from retrainer.engines.cpu import runs_bfloat16
 from retrainer.engines.float32 import placed_feature_function
+from retrainer.errors import UsageError
 from retrainer.extractors import FeatureExtractor
 
 _OPTION = "auto_mixed_precision_onednn_bfloat16"
@@ -38,13 +40,21 @@ def onednn_bfloat16() -> Iterator[None]:
 
 
 class BFloat16Engine(Engine):
-    """The float32 engine's function (on `devices`, as there), run under the oneDNN rewrite."""
+    """The float32 engine's function (on `devices`, as there), run under the oneDNN rewrite.
+
+    Raises:
+        UsageError: it would run on a CPU where TensorFlow skips the rewrite (exit 2).
+    """
 
     precision = BFLOAT16
 
     def __init__(self, extractor: FeatureExtractor, devices: tuple[str, ...] = ()) -> None:
         self.spec = precision_spec(extractor.spec, BFLOAT16)
         self._features, self.devices, self.batch_size = placed_feature_function(extractor, devices)
+        if all("CPU" in device for device in self.devices) and not runs_bfloat16():
+            raise UsageError("--extractor_precision bfloat16 needs a CPU with AVX-512 (this one "
+                             "has none, so TensorFlow would compute float32 vectors); use "
+                             "--extractor_precision auto, int8 or float32.")
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         with onednn_bfloat16():
