@@ -7,6 +7,7 @@ hidden temporary name, then renamed over it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import secrets
@@ -14,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from retrainer.storage import (
     AnyPath,
@@ -39,18 +40,87 @@ def write_bytes_atomically(path: os.PathLike[str] | str, data: bytes) -> None:
         write_remote_bytes(path, data)
         return
     path = Path(path)
-    temp_name = _sibling_name(path, ".tmp")
-    handle = os.open(temp_name, _NEW_FILE, 0o666)
+    temp_name = _written_temporary(path, data)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
         os.replace(temp_name, path)
-    except BaseException as error:  # e.g. Ctrl-C, which may also land just after the rename
+    except BaseException:  # e.g. Ctrl-C, which may also land just after the rename
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
-        if isinstance(error, OSError) and error.filename is None:  # e.g. disk full: say where
+        raise
+
+
+def write_linked_atomically(paths: Sequence[Path], data: bytes) -> int:
+    """Publish one file's `data` under each of `paths` (local, one file system): hard links.
+
+    A file system creates a link far faster than a file (25 us against 0.8 ms per file measured on
+    ext4, docs/performance.md), so entries written together share one file. It is written whole
+    under a temporary name beside `paths[0]`, then linked under each name in turn (replacing what
+    is there, atomically), then the temporary name goes: every name always holds the whole file.
+
+    Returns:
+        How many of `paths` were linked, in order: fewer than all where the file system has no
+        hard links (then the caller writes the rest another way).
+    """
+    try:
+        temp_name = _written_temporary(paths[0], data)
+    except FileNotFoundError:  # the first entry of its folder
+        paths[0].parent.mkdir(parents=True, exist_ok=True)
+        temp_name = _written_temporary(paths[0], data)
+    try:
+        for count, path in enumerate(paths):
+            try:
+                _link_over(temp_name, path)
+            except OSError as error:
+                if error.errno in _NO_HARD_LINKS:
+                    return count
+                raise
+        return len(paths)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+
+
+# What os.link raises where the file system cannot link (FAT, some network shares, link limits).
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK,
+                            errno.EXDEV, errno.ENOSYS})
+
+
+def _link_over(source: str, path: Path) -> None:
+    """Hard-link `source` as `path`, replacing an existing `path` atomically."""
+    try:
+        os.link(source, path)
+    except FileNotFoundError:  # the first entry of its folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, path)
+    except FileExistsError:  # e.g. an entry recomputed after damage
+        spare = _sibling_name(path, ".tmp")
+        os.link(source, spare)
+        try:
+            os.replace(spare, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(spare)
+            raise
+
+
+def _written_temporary(path: Path, data: bytes) -> str:
+    """`data` written whole under a new hidden name beside `path`.
+
+    The file gets 0o666 less the umask, like any new file (not mkstemp's owner-only 0o600). An
+    error names `path`, and leaves no temporary behind.
+    """
+    temp_name = _sibling_name(path, ".tmp")
+    try:
+        handle = os.open(temp_name, _NEW_FILE, 0o666)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+    except BaseException as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        if isinstance(error, OSError) and error.filename in (None, temp_name):  # say where
             raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
+    return temp_name
 
 
 def write_text_atomically(path: os.PathLike[str] | str, text: str) -> None:

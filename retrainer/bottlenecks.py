@@ -1,12 +1,14 @@
 """Bottleneck stage: each image's feature vector, computed once per extractor and cached on disk.
 
 Cache layout: `<bottleneck_dir>/<extractor id>/<CACHE_FORMAT>-<H>x<W>/<aa>/<sha256>.npy`, one
-float32 [D] `.npy` per image, keyed by the SHA-256 of the file's bytes. So an edited image gets a
-new key (a stale vector can never be served), a renamed or moved image keeps its entry, a
-different extractor never sees another's vectors, and no dataset path ever appears in a cache path.
-Entries are written to a temp file and renamed into place: a run killed at any moment leaves only
-whole entries, the next run recomputes only what is missing, and runs sharing a cache do not
-collide. Unreadable entries are recomputed with a warning. Vectors written by `retrain-extract`
+`.npy` entry per image, keyed by the SHA-256 of the file's bytes. So an edited image gets a new key
+(a stale vector can never be served), a renamed or moved image keeps its entry, a different
+extractor never sees another's vectors, and no dataset path ever appears in a cache path. The
+entries of one batch are hard links to one pack file holding their vectors (`_vector_packs`: one
+file created per batch, not per image); a lone entry, or one in a remote cache, is a plain float32
+[D] `.npy`. Files are written under a temp name and renamed or linked into place: a run killed at
+any moment leaves only whole entries, the next run recomputes only what is missing, and runs
+sharing a cache do not collide. Unreadable entries are recomputed with a warning. Vectors written by `retrain-extract`
 as TFRecord shard runs in the same folder (retrainer/shards.py) are read alike.
 
 Missing vectors are computed by a thread pool decoding a few batches ahead (`decoded_batches`),
@@ -16,6 +18,7 @@ by batch as they come.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -30,14 +33,15 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer._files import write_bytes_atomically
+from retrainer._files import write_bytes_atomically, write_linked_atomically
+from retrainer._vector_packs import PackReader, pack_bytes
 from retrainer.engines import Engine, as_engine
 from retrainer.engines.cpu import usable_cpus
 from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuning imports it here)
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import load_sharded
-from retrainer.storage import AnyPath, as_path, open_for_reading, read_bytes
+from retrainer.storage import AnyPath, as_path, is_url, open_for_reading, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +88,8 @@ class BottleneckCache:
     root: AnyPath  # a local folder or a URL (retrainer.storage)
     spec: ExtractorSpec
     namespace: str = ""
+    _reader: PackReader = dataclasses.field(default_factory=PackReader, compare=False,
+                                            repr=False)
 
     @property
     def directory(self) -> AnyPath:
@@ -97,7 +103,7 @@ class BottleneckCache:
         path = self.path(digest)
         try:
             with open_for_reading(path) as stream:
-                vector = np.load(stream, allow_pickle=False)
+                vector = self._reader.read(stream, digest)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as error:
@@ -123,6 +129,21 @@ class BottleneckCache:
         except FileNotFoundError:  # the first entry of its folder
             path.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomically(path, data)
+
+    def store_all(self, entries: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Write entries together: in a local folder, one pack linked under each entry's name."""
+        linked = 0
+        if len(entries) > 1 and not is_url(self.directory):
+            linked = write_linked_atomically([self.path(key) for key, _ in entries],
+                                             pack_bytes(entries))
+        for key, vector in entries[linked:]:  # remote, alone, or no hard links here
+            self.store(key, vector)
+
+
+def read_entry(path: AnyPath) -> np.ndarray:
+    """The array one entry file holds (its row of a pack, or a plain `.npy`), unchecked."""
+    with open_for_reading(path) as stream:
+        return PackReader().read(stream, as_path(path).name.removesuffix(".npy"))
 
 
 @functools.lru_cache(maxsize=8)
@@ -228,30 +249,31 @@ def decoded_batches(
     The bottleneck stage's decoder. Plain threads (Pillow releases the GIL) and numpy batches:
     with tf.data's map and `numpy_function` each image cost twice the CPU of its decode (0.83 vs
     0.37 ms for a Fashion-MNIST PNG, scripts/bench_pipeline.py), which the engine lost on 2 cores.
-    The files' digests are known (the cache lookup computed them), so they are not hashed again.
+    Each thread writes its pixels into the batch itself, so the consumer's thread (the engine's)
+    only waits. The files' digests are known (the cache lookup computed them): not hashed again.
     """
-    def submit(pool: ThreadPoolExecutor, index: int) -> Future:
-        return pool.submit(_decoded_file, paths[index], input_size, digests[index])
+    def decode_into(images: np.ndarray, row: int, index: int) -> str:
+        images[row], _, reason = _decoded_file(paths[index], input_size, digests[index])
+        return reason
 
-    ahead = (PREFETCH_BATCHES + 1) * batch_size
+    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, list[Future]]:
+        images = np.empty((min(batch_size, len(paths) - start), *input_size, 3), np.uint8)
+        return images, [pool.submit(decode_into, images, row, start + row)
+                        for row in range(len(images))]
+
+    starts = range(0, len(paths), batch_size)
     with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="decode") as pool:
-        pending = [submit(pool, index) for index in range(min(ahead, len(paths)))]
+        pending = collections.deque(submit(pool, start) for start in starts[:PREFETCH_BATCHES + 1])
         try:
-            for start in range(0, len(paths), batch_size):
-                count = min(batch_size, len(paths) - start)
-                images = np.empty((count, *input_size, 3), np.uint8)
-                reasons = []
-                for row in range(count):
-                    images[row], _, reason = pending[start + row].result()
-                    reasons.append(reason)
-                    if start + row + ahead < len(paths):
-                        pending.append(submit(pool, start + row + ahead))
-                    pending[start + row] = None  # let the pixels go
-                yield DecodedBatch(start, images, reasons)
+            for position, start in enumerate(starts):
+                images, rows = pending.popleft()
+                if position + PREFETCH_BATCHES + 1 < len(starts):
+                    pending.append(submit(pool, starts[position + PREFETCH_BATCHES + 1]))
+                yield DecodedBatch(start, images, [row.result() for row in rows])
         finally:
-            for future in pending:
-                if future is not None:
-                    future.cancel()
+            for _, rows in pending:
+                for row in rows:
+                    row.cancel()
 
 
 def compute_bottlenecks(
@@ -359,12 +381,8 @@ def _computed(
             for write in [write for write in writes if write.done()]:
                 write.result()
                 writes.remove(write)
-            writes.append(writer.submit(_store_all, cache, entries))
+            writes.append(writer.submit(cache.store_all, entries))
             progress.update(len(batch.reasons))
     for write in writes:
         write.result()
 
-
-def _store_all(cache: BottleneckCache, entries: list[tuple[str, np.ndarray]]) -> None:
-    for digest, vector in entries:
-        cache.store(digest, vector)

@@ -5,7 +5,8 @@
     (target >= 0.95), for each --precisions engine (float32, bfloat16, int8: retrainer/engines); as measured, and in steady state (without the stage's one-time cost -- trace,
     first batch -- measured on a one-batch run). On Fashion-MNIST PNGs, and on 480x360 JPEG
     photos (decoding costs more). The machine is shared, so the two are measured alternately
-    --rounds times and the best of each is kept;
+    --rounds times: the best of each, and the median of each round's back-to-back ratio (which
+    a host whose speed drifts between rounds biases less than the two bests);
 (b) cold `retrain` (a real process, empty bottleneck cache) on N Fashion-MNIST images, against
     the raw extraction time of those images;
 (c) warm rerun (every vector cached), TensorFlow start-up included (target <= 10 s), against a bare
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -123,10 +125,13 @@ def main() -> None:
         for index, (name, paths) in enumerate(datasets):
             for precision, engine in engines.items():
                 raw = stage = one_batch = float("inf")
+                paired = []  # each round's ratio: raw and stage measured back to back
                 for round_ in range(args.rounds):
-                    raw = min(raw, raw_extractor_seconds(engine, paths, DEFAULT_BATCH_SIZE))
+                    raw_round = raw_extractor_seconds(engine, paths, DEFAULT_BATCH_SIZE)
                     cache = work / f"cache_{index}_{precision}_{round_}"
-                    stage = min(stage, stage_seconds(engine, paths, cache, DEFAULT_BATCH_SIZE))
+                    stage_round = stage_seconds(engine, paths, cache, DEFAULT_BATCH_SIZE)
+                    raw, stage = min(raw, raw_round), min(stage, stage_round)
+                    paired.append(raw_round / stage_round)
                     one_batch = min(one_batch, stage_seconds(
                         engine, paths[:DEFAULT_BATCH_SIZE], cache.with_name(cache.name + "_one"),
                         DEFAULT_BATCH_SIZE))
@@ -137,7 +142,8 @@ def main() -> None:
                 print(f"(a) {name}, {len(paths)} images, {precision:8s}: stage "
                       f"{len(paths) / stage:6.1f} img/s, raw engine {len(paths) / raw:6.1f} img/s "
                       f"-> ratio {raw / stage:.2f}; steady state, without the stage's one-time "
-                      f"{fixed:.2f} s: {raw / (stage - fixed):.2f} (target >= {STAGE_TARGET})",
+                      f"{fixed:.2f} s: {raw / (stage - fixed):.2f}; median of the rounds' paired "
+                      f"ratios {statistics.median(paired):.2f} (target >= {STAGE_TARGET})",
                       flush=True)
 
         import_seconds = timed_process([sys.executable, "-c", "import tensorflow"], work)

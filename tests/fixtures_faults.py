@@ -23,6 +23,8 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 
+from retrainer.bottlenecks import read_entry
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Awkward files that decode: used for training (pixels checked in tests/test_images.py).
@@ -146,11 +148,19 @@ def cache_entries(bottleneck_dir: Path) -> list[Path]:
     return sorted(bottleneck_dir.rglob("*.npy"))
 
 
+def own_file(entry: Path) -> Path:
+    """Give `entry` a file of its own (a batch's entries share one), so damage hits it alone."""
+    data = entry.read_bytes()
+    entry.unlink()
+    entry.write_bytes(data)
+    return entry
+
+
 def assert_whole_entries(bottleneck_dir: Path, vector_size: int) -> int:
     """Every cache entry is a finite float32 [vector_size] vector; returns how many there are."""
     entries = cache_entries(bottleneck_dir)
     for entry in entries:
-        vector = np.load(entry, allow_pickle=False)
+        vector = read_entry(entry)
         assert vector.dtype == np.float32 and vector.shape == (vector_size,), entry
         assert np.isfinite(vector).all(), entry
     return len(entries)

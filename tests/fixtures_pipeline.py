@@ -33,7 +33,7 @@ def interrupt_cache_writes_after(monkeypatch: pytest.MonkeyPatch, count: int) ->
     """Make the bottleneck cache raise KeyboardInterrupt (Ctrl-C) after storing `count` entries."""
     from retrainer.bottlenecks import BottleneckCache
 
-    real_store = BottleneckCache.store
+    real_store, real_store_all = BottleneckCache.store, BottleneckCache.store_all
     stored = []
 
     def store_then_interrupt(self, digest, vector):
@@ -42,7 +42,15 @@ def interrupt_cache_writes_after(monkeypatch: pytest.MonkeyPatch, count: int) ->
         real_store(self, digest, vector)
         stored.append(digest)
 
+    def store_all_then_interrupt(self, entries):
+        room = count - len(stored)
+        real_store_all(self, entries[:room])
+        stored.extend(key for key, _ in entries[:room])
+        if len(entries) > room:
+            raise KeyboardInterrupt
+
     monkeypatch.setattr(BottleneckCache, "store", store_then_interrupt)
+    monkeypatch.setattr(BottleneckCache, "store_all", store_all_then_interrupt)
 
 
 @pytest.fixture

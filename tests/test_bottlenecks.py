@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
+import os
 import threading
 from pathlib import Path
 
@@ -13,9 +15,10 @@ import tensorflow as tf
 from PIL import Image
 
 from retrainer import bottlenecks as bottlenecks_module
-from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest
+from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest, read_entry
 from retrainer.images import load_image
 from tests.fixtures_data import make_color_image_dir
+from tests.fixtures_faults import own_file
 from tests.fixtures_pipeline import interrupt_cache_writes_after
 
 
@@ -53,7 +56,7 @@ def test_cache_layout_is_content_addressed_per_extractor(tmp_path, image_paths, 
     digest = file_digest(image_paths[0])
     entry = tmp_path / "cache" / "tiny_test-v1" / "v1-32x32" / digest[:2] / f"{digest}.npy"
     assert entry.is_file()
-    vector = np.load(entry, allow_pickle=False)
+    vector = read_entry(entry)
     assert vector.dtype == np.float32 and vector.shape == (16,)
     relative = [str(path.relative_to(tmp_path / "cache")) for path in cache_entries(tmp_path / "cache")]
     assert len(relative) == len(image_paths)
@@ -109,7 +112,7 @@ def test_corrupt_entry_is_recomputed_with_a_warning(tmp_path, image_paths, tiny_
                                                      corruption):
     good = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     cache = BottleneckCache(tmp_path / "cache", tiny_extractor.spec)
-    entry = cache.path(file_digest(image_paths[2]))
+    entry = own_file(cache.path(file_digest(image_paths[2])))
     if isinstance(corruption, bytes):
         entry.write_bytes(corruption)
     elif corruption == "truncated":
@@ -127,7 +130,33 @@ def test_corrupt_entry_is_recomputed_with_a_warning(tmp_path, image_paths, tiny_
     # Recomputed alone, not in a batch of 24: equal up to float rounding.
     np.testing.assert_allclose(result.vectors, good.vectors, rtol=1e-5, atol=1e-6)
     assert any(str(entry) in message and "recomputing" in message for message in caplog.messages)
-    np.testing.assert_array_equal(np.load(entry, allow_pickle=False), result.vectors[2])
+    np.testing.assert_array_equal(read_entry(entry), result.vectors[2])
+
+
+def test_a_batch_shares_one_pack_file_and_damage_to_it_redoes_that_batch(tmp_path, image_paths,
+                                                                         tiny_extractor, caplog):
+    """One file created per batch (hard links), not per image; a damaged pack costs its batch."""
+    good = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=4)
+    cache = BottleneckCache(tmp_path / "cache", tiny_extractor.spec)
+    entries = [cache.path(digest) for digest in good.digests]
+    for start in range(0, len(entries), 4):
+        batch = [entry.stat() for entry in entries[start:start + 4]]
+        assert len({status.st_ino for status in batch}) == 1
+        assert batch[0].st_nlink == len(batch)
+    assert len({entry.stat().st_ino for entry in entries}) == -(-len(entries) // 4)
+    for entry, vector in zip(entries, good.vectors):
+        pack = np.load(entry, allow_pickle=False)
+        assert pack.dtype.names == ("key", "vector") and entry.stem in pack["key"].astype(str)
+        np.testing.assert_array_equal(read_entry(entry), vector)
+
+    entries[5].write_bytes(entries[5].read_bytes()[:-10])  # damages entries 4-7 alike
+    with caplog.at_level(logging.WARNING, logger="retrainer.bottlenecks"):
+        result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (result.computed, result.reused) == (4, len(image_paths) - 4)
+    assert sum("recomputing" in message for message in caplog.messages) == 4
+    np.testing.assert_allclose(result.vectors, good.vectors, rtol=1e-5, atol=1e-6)
+    again = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (again.computed, again.reused) == (0, len(image_paths))
 
 
 def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, image_paths,
@@ -223,3 +252,24 @@ def test_cache_format_version_is_part_of_the_key(tmp_path, image_paths, tiny_ext
     monkeypatch.setattr(bottlenecks_module, "CACHE_FORMAT", "v2")
     result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert result.computed == len(image_paths)
+
+
+def test_without_hard_links_each_entry_is_a_plain_vector_file(tmp_path, image_paths, tiny_extractor,
+                                                              monkeypatch):
+    """A file system that cannot link (FAT, some network shares: EPERM) gets one file per entry."""
+    def no_links(source, target, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=4)
+    monkeypatch.undo()
+    entries = cache_entries(tmp_path / "cache")
+    assert len(entries) == len(image_paths)
+    assert all(entry.stat().st_nlink == 1 for entry in entries)
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.name.endswith(".tmp")]
+    for entry in entries:
+        vector = np.load(entry, allow_pickle=False)
+        assert vector.dtype == np.float32 and vector.shape == (16,)
+    again = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (again.computed, again.reused) == (0, len(image_paths))
+    np.testing.assert_array_equal(again.vectors, first.vectors)

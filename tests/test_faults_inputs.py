@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.bottlenecks import BottleneckCache, file_digest
+from retrainer.bottlenecks import BottleneckCache, file_digest, read_entry
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.errors import (EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_UNREADABLE_IMAGES,
@@ -26,7 +26,7 @@ from retrainer.errors import (EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_UNREADABLE_IM
 from tests.fixtures_data import make_color_image_dir, make_messy_image_dir
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_faults import (CORPUS_SKIPPED, CORPUS_USED, DISCOVERY_SKIPPED, RENAMED_USED,
-                                   find_line, write_fault_corpus)
+                                   find_line, own_file, write_fault_corpus)
 from tests.fixtures_pipeline import retrain_args
 
 GOOD_PER_CLASS = 6
@@ -371,7 +371,7 @@ def test_corrupted_cache_entries_are_recomputed_never_read(tmp_path):
     cache = BottleneckCache(tmp_path / "bottlenecks", TinyExtractor().spec)
     paths = sorted(image_dir.rglob("*.png"))
     entries = [cache.path(file_digest(path)) for path in paths]
-    originals = [np.load(entry) for entry in entries]
+    originals = [read_entry(entry) for entry in entries]
     marker = tmp_path / "unpickled"
     corrupt = {
         0: lambda entry: entry.write_bytes(entry.read_bytes()[:-7]),  # truncated
@@ -382,7 +382,7 @@ def test_corrupted_cache_entries_are_recomputed_never_read(tmp_path):
         5: lambda entry: np.save(entry, np.array([_Payload(marker)], object), allow_pickle=True),
     }
     for index, damage in corrupt.items():
-        damage(entries[index])
+        damage(own_file(entries[index]))
 
     result = retrain(*args)
     assert result.exit_code == EXIT_OK, result.output
@@ -393,8 +393,7 @@ def test_corrupted_cache_entries_are_recomputed_never_read(tmp_path):
         assert f"Cached bottleneck {entries[index]} is " in result.stderr
     assert not marker.exists(), "a cache entry was unpickled"
     for entry, original in zip(entries, originals):
-        np.testing.assert_allclose(np.load(entry, allow_pickle=False), original, rtol=1e-5,
-                                   atol=1e-6)
+        np.testing.assert_allclose(read_entry(entry), original, rtol=1e-5, atol=1e-6)
     assert document["test_accuracy"] == first["test_accuracy"]
 
 

@@ -140,13 +140,15 @@ def _compute(paths, missing: list[int], extractor: FeatureExtractor, cache: Bott
             seeds = np.concatenate([image_seeds([digest], seed, f"variant{index}")
                                     for digest in digests for index in range(variants)])
             batch = features(images, tf.constant(seeds)).numpy().reshape(len(digests), variants, -1)
+            entries = []
             for row, (index, digest, reason) in enumerate(
                     zip(positions.numpy(), digests, reasons.numpy())):
                 if reason:
                     continue
-                for variant in range(variants):
-                    cache.store(f"{digest}-v{variant}", batch[row, variant])
+                entries += [(f"{digest}-v{variant}", batch[row, variant])
+                            for variant in range(variants)]
                 vectors[missing[index]], ok[missing[index]] = batch[row], True
                 computed += variants
+            cache.store_all(entries)
             progress.update(len(digests))
     return computed
