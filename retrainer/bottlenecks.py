@@ -8,8 +8,9 @@ entries of one batch are hard links to one pack file holding their vectors (`_ve
 file created per batch, not per image); a lone entry, or one in a remote cache, is a plain float32
 [D] `.npy`. Files are written under a temp name and renamed or linked into place: a run killed at
 any moment leaves only whole entries, the next run recomputes only what is missing, and runs
-sharing a cache do not collide. Unreadable entries are recomputed with a warning. Vectors written by `retrain-extract`
-as TFRecord shard runs in the same folder (retrainer/shards.py) are read alike.
+sharing a cache do not collide. Unreadable entries are recomputed with a warning. Vectors written
+by `retrain-extract` as TFRecord shard runs in the same folder (retrainer/shards.py) are read
+alike.
 
 Missing vectors are computed by a thread pool decoding a few batches ahead (`decoded_batches`),
 feeding the extractor's engine (`retrainer.engines`: float32, bfloat16 or int8), and stored batch
