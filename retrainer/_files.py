@@ -15,7 +15,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 from retrainer.storage import (
     AnyPath,
@@ -26,6 +26,7 @@ from retrainer.storage import (
     write_remote_bytes,
 )
 
+T = TypeVar("T")
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
 
 
@@ -61,11 +62,7 @@ def write_linked_atomically(paths: Sequence[Path], data: bytes) -> int:
         How many of `paths` were linked, in order: fewer than all where the file system has no
         hard links (then the caller writes the rest another way).
     """
-    try:
-        temp_name = _written_temporary(paths[0], data)
-    except FileNotFoundError:  # the first entry of its folder
-        paths[0].parent.mkdir(parents=True, exist_ok=True)
-        temp_name = _written_temporary(paths[0], data)
+    temp_name = making_folder(paths[0], lambda: _written_temporary(paths[0], data))
     try:
         for count, path in enumerate(paths):
             try:
@@ -88,10 +85,7 @@ _NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.
 def _link_over(source: str, path: Path) -> None:
     """Hard-link `source` as `path`, replacing an existing `path` atomically."""
     try:
-        os.link(source, path)
-    except FileNotFoundError:  # the first entry of its folder
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.link(source, path)
+        making_folder(path, lambda: os.link(source, path))
     except FileExistsError:  # e.g. an entry recomputed after damage
         spare = _sibling_name(path, ".tmp")
         os.link(source, spare)
@@ -101,6 +95,15 @@ def _link_over(source: str, path: Path) -> None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(spare)
             raise
+
+
+def making_folder(path: AnyPath, operation: Callable[[], T]) -> T:
+    """`operation()`, run again after making `path`'s folder if that was missing."""
+    try:
+        return operation()
+    except FileNotFoundError:  # the first entry of its folder
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return operation()
 
 
 def _written_temporary(path: Path, data: bytes) -> str:

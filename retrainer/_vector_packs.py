@@ -63,7 +63,7 @@ class PackReader:
                 self._packs[identity] = rows
                 if len(self._packs) > _READER_CAPACITY:
                     self._packs.popitem(last=False)
-        elif identity:
+        else:
             self._packs.move_to_end(identity)
         try:
             return rows[key]

@@ -34,7 +34,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer._files import write_bytes_atomically, write_linked_atomically
+from retrainer._files import making_folder, write_bytes_atomically, write_linked_atomically
 from retrainer._vector_packs import PackReader, pack_bytes
 from retrainer.engines import Engine, as_engine
 from retrainer.engines.cpu import usable_cpus
@@ -125,11 +125,7 @@ class BottleneckCache:
         path = self.path(digest)
         vector = np.asarray(vector, np.float32)
         data = _npy_header(vector.shape) + vector.tobytes()  # what np.save writes, made cheaper
-        try:
-            write_bytes_atomically(path, data)
-        except FileNotFoundError:  # the first entry of its folder
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomically(path, data)
+        making_folder(path, lambda: write_bytes_atomically(path, data))
 
     def store_all(self, entries: Sequence[tuple[str, np.ndarray]]) -> None:
         """Write entries together: in a local folder, one pack linked under each entry's name."""
@@ -263,13 +259,14 @@ def decoded_batches(
                         for row in range(len(images))]
 
     starts = range(0, len(paths), batch_size)
+    ahead = PREFETCH_BATCHES + 1  # batches in the pool's hands: the one awaited and the next ones
     with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="decode") as pool:
-        pending = collections.deque(submit(pool, start) for start in starts[:PREFETCH_BATCHES + 1])
+        pending = collections.deque(submit(pool, start) for start in starts[:ahead])
         try:
             for position, start in enumerate(starts):
                 images, rows = pending.popleft()
-                if position + PREFETCH_BATCHES + 1 < len(starts):
-                    pending.append(submit(pool, starts[position + PREFETCH_BATCHES + 1]))
+                if position + ahead < len(starts):
+                    pending.append(submit(pool, starts[position + ahead]))
                 yield DecodedBatch(start, images, [row.result() for row in rows])
         finally:
             for _, rows in pending:
