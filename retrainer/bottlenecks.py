@@ -53,6 +53,9 @@ DEFAULT_BATCH_SIZE = 32
 # iterator teardown stall for 1-2 s at random (measured with scripts/bench_pipeline.py), and
 # decoding on every core, two batches ahead, already keeps the extractor busy.
 PREFETCH_BATCHES = 2
+# The cache lookup reads every file to hash it; the bytes of files it misses are kept, up to this
+# many in all, for the decoder, so that those files are not read twice.
+KEPT_BYTES = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,21 +171,27 @@ def file_digest(path: os.PathLike[str] | str) -> str:
 
 
 def _decoded_file(
-    path: os.PathLike[str] | str, input_size: tuple[int, int], digest: str = ""
+    path: os.PathLike[str] | str, input_size: tuple[int, int], digest: str = "",
+    out: Optional[np.ndarray] = None, data: Optional[bytes] = None,
 ) -> tuple[np.ndarray, str, str]:
     """(uint8 [H, W, 3] pixels, digest, reason): black pixels and a reason if undecodable.
 
-    The digest is computed from the bytes decoded unless the caller already knows it.
+    The digest is computed from the bytes decoded unless the caller already knows it, and the
+    file is read unless its bytes are given. With `out`, the pixels are written into it (black if
+    undecodable).
     """
     try:
-        data = read_bytes(path)
-        pixels = decode_image(data, input_size, path)
+        data = read_bytes(path) if data is None else data
+        pixels = decode_image(data, input_size, path, out)
         return pixels, digest or content_digest(data), ""
     except UnreadableImageError as error:
         reason = error.reason
     except OSError as error:
         reason = f"cannot read file ({error.strerror or error})"
-    return np.zeros((*input_size, 3), np.uint8), "", reason
+    if out is None:
+        return np.zeros((*input_size, 3), np.uint8), "", reason
+    out[...] = 0
+    return out, "", reason
 
 
 def decoded_images(
@@ -239,39 +248,46 @@ class DecodedBatch:
 
 def decoded_batches(
     paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int,
-    digests: Sequence[str],
+    digests: Sequence[str], contents: Sequence[Optional[bytes]] = (),
 ) -> Iterator[DecodedBatch]:
     """Decode `paths` in order, in batches, on a thread pool: `PREFETCH_BATCHES` batches ahead.
 
     The bottleneck stage's decoder. Plain threads (Pillow releases the GIL) and numpy batches:
     with tf.data's map and `numpy_function` each image cost twice the CPU of its decode (0.83 vs
     0.37 ms for a Fashion-MNIST PNG, scripts/bench_pipeline.py), which the engine lost on 2 cores.
-    Each thread writes its pixels into the batch itself, so the consumer's thread (the engine's)
-    only waits. The files' digests are known (the cache lookup computed them): not hashed again.
+    Each thread decodes a slice of a batch straight into the batch's rows (one task per thread
+    and batch, not per image), so the consumer's thread (the engine's) only waits. The files'
+    digests are known (the cache lookup computed them): not hashed again; nor read again where
+    `contents` has their bytes (None where it does not).
     """
-    def decode_into(images: np.ndarray, row: int, index: int) -> str:
-        images[row], _, reason = _decoded_file(paths[index], input_size, digests[index])
-        return reason
+    threads = usable_cpus()
+
+    def decode_rows(images: np.ndarray, start: int, rows: range) -> list[str]:
+        return [_decoded_file(paths[start + row], input_size, digests[start + row], images[row],
+                              contents[start + row] if contents else None)[2] for row in rows]
 
     def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, list[Future]]:
         images = np.empty((min(batch_size, len(paths) - start), *input_size, 3), np.uint8)
-        return images, [pool.submit(decode_into, images, row, start + row)
-                        for row in range(len(images))]
+        step = -(-len(images) // threads)  # rows per thread
+        slices = [range(first, min(first + step, len(images)))
+                  for first in range(0, len(images), step)]
+        return images, [pool.submit(decode_rows, images, start, rows) for rows in slices]
 
     starts = range(0, len(paths), batch_size)
     ahead = PREFETCH_BATCHES + 1  # batches in the pool's hands: the one awaited and the next ones
-    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="decode") as pool:
+    with ThreadPoolExecutor(threads, thread_name_prefix="decode") as pool:
         pending = collections.deque(submit(pool, start) for start in starts[:ahead])
         try:
             for position, start in enumerate(starts):
-                images, rows = pending.popleft()
+                images, slices = pending.popleft()
                 if position + ahead < len(starts):
                     pending.append(submit(pool, starts[position + ahead]))
-                yield DecodedBatch(start, images, [row.result() for row in rows])
+                yield DecodedBatch(start, images, [reason for rows in slices
+                                                   for reason in rows.result()])
         finally:
-            for _, rows in pending:
-                for row in rows:
-                    row.cancel()
+            for _, slices in pending:
+                for rows in slices:
+                    rows.cancel()
 
 
 def compute_bottlenecks(
@@ -304,18 +320,24 @@ def compute_bottlenecks(
     skipped: dict[int, str] = {}
     digests = [""] * len(paths)
     missing = []
+    contents: list[Optional[bytes]] = []  # of the missing files, while under KEPT_BYTES in all
+    kept = 0
     sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
     for position, path in enumerate(paths):
         try:
-            digests[position] = file_digest(path)
+            data = read_bytes(path)
         except OSError as error:
             skipped[position] = f"cannot read file ({error.strerror or error})"
             continue
+        digests[position] = content_digest(data)
         vector = sharded.get(digests[position])
         if vector is None:
             vector = cache.load(digests[position])
         if vector is None:
             missing.append(position)
+            keep = kept + len(data) <= KEPT_BYTES
+            contents.append(data if keep else None)
+            kept += len(data) if keep else 0
         else:
             vectors[position], ok[position] = vector, True
     reused = int(ok.sum())
@@ -326,8 +348,8 @@ def compute_bottlenecks(
         )
         missing_paths = [paths[position] for position in missing]
         missing_digests = [digests[position] for position in missing]
-        for index, vector, reason in _computed(missing_paths, missing_digests, engine, cache,
-                                               batch_size, show_progress):
+        for index, vector, reason in _computed(missing_paths, missing_digests, contents, engine,
+                                               cache, batch_size, show_progress):
             if reason:
                 skipped[missing[index]] = reason
             else:
@@ -348,12 +370,14 @@ def compute_bottlenecks(
 def _computed(
     paths: list,
     digests: list[str],
+    contents: list[Optional[bytes]],
     engine: Engine,
     cache: BottleneckCache,
     batch_size: int,
     show_progress: bool,
 ) -> Iterator[tuple[int, Optional[np.ndarray], str]]:
-    """Run the pipeline over `paths` (whose `digests` are known), caching each batch's vectors.
+    """Run the pipeline over `paths` (whose `digests`, and some `contents`, are known), caching
+    each batch's vectors.
 
     Entries are written on a background thread while the extractor works on the next batch; write
     errors surface on the next batch, and pending writes finish even when interrupted.
@@ -365,7 +389,8 @@ def _computed(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
-        for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests):
+        for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
+                                     contents):
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
             batch_vectors = None if all(batch.reasons) else engine(batch.images)
             entries = []

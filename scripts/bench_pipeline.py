@@ -3,7 +3,9 @@
 (a) extraction stage (read + hash + parallel decode + extractor + cache writes, from files) in
     images/s, divided by the raw engine's images/s on the same images pre-decoded in memory
     (target >= 0.95), for each --precisions engine (float32, bfloat16, int8: retrainer/engines); as measured, and in steady state (without the stage's one-time cost -- trace,
-    first batch -- measured on a one-batch run). On Fashion-MNIST PNGs, and on 480x360 JPEG
+    first batch -- measured on a one-batch run). Also the ceiling the decode sets on this
+    machine, whose cores the engine already fills: engine CPU / (engine CPU + decode CPU), both
+    per image, measured in the same run (decode: read + decode into a batch row, one thread). On Fashion-MNIST PNGs, and on 480x360 JPEG
     photos (decoding costs more). The machine is shared, so the two are measured alternately
     --rounds times: the best of each, and the median of each round's back-to-back ratio (which
     a host whose speed drifts between rounds biases less than the two bests);
@@ -64,17 +66,32 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def raw_extractor_seconds(engine, paths: list[Path], batch_size: int) -> float:
-    """Seconds for the engine alone over pre-decoded uint8 batches (trace excluded)."""
+def raw_extractor_seconds(engine, paths: list[Path], batch_size: int) -> tuple[float, float]:
+    """(wall, CPU of all threads) seconds for the engine alone over pre-decoded uint8 batches
+    (trace excluded)."""
     from retrainer.images import load_image
 
     pixels = np.stack([load_image(path, engine.spec.input_size) for path in paths])
     batches = [pixels[start:start + batch_size] for start in range(0, len(pixels), batch_size)]
     engine(batches[0])  # trace and warm up
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for batch in batches:
         engine(batch)
-    return time.perf_counter() - started
+    return time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def decode_cpu_seconds(paths: list[Path], input_size: tuple[int, int]) -> float:
+    """CPU seconds to read and decode `paths` into a batch's rows on one thread (best of 3)."""
+    from retrainer.images import decode_image
+
+    row = np.empty((*input_size, 3), np.uint8)
+    best = float("inf")
+    for _ in range(3):
+        started = time.thread_time()
+        for path in paths:
+            decode_image(path.read_bytes(), input_size, path, out=row)
+        best = min(best, time.thread_time() - started)
+    return best
 
 
 def stage_seconds(extractor, paths: list[Path], cache: Path, batch_size: int) -> float:
@@ -124,10 +141,12 @@ def main() -> None:
                    for precision in args.precisions.split(",")}
         for index, (name, paths) in enumerate(datasets):
             for precision, engine in engines.items():
-                raw = stage = one_batch = float("inf")
+                raw = stage = one_batch = raw_cpu = float("inf")
                 paired = []  # each round's ratio: raw and stage measured back to back
                 for round_ in range(args.rounds):
-                    raw_round = raw_extractor_seconds(engine, paths, DEFAULT_BATCH_SIZE)
+                    raw_round, raw_cpu_round = raw_extractor_seconds(engine, paths,
+                                                                     DEFAULT_BATCH_SIZE)
+                    raw_cpu = min(raw_cpu, raw_cpu_round)
                     cache = work / f"cache_{index}_{precision}_{round_}"
                     stage_round = stage_seconds(engine, paths, cache, DEFAULT_BATCH_SIZE)
                     raw, stage = min(raw, raw_round), min(stage, stage_round)
@@ -139,12 +158,15 @@ def main() -> None:
                 fixed = max(0.0, one_batch - raw * DEFAULT_BATCH_SIZE / len(paths))
                 if precision == "float32":
                     raw_fashion = raw_fashion or raw
+                decode = decode_cpu_seconds(paths, engine.spec.input_size)
                 print(f"(a) {name}, {len(paths)} images, {precision:8s}: stage "
                       f"{len(paths) / stage:6.1f} img/s, raw engine {len(paths) / raw:6.1f} img/s "
                       f"-> ratio {raw / stage:.2f}; steady state, without the stage's one-time "
                       f"{fixed:.2f} s: {raw / (stage - fixed):.2f}; median of the rounds' paired "
-                      f"ratios {statistics.median(paired):.2f} (target >= {STAGE_TARGET})",
-                      flush=True)
+                      f"ratios {statistics.median(paired):.2f} (target >= {STAGE_TARGET}); "
+                      f"decode ceiling {raw_cpu / (raw_cpu + decode):.2f} (engine "
+                      f"{raw_cpu / len(paths) * 1e3:.2f}, decode {decode / len(paths) * 1e3:.2f} "
+                      f"CPU ms per image)", flush=True)
 
         import_seconds = timed_process([sys.executable, "-c", "import tensorflow"], work)
         command = [sys.executable, "-m", "retrainer.cli.retrain", "--image_dir", str(image_dir),

@@ -178,6 +178,30 @@ def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, ima
     assert len(cache_entries(tmp_path / "cache")) == len(image_paths)
 
 
+@pytest.mark.parametrize("kept_bytes", [64 << 20, 0, "half"])
+def test_each_missing_file_is_read_once_while_its_bytes_are_kept(tmp_path, image_paths,
+                                                                 tiny_extractor, monkeypatch,
+                                                                 kept_bytes):
+    """The cache lookup's bytes feed the decoder (up to KEPT_BYTES); the rest are read again."""
+    sizes = [path.stat().st_size for path in image_paths]
+    limit = sum(sizes[:len(sizes) // 2]) if kept_bytes == "half" else kept_bytes
+    monkeypatch.setattr(bottlenecks_module, "KEPT_BYTES", limit)
+    reads: dict[str, int] = {}
+    real_read_bytes = bottlenecks_module.read_bytes
+
+    def counted(path):
+        reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
+        return real_read_bytes(path)
+
+    monkeypatch.setattr(bottlenecks_module, "read_bytes", counted)
+    result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=5)
+    kept = [sum(sizes[:index + 1]) <= limit for index in range(len(sizes))]
+    assert [reads[os.fspath(path)] for path in image_paths] == [1 if keep else 2 for keep in kept]
+    assert result.computed == len(image_paths)
+    np.testing.assert_allclose(result.vectors, expected_vectors(tiny_extractor, image_paths),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_interrupted_extraction_resumes_with_only_the_missing_vectors(tmp_path, image_paths,
                                                                       tiny_extractor, monkeypatch):
     """Ctrl-C in the middle of writing: whole entries stay, the rerun computes only the rest."""

@@ -181,6 +181,28 @@ def test_decode_image_matches_load_image(corpus):
     assert str(caught.value) == "<stdin>: empty file (0 bytes)"
 
 
+@pytest.mark.parametrize("name", ["rgb.jpg", "grey.png", "la.png", "rgba.png", "cmyk.jpg",
+                                  "exif_rotated.jpg"])
+def test_decoding_into_a_batch_row_gives_the_same_pixels(corpus, name):
+    batch = np.full((3, 24, 20, 3), 7, np.uint8)
+    written = decode_image(corpus[name].read_bytes(), (24, 20), name, out=batch[1])
+    assert written is batch[1] or np.shares_memory(written, batch)
+    np.testing.assert_array_equal(batch[1], load_image(corpus[name], (24, 20)))
+    assert (batch[0] == 7).all() and (batch[2] == 7).all()
+    with pytest.raises(UnreadableImageError):
+        decode_image(b"not a picture", (24, 20), "notes.png", out=batch[2])
+    assert (batch[2] == 7).all()  # an unreadable image leaves the row as it was
+
+
+def test_grey_images_resize_as_their_rgb_conversion_does(fashion_mnist_dir):
+    """The one-channel shortcut (resize, then merge thrice) is pixel-identical to Pillow's RGB."""
+    for path in sorted(fashion_mnist_dir.glob("*/*.png"))[::25]:
+        with Image.open(path) as image:
+            assert image.mode == "L"
+            reference = np.asarray(image.convert("RGB").resize((224, 224), images.RESAMPLE))
+        np.testing.assert_array_equal(load_image(path, (224, 224)), reference)
+
+
 def test_bad_size_is_a_programming_error(corpus):
     with pytest.raises(ValueError, match="size must be \\(height, width\\) with both >= 1"):
         load_image(corpus["rgb.png"], (0, 10))
