@@ -248,7 +248,7 @@ class DecodedBatch:
 
 def decoded_batches(
     paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int,
-    digests: Sequence[str], contents: Sequence[Optional[bytes]] = (),
+    digests: Sequence[str], contents: Sequence[Optional[bytes]],
 ) -> Iterator[DecodedBatch]:
     """Decode `paths` in order, in batches, on a thread pool: `PREFETCH_BATCHES` batches ahead.
 
@@ -264,7 +264,7 @@ def decoded_batches(
 
     def decode_rows(images: np.ndarray, start: int, rows: range) -> list[str]:
         return [_decoded_file(paths[start + row], input_size, digests[start + row], images[row],
-                              contents[start + row] if contents else None)[2] for row in rows]
+                              contents[start + row])[2] for row in rows]
 
     def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, list[Future]]:
         images = np.empty((min(batch_size, len(paths) - start), *input_size, 3), np.uint8)

@@ -66,12 +66,9 @@ def make_photos(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-def raw_extractor_seconds(engine, paths: list[Path], batch_size: int) -> tuple[float, float]:
+def raw_extractor_seconds(engine, pixels: np.ndarray, batch_size: int) -> tuple[float, float]:
     """(wall, CPU of all threads) seconds for the engine alone over pre-decoded uint8 batches
     (trace excluded)."""
-    from retrainer.images import load_image
-
-    pixels = np.stack([load_image(path, engine.spec.input_size) for path in paths])
     batches = [pixels[start:start + batch_size] for start in range(0, len(pixels), batch_size)]
     engine(batches[0])  # trace and warm up
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -139,12 +136,16 @@ def main() -> None:
         raw_fashion = None
         engines = {precision: create_engine(extractor, precision)
                    for precision in args.precisions.split(",")}
+        from retrainer.images import load_image
+
         for index, (name, paths) in enumerate(datasets):
+            pixels = np.stack([load_image(path, extractor.spec.input_size) for path in paths])
+            decode = decode_cpu_seconds(paths, extractor.spec.input_size)
             for precision, engine in engines.items():
                 raw = stage = one_batch = raw_cpu = float("inf")
                 paired = []  # each round's ratio: raw and stage measured back to back
                 for round_ in range(args.rounds):
-                    raw_round, raw_cpu_round = raw_extractor_seconds(engine, paths,
+                    raw_round, raw_cpu_round = raw_extractor_seconds(engine, pixels,
                                                                      DEFAULT_BATCH_SIZE)
                     raw_cpu = min(raw_cpu, raw_cpu_round)
                     cache = work / f"cache_{index}_{precision}_{round_}"
@@ -158,7 +159,6 @@ def main() -> None:
                 fixed = max(0.0, one_batch - raw * DEFAULT_BATCH_SIZE / len(paths))
                 if precision == "float32":
                     raw_fashion = raw_fashion or raw
-                decode = decode_cpu_seconds(paths, engine.spec.input_size)
                 print(f"(a) {name}, {len(paths)} images, {precision:8s}: stage "
                       f"{len(paths) / stage:6.1f} img/s, raw engine {len(paths) / raw:6.1f} img/s "
                       f"-> ratio {raw / stage:.2f}; steady state, without the stage's one-time "
