@@ -123,7 +123,7 @@ def test_confusion_matrix_is_a_tensorboard_image(tmp_path, colors):
     assert tuple(pixels.shape[:2]) == (png.height, png.width)
 
 
-@pytest.mark.filterwarnings("error")
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_confusion_matrix_draws_any_class_name_without_a_warning():
     """Class names the font lacks (CJK, emoji) or too long for an axis: U+XXXX and shortened,
     not empty boxes and matplotlib's "Glyph missing" warning on the user's stderr."""
