@@ -86,27 +86,38 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except RetrainerError as error:
-            click.echo(f"Error: {error}", err=True)
+            _error_line(str(error))
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OSError as error:
             if is_url(error.filename):  # a remote store refused or failed (retrainer.storage)
-                click.echo(f"Error: {error.strerror}: {error.filename}. Check the path and "
-                           "its access rights, then rerun: work done so far is kept.", err=True)
+                _error_line(f"{error.strerror}: {error.filename}. Check the path and its access "
+                            "rights, then rerun: work done so far is kept.")
                 sys.exit(EXIT_USAGE)
             if error.errno not in _UNWRITABLE_ERRNOS:
                 raise
             where = f": {error.filename}" if error.filename else ""
-            click.echo(f"Error: {error.strerror}{where}. Free some space or fix the permissions "
-                       "(or pass another path), then rerun: work done so far is kept.", err=True)
+            _error_line(f"{error.strerror}{where}. Free some space or fix the permissions (or "
+                        "pass another path), then rerun: work done so far is kept.")
             sys.exit(EXIT_USAGE)
         finally:
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
 
     return wrapper  # type: ignore[return-value]
+
+
+# Control characters a file or folder name may hold, escaped so an error stays one line (scripts
+# read it with `tail -n 1`) and cannot drive the terminal.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != ord("\t")}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r"})
+
+
+def _error_line(message: str) -> None:
+    """'Error: message' on stderr, on one line whatever names the message quotes."""
+    click.echo(f"Error: {message.translate(_ESCAPES)}", err=True)
 
 
 def _sigterm_as_interrupt() -> Any:
