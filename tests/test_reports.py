@@ -138,6 +138,16 @@ def test_confusion_matrix_draws_any_class_name_without_a_warning():
         "U+73ABU+7470 U+1F339", "c" * 31 + "…", "wild tulips ü"]
 
 
+def test_long_names_wrap_in_their_table_cell_and_numbers_never_break():
+    from retrainer.reports.html import breakable, table
+
+    long_name = "c" * 60
+    assert breakable(long_name) == "<wbr>".join(["c" * 24, "c" * 24, "c" * 12])
+    assert breakable("a <b>&amp; " + "é" * 30) == "a &lt;b&gt;&amp;amp; " + "é" * 24 + "<wbr>" + "é" * 6
+    assert breakable(1234567.5) == "1234567.5"
+    assert "<td>" + breakable(long_name) + "</td>" in table(["class"], [[long_name]])
+
+
 def test_summary_gives_whole_split_figures_per_class_table_and_confusions(tmp_path, colors):
     result = invoke(retrain_args(tmp_path, colors, *BARELY_TRAINED))
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())
