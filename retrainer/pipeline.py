@@ -132,7 +132,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         audit_document = audit.write(evaluation, splits.images[TESTING],
                                      splits.features[TESTING].labels)
         outputs["audit_file"] = config.audit_file
-    last = training.history[-1]
+    last = training.final
     test_images = splits.images[TESTING]
     result = RetrainResult(
         labels=collection.labels,
@@ -158,6 +158,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         seconds=timer.seconds(),
         exports=tuple(row.to_json() for row in report),
         best_step=training.best_step,
+        head=training.summary(),
         distorted=distorted,
         fine_tuning=fine_tuning_summary(config, tuning),
         audit=None if audit is None else audit_document,
@@ -186,8 +187,8 @@ def _training_config(config: RetrainConfig):
     )
 
     return TrainingConfig(
-        steps=config.how_many_training_steps,
-        learning_rate=config.learning_rate,
+        steps=config.training_steps,
+        learning_rate=config.sgd_learning_rate,
         train_batch_size=config.train_batch_size,
         validation_batch_size=config.validation_batch_size,
         eval_step_interval=config.eval_step_interval,
@@ -196,6 +197,7 @@ def _training_config(config: RetrainConfig):
         checkpoint_path=config.checkpoint_path,
         regularization=regularization_of(config),
         early_stopping_patience=early_stopping_patience_of(config),
+        solver=config.solver,
     )
 
 
