@@ -61,3 +61,46 @@ def test_relabelling_only_test_images_gives_the_same_model(tmp_path):
         np.testing.assert_array_equal(first, second)
     # ...while the test figures did see the new labels
     assert before["test_accuracy"] == 1.0 and after["test_accuracy"] < 0.5
+
+
+def test_search_table_and_choice_ignore_the_test_split(tmp_path, monkeypatch):
+    """--search with the tiny extractor: plain and distorted candidates, chosen on validation;
+    relabelling test images changes neither the table nor the model."""
+    from retrainer.training import search
+
+    monkeypatch.setattr(search, "BUILT_IN_EXTRACTORS", ())
+    images = make_color_image_dir(tmp_path / "images", COLORS, per_class=30)
+    documents = []
+    for name in ("before", "after"):
+        if name == "after":
+            relabel_test_images(images)
+        work = tmp_path / name
+        result = CliRunner().invoke(main, retrain_args(
+            work, images, "--json", "--search", "--search_modules", "tiny_test",
+            "--bottleneck_dir", str(tmp_path / "cache"), steps=None))
+        assert result.exit_code == 0, result.output
+        documents.append(json.loads(result.stdout))
+    before, after = documents
+    names = [row["name"] for row in before["search"]["candidates"]]
+    assert names == ["tiny_test", "tiny_test + distortions"]
+    assert all(row["status"] == "ok" and row["validation_accuracy"] is not None
+               for row in before["search"]["candidates"])
+    strip = [{key: value for key, value in row.items() if key != "seconds"}
+             for row in before["search"]["candidates"]]
+    assert strip == [{key: value for key, value in row.items() if key != "seconds"}
+                     for row in after["search"]["candidates"]]
+    assert before["search"]["chosen"] == after["search"]["chosen"]
+    assert before["distorted"] is not None or before["search"]["chosen"] == "tiny_test"
+
+
+def test_search_budget_skips_later_candidates(tmp_path, monkeypatch):
+    from retrainer.training import search
+
+    monkeypatch.setattr(search, "BUILT_IN_EXTRACTORS", ())
+    images = make_color_image_dir(tmp_path / "images", COLORS, per_class=12)
+    result = CliRunner().invoke(main, retrain_args(
+        tmp_path, images, "--json", "--search", "--search_modules", "tiny_test",
+        "--search_budget", "0.000001", steps=None))
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["search"]["candidates"]
+    assert rows[0]["status"] == "ok" and rows[1]["status"] == "skipped (budget)"

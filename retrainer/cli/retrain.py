@@ -239,6 +239,14 @@ def _summary_lines(result: RetrainResult) -> list[str]:
             more = len(result.skipped) - _MAX_SKIPPED_SHOWN
             lines.append(f"  ... and {more} more (all in --json)")
     lines += _training_mode_lines(result)
+    if result.search is not None:
+        lines += ["", "Search (validation split; the test split was evaluated once, for the "
+                  "chosen configuration):"]
+        lines += [f"  {row['name']}: " + (row["status"] if row["validation_accuracy"] is None
+                                           else f"validation {percent(row['validation_accuracy'])}"
+                                           f", {row['seconds']:.1f} s")
+                  + ("  <- chosen" if row["name"] == result.search["chosen"] else "")
+                  for row in result.search["candidates"]]
     lines += _audit_lines(result)
     lines += [
         "",

@@ -11,7 +11,8 @@ training and validation splits are read here; the test split is never seen.
 The losses and gradients are float32 TensorFlow (on a GPU when there is one); scipy's L-BFGS-B
 steers the few thousand parameters. Features are centred and scaled by the training split's own
 statistics inside the fit, and that is folded back into the returned weights, so one path of
-penalties suits every extractor and the exported layer is the usual `features @ W + b`.
+penalties suits every extractor and the exported layer is the usual `features @ W + b`. On large
+splits the path runs on a sample of rows and only the chosen penalty is fitted on all of them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 from scipy.optimize import minimize
+from threadpoolctl import threadpool_limits
 
 from retrainer.training.objectives import SOFTMAX, Objective
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 DEFAULT_L2_PATH = tuple(float(f"{10 ** (-exponent / 2):.0e}") for exponent in range(2, 14))
 NO_VALIDATION_L2 = 1e-2  # chosen most often on 1k-image sets, where splits come out empty
 _MIN_SCALE = 1e-6  # features whose training spread is below this are only centred
-_CORRELATION_ROWS = 16384  # a sample this large estimates the preconditioner well enough
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,90 +93,62 @@ class ConvexFit:
 
 
 class _Problem:
-    """One split's loss (and its gradient) as a function of the preconditioned parameters.
+    """One split's loss (and its gradient) as a function of the parameters [W (D x C), b] of
+    the layer on standardized features (centred and scaled by the training split's statistics:
+    L-BFGS then needs far fewer iterations, and one penalty path suits every extractor)."""
 
-    Parameters are [W~ (D x C), b]: the layer on standardized features is W = V diag(r) W~, with
-    V the eigenvectors of the training features' correlation matrix and r set per penalty, so
-    that every direction has about the same curvature (L-BFGS then needs few iterations).
-    """
-
-    def __init__(self, features: np.ndarray, targets: np.ndarray, basis: _Basis,
+    def __init__(self, features: np.ndarray, targets: np.ndarray, statistics: _Statistics,
                  num_classes: int, config: ConvexConfig) -> None:
-        self.features = basis.project(features)
+        self.features = tf.constant(features, tf.float32)
         self.targets = tf.constant(targets)
-        self.basis = basis
-        self.shape = (int(basis.vectors.shape[1]), num_classes)
+        self.statistics = statistics
+        self.shape = (features.shape[1], num_classes)
         self.objective, self.label_smoothing = config.objective, config.label_smoothing
         size = self.shape[0] * self.shape[1] + self.shape[1]
-        vector, scalar = tf.TensorSpec([size], tf.float32), tf.TensorSpec([], tf.float32)
-        rows = tf.TensorSpec([self.shape[0]], tf.float32)
-        self.loss_and_gradient = tf.function(self._loss_and_gradient,
-                                             input_signature=[vector, rows, scalar])
-        self.metrics = tf.function(self._metrics, input_signature=[vector, rows])
+        vector = tf.TensorSpec([size], tf.float32)
+        self.loss_and_gradient = tf.function(
+            self._loss_and_gradient, input_signature=[vector, tf.TensorSpec([], tf.float32)])
+        self.metrics = tf.function(self._metrics, input_signature=[vector])
 
-    def layer(self, params: tf.Tensor, rows: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def layer(self, params: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Parameters -> (float32 [D, C] weights, [C] biases) on raw features."""
         size = self.shape[0] * self.shape[1]
-        standardized = tf.matmul(self.basis.vectors,
-                                 rows[:, tf.newaxis] * tf.reshape(params[:size], self.shape))
-        weights = standardized / self.basis.scale[:, tf.newaxis]
-        biases = params[size:] - tf.linalg.matvec(weights, self.basis.mean, transpose_a=True)
+        weights = tf.reshape(params[:size], self.shape) / self.statistics.scale[:, tf.newaxis]
+        biases = params[size:] - tf.linalg.matvec(weights, self.statistics.mean,
+                                                  transpose_a=True)
         return weights, biases
 
-    def _logits(self, params: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
-        size = self.shape[0] * self.shape[1]
-        weights = rows[:, tf.newaxis] * tf.reshape(params[:size], self.shape)
-        return tf.matmul(self.features, weights) + params[size:]
+    def _logits(self, params: tf.Tensor) -> tf.Tensor:
+        weights, biases = self.layer(params)
+        return tf.matmul(self.features, weights) + biases
 
-    def _loss_and_gradient(self, params: tf.Tensor, rows: tf.Tensor, l2: tf.Tensor):
-        size = self.shape[0] * self.shape[1]
+    def _loss_and_gradient(self, params: tf.Tensor, l2: tf.Tensor):
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = self.objective.loss(self.targets, self._logits(params, rows),
-                                       self.label_smoothing)
-            # ||V diag(r) W~||^2 = ||diag(r) W~||^2: V is orthonormal
-            scaled = rows[:, tf.newaxis] * tf.reshape(params[:size], self.shape)
-            loss += l2 * tf.reduce_sum(tf.square(scaled))
+            loss = self.objective.loss(self.targets, self._logits(params), self.label_smoothing)
+            loss += l2 * tf.reduce_sum(tf.square(params[:self.shape[0] * self.shape[1]]))
         return loss, tape.gradient(loss, params)
 
-    def _metrics(self, params: tf.Tensor, rows: tf.Tensor) -> tf.Tensor:
+    def _metrics(self, params: tf.Tensor) -> tf.Tensor:
         """[accuracy, cross entropy] of the split (float32 [2])."""
-        logits = self._logits(params, rows)
+        logits = self._logits(params)
         return tf.stack([self.objective.accuracy(self.targets, logits),
                          self.objective.loss(self.targets, logits)])
 
 
 @dataclasses.dataclass(frozen=True)
-class _Basis:
-    """The training features' statistics: mean and spread per feature, and the eigenvectors
-    (columns of float32 [D, D]) and eigenvalues of their correlation matrix."""
+class _Statistics:
+    """The training features' mean and spread (float32 [D] each)."""
 
     mean: tf.Tensor
     scale: tf.Tensor
-    vectors: tf.Tensor
-    values: np.ndarray
 
     @classmethod
-    def of(cls, features: np.ndarray) -> "_Basis":
+    def of(cls, features: np.ndarray) -> "_Statistics":
         mean = features.mean(axis=0, dtype=np.float64)
         scale = features.std(axis=0, dtype=np.float64)
         scale = np.where(scale > _MIN_SCALE, scale, 1.0)
-        rows = np.random.default_rng(0).permutation(len(features))[:_CORRELATION_ROWS]
-        sample = tf.constant(((features[np.sort(rows)] - mean) / scale).astype(np.float32))
-        correlation = tf.matmul(sample, sample, transpose_a=True) / len(rows)
-        values, vectors = tf.linalg.eigh(tf.cast(correlation, tf.float64))
-        return cls(tf.constant(mean, tf.float32), tf.constant(scale, tf.float32),
-                   tf.cast(vectors, tf.float32), np.maximum(values.numpy(), 0.0))
-
-    def project(self, features: np.ndarray) -> tf.Tensor:
-        """float32 [N, D] raw features -> [N, K] standardized, on the kept eigen-directions."""
-        standardized = (tf.constant(features, tf.float32) - self.mean) / self.scale
-        return tf.matmul(standardized, self.vectors)
-
-    def rows(self, l2: float, num_classes: int) -> np.ndarray:
-        """float32 [D]: per eigen-direction, 1 / sqrt(its curvature at penalty `l2`), the data
-        term's curvature taken as eigenvalue / C (softmax's spread at the start)."""
-        return (1.0 / np.sqrt(self.values / num_classes + 2.0 * l2)).astype(np.float32)
+        return cls(tf.constant(mean, tf.float32), tf.constant(scale, tf.float32))
 
 
 def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
@@ -200,12 +173,12 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         ConvexFit. Without validation rows nothing can be chosen: the fit uses
         NO_VALIDATION_L2, with a warning.
     """
-    basis = _Basis.of(train_features)
+    statistics = _Statistics.of(train_features)
     validation = None
     path = config.l2_path
     if len(validation_features):
-        validation = _Problem(validation_features, validation_targets, basis, num_classes,
-                              config)
+        validation = _Problem(validation_features, validation_targets, statistics,
+                              num_classes, config)
     elif len(path) > 1:
         path = (NO_VALIDATION_L2,)
         log.warning("No validation images: the L2 strength cannot be chosen; using %g.", path[0])
@@ -213,7 +186,7 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     sample = np.arange(rows)
     if rows > config.path_rows:
         sample = np.sort(np.random.default_rng(0).permutation(rows)[:config.path_rows])
-    train = _Problem(train_features[sample], train_targets[sample], basis, num_classes, config)
+    train = _Problem(train_features[sample], train_targets[sample], statistics, num_classes, config)
     walk = _Path(train, validation, num_classes, config)
     for l2 in path:
         walk.fit(l2)
@@ -223,10 +196,10 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     if len(sample) < rows:
         chosen = walk.points[best].l2 * len(sample) / rows
         walk.state = walk.states[best]
-        walk.train = _Problem(train_features, train_targets, basis, num_classes, config)
+        walk.train = _Problem(train_features, train_targets, statistics, num_classes, config)
         walk.fit(chosen)
         best = len(walk.points) - 1
-    weights, biases = walk.train.layer(*walk.fits[best])
+    weights, biases = walk.train.layer(tf.constant(walk.states[best], tf.float32))
     log.info("Chose L2 strength %g (validation accuracy %s).", walk.points[best].l2,
              "n/a" if walk.points[best].validation_accuracy is None
              else f"{walk.points[best].validation_accuracy * 100:.1f}%")
@@ -240,30 +213,20 @@ class _Path:
     def __init__(self, train: _Problem, validation: Optional[_Problem], num_classes: int,
                  config: ConvexConfig) -> None:
         self.train, self.validation, self.config = train, validation, config
-        self.num_classes = num_classes
-        dims = train.shape[0]
-        # (V^T W on standardized features, biases): what carries from one penalty to the next
-        self.state = (np.zeros((dims, num_classes)), np.zeros(num_classes))
-        self.states: list[tuple[np.ndarray, np.ndarray]] = []
+        self.state = np.zeros(train.shape[0] * num_classes + num_classes)
+        self.states: list[np.ndarray] = []
         self.points: list[PathPoint] = []
-        self.fits: list[tuple[tf.Tensor, tf.Tensor]] = []
         self.best, self.since_best = 0, 0
 
     def fit(self, l2: float) -> None:
         started = time.perf_counter()
-        rows = self.train.basis.rows(l2, self.num_classes)
-        dims = len(rows)
-        start = np.concatenate([(self.state[0] / rows[:, np.newaxis]).ravel(), self.state[1]])
-        params, iterations = _minimize(self.train, start, rows, l2, self.config)
-        self.state = (params[:dims * self.num_classes].reshape(dims, -1) * rows[:, np.newaxis],
-                      params[dims * self.num_classes:])
+        self.state, iterations = _minimize(self.train, self.state, l2, self.config)
         self.states.append(self.state)
-        fit = (tf.constant(params, tf.float32), tf.constant(rows))
-        self.fits.append(fit)
-        train_accuracy, train_loss = self.train.metrics(*fit).numpy().tolist()
+        params = tf.constant(self.state, tf.float32)
+        train_accuracy, train_loss = self.train.metrics(params).numpy().tolist()
         validation_accuracy = validation_loss = None
         if self.validation is not None:
-            validation_accuracy, validation_loss = self.validation.metrics(*fit).numpy().tolist()
+            validation_accuracy, validation_loss = self.validation.metrics(params).numpy().tolist()
         self.points.append(PathPoint(l2, iterations, train_accuracy, train_loss,
                                      validation_accuracy, validation_loss,
                                      time.perf_counter() - started))
@@ -275,19 +238,22 @@ class _Path:
                 self.since_best += 1
 
 
-def _minimize(problem: _Problem, start: np.ndarray, rows: np.ndarray, l2: float,
+def _minimize(problem: _Problem, start: np.ndarray, l2: float,
               config: ConvexConfig) -> tuple[np.ndarray, int]:
     """L-BFGS-B from `start` at penalty `l2`: (float64 parameters, iterations run)."""
-    penalty, rows_tensor = tf.constant(l2, tf.float32), tf.constant(rows)
+    penalty = tf.constant(l2, tf.float32)
 
     def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
-        loss, gradient = problem.loss_and_gradient(tf.constant(params, tf.float32), rows_tensor,
-                                                   penalty)
+        loss, gradient = problem.loss_and_gradient(tf.constant(params, tf.float32), penalty)
         return float(loss), gradient.numpy().astype(np.float64)
 
-    solution = minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B",
-                        options={"maxiter": config.max_iterations, "ftol": config.tolerance,
-                                 "gtol": 1e-9})
+    # One BLAS thread for scipy's L-BFGS-B: its small products are fastest that way, and its
+    # thread pool and TensorFlow's would otherwise spin against each other (24 ms an iteration
+    # instead of well under 1 ms, measured on 2 cores).
+    with threadpool_limits(limits=1, user_api="blas"):
+        solution = minimize(loss_and_gradient, start, jac=True, method="L-BFGS-B",
+                            options={"maxiter": config.max_iterations, "ftol": config.tolerance,
+                                     "gtol": 1e-9})
     return solution.x, int(solution.nit)
 
 

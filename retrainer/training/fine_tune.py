@@ -162,7 +162,10 @@ class _FineTuneEpochs:
     def variables(self) -> tuple[tf.Variable, ...]:
         return self._variables
 
-    def advance(self, epoch: int) -> EvalPoint:
+    def advance(self, epochs: Sequence[int]) -> list[EvalPoint]:
+        return [self._advance(epoch) for epoch in epochs]
+
+    def _advance(self, epoch: int) -> EvalPoint:
         """Train one more epoch (none for epoch 0), then measure on the validation split."""
         train_loss = float(np.mean(list(self._epoch(epoch)))) if epoch else None
         if not len(self.validation):

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -182,26 +182,36 @@ class _SgdSteps:
         self.stores = (range(store_every, config.steps, store_every)
                        if store_every > 0 and on_store is not None else range(0))
         self.next_step = 0
-        signature = [tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)]
-        self._train = tf.function(self._steps, input_signature=signature)
-        self._train_and_measure = tf.function(self._steps_and_measure, input_signature=signature)
+        step = tf.TensorSpec([], tf.int64)
+        self._train = tf.function(self._steps, input_signature=[step, step])
+        self._train_and_measure = tf.function(
+            self._steps_and_measure, input_signature=[step, tf.TensorSpec([None], tf.int64)])
 
     @property
     def variables(self) -> tuple[tf.Variable, ...]:
         return tuple(self.head.trainable_variables)
 
-    def advance(self, step: int) -> EvalPoint:
-        """SGD steps through `step` (storing intermediate heads on the way), then measure."""
-        for store in (s for s in self.stores if self.next_step <= s < step):
-            self._train(tf.constant(self.next_step, tf.int64), tf.constant(store, tf.int64))
-            self.next_step = store + 1
-            self.on_store(store, self.head)  # type: ignore[misc]
-        row = self._train_and_measure(tf.constant(self.next_step, tf.int64),
-                                      tf.constant(step, tf.int64))
-        self.next_step = step + 1
-        if step in self.stores:
-            self.on_store(step, self.head)  # type: ignore[misc]  (stores imply on_store)
-        return _log_point(step, *row.numpy().tolist())
+    def advance(self, steps: Sequence[int]) -> list[EvalPoint]:
+        """SGD steps through each of `steps`, measuring after each (one traced call per run of
+        steps between intermediate stores)."""
+        points: list[EvalPoint] = []
+        ends = list(steps)
+        while ends:
+            store = next((s for s in self.stores if self.next_step <= s <= ends[-1]), None)
+            if store is not None and store not in ends:  # a store between two measurements
+                self._train(tf.constant(self.next_step, tf.int64), tf.constant(store, tf.int64))
+                self.next_step = store + 1
+                self.on_store(store, self.head)  # type: ignore[misc]  (stores imply on_store)
+                continue
+            run = ends if store is None else ends[:ends.index(store) + 1]
+            rows = self._train_and_measure(tf.constant(self.next_step, tf.int64),
+                                           tf.constant(run, tf.int64))
+            self.next_step = run[-1] + 1
+            points += [_log_point(step, *row) for step, row in zip(run, rows.numpy().tolist())]
+            if store is not None:
+                self.on_store(store, self.head)  # type: ignore[misc]
+            ends = ends[len(run):]
+        return points
 
     def close(self) -> None:
         for writer in self.writers.values():
@@ -219,10 +229,24 @@ class _SgdSteps:
             self.optimizer.apply_gradients(zip(gradients, self.head.trainable_variables))
         return last
 
-    def _steps_and_measure(self, first: tf.Tensor, last: tf.Tensor) -> tf.Tensor:
-        """float32 [5]: train accuracy and cross entropy on the last step's batch, validation
-        accuracy, count and cross entropy on a sampled batch (-1, 0, -1 without validation)."""
-        last = self._steps(first, last)
+    def _steps_and_measure(self, first: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
+        """Steps from `first` through ends[-1], measuring after each step of `ends`.
+
+        Returns:
+            float32 [len(ends), 5]: per end step, train accuracy and cross entropy on its batch,
+            validation accuracy, count and cross entropy on a sampled batch (-1, 0, -1 without
+            validation data).
+        """
+        rows = tf.TensorArray(tf.float32, size=tf.size(ends), element_shape=[5])
+        start = first
+        for index in tf.range(tf.size(ends)):
+            last = self._steps(start, ends[index])
+            rows = rows.write(index, self._measure(last))
+            start = last + 1
+        return rows.stack()
+
+    def _measure(self, last: tf.Tensor) -> tf.Tensor:
+        """float32 [5] at step `last` (after its update), with summaries."""
         objective = self.head.objective
         features, labels = self.train.batch(last)
         logits = self.head(features)

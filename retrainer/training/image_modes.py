@@ -20,7 +20,7 @@ from retrainer.training.fine_tune import (
     fine_tune,
     image_features,
 )
-from retrainer.training.head import FeatureSet, Head
+from retrainer.training.head import FeatureSet, Head, TrainingConfig
 from retrainer.training.regularization import Regularization
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,23 @@ def regularization_of(config) -> Regularization:
 def early_stopping_patience_of(config) -> int:
     """--early_stopping_patience when --early_stopping is on, else 0 (never stop early)."""
     return config.early_stopping_patience if config.early_stopping else 0
+
+
+def training_options(config) -> TrainingConfig:
+    """How the head is trained, from a `RetrainConfig`."""
+    return TrainingConfig(
+        steps=config.training_steps,
+        learning_rate=config.sgd_learning_rate,
+        train_batch_size=config.train_batch_size,
+        validation_batch_size=config.validation_batch_size,
+        eval_step_interval=config.eval_step_interval,
+        seed=config.seed,
+        summaries_dir=config.summaries_dir,
+        checkpoint_path=config.checkpoint_path,
+        regularization=regularization_of(config),
+        early_stopping_patience=early_stopping_patience_of(config),
+        solver=config.solver,
+    )
 
 
 def check_fine_tunable(config, extractor: FeatureExtractor) -> None:

@@ -19,13 +19,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 log = logging.getLogger(__name__)
+
+_CHUNK_SECONDS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +54,9 @@ class Job(Protocol):
     def variables(self) -> Sequence[tf.Variable]:
         """The variables being trained (what early stopping keeps and restores)."""
 
-    def advance(self, step: int) -> EvalPoint:
-        """Train through `step` (from where the last call stopped), then measure."""
+    def advance(self, steps: Sequence[int]) -> list[EvalPoint]:
+        """Train through each of `steps` (ascending, from where the last call stopped), measuring
+        after each; one call may run them all in one traced function."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +96,14 @@ def run_loop(job: Job, schedule: Sequence[int], patience: int = 0, has_validatio
     history: list[EvalPoint] = []
     best: Optional[tuple[float, int, list[np.ndarray]]] = None
     since_best = 0
-    for step in schedule:
-        history.append(job.advance(step))
+    for steps in _chunks(list(schedule), one_at_a_time=bool(patience)):
+        history += job.advance(steps)
         if on_measured is not None:
-            on_measured(history[-1])
+            for point in history[-len(steps):]:
+                on_measured(point)
         if not patience:
             continue
-        loss = history[-1].validation_cross_entropy
+        loss, step = history[-1].validation_cross_entropy, history[-1].step
         if best is None or loss < best[0]:
             best, since_best = (loss, step, [variable.numpy() for variable in job.variables]), 0
             continue
@@ -113,3 +117,17 @@ def run_loop(job: Job, schedule: Sequence[int], patience: int = 0, has_validatio
             variable.assign(value)
     return LoopResult(tuple(history), None if best is None else best[1],
                       time.perf_counter() - started)
+
+
+def _chunks(schedule: list[int], one_at_a_time: bool) -> Iterator[list[int]]:
+    """The schedule in runs for one `advance` call each: one step at a time when each measurement
+    decides whether to go on (early stopping), else runs that double while a call takes under
+    half a second (little call overhead on fast steps, live logs on slow ones)."""
+    index, span = 0, 1
+    while index < len(schedule):
+        stop = index + 1 if one_at_a_time else min(index + span, len(schedule))
+        started = time.perf_counter()
+        yield schedule[index:stop]
+        if time.perf_counter() - started < _CHUNK_SECONDS:
+            span *= 2
+        index = stop
