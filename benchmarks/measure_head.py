@@ -67,7 +67,6 @@ def main() -> None:
     parser.add_argument("image_dir", type=Path)
     parser.add_argument("--bottleneck_dir", type=Path, required=True)
     parser.add_argument("--config", action="append", help="NAME=FLAGS (repeatable)")
-    parser.add_argument("--input_size", type=int, default=224)
     parser.add_argument("--smoke", action="store_true", help="--tfhub_module tiny_test")
     args = parser.parse_args()
     configs = [entry.split("=", 1) for entry in (args.config or DEFAULT_CONFIGS)]
@@ -79,14 +78,20 @@ def main() -> None:
             out = Path(work) / name
             extra = shlex.split(flags) + (["--tfhub_module", "tiny_test"] if args.smoke else [])
             document = retrain(args.image_dir, args.bottleneck_dir, out, extra)
+            meta = json.loads((out / "graph.pb.meta.json").read_text())
             accuracy, count = exported_test_accuracy(
-                args.image_dir, out / "graph.pb", (args.input_size, args.input_size))
+                args.image_dir, out / "graph.pb", (meta["input_height"], meta["input_width"]))
             head = document.get("head") or {}
             validation = document["metrics"]["validation"]["accuracy"] or 0.0
+            chosen = (document.get("search") or {}).get("chosen", "")
             print(f"{name:<12} {accuracy * 100:13.2f}% {count:>6} "
                   f"{(document['test_accuracy'] or 0) * 100:8.2f}% {validation * 100:10.2f}% "
                   f"{document['seconds']['train']:8.2f} {document['wall']:7.1f}  "
-                  f"{head.get('solver')} l2={head.get('l2')}", flush=True)
+                  f"{head.get('solver')} l2={head.get('l2')} {chosen}", flush=True)
+            for row in (document.get("search") or {}).get("candidates", []):
+                print(f"    search: {row['name']:<34} validation "
+                      f"{(row['validation_accuracy'] or 0) * 100:5.1f}%  {row['seconds']:6.1f} s  "
+                      f"{row['status']}", flush=True)
 
 
 if __name__ == "__main__":

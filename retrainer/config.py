@@ -30,7 +30,6 @@ HEAD_SOLVERS = ("auto", "lbfgs", "sgd")
 # retrain.py's SGD defaults, used by the SGD solver when the flags are not given
 SGD_STEPS = 4000
 SGD_LEARNING_RATE = 0.01
-TTA_MODES = ("none", "flip")
 _OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
 
@@ -61,7 +60,6 @@ class RetrainConfig:
     search: bool = False
     search_budget: Optional[float] = None
     search_modules: tuple[str, ...] = ()
-    tta: str = "none"
     # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
     flip_left_right: bool = False
     random_crop: int = 0
@@ -132,7 +130,6 @@ class RetrainConfig:
         self._require("search_budget",
                       lambda seconds: seconds is None or (math.isfinite(seconds) and seconds > 0),
                       "a positive number of seconds")
-        self._require("tta", lambda mode: mode in TTA_MODES, f"one of {list(TTA_MODES)}")
         object.__setattr__(self, "search_modules", tuple(self.search_modules))
         self._require("eval_step_interval", lambda steps: steps >= 1, "at least 1")
         for field in ("train_batch_size", "validation_batch_size", "test_batch_size"):

@@ -20,7 +20,6 @@ from retrainer.config import (
     HEAD_SOLVERS,
     SGD_LEARNING_RATE,
     SGD_STEPS,
-    TTA_MODES,
     RetrainConfig,
 )
 from retrainer.errors import FinishedRunError
@@ -77,8 +76,6 @@ _BATCH = click.IntRange(min=-1)
          type=click.FloatRange(min=0, min_open=True), show_default=False)
 @_option("search_modules", "With --search: also try this extractor (repeat for several).",
          multiple=True, default=(), show_default=False)
-@_option("tta", "Test-time augmentation in the exports: flip = average the image's and its "
-         "mirror's probabilities (twice the inference cost).", type=click.Choice(TTA_MODES))
 # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
 @_option("flip_left_right", "Randomly mirror half of the training images horizontally.",
          is_flag=True)

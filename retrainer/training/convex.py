@@ -56,7 +56,7 @@ class ConvexConfig:
     patience: int = 2
     label_smoothing: float = 0.0
     objective: Objective = SOFTMAX
-    tolerance: float = 1e-6
+    tolerance: float = 1e-5
     path_rows: int = 8192
 
 
