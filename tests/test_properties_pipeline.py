@@ -189,8 +189,8 @@ def test_any_folder_gives_whole_outputs_or_one_error_line(plan, picture_pool):
 
 
 @pytest.mark.slow
-@_settings(examples=12)
-@given(plan=datasets(modes=drawn_modes()))
+@_settings(examples=8)
+@given(plan=datasets(max_per_class=12, modes=drawn_modes()))  # 224x224 at int8: ~3x the cost
 def test_any_folder_with_the_default_extractor(plan, picture_pool):
     with tempfile.TemporaryDirectory() as work:
         check_pipeline(plan, picture_pool, Path(work), DEFAULT_EXTRACTOR, steps=20)
