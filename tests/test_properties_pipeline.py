@@ -140,9 +140,12 @@ def check_outputs(plan: DatasetPlan, images: Path, out: Path, document: Optional
     if "saved_model" in plan.modes:
         assert (out / "saved_model" / "saved_model.pb").is_file()
         models.append(out / "saved_model")
-    for mode in plan.modes:
-        if mode.startswith("tflite_"):
-            models.append(out / f"model_{mode.removeprefix('tflite_')}.tflite")
+    quantizations = [mode.removeprefix("tflite_") for mode in plan.modes
+                     if mode.startswith("tflite_")]
+    if len(quantizations) == 1:  # the path as given; several: each gets a _<mode> suffix
+        models.append(out / "model.tflite")
+    elif quantizations:
+        models += [out / f"model_{quantization}.tflite" for quantization in quantizations]
     picture = images / plan.files[0].relpath
     for model in models:
         result = CliRunner().invoke(label_image_main, ["--graph", str(model), "--json",
@@ -251,6 +254,25 @@ REGRESSIONS: dict[str, DatasetPlan] = {
          FilePlan("new\nline", (), "$HOME.bmp", Picture("photo:chelsea", "P", "BMP")),
          FilePlan("new\nline", (), "new\nline.jpg", Copy(1, "jpeg70"))),
         10, 10, ()),
+    # The only class named with U+0085 (NEL), which str.splitlines() breaks lines at: the error
+    # took two lines (C1 controls and U+2028/9 were not escaped).
+    "next_line_character_in_the_only_class_name": DatasetPlan(
+        ("Kî]º£I\x85\x7fÜ·",),
+        (FilePlan("Kî]º£I\x85\x7fÜ·", (), "--help.png", Picture("fashion:3", "LA", "PNG")),
+         FilePlan("Kî]º£I\x85\x7fÜ·", ("sub",), "new\nline.tiff",
+                  Picture("fashion:3", "RGB", "TIFF"))),
+        10, 10, ()),
+    # One float16 TFLite file: written at the path given (the check looked for a suffixed name).
+    "one_tflite_file_gets_the_path_given": DatasetPlan(
+        ("Ô", "roses", "\U000e8d19"),
+        (FilePlan("Ô", (), "émoji 🌹.jpg", Picture("huge", "CMYK", "JPEG")),
+         FilePlan("Ô", (), "new\nline.jpg", Copy(0)),
+         FilePlan("Ô", ("a b", "ü ü"), "`íÂ.png", Picture("fashion:9", "LA", "PNG")),
+         FilePlan("roses", ("a b", "ü ü"), "100%.TIFF", Picture("fashion:9", "RGBA", "TIFF")),
+         FilePlan("roses", (), "émoji 🌹.png", Picture("fashion:11", "RGBA", "PNG")),
+         FilePlan("roses", ("a b", "ü ü"), "émoji 🌹.GIF", Picture("fashion:2", "P", "GIF")),
+         FilePlan("\U000e8d19", (), "[t.png", Copy(4, "crop90"))),
+        10, 10, ("export_drop", "json", "keep_duplicates", "tflite_float16")),
 }
 
 

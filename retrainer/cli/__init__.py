@@ -109,10 +109,12 @@ def reports_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-# Control characters a file or folder name may hold, escaped so an error stays one line (scripts
-# read it with `tail -n 1`) and cannot drive the terminal.
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != ord("\t")}
-_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r"})
+# Control characters and line separators a file or folder name may hold (C0, DEL, C1, U+2028,
+# U+2029), escaped so an error stays one line for `tail -n 1` and `str.splitlines` alike and
+# cannot drive the terminal.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))
+            if code != ord("\t")}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 
 
 def _error_line(message: str) -> None:
