@@ -59,7 +59,7 @@ def test_default_run_on_clipart_with_a_resaved_copy(tmp_path: Path):
         ["icons_b/icon_00.png", "icons_b/icon_00_resaved.png"]]
 
 
-# --- every detector on degenerate arrays (Hypothesis) ----------------------------------------------
+# --- every detector on degenerate arrays (Hypothesis) -------------------------------------------
 
 KINDS = ("random", "equal_rows", "zero", "constant_columns", "two_values", "huge", "tiny")
 

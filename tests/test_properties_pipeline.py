@@ -33,7 +33,8 @@ from retrainer.cli.retrain import main as retrain_main
 from retrainer.errors import (EXIT_DATA, EXIT_EXPORT_MISMATCH, EXIT_MODEL, EXIT_OK,
                               EXIT_QUALITY_GATE, EXIT_USAGE)
 from retrainer.extractors import DEFAULT_EXTRACTOR
-from tests.fixtures_datasets import Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets, write_dataset
+from tests.fixtures_datasets import (Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets,
+                                     write_dataset)
 from tests.fixtures_faults import assert_complete_graph, temp_files
 from tests.fixtures_pipeline import retrain_args
 
@@ -206,7 +207,8 @@ def _every_shape() -> DatasetPlan:
         FilePlan(roses, (), "IMG 0001.JPG", Picture("photo:astronaut", "RGB", "JPEG")),
         FilePlan(roses, (), "-rf.png", Picture("photo:coffee", "RGBA", "PNG")),
         FilePlan(roses, (), "cmyk.jpg", Picture("photo:chelsea", "CMYK", "JPEG")),
-        FilePlan(roses, ("sub", "deeper"), "sixteen bit.png", Picture("photo:rocket", "I;16", "PNG")),
+        FilePlan(roses, ("sub", "deeper"), "sixteen bit.png",
+                 Picture("photo:rocket", "I;16", "PNG")),
         FilePlan(roses, (), "palette.gif", Picture("photo:cat", "P", "GIF")),
         FilePlan(roses, (), "ünïcödé 写真.png", Picture("photo:camera", "L", "PNG")),
         FilePlan(roses, (), "one pixel.png", Picture("tiny", "RGB", "PNG")),

@@ -88,7 +88,8 @@ def breakable(value: object) -> str:
     widening the page; numbers and short words never break."""
     pieces = _LONG_WORD.split(str(value))  # odd positions: the long words
     return "".join(
-        "<wbr>".join(html.escape(piece[start:start + _WORD]) for start in range(0, len(piece), _WORD))
+        "<wbr>".join(html.escape(piece[start:start + _WORD])
+                     for start in range(0, len(piece), _WORD))
         if position % 2 else html.escape(piece) for position, piece in enumerate(pieces))
 
 
