@@ -80,7 +80,8 @@ def normalize_label(folder_name: str) -> str:
     stripped at both ends): "T-shirt_top" -> "t shirt top". Accents fold to ASCII ("Café" ->
     "cafe"). Names with letters or digits outside ASCII ("Роза", "玫瑰") keep them, lower-cased,
     so they stay distinct. A name with no letters or digits at all ("🌹") becomes its code points
-    ("u1f339"), so every label is non-empty.
+    ("u1f339"; of every character if all are spaces or separators: " " -> "u0020"), so every
+    label is non-empty.
 
     Args:
         folder_name: the class folder's name.
@@ -97,7 +98,8 @@ def normalize_label(folder_name: str) -> str:
     else:
         label = re.sub(r"[^a-z0-9]+", " ", folded.lower())
     label = label.strip()
-    return label or " ".join(f"u{ord(char):04x}" for char in folder_name if not char.isspace())
+    visible = [char for char in folder_name if not char.isspace()] or folder_name  # " ", "\x1e"
+    return label or " ".join(f"u{ord(char):04x}" for char in visible)
 
 
 def discover_images(

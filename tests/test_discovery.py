@@ -45,6 +45,8 @@ def write_images(root: Path, *relpaths: str) -> Path:
         ("玫瑰 2", "玫瑰 2"),
         ("🌹", "u1f339"),  # nothing alphanumeric: code points, never empty
         ("!!!", "u0021 u0021 u0021"),
+        (" ", "u0020"),  # only spaces or separators (Python's isspace): still never empty
+        ("\x1e", "u001e"),
     ],
 )
 def test_normalize_label(folder, label):
