@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from retrainer.data.split import validate_percentages
 from retrainer.engines import AUTO, AUTO_DEVICES, PRECISIONS, parse_devices
 from retrainer.errors import UsageError
 from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
-from retrainer.split import validate_percentages
-from retrainer.storage import AnyPath, as_path
+from retrainer.io.storage import AnyPath, as_path
 
 # Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
 # TensorFlow (tests check the two agree).

@@ -23,12 +23,12 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from retrainer.bottlenecks import compute_bottlenecks
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.shards import encode_record
+from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.engines import create_engine
 from retrainer.engines.cpu import cpu_flags
 from retrainer.extractors import create_extractor
-from retrainer.images import UnreadableImageError, load_image
-from retrainer.shards import encode_record
 from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
 from retrainer.training.distortions import Distortions
 from tests.fixtures_extractors import TinyExtractor

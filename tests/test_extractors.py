@@ -18,7 +18,8 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from retrainer import imagenet
+from retrainer.cli import imagenet
+from retrainer.data.decoding import load_image
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE, ModelError, UsageError
 from retrainer.extractors import DEFAULT_EXTRACTOR, create_extractor, list_extractors
 from retrainer.extractors._pth import read_state_dict
@@ -29,7 +30,6 @@ from retrainer.extractors.efficientnet_lite import (
     EfficientNetLite,
     weights_path,
 )
-from retrainer.images import load_image
 
 NAMES = sorted(VARIANTS)
 EXPECTED_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}

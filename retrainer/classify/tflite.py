@@ -2,7 +2,7 @@
 
 Runs on `ai-edge-litert`'s interpreter when installed (`pip install '.[litert]'`), else on
 `tf.lite.Interpreter`, whose deprecation warning is silenced. Input normalization and labels come
-from flags, else the file's own TFLite metadata (`retrainer.exports.tflite_metadata`), else the
+from flags, else the file's own TFLite metadata (`retrainer.formats.tflite_metadata`), else the
 defaults (mean 0, std 255) and `output_labels.txt` beside the file. A uint8 input is fed the
 normalized pixels quantized with the tensor's own scale and zero point (for retrain's int8 export,
 1/255 and 0: the raw pixels).
@@ -30,8 +30,8 @@ from retrainer.classify._common import (
 )
 from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
-from retrainer.storage import as_path
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.io.storage import as_path
 
 
 def make_interpreter(model: bytes):
@@ -82,7 +82,7 @@ class TFLiteModel:
     kind = "TFLite model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        from retrainer.exports.tflite_metadata import read_metadata
+        from retrainer.formats.tflite_metadata import read_metadata
 
         path = config.graph
         try:

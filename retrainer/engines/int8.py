@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from retrainer.data.decoding import decode_image
 from retrainer.engines._model_cache import cached_model, model_path
 from retrainer.engines.base import INT8, Engine, precision_spec
 from retrainer.errors import UsageError
 from retrainer.exports.tflite import full_integer_model
 from retrainer.extractors import FeatureExtractor
-from retrainer.images import decode_image
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 # XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (scripts/bench_extractor.py).

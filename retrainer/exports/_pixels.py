@@ -1,6 +1,6 @@
 """Decoded pixels for the exports' own uses (int8 calibration, the accuracy report).
 
-Decoded by the same tf.data pipeline as the bottlenecks (`retrainer.bottlenecks.decoded_images`),
+Decoded by the same tf.data pipeline as the bottlenecks (`retrainer.cache.bottlenecks.decoded_images`),
 so calibration and verification see exactly the pixels training saw.
 """
 
@@ -22,7 +22,7 @@ def decode_files(
     Returns:
         (uint8 [N, H, W, 3] pixels, bool [N] decoded); rows of undecodable files are black.
     """
-    from retrainer.bottlenecks import decoded_images
+    from retrainer.cache.bottlenecks import decoded_images
 
     height, width = input_size
     pixels = np.zeros((len(paths), height, width, 3), np.uint8)

@@ -22,7 +22,6 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from retrainer._files import write_bytes_atomically
 from retrainer.exports._pixels import decode_files, seeded_sample
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import (
@@ -33,8 +32,9 @@ from retrainer.exports.quantization import (
     QuantizationConfig,
     too_few_calibration_images,
 )
-from retrainer.exports.tflite_metadata import ModelDescription, add_metadata
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.tflite_metadata import ModelDescription, add_metadata
+from retrainer.io.atomic import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 

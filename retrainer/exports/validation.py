@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from retrainer.errors import UsageError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
-from retrainer.storage import as_path
+from retrainer.io.storage import as_path
 
 if TYPE_CHECKING:
     from retrainer.config import RetrainConfig

@@ -9,7 +9,7 @@ file created per batch, not per image); a lone entry, or one in a remote cache, 
 [D] `.npy`. Files are written under a temp name and renamed or linked into place: a run killed at
 any moment leaves only whole entries, the next run recomputes only what is missing, and runs
 sharing a cache do not collide. Unreadable entries are recomputed with a warning. Vectors written
-by `retrain-extract` as TFRecord shard runs in the same folder (retrainer/shards.py) are read
+by `retrain-extract` as TFRecord shard runs in the same folder (retrainer/cache/shards.py) are read
 alike.
 
 Missing vectors are computed by a thread pool decoding a few batches ahead (`decoded_batches`),
@@ -34,15 +34,15 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer._files import making_folder, write_bytes_atomically, write_linked_atomically
-from retrainer._vector_packs import PackReader, pack_bytes
+from retrainer.cache._packs import PackReader, pack_bytes
+from retrainer.cache.shards import load_sharded
+from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.engines import Engine, as_engine
 from retrainer.engines.cpu import usable_cpus
 from retrainer.engines.float32 import feature_function  # noqa: F401  (fine-tuning imports it here)
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
-from retrainer.images import UnreadableImageError, decode_image
-from retrainer.shards import load_sharded
-from retrainer.storage import AnyPath, as_path, is_url, open_for_reading, read_bytes
+from retrainer.io.atomic import making_folder, write_bytes_atomically, write_linked_atomically
+from retrainer.io.storage import AnyPath, as_path, is_url, open_for_reading, read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class BottleneckCache:
     images from the plain ones; keys are then `<digest>` plus whatever the caller appends.
     """
 
-    root: AnyPath  # a local folder or a URL (retrainer.storage)
+    root: AnyPath  # a local folder or a URL (retrainer.io.storage)
     spec: ExtractorSpec
     namespace: str = ""
     _reader: PackReader = dataclasses.field(default_factory=PackReader, compare=False,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from retrainer.storage import AnyPath, as_path
+from retrainer.io.storage import AnyPath, as_path
 
 GRAPH_FORMAT = "retrainer-graph/1"
 INPUT_OP = "Placeholder"

