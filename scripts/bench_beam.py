@@ -137,7 +137,7 @@ def bench_extraction(work: Path, images: int, small: int) -> None:
 def bench_loading(work: Path, count: int, size: int = 1280) -> None:
     import tensorflow as tf
 
-    from retrainer.cache.bottlenecks import BottleneckCache
+    from retrainer.cache.entries import BottleneckCache
     from retrainer.cache.shards import encode_record, load_sharded, write_manifest_then_marker
     from retrainer.extractors import ExtractorSpec
 

@@ -15,12 +15,11 @@ import tensorflow as tf
 from PIL import Image
 
 from retrainer.cache import bottlenecks as bottlenecks_module
-from retrainer.cache.bottlenecks import (
-    BottleneckCache,
-    compute_bottlenecks,
-    file_digest,
-    read_entry,
-)
+from retrainer.cache import entries as entries_module
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.entries import BottleneckCache, read_entry
+from retrainer.data import batches as batches_module
+from retrainer.data.batches import file_digest
 from retrainer.data.decoding import load_image
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_faults import own_file
@@ -198,7 +197,8 @@ def test_each_missing_file_is_read_once_while_its_bytes_are_kept(tmp_path, image
         reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
         return real_read_bytes(path)
 
-    monkeypatch.setattr(bottlenecks_module, "read_bytes", counted)
+    monkeypatch.setattr(bottlenecks_module, "read_bytes", counted)  # the cache lookup's read
+    monkeypatch.setattr(batches_module, "read_bytes", counted)  # the decoder's, for the rest
     result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=5)
     kept = [sum(sizes[:index + 1]) <= limit for index in range(len(sizes))]
     assert [reads[os.fspath(path)] for path in image_paths] == [1 if keep else 2 for keep in kept]
@@ -278,7 +278,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, image_paths, tiny_extractor, 
 
 def test_cache_format_version_is_part_of_the_key(tmp_path, image_paths, tiny_extractor, monkeypatch):
     compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
-    monkeypatch.setattr(bottlenecks_module, "CACHE_FORMAT", "v2")
+    monkeypatch.setattr(entries_module, "CACHE_FORMAT", "v2")
     result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert result.computed == len(image_paths)
 

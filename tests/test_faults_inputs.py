@@ -18,9 +18,10 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.cache.bottlenecks import BottleneckCache, file_digest, read_entry
+from retrainer.cache.entries import BottleneckCache, read_entry
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
+from retrainer.data.batches import file_digest
 from retrainer.errors import EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_UNREADABLE_IMAGES, EXIT_USAGE
 from tests.fixtures_data import make_color_image_dir, make_messy_image_dir
 from tests.fixtures_extractors import TinyExtractor

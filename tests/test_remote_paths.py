@@ -112,7 +112,7 @@ def test_retrain_and_label_image_on_ram_equal_the_local_run(tmp_path, ram_prefix
 
 def test_audit_signatures_cached_on_ram_are_read_back(tmp_path, ram_prefix):
     from retrainer.audit.signatures import SignatureCache
-    from retrainer.cache.bottlenecks import file_digest
+    from retrainer.data.batches import file_digest
 
     images = upload(make_color_image_dir(tmp_path / "colors"), f"{ram_prefix}/colors")
     paths = sorted(as_path(images).glob("*/*.png"))

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrainer.cache.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.shards import cached_digests, load_sharded, remove_abandoned_runs
+from retrainer.data.batches import file_digest
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_shards import write_shard_run
 

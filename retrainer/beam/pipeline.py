@@ -28,7 +28,8 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from retrainer.beam.model_handler import BottleneckModelHandler
-from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.cache.entries import namespace
 from retrainer.cache.shards import (
     RUN_ID_TIME,
     SHARD_PREFIX,
@@ -42,6 +43,7 @@ from retrainer.cache.shards import (
     write_manifest_then_marker,
 )
 from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.data.batches import content_digest
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.names import is_image_relpath
 from retrainer.errors import UsageError

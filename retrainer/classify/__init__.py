@@ -21,10 +21,8 @@ import numpy as np
 
 from retrainer.classify._common import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_GRAPH,
     DEFAULT_OUTPUT_LAYER,
     DEFAULT_TOP_K,
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     read_labels,
@@ -32,7 +30,12 @@ from retrainer.classify._common import (
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.frozen_graph import read_graph_file
-from retrainer.formats.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER
+from retrainer.formats.graph_contract import (
+    DEFAULT_GRAPH,
+    LABELS_FILENAME,
+    SAVED_MODEL_FILE,
+    TFLITE_IDENTIFIER,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_GRAPH", "DEFAULT_OUTPUT_LAYER", "DEFAULT_TOP_K",

@@ -16,7 +16,6 @@ import numpy as np
 
 from retrainer.classify._common import (
     DEFAULT_OUTPUT_LAYER,
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     first_set,
@@ -29,6 +28,7 @@ from retrainer.formats.graph_contract import (
     INPUT_MEAN,
     INPUT_OP,
     INPUT_STD,
+    LABELS_FILENAME,
     METADATA_SUFFIX,
     metadata_path,
 )

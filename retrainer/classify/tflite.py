@@ -15,22 +15,21 @@ import os
 import struct
 import sys
 import tempfile
-import warnings
 from typing import Iterator
 
 import numpy as np
 
 from retrainer.classify._common import (
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
     first_set,
     read_labels,
 )
-from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError, UsageError
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
+from retrainer.formats.tflite import new_interpreter
+from retrainer.io.host import usable_cpus
 from retrainer.io.storage import as_path
 
 
@@ -42,7 +41,7 @@ def make_interpreter(model: bytes):
     is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
     """
     with _without_runtime_info():
-        interpreter = _new_interpreter(model)
+        interpreter = new_interpreter(model, usable_cpus())
         interpreter.allocate_tensors()  # applies the XNNPACK delegate
     return interpreter
 
@@ -61,19 +60,6 @@ def _without_runtime_info() -> Iterator[None]:
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(keepends=True)
             sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
-
-
-def _new_interpreter(model: bytes):
-    threads = usable_cpus()
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-            return tf.lite.Interpreter(model_content=model, num_threads=threads)
-    return Interpreter(model_content=model, num_threads=threads)
 
 
 class TFLiteModel:

