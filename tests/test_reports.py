@@ -15,7 +15,7 @@ from PIL import Image
 
 from retrainer.cli.retrain import main
 from retrainer.errors import EXIT_QUALITY_GATE, EXIT_USAGE
-from retrainer.reports.metrics_file import FORMAT
+from retrainer.result import FORMAT
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_pipeline import retrain_args
 

@@ -21,7 +21,9 @@ from typing import Optional, Sequence
 import imagehash
 import numpy as np
 from PIL import Image
+from scipy.fft import rfft2
 
+from retrainer.audit.neighbours import unit_rows
 from retrainer.cache.layout import audit_signatures_folder
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.io.atomic import write_bytes_atomically
@@ -113,8 +115,6 @@ def signature_of_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.uint64]:
 
 def thumbnail_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     """float32 [N, 256]: the 16x16 thumbnails, mean-centred, length 1."""
-    from retrainer.audit.neighbours import unit_rows
-
     small = thumbnails.astype(np.float32).reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4))
     return unit_rows(small, center=True)
 
@@ -124,10 +124,6 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 
     The magnitude ignores where the picture sits in the frame, so a shifted copy keeps it.
     """
-    from scipy.fft import rfft2
-
-    from retrainer.audit.neighbours import unit_rows
-
     grey = thumbnails.astype(np.float32)
     spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))
     low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)

@@ -14,6 +14,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from retrainer.engines.float32 import feature_function
+from retrainer.extractors import create_extractor
+
 
 @dataclasses.dataclass
 class LoadedExtractor:
@@ -40,9 +43,6 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedEx
         self.image_size = image_size
 
     def load_model(self) -> LoadedExtractor:
-        from retrainer.engines.float32 import feature_function
-        from retrainer.extractors import create_extractor
-
         extractor = create_extractor(self.tfhub_module, self.image_size)
         return LoadedExtractor(extractor, feature_function(extractor))
 

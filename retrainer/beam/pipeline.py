@@ -41,11 +41,11 @@ from retrainer.cache.shards import (
     remove_abandoned_runs,
     write_manifest_then_marker,
 )
-from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.batches import content_digest
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.names import is_image_relpath
 from retrainer.errors import UsageError
+from retrainer.extractors import create_extractor
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ExtractConfig:
 
     image_dir: str
     bottleneck_dir: str
-    tfhub_module: str = DEFAULT_EXTRACTOR
+    tfhub_module: str  # the CLI's default is retrain's (retrainer.config.DEFAULT_EXTRACTOR)
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
 
@@ -113,8 +113,6 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         UsageError: --image_dir is not a folder; unknown extractor.
         ModelError: the extractor cannot be loaded.
     """
-    from retrainer.extractors import create_extractor
-
     started = time.perf_counter()
     image_dir = _absolute(config.image_dir)
     for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.shards import load_sharded
 from retrainer.data.batches import content_digest, decoded_batches
-from retrainer.engines import Engine, as_engine
+from retrainer.engines import Engine
+from retrainer.engines.factory import as_engine
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import as_path, read_bytes
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     DEFAULT_OUTPUT_LAYER,
     ClassifyConfig,
     ModelSpec,
@@ -33,9 +34,6 @@ from retrainer.formats.graph_contract import (
     metadata_path,
 )
 
-if TYPE_CHECKING:
-    import tensorflow as tf
-
 
 class FrozenGraphModel:
     """A frozen graph in a Session: `scores(pixels)` for uint8 images."""
@@ -43,8 +41,6 @@ class FrozenGraphModel:
     kind = "graph"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         data = read_graph_file(config.graph)
         sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
         frozen = load_frozen_graph(

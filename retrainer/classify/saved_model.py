@@ -8,8 +8,9 @@ other kind (`retrainer.data.decoding.load_image`). Labels: --labels, else the mo
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
@@ -29,8 +30,6 @@ class SavedModelModel:
     kind = "SavedModel"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         path = config.graph
         try:
             self._model = tf.saved_model.load(str(path))

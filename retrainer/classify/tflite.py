@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
@@ -29,6 +29,7 @@ from retrainer.classify._common import (
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
 from retrainer.formats.tflite import new_interpreter
+from retrainer.formats.tflite_metadata import read_metadata
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import as_path
 
@@ -68,8 +69,6 @@ class TFLiteModel:
     kind = "TFLite model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        from retrainer.formats.tflite_metadata import read_metadata
-
         path = config.graph
         try:
             self._interpreter = make_interpreter(data)

@@ -26,6 +26,16 @@ _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.E
                                 errno.EPERM})
 
 
+VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")  # --logging_verbosity, as retrain.py's
+
+
+def option(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option under retrain.py's / label_image.py's underscore name and its dash spelling
+    (--image_dir and --image-dir), passed to the command as `name`."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    return click.option(*spellings, name, **kwargs)
+
+
 class PathOrUrl(click.ParamType):
     """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.io.storage`), unmangled
     (`click.Path(path_type=Path)` would turn gs://b into gs:/b)."""

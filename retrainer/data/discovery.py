@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from retrainer.data._remote_discovery import remote_classes
 from retrainer.data.names import (
     extension_reason,
     folder_name_reason,
@@ -129,8 +130,6 @@ def discover_images(
     root = _check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
     if isinstance(root, RemotePath):
-        from retrainer.data._remote_discovery import remote_classes
-
         folders, per_class = remote_classes(root, ignored)
     else:
         folders, per_class = _local_classes(root, ignored)

@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.engines.base import FLOAT32, Engine
+from retrainer.engines.multi_device import default_device, sharded_feature_function
 from retrainer.extractors import FeatureExtractor
 
 BATCH_SIZE = 32
@@ -33,8 +34,6 @@ def placed_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...
     Returns:
         (the function, the devices it runs on, the batch size that gives each device 32 images).
     """
-    from retrainer.engines.multi_device import default_device, sharded_feature_function
-
     if not devices:
         return feature_function(extractor), (default_device(),), BATCH_SIZE
     return sharded_feature_function(extractor, devices), devices, BATCH_SIZE * len(devices)

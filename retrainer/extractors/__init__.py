@@ -15,10 +15,7 @@ from retrainer.extractors.registry import (
 from retrainer.extractors import efficientnet_lite  # noqa: E402,F401
 from retrainer.extractors import tfhub, keras_apps  # noqa: E402,F401
 
-DEFAULT_EXTRACTOR = "efficientnet_lite0"
-
 __all__ = [
-    "DEFAULT_EXTRACTOR",
     "ExtractorSpec",
     "FeatureExtractor",
     "create_extractor",

@@ -27,6 +27,7 @@ from retrainer.errors import ModelError, UsageError
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
 from retrainer.extractors.registry import register_resolver
 from retrainer.io import storage
+from retrainer.io.host import user_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ def looks_like_path(handle: str) -> bool:
 
 def default_hub_cache_dir() -> Path:
     """Where downloaded modules are kept unless TFHUB_CACHE_DIR says otherwise."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "retrainer" / "tfhub_modules"
+    return user_cache_dir() / "tfhub_modules"
 
 
 @register_resolver

@@ -2,27 +2,26 @@
 
 Every way a graph file or an op name can be wrong becomes a one-line UsageError / ModelError that
 says what the user likely meant: label_image.py users kept guessing op names (tensorflow#12728).
-TensorFlow is imported only when a graph is loaded.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
+
+import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from retrainer.errors import ModelError, UsageError
-
-if TYPE_CHECKING:
-    import tensorflow as tf
 
 _MAX_CANDIDATES = 6
 
 
 class FrozenGraph(NamedTuple):
-    graph: "tf.Graph"
-    input: "tf.Tensor"  # float32 [N, H, W, 3], H and W possibly unknown
-    output: "tf.Tensor"  # [N, C] scores
+    graph: tf.Graph
+    input: tf.Tensor  # float32 [N, H, W, 3], H and W possibly unknown
+    output: tf.Tensor  # [N, C] scores
 
 
 def read_graph_file(path: Path) -> bytes:
@@ -53,8 +52,6 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     Raises:
         ModelError: not a GraphDef, an op name not in it, or tensors of the wrong dtype/rank.
     """
-    import tensorflow as tf
-
     graph_def = _parse_graph_def(path, data)
     _require_op(graph_def, input_layer, "input", path)
     _require_op(graph_def, output_layer, "output", path)
@@ -72,9 +69,6 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
 
 
 def _parse_graph_def(path: Path, data: bytes):
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
-
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)
@@ -134,7 +128,7 @@ def _tensor_name(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
 
-def _check_input(tensor: "tf.Tensor", graph_path: Path) -> None:
+def _check_input(tensor: tf.Tensor, graph_path: Path) -> None:
     shape = tensor.shape
     image_like = shape.rank is None or (shape.rank == 4 and shape[-1] in (None, 3))
     if tensor.dtype.name != "float32" or not image_like:
@@ -144,7 +138,7 @@ def _check_input(tensor: "tf.Tensor", graph_path: Path) -> None:
         )
 
 
-def _check_output(tensor: "tf.Tensor", graph_path: Path) -> None:
+def _check_output(tensor: tf.Tensor, graph_path: Path) -> None:
     if tensor.shape.rank not in (None, 2):
         raise ModelError(
             f"output {tensor.name} of graph {graph_path} has shape {tensor.shape}, expected "

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.training._sampling import TEST_STREAM, BalancedSampler, stream_seed
+from retrainer.training.fine_tune import image_features
 from retrainer.training.head import FeatureSet, SoftmaxHead
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,5 @@ def validation_probabilities(head: SoftmaxHead, validation: FeatureSet, images: 
     """
     features = validation.features
     if fine_tuning is not None and len(validation):
-        from retrainer.training.image_modes import image_features
-
         features = image_features([image.path for image in images], extractor)
     return predict_probabilities(head, features)
