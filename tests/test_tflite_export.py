@@ -65,8 +65,8 @@ def wide_classifier() -> Classifier:
 def test_each_mode_quantizes_what_it_names(wide_classifier):
     calibration = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     models = {mode.mode: convert(wide_classifier, mode, calibration) for mode in (
-        QuantizationConfig.none(), QuantizationConfig.for_dynamic(),
-        QuantizationConfig.for_float16(), QuantizationConfig.for_int8(12))}
+        QuantizationConfig("none"), QuantizationConfig("dynamic"),
+        QuantizationConfig("float16"), QuantizationConfig("int8", 12))}
     assert "int8" not in tensor_types(models["none"]) and "float16" not in tensor_types(models["none"])
     assert "int8" in tensor_types(models["dynamic"])  # weights only
     assert "float16" in tensor_types(models["float16"])
@@ -203,6 +203,6 @@ def test_accuracy_drop_check_names_only_exports_over_the_limit():
 
 def test_convert_refuses_int8_without_calibration(wide_classifier):
     with pytest.raises(DataError, match="at least 10"):
-        convert(wide_classifier, QuantizationConfig.for_int8(), np.zeros((3, 32, 32, 3), np.uint8))
+        convert(wide_classifier, QuantizationConfig("int8"), np.zeros((3, 32, 32, 3), np.uint8))
 
 

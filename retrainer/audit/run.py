@@ -1,9 +1,10 @@
 """The audit stage: run every detector once per dataset, cache the findings, write audit.json.
 
 Findings depend only on the files, their vectors and labels, so they are cached under
-`<bottleneck_dir>/audit-results-v1/` (`retrainer.cache.layout`), keyed by a SHA-256 of exactly those: an unchanged
-dataset costs one hash. The parts that depend on the run (splits after the opt-in group split, the
-trained head's leak-adjusted test accuracy, warnings) are added when the document is written.
+`<bottleneck_dir>/audit-results-v1/` (`retrainer.cache.layout`), keyed by a SHA-256 of exactly
+those: an unchanged dataset costs one hash. The parts that depend on the run (splits after the
+opt-in group split, the trained head's leak-adjusted test accuracy, warnings) are added when the
+document is written.
 """
 
 from __future__ import annotations

@@ -10,12 +10,7 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import sys
-import tempfile
-from typing import Iterator
 
 import numpy as np
 
@@ -30,7 +25,7 @@ from retrainer.errors import ModelError, UsageError
 from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
 from retrainer.formats.tflite import new_interpreter
 from retrainer.formats.tflite_metadata import read_metadata
-from retrainer.io.host import usable_cpus
+from retrainer.io.host import filtered_stderr, usable_cpus
 from retrainer.io.storage import as_path
 
 
@@ -41,26 +36,10 @@ def make_interpreter(model: bytes):
     The runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line on file descriptor 2
     is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
     """
-    with _without_runtime_info():
+    with filtered_stderr(lambda line: not line.startswith("INFO: ")):
         interpreter = new_interpreter(model, usable_cpus())
         interpreter.allocate_tensors()  # applies the XNNPACK delegate
     return interpreter
-
-
-@contextlib.contextmanager
-def _without_runtime_info() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
 
 
 class TFLiteModel:

@@ -11,12 +11,12 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from typing import Any, Callable, TypeVar
 
 import click
 
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
+from retrainer.io.host import filtered_stderr
 from retrainer.io.storage import as_path, is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -56,22 +56,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if verbose or "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with filtered_stderr(lambda line: False, keep_all_on_error=True):
+        import tensorflow as tf  # here, not at the top: --help must not load it
 
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved_fd, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
+        tf.config.list_physical_devices()
 
 
 def configure_logging(verbosity: str) -> None:

@@ -53,12 +53,6 @@ class ImageCollection:
     images: tuple[ImageFile, ...]
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
 
-    def in_split(self, split: str) -> list[ImageFile]:
-        """The images of one split ("training", "validation" or "testing"), in collection order."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
-        return [image for image in self.images if image.split == split]
-
     def counts(self) -> dict[str, dict[str, int]]:
         """{label: {split: number of images}}, every label and split present (zeros included)."""
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}

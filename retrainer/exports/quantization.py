@@ -1,6 +1,6 @@
 """How a `.tflite` export is quantized: one small frozen object, passed down (as Model Maker's).
 
-`QuantizationConfig.for_int8()` etc. name the four modes of `--tflite_quantization`; the converter
+`QuantizationConfig(mode)` for each mode of `--tflite_quantization`; the converter
 (`retrainer.exports.tflite`) reads only this object, never flags.
 """
 
@@ -14,7 +14,7 @@ from retrainer.errors import DataError
 
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
-# Chosen by measurement (docs/exports.md, scripts/measure_int8_calibration.py): on Fashion-MNIST
+# Chosen by measurement (docs/exports.md, scripts/measure_exports.py): on Fashion-MNIST
 # with EfficientNet-Lite0, accuracy stopped changing beyond ~100 images while conversion time grows
 # linearly with the sample.
 DEFAULT_CALIBRATION_IMAGES = 100
@@ -43,26 +43,6 @@ class QuantizationConfig:
                 f"calibration_images must be at least {MIN_CALIBRATION_IMAGES}. "
                 f"Received: calibration_images={self.calibration_images}"
             )
-
-    @classmethod
-    def none(cls) -> "QuantizationConfig":
-        return cls(NONE)
-
-    @classmethod
-    def for_dynamic(cls) -> "QuantizationConfig":
-        return cls(DYNAMIC)
-
-    @classmethod
-    def for_float16(cls) -> "QuantizationConfig":
-        return cls(FLOAT16)
-
-    @classmethod
-    def for_int8(cls, calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> "QuantizationConfig":
-        return cls(INT8, calibration_images)
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.mode == INT8
 
 
 def tflite_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:

@@ -264,7 +264,7 @@ class HubModuleExtractor(FeatureExtractor):
 
     def _find_entry_point(self, name: str) -> tf.TensorSpec:
         """Prefer the module's `__call__` (TF2 reusable SavedModel), else an image signature."""
-        call = getattr(self.module, "__call__", None)
+        call = getattr(self.module, "__call__", None)  # noqa: B004 (the attribute itself)
         if isinstance(call, tf.types.experimental.PolymorphicFunction):
             for concrete in call.concrete_functions:
                 args = concrete.structured_input_signature[0]

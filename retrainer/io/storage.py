@@ -118,9 +118,6 @@ class RemotePath(os.PathLike):
     def with_name(self, name: str) -> "RemotePath":
         return self.parent / name
 
-    def with_suffix(self, suffix: str) -> "RemotePath":
-        return self.parent / f"{self.stem}{suffix}"
-
     def exists(self) -> bool:
         with remote_errors(self.url):
             return _gfile().exists(self.url) and self._not_a_ram_prefix()

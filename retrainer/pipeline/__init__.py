@@ -220,8 +220,8 @@ def _outputs(config: RetrainConfig, exported: Exported, audited: bool,
              trained_outputs: bool) -> dict[str, Any]:
     """{output name: path} of everything the run wrote, in the order the summary lists them."""
     written = dict(exported.outputs)
-    outputs = {name: written.pop(name) for name in ("output_graph", "output_graph_metadata",
-                                                    "output_labels") if name in written}
+    outputs: dict[str, Any] = {name: written.pop(name) for name in (
+        "output_graph", "output_graph_metadata", "output_labels") if name in written}
     if trained_outputs:  # held back (and then discarded) when a gate failed
         outputs.update(summaries_dir=config.training.summaries_dir,
                        checkpoint_path=config.training.checkpoint_path)
