@@ -106,7 +106,7 @@ def near_pairs(
     Returns:
         NearPair list between the first images of each digest, first < second.
     """
-    first_of = {}
+    first_of: dict[str, int] = {}
     for position, digest in enumerate(digests):
         first_of.setdefault(digest, position)
     keep = np.array(sorted(first_of.values()), np.int64)

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
@@ -27,6 +26,7 @@ from retrainer.audit.signatures import SignatureCache
 from retrainer.cache.layout import audit_findings_path
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import AnyPath
 
 if TYPE_CHECKING:
     from retrainer.cache.bottlenecks import Bottlenecks
@@ -70,7 +70,7 @@ class Findings:
 
 
 def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
-                  bottleneck_dir: Path, seed: int) -> tuple[Findings, bool]:
+                  bottleneck_dir: AnyPath, seed: int) -> tuple[Findings, bool]:
     """Run every detector on the decodable images (or read their cached findings).
 
     Returns:
@@ -233,7 +233,7 @@ class DatasetAudit:
 
 def _test_images_with_training_copy(images: Sequence[ImageFile], findings: Findings) -> set[int]:
     groups = list(findings.exact) + [group for group, _ in findings.near]
-    leaked = set()
+    leaked: set[int] = set()
     for group in groups:
         if any(images[p].split == TRAINING for p in group):
             leaked.update(p for p in group if images[p].split == TESTING)

@@ -15,7 +15,6 @@ import logging
 import os
 import zipfile
 from collections import defaultdict
-from pathlib import Path
 from typing import Optional, Sequence
 
 import imagehash
@@ -27,7 +26,7 @@ from retrainer.audit.neighbours import unit_rows
 from retrainer.cache.layout import audit_signatures_folder
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.io.atomic import write_bytes_atomically
-from retrainer.io.storage import open_for_reading
+from retrainer.io.storage import AnyPath, open_for_reading
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class SignatureCache:
         self.directory = audit_signatures_folder(bottleneck_dir)
 
     def signatures(
-        self, paths: Sequence[Path], digests: Sequence[str]
+        self, paths: Sequence[AnyPath], digests: Sequence[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Signatures of `paths` (whose file digests are `digests`), decoding only uncached ones.
 
@@ -67,7 +66,7 @@ class SignatureCache:
                 self._store(shard, known)
         return thumbnails, hashes
 
-    def _shard_path(self, shard: str) -> Path:
+    def _shard_path(self, shard: str) -> AnyPath:
         return self.directory / f"{shard}.npz"
 
     def _load(self, shard: str) -> dict[str, tuple[np.ndarray, np.uint64]]:
@@ -97,7 +96,7 @@ class SignatureCache:
         write_bytes_atomically(self._shard_path(shard), buffer.getvalue())
 
 
-def _signature(path: Path) -> tuple[np.ndarray, np.uint64]:
+def _signature(path: AnyPath) -> tuple[np.ndarray, np.uint64]:
     try:
         pixels = load_image(path, DECODE_SIZE)
     except UnreadableImageError as error:
@@ -168,9 +167,9 @@ def integer_alignment(first: np.ndarray, second: np.ndarray,
             spread = np.sqrt(np.maximum(power - total * total / (side * side), 0.0))
             dots = np.einsum("pij,pij->p", target, second[:, rows, margin - dx:size - margin - dx])
             scores.append(dots / np.maximum(spread, 1e-6))
-    scores = np.stack(scores)
-    best = scores.argmax(axis=0)
-    return scores.max(axis=0), best // 3 - 1, best % 3 - 1, scores[4]
+    stacked = np.stack(scores)
+    best = stacked.argmax(axis=0)
+    return stacked.max(axis=0), best // 3 - 1, best % 3 - 1, stacked[4]
 
 
 def shifted_by_whole_pixels(thumbnails: np.ndarray, rows: np.ndarray,

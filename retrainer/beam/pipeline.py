@@ -199,11 +199,11 @@ class _HashAndDecode(beam.DoFn):
 
     def __init__(self, image_dir: str, input_size: tuple[int, int]) -> None:
         self.image_dir = image_dir.rstrip("/")
-        self.input_size = tuple(input_size)
+        self.input_size = input_size
         self.unreadable_count = beam.metrics.Metrics.counter("retrain_extract", "unreadable")
         self.cached_count = beam.metrics.Metrics.counter("retrain_extract", "already_cached")
 
-    def process(self, readable_file, cached) -> Iterator[Any]:
+    def process(self, readable_file: Any, cached: Any) -> Iterator[Any]:
         path = readable_file.metadata.path
         if not is_image_relpath(path[len(self.image_dir) + 1:]):
             return

@@ -136,7 +136,7 @@ def compute_bottlenecks(
 
 
 def _computed(
-    paths: list,
+    paths: Sequence[os.PathLike[str] | str],
     digests: list[str],
     contents: list[Optional[bytes]],
     engine: Engine,
@@ -153,14 +153,15 @@ def _computed(
     Yields:
         (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
     """
-    writes: list[Future] = []
+    writes: list[Future[None]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
         for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
                                      contents):
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
-            batch_vectors = None if all(batch.reasons) else engine(batch.images)
+            batch_vectors = (np.zeros((len(batch.reasons), engine.spec.vector_size), np.float32)
+                             if all(batch.reasons) else engine(batch.images))
             entries = []
             for row, reason in enumerate(batch.reasons):
                 index = batch.start + row

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import io
 import logging
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -81,7 +82,7 @@ class BottleneckCache:
         """Write entries together: in a local folder, one pack linked under each entry's name."""
         linked = 0
         if len(entries) > 1 and not is_url(self.directory):
-            linked = write_linked_atomically([self.path(key) for key, _ in entries],
+            linked = write_linked_atomically([Path(self.path(key)) for key, _ in entries],
                                              pack_bytes(entries))
         for key, vector in entries[linked:]:  # remote, alone, or no hard links here
             self.store(key, vector)

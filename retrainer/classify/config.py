@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, TypeVar
 
 from retrainer.errors import UsageError
 from retrainer.formats.graph_contract import OUTPUT_OP
+from retrainer.io.storage import AnyPath
 
+T = TypeVar("T")
 DEFAULT_OUTPUT_LAYER = OUTPUT_OP
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
@@ -33,7 +35,7 @@ class ClassifyConfig:
         batch_size: images per model run.
     """
 
-    graph: Path
+    graph: AnyPath
     labels: Optional[Path] = None
     input_layer: Optional[str] = None
     output_layer: Optional[str] = None
@@ -71,7 +73,7 @@ class ModelSpec:
     labels: tuple[str, ...]
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
+def read_labels(path: AnyPath) -> tuple[str, ...]:
     """Labels file -> labels in class-index order (one per line, trailing blank lines ignored).
 
     Raises:
@@ -103,5 +105,12 @@ def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: 
             )
 
 
-def first_set(*values):
+def first_set(*values: Optional[T]) -> Optional[T]:
+    """The first value that is not None (a flag, else the metadata, else the graph's), or None."""
     return next((value for value in values if value is not None), None)
+
+
+def flag_or(default: T, *values: Optional[T]) -> T:
+    """The first of `values` that is not None (a flag, else the metadata), else `default`."""
+    found = first_set(*values)
+    return default if found is None else found

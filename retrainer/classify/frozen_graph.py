@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     first_set,
+    flag_or,
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
@@ -33,6 +33,7 @@ from retrainer.formats.graph_contract import (
     METADATA_SUFFIX,
     metadata_path,
 )
+from retrainer.io.storage import AnyPath
 
 
 class FrozenGraphModel:
@@ -55,8 +56,8 @@ class FrozenGraphModel:
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
             input_size=_input_size(config, sidecar, self._input),
-            input_mean=first_set(config.input_mean, sidecar.get("input_mean"), INPUT_MEAN),
-            input_std=first_set(config.input_std, sidecar.get("input_std"), INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, sidecar.get("input_mean")),
+            input_std=flag_or(INPUT_STD, config.input_std, sidecar.get("input_std")),
             labels=labels,
         )
         self.classes = self._output.shape[-1]
@@ -71,7 +72,7 @@ class FrozenGraphModel:
         self._session.close()
 
 
-def read_sidecar(graph: Path, graph_sha256: str) -> dict[str, Any]:
+def read_sidecar(graph: AnyPath, graph_sha256: str) -> dict[str, Any]:
     """The export's `<graph>.meta.json` as a dict, or {} when there is none.
 
     Args:

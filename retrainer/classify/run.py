@@ -43,8 +43,11 @@ class Model(Protocol):
 
     kind: str
     spec: ModelSpec
-    classes: Optional[int]  # output width when known before running
     labels_source: str
+
+    @property
+    def classes(self) -> Optional[int]:
+        """The output width when known before running (read-only: any int or None will do)."""
 
     def scores(self, pixels: np.ndarray) -> np.ndarray: ...
 

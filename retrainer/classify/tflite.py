@@ -11,6 +11,7 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 from __future__ import annotations
 
 import struct
+from typing import Any, Optional
 
 import numpy as np
 
@@ -18,18 +19,18 @@ from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
+    flag_or,
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
 from retrainer.formats.tflite import new_interpreter
-from retrainer.formats.tflite_metadata import read_metadata
+from retrainer.formats.tflite_metadata import ModelDescription, read_metadata
 from retrainer.io.host import filtered_stderr, usable_cpus
 from retrainer.io.storage import as_path
 
 
-def make_interpreter(model: bytes):
+def make_interpreter(model: bytes) -> Any:
     """An interpreter for `model`, tensors allocated: LiteRT's when installed, else
     TensorFlow's (deprecated).
 
@@ -71,8 +72,8 @@ class TFLiteModel:
             input_layer=self._input["name"],
             output_layer=self._output["name"],
             input_size=size,
-            input_mean=first_set(config.input_mean, metadata and metadata.mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, metadata and metadata.std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, metadata.mean if metadata else None),
+            input_std=flag_or(INPUT_STD, config.input_std, metadata.std if metadata else None),
             labels=labels,
         )
         self.classes = int(self._output["shape"][-1])
@@ -106,7 +107,8 @@ class TFLiteModel:
         self._interpreter = None
 
 
-def _labels(config: ClassifyConfig, metadata) -> tuple[tuple[str, ...], str]:
+def _labels(config: ClassifyConfig, metadata: Optional[ModelDescription]
+            ) -> tuple[tuple[str, ...], str]:
     """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
     if config.labels is not None:
         return read_labels(config.labels), f"labels file {config.labels}"

@@ -36,7 +36,7 @@ def option(name: str, **kwargs: Any) -> Callable[[F], F]:
     return click.option(*spellings, name, **kwargs)
 
 
-class PathOrUrl(click.ParamType):
+class PathOrUrl(click.ParamType):  # type: ignore[type-arg]
     """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.io.storage`), unmangled
     (`click.Path(path_type=Path)` would turn gs://b into gs:/b)."""
 

@@ -40,7 +40,7 @@ _MAX_UNREADABLE_SHOWN = 20
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 @reports_errors
-def main(context: click.Context, logging_verbosity: str, quiet: bool, as_json: bool,
+def main(context: click.Context, /, logging_verbosity: str, quiet: bool, as_json: bool,
          **options: Any) -> None:
     """Compute the bottleneck vectors of IMAGE_DIR with Apache Beam; `retrain` then reuses them.
 

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import click
 from tqdm import tqdm
@@ -164,7 +164,7 @@ def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> st
     return "\n".join(lines)
 
 
-def _as_json(result: ImageResult) -> dict:
+def _as_json(result: ImageResult) -> dict[str, Any]:
     if result.error is not None:
         return {"path": str(result.path), "error": result.error}
     best = result.predictions[0]
@@ -176,7 +176,8 @@ def _as_json(result: ImageResult) -> dict:
     }
 
 
-def _with_progress(results, total: int, quiet: bool):
+def _with_progress(results: Iterator[ImageResult], total: int, quiet: bool
+                   ) -> Iterable[ImageResult]:
     """A tqdm bar on stderr, only when results go to a file or pipe and stderr is a terminal."""
     if quiet or sys.stdout.isatty() or total <= DEFAULT_BATCH_SIZE:
         return results

@@ -300,7 +300,7 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 
 def _require_two_classes(
-    root: Path,
+    root: AnyPath,
     folders: list[str],
     kept_folders: list[str],
     kept_relpaths: list[list[str]],

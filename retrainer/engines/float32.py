@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
@@ -12,7 +14,7 @@ from retrainer.extractors import FeatureExtractor
 BATCH_SIZE = 32
 
 
-def feature_function(extractor: FeatureExtractor):
+def feature_function(extractor: FeatureExtractor) -> Any:
     """The extractor as one traced function from uint8 pixels.
 
     Returns:
@@ -28,7 +30,8 @@ def feature_function(extractor: FeatureExtractor):
     return features
 
 
-def placed_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]):
+def placed_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]
+                            ) -> tuple[Any, tuple[str, ...], int]:
     """`feature_function`, or with `devices` its batches split across them (`multi_device`).
 
     Returns:

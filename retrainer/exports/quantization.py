@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Sequence
 
 from retrainer.errors import DataError
+from retrainer.io.storage import AnyPath
 
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
@@ -45,7 +45,7 @@ class QuantizationConfig:
             )
 
 
-def tflite_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
+def tflite_paths(path: AnyPath, modes: Sequence[str]) -> dict[str, AnyPath]:
     """Where each mode's `.tflite` goes: `path` itself for one mode; for several,
     `<stem>_<mode><suffix>` beside it (model.tflite -> model_int8.tflite)."""
     if len(modes) == 1:

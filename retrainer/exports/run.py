@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -25,6 +24,7 @@ from retrainer.exports.saved_model import write_saved_model
 from retrainer.exports.tflite import write_tflite_files
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import AnyPath
 from retrainer.training.head import SoftmaxHead
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,13 @@ class Exporter:
     """Writes one run's exports (see the module docstring)."""
 
     def __init__(self, options: ExportOptions, extractor: FeatureExtractor,
-                 labels: tuple[str, ...], intermediate_dir: Path) -> None:
+                 labels: tuple[str, ...], intermediate_dir: AnyPath) -> None:
         """`intermediate_dir`: the options' folder, or a staging folder (quality gates)."""
         self.options = options
         self.extractor = extractor
         self.labels = labels
         self.intermediate_dir = intermediate_dir
-        self.intermediate_graphs: list[Path] = []
+        self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
 
     def _graph_exporter(self, head: SoftmaxHead) -> GraphExporter:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from retrainer.classify.config import ClassifyConfig
 from retrainer.classify.run import open_model
 from retrainer.errors import ModelError
-from retrainer.io.storage import tree_size
+from retrainer.io.storage import AnyPath, tree_size
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ class ArtifactReport:
     """
 
     artifact: str
-    path: Path
+    path: AnyPath
     size_bytes: int
     accuracy: float
     change_points: float
@@ -54,7 +53,7 @@ class ArtifactReport:
 
 
 def export_report(
-    artifacts: Sequence[tuple[str, Path]], pixels: np.ndarray, labels: np.ndarray
+    artifacts: Sequence[tuple[str, AnyPath]], pixels: np.ndarray, labels: np.ndarray
 ) -> list[ArtifactReport]:
     """Run every artifact on the test pixels and compare each with the first (the frozen graph).
 
@@ -67,7 +66,7 @@ def export_report(
         One ArtifactReport per artifact, in order.
     """
     reference = None
-    reports = []
+    reports: list[ArtifactReport] = []
     for name, path in artifacts:
         probabilities = _run(path, pixels)
         if reference is None:
@@ -86,7 +85,7 @@ def export_report(
     return reports
 
 
-def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
+def _run(path: AnyPath, pixels: np.ndarray) -> np.ndarray:
     model = open_model(ClassifyConfig(graph=path))
     size = tuple(pixels.shape[1:3])
     if model.spec.input_size != size:

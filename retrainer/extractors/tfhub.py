@@ -19,7 +19,7 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import tensorflow as tf
 
@@ -176,7 +176,7 @@ def fingerprint_directory(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_module(module_dir: Path, name: str):
+def load_module(module_dir: Path, name: str) -> Any:
     """`hub.load` without the hub import: TF1 Hub modules load with the empty tag set.
 
     Raises:
@@ -188,7 +188,7 @@ def load_module(module_dir: Path, name: str):
             f"{name!r} is not a model directory: expected a TF2 SavedModel or TF1 Hub module "
             f"(saved_model.pb), found {sorted(p.name for p in module_dir.iterdir())[:10]}"
         )
-    tags = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
+    tags: Optional[list[str]] = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
     try:
         return tf.saved_model.load(str(module_dir), tags=tags)
     except Exception as error:  # TensorFlow raises many types for corrupt or foreign models
@@ -305,7 +305,7 @@ class HubModuleExtractor(FeatureExtractor):
         return int(features.shape[1])
 
 
-def _is_image_spec(spec) -> bool:
+def _is_image_spec(spec: Any) -> bool:
     return (
         isinstance(spec, tf.TensorSpec)
         and spec.dtype == tf.float32

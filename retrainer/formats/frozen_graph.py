@@ -7,13 +7,13 @@ says what the user likely meant: label_image.py users kept guessing op names (te
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
 from retrainer.errors import ModelError, UsageError
+from retrainer.io.storage import AnyPath
 
 _MAX_CANDIDATES = 6
 
@@ -24,7 +24,7 @@ class FrozenGraph(NamedTuple):
     output: tf.Tensor  # [N, C] scores
 
 
-def read_graph_file(path: Path) -> bytes:
+def read_graph_file(path: AnyPath) -> bytes:
     """The bytes of the .pb at `path`, read once (its hash and its parse must see the same bytes).
 
     Raises:
@@ -41,7 +41,7 @@ def read_graph_file(path: Path) -> bytes:
         ) from None
 
 
-def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: str) -> FrozenGraph:
+def load_frozen_graph(path: AnyPath, data: bytes, input_layer: str, output_layer: str) -> FrozenGraph:
     """Import a frozen GraphDef into a new tf.Graph and find its input and output tensors.
 
     Args:
@@ -68,7 +68,7 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     return frozen
 
 
-def _parse_graph_def(path: Path, data: bytes):
+def _parse_graph_def(path: AnyPath, data: bytes) -> Any:
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)
@@ -83,7 +83,7 @@ def _parse_graph_def(path: Path, data: bytes):
     )
 
 
-def _require_op(graph_def, name: str, role: str, graph_path: Path) -> None:
+def _require_op(graph_def: Any, name: str, role: str, graph_path: AnyPath) -> None:
     """ModelError unless op `name` ("op" or "op:0") exists, listing what the user likely meant."""
     op_name = name.split(":")[0]
     names = [node.name for node in graph_def.node]
@@ -103,7 +103,7 @@ def _require_op(graph_def, name: str, role: str, graph_path: Path) -> None:
     )
 
 
-def _likely_outputs(graph_def) -> list[str]:
+def _likely_outputs(graph_def: Any) -> list[str]:
     """Identity ops passing a Softmax on (like final_result), Softmax ops, then ops nothing consumes."""
     consumers: dict[str, list[str]] = {}
     for node in graph_def.node:
@@ -128,7 +128,7 @@ def _tensor_name(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
 
-def _check_input(tensor: tf.Tensor, graph_path: Path) -> None:
+def _check_input(tensor: tf.Tensor, graph_path: AnyPath) -> None:
     shape = tensor.shape
     image_like = shape.rank is None or (shape.rank == 4 and shape[-1] in (None, 3))
     if tensor.dtype.name != "float32" or not image_like:
@@ -138,7 +138,7 @@ def _check_input(tensor: tf.Tensor, graph_path: Path) -> None:
         )
 
 
-def _check_output(tensor: tf.Tensor, graph_path: Path) -> None:
+def _check_output(tensor: tf.Tensor, graph_path: AnyPath) -> None:
     if tensor.shape.rank not in (None, 2):
         raise ModelError(
             f"output {tensor.name} of graph {graph_path} has shape {tensor.shape}, expected "

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import zipfile
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flatbuffers
 import numpy as np
@@ -270,7 +270,7 @@ def _float_vector(table: Table, slot: int) -> list[float]:
     return table.GetVectorAsNumpy(flatbuffers.number_types.Float32Flags, position).tolist()
 
 
-def _scalar(table: Table, slot: int, flags) -> int:
+def _scalar(table: Table, slot: int, flags: Any) -> int:
     position = _field_position(table, slot)
     return table.Get(flags, table.Pos + position) if position else 0
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import tempfile
-from pathlib import Path
 
 from retrainer.cache.options import ExtractionOptions
 from retrainer.config import RetrainConfig
@@ -127,7 +126,7 @@ def remove_stale_export_temporaries(options: ExportOptions) -> None:
             log.info("Removed %s, left by an interrupted run.", leftover)
 
 
-def _check_saved_model_dir(path: Path) -> None:
+def _check_saved_model_dir(path: AnyPath) -> None:
     """Only a SavedModel (or nothing) may be replaced: never delete a user's unrelated folder."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"--saved_model_dir {path} is a file; expected a folder path.")

@@ -6,7 +6,6 @@ Free of TensorFlow, so that the config (and `retrain --help`) can build it.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Optional
 
 from retrainer.errors import UsageError, require
@@ -40,9 +39,9 @@ class ReportOptions:
         return self.assert_accuracy_at_least is not None or self.assert_recall_at_least is not None
 
     @property
-    def paths(self) -> dict[str, Path]:
+    def paths(self) -> dict[str, AnyPath]:
         """{output name: path} of the report files a run writes (the PNGs go next to the HTML)."""
-        paths = {}
+        paths: dict[str, AnyPath] = {}
         if self.metrics_file is not None:
             paths["metrics_file"] = self.metrics_file
         if self.report_html is not None:

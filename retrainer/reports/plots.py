@@ -78,5 +78,5 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) 
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
-    FigureCanvasAgg(figure).print_png(buffer)
+    FigureCanvasAgg(figure).print_png(buffer)  # type: ignore[no-untyped-call]
     return buffer.getvalue()

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import tensorflow as tf
 
 from retrainer.data.split import TESTING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import AnyPath
 from retrainer.reports.html import Section, render_page
 from retrainer.reports.options import ReportOptions
 from retrainer.reports.plots import confusion_matrix_png, training_curves_png
@@ -63,7 +63,7 @@ def write_reports(result: Any, options: ReportOptions,
         log.info("Wrote the metrics %s", metrics_file)
 
 
-def _write_image_summary(folder: Path, png: bytes, step: int) -> None:
+def _write_image_summary(folder: AnyPath, png: bytes, step: int) -> None:
     """The PNG as a TensorBoard image; the folder's previous event files are replaced."""
     if folder.name == "test":  # training replaces the train/ and validation/ event files itself
         for old_events in folder.glob("events.out.tfevents.*"):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer.io.storage import as_path
+from retrainer.io.storage import AnyPath, as_path
 from retrainer.training._sampling import (
     DROPOUT_STREAM,
     INIT_STREAM,
@@ -69,8 +68,8 @@ class TrainingConfig:
     validation_batch_size: int
     eval_step_interval: int
     seed: int
-    summaries_dir: Optional[Path] = None
-    checkpoint_path: Optional[Path] = None
+    summaries_dir: Optional[AnyPath] = None
+    checkpoint_path: Optional[AnyPath] = None
     regularization: Regularization = Regularization()
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = no early stopping
 
@@ -220,7 +219,7 @@ class _TrainingLoop:
             writer.close()
 
 
-def _fresh_writer(folder: Path) -> tf.summary.SummaryWriter:
+def _fresh_writer(folder: AnyPath) -> tf.summary.SummaryWriter:
     """A writer replacing the previous run's event files (retrain.py emptied summaries_dir)."""
     for old_events in folder.glob("events.out.tfevents.*"):
         old_events.unlink()

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -45,7 +45,7 @@ def early_stopping_patience_of(options: TrainingOptions) -> int:
     return options.early_stopping_patience if options.early_stopping else 0
 
 
-def training_features(options: TrainingOptions, extractor: FeatureExtractor, images: Sequence,
+def training_features(options: TrainingOptions, extractor: FeatureExtractor, images: Sequence[Any],
                       plain: FeatureSet) -> tuple[FeatureSet, Optional[dict[str, Any]]]:
     """The head's training rows: the plain vectors, or with distortions V variants per image.
 
@@ -74,7 +74,7 @@ def training_features(options: TrainingOptions, extractor: FeatureExtractor, ima
 
 
 def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: SoftmaxHead,
-                       images: dict[str, Sequence], features: dict[str, FeatureSet],
+                       images: Mapping[str, Sequence[Any]], features: dict[str, FeatureSet],
                        ) -> tuple[Optional[FineTuneResult], FeatureSet]:
     """With --do_fine_tuning: fine-tune, then recompute the test vectors with the tuned extractor.
 
