@@ -4,15 +4,14 @@
     training (distorted vectors, the head, fine-tuning) -> evaluation -> exports -> the result
     document -> reports (and the quality gates' verdict)
 
-Each stage takes its typed view of the configuration (`config.extraction`, `config.audit`,
-`config.exports`, `config.reports`). This module imports TensorFlow: the CLI imports it only
+Each stage takes its typed view of the configuration (`config.training`, `config.extraction`,
+`config.audit`, `config.exports`, `config.reports`). This module imports TensorFlow: the CLI imports it only
 when a run starts, so `retrain --help` stays instant.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any, Optional
 
 import numpy as np
@@ -45,8 +44,6 @@ from retrainer.training.image_modes import (
     training_features,
 )
 from retrainer.training.options import TrainingOptions
-
-log = logging.getLogger(__name__)
 
 
 def run(config: RetrainConfig) -> RetrainResult:
