@@ -92,6 +92,7 @@ class RetrainConfig:
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
     extraction_devices: str = AUTO_DEVICES  # "GPU:0,GPU:1": batches split across them

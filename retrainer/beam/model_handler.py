@@ -30,20 +30,23 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedEx
         tfhub_module: what `retrain --tfhub_module` takes (built-in name, hub handle, local path).
         image_size: `retrain --image_size`, or None for the module's own.
         max_batch_size: images per extractor call (the batch split across local devices).
+        trust_model: load the module without checking it (each worker checks it otherwise).
     """
 
-    def __init__(self, tfhub_module: str, image_size: Optional[int], max_batch_size: int) -> None:
+    def __init__(self, tfhub_module: str, image_size: Optional[int], max_batch_size: int,
+                 trust_model: bool = False) -> None:
         # Fixed-size batches, as the single-machine path makes: BatchElements' adaptive sizes start
         # at 1 and stay small on short bundles, which costs throughput for no gain.
         super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size)
         self.tfhub_module = tfhub_module
         self.image_size = image_size
+        self.trust_model = trust_model
 
     def load_model(self) -> LoadedExtractor:
         from retrainer.bottlenecks import feature_function
         from retrainer.extractors import create_extractor
 
-        extractor = create_extractor(self.tfhub_module, self.image_size)
+        extractor = create_extractor(self.tfhub_module, self.image_size, self.trust_model)
         return LoadedExtractor(extractor, feature_function(extractor))
 
     def run_inference(

@@ -63,6 +63,7 @@ class ExtractConfig:
     tfhub_module: str = DEFAULT_EXTRACTOR
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -110,6 +111,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
 
     Raises:
         UsageError: --image_dir is not a folder; unknown extractor.
+        UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
     from retrainer.extractors import create_extractor
@@ -122,7 +124,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         raise UsageError(f"Image directory {config.image_dir!r} does not exist or is empty; pass "
                          "--image_dir a folder with one sub-folder of images per class.")
     # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
-    spec = create_extractor(config.tfhub_module, config.image_size).spec
+    spec = create_extractor(config.tfhub_module, config.image_size, config.trust_model).spec
     cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
@@ -167,7 +169,8 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
         .with_outputs(UNREADABLE, CACHED, main="pixels")
     )
     handler = KeyedModelHandler(
-        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size)
+        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size,
+                               config.trust_model)
     )
     vectors = decoded.pixels | "Extract" >> RunInference(handler)
     shard_paths = (

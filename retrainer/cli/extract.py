@@ -36,6 +36,9 @@ _MAX_UNREADABLE_SHOWN = 20
               help="Input size for extractors that accept several (default: the module's own).")
 @click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(min=1),
               help="Most images per extractor call on a worker (default: retrain's, 32).")
+@click.option("--trust_model", "--trust-model", "trust_model", is_flag=True,
+              help="Load --tfhub_module without checking its ops first: only for a module you "
+                   "trust (docs/security.md).")
 @click.option("--logging_verbosity", "--logging-verbosity", "logging_verbosity",
               type=click.Choice(_VERBOSITIES, case_sensitive=False), default="INFO",
               show_default=True, help="How much to log on stderr.")

@@ -1,0 +1,122 @@
+"""Hostile model files that keep the classifier contract (owned by `retrainer.security`'s tests).
+
+Each runs like a classifier -- `Placeholder` float32 [N, 224, 224, 3] -> `final_result` [N, 2] (or
+a feature-vector module's [N, 32, 32, 3] -> [N, 8]) -- and, when run, writes `target` as a side
+effect. With the check off they really do write it: the tests show both halves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tests.fixtures_hub import module_kernel
+
+TWO_LABELS = ("cat", "dog")
+SIZE = 224
+
+
+def _scores(images: tf.Tensor) -> tf.Tensor:
+    """[N, H, W, 3] -> softmax [N, 2] from the mean colour: a working classifier."""
+    weights = tf.constant(np.array([[1.0, -1.0], [0.5, 0.5], [-1.0, 1.0]], np.float32))
+    return tf.nn.softmax(tf.matmul(tf.reduce_mean(images, axis=[1, 2]), weights))
+
+
+def write_side_effect(target: Path, style: str) -> tf.Operation:
+    """The op that writes `target`: "write_file" (WriteFile) or "print_v2" (PrintV2 to file://)."""
+    if style == "write_file":
+        return tf.io.write_file(str(target), "written by the model")
+    if style == "print_v2":
+        return tf.raw_ops.PrintV2(input=tf.constant("written by the model"),
+                                  output_stream=f"file://{target}")
+    raise ValueError(f"unknown style {style!r}")
+
+
+def hostile_frozen_graph(path: Path, target: Path, style: str = "write_file") -> Path:
+    """A frozen .pb whose `final_result` has a control dependency on writing `target`.
+
+    Also writes `output_labels.txt` beside it, as retrain does.
+    """
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, SIZE, SIZE, 3], name="Placeholder")
+        with tf.control_dependencies([write_side_effect(target, style)]):
+            tf.identity(_scores(images), name="final_result")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+    (path.parent / "output_labels.txt").write_text("".join(f"{label}\n" for label in TWO_LABELS))
+    return path
+
+
+def hostile_saved_model(folder: Path, target: Path) -> Path:
+    """A SavedModel whose `serving_default` (images -> probabilities) writes `target`."""
+    module = tf.Module()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, "images")])
+    def serve(images):
+        with tf.control_dependencies([write_side_effect(target, "write_file")]):
+            return {"probabilities": tf.identity(_scores(images))}
+
+    tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
+    (folder / "assets").mkdir(exist_ok=True)
+    (folder / "assets" / "labels.txt").write_text("".join(f"{l}\n" for l in TWO_LABELS))
+    return folder
+
+
+class _FeatureModule(tf.Module):
+    def __init__(self, kernel: np.ndarray, target: Path) -> None:
+        super().__init__()
+        self.kernel = tf.Variable(kernel[np.newaxis, np.newaxis], name="kernel")
+        self.target = str(target)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32, "images")])
+    def __call__(self, images):
+        with tf.control_dependencies([tf.io.write_file(self.target, "written by the module")]):
+            return tf.reduce_mean(tf.nn.conv2d(images, self.kernel, 1, "SAME"), axis=[1, 2])
+
+
+def hostile_tf2_module(folder: Path, target: Path) -> Path:
+    """A TF2 feature-vector module (32x32 -> 8, as tests.fixtures_hub's) whose `__call__` writes."""
+    tf.saved_model.save(_FeatureModule(module_kernel(), target), str(folder))
+    return folder
+
+
+def hostile_tflite(path: Path, target: Path) -> Path:
+    """A .tflite whose graph writes `target` through a Flex op (FlexWriteFile: TensorFlow's kernel,
+    run by interpreters built with the Flex delegate)."""
+
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, "images")])
+    def model(images):
+        with tf.control_dependencies([tf.io.write_file(str(target), "written by the model")]):
+            return {"probabilities": tf.identity(_scores(images))}
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()],
+                                                                model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                           tf.lite.OpsSet.SELECT_TF_OPS]
+    path.write_bytes(converter.convert())
+    (path.parent / "output_labels.txt").write_text("".join(f"{l}\n" for l in TWO_LABELS))
+    return path
+
+
+def edited_tflite(source: bytes, path: Path, edit) -> Path:
+    """`source` with `edit(model)` applied to its object tree (TFLite's schema classes)."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model_from_bytearray(bytearray(source))
+    edit(model)
+    path.write_bytes(bytes(flatbuffer_utils.convert_object_to_bytearray(model)))
+    return path
+
+
+def plain_tflite() -> bytes:
+    """A small honest .tflite: the two-class classifier above, built-in ops only."""
+
+    @tf.function(input_signature=[tf.TensorSpec([1, SIZE, SIZE, 3], tf.float32, "images")])
+    def model(images):
+        return {"probabilities": _scores(images)}
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()],
+                                                           model).convert()
