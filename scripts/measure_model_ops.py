@@ -116,12 +116,15 @@ def _test_modules(scratch: Path) -> dict[str, set[str]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from retrainer.security import model_ops
     from tests.fixtures_hub import module_kernel, save_tf1_hub_module, save_tf2_module
+    from tests.fixtures_security import save_tf1_slim_style_module
 
     measured: dict[str, set[str]] = {}
     for style in ("call", "call_training", "signature", "feature_map", "not_image"):
         path = save_tf2_module(scratch / f"tf2_{style}", module_kernel(), style=style)
         measured.setdefault("TF2 modules", set()).update(model_ops(path))
     measured["TF1 Hub module"] = set(model_ops(save_tf1_hub_module(scratch / "tf1", module_kernel())))
+    measured["TF1 Hub module, TF-Slim style"] = set(
+        model_ops(save_tf1_slim_style_module(scratch / "tf1_slim")))
     return measured
 
 

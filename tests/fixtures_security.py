@@ -120,3 +120,59 @@ def plain_tflite() -> bytes:
 
     return tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()],
                                                            model).convert()
+
+
+def save_tf1_slim_style_module(path: Path, size: int = 32, vector_size: int = 8) -> Path:
+    """A TF1 Hub-format feature-vector module built the way TF1-era image modules were (TF-Slim):
+    reference variables (`VariableV2`), batch norm under a `tf.cond` on an `is_training` input
+    (`Switch`/`Merge`), `FusedBatchNorm`, depthwise and pointwise convolutions, `Relu6`, pooling.
+
+    Signatures `image_feature_vector` and `default` (input "images" [N, size, size, 3] in [0, 1],
+    output "default" [N, vector_size]), under the empty tag set, plus the `tfhub_module.pb` marker.
+    """
+    from tests.fixtures_hub import TF1_HUB_MARKER
+
+    rng = np.random.default_rng(0)
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="images")
+        is_training = tf.compat.v1.placeholder_with_default(False, [], name="is_training")
+
+        def variable(name: str, value: np.ndarray) -> tf.Variable:
+            return tf.compat.v1.Variable(value.astype(np.float32), name=name, use_resource=False)
+
+        scaled = tf.compat.v1.image.resize_bilinear(images * 2.0 - 1.0, [size, size])
+        depthwise = variable("depthwise", rng.normal(size=(3, 3, 3, 1)))
+        net = tf.nn.depthwise_conv2d(scaled, depthwise, [1, 1, 1, 1], "SAME")
+        scale, offset = variable("gamma", np.ones(3)), variable("beta", np.zeros(3))
+        mean, var = variable("moving_mean", np.zeros(3)), variable("moving_variance", np.ones(3))
+
+        def batch_norm(training: bool):
+            def normalize():
+                return tf.raw_ops.FusedBatchNorm(x=net, scale=scale, offset=offset, mean=mean,
+                                                 variance=var, is_training=training)[0]
+            return normalize
+
+        tf.compat.v1.disable_control_flow_v2()  # TF1's Switch/Merge, as TF1-era exporters wrote
+        try:
+            net = tf.compat.v1.cond(is_training, batch_norm(True), batch_norm(False))
+        finally:
+            tf.compat.v1.enable_control_flow_v2()
+        pointwise = variable("pointwise", rng.normal(size=(1, 1, 3, vector_size)))
+        net = tf.nn.relu6(tf.nn.conv2d(net, pointwise, 1, "SAME"))
+        net = tf.concat([tf.nn.max_pool2d(net, 2, 2, "SAME"), tf.nn.avg_pool2d(net, 2, 2, "SAME")],
+                        axis=3)
+        features = tf.squeeze(tf.reduce_mean(net, [1, 2], keepdims=True), [1, 2])
+        features = features[:, :vector_size] + features[:, vector_size:]
+        info = tf.compat.v1.saved_model.utils.build_tensor_info
+        signature = tf.compat.v1.saved_model.signature_def_utils.build_signature_def(
+            inputs={"images": info(images)}, outputs={"default": info(features)})
+        with tf.compat.v1.Session() as session:
+            session.run(tf.compat.v1.global_variables_initializer())
+            builder = tf.compat.v1.saved_model.Builder(str(path))
+            builder.add_meta_graph_and_variables(
+                session, [], signature_def_map={"image_feature_vector": signature,
+                                                "default": signature})
+            builder.save()
+    (path / "tfhub_module.pb").write_bytes(TF1_HUB_MARKER)
+    return path
