@@ -46,6 +46,7 @@ EQUIVALENT_OPS = frozenset({
     "Equal", "Tanh", "Exp", "Log", "Abs", "Pow", "Min", "Elu", "LeakyRelu", "Softplus",
     "ResizeNearestNeighbor", "ResizeBicubic", "DecodeJpeg", "DecodePng", "MirrorPad",
     "ClipByValue", "BatchMatMulV2", "Einsum", "Erf",
+    "TopKV2",  # the novelty output's nearest neighbours (multi-label-era exports)
 })
 
 ALLOWED_OPS: frozenset[str] = MEASURED_OPS | EQUIVALENT_OPS

@@ -50,7 +50,7 @@ def check_tflite(path: AnyPath, data: bytes, budget: Budget) -> None:
             for tensor in _tables(subgraph, _SUBGRAPH_TENSORS):
                 _check_tensor(path, tensor, budget)
     except (IndexError, struct.error, UnicodeDecodeError, ValueError) as error:
-        raise ModelError(f"cannot read TFLite model {path}: truncated or corrupt ({error}); "
+        raise ModelError(f"cannot load TFLite model {path}: truncated or corrupt ({error}); "
                          "export it again (retrain --tflite_output_file)") from None
 
 
