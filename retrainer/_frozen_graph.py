@@ -8,6 +8,7 @@ TensorFlow is imported only when a graph is loaded.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -71,7 +72,7 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     return frozen
 
 
-def parse_graph_def(path: Path, data: bytes):
+def parse_graph_def(path: os.PathLike[str], data: bytes):
     """The GraphDef message in `data`, read from `path`.
 
     Raises:

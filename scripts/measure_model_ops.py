@@ -1,6 +1,6 @@
-"""Measure which TensorFlow ops the models retrainer writes and reads contain (the allowlist's basis).
+"""Measure which TensorFlow ops the models retrainer writes and reads contain (for the allowlist).
 
-Builds, in a temporary folder, with retrainer's own exporters: the frozen graph and the SavedModel of
+Builds, in a temporary folder, with retrainer's own exporters: the frozen graph and SavedModel of
 every built-in extractor and `keras:` backbone (random weights: the same graph as ImageNet
 weights), and the TF2 / TF1 Hub-format module styles the tests build. For each it prints the ops
 that loading and running it would use (`retrainer.security.model_ops`, the walk `check_model`
@@ -75,14 +75,14 @@ def _models(scratch: Path, built_ins, keras) -> Iterator[tuple[str, Callable[[],
 
 
 def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[str]]:
-    """Frozen graph + SavedModel (+ float and int8 .tflite) of `handle` with a fresh 3-class head."""
+    """Frozen graph + SavedModel (+ float and int8 .tflite) of `handle`, a fresh 3-class head."""
     import numpy as np
 
+    from retrainer.errors import UntrustedModelError
     from retrainer.exports.classifier import Classifier
     from retrainer.exports.graph import GraphExporter
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
-    from retrainer.errors import UntrustedModelError
     from retrainer.security import check_model, model_ops
     from retrainer.training.head import SoftmaxHead
 
@@ -122,7 +122,8 @@ def _test_modules(scratch: Path) -> dict[str, set[str]]:
     for style in ("call", "call_training", "signature", "feature_map", "not_image"):
         path = save_tf2_module(scratch / f"tf2_{style}", module_kernel(), style=style)
         measured.setdefault("TF2 modules", set()).update(model_ops(path))
-    measured["TF1 Hub module"] = set(model_ops(save_tf1_hub_module(scratch / "tf1", module_kernel())))
+    tf1 = save_tf1_hub_module(scratch / "tf1", module_kernel())
+    measured["TF1 Hub module"] = set(model_ops(tf1))
     measured["TF1 Hub module, TF-Slim style"] = set(
         model_ops(save_tf1_slim_style_module(scratch / "tf1_slim")))
     return measured

@@ -61,7 +61,7 @@ def hostile_saved_model(folder: Path, target: Path) -> Path:
 
     tf.saved_model.save(module, str(folder), signatures={"serving_default": serve})
     (folder / "assets").mkdir(exist_ok=True)
-    (folder / "assets" / "labels.txt").write_text("".join(f"{l}\n" for l in TWO_LABELS))
+    (folder / "assets" / "labels.txt").write_text("".join(f"{label}\n" for label in TWO_LABELS))
     return folder
 
 
@@ -97,7 +97,7 @@ def hostile_tflite(path: Path, target: Path) -> Path:
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
                                            tf.lite.OpsSet.SELECT_TF_OPS]
     path.write_bytes(converter.convert())
-    (path.parent / "output_labels.txt").write_text("".join(f"{l}\n" for l in TWO_LABELS))
+    (path.parent / "output_labels.txt").write_text("".join(f"{label}\n" for label in TWO_LABELS))
     return path
 
 

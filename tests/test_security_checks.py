@@ -86,7 +86,8 @@ def test_tf1_hub_module_whose_signature_writes_is_refused(tmp_path):
 
 # --- honest models ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("style", ["call", "call_training", "signature", "feature_map", "not_image"])
+@pytest.mark.parametrize("style",
+                         ["call", "call_training", "signature", "feature_map", "not_image"])
 def test_test_suite_tf2_modules_pass(style, tmp_path):
     check_model(save_tf2_module(tmp_path / "module", module_kernel(), style=style))
 
@@ -212,7 +213,8 @@ def test_four_gigabyte_const_is_refused_before_loading(tmp_path):
     message = refusal(path)
 
     assert "Const declares a float32 [32768, 32768] (4.0 GiB)" in message
-    assert f"over the 1.0 GiB limit for one tensor (raise it with {TENSOR_LIMIT_VARIABLE}" in message
+    assert ("over the 1.0 GiB limit for one tensor (raise it with "
+            f"{TENSOR_LIMIT_VARIABLE}") in message
     assert "(node 'huge')" in message
 
 
@@ -345,7 +347,7 @@ def test_truncated_tflite_is_a_model_error(tmp_path):
 
 def _onnx_model(path: Path, *extra_nodes, domains=(("", 17),), initializers=()) -> Path:
     """images [1, 3, 8, 8] -> Conv -> Relu -> GlobalAveragePool -> Flatten -> Softmax, + extras."""
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
     kernel = numpy_helper.from_array(np.ones((2, 3, 1, 1), np.float32), "kernel")

@@ -77,7 +77,8 @@ def check_model(path: Union[str, os.PathLike[str]], kind: Optional[str] = None, 
         check_onnx(path, data, budget)
 
 
-def model_ops(path: Union[str, os.PathLike[str]], signature: Optional[str] = None) -> frozenset[str]:
+def model_ops(path: Union[str, os.PathLike[str]],
+              signature: Optional[str] = None) -> frozenset[str]:
     """The TensorFlow ops a frozen graph or SavedModel would run (what `check_model` checks).
 
     Used to measure the allowlist (scripts/measure_model_ops.py). Refuses nothing but unreadable

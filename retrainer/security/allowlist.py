@@ -2,9 +2,9 @@
 
 Measured, not guessed: the union of the ops found in every model retrainer produces or reads here
 (`scripts/measure_model_ops.py` lists them per model; docs/security.md has the table), plus the
-same families' other spellings (TF1 and TF2 forms of one operation). None of these ops touches files,
-the network, other processes or Python: they compute tensors from tensors and from the model's own
-variables. Anything else -- `WriteFile`, `PrintV2`, `ReadFile`, `PyFunc`, dataset readers, summary
+same families' other spellings (TF1 and TF2 forms of one operation). None of these ops touches
+files, the network, other processes or Python: they compute tensors from tensors and from the
+model's own variables. Anything else -- `WriteFile`, `PrintV2`, `ReadFile`, `PyFunc`, dataset readers, summary
 writers, `ImmutableConst` (maps a file), collectives -- refuses the model unless it is trusted.
 """
 

@@ -102,7 +102,7 @@ def dtype_bytes(dtype: int) -> int:
 
 
 def _declared(node, constants: dict) -> Optional[tuple[int, int, list[int], bool]]:
-    """(bytes, dtype, dims, stored) of what `node` allocates when known from the graph, else None."""
+    """(bytes, dtype, dims, stored) of what `node` allocates, when the graph says; else None."""
     if node.op == "Const" and "value" in node.attr:
         tensor = node.attr["value"].tensor
         nbytes, dims = tensor_proto_bytes(tensor)

@@ -111,8 +111,8 @@ class _OnnxCheck:
         nbytes = math.prod(tensor.dims) * _TYPE_BYTES.get(tensor.data_type, 8)
         broken = self.budget.tensor(nbytes, stored=True)
         if broken is not None:
-            raise refused(self.path, f"tensor {tensor.name!r} of shape {list(tensor.dims)} declares "
-                                     f"{format_size(nbytes)}, {broken}", node, function)
+            raise refused(self.path, f"tensor {tensor.name!r} of shape {list(tensor.dims)} "
+                                     f"declares {format_size(nbytes)}, {broken}", node, function)
 
     def _check_made_shape(self, node, shape, name: str, function: Optional[str]) -> None:
         import onnx.numpy_helper

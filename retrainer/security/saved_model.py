@@ -40,7 +40,7 @@ _LOAD_TIME_CHILDREN = ("_create_resource", "_initialize", "_destroy_resource")
 
 def check_saved_model(folder: AnyPath, signature: Optional[str], budget: Budget,
                       allowed: Optional[frozenset[str]] = ALLOWED_OPS) -> set[str]:
-    """Refuse the SavedModel in `folder` unless everything its loading and `signature` run is allowed.
+    """Refuse the SavedModel in `folder` unless all that loading it and `signature` run is allowed.
 
     Args:
         folder: the SavedModel / module folder.

@@ -114,7 +114,8 @@ class GraphCheck:
 
     def _check_restore(self, node, function: Optional[str]) -> None:
         """A restore op may only read the file the loader feeds the saver's filename tensor."""
-        prefix = self._through_identities(node.input[0]) if node.input and function is None else None
+        in_graph = node.input and function is None
+        prefix = self._through_identities(node.input[0]) if in_graph else None
         if self.restore_prefix is None or prefix != self.restore_prefix:
             raise refused(
                 self.model_file,

@@ -68,7 +68,8 @@ def _user_of(subgraphs: list[Table], code_index: int) -> Optional[str]:
     for subgraph_index, subgraph in enumerate(subgraphs):
         tensors = _tables(subgraph, _SUBGRAPH_TENSORS)
         for operator_index, operator in enumerate(_tables(subgraph, _SUBGRAPH_OPERATORS)):
-            if _scalar(operator, _OPERATOR_OPCODE, flatbuffers.number_types.Uint32Flags) == code_index:
+            opcode = _scalar(operator, _OPERATOR_OPCODE, flatbuffers.number_types.Uint32Flags)
+            if opcode == code_index:
                 outputs = _ints(operator, _OPERATOR_OUTPUTS)
                 name = (_string(tensors[outputs[0]], _TENSOR_NAME)
                         if outputs and 0 <= outputs[0] < len(tensors) else "")
