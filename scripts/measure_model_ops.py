@@ -72,6 +72,9 @@ def _models(scratch: Path, built_ins, keras) -> Iterator[tuple[str, Callable[[],
         handle = f"keras:{application},weights=random"
         yield f"keras:{application}", lambda handle=handle: _exports(scratch, handle)
     yield "test modules (TF2, TF1 Hub)", lambda: _test_modules(scratch)
+    for application in ("MobileNetV2", "EfficientNetB0", "ResNet50", "InceptionV3"):
+        yield f"tf_keras {application} module", lambda name=application: _tf_keras_module(
+            scratch, name)
 
 
 def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[str]]:
@@ -110,6 +113,23 @@ def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[
             except UntrustedModelError as error:
                 measured[f".tflite {mode.mode}"] = {f"REFUSED: {error}"}
     return measured
+
+
+def _tf_keras_module(scratch: Path, name: str) -> dict[str, set[str]]:
+    """A TF2 module the way TF Hub's TF2 image modules were made: a Keras 2 (tf_keras) backbone
+    with dropout, saved with tf.saved_model.save (its __call__ traced for training too)."""
+    import tensorflow as tf
+    import tf_keras
+
+    from retrainer.security import model_ops
+
+    size = 75 if name == "InceptionV3" else 96
+    backbone = getattr(tf_keras.applications, name)(weights=None, include_top=False,
+                                                     pooling="avg", input_shape=(size, size, 3))
+    model = tf_keras.Model(backbone.input, tf_keras.layers.Dropout(0.2)(backbone.output))
+    folder = scratch / f"tf_keras_{name}"
+    tf.saved_model.save(model, str(folder))
+    return {"TF2 module (tf_keras)": set(model_ops(folder))}
 
 
 def _test_modules(scratch: Path) -> dict[str, set[str]]:

@@ -113,3 +113,17 @@ def test_fine_tuned_lite0_exports_pass(tmp_path, fashion_mnist_dir):
     assert_allowed(out / "graph.pb", out / "saved_model")
     for tflite in out.glob("*.tflite"):
         check_model(tflite)
+
+
+@pytest.mark.slow
+def test_keras2_made_tf2_module_passes(tmp_path):
+    """A TF2 module made the way TF Hub's TF2 image modules were: tf_keras backbone + dropout."""
+    import tensorflow as tf
+    import tf_keras
+
+    backbone = tf_keras.applications.MobileNetV2(weights=None, include_top=False, pooling="avg",
+                                                 input_shape=(96, 96, 3))
+    model = tf_keras.Model(backbone.input, tf_keras.layers.Dropout(0.2)(backbone.output))
+    tf.saved_model.save(model, str(tmp_path / "module"))
+    assert "RandomUniform" in model_ops(tmp_path / "module")  # the training-mode trace
+    assert_allowed(tmp_path / "module")

@@ -33,6 +33,8 @@ MEASURED_OPS = frozenset({
     "MaxPool", "FusedBatchNorm",
     # images: the SavedModel's bytes signature decodes and resizes in the graph
     "DecodeImage", "ScaleAndTranslate", "ResizeBilinear",
+    # dropout in the training-mode traces of Keras-made TF2 modules (as TF Hub's were made)
+    "RandomUniform",
 })
 
 # Not in our measurements, allowed as the same families' other spellings: TF1-era graphs write
@@ -47,6 +49,8 @@ EQUIVALENT_OPS = frozenset({
     "ResizeNearestNeighbor", "ResizeBicubic", "DecodeJpeg", "DecodePng", "MirrorPad",
     "ClipByValue", "BatchMatMulV2", "Einsum", "Erf",
     "TopKV2",  # the novelty output's nearest neighbours (multi-label-era exports)
+    "RandomStandardNormal", "TruncatedNormal", "StatelessRandomUniformV2",
+    "StatelessRandomGetKeyCounter", "AssignSubVariableOp", "AssignAddVariableOp",
 })
 
 ALLOWED_OPS: frozenset[str] = MEASURED_OPS | EQUIVALENT_OPS
