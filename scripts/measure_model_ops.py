@@ -135,6 +135,7 @@ def _tf_keras_module(scratch: Path, name: str) -> dict[str, set[str]]:
 def _test_modules(scratch: Path) -> dict[str, set[str]]:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from retrainer.security import model_ops
+    from tests.fixtures_faults import save_slow_module
     from tests.fixtures_hub import module_kernel, save_tf1_hub_module, save_tf2_module
     from tests.fixtures_security import save_tf1_slim_style_module
 
@@ -142,6 +143,8 @@ def _test_modules(scratch: Path) -> dict[str, set[str]]:
     for style in ("call", "call_training", "signature", "feature_map", "not_image"):
         path = save_tf2_module(scratch / f"tf2_{style}", module_kernel(), style=style)
         measured.setdefault("TF2 modules", set()).update(model_ops(path))
+    measured["TF2 slow module (tests/fixtures_faults)"] = set(
+        model_ops(save_slow_module(scratch / "slow")))
     tf1 = save_tf1_hub_module(scratch / "tf1", module_kernel())
     measured["TF1 Hub module"] = set(model_ops(tf1))
     measured["TF1 Hub module, TF-Slim style"] = set(

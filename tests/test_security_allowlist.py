@@ -59,6 +59,12 @@ def test_lite0_exports_pass(tmp_path):
     assert_allowed(*export_both("efficientnet_lite0", tmp_path))
 
 
+def test_slow_test_module_passes(tmp_path):
+    from tests.fixtures_faults import save_slow_module
+
+    assert_allowed(save_slow_module(tmp_path / "module", iterations=2, width=8))
+
+
 def test_tf1_slim_style_module_passes_and_trains(tmp_path):
     from retrainer.cli.retrain import main as retrain
 

@@ -18,13 +18,14 @@ MEASURED_OPS = frozenset({
     "StopGradient", "StatefulPartitionedCall",
     # the model's own variables: TF2 resource variables, TF1 reference variables
     "VarHandleOp", "ReadVariableOp", "AssignVariableOp", "ResourceGather", "VariableV2", "Assign",
-    # control flow: TF2 loops (the bytes signature's map_fn), TF1 conditionals (batch norm)
-    "StatelessWhile", "Switch", "Merge", "Less", "LogicalAnd",
+    # control flow: TF2 loops (the bytes signature's map_fn, a test module's tf.range loop),
+    # TF1 conditionals (batch norm)
+    "StatelessWhile", "While", "Range", "Switch", "Merge", "Less", "NotEqual", "LogicalAnd",
     "TensorListReserve", "TensorListFromTensor", "TensorListGetItem", "TensorListSetItem",
     "TensorListStack",
     # elementwise and reduction math
     "AddV2", "Sub", "Mul", "RealDiv", "Neg", "Maximum", "Minimum", "Square", "Sqrt", "Rsqrt",
-    "SquaredDifference", "Erfc", "Sigmoid", "Mean", "Sum", "Max", "Prod", "ArgMax", "MatMul",
+    "SquaredDifference", "FloorDiv", "FloorMod", "Erfc", "Sigmoid", "Tanh", "Mean", "Sum", "Max", "Prod", "ArgMax", "MatMul",
     # arrays
     "Shape", "Cast", "Reshape", "Squeeze", "ExpandDims", "Pack", "ConcatV2", "StridedSlice",
     "GatherV2", "Transpose", "Pad",
@@ -42,10 +43,10 @@ MEASURED_OPS = frozenset({
 # write If/While and PartitionedCall; image modules pad, tile, slice and resize.
 EQUIVALENT_OPS = frozenset({
     "Add", "AddN", "BiasAddV1", "FusedBatchNormV2", "FusedBatchNormV3", "IsVariableInitialized",
-    "VarIsInitializedOp", "PartitionedCall", "StatelessIf", "If", "While", "Enter", "Exit",
-    "NextIteration", "LoopCond", "Fill", "Tile", "Slice", "Split", "SplitV", "Unpack", "Range",
+    "VarIsInitializedOp", "PartitionedCall", "StatelessIf", "If", "Enter", "Exit",
+    "NextIteration", "LoopCond", "Fill", "Tile", "Slice", "Split", "SplitV", "Unpack",
     "ZerosLike", "OnesLike", "Select", "SelectV2", "Greater", "GreaterEqual", "LessEqual",
-    "Equal", "Tanh", "Exp", "Log", "Abs", "Pow", "Min", "Elu", "LeakyRelu", "Softplus",
+    "Equal", "Exp", "Log", "Abs", "Pow", "Min", "Elu", "LeakyRelu", "Softplus",
     "ResizeNearestNeighbor", "ResizeBicubic", "DecodeJpeg", "DecodePng", "MirrorPad",
     "ClipByValue", "BatchMatMulV2", "Einsum", "Erf",
     "TopKV2",  # the novelty output's nearest neighbours (multi-label-era exports)
