@@ -87,10 +87,10 @@ def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
     from retrainer.security import check_model, model_ops
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     extractor = create_extractor(handle)
-    head = SoftmaxHead(extractor.spec.vector_size, 3, seed=0)
+    head = Head(extractor.spec.vector_size, 3, seed=0)
     classifier = Classifier(extractor, head, ("a", "b", "c"), "final_result")
     folder = scratch / handle.replace(":", "_").replace(",", "_").replace("=", "_")
     folder.mkdir()

@@ -36,11 +36,10 @@ def export_both(handle: str, folder: Path, image_size=None) -> tuple[Path, Path]
     from retrainer.exports.graph import GraphExporter
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
-    from retrainer.training import head as heads
+    from retrainer.training.head import Head
 
     extractor = create_extractor(handle, image_size)
-    head_class = getattr(heads, "Head", None) or heads.SoftmaxHead
-    head = head_class(extractor.spec.vector_size, 3, seed=0)
+    head = Head(extractor.spec.vector_size, 3, seed=0)
     classifier = Classifier(extractor, head, ("a", "b", "c"), "final_result")
     graph, saved_model = folder / "output_graph.pb", folder / "saved_model"
     folder.mkdir(parents=True, exist_ok=True)
