@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -52,8 +53,14 @@ class RetrainConfig:
     output_labels: AnyPath = DEFAULT_OUTPUT_DIR / LABELS_FILENAME
     summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
     bottleneck_dir: AnyPath = dataclasses.field(default_factory=default_bottleneck_dir)
-    how_many_training_steps: int = 4000
-    learning_rate: float = 0.01
+    # the head's solver (docs/training.md): auto = lbfgs, or sgd when the SGD flags are given
+    head_solver: str = "auto"
+    how_many_training_steps: Optional[int] = None  # None: SGD_STEPS
+    learning_rate: Optional[float] = None  # None: SGD_LEARNING_RATE
+    # --search: extractors and distortions tried on cached vectors, chosen on validation
+    search: bool = False
+    search_budget: Optional[float] = None
+    search_modules: tuple[str, ...] = ()
     # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
     flip_left_right: bool = False
     random_crop: int = 0
@@ -96,6 +103,7 @@ class RetrainConfig:
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
     extraction_devices: str = AUTO_DEVICES  # "GPU:0,GPU:1": batches split across them
@@ -120,6 +128,10 @@ class RetrainConfig:
         object.__setattr__(self, "tflite_quantization", modes)
         validate_percentages(self.validation_percentage, self.testing_percentage)
         require("seed", self.seed, 0 <= self.seed < 2**63, "a number from 0 to 2**63 - 1")
+        budget = self.search_budget
+        require("search_budget", budget, budget is None or (math.isfinite(budget) and budget > 0),
+                "a positive number of seconds")
+        object.__setattr__(self, "search_modules", tuple(self.search_modules))
         # Each stage's view is built (and checked) now, so a bad flag fails before any work.
         _ = (self.training, self.extraction, self.reports, self.audit, self.exports)
 
@@ -134,7 +146,8 @@ class RetrainConfig:
         """How the bottleneck stage computes vectors (retrainer.cache.options)."""
         return ExtractionOptions.from_flags(self.tfhub_module, self.image_size,
                                             self.extractor_precision, self.extraction_devices,
-                                            self.bottleneck_dir, self.show_progress)
+                                            self.bottleneck_dir, self.show_progress,
+                                            self.trust_model)
 
     @functools.cached_property
     def audit(self) -> AuditOptions:

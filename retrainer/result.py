@@ -48,6 +48,12 @@ class RetrainResult:
         seconds: wall time per stage and "total".
         exports: the export report, one row per artifact (docs/exports.md).
         best_step: the head training step kept by --early_stopping (None without it).
+        head: how the head was trained: {"solver": "lbfgs" | "sgd", and for lbfgs "l2" (the
+            chosen penalty) and "path": [{"l2", "iterations", "train_accuracy",
+            "train_cross_entropy", "validation_accuracy", "validation_cross_entropy",
+            "seconds"}]}.
+        search: what --search tried: {"chosen": name, "candidates": [{"name", "settings",
+            "validation_accuracy", "validation_cross_entropy", "seconds", "status"}]}.
         distorted: {"variants", "computed", "reused", "seconds"} of the distorted training
             vectors (None without distortion flags).
         fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
@@ -67,8 +73,8 @@ class RetrainResult:
     skipped: tuple[tuple[str, str], ...]
     bottlenecks_computed: int
     bottlenecks_reused: int
-    train_accuracy: float
-    cross_entropy: float
+    train_accuracy: Optional[float]
+    cross_entropy: Optional[float]
     validation_accuracy: Optional[float]
     validation_count: int
     test_accuracy: Optional[float]
@@ -79,6 +85,8 @@ class RetrainResult:
     seconds: dict[str, float]
     exports: tuple[dict[str, Any], ...]
     best_step: Optional[int]
+    head: Optional[dict[str, Any]]
+    search: Optional[dict[str, Any]]
     distorted: Optional[dict[str, Any]]
     fine_tuning: Optional[dict[str, Any]]
     audit: Optional[dict[str, Any]]
@@ -127,6 +135,8 @@ class RetrainResult:
             "seconds": self.seconds,
             "exports": self.exports,
             "best_step": self.best_step,
+            "head": self.head,
+            "search": self.search,
             "distorted": self.distorted,
             "fine_tuning": self.fine_tuning,
             "audit": self.audit,

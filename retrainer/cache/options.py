@@ -27,6 +27,7 @@ class ExtractionOptions:
         devices: --extraction_devices as TensorFlow device names; () = auto.
         bottleneck_dir: the cache root.
         show_progress: a progress bar on stderr (when it is a terminal).
+        trust_model: --trust_model: load a module file without `retrainer.security` checks.
 
     Raises:
         UsageError: on construction, naming the flag.
@@ -38,6 +39,7 @@ class ExtractionOptions:
     devices: tuple[str, ...]
     bottleneck_dir: AnyPath
     show_progress: bool = True
+    trust_model: bool = False  # load the extractor's module without checking its ops
 
     def __post_init__(self) -> None:
         require("image_size", self.image_size, self.image_size is None or self.image_size >= 1,
@@ -48,7 +50,7 @@ class ExtractionOptions:
     @classmethod
     def from_flags(cls, tfhub_module: str, image_size: Optional[int], extractor_precision: str,
                    extraction_devices: str, bottleneck_dir: AnyPath,
-                   show_progress: bool = True) -> "ExtractionOptions":
+                   show_progress: bool = True, trust_model: bool = False) -> "ExtractionOptions":
         """From retrain's flag values (`extraction_devices` as typed: "auto", "GPU:0,GPU:1")."""
         return cls(tfhub_module, image_size, extractor_precision, parse_devices(extraction_devices),
-                   bottleneck_dir, show_progress)
+                   bottleneck_dir, show_progress, trust_model)

@@ -24,7 +24,7 @@ from retrainer.classify.config import (
     ModelSpec,
 )
 from retrainer.classify.frozen_graph import FrozenGraphModel
-from retrainer.classify.saved_model import SavedModelModel
+from retrainer.classify.saved_model import SIGNATURE, SavedModelModel
 from retrainer.classify.tflite import TFLiteModel
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError, UsageError
@@ -33,6 +33,7 @@ from retrainer.formats.graph_contract import (
     SAVED_MODEL_FILE,
     TFLITE_IDENTIFIER,
 )
+from retrainer.security import check_model
 
 # (path, uint8 [H, W, 3] pixels or None, why it could not be decoded or None)
 _Decoded = tuple[Path, Optional[np.ndarray], Optional[str]]
@@ -70,10 +71,11 @@ class ImageResult:
 
 
 def open_model(config: ClassifyConfig) -> Model:
-    """Load `config.graph` as whichever kind its content says.
+    """Check, then load `config.graph` as whichever kind its content says.
 
     Raises:
         UsageError: missing file, a folder that is not a SavedModel, flags that contradict it.
+        UntrustedModelError: the model failed `retrainer.security.check_model` (unless trusted).
         ModelError: corrupt or truncated model.
     """
     path = config.graph
@@ -83,10 +85,13 @@ def open_model(config: ClassifyConfig) -> Model:
                 f"--graph {path} is a folder without {SAVED_MODEL_FILE}; pass a frozen graph "
                 "(.pb), a .tflite file or a SavedModel folder (retrain --saved_model_dir)"
             )
+        check_model(path, "saved_model", trust=config.trust_model, signature=SIGNATURE)
         return SavedModelModel(config)
     data = read_graph_file(path)
     if data[4:8] == TFLITE_IDENTIFIER:
+        check_model(path, "tflite", trust=config.trust_model)
         return TFLiteModel(config, data)
+    check_model(path, "graph", trust=config.trust_model)
     return FrozenGraphModel(config)
 
 

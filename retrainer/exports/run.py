@@ -25,7 +25,7 @@ from retrainer.exports.tflite import write_tflite_files
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import AnyPath
-from retrainer.training.head import SoftmaxHead
+from retrainer.training.head import Head
 
 log = logging.getLogger(__name__)
 
@@ -64,14 +64,14 @@ class Exporter:
         self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
 
-    def _graph_exporter(self, head: SoftmaxHead) -> GraphExporter:
+    def _graph_exporter(self, head: Head) -> GraphExporter:
         if self._exporter is None:
             classifier = Classifier(self.extractor, head, self.labels,
                                     self.options.final_tensor_name)
             self._exporter = GraphExporter(classifier)
         return self._exporter
 
-    def write_intermediate(self, step: int, head: SoftmaxHead) -> None:
+    def write_intermediate(self, step: int, head: Head) -> None:
         """The frozen graph of the head as it is at `step` (retrain.py's intermediate_<step>.pb)."""
         path = intermediate_graph_path(self.options.intermediate_output_graphs_dir, step)
         self._graph_exporter(head).write_graph(intermediate_graph_path(self.intermediate_dir, step),
@@ -79,7 +79,7 @@ class Exporter:
         self.intermediate_graphs.append(path)
         log.info("Saved intermediate graph %s", path)
 
-    def write_all(self, head: SoftmaxHead, training_images: Sequence[ImageFile],
+    def write_all(self, head: Head, training_images: Sequence[ImageFile],
                   test_images: Sequence[ImageFile], fine_tuned: bool) -> Exported:
         """Labels, graph + sidecar, SavedModel and .tflite if asked; then the export report.
 

@@ -7,6 +7,7 @@ says what the user likely meant: label_image.py users kept guessing op names (te
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Any, NamedTuple
 
 import tensorflow as tf
@@ -52,7 +53,7 @@ def load_frozen_graph(path: AnyPath, data: bytes, input_layer: str, output_layer
     Raises:
         ModelError: not a GraphDef, an op name not in it, or tensors of the wrong dtype/rank.
     """
-    graph_def = _parse_graph_def(path, data)
+    graph_def = parse_graph_def(path, data)
     _require_op(graph_def, input_layer, "input", path)
     _require_op(graph_def, output_layer, "output", path)
     graph = tf.Graph()
@@ -68,7 +69,12 @@ def load_frozen_graph(path: AnyPath, data: bytes, input_layer: str, output_layer
     return frozen
 
 
-def _parse_graph_def(path: AnyPath, data: bytes) -> Any:
+def parse_graph_def(path: os.PathLike[str], data: bytes) -> Any:
+    """The GraphDef message in `data`, read from `path`.
+
+    Raises:
+        ModelError: it does not parse, or holds no ops.
+    """
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)

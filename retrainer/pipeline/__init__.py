@@ -24,7 +24,8 @@ from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.errors import ExportMismatchError, QualityGateError
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
-from retrainer.pipeline.preflight import preflight
+from retrainer.pipeline.preflight import preflight, prepare_extractor
+from retrainer.pipeline.search import search as search_configurations
 from retrainer.pipeline.split_features import SplitFeatures
 from retrainer.pipeline.timer import StageTimer
 from retrainer.reports.gates import check_gates, failure_message
@@ -34,16 +35,14 @@ from retrainer.reports.writer import write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
 from retrainer.training.fine_tune import FineTuneResult
-from retrainer.training.head import TrainingConfig, TrainingResult, train_head
+from retrainer.training.head import TrainingResult, train_head
 from retrainer.training.image_modes import (
     distortions_of,
-    early_stopping_patience_of,
     fine_tune_if_asked,
     fine_tuning_summary,
-    regularization_of,
     training_features,
+    training_options,
 )
-from retrainer.training.options import TrainingOptions
 
 
 def run(config: RetrainConfig) -> RetrainResult:
@@ -63,12 +62,18 @@ def run(config: RetrainConfig) -> RetrainResult:
     """
     timer = StageTimer()
     prepared = preflight(config, timer)
-    extractor, collection = prepared.extractor, prepared.collection
+    collection, extractor, engine = prepared.collection, prepared.extractor, prepared.engine
+    search = None
+    if config.search:  # the chosen extractor and distortions replace the flags' (docs/training.md)
+        with timer("search"):
+            search = search_configurations(config, collection)
+        config = dataclasses.replace(config, **search.rows[search.chosen].settings)
+        extractor, engine = prepare_extractor(config, timer)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
-            [image.path for image in collection.images], prepared.engine,
+            [image.path for image in collection.images], engine,
             config.extraction.bottleneck_dir,
-            max(DEFAULT_BATCH_SIZE, prepared.engine.batch_size),  # several devices: 32 each
+            max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 each
             show_progress=config.extraction.show_progress,
         )
     audit = None
@@ -108,10 +113,10 @@ def run(config: RetrainConfig) -> RetrainResult:
         skipped=tuple(sorted(collection.ignored + splits.unreadable)),
         bottlenecks_computed=bottlenecks.computed,
         bottlenecks_reused=bottlenecks.reused,
-        train_accuracy=trained.head.history[-1].train_accuracy,
-        cross_entropy=trained.head.history[-1].cross_entropy,
-        validation_accuracy=trained.head.history[-1].validation_accuracy,
-        validation_count=trained.head.history[-1].validation_count,
+        train_accuracy=trained.head.final.train_accuracy,
+        cross_entropy=trained.head.final.cross_entropy,
+        validation_accuracy=trained.head.final.validation_accuracy,
+        validation_count=trained.head.final.validation_count,
         test_accuracy=trained.evaluation.accuracy,
         test_count=trained.evaluation.count,
         test_per_class={label: {"correct": correct, "total": total}
@@ -122,12 +127,14 @@ def run(config: RetrainConfig) -> RetrainResult:
         seconds=timer.seconds(),
         exports=tuple(row.to_json() for row in exported.report),
         best_step=trained.head.best_step,
+        head=trained.head.summary(),
+        search=None if search is None else search.to_json(),
         distorted=trained.distorted,
         fine_tuning=fine_tuning_summary(config.training, trained.tuning),
         audit=audit_document,
-        extractor_precision=prepared.engine.precision,
-        extractor_id=prepared.engine.spec.id,
-        extraction_devices=prepared.engine.devices,
+        extractor_precision=engine.precision,
+        extractor_id=engine.spec.id,
+        extraction_devices=engine.devices,
         history=trained.head.history,
         test_metrics=test_metrics,
         validation_metrics=validation_metrics,
@@ -167,7 +174,7 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
             options, extractor, splits.images[TRAINING], splits.features[TRAINING])
     with timer("train"):
         head = train_head(train_features, splits.features[VALIDATION], num_classes,
-                          _training_config(options, checkpoint), exporter.write_intermediate,
+                          training_options(options, checkpoint), exporter.write_intermediate,
                           config.exports.intermediate_store_frequency)
     with timer("fine_tune", active=options.do_fine_tuning):
         tuning, test_features = fine_tune_if_asked(
@@ -178,22 +185,6 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
         validation = validation_probabilities(head.head, splits.features[VALIDATION],
                                               splits.images[VALIDATION], extractor, tuning)
     return _Trained(head, tuning, distorted, evaluation, validation)
-
-
-def _training_config(options: TrainingOptions, checkpoint_path: Any) -> TrainingConfig:
-    """The head's settings; its checkpoint goes to `checkpoint_path` (held until the gates pass)."""
-    return TrainingConfig(
-        steps=options.how_many_training_steps,
-        learning_rate=options.learning_rate,
-        train_batch_size=options.train_batch_size,
-        validation_batch_size=options.validation_batch_size,
-        eval_step_interval=options.eval_step_interval,
-        seed=options.seed,
-        summaries_dir=options.summaries_dir,
-        checkpoint_path=checkpoint_path,
-        regularization=regularization_of(options),
-        early_stopping_patience=early_stopping_patience_of(options),
-    )
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures

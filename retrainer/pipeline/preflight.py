@@ -22,6 +22,7 @@ from retrainer.errors import UsageError
 from retrainer.exports.options import ExportOptions
 from retrainer.exports.quantization import INT8, MIN_CALIBRATION_IMAGES, too_few_calibration_images
 from retrainer.extractors import FeatureExtractor, create_extractor
+from retrainer.extractors.tfhub import check_extractor_module
 from retrainer.formats.graph_contract import metadata_path
 from retrainer.io.atomic import remove_stale_temporaries
 from retrainer.io.storage import AnyPath, RemotePath, probe_writable
@@ -47,22 +48,32 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
             device this machine cannot run, an extractor --do_fine_tuning cannot train.
         DataError: fewer than two classes; too few training images for int8 calibration.
         ModelError: the extractor cannot be loaded.
+        UntrustedModelError: the --tfhub_module folder failed the model check.
     """
+    check_extractor_module(config.tfhub_module, config.trust_model)  # before anything is written
     check_output_paths(config)
     remove_stale_export_temporaries(config.exports)
     with timer("discover"):
         collection = discover_images(config.image_dir, config.validation_percentage,
                                      config.testing_percentage)
     _check_calibration_supply(config.exports, collection)
-    with timer("extractor"):
-        extractor, engine = _extractor_and_engine(config.extraction)
-    if config.do_fine_tuning:
-        extractor.fine_tunable_variables(config.fine_tune_blocks)  # raises if it cannot train
+    extractor, engine = prepare_extractor(config, timer)
     return Prepared(collection, extractor, engine)
 
 
-def _extractor_and_engine(options: ExtractionOptions) -> tuple[FeatureExtractor, Engine]:
-    extractor = create_extractor(options.extractor, options.image_size)
+def prepare_extractor(config: RetrainConfig, timer: StageTimer
+                      ) -> tuple[FeatureExtractor, Engine]:
+    """The extractor and its engine (timed as "extractor"), checked for fine-tuning if asked."""
+    with timer("extractor"):
+        extractor, engine = extractor_and_engine(config.extraction)
+    if config.training.do_fine_tuning:
+        extractor.fine_tunable_variables(config.training.fine_tune_blocks)  # raises if it cannot
+    return extractor, engine
+
+
+def extractor_and_engine(options: ExtractionOptions) -> tuple[FeatureExtractor, Engine]:
+    """`--tfhub_module` at `--image_size`, run by the engine of `--extractor_precision`."""
+    extractor = create_extractor(options.extractor, options.image_size, options.trust_model)
     return extractor, create_engine(extractor, options.precision, options.devices)
 
 

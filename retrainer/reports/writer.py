@@ -46,7 +46,7 @@ def write_reports(result: Any, options: ReportOptions,
                 f"N={split.count})"
         confusion = confusion_matrix_png(split.confusion_matrix, result.labels, title)
     if report_html is not None:
-        curves = training_curves_png(result.history)
+        curves = training_curves_png(result.history, (result.head or {}).get("solver", "sgd"))
         write_bytes_atomically(paths["training_curves"], curves)
         if confusion is not None:
             write_bytes_atomically(paths["confusion_matrix"], confusion)

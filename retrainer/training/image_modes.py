@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import AnyPath
 from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
 from retrainer.training.distortions import Distortions
 from retrainer.training.fine_tune import (
@@ -21,7 +22,7 @@ from retrainer.training.fine_tune import (
     fine_tune,
     image_features,
 )
-from retrainer.training.head import FeatureSet, SoftmaxHead
+from retrainer.training.head import FeatureSet, Head, TrainingConfig
 from retrainer.training.options import TrainingOptions
 from retrainer.training.regularization import Regularization
 
@@ -43,6 +44,25 @@ def regularization_of(options: TrainingOptions) -> Regularization:
 def early_stopping_patience_of(options: TrainingOptions) -> int:
     """--early_stopping_patience when --early_stopping is on, else 0 (never stop early)."""
     return options.early_stopping_patience if options.early_stopping else 0
+
+
+def training_options(options: TrainingOptions, checkpoint_path: Optional[AnyPath] = None
+                     ) -> TrainingConfig:
+    """How the head is trained; its checkpoint goes to `checkpoint_path` (default: the flag's,
+    or a staging folder while quality gates are pending)."""
+    return TrainingConfig(
+        steps=options.training_steps,
+        learning_rate=options.sgd_learning_rate,
+        train_batch_size=options.train_batch_size,
+        validation_batch_size=options.validation_batch_size,
+        eval_step_interval=options.eval_step_interval,
+        seed=options.seed,
+        summaries_dir=options.summaries_dir,
+        checkpoint_path=options.checkpoint_path if checkpoint_path is None else checkpoint_path,
+        regularization=regularization_of(options),
+        early_stopping_patience=early_stopping_patience_of(options),
+        solver=options.solver,
+    )
 
 
 def training_features(options: TrainingOptions, extractor: FeatureExtractor, images: Sequence[Any],
@@ -73,7 +93,7 @@ def training_features(options: TrainingOptions, extractor: FeatureExtractor, ima
     return FeatureSet(features, labels), summary
 
 
-def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: SoftmaxHead,
+def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: Head,
                        images: Mapping[str, Sequence[Any]], features: dict[str, FeatureSet],
                        ) -> tuple[Optional[FineTuneResult], FeatureSet]:
     """With --do_fine_tuning: fine-tune, then recompute the test vectors with the tuned extractor.
@@ -121,11 +141,11 @@ def fine_tuning_summary(options: TrainingOptions, result: Optional[FineTuneResul
     return {
         "blocks": options.fine_tune_blocks,
         "tuned_parameters": result.tuned_parameters,
-        "epochs_run": last.epoch,
+        "epochs_run": last.step,
         "best_epoch": result.best_epoch,
         "validation_accuracy": kept.validation_accuracy,
         "history": [
-            {"epoch": point.epoch, "train_loss": point.train_loss,
+            {"epoch": point.step, "train_loss": point.cross_entropy,
              "validation_accuracy": point.validation_accuracy,
              "validation_cross_entropy": point.validation_cross_entropy}
             for point in result.history

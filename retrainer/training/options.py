@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 from retrainer.errors import require
 from retrainer.io.storage import AnyPath
 
 WHOLE_SET = -1  # a batch size meaning "the whole split, each example once"
+HEAD_SOLVERS = ("auto", "lbfgs", "sgd")
+# retrain.py's SGD defaults, used by the SGD solver when the flags are not given
+SGD_STEPS = 4000
+SGD_LEARNING_RATE = 0.01
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,8 +29,9 @@ class TrainingOptions:
         UsageError: on construction, naming the flag.
     """
 
-    how_many_training_steps: int
-    learning_rate: float
+    head_solver: str  # auto = lbfgs, or sgd when retrain.py's SGD flags are given
+    how_many_training_steps: Optional[int]  # None: SGD_STEPS
+    learning_rate: Optional[float]  # None: SGD_LEARNING_RATE
     train_batch_size: int
     validation_batch_size: int
     test_batch_size: int
@@ -56,10 +62,11 @@ class TrainingOptions:
 
     def __post_init__(self) -> None:
         positive = "a positive number"
+        steps, rate = self.how_many_training_steps, self.learning_rate
         checks = [
-            ("how_many_training_steps", self.how_many_training_steps >= 1, "at least 1"),
-            ("learning_rate", math.isfinite(self.learning_rate) and self.learning_rate > 0,
-             positive),
+            ("head_solver", self.head_solver in HEAD_SOLVERS, f"one of {list(HEAD_SOLVERS)}"),
+            ("how_many_training_steps", steps is None or steps >= 1, "at least 1"),
+            ("learning_rate", rate is None or (math.isfinite(rate) and rate > 0), positive),
             ("eval_step_interval", self.eval_step_interval >= 1, "at least 1"),
             *((flag, getattr(self, flag) >= 1 or getattr(self, flag) == WHOLE_SET,
                "at least 1, or -1 for the whole set")
@@ -81,3 +88,23 @@ class TrainingOptions:
         ]
         for flag, valid, expected in checks:
             require(flag, getattr(self, flag), valid, expected)
+
+    @property
+    def solver(self) -> str:
+        """The head's solver: --head_solver, where auto means lbfgs unless retrain.py's SGD flags
+        (--how_many_training_steps, --learning_rate) were given."""
+        if self.head_solver != "auto":
+            return self.head_solver
+        sgd_asked = self.how_many_training_steps is not None or self.learning_rate is not None
+        return "sgd" if sgd_asked else "lbfgs"
+
+    @property
+    def training_steps(self) -> int:
+        """SGD steps: --how_many_training_steps, else retrain.py's 4,000."""
+        steps = self.how_many_training_steps
+        return SGD_STEPS if steps is None else steps
+
+    @property
+    def sgd_learning_rate(self) -> float:
+        """SGD learning rate: --learning_rate, else retrain.py's 0.01."""
+        return SGD_LEARNING_RATE if self.learning_rate is None else self.learning_rate
