@@ -91,6 +91,9 @@ class RetrainConfig:
     tflite_quantization: tuple[str, ...] = ("none",)
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
+    # ONNX export, int8 calibrated like the TFLite int8 export (docs/exports.md)
+    onnx_output_file: Optional[AnyPath] = None
+    onnx_quantization: tuple[str, ...] = ("none",)
     tfhub_module: str = DEFAULT_EXTRACTOR
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO

@@ -14,7 +14,7 @@ from typing import Any
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.config import RetrainConfig
-from retrainer.errors import FinishedRunError, QualityGateError
+from retrainer.errors import ExportFailedError, FinishedRunError, QualityGateError
 from retrainer.result import RetrainResult
 from retrainer.split import TESTING, TRAINING, VALIDATION
 
@@ -171,6 +171,8 @@ def run(config: RetrainConfig) -> RetrainResult:
     try:
         if gate_failure is not None:
             raise QualityGateError(gate_failure)
+        if exports.failures:
+            raise ExportFailedError("; ".join(exports.failures))
         check_export_accuracy(config, report)
     except FinishedRunError as error:
         error.result = result

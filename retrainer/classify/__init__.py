@@ -1,8 +1,8 @@
 """Classification stage: an exported model + image files -> top-k (label, score) per image.
 
-`--graph` may be a frozen GraphDef (.pb), a `.tflite` file or a SavedModel folder; the content
-decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, a SavedModel folder holds
-saved_model.pb), one module per kind. Images are decoded by `retrainer.images.load_image` -- the
+`--graph` may be a frozen GraphDef (.pb), a `.tflite` file, an ONNX model or a SavedModel folder;
+the content decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, an ONNX model starts with
+its IR version, a SavedModel folder holds saved_model.pb), one module per kind. Images are decoded by `retrainer.images.load_image` -- the
 pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
 decoding overlaps inference. An image that cannot be decoded becomes a result with an `error`; the
 others are still classified.
@@ -31,6 +31,7 @@ from retrainer.classify._common import (
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
+from retrainer.exports.onnx_contract import looks_like_onnx
 from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER
 from retrainer.images import UnreadableImageError, load_image
 
@@ -96,6 +97,10 @@ def open_model(config: ClassifyConfig) -> Model:
         from retrainer.classify.tflite import TFLiteModel
 
         return TFLiteModel(config, data)
+    if looks_like_onnx(data):
+        from retrainer.classify.onnx import OnnxModel
+
+        return OnnxModel(config, data)
     return FrozenGraphModel(config)
 
 

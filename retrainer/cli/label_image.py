@@ -1,6 +1,6 @@
 """`label-image`: classify image files with a model exported by `retrain`, for people and for scripts.
 
-`--graph` takes a frozen graph (.pb), a .tflite or a SavedModel folder (docs/exports.md).
+`--graph` takes a frozen graph (.pb), a .tflite, an .onnx or a SavedModel folder (docs/exports.md).
 
 Flags keep TensorFlow label_image.py's names (dash spellings work too); op names, input size and
 labels default to the export's `<graph>.meta.json`. Results go to stdout (text, `--quiet` top-1 lines
@@ -49,8 +49,8 @@ def _option(name: str, **kwargs):
 @click.option("--image", "more_images", multiple=True, type=PathOrUrl(),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
 @_option("graph", type=PathOrUrl(), default=DEFAULT_GRAPH, show_default=True,
-         help="Model written by retrain: a frozen graph (.pb), a .tflite file or a SavedModel "
-              "folder (told apart by content).")
+         help="Model written by retrain: a frozen graph (.pb), a .tflite file, an ONNX model "
+              "or a SavedModel folder (told apart by content).")
 @_option("labels", type=PathOrUrl(), default=None,
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")

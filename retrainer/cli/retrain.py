@@ -17,6 +17,7 @@ import click
 from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
 from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
 from retrainer.errors import FinishedRunError
+from retrainer.exports.onnx_contract import ONNX_MODES
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import run
 from retrainer.reports.format import percent
@@ -117,8 +118,16 @@ _BATCH = click.IntRange(min=-1)
 @_option("tflite_quantization", "TFLite quantization: none (float32), dynamic, float16 or int8 "
          "(full integer, uint8 input/output). Repeat for several files: PATH's stem gets a "
          "_<mode> suffix.", type=click.Choice(MODES), multiple=True, default=("none",))
-@_option("tflite_calibration_images", "How many training images calibrate int8 (seeded sample).",
+@_option("tflite_calibration_images", "How many training images calibrate int8, TFLite's and "
+         "ONNX's (one seeded sample).",
          type=click.IntRange(min=MIN_CALIBRATION_IMAGES))
+@_option("onnx_output_file", "Also export an ONNX model here (ONNX Runtime, TensorRT, OpenVINO, "
+         "browsers), labels and normalization in its metadata; needs the onnx extra.", type=_PATH,
+         show_default=False)
+@_option("onnx_quantization", "ONNX quantization: none (float32) or int8 (ONNX Runtime static "
+         "quantization, calibrated like --tflite_quantization int8). Repeat for several files: "
+         "PATH's stem gets a _<mode> suffix.", type=click.Choice(ONNX_MODES), multiple=True,
+         default=("none",))
 @_option("max_export_accuracy_drop", "Fail (exit 7) when an export's test accuracy is more than "
          "this many points below the frozen graph's.", type=click.FloatRange(min=0),
          show_default=False)

@@ -66,11 +66,16 @@ class QuantizationConfig:
 
 
 def tflite_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
-    """Where each mode's `.tflite` goes: `path` itself for one mode; for several,
-    `<stem>_<mode><suffix>` beside it (model.tflite -> model_int8.tflite)."""
+    """Where each mode's `.tflite` goes (`export_paths`): model.tflite -> model_int8.tflite."""
+    return export_paths(path, modes, ".tflite")
+
+
+def export_paths(path: Path, modes: Sequence[str], suffix: str) -> dict[str, Path]:
+    """Where each mode's file goes: `path` itself for one mode; for several,
+    `<stem>_<mode><path's suffix, else suffix>` beside it."""
     if len(modes) == 1:
         return {modes[0]: path}
-    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or '.tflite'}") for mode in modes}
+    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or suffix}") for mode in modes}
 
 
 def too_few_calibration_images(available: int, requested: int, where: str) -> DataError:
