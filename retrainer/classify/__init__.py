@@ -66,11 +66,17 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
-    """One input's outcome: `predictions` best first, or `error` (why it could not be decoded)."""
+    """One input's outcome: `predictions` best first, or `error` (why it could not be decoded).
+
+    With --explain, `heatmap` is the picture written for it and `peak` the heat map's maximum as
+    (y, x) in the image's own pixels.
+    """
 
     path: Path
     predictions: tuple[Prediction, ...] = ()
     error: Optional[str] = None
+    heatmap: Optional[Path] = None
+    peak: Optional[tuple[int, int]] = None
 
 
 def open_model(config: ClassifyConfig) -> Model:
@@ -128,6 +134,12 @@ class Classifier:
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
         self.model = open_model(config)
+        self._heatmaps = None
+        if config.explain_dir is not None:
+            from retrainer.classify.explained import ExplainedModel, HeatmapWriter
+
+            self.model = ExplainedModel(config, self.model)
+            self._heatmaps = HeatmapWriter(config.explain_dir)
         self.spec = self.model.spec
         if self.model.classes is not None:
             self._check_class_count(self.model.classes)
@@ -184,12 +196,21 @@ class Classifier:
 
     def _finish(self, pending: list[_Decoded]) -> Iterator[ImageResult]:
         images = [pixels for _, pixels, _ in pending if pixels is not None]
-        scores = iter(self.scores(np.stack(images)) if images else [])
+        if self._heatmaps is not None and images:
+            explanation = self.model.explain(np.stack(images))
+            self._check_class_count(explanation.probabilities.shape[-1])
+            scores = iter(explanation.probabilities)
+            maps = iter(explanation.maps)
+        else:
+            scores = iter(self.scores(np.stack(images)) if images else [])
         for path, pixels, error in pending:
             if pixels is None:
                 yield ImageResult(path=path, error=error)
-            else:
-                yield ImageResult(path=path, predictions=self._top_k(next(scores)))
+                continue
+            result = ImageResult(path=path, predictions=self._top_k(next(scores)))
+            if self._heatmaps is not None:
+                result = self._heatmaps.write(result, next(maps))
+            yield result
 
     def _top_k(self, scores: np.ndarray) -> tuple[Prediction, ...]:
         best = np.argsort(-scores, kind="stable")[: self.config.top_k]

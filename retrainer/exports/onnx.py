@@ -94,7 +94,7 @@ def convert(classifier: Classifier, opset: int = OPSET) -> Any:
 
     name = classifier.extractor.spec.name
     try:
-        with _quiet_tf2onnx():
+        with _quiet("tf2onnx"):
             model, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=opset)
         onnx.checker.check_model(model)
     except Exception as error:  # tf2onnx raises anything from KeyError to its own errors
@@ -199,7 +199,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray, extractor_name: str = "
                                            ("float.onnx", "prepared.onnx", "int8.onnx"))
         float_path.write_bytes(model)
         try:
-            with _quiet_tf2onnx():
+            with _quiet(""):  # the root logger
                 quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
                 quantize_static(
                     str(prepared), str(quantized), Batches(),
@@ -227,10 +227,11 @@ def _name_batch_dimension(model: Any) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_tf2onnx() -> Iterator[None]:
-    """tf2onnx logs every rewrite, and an unsupported op as ERROR lines before the checker's verdict;
-    the verdict becomes one ModelError line, so its log stays silent meanwhile."""
-    logger = logging.getLogger("tf2onnx")
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Silence a converter's logger meanwhile: tf2onnx logs every rewrite (and an unsupported op
+    as ERROR lines before the checker's verdict, which becomes one ModelError line); ONNX Runtime's
+    quantizer logs each weight scale it widens on the root logger."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
     logger.setLevel(logging.CRITICAL + 1)
     try:
