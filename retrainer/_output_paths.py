@@ -66,8 +66,7 @@ def remove_stale_export_temporaries(config: RetrainConfig) -> None:
 
 def _deployable_files(config: RetrainConfig) -> list[tuple[str, Path]]:
     """(flag, path) of every .tflite and .onnx file the run will write."""
-    from retrainer.exports.onnx_contract import onnx_paths
-    from retrainer.exports.quantization import tflite_paths
+    from retrainer.exports.quantization import onnx_paths, tflite_paths
 
     files = []
     if config.tflite_output_file is not None:

@@ -136,18 +136,3 @@ def test_tflite_onnx_and_other_extractors_exit_2(deployed_run, lite_models, tmp_
     assert result.exit_code == 2 and "alone.pb.meta.json" in result.stderr
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
-
-def test_explain_onnx_exits_2(tmp_path, lite_models):
-    pytest.importorskip("tf2onnx")
-    from retrainer.exports.classifier import Classifier
-    from retrainer.exports.onnx import convert
-    from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
-
-    extractor = create_extractor("efficientnet_lite0", 32)
-    model = convert(Classifier(extractor, SoftmaxHead(1280, 3, seed=0), ("a", "b", "c"), "out"))
-    path = tmp_path / "m.onnx"
-    path.write_bytes(model.SerializeToString())
-    result = label_image("--graph", str(path), "--explain", str(tmp_path / "maps"),
-                         str(write_photo(tmp_path / "p.jpg", (40, 40))))
-    assert result.exit_code == 2 and "ONNX model" in result.stderr

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.exports.onnx import OPSET
-from retrainer.exports.onnx_contract import looks_like_onnx
+from retrainer.graph_contract import looks_like_onnx
 from retrainer.extractors import list_extractors, register_extractor
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
@@ -197,3 +197,12 @@ def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch, onnx_run, so
     result = label_image("--graph", str(out / "model_none.onnx"), str(solid["red"]))
     assert result.exit_code == 4 and result.stderr.count("\n") == 1
     assert "needs the onnx extra (onnxruntime not installed)" in result.stderr
+
+
+def test_explain_on_onnx_exits_2(onnx_run, solid, tmp_path):
+    out, _ = onnx_run
+    result = label_image("--graph", str(out / "model_none.onnx"), "--explain",
+                         str(tmp_path / "maps"), str(solid["red"]))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("Error: --explain needs a frozen graph (.pb) or a SavedModel, "
+                                    f"but {out / 'model_none.onnx'} is an ONNX model")

@@ -31,8 +31,7 @@ from retrainer.classify._common import (
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.exports.onnx_contract import looks_like_onnx
-from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER
+from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER, looks_like_onnx
 from retrainer.images import UnreadableImageError, load_image
 
 __all__ = [

@@ -23,11 +23,12 @@ from retrainer.classify._common import ClassifyConfig
 from retrainer.errors import ModelError, UsageError
 from retrainer.explain.gradcam import Explanation, GradCam, require_explainable
 from retrainer.explain.heatmap import HeatmapNames, image_overlay
-from retrainer.graph_contract import METADATA_SUFFIX
+from retrainer.graph_contract import METADATA_SUFFIX, SAVED_MODEL_METADATA
 from retrainer.images import UnreadableImageError
 from retrainer.storage import AnyPath, is_url
 
 log = logging.getLogger(__name__)
+_ARTICLED = {"ONNX model": "an ONNX model", "TFLite model": "a TFLite model"}
 
 
 class ExplainedModel:
@@ -49,9 +50,9 @@ class ExplainedModel:
             self._gradcam = _saved_model_gradcam(config)
         else:
             raise UsageError(
-                f"--explain needs a frozen graph (.pb) or a SavedModel; {config.graph} is a "
-                f"{self.kind}, which keeps no gradients to explain with. Pass the .pb written "
-                "beside it (--output_graph), or drop --explain"
+                f"--explain needs a frozen graph (.pb) or a SavedModel, but {config.graph} is "
+                f"{_ARTICLED.get(self.kind, self.kind)}, which keeps no gradients to explain with. "
+                "Pass the .pb retrain wrote beside it (--output_graph), or drop --explain"
             )
 
     def explain(self, pixels: np.ndarray) -> Explanation:
@@ -113,10 +114,9 @@ def _saved_model_gradcam(config: ClassifyConfig) -> GradCam:
     )
 
     from retrainer.classify.saved_model import SIGNATURE
-    from retrainer.exports.saved_model import METADATA_ASSET
 
     source = f"SavedModel {config.graph}"
-    metadata_file = config.graph / "assets" / METADATA_ASSET
+    metadata_file = config.graph / "assets" / SAVED_MODEL_METADATA
     try:
         metadata = json.loads(metadata_file.read_text(encoding="utf-8"))
     except FileNotFoundError:

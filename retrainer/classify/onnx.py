@@ -1,6 +1,6 @@
 """An ONNX model for `label-image`, run by ONNX Runtime on the CPU.
 
-Told apart from the other kinds by content (`onnx_contract.looks_like_onnx`). Labels come from
+Told apart from the other kinds by content (`graph_contract.looks_like_onnx`). Labels come from
 --labels, else the model's `metadata_props` (retrain's export writes them), else
 `output_labels.txt` beside the file; normalisation and tensor names from flags, else the metadata,
 else the defaults (mean 0, std 255; the first input, the `probabilities` output or the first).
@@ -24,8 +24,7 @@ from retrainer.classify._common import (
 )
 from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError, UsageError
-from retrainer.exports.onnx_contract import OUTPUT_NAME, RUNTIME_PACKAGES, require_onnx_extra
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
 from retrainer.storage import as_path
 
 
@@ -35,7 +34,7 @@ class OnnxModel:
     kind = "ONNX model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        require_onnx_extra(f"--graph {config.graph} (an ONNX model)", RUNTIME_PACKAGES)
+        require_onnx_extra(f"--graph {config.graph} (an ONNX model)", ("onnxruntime",))
         self._session = _session(config, data)
         metadata = _metadata(config, self._session)
         self._input = _pick(self._session.get_inputs(),
@@ -43,7 +42,7 @@ class OnnxModel:
                             config)
         self._output = _pick(self._session.get_outputs(),
                              first_set(config.output_layer, metadata.get("output_name"),
-                                       OUTPUT_NAME), "output", config)
+                                       ONNX_OUTPUT), "output", config)
         shape = self._input.shape
         if (len(shape) != 4 or shape[3] != 3 or not all(isinstance(side, int) for side in shape[1:3])
                 or self._input.type != "tensor(float)"):

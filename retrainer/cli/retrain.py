@@ -17,8 +17,7 @@ import click
 from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
 from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
 from retrainer.errors import FinishedRunError
-from retrainer.exports.onnx_contract import ONNX_MODES
-from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
+from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
 from retrainer.pipeline import run
 from retrainer.reports.format import percent
 from retrainer.result import RetrainResult

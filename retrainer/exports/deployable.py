@@ -12,11 +12,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from retrainer.exports.onnx_contract import onnx_paths
 from retrainer.exports.quantization import (
     INT8,
     MIN_CALIBRATION_IMAGES,
     NONE,
+    onnx_paths,
     tflite_paths,
     too_few_calibration_images,
 )

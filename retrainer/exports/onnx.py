@@ -34,13 +34,18 @@ from retrainer._files import write_bytes_atomically
 from retrainer.errors import ModelError
 from retrainer.exports._pixels import decode_files, seeded_sample
 from retrainer.exports.classifier import Classifier
-from retrainer.exports.onnx_contract import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME
 from retrainer.exports.quantization import (
     INT8,
     MIN_CALIBRATION_IMAGES,
     too_few_calibration_images,
 )
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.graph_contract import (
+    INPUT_MEAN,
+    INPUT_STD,
+    ONNX_FORMAT,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +59,7 @@ CALIBRATION_BATCH = 8
 
 def serving_outputs(classifier: Classifier, images: tf.Tensor) -> dict[str, tf.Tensor]:
     """Every output of the ONNX model, by name: a new output of the classifier is one more key."""
-    return {OUTPUT_NAME: classifier.classify(images)}
+    return {ONNX_OUTPUT: classifier.classify(images)}
 
 
 def metadata_props(classifier: Classifier) -> dict[str, str]:
@@ -65,8 +70,8 @@ def metadata_props(classifier: Classifier) -> dict[str, str]:
     return {
         "format": ONNX_FORMAT,
         "labels": json.dumps(list(classifier.label_names), ensure_ascii=False),
-        "input_name": INPUT_NAME,
-        "output_name": OUTPUT_NAME,
+        "input_name": ONNX_INPUT,
+        "output_name": ONNX_OUTPUT,
         "input_mean": repr(float(INPUT_MEAN)),
         "input_std": repr(float(INPUT_STD)),
         "input_height": str(height),
@@ -86,7 +91,7 @@ def convert(classifier: Classifier, opset: int = OPSET) -> Any:
     import tf2onnx
 
     height, width = classifier.extractor.spec.input_size
-    signature = [tf.TensorSpec([None, height, width, 3], tf.float32, INPUT_NAME)]
+    signature = [tf.TensorSpec([None, height, width, 3], tf.float32, ONNX_INPUT)]
 
     @tf.function(input_signature=signature)
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -105,7 +110,7 @@ def convert(classifier: Classifier, opset: int = OPSET) -> Any:
     _name_batch_dimension(model)
     model.producer_name = "retrainer"
     model.doc_string = (f"Image classifier retrained on {name} features by retrainer: images "
-                        f"float32 [N, {height}, {width}, 3] RGB in [0, 1] -> {OUTPUT_NAME} "
+                        f"float32 [N, {height}, {width}, 3] RGB in [0, 1] -> {ONNX_OUTPUT} "
                         f"float32 [N, {len(classifier.label_names)}].")
     onnx.helper.set_model_props(model, metadata_props(classifier))
     return model
@@ -192,7 +197,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray, extractor_name: str = "
             if start is None:
                 return None
             batch = calibration[start:start + CALIBRATION_BATCH]
-            return {INPUT_NAME: batch.astype(np.float32) / np.float32(255.0)}
+            return {ONNX_INPUT: batch.astype(np.float32) / np.float32(255.0)}
 
     with tempfile.TemporaryDirectory() as scratch:
         float_path, prepared, quantized = (Path(scratch) / name for name in

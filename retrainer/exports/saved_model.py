@@ -20,11 +20,11 @@ import tensorflow as tf
 
 from retrainer._files import replace_directory
 from retrainer.exports.classifier import Classifier, write_labels
+from retrainer.graph_contract import SAVED_MODEL_METADATA
 
 SIGNATURE_OUTPUT = "probabilities"
 BYTES_SIGNATURE = "serving_bytes"
 BYTES_INPUT = "image_bytes"  # the "_bytes" suffix makes Cloud ML / TF Serving clients base64 it
-METADATA_ASSET = "metadata.json"  # the graph sidecar's contract: which extractor, which labels
 
 
 def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str) -> None:
@@ -63,7 +63,7 @@ def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str)
         labels_file = Path(scratch) / "labels.txt"
         write_labels(labels_file, classifier.label_names)
         module.labels_file = tf.saved_model.Asset(str(labels_file))
-        metadata_file = Path(scratch) / METADATA_ASSET
+        metadata_file = Path(scratch) / SAVED_MODEL_METADATA
         metadata_file.write_text(json.dumps(classifier.metadata(), indent=2, ensure_ascii=False)
                                  + "\n", encoding="utf-8")
         module.metadata_file = tf.saved_model.Asset(str(metadata_file))

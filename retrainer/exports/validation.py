@@ -7,8 +7,8 @@ import os
 from typing import TYPE_CHECKING, Sequence
 
 from retrainer.errors import UsageError
-from retrainer.exports.onnx_contract import ONNX_MODES, require_onnx_extra
-from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
+from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
+from retrainer.graph_contract import require_onnx_extra
 from retrainer.storage import as_path
 
 if TYPE_CHECKING:
