@@ -80,6 +80,7 @@ class RetrainConfig:
     # reports and quality gates (issue 12): None turns a report off; gates are fractions or None
     metrics_file: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "metrics.json"
     report_html: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "report.html"
+    report_explanations: int = 3  # heat maps of N correct test images per class (+ the wrong ones)
     assert_accuracy_at_least: Optional[float] = None
     assert_recall_at_least: Optional[float] = None
     final_tensor_name: str = "final_result"
@@ -134,6 +135,7 @@ class RetrainConfig:
         for field in ("metrics_file", "report_html"):
             value = getattr(self, field)
             object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
+        self._require("report_explanations", lambda count: count >= 0, "0 (none) or more")
         for field in ("assert_accuracy_at_least", "assert_recall_at_least"):
             self._require(field, lambda x: x is None or 0 <= x <= 1, "a fraction from 0 to 1")
         if self.metrics_file is not None and self.metrics_file == self.report_html:

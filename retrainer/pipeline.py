@@ -134,6 +134,11 @@ def run(config: RetrainConfig) -> RetrainResult:
         outputs["audit_file"] = config.audit_file
     last = training.history[-1]
     test_images = splits.images[TESTING]
+    heat_maps: list = []
+    if config.report_html is not None:
+        with timer("explain", active=config.report_explanations > 0):
+            heat_maps = explanations(config, exports, training.head, extractor.spec,
+                                     test_images, evaluation, collection.labels)
     result = RetrainResult(
         labels=collection.labels,
         counts=splits.counts(),
@@ -167,7 +172,8 @@ def run(config: RetrainConfig) -> RetrainResult:
         extraction_devices=engine.devices,
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
-                  audit_sections(result.audit) if config.report_html is not None else ())
+                  (*heat_maps, *audit_sections(result.audit)) if config.report_html is not None
+                  else ())
     try:
         if gate_failure is not None:
             raise QualityGateError(gate_failure)
@@ -178,6 +184,21 @@ def run(config: RetrainConfig) -> RetrainResult:
         error.result = result
         raise
     return result
+
+
+def explanations(config: RetrainConfig, exports: Any, head: Any, spec: Any, test_images: Any,
+                 evaluation: Any, labels: tuple[str, ...]) -> list:
+    """The report's heat-map section (none with --report_explanations 0)."""
+    if config.report_explanations == 0:
+        return []
+    from retrainer.graph_contract import INPUT_OP
+    from retrainer.reports.explanations import choose_images, explanation_section
+
+    chosen = choose_images(test_images, evaluation, labels, config.report_explanations)
+    return [explanation_section(
+        lambda: exports.exporter(head).frozen_graph_def(), f"{INPUT_OP}:0",
+        f"{config.final_tensor_name}:0", spec.name, spec.input_size, chosen,
+        config.report_explanations)]
 
 
 def _training_config(config: RetrainConfig):

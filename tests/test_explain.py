@@ -136,3 +136,27 @@ def test_tflite_onnx_and_other_extractors_exit_2(deployed_run, lite_models, tmp_
     assert result.exit_code == 2 and "alone.pb.meta.json" in result.stderr
     assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
 
+
+
+def test_report_section_pairs_each_image_with_its_heat_map(lite_models, tmp_path):
+    import tensorflow as tf
+
+    from retrainer.reports.explanations import Explained, explanation_section
+
+    graph_def = tf.compat.v1.GraphDef.FromString((lite_models / "graph.pb").read_bytes())
+    images = [Explained(write_photo(tmp_path / f"{index}.jpg", (48, 80)), f"x/<b>{index}.jpg",
+                        "a", "b" if index else "a") for index in range(3)]
+    images.append(Explained(tmp_path / "gone.jpg", "x/gone.jpg", "a", "a"))  # deleted since
+    section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
+                                  "efficientnet_lite0", (SIZE, SIZE), images, 2)
+    assert section.id == "explanations"
+    assert section.body.count('<figure class="pair">') == 3
+    assert section.body.count('src="data:image/png;base64,') == 6  # image + heat map each
+    assert "x/&lt;b&gt;1.jpg" in section.body and "<b>1" not in section.body
+    assert "over 2 misclassified test images" in section.body
+
+
+def test_report_says_why_there_are_no_heat_maps(deployed_run):
+    report = (deployed_run.out / "report.html").read_text()
+    assert '<section id="explanations">' in report
+    assert "No heat maps: extractor tiny_test is not one of" in report
