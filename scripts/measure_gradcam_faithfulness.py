@@ -38,7 +38,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "gradcam_faithfulness")
     parser.add_argument("--smoke", action="store_true",
-                        help="tiny run (10 images per class, 20 canvases) that only checks it works")
+                        help="tiny run (10 images per class, 20 canvases): checks it works")
     args = parser.parse_args()
     if args.smoke:
         args.per_class, args.canvases = 10, 20

@@ -64,8 +64,9 @@ def _measure(name: str, data: bytes, seconds: float, pixels: np.ndarray, referen
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     images = pixels.astype(np.float32) / 255.0
-    probabilities = np.concatenate([session.run(["probabilities"], {"images": images[i:i + BATCH]})[0]
-                                    for i in range(0, len(images), BATCH)])
+    probabilities = np.concatenate([
+        session.run(["probabilities"], {"images": images[start:start + BATCH]})[0]
+        for start in range(0, len(images), BATCH)])
     one = _median_ms(lambda: session.run(None, {"images": images[:1]}), ROUNDS_ONE)
     batch = _median_ms(lambda: session.run(None, {"images": images[:BATCH]}), ROUNDS_BATCH)
     return {

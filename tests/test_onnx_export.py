@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,8 @@ from click.testing import CliRunner
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.exports.onnx import OPSET
-from retrainer.graph_contract import looks_like_onnx
 from retrainer.extractors import list_extractors, register_extractor
+from retrainer.graph_contract import looks_like_onnx
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_label_image import write_solid_images

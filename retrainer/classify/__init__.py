@@ -2,8 +2,8 @@
 
 `--graph` may be a frozen GraphDef (.pb), a `.tflite` file, an ONNX model or a SavedModel folder;
 the content decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, an ONNX model starts with
-its IR version, a SavedModel folder holds saved_model.pb), one module per kind. Images are decoded by `retrainer.images.load_image` -- the
-pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
+its IR version, a SavedModel folder holds saved_model.pb), one module per kind. Images are decoded
+by `retrainer.images.load_image` -- the pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
 decoding overlaps inference. An image that cannot be decoded becomes a result with an `error`; the
 others are still classified.
 """

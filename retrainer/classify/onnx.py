@@ -10,22 +10,20 @@ Needs the `onnx` extra's onnxruntime.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
 from retrainer.classify._common import (
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
     first_set,
-    read_labels,
+    resolve_labels,
 )
 from retrainer.engines.cpu import usable_cpus
-from retrainer.errors import ModelError, UsageError
+from retrainer.errors import ModelError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
-from retrainer.storage import as_path
 
 
 class OnnxModel:
@@ -44,7 +42,8 @@ class OnnxModel:
                              first_set(config.output_layer, metadata.get("output_name"),
                                        ONNX_OUTPUT), "output", config)
         shape = self._input.shape
-        if (len(shape) != 4 or shape[3] != 3 or not all(isinstance(side, int) for side in shape[1:3])
+        if (len(shape) != 4 or shape[3] != 3
+                or not all(isinstance(side, int) for side in shape[1:3])
                 or self._input.type != "tensor(float)"):
             raise ModelError(
                 f"ONNX model {config.graph}'s input {self._input.name} is {self._input.type} "
@@ -53,7 +52,9 @@ class OnnxModel:
             )
         size = (int(shape[1]), int(shape[2]))
         check_size_flags(config, size, "ONNX model")
-        labels, self.labels_source = _labels(config, metadata)
+        labels, self.labels_source = resolve_labels(
+            config, _embedded_labels(config, metadata), f"the metadata of {config.graph}",
+            "ONNX model", "no labels metadata")
         self.spec = ModelSpec(
             input_layer=self._input.name,
             output_layer=self._output.name,
@@ -124,26 +125,18 @@ def _number(metadata: dict[str, str], key: str, config: ClassifyConfig) -> Any:
                          f"number; pass --{key}") from None
 
 
-def _labels(config: ClassifyConfig, metadata: dict[str, str]) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the model's metadata, else output_labels.txt beside."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if "labels" in metadata:
-        try:
-            labels = json.loads(metadata["labels"])
-        except json.JSONDecodeError:
-            labels = None
-        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-            raise ModelError(f"ONNX model {config.graph}'s metadata labels are not a JSON list of "
-                             "strings; pass --labels FILE")
-        return tuple(labels), f"the metadata of {config.graph}"
-    beside = as_path(config.graph).parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for ONNX model {config.graph}: it has no labels metadata and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )
+def _embedded_labels(config: ClassifyConfig, metadata: dict[str, str]) -> Optional[list]:
+    """The `labels` metadata (a JSON list of strings), or None without it."""
+    if "labels" not in metadata:
+        return None
+    try:
+        labels = json.loads(metadata["labels"])
+    except json.JSONDecodeError:
+        labels = None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ModelError(f"ONNX model {config.graph}'s metadata labels are not a JSON list of "
+                         "strings; pass --labels FILE")
+    return labels
 
 
 def _first_line(error: BaseException) -> str:

@@ -51,12 +51,9 @@ def write_tflite_exports(config, classifier, training_images: Sequence) -> dict[
         return {}
     from retrainer.exports.tflite import write_tflite_files
 
-    paths = write_tflite_files(
-        classifier, tflite_paths(config.tflite_output_file, config.tflite_quantization),
-        config.tflite_calibration_images, [image.path for image in training_images], config.seed,
-    )
-    written = list(paths.values())
-    return {"tflite_output_file": written[0] if len(written) == 1 else written}
+    paths = tflite_paths(config.tflite_output_file, config.tflite_quantization)
+    return _written("tflite_output_file", write_tflite_files, paths, config, classifier,
+                    training_images)
 
 
 def write_onnx_exports(config, classifier, training_images: Sequence) -> dict[str, Any]:
@@ -65,12 +62,19 @@ def write_onnx_exports(config, classifier, training_images: Sequence) -> dict[st
         return {}
     from retrainer.exports.onnx import write_onnx_files
 
-    paths = write_onnx_files(
-        classifier, onnx_paths(config.onnx_output_file, config.onnx_quantization),
-        config.tflite_calibration_images, [image.path for image in training_images], config.seed,
-    )
+    paths = onnx_paths(config.onnx_output_file, config.onnx_quantization)
+    return _written("onnx_output_file", write_onnx_files, paths, config, classifier,
+                    training_images)
+
+
+def _written(flag: str, write, paths: dict[str, Path], config, classifier,
+             training_images: Sequence) -> dict[str, Any]:
+    """Run a format's writer (int8 calibrates on the run's seeded sample of training images);
+    {flag: the path, or the paths of several modes}."""
+    write(classifier, paths, config.tflite_calibration_images,
+          [image.path for image in training_images], config.seed)
     written = list(paths.values())
-    return {"onnx_output_file": written[0] if len(written) == 1 else written}
+    return {flag: written[0] if len(written) == 1 else written}
 
 
 def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,

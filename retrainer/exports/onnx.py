@@ -1,4 +1,4 @@
-"""ONNX export: the `Classifier` converted by tf2onnx, for ONNX Runtime, TensorRT, OpenVINO, browsers.
+"""ONNX export: the `Classifier` converted by tf2onnx, for ONNX Runtime, TensorRT, OpenVINO, web.
 
 Contract of the file (docs/exports.md):
 - input `images`: float32 [N, H, W, 3] RGB in [0, 1], the frozen graph's contract (the extractor's

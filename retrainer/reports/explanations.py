@@ -1,4 +1,4 @@
-"""The report's heat maps: where the model looked, beside misclassified and a few correct test images.
+"""The report's heat maps: where the model looked, beside misclassified and some correct test images.
 
 Grad-CAM (`retrainer.explain`) runs on the run's own classifier graph, frozen in memory exactly
 as it is exported, over the test images decoded as training decoded them; each figure shows the
