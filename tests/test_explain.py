@@ -160,3 +160,30 @@ def test_report_says_why_there_are_no_heat_maps(deployed_run):
     report = (deployed_run.out / "report.html").read_text()
     assert '<section id="explanations">' in report
     assert "No heat maps: extractor tiny_test is not one of" in report
+
+
+@pytest.mark.slow
+def test_report_heat_maps_render_in_chromium(tmp_path, fashion_mnist_dir):
+    """A real EfficientNet-Lite0 run on Fashion-MNIST: the report's heat-map section, alone on a
+    page, renders in headless Chromium with saturated heat colours over the grey items."""
+    from retrainer.cli.retrain import main as retrain_main
+    from tests.fixtures_pipeline import retrain_args
+    from tests.test_report_browser import screenshot
+
+    args = retrain_args(tmp_path, fashion_mnist_dir, "--report_explanations", "2",
+                        extractor="efficientnet_lite0", steps=300)
+    result = CliRunner().invoke(retrain_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    report = (tmp_path / "out" / "report.html").read_text()
+    section = report[report.index('<section id="explanations">'):]
+    section = section[:section.index("</section>") + len("</section>")]
+    pairs = section.count('<figure class="pair">')
+    wrong = len(json.loads((tmp_path / "out" / "metrics.json").read_text())["misclassified"])
+    assert wrong < pairs <= wrong + 2 * 10  # every wrong one, at most 2 correct per class
+    page = tmp_path / "section.html"
+    page.write_text(report[:report.index("<body>") + 6] + section + "</body></html>")
+    image, console = screenshot(page, tmp_path / "section.png", tmp_path / "profile")
+    assert console == []
+    pixels = image.astype(int)
+    hot = (pixels[..., 0] > 170) & (pixels[..., 1] < 110) & (pixels[..., 2] < 90)
+    assert hot.sum() > pairs * 100, "each heat map has a red core"

@@ -11,7 +11,7 @@ extractors whose pooled map is a spatial map of the image (the built-in Efficien
 `keras:` backbones). Rebuilding the extractor from the registry was rejected: it would explain the
 registry's weights, not a fine-tuned graph's.
 
-The class score is the logit (the Softmax's input) of the top class; its gradient with respect to
+The class score is the logit (the Softmax's or Sigmoid's input) of the top class; its gradient with respect to
 the map, averaged over h x w, weighs the K channels; the map is their ReLU'd weighted sum
 (Selvaraju et al., 2017). A map that is zero everywhere (no positive evidence) falls back to the
 unclipped sum, so a peak is always defined.
@@ -160,8 +160,9 @@ def last_pooled_map(output: Any) -> Any:
 
 
 def _logits(probabilities: Any) -> Any:
-    """The Softmax's input behind `probabilities` (through Identity ops), else `probabilities`."""
+    """The logits behind `probabilities`: the input of the Softmax (or a multi-label head's
+    Sigmoid) reached through Identity ops; else `probabilities` itself."""
     op = probabilities.op
     while op.type == "Identity":
         op = op.inputs[0].op
-    return op.inputs[0] if op.type == "Softmax" else probabilities
+    return op.inputs[0] if op.type in ("Softmax", "Sigmoid") else probabilities
