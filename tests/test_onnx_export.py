@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -205,3 +206,33 @@ def test_explain_on_onnx_exits_2(onnx_run, solid, tmp_path):
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("Error: --explain needs a frozen graph (.pb) or a SavedModel, "
                                     f"but {out / 'model_none.onnx'} is an ONNX model")
+
+
+def test_max_export_accuracy_drop_applies_to_onnx(onnx_run, tmp_path):
+    """An .onnx whose head lost its training (here: a freshly initialised one) scores below the
+    frozen graph on the test split, and --max_export_accuracy_drop names it (exit 7)."""
+    from retrainer.config import RetrainConfig
+    from retrainer.errors import ExportMismatchError
+    from retrainer.exports.classifier import Classifier
+    from retrainer.exports.deployable import check_export_accuracy, verify_exports
+    from retrainer.exports.onnx import write_onnx_files
+    from retrainer.extractors import create_extractor
+    from retrainer.training.head import SoftmaxHead
+
+    out, document = onnx_run
+    labels = tuple(document["labels"])
+    untrained = Classifier(create_extractor("tiny_test"), SoftmaxHead(16, len(labels), seed=3),
+                           labels, "final_result")
+    path = tmp_path / "untrained.onnx"
+    write_onnx_files(untrained, {"none": path}, 10, [], seed=0)
+    image_dir = Path(document["flags"]["image_dir"])
+    config = RetrainConfig(image_dir=image_dir, output_graph=out / "graph.pb",
+                           onnx_output_file=path, max_export_accuracy_drop=5)
+    tests = [type("Image", (), {"path": p, "label_index": labels.index(p.parent.name)})
+             for name in labels for p in sorted((image_dir / name).iterdir())]
+    reports = verify_exports(config, {"onnx_output_file": path}, tests, (32, 32))
+    assert [row.artifact for row in reports] == ["frozen graph", "onnx"]
+    assert reports[1].change_points < -5
+    with pytest.raises(ExportMismatchError) as raised:
+        check_export_accuracy(config, reports)
+    assert raised.value.exit_code == 7 and f"onnx ({path})" in str(raised.value)
