@@ -47,6 +47,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         check_export_accuracy,
         verify_exports,
     )
+    from retrainer.explain.gradcam import explainable
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
     from retrainer.reports.gates import failure_message
@@ -136,7 +137,8 @@ def run(config: RetrainConfig) -> RetrainResult:
     test_images = splits.images[TESTING]
     heat_maps: list = []
     if config.report_html is not None:
-        with timer("explain", active=config.report_explanations > 0):
+        with timer("explain", active=config.report_explanations > 0
+                   and explainable(extractor.spec.name)):
             heat_maps = explanations(config, exports, training.head, extractor.spec,
                                      test_images, evaluation, collection.labels)
     result = RetrainResult(

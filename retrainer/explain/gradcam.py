@@ -32,13 +32,18 @@ EXPLAINABLE = "the built-in EfficientNet-Lite models (efficientnet_lite0/1/2) an
 _EXPLAINABLE_NAME = re.compile(r"^(efficientnet_lite\d+|keras:.+)$", re.IGNORECASE)
 
 
+def explainable(extractor: str | None) -> bool:
+    """True for the extractors whose last block is a spatial map of the image (`EXPLAINABLE`)."""
+    return extractor is not None and bool(_EXPLAINABLE_NAME.match(extractor))
+
+
 def require_explainable(extractor: str | None, source: str) -> None:
     """Raise unless `extractor` (the name a graph's metadata records) can be explained.
 
     Raises:
         UsageError: naming the extractor and those that can be explained.
     """
-    if extractor is None or not _EXPLAINABLE_NAME.match(extractor):
+    if not explainable(extractor):
         built = "an unknown extractor" if extractor is None else f"extractor {extractor!r}"
         raise UsageError(
             f"--explain: {source} was built on {built}; heat maps are made for {EXPLAINABLE}. "

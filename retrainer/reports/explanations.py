@@ -16,8 +16,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from retrainer.errors import UsageError
-from retrainer.explain.gradcam import EXPLAINABLE, GradCam, require_explainable
+from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
 from retrainer.images import UnreadableImageError, load_image
 from retrainer.reports.html import Section, paragraph, png_image
@@ -73,9 +72,7 @@ def explanation_section(
         images: what to explain (`choose_images`).
         per_class: the --report_explanations count, for the text.
     """
-    try:
-        require_explainable(extractor_name, "this model")
-    except UsageError:
+    if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
             f"No heat maps: extractor {extractor_name} is not one of {EXPLAINABLE}.", "note"))
     if not images:
