@@ -42,12 +42,12 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head, validation_probabilities
+    from retrainer.explain.gradcam import explainable
     from retrainer.exports.deployable import (
         check_calibration_supply,
         check_export_accuracy,
         verify_exports,
     )
-    from retrainer.explain.gradcam import explainable
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
     from retrainer.reports.gates import failure_message
