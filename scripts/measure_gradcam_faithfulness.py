@@ -42,9 +42,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.per_class, args.canvases = 10, 20
-    images, holdout = args.work / f"images_{args.per_class}", args.work / "holdout"
+    per_class_items = args.canvases // 10 + 1  # each canvas gets its own t10k item
+    images = args.work / f"images_{args.per_class}"
+    holdout = args.work / f"holdout_{per_class_items}"
     for folder, subset, count in ((images, "train", args.per_class),
-                                  (holdout, "t10k", max(1, args.canvases // 10 + 1))):
+                                  (holdout, "t10k", per_class_items)):
         if not folder.is_dir():
             subprocess.run([sys.executable, str(REPO / "examples" / "fashion_mnist.py"),
                             "--idx-dir", str(REPO / ".cache" / "fashion-mnist"), "--out",
