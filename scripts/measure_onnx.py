@@ -96,13 +96,13 @@ def _from_run(run: Path):
     from retrainer.exports._pixels import decode_files, seeded_sample
     from retrainer.exports.classifier import Classifier
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     flags = json.loads((run / "metrics.json").read_text())["flags"]
     collection = discover_images(Path(flags["image_dir"]), flags["validation_percentage"],
                                  flags["testing_percentage"])
     extractor = create_extractor(flags["tfhub_module"], flags["image_size"])
-    head = SoftmaxHead(extractor.spec.vector_size, len(collection.labels), seed=0)
+    head = Head(extractor.spec.vector_size, len(collection.labels), seed=0)
     tf.train.Checkpoint(head=head).read(flags["checkpoint_path"]).expect_partial()
     classifier = Classifier(extractor, head, collection.labels, flags["final_tensor_name"])
     tests = collection.in_split("testing")
@@ -119,10 +119,10 @@ def _from_run(run: Path):
 def _smoke():
     from retrainer.exports.classifier import Classifier
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     extractor = create_extractor("efficientnet_lite0", 64)
-    classifier = Classifier(extractor, SoftmaxHead(1280, 3, seed=0), ("a", "b", "c"), "out")
+    classifier = Classifier(extractor, Head(1280, 3, seed=0), ("a", "b", "c"), "out")
     pixels = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
     reference = classifier.classify(pixels.astype(np.float32) / 255.0).numpy()
     return classifier, pixels, reference, pixels

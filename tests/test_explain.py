@@ -27,11 +27,11 @@ def lite_models(tmp_path_factory):
     from retrainer.exports.graph import GraphExporter
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     folder = tmp_path_factory.mktemp("lite")
     extractor = create_extractor("efficientnet_lite0", SIZE)
-    classifier = Classifier(extractor, SoftmaxHead(extractor.spec.vector_size, 3, seed=1),
+    classifier = Classifier(extractor, Head(extractor.spec.vector_size, 3, seed=1),
                             ("a", "b", "c"), "final_result")
     GraphExporter(classifier).write_graph(folder / "graph.pb")
     write_labels(folder / "output_labels.txt", classifier.label_names)

@@ -217,11 +217,11 @@ def test_max_export_accuracy_drop_applies_to_onnx(onnx_run, tmp_path):
     from retrainer.exports.deployable import check_export_accuracy, verify_exports
     from retrainer.exports.onnx import write_onnx_files
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     out, document = onnx_run
     labels = tuple(document["labels"])
-    untrained = Classifier(create_extractor("tiny_test"), SoftmaxHead(16, len(labels), seed=3),
+    untrained = Classifier(create_extractor("tiny_test"), Head(16, len(labels), seed=3),
                            labels, "final_result")
     path = tmp_path / "untrained.onnx"
     write_onnx_files(untrained, {"none": path}, 10, [], seed=0)
