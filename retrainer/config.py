@@ -106,6 +106,7 @@ class RetrainConfig:
     onnx_output_file: Optional[AnyPath] = None
     onnx_quantization: tuple[str, ...] = ("none",)
     tfhub_module: str = DEFAULT_EXTRACTOR
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
     extraction_devices: str = AUTO_DEVICES  # "GPU:0,GPU:1": batches split across them

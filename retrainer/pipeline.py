@@ -50,6 +50,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     )
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
+    from retrainer.extractors.tfhub import check_extractor_module
     from retrainer.reports.gates import failure_message
     from retrainer.reports.held_outputs import HeldOutputs
     from retrainer.reports.metrics_file import build_run_report, report_paths
@@ -66,6 +67,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     )
 
     timer = _StageTimer()
+    check_extractor_module(config.tfhub_module, config.trust_model)  # before anything is written
     check_output_paths(config)  # before the long work
     remove_stale_export_temporaries(config)
     with timer("discover"):
@@ -81,7 +83,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         config = dataclasses.replace(config, **search.rows[search.chosen].settings)
     check_calibration_supply(config, collection)
     with timer("extractor"):
-        extractor = create_extractor(config.tfhub_module, config.image_size)
+        extractor = create_extractor(config.tfhub_module, config.image_size, config.trust_model)
         engine = create_engine(extractor, config.extractor_precision, config.devices)
     check_fine_tunable(config, extractor)
     with timer("bottlenecks"):

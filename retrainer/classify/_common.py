@@ -36,6 +36,7 @@ class ClassifyConfig:
         top_k: how many (label, score) pairs to return per image.
         batch_size: images per model run.
         explain_dir: write each image's Grad-CAM heat map here (`retrainer.classify.explained`).
+        trust_model: load the model without `retrainer.security.check_model` (docs/security.md).
     """
 
     graph: Path
@@ -49,6 +50,7 @@ class ClassifyConfig:
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
     explain_dir: Optional[Path] = None
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "input_height", "input_width"):

@@ -4,7 +4,8 @@ Told apart from the other kinds by content (`graph_contract.looks_like_onnx`). L
 --labels, else the model's `metadata_props` (retrain's export writes them), else
 `output_labels.txt` beside the file; normalisation and tensor names from flags, else the metadata,
 else the defaults (mean 0, std 255; the first input, the `probabilities` output or the first).
-Needs the `onnx` extra's onnxruntime.
+Needs the `onnx` extra's onnxruntime (and onnx, with which `retrainer.security.check_model` reads the
+file's ops and domains before ONNX Runtime loads it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from retrainer.classify._common import (
 from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
+from retrainer.security import check_model
 
 
 class OnnxModel:
@@ -32,7 +34,8 @@ class OnnxModel:
     kind = "ONNX model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        require_onnx_extra(f"--graph {config.graph} (an ONNX model)", ("onnxruntime",))
+        require_onnx_extra(f"--graph {config.graph} (an ONNX model)", ("onnxruntime", "onnx"))
+        check_model(config.graph, "onnx", trust=config.trust_model)  # before ONNX Runtime sees it
         self._session = _session(config, data)
         metadata = _metadata(config, self._session)
         self._input = _pick(self._session.get_inputs(),

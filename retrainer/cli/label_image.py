@@ -75,6 +75,9 @@ def _option(name: str, **kwargs):
          help="Write each image's heat map (Grad-CAM: where the top class's evidence lies) to "
               "DIR/<image name>.png. Frozen graphs and SavedModels of the built-in "
               "EfficientNet-Lite models and keras: backbones.")
+@_option("trust_model", is_flag=True,
+         help="Load the model without checking its ops first: only for a file you trust "
+              "(docs/security.md).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image and line: path, label, score, predictions (or error); "
                    "with --explain also heatmap and peak [y, x].")
@@ -85,7 +88,7 @@ def _option(name: str, **kwargs):
 def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, labels: Optional[Path],
          input_layer: Optional[str], output_layer: Optional[str], input_height: Optional[int],
          input_width: Optional[int], input_mean: Optional[float], input_std: Optional[float], top_k: int,
-         batch_size: int, explain: Optional[Path], as_json: bool, quiet: bool) -> None:
+         batch_size: int, explain: Optional[Path], trust_model: bool, as_json: bool, quiet: bool) -> None:
     """Classify IMAGE files (and image files found in folders, recursively) with a retrained graph.
 
     \b
@@ -103,7 +106,7 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
     config = ClassifyConfig(
         graph=graph, labels=labels, input_layer=input_layer, output_layer=output_layer,
         input_height=input_height, input_width=input_width, input_mean=input_mean, input_std=input_std,
-        top_k=top_k, batch_size=batch_size, explain_dir=explain,
+        top_k=top_k, batch_size=batch_size, explain_dir=explain, trust_model=trust_model,
     )
     several = len(paths) > 1
     unreadable: list[ImageResult] = []

@@ -155,6 +155,8 @@ _BATCH = click.IntRange(min=-1)
          show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
+@_option("trust_model", "Load --tfhub_module without checking its ops first: only for a module "
+         "you trust (docs/security.md).", is_flag=True)
 @_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
          "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration); auto = int8 for the "
          "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "
