@@ -30,7 +30,8 @@ UNCONVERTIBLE = "unconvertible_test"
 
 
 class UnconvertibleExtractor(TinyExtractor):
-    """TinyExtractor plus an op tf2onnx has no ONNX translation for (Lgamma)."""
+    """TinyExtractor plus an op tf2onnx has no ONNX translation for: ScaleAndTranslate (an
+    antialiased resize; an op the model-file check allows, so only the conversion fails)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -38,7 +39,8 @@ class UnconvertibleExtractor(TinyExtractor):
                                     input_size=(32, 32), vector_size=17)
 
     def __call__(self, images: tf.Tensor) -> tf.Tensor:
-        odd = tf.reduce_mean(tf.math.lgamma(images + 1.0), [1, 2, 3])[:, tf.newaxis]
+        small = tf.image.resize(images, [16, 16], antialias=True)
+        odd = tf.reduce_mean(small, [1, 2, 3])[:, tf.newaxis]
         return tf.concat([super().__call__(images), odd], axis=-1)
 
 
@@ -80,6 +82,9 @@ def test_conversion_writes_a_checked_model_with_its_contract(onnx_run):
     dims = [dim.dim_param or dim.dim_value for dim in image_input.type.tensor_type.shape.dim]
     assert (image_input.name, dims) == ("images", ["N", 32, 32, 3])
     assert [output.name for output in model.graph.output] == ["probabilities"]
+    for mode in ("none", "int8"):  # only the operator sets its nodes use
+        imports = [entry.domain for entry in onnx.load(out / f"model_{mode}.onnx").opset_import]
+        assert imports == [""], (mode, imports)
 
 
 @pytest.mark.parametrize("mode", ["none", "int8"])
@@ -168,19 +173,20 @@ def test_conversion_failure_names_the_extractor_and_keeps_the_other_exports(tmp_
     images = make_color_image_dir(tmp_path / "colors", per_class=8)
     out = tmp_path / "out"
     args = retrain_args(tmp_path, images, "--onnx_output_file", str(out / "m.onnx"),
-                        "--tflite_output_file", str(out / "m.tflite"), "--json",
+                        "--saved_model_dir", str(out / "saved_model"), "--json",
                         extractor=UNCONVERTIBLE)
     result = CliRunner().invoke(retrain_main, args)
     assert result.exit_code == 4, result.output
     error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
     assert len(error_lines) == 1 and "Traceback" not in result.stderr
-    assert f"extractor {UNCONVERTIBLE}" in error_lines[0] and "Lgamma" in error_lines[0]
+    assert f"extractor {UNCONVERTIBLE}" in error_lines[0] and "ScaleAndTranslate" in error_lines[0]
     assert not (out / "m.onnx").exists()
-    for kept in ("graph.pb", "labels.txt", "m.tflite", "report.html", "metrics.json"):
+    for kept in ("graph.pb", "labels.txt", "saved_model/saved_model.pb", "report.html",
+                 "metrics.json"):
         assert (out / kept).is_file(), kept
     document = json.loads(result.stdout)
     assert document["error"]["exit_code"] == 4
-    assert [row["artifact"] for row in document["exports"]] == ["frozen graph", "tflite none"]
+    assert [row["artifact"] for row in document["exports"]] == ["frozen graph", "saved_model"]
 
 
 def test_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch, onnx_run, solid):

@@ -108,6 +108,7 @@ def convert(classifier: Classifier, opset: int = OPSET) -> Any:
             f"{_first_line(error)}; the other exports were written, drop --onnx_output_file"
         ) from error
     _name_batch_dimension(model)
+    _drop_unused_domains(model)
     model.producer_name = "retrainer"
     model.doc_string = (f"Image classifier retrained on {name} features by retrainer: images "
                         f"float32 [N, {height}, {width}, 3] RGB in [0, 1] -> {ONNX_OUTPUT} "
@@ -220,7 +221,18 @@ def quantize_int8(model: bytes, calibration: np.ndarray, extractor_name: str = "
     del result.metadata_props[:]
     result.metadata_props.extend(source.metadata_props)
     result.doc_string = source.doc_string + " int8 (ONNX Runtime static quantization)."
+    _drop_unused_domains(result)
     return result.SerializeToString()
+
+
+def _drop_unused_domains(model: Any) -> None:
+    """Keep only the operator sets the graph uses: ONNX Runtime's quantizer imports eight domains
+    (training, preview, com.microsoft, ...) that no node needs, and a reader that checks
+    domains (`retrainer.security`) would have to refuse or ignore them."""
+    used = {node.domain for node in model.graph.node} | {""}
+    kept = [entry for entry in model.opset_import if entry.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
 
 
 def _name_batch_dimension(model: Any) -> None:
