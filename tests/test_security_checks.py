@@ -383,7 +383,16 @@ def test_onnx_custom_domain_is_refused(tmp_path):
     path = _onnx_model(tmp_path / "model.onnx", write,
                        domains=(("", 17), ("com.example.evil", 1)))
 
-    assert "imports operator domain 'com.example.evil', which is not a standard" in refusal(path)
+    message = refusal(path)
+    assert "custom op WriteFile of domain 'com.example.evil' is not a standard ONNX op" in message
+    assert "(node 'write')" in message
+
+
+def test_onnx_domains_imported_but_unused_pass(tmp_path):
+    """ONNX Runtime's quantizer imports com.microsoft and other domains its nodes need not use."""
+    path = _onnx_model(tmp_path / "model.onnx",
+                       domains=(("", 17), ("com.microsoft", 1), ("ai.onnx.training", 1)))
+    check_model(path)
 
 
 def test_onnx_unknown_op_in_the_standard_domain_is_refused(tmp_path):
