@@ -11,7 +11,7 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 from __future__ import annotations
 
 import struct
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -20,14 +20,13 @@ from retrainer.classify.config import (
     ModelSpec,
     check_size_flags,
     flag_or,
-    read_labels,
+    resolve_labels,
 )
-from retrainer.errors import ModelError, UsageError
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
+from retrainer.errors import ModelError
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
 from retrainer.formats.tflite import new_interpreter
-from retrainer.formats.tflite_metadata import ModelDescription, read_metadata
+from retrainer.formats.tflite_metadata import read_metadata
 from retrainer.io.host import filtered_stderr, usable_cpus
-from retrainer.io.storage import as_path
 
 
 def make_interpreter(model: bytes) -> Any:
@@ -67,7 +66,9 @@ class TFLiteModel:
         self._input, self._output = inputs[0], outputs[0]
         size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
         check_size_flags(config, size, "TFLite model")
-        labels, self.labels_source = _labels(config, metadata)
+        labels, self.labels_source = resolve_labels(
+            config, metadata.labels if metadata else None, f"the metadata of {config.graph}",
+            "TFLite model", "no label metadata")
         self.spec = ModelSpec(
             input_layer=self._input["name"],
             output_layer=self._output["name"],
@@ -105,22 +106,6 @@ class TFLiteModel:
 
     def close(self) -> None:
         self._interpreter = None
-
-
-def _labels(config: ClassifyConfig, metadata: Optional[ModelDescription]
-            ) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if metadata is not None and metadata.labels:
-        return metadata.labels, f"the metadata of {config.graph}"
-    beside = as_path(config.graph).parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for TFLite model {config.graph}: it has no label metadata and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )
 
 
 def _first_line(error: Exception) -> str:
