@@ -14,17 +14,13 @@ cached), cached findings. Then runs the audit at --large real images (default 50
 whose real vectors are extracted once into --bottleneck_dir (minutes) and reused by reruns:
 time per detector and for the whole stage, peak memory, and the near-duplicate groups found.
 
-    PYTHONPATH=. python scripts/bench_audit.py [--per-class 100] [--large 50000] [--work DIR]
-        [--bottleneck_dir /tmp/audit50k] [--large-only]
+    python -m benchmarks.bench_audit [--per-class 100] [--large 50000] [--work DIR]
+        [--bottleneck_dir /tmp/audit50k] [--large-only] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import io
-import os
-import resource
 import shutil
 import tempfile
 import time
@@ -34,15 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import cli
+from benchmarks.data import fashion_mnist_folder
+from benchmarks.timing import machine_line, peak_rss_gib
+
 KINDS = ("jpeg", "resize", "shift", "crop", "bright")
-
-
-def fashion_module():
-    spec = importlib.util.spec_from_file_location("fashion_mnist", REPO / "examples" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def near_copy(image: Image.Image, kind: str) -> Image.Image:
@@ -160,8 +152,13 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     """Scores of injected copy pairs against the best non-copy pairs, per descriptor."""
     from retrainer.audit.duplicates import CROP_ZOOM, small_descriptor
     from retrainer.audit.neighbours import similar_pairs, unit_rows
-    from retrainer.audit.signatures import (SignatureCache, fourier_descriptor, hamming,
-                                            thumbnail_descriptor, zoomed_in)
+    from retrainer.audit.signatures import (
+        SignatureCache,
+        fourier_descriptor,
+        hamming,
+        thumbnail_descriptor,
+        zoomed_in,
+    )
 
     paths = [image.path for image in collection.images]
     thumbnails, hashes = SignatureCache(work / "bottlenecks").signatures(paths, bottlenecks.digests)
@@ -248,9 +245,7 @@ def large_collection(count: int, cache: Path):
     from retrainer.engines import AUTO, create_engine
     from retrainer.extractors import create_extractor
 
-    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    root = fashion_module().write_image_folder(idx_dir, cache / f"images_{count}",
-                                               per_class=count // 10)
+    root = fashion_mnist_folder(cache / f"images_{count}", count // 10)
     collection = discover_images(root, 10, 10)
     engine = create_engine(create_extractor("efficientnet_lite0"), AUTO)
     bottlenecks = compute_bottlenecks([image.path for image in collection.images], engine,
@@ -273,7 +268,7 @@ def large_run(count: int, cache: Path) -> None:
           "(decoded once, then cached)")
     vectors, digests = bottlenecks.vectors, bottlenecks.digests
     labels = np.array([image.label_index for image in collection.images])
-    resident = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    resident = peak_rss_gib()
     tracemalloc.start()
     stages = {}
     started = time.perf_counter()
@@ -295,7 +290,7 @@ def large_run(count: int, cache: Path) -> None:
     print("Detectors: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
           + f"; peak traced memory {peak / 2**30:.2f} GiB")
     print(f"Audit stage (find_problems, signatures cached): {stage:.1f} s; process peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB "
+          f"{peak_rss_gib():.2f} GiB "
           f"({resident:.2f} GiB before the audit)")
     relpath = [image.relpath for image in collection.images]
     print(f"{len(pairs)} near pairs, {len(findings.near)} near groups, {len(findings.exact)} exact "
@@ -303,15 +298,15 @@ def large_run(count: int, cache: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--large", type=int, default=50_000)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--bottleneck_dir", type=Path, default=Path("/tmp/audit50k"),
                         help="cache of the --large images and their vectors (reruns reuse it)")
     parser.add_argument("--large-only", action="store_true", help="only the --large run")
-    args = parser.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = cli.parse(parser, {"per_class": 20, "large": 0})
+    print(machine_line())
     if args.large_only:
         large_run(args.large, args.bottleneck_dir)
         return
@@ -324,8 +319,7 @@ def main() -> None:
     root = work / f"images_{args.per_class}"
     if root.exists():
         shutil.rmtree(root)
-    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    fashion_module().write_image_folder(idx_dir, root, per_class=args.per_class)
+    fashion_mnist_folder(root, args.per_class)
     truth = inject_faults(root, np.random.default_rng(0))
     collection = discover_images(root, 10, 10)
     bottlenecks = compute_bottlenecks([image.path for image in collection.images],
