@@ -105,7 +105,7 @@ def main() -> None:
                         help="extra retrain flags for every fine-tuning run")
     parser.add_argument("--steps", type=int, default=None,
                         help="--how_many_training_steps of every run (default: retrain's)")
-    args = cli.parse(parser, {"images": 50, "holdout": 10, "variants": "1",
+    args = cli.parse(parser, {"images": 100, "holdout": 10, "variants": "1",
                               "fine_tune": "1@0.01", "steps": 10})
     steps = () if args.steps is None else ("--how_many_training_steps", str(args.steps))
     parts = set(args.parts.split(","))
