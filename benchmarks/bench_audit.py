@@ -1,26 +1,28 @@
-"""Benchmark the dataset audit: detection quality on injected faults, and its cost at 1k / 50k.
+"""Benchmark the dataset audit: detection on injected faults in two kinds of real images side by
+side, the evidence behind its thresholds, and its cost at 1k / 50k.
 
-Builds a folder of real Fashion-MNIST images (examples/fashion_mnist.py, --per-class per class),
-then injects known faults:
-  near copies  -- re-encoded (JPEG q70), resized (2x), shifted (1 px), cropped (1 px a side),
-                  brightened (x1.3) copies of training images, named so each lands in another split;
-  byte copies  -- files copied byte for byte into another class's folder;
-  label flips  -- 3 % of the images moved to another class's folder;
-  unrelated    -- scikit-image's photos (astronaut, coffee, ...), shrunk, in random class folders.
-Computes the real efficientnet_lite0 vectors with the default engine (cached in --work), runs the
-audit's detectors and prints recall and precision per fault kind, the evidence behind the
-near-duplicate thresholds, and the audit's time: cold (signatures decoded), warm (signatures
-cached), cached findings. Then runs the audit at --large real images (default 50,000; 0 skips),
-whose real vectors are extracted once into --bottleneck_dir (minutes) and reused by reruns:
-time per detector and for the whole stage, peak memory, and the near-duplicate groups found.
+Datasets (each a real folder, faults injected by `benchmarks.audit_faults`):
+  Fashion-MNIST -- --per-class images per class (28x28 grey PNGs), plus 8 of scikit-image's photos
+                   as unrelated pictures;
+  photos        -- --photos camera JPEGs from `benchmarks.photos` (Debian mate-backgrounds'
+                   photographs; default 200 of 4000x3000, 12 classes).
+Faults: near copies (jpeg q70, resize 50%, crop 90%, brightness +20%, flip; on Fashion-MNIST also
+resize 2x, shift 1 px, crop 1 px, brightness x1.3), --per-kind of each, named so each lands in
+another split; byte copies; 3 % label flips. The real efficientnet_lite0 vectors come from the
+default engine; the audit runs as `retrain` runs it. Prints recall and precision per fault kind
+and dataset (one markdown table, both datasets side by side), what was flagged but not injected,
+the evidence behind the near-duplicate thresholds, and the audit's time: cold, on cached
+signatures, on cached findings. Then the audit at --large real Fashion-MNIST images (default
+50,000; 0 skips), whose vectors are extracted once into --bottleneck_dir (minutes) and reused by
+reruns: time per detector and for the whole stage, peak memory, and the groups found.
 
-    python -m benchmarks.bench_audit [--per-class 100] [--large 50000] [--work DIR]
-        [--bottleneck_dir /tmp/audit50k] [--large-only] [--smoke]
+    python -m benchmarks.bench_audit [--datasets fashion,photos] [--per-class 100] [--photos 200]
+        [--large 50000] [--work DIR] [--bottleneck_dir /tmp/audit50k] [--large-only] [--smoke]
 """
 
 from __future__ import annotations
 
-import io
+import os
 import shutil
 import tempfile
 import time
@@ -28,124 +30,87 @@ import tracemalloc
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from benchmarks import cli
+from benchmarks.audit_faults import (
+    COMMON_KINDS,
+    FASHION_KINDS,
+    Score,
+    inject_faults,
+    not_injected,
+    scores,
+)
 from benchmarks.data import fashion_mnist_folder
+from benchmarks.photos import CAMERA, photo_set
 from benchmarks.timing import machine_line, peak_rss_gib
 
-KINDS = ("jpeg", "resize", "shift", "crop", "bright")
+UNRELATED = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field",
+             "immunohistochemistry", "page")
 
 
-def near_copy(image: Image.Image, kind: str) -> Image.Image:
-    """A re-made copy of a 28x28 grey image."""
-    if kind == "jpeg":
-        buffer = io.BytesIO()
-        image.save(buffer, "JPEG", quality=70)
-        return Image.open(io.BytesIO(buffer.getvalue())).copy()
-    if kind == "resize":
-        return image.resize((image.width * 2, image.height * 2), Image.Resampling.BILINEAR)
-    if kind == "shift":
-        pixels = np.asarray(image)
-        shifted = np.zeros_like(pixels)
-        shifted[1:, :-1] = pixels[:-1, 1:]
-        return Image.fromarray(shifted)
-    if kind == "crop":
-        return image.crop((1, 1, image.width - 1, image.height - 1)).resize(image.size,
-                                                                           Image.Resampling.BILINEAR)
-    return ImageEnhance.Brightness(image).enhance(1.3)
-
-
-def name_in_other_split(folder: Path, stem: str, split: str) -> str:
-    """A new file name in `folder` whose retrain.py split differs from `split`."""
-    from retrainer.split import assign_split
-
-    for attempt in range(1000):
-        name = f"{stem}_copy{attempt}.png"
-        if assign_split(f"{folder.name}/{name}", 10, 10) != split:
-            return name
-    raise RuntimeError("no name found")
-
-
-def inject_faults(root: Path, rng: np.random.Generator) -> dict[str, set]:
-    """Inject the faults into `root` (class folders); returns the truth per kind."""
+def fashion_dataset(root: Path, per_class: int) -> list[tuple[str, Image.Image]]:
+    """Fashion-MNIST class folders in `root`; returns the unrelated pictures to inject."""
     import skimage.data
 
-    from retrainer.split import TRAINING, assign_split
-
-    classes = sorted(path for path in root.iterdir() if path.is_dir())
-    files = sorted(path for folder in classes for path in folder.iterdir())
-    rng.shuffle(files)
-    truth: dict[str, set] = {kind: set() for kind in (*KINDS, "byte", "flip", "unrelated")}
-    cursor = 0
-    for kind in KINDS:
-        placed = 0
-        while placed < max(4, len(files) // 125):
-            source = files[cursor]
-            cursor += 1
-            relpath = f"{source.parent.name}/{source.name}"
-            if assign_split(relpath, 10, 10) != TRAINING:
-                continue
-            name = name_in_other_split(source.parent, source.stem, TRAINING)
-            near_copy(Image.open(source), kind).save(source.parent / name)
-            truth[kind].add(frozenset({relpath, f"{source.parent.name}/{name}"}))
-            placed += 1
-    for source in files[cursor:cursor + max(4, len(files) // 100)]:
-        other = classes[(classes.index(source.parent) + 1) % len(classes)]
-        shutil.copyfile(source, other / f"dup_{source.name}")
-        truth["byte"].add(frozenset({f"{source.parent.name}/{source.name}",
-                                     f"{other.name}/dup_{source.name}"}))
-    cursor += max(4, len(files) // 100)
-    for source in files[cursor:cursor + int(0.03 * len(files))]:
-        other = classes[(classes.index(source.parent) + int(rng.integers(1, len(classes))))
-                        % len(classes)]
-        source.rename(other / source.name)
-        truth["flip"].add(f"{other.name}/{source.name}")
-    photos = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field",
-              "immunohistochemistry", "page")
-    for index, name in enumerate(photos):
-        folder = classes[index % len(classes)]
-        pixels = getattr(skimage.data, name)()
-        Image.fromarray(pixels).convert("L").resize((28, 28)).save(folder / f"photo_{name}.png")
-        truth["unrelated"].add(f"{folder.name}/photo_{name}.png")
-    return truth
+    fashion_mnist_folder(root.with_name(root.name + "-source"), per_class)
+    shutil.copytree(root.with_name(root.name + "-source"), root)
+    return [(name, Image.fromarray(getattr(skimage.data, name)()).convert("L").resize((28, 28)))
+            for name in UNRELATED]
 
 
-def score(found: set, expected: set) -> str:
-    hits = len(found & expected)
-    recall = hits / len(expected) if expected else float("nan")
-    precision = hits / len(found) if found else float("nan")
-    return f"recall {recall:5.2f} ({hits}/{len(expected)})  precision {precision:5.2f} ({hits}/{len(found)})"
+def photo_dataset(root: Path, count: int, size: tuple[int, int], corpus: Path | None) -> list:
+    """The camera photos, hard-linked into `root` (the corpus itself stays untouched)."""
+    source = corpus or root.with_name(root.name + "-source")
+    photo_set(source, count, size)
+    shutil.copytree(source, root, copy_function=os.link)
+    return []
 
 
-def quality(collection, findings, truth) -> None:
-    images, names = collection.images, collection.labels
-    relpath = [image.relpath for image in images]
-    exact_pairs = {frozenset({relpath[a], relpath[b]}) for group in findings.exact
-                   for a in group for b in group if a < b}
-    near_pairs = {frozenset({relpath[a], relpath[b]}) for group, _ in findings.near
-                  for a in group for b in group if a < b}
-    print("\nDetection on injected faults:")
-    print(f"  {'byte copies (exact)':<28} {score(exact_pairs, truth['byte'])}")
-    all_near = set().union(*(truth[kind] for kind in KINDS))
-    for kind in KINDS:
-        found = near_pairs & truth[kind]
-        print(f"  {'near: ' + kind:<28} recall {len(found) / len(truth[kind]):5.2f} "
-              f"({len(found)}/{len(truth[kind])})")
-    print(f"  {'near: all kinds':<28} {score(near_pairs - exact_pairs, all_near)}")
-    unexpected = sorted(tuple(sorted(pair)) for pair in near_pairs - exact_pairs - all_near)
-    print(f"    pairs not injected (natural Fashion-MNIST duplicates or false): {unexpected[:12]}")
-    mislabeled = {relpath[p] for p, _, _ in findings.mislabeled}
-    explained = {path for pair in truth["byte"] for path in pair} | truth["unrelated"]
-    print(f"  {'label flips (3 %)':<28} {score(mislabeled, truth['flip'])}; "
-          f"{len(mislabeled & explained)} more are byte copies/photos")
-    far = {relpath[p] for p, _ in findings.outliers}
-    print(f"  {'unrelated photos':<28} {score(far, truth['unrelated'])}; of the other outliers "
-          f"{len(far & (truth['flip'] | explained) - truth['unrelated'])} are flips/byte copies, "
-          f"{len(far - truth['flip'] - explained)} not injected")
-    print(f"    mislabeled, not injected: {sorted(mislabeled - truth['flip'] - explained)[:40]}")
-    print(f"    outliers, not injected: {sorted(far - truth['flip'] - explained)}")
-    del names
+def split_of(relpath: str) -> str:
+    from retrainer.split import assign_split
+
+    return assign_split(relpath, 10, 10)
+
+
+def audited(name: str, root: Path, work: Path, kinds, per_kind: int, unrelated) -> dict:
+    """Inject, extract, audit (timed), score; prints the details; returns the scores."""
+    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.discovery import discover_images
+    from retrainer.engines import AUTO, create_engine
+    from retrainer.extractors import create_extractor
+
+    truth = inject_faults(root, np.random.default_rng(0), kinds, per_kind, split_of, unrelated)
+    collection = discover_images(root, 10, 10)
+    cache = work / f"cache-{name}"
+    bottlenecks = compute_bottlenecks([image.path for image in collection.images],
+                                      create_engine(create_extractor("efficientnet_lite0"), AUTO),
+                                      cache, show_progress=False)
+    print(f"\n== {name}: {len(collection.images)} images, {len(collection.labels)} classes, "
+          f"{bottlenecks.computed} vectors computed")
+    findings = timed_audit(collection, bottlenecks, cache)
+    relpaths = [image.relpath for image in collection.images]
+    found = scores(relpaths, findings, truth)
+    for kind, score in found.items():
+        print(f"  {kind:<32} recall {score.recall():<14} precision {score.precision()}")
+    for kind, paths in not_injected(relpaths, findings, truth).items():
+        print(f"  {kind}, not injected ({len(paths)}): {paths[:12]}")
+    thresholds_evidence(collection, bottlenecks, truth, cache)
+    return found
+
+
+def side_by_side(results: dict[str, dict[str, Score]]) -> None:
+    """One markdown table: a row per fault kind, recall and precision per dataset."""
+    names = list(results)
+    rows = list(dict.fromkeys(kind for found in results.values() for kind in found))
+    print("\n| fault | " + " | ".join(f"{name} recall | {name} precision" for name in names)
+          + " |\n|---|" + "---|---|" * len(names))
+    for kind in rows:
+        cells = []
+        for name in names:
+            score = results[name].get(kind)
+            cells += [score.recall(), score.precision()] if score else ["n/a", "n/a"]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
@@ -161,13 +126,13 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     )
 
     paths = [image.path for image in collection.images]
-    thumbnails, hashes = SignatureCache(work / "bottlenecks").signatures(paths, bottlenecks.digests)
+    thumbnails, hashes = SignatureCache(work).signatures(paths, bottlenecks.digests)
     index = {image.relpath: position for position, image in enumerate(collection.images)}
     descriptors = {"vector": unit_rows(bottlenecks.vectors),
                    "thumbnail": thumbnail_descriptor(thumbnails),
                    "fourier": fourier_descriptor(thumbnails)}
-    copies = {tuple(sorted(index[path] for path in pair)) for kind in KINDS for pair in truth[kind]}
-    copies |= {tuple(sorted(index[path] for path in pair)) for pair in truth["byte"]}
+    copies = {tuple(sorted(index[path] for path in pair))
+              for pairs in (*truth.near.values(), truth.byte) for pair in pairs}
     print("\nThreshold evidence: cosine of each injected copy pair, and the 99.9th percentile /"
           " maximum over all other pairs (should be below the copies):")
     for name, unit in descriptors.items():
@@ -176,13 +141,14 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
         other = np.array([s for a, b, s in zip(first.tolist(), second.tolist(), similarity)
                           if (a, b) not in copies]) if len(first) else np.zeros(1)
         line = [f"  {name:<9}"]
-        for kind in KINDS:
-            pairs = [tuple(sorted(index[path] for path in pair)) for pair in truth[kind]]
+        for kind, injected in truth.near.items():
+            pairs = [tuple(sorted(index[path] for path in pair)) for pair in injected]
             values = [float(unit[a] @ unit[b]) for a, b in pairs]
             line.append(f"{kind} min {min(values):.3f}")
         line.append(f"| others p99.9 {np.percentile(other, 99.9):.3f} max {other.max():.3f}")
         print(" ".join(line))
-    pairs = [tuple(sorted(index[path] for path in pair)) for kind in KINDS for pair in truth[kind]]
+    pairs = [tuple(sorted(index[path] for path in pair))
+             for injected in truth.near.values() for pair in injected]
     bits = hamming(hashes[[a for a, _ in pairs]], hashes[[b for _, b in pairs]])
     print(f"  phash bits differing, copy pairs: median {np.median(bits):.0f}, max {bits.max()}")
     descriptors["small"] = small_descriptor(thumbnails)
@@ -202,44 +168,49 @@ def shift_crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
              "crop": (d.zoom_scores, d.ZOOM_GAIN, lambda a, b: d.crop_gate(
                  {"small": descriptors["small"], "enlarged": descriptors["enlarged"]}, a, b)
                  >= d.CROP_GATE)}
-    for kind, (scores, gain, pre_test) in tests.items():
-        vector_match = d.SHIFT_VECTOR_MATCH if kind == "shift" else d.CROP_VECTOR_MATCH
+    for kind, injected in truth.near.items():
+        test = "shift" if kind.startswith("shift") else "crop" if kind.startswith("crop") else None
+        if test is None:
+            continue
+        scores, gain, pre_test = tests[test]
+        vector_match = d.SHIFT_VECTOR_MATCH if test == "shift" else d.CROP_VECTOR_MATCH
         first, second = similar_pairs(descriptors["vector"], vector_match, pre_test)
         others = [(a, b) for a, b in zip(first.tolist(), second.tolist()) if (a, b) not in copies]
-        pairs = [tuple(sorted(index[path] for path in pair)) for pair in truth[kind]]
-        copy_score, copy_plain = scores(thumbnails[[a for a, _ in pairs]], thumbnails[[b for _, b in pairs]])
+        pairs = [tuple(sorted(index[path] for path in pair)) for pair in injected]
+        copy_score, copy_plain = scores(thumbnails[[a for a, _ in pairs]],
+                                        thumbnails[[b for _, b in pairs]])
         if others:
             other_score, other_plain = scores(thumbnails[[a for a, _ in others]],
                                               thumbnails[[b for _, b in others]])
         else:
             other_score = other_plain = np.zeros(1)
         helped = other_score - other_plain >= gain
-        print(f"  {kind} test: copies min {copy_score.min():.4f}, gain min "
-              f"{(copy_score - copy_plain).min():.4f}; {len(others)} other pairs pass the pre-tests: "
+        print(f"  {test} test on {kind}: copies min {copy_score.min():.4f}, gain min "
+              f"{(copy_score - copy_plain).min():.4f}; {len(others)} other pairs pass the "
+              f"pre-tests: "
               f"max {other_score.max():.4f}, max with gain >= {gain} "
               f"{other_score[helped].max() if helped.any() else float('nan'):.4f}")
 
 
-def timed_audit(collection, bottlenecks, work: Path) -> None:
-    from retrainer.audit.run import find_problems
+def timed_audit(collection, bottlenecks, cache: Path):
+    """find_problems after the stage: cold, on cached signatures, on cached findings."""
+    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
 
     times = {}
-    for namespace in ("audit-results-v1", "audit-signatures-v1"):
-        shutil.rmtree(work / "bottlenecks" / namespace, ignore_errors=True)
-    for state in ("cold", "warm signatures", "cached findings"):
-        if state == "warm signatures":
-            shutil.rmtree(work / "bottlenecks" / "audit-results-v1", ignore_errors=True)
+    for state in ("cold", "cached signatures", "cached findings"):
+        if state == "cached signatures":
+            shutil.rmtree(cache / RESULT_NAMESPACE, ignore_errors=True)
         started = time.perf_counter()
-        findings, cached = find_problems(collection, bottlenecks, work / "bottlenecks", 0)
+        findings, _ = find_problems(collection, bottlenecks, cache, 0)
         times[state] = time.perf_counter() - started
-    print(f"\nAudit time at {len(collection.images)} images: "
-          + ", ".join(f"{state} {seconds:.2f} s" for state, seconds in times.items()))
+    print("  audit time: " + ", ".join(f"{state} {seconds:.2f} s" for state, seconds in
+                                        times.items()))
     return findings
 
 
 def large_collection(count: int, cache: Path):
-    """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with
-    their real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
+    """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with their
+    real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
     from retrainer.bottlenecks import compute_bottlenecks
     from retrainer.discovery import discover_images
     from retrainer.engines import AUTO, create_engine
@@ -263,7 +234,8 @@ def large_run(count: int, cache: Path) -> None:
     collection, bottlenecks = large_collection(count, cache)
     paths = [image.path for image in collection.images]
     started = time.perf_counter()
-    thumbnails, hashes = SignatureCache(cache / "bottlenecks").signatures(paths, bottlenecks.digests)
+    thumbnails, hashes = SignatureCache(cache / "bottlenecks").signatures(paths,
+                                                                          bottlenecks.digests)
     print(f"\n{count} images: signatures {time.perf_counter() - started:.1f} s "
           "(decoded once, then cached)")
     vectors, digests = bottlenecks.vectors, bottlenecks.digests
@@ -293,43 +265,44 @@ def large_run(count: int, cache: Path) -> None:
           f"{peak_rss_gib():.2f} GiB "
           f"({resident:.2f} GiB before the audit)")
     relpath = [image.relpath for image in collection.images]
-    print(f"{len(pairs)} near pairs, {len(findings.near)} near groups, {len(findings.exact)} exact "
-          f"groups; first groups: {[[relpath[p] for p in group] for group, _ in findings.near[:10]]}")
+    first_groups = [[relpath[p] for p in group] for group, _ in findings.near[:10]]
+    print(f"{len(pairs)} near pairs, {len(findings.near)} near groups, {len(findings.exact)} "
+          f"exact groups; first groups: {first_groups}")
 
 
 def main() -> None:
     parser = cli.parser(__doc__)
-    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--datasets", default="fashion,photos")
+    parser.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST per class")
+    parser.add_argument("--photos", type=int, default=200)
+    parser.add_argument("--photo-size", default=f"{CAMERA[0]}x{CAMERA[1]}", help="WIDTHxHEIGHT")
+    parser.add_argument("--photo-corpus", type=Path, default=None,
+                        help="an existing photo_set folder of --photos (reused, never changed)")
+    parser.add_argument("--per-kind", type=int, default=8, help="near copies of each kind")
     parser.add_argument("--large", type=int, default=50_000)
     parser.add_argument("--work", type=Path, default=None)
     parser.add_argument("--bottleneck_dir", type=Path, default=Path("/tmp/audit50k"),
                         help="cache of the --large images and their vectors (reruns reuse it)")
     parser.add_argument("--large-only", action="store_true", help="only the --large run")
-    args = cli.parse(parser, {"per_class": 20, "large": 0})
+    args = cli.parse(parser, {"per_class": 20, "photos": 24, "photo_size": "640x480",
+                              "per_kind": 2, "large": 0, "photo_corpus": None})
     print(machine_line())
     if args.large_only:
         large_run(args.large, args.bottleneck_dir)
         return
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench_audit_"))
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
-    from retrainer.extractors import create_extractor
-
-    root = work / f"images_{args.per_class}"
-    if root.exists():
-        shutil.rmtree(root)
-    fashion_mnist_folder(root, args.per_class)
-    truth = inject_faults(root, np.random.default_rng(0))
-    collection = discover_images(root, 10, 10)
-    bottlenecks = compute_bottlenecks([image.path for image in collection.images],
-                                      create_engine(create_extractor("efficientnet_lite0"), AUTO),
-                                      work / "bottlenecks",
-                                      show_progress=False)
-    print(f"{len(collection.images)} images, {bottlenecks.computed} vectors computed")
-    findings = timed_audit(collection, bottlenecks, work)
-    quality(collection, findings, truth)
-    thresholds_evidence(collection, bottlenecks, truth, work)
+    work = Path(tempfile.mkdtemp(prefix="bench_audit_", dir=args.work))
+    results = {}
+    if "fashion" in args.datasets:
+        unrelated = fashion_dataset(work / "fashion", args.per_class)
+        results["Fashion-MNIST"] = audited("Fashion-MNIST", work / "fashion", work,
+                                           FASHION_KINDS, args.per_kind, unrelated)
+    if "photos" in args.datasets:
+        size = tuple(int(side) for side in args.photo_size.split("x"))
+        photo_dataset(work / "photos", args.photos, size, args.photo_corpus)
+        results["photos"] = audited("photos", work / "photos", work, COMMON_KINDS,
+                                    args.per_kind, [])
+    side_by_side(results)
+    shutil.rmtree(work)
     if args.large:
         large_run(args.large, args.bottleneck_dir)
 
