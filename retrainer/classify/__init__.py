@@ -33,6 +33,7 @@ from retrainer.classify._common import (
 from retrainer.errors import ModelError, UsageError
 from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER
 from retrainer.images import UnreadableImageError, load_image
+from retrainer.security import check_model
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_GRAPH", "DEFAULT_OUTPUT_LAYER", "DEFAULT_TOP_K",
@@ -73,10 +74,11 @@ class ImageResult:
 
 
 def open_model(config: ClassifyConfig) -> Model:
-    """Load `config.graph` as whichever kind its content says.
+    """Check, then load `config.graph` as whichever kind its content says.
 
     Raises:
         UsageError: missing file, a folder that is not a SavedModel, flags that contradict it.
+        UntrustedModelError: the model failed `retrainer.security.check_model` (unless trusted).
         ModelError: corrupt or truncated model.
     """
     from retrainer.classify.frozen_graph import FrozenGraphModel
@@ -88,14 +90,17 @@ def open_model(config: ClassifyConfig) -> Model:
                 f"--graph {path} is a folder without {SAVED_MODEL_FILE}; pass a frozen graph "
                 "(.pb), a .tflite file or a SavedModel folder (retrain --saved_model_dir)"
             )
-        from retrainer.classify.saved_model import SavedModelModel
+        from retrainer.classify.saved_model import SIGNATURE, SavedModelModel
 
+        check_model(path, "saved_model", trust=config.trust_model, signature=SIGNATURE)
         return SavedModelModel(config)
     data = read_graph_file(path)
     if data[4:8] == TFLITE_IDENTIFIER:
         from retrainer.classify.tflite import TFLiteModel
 
+        check_model(path, "tflite", trust=config.trust_model)
         return TFLiteModel(config, data)
+    check_model(path, "graph", trust=config.trust_model)
     return FrozenGraphModel(config)
 
 

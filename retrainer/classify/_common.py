@@ -34,6 +34,7 @@ class ClassifyConfig:
         input_mean / input_std: a float model is fed (uint8 pixel - input_mean) / input_std.
         top_k: how many (label, score) pairs to return per image.
         batch_size: images per model run.
+        trust_model: load the model without `retrainer.security.check_model` (docs/security.md).
     """
 
     graph: Path
@@ -46,6 +47,7 @@ class ClassifyConfig:
     input_std: Optional[float] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "input_height", "input_width"):

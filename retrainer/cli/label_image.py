@@ -71,6 +71,9 @@ def _option(name: str, **kwargs):
          help="Labels to print per image.")
 @_option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
          help="Images per model run.")
+@_option("trust_model", is_flag=True,
+         help="Load the model without checking its ops first: only for a file you trust "
+              "(docs/security.md).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image and line: path, label, score, predictions (or error).")
 @click.option("--quiet", "-q", is_flag=True,
@@ -80,7 +83,7 @@ def _option(name: str, **kwargs):
 def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, labels: Optional[Path],
          input_layer: Optional[str], output_layer: Optional[str], input_height: Optional[int],
          input_width: Optional[int], input_mean: Optional[float], input_std: Optional[float], top_k: int,
-         batch_size: int, as_json: bool, quiet: bool) -> None:
+         batch_size: int, trust_model: bool, as_json: bool, quiet: bool) -> None:
     """Classify IMAGE files (and image files found in folders, recursively) with a retrained graph.
 
     \b
@@ -97,7 +100,7 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
     config = ClassifyConfig(
         graph=graph, labels=labels, input_layer=input_layer, output_layer=output_layer,
         input_height=input_height, input_width=input_width, input_mean=input_mean, input_std=input_std,
-        top_k=top_k, batch_size=batch_size,
+        top_k=top_k, batch_size=batch_size, trust_model=trust_model,
     )
     several = len(paths) > 1
     unreadable: list[ImageResult] = []
