@@ -73,3 +73,9 @@ class ExportMismatchError(FinishedRunError):
     """An exported artifact (e.g. a quantized .tflite) lost more accuracy than allowed."""
 
     exit_code = EXIT_EXPORT_MISMATCH
+
+
+class ExportFailedError(FinishedRunError):
+    """An export could not be written (e.g. a converter failed); every other output was written."""
+
+    exit_code = EXIT_MODEL
