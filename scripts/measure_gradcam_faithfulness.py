@@ -51,7 +51,7 @@ def main() -> None:
             subprocess.run([sys.executable, str(REPO / "examples" / "fashion_mnist.py"),
                             "--idx-dir", str(REPO / ".cache" / "fashion-mnist"), "--out",
                             str(folder), "--per-class", str(count), "--subset", subset],
-                           check=True)
+                           check=True, stdout=sys.stderr)  # stdout is for the JSON result
 
     from retrainer.classify.config import ClassifyConfig
     from retrainer.classify.run import classify_images

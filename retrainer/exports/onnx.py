@@ -51,9 +51,9 @@ from retrainer.io.atomic import write_bytes_atomically
 log = logging.getLogger(__name__)
 
 BATCH_DIMENSION = "N"
-# The lowest opset that gives the same graph, answers and speed as the newest tf2onnx writes
-# (13..17 convert to identical ops; 18 swaps GlobalAveragePool for a slower ReduceMean): the
-# widest reach (ONNX Runtime >= 1.8 and onnxruntime-web, TensorRT >= 8, OpenVINO).
+# Measured (docs/onnx.md): opsets 11-18 give the same answers; 18 swaps GlobalAveragePool for a
+# slower ReduceMean. 13 is the lowest with per-channel QuantizeLinear/DequantizeLinear (the int8
+# mode), so both modes share it; ONNX Runtime >= 1.8 (and onnxruntime-web), TensorRT >= 8, OpenVINO.
 OPSET = 13
 CALIBRATION_BATCH = 8
 

@@ -15,7 +15,7 @@ from retrainer.io.storage import AnyPath
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
 ONNX_MODES = (NONE, INT8)  # int8: ONNX Runtime's static quantization (exports/onnx.py)
-# Chosen by measurement (docs/exports.md, scripts/measure_exports.py): on Fashion-MNIST
+# Chosen by measurement (docs/exports.md, benchmarks/measure_exports.py): on Fashion-MNIST
 # with EfficientNet-Lite0, accuracy stopped changing beyond ~100 images while conversion time grows
 # linearly with the sample.
 DEFAULT_CALIBRATION_IMAGES = 100
