@@ -18,7 +18,6 @@ docs/architecture.md ("Two vector formats") explains the choice these figures su
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import resource
@@ -29,7 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from benchmarks import cli
+from benchmarks.timing import machine_line
 
 RUN_ID = "20260101T000000Z-bench"
 
@@ -133,19 +133,15 @@ def measure(root: str, count: int, size: int, subset: int) -> list[tuple[Any, ..
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--count", type=int, default=20000, help="vectors written (N)")
     parser.add_argument("--size", type=int, default=1280, help="floats per vector (D)")
     parser.add_argument("--subset", type=int, default=1000, help="vectors a later run reads")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: check that it runs")
-    args = parser.parse_args()
-    if args.smoke:
-        args.count, args.size, args.subset = 96, 16, 10
+    args = cli.parse(parser, {"count": 96, "size": 16, "subset": 10})
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as scratch:
         rows = measure(scratch, args.count, max(args.size, 1), min(args.subset, args.count))
-    print(f"{args.count} vectors of {args.size} float32; {os.cpu_count()} CPUs; "
-          f"load {os.getloadavg()[0]:.2f}")
+    print(machine_line())
+    print(f"{args.count} vectors of {args.size} float32")
     print(f"{'format':44s} {'write s':>8s} {'CPU s':>7s} {'read s':>7s} {'CPU s':>7s} "
           f"{'files':>6s} {'MB':>7s}")
     for name, wall_w, cpu_w, wall_r, cpu_r, files, used in rows:
