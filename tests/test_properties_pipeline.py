@@ -2,9 +2,9 @@
 a documented exit code; never a traceback (tests/fixtures_datasets.py draws the folders).
 
 `retrain` runs in-process with its default flags plus a drawn set of modes (distortions,
-fine-tuning, int8/float16 TFLite, SavedModel, gates, retrain.py's SGD steps, ...). On exit 0 every output is whole and
-`label-image` classifies a picture with each model written; otherwise the exit code is documented
-and stderr ends with exactly one `Error:` line.
+fine-tuning, int8/float16 TFLite, SavedModel, gates, retrain.py's SGD steps, ...). On exit 0
+every output is whole and `label-image` classifies a picture with each model written; otherwise
+the exit code is documented and stderr ends with exactly one `Error:` line.
 
 The default suite runs a few drawn datasets with the tiny stand-in extractor, the slow suite more
 with the real EfficientNet-Lite0 at its default precision. Longer runs outside CI (SURVEY: log
@@ -30,11 +30,16 @@ from hypothesis import strategies as st
 
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
-from retrainer.errors import (EXIT_DATA, EXIT_EXPORT_MISMATCH, EXIT_MODEL, EXIT_OK,
-                              EXIT_QUALITY_GATE, EXIT_USAGE)
-from retrainer.extractors import DEFAULT_EXTRACTOR
-from tests.fixtures_datasets import (Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets,
-                                     write_dataset)
+from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.errors import (
+    EXIT_DATA,
+    EXIT_EXPORT_MISMATCH,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_QUALITY_GATE,
+    EXIT_USAGE,
+)
+from tests.fixtures_datasets import Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets, write_dataset
 from tests.fixtures_faults import assert_complete_graph, temp_files
 from tests.fixtures_pipeline import retrain_args
 
@@ -91,7 +96,7 @@ def check_pipeline(plan: DatasetPlan, pool: PicturePool, work: Path, extractor: 
     result = CliRunner().invoke(retrain_main, args)
     try:
         _check_result(plan, result, images, out)
-    except Exception as failure:  # noqa: BLE001 (a failed check, or output it cannot parse)
+    except Exception as failure:  # a failed check, or output it cannot parse
         _log(plan, result.exit_code, result.stderr, failure)
         if not SURVEY:
             raise

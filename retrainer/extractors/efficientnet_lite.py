@@ -11,7 +11,7 @@ traced in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call
 `tf.function`: eagerly every op is dispatched from Python. Fine-tuning updates the variables in
 place (`fine_tunable_variables`); batch norm stays folded, so its statistics stay frozen.
 
-What the checkpoints expect was measured, not assumed (scripts/measure_extractor_preprocessing.py,
+What the checkpoints expect was measured, not assumed (benchmarks/measure_extractor_preprocessing.py,
 details in docs/extractors.md):
 - input normalisation (pixel - 127) / 128: the stem's batch-norm running means match the stem kernel
   applied to the ImageNet mean pixel normalised this way (correlation 0.97-0.99 for Lite0/1/2);
@@ -37,7 +37,7 @@ import tensorflow as tf
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors._pth import read_state_dict
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
-from retrainer.extractors.registry import register_extractor
+from retrainer.extractors.registry import ExtractorFactory, register_extractor
 
 # Bump when the computation changes in a way that changes vectors (invalidates cached bottlenecks).
 FORMULATION_VERSION = "v1"
@@ -199,7 +199,8 @@ class _FoldedWeights:
         return scale, beta - mean * scale
 
 
-def _variables(kernel_and_bias: tuple[np.ndarray, ...], layer: str) -> tuple[tf.Variable, ...]:
+def _variables(kernel_and_bias: tuple[np.ndarray, ...], layer: str
+               ) -> tuple[tf.Variable, tf.Variable]:
     kernel, bias = kernel_and_bias
     return (tf.Variable(kernel, trainable=False, name=f"{layer}_kernel"),
             tf.Variable(bias, trainable=False, name=f"{layer}_bias"))
@@ -343,7 +344,7 @@ class EfficientNetLite(FeatureExtractor):
         return tf.nn.bias_add(tf.matmul(self(images), kernel), bias)
 
 
-def _factory(variant: Variant):
+def _factory(variant: Variant) -> ExtractorFactory:
     def create(image_size: Optional[int] = None) -> EfficientNetLite:
         return EfficientNetLite(variant, image_size)
 
