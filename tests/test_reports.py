@@ -141,9 +141,10 @@ def test_confusion_matrix_draws_any_class_name_without_a_warning():
 def test_long_names_wrap_in_their_table_cell_and_numbers_never_break():
     from retrainer.reports.html import breakable, table
 
-    long_name = "c" * 60
-    assert breakable(long_name) == "<wbr>".join(["c" * 24, "c" * 24, "c" * 12])
-    assert breakable("a <b>&amp; " + "é" * 30) == "a &lt;b&gt;&amp;amp; " + "é" * 24 + "<wbr>" + "é" * 6
+    long_name = "c" * 120
+    assert breakable(long_name) == "<wbr>".join(["c" * 48, "c" * 48, "c" * 24])
+    assert breakable("a <b>&amp; " + "é" * 50) == "a &lt;b&gt;&amp;amp; " + "é" * 48 + "<wbr>" + "éé"
+    assert breakable("red/<script>alert(1)<.txt") == "red/&lt;script&gt;alert(1)&lt;.txt"
     assert breakable(1234567.5) == "1234567.5"
     assert "<td>" + breakable(long_name) + "</td>" in table(["class"], [[long_name]])
 

@@ -14,7 +14,7 @@ import html
 import re
 from typing import Iterable, Sequence
 
-_WORD = 24  # characters between line-break opportunities in a long word (`breakable`)
+_WORD = 48  # characters between line-break opportunities in a long word (`breakable`)
 _LONG_WORD = re.compile(rf"(\S{{{_WORD + 1},}})")
 _STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
