@@ -39,6 +39,7 @@ from retrainer.errors import (
     EXIT_QUALITY_GATE,
     EXIT_USAGE,
 )
+from retrainer.pipeline import search
 from tests.fixtures_datasets import Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets, write_dataset
 from tests.fixtures_faults import assert_complete_graph, temp_files
 from tests.fixtures_pipeline import retrain_args
@@ -51,18 +52,36 @@ SURVEY = os.environ.get("RETRAINER_PROPERTY_SURVEY") == "1"
 RANDOM = os.environ.get("RETRAINER_PROPERTY_RANDOM") == "1"  # else the same draws every run
 LOG = os.environ.get("RETRAINER_PROPERTY_LOG")  # one JSON line per drawn dataset, appended
 # The modes drawn on top of the defaults (retrain flags; paths are added by `mode_flags`).
-MODES = ("distortions", "fine_tuning", "tflite_int8", "tflite_float16", "saved_model",
-         "accuracy_gate", "recall_gate", "export_drop", "keep_duplicates", "skip_audit", "json",
-         "sgd")
+MODES = ("distortions", "fine_tuning", "tflite_int8", "tflite_float16", "onnx_float32",
+         "onnx_int8", "saved_model", "accuracy_gate", "recall_gate", "export_drop",
+         "keep_duplicates", "skip_audit", "json", "sgd", "search")
+# Export modes: <format>_<quantization> -> (path flag, quantization flag); float32 is "none".
+EXPORT_FLAGS = {"tflite": ("--tflite_output_file", "--tflite_quantization"),
+                "onnx": ("--onnx_output_file", "--onnx_quantization")}
 
 
-def mode_flags(modes: tuple[str, ...], out: Path) -> list[str]:
+def exported_files(modes: tuple[str, ...], out: Path) -> dict[str, dict[str, Path]]:
+    """{format: {quantization: file}} for the export modes drawn: one quantization gets the
+    path given (out/model.<format>), several a _<quantization> suffix each."""
+    files: dict[str, dict[str, Path]] = {}
+    for file_format in EXPORT_FLAGS:
+        quantizations = [mode.removeprefix(f"{file_format}_").replace("float32", "none")
+                         for mode in modes if mode.startswith(f"{file_format}_")]
+        path = out / f"model.{file_format}"
+        files[file_format] = {quantization: path if len(quantizations) == 1 else
+                              path.with_name(f"model_{quantization}.{file_format}")
+                              for quantization in quantizations}
+    return files
+
+
+def mode_flags(modes: tuple[str, ...], out: Path, extractor: str) -> list[str]:
     flags: list[str] = []
-    quantizations = [mode.removeprefix("tflite_") for mode in modes if mode.startswith("tflite_")]
-    if quantizations:
-        flags += ["--tflite_output_file", str(out / "model.tflite")]
-        for quantization in quantizations:
-            flags += ["--tflite_quantization", quantization]
+    for file_format, files in exported_files(modes, out).items():
+        path_flag, quantization_flag = EXPORT_FLAGS[file_format]
+        if files:
+            flags += [path_flag, str(out / f"model.{file_format}")]
+        for quantization in files:
+            flags += [quantization_flag, quantization]
     for mode in modes:
         flags += {
             "distortions": ["--flip_left_right", "--random_crop", "10", "--random_scale", "10",
@@ -76,13 +95,20 @@ def mode_flags(modes: tuple[str, ...], out: Path) -> list[str]:
             "skip_audit": ["--skip_audit"],
             "json": ["--json"],
             "sgd": ["--how_many_training_steps", "20"],  # retrain.py's SGD loop, not lbfgs
+            # the run's extractor, plain and distorted (`check_pipeline` leaves out the
+            # installed EfficientNet-Lite variants: each would cost a full extraction)
+            "search": ["--search", "--search_modules", extractor],
         }.get(mode, [])
     return flags
 
 
 def drawn_modes() -> st.SearchStrategy[tuple[str, ...]]:
+    # --max_export_accuracy_drop without an export to compare is a usage error (exit 2, tested
+    # in test_tflite_export): drawn only with one, so the draw reaches the pipeline.
     return st.lists(st.sampled_from(MODES), max_size=4, unique=True).map(
-        lambda modes: tuple(sorted(modes)))
+        lambda modes: tuple(sorted(modes))).filter(
+        lambda modes: "export_drop" not in modes or any(
+            mode.startswith((*EXPORT_FLAGS, "saved_model")) for mode in modes))
 
 
 def check_pipeline(plan: DatasetPlan, pool: PicturePool, work: Path, extractor: str) -> int:
@@ -92,8 +118,10 @@ def check_pipeline(plan: DatasetPlan, pool: PicturePool, work: Path, extractor: 
     args = [*retrain_args(work, images, extractor=extractor, steps=None),
             "--testing_percentage", str(plan.testing_percentage),
             "--validation_percentage", str(plan.validation_percentage),
-            *mode_flags(plan.modes, out)]
-    result = CliRunner().invoke(retrain_main, args)
+            *mode_flags(plan.modes, out, extractor)]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search, "BUILT_IN_EXTRACTORS", ())  # --search: only --search_modules
+        result = CliRunner().invoke(retrain_main, args)
     try:
         _check_result(plan, result, images, out)
     except Exception as failure:  # a failed check, or output it cannot parse
@@ -143,16 +171,15 @@ def check_outputs(plan: DatasetPlan, images: Path, out: Path, document: Optional
         assert json.loads((out / "audit.json").read_text("utf-8"))["format"] >= 1
     if document is not None:
         assert document["labels"] == labels
+        if "search" in plan.modes:  # every candidate has a row, the chosen one ran
+            rows = {row["name"]: row for row in document["search"]["candidates"]}
+            assert len(rows) == 2 and rows[document["search"]["chosen"]]["status"] == "ok"
     models = [out / "graph.pb"]
     if "saved_model" in plan.modes:
         assert (out / "saved_model" / "saved_model.pb").is_file()
         models.append(out / "saved_model")
-    quantizations = [mode.removeprefix("tflite_") for mode in plan.modes
-                     if mode.startswith("tflite_")]
-    if len(quantizations) == 1:  # the path as given; several: each gets a _<mode> suffix
-        models.append(out / "model.tflite")
-    elif quantizations:
-        models += [out / f"model_{quantization}.tflite" for quantization in quantizations]
+    for files in exported_files(plan.modes, out).values():
+        models += files.values()
     picture = images / plan.files[0].relpath
     for model in models:
         result = CliRunner().invoke(label_image_main, ["--graph", str(model), "--json",
