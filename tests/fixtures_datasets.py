@@ -4,7 +4,8 @@ A `DatasetPlan` is plain data that Hypothesis draws and shrinks: class folders (
 sub-folders, empty, of 1, 2, 3 ... 40 images), each file made from a real picture (scikit-image's
 photographs and Fashion-MNIST) in some mode and format, a constant colour, a 1x1 or a 6000x4000
 picture, or a byte or near copy (re-encoded, resized, cropped, shifted, brightened, flipped) of an
-earlier file, in the same class or another; whole classes copied under a second label; the split
+earlier file, in the same class or another; whole classes copied under a second label; files that
+are not images (notes, sound, truncated or empty pictures, macOS/Windows leftovers); the split
 percentages and the modes (distortions, fine-tuning, exports, gates). `write_dataset` turns a plan
 into files; `PicturePool` decodes and encodes each real picture once per session.
 """
@@ -15,7 +16,7 @@ import dataclasses
 import io
 import os
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from hypothesis import strategies as st
@@ -29,17 +30,29 @@ SOURCES = (*(f"photo:{name}" for name in PHOTOS), *(f"photo:{name}" for name in 
            *(f"fashion:{index}" for index in range(FASHION_COUNT)))
 HUGE = (6000, 4000)
 # Which formats can hold each mode (as a user's tools would write them).
+# Besides the plain formats: a phone's JPEG (pixels stored sideways, EXIF Orientation 6), a
+# progressive JPEG, animated GIF and PNG (APNG; the first frame counts).
 FORMATS = {
-    "RGB": ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF"),
-    "L": ("PNG", "JPEG", "BMP", "TIFF"),
-    "RGBA": ("PNG", "WEBP", "TIFF"),
+    "RGB": ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF", "PPM", "JPEG_EXIF_ROTATED",
+            "JPEG_PROGRESSIVE", "GIF_ANIMATED", "PNG_ANIMATED"),
+    "L": ("PNG", "JPEG", "BMP", "TIFF", "PPM"),
+    "RGBA": ("PNG", "WEBP", "TIFF", "PNG_ANIMATED"),
     "LA": ("PNG",),
     "CMYK": ("JPEG", "TIFF"),
-    "I;16": ("PNG", "TIFF"),
+    "I;16": ("PNG", "TIFF"),  # 16-bit grey
+    "I": ("PNG", "TIFF"),  # 32-bit integer grey
+    "F": ("TIFF",),  # 32-bit float grey (scientific cameras, 0..1)
+    "1": ("PNG", "BMP", "TIFF", "GIF", "PPM"),  # bilevel (scans, line art)
     "P": ("PNG", "GIF", "BMP"),
 }
 EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tiff",
-              "GIF": ".gif"}
+              "GIF": ".gif", "PPM": ".ppm", "JPEG_EXIF_ROTATED": ".jpg",
+              "JPEG_PROGRESSIVE": ".jpeg", "GIF_ANIMATED": ".gif", "PNG_ANIMATED": ".png"}
+# Files that are not (whole) images, as users' folders hold them: notes, sound, a text file or
+# nothing behind an image extension, a truncated download, macOS and Windows leftovers.
+JUNK = {"notes": "notes.txt", "sound": "sound.wav", "text_as_jpg": "not a photo.jpg",
+        "empty_png": "empty.png", "truncated_jpg": "cut off.jpg", "ds_store": ".DS_Store",
+        "apple_double": "._photo.jpg", "thumbs_db": "Thumbs.db"}
 # (testing, validation) percentages besides the default 10, 10: none held out, 100 % held out,
 # more than 100 % (a usage error).
 PERCENTAGES = ((0, 10), (10, 0), (0, 0), (20, 30), (50, 50), (100, 0), (0, 100), (60, 60))
@@ -66,11 +79,18 @@ class Copy:
 
 
 @dataclasses.dataclass(frozen=True)
+class Junk:
+    """A file that is not a (whole) image: one of JUNK, named as there."""
+
+    kind: str
+
+
+@dataclasses.dataclass(frozen=True)
 class FilePlan:
     folder: str  # class folder name
     subfolders: tuple[str, ...]  # nested folders inside it
     name: str
-    content: Union[Picture, Copy]
+    content: Union[Picture, Copy, Junk]
 
     @property
     def relpath(self) -> str:
@@ -147,16 +167,51 @@ def in_mode(image: Image.Image, mode: str) -> Image.Image:
         return cut
     if mode == "P":
         return image.convert("RGB").quantize(32)
+    if mode in ("I", "F"):
+        grey = np.asarray(image.convert("L"), np.float32)
+        # 32-bit integers holding 16-bit values (as PNG stores them) / floats in 0..1
+        return Image.fromarray((grey * 257).astype(np.int32) if mode == "I" else grey / 255)
     return image.convert(mode)
 
 
 def encode(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
-    options = {"quality": 90} if image_format in ("JPEG", "WEBP") else {}
+    options: dict[str, object] = {"quality": 90} if "JPEG" in image_format or (
+        image_format == "WEBP") else {}
     if image_format == "PNG" and image.width * image.height > 1_000_000:
         options = {"compress_level": 1}
-    image.save(buffer, image_format, **options)
+    if image_format == "JPEG_EXIF_ROTATED":  # stored sideways, as a phone held upright does
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        image, options = image.transpose(Image.Transpose.ROTATE_90), {**options, "exif": exif}
+    elif image_format == "JPEG_PROGRESSIVE":
+        options["progressive"] = True
+    elif image_format.endswith("_ANIMATED"):  # a second frame, mirrored
+        options.update(save_all=True, append_images=[ImageOps.mirror(image)], duration=100,
+                       loop=0)
+    image.save(buffer, image_format.split("_")[0], **options)
     return buffer.getvalue()
+
+
+def junk(kind: str, earlier: list[bytes]) -> bytes:
+    """The bytes of a JUNK file (a truncated download cuts an earlier JPEG, or a made one)."""
+    if kind == "sound":  # a RIFF/WAVE header and a little silence
+        return b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00D\xac\x00\x00" \
+            b"\x88X\x01\x00\x02\x00\x10\x00data\x00\x00\x00\x00"
+    if kind == "empty_png":
+        return b""
+    if kind == "truncated_jpg":
+        whole = next((data for data in earlier if data[:2] == b"\xff\xd8"), None)
+        if whole is None:
+            whole = encode_jpeg(Image.new("RGB", (64, 48), (10, 120, 200)), 90)
+        return whole[:max(len(whole) // 2, 2)]
+    if kind == "ds_store":
+        return b"\x00\x00\x00\x01Bud1" + bytes(100)
+    if kind == "apple_double":
+        return b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(60)
+    if kind == "thumbs_db":
+        return b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(200)
+    return "Sortiert nach Farbe — siehe Notizen.\n".encode()  # notes, text_as_jpg
 
 
 def near_copy(data: bytes, how: str) -> bytes:
@@ -196,7 +251,9 @@ def write_dataset(plan: DatasetPlan, root: Path, pool: PicturePool) -> Path:
         (root / folder).mkdir(parents=True, exist_ok=True)
     for file in plan.files:
         content = file.content
-        if isinstance(content, Picture):
+        if isinstance(content, Junk):
+            data = junk(content.kind, contents)
+        elif isinstance(content, Picture):
             data = pool.encoded(content)
         elif content.near is None:
             data = contents[content.of]
@@ -248,6 +305,8 @@ def pictures(draw) -> Picture:
     if source == "huge":  # one huge file costs a second of decoding per pass: JPEG or grey PNG
         image_format = "JPEG" if mode in ("RGB", "L", "CMYK") else "PNG"
         mode = mode if image_format == "JPEG" else "L"
+    if source == "tiny" and image_format == "JPEG_EXIF_ROTATED":
+        image_format = "JPEG"
     return Picture(source, mode, image_format)
 
 
@@ -273,15 +332,33 @@ def datasets(draw, max_classes: int = 6, max_per_class: int = 40,
                                st.integers(4, max_per_class)))
         names: set[str] = set()
         for _ in range(count):
-            content = draw(pictures()) if not files or draw(st.integers(0, 3)) else draw(
-                st.builds(Copy, st.integers(0, len(files) - 1),
+            copyable = _copyable(files)
+            content = draw(pictures()) if not copyable or draw(st.integers(0, 3)) else draw(
+                st.builds(Copy, st.sampled_from(copyable),
                           st.one_of(st.none(), st.sampled_from(NEAR_COPIES))))
             subfolders = draw(st.sampled_from(((), (), (), ("sub",), ("a b", "ü ü"))))
             name = _unique(draw(_stems()) + _extension(draw, content, files), names)
             files.append(FilePlan(folder, subfolders, name, content))
+        if draw(st.integers(0, 4)) == 0:  # a file that is not an image, among the pictures
+            kind = draw(st.sampled_from(sorted(JUNK)))
+            files.append(FilePlan(folder, (), _unique(JUNK[kind], names), Junk(kind)))
     testing, validation = draw(st.one_of(st.just((10, 10)), st.just((10, 10)),
                                          st.sampled_from(PERCENTAGES)))
     return DatasetPlan(tuple(folders), tuple(files), testing, validation, draw(modes))
+
+
+def _copyable(files: list[FilePlan]) -> list[int]:
+    """The files a copy may be made of: pictures or their copies, not junk."""
+    return [index for index, file in enumerate(files)
+            if not isinstance(original(file.content, files), Junk)]
+
+
+def original(content: Union[Picture, Copy, Junk], files: Sequence[FilePlan]
+             ) -> Union[Picture, Junk]:
+    """What a (chain of) copies was made of."""
+    while isinstance(content, Copy):
+        content = files[content.of].content
+    return content
 
 
 def _extension(draw, content: Union[Picture, Copy], files: list[FilePlan]) -> str:

@@ -40,7 +40,18 @@ from retrainer.errors import (
     EXIT_USAGE,
 )
 from retrainer.pipeline import search
-from tests.fixtures_datasets import Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets, write_dataset
+from tests.fixtures_datasets import (
+    JUNK,
+    Copy,
+    DatasetPlan,
+    FilePlan,
+    Junk,
+    Picture,
+    PicturePool,
+    datasets,
+    original,
+    write_dataset,
+)
 from tests.fixtures_faults import assert_complete_graph, temp_files
 from tests.fixtures_pipeline import retrain_args
 
@@ -180,7 +191,8 @@ def check_outputs(plan: DatasetPlan, images: Path, out: Path, document: Optional
         models.append(out / "saved_model")
     for files in exported_files(plan.modes, out).values():
         models += files.values()
-    picture = images / plan.files[0].relpath
+    picture = images / next(file.relpath for file in plan.files
+                            if isinstance(original(file.content, plan.files), Picture))
     for model in models:
         result = CliRunner().invoke(label_image_main, ["--graph", str(model), "--json",
                                                        str(picture)])
@@ -258,6 +270,15 @@ def _every_shape() -> DatasetPlan:
         FilePlan(chinese, (), "x flipped.png", Copy(12, "flip")),
         FilePlan(mirror, (), "la.png", Copy(9)),  # the same image under two labels
         FilePlan(mirror, (), "webp.webp", Picture("photo:logo", "RGBA", "WEBP")),
+        FilePlan(mirror, (), "phone.jpg", Picture("photo:coffee", "RGB", "JPEG_EXIF_ROTATED")),
+        FilePlan(mirror, (), "progressive.jpeg", Picture("photo:chelsea", "RGB",
+                                                          "JPEG_PROGRESSIVE")),
+        FilePlan(mirror, (), "animated.gif", Picture("photo:rocket", "RGB", "GIF_ANIMATED")),
+        FilePlan(mirror, (), "animated.png", Picture("photo:cat", "RGBA", "PNG_ANIMATED")),
+        FilePlan(mirror, (), "float.tiff", Picture("photo:moon", "F", "TIFF")),
+        FilePlan(mirror, (), "int32.png", Picture("photo:coins", "I", "PNG")),
+        FilePlan(mirror, (), "bilevel.pbm", Picture("photo:page", "1", "PPM")),
+        *(FilePlan(mirror, (), name, Junk(kind)) for kind, name in sorted(JUNK.items())),
     ]
     return DatasetPlan((roses, dash, long_name, chinese, mirror, "empty"), tuple(files), 10, 10,
                        ("distortions", "fine_tuning", "json", "keep_duplicates", "saved_model",
