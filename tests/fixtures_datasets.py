@@ -5,7 +5,8 @@ sub-folders, empty, of 1, 2, 3 ... 40 images), each file made from a real pictur
 photographs and Fashion-MNIST) in some mode and format, a constant colour, a 1x1 or a 6000x4000
 picture, or a byte or near copy (re-encoded, resized, cropped, shifted, brightened, flipped) of an
 earlier file, in the same class or another; whole classes copied under a second label; files that
-are not images (notes, sound, truncated or empty pictures, macOS/Windows leftovers); the split
+are not images (notes, sound, truncated or empty pictures, macOS/Windows leftovers); symbolic and
+hard links to pictures (inside the folder or outside it), broken links, named pipes; the split
 percentages and the modes (distortions, fine-tuning, exports, gates). `write_dataset` turns a plan
 into files; `PicturePool` decodes and encodes each real picture once per session.
 """
@@ -86,11 +87,25 @@ class Junk:
 
 
 @dataclasses.dataclass(frozen=True)
+class Link:
+    """A link to the plan's file number `of`: "symlink" (relative), "hardlink", "outside" (a
+    symlink to a copy outside the image folder); or a "broken" symlink, or a "fifo" (a named
+    pipe: reading it would wait forever)."""
+
+    kind: str
+    of: int = 0
+
+
+LINKS = ("symlink", "hardlink", "outside", "broken", "fifo")
+Content = Union[Picture, Copy, Junk, Link]
+
+
+@dataclasses.dataclass(frozen=True)
 class FilePlan:
     folder: str  # class folder name
     subfolders: tuple[str, ...]  # nested folders inside it
     name: str
-    content: Union[Picture, Copy, Junk]
+    content: Content
 
     @property
     def relpath(self) -> str:
@@ -249,8 +264,15 @@ def write_dataset(plan: DatasetPlan, root: Path, pool: PicturePool) -> Path:
     contents: list[bytes] = []
     for folder in plan.folders:
         (root / folder).mkdir(parents=True, exist_ok=True)
-    for file in plan.files:
+    for index, file in enumerate(plan.files):
         content = file.content
+        path = root.joinpath(file.folder, *file.subfolders, file.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, Link):
+            contents.append(contents[content.of] if content.kind in LINKS[:3] else b"")
+            _link(content, path, root.joinpath(plan.files[content.of].relpath),
+                  root.parent / f"{root.name} outside", index)
+            continue
         if isinstance(content, Junk):
             data = junk(content.kind, contents)
         elif isinstance(content, Picture):
@@ -260,10 +282,24 @@ def write_dataset(plan: DatasetPlan, root: Path, pool: PicturePool) -> Path:
         else:
             data = near_copy(contents[content.of], content.near)
         contents.append(data)
-        path = root.joinpath(file.folder, *file.subfolders, file.name)
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+def _link(link: Link, path: Path, target: Path, outside: Path, index: int) -> None:
+    if link.kind == "symlink":
+        os.symlink(os.path.relpath(target, path.parent), path)
+    elif link.kind == "hardlink":
+        os.link(target, path)
+    elif link.kind == "outside":  # to a copy in a folder beside the image folder
+        copy = outside / f"{index}{target.suffix}"
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(target.read_bytes())
+        os.symlink(copy, path)
+    elif link.kind == "broken":
+        os.symlink("no such picture.jpg", path)
+    else:
+        os.mkfifo(path)
 
 
 # --- strategies ----------------------------------------------------------------------------------
@@ -342,31 +378,39 @@ def datasets(draw, max_classes: int = 6, max_per_class: int = 40,
         if draw(st.integers(0, 4)) == 0:  # a file that is not an image, among the pictures
             kind = draw(st.sampled_from(sorted(JUNK)))
             files.append(FilePlan(folder, (), _unique(JUNK[kind], names), Junk(kind)))
+        if draw(st.integers(0, 5)) == 0:  # a link (to an earlier picture), a named pipe
+            link = Link(draw(st.sampled_from(LINKS)), draw(st.sampled_from(_copyable(files) or [0])))
+            if link.kind in LINKS[:3] and not _copyable(files):
+                link = Link("broken")
+            name = _unique(draw(_stems()) + _extension(draw, link, files), names)
+            files.append(FilePlan(folder, (), name, link))
     testing, validation = draw(st.one_of(st.just((10, 10)), st.just((10, 10)),
                                          st.sampled_from(PERCENTAGES)))
     return DatasetPlan(tuple(folders), tuple(files), testing, validation, draw(modes))
 
 
 def _copyable(files: list[FilePlan]) -> list[int]:
-    """The files a copy may be made of: pictures or their copies, not junk."""
+    """The files a copy or link may be made of: pictures, their copies and links."""
     return [index for index, file in enumerate(files)
-            if not isinstance(original(file.content, files), Junk)]
+            if isinstance(original(file.content, files), Picture)]
 
 
-def original(content: Union[Picture, Copy, Junk], files: Sequence[FilePlan]
-             ) -> Union[Picture, Junk]:
-    """What a (chain of) copies was made of."""
-    while isinstance(content, Copy):
+def original(content: Content, files: Sequence[FilePlan]) -> Union[Picture, Junk, Link]:
+    """What a chain of copies and links leads to (a broken link or a pipe: itself)."""
+    while isinstance(content, Copy) or (isinstance(content, Link) and content.kind in LINKS[:3]):
         content = files[content.of].content
     return content
 
 
-def _extension(draw, content: Union[Picture, Copy], files: list[FilePlan]) -> str:
+def _extension(draw, content: Content, files: list[FilePlan]) -> str:
     """Usually the format's own extension; sometimes another one, in any case."""
-    while isinstance(content, Copy):
-        if content.near is not None:
+    if isinstance(content, Link) and content.kind not in LINKS[:3]:
+        return ".jpg" if content.kind == "broken" else ".png"
+    while isinstance(content, (Copy, Link)):
+        if isinstance(content, Copy) and content.near is not None:
             return ".png" if content.near != "jpeg70" else ".jpg"
         content = files[content.of].content
+    assert isinstance(content, Picture)
     extension = EXTENSIONS[content.image_format]
     if draw(st.integers(0, 7)) == 0:
         extension = draw(st.sampled_from(sorted(EXTENSIONS.values())))

@@ -46,6 +46,7 @@ from tests.fixtures_datasets import (
     DatasetPlan,
     FilePlan,
     Junk,
+    Link,
     Picture,
     PicturePool,
     datasets,
@@ -279,6 +280,11 @@ def _every_shape() -> DatasetPlan:
         FilePlan(mirror, (), "int32.png", Picture("photo:coins", "I", "PNG")),
         FilePlan(mirror, (), "bilevel.pbm", Picture("photo:page", "1", "PPM")),
         *(FilePlan(mirror, (), name, Junk(kind)) for kind, name in sorted(JUNK.items())),
+        FilePlan(mirror, (), "symlink.jpg", Link("symlink", 0)),  # to another class's picture
+        FilePlan(mirror, (), "hardlink.png", Link("hardlink", 1)),
+        FilePlan(mirror, ("sub",), "outside.jpg", Link("outside", 2)),
+        FilePlan(mirror, (), "broken.jpg", Link("broken")),
+        FilePlan(mirror, (), "pipe.png", Link("fifo")),
     ]
     return DatasetPlan((roses, dash, long_name, chinese, mirror, "empty"), tuple(files), 10, 10,
                        ("distortions", "fine_tuning", "json", "keep_duplicates", "saved_model",
