@@ -307,9 +307,11 @@ def _link(link: Link, path: Path, target: Path, outside: Path, index: int) -> No
 # Names users give: unicode, spaces, a leading dash, 200 characters, shell and HTML characters.
 ODD_STEMS = ("photo", "IMG 0001", "-rf", "--help", "ünïcödé 写真", "a" * 196, "émoji 🌹",
              " leading space", "trailing space ", "semi;colon&amp", "quote'\"", "tab\tname",
-             "new\nline", "<b>bold</b>", "100%", "$HOME", "*")
+             "new\nline", "<b>bold</b>", "100%", "$HOME", "*", "back\\slash", "..", "con")
+# Pairs a person reads as one name: "Roses"/"roses", and "Café" composed (NFC, as typed on most
+# systems) and decomposed (NFD, as macOS writes it).
 ODD_FOLDERS = ("roses", "Wild Tulips Ü", "-dash", "玫瑰", "c" * 200, "with space", "UPPER",
-               "Roses", "a&b<c>", "new\nline", "1", "ünï")
+               "Roses", "a&b<c>", "new\nline", "1", "ünï", "Caf\u00e9", "Cafe\u0301", "..x")
 
 
 def _stems() -> st.SearchStrategy[str]:

@@ -187,6 +187,23 @@ def test_clashing_labels_are_a_data_error_naming_both(tmp_path):
     assert caught.value.exit_code == EXIT_DATA
 
 
+@pytest.mark.parametrize("decomposed, marks", [("Cafe\u0301", "U+0301"),
+                                               ("\u212bngstr\u00f6m", "U+212B U+00F6")])
+def test_one_name_in_two_unicode_forms_says_so(tmp_path, decomposed, marks):
+    """ "Café" typed (NFC) and "Café" as macOS writes it (NFD) look the same: the error shows
+    which is which."""
+    import unicodedata
+
+    composed = unicodedata.normalize("NFC", decomposed)
+    root = write_images(tmp_path, f"{composed}/a.jpg", f"{decomposed}/b.jpg", "tulips/c.jpg")
+    with pytest.raises(DataError) as caught:
+        discover_images(root)
+    message = str(caught.value)
+    assert f'"{decomposed}" (decomposed: {marks})' in message and f'"{composed}" ' in message
+    assert message.endswith("(the same name, written with combining accents in one, as macOS "
+                            "does); merge the two folders.")
+
+
 def test_empty_folder_is_a_data_error(tmp_path):
     with pytest.raises(DataError) as caught:
         discover_images(tmp_path)

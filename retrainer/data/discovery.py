@@ -332,12 +332,27 @@ def _unique_labels(folders: list[str]) -> tuple[str, ...]:
     for name in folders:
         label = normalize_label(name)
         if label in by_label:
+            first = by_label[label]
+            same = unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", name)
+            why = ("(the same name, written with combining accents in one, as macOS does); merge "
+                   "the two folders" if same else
+                   "(labels keep only lower-case letters and digits); rename one of them")
             raise DataError(
-                f'Class folders "{by_label[label]}" and "{name}" both give the label "{label}" '
-                "(labels keep only lower-case letters and digits); rename one of them."
+                f'Class folders {_quoted(first)} and {_quoted(name)} both give the label '
+                f'"{label}" {why}.'
             )
         by_label[label] = name
     return tuple(by_label)
+
+
+def _quoted(name: str) -> str:
+    """A folder name in double quotes; one with combining accents (not NFC) also gets their code
+    points, so two names that look the same read differently."""
+    if unicodedata.is_normalized("NFC", name):
+        return f'"{name}"'
+    marks = [char for char in name if unicodedata.combining(char)] or [
+        char for char in name if not char.isascii()]  # e.g. U+212B ANGSTROM SIGN, NFC: U+00C5
+    return f'"{name}" (decomposed: {" ".join(f"U+{ord(char):04X}" for char in marks)})'
 
 
 def _log_summary(collection: ImageCollection, folders: list[str]) -> None:
