@@ -37,6 +37,7 @@ from retrainer.errors import (
     EXIT_MODEL,
     EXIT_OK,
     EXIT_QUALITY_GATE,
+    EXIT_UNREADABLE_IMAGES,
     EXIT_USAGE,
 )
 from retrainer.pipeline import search
@@ -200,6 +201,24 @@ def check_outputs(plan: DatasetPlan, images: Path, out: Path, document: Optional
         assert result.exit_code == EXIT_OK, (model, result.output)
         answer = json.loads(result.stdout.splitlines()[0])
         assert answer["label"] in labels, (model, answer)
+    check_every_file_classified(plan, images, out / "graph.pb", labels)
+
+
+def check_every_file_classified(plan: DatasetPlan, images: Path, graph: Path,
+                                labels: list[str]) -> None:
+    """label-image on every file of the dataset (the first 60) at once: each picture gets a
+    label, each other file (junk, a broken link, a pipe) one error line; exit 0 or 5."""
+    files = {str(images / file.relpath): isinstance(original(file.content, plan.files), Picture)
+             for file in plan.files[:60]}
+    result = CliRunner().invoke(label_image_main, ["--graph", str(graph), "--json", *files])
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.exit_code == (EXIT_OK if all(files.values()) else EXIT_UNREADABLE_IMAGES), (
+        result.output)
+    answers = {answer["path"]: answer for answer in map(json.loads, result.stdout.splitlines())}
+    assert answers.keys() == files.keys()
+    for path, is_picture in files.items():
+        assert (answers[path].get("label") in labels) if is_picture else (
+            "error" in answers[path]), answers[path]
 
 
 def _log(plan: DatasetPlan, exit_code: int, stderr: str,
