@@ -2,9 +2,10 @@
 a documented exit code; never a traceback (tests/fixtures_datasets.py draws the folders).
 
 `retrain` runs in-process with its default flags plus a drawn set of modes (distortions,
-fine-tuning, int8/float16 TFLite, SavedModel, gates, retrain.py's SGD steps, ...). On exit 0
-every output is whole and `label-image` classifies a picture with each model written; otherwise
-the exit code is documented and stderr ends with exactly one `Error:` line.
+fine-tuning, int8/float16 TFLite, float32/int8 ONNX, SavedModel, gates, retrain.py's SGD steps,
+--search, a rerun on the warm cache, ...). On exit 0 every output is whole, `label-image`
+classifies a picture with each model written and every file of the folder with the frozen graph;
+otherwise the exit code is documented and stderr ends with exactly one `Error:` line.
 
 The default suite runs a few drawn datasets with the tiny stand-in extractor, the slow suite more
 with the real EfficientNet-Lite0 at its default precision. Longer runs outside CI (SURVEY: log
@@ -67,7 +68,7 @@ LOG = os.environ.get("RETRAINER_PROPERTY_LOG")  # one JSON line per drawn datase
 # The modes drawn on top of the defaults (retrain flags; paths are added by `mode_flags`).
 MODES = ("distortions", "fine_tuning", "tflite_int8", "tflite_float16", "onnx_float32",
          "onnx_int8", "saved_model", "accuracy_gate", "recall_gate", "export_drop",
-         "keep_duplicates", "skip_audit", "json", "sgd", "search")
+         "keep_duplicates", "skip_audit", "json", "sgd", "search", "rerun")
 # Export modes: <format>_<quantization> -> (path flag, quantization flag); float32 is "none".
 EXPORT_FLAGS = {"tflite": ("--tflite_output_file", "--tflite_quantization"),
                 "onnx": ("--onnx_output_file", "--onnx_quantization")}
@@ -132,11 +133,11 @@ def check_pipeline(plan: DatasetPlan, pool: PicturePool, work: Path, extractor: 
             "--testing_percentage", str(plan.testing_percentage),
             "--validation_percentage", str(plan.validation_percentage),
             *mode_flags(plan.modes, out, extractor)]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(search, "BUILT_IN_EXTRACTORS", ())  # --search: only --search_modules
-        result = CliRunner().invoke(retrain_main, args)
+    result = _retrain(args)
     try:
         _check_result(plan, result, images, out)
+        if "rerun" in plan.modes and result.exit_code == EXIT_OK:
+            _check_rerun(plan, _retrain([*args, "--json"]), images, out)
     except Exception as failure:  # a failed check, or output it cannot parse
         _log(plan, result.exit_code, result.stderr, failure)
         if not SURVEY:
@@ -144,6 +145,22 @@ def check_pipeline(plan: DatasetPlan, pool: PicturePool, work: Path, extractor: 
     else:
         _log(plan, result.exit_code, result.stderr)
     return result.exit_code
+
+
+def _retrain(args: list[str]):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(search, "BUILT_IN_EXTRACTORS", ())  # --search: only --search_modules
+        return CliRunner().invoke(retrain_main, args)
+
+
+def _check_rerun(plan: DatasetPlan, result, images: Path, out: Path) -> None:
+    """The same run again: every vector (plain and distorted) comes from the cache, and the
+    outputs are rewritten whole."""
+    assert result.exit_code == EXIT_OK, result.output
+    document = json.loads(result.stdout)
+    assert document["bottlenecks_computed"] == 0, document
+    assert document["distorted"] is None or document["distorted"]["computed"] == 0, document
+    check_outputs(plan, images, out, document)
 
 
 def _check_result(plan: DatasetPlan, result, images: Path, out: Path) -> None:
