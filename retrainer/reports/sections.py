@@ -26,14 +26,21 @@ MAX_SKIPPED_ROWS = 200
 THUMBNAIL_SIZE = (112, 112)
 
 
+_CURVES_NOTES = {
+    "sgd": "Validation points are retrain.py's sampled batches; the final whole-split figures are "
+           "in the summary.",
+    "lbfgs": "One point per L2 strength tried, at its L-BFGS iteration count, on the whole "
+             "training and validation splits; the summary has the chosen strength's figures.",
+}
+
+
 def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes]) -> list[Section]:
     """Summary, dataset, training curves, confusion matrix, per-class table, gallery."""
     return [
         summary_section(result),
         dataset_section(result),
         Section("training", "Training curves", png_image(curves_png, "Training curves")
-                + paragraph("Validation points are retrain.py's sampled batches; the final "
-                            "whole-split figures are in the summary.", "note")),
+                + paragraph(_CURVES_NOTES[(result.head or {}).get("solver", "sgd")], "note")),
         confusion_section(result, confusion_png),
         per_class_section(result),
         gallery_section(result),
