@@ -147,3 +147,11 @@ def test_label_and_outlier_detectors_on_degenerate_arrays(data):
 def test_balance_warnings_on_degenerate_counts(counts, validation, testing):
     for warning in balance_warnings(counts, validation, testing):
         assert warning.endswith(".")
+
+
+def test_balance_warning_counts_one_image_in_the_singular():
+    counts = {"one": {split: int(split == SPLITS[0]) for split in SPLITS},
+              "many": {split: 20 for split in SPLITS}}
+    assert balance_warnings(counts, 0.0, 0.0) == [
+        "Class 'one' has 1 image, under 1/5 of 'many' (60): it will be predicted less reliably; "
+        "add images of it."]

@@ -156,6 +156,8 @@ def test_counts_and_splits_partition_the_images(fashion_mnist_dir):
 def test_small_and_empty_classes_warn(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=3)
     (root / "nothing").mkdir()
+    for path in sorted((root / "blue").iterdir())[1:]:
+        path.unlink()
     with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 0, 0)
     assert collection.labels == ("blue", "green", "red")
@@ -164,6 +166,7 @@ def test_small_and_empty_classes_warn(tmp_path, caplog):
     assert "Class folder 'red' has only 3 images (fewer than 20 may give poor accuracy)." in (
         caplog.text
     )
+    assert "Class folder 'blue' has only 1 image (fewer" in caplog.text
 
 
 def test_class_without_training_images_warns(tmp_path, caplog):

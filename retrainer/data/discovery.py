@@ -139,8 +139,8 @@ def discover_images(
             continue
         if len(relpaths) < MIN_IMAGES_PER_CLASS:
             logger.warning(
-                "Class folder %r has only %d images (fewer than %d may give poor accuracy).",
-                name, len(relpaths), MIN_IMAGES_PER_CLASS,
+                "Class folder %r has only %d image%s (fewer than %d may give poor accuracy).",
+                name, len(relpaths), "" if len(relpaths) == 1 else "s", MIN_IMAGES_PER_CLASS,
             )
         kept_folders.append(name)
         kept_relpaths.append(sorted(relpaths))
