@@ -350,12 +350,15 @@ def pictures(draw) -> Picture:
 
 @st.composite
 def datasets(draw, max_classes: int = 6, max_per_class: int = 40,
-             modes: st.SearchStrategy[tuple[str, ...]] = st.just(())) -> DatasetPlan:  # noqa: B008
+             modes: st.SearchStrategy[tuple[str, ...]] = st.just(()),  # noqa: B008
+             trainable: bool = False) -> DatasetPlan:
     """A DatasetPlan: 1..max_classes class folders of 0..max_per_class files (small counts
-    favoured: classes of 0, 1, 2, 3 are common)."""
+    favoured: classes of 0, 1, 2, 3 are common). `trainable`: 2 or more classes of 4 or more
+    files and some of them for training, so that most draws reach the extractor (for the slow
+    runs, where each costs seconds)."""
     # Hypothesis favours the first choice and small integers: 1 class (always exit 3) would be a
     # third of the draws.
-    folder_count = draw(st.sampled_from((3, *range(2, max_classes + 1), 1)))
+    folder_count = draw(st.sampled_from((3, *range(2, max_classes + 1), *((1,) * (not trainable)))))
     folders = draw(st.lists(_folder_names(), min_size=folder_count, max_size=folder_count,
                             unique=True))
     files: list[FilePlan] = []
@@ -366,8 +369,9 @@ def datasets(draw, max_classes: int = 6, max_per_class: int = 40,
                 if file.folder == source:
                     files.append(dataclasses.replace(file, folder=folder, content=Copy(index)))
             continue
-        count = draw(st.one_of(st.sampled_from((0, 1, 2, 3)), st.integers(4, max_per_class),
-                               st.integers(4, max_per_class)))
+        count = draw(st.integers(4, max_per_class) if trainable else st.one_of(
+            st.sampled_from((0, 1, 2, 3)), st.integers(4, max_per_class),
+            st.integers(4, max_per_class)))
         names: set[str] = set()
         for _ in range(count):
             copyable = _copyable(files)
@@ -387,7 +391,8 @@ def datasets(draw, max_classes: int = 6, max_per_class: int = 40,
             name = _unique(draw(_stems()) + _extension(draw, link, files), names)
             files.append(FilePlan(folder, (), name, link))
     testing, validation = draw(st.one_of(st.just((10, 10)), st.just((10, 10)),
-                                         st.sampled_from(PERCENTAGES)))
+                                         st.sampled_from(PERCENTAGES[:4] if trainable
+                                                         else PERCENTAGES)))
     return DatasetPlan(tuple(folders), tuple(files), testing, validation, draw(modes))
 
 
