@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer._sampling import (
+from retrainer.io.storage import AnyPath, as_path
+from retrainer.training._sampling import (
     DROPOUT_STREAM,
     INIT_STREAM,
     TRAIN_STREAM,
@@ -30,12 +30,11 @@ from retrainer._sampling import (
     BalancedSampler,
     stream_seed,
 )
-from retrainer.storage import as_path
 from retrainer.training.convex import ConvexConfig, PathPoint, fit_head
 from retrainer.training.loop import EvalPoint, run_loop, sgd
 from retrainer.training.objectives import SOFTMAX, Objective
 from retrainer.training.regularization import Regularization
-from retrainer.training.summaries import fresh_writer, write_scalars
+from retrainer.training.summaries import fresh_writer, write_path_summaries, write_scalars
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +69,8 @@ class TrainingConfig:
     validation_batch_size: int
     eval_step_interval: int
     seed: int
-    summaries_dir: Optional[Path] = None
-    checkpoint_path: Optional[Path] = None
+    summaries_dir: Optional[AnyPath] = None
+    checkpoint_path: Optional[AnyPath] = None
     regularization: Regularization = Regularization()
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = no early stopping
     solver: str = "sgd"
@@ -364,27 +363,8 @@ def _train_convex(head: Head, train: FeatureSet, validation: FeatureSet, num_cla
         history.append(EvalPoint(iterations, point.train_accuracy, point.train_cross_entropy,
                                  point.validation_accuracy, len(validation) if len(validation)
                                  else 0, point.validation_cross_entropy))
-    _write_path_summaries(config.summaries_dir, fit.path, history)
+    write_path_summaries(config.summaries_dir, fit.path, history)
     return TrainingResult(head, tuple(history), 0.0, None, fit.path, fit.chosen)
-
-
-def _write_path_summaries(summaries_dir: Optional[Path], path: tuple[PathPoint, ...],
-                          history: list[EvalPoint]) -> None:
-    """TensorBoard scalars per penalty of the path, at its iteration count."""
-    if summaries_dir is None:
-        return
-    writers = {name: fresh_writer(as_path(summaries_dir) / name)
-               for name in ("train", "validation")}
-    for point, measured in zip(path, history):
-        write_scalars(writers["train"], measured.step, measured.train_accuracy,
-                      measured.cross_entropy)
-        with writers["train"].as_default():
-            tf.summary.scalar("l2", point.l2, measured.step)
-        if measured.validation_accuracy is not None:
-            write_scalars(writers["validation"], measured.step, measured.validation_accuracy,
-                          measured.validation_cross_entropy)
-    for writer in writers.values():
-        writer.close()
 
 
 def _log_point(

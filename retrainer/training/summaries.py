@@ -10,12 +10,14 @@ retrain.py's 400 evaluations cost as much as a third of its 4,000 steps.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import tensorflow as tf
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 
-from retrainer.storage import AnyPath, as_path
+from retrainer.io.storage import AnyPath, as_path
+from retrainer.training.convex import PathPoint
+from retrainer.training.loop import EvalPoint
 
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
 _HISTOGRAM = histogram_metadata.create_summary_metadata(display_name=None, description=None)
@@ -61,3 +63,23 @@ def write_scalars(writer: tf.summary.SummaryWriter, step: tf.Tensor, accuracy: t
         tf.summary.scalar("cross_entropy", cross_entropy)
         for name, values in histograms:
             histogram(name, values, step)
+
+
+def write_path_summaries(summaries_dir: Optional[AnyPath], path: Sequence[PathPoint],
+                         history: Sequence[EvalPoint]) -> None:
+    """The lbfgs path as TensorBoard scalars: per penalty, at its count of L-BFGS iterations
+    (`history`, aligned with `path`), the training and validation figures and the penalty."""
+    if summaries_dir is None:
+        return
+    writers = {name: fresh_writer(as_path(summaries_dir) / name)
+               for name in ("train", "validation")}
+    for point, measured in zip(path, history):
+        write_scalars(writers["train"], measured.step, measured.train_accuracy,
+                      measured.cross_entropy)
+        with writers["train"].as_default():
+            tf.summary.scalar("l2", point.l2, measured.step)
+        if measured.validation_accuracy is not None:
+            write_scalars(writers["validation"], measured.step, measured.validation_accuracy,
+                          measured.validation_cross_entropy)
+    for writer in writers.values():
+        writer.close()
