@@ -18,6 +18,7 @@ splits the path runs on a sample of rows and only the chosen penalty is fitted o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Optional
@@ -95,63 +96,76 @@ class ConvexFit:
 class _Problem:
     """One split's loss (and its gradient) as a function of the parameters [W (D x C), b] of
     the layer on standardized features (centred and scaled by the training statistics: L-BFGS
-    then needs far fewer iterations, and one penalty path suits every extractor).
+    then needs far fewer iterations, and one penalty path suits every extractor)."""
 
-    The traced functions take the split as arguments, so the splits of one fit share one trace.
-    """
-
-    def __init__(self, features: tf.Tensor, targets: tf.Tensor, functions: _Functions) -> None:
-        self.features, self.targets, self.functions = features, targets, functions
+    def __init__(self, features: tf.Tensor, targets: tf.Tensor, statistics: _Statistics,
+                 functions: _Functions) -> None:
+        self.features, self.targets = features, targets
+        self.statistics, self.functions = statistics, functions
 
     def loss_and_gradient(self, params: tf.Tensor, l2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return self.functions.loss_and_gradient(self.features, self.targets, params, l2)
+        return self.functions.loss_and_gradient(self.features, self.targets, params, l2,
+                                                self.statistics.mean, self.statistics.scale)
 
     def metrics(self, params: tf.Tensor) -> tf.Tensor:
         """[accuracy, cross entropy] of the split (float32 [2])."""
-        return self.functions.metrics(self.features, self.targets, params)
+        return self.functions.metrics(self.features, self.targets, params, self.statistics.mean,
+                                      self.statistics.scale)
 
 
 class _Functions:
-    """The traced loss, gradient and metrics of one fit's layer, for any split's rows."""
+    """The traced loss, gradient and metrics of the layer for any rows, sizes and statistics:
+    traced once per objective, so every fit of a process shares them (the audit's folds, the
+    search's candidates)."""
 
-    def __init__(self, statistics: _Statistics, targets: tf.Tensor, num_classes: int,
-                 config: ConvexConfig) -> None:
-        self.statistics = statistics
-        self.shape = (int(statistics.mean.shape[0]), num_classes)
-        self.objective, self.label_smoothing = config.objective, config.label_smoothing
-        features = tf.TensorSpec([None, self.shape[0]], tf.float32)
-        labels = tf.TensorSpec([None, *targets.shape[1:]], targets.dtype)
-        params = tf.TensorSpec([self.shape[0] * num_classes + num_classes], tf.float32)
+    def __init__(self, objective: Objective, label_smoothing: float) -> None:
+        self.objective, self.label_smoothing = objective, label_smoothing
+        matrix, vector = tf.TensorSpec([None, None], tf.float32), tf.TensorSpec([None], tf.float32)
+        targets = (tf.TensorSpec([None, None], tf.float32) if objective.multi_label
+                   else tf.TensorSpec([None], tf.int64))
+        scalar = tf.TensorSpec([], tf.float32)
         self.loss_and_gradient = tf.function(
-            self._loss_and_gradient,
-            input_signature=[features, labels, params, tf.TensorSpec([], tf.float32)])
-        self.metrics = tf.function(self._metrics, input_signature=[features, labels, params])
+            self._loss_and_gradient, input_signature=[matrix, targets, vector, scalar, vector,
+                                                      vector])
+        self.metrics = tf.function(self._metrics,
+                                   input_signature=[matrix, targets, vector, vector, vector])
 
-    def layer(self, params: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Parameters -> (float32 [D, C] weights, [C] biases) on raw features."""
-        size = self.shape[0] * self.shape[1]
-        weights = tf.reshape(params[:size], self.shape) / self.statistics.scale[:, tf.newaxis]
-        biases = params[size:] - tf.linalg.matvec(weights, self.statistics.mean,
-                                                  transpose_a=True)
-        return weights, biases
-
-    def logits(self, features: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
-        weights, biases = self.layer(params)
+    def _logits(self, features: tf.Tensor, params: tf.Tensor, mean: tf.Tensor,
+                scale: tf.Tensor) -> tf.Tensor:
+        weights, biases = _layer(params, mean, scale)
         return _times(features, weights) + biases
 
     def _loss_and_gradient(self, features: tf.Tensor, targets: tf.Tensor, params: tf.Tensor,
-                           l2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+                           l2: tf.Tensor, mean: tf.Tensor, scale: tf.Tensor
+                           ) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = self.objective.loss(targets, self.logits(features, params),
+            loss = self.objective.loss(targets, self._logits(features, params, mean, scale),
                                        self.label_smoothing)
-            loss += l2 * tf.reduce_sum(tf.square(params[:self.shape[0] * self.shape[1]]))
+            weights = params[:tf.size(params) - tf.size(params) // (tf.size(mean) + 1)]
+            loss += l2 * tf.reduce_sum(tf.square(weights))
         return loss, tape.gradient(loss, params)
 
-    def _metrics(self, features: tf.Tensor, targets: tf.Tensor, params: tf.Tensor) -> tf.Tensor:
-        logits = self.logits(features, params)
+    def _metrics(self, features: tf.Tensor, targets: tf.Tensor, params: tf.Tensor,
+                 mean: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+        logits = self._logits(features, params, mean, scale)
         return tf.stack([self.objective.accuracy(targets, logits),
                          self.objective.loss(targets, logits)])
+
+
+@functools.lru_cache(maxsize=None)
+def _functions(objective: Objective, label_smoothing: float) -> _Functions:
+    return _Functions(objective, label_smoothing)
+
+
+def _layer(params: tf.Tensor, mean: tf.Tensor, scale: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Parameters [D * C + C] of the layer on standardized features -> (float32 [D, C]
+    weights, [C] biases) of the same layer on raw features."""
+    dims = tf.size(mean)
+    classes = tf.size(params) // (dims + 1)
+    weights = tf.reshape(params[:dims * classes], [dims, classes]) / scale[:, tf.newaxis]
+    biases = params[dims * classes:] - tf.linalg.matvec(weights, mean, transpose_a=True)
+    return weights, biases
 
 
 @tf.custom_gradient
@@ -204,21 +218,24 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         NO_VALIDATION_L2, with a warning.
     """
     rows = len(train_features)
+    target_type = tf.float32 if config.objective.multi_label else tf.int64
     every_row = tf.constant(train_features, tf.float32)
-    every_target = tf.constant(train_targets)
+    every_target = tf.constant(train_targets, target_type)
     sample = np.arange(rows)
     sample_rows, sample_targets = every_row, every_target
     if rows > config.path_rows:
         sample = np.sort(np.random.default_rng(0).permutation(rows)[:config.path_rows])
         sample_rows, sample_targets = tf.gather(every_row, sample), tf.gather(every_target, sample)
     # The sample's statistics standardize every fit: the same penalty means the same prior.
-    functions = _Functions(_Statistics.of(sample_rows), every_target, num_classes, config)
-    train = _Problem(sample_rows, sample_targets, functions)
+    statistics = _Statistics.of(sample_rows)
+    functions = _functions(config.objective, config.label_smoothing)
+    train = _Problem(sample_rows, sample_targets, statistics, functions)
     validation = None
     path = config.l2_path
     if len(validation_features):
         validation = _Problem(tf.constant(validation_features, tf.float32),
-                              tf.constant(validation_targets), functions)
+                              tf.constant(validation_targets, target_type), statistics,
+                              functions)
     elif len(path) > 1:
         path = (NO_VALIDATION_L2,)
         log.warning("No validation images: the L2 strength cannot be chosen; using %g.", path[0])
@@ -232,10 +249,11 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         best = _weakest_within_noise(walk.points, best, len(validation_features))
         chosen = walk.points[best].l2 * len(sample) / rows
         walk.state = walk.states[best]
-        walk.train = _Problem(every_row, every_target, functions)
+        walk.train = _Problem(every_row, every_target, statistics, functions)
         walk.fit(chosen)
         best = len(walk.points) - 1
-    weights, biases = functions.layer(tf.constant(walk.states[best], tf.float32))
+    weights, biases = _layer(tf.constant(walk.states[best], tf.float32), statistics.mean,
+                             statistics.scale)
     log.info("Chose L2 strength %g (validation accuracy %s).", walk.points[best].l2,
              "n/a" if walk.points[best].validation_accuracy is None
              else f"{walk.points[best].validation_accuracy * 100:.1f}%")
@@ -249,7 +267,7 @@ class _Path:
     def __init__(self, train: _Problem, validation: Optional[_Problem], num_classes: int,
                  config: ConvexConfig) -> None:
         self.train, self.validation, self.config = train, validation, config
-        self.state = np.zeros(train.functions.shape[0] * num_classes + num_classes)
+        self.state = np.zeros((int(train.features.shape[1]) + 1) * num_classes)
         self.states: list[np.ndarray] = []
         self.points: list[PathPoint] = []
         self.best, self.since_best = 0, 0
