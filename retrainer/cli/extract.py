@@ -33,7 +33,7 @@ _MAX_UNREADABLE_SHOWN = 20
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
                                  "ignore_unknown_options": True, "allow_extra_args": True})
 @version_option("retrain-extract")
-@option("image_dir", required=True,
+@option("image_dir", required=True, metavar="DIR",
         help="Folder (or gs:// prefix) with one sub-folder of images per class.")
 @option("bottleneck_dir", default=lambda: str(default_bottleneck_dir()),
         show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks",

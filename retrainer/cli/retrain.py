@@ -61,7 +61,7 @@ _BATCH = click.IntRange(min=-1)
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @version_option("retrain")
 @_option("image_dir", "Folder with one sub-folder of images per class.", required=True,
-         show_default=False)  # a string: --split_compat retrain_py hashes it as typed
+         show_default=False, metavar="DIR")  # a string: --split_compat retrain_py hashes it
 @_option("output_graph", "Where to save the trained graph (frozen GraphDef, .pb).", type=_PATH)
 @_option("output_labels", "Where to save the trained graph's labels.", type=_PATH)
 @_option("summaries_dir", "Where to save TensorBoard summaries (train/ and validation/).",
