@@ -225,8 +225,6 @@ def _score(config: RetrainConfig, collection: ImageCollection) -> Score:
         np.concatenate([splits.features[TRAINING].labels, splits.features[VALIDATION].labels]))
     rows, sources, _ = training_rows(config.training, extractor, images, pool)
     folds = np.array([fold_of(image.relpath, FOLDS) for image in images], np.int64)
-    options = dataclasses.replace(training_options(config.training), summaries_dir=None,
-                                  checkpoint_path=None)
     classes = len(collection.labels)
     correct = np.zeros(len(images), bool)
     losses = np.full(len(images), np.log(classes))  # a held-out fold with nothing to learn from
@@ -235,6 +233,9 @@ def _score(config: RetrainConfig, collection: ImageCollection) -> Score:
         fitted_on = ~held[sources]
         if not fitted_on.any():
             continue
+        options = dataclasses.replace(
+            training_options(config.training, int((~held).sum())), summaries_dir=None,
+            checkpoint_path=None)
         head = train_head(FeatureSet(rows.features[fitted_on], rows.labels[fitted_on]),
                           FeatureSet(pool.features[held], pool.labels[held]), classes,
                           options).head
