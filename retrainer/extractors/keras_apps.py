@@ -175,7 +175,7 @@ class KerasApplicationExtractor(FeatureExtractor):
 
 def _build(handle: str, constructor: Any, parsed: KerasHandle, size: int) -> Any:
     """Call the application constructor; ImageNet weights strictly from the local cache."""
-    kwargs = dict(input_shape=(size, size, 3), include_top=False, pooling="avg")
+    kwargs = {"input_shape": (size, size, 3), "include_top": False, "pooling": "avg"}
     if parsed.alpha is not None:
         kwargs["alpha"] = parsed.alpha
     weights = parsed.weights if parsed.weights == "imagenet" else None
