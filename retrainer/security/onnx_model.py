@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from google.protobuf.message import DecodeError
+
 from retrainer.errors import ModelError
 from retrainer.io.storage import AnyPath
 from retrainer.security.limits import Budget, format_size
@@ -39,8 +41,7 @@ def check_onnx(path: AnyPath, data: bytes, budget: Budget) -> None:
         ModelError: not an ONNX model, or the `onnx` package is missing.
     """
     try:
-        import onnx
-        from google.protobuf.message import DecodeError
+        import onnx  # the optional [onnx] extra
     except ImportError:
         raise ModelError(f"checking ONNX model {path} needs the onnx package: "
                          "pip install 'retrainer[onnx]'") from None
@@ -59,7 +60,7 @@ def check_onnx(path: AnyPath, data: bytes, budget: Budget) -> None:
 
 class _OnnxCheck:
     def __init__(self, path: AnyPath, functions: dict[tuple[str, str], Any], budget: Budget) -> None:
-        import onnx.defs
+        import onnx.defs  # the optional [onnx] extra (check_onnx said so if missing)
 
         self.path = path
         self.functions = functions
@@ -115,7 +116,7 @@ class _OnnxCheck:
                                      f"declares {format_size(nbytes)}, {broken}", node, function)
 
     def _check_made_shape(self, node: Any, shape: Any, name: str, function: Optional[str]) -> None:
-        import onnx.numpy_helper
+        import onnx.numpy_helper  # the optional [onnx] extra
 
         if shape is None or shape.data_location == _EXTERNAL or math.prod(shape.dims) > 64:
             return
