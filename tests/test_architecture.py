@@ -155,6 +155,35 @@ def test_third_party_imports_inside_functions_are_the_lazy_ones():
     assert unexplained == []
 
 
+def test_frozen_objects_are_changed_only_while_they_are_built():
+    """`object.__setattr__` (the way past `frozen=True`) only in `__post_init__` or a method it
+    calls: a config view, once built, is never changed (by its own methods or anyone else)."""
+    outside = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        building: set[int] = set()
+        for cls in ast.walk(tree):
+            if isinstance(cls, ast.ClassDef):
+                methods = {node.name: node for node in cls.body if isinstance(node, ast.FunctionDef)}
+                if "__post_init__" not in methods:
+                    continue
+                called = {"__post_init__"} | {
+                    call.func.attr for call in ast.walk(methods["__post_init__"])
+                    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and isinstance(call.func.value, ast.Name) and call.func.value.id == "self"}
+                building |= {id(node) for method in called & set(methods)
+                             for node in ast.walk(methods[method])}
+        outside += [f"{name}:{node.lineno}" for node in ast.walk(tree)
+                    if _sets_frozen_attribute(node) and id(node) not in building]
+    assert outside == []
+
+
+def _sets_frozen_attribute(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "__setattr__" and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "object")
+
+
 def test_modules_are_small_and_the_top_level_short():
     long = {name: lines for name, path in modules().items()
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
