@@ -31,7 +31,7 @@ LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file sys
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
-          "result", "pipeline", "cli"]
+          "result", "pipeline", "api", "cli"]
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
