@@ -26,7 +26,7 @@ def test_folds_are_stable_balanced_and_keep_nohash_copies_together():
     assert len({fold_of(f"roses/rose_nohash_{copy}.jpg", 5) for copy in range(20)}) == 1
     # independent of the split's hash: the validation images are spread over every fold
     validation = [name for name in names if assign_split(name, 10, 10) == VALIDATION]
-    assert set(fold_of(name, 5) for name in validation) == set(range(5))
+    assert {fold_of(name, 5) for name in validation} == set(range(5))
 
 
 def test_a_simpler_candidate_within_one_standard_error_is_chosen():

@@ -254,9 +254,9 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         best = len(walk.points) - 1
     weights, biases = _layer(tf.constant(walk.states[best], tf.float32), statistics.mean,
                              statistics.scale)
+    accuracy = walk.points[best].validation_accuracy
     log.info("Chose L2 strength %g (validation accuracy %s).", walk.points[best].l2,
-             "n/a" if walk.points[best].validation_accuracy is None
-             else f"{walk.points[best].validation_accuracy * 100:.1f}%")
+             "n/a" if accuracy is None else f"{accuracy * 100:.1f}%")
     return ConvexFit(weights.numpy(), biases.numpy(), walk.points[best].l2, tuple(walk.points),
                      best)
 
