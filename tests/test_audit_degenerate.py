@@ -151,7 +151,7 @@ def test_balance_warnings_on_degenerate_counts(counts, validation, testing):
 
 def test_balance_warning_counts_one_image_in_the_singular():
     counts = {"one": {split: int(split == SPLITS[0]) for split in SPLITS},
-              "many": {split: 20 for split in SPLITS}}
+              "many": dict.fromkeys(SPLITS, 20)}
     assert balance_warnings(counts, 0.0, 0.0) == [
         "Class 'one' has 1 image, under 1/5 of 'many' (60): it will be predicted less reliably; "
         "add images of it."]
