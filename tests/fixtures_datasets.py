@@ -41,7 +41,7 @@ FORMATS = {
     "LA": ("PNG",),
     "CMYK": ("JPEG", "TIFF"),
     "I;16": ("PNG", "TIFF"),  # 16-bit grey
-    "I": ("PNG", "TIFF"),  # 32-bit integer grey
+    "I": ("TIFF",),  # 32-bit integer grey
     "F": ("TIFF",),  # 32-bit float grey (scientific cameras, 0..1)
     "1": ("PNG", "BMP", "TIFF", "GIF", "PPM"),  # bilevel (scans, line art)
     "P": ("PNG", "GIF", "BMP"),
@@ -184,7 +184,7 @@ def in_mode(image: Image.Image, mode: str) -> Image.Image:
         return image.convert("RGB").quantize(32)
     if mode in ("I", "F"):
         grey = np.asarray(image.convert("L"), np.float32)
-        # 32-bit integers holding 16-bit values (as PNG stores them) / floats in 0..1
+        # 32-bit integers holding 16-bit values (TIFF; Pillow 13 writes no mode-I PNG) / floats in 0..1
         return Image.fromarray((grey * 257).astype(np.int32) if mode == "I" else grey / 255)
     return image.convert(mode)
 

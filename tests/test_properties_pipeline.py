@@ -318,7 +318,7 @@ def _every_shape() -> DatasetPlan:
         FilePlan(mirror, (), "animated.gif", Picture("photo:rocket", "RGB", "GIF_ANIMATED")),
         FilePlan(mirror, (), "animated.png", Picture("photo:cat", "RGBA", "PNG_ANIMATED")),
         FilePlan(mirror, (), "float.tiff", Picture("photo:moon", "F", "TIFF")),
-        FilePlan(mirror, (), "int32.png", Picture("photo:coins", "I", "PNG")),
+        FilePlan(mirror, (), "int32.tiff", Picture("photo:coins", "I", "TIFF")),
         FilePlan(mirror, (), "bilevel.pbm", Picture("photo:page", "1", "PPM")),
         *(FilePlan(mirror, (), name, Junk(kind)) for kind, name in sorted(JUNK.items())),
         FilePlan(mirror, (), "symlink.jpg", Link("symlink", 0)),  # to another class's picture
