@@ -68,15 +68,15 @@ def photo_dataset(root: Path, count: int, size: tuple[int, int], corpus: Path | 
 
 
 def split_of(relpath: str) -> str:
-    from retrainer.split import assign_split
+    from retrainer.data.split import assign_split
 
     return assign_split(relpath, 10, 10)
 
 
 def audited(name: str, root: Path, work: Path, kinds, per_kind: int, unrelated) -> dict:
     """Inject, extract, audit (timed), score; prints the details; returns the scores."""
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.data.discovery import discover_images
     from retrainer.engines import AUTO, create_engine
     from retrainer.extractors import create_extractor
 
@@ -211,8 +211,8 @@ def timed_audit(collection, bottlenecks, cache: Path):
 def large_collection(count: int, cache: Path):
     """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with their
     real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.data.discovery import discover_images
     from retrainer.engines import AUTO, create_engine
     from retrainer.extractors import create_extractor
 

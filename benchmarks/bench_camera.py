@@ -44,7 +44,7 @@ def decode_paths(size: tuple[int, int]) -> dict:
     """name -> function(path) decoding one file to uint8 [H, W, 3] at `size` (height, width)."""
     import tensorflow as tf
 
-    from retrainer.images import decode_image
+    from retrainer.data.decoding import decode_image
 
     row = np.empty((*size, 3), np.uint8)
 
@@ -131,12 +131,12 @@ def main() -> None:
     args = cli.parse(parser, {"photos": 24, "size": "640x480", "rounds": 1, "steps": 10,
                               "corpus": None})
     from retrainer.audit.run import RESULT_NAMESPACE
-    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
-    from retrainer.discovery import discover_images
+    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
+    from retrainer.data.decoding import load_image
+    from retrainer.data.discovery import discover_images
     from retrainer.engines import AUTO, create_engine
-    from retrainer.engines.cpu import usable_cpus
     from retrainer.extractors import create_extractor
-    from retrainer.images import load_image
+    from retrainer.io.host import usable_cpus
 
     width, height = (int(side) for side in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_camera_") as scratch:

@@ -39,7 +39,7 @@ def main() -> None:
     from retrainer.engines.devices import short_name
     from retrainer.engines.multi_device import local_devices
     from retrainer.extractors import create_extractor
-    from retrainer.images import load_image
+    from retrainer.data.decoding import load_image
 
     gpus = [name for name in local_devices() if "GPU:" in name]
     devices = tuple(gpus if len(gpus) >= 2 else [name for name in local_devices() if "CPU:" in name])

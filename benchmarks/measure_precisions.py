@@ -24,10 +24,10 @@ from benchmarks.photos import photo_set
 from benchmarks.timing import machine_line
 from retrainer.classify import ClassifyConfig, classify_images
 from retrainer.config import RetrainConfig
-from retrainer.discovery import discover_images
+from retrainer.data.discovery import discover_images
+from retrainer.data.split import TESTING
 from retrainer.engines.cpu import cpu_precisions
 from retrainer.pipeline import run
-from retrainer.split import TESTING
 
 PHOTO_SIZE = (160, 160)
 

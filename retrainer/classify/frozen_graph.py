@@ -14,21 +14,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from retrainer._frozen_graph import load_frozen_graph, read_graph_file
 from retrainer.classify._common import (
     DEFAULT_OUTPUT_LAYER,
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     first_set,
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import (
+from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
+from retrainer.formats.graph_contract import (
     GRAPH_FORMAT,
     INPUT_MEAN,
     INPUT_OP,
     INPUT_STD,
+    LABELS_FILENAME,
     METADATA_SUFFIX,
     metadata_path,
 )
