@@ -21,7 +21,7 @@ import numpy as np
 from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
 from retrainer.audit.neighbours import take_rows
-from retrainer.audit.signatures import SignatureCache
+from retrainer.data.batches import decode_signatures
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import as_path
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_FORMAT = 1
+# Bump when the detectors or their signatures change what they find: cached findings keyed with
+# an older version are then recomputed.
+DETECTORS_VERSION = 2
 RESULT_NAMESPACE = "audit-results-v1"
 
 
@@ -91,8 +94,12 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
         pass
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("Cached audit %s is unreadable (%s); auditing again.", cache_path, error)
-    thumbnails, hashes = SignatureCache(bottleneck_dir).signatures(
-        [collection.images[p].path for p in usable], digests)
+    signatures = bottlenecks.signatures
+    if signatures is None:  # a caller whose stage was not asked for them
+        signatures = decode_signatures([collection.images[p].path for p in usable])
+    else:
+        signatures = signatures.take(usable)
+    thumbnails, hashes = signatures.thumbnails, signatures.hashes
     exact = duplicates.exact_groups(digests)
     pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
     near = _near_groups(len(usable), exact, pairs)
@@ -116,7 +123,8 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
 
 def _findings_key(vectors: np.ndarray, labels: np.ndarray, relpaths: Sequence[str],
                   digests: Sequence[str], names: Sequence[str], seed: int) -> str:
-    digest = hashlib.sha256(f"audit-{AUDIT_FORMAT}-{seed}-{vectors.shape}".encode())
+    digest = hashlib.sha256(
+        f"audit-{AUDIT_FORMAT}-{DETECTORS_VERSION}-{seed}-{vectors.shape}".encode())
     digest.update(np.ascontiguousarray(vectors, np.float32).data)  # no 256 MB copy at 50k
     digest.update(labels.astype("<i8").tobytes())
     digest.update(json.dumps([list(relpaths), list(digests), list(names)]).encode("utf-8"))

@@ -80,6 +80,7 @@ def run(config: RetrainConfig) -> RetrainResult:
             [image.path for image in collection.images], engine, config.bottleneck_dir,
             max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 images each
             show_progress=config.show_progress,
+            signatures=not config.skip_audit,  # the audit's, from the same decode
         )
     audit = None
     if not config.skip_audit:
