@@ -11,7 +11,8 @@ as 224x224 PNGs. Everything below comes from one run, with the default extractor
    (`ratio=8`) for reference.
 2. Engine CPU per image (all threads): the engine alone on pre-decoded pixels.
 3. The decode-bound limit, N x (decode CPU + engine CPU) / cores, and the stage's wall time
-   (compute_bottlenecks into an empty cache) against it; the 224x224 PNGs' stage for comparison.
+   (compute_bottlenecks into an empty cache, making the audit's signatures as `retrain` does)
+   against it; the 224x224 PNGs' stage (vectors only) for comparison.
 4. The audit after the stage: cold (as a first run meets it), on cached signatures (findings
    recomputed), and on cached findings, per 1,000 images; stage + audit against the limit.
 5. A cold `retrain` process (real CLI, empty cache): its stage + audit (from --json) / the limit.
@@ -166,7 +167,7 @@ def main() -> None:
         cache = work / "cache"
         started = time.perf_counter()
         bottlenecks = compute_bottlenecks(paths, engine, cache, DEFAULT_BATCH_SIZE,
-                                          show_progress=False)
+                                          show_progress=False, signatures=True)
         stage = time.perf_counter() - started
         audit = audit_seconds(collection, bottlenecks, cache)
         shutil.rmtree(cache / RESULT_NAMESPACE)

@@ -20,7 +20,7 @@ import numpy as np
 
 from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
-from retrainer.audit.neighbours import take_rows
+from retrainer.audit.neighbours import one_blas_thread, take_rows
 from retrainer.data.batches import decode_signatures
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
@@ -99,14 +99,14 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
         signatures = decode_signatures([collection.images[p].path for p in usable])
     else:
         signatures = signatures.take(usable)
-    thumbnails, hashes = signatures.thumbnails, signatures.hashes
     exact = duplicates.exact_groups(digests)
-    pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
+    with one_blas_thread():
+        pairs = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
+        probabilities = label_issues.out_of_fold_probabilities(
+            vectors, labels, len(collection.labels), seed)
+        far = outliers.find_outliers(vectors, labels)
     near = _near_groups(len(usable), exact, pairs)
-    probabilities = label_issues.out_of_fold_probabilities(
-        vectors, labels, len(collection.labels), seed)
     issues = label_issues.find_label_issues(probabilities, labels)
-    far = outliers.find_outliers(vectors, labels)
     to_collection = usable.tolist()
     findings = Findings(
         exact=tuple(tuple(to_collection[p] for p in group) for group in exact),
