@@ -1,11 +1,12 @@
 """Audit detectors: exact duplicates (same SHA-256) and near-duplicates (same picture, re-made).
 
-Near-duplicates are searched among distinct files in two blocked passes (see `signatures`): one
+Near-duplicates are searched among distinct files in three blocked passes (see `signatures`): one
 gated by the Fourier magnitude, which ignores shifts (re-encoded, resized, brightened, shifted
 copies), one gated by each 8x8 thumbnail against the other's centre enlarged and checked against
-the vectors (cropped copies, whose spectrum a zoom changes); each keeps an image's
-NEIGHBOUR_LIMIT best partners only. A candidate is kept when the pixels agree (thumbnail and
-perceptual hash, or the thumbnails once shifted or zoomed into line) AND the bottleneck vectors
+the vectors (cropped copies, whose spectrum a zoom changes), one gated by each thumbnail against
+the other's mirror image (flipped copies); each keeps an image's NEIGHBOUR_LIMIT best partners
+only. A candidate is kept when the pixels agree (thumbnail and perceptual hash, or the thumbnails
+once shifted, zoomed or mirrored into line) AND the bottleneck vectors
 agree: on Fashion-MNIST the vectors alone rank merely similar garments above a copy, and pixels
 alone match different photos of look-alike products, but the two together rarely do. Thresholds
 and their measurements: docs/audit.md.
@@ -59,6 +60,10 @@ CROP_SHIFTS = (-0.5, 0.0, 0.5)
 CROP_MARGIN = 4
 CROPPED_MATCH = 0.995
 ZOOM_GAIN = 0.01
+# A mirrored copy: its thumbnail matches the other's mirror image as a re-encoded copy's does
+# (THUMBNAIL_MATCH; no hash test: the hash is of the unmirrored picture) and the vectors, which
+# barely change under a mirror, agree closely (flipped copies >= 0.97 on both datasets).
+MIRROR_VECTOR_MATCH = 0.90
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +106,7 @@ def near_pairs(
     thumbnails = take_rows(thumbnails, keep)
     descriptors = {"spectrum": per_chunk(fourier_descriptor, thumbnails),
                    "picture": per_chunk(thumbnail_descriptor, thumbnails),
+                   "mirrored": per_chunk(thumbnail_descriptor, thumbnails[:, :, ::-1]),
                    "small": per_chunk(small_descriptor, thumbnails),
                    "enlarged": per_chunk(enlarged_descriptor, thumbnails)}
     reduced = {name: unit_rows(principal_components(descriptors[name], dims, center=False))
@@ -126,9 +132,14 @@ def near_pairs(
     def close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return score("vector", rows, columns) >= CROP_VECTOR_MATCH
 
+    def mirror_close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return score("vector", rows, columns) >= MIRROR_VECTOR_MATCH
+
     found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT),
              similar_pairs(descriptors["small"], CROP_GATE, close, NEIGHBOUR_LIMIT,
-                           descriptors["enlarged"])]
+                           descriptors["enlarged"]),
+             similar_pairs(descriptors["picture"], THUMBNAIL_MATCH, mirror_close,
+                           NEIGHBOUR_LIMIT, descriptors["mirrored"])]
     firsts, seconds = unique_pairs(*(np.concatenate(side) for side in zip(*found)))
     matches = [_match(firsts[start:start + _CHUNK], seconds[start:start + _CHUNK], descriptors,
                       exact_vector, thumbnails, hashes[keep])
@@ -221,6 +232,13 @@ def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.nd
     zoomed, unzoomed = zoom_scores(thumbnails[firsts[cropped]], thumbnails[seconds[cropped]])
     similarity[cropped] = np.where((zoomed >= CROPPED_MATCH) & (zoomed - unzoomed >= ZOOM_GAIN),
                                    zoomed, 0.0)
+    mirrored = np.flatnonzero(similarity == 0)
+    mirror = np.einsum("ij,ij->i", descriptors["picture"][firsts[mirrored]],
+                       descriptors["mirrored"][seconds[mirrored]])
+    chosen = mirror >= THUMBNAIL_MATCH
+    mirrored, mirror = mirrored[chosen], mirror[chosen]
+    chosen = score("vector", mirrored) >= MIRROR_VECTOR_MATCH
+    similarity[mirrored[chosen]] = mirror[chosen]
     matched = similarity > 0
     return firsts[matched], seconds[matched], similarity[matched]
 
