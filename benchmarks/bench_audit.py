@@ -203,12 +203,13 @@ def shift_crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
 
 def timed_audit(collection, bottlenecks, cache: Path):
     """find_problems after the stage: cold, on cached signatures, on cached findings."""
-    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.run import find_problems
+    from retrainer.cache.layout import audit_findings_folder
 
     times = {}
     for state in ("cold", "cached signatures", "cached findings"):
         if state == "cached signatures":
-            shutil.rmtree(cache / RESULT_NAMESPACE, ignore_errors=True)
+            shutil.rmtree(audit_findings_folder(cache), ignore_errors=True)
         started = time.perf_counter()
         findings, _ = find_problems(collection, bottlenecks, cache, 0)
         times[state] = time.perf_counter() - started
@@ -238,15 +239,39 @@ def large_collection(count: int, cache: Path, images: Path | None):
     return collection, bottlenecks
 
 
+EXTRACTION_SAMPLE = 2000
+
+
+def extraction_seconds(collection, cache: Path) -> float:
+    """The cold bottleneck stage (vectors and signatures, as `retrain` runs it) on an evenly
+    spaced sample of EXTRACTION_SAMPLE images, scaled to the whole collection."""
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.engines import AUTO, create_engine
+    from retrainer.extractors import create_extractor
+
+    images = collection.images
+    sample = [image.path for image in images[::max(1, len(images) // EXTRACTION_SAMPLE)]]
+    engine = create_engine(create_extractor("efficientnet_lite0"), AUTO)
+    engine(np.zeros((1, *engine.spec.input_size, 3), np.uint8))  # traced before the clock
+    scratch = Path(tempfile.mkdtemp(dir=cache))
+    started = time.perf_counter()
+    compute_bottlenecks(sample, engine, scratch, show_progress=False, signatures=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(scratch)
+    return seconds * len(images) / len(sample)
+
+
 def large_run(count: int, cache: Path, images: Path | None = None) -> None:
     """The audit stage at `count` real images with real vectors (extracted once into `cache`):
     wall time per detector, the whole stage, and memory."""
     from retrainer.audit import duplicates, label_issues, outliers
     from retrainer.audit.neighbours import one_blas_thread
-    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.run import find_problems
+    from retrainer.cache.layout import audit_findings_folder
 
     collection, bottlenecks = large_collection(count, cache, images)
     thumbnails, hashes = bottlenecks.signatures.thumbnails, bottlenecks.signatures.hashes
+    extraction = extraction_seconds(collection, cache)
     vectors, digests = bottlenecks.vectors, bottlenecks.digests
     labels = np.array([image.label_index for image in collection.images])
     resident = peak_rss_gib()
@@ -265,13 +290,15 @@ def large_run(count: int, cache: Path, images: Path | None = None) -> None:
         stages["outliers"] = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    shutil.rmtree(cache / "bottlenecks" / RESULT_NAMESPACE, ignore_errors=True)
+    shutil.rmtree(audit_findings_folder(cache / "bottlenecks"), ignore_errors=True)
     started = time.perf_counter()
     findings, _ = find_problems(collection, bottlenecks, cache / "bottlenecks", 0)
     stage = time.perf_counter() - started
     print("Detectors: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
           + f"; peak traced memory {peak / 2**30:.2f} GiB")
-    print(f"Audit stage (find_problems, signatures cached): {stage:.1f} s; process peak RSS "
+    print(f"Audit stage (find_problems, signatures from the stage): {stage:.1f} s = "
+          f"{stage / extraction:.1%} of the extraction ({extraction:.0f} s, estimated from a "
+          f"cold stage on {EXTRACTION_SAMPLE} of the images, same run); process peak RSS "
           f"{peak_rss_gib():.2f} GiB "
           f"({resident:.2f} GiB before the audit)")
     relpath = [image.relpath for image in collection.images]

@@ -1,8 +1,8 @@
 """The audit's perceptual signatures, cached beside the vectors by file digest.
 
-`<bottleneck_dir>/audit-signatures-v2/<H>x<W>/<aa>.bin`: one shard per first two hex digits of
-the files' SHA-256, each a flat array of fixed-size records (raw digest, 64-bit perceptual hash,
-32x32 grey thumbnail), rewritten atomically when entries are added. The folder names the
+`<bottleneck_dir>/audit-signatures-v2/<H>x<W>/<aa>.bin` (`retrainer.cache.layout`): one shard per
+first two hex digits of the files' SHA-256, each a flat array of fixed-size records (raw digest,
+64-bit perceptual hash, 32x32 grey thumbnail), rewritten atomically when entries are added. The folder names the
 extractor's input size because the thumbnail comes from the same decode as the extractor's
 pixels (a JPEG is decoded at the DCT scale that size allows), so it is the same for every run
 with that size. Written by the bottleneck stage, read by the audit.
@@ -16,13 +16,13 @@ from typing import Sequence
 
 import numpy as np
 
+from retrainer.cache.layout import audit_signatures_folder
 from retrainer.data.signatures import THUMBNAIL, Signatures
 from retrainer.io.atomic import making_folder, write_bytes_atomically
-from retrainer.io.storage import AnyPath, as_path, open_for_reading
+from retrainer.io.storage import AnyPath, open_for_reading
 
 log = logging.getLogger(__name__)
 
-NAMESPACE = "audit-signatures-v2"
 RECORD = np.dtype([("digest", "S32"), ("hash", "<u8"),
                    ("thumbnail", "u1", (THUMBNAIL, THUMBNAIL))])
 
@@ -31,8 +31,7 @@ class SignatureCache:
     """Signatures keyed by hex SHA-256 of the image file, for one extractor input size."""
 
     def __init__(self, bottleneck_dir: AnyPath, input_size: tuple[int, int]) -> None:
-        height, width = input_size
-        self.directory = as_path(bottleneck_dir) / NAMESPACE / f"{height}x{width}"
+        self.directory = audit_signatures_folder(bottleneck_dir, input_size)
 
     def lookup(self, digests: Sequence[str]) -> tuple[Signatures, np.ndarray]:
         """(signatures of `digests` (zeros where absent), bool [N] found)."""
