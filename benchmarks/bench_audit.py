@@ -336,8 +336,8 @@ def main() -> None:
         results["Fashion-MNIST"] = audited("Fashion-MNIST", work / "fashion", work,
                                            FASHION_KINDS, args.per_kind, unrelated)
     if "photos" in args.datasets:
-        size = tuple(int(side) for side in args.photo_size.split("x"))
-        photo_dataset(work / "photos", args.photos, size, args.photo_corpus)
+        width, height = (int(side) for side in args.photo_size.split("x"))
+        photo_dataset(work / "photos", args.photos, (width, height), args.photo_corpus)
         results["photos"] = audited("photos", work / "photos", work, COMMON_KINDS,
                                     args.per_kind, [])
     side_by_side(results)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
@@ -67,7 +68,7 @@ def decode_paths(size: tuple[int, int]) -> dict:
     }
 
 
-def decode_cpu_ms(decode, paths: list[Path], rounds: int) -> float:
+def decode_cpu_ms(decode, paths: Sequence, rounds: int) -> float:
     """CPU ms per image of `decode` over `paths`, all threads of the process, best of `rounds`."""
     decode(paths[0])  # warm up (TensorFlow's first op call)
     best = float("inf")
@@ -94,7 +95,7 @@ def audit_seconds(collection, bottlenecks, cache: Path) -> dict[str, float]:
     return times
 
 
-def png_copies(paths: list[Path], out: Path, size: tuple[int, int]) -> list[Path]:
+def png_copies(paths: Sequence, out: Path, size: tuple[int, int]) -> list[Path]:
     """The same pictures as PNGs of `size`, in the same class folders."""
     copies = []
     for path in paths:

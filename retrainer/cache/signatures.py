@@ -11,6 +11,7 @@ with that size. Written by the bottleneck stage, read by the audit.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from typing import Sequence
 
@@ -19,7 +20,7 @@ import numpy as np
 from retrainer.cache.layout import audit_signatures_folder
 from retrainer.data.signatures import THUMBNAIL, Signatures
 from retrainer.io.atomic import making_folder, write_bytes_atomically
-from retrainer.io.storage import AnyPath, open_for_reading
+from retrainer.io.storage import open_for_reading
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ RECORD = np.dtype([("digest", "S32"), ("hash", "<u8"),
 class SignatureCache:
     """Signatures keyed by hex SHA-256 of the image file, for one extractor input size."""
 
-    def __init__(self, bottleneck_dir: AnyPath, input_size: tuple[int, int]) -> None:
+    def __init__(self, bottleneck_dir: os.PathLike[str] | str,
+                 input_size: tuple[int, int]) -> None:
         self.directory = audit_signatures_folder(bottleneck_dir, input_size)
 
     def lookup(self, digests: Sequence[str]) -> tuple[Signatures, np.ndarray]:
