@@ -2,10 +2,10 @@
 
 `<bottleneck_dir>/audit-signatures-v2/<H>x<W>/<aa>.bin` (`retrainer.cache.layout`): one shard per
 first two hex digits of the files' SHA-256, each a flat array of fixed-size records (raw digest,
-64-bit perceptual hash, 32x32 grey thumbnail), rewritten atomically when entries are added. The folder names the
-extractor's input size because the thumbnail comes from the same decode as the extractor's
-pixels (a JPEG is decoded at the DCT scale that size allows), so it is the same for every run
-with that size. Written by the bottleneck stage, read by the audit.
+64-bit perceptual hash, 32x32 grey thumbnail), rewritten atomically when entries are added. The
+folder names the extractor's input size because the thumbnail comes from the same decode as the
+extractor's pixels (a JPEG is decoded at the DCT scale that size allows), so it is the same for
+every run with that size. Written by the bottleneck stage, read by the audit.
 """
 
 from __future__ import annotations
