@@ -6,8 +6,10 @@
     -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/cache/shards.py)
 
 Unreadable images go to a dead-letter output: counted, named in the manifest and the result,
-never fatal. The vectors are the single-machine path's (same cache namespace, decode and model
-call), so a following `retrain --bottleneck_dir DIR` computes nothing. Paths may be local or
+never fatal. The vectors are the single-machine path's (same engine and precision, hence the same
+cache namespace, decode and model call), so a following `retrain --bottleneck_dir DIR` computes
+nothing. `--extractor_precision auto` is resolved once, on the machine that launches the pipeline,
+by `retrain`'s rule, and the workers run that precision. Paths may be local or
 anything Beam's file systems read (gs:// with apache-beam[gcp]).
 """
 
@@ -45,6 +47,7 @@ from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.batches import content_digest
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.names import is_image_relpath
+from retrainer.engines import AUTO, PRECISIONS, create_engine
 from retrainer.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -64,8 +67,12 @@ class ExtractConfig:
     tfhub_module: str = DEFAULT_EXTRACTOR
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    extractor_precision: str = AUTO
 
     def __post_init__(self) -> None:
+        if self.extractor_precision not in (AUTO, *PRECISIONS):
+            raise UsageError(f"--extractor_precision must be one of {[AUTO, *PRECISIONS]}. "
+                             f"Received: {self.extractor_precision!r}.")
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be at least 1. Received: {self.batch_size!r}.")
         if self.image_size is not None and self.image_size < 1:
@@ -77,7 +84,8 @@ class ExtractResult:
     """What a run did; `to_json()` is the `--json` document.
 
     Attributes:
-        namespace: the extractor's cache folder the run wrote into.
+        namespace: the extractor's cache folder the run wrote into (one per precision).
+        extractor_precision: the precision the workers ran (`auto` resolved).
         run_dir: the finished shard run, or None when there was nothing new to compute.
         computed: vectors computed and written.
         already_cached: images skipped because the cache had their vectors.
@@ -86,6 +94,7 @@ class ExtractResult:
     """
 
     namespace: str
+    extractor_precision: str
     run_dir: Optional[str]
     computed: int
     already_cached: int
@@ -110,7 +119,8 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         ExtractResult.
 
     Raises:
-        UsageError: --image_dir is not a folder; unknown extractor.
+        UsageError: --image_dir is not a folder; unknown extractor; a precision this machine or
+            extractor cannot run.
         ModelError: the extractor cannot be loaded.
     """
     from retrainer.extractors import create_extractor
@@ -122,17 +132,23 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     if not _has_entries(image_dir):
         raise UsageError(f"Image directory {config.image_dir!r} does not exist or is empty; pass "
                          "--image_dir a folder with one sub-folder of images per class.")
-    # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
-    spec = create_extractor(config.tfhub_module, config.image_size).spec
+    # Built here once for its spec (the cache namespace), so a bad module or precision fails
+    # before the run; this also resolves `auto` and fills the converted-model cache (int8) that
+    # local workers then load from.
+    engine = create_engine(create_extractor(config.tfhub_module, config.image_size),
+                           config.extractor_precision)
+    spec, precision = engine.spec, engine.precision
+    del engine
     cache_dir = os.fspath(extractor_folder(_absolute(config.bottleneck_dir), spec))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_folder(cache_dir), _new_run_id())
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    log.info("Extracting %s vectors of %s into %s.", spec.name, image_dir, run_dir)
+    log.info("Extracting %s %s vectors of %s into %s.", spec.name, precision, image_dir, run_dir)
     with beam.Pipeline(options=options) as pipeline:
-        _build(pipeline, config, image_dir, cache_dir, run_dir, spec)
+        _build(pipeline, dataclasses.replace(config, extractor_precision=precision), image_dir,
+               cache_dir, run_dir, spec)
     if run_dir not in finished_runs(cache_dir):
         raise RuntimeError(f"The pipeline finished but did not complete the shard run {run_dir}.")
     manifest = read_manifest(run_dir)
@@ -143,6 +159,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         FileSystems.delete([run_dir])
     return ExtractResult(
         namespace=cache_dir,
+        extractor_precision=precision,
         run_dir=run_dir if manifest["vectors"] else None,
         computed=manifest["vectors"],
         already_cached=manifest["already_cached"],
@@ -168,7 +185,8 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
         .with_outputs(UNREADABLE, CACHED, main="pixels")
     )
     handler = KeyedModelHandler(
-        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size)
+        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size,
+                               config.extractor_precision)
     )
     vectors = decoded.pixels | "Extract" >> RunInference(handler)
     shard_paths = (
@@ -178,6 +196,7 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
                                      file_name_suffix=SHARD_SUFFIX)
     )
     manifest = {"extractor_id": spec.id, "extractor": spec.name,
+                "extractor_precision": config.extractor_precision,
                 "input_size": list(spec.input_size), "vector_size": spec.vector_size}
     _ = (
         shard_paths
