@@ -77,7 +77,8 @@ def audited(name: str, root: Path, work: Path, kinds, per_kind: int, unrelated) 
     """Inject, extract, audit (timed), score; prints the details; returns the scores."""
     from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.data.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     truth = inject_faults(root, np.random.default_rng(0), kinds, per_kind, split_of, unrelated)
@@ -224,7 +225,8 @@ def large_collection(count: int, cache: Path, images: Path | None):
     cached in `cache`/bottlenecks (a rerun reads them)."""
     from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.data.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     root = images or fashion_mnist_folder(cache / f"images_{count}", count // 10)
@@ -246,7 +248,8 @@ def extraction_seconds(collection, cache: Path) -> float:
     """The cold bottleneck stage (vectors and signatures, as `retrain` runs it) on an evenly
     spaced sample of EXTRACTION_SAMPLE images, scaled to the whole collection."""
     from retrainer.cache.bottlenecks import compute_bottlenecks
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     images = collection.images

@@ -137,7 +137,8 @@ def main() -> None:
     from retrainer.cache.layout import audit_findings_folder
     from retrainer.data.decoding import load_image
     from retrainer.data.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
     from retrainer.io.host import usable_cpus
 

@@ -36,8 +36,8 @@ def main() -> None:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
     from retrainer.data.decoding import load_image
-    from retrainer.engines import create_engine
     from retrainer.engines.devices import short_name
+    from retrainer.engines.factory import create_engine
     from retrainer.engines.multi_device import local_devices
     from retrainer.extractors import create_extractor
 

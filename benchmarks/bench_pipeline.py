@@ -65,7 +65,7 @@ def main() -> None:
                               "precisions": cpu_precisions()[-1]})
 
     from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
-    from retrainer.engines import create_engine
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="50,100,300,500")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "measure_exports")
-    args = cli.parse(parser, {"per_class": 6, "sizes": "5,10", "steps": 10})
+    args = cli.parse(parser, {"per_class": 10, "sizes": "10,12", "steps": 10})
     if args.smoke:  # not into the real run's folder
         args.work = Path(tempfile.mkdtemp(prefix="measure_exports_"))
     print(machine_line())
@@ -75,12 +75,12 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
     from retrainer.exports.tflite import write_tflite_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     collection = discover_images(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     extractor = create_extractor(config.tfhub_module, config.image_size)
-    head = SoftmaxHead(extractor.spec.vector_size, len(collection.labels), config.seed)
+    head = Head(extractor.spec.vector_size, len(collection.labels), config.seed)
     tf.train.Checkpoint(head=head).read(str(config.checkpoint_path)).expect_partial()
     classifier = Classifier(extractor, head, collection.labels, config.final_tensor_name)
     training = [image.path for image in collection.images if image.split == TRAINING]

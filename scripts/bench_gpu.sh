@@ -31,7 +31,8 @@ from benchmarks.data import fashion_mnist_files
 from benchmarks.photos import SMALL, photo_set
 from benchmarks.timing import engine_seconds, stage_seconds
 from retrainer.data.batches import decoded_images
-from retrainer.engines import PRECISIONS, create_engine
+from retrainer.engines import PRECISIONS
+from retrainer.engines.factory import create_engine
 from retrainer.extractors import create_extractor
 from retrainer.data.decoding import load_image
 

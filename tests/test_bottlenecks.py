@@ -17,12 +17,12 @@ from PIL import Image
 from retrainer.cache import bottlenecks as bottlenecks_module
 from retrainer.cache import layout as layout_module
 from retrainer.cache.bottlenecks import compute_bottlenecks
-from retrainer.cache.entries import BottleneckCache, read_entry
+from retrainer.cache.entries import BottleneckCache
 from retrainer.data import batches as batches_module
 from retrainer.data.batches import file_digest
 from retrainer.data.decoding import load_image
 from tests.fixtures_data import make_color_image_dir
-from tests.fixtures_faults import own_file
+from tests.fixtures_faults import own_file, read_entry
 from tests.fixtures_pipeline import interrupt_cache_writes_after
 
 

@@ -19,10 +19,12 @@ from click.testing import CliRunner
 from PIL import Image
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from retrainer import extractors
 from retrainer.cli import imagenet
+from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.decoding import load_image
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE, ModelError, UsageError
-from retrainer.extractors import DEFAULT_EXTRACTOR, create_extractor, list_extractors
+from retrainer.extractors import create_extractor, list_extractors
 from retrainer.extractors._pth import read_state_dict
 from retrainer.extractors.efficientnet_lite import (
     INPUT_MEAN,
@@ -63,7 +65,7 @@ def _batch(photo_files: dict[str, Path], size: tuple[int, int]) -> tf.Tensor:
 def test_every_variant_is_registered_and_lite0_is_the_default():
     assert set(NAMES) <= set(list_extractors())
     assert NAMES == sorted(EXPECTED_SIZES)
-    assert DEFAULT_EXTRACTOR == "efficientnet_lite0"
+    assert DEFAULT_EXTRACTOR == extractors.DEFAULT_EXTRACTOR == "efficientnet_lite0"
 
 
 def test_spec_describes_input_and_vectors(extractor):

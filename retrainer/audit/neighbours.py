@@ -110,7 +110,7 @@ def top_axes(sample: np.ndarray, dims: int) -> np.ndarray:
     return axes.T.astype(np.float32)
 
 
-def one_blas_thread() -> ContextManager:
+def one_blas_thread() -> ContextManager[object]:
     """A context in which numpy's and scipy's BLAS run on one thread: the audit's small linear
     algebra (eigensolvers, L-BFGS) ran up to 10x slower with two threads spinning on 2 shared
     cores. The controller is made once: finding the BLAS libraries costs ~15 ms a time."""
@@ -173,7 +173,7 @@ def similar_pairs(
         (first int64 [P], second int64 [P]) with first < second.
     """
     symmetric = other is None
-    other = unit if symmetric else other
+    other = unit if other is None else other
     count = len(unit)
     reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
     axis = _main_axis(unit if symmetric else np.concatenate([unit, other]))

@@ -13,12 +13,13 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import numpy as np
+from scipy.fft import rfft2
+
+from retrainer.audit.neighbours import unit_rows
 
 
 def thumbnail_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     """float32 [N, 256]: the 16x16 thumbnails, mean-centred, length 1."""
-    from retrainer.audit.neighbours import unit_rows
-
     small = thumbnails.astype(np.float32).reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4))
     return unit_rows(small, center=True)
 
@@ -28,10 +29,6 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 
     The magnitude ignores where the picture sits in the frame, so a shifted copy keeps it.
     """
-    from scipy.fft import rfft2
-
-    from retrainer.audit.neighbours import unit_rows
-
     grey = thumbnails.astype(np.float32)
     spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))
     low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)
@@ -76,9 +73,9 @@ def integer_alignment(first: np.ndarray, second: np.ndarray,
             spread = np.sqrt(np.maximum(power - total * total / (side * side), 0.0))
             dots = np.einsum("pij,pij->p", target, second[:, rows, margin - dx:size - margin - dx])
             scores.append(dots / np.maximum(spread, 1e-6))
-    scores = np.stack(scores)
-    best = scores.argmax(axis=0)
-    return scores.max(axis=0), best // 3 - 1, best % 3 - 1, scores[4]
+    stacked = np.stack(scores)
+    best = stacked.argmax(axis=0)
+    return stacked.max(axis=0), best // 3 - 1, best % 3 - 1, stacked[4]
 
 
 def shifted_by_whole_pixels(thumbnails: np.ndarray, rows: np.ndarray,

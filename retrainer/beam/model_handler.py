@@ -15,6 +15,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from retrainer.engines import Engine
+from retrainer.engines.factory import create_engine
+from retrainer.extractors import create_extractor
 
 
 class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, Engine]):
@@ -26,22 +28,22 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, Engine])
         max_batch_size: images per engine call (the batch split across local devices).
         precision: a resolved precision (float32, bfloat16, int8), not auto: every worker must
             compute the vectors of the namespace the launching machine chose.
+        trust_model: load the module without checking it (each worker checks it otherwise).
     """
 
     def __init__(self, tfhub_module: str, image_size: Optional[int], max_batch_size: int,
-                 precision: str) -> None:
+                 precision: str, trust_model: bool = False) -> None:
         # Fixed-size batches, as the single-machine path makes: BatchElements' adaptive sizes start
         # at 1 and stay small on short bundles, which costs throughput for no gain.
         super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size)
         self.tfhub_module = tfhub_module
         self.image_size = image_size
         self.precision = precision
+        self.trust_model = trust_model
 
     def load_model(self) -> Engine:
-        from retrainer.engines import create_engine
-        from retrainer.extractors import create_extractor
-
-        return create_engine(create_extractor(self.tfhub_module, self.image_size), self.precision)
+        extractor = create_extractor(self.tfhub_module, self.image_size, self.trust_model)
+        return create_engine(extractor, self.precision)
 
     def run_inference(
         self,

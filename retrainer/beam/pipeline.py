@@ -43,12 +43,13 @@ from retrainer.cache.shards import (
     remove_abandoned_runs,
     write_manifest_then_marker,
 )
-from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.batches import content_digest
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.names import is_image_relpath
-from retrainer.engines import AUTO, PRECISIONS, create_engine
+from retrainer.engines import AUTO, PRECISIONS
+from retrainer.engines.factory import create_engine
 from retrainer.errors import UsageError
+from retrainer.extractors import create_extractor
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +65,11 @@ class ExtractConfig:
 
     image_dir: str
     bottleneck_dir: str
-    tfhub_module: str = DEFAULT_EXTRACTOR
+    tfhub_module: str  # the CLI's default is retrain's (retrainer.config.DEFAULT_EXTRACTOR)
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
     extractor_precision: str = AUTO
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
 
     def __post_init__(self) -> None:
         if self.extractor_precision not in (AUTO, *PRECISIONS):
@@ -121,10 +123,9 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     Raises:
         UsageError: --image_dir is not a folder; unknown extractor; a precision this machine or
             extractor cannot run.
+        UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
-    from retrainer.extractors import create_extractor
-
     started = time.perf_counter()
     image_dir = _absolute(config.image_dir)
     for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
@@ -135,7 +136,8 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     # Built here once for its spec (the cache namespace), so a bad module or precision fails
     # before the run; this also resolves `auto` and fills the converted-model cache (int8) that
     # local workers then load from.
-    engine = create_engine(create_extractor(config.tfhub_module, config.image_size),
+    engine = create_engine(create_extractor(config.tfhub_module, config.image_size,
+                                            config.trust_model),
                            config.extractor_precision)
     spec, precision = engine.spec, engine.precision
     del engine
@@ -186,7 +188,7 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
     )
     handler = KeyedModelHandler(
         BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size,
-                               config.extractor_precision)
+                               config.extractor_precision, config.trust_model)
     )
     vectors = decoded.pixels | "Extract" >> RunInference(handler)
     shard_paths = (
@@ -220,11 +222,11 @@ class _HashAndDecode(beam.DoFn):
 
     def __init__(self, image_dir: str, input_size: tuple[int, int]) -> None:
         self.image_dir = image_dir.rstrip("/")
-        self.input_size = tuple(input_size)
+        self.input_size = input_size
         self.unreadable_count = beam.metrics.Metrics.counter("retrain_extract", "unreadable")
         self.cached_count = beam.metrics.Metrics.counter("retrain_extract", "already_cached")
 
-    def process(self, readable_file, cached) -> Iterator[Any]:
+    def process(self, readable_file: Any, cached: Any) -> Iterator[Any]:
         path = readable_file.metadata.path
         if not is_image_relpath(path[len(self.image_dir) + 1:]):
             return

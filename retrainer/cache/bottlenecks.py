@@ -24,7 +24,8 @@ from retrainer.cache.shards import load_sharded
 from retrainer.cache.signatures import SignatureCache
 from retrainer.data.batches import content_digest, decoded_batches
 from retrainer.data.signatures import Signatures
-from retrainer.engines import Engine, as_engine
+from retrainer.engines import Engine
+from retrainer.engines.factory import as_engine
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import as_path, read_bytes
@@ -157,11 +158,11 @@ def compute_bottlenecks(
     )
 
 
-def _read_and_hashed(paths: Sequence) -> Iterator[tuple[bytes, str, str]]:
+def _read_and_hashed(paths: Sequence[os.PathLike[str] | str]) -> Iterator[tuple[bytes, str, str]]:
     """(bytes, hex SHA-256, "") of each file in order, or (b"", "", reason) if unreadable: read
     and hashed on every CPU, a chunk at a time (hashing a 3 MB camera JPEG costs ~3 ms, a sixth
     of decoding it; serially it held the decoders back by that much)."""
-    def read(path) -> tuple[bytes, str, str]:
+    def read(path: os.PathLike[str] | str) -> tuple[bytes, str, str]:
         try:
             data = read_bytes(path)
         except OSError as error:
@@ -174,7 +175,7 @@ def _read_and_hashed(paths: Sequence) -> Iterator[tuple[bytes, str, str]]:
             yield from pool.map(read, paths[start:start + chunk])
 
 
-def _sign_cached(paths: Sequence, digests: list[str], positions: Sequence[int],
+def _sign_cached(paths: Sequence[os.PathLike[str] | str], digests: list[str], positions: Sequence[int],
                  input_size: tuple[int, int], batch_size: int, made: Signatures,
                  skipped: dict[int, str], ok: np.ndarray) -> None:
     """Signatures of images whose vectors were cached but not their signatures (vectors from
@@ -198,7 +199,7 @@ def _sign_cached(paths: Sequence, digests: list[str], positions: Sequence[int],
 
 
 def _computed(
-    paths: list,
+    paths: Sequence[os.PathLike[str] | str],
     digests: list[str],
     contents: list[Optional[bytes]],
     engine: Engine,
@@ -217,14 +218,15 @@ def _computed(
         (index into `paths`, float32 [D] vector or None, reason it was skipped or "", its
         signature (thumbnail, hash) when asked for and decoded, else None).
     """
-    writes: list[Future] = []
+    writes: list[Future[None]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
         for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
                                      contents, signatures):
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
-            batch_vectors = None if all(batch.reasons) else engine(batch.images)
+            batch_vectors = (np.zeros((len(batch.reasons), engine.spec.vector_size), np.float32)
+                             if all(batch.reasons) else engine(batch.images))
             entries = []
             made = batch.signatures
             for row, reason in enumerate(batch.reasons):

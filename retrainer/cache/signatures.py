@@ -10,6 +10,7 @@ every run with that size. Written by the bottleneck stage, read by the audit.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections import defaultdict
@@ -63,7 +64,7 @@ class SignatureCache:
             old = self._read(shard)
             merged = np.concatenate([old[~np.isin(old["digest"], fresh["digest"])], fresh])
             path = self.directory / f"{shard}.bin"
-            making_folder(path, lambda: write_bytes_atomically(path, merged.tobytes()))
+            making_folder(path, functools.partial(write_bytes_atomically, path, merged.tobytes()))
 
     def _read(self, shard: str) -> np.ndarray:
         path = self.directory / f"{shard}.bin"

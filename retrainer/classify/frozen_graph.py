@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     DEFAULT_OUTPUT_LAYER,
     ClassifyConfig,
     ModelSpec,
     first_set,
-    read_labels,
+    flag_or,
+    resolve_labels,
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
@@ -28,13 +29,10 @@ from retrainer.formats.graph_contract import (
     INPUT_MEAN,
     INPUT_OP,
     INPUT_STD,
-    LABELS_FILENAME,
     METADATA_SUFFIX,
     metadata_path,
 )
-
-if TYPE_CHECKING:
-    import tensorflow as tf
+from retrainer.io.storage import AnyPath
 
 
 class FrozenGraphModel:
@@ -43,8 +41,6 @@ class FrozenGraphModel:
     kind = "graph"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         data = read_graph_file(config.graph)
         sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
         frozen = load_frozen_graph(
@@ -54,13 +50,15 @@ class FrozenGraphModel:
             config.output_layer or sidecar.get("output_layer") or DEFAULT_OUTPUT_LAYER,
         )
         self._input, self._output = frozen.input, frozen.output
-        labels, self.labels_source = _labels(config, sidecar)
+        labels, self.labels_source = resolve_labels(
+            config, sidecar.get("labels"), f"metadata {config.graph}{METADATA_SUFFIX}", "graph",
+            f"no {METADATA_SUFFIX} sidecar")
         self.spec = ModelSpec(
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
             input_size=_input_size(config, sidecar, self._input),
-            input_mean=first_set(config.input_mean, sidecar.get("input_mean"), INPUT_MEAN),
-            input_std=first_set(config.input_std, sidecar.get("input_std"), INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, sidecar.get("input_mean")),
+            input_std=flag_or(INPUT_STD, config.input_std, sidecar.get("input_std")),
             labels=labels,
         )
         self.classes = self._output.shape[-1]
@@ -75,7 +73,7 @@ class FrozenGraphModel:
         self._session.close()
 
 
-def read_sidecar(graph: Path, graph_sha256: str) -> dict[str, Any]:
+def read_sidecar(graph: AnyPath, graph_sha256: str) -> dict[str, Any]:
     """The export's `<graph>.meta.json` as a dict, or {} when there is none.
 
     Args:
@@ -130,19 +128,3 @@ def _input_size(config: ClassifyConfig, sidecar: dict[str, Any], tensor: "tf.Ten
             )
         size.append(int(value))
     return size[0], size[1]
-
-
-def _labels(config: ClassifyConfig, sidecar: dict[str, Any]) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the sidecar's, else output_labels.txt beside the graph."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if sidecar.get("labels"):
-        labels = tuple(str(label) for label in sidecar["labels"])
-        return labels, f"metadata {config.graph}{METADATA_SUFFIX}"
-    beside = config.graph.parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for graph {config.graph}: it has no {METADATA_SUFFIX} sidecar and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )

@@ -8,12 +8,13 @@ other kind (`retrainer.data.decoding.load_image`). Labels: --labels, else the mo
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
+    flag_or,
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
@@ -29,8 +30,6 @@ class SavedModelModel:
     kind = "SavedModel"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         path = config.graph
         try:
             self._model = tf.saved_model.load(str(path))
@@ -57,8 +56,8 @@ class SavedModelModel:
             input_layer=name,
             output_layer=self._output_name,
             input_size=size,
-            input_mean=first_set(config.input_mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean),
+            input_std=flag_or(INPUT_STD, config.input_std),
             labels=labels,
         )
         self.classes = signature.structured_outputs[self._output_name].shape[-1]

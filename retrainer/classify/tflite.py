@@ -10,56 +10,36 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import sys
-import tempfile
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
-    read_labels,
+    flag_or,
+    resolve_labels,
 )
-from retrainer.errors import ModelError, UsageError
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
+from retrainer.errors import ModelError
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
 from retrainer.formats.tflite import new_interpreter
-from retrainer.io.host import usable_cpus
-from retrainer.io.storage import as_path
+from retrainer.formats.tflite_metadata import read_metadata
+from retrainer.io.host import filtered_stderr, usable_cpus
 
 
-def make_interpreter(model: bytes):
+def make_interpreter(model: bytes) -> Any:
     """An interpreter for `model`, tensors allocated: LiteRT's when installed, else
     TensorFlow's (deprecated).
 
     The runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line on file descriptor 2
     is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
     """
-    with _without_runtime_info():
+    with filtered_stderr(lambda line: not line.startswith("INFO: ")):
         interpreter = new_interpreter(model, usable_cpus())
         interpreter.allocate_tensors()  # applies the XNNPACK delegate
     return interpreter
-
-
-@contextlib.contextmanager
-def _without_runtime_info() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
 
 
 class TFLiteModel:
@@ -68,8 +48,6 @@ class TFLiteModel:
     kind = "TFLite model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        from retrainer.formats.tflite_metadata import read_metadata
-
         path = config.graph
         try:
             self._interpreter = make_interpreter(data)
@@ -88,13 +66,15 @@ class TFLiteModel:
         self._input, self._output = inputs[0], outputs[0]
         size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
         check_size_flags(config, size, "TFLite model")
-        labels, self.labels_source = _labels(config, metadata)
+        labels, self.labels_source = resolve_labels(
+            config, metadata.labels if metadata else None, f"the metadata of {config.graph}",
+            "TFLite model", "no label metadata")
         self.spec = ModelSpec(
             input_layer=self._input["name"],
             output_layer=self._output["name"],
             input_size=size,
-            input_mean=first_set(config.input_mean, metadata and metadata.mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, metadata and metadata.std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, metadata.mean if metadata else None),
+            input_std=flag_or(INPUT_STD, config.input_std, metadata.std if metadata else None),
             labels=labels,
         )
         self.classes = int(self._output["shape"][-1])
@@ -126,21 +106,6 @@ class TFLiteModel:
 
     def close(self) -> None:
         self._interpreter = None
-
-
-def _labels(config: ClassifyConfig, metadata) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if metadata is not None and metadata.labels:
-        return metadata.labels, f"the metadata of {config.graph}"
-    beside = as_path(config.graph).parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for TFLite model {config.graph}: it has no label metadata and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )
 
 
 def _first_line(error: Exception) -> str:

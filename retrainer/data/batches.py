@@ -92,7 +92,7 @@ def decoded_images(
         pixels, digest, reason = _decoded_file(os.fsdecode(encoded_path), input_size)
         return pixels, digest.encode(), reason.encode()
 
-    def load_one(position: tf.Tensor, path: tf.Tensor):
+    def load_one(position: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, ...]:
         pixels, digest, reason = tf.numpy_function(
             load, [path], [tf.uint8, tf.string, tf.string], stateful=False
         )
@@ -144,12 +144,12 @@ def decoded_batches(
         for row in rows:
             reasons.append(_decoded_file(paths[start + row], input_size, digests[start + row],
                                          images[row], contents[start + row], thumbnail)[2])
-            if made is not None and not reasons[-1]:
+            if made is not None and thumbnail is not None and not reasons[-1]:
                 made.thumbnails[row], made.hashes[row] = signature_of_pixels(thumbnail)
         return reasons
 
-    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, Optional[Signatures],
-                                                              list[Future]]:
+    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[
+            np.ndarray, Optional[Signatures], list[Future[list[str]]]]:
         images = np.empty((min(batch_size, len(paths) - start), *input_size, 3), np.uint8)
         made = Signatures.empty(len(images)) if signatures else None
         step = -(-len(images) // threads)  # rows per thread

@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 
+from retrainer.cache.bottlenecks import Bottlenecks
+from retrainer.data.discovery import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
 from retrainer.training.head import FeatureSet
@@ -16,10 +18,10 @@ log = logging.getLogger(__name__)
 class SplitFeatures:
     """The decodable images and their vectors, grouped by split."""
 
-    def __init__(self, collection, bottlenecks) -> None:
+    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks) -> None:
         self.labels = collection.labels
-        self.images = {split: [] for split in SPLITS}
-        rows = {split: [] for split in SPLITS}
+        self.images: dict[str, list[ImageFile]] = {split: [] for split in SPLITS}
+        rows: dict[str, list[int]] = {split: [] for split in SPLITS}
         for position, image in enumerate(collection.images):
             if bottlenecks.ok[position]:
                 self.images[image.split].append(image)

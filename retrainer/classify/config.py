@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, TypeVar
 
 from retrainer.errors import UsageError
-from retrainer.formats.graph_contract import OUTPUT_OP
+from retrainer.formats.graph_contract import LABELS_FILENAME, OUTPUT_OP
+from retrainer.io.storage import AnyPath, as_path
 
+T = TypeVar("T")
 DEFAULT_OUTPUT_LAYER = OUTPUT_OP
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
@@ -31,9 +33,11 @@ class ClassifyConfig:
         input_mean / input_std: a float model is fed (uint8 pixel - input_mean) / input_std.
         top_k: how many (label, score) pairs to return per image.
         batch_size: images per model run.
+        explain_dir: write each image's Grad-CAM heat map here (`retrainer.classify.explained`).
+        trust_model: load the model without `retrainer.security.check_model` (docs/security.md).
     """
 
-    graph: Path
+    graph: AnyPath
     labels: Optional[Path] = None
     input_layer: Optional[str] = None
     output_layer: Optional[str] = None
@@ -43,6 +47,8 @@ class ClassifyConfig:
     input_std: Optional[float] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
+    explain_dir: Optional[Path] = None
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "input_height", "input_width"):
@@ -71,7 +77,7 @@ class ModelSpec:
     labels: tuple[str, ...]
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
+def read_labels(path: AnyPath) -> tuple[str, ...]:
     """Labels file -> labels in class-index order (one per line, trailing blank lines ignored).
 
     Raises:
@@ -85,6 +91,32 @@ def read_labels(path: Path) -> tuple[str, ...]:
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple(line.rstrip() for line in lines)
+
+
+def resolve_labels(config: ClassifyConfig, embedded: Optional[Sequence[str]], embedded_source: str,
+                   kind: str, lacking: str) -> tuple[tuple[str, ...], str]:
+    """(labels, where they came from): --labels, else the model's own (`embedded`), else
+    output_labels.txt beside the model.
+
+    Args:
+        embedded: the labels the model file or its sidecar carries; None or empty: none.
+        embedded_source: how to name that source in messages.
+        kind / lacking: for the error, e.g. "graph" and "no .meta.json sidecar".
+
+    Raises:
+        UsageError: no labels anywhere, saying how to pass them.
+    """
+    if config.labels is not None:
+        return read_labels(config.labels), f"labels file {config.labels}"
+    if embedded:
+        return tuple(str(label) for label in embedded), embedded_source
+    beside = as_path(config.graph).parent / LABELS_FILENAME
+    if beside.is_file():
+        return read_labels(beside), f"labels file {beside}"
+    raise UsageError(
+        f"no labels for {kind} {config.graph}: it has {lacking} and there is no "
+        f"{LABELS_FILENAME} next to it; pass --labels FILE"
+    )
 
 
 def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: str) -> None:
@@ -103,5 +135,12 @@ def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: 
             )
 
 
-def first_set(*values):
+def first_set(*values: Optional[T]) -> Optional[T]:
+    """The first value that is not None (a flag, else the metadata, else the graph's), or None."""
     return next((value for value in values if value is not None), None)
+
+
+def flag_or(default: T, *values: Optional[T]) -> T:
+    """The first of `values` that is not None (a flag, else the metadata), else `default`."""
+    found = first_set(*values)
+    return default if found is None else found
