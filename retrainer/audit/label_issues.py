@@ -11,10 +11,12 @@ are issues; `MIN_MARGIN` keeps only those the model prefers clearly (measured: d
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 from scipy.optimize import minimize
 
+from retrainer.audit._threads import PARALLEL_ROWS, in_order
 from retrainer.audit.neighbours import one_blas_thread, principal_components
 
 FOLDS = 5
@@ -53,15 +55,22 @@ def out_of_fold_probabilities(
     features = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-8)
     folds = _stratified_folds(labels, FOLDS, seed)
     probabilities = np.full((len(labels), num_classes), 1.0 / num_classes)
+
+    def fit(fold: int) -> Optional[np.ndarray]:
+        held_out = folds == fold
+        if not held_out.any() or held_out.all():
+            return None
+        return _fit_softmax(features[~held_out], labels[~held_out], num_classes)
+
     # One BLAS thread: L-BFGS alternates scipy's BLAS with numpy's, and their two thread pools
     # spin against each other: on 2 cores the 5 folds of 1k images took 0.32 s instead of 1.16 s.
+    # Large folds are fitted side by side instead.
     with one_blas_thread():
-        for fold in range(FOLDS):
-            held_out = folds == fold
-            if not held_out.any() or held_out.all():
-                continue
-            weights = _fit_softmax(features[~held_out], labels[~held_out], num_classes)
-            probabilities[held_out] = _softmax(_logits(features[held_out], weights))
+        fits = in_order(fit, range(FOLDS), threads=len(labels) >= PARALLEL_ROWS)
+        for fold, weights in enumerate(fits):
+            if weights is not None:
+                held_out = folds == fold
+                probabilities[held_out] = _softmax(_logits(features[held_out], weights))
     return probabilities
 
 

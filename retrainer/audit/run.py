@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
@@ -100,11 +101,14 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     else:
         signatures = signatures.take(usable)
     exact = duplicates.exact_groups(digests)
-    with one_blas_thread():
+    # The three detectors side by side (each spends most of its time in numpy and LAPACK,
+    # which release the GIL), each on one BLAS thread.
+    with one_blas_thread(), ThreadPoolExecutor(2, thread_name_prefix="audit") as pool:
+        label_probabilities = pool.submit(label_issues.out_of_fold_probabilities,
+                                          vectors, labels, len(collection.labels), seed)
+        far_images = pool.submit(outliers.find_outliers, vectors, labels)
         pairs = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
-        probabilities = label_issues.out_of_fold_probabilities(
-            vectors, labels, len(collection.labels), seed)
-        far = outliers.find_outliers(vectors, labels)
+        probabilities, far = label_probabilities.result(), far_images.result()
     near = _near_groups(len(usable), exact, pairs)
     issues = label_issues.find_label_issues(probabilities, labels)
     to_collection = usable.tolist()

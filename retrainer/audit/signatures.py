@@ -20,8 +20,17 @@ from retrainer.audit.neighbours import unit_rows
 
 def thumbnail_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     """float32 [N, 256]: the 16x16 thumbnails, mean-centred, length 1."""
-    small = thumbnails.astype(np.float32).reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4))
-    return unit_rows(small, center=True)
+    return unit_rows(pooled(thumbnails, 2), center=True)
+
+
+def pooled(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """float32 [N, H / factor, W / factor]: the means of `factor` x `factor` blocks of pixels
+    [N, H, W], summed one axis at a time (a two-axis mean of strided blocks took 2-3x as long;
+    for uint8 pixels the sums are exact, so the result is the same to the bit)."""
+    count, height, width = pixels.shape
+    rows = np.asarray(pixels, np.float32).reshape(count, height // factor, factor, width).sum(axis=2)
+    blocks = rows.reshape(count, height // factor, width // factor, factor).sum(axis=3)
+    return blocks / np.float32(factor * factor)
 
 
 def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
@@ -30,7 +39,7 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     The magnitude ignores where the picture sits in the frame, so a shifted copy keeps it.
     """
     grey = thumbnails.astype(np.float32)
-    spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))
+    spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True)))
     low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)
     return unit_rows(low)
 
