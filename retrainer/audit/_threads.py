@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 
 from retrainer.io.host import usable_cpus
 
-PARALLEL_ROWS = 10_000  # images from which per-fold and per-class work runs on every CPU (smaller
+PARALLEL_ROWS = 10_000  # images from which per-class work runs on every CPU (smaller
 # pieces would mostly wait on the GIL)
 
 Item = TypeVar("Item")

@@ -117,10 +117,8 @@ def compute_bottlenecks(
         else:
             vectors[position], ok[position] = vector, True
     reused = int(ok.sum())
-    made = known = None
-    if signatures:
-        signature_cache = SignatureCache(bottleneck_dir, spec.input_size)
-        made, known = signature_cache.lookup(digests)
+    signature_cache = SignatureCache(bottleneck_dir, spec.input_size) if signatures else None
+    made, known = signature_cache.lookup(digests) if signature_cache else (None, None)
     if missing:
         log.info(
             "Computing bottleneck vectors of %d images with %s (%d cached in %s).",
@@ -137,7 +135,7 @@ def compute_bottlenecks(
                 vectors[missing[index]], ok[missing[index]] = vector, True
                 if made is not None and signature is not None:
                     made.thumbnails[missing[index]], made.hashes[missing[index]] = signature
-    if made is not None and known is not None:
+    if signature_cache is not None and made is not None and known is not None:
         decoded = set(missing)
         unsigned = [int(position) for position in np.flatnonzero(ok & ~known)
                     if position not in decoded]
