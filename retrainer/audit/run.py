@@ -14,16 +14,17 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
-from retrainer.audit.neighbours import take_rows
+from retrainer.audit.neighbours import one_blas_thread, take_rows
 from retrainer.audit.options import AuditOptions
-from retrainer.audit.signatures import SignatureCache
 from retrainer.cache.layout import audit_findings_path
+from retrainer.data.batches import decode_signatures
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_FORMAT = 1
+# Bump when the detectors or their signatures change what they find: cached findings keyed with
+# an older version are then recomputed.
+DETECTORS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,15 +95,22 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
         pass
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("Cached audit %s is unreadable (%s); auditing again.", cache_path, error)
-    thumbnails, hashes = SignatureCache(bottleneck_dir).signatures(
-        [collection.images[p].path for p in usable], digests)
+    signatures = bottlenecks.signatures
+    if signatures is None:  # a caller whose stage was not asked for them
+        signatures = decode_signatures([collection.images[p].path for p in usable])
+    else:
+        signatures = signatures.take(usable)
     exact = duplicates.exact_groups(digests)
-    pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
+    # The three detectors side by side (each spends most of its time in numpy and LAPACK,
+    # which release the GIL), each on one BLAS thread.
+    with one_blas_thread(), ThreadPoolExecutor(2, thread_name_prefix="audit") as pool:
+        label_probabilities = pool.submit(label_issues.out_of_fold_probabilities,
+                                          vectors, labels, len(collection.labels), seed)
+        far_images = pool.submit(outliers.find_outliers, vectors, labels)
+        pairs = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
+        probabilities, far = label_probabilities.result(), far_images.result()
     near = _near_groups(len(usable), exact, pairs)
-    probabilities = label_issues.out_of_fold_probabilities(
-        vectors, labels, len(collection.labels), seed)
     issues = label_issues.find_label_issues(probabilities, labels)
-    far = outliers.find_outliers(vectors, labels)
     to_collection = usable.tolist()
     findings = Findings(
         exact=tuple(tuple(to_collection[p] for p in group) for group in exact),
@@ -116,7 +127,8 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
 
 def _findings_key(vectors: np.ndarray, labels: np.ndarray, relpaths: Sequence[str],
                   digests: Sequence[str], names: Sequence[str], seed: int) -> str:
-    digest = hashlib.sha256(f"audit-{AUDIT_FORMAT}-{seed}-{vectors.shape}".encode())
+    digest = hashlib.sha256(
+        f"audit-{AUDIT_FORMAT}-{DETECTORS_VERSION}-{seed}-{vectors.shape}".encode())
     digest.update(np.ascontiguousarray(vectors, np.float32).data)  # no 256 MB copy at 50k
     digest.update(labels.astype("<i8").tobytes())
     digest.update(json.dumps([list(relpaths), list(digests), list(names)]).encode("utf-8"))

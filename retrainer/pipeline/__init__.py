@@ -79,6 +79,7 @@ def run(config: RetrainConfig) -> RetrainResult:
             config.extraction.bottleneck_dir,
             max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 each
             show_progress=config.extraction.show_progress,
+            signatures=config.audit.enabled,  # the audit's, from the same decode
         )
     audit = None
     if config.audit.enabled:
