@@ -68,6 +68,11 @@ class RetrainConfig:
     label_smoothing: float = 0.0
     testing_percentage: float = 10
     validation_percentage: float = 10
+    # labels from a manifest, multi-label heads, the novelty score (docs/multi_label.md)
+    labels_csv: Optional[AnyPath] = None
+    multi_label: bool = False
+    multi_label_threshold: Optional[float] = None
+    novelty_pass_rate: float = 0.95
     # dataset audit (retrainer/audit, docs/audit.md)
     audit_file: AnyPath = DEFAULT_OUTPUT_DIR / "audit.json"
     skip_audit: bool = False
@@ -103,7 +108,7 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file"):
+                      "saved_model_dir", "audit_file", "labels_csv"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
@@ -150,6 +155,12 @@ class RetrainConfig:
             self._require(field, lambda value: 0 <= value < 1, "from 0 up to (not including) 1")
         self._require("l2_regularizer", lambda value: math.isfinite(value) and value >= 0,
                       "0 or a positive number")
+        self._require("multi_label_threshold", lambda x: x is None or 0 < x < 1,
+                      "a probability between 0 and 1 (exclusive)")
+        if self.multi_label_threshold is not None and not self.multi_label:
+            raise UsageError("--multi_label_threshold applies to --multi_label models; add "
+                             "--multi_label or drop the threshold.")
+        self._require("novelty_pass_rate", lambda x: 0 < x <= 1, "a fraction above 0, up to 1")
         if self.keep_duplicates_in_one_split and self.skip_audit:
             raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
         from retrainer.exports.validation import validate_export_options

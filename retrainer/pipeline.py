@@ -67,9 +67,16 @@ def run(config: RetrainConfig) -> RetrainResult:
     check_output_paths(config)  # before the long work
     remove_stale_export_temporaries(config)
     with timer("discover"):
-        collection = discover_images(
-            config.image_dir, config.validation_percentage, config.testing_percentage
-        )
+        if config.labels_csv is not None:
+            from retrainer.data.manifest import read_manifest
+
+            collection = read_manifest(config.labels_csv, config.image_dir,
+                                       config.validation_percentage, config.testing_percentage,
+                                       config.multi_label)
+        else:
+            collection = discover_images(
+                config.image_dir, config.validation_percentage, config.testing_percentage
+            )
     check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
@@ -114,6 +121,11 @@ def run(config: RetrainConfig) -> RetrainResult:
         )
         validation = validation_probabilities(training.head, splits.features[VALIDATION],
                                               splits.images[VALIDATION], extractor, tuning)
+    with timer("novelty"):
+        from retrainer.training.novelty import fit_run_novelty
+
+        novelty = fit_run_novelty(splits, extractor, tuning, config.novelty_pass_rate,
+                                  config.seed)
     run_report = build_run_report(config, extractor.spec, training.history, evaluation,
                                   validation, splits)
     gate_failure = failure_message(run_report.gates)
@@ -122,7 +134,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
             outputs = exports.write_final(training.head, splits.images[TRAINING],
-                                         fine_tuned=tuning is not None)
+                                         fine_tuned=tuning is not None, novelty=novelty)
             held.release()
             report = verify_exports(config, outputs, splits.images[TESTING],
                                     extractor.spec.input_size)

@@ -52,7 +52,7 @@ class Model(Protocol):
     classes: Optional[int]  # output width when known before running
     labels_source: str
 
-    def scores(self, pixels: np.ndarray) -> np.ndarray: ...
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]: ...
 
     def close(self) -> None: ...
 
@@ -65,11 +65,21 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
-    """One input's outcome: `predictions` best first, or `error` (why it could not be decoded)."""
+    """One input's outcome: `predictions` best first, or `error` (why it could not be decoded).
+
+    Attributes:
+        labels: a multi-label model's labels at or over their thresholds, best first (None for
+            a single-label model).
+        novelty: the novelty score (None when the model has none).
+        unknown: novelty above the model's threshold (None when the model has no novelty).
+    """
 
     path: Path
     predictions: tuple[Prediction, ...] = ()
     error: Optional[str] = None
+    labels: Optional[tuple[Prediction, ...]] = None
+    novelty: Optional[float] = None
+    unknown: Optional[bool] = None
 
 
 def open_model(config: ClassifyConfig) -> Model:
@@ -143,11 +153,16 @@ class Classifier:
             pixels: uint8 [N, H, W, 3] RGB, (H, W) == spec.input_size.
 
         Returns:
-            float32 [N, C] scores (softmax probabilities for models from `retrain`), C == len(labels).
+            float32 [N, C] scores (softmax probabilities for models from `retrain`; one sigmoid
+            per label for multi-label ones), C == len(labels).
         """
-        scores = self.model.scores(pixels)
+        return self.outputs(pixels)[0]
+
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """`scores`, and float32 [N] novelty scores when the model has them (else None)."""
+        scores, novelty = self.model.outputs(pixels)
         self._check_class_count(scores.shape[-1])
-        return scores
+        return scores, novelty
 
     def classify_files(self, paths: Iterable[Path]) -> Iterator[ImageResult]:
         """Decode (in parallel) and classify, `batch_size` images per model run.
@@ -179,16 +194,28 @@ class Classifier:
 
     def _finish(self, pending: list[_Decoded]) -> Iterator[ImageResult]:
         images = [pixels for _, pixels, _ in pending if pixels is not None]
-        scores = iter(self.scores(np.stack(images)) if images else [])
+        scores, novelty = self.outputs(np.stack(images)) if images else (None, None)
+        row = 0
         for path, pixels, error in pending:
             if pixels is None:
                 yield ImageResult(path=path, error=error)
-            else:
-                yield ImageResult(path=path, predictions=self._top_k(next(scores)))
+                continue
+            yield self._result(path, scores[row], None if novelty is None else novelty[row])
+            row += 1
 
-    def _top_k(self, scores: np.ndarray) -> tuple[Prediction, ...]:
-        best = np.argsort(-scores, kind="stable")[: self.config.top_k]
-        return tuple(Prediction(self.spec.labels[index], float(scores[index])) for index in best)
+    def _result(self, path: Path, scores: np.ndarray, novelty: Optional[float]) -> ImageResult:
+        order = np.argsort(-scores, kind="stable")
+        ranked = [Prediction(self.spec.labels[index], float(scores[index])) for index in order]
+        labels = None
+        if self.spec.thresholds is not None:
+            labels = tuple(prediction for index, prediction in zip(order, ranked)
+                           if prediction.score >= self.spec.thresholds[index])
+        unknown = None
+        if novelty is not None and self.spec.novelty_threshold is not None:
+            unknown = bool(novelty > self.spec.novelty_threshold)
+        return ImageResult(path=path, predictions=tuple(ranked[: self.config.top_k]),
+                           labels=labels, novelty=None if novelty is None else float(novelty),
+                           unknown=unknown)
 
     def _check_class_count(self, classes: int) -> None:
         if classes != len(self.spec.labels):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from retrainer.classify._common import (
     ModelSpec,
     first_set,
     read_labels,
+    retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.graph_contract import (
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 
 class FrozenGraphModel:
-    """A frozen graph in a Session: `scores(pixels)` for uint8 images."""
+    """A frozen graph in a Session: `outputs(pixels)` for uint8 images."""
 
     kind = "graph"
 
@@ -55,6 +56,16 @@ class FrozenGraphModel:
         )
         self._input, self._output = frozen.input, frozen.output
         labels, self.labels_source = _labels(config, sidecar)
+        thresholds, novelty_threshold = retrainer_extras(
+            sidecar, labels, f"metadata {config.graph}{METADATA_SUFFIX}")
+        self._fetches = [self._output]
+        if novelty_threshold is not None:
+            name = str(sidecar["novelty"].get("output_layer", "novelty"))
+            try:
+                self._fetches.append(frozen.graph.get_tensor_by_name(f"{name}:0"))
+            except (KeyError, ValueError):
+                raise ModelError(f"graph {config.graph} has no {name!r} op, but its metadata "
+                                 "describes a novelty output; export it again") from None
         self.spec = ModelSpec(
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
@@ -62,14 +73,17 @@ class FrozenGraphModel:
             input_mean=first_set(config.input_mean, sidecar.get("input_mean"), INPUT_MEAN),
             input_std=first_set(config.input_std, sidecar.get("input_std"), INPUT_STD),
             labels=labels,
+            thresholds=thresholds,
+            novelty_threshold=novelty_threshold,
         )
         self.classes = self._output.shape[-1]
         self._session = tf.compat.v1.Session(graph=frozen.graph)
 
-    def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB -> float32 [N, C] scores."""
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 [N, H, W, 3] RGB -> (float32 [N, C] scores, float32 [N] novelty or None)."""
         feed = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
-        return self._session.run(self._output, {self._input: feed})
+        values = self._session.run(self._fetches, {self._input: feed})
+        return values[0], (values[1] if len(values) > 1 else None)
 
     def close(self) -> None:
         self._session.close()

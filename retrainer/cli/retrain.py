@@ -85,6 +85,18 @@ _BATCH = click.IntRange(min=-1)
 @_option("train_batch_size", "How many images to train on at a time (-1: all).", type=_BATCH)
 @_option("testing_percentage", "Percentage of images to use as a test set.", type=float)
 @_option("validation_percentage", "Percentage of images to use as a validation set.", type=float)
+@_option("labels_csv", "Take the labels from this CSV (header 'path,labels'; paths relative to "
+         "--image_dir; several labels separated by ';') instead of from class folders.",
+         type=_PATH, show_default=False)
+@_option("multi_label", "Train a multi-label model (one sigmoid per label, binary cross-entropy): "
+         "each image may have any number of the labels (--labels_csv). Gates then measure "
+         "micro-F1.", is_flag=True)
+@_option("multi_label_threshold", "With --multi_label: one decision threshold for every label "
+         "(default: per label, the one maximising its F1 on the validation split).",
+         type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default=False)
+@_option("novelty_pass_rate", "Share of validation images whose novelty score must pass; images "
+         "scoring above the threshold this sets are 'unknown' (label-image --reject).",
+         type=click.FloatRange(0, 1, min_open=True))
 @_option("audit_file", "Where to write the dataset audit (duplicates, leaks, likely mislabeled "
          "images, outliers; JSON).", type=_PATH)
 @_option("skip_audit", "Do not audit the dataset (no audit file).", is_flag=True)
@@ -101,7 +113,8 @@ _BATCH = click.IntRange(min=-1)
 @_option("report_html", "Write a self-contained HTML report here, with training_curves.png and "
          "confusion_matrix.png beside it ('' for none).", type=_PATH)
 @_option("assert_accuracy_at_least", "Exit 6 and export nothing if the test accuracy (validation "
-         "without test images) is below this fraction, e.g. 0.9.",
+         "without test images) is below this fraction, e.g. 0.9. With --multi_label: the "
+         "micro-F1.",
          type=click.FloatRange(0, 1), show_default=False)
 @_option("assert_recall_at_least", "Exit 6 and export nothing if any class's recall on that split "
          "is below this fraction.", type=click.FloatRange(0, 1), show_default=False)

@@ -39,14 +39,23 @@ class RunExports:
         self.intermediate_graphs.append(path)
         log.info("Saved intermediate graph %s", path)
 
-    def write_final(self, head, training_images, fine_tuned: bool) -> dict[str, Any]:
-        """Labels, graph + sidecar, SavedModel and .tflite if asked; returns {flag name: path}."""
-        from retrainer.exports.classifier import write_labels
+    def write_final(self, head, training_images, fine_tuned: bool, novelty=None,
+                    thresholds=None) -> dict[str, Any]:
+        """Labels, graph + sidecar, SavedModel and .tflite if asked; returns {flag name: path}.
+
+        `novelty` (training.novelty.Novelty) adds the `novelty` output to every export;
+        `thresholds` (float [C]) marks a multi-label head and goes into the metadata.
+        """
+        from retrainer.exports.classifier import Classifier, write_labels
         from retrainer.exports.deployable import write_tflite_exports
+        from retrainer.exports.graph import GraphExporter
         from retrainer.exports.saved_model import write_saved_model
 
         config = self.config
         exporter = self.exporter(head)
+        if novelty is not None or thresholds is not None:  # outputs the intermediate ones lack
+            exporter = GraphExporter(Classifier(self.extractor, head, self.labels,
+                                                config.final_tensor_name, novelty, thresholds))
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(config.output_labels, self.labels)
         outputs: dict[str, Any] = {

@@ -115,7 +115,7 @@ def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
             "exported from another extractor or --image_size: export it again from this run"
         )
     try:
-        return np.concatenate([model.scores(pixels[start:start + _BATCH])
+        return np.concatenate([model.outputs(pixels[start:start + _BATCH])[0]
                                for start in range(0, len(pixels), _BATCH)])
     finally:
         model.close()

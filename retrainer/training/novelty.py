@@ -148,3 +148,27 @@ def _proportional_sample(groups: np.ndarray, size: int, seed: int) -> np.ndarray
         take = max(1, int(round(size * count / len(groups))))
         chosen.append(rng.choice(rows, min(take, count), replace=False))
     return np.sort(np.concatenate(chosen))
+
+
+def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pass_rate: float,
+                    seed: int) -> Novelty:
+    """`fit_novelty` on a run's splits (`pipeline.split_features.SplitFeatures`).
+
+    After --do_fine_tuning the cached vectors are stale, so the reference sample and the
+    validation images are run through the tuned extractor again.
+    """
+    from retrainer.data.split import TRAINING, VALIDATION
+
+    train, validation = splits.features[TRAINING], splits.features[VALIDATION]
+    groups = train.labels if train.labels.ndim == 1 else train.labels.argmax(axis=1)
+    if fine_tuning is None:
+        return fit_novelty(train.features, groups, validation.features, pass_rate, seed)
+    from retrainer.training.image_modes import image_features
+
+    rows = _proportional_sample(groups, MAX_REFERENCES, seed)
+    tuned = image_features([splits.images[TRAINING][row].path for row in rows], extractor)
+    tuned_validation = validation.features
+    if len(validation):
+        tuned_validation = image_features([image.path for image in splits.images[VALIDATION]],
+                                          extractor)
+    return fit_novelty(tuned, groups[rows], tuned_validation, pass_rate, seed)
