@@ -13,18 +13,22 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from retrainer.data.split import validate_percentages
 from retrainer.engines import AUTO, AUTO_DEVICES, PRECISIONS, parse_devices
 from retrainer.errors import UsageError
-from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
-from retrainer.split import validate_percentages
-from retrainer.storage import AnyPath, as_path
+from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES, MODES
+from retrainer.formats.graph_contract import (
+    DEFAULT_GRAPH,
+    DEFAULT_OUTPUT_DIR,
+    LABELS_FILENAME,
+    OUTPUT_OP,
+)
+from retrainer.io.storage import AnyPath, as_path
 
 # Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
 # TensorFlow (tests check the two agree).
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
 EXTRACTOR_PRECISIONS = (AUTO, *PRECISIONS)
-# retrain.py wrote to fixed /tmp paths, which clashed between users (tensorflow/hub#302).
-DEFAULT_OUTPUT_DIR = Path("retrain_output")
 WHOLE_SET = -1
 _OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
@@ -44,8 +48,8 @@ class RetrainConfig:
     """
 
     image_dir: AnyPath
-    output_graph: AnyPath = DEFAULT_OUTPUT_DIR / "output_graph.pb"
-    output_labels: AnyPath = DEFAULT_OUTPUT_DIR / "output_labels.txt"
+    output_graph: AnyPath = DEFAULT_GRAPH
+    output_labels: AnyPath = DEFAULT_OUTPUT_DIR / LABELS_FILENAME
     summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
     bottleneck_dir: AnyPath = dataclasses.field(default_factory=default_bottleneck_dir)
     how_many_training_steps: int = 4000
@@ -87,7 +91,7 @@ class RetrainConfig:
     report_html: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "report.html"
     assert_accuracy_at_least: Optional[float] = None
     assert_recall_at_least: Optional[float] = None
-    final_tensor_name: str = "final_result"
+    final_tensor_name: str = OUTPUT_OP
     intermediate_store_frequency: int = 0
     intermediate_output_graphs_dir: AnyPath = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
     saved_model_dir: Optional[AnyPath] = None
@@ -163,9 +167,7 @@ class RetrainConfig:
         self._require("novelty_pass_rate", lambda x: 0 < x <= 1, "a fraction above 0, up to 1")
         if self.keep_duplicates_in_one_split and self.skip_audit:
             raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
-        from retrainer.exports.validation import validate_export_options
-
-        validate_export_options(self)
+        _validate_export_options(self)
         if self.output_graph == self.output_labels:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
@@ -184,3 +186,44 @@ class RetrainConfig:
         value = getattr(self, field)
         if not valid(value):
             raise UsageError(f"--{field} must be {expected}. Received: {value!r}.")
+
+
+def _validate_export_options(config: RetrainConfig) -> None:
+    """Normalise and check tflite_output_file, tflite_quantization, tflite_calibration_images and
+    max_export_accuracy_drop in place (the config is frozen: object.__setattr__).
+
+    Raises:
+        UsageError: naming the flag.
+    """
+    if config.tflite_output_file is not None:
+        if not os.fspath(config.tflite_output_file):
+            raise UsageError("--tflite_output_file must not be empty.")
+        object.__setattr__(config, "tflite_output_file", as_path(config.tflite_output_file))
+    modes = config.tflite_quantization
+    modes = (modes,) if isinstance(modes, str) else tuple(modes)
+    modes = tuple(part.strip() for mode in modes for part in mode.split(",") if part.strip())
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown or not modes:
+        raise UsageError(
+            f"--tflite_quantization must be one of {{{', '.join(MODES)}}} (repeat it for several "
+            f"files). Received: {', '.join(unknown) or 'nothing'}."
+        )
+    if len(set(modes)) != len(modes):
+        raise UsageError(f"--tflite_quantization lists a mode twice: {', '.join(modes)}.")
+    object.__setattr__(config, "tflite_quantization", modes)
+    if config.tflite_calibration_images < MIN_CALIBRATION_IMAGES:
+        raise UsageError(
+            f"--tflite_calibration_images must be at least {MIN_CALIBRATION_IMAGES}. "
+            f"Received: {config.tflite_calibration_images}."
+        )
+    drop = config.max_export_accuracy_drop
+    if drop is not None:
+        if not (math.isfinite(drop) and drop >= 0):
+            raise UsageError(
+                f"--max_export_accuracy_drop must be a number of points >= 0. Received: {drop!r}."
+            )
+        if config.tflite_output_file is None and config.saved_model_dir is None:
+            raise UsageError(
+                "--max_export_accuracy_drop compares exports with the frozen graph; pass "
+                "--tflite_output_file or --saved_model_dir too."
+            )

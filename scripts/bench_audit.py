@@ -66,7 +66,7 @@ def near_copy(image: Image.Image, kind: str) -> Image.Image:
 
 def name_in_other_split(folder: Path, stem: str, split: str) -> str:
     """A new file name in `folder` whose retrain.py split differs from `split`."""
-    from retrainer.split import assign_split
+    from retrainer.data.split import assign_split
 
     for attempt in range(1000):
         name = f"{stem}_copy{attempt}.png"
@@ -79,7 +79,7 @@ def inject_faults(root: Path, rng: np.random.Generator) -> dict[str, set]:
     """Inject the faults into `root` (class folders); returns the truth per kind."""
     import skimage.data
 
-    from retrainer.split import TRAINING, assign_split
+    from retrainer.data.split import TRAINING, assign_split
 
     classes = sorted(path for path in root.iterdir() if path.is_dir())
     files = sorted(path for folder in classes for path in folder.iterdir())
@@ -160,8 +160,13 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     """Scores of injected copy pairs against the best non-copy pairs, per descriptor."""
     from retrainer.audit.duplicates import CROP_ZOOM, small_descriptor
     from retrainer.audit.neighbours import similar_pairs, unit_rows
-    from retrainer.audit.signatures import (SignatureCache, fourier_descriptor, hamming,
-                                            thumbnail_descriptor, zoomed_in)
+    from retrainer.audit.signatures import (
+        SignatureCache,
+        fourier_descriptor,
+        hamming,
+        thumbnail_descriptor,
+        zoomed_in,
+    )
 
     paths = [image.path for image in collection.images]
     thumbnails, hashes = SignatureCache(work / "bottlenecks").signatures(paths, bottlenecks.digests)
@@ -243,8 +248,8 @@ def timed_audit(collection, bottlenecks, work: Path) -> None:
 def large_collection(count: int, cache: Path):
     """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with
     their real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.data.discovery import discover_images
     from retrainer.engines import AUTO, create_engine
     from retrainer.extractors import create_extractor
 
@@ -316,8 +321,8 @@ def main() -> None:
         large_run(args.large, args.bottleneck_dir)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_audit_"))
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.data.discovery import discover_images
     from retrainer.engines import AUTO, create_engine
     from retrainer.extractors import create_extractor
 

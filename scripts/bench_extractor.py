@@ -146,10 +146,10 @@ def bench_precisions(extractor, seconds: float) -> None:
     import skimage.data
     from PIL import Image
 
-    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
+    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+    from retrainer.data.decoding import decode_image
     from retrainer.engines import create_engine
     from retrainer.engines.cpu import cpu_precisions
-    from retrainer.images import decode_image
 
     photos = []
     for name in ("astronaut", "chelsea", "coffee", "rocket"):

@@ -28,7 +28,7 @@ sys.path.insert(0, "scripts")
 import numpy as np
 import tensorflow as tf
 from bench_pipeline import fashion_mnist_folder, make_photos, raw_extractor_seconds, stage_seconds
-from retrainer.bottlenecks import decoded_images
+from retrainer.data.batches import decoded_images
 from retrainer.engines import PRECISIONS, create_engine
 from retrainer.extractors import create_extractor
 

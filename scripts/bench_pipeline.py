@@ -79,7 +79,7 @@ def raw_extractor_seconds(engine, pixels: np.ndarray, batch_size: int) -> tuple[
 
 def decode_cpu_seconds(paths: list[Path], input_size: tuple[int, int]) -> float:
     """CPU seconds to read and decode `paths` into a batch's rows on one thread (best of 3)."""
-    from retrainer.images import decode_image
+    from retrainer.data.decoding import decode_image
 
     row = np.empty((*input_size, 3), np.uint8)
     best = float("inf")
@@ -93,7 +93,7 @@ def decode_cpu_seconds(paths: list[Path], input_size: tuple[int, int]) -> float:
 
 def stage_seconds(extractor, paths: list[Path], cache: Path, batch_size: int) -> float:
     """Seconds for compute_bottlenecks from files into an empty cache (its trace included)."""
-    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.cache.bottlenecks import compute_bottlenecks
 
     started = time.perf_counter()
     result = compute_bottlenecks(paths, extractor, cache, batch_size=batch_size, show_progress=False)
@@ -119,7 +119,7 @@ def main() -> None:
                         help="engines for (a), comma-separated (default: those this CPU runs)")
     args = parser.parse_args()
 
-    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
+    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
     from retrainer.engines import create_engine
     from retrainer.extractors import create_extractor
 
@@ -136,7 +136,7 @@ def main() -> None:
         raw_fashion = None
         engines = {precision: create_engine(extractor, precision)
                    for precision in args.precisions.split(",")}
-        from retrainer.images import load_image
+        from retrainer.data.decoding import load_image
 
         for index, (name, paths) in enumerate(datasets):
             pixels = np.stack([load_image(path, extractor.spec.input_size) for path in paths])

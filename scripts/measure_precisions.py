@@ -28,10 +28,10 @@ from bench_pipeline import fashion_mnist_folder  # noqa: E402
 
 from retrainer.classify import ClassifyConfig, classify_images  # noqa: E402
 from retrainer.config import RetrainConfig  # noqa: E402
-from retrainer.discovery import discover_images  # noqa: E402
+from retrainer.data.discovery import discover_images  # noqa: E402
+from retrainer.data.split import TESTING  # noqa: E402
 from retrainer.engines.cpu import cpu_precisions  # noqa: E402
 from retrainer.pipeline import run  # noqa: E402
-from retrainer.split import TESTING  # noqa: E402
 
 PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
                  "hubble_deep_field", "retina", "camera", "brick", "gravel")

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 
-from retrainer.bottlenecks import read_entry
+from retrainer.cache.entries import read_entry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

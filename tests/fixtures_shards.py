@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from retrainer.shards import encode_record, shards_root, write_manifest_then_marker
+from retrainer.cache.shards import encode_record, shards_root, write_manifest_then_marker
 
 
 def write_shard_run(namespace: str, run_id: str, digests: Sequence[str], vectors: np.ndarray,

@@ -22,11 +22,13 @@ pytest.importorskip("apache_beam")
 
 from click.testing import CliRunner  # noqa: E402
 
-from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest  # noqa: E402
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.shards import finished_runs, load_sharded  # noqa: E402
 from retrainer.cli.retrain import main as retrain_main  # noqa: E402
-from retrainer.discovery import discover_images  # noqa: E402
+from retrainer.data.batches import file_digest  # noqa: E402
+from retrainer.data.discovery import discover_images  # noqa: E402
 from retrainer.extractors import create_extractor  # noqa: E402
-from retrainer.shards import finished_runs, load_sharded  # noqa: E402
 from tests.fixtures_data import make_color_image_dir  # noqa: E402
 from tests.fixtures_hub import module_kernel, save_tf2_module  # noqa: E402
 from tests.fixtures_pipeline import retrain_args  # noqa: E402

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrainer.discovery import ImageCollection, discover_images, normalize_label
+from retrainer.data.discovery import ImageCollection, discover_images, normalize_label
+from retrainer.data.split import SPLITS, assign_split
 from retrainer.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from retrainer.split import SPLITS, assign_split
 from tests.fixtures_data import (
     encode,
     fashion_mnist_module,
@@ -158,7 +158,7 @@ def test_in_split_rejects_unknown_split(color_image_dir):
 def test_small_and_empty_classes_warn(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=3)
     (root / "nothing").mkdir()
-    with caplog.at_level(logging.WARNING, logger="retrainer.discovery"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 0, 0)
     assert collection.labels == ("blue", "green", "red")
     assert ("nothing/", "no images in this class folder") in collection.ignored
@@ -170,7 +170,7 @@ def test_small_and_empty_classes_warn(tmp_path, caplog):
 
 def test_class_without_training_images_warns(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=2)
-    with caplog.at_level(logging.WARNING, logger="retrainer.discovery"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 100, 0)
     assert collection.in_split("training") == []
     assert "Class folder 'red' has no training images (all 2 went to validation/testing)" in (

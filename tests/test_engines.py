@@ -12,10 +12,11 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from retrainer import config as retrain_config
-from retrainer.bottlenecks import compute_bottlenecks
+from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.classify import ClassifyConfig, classify_images
 from retrainer.cli.retrain import main
-from retrainer.discovery import normalize_label
+from retrainer.data.decoding import load_image
+from retrainer.data.discovery import normalize_label
 from retrainer.engines import cpu, create_engine
 from retrainer.engines.cpu import cpu_precisions, runs_bfloat16
 from retrainer.engines.float32 import feature_function
@@ -27,7 +28,6 @@ from retrainer.extractors import (
     list_extractors,
     register_extractor,
 )
-from retrainer.images import load_image
 from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args

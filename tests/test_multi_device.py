@@ -33,7 +33,7 @@ from retrainer.cli.retrain import main
 from retrainer.engines import create_engine, parse_devices
 from retrainer.engines.cpu import runs_bfloat16  # none on x86 without AVX-512
 from retrainer.extractors import create_extractor
-from retrainer.images import load_image
+from retrainer.data.decoding import load_image
 import tests.fixtures_extractors  # registers tiny_test
 
 images, args = Path(sys.argv[1]), json.loads(sys.argv[2])

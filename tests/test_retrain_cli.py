@@ -15,8 +15,8 @@ from PIL import Image
 
 from retrainer.cli.retrain import main
 from retrainer.config import DEFAULT_EXTRACTOR, default_bottleneck_dir
+from retrainer.data.split import TRAINING, assign_split
 from retrainer.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
-from retrainer.split import TRAINING, assign_split
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_pipeline import interrupt_cache_writes_after, retrain_args
 

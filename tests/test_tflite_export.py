@@ -18,12 +18,12 @@ from retrainer.errors import DataError, ExportMismatchError
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import QuantizationConfig
 from retrainer.exports.tflite import convert, write_tflite_files
-from retrainer.exports.tflite_metadata import (
+from retrainer.exports.verify import ArtifactReport, check_accuracy_drop
+from retrainer.formats.tflite_metadata import (
     METADATA_IDENTIFIER,
     metadata_buffer,
     read_metadata,
 )
-from retrainer.exports.verify import ArtifactReport, check_accuracy_drop
 from retrainer.training.head import SoftmaxHead
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrainer.split import TESTING, TRAINING, VALIDATION
+from retrainer.data.split import TESTING, TRAINING, VALIDATION
 
 IMBALANCE_RATIO = 5  # warn when the largest class has this many times the images of another
 MIN_EVALUATION_IMAGES = 5  # below this, one image moves a class's accuracy by 20 points or more

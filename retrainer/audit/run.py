@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from retrainer._files import write_bytes_atomically, write_text_atomically
 from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
 from retrainer.audit.neighbours import take_rows
 from retrainer.audit.signatures import SignatureCache
-from retrainer.split import TESTING, TRAINING
-from retrainer.storage import as_path
+from retrainer.data.split import TESTING, TRAINING
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import as_path
 
 if TYPE_CHECKING:
-    from retrainer.bottlenecks import Bottlenecks
+    from retrainer.cache.bottlenecks import Bottlenecks
     from retrainer.config import RetrainConfig
-    from retrainer.discovery import ImageCollection, ImageFile
-    from retrainer.evaluate import Evaluation
+    from retrainer.data.discovery import ImageCollection, ImageFile
+    from retrainer.training.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from retrainer._files import write_bytes_atomically
-from retrainer.images import UnreadableImageError, load_image
-from retrainer.storage import as_path, open_for_reading
+from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.io.atomic import write_bytes_atomically
+from retrainer.io.storage import as_path, open_for_reading
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,9 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 
     The magnitude ignores where the picture sits in the frame, so a shifted copy keeps it.
     """
-    from retrainer.audit.neighbours import unit_rows
-
     from scipy.fft import rfft2
+
+    from retrainer.audit.neighbours import unit_rows
 
     grey = thumbnails.astype(np.float32)
     spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))

@@ -40,7 +40,7 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedEx
         self.image_size = image_size
 
     def load_model(self) -> LoadedExtractor:
-        from retrainer.bottlenecks import feature_function
+        from retrainer.engines.float32 import feature_function
         from retrainer.extractors import create_extractor
 
         extractor = create_extractor(self.tfhub_module, self.image_size)

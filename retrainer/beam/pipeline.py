@@ -3,7 +3,7 @@
     MatchFiles -> Reshuffle (else every file stays on the worker that listed them) -> ReadMatches
     -> hash; skip what the cache has; decode (retrainer's discovery rule and decoder)
     -> RunInference (KeyedModelHandler keyed by content SHA-256, retrainer's own extractor)
-    -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/shards.py)
+    -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/cache/shards.py)
 
 Unreadable images go to a dead-letter output: counted, named in the manifest and the result,
 never fatal. The vectors are the single-machine path's (same cache namespace, decode and model
@@ -28,12 +28,9 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from retrainer.beam.model_handler import BottleneckModelHandler
-from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
-from retrainer.config import DEFAULT_EXTRACTOR
-from retrainer.errors import UsageError
-from retrainer.image_names import is_image_relpath
-from retrainer.images import UnreadableImageError, decode_image
-from retrainer.shards import (
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.cache.entries import namespace
+from retrainer.cache.shards import (
     RUN_ID_TIME,
     SHARD_PREFIX,
     SHARD_SUFFIX,
@@ -45,6 +42,11 @@ from retrainer.shards import (
     shards_root,
     write_manifest_then_marker,
 )
+from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.data.batches import content_digest
+from retrainer.data.decoding import UnreadableImageError, decode_image
+from retrainer.data.names import is_image_relpath
+from retrainer.errors import UsageError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 `--graph` may be a frozen GraphDef (.pb), a `.tflite` file or a SavedModel folder; the content
 decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, a SavedModel folder holds
-saved_model.pb), one module per kind. Images are decoded by `retrainer.images.load_image` -- the
+saved_model.pb), one module per kind. Images are decoded by `retrainer.data.decoding.load_image` -- the
 pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
 decoding overlaps inference. An image that cannot be decoded becomes a result with an `error`; the
 others are still classified.
@@ -19,20 +19,23 @@ from typing import Any, Iterable, Iterator, Optional, Protocol
 
 import numpy as np
 
-from retrainer._frozen_graph import read_graph_file
 from retrainer.classify._common import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_GRAPH,
     DEFAULT_OUTPUT_LAYER,
     DEFAULT_TOP_K,
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     read_labels,
 )
+from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER
-from retrainer.images import UnreadableImageError, load_image
+from retrainer.formats.frozen_graph import read_graph_file
+from retrainer.formats.graph_contract import (
+    DEFAULT_GRAPH,
+    LABELS_FILENAME,
+    SAVED_MODEL_FILE,
+    TFLITE_IDENTIFIER,
+)
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_GRAPH", "DEFAULT_OUTPUT_LAYER", "DEFAULT_TOP_K",

@@ -10,13 +10,10 @@ import math
 from pathlib import Path
 from typing import Any, Optional
 
-from retrainer.config import RetrainConfig
 from retrainer.errors import ModelError, UsageError
+from retrainer.formats.graph_contract import OUTPUT_OP
 
-# retrain's defaults, so that `label-image photo.jpg` finds what a plain `retrain` wrote.
-DEFAULT_GRAPH: Path = RetrainConfig.output_graph
-DEFAULT_OUTPUT_LAYER: str = RetrainConfig.final_tensor_name
-LABELS_FILENAME: str = RetrainConfig.output_labels.name  # looked for next to the graph
+DEFAULT_OUTPUT_LAYER = OUTPUT_OP
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
 

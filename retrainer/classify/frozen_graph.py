@@ -14,10 +14,8 @@ from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
 
-from retrainer._frozen_graph import load_frozen_graph, read_graph_file
 from retrainer.classify._common import (
     DEFAULT_OUTPUT_LAYER,
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     first_set,
@@ -25,11 +23,13 @@ from retrainer.classify._common import (
     retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import (
+from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
+from retrainer.formats.graph_contract import (
     GRAPH_FORMAT,
     INPUT_MEAN,
     INPUT_OP,
     INPUT_STD,
+    LABELS_FILENAME,
     METADATA_SUFFIX,
     metadata_path,
 )

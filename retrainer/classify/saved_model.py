@@ -1,7 +1,7 @@
 """A SavedModel folder for `label-image`: its `serving_default` signature (float images in [0, 1]).
 
 The float signature, not the bytes one, so label-image feeds it the very pixels it feeds every
-other kind (`retrainer.images.load_image`). Labels: --labels, else the model's
+other kind (`retrainer.data.decoding.load_image`). Labels: --labels, else the model's
 `assets/labels.txt`.
 """
 
@@ -21,7 +21,7 @@ from retrainer.classify._common import (
     retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
 
 SIGNATURE = "serving_default"
 LABELS_ASSET = "labels.txt"

@@ -2,7 +2,7 @@
 
 Runs on `ai-edge-litert`'s interpreter when installed (`pip install '.[litert]'`), else on
 `tf.lite.Interpreter`, whose deprecation warning is silenced. Input normalization and labels come
-from flags, else the file's own TFLite metadata (`retrainer.exports.tflite_metadata`), else the
+from flags, else the file's own TFLite metadata (`retrainer.formats.tflite_metadata`), else the
 defaults (mean 0, std 255) and `output_labels.txt` beside the file. A uint8 input is fed the
 normalized pixels quantized with the tensor's own scale and zero point (for retrain's int8 export,
 1/255 and 0: the raw pixels).
@@ -15,13 +15,11 @@ import os
 import struct
 import sys
 import tempfile
-import warnings
 from typing import Iterator, Optional
 
 import numpy as np
 
 from retrainer.classify._common import (
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
@@ -29,10 +27,11 @@ from retrainer.classify._common import (
     read_labels,
     retrainer_extras,
 )
-from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
-from retrainer.storage import as_path
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
+from retrainer.formats.tflite import new_interpreter
+from retrainer.io.host import usable_cpus
+from retrainer.io.storage import as_path
 
 NOVELTY_OUTPUT = "novelty"
 
@@ -45,7 +44,7 @@ def make_interpreter(model: bytes):
     is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
     """
     with _without_runtime_info():
-        interpreter = _new_interpreter(model)
+        interpreter = new_interpreter(model, usable_cpus())
         interpreter.allocate_tensors()  # applies the XNNPACK delegate
     return interpreter
 
@@ -66,26 +65,13 @@ def _without_runtime_info() -> Iterator[None]:
             sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
 
 
-def _new_interpreter(model: bytes):
-    threads = usable_cpus()
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-            return tf.lite.Interpreter(model_content=model, num_threads=threads)
-    return Interpreter(model_content=model, num_threads=threads)
-
-
 class TFLiteModel:
     """A `.tflite` in an interpreter: `outputs(pixels)` for uint8 images, one image per invoke."""
 
     kind = "TFLite model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        from retrainer.exports.tflite_metadata import read_metadata
+        from retrainer.formats.tflite_metadata import read_metadata
 
         path = config.graph
         try:

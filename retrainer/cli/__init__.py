@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import click
 
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
-from retrainer.storage import as_path, is_url
+from retrainer.io.storage import as_path, is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The machine, not the code, refused a write (disk full, quota, read-only, file size limit, another
@@ -27,7 +27,7 @@ _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.E
 
 
 class PathOrUrl(click.ParamType):
-    """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.storage`), unmangled
+    """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.io.storage`), unmangled
     (`click.Path(path_type=Path)` would turn gs://b into gs:/b)."""
 
     name = "path"
@@ -92,7 +92,7 @@ def reports_errors(command: F) -> F:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OSError as error:
-            if is_url(error.filename):  # a remote store refused or failed (retrainer.storage)
+            if is_url(error.filename):  # a remote store refused or failed (retrainer.io.storage)
                 click.echo(f"Error: {error.strerror}: {error.filename}. Check the path and "
                            "its access rights, then rerun: work done so far is kept.", err=True)
                 sys.exit(EXIT_USAGE)

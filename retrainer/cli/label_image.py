@@ -30,10 +30,10 @@ from retrainer.classify import (
     classify_images,
 )
 from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
+from retrainer.data.names import image_extensions_text, is_image_name
 from retrainer.errors import UnreadableImagesError, UsageError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_OP, INPUT_STD
-from retrainer.image_names import image_extensions_text, is_image_name
-from retrainer.storage import walk
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.io.storage import walk
 
 log = logging.getLogger("retrainer.label_image")
 

@@ -16,12 +16,12 @@ import click
 
 from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
 from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
+from retrainer.data.split import SPLITS, TESTING
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import run
 from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
-from retrainer.split import SPLITS, TESTING
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
 _VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")

@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Union
 
 from retrainer.engines.base import AUTO, BFLOAT16, FLOAT32, INT8, INT8_MEASURED, PRECISIONS, Engine
-from retrainer.engines.cpu import default_precision, usable_cpus
+from retrainer.engines.cpu import default_precision
 from retrainer.engines.devices import AUTO_DEVICES, parse_devices
 from retrainer.errors import UsageError
+from retrainer.io.host import usable_cpus
 
 if TYPE_CHECKING:
     from retrainer.extractors import FeatureExtractor

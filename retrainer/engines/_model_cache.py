@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from retrainer._files import write_bytes_atomically
+from retrainer.io.atomic import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Optional, Sequence
 
 import tensorflow as tf
 
-from retrainer._files import write_text_atomically
 from retrainer.extractors import FeatureExtractor
-from retrainer.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.formats.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.io.atomic import write_text_atomically
 from retrainer.training.head import SoftmaxHead
 from retrainer.training.novelty import Novelty
 

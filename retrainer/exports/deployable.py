@@ -12,13 +12,13 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from retrainer.data.split import TRAINING
 from retrainer.exports.quantization import (
     INT8,
     MIN_CALIBRATION_IMAGES,
     tflite_paths,
     too_few_calibration_images,
 )
-from retrainer.split import TRAINING
 
 log = logging.getLogger(__name__)
 

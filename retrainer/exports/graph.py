@@ -22,11 +22,11 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
-from retrainer._files import write_bytes_atomically, write_text_atomically
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import NOVELTY_OP, Classifier
-from retrainer.graph_contract import INPUT_OP, metadata_path
-from retrainer.storage import as_path
+from retrainer.formats.graph_contract import INPUT_OP, metadata_path
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import as_path
 
 
 def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Path:

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from retrainer._files import replace_directory
 from retrainer.exports.classifier import NOVELTY_OP, Classifier, write_labels
+from retrainer.io.atomic import replace_directory
 
 SIGNATURE_OUTPUT = "probabilities"
 BYTES_SIGNATURE = "serving_bytes"

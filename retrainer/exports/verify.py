@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from retrainer.errors import ExportMismatchError, ModelError
-from retrainer.storage import tree_size
+from retrainer.io.storage import tree_size
 
 log = logging.getLogger(__name__)
 

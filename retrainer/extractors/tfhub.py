@@ -23,10 +23,10 @@ from typing import Iterator, Optional
 
 import tensorflow as tf
 
-from retrainer import storage
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
 from retrainer.extractors.registry import register_resolver
+from retrainer.io import storage
 
 logger = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ import logging
 import secrets
 from pathlib import Path
 
-from retrainer._files import remove_stale_temporaries
-from retrainer.storage import move, remove_tree
+from retrainer.io.atomic import remove_stale_temporaries
+from retrainer.io.storage import move, remove_tree
 
 log = logging.getLogger(__name__)
 

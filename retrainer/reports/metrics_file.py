@@ -16,10 +16,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from retrainer._files import write_text_atomically
+from retrainer.data.split import TESTING, VALIDATION
+from retrainer.io.atomic import write_text_atomically
 from retrainer.reports.gates import GateResult, check_gates
 from retrainer.reports.metrics import SplitMetrics, split_metrics
-from retrainer.split import TESTING, VALIDATION
 
 FORMAT = "retrainer-metrics/1"
 
@@ -91,7 +91,7 @@ def build_run_report(config: Any, spec: Any, history: tuple[Any, ...], evaluatio
         config: the RetrainConfig.
         spec: the extractor's ExtractorSpec.
         history: the training history (EvalPoint per evaluation step).
-        evaluation: retrainer.evaluate.Evaluation of the test split.
+        evaluation: retrainer.training.evaluate.Evaluation of the test split.
         validation_probabilities: float32 [N_val, C] over the whole validation split.
         splits: the pipeline's split features: `.labels`, `.images[split]` (ImageFile lists) and
             `.features[split]` (FeatureSet).

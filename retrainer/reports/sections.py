@@ -1,7 +1,7 @@
 """The report's built-in sections, from a run's RetrainResult and its PNG pictures.
 
 Each function returns one `html.Section`; `run_sections` lists them in report order. Thumbnails of
-misclassified images are decoded by retrainer.images (the decoder training used) at the size the
+misclassified images are decoded by retrainer.data.decoding (the decoder training used) at the size the
 network saw them, so the gallery shows what the model was given.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from retrainer.images import UnreadableImageError, load_image
+from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.data.split import SPLITS, TESTING, VALIDATION
 from retrainer.reports.format import percent
 from retrainer.reports.html import Section, paragraph, png_image, table
-from retrainer.split import SPLITS, TESTING, VALIDATION
 
 log = logging.getLogger(__name__)
 

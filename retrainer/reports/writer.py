@@ -10,12 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-from retrainer._files import write_bytes_atomically, write_text_atomically
+from retrainer.data.split import TESTING
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.reports.html import Section, render_page
 from retrainer.reports.metrics_file import report_paths, write_metrics_file
 from retrainer.reports.plots import confusion_matrix_png, training_curves_png
 from retrainer.reports.sections import run_sections
-from retrainer.split import TESTING
 
 log = logging.getLogger(__name__)
 

@@ -23,16 +23,13 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer.bottlenecks import (
-    DEFAULT_BATCH_SIZE,
-    BottleneckCache,
-    decoded_images,
-    file_digest,
-)
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.cache.entries import BottleneckCache
+from retrainer.data.batches import decoded_images, file_digest
 from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import as_path
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
 from retrainer.training.out_of_memory import explains_out_of_memory
-from retrainer.storage import as_path
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from retrainer._sampling import (
+from retrainer.io.storage import as_path
+from retrainer.training._sampling import (
     DROPOUT_STREAM,
     INIT_STREAM,
     TRAIN_STREAM,
@@ -35,7 +36,6 @@ from retrainer.training.regularization import (
     accuracy,
     cross_entropy,
 )
-from retrainer.storage import as_path
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Discovery stage: an image folder -> labelled, split list of image files.
 
 Each immediate sub-folder of --image_dir is a class; its images (found recursively) are split by
-`retrainer.split`. Files are picked by extension (any case); whether they decode is decided later,
-by `retrainer.images`. Everything skipped is listed in `ImageCollection.ignored` with a reason.
+`retrainer.data.split`. Files are picked by extension (any case); whether they decode is decided later,
+by `retrainer.data.decoding`. Everything skipped is listed in `ImageCollection.ignored` with a reason.
 Pure Python: no TensorFlow, no output (warnings go to `logging`).
 """
 
@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from retrainer.errors import DataError, UsageError
-from retrainer.image_names import (
+from retrainer.data.names import (
     extension_reason,
     folder_name_reason,
     hidden_file_reason,
     image_extensions_text,
     is_image_name,
 )
-from retrainer.split import SPLITS, TRAINING, assign_split, validate_percentages
-from retrainer.storage import AnyPath, RemotePath, as_path
+from retrainer.data.split import SPLITS, TRAINING, assign_split, validate_percentages
+from retrainer.errors import DataError, UsageError
+from retrainer.io.storage import AnyPath, RemotePath, as_path
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def discover_images(
     root = _check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
     if isinstance(root, RemotePath):
-        from retrainer._remote_discovery import remote_classes
+        from retrainer.data._remote_discovery import remote_classes
 
         folders, per_class = remote_classes(root, ignored)
     else:

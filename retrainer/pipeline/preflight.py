@@ -11,10 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from retrainer._files import remove_stale_temporaries
 from retrainer.errors import UsageError
-from retrainer.graph_contract import metadata_path
-from retrainer.storage import AnyPath, RemotePath, probe_writable
+from retrainer.formats.graph_contract import metadata_path
+from retrainer.io.atomic import remove_stale_temporaries
+from retrainer.io.storage import AnyPath, RemotePath, probe_writable
 
 if TYPE_CHECKING:
     from retrainer.config import RetrainConfig

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from retrainer._sampling import TEST_STREAM, BalancedSampler, stream_seed
+from retrainer.training._sampling import TEST_STREAM, BalancedSampler, stream_seed
 from retrainer.training.head import FeatureSet, SoftmaxHead
 
 log = logging.getLogger(__name__)

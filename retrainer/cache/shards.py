@@ -32,8 +32,8 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from retrainer._tfrecord_columns import read_equal_length_records
-from retrainer.storage import ABANDONED_AFTER_S  # with no file changed for as long, too
+from retrainer.cache._tfrecord_columns import read_equal_length_records
+from retrainer.io.storage import ABANDONED_AFTER_S  # with no file changed for as long, too
 
 log = logging.getLogger(__name__)
 

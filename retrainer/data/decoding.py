@@ -30,7 +30,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from retrainer.storage import is_url, read_bytes
+from retrainer.io.storage import is_url, read_bytes
 
 # Pillow's default decompression-bomb threshold (1 GiB of 24-bit pixels / 4 / 3): ~89.5 M pixels.
 MAX_IMAGE_PIXELS = 89_478_485

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
-from retrainer.storage import (
+from retrainer.io.storage import (
     AnyPath,
     as_path,
     is_url,
@@ -35,7 +35,7 @@ def write_bytes_atomically(path: os.PathLike[str] | str, data: bytes) -> None:
 
     The file gets 0o666 less the umask, like any new file (not mkstemp's owner-only 0o600), so
     exports and a shared cache stay readable by other users (tensorflow/hub#302). A URL goes
-    through `retrainer.storage` (temp object, then rename: a copy on object stores).
+    through `retrainer.io.storage` (temp object, then rename: a copy on object stores).
     """
     if is_url(path):
         write_remote_bytes(path, data)
@@ -136,7 +136,7 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
 
     An existing `path` is moved aside first and deleted after the swap; there is a moment with
     no `path`, but never one with a half-written directory under that name. A URL is built
-    locally and uploaded, not atomically (`retrainer.storage.replace_remote_directory`).
+    locally and uploaded, not atomically (`retrainer.io.storage.replace_remote_directory`).
     """
     if is_url(path):
         replace_remote_directory(as_path(path), fill)

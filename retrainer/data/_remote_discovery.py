@@ -7,8 +7,8 @@ discovery stays TF-free.
 
 from __future__ import annotations
 
-from retrainer.image_names import extension_reason, folder_name_reason, hidden_file_reason
-from retrainer.storage import RemotePath, walk
+from retrainer.data.names import extension_reason, folder_name_reason, hidden_file_reason
+from retrainer.io.storage import RemotePath, walk
 
 
 def remote_classes(

@@ -12,11 +12,11 @@ import logging
 import time
 from typing import Any
 
-from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.config import RetrainConfig
+from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.errors import FinishedRunError, QualityGateError
+from retrainer.pipeline.preflight import check_output_paths, remove_stale_export_temporaries
 from retrainer.result import RetrainResult
-from retrainer.split import TESTING, TRAINING, VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,9 @@ def run(config: RetrainConfig) -> RetrainResult:
     """
     # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
     from retrainer.audit.report_section import audit_sections
-    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
-    from retrainer.discovery import discover_images
+    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
+    from retrainer.data.discovery import discover_images
     from retrainer.engines import create_engine
-    from retrainer.evaluate import evaluate_head, validation_probabilities
     from retrainer.exports.deployable import (
         check_calibration_supply,
         check_export_accuracy,
@@ -49,11 +48,12 @@ def run(config: RetrainConfig) -> RetrainResult:
     )
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
+    from retrainer.pipeline.split_features import SplitFeatures
     from retrainer.reports.gates import failure_message
     from retrainer.reports.held_outputs import HeldOutputs
     from retrainer.reports.metrics_file import build_run_report, report_paths
     from retrainer.reports.writer import write_reports
-    from retrainer.split_features import SplitFeatures
+    from retrainer.training.evaluate import evaluate_head, validation_probabilities
     from retrainer.training.head import train_head
     from retrainer.training.image_modes import (
         check_fine_tunable,

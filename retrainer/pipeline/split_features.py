@@ -6,8 +6,8 @@ import logging
 
 import numpy as np
 
+from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
-from retrainer.split import SPLITS, TRAINING
 from retrainer.training.head import FeatureSet
 
 log = logging.getLogger(__name__)

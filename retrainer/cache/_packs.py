@@ -2,7 +2,7 @@
 
 Creating a file costs a file system far more than linking one (0.8 ms against 25 us of CPU per
 entry, measured on ext4: docs/performance.md), so the bottleneck stage writes each batch as one
-pack and links it under every entry's name (`retrainer._files.write_linked_atomically`).
+pack and links it under every entry's name (`retrainer.io.atomic.write_linked_atomically`).
 
 A pack is a standard `.npy` holding a structured array, one row per entry: ("key", the entry's
 ASCII key), ("vector", float32 [D]). NumPy reads it without pickle. An entry name that holds a pack

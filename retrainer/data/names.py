@@ -1,6 +1,6 @@
 """Which files and folders image discovery picks up, by name alone (no file system access).
 
-Shared by local discovery, remote discovery (retrainer/_remote_discovery.py), `label-image`'s
+Shared by local discovery, remote discovery (retrainer/data/_remote_discovery.py), `label-image`'s
 folder expansion and `retrain-extract`'s bucket listing, so all four agree.
 """
 

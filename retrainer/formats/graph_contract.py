@@ -6,8 +6,9 @@ Kept free of TensorFlow so `label-image` can read it before deciding to load the
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from retrainer.storage import AnyPath, as_path
+from retrainer.io.storage import AnyPath, as_path
 
 GRAPH_FORMAT = "retrainer-graph/1"
 INPUT_OP = "Placeholder"
@@ -15,6 +16,12 @@ INPUT_OP = "Placeholder"
 INPUT_MEAN = 0.0
 INPUT_STD = 255.0
 METADATA_SUFFIX = ".meta.json"
+OUTPUT_OP = "final_result"  # retrain.py's --final_tensor_name
+# Where `retrain` writes by default, so that `label-image photo.jpg` finds it (retrain.py wrote
+# to fixed /tmp paths, which clashed between users: tensorflow/hub#302).
+DEFAULT_OUTPUT_DIR = Path("retrain_output")
+DEFAULT_GRAPH = DEFAULT_OUTPUT_DIR / "output_graph.pb"
+LABELS_FILENAME = "output_labels.txt"  # label-image looks for it next to the graph
 
 
 def metadata_path(graph_path: os.PathLike[str] | str) -> AnyPath:
