@@ -33,6 +33,8 @@ class RetrainResult:
         report: per-class metrics, confusion matrices, history, gates (retrainer.reports).
         extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
             cache namespace; extraction_devices: the TensorFlow devices that computed them.
+        novelty: the novelty score's method, threshold and calibration, and the share of test
+            images that pass it ("test_pass_rate"; None without test images).
     """
 
     labels: tuple[str, ...]
@@ -59,6 +61,7 @@ class RetrainResult:
     extractor_precision: str = FLOAT32
     extractor_id: str = ""
     extraction_devices: tuple[str, ...] = ()
+    novelty: Optional[dict[str, Any]] = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (paths as strings)."""

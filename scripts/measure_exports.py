@@ -72,7 +72,7 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
 
     from retrainer.data.discovery import discover_images
     from retrainer.data.split import TESTING, TRAINING
-    from retrainer.exports._pixels import decode_files
+    from retrainer.data.batches import decode_files
     from retrainer.exports.classifier import Classifier
     from retrainer.exports.tflite import write_tflite_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report

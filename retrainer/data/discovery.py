@@ -35,12 +35,17 @@ MIN_IMAGES_PER_CLASS = 20  # retrain.py's threshold for "may cause issues"
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image: where it is, its class and its split."""
+    """One image: where it is, its class (a manifest's image: its labels) and its split."""
 
     path: AnyPath  # absolute, through any symlinked class folder (not resolved); or a URL
     relpath: str  # POSIX path relative to the image folder, e.g. "roses/img_1.jpg"
-    label_index: int  # index into ImageCollection.labels
+    label_index: int  # index into ImageCollection.labels (a multi-label image's first label)
     split: str  # "training" | "validation" | "testing"
+    label_indices: tuple[int, ...] = ()  # every label of the image; () means (label_index,)
+
+    def __post_init__(self) -> None:
+        if not self.label_indices:
+            object.__setattr__(self, "label_indices", (self.label_index,))
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def discover_images(
         DataError: fewer than two classes with images; two folders give the same label.
     """
     validate_percentages(validation_percentage, testing_percentage)
-    root = _check_image_dir(image_dir)
+    root = check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
     if isinstance(root, RemotePath):
         from retrainer.data._remote_discovery import remote_classes
@@ -176,7 +181,12 @@ def _local_classes(
     return folders, _deduplicate(candidates, len(folders), ignored)
 
 
-def _check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+def check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+    """--image_dir as an absolute path (or URL) that exists and is a folder.
+
+    Raises:
+        UsageError: it is missing or a file.
+    """
     root = as_path(image_dir)
     if isinstance(root, Path):
         root = Path(os.path.abspath(root))

@@ -71,7 +71,7 @@ def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
     if not test_images:
         log.warning("No test images: skipping the export report.")
         return []
-    from retrainer.exports._pixels import decode_files
+    from retrainer.data.batches import decode_files
 
     pixels, ok = decode_files([image.path for image in test_images], input_size)
     labels = np.array([image.label_index for image in test_images], np.int64)

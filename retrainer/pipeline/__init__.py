@@ -122,7 +122,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         validation = validation_probabilities(training.head, splits.features[VALIDATION],
                                               splits.images[VALIDATION], extractor, tuning)
     with timer("novelty"):
-        from retrainer.training.novelty import fit_run_novelty
+        from retrainer.training.novelty import fit_run_novelty, novelty_summary
 
         novelty = fit_run_novelty(splits, extractor, tuning, config.novelty_pass_rate,
                                   config.seed)
@@ -177,6 +177,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         extractor_precision=engine.precision,
         extractor_id=engine.spec.id,
         extraction_devices=engine.devices,
+        novelty=novelty_summary(novelty, test_features),
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
                   audit_sections(result.audit) if config.report_html is not None else ())

@@ -150,6 +150,20 @@ def _proportional_sample(groups: np.ndarray, size: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(chosen))
 
 
+def novelty_summary(novelty: Novelty, test: Any) -> dict[str, Any]:
+    """`Novelty.to_json()` plus the share of the test split's images that pass ("test_pass_rate",
+    None without test images) and how many were measured ("test_count").
+
+    Args:
+        novelty: the fitted score.
+        test: the test split's FeatureSet (vectors of the extractor the exports use).
+    """
+    passed = novelty.scores(test.features) <= novelty.threshold if len(test) else None
+    return {**novelty.to_json(),
+            "test_pass_rate": None if passed is None else float(passed.mean()),
+            "test_count": len(test)}
+
+
 def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pass_rate: float,
                     seed: int) -> Novelty:
     """`fit_novelty` on a run's splits (`pipeline.split_features.SplitFeatures`).
