@@ -221,7 +221,7 @@ def _summary_lines(result: RetrainResult) -> list[str]:
                      + f"  {tested['correct']:>5}/{tested['total']}")
     totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
     lines.append(f"  {'total':<{width}}  " + "  ".join(f"{total:>10}" for total in totals))
-    lines += ["", *_report_lines(result)]
+    lines += ["", *_report_lines(result), *_multi_label_lines(result), *_novelty_lines(result)]
     if result.skipped:
         lines += ["", f"Skipped {len(result.skipped)} files:"]
         lines += [f"  {path}: {reason}" for path, reason in result.skipped[:_MAX_SKIPPED_SHOWN]]
@@ -280,6 +280,36 @@ def _report_lines(result: RetrainResult) -> list[str]:
     return lines
 
 
+def _multi_label_lines(result: RetrainResult) -> list[str]:
+    """A multi-label run's test figures and per-label table (with each label's threshold)."""
+    evaluation = result.report.multi_label if result.report is not None else None
+    if evaluation is None or not evaluation.test.count:
+        return []
+    test = evaluation.test
+    width = max(len("label"), *(len(label) for label in result.labels))
+    lines = [f"Multi-label test split: micro-F1 {percent(test.micro_f1)}, macro-F1 "
+             f"{percent(test.macro_f1)}, mAP {percent(test.mean_average_precision)}, exact "
+             f"match {percent(test.exact_match)} (N={test.count})",
+             f"  {'label':<{width}}  threshold  precision   recall       F1       AP  support"]
+    for label, threshold, row in zip(result.labels, test.thresholds, test.per_class):
+        lines.append(f"  {label:<{width}}  {threshold:>9.3f}  {percent(row.precision):>9}  "
+                     f"{percent(row.recall):>7}  {percent(row.f1):>7}  "
+                     f"{percent(row.average_precision):>7}  {row.support:>7}")
+    return lines
+
+
+def _novelty_lines(result: RetrainResult) -> list[str]:
+    novelty = result.novelty
+    if novelty is None:
+        return []
+    test = ("" if novelty["test_pass_rate"] is None else
+            f"; {percent(novelty['test_pass_rate'])} of the test images pass "
+            f"(N={novelty['test_count']})")
+    return [f"Novelty ('unknown' above {novelty['threshold']:.4f}, set to pass "
+            f"{percent(novelty['pass_rate'])} of {novelty['calibration_count']} "
+            f"{novelty['calibrated_on']} images){test}."]
+
+
 def _size_text(size: int) -> str:
     return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
 
@@ -288,8 +318,9 @@ def _export_report_lines(result: RetrainResult) -> list[str]:
     """The export report as a small table (docs/exports.md), or nothing without exports."""
     if not result.exports:
         return []
+    metric = "micro-F1" if result.exports[0].get("metric") == "micro_f1" else "accuracy"
     lines = ["", "Exports on the test split (vs the frozen graph):",
-             f"  {'artifact':<14} {'size':>9} {'accuracy':>9} {'change':>7} {'agree':>7} "
+             f"  {'artifact':<14} {'size':>9} {metric:>9} {'change':>7} {'agree':>7} "
              f"{'max |dp|':>9}"]
     for row in result.exports:
         lines.append(

@@ -56,8 +56,12 @@ def write_tflite_exports(config, classifier, training_images: Sequence) -> dict[
 
 
 def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
-                   input_size: tuple[int, int]) -> list:
-    """The export report when a .tflite or SavedModel was written; [] otherwise."""
+                   input_size: tuple[int, int], thresholds=None, labels=()) -> list:
+    """The export report when a .tflite or SavedModel was written; [] otherwise.
+
+    A multi-label run passes its `thresholds` (float32 [C]) and label names; the report then
+    measures micro-F1 against the images' label sets.
+    """
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
 
     artifacts: list[tuple[str, Path]] = []
@@ -74,9 +78,14 @@ def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
     from retrainer.data.batches import decode_files
 
     pixels, ok = decode_files([image.path for image in test_images], input_size)
-    labels = np.array([image.label_index for image in test_images], np.int64)
+    if thresholds is None:
+        truth = np.array([image.label_index for image in test_images], np.int64)
+    else:
+        from retrainer.training.multi_label import targets_of
+
+        truth = targets_of(test_images, len(labels))
     return export_report([(FROZEN_GRAPH, config.output_graph)] + artifacts, pixels[ok],
-                         labels[ok])
+                         truth[ok], thresholds)
 
 
 def check_export_accuracy(config, reports: Sequence) -> None:

@@ -126,18 +126,28 @@ def run(config: RetrainConfig) -> RetrainResult:
 
         novelty = fit_run_novelty(splits, extractor, tuning, config.novelty_pass_rate,
                                   config.seed)
+        multi_label = None
+        if config.multi_label:
+            from retrainer.training.multi_label import evaluate_multi_label
+
+            multi_label = evaluate_multi_label(
+                collection.labels, splits.images[TESTING], evaluation.positions,
+                evaluation.probabilities, splits.images[VALIDATION], validation,
+                config.multi_label_threshold)
+    thresholds = None if multi_label is None else multi_label.thresholds
     run_report = build_run_report(config, extractor.spec, training.history, evaluation,
-                                  validation, splits)
+                                  validation, splits, multi_label)
     gate_failure = failure_message(run_report.gates)
     outputs: dict[str, Any] = {}
     report: list = []
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
             outputs = exports.write_final(training.head, splits.images[TRAINING],
-                                         fine_tuned=tuning is not None, novelty=novelty)
+                                         fine_tuned=tuning is not None, novelty=novelty,
+                                         thresholds=thresholds)
             held.release()
             report = verify_exports(config, outputs, splits.images[TESTING],
-                                    extractor.spec.input_size)
+                                    extractor.spec.input_size, thresholds, collection.labels)
     else:
         held.discard()
     if audit is not None:

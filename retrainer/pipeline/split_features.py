@@ -58,5 +58,6 @@ class SplitFeatures:
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
         for split, images in self.images.items():
             for image in images:
-                table[self.labels[image.label_index]][split] += 1
+                for index in image.label_indices:  # a multi-label image counts for each label
+                    table[self.labels[index]][split] += 1
         return table

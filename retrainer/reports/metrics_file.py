@@ -47,6 +47,9 @@ class RunReport:
         extractor: {"name", "id", "input_size": [H, W], "vector_size"}.
         flags: the RetrainConfig, JSON-ready.
         gates: the quality gates asked for and their outcome.
+        multi_label: a multi-label run's thresholds and metrics (training.multi_label), else None.
+            `test`/`validation` then score the top-1 label as right when it is one of the image's
+            labels, and `misclassified` lists the test images whose predicted label set differs.
     """
 
     history: tuple[Any, ...]
@@ -56,6 +59,7 @@ class RunReport:
     extractor: dict[str, Any]
     flags: dict[str, Any]
     gates: tuple[GateResult, ...]
+    multi_label: Optional[Any] = None
 
     def headline(self) -> tuple[Optional[str], SplitMetrics]:
         """(split name, metrics) that gates and pictures use: test, else validation.
@@ -80,11 +84,14 @@ class RunReport:
             "extractor": self.extractor,
             "flags": self.flags,
             "quality_gates": [gate.to_json() for gate in self.gates],
+            **({} if self.multi_label is None
+               else {"multi_label": self.multi_label.to_json(labels)}),
         }
 
 
 def build_run_report(config: Any, spec: Any, history: tuple[Any, ...], evaluation: Any,
-                     validation_probabilities: np.ndarray, splits: Any) -> RunReport:
+                     validation_probabilities: np.ndarray, splits: Any,
+                     multi_label: Optional[Any] = None) -> RunReport:
     """Compute the metrics and check the gates.
 
     Args:
@@ -95,14 +102,19 @@ def build_run_report(config: Any, spec: Any, history: tuple[Any, ...], evaluatio
         validation_probabilities: float32 [N_val, C] over the whole validation split.
         splits: the pipeline's split features: `.labels`, `.images[split]` (ImageFile lists) and
             `.features[split]` (FeatureSet).
+        multi_label: training.multi_label.MultiLabelEvaluation of a multi-label run.
 
     Returns:
         RunReport.
     """
     labels = splits.labels
     test_truth = splits.features[TESTING].labels[evaluation.positions]
+    validation_truth = splits.features[VALIDATION].labels
+    if multi_label is not None:
+        return _multi_label_report(config, spec, history, evaluation, validation_probabilities,
+                                   splits, multi_label)
     test = split_metrics(test_truth, evaluation.probabilities, evaluation.positions)
-    validation = split_metrics(splits.features[VALIDATION].labels, validation_probabilities)
+    validation = split_metrics(validation_truth, validation_probabilities)
     wrong = np.flatnonzero(evaluation.predictions != test_truth)
     misclassified = tuple(
         MisclassifiedImage(
@@ -120,6 +132,49 @@ def build_run_report(config: Any, spec: Any, history: tuple[Any, ...], evaluatio
                  "vector_size": spec.vector_size}
     return RunReport(tuple(history), test, validation, misclassified, extractor,
                      flags_json(config), gates)
+
+
+def _multi_label_report(config: Any, spec: Any, history: tuple[Any, ...], evaluation: Any,
+                        validation_probabilities: np.ndarray, splits: Any,
+                        multi_label: Any) -> RunReport:
+    """`build_run_report` for a multi-label run (see RunReport.multi_label)."""
+    from retrainer.training.multi_label import targets_of
+
+    labels = splits.labels
+    test_images = [splits.images[TESTING][position] for position in evaluation.positions]
+    test_targets = targets_of(test_images, len(labels))
+    test = split_metrics(_best_true_label(test_targets, evaluation.probabilities),
+                         evaluation.probabilities, evaluation.positions)
+    validation_targets = targets_of(splits.images[VALIDATION], len(labels))
+    validation = split_metrics(_best_true_label(validation_targets, validation_probabilities),
+                               validation_probabilities)
+    predicted = evaluation.probabilities >= multi_label.thresholds
+    misclassified = tuple(
+        MisclassifiedImage(
+            relpath=image.relpath, path=image.path,
+            true_label=";".join(labels[c] for c in np.flatnonzero(test_targets[row])),
+            predicted_label=";".join(labels[c] for c in np.flatnonzero(predicted[row])),
+            score=float(evaluation.probabilities[row].max()),
+        )
+        for row, image in enumerate(test_images)
+        if not np.array_equal(predicted[row], test_targets[row] > 0.5)
+    )
+    name, headline = headline_split(test, validation)
+    gates = check_gates(config.assert_accuracy_at_least, config.assert_recall_at_least,
+                        name, headline, labels,
+                        multi_label.test if name == TESTING else multi_label.validation)
+    extractor = {"name": spec.name, "id": spec.id, "input_size": list(spec.input_size),
+                 "vector_size": spec.vector_size}
+    return RunReport(tuple(history), test, validation, misclassified, extractor,
+                     flags_json(config), gates, multi_label)
+
+
+def _best_true_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """int64 [N]: each image's true label with the highest probability (so "accuracy" is the share
+    of images whose top-1 prediction is one of their labels)."""
+    if not len(targets):
+        return np.zeros(0, np.int64)
+    return np.argmax(np.where(targets > 0.5, probabilities, -1.0), axis=1).astype(np.int64)
 
 
 def headline_split(test: SplitMetrics, validation: SplitMetrics

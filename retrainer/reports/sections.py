@@ -27,7 +27,14 @@ THUMBNAIL_SIZE = (112, 112)
 
 
 def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes]) -> list[Section]:
-    """Summary, dataset, training curves, confusion matrix, per-class table, gallery."""
+    """Summary, dataset, training curves, confusion matrix, per-class table, gallery (for a
+    multi-label run: per-label metrics and examples instead of the last two)."""
+    if result.report.multi_label is not None:
+        from retrainer.reports.multi_label_sections import examples_section, multi_label_section
+
+        return [summary_section(result), dataset_section(result),
+                Section("training", "Training curves", png_image(curves_png, "Training curves")),
+                multi_label_section(result), examples_section(result)]
     return [
         summary_section(result),
         dataset_section(result),
