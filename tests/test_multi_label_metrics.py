@@ -94,3 +94,20 @@ def test_calibrate_threshold_edges():
     assert calibrate_threshold(np.array([3.0, 1.0, 2.0]), 1.0) == 3.0
     assert calibrate_threshold(np.array([3.0, 1.0, 2.0]), 0.5) == 2.0
     assert calibrate_threshold(np.array([]), 0.95) == float("inf")
+
+
+def test_gates_read_micro_f1_and_label_recall_for_a_multi_label_model():
+    from retrainer.reports.gates import check_gates
+    from retrainer.reports.metrics import split_metrics
+
+    targets = np.array([[1, 0], [1, 1], [0, 1], [0, 1]])
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.3], [0.2, 0.7], [0.6, 0.2]])
+    measured = multi_label_metrics(targets, probabilities, np.array([0.5, 0.5]))
+    top1 = split_metrics(np.array([0, 0, 1, 1]), probabilities)
+    accuracy, recall = check_gates(0.7, 0.5, "testing", top1, ("a", "b"), measured)
+    assert accuracy.metric == "micro_f1" and accuracy.value == pytest.approx(measured.micro_f1)
+    assert accuracy.value == pytest.approx(2 * 3 / (5 + 4)) and not accuracy.passed
+    assert "micro-F1 66.67% on the test split" in accuracy.message()
+    assert (recall.label, recall.value, recall.passed) == ("b", pytest.approx(1 / 3), False)
+    single, = check_gates(0.7, None, "testing", top1, ("a", "b"))
+    assert single.metric == "accuracy" and single.value == top1.accuracy
