@@ -267,8 +267,9 @@ def large_run(count: int, cache: Path) -> None:
     """The audit stage at `count` real images with real vectors (extracted once into `cache`):
     wall time per detector, the whole stage, and memory."""
     from retrainer.audit import duplicates, label_issues, outliers
-    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.run import find_problems
     from retrainer.audit.signatures import SignatureCache
+    from retrainer.cache.layout import audit_findings_folder
 
     collection, bottlenecks = large_collection(count, cache)
     paths = [image.path for image in collection.images]
@@ -293,7 +294,7 @@ def large_run(count: int, cache: Path) -> None:
     stages["outliers"] = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    shutil.rmtree(cache / "bottlenecks" / RESULT_NAMESPACE, ignore_errors=True)
+    shutil.rmtree(audit_findings_folder(cache / "bottlenecks"), ignore_errors=True)
     started = time.perf_counter()
     findings, _ = find_problems(collection, bottlenecks, cache / "bottlenecks", 0)
     stage = time.perf_counter() - started

@@ -15,7 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from retrainer.cache import bottlenecks as bottlenecks_module
-from retrainer.cache import entries as entries_module
+from retrainer.cache import layout as layout_module
 from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.cache.entries import BottleneckCache, read_entry
 from retrainer.data import batches as batches_module
@@ -278,7 +278,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, image_paths, tiny_extractor, 
 
 def test_cache_format_version_is_part_of_the_key(tmp_path, image_paths, tiny_extractor, monkeypatch):
     compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
-    monkeypatch.setattr(entries_module, "CACHE_FORMAT", "v2")
+    monkeypatch.setattr(layout_module, "CACHE_FORMAT", "v2")
     result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert result.computed == len(image_paths)
 

@@ -1,7 +1,7 @@
 """The audit stage: run every detector once per dataset, cache the findings, write audit.json.
 
 Findings depend only on the files, their vectors and labels, so they are cached under
-`<bottleneck_dir>/audit-results-v1/<key>.json`, keyed by a SHA-256 of exactly those: an unchanged
+`<bottleneck_dir>/audit-results-v1/` (`retrainer.cache.layout`), keyed by a SHA-256 of exactly those: an unchanged
 dataset costs one hash. The parts that depend on the run (splits after the opt-in group split, the
 trained head's leak-adjusted test accuracy, warnings) are added when the document is written.
 """
@@ -22,9 +22,9 @@ from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
 from retrainer.audit.neighbours import take_rows
 from retrainer.audit.signatures import SignatureCache
+from retrainer.cache.layout import audit_findings_path
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
-from retrainer.io.storage import as_path
 
 if TYPE_CHECKING:
     from retrainer.cache.bottlenecks import Bottlenecks
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_FORMAT = 1
-RESULT_NAMESPACE = "audit-results-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +83,7 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     labels = np.array([collection.images[p].label_index for p in usable], np.int64)
     relpaths = [collection.images[p].relpath for p in usable]
     key = _findings_key(vectors, labels, relpaths, digests, collection.labels, seed)
-    cache_path = as_path(bottleneck_dir) / RESULT_NAMESPACE / key[:2] / f"{key}.json"
+    cache_path = audit_findings_path(bottleneck_dir, key)
     try:
         return Findings.from_json(json.loads(cache_path.read_text("utf-8"))), True
     except FileNotFoundError:

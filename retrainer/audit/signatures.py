@@ -22,13 +22,13 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from retrainer.cache.layout import audit_signatures_folder
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.io.atomic import write_bytes_atomically
-from retrainer.io.storage import as_path, open_for_reading
+from retrainer.io.storage import open_for_reading
 
 log = logging.getLogger(__name__)
 
-CACHE_NAMESPACE = "audit-signatures-v1"
 THUMBNAIL = 32
 DECODE_SIZE = (64, 64)  # decoded larger than the thumbnail so downscaling averages pixels
 
@@ -37,7 +37,7 @@ class SignatureCache:
     """Thumbnails and perceptual hashes keyed by hex SHA-256 of the image file."""
 
     def __init__(self, bottleneck_dir: os.PathLike[str] | str) -> None:
-        self.directory = as_path(bottleneck_dir) / CACHE_NAMESPACE
+        self.directory = audit_signatures_folder(bottleneck_dir)
 
     def signatures(
         self, paths: Sequence[Path], digests: Sequence[str]

@@ -29,7 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from retrainer.beam.model_handler import BottleneckModelHandler
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
-from retrainer.cache.entries import namespace
+from retrainer.cache.layout import extractor_folder, shards_folder
 from retrainer.cache.shards import (
     RUN_ID_TIME,
     SHARD_PREFIX,
@@ -39,7 +39,6 @@ from retrainer.cache.shards import (
     finished_runs,
     read_manifest,
     remove_abandoned_runs,
-    shards_root,
     write_manifest_then_marker,
 )
 from retrainer.config import DEFAULT_EXTRACTOR
@@ -125,9 +124,9 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
                          "--image_dir a folder with one sub-folder of images per class.")
     # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
     spec = create_extractor(config.tfhub_module, config.image_size).spec
-    cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
+    cache_dir = os.fspath(extractor_folder(_absolute(config.bottleneck_dir), spec))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
-    run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
+    run_dir = FileSystems.join(shards_folder(cache_dir), _new_run_id())
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER

@@ -1,14 +1,11 @@
-"""The cache entries of one extractor under --bottleneck_dir: their paths, reads and writes.
+"""The cache entries of one extractor: reading and writing its vectors under --bottleneck_dir.
 
-Layout: `<bottleneck_dir>/<extractor id>/<CACHE_FORMAT>-<H>x<W>/<aa>/<sha256>.npy`, one `.npy`
-entry per image, keyed by the SHA-256 of the file's bytes. So an edited image gets a new key (a
-stale vector can never be served), a renamed or moved image keeps its entry, a different extractor
-never sees another's vectors, and no dataset path ever appears in a cache path. The entries of one
-batch are hard links to one pack file holding their vectors (`_packs`: one file created per batch,
-not per image); a lone entry, or one in a remote cache, is a plain float32 [D] `.npy`. Files are
-written under a temp name and renamed or linked into place: a run killed at any moment leaves only
-whole entries, and runs sharing a cache do not collide. Unreadable entries are reported as missing
-(with a warning), so they are computed again.
+One `.npy` entry per image, at `layout.entry_path`, keyed by the SHA-256 of the file's bytes. The
+entries of one batch are hard links to one pack file holding their vectors (`_packs`: one file
+created per batch, not per image); a lone entry, or one in a remote cache, is a plain float32 [D]
+`.npy`. Files are written under a temp name and renamed or linked into place: a run killed at any
+moment leaves only whole entries, and runs sharing a cache do not collide. Unreadable entries are
+reported as missing (with a warning), so they are computed again.
 """
 
 from __future__ import annotations
@@ -22,21 +19,19 @@ from typing import Optional, Sequence
 import numpy as np
 
 from retrainer.cache._packs import PackReader, pack_bytes
+from retrainer.cache.layout import entry_key, entry_path, extractor_folder
 from retrainer.extractors import ExtractorSpec
 from retrainer.io.atomic import making_folder, write_bytes_atomically, write_linked_atomically
-from retrainer.io.storage import AnyPath, as_path, is_url, open_for_reading
+from retrainer.io.storage import AnyPath, is_url, open_for_reading
 
 log = logging.getLogger(__name__)
-
-# Bump when the stored format or the pixels fed to extractors (decoding, resizing) change.
-CACHE_FORMAT = "v1"
 
 
 @dataclasses.dataclass(frozen=True)
 class BottleneckCache:
     """The cache namespace of one extractor (see the module docstring for the layout).
 
-    `namespace` (a relative folder, e.g. distortion settings) separates vectors of transformed
+    `namespace` (a sub-folder, `layout.distorted_subfolder`) separates vectors of transformed
     images from the plain ones; keys are then `<digest>` plus whatever the caller appends.
     """
 
@@ -48,10 +43,11 @@ class BottleneckCache:
 
     @property
     def directory(self) -> AnyPath:
-        return as_path(self.root) / namespace(self.spec) / self.namespace
+        folder = extractor_folder(self.root, self.spec)
+        return folder / self.namespace if self.namespace else folder
 
     def path(self, digest: str) -> AnyPath:
-        return self.directory / digest[:2] / f"{digest}.npy"
+        return entry_path(self.directory, digest)
 
     def load(self, digest: str) -> Optional[np.ndarray]:
         """The cached float32 [D] vector; None if absent or unusable (warned, then recomputed)."""
@@ -94,7 +90,7 @@ class BottleneckCache:
 def read_entry(path: AnyPath) -> np.ndarray:
     """The array one entry file holds (its row of a pack, or a plain `.npy`), unchecked."""
     with open_for_reading(path) as stream:
-        return PackReader().read(stream, as_path(path).name.removesuffix(".npy"))
+        return PackReader().read(stream, entry_key(path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -103,9 +99,3 @@ def _npy_header(shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.zeros(shape, np.float32), allow_pickle=False)
     return buffer.getvalue()[: -4 * int(np.prod(shape))]
-
-
-def namespace(spec: ExtractorSpec) -> str:
-    """The cache folder of one extractor, relative to the cache root: "<id>/<format>-<H>x<W>"."""
-    height, width = spec.input_size
-    return f"{spec.id}/{CACHE_FORMAT}-{height}x{width}"

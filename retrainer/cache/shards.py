@@ -33,11 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.cache._tfrecord_columns import read_equal_length_records
+from retrainer.cache.layout import entry_key, entry_pattern, shards_folder
 from retrainer.io.storage import ABANDONED_AFTER_S  # with no file changed for as long, too
 
 log = logging.getLogger(__name__)
 
-SHARDS_FOLDER = "shards"
 MANIFEST_NAME = "manifest.json"
 MARKER_NAME = "_SUCCESS"
 SHARD_PREFIX = "vectors"
@@ -64,11 +64,6 @@ def encode_record(digest: str, vector: np.ndarray) -> bytes:
     return example.SerializeToString(deterministic=True)  # one layout: the fast reader's
 
 
-def shards_root(namespace: str) -> str:
-    """Where the runs of one cache namespace live."""
-    return tf.io.gfile.join(namespace, SHARDS_FOLDER)
-
-
 def write_manifest_then_marker(run_dir: str, manifest: dict[str, Any]) -> None:
     """Finish a run: the manifest first, the marker last, so readers never take a partial run."""
     with tf.io.gfile.GFile(tf.io.gfile.join(run_dir, MANIFEST_NAME), "w") as stream:
@@ -79,7 +74,7 @@ def write_manifest_then_marker(run_dir: str, manifest: dict[str, Any]) -> None:
 
 def finished_runs(namespace: str) -> list[str]:
     """Run folders of `namespace` that carry the marker, sorted by name (run ids start with time)."""
-    root = shards_root(namespace)
+    root = shards_folder(namespace)
     if not tf.io.gfile.isdir(root):
         return []
     runs = []
@@ -101,7 +96,7 @@ def remove_abandoned_runs(namespace: str, max_age_s: float = ABANDONED_AFTER_S) 
     Returns:
         The run folders deleted.
     """
-    root = shards_root(namespace)
+    root = shards_folder(namespace)
     if not tf.io.gfile.isdir(root):
         return []
     oldest_allowed = time.time() - max_age_s
@@ -280,8 +275,8 @@ def cached_digests(namespace: str) -> set[str]:
                 found.update(digests.astype(str).tolist())
         except (OSError, ValueError, KeyError, tf.errors.OpError):
             continue  # load_sharded warns about it; here its images just count as missing
-    for path in tf.io.gfile.glob(tf.io.gfile.join(namespace, "??", "*.npy")):
-        found.add(path.rsplit("/", 1)[-1][: -len(".npy")])
+    for path in tf.io.gfile.glob(entry_pattern(namespace)):
+        found.add(entry_key(path))
     return found
 
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
 from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.layout import distorted_subfolder
 from retrainer.data.batches import decoded_images, file_digest
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import as_path
@@ -57,7 +58,7 @@ def distorted_cache(bottleneck_dir: os.PathLike[str] | str, extractor: FeatureEx
                     distortions: Distortions, seed: int) -> BottleneckCache:
     """The cache folder of one extractor's vectors under these distortion settings and seed."""
     return BottleneckCache(as_path(bottleneck_dir), extractor.spec,
-                           namespace=f"distorted/{distortions.key}-seed{seed}")
+                           namespace=distorted_subfolder(distortions.key, seed))
 
 
 def compute_distorted_bottlenecks(
