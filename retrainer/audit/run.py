@@ -82,7 +82,10 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     vectors = take_rows(bottlenecks.vectors, usable)
     labels = np.array([collection.images[p].label_index for p in usable], np.int64)
     relpaths = [collection.images[p].relpath for p in usable]
-    key = _findings_key(vectors, labels, relpaths, digests, collection.labels, seed)
+    # The mislabeled-image check models one label per image: a multi-label set skips it.
+    multi_label = any(len(collection.images[p].label_indices) > 1 for p in usable)
+    key = _findings_key(vectors, labels, relpaths, digests,
+                        collection.labels + (("<multi-label>",) if multi_label else ()), seed)
     cache_path = audit_findings_path(bottleneck_dir, key)
     try:
         return Findings.from_json(json.loads(cache_path.read_text("utf-8"))), True
@@ -95,9 +98,11 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     exact = duplicates.exact_groups(digests)
     pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
     near = _near_groups(len(usable), exact, pairs)
-    probabilities = label_issues.out_of_fold_probabilities(
-        vectors, labels, len(collection.labels), seed)
-    issues = label_issues.find_label_issues(probabilities, labels)
+    issues = []
+    if not multi_label:
+        probabilities = label_issues.out_of_fold_probabilities(
+            vectors, labels, len(collection.labels), seed)
+        issues = label_issues.find_label_issues(probabilities, labels)
     far = outliers.find_outliers(vectors, labels)
     to_collection = usable.tolist()
     findings = Findings(
