@@ -26,7 +26,14 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fashion_mnist import CLASS_NAMES, IDX_FILES, read_images, read_labels  # noqa: E402
+from fashion_mnist import (  # noqa: E402
+    CLASS_NAMES,
+    IDX_FILES,
+    built_with,
+    idx_dir_option,
+    read_images,
+    read_labels,
+)
 
 CELL = 28
 MARKER = ".mosaics.json"
@@ -41,7 +48,7 @@ def write_mosaics(idx_dir: Path, out: Path, count: int, empty: float = 0.25,
     """
     out = Path(os.path.abspath(out))
     settings = {"count": count, "empty": empty, "seed": seed}
-    if _built_with(out) == settings:
+    if built_with(out, MARKER) == settings:
         return out
     items, classes = _source_items(idx_dir)
     rng = np.random.default_rng(seed)
@@ -95,17 +102,8 @@ def _source_items(idx_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(pixels), np.concatenate(labels)
 
 
-def _built_with(out: Path) -> dict | None:
-    try:
-        return json.loads((out / MARKER).read_text())
-    except (OSError, ValueError):
-        return None
-
-
 @click.command()
-@click.option("--idx-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".cache/fashion-mnist"), show_default=True,
-              help="Folder with the four Fashion-MNIST idx .gz files.")
+@idx_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder to create: images/ and labels.csv.")
 @click.option("--count", type=click.IntRange(min=1), default=4000, show_default=True,

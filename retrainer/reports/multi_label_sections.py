@@ -13,9 +13,6 @@ from typing import Any
 from retrainer.reports.format import percent
 from retrainer.reports.html import Section, paragraph, table
 
-MAX_EXAMPLES = 60
-
-
 def multi_label_section(result: Any) -> Section:
     evaluation = result.report.multi_label
     body = paragraph("Each label is predicted when its probability reaches its threshold, "
@@ -38,22 +35,11 @@ def multi_label_section(result: Any) -> Section:
 
 
 def examples_section(result: Any) -> Section:
-    from retrainer.reports.sections import thumbnail_image
+    from retrainer.reports.sections import gallery
 
     images = result.report.misclassified
-    if not images:
-        return Section("examples", "Test images with a wrong label set",
-                       paragraph("Every test image got exactly its labels."))
-    figures = []
-    for image in images[:MAX_EXAMPLES]:
-        caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
-                   f"predicted: {html.escape(image.predicted_label or '(none)')}")
-        figures.append(f"<figure>{thumbnail_image(image.path, image.relpath)}"
-                       f"<figcaption>{caption}</figcaption></figure>")
-    body = paragraph(f"{len(images)} test images whose predicted labels differ from their true "
-                     "labels (thumbnails as the network saw them).")
-    body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
-    if len(images) > MAX_EXAMPLES:
-        body += paragraph(f"... and {len(images) - MAX_EXAMPLES} more in the metrics file.",
-                          "note")
-    return Section("examples", "Test images with a wrong label set", body)
+    return gallery(
+        "examples", "Test images with a wrong label set", images,
+        f"{len(images)} test images whose predicted labels differ from their true labels "
+        "(thumbnails as the network saw them).", "Every test image got exactly its labels.",
+        lambda image: f"predicted: {html.escape(image.predicted_label or '(none)')}")

@@ -114,22 +114,31 @@ def per_class_section(result: Any) -> Section:
 
 def gallery_section(result: Any) -> Section:
     images = result.report.misclassified
+    return gallery(
+        "misclassified", "Misclassified test images", images,
+        f"{len(images)} misclassified test images (thumbnails squared, as the network saw them; "
+        "score = predicted probability).", "No test image was misclassified.",
+        lambda image: f"predicted: {html.escape(image.predicted_label)} ({image.score:.2f})")
+
+
+def gallery(section_id: str, title: str, images: Any, intro: str, empty: str,
+            predicted: Any) -> Section:
+    """A section of thumbnails of `images` (MisclassifiedImage), captioned with the file, its
+    true label and `predicted(image)`; at most MAX_GALLERY_IMAGES, the rest in the metrics file."""
     if not images:
-        return Section("misclassified", "Misclassified test images",
-                       paragraph("No test image was misclassified."))
+        return Section(section_id, title, paragraph(empty))
     figures = []
     for image in images[:MAX_GALLERY_IMAGES]:
         caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
-                   f"predicted: {html.escape(image.predicted_label)} ({image.score:.2f})")
+                   f"{predicted(image)}")
         figures.append(f"<figure>{thumbnail_image(image.path, image.relpath)}"
                        f"<figcaption>{caption}</figcaption></figure>")
-    body = paragraph(f"{len(images)} misclassified test images (thumbnails squared, as the "
-                     "network saw them; score = predicted probability).")
+    body = paragraph(intro)
     body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
     if len(images) > MAX_GALLERY_IMAGES:
         body += paragraph(f"... and {len(images) - MAX_GALLERY_IMAGES} more in the metrics file.",
                           "note")
-    return Section("misclassified", "Misclassified test images", body)
+    return Section(section_id, title, body)
 
 
 def thumbnail_image(path: Any, relpath: str, css_class: str = "thumbnail") -> str:
