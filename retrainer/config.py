@@ -7,36 +7,37 @@ Only the standard library and light project modules are imported, so reading the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
+from retrainer.audit.options import AuditOptions
+from retrainer.cache.options import ExtractionOptions
 from retrainer.data.split import validate_percentages
-from retrainer.engines import AUTO, AUTO_DEVICES, PRECISIONS, parse_devices
-from retrainer.errors import UsageError
-from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES, MIN_CALIBRATION_IMAGES, MODES
+from retrainer.engines import AUTO, AUTO_DEVICES
+from retrainer.errors import UsageError, require
+from retrainer.exports.options import ExportOptions, quantization_modes
+from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
 from retrainer.formats.graph_contract import (
     DEFAULT_GRAPH,
     DEFAULT_OUTPUT_DIR,
     LABELS_FILENAME,
     OUTPUT_OP,
 )
+from retrainer.io.host import user_cache_dir
 from retrainer.io.storage import AnyPath, as_path
+from retrainer.reports.options import ReportOptions
+from retrainer.training.options import WHOLE_SET, TrainingOptions
 
-# Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
-# TensorFlow (tests check the two agree).
+# The extractor `retrain`, `retrain-extract` and the imagenet check use unless told otherwise.
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
-EXTRACTOR_PRECISIONS = (AUTO, *PRECISIONS)
-WHOLE_SET = -1
-_OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
 
 def default_bottleneck_dir() -> Path:
     """`${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks`: shared by runs, survives reboots."""
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache_home) / "retrainer" / "bottlenecks"
+    return user_cache_dir() / "bottlenecks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +53,14 @@ class RetrainConfig:
     output_labels: AnyPath = DEFAULT_OUTPUT_DIR / LABELS_FILENAME
     summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
     bottleneck_dir: AnyPath = dataclasses.field(default_factory=default_bottleneck_dir)
-    how_many_training_steps: int = 4000
-    learning_rate: float = 0.01
+    # the head's solver (docs/training.md): auto = lbfgs, or sgd when the SGD flags are given
+    head_solver: str = "auto"
+    how_many_training_steps: Optional[int] = None  # None: SGD_STEPS
+    learning_rate: Optional[float] = None  # None: SGD_LEARNING_RATE
+    # --search: extractors and distortions tried on cached vectors, chosen on validation
+    search: bool = False
+    search_budget: Optional[float] = None
+    search_modules: tuple[str, ...] = ()
     # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
     flip_left_right: bool = False
     random_crop: int = 0
@@ -72,6 +79,11 @@ class RetrainConfig:
     label_smoothing: float = 0.0
     testing_percentage: float = 10
     validation_percentage: float = 10
+    # labels from a manifest, multi-label heads, the novelty score (docs/multi_label.md)
+    labels_csv: Optional[AnyPath] = None
+    multi_label: bool = False
+    multi_label_threshold: Optional[float] = None
+    novelty_pass_rate: float = 0.95
     # labels from a manifest, multi-label heads, the novelty score (docs/multi_label.md)
     labels_csv: Optional[AnyPath] = None
     multi_label: bool = False
@@ -101,6 +113,7 @@ class RetrainConfig:
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
     tfhub_module: str = DEFAULT_EXTRACTOR
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
     extraction_devices: str = AUTO_DEVICES  # "GPU:0,GPU:1": batches split across them
@@ -112,118 +125,63 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file", "labels_csv"):
+                      "saved_model_dir", "audit_file", "tflite_output_file", "labels_csv"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
                     raise UsageError(f"--{field} must not be empty.")
                 object.__setattr__(self, field, as_path(value))  # URLs stay URLs
-        validate_percentages(self.validation_percentage, self.testing_percentage)
-        self._require("how_many_training_steps", lambda steps: steps >= 1, "at least 1")
-        self._require("learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
-                      "a positive number")
-        self._require("eval_step_interval", lambda steps: steps >= 1, "at least 1")
-        for field in ("train_batch_size", "validation_batch_size", "test_batch_size"):
-            self._require(field, lambda size: size >= 1 or size == WHOLE_SET,
-                          "at least 1, or -1 for the whole set")
-        self._require("intermediate_store_frequency", lambda steps: steps >= 0,
-                      "0 (never) or a number of steps")
-        self._require("final_tensor_name",
-                      lambda name: bool(_OP_NAME.match(name)) and name != "Placeholder",
-                      "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
-        self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
-        self._require("extractor_precision", lambda name: name in EXTRACTOR_PRECISIONS,
-                      f"one of {list(EXTRACTOR_PRECISIONS)}")
-        parse_devices(self.extraction_devices)  # spelling only; existence once TensorFlow loads
-        self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
-        # reports and quality gates: an empty path turns that report off
-        for field in ("metrics_file", "report_html"):
+        for field in ("metrics_file", "report_html"):  # an empty path turns that report off
             value = getattr(self, field)
             object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
-        for field in ("assert_accuracy_at_least", "assert_recall_at_least"):
-            self._require(field, lambda x: x is None or 0 <= x <= 1, "a fraction from 0 to 1")
-        if self.metrics_file is not None and self.metrics_file == self.report_html:
-            raise UsageError(f"--metrics_file and --report_html are the same file: "
-                             f"{self.metrics_file}")
-        # training on images
-        for field in ("random_crop", "random_scale"):
-            self._require(field, lambda percent: percent >= 0, "a percentage, 0 or more")
-        self._require("random_brightness", lambda percent: 0 <= percent <= 100,
-                      "a percentage from 0 to 100")
-        for field in ("distorted_variants", "fine_tune_epochs", "early_stopping_patience"):
-            self._require(field, lambda count: count >= 1, "at least 1")
-        self._require("fine_tune_blocks", lambda blocks: blocks >= 0, "0 or more")
-        self._require("fine_tune_learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
-                      "a positive number")
-        for field in ("momentum", "dropout_rate", "label_smoothing"):
-            self._require(field, lambda value: 0 <= value < 1, "from 0 up to (not including) 1")
-        self._require("l2_regularizer", lambda value: math.isfinite(value) and value >= 0,
-                      "0 or a positive number")
-        self._require("multi_label_threshold", lambda x: x is None or 0 < x < 1,
-                      "a probability between 0 and 1 (exclusive)")
-        if self.multi_label_threshold is not None and not self.multi_label:
-            raise UsageError("--multi_label_threshold applies to --multi_label models; add "
-                             "--multi_label or drop the threshold.")
-        self._require("novelty_pass_rate", lambda x: 0 < x <= 1, "a fraction above 0, up to 1")
-        if self.keep_duplicates_in_one_split and self.skip_audit:
-            raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
-        _validate_export_options(self)
-        if self.output_graph == self.output_labels:
-            raise UsageError(
-                f"--output_graph and --output_labels are the same file: {self.output_graph}"
-            )
+        modes = quantization_modes(self.tflite_quantization)
+        object.__setattr__(self, "tflite_quantization", modes)
+        validate_percentages(self.validation_percentage, self.testing_percentage)
+        require("seed", self.seed, 0 <= self.seed < 2**63, "a number from 0 to 2**63 - 1")
+        budget = self.search_budget
+        require("search_budget", budget, budget is None or (math.isfinite(budget) and budget > 0),
+                "a positive number of seconds")
+        object.__setattr__(self, "search_modules", tuple(self.search_modules))
+        # Each stage's view is built (and checked) now, so a bad flag fails before any work.
+        _ = (self.training, self.extraction, self.reports, self.audit, self.exports)
 
-    @property
-    def devices(self) -> tuple[str, ...]:
-        """`--extraction_devices` as TensorFlow device names; () for auto."""
-        return parse_devices(self.extraction_devices)
+    @functools.cached_property
+    def training(self) -> TrainingOptions:
+        """The head's training, distorted vectors and fine-tuning (retrainer.training.options)."""
+        return TrainingOptions(**{field.name: getattr(self, field.name)
+                                  for field in dataclasses.fields(TrainingOptions)})
 
-    @property
-    def has_quality_gates(self) -> bool:
-        return self.assert_accuracy_at_least is not None or self.assert_recall_at_least is not None
+    @functools.cached_property
+    def extraction(self) -> ExtractionOptions:
+        """How the bottleneck stage computes vectors (retrainer.cache.options)."""
+        return ExtractionOptions.from_flags(self.tfhub_module, self.image_size,
+                                            self.extractor_precision, self.extraction_devices,
+                                            self.bottleneck_dir, self.show_progress,
+                                            self.trust_model)
 
-    def _require(self, field: str, valid: Callable[[Any], bool], expected: str) -> None:
-        value = getattr(self, field)
-        if not valid(value):
-            raise UsageError(f"--{field} must be {expected}. Received: {value!r}.")
+    @functools.cached_property
+    def audit(self) -> AuditOptions:
+        """The dataset audit (retrainer.audit.options)."""
+        return AuditOptions(not self.skip_audit, self.audit_file,
+                            self.keep_duplicates_in_one_split, self.bottleneck_dir, self.seed,
+                            self.validation_percentage, self.testing_percentage)
 
+    @functools.cached_property
+    def reports(self) -> ReportOptions:
+        """The metrics file, the HTML report and the quality gates (retrainer.reports.options)."""
+        return ReportOptions(self.metrics_file, self.report_html, self.summaries_dir,
+                             self.assert_accuracy_at_least, self.assert_recall_at_least)
 
-def _validate_export_options(config: RetrainConfig) -> None:
-    """Normalise and check tflite_output_file, tflite_quantization, tflite_calibration_images and
-    max_export_accuracy_drop in place (the config is frozen: object.__setattr__).
+    @functools.cached_property
+    def exports(self) -> ExportOptions:
+        """What the export stage writes (retrainer.exports.options)."""
+        return ExportOptions(self.output_graph, self.output_labels, self.final_tensor_name,
+                             self.intermediate_store_frequency, self.intermediate_output_graphs_dir,
+                             self.saved_model_dir, self.tflite_output_file,
+                             self.tflite_quantization, self.tflite_calibration_images,
+                             self.max_export_accuracy_drop, self.seed)
 
-    Raises:
-        UsageError: naming the flag.
-    """
-    if config.tflite_output_file is not None:
-        if not os.fspath(config.tflite_output_file):
-            raise UsageError("--tflite_output_file must not be empty.")
-        object.__setattr__(config, "tflite_output_file", as_path(config.tflite_output_file))
-    modes = config.tflite_quantization
-    modes = (modes,) if isinstance(modes, str) else tuple(modes)
-    modes = tuple(part.strip() for mode in modes for part in mode.split(",") if part.strip())
-    unknown = [mode for mode in modes if mode not in MODES]
-    if unknown or not modes:
-        raise UsageError(
-            f"--tflite_quantization must be one of {{{', '.join(MODES)}}} (repeat it for several "
-            f"files). Received: {', '.join(unknown) or 'nothing'}."
-        )
-    if len(set(modes)) != len(modes):
-        raise UsageError(f"--tflite_quantization lists a mode twice: {', '.join(modes)}.")
-    object.__setattr__(config, "tflite_quantization", modes)
-    if config.tflite_calibration_images < MIN_CALIBRATION_IMAGES:
-        raise UsageError(
-            f"--tflite_calibration_images must be at least {MIN_CALIBRATION_IMAGES}. "
-            f"Received: {config.tflite_calibration_images}."
-        )
-    drop = config.max_export_accuracy_drop
-    if drop is not None:
-        if not (math.isfinite(drop) and drop >= 0):
-            raise UsageError(
-                f"--max_export_accuracy_drop must be a number of points >= 0. Received: {drop!r}."
-            )
-        if config.tflite_output_file is None and config.saved_model_dir is None:
-            raise UsageError(
-                "--max_export_accuracy_drop compares exports with the frozen graph; pass "
-                "--tflite_output_file or --saved_model_dir too."
-            )
+    def to_json(self) -> dict[str, Any]:
+        """The flags, JSON-ready (paths as strings): the result document's "flags"."""
+        return {name: os.fspath(value) if isinstance(value, os.PathLike) else value
+                for name, value in dataclasses.asdict(self).items()}

@@ -250,7 +250,8 @@ def large_collection(count: int, cache: Path):
     their real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
     from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.data.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
@@ -324,7 +325,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_audit_"))
     from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.data.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     root = work / f"images_{args.per_class}"

@@ -42,8 +42,8 @@ def main() -> None:
         stage_seconds,
     )
 
-    from retrainer.engines import create_engine
     from retrainer.engines.devices import short_name
+    from retrainer.engines.factory import create_engine
     from retrainer.engines.multi_device import local_devices
     from retrainer.extractors import create_extractor
 

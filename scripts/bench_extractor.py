@@ -148,8 +148,8 @@ def bench_precisions(extractor, seconds: float) -> None:
 
     from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
     from retrainer.data.decoding import decode_image
-    from retrainer.engines import create_engine
     from retrainer.engines.cpu import cpu_precisions
+    from retrainer.engines.factory import create_engine
 
     photos = []
     for name in ("astronaut", "chelsea", "coffee", "rocket"):

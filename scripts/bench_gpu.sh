@@ -29,7 +29,8 @@ import numpy as np
 import tensorflow as tf
 from bench_pipeline import fashion_mnist_folder, make_photos, raw_extractor_seconds, stage_seconds
 from retrainer.data.batches import decoded_images
-from retrainer.engines import PRECISIONS, create_engine
+from retrainer.engines import PRECISIONS
+from retrainer.engines.factory import create_engine
 from retrainer.extractors import create_extractor
 
 print("GPUs:", tf.config.list_physical_devices("GPU"))

@@ -120,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
-    from retrainer.engines import create_engine
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     with tempfile.TemporaryDirectory() as scratch:

@@ -70,19 +70,19 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
     import numpy as np
     import tensorflow as tf
 
+    from retrainer.data.batches import decode_files
     from retrainer.data.discovery import discover_images
     from retrainer.data.split import TESTING, TRAINING
-    from retrainer.data.batches import decode_files
     from retrainer.exports.classifier import Classifier
     from retrainer.exports.tflite import write_tflite_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     collection = discover_images(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     extractor = create_extractor(config.tfhub_module, config.image_size)
-    head = SoftmaxHead(extractor.spec.vector_size, len(collection.labels), config.seed)
+    head = Head(extractor.spec.vector_size, len(collection.labels), config.seed)
     tf.train.Checkpoint(head=head).read(str(config.checkpoint_path)).expect_partial()
     classifier = Classifier(extractor, head, collection.labels, config.final_tensor_name)
     training = [image.path for image in collection.images if image.split == TRAINING]

@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_pipeline import fashion_mnist_folder  # noqa: E402
 
-from retrainer.classify import ClassifyConfig, classify_images  # noqa: E402
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import classify_images  # noqa: E402
 from retrainer.config import RetrainConfig  # noqa: E402
 from retrainer.data.discovery import discover_images  # noqa: E402
 from retrainer.data.split import TESTING  # noqa: E402

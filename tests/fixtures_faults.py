@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 
-from retrainer.cache.entries import read_entry
+from retrainer.cache._packs import PackReader
+from retrainer.cache.layout import entry_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -154,6 +155,12 @@ def own_file(entry: Path) -> Path:
     entry.unlink()
     entry.write_bytes(data)
     return entry
+
+
+def read_entry(path: Path) -> np.ndarray:
+    """The array one cache entry file holds (its row of a pack, or a plain `.npy`), unchecked."""
+    with open(path, "rb") as stream:
+        return PackReader().read(stream, entry_key(path))
 
 
 def assert_whole_entries(bottleneck_dir: Path, vector_size: int) -> int:

@@ -17,12 +17,12 @@ from PIL import Image
 from retrainer.cache import bottlenecks as bottlenecks_module
 from retrainer.cache import layout as layout_module
 from retrainer.cache.bottlenecks import compute_bottlenecks
-from retrainer.cache.entries import BottleneckCache, read_entry
+from retrainer.cache.entries import BottleneckCache
 from retrainer.data import batches as batches_module
 from retrainer.data.batches import file_digest
 from retrainer.data.decoding import load_image
 from tests.fixtures_data import make_color_image_dir
-from tests.fixtures_faults import own_file
+from tests.fixtures_faults import own_file, read_entry
 from tests.fixtures_pipeline import interrupt_cache_writes_after
 
 
@@ -161,6 +161,18 @@ def test_a_batch_shares_one_pack_file_and_damage_to_it_redoes_that_batch(tmp_pat
     np.testing.assert_allclose(result.vectors, good.vectors, rtol=1e-5, atol=1e-6)
     again = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert (again.computed, again.reused) == (0, len(image_paths))
+
+
+def test_byte_copies_in_one_batch_leave_no_temporary_file(tmp_path, image_paths, tiny_extractor):
+    """Two names for one digest in a batch: linking the pack twice under one entry name must not
+    leave the spare link behind (renaming a link over its twin does nothing)."""
+    copy = image_paths[0].parent / "copy.png"
+    copy.write_bytes(image_paths[0].read_bytes())
+    result = compute_bottlenecks([image_paths[0], copy, *image_paths[1:4]], tiny_extractor,
+                                 tmp_path / "cache")
+    assert result.ok.all()
+    np.testing.assert_allclose(result.vectors[0], result.vectors[1], rtol=1e-5, atol=1e-6)
+    assert [path.name for path in (tmp_path / "cache").rglob(".*")] == []
 
 
 def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, image_paths,

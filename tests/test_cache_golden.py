@@ -26,8 +26,8 @@ import pytest
 from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.cache.shards import encode_record
 from retrainer.data.decoding import UnreadableImageError, load_image
-from retrainer.engines import create_engine
 from retrainer.engines.cpu import cpu_flags
+from retrainer.engines.factory import create_engine
 from retrainer.extractors import create_extractor
 from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
 from retrainer.training.distortions import Distortions

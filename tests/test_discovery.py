@@ -133,7 +133,7 @@ def test_symlink_to_an_ancestor_cannot_loop(tmp_path):
     assert ("up/", "symbolic link to a folder containing --image_dir") in collection.ignored
 
 
-def test_counts_and_in_split_partition_the_images(fashion_mnist_dir):
+def test_counts_and_splits_partition_the_images(fashion_mnist_dir):
     collection = discover_images(fashion_mnist_dir, 20, 20)
     names = fashion_mnist_module().CLASS_NAMES
     assert collection.labels == tuple(sorted(normalize_label(name) for name in names))
@@ -141,18 +141,14 @@ def test_counts_and_in_split_partition_the_images(fashion_mnist_dir):
     counts = collection.counts()
     assert set(counts) == set(collection.labels)
     assert all(sum(row.values()) == 25 for row in counts.values())
-    by_split = {split: collection.in_split(split) for split in SPLITS}
+    by_split = {split: [image for image in collection.images if image.split == split]
+                for split in SPLITS}
     assert sum(len(images) for images in by_split.values()) == 250
     for split, images in by_split.items():
         assert images and all(image.split == split for image in images)
         assert len(images) == sum(row[split] for row in counts.values())
     assert len(by_split["training"]) / 250 == pytest.approx(0.6, abs=0.1)
     assert collection.ignored == ((".fashion_mnist.json", "hidden file"),)
-
-
-def test_in_split_rejects_unknown_split(color_image_dir):
-    with pytest.raises(ValueError, match="split must be one of"):
-        discover_images(color_image_dir).in_split("train")
 
 
 def test_small_and_empty_classes_warn(tmp_path, caplog):
@@ -172,7 +168,7 @@ def test_class_without_training_images_warns(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=2)
     with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 100, 0)
-    assert collection.in_split("training") == []
+    assert [image for image in collection.images if image.split == "training"] == []
     assert "Class folder 'red' has no training images (all 2 went to validation/testing)" in (
         caplog.text
     )

@@ -13,12 +13,14 @@ from click.testing import CliRunner
 
 from retrainer import config as retrain_config
 from retrainer.cache.bottlenecks import compute_bottlenecks
-from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import classify_images
 from retrainer.cli.retrain import main
 from retrainer.data.decoding import load_image
 from retrainer.data.discovery import normalize_label
-from retrainer.engines import cpu, create_engine
+from retrainer.engines import cpu
 from retrainer.engines.cpu import cpu_precisions, runs_bfloat16
+from retrainer.engines.factory import create_engine
 from retrainer.engines.float32 import feature_function
 from retrainer.errors import UsageError
 from retrainer.extractors import (

@@ -20,9 +20,10 @@ from PIL import Image
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from retrainer.cli import imagenet
+from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.decoding import load_image
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE, ModelError, UsageError
-from retrainer.extractors import DEFAULT_EXTRACTOR, create_extractor, list_extractors
+from retrainer.extractors import create_extractor, list_extractors
 from retrainer.extractors._pth import read_state_dict
 from retrainer.extractors.efficientnet_lite import (
     INPUT_MEAN,

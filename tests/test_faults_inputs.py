@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.cache.entries import BottleneckCache, read_entry
+from retrainer.cache.entries import BottleneckCache
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.data.batches import file_digest
@@ -32,6 +32,7 @@ from tests.fixtures_faults import (
     RENAMED_USED,
     find_line,
     own_file,
+    read_entry,
     write_fault_corpus,
 )
 from tests.fixtures_pipeline import retrain_args

@@ -16,7 +16,8 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import classify_images
 from retrainer.cli.label_image import main
 from retrainer.data.decoding import load_image
 from retrainer.data.discovery import normalize_label

@@ -241,7 +241,7 @@ def test_a_killed_runs_remote_temporaries_are_swept_after_3_days(tmp_path, ram_p
     config = RetrainConfig(image_dir=tmp_path, output_graph=graph,
                            output_labels=f"{ram_prefix}/out/labels.txt")
     with caplog.at_level("INFO"):
-        remove_stale_export_temporaries(config)
+        remove_stale_export_temporaries(config.exports)
     assert sorted(tf.io.gfile.listdir(graph.parent.url)) == sorted(
         [left[3600].name, unrelated.name, "graph.pb"])
     assert any(str(left[4 * 24 * 3600]) in message for message in caplog.messages)

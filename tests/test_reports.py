@@ -15,11 +15,11 @@ from PIL import Image
 
 from retrainer.cli.retrain import main
 from retrainer.errors import EXIT_QUALITY_GATE, EXIT_USAGE
-from retrainer.reports.metrics_file import FORMAT
+from retrainer.result import FORMAT
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_pipeline import retrain_args
 
-BARELY_TRAINED = ("--learning_rate", "0.0001", "--seed", "3")  # gets some test images wrong
+BARELY_TRAINED = ("--learning_rate", "0.00001", "--seed", "3")  # gets some test images wrong
 
 
 def invoke(args: list[str]):
@@ -70,7 +70,7 @@ def test_metrics_file_and_json_are_one_document(tmp_path, colors):
     assert document["extractor"] == {"name": "tiny_test", "id": "tiny_test-v1",
                                      "input_size": [32, 32], "vector_size": 16}
     assert document["flags"]["image_dir"] == str(colors)
-    assert document["flags"]["learning_rate"] == 0.0001
+    assert document["flags"]["learning_rate"] == 0.00001
     assert document["skipped"] == [{"path": "red/<script>alert(1)<.txt",
                                     "reason": "not an image file (extension '.txt')"}]
     assert document["quality_gates"] == []
@@ -121,6 +121,21 @@ def test_confusion_matrix_is_a_tensorboard_image(tmp_path, colors):
     pixels = tf.io.decode_png(tf.make_ndarray(images[0].tensor)[2])
     png = Image.open(tmp_path / "out" / "confusion_matrix.png")
     assert tuple(pixels.shape[:2]) == (png.height, png.width)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_confusion_matrix_draws_any_class_name_without_a_warning():
+    """Class names the font lacks (CJK, emoji) or too long for an axis: U+XXXX and shortened,
+    not empty boxes and matplotlib's "Glyph missing" warning on the user's stderr."""
+    import numpy as np
+
+    from retrainer.reports.plots import _axis_label, confusion_matrix_png
+
+    labels = ["玫瑰 🌹", "c" * 200, "wild tulips ü"]
+    png = confusion_matrix_png(np.eye(3, dtype=np.int64), labels, "Confusion matrix")
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    assert [_axis_label(label) for label in labels] == [
+        "U+73ABU+7470 U+1F339", "c" * 31 + "…", "wild tulips ü"]
 
 
 def test_summary_gives_whole_split_figures_per_class_table_and_confusions(tmp_path, colors):

@@ -20,7 +20,7 @@ def balance_warnings(counts: dict[str, dict[str, int]], validation_percentage: f
         One sentence per problem, in label order.
     """
     totals = {label: sum(row.values()) for label, row in counts.items()}
-    largest_label = max(totals, key=totals.get)
+    largest_label = max(totals, key=lambda label: totals[label])
     warnings = []
     for label, total in totals.items():
         if total * IMBALANCE_RATIO < totals[largest_label]:

@@ -32,7 +32,8 @@ def unit_rows(matrix: np.ndarray, center: bool = False) -> np.ndarray:
     Returns:
         float32 [N, D].
     """
-    rows = np.asarray(matrix, np.float32).reshape(len(matrix), -1)
+    matrix = np.asarray(matrix, np.float32)
+    rows = matrix.reshape(len(matrix), int(np.prod(matrix.shape[1:])))  # also for 0 rows
     if center:
         rows = rows - rows.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
@@ -142,7 +143,7 @@ def similar_pairs(
         (first int64 [P], second int64 [P]) with first < second.
     """
     symmetric = other is None
-    other = unit if symmetric else other
+    other = unit if other is None else other
     count = len(unit)
     reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
     axis = _main_axis(unit if symmetric else np.concatenate([unit, other]))

@@ -6,8 +6,10 @@
     -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/cache/shards.py)
 
 Unreadable images go to a dead-letter output: counted, named in the manifest and the result,
-never fatal. The vectors are the single-machine path's (same cache namespace, decode and model
-call), so a following `retrain --bottleneck_dir DIR` computes nothing. Paths may be local or
+never fatal. The vectors are the single-machine path's (same engine and precision, hence the same
+cache namespace, decode and model call), so a following `retrain --bottleneck_dir DIR` computes
+nothing. `--extractor_precision auto` is resolved once, on the machine that launches the pipeline,
+by `retrain`'s rule, and the workers run that precision. Paths may be local or
 anything Beam's file systems read (gs:// with apache-beam[gcp]).
 """
 
@@ -41,11 +43,13 @@ from retrainer.cache.shards import (
     remove_abandoned_runs,
     write_manifest_then_marker,
 )
-from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.batches import content_digest
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.names import is_image_relpath
+from retrainer.engines import AUTO, PRECISIONS
+from retrainer.engines.factory import create_engine
 from retrainer.errors import UsageError
+from retrainer.extractors import create_extractor
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +65,16 @@ class ExtractConfig:
 
     image_dir: str
     bottleneck_dir: str
-    tfhub_module: str = DEFAULT_EXTRACTOR
+    tfhub_module: str  # the CLI's default is retrain's (retrainer.config.DEFAULT_EXTRACTOR)
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    extractor_precision: str = AUTO
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
 
     def __post_init__(self) -> None:
+        if self.extractor_precision not in (AUTO, *PRECISIONS):
+            raise UsageError(f"--extractor_precision must be one of {[AUTO, *PRECISIONS]}. "
+                             f"Received: {self.extractor_precision!r}.")
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be at least 1. Received: {self.batch_size!r}.")
         if self.image_size is not None and self.image_size < 1:
@@ -77,7 +86,8 @@ class ExtractResult:
     """What a run did; `to_json()` is the `--json` document.
 
     Attributes:
-        namespace: the extractor's cache folder the run wrote into.
+        namespace: the extractor's cache folder the run wrote into (one per precision).
+        extractor_precision: the precision the workers ran (`auto` resolved).
         run_dir: the finished shard run, or None when there was nothing new to compute.
         computed: vectors computed and written.
         already_cached: images skipped because the cache had their vectors.
@@ -86,6 +96,7 @@ class ExtractResult:
     """
 
     namespace: str
+    extractor_precision: str
     run_dir: Optional[str]
     computed: int
     already_cached: int
@@ -110,11 +121,11 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         ExtractResult.
 
     Raises:
-        UsageError: --image_dir is not a folder; unknown extractor.
+        UsageError: --image_dir is not a folder; unknown extractor; a precision this machine or
+            extractor cannot run.
+        UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
-    from retrainer.extractors import create_extractor
-
     started = time.perf_counter()
     image_dir = _absolute(config.image_dir)
     for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
@@ -122,17 +133,24 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     if not _has_entries(image_dir):
         raise UsageError(f"Image directory {config.image_dir!r} does not exist or is empty; pass "
                          "--image_dir a folder with one sub-folder of images per class.")
-    # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
-    spec = create_extractor(config.tfhub_module, config.image_size).spec
+    # Built here once for its spec (the cache namespace), so a bad module or precision fails
+    # before the run; this also resolves `auto` and fills the converted-model cache (int8) that
+    # local workers then load from.
+    engine = create_engine(create_extractor(config.tfhub_module, config.image_size,
+                                            config.trust_model),
+                           config.extractor_precision)
+    spec, precision = engine.spec, engine.precision
+    del engine
     cache_dir = os.fspath(extractor_folder(_absolute(config.bottleneck_dir), spec))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_folder(cache_dir), _new_run_id())
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
-    log.info("Extracting %s vectors of %s into %s.", spec.name, image_dir, run_dir)
+    log.info("Extracting %s %s vectors of %s into %s.", spec.name, precision, image_dir, run_dir)
     with beam.Pipeline(options=options) as pipeline:
-        _build(pipeline, config, image_dir, cache_dir, run_dir, spec)
+        _build(pipeline, dataclasses.replace(config, extractor_precision=precision), image_dir,
+               cache_dir, run_dir, spec)
     if run_dir not in finished_runs(cache_dir):
         raise RuntimeError(f"The pipeline finished but did not complete the shard run {run_dir}.")
     manifest = read_manifest(run_dir)
@@ -143,6 +161,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         FileSystems.delete([run_dir])
     return ExtractResult(
         namespace=cache_dir,
+        extractor_precision=precision,
         run_dir=run_dir if manifest["vectors"] else None,
         computed=manifest["vectors"],
         already_cached=manifest["already_cached"],
@@ -168,7 +187,8 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
         .with_outputs(UNREADABLE, CACHED, main="pixels")
     )
     handler = KeyedModelHandler(
-        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size)
+        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size,
+                               config.extractor_precision, config.trust_model)
     )
     vectors = decoded.pixels | "Extract" >> RunInference(handler)
     shard_paths = (
@@ -178,6 +198,7 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
                                      file_name_suffix=SHARD_SUFFIX)
     )
     manifest = {"extractor_id": spec.id, "extractor": spec.name,
+                "extractor_precision": config.extractor_precision,
                 "input_size": list(spec.input_size), "vector_size": spec.vector_size}
     _ = (
         shard_paths
@@ -201,11 +222,11 @@ class _HashAndDecode(beam.DoFn):
 
     def __init__(self, image_dir: str, input_size: tuple[int, int]) -> None:
         self.image_dir = image_dir.rstrip("/")
-        self.input_size = tuple(input_size)
+        self.input_size = input_size
         self.unreadable_count = beam.metrics.Metrics.counter("retrain_extract", "unreadable")
         self.cached_count = beam.metrics.Metrics.counter("retrain_extract", "already_cached")
 
-    def process(self, readable_file, cached) -> Iterator[Any]:
+    def process(self, readable_file: Any, cached: Any) -> Iterator[Any]:
         path = readable_file.metadata.path
         if not is_image_relpath(path[len(self.image_dir) + 1:]):
             return

@@ -23,6 +23,7 @@ import numpy as np
 PACK_FIELDS = ("key", "vector")
 # Packs kept parsed by one reader: a batch's entries are looked up together, so few are needed.
 _READER_CAPACITY = 64
+_Identity = tuple[int, int, int, int]  # (device, inode, size, mtime) of a pack file
 
 
 def pack_bytes(entries: Sequence[tuple[str, np.ndarray]]) -> bytes:
@@ -42,7 +43,7 @@ class PackReader:
 
     def __init__(self) -> None:
         # (device, inode, size, mtime) of a pack -> its vectors by key
-        self._packs: collections.OrderedDict[tuple, dict[str, np.ndarray]] = \
+        self._packs: collections.OrderedDict[_Identity, dict[str, np.ndarray]] = \
             collections.OrderedDict()
 
     def read(self, stream: BinaryIO, key: str) -> np.ndarray:
@@ -63,7 +64,7 @@ class PackReader:
                 self._packs[identity] = rows
                 if len(self._packs) > _READER_CAPACITY:
                     self._packs.popitem(last=False)
-        else:
+        elif identity:
             self._packs.move_to_end(identity)
         try:
             return rows[key]
@@ -71,7 +72,7 @@ class PackReader:
             raise ValueError(f"its pack of {len(rows)} entries has none for {key}") from None
 
 
-def _identity(stream: BinaryIO) -> Optional[tuple]:
+def _identity(stream: BinaryIO) -> Optional[_Identity]:
     """What tells one local file's content from another's; None for a stream without a file."""
     try:
         status = os.fstat(stream.fileno())

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.shards import load_sharded
 from retrainer.data.batches import content_digest, decoded_batches
-from retrainer.engines import Engine, as_engine
+from retrainer.engines import Engine
+from retrainer.engines.factory import as_engine
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import as_path, read_bytes
 
@@ -135,7 +136,7 @@ def compute_bottlenecks(
 
 
 def _computed(
-    paths: list,
+    paths: Sequence[os.PathLike[str] | str],
     digests: list[str],
     contents: list[Optional[bytes]],
     engine: Engine,
@@ -152,14 +153,15 @@ def _computed(
     Yields:
         (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
     """
-    writes: list[Future] = []
+    writes: list[Future[None]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
         for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
                                      contents):
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
-            batch_vectors = None if all(batch.reasons) else engine(batch.images)
+            batch_vectors = (np.zeros((len(batch.reasons), engine.spec.vector_size), np.float32)
+                             if all(batch.reasons) else engine(batch.images))
             entries = []
             for row, reason in enumerate(batch.reasons):
                 index = batch.start + row

@@ -14,12 +14,13 @@ import dataclasses
 import functools
 import io
 import logging
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from retrainer.cache._packs import PackReader, pack_bytes
-from retrainer.cache.layout import entry_key, entry_path, extractor_folder
+from retrainer.cache.layout import entry_path, extractor_folder
 from retrainer.extractors import ExtractorSpec
 from retrainer.io.atomic import making_folder, write_bytes_atomically, write_linked_atomically
 from retrainer.io.storage import AnyPath, is_url, open_for_reading
@@ -81,16 +82,10 @@ class BottleneckCache:
         """Write entries together: in a local folder, one pack linked under each entry's name."""
         linked = 0
         if len(entries) > 1 and not is_url(self.directory):
-            linked = write_linked_atomically([self.path(key) for key, _ in entries],
+            linked = write_linked_atomically([Path(self.path(key)) for key, _ in entries],
                                              pack_bytes(entries))
         for key, vector in entries[linked:]:  # remote, alone, or no hard links here
             self.store(key, vector)
-
-
-def read_entry(path: AnyPath) -> np.ndarray:
-    """The array one entry file holds (its row of a pack, or a plain `.npy`), unchecked."""
-    with open_for_reading(path) as stream:
-        return PackReader().read(stream, entry_key(path))
 
 
 @functools.lru_cache(maxsize=8)

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -228,18 +228,19 @@ def _read_shard(path: str, vector_size: int) -> tuple[np.ndarray, np.ndarray]:
     columns = None if read is None else _fixed_layout_columns(read[1], vector_size)
     if columns is not None:
         return columns
-    digests, vectors = [np.zeros(0, "S64")], [np.zeros((0, vector_size), np.float32)]
+    digests, blocks = [np.zeros(0, "S64")], [np.zeros((0, vector_size), np.float32)]
     for batch in _parsed_batches([path], {"sha256": tf.io.FixedLenFeature([], tf.string),
                                           "vector": tf.io.FixedLenFeature([], tf.string)}):
         digests.append(batch["sha256"].astype("S64"))
-        vectors.append(batch["vector"])
-    vectors = np.concatenate(vectors)
+        blocks.append(batch["vector"])
+    vectors = np.concatenate(blocks)
     if vectors.shape[1:] != (vector_size,):  # decode_raw gave another row length
         raise ValueError(f"records of {vectors.shape[1:]} floats, not {vector_size}")
     return np.concatenate(digests), vectors
 
 
-def _fixed_layout_columns(records: np.ndarray, vector_size: int):
+def _fixed_layout_columns(records: np.ndarray, vector_size: int
+                          ) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(digests S64 [n], float32 [n, D] view) when every record of uint8 [n, L] `records` has the
     first one's bytes outside the digest and the vector; None otherwise."""
     if not len(records):
@@ -285,7 +286,7 @@ def _shard_files(run_dir: str, manifest: dict[str, Any]) -> list[str]:
     return [tf.io.gfile.join(run_dir, name) for name in manifest["shards"]]
 
 
-def _parsed_batches(files: list[str], features: dict[str, Any]):
+def _parsed_batches(files: list[str], features: dict[str, Any]) -> Iterator[dict[str, np.ndarray]]:
     """Yield {feature name: numpy array} for batches of up to _PARSE_BATCH records of `files`."""
     if not files:
         return

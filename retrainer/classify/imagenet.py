@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from retrainer.errors import ModelError, UsageError
+import numpy as np
+import tensorflow as tf
 
-DEFAULT_MODEL = "efficientnet_lite0"
+from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.errors import ModelError, UsageError
+from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
 
 
 def imagenet_class_names() -> list[str]:
@@ -33,7 +36,7 @@ def imagenet_class_names() -> list[str]:
 Prediction = tuple[str, list[tuple[int, float]]]  # (path, [(class index, probability), ...])
 
 
-def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
+def classify(paths: Sequence[str], model: str,
              top_k: int = 5) -> tuple[list[Prediction], list[str]]:
     """Top ImageNet classes of each readable photo.
 
@@ -50,12 +53,6 @@ def classify(paths: Sequence[str], model: str = DEFAULT_MODEL,
         UsageError: unknown model or top_k < 1.
         ModelError: the model's weights cannot be loaded.
     """
-    import numpy as np
-    import tensorflow as tf
-
-    from retrainer.data.decoding import UnreadableImageError, load_image
-    from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
-
     if model not in VARIANTS:
         raise UsageError(f"--model must be one of {sorted(VARIANTS)}. Received: model={model!r}")
     if top_k < 1:

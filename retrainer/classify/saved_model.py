@@ -11,12 +11,13 @@ import json
 from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
+    flag_or,
     read_labels,
     retrainer_extras,
 )
@@ -35,8 +36,6 @@ class SavedModelModel:
     kind = "SavedModel"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         path = config.graph
         try:
             self._model = tf.saved_model.load(str(path))
@@ -68,8 +67,8 @@ class SavedModelModel:
             input_layer=name,
             output_layer=self._output_name,
             input_size=size,
-            input_mean=first_set(config.input_mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean),
+            input_std=flag_or(INPUT_STD, config.input_std),
             labels=labels,
             thresholds=thresholds,
             novelty_threshold=novelty_threshold,

@@ -10,59 +10,40 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import sys
-import tempfile
-from typing import Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
+    flag_or,
     read_labels,
     retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
 from retrainer.formats.tflite import new_interpreter
-from retrainer.io.host import usable_cpus
+from retrainer.formats.tflite_metadata import ModelDescription, read_metadata
+from retrainer.io.host import filtered_stderr, usable_cpus
 from retrainer.io.storage import as_path
 
 NOVELTY_OUTPUT = "novelty"
 
 
-def make_interpreter(model: bytes):
+def make_interpreter(model: bytes) -> Any:
     """An interpreter for `model`, tensors allocated: LiteRT's when installed, else
     TensorFlow's (deprecated).
 
     The runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line on file descriptor 2
     is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
     """
-    with _without_runtime_info():
+    with filtered_stderr(lambda line: not line.startswith("INFO: ")):
         interpreter = new_interpreter(model, usable_cpus())
         interpreter.allocate_tensors()  # applies the XNNPACK delegate
     return interpreter
-
-
-@contextlib.contextmanager
-def _without_runtime_info() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
 
 
 class TFLiteModel:
@@ -71,8 +52,6 @@ class TFLiteModel:
     kind = "TFLite model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        from retrainer.formats.tflite_metadata import read_metadata
-
         path = config.graph
         try:
             self._interpreter = make_interpreter(data)
@@ -102,8 +81,8 @@ class TFLiteModel:
             input_layer=self._input["name"],
             output_layer=self._output["name"],
             input_size=size,
-            input_mean=first_set(config.input_mean, metadata and metadata.mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, metadata and metadata.std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, metadata.mean if metadata else None),
+            input_std=flag_or(INPUT_STD, config.input_std, metadata.std if metadata else None),
             labels=labels,
             thresholds=thresholds,
             novelty_threshold=novelty_threshold,
@@ -156,7 +135,8 @@ def _novelty_output(interpreter, outputs: list[dict]) -> Optional[dict]:
     return next((detail for detail in outputs if detail["index"] == index), None)
 
 
-def _labels(config: ClassifyConfig, metadata) -> tuple[tuple[str, ...], str]:
+def _labels(config: ClassifyConfig, metadata: Optional[ModelDescription]
+            ) -> tuple[tuple[str, ...], str]:
     """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
     if config.labels is not None:
         return read_labels(config.labels), f"labels file {config.labels}"

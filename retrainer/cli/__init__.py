@@ -11,12 +11,12 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from typing import Any, Callable, TypeVar
 
 import click
 
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
+from retrainer.io.host import filtered_stderr
 from retrainer.io.storage import as_path, is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -26,7 +26,17 @@ _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.E
                                 errno.EPERM})
 
 
-class PathOrUrl(click.ParamType):
+VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")  # --logging_verbosity, as retrain.py's
+
+
+def option(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option under retrain.py's / label_image.py's underscore name and its dash spelling
+    (--image_dir and --image-dir), passed to the command as `name`."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    return click.option(*spellings, name, **kwargs)
+
+
+class PathOrUrl(click.ParamType):  # type: ignore[type-arg]
     """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.io.storage`), unmangled
     (`click.Path(path_type=Path)` would turn gs://b into gs:/b)."""
 
@@ -46,22 +56,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if verbose or "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with filtered_stderr(lambda line: False, keep_all_on_error=True):
+        import tensorflow as tf  # here, not at the top: --help must not load it
 
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved_fd, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
+        tf.config.list_physical_devices()
 
 
 def configure_logging(verbosity: str) -> None:

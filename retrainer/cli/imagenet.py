@@ -13,14 +13,13 @@ from __future__ import annotations
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.errors import UnreadableImagesError
-
-DEFAULT_MODEL = "efficientnet_lite0"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("photos", nargs=-1, required=True, metavar="PHOTO...")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Built-in extractor.")
+@click.option("--model", default=DEFAULT_EXTRACTOR, show_default=True, help="Built-in extractor.")
 @click.option("--top_k", "--top-k", "top_k", default=5, show_default=True,
               help="Classes to print per photo.")
 @reports_errors

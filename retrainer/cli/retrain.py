@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
-from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
-from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
+from retrainer.audit.summary import audit_summary_lines
+from retrainer.cache.options import EXTRACTOR_PRECISIONS
+from retrainer.cli import (
+    VERBOSITIES,
+    F,
+    PathOrUrl,
+    configure_logging,
+    option,
+    quiet_tensorflow,
+    reports_errors,
+)
+from retrainer.config import RetrainConfig
 from retrainer.data.split import SPLITS, TESTING
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
-from retrainer.pipeline import run
 from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
+from retrainer.training.options import HEAD_SOLVERS, SGD_LEARNING_RATE, SGD_STEPS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
-_VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _MAX_SKIPPED_SHOWN = 20
 
 
-def _option(name: str, help: str, **kwargs: Any):
-    """An option under retrain.py's name and its dash spelling, its default from the config."""
-    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
+    """`cli.option`, its default from the config (shown in --help)."""
     field = _FIELDS.get(name)
     if field is not None and "default" not in kwargs:
         if field.default is not dataclasses.MISSING:
@@ -38,7 +46,7 @@ def _option(name: str, help: str, **kwargs: Any):
         elif field.default_factory is not dataclasses.MISSING:
             kwargs["default"] = field.default_factory
     kwargs.setdefault("show_default", True)
-    return click.option(*spellings, name, help=help, **kwargs)
+    return option(name, help=help, **kwargs)
 
 
 _PATH = PathOrUrl()
@@ -54,8 +62,22 @@ _BATCH = click.IntRange(min=-1)
          type=_PATH)
 @_option("bottleneck_dir", "Cache of bottleneck vectors, shared by runs.", type=_PATH,
          show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks")
-@_option("how_many_training_steps", "How many training steps to run.", type=click.IntRange(min=1))
-@_option("learning_rate", "Learning rate of the SGD training.", type=float)
+@_option("head_solver", "How the new layer is trained: lbfgs (full-batch fit, its L2 strength "
+         "chosen on the validation split), sgd (retrain.py's steps), or auto: lbfgs, unless "
+         "--how_many_training_steps or --learning_rate is given.",
+         type=click.Choice(HEAD_SOLVERS))
+@_option("how_many_training_steps", "How many SGD training steps to run (giving it selects the "
+         "sgd solver under --head_solver auto).", type=click.IntRange(min=1),
+         show_default=str(SGD_STEPS))
+@_option("learning_rate", "Learning rate of the SGD training (giving it selects the sgd solver "
+         "under --head_solver auto).", type=float, show_default=str(SGD_LEARNING_RATE))
+@_option("search", "Try the installed extractors (and --search_modules), each with and without "
+         "distortions, on cached vectors; keep the one with the best validation accuracy.",
+         is_flag=True)
+@_option("search_budget", "With --search: start no new candidate after this many seconds.",
+         type=click.FloatRange(min=0, min_open=True), show_default=False)
+@_option("search_modules", "With --search: also try this extractor (repeat for several).",
+         multiple=True, default=(), show_default=False)
 # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
 @_option("flip_left_right", "Randomly mirror half of the training images horizontally.",
          is_flag=True)
@@ -137,6 +159,8 @@ _BATCH = click.IntRange(min=-1)
          show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
+@_option("trust_model", "Load --tfhub_module without checking its ops first: only for a module "
+         "you trust (docs/security.md).", is_flag=True)
 @_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
          "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration); auto = int8 for the "
          "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "
@@ -148,7 +172,7 @@ _BATCH = click.IntRange(min=-1)
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)
 @_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)
-@_option("logging_verbosity", "How much to log on stderr.", type=click.Choice(_VERBOSITIES,
+@_option("logging_verbosity", "How much to log on stderr.", type=click.Choice(VERBOSITIES,
          case_sensitive=False), default="INFO")
 @_option("seed", "Random seed: the same seed and data give the same numbers.",
          type=click.IntRange(min=0))
@@ -169,6 +193,8 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     configure_logging("ERROR" if quiet else logging_verbosity)
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
+    from retrainer.pipeline import run  # TensorFlow and every stage: not for --help
+
     try:
         result = run(config)
     except FinishedRunError as error:  # a failed gate or export check: the figures still print
@@ -189,8 +215,8 @@ def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_
     click.echo(_test_line(result))
     if config.print_misclassified_test_images:
         click.echo("=== MISCLASSIFIED TEST IMAGES ===")
-        for path, label in result.misclassified:
-            click.echo(f"{path:>70}  {label}")
+        for image in result.misclassified:
+            click.echo(f"{image.relpath:>70}  {image.predicted_label}")
     if not quiet:
         click.echo("\n".join(_summary_lines(result)))
 
@@ -229,6 +255,14 @@ def _summary_lines(result: RetrainResult) -> list[str]:
             more = len(result.skipped) - _MAX_SKIPPED_SHOWN
             lines.append(f"  ... and {more} more (all in --json)")
     lines += _training_mode_lines(result)
+    if result.search is not None:
+        lines += ["", "Search (validation split; the test split was evaluated once, for the "
+                  "chosen configuration):"]
+        lines += [f"  {row['name']}: " + (row["status"] if row["validation_accuracy"] is None
+                                           else f"validation {percent(row['validation_accuracy'])}"
+                                           f", {row['seconds']:.1f} s")
+                  + ("  <- chosen" if row["name"] == result.search["chosen"] else "")
+                  for row in result.search["candidates"]]
     lines += _audit_lines(result)
     lines += [
         "",
@@ -248,15 +282,14 @@ def _summary_lines(result: RetrainResult) -> list[str]:
 
 def _whole_validation_line(result: RetrainResult) -> str:
     """The honest figure: each validation image once (the step lines count sampled draws)."""
-    validation = result.report.validation
+    validation = result.validation_metrics
     return (f"Validation accuracy = {percent(validation.accuracy)} (N={validation.count} images, "
             "the whole validation split)")
 
 
 def _report_lines(result: RetrainResult) -> list[str]:
     """Headline split's accuracies, the per-class table and the most confused pairs."""
-    report = result.report
-    name, split = report.headline()
+    name, split = result.headline()
     if name is None:
         return []
     top_k = f", top-{split.top_k} {percent(split.top_k_accuracy)}" if split.top_k else ""
@@ -274,7 +307,7 @@ def _report_lines(result: RetrainResult) -> list[str]:
         lines.append("Most confused (true -> predicted): " + "; ".join(
             f"{result.labels[true]} -> {result.labels[predicted]} ({count})"
             for true, predicted, count in confused))
-    for gate in report.gates:
+    for gate in result.quality_gates:
         lines.append(f"Quality gate --{gate.flag} {gate.threshold:g}: passed "
                      f"({percent(gate.value)})")
     return lines
@@ -282,7 +315,7 @@ def _report_lines(result: RetrainResult) -> list[str]:
 
 def _multi_label_lines(result: RetrainResult) -> list[str]:
     """A multi-label run's test figures and per-label table (with each label's threshold)."""
-    evaluation = result.report.multi_label if result.report is not None else None
+    evaluation = result.multi_label
     if evaluation is None or not evaluation.test.count:
         return []
     test = evaluation.test
@@ -353,8 +386,6 @@ def _training_mode_lines(result: RetrainResult) -> list[str]:
 def _audit_lines(result: RetrainResult) -> list[str]:
     if result.audit is None:
         return []
-    from retrainer.audit.summary import audit_summary_lines
-
     return ["", *audit_summary_lines(result.audit, result.outputs.get("audit_file"))]
 
 

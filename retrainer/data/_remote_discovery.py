@@ -22,9 +22,11 @@ def remote_classes(
     """
     per_class: dict[str, list[str]] = {}
     for folder, subfolders, names in walk(root):
-        for name in [name for name in subfolders if folder_name_reason(name)]:
-            ignored.append((_join(folder, name) + "/", folder_name_reason(name)))
-            subfolders.remove(name)  # in place: the walk does not go below it
+        for name in list(subfolders):
+            reason = folder_name_reason(name)
+            if reason is not None:
+                ignored.append((_join(folder, name) + "/", reason))
+                subfolders.remove(name)  # in place: the walk does not go below it
         if not folder:
             per_class = {name: [] for name in subfolders}
             ignored.extend((name, hidden_file_reason(name) or extension_reason(name)

@@ -90,7 +90,7 @@ def decoded_images(
         pixels, digest, reason = _decoded_file(os.fsdecode(encoded_path), input_size)
         return pixels, digest.encode(), reason.encode()
 
-    def load_one(position: tf.Tensor, path: tf.Tensor):
+    def load_one(position: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, ...]:
         pixels, digest, reason = tf.numpy_function(
             load, [path], [tf.uint8, tf.string, tf.string], stateful=False
         )
@@ -136,7 +136,7 @@ def decoded_batches(
         return [_decoded_file(paths[start + row], input_size, digests[start + row], images[row],
                               contents[start + row])[2] for row in rows]
 
-    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, list[Future]]:
+    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, list[Future[list[str]]]]:
         images = np.empty((min(batch_size, len(paths) - start), *input_size, 3), np.uint8)
         step = -(-len(images) // threads)  # rows per thread
         slices = [range(first, min(first + step, len(images)))

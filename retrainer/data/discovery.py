@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from retrainer.data._remote_discovery import remote_classes
 from retrainer.data.names import (
     extension_reason,
     folder_name_reason,
@@ -56,12 +57,6 @@ class ImageCollection:
     labels: tuple[str, ...]  # index order = sorted class folder names
     images: tuple[ImageFile, ...]
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
-
-    def in_split(self, split: str) -> list[ImageFile]:
-        """The images of one split ("training", "validation" or "testing"), in collection order."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}. Received: split={split!r}")
-        return [image for image in self.images if image.split == split]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{label: {split: number of images}}, every label and split present (zeros included)."""
@@ -134,8 +129,6 @@ def discover_images(
     root = check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
     if isinstance(root, RemotePath):
-        from retrainer.data._remote_discovery import remote_classes
-
         folders, per_class = remote_classes(root, ignored)
     else:
         folders, per_class = _local_classes(root, ignored)
@@ -317,7 +310,7 @@ def _is_within(path: Path, folder: Path) -> bool:
 
 
 def _require_two_classes(
-    root: Path,
+    root: AnyPath,
     folders: list[str],
     kept_folders: list[str],
     kept_relpaths: list[list[str]],

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
 from retrainer.extractors import FeatureExtractor
 from retrainer.formats.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
 from retrainer.io.atomic import write_text_atomically
-from retrainer.training.head import SoftmaxHead
+from retrainer.training.head import Head
 from retrainer.training.novelty import Novelty
 
 NOVELTY_OP = "novelty"
@@ -35,7 +35,7 @@ class Classifier(tf.Module):
     def __init__(
         self,
         extractor: FeatureExtractor,
-        head: SoftmaxHead,
+        head: Head,
         labels: Sequence[str],
         final_tensor_name: str,
         novelty: Optional[Novelty] = None,
@@ -87,7 +87,7 @@ class Classifier(tf.Module):
             outputs[NOVELTY_OP] = tf.identity(score, name=NOVELTY_OP)
         return outputs
 
-    def metadata(self, step: Optional[int] = None) -> dict:
+    def metadata(self, step: Optional[int] = None) -> dict[str, Any]:
         """The `<graph>.meta.json` contract (see docs/retrain.md)."""
         spec = self.extractor.spec
         height, width = spec.input_size

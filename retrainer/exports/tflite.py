@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -38,6 +37,7 @@ from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
 from retrainer.formats.tflite import full_integer_model
 from retrainer.formats.tflite_metadata import ModelDescription, add_metadata
 from retrainer.io.atomic import write_bytes_atomically
+from retrainer.io.storage import AnyPath
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ NOVELTY_NAME = NOVELTY_OP
 
 def write_tflite_files(
     classifier: Classifier,
-    paths: dict[str, Path],
+    paths: dict[str, AnyPath],
     calibration_images: int,
     training_files: Sequence[os.PathLike[str] | str],
     seed: int,
-) -> dict[str, Path]:
+) -> dict[str, AnyPath]:
     """Convert the classifier once per mode, add the metadata, write each file atomically.
 
     Args:
@@ -112,9 +112,8 @@ def convert(
         DataError: int8 without enough calibration images.
     """
     height, width = classifier.extractor.spec.input_size
-    if quantization.mode == INT8:
-        _check_calibration(calibration, quantization)
-
+    sample = _check_calibration(calibration, quantization) if quantization.mode == INT8 else None
+    if sample is not None:
         # Pin the input range to exactly [0, 1]: uint8 input q then means q / 255, raw pixels.
         @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32,
                                                     INPUT_NAME)])
@@ -127,8 +126,8 @@ def convert(
         def model(images: tf.Tensor) -> dict[str, tf.Tensor]:
             return _named_outputs(classifier, images, pin_novelty=False)
 
-    if quantization.mode == INT8:
-        return full_integer_model(model.get_concrete_function(), _representative(calibration),
+    if sample is not None:
+        return full_integer_model(model.get_concrete_function(), _representative(sample),
                                   classifier, uint8_input=True, uint8_output=True)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [model.get_concrete_function()], classifier
@@ -169,11 +168,14 @@ def probabilities_first(model: bytes) -> bytes:
     return bytes(flatbuffer_utils.convert_object_to_bytearray(tree))
 
 
-def _check_calibration(calibration: Optional[np.ndarray], quantization: QuantizationConfig) -> None:
+def _check_calibration(calibration: Optional[np.ndarray], quantization: QuantizationConfig
+                       ) -> np.ndarray:
+    """`calibration`, once it holds enough images for int8."""
     count = 0 if calibration is None else len(calibration)
-    if count < MIN_CALIBRATION_IMAGES:
+    if calibration is None or count < MIN_CALIBRATION_IMAGES:
         raise too_few_calibration_images(count, quantization.calibration_images,
                                          "the calibration sample (decodable training images)")
+    return calibration
 
 
 def _representative(calibration: np.ndarray) -> Iterator[list[np.ndarray]]:

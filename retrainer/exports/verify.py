@@ -5,21 +5,22 @@ same decoded test pixels, so the report measures what users will run. Per artifa
 test accuracy, change against the frozen graph in points, top-1 agreement with it and the largest
 difference of any class probability. For a multi-label model "accuracy" is the micro-F1 at the
 run's thresholds (macro-F1 and mean average precision beside it) and agreement counts equal
-(image, label) decisions. `check_accuracy_drop` turns a loss over `--max_export_accuracy_drop`
-points into `ExportMismatchError` (exit 7).
+(image, label) decisions. `retrainer.exports.run.Exported` turns a loss over
+`--max_export_accuracy_drop` points into the run's failure (exit 7).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from retrainer.errors import ExportMismatchError, ModelError
-from retrainer.io.storage import tree_size
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import open_model
+from retrainer.errors import ModelError
+from retrainer.io.storage import AnyPath, tree_size
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class ArtifactReport:
     """
 
     artifact: str
-    path: Path
+    path: AnyPath
     size_bytes: int
     accuracy: float
     change_points: float
@@ -59,7 +60,7 @@ class ArtifactReport:
 
 
 def export_report(
-    artifacts: Sequence[tuple[str, Path]], pixels: np.ndarray, labels: np.ndarray,
+    artifacts: Sequence[tuple[str, AnyPath]], pixels: np.ndarray, labels: np.ndarray,
     thresholds: Optional[np.ndarray] = None,
 ) -> list[ArtifactReport]:
     """Run every artifact on the test pixels and compare each with the first (the frozen graph).
@@ -76,7 +77,7 @@ def export_report(
     from retrainer.reports.multi_label import multi_label_metrics
 
     reference = None
-    reports = []
+    reports: list[ArtifactReport] = []
     for name, path in artifacts:
         probabilities = _run(path, pixels)
         if reference is None:
@@ -105,28 +106,7 @@ def export_report(
     return reports
 
 
-def check_accuracy_drop(reports: Sequence[ArtifactReport], max_drop_points: float) -> None:
-    """Raise when any export loses more than `max_drop_points` against the frozen graph.
-
-    Raises:
-        ExportMismatchError: naming each artifact over the limit.
-    """
-    over = [report for report in reports[1:] if -report.change_points > max_drop_points]
-    if over:
-        details = ", ".join(f"{report.artifact} ({report.path}) {report.change_points:+.1f}"
-                            for report in over)
-        metric = "micro-F1" if reports[0].metric == "micro_f1" else "accuracy"
-        raise ExportMismatchError(
-            f"exports lost more than --max_export_accuracy_drop {max_drop_points:g} points of test "
-            f"{metric} against the frozen graph ({reports[0].accuracy * 100:.1f}%): {details}. "
-            "Use a milder --tflite_quantization (float16 or dynamic) or more calibration images "
-            "(--tflite_calibration_images); the files were written."
-        )
-
-
-def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
-    from retrainer.classify import ClassifyConfig, open_model
-
+def _run(path: AnyPath, pixels: np.ndarray) -> np.ndarray:
     model = open_model(ClassifyConfig(graph=path))
     size = tuple(pixels.shape[1:3])
     if model.spec.input_size != size:

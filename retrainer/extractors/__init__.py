@@ -3,6 +3,12 @@
 Importing this package registers the built-ins.
 """
 
+# Built-ins register themselves on import (keep this list in sync with the modules).
+from retrainer.extractors import (  # noqa: F401
+    efficientnet_lite,
+    keras_apps,
+    tfhub,
+)
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
 from retrainer.extractors.registry import (
     create_extractor,
@@ -11,14 +17,7 @@ from retrainer.extractors.registry import (
     register_resolver,
 )
 
-# Built-ins register themselves on import (keep this list in sync with the modules).
-from retrainer.extractors import efficientnet_lite  # noqa: E402,F401
-from retrainer.extractors import tfhub, keras_apps  # noqa: E402,F401
-
-DEFAULT_EXTRACTOR = "efficientnet_lite0"
-
 __all__ = [
-    "DEFAULT_EXTRACTOR",
     "ExtractorSpec",
     "FeatureExtractor",
     "create_extractor",

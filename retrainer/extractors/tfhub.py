@@ -19,14 +19,16 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import tensorflow as tf
 
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
-from retrainer.extractors.registry import register_resolver
+from retrainer.extractors.registry import list_extractors, register_resolver
 from retrainer.io import storage
+from retrainer.io.host import user_cache_dir
+from retrainer.security import check_model
 
 logger = logging.getLogger(__name__)
 
@@ -62,20 +64,20 @@ def looks_like_path(handle: str) -> bool:
 
 def default_hub_cache_dir() -> Path:
     """Where downloaded modules are kept unless TFHUB_CACHE_DIR says otherwise."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "retrainer" / "tfhub_modules"
+    return user_cache_dir() / "tfhub_modules"
 
 
 @register_resolver
-def resolve_hub_module(handle: str, image_size: Optional[int]) -> Optional[FeatureExtractor]:
+def resolve_hub_module(handle: str, image_size: Optional[int],
+                       trust_model: bool = False) -> Optional[FeatureExtractor]:
     """Resolver for remote hub handles and local module directories; None for anything else."""
     if is_module_folder_url(handle):
-        return HubModuleExtractor(handle, fetch_module_folder(handle), image_size)
+        return HubModuleExtractor(handle, fetch_module_folder(handle), image_size, trust_model)
     if is_remote_handle(handle):
-        return HubModuleExtractor(handle, download_module(handle), image_size)
+        return HubModuleExtractor(handle, download_module(handle), image_size, trust_model)
     path = Path(handle).expanduser()
     if path.is_dir():
-        return HubModuleExtractor(handle, path, image_size)
+        return HubModuleExtractor(handle, path, image_size, trust_model)
     if path.exists():
         raise UsageError(
             f"--tfhub_module {handle!r} is a file; expected a directory holding saved_model.pb "
@@ -176,23 +178,44 @@ def fingerprint_directory(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_module(module_dir: Path, name: str):
-    """`hub.load` without the hub import: TF1 Hub modules load with the empty tag set.
+def load_module(module_dir: Path, name: str, trust_model: bool = False) -> Any:
+    """`hub.load` without the hub import, after `retrainer.security.check_model` (unless trusted):
+    TF1 Hub modules load with the empty tag set.
 
     Raises:
         UsageError: the directory holds no SavedModel.
+        UntrustedModelError: the module failed the model check.
         ModelError: TensorFlow cannot load it.
+    """
+    check_local_module(module_dir, name, trust_model)
+    tags: Optional[list[str]] = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
+    try:
+        return tf.saved_model.load(str(module_dir), tags=tags)
+    except Exception as error:  # TensorFlow raises many types for corrupt or foreign models
+        raise ModelError(f"cannot load module {name!r}: {type(error).__name__}: {error}") from error
+
+
+def check_extractor_module(handle: str, trust_model: bool) -> None:
+    """`check_local_module` when `handle` is a local module folder (else it is checked once loaded,
+    or it is no model file: a built-in or `keras:` name). Lets a run refuse before writing."""
+    path = Path(handle).expanduser()
+    if handle not in list_extractors() and not storage.is_url(handle) and path.is_dir():
+        check_local_module(path, handle, trust_model)
+
+
+def check_local_module(module_dir: Path, name: str, trust_model: bool = False) -> None:
+    """`check_model` a module folder (every entry point: any may become the extractor).
+
+    Raises:
+        UsageError: the directory holds no SavedModel.
+        UntrustedModelError: the module failed the check.
     """
     if not any((module_dir / f).is_file() for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise UsageError(
             f"{name!r} is not a model directory: expected a TF2 SavedModel or TF1 Hub module "
             f"(saved_model.pb), found {sorted(p.name for p in module_dir.iterdir())[:10]}"
         )
-    tags = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
-    try:
-        return tf.saved_model.load(str(module_dir), tags=tags)
-    except Exception as error:  # TensorFlow raises many types for corrupt or foreign models
-        raise ModelError(f"cannot load module {name!r}: {type(error).__name__}: {error}") from error
+    check_model(module_dir, "saved_model", trust=trust_model)
 
 
 class HubModuleExtractor(FeatureExtractor):
@@ -201,20 +224,23 @@ class HubModuleExtractor(FeatureExtractor):
     The module expects [0, 1] RGB input (the TF Hub image convention), so images pass unchanged.
     """
 
-    def __init__(self, name: str, module_dir: Path, image_size: Optional[int] = None) -> None:
-        """Load the module and work out how to call it, its input size and vector size.
+    def __init__(self, name: str, module_dir: Path, image_size: Optional[int] = None,
+                 trust_model: bool = False) -> None:
+        """Check and load the module, and work out how to call it, its input and vector size.
 
         Args:
             name: what the user passed to --tfhub_module (for messages and the id).
             module_dir: local directory holding the module.
             image_size: side length for modules that accept any size.
+            trust_model: skip the model check (docs/security.md).
 
         Raises:
             UsageError: not a module directory, or `image_size` conflicts with a fixed-size module.
+            UntrustedModelError: the module failed the model check.
             ModelError: the module cannot be loaded or has no image feature-vector entry point.
         """
         super().__init__(name="hub_module")
-        self.module = load_module(module_dir, name)
+        self.module = load_module(module_dir, name, trust_model)
         self._signature = None
         self._input_key = ""
         self._output_key = ""
@@ -264,7 +290,7 @@ class HubModuleExtractor(FeatureExtractor):
 
     def _find_entry_point(self, name: str) -> tf.TensorSpec:
         """Prefer the module's `__call__` (TF2 reusable SavedModel), else an image signature."""
-        call = getattr(self.module, "__call__", None)
+        call = getattr(self.module, "__call__", None)  # noqa: B004 (the attribute itself)
         if isinstance(call, tf.types.experimental.PolymorphicFunction):
             for concrete in call.concrete_functions:
                 args = concrete.structured_input_signature[0]
@@ -305,7 +331,7 @@ class HubModuleExtractor(FeatureExtractor):
         return int(features.shape[1])
 
 
-def _is_image_spec(spec) -> bool:
+def _is_image_spec(spec: Any) -> bool:
     return (
         isinstance(spec, tf.TensorSpec)
         and spec.dtype == tf.float32

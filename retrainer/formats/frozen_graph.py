@@ -2,30 +2,30 @@
 
 Every way a graph file or an op name can be wrong becomes a one-line UsageError / ModelError that
 says what the user likely meant: label_image.py users kept guessing op names (tensorflow#12728).
-TensorFlow is imported only when a graph is loaded.
 """
 
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+import os
+from typing import Any, NamedTuple
+
+import tensorflow as tf
+from google.protobuf.message import DecodeError
 
 from retrainer.errors import ModelError, UsageError
-
-if TYPE_CHECKING:
-    import tensorflow as tf
+from retrainer.io.storage import AnyPath
 
 _MAX_CANDIDATES = 6
 
 
 class FrozenGraph(NamedTuple):
-    graph: "tf.Graph"
-    input: "tf.Tensor"  # float32 [N, H, W, 3], H and W possibly unknown
-    output: "tf.Tensor"  # [N, C] scores
+    graph: tf.Graph
+    input: tf.Tensor  # float32 [N, H, W, 3], H and W possibly unknown
+    output: tf.Tensor  # [N, C] scores
 
 
-def read_graph_file(path: Path) -> bytes:
+def read_graph_file(path: AnyPath) -> bytes:
     """The bytes of the .pb at `path`, read once (its hash and its parse must see the same bytes).
 
     Raises:
@@ -42,7 +42,7 @@ def read_graph_file(path: Path) -> bytes:
         ) from None
 
 
-def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: str) -> FrozenGraph:
+def load_frozen_graph(path: AnyPath, data: bytes, input_layer: str, output_layer: str) -> FrozenGraph:
     """Import a frozen GraphDef into a new tf.Graph and find its input and output tensors.
 
     Args:
@@ -53,9 +53,7 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     Raises:
         ModelError: not a GraphDef, an op name not in it, or tensors of the wrong dtype/rank.
     """
-    import tensorflow as tf
-
-    graph_def = _parse_graph_def(path, data)
+    graph_def = parse_graph_def(path, data)
     _require_op(graph_def, input_layer, "input", path)
     _require_op(graph_def, output_layer, "output", path)
     graph = tf.Graph()
@@ -71,10 +69,12 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     return frozen
 
 
-def _parse_graph_def(path: Path, data: bytes):
-    import tensorflow as tf
-    from google.protobuf.message import DecodeError
+def parse_graph_def(path: os.PathLike[str], data: bytes) -> Any:
+    """The GraphDef message in `data`, read from `path`.
 
+    Raises:
+        ModelError: it does not parse, or holds no ops.
+    """
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(data)
@@ -89,7 +89,7 @@ def _parse_graph_def(path: Path, data: bytes):
     )
 
 
-def _require_op(graph_def, name: str, role: str, graph_path: Path) -> None:
+def _require_op(graph_def: Any, name: str, role: str, graph_path: AnyPath) -> None:
     """ModelError unless op `name` ("op" or "op:0") exists, listing what the user likely meant."""
     op_name = name.split(":")[0]
     names = [node.name for node in graph_def.node]
@@ -109,7 +109,7 @@ def _require_op(graph_def, name: str, role: str, graph_path: Path) -> None:
     )
 
 
-def _likely_outputs(graph_def) -> list[str]:
+def _likely_outputs(graph_def: Any) -> list[str]:
     """Identity ops passing a Softmax (multi-label: Sigmoid) on (like final_result), those ops,
     then ops nothing consumes."""
     consumers: dict[str, list[str]] = {}
@@ -135,7 +135,7 @@ def _tensor_name(name: str) -> str:
     return name if ":" in name else f"{name}:0"
 
 
-def _check_input(tensor: "tf.Tensor", graph_path: Path) -> None:
+def _check_input(tensor: tf.Tensor, graph_path: AnyPath) -> None:
     shape = tensor.shape
     image_like = shape.rank is None or (shape.rank == 4 and shape[-1] in (None, 3))
     if tensor.dtype.name != "float32" or not image_like:
@@ -145,7 +145,7 @@ def _check_input(tensor: "tf.Tensor", graph_path: Path) -> None:
         )
 
 
-def _check_output(tensor: "tf.Tensor", graph_path: Path) -> None:
+def _check_output(tensor: tf.Tensor, graph_path: AnyPath) -> None:
     if tensor.shape.rank not in (None, 2):
         raise ModelError(
             f"output {tensor.name} of graph {graph_path} has shape {tensor.shape}, expected "

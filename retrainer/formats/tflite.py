@@ -40,7 +40,7 @@ def new_interpreter(model: bytes, threads: Optional[int] = None) -> Any:
 
 
 def full_integer_model(
-    concrete_function,
+    concrete_function: Any,
     representative: Iterable[list[np.ndarray]],
     trackable: Optional[tf.Module] = None,
     uint8_input: bool = False,

@@ -32,6 +32,8 @@ from typing import Any, Optional, Sequence
 import flatbuffers
 import numpy as np
 from flatbuffers.table import Table
+from tensorflow.lite.python import schema_py_generated as schema
+from tensorflow.lite.tools import flatbuffer_utils
 
 METADATA_NAME = b"TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -82,9 +84,6 @@ def add_metadata(model: bytes, description: ModelDescription) -> bytes:
     Returns:
         The new `.tflite` bytes.
     """
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
-
     tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(build_metadata(description), np.uint8)
@@ -218,8 +217,6 @@ def read_metadata(model: bytes) -> Optional[ModelDescription]:
 
 def metadata_buffer(model: bytes) -> Optional[bytes]:
     """The raw bytes of the model's TFLITE_METADATA buffer, or None."""
-    from tensorflow.lite.python import schema_py_generated as schema
-
     tree = schema.Model.GetRootAs(model, 0)
     for index in range(tree.MetadataLength()):
         entry = tree.Metadata(index)
@@ -306,7 +303,7 @@ def _float_vector(table: Table, slot: int) -> list[float]:
     return table.GetVectorAsNumpy(flatbuffers.number_types.Float32Flags, position).tolist()
 
 
-def _scalar(table: Table, slot: int, flags) -> int:
+def _scalar(table: Table, slot: int, flags: Any) -> int:
     position = _field_position(table, slot)
     return table.Get(flags, table.Pos + position) if position else 0
 

@@ -19,7 +19,6 @@ from typing import Callable, Sequence, TypeVar
 
 from retrainer.io.storage import (
     AnyPath,
-    as_path,
     is_url,
     remove_stale_remote_temporaries,
     replace_remote_directory,
@@ -87,6 +86,8 @@ def _link_over(source: str, path: Path) -> None:
     try:
         making_folder(path, lambda: os.link(source, path))
     except FileExistsError:  # e.g. an entry recomputed after damage
+        if os.path.samefile(source, path):  # a name given twice (byte copies in one batch):
+            return  # renaming a link over its twin would do nothing and leave the spare behind
         spare = _sibling_name(path, ".tmp")
         os.link(source, spare)
         try:
@@ -139,7 +140,7 @@ def replace_directory(path: os.PathLike[str] | str, fill: Callable[[Path], None]
     locally and uploaded, not atomically (`retrainer.io.storage.replace_remote_directory`).
     """
     if is_url(path):
-        replace_remote_directory(as_path(path), fill)
+        replace_remote_directory(path, fill)
         return
     path = Path(path)
     staging = Path(_sibling_name(path, ".tmp"))
@@ -170,10 +171,10 @@ def remove_stale_temporaries(path: os.PathLike[str] | str) -> list[AnyPath]:
     3 days (`remove_stale_remote_temporaries`, one listing of its folder).
     """
     if is_url(path):
-        return remove_stale_remote_temporaries(path)
+        return list(remove_stale_remote_temporaries(path))
     path = Path(path)
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:[0-9a-f]{{16}}\.tmp|\w+\.old)$")
-    removed = []
+    removed: list[AnyPath] = []
     with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for entry in os.scandir(path.parent):
             if not pattern.match(entry.name):

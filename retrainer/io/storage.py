@@ -52,7 +52,7 @@ class _Stat(NamedTuple):
     st_size: int
 
 
-class RemotePath(os.PathLike):
+class RemotePath(os.PathLike[str]):
     """A URL with the pathlib methods the pipeline uses; every call goes through tf.io.gfile."""
 
     __slots__ = ("url",)
@@ -87,7 +87,7 @@ class RemotePath(os.PathLike):
 
     @property
     def _scheme_end(self) -> int:
-        return _SCHEME.match(self.url).end()
+        return len(_scheme(self.url))
 
     @property
     def name(self) -> str:
@@ -117,9 +117,6 @@ class RemotePath(os.PathLike):
 
     def with_name(self, name: str) -> "RemotePath":
         return self.parent / name
-
-    def with_suffix(self, suffix: str) -> "RemotePath":
-        return self.parent / f"{self.stem}{suffix}"
 
     def exists(self) -> bool:
         with remote_errors(self.url):
@@ -190,9 +187,19 @@ def open_for_reading(path: Union[str, os.PathLike[str]]) -> BinaryIO:
     return open(path, "rb")
 
 
-def write_remote_bytes(url: Union[str, RemotePath], data: bytes) -> None:
+def _remote(url: Union[str, os.PathLike[str]]) -> RemotePath:
+    return url if isinstance(url, RemotePath) else RemotePath(os.fspath(url))
+
+
+def _scheme(url: str) -> str:
+    """"gs://" of "gs://bucket/x" ("" for a path without one)."""
+    match = _SCHEME.match(url)
+    return match.group(0) if match else ""
+
+
+def write_remote_bytes(url: Union[str, os.PathLike[str]], data: bytes) -> None:
     """Write under a temporary name beside `url`, then rename over it (on gs:// a copy + delete)."""
-    target = as_path(url)
+    target = _remote(url)
     temp = target.parent / f".{target.name}.{secrets.token_hex(8)}-{int(time.time())}.tmp"
     with remote_errors(target.url):
         gfile = _gfile()
@@ -206,7 +213,7 @@ def write_remote_bytes(url: Union[str, RemotePath], data: bytes) -> None:
             raise
 
 
-def remove_stale_remote_temporaries(url: Union[str, RemotePath],
+def remove_stale_remote_temporaries(url: Union[str, os.PathLike[str]],
                                     max_age_s: float = ABANDONED_AFTER_S) -> list[RemotePath]:
     """Delete `write_remote_bytes` temporaries of `url` started over `max_age_s` ago.
 
@@ -214,7 +221,7 @@ def remove_stale_remote_temporaries(url: Union[str, RemotePath],
     so it stays. Best effort: a folder that cannot be listed (a write-only bucket) is left as is.
     Returns the temporaries deleted.
     """
-    target = as_path(url)
+    target = _remote(url)
     pattern = re.compile(rf"^\.{re.escape(target.name)}\.[0-9a-f]{{16}}-(\d+)\.tmp$")
     oldest_allowed = time.time() - max_age_s
     removed: list[RemotePath] = []
@@ -239,7 +246,7 @@ def probe_writable(folder: RemotePath) -> None:
     probe.unlink()
 
 
-def replace_remote_directory(url: RemotePath, fill: Callable[[Path], None]) -> None:
+def replace_remote_directory(url: Union[str, os.PathLike[str]], fill: Callable[[Path], None]) -> None:
     """Build the folder locally with `fill(folder)`, delete the old remote one, upload the new.
 
     Not atomic (object stores cannot rename a folder): a reader during the upload may see part of
@@ -249,29 +256,29 @@ def replace_remote_directory(url: RemotePath, fill: Callable[[Path], None]) -> N
         staging = Path(scratch) / "staging"
         staging.mkdir()
         fill(staging)
-        remove_tree(url)
+        remove_tree(_remote(url))
         upload_tree(staging, url)
 
 
-def upload_tree(local: Path, url: Union[str, RemotePath]) -> None:
+def upload_tree(local: Path, url: Union[str, os.PathLike[str]]) -> None:
     """Copy a local folder and everything below it to `url` (each file via `write_remote_bytes`)."""
-    url = as_path(url)
+    remote = _remote(url)
     for folder, _, names in os.walk(local):
         relative = Path(folder).relative_to(local).as_posix()
-        target = url if relative == "." else url / relative
+        target = remote if relative == "." else remote / relative
         target.mkdir(parents=True, exist_ok=True)
         for name in names:
             write_remote_bytes(target / name, Path(folder, name).read_bytes())
 
 
-def download_tree(url: Union[str, RemotePath], local: Path) -> None:
+def download_tree(url: Union[str, os.PathLike[str]], local: Path) -> None:
     """Copy a remote folder and everything below it into the local folder `local`."""
-    url = as_path(url)
-    for relative, _, names in walk(url):
+    remote = _remote(url)
+    for relative, _, names in walk(remote):
         folder = local / relative
         folder.mkdir(parents=True, exist_ok=True)
         for name in names:
-            source = url / relative / name if relative else url / name
+            source = remote / relative / name if relative else remote / name
             (folder / name).write_bytes(source.read_bytes())
 
 
@@ -334,7 +341,7 @@ def remote_errors(url: str) -> Iterator[None]:
     try:
         yield
     except tf.errors.UnimplementedError:
-        scheme = _SCHEME.match(url).group(0) if _SCHEME.match(url) else url
+        scheme = _scheme(url) or url
         raise UsageError(
             f"no file system for {scheme} (path {url}): TensorFlow reads local paths, gs:// and "
             "ram:// (others, e.g. s3://, need the package that registers them, such as "

@@ -1,24 +1,51 @@
-"""The retrain pipeline: discover/split -> extractor -> bottlenecks -> train -> evaluate -> export.
+"""The retrain pipeline: the one place that wires the stages, each entered once.
 
-`run(config)` wires the stages together and returns a `RetrainResult`. TensorFlow and the stage
-modules are imported inside `run`, so importing this module stays instant.
+    preflight (output paths, discovery, extractor, every check) -> bottlenecks -> audit ->
+    training (distorted vectors, the head, fine-tuning) -> evaluation -> exports -> the result
+    document -> reports (and the quality gates' verdict)
+
+Each stage takes its typed view of the configuration (`config.training`, `config.extraction`,
+`config.audit`, `config.exports`, `config.reports`). This module imports TensorFlow: the CLI imports it only
+when a run starts, so `retrain --help` stays instant.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import logging
-import time
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
+
+from retrainer.audit.report_section import audit_sections
+from retrainer.audit.run import DatasetAudit
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
 from retrainer.config import RetrainConfig
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
-from retrainer.errors import FinishedRunError, QualityGateError
-from retrainer.pipeline.preflight import check_output_paths, remove_stale_export_temporaries
-from retrainer.result import RetrainResult
-
-log = logging.getLogger(__name__)
+from retrainer.errors import ExportMismatchError, QualityGateError
+from retrainer.exports.run import Exported, Exporter
+from retrainer.extractors import ExtractorSpec, FeatureExtractor
+from retrainer.pipeline.preflight import preflight, prepare_extractor
+from retrainer.pipeline.search import search as search_configurations
+from retrainer.pipeline.split_features import SplitFeatures
+from retrainer.pipeline.timer import StageTimer
+from retrainer.reports.gates import check_gates, failure_message
+from retrainer.reports.held_outputs import HeldOutputs
+from retrainer.reports.metrics import split_metrics
+from retrainer.reports.writer import write_reports
+from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
+from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
+from retrainer.training.fine_tune import FineTuneResult
+from retrainer.training.head import FeatureSet, TrainingResult, train_head
+from retrainer.pipeline.multi_label import top1_metrics, wrong_label_sets
+from retrainer.training.multi_label import evaluate_multi_label
+from retrainer.training.novelty import fit_run_novelty, novelty_summary
+from retrainer.training.image_modes import (
+    distortions_of,
+    fine_tune_if_asked,
+    fine_tuning_summary,
+    training_features,
+    training_options,
+)
 
 
 def run(config: RetrainConfig) -> RetrainResult:
@@ -36,206 +63,190 @@ def run(config: RetrainConfig) -> RetrainResult:
             was written.
         Both carry the run's result as `.result`.
     """
-    # Imported here so that reading RetrainConfig (e.g. `retrain --help`) does not load TensorFlow.
-    from retrainer.audit.report_section import audit_sections
-    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
-    from retrainer.data.discovery import discover_images
-    from retrainer.engines import create_engine
-    from retrainer.exports.deployable import (
-        check_calibration_supply,
-        check_export_accuracy,
-        verify_exports,
-    )
-    from retrainer.exports.run_exports import RunExports
-    from retrainer.extractors import create_extractor
-    from retrainer.pipeline.split_features import SplitFeatures
-    from retrainer.reports.gates import failure_message
-    from retrainer.reports.held_outputs import HeldOutputs
-    from retrainer.reports.metrics_file import build_run_report, report_paths
-    from retrainer.reports.writer import write_reports
-    from retrainer.training.evaluate import evaluate_head, validation_probabilities
-    from retrainer.training.head import train_head
-    from retrainer.training.image_modes import (
-        check_fine_tunable,
-        distortions_of,
-        fine_tune_if_asked,
-        fine_tuning_summary,
-        training_features,
-    )
-
-    timer = _StageTimer()
-    check_output_paths(config)  # before the long work
-    remove_stale_export_temporaries(config)
-    with timer("discover"):
-        if config.labels_csv is not None:
-            from retrainer.data.manifest import read_manifest
-
-            collection = read_manifest(config.labels_csv, config.image_dir,
-                                       config.validation_percentage, config.testing_percentage,
-                                       config.multi_label)
-        else:
-            collection = discover_images(
-                config.image_dir, config.validation_percentage, config.testing_percentage
-            )
-    check_calibration_supply(config, collection)
-    with timer("extractor"):
-        extractor = create_extractor(config.tfhub_module, config.image_size)
-        engine = create_engine(extractor, config.extractor_precision, config.devices)
-    check_fine_tunable(config, extractor)
+    timer = StageTimer()
+    prepared = preflight(config, timer)
+    collection, extractor, engine = prepared.collection, prepared.extractor, prepared.engine
+    search = None
+    if config.search:  # the chosen extractor and distortions replace the flags' (docs/training.md)
+        with timer("search"):
+            search = search_configurations(config, collection)
+        config = dataclasses.replace(config, **search.rows[search.chosen].settings)
+        extractor, engine = prepare_extractor(config, timer)
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
-            [image.path for image in collection.images], engine, config.bottleneck_dir,
-            max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 images each
-            show_progress=config.show_progress,
+            [image.path for image in collection.images], engine,
+            config.extraction.bottleneck_dir,
+            max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 each
+            show_progress=config.extraction.show_progress,
         )
     audit = None
-    if not config.skip_audit:
-        from retrainer.audit.run import DatasetAudit
-
+    if config.audit.enabled:
         with timer("audit"):
-            audit = DatasetAudit(collection, bottlenecks, config)
-        if config.keep_duplicates_in_one_split:
-            collection = audit.keep_groups_in_one_split()
-    splits = SplitFeatures(collection, bottlenecks)
-    held = HeldOutputs(active=config.has_quality_gates)  # until the gates pass
-    exports = RunExports(config, extractor, collection.labels,
-                       held.folder(config.intermediate_output_graphs_dir))
-    checkpoint = held.folder(config.checkpoint_path.parent) / config.checkpoint_path.name
-    with timer("distort", active=distortions_of(config).enabled):
-        train_features, distorted = training_features(
-            config, extractor, splits.images[TRAINING], splits.features[TRAINING])
-    with timer("train"):
-        training = train_head(
-            train_features, splits.features[VALIDATION], len(collection.labels),
-            dataclasses.replace(_training_config(config), checkpoint_path=checkpoint),
-            exports.store_intermediate,
-            config.intermediate_store_frequency,
-        )
-    with timer("fine_tune", active=config.do_fine_tuning):
-        tuning, test_features = fine_tune_if_asked(
-            config, extractor, training.head, splits.images, splits.features)
-    with timer("evaluate"):
-        evaluation = evaluate_head(
-            training.head, test_features, len(collection.labels),
-            config.test_batch_size, config.seed,
-        )
-        validation = validation_probabilities(training.head, splits.features[VALIDATION],
-                                              splits.images[VALIDATION], extractor, tuning)
+            audit = DatasetAudit(config.audit, collection, bottlenecks)
+        collection = audit.collection  # duplicates regrouped, when asked
+    splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
+    held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
+    exporter = Exporter(config.exports, extractor, collection.labels,
+                        held.folder(config.exports.intermediate_output_graphs_dir))
+    trained = _train_and_evaluate(config, extractor, splits, exporter, held, timer)
     with timer("novelty"):
-        from retrainer.training.novelty import fit_run_novelty, novelty_summary
-
-        novelty = fit_run_novelty(splits, extractor, tuning, config.novelty_pass_rate,
-                                  config.seed)
-        multi_label = None
-        if config.multi_label:
-            from retrainer.training.multi_label import evaluate_multi_label
-
-            multi_label = evaluate_multi_label(
-                collection.labels, splits.images[TESTING], evaluation.positions,
-                evaluation.probabilities, splits.images[VALIDATION], validation,
-                config.multi_label_threshold)
-    thresholds = None if multi_label is None else multi_label.thresholds
-    run_report = build_run_report(config, extractor.spec, training.history, evaluation,
-                                  validation, splits, multi_label)
-    gate_failure = failure_message(run_report.gates)
-    outputs: dict[str, Any] = {}
-    report: list = []
+        novelty = fit_run_novelty(splits, extractor, trained.tuning,
+                                  config.training.novelty_pass_rate, config.training.seed)
+    multi_label = None
+    misclassified = _misclassified(trained.evaluation, splits)
+    if config.training.multi_label:
+        multi_label = evaluate_multi_label(
+            collection.labels, splits.images[TESTING], trained.evaluation.positions,
+            trained.evaluation.probabilities, splits.images[VALIDATION],
+            trained.validation_probabilities, config.training.multi_label_threshold)
+        test_metrics, validation_metrics = top1_metrics(
+            trained.evaluation, trained.validation_probabilities, splits)
+        misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
+    else:
+        test_metrics = split_metrics(
+            splits.features[TESTING].labels[trained.evaluation.positions],
+            trained.evaluation.probabilities, trained.evaluation.positions)
+        validation_metrics = split_metrics(splits.features[VALIDATION].labels,
+                                           trained.validation_probabilities)
+    headline = headline_split(test_metrics, validation_metrics)
+    gates = check_gates(config.reports.assert_accuracy_at_least,
+                        config.reports.assert_recall_at_least, *headline, collection.labels,
+                        None if multi_label is None else
+                        multi_label.test if headline[0] == TESTING else multi_label.validation)
+    gate_failure = failure_message(gates)
+    exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
-            outputs = exports.write_final(training.head, splits.images[TRAINING],
-                                         fine_tuned=tuning is not None, novelty=novelty,
-                                         thresholds=thresholds)
+            exported = exporter.write_all(trained.head.head, splits.images[TRAINING],
+                                          splits.images[TESTING],
+                                          fine_tuned=trained.tuning is not None,
+                                          novelty=novelty,
+                                          thresholds=None if multi_label is None
+                                          else multi_label.thresholds)
             held.release()
-            report = verify_exports(config, outputs, splits.images[TESTING],
-                                    extractor.spec.input_size, thresholds, collection.labels)
     else:
         held.discard()
+    audit_document = None
     if audit is not None:
-        audit_document = audit.write(evaluation, splits.images[TESTING],
+        audit_document = audit.write(trained.evaluation, splits.images[TESTING],
                                      splits.features[TESTING].labels)
-        outputs["audit_file"] = config.audit_file
-    last = training.history[-1]
-    test_images = splits.images[TESTING]
     result = RetrainResult(
         labels=collection.labels,
         counts=splits.counts(),
         skipped=tuple(sorted(collection.ignored + splits.unreadable)),
         bottlenecks_computed=bottlenecks.computed,
         bottlenecks_reused=bottlenecks.reused,
-        train_accuracy=last.train_accuracy,
-        cross_entropy=last.cross_entropy,
-        validation_accuracy=last.validation_accuracy,
-        validation_count=last.validation_count,
-        test_accuracy=evaluation.accuracy,
-        test_count=evaluation.count,
-        test_per_class={
-            label: {"correct": correct, "total": total}
-            for label, (correct, total) in zip(collection.labels, evaluation.per_class)
-        },
-        misclassified=tuple(
-            (test_images[position].relpath, collection.labels[predicted])
-            for position, predicted in evaluation.misclassified(splits.features[TESTING].labels)
-        ),
-        outputs={**outputs, **report_paths(config.metrics_file, config.report_html)},
+        train_accuracy=trained.head.final.train_accuracy,
+        cross_entropy=trained.head.final.cross_entropy,
+        validation_accuracy=trained.head.final.validation_accuracy,
+        validation_count=trained.head.final.validation_count,
+        test_accuracy=trained.evaluation.accuracy,
+        test_count=trained.evaluation.count,
+        test_per_class={label: {"correct": correct, "total": total}
+                        for label, (correct, total) in zip(collection.labels,
+                                                           trained.evaluation.per_class)},
+        misclassified=misclassified,
+        outputs=_outputs(config, exported, audit is not None, gate_failure is None),
         seconds=timer.seconds(),
-        exports=tuple(row.to_json() for row in report),
-        best_step=training.best_step,
-        distorted=distorted,
-        fine_tuning=fine_tuning_summary(config, tuning),
-        audit=None if audit is None else audit_document,
-        report=run_report,
+        exports=tuple(row.to_json() for row in exported.report),
+        best_step=trained.head.best_step,
+        head=trained.head.summary(),
+        search=None if search is None else search.to_json(),
+        distorted=trained.distorted,
+        fine_tuning=fine_tuning_summary(config.training, trained.tuning),
+        audit=audit_document,
         extractor_precision=engine.precision,
         extractor_id=engine.spec.id,
         extraction_devices=engine.devices,
-        novelty=novelty_summary(novelty, test_features),
+        history=trained.head.history,
+        test_metrics=test_metrics,
+        validation_metrics=validation_metrics,
+        extractor=_extractor_json(extractor.spec),
+        flags=config.to_json(),
+        quality_gates=gates,
+        novelty=novelty_summary(novelty, trained.test_features),
+        multi_label=multi_label,
     )
-    write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
-                  audit_sections(result.audit) if config.report_html is not None else ())
-    try:
-        if gate_failure is not None:
-            raise QualityGateError(gate_failure)
-        check_export_accuracy(config, report)
-    except FinishedRunError as error:
-        error.result = result
-        raise
+    write_reports(result, config.reports, audit_sections(audit_document)
+                  if config.reports.report_html is not None and audit_document is not None else ())
+    export_failure = exported.accuracy_drop_failure(config.exports.max_export_accuracy_drop)
+    if gate_failure is not None:
+        raise QualityGateError(gate_failure, result)
+    if export_failure is not None:
+        raise ExportMismatchError(export_failure, result)
     return result
 
 
-def _training_config(config: RetrainConfig):
-    from retrainer.training.head import TrainingConfig
-    from retrainer.training.image_modes import (
-        early_stopping_patience_of,
-        regularization_of,
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """What the training stage hands on: the head, fine-tuning's outcome and the evaluation."""
+
+    head: TrainingResult
+    tuning: Optional[FineTuneResult]
+    distorted: Optional[dict[str, Any]]  # the distorted vectors' summary; None without them
+    evaluation: Evaluation
+    validation_probabilities: np.ndarray  # float32 [N_val, C], each validation image once
+    test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
+
+
+def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, splits: SplitFeatures,
+                        exporter: Exporter, held: HeldOutputs, timer: StageTimer) -> _Trained:
+    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation."""
+    options = config.training
+    checkpoint = held.folder(options.checkpoint_path.parent) / options.checkpoint_path.name
+    num_classes = len(splits.labels)
+    with timer("distort", active=distortions_of(options).enabled):
+        train_features, distorted = training_features(
+            options, extractor, splits.images[TRAINING], splits.features[TRAINING])
+    with timer("train"):
+        head = train_head(train_features, splits.features[VALIDATION], num_classes,
+                          training_options(options, checkpoint), exporter.write_intermediate,
+                          config.exports.intermediate_store_frequency)
+    with timer("fine_tune", active=options.do_fine_tuning):
+        tuning, test_features = fine_tune_if_asked(
+            options, extractor, head.head, splits.images, splits.features)
+    with timer("evaluate"):
+        evaluation = evaluate_head(head.head, test_features, num_classes,
+                                   options.test_batch_size, options.seed)
+        validation = validation_probabilities(head.head, splits.features[VALIDATION],
+                                              splits.images[VALIDATION], extractor, tuning)
+    return _Trained(head, tuning, distorted, evaluation, validation, test_features)
+
+
+def _misclassified(evaluation: Evaluation, splits: SplitFeatures
+                   ) -> tuple[MisclassifiedImage, ...]:
+    """Each wrong test prediction, in the order the test made them."""
+    images, labels = splits.images[TESTING], splits.labels
+    truth = splits.features[TESTING].labels[evaluation.positions]
+    return tuple(
+        MisclassifiedImage(
+            relpath=images[evaluation.positions[row]].relpath,
+            path=images[evaluation.positions[row]].path,
+            true_label=labels[truth[row]],
+            predicted_label=labels[evaluation.predictions[row]],
+            score=float(evaluation.probabilities[row, evaluation.predictions[row]]),
+        )
+        for row in (evaluation.predictions != truth).nonzero()[0]
     )
 
-    return TrainingConfig(
-        steps=config.how_many_training_steps,
-        learning_rate=config.learning_rate,
-        train_batch_size=config.train_batch_size,
-        validation_batch_size=config.validation_batch_size,
-        eval_step_interval=config.eval_step_interval,
-        seed=config.seed,
-        summaries_dir=config.summaries_dir,
-        checkpoint_path=config.checkpoint_path,
-        regularization=regularization_of(config),
-        early_stopping_patience=early_stopping_patience_of(config),
-    )
+
+def _outputs(config: RetrainConfig, exported: Exported, audited: bool,
+             trained_outputs: bool) -> dict[str, Any]:
+    """{output name: path} of everything the run wrote, in the order the summary lists them."""
+    written = dict(exported.outputs)
+    outputs: dict[str, Any] = {name: written.pop(name) for name in (
+        "output_graph", "output_graph_metadata", "output_labels") if name in written}
+    if trained_outputs:  # held back (and then discarded) when a gate failed
+        outputs.update(summaries_dir=config.training.summaries_dir,
+                       checkpoint_path=config.training.checkpoint_path)
+    outputs.update(written)
+    if audited:
+        outputs["audit_file"] = config.audit.audit_file
+    return {**outputs, **config.reports.paths}
 
 
-class _StageTimer:
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self._seconds: dict[str, float] = {}
+def _extractor_json(spec: ExtractorSpec) -> dict[str, Any]:
+    """The extractor as the document describes it (its own spec, not its engine's)."""
+    return {"name": spec.name, "id": spec.id, "input_size": list(spec.input_size),
+            "vector_size": spec.vector_size}
 
-    @contextlib.contextmanager
-    def __call__(self, stage: str, active: bool = True):
-        """Time the block as `stage`; an inactive stage (a mode not asked for) is not listed."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            if active:
-                self._seconds[stage] = time.perf_counter() - started
-
-    def seconds(self) -> dict[str, float]:
-        return {**self._seconds, "total": time.perf_counter() - self.started}

@@ -6,9 +6,12 @@ import logging
 
 import numpy as np
 
+from retrainer.cache.bottlenecks import Bottlenecks
+from retrainer.data.discovery import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
 from retrainer.training.head import FeatureSet
+from retrainer.training.multi_label import targets_of
 
 log = logging.getLogger(__name__)
 
@@ -16,10 +19,12 @@ log = logging.getLogger(__name__)
 class SplitFeatures:
     """The decodable images and their vectors, grouped by split."""
 
-    def __init__(self, collection, bottlenecks) -> None:
+    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks,
+                 multi_label: bool = False) -> None:
+        """`multi_label`: each split's FeatureSet also carries float32 [n, C] 0/1 targets."""
         self.labels = collection.labels
-        self.images = {split: [] for split in SPLITS}
-        rows = {split: [] for split in SPLITS}
+        self.images: dict[str, list[ImageFile]] = {split: [] for split in SPLITS}
+        rows: dict[str, list[int]] = {split: [] for split in SPLITS}
         for position, image in enumerate(collection.images):
             if bottlenecks.ok[position]:
                 self.images[image.split].append(image)
@@ -32,6 +37,7 @@ class SplitFeatures:
             split: FeatureSet(
                 bottlenecks.vectors[rows[split]],  # float32 [n, D], also when n == 0
                 np.array([image.label_index for image in self.images[split]], np.int64),
+                targets_of(self.images[split], len(self.labels)) if multi_label else None,
             )
             for split in SPLITS
         }

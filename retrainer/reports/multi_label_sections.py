@@ -1,6 +1,6 @@
 """The report's sections for a multi-label run: headline figures, per-label metrics, examples.
 
-They replace the single-label per-class table and gallery (`sections.run_sections`): each label
+They replace the single-label confusion matrix, per-class table and gallery: each label
 with its threshold, precision, recall, F1, average precision and support on the test and
 validation splits, and test images whose predicted label set differs from the true one.
 """
@@ -11,10 +11,18 @@ import html
 from typing import Any
 
 from retrainer.reports.format import percent
-from retrainer.reports.html import Section, paragraph, table
+from retrainer.reports.html import Section, paragraph, png_image, table
+from retrainer.reports.sections import dataset_section, gallery, summary_section
+
+
+def multi_label_run_sections(result: Any, curves_png: bytes) -> list[Section]:
+    """Summary, dataset, training curves, per-label metrics, test images with wrong label sets."""
+    return [summary_section(result), dataset_section(result),
+            Section("training", "Training curves", png_image(curves_png, "Training curves")),
+            multi_label_section(result), examples_section(result)]
 
 def multi_label_section(result: Any) -> Section:
-    evaluation = result.report.multi_label
+    evaluation = result.multi_label
     body = paragraph("Each label is predicted when its probability reaches its threshold, "
                      "chosen on the validation split for the best F1 of that label (or set with "
                      "--multi_label_threshold); the test split never takes part in the choice.")
@@ -35,9 +43,7 @@ def multi_label_section(result: Any) -> Section:
 
 
 def examples_section(result: Any) -> Section:
-    from retrainer.reports.sections import gallery
-
-    images = result.report.misclassified
+    images = result.misclassified
     return gallery(
         "examples", "Test images with a wrong label set", images,
         f"{len(images)} test images whose predicted labels differ from their true labels "

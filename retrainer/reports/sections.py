@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import io
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from PIL import Image
 
@@ -27,14 +27,8 @@ THUMBNAIL_SIZE = (112, 112)
 
 
 def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes]) -> list[Section]:
-    """Summary, dataset, training curves, confusion matrix, per-class table, gallery (for a
-    multi-label run: per-label metrics and examples instead of the last two)."""
-    if result.report.multi_label is not None:
-        from retrainer.reports.multi_label_sections import examples_section, multi_label_section
-
-        return [summary_section(result), dataset_section(result),
-                Section("training", "Training curves", png_image(curves_png, "Training curves")),
-                multi_label_section(result), examples_section(result)]
+    """Summary, dataset, training curves, confusion matrix, per-class table, gallery (a
+    multi-label run's: `multi_label_sections.multi_label_run_sections`)."""
     return [
         summary_section(result),
         dataset_section(result),
@@ -48,16 +42,15 @@ def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes])
 
 
 def summary_section(result: Any) -> Section:
-    report = result.report
     rows = []
-    for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
+    for name, split in ((TESTING, result.test_metrics), (VALIDATION, result.validation_metrics)):
         top_k = "n/a" if split.top_k is None else f"top-{split.top_k} {percent(split.top_k_accuracy)}"
         rows.append((name, split.count, percent(split.accuracy),
                      percent(split.balanced_accuracy), top_k))
     body = table(("split", "images", "accuracy", "balanced accuracy", "top-k"), rows)
-    body += paragraph(f"Extractor {report.extractor['name']} ({report.extractor['id']}); "
+    body += paragraph(f"Extractor {result.extractor['name']} ({result.extractor['id']}); "
                       f"{len(result.labels)} classes; run took {result.seconds['total']:.1f} s.")
-    for gate in report.gates:
+    for gate in result.quality_gates:
         verdict = "PASSED" if gate.passed else "FAILED"
         text = (f"{verdict}: --{gate.flag} {gate.threshold:g} "
                 f"(reached {percent(gate.value)}"
@@ -85,7 +78,7 @@ def dataset_section(result: Any) -> Section:
 
 
 def confusion_section(result: Any, confusion_png: Optional[bytes]) -> Section:
-    _, split = result.report.headline()
+    _, split = result.headline()
     if confusion_png is None:
         return Section("confusion", "Confusion matrix",
                        paragraph("No test or validation images: nothing to show."))
@@ -99,9 +92,8 @@ def confusion_section(result: Any, confusion_png: Optional[bytes]) -> Section:
 
 
 def per_class_section(result: Any) -> Section:
-    report = result.report
     body = ""
-    for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
+    for name, split in ((TESTING, result.test_metrics), (VALIDATION, result.validation_metrics)):
         if not split.count:
             body += paragraph(f"No {name} images.")
             continue
@@ -113,7 +105,7 @@ def per_class_section(result: Any) -> Section:
 
 
 def gallery_section(result: Any) -> Section:
-    images = result.report.misclassified
+    images = result.misclassified
     return gallery(
         "misclassified", "Misclassified test images", images,
         f"{len(images)} misclassified test images (thumbnails squared, as the network saw them; "
@@ -122,7 +114,7 @@ def gallery_section(result: Any) -> Section:
 
 
 def gallery(section_id: str, title: str, images: Any, intro: str, empty: str,
-            predicted: Any) -> Section:
+            predicted: Callable[[Any], str]) -> Section:
     """A section of thumbnails of `images` (MisclassifiedImage), captioned with the file, its
     true label and `predicted(image)`; at most MAX_GALLERY_IMAGES, the rest in the metrics file."""
     if not images:

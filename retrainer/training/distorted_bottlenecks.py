@@ -99,9 +99,10 @@ def compute_distorted_bottlenecks(
         except OSError:
             continue  # the plain pass has already warned about it
         found = [cache.load(f"{digest}-v{index}") for index in range(variants)]
-        reused += sum(vector is not None for vector in found)
-        if all(vector is not None for vector in found):
-            vectors[position], ok[position] = np.stack(found), True
+        cached = [vector for vector in found if vector is not None]
+        reused += len(cached)
+        if len(cached) == variants:
+            vectors[position], ok[position] = np.stack(cached), True
         else:
             missing.append(position)
     computed = 0
@@ -115,7 +116,8 @@ def compute_distorted_bottlenecks(
     return DistortedBottlenecks(vectors, ok, computed, reused, time.perf_counter() - started)
 
 
-def _compute(paths, missing: list[int], extractor: FeatureExtractor, cache: BottleneckCache,
+def _compute(paths: Sequence[os.PathLike[str] | str], missing: list[int],
+             extractor: FeatureExtractor, cache: BottleneckCache,
              distortions: Distortions, variants: int, seed: int, vectors: np.ndarray,
              ok: np.ndarray, show_progress: bool) -> int:
     """Fill `vectors`/`ok` for the `missing` positions; returns the variant vectors computed."""

@@ -8,11 +8,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.graph_contract import OUTPUT_OP
+from retrainer.io.storage import AnyPath
 
+T = TypeVar("T")
 DEFAULT_OUTPUT_LAYER = OUTPUT_OP
 DEFAULT_TOP_K = 5
 DEFAULT_BATCH_SIZE = 32
@@ -31,9 +33,10 @@ class ClassifyConfig:
         input_mean / input_std: a float model is fed (uint8 pixel - input_mean) / input_std.
         top_k: how many (label, score) pairs to return per image.
         batch_size: images per model run.
+        trust_model: load the model without `retrainer.security.check_model` (docs/security.md).
     """
 
-    graph: Path
+    graph: AnyPath
     labels: Optional[Path] = None
     input_layer: Optional[str] = None
     output_layer: Optional[str] = None
@@ -43,6 +46,7 @@ class ClassifyConfig:
     input_std: Optional[float] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "input_height", "input_width"):
@@ -77,7 +81,7 @@ class ModelSpec:
         return self.thresholds is not None
 
 
-def read_labels(path: Path) -> tuple[str, ...]:
+def read_labels(path: AnyPath) -> tuple[str, ...]:
     """Labels file -> labels in class-index order (one per line, trailing blank lines ignored).
 
     Raises:
@@ -136,5 +140,12 @@ def retrainer_extras(metadata: Any, labels: tuple[str, ...], source: str
     return thresholds, novelty
 
 
-def first_set(*values):
+def first_set(*values: Optional[T]) -> Optional[T]:
+    """The first value that is not None (a flag, else the metadata, else the graph's), or None."""
     return next((value for value in values if value is not None), None)
+
+
+def flag_or(default: T, *values: Optional[T]) -> T:
+    """The first of `values` that is not None (a flag, else the metadata), else `default`."""
+    found = first_set(*values)
+    return default if found is None else found
