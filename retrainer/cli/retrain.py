@@ -224,6 +224,10 @@ def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_
 def _test_line(result: RetrainResult) -> str:
     if result.test_accuracy is None:
         return "Final test accuracy = n/a (no test images)"
+    if result.multi_label is not None:
+        test = result.multi_label.test
+        return (f"Final test micro-F1 = {percent(test.micro_f1)} (N={test.count}; top-1 is one of "
+                f"the labels for {result.test_accuracy * 100:.1f}%)")
     return f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})"
 
 

@@ -140,7 +140,8 @@ def run(config: RetrainConfig) -> RetrainResult:
         cross_entropy=trained.head.final.cross_entropy,
         validation_accuracy=trained.head.final.validation_accuracy,
         validation_count=trained.head.final.validation_count,
-        test_accuracy=trained.evaluation.accuracy,
+        test_accuracy=(trained.evaluation.accuracy if multi_label is None
+                       else test_metrics.accuracy),  # multi-label: top-1 is one of the labels
         test_count=trained.evaluation.count,
         test_per_class={label: {"correct": correct, "total": total}
                         for label, (correct, total) in zip(collection.labels,
