@@ -84,11 +84,6 @@ class RetrainConfig:
     multi_label: bool = False
     multi_label_threshold: Optional[float] = None
     novelty_pass_rate: float = 0.95
-    # labels from a manifest, multi-label heads, the novelty score (docs/multi_label.md)
-    labels_csv: Optional[AnyPath] = None
-    multi_label: bool = False
-    multi_label_threshold: Optional[float] = None
-    novelty_pass_rate: float = 0.95
     # dataset audit (retrainer/audit, docs/audit.md)
     audit_file: AnyPath = DEFAULT_OUTPUT_DIR / "audit.json"
     skip_audit: bool = False

@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.classify import Classifier, ClassifyConfig
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import Classifier
 from retrainer.cli.label_image import main as label_image_main
 
 # Largest |export - training-time| novelty on the test images, per artifact (the score is a

@@ -87,7 +87,7 @@ class SavedModelModel:
         self._model = None
 
 
-def _metadata(path) -> Any:
+def _metadata(path: Any) -> Any:
     """The export's assets/metadata.json, or None (older exports have none).
 
     Raises:

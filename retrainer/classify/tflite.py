@@ -118,14 +118,15 @@ class TFLiteModel:
         self._interpreter = None
 
 
-def _dequantize(detail: dict, values: np.ndarray) -> np.ndarray:
+def _dequantize(detail: dict[str, Any], values: np.ndarray) -> np.ndarray:
     if detail["dtype"] == np.float32:
         return values
     scale, zero_point = detail["quantization"]
     return ((np.asarray(values).astype(np.float32) - zero_point) * scale).astype(np.float32)
 
 
-def _novelty_output(interpreter, outputs: list[dict]) -> Optional[dict]:
+def _novelty_output(interpreter: Any, outputs: list[dict[str, Any]]
+                    ) -> Optional[dict[str, Any]]:
     """The output the signature names `novelty` (retrain's exports with a novelty score)."""
     signatures = interpreter.get_signature_list()
     if len(outputs) < 2 or not signatures:

@@ -104,7 +104,9 @@ class Exporter:
         exporter = self._graph_exporter(head)
         if novelty is not None or thresholds is not None:  # outputs the intermediate ones lack
             exporter = GraphExporter(Classifier(self.extractor, head, self.labels,
-                                                options.final_tensor_name, novelty, thresholds))
+                                                options.final_tensor_name, novelty,
+                                                None if thresholds is None
+                                                else thresholds.tolist()))
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         outputs: dict[str, Any] = {

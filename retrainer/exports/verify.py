@@ -21,6 +21,7 @@ from retrainer.classify.config import ClassifyConfig
 from retrainer.classify.run import open_model
 from retrainer.errors import ModelError
 from retrainer.io.storage import AnyPath, tree_size
+from retrainer.reports.multi_label import multi_label_metrics
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,6 @@ def export_report(
     Returns:
         One ArtifactReport per artifact, in order.
     """
-    from retrainer.reports.multi_label import multi_label_metrics
-
     reference = None
     reports: list[ArtifactReport] = []
     for name, path in artifacts:
@@ -83,7 +82,8 @@ def export_report(
         if reference is None:
             reference = probabilities
         if thresholds is None:
-            figures = {"accuracy": float((probabilities.argmax(1) == labels).mean())}
+            figures: dict[str, Any] = {
+                "accuracy": float((probabilities.argmax(1) == labels).mean())}
             agreement = float((probabilities.argmax(1) == reference.argmax(1)).mean())
         else:
             measured = multi_label_metrics(labels, probabilities, thresholds)

@@ -24,6 +24,7 @@ from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.errors import ExportMismatchError, QualityGateError
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
+from retrainer.pipeline.multi_label import top1_metrics, wrong_label_sets
 from retrainer.pipeline.preflight import preflight, prepare_extractor
 from retrainer.pipeline.search import search as search_configurations
 from retrainer.pipeline.split_features import SplitFeatures
@@ -36,9 +37,6 @@ from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
 from retrainer.training.fine_tune import FineTuneResult
 from retrainer.training.head import FeatureSet, TrainingResult, train_head
-from retrainer.pipeline.multi_label import top1_metrics, wrong_label_sets
-from retrainer.training.multi_label import evaluate_multi_label
-from retrainer.training.novelty import fit_run_novelty, novelty_summary
 from retrainer.training.image_modes import (
     distortions_of,
     fine_tune_if_asked,
@@ -46,6 +44,8 @@ from retrainer.training.image_modes import (
     training_features,
     training_options,
 )
+from retrainer.training.multi_label import evaluate_multi_label
+from retrainer.training.novelty import fit_run_novelty, novelty_summary
 
 
 def run(config: RetrainConfig) -> RetrainResult:

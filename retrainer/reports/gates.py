@@ -9,7 +9,7 @@ measured. The pipeline checks the gates before exporting, so a failing model rep
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from retrainer.data.split import TESTING
 from retrainer.reports.metrics import SplitMetrics
@@ -82,7 +82,7 @@ def check_gates(
         One GateResult per gate asked for.
     """
     results = []
-    rows = metrics.per_class if multi_label is None else multi_label.per_class
+    rows: Sequence[Any] = metrics.per_class if multi_label is None else multi_label.per_class
     if accuracy_at_least is not None:
         value = metrics.accuracy if multi_label is None else multi_label.micro_f1
         results.append(GateResult("assert_accuracy_at_least", accuracy_at_least,

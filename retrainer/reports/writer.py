@@ -16,9 +16,9 @@ from retrainer.data.split import TESTING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath
 from retrainer.reports.html import Section, render_page
+from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.options import ReportOptions
 from retrainer.reports.plots import confusion_matrix_png, training_curves_png
-from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.sections import run_sections
 
 log = logging.getLogger(__name__)

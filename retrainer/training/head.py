@@ -47,10 +47,8 @@ class FeatureSet:
 
     Attributes:
         features: float32 [N, D] bottleneck vectors.
-        labels: int64 [N] class indices (a multi-label image's first label: batches are
-            balanced on it).
-        targets: float32 [N, C] 0/1 rows of a multi-label split (the sigmoid objective's
-            targets), None for single-label.
+        labels: int64 [N] class indices (multi-label: each image's first; batches balance it).
+        targets: float32 [N, C] 0/1 rows of a multi-label split, None for single-label.
     """
 
     features: np.ndarray

@@ -20,6 +20,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from retrainer.data.split import TRAINING, VALIDATION
+from retrainer.training.fine_tune import image_features
+
 log = logging.getLogger(__name__)
 
 K = 5
@@ -171,14 +174,10 @@ def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pas
     After --do_fine_tuning the cached vectors are stale, so the reference sample and the
     validation images are run through the tuned extractor again.
     """
-    from retrainer.data.split import TRAINING, VALIDATION
-
     train, validation = splits.features[TRAINING], splits.features[VALIDATION]
     groups = train.labels if train.labels.ndim == 1 else train.labels.argmax(axis=1)
     if fine_tuning is None:
         return fit_novelty(train.features, groups, validation.features, pass_rate, seed)
-    from retrainer.training.image_modes import image_features
-
     rows = _proportional_sample(groups, MAX_REFERENCES, seed)
     tuned = image_features([splits.images[TRAINING][row].path for row in rows], extractor)
     tuned_validation = validation.features
