@@ -72,4 +72,5 @@ def best_f1_threshold(truth: np.ndarray, scores: np.ndarray) -> Optional[float]:
     best = int(np.argmax(f1))
     kept = sorted_scores[ends[best]]
     left_out = sorted_scores[ends[best] + 1] if ends[best] + 1 < len(sorted_scores) else 0.0
-    return float(np.float32((kept + left_out) / 2)) if kept > left_out else float(kept)
+    halfway = np.float32((kept + left_out) / 2)
+    return float(halfway) if halfway > left_out else float(kept)  # adjacent floats: keep `kept`
