@@ -8,7 +8,7 @@ resized to 256x256 JPEGs. Crops of one photo overlap, so held-out crops are easi
 would be: the set is for measuring what a photo model does with images unlike any photo (the
 novelty score), not for accuracy claims. Deterministic for a seed; built beside `out` and renamed.
 
-    python benchmarks/build_photo_crops.py --out /work/team/data/photo_crops --per-class 60
+    python -m benchmarks.build_photo_crops --out /work/team/data/photo_crops --per-class 60
 """
 
 from __future__ import annotations

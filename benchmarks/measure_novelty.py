@@ -2,7 +2,7 @@
 
 Three cases, each on the default extractor's cached vectors (`--bottleneck_dir`):
 - `fm_photos`: a model of Fashion-MNIST (folder per class) shown real photographs;
-- `photos_fm`: a model of photo crops (benchmarks/build_photo_crops.py) shown Fashion-MNIST;
+- `photos_fm`: a model of photo crops (`python -m benchmarks.build_photo_crops`) shown Fashion-MNIST;
 - `fm_heldout`: trained on 8 Fashion-MNIST classes, shown the other 2 (each `--pairs` entry).
 Models train on the training split (file-name hash, 10 % validation, 10 % test); thresholds are
 calibrated on the validation split for `--pass-rate`; the in-distribution figures are on the
@@ -10,16 +10,15 @@ test split. Candidates: the shipped score (retrainer.training.novelty, k-NN cosi
 most 4096 training vectors) and the alternatives it was chosen over (k-NN with other k and
 reference counts, class prototypes, Mahalanobis, max softmax probability, energy).
 
-    python benchmarks/measure_novelty.py --fm /work/team/data/fashion_mnist_70k/images \
+    python -m benchmarks.measure_novelty --fm /work/team/data/fashion_mnist_70k/images \
         --photos /work/team/data/photo_crops_60 \
         --bottleneck_dir /work/team/data/fashion_mnist_70k/bottlenecks \
         --photo_bottleneck_dir /tmp/photo_bottlenecks --cases all
-    python benchmarks/measure_novelty.py --smoke    # tiny generated data, seconds (CI)
+    python -m benchmarks.measure_novelty --smoke    # tiny generated data, seconds (CI)
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -27,9 +26,8 @@ from typing import Callable
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from retrainer.training.novelty import calibrate_threshold, fit_novelty  # noqa: E402
+from benchmarks import cli
+from retrainer.training.novelty import calibrate_threshold, fit_novelty
 
 Scorer = Callable[[np.ndarray], np.ndarray]
 
@@ -190,7 +188,7 @@ def _splits(vectors, classes, splits):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--fm", type=Path)
     parser.add_argument("--photos", type=Path)
     parser.add_argument("--bottleneck_dir", type=Path, help="vector cache of --fm")
@@ -203,14 +201,16 @@ def main() -> None:
     parser.add_argument("--pass-rate", type=float, default=0.95)
     parser.add_argument("--candidates", default="all", help="'shipped' or 'all'")
     parser.add_argument("--ood-sample", type=int, default=2000)
-    parser.add_argument("--smoke", action="store_true", help="tiny synthetic vectors, seconds")
-    args = parser.parse_args()
+    args = cli.parse(parser, {})  # --smoke: tiny synthetic vectors instead of the folders
     names = list(CANDIDATES) if args.candidates == "all" else [next(iter(CANDIDATES))]
     if args.smoke:
         rng = np.random.default_rng(0)
         centres = rng.random((4, 64)) * 3
         groups = rng.integers(0, 4, 300)
-        make = lambda n: (centres[rng.integers(0, 4, n)] + rng.random((n, 64))).astype(np.float32)
+
+        def make(n):
+            return (centres[rng.integers(0, 4, n)] + rng.random((n, 64))).astype(np.float32)
+
         train = (centres[groups] + rng.random((300, 64))).astype(np.float32)
         far = (rng.random((50, 64)) * 3).astype(np.float32)
         rows = measure(train, groups, make(60), make(60), far, args.pass_rate, names)

@@ -19,7 +19,7 @@ from retrainer.data.split import validate_percentages
 from retrainer.engines import AUTO, AUTO_DEVICES
 from retrainer.errors import UsageError, require
 from retrainer.exports.options import ExportOptions, quantization_modes
-from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
+from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES, MODES, ONNX_MODES
 from retrainer.formats.graph_contract import (
     DEFAULT_GRAPH,
     DEFAULT_OUTPUT_DIR,
@@ -96,6 +96,7 @@ class RetrainConfig:
     # reports and quality gates (issue 12): None turns a report off; gates are fractions or None
     metrics_file: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "metrics.json"
     report_html: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "report.html"
+    report_explanations: int = 3  # heat maps of N correct test images per class (+ the wrong ones)
     assert_accuracy_at_least: Optional[float] = None
     assert_recall_at_least: Optional[float] = None
     final_tensor_name: str = OUTPUT_OP
@@ -107,6 +108,9 @@ class RetrainConfig:
     tflite_quantization: tuple[str, ...] = ("none",)
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
+    # ONNX export, int8 calibrated like the TFLite int8 export (docs/exports.md)
+    onnx_output_file: Optional[AnyPath] = None
+    onnx_quantization: tuple[str, ...] = ("none",)
     tfhub_module: str = DEFAULT_EXTRACTOR
     trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
@@ -120,7 +124,8 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file", "tflite_output_file", "labels_csv"):
+                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file",
+                      "labels_csv"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
@@ -129,8 +134,8 @@ class RetrainConfig:
         for field in ("metrics_file", "report_html"):  # an empty path turns that report off
             value = getattr(self, field)
             object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
-        modes = quantization_modes(self.tflite_quantization)
-        object.__setattr__(self, "tflite_quantization", modes)
+        for flag, choices in (("tflite_quantization", MODES), ("onnx_quantization", ONNX_MODES)):
+            object.__setattr__(self, flag, quantization_modes(flag, getattr(self, flag), choices))
         validate_percentages(self.validation_percentage, self.testing_percentage)
         require("seed", self.seed, 0 <= self.seed < 2**63, "a number from 0 to 2**63 - 1")
         budget = self.search_budget
@@ -165,7 +170,8 @@ class RetrainConfig:
     def reports(self) -> ReportOptions:
         """The metrics file, the HTML report and the quality gates (retrainer.reports.options)."""
         return ReportOptions(self.metrics_file, self.report_html, self.summaries_dir,
-                             self.assert_accuracy_at_least, self.assert_recall_at_least)
+                             self.assert_accuracy_at_least, self.assert_recall_at_least,
+                             self.report_explanations)
 
     @functools.cached_property
     def exports(self) -> ExportOptions:
@@ -173,7 +179,8 @@ class RetrainConfig:
         return ExportOptions(self.output_graph, self.output_labels, self.final_tensor_name,
                              self.intermediate_store_frequency, self.intermediate_output_graphs_dir,
                              self.saved_model_dir, self.tflite_output_file,
-                             self.tflite_quantization, self.tflite_calibration_images,
+                             self.tflite_quantization, self.onnx_output_file,
+                             self.onnx_quantization, self.tflite_calibration_images,
                              self.max_export_accuracy_drop, self.seed)
 
     def to_json(self) -> dict[str, Any]:

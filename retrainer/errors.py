@@ -79,6 +79,12 @@ class ExportMismatchError(FinishedRunError):
     exit_code = EXIT_EXPORT_MISMATCH
 
 
+class ExportFailedError(FinishedRunError):
+    """An export could not be written (e.g. a converter failed); every other output was written."""
+
+    exit_code = EXIT_MODEL
+
+
 def require(flag: str, value: object, valid: bool, expected: str) -> None:
     """Check one flag's value: a UsageError "--flag must be <expected>. Received: <value>."
 

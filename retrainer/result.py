@@ -68,7 +68,7 @@ class RetrainResult:
         quality_gates: the gates asked for and their outcome.
         novelty: the novelty score's method, threshold and calibration, and the share of test
             images that pass it ("test_pass_rate"; None without test images).
-        multi_label: a multi-label run's thresholds and metrics (training.multi_label), else
+        multi_label: a multi-label run's thresholds and metrics (pipeline.multi_label), else
             None. `test_metrics`/`validation_metrics` then score the top-1 label as right when it
             is one of the image's labels, and `misclassified` lists the test images whose
             predicted label set differs (labels joined by ";").

@@ -17,6 +17,10 @@ MAX_TOP_LEVEL_MODULES = 6
 # The CLI imports the heavy entry points inside its commands, so that --help stays instant.
 LAZY_ENTRY_POINTS = {"retrainer.pipeline", "retrainer.classify.run", "retrainer.beam.pipeline",
                      "retrainer.classify.imagenet"}
+# docs/architecture.md's layers, bottom up: each imports only from those before it.
+LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
+          "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
+          "result", "pipeline", "cli"]
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:
@@ -116,6 +120,28 @@ def test_modules_are_small_and_the_top_level_short():
     assert long == {}
     top_level = sorted(path.name for path in PACKAGE.glob("*.py"))
     assert len(top_level) <= MAX_TOP_LEVEL_MODULES, top_level
+
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    def layer(module: str) -> str:
+        return module.split(".")[1] if module.count(".") else "retrainer"
+
+    graph = import_graph()
+    assert {layer(name) for name in graph} - {"retrainer"} == set(LAYERS)  # a new one: place it
+    upward = sorted(f"{name} imports {target}" for name, targets in graph.items()
+                    for target in targets if layer(name) in LAYERS and layer(target) in LAYERS
+                    and LAYERS.index(layer(target)) > LAYERS.index(layer(name)))
+    assert upward == []
+
+
+def test_every_package_folder_has_an_init_so_wheels_include_it():
+    """setuptools' packages.find (pyproject.toml) skips a folder without __init__.py: its modules
+    would be missing from an installed wheel, though they import from a checkout."""
+    bare = sorted(str(folder.relative_to(PACKAGE)) for folder in PACKAGE.rglob("*")
+                  if folder.is_dir() and any(folder.glob("*.py"))
+                  and not (folder / "__init__.py").exists())
+    assert bare == []
 
 
 @pytest.mark.parametrize("source, circle", [

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+from retrainer import extractors
 from retrainer.cli import imagenet
 from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.data.decoding import load_image
@@ -64,7 +65,7 @@ def _batch(photo_files: dict[str, Path], size: tuple[int, int]) -> tf.Tensor:
 def test_every_variant_is_registered_and_lite0_is_the_default():
     assert set(NAMES) <= set(list_extractors())
     assert NAMES == sorted(EXPECTED_SIZES)
-    assert DEFAULT_EXTRACTOR == "efficientnet_lite0"
+    assert DEFAULT_EXTRACTOR == extractors.DEFAULT_EXTRACTOR == "efficientnet_lite0"
 
 
 def test_spec_describes_input_and_vectors(extractor):

@@ -8,11 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
 from retrainer.errors import ModelError, UsageError
-from retrainer.formats.graph_contract import OUTPUT_OP
-from retrainer.io.storage import AnyPath
+from retrainer.formats.graph_contract import LABELS_FILENAME, OUTPUT_OP
+from retrainer.io.storage import AnyPath, as_path
 
 T = TypeVar("T")
 DEFAULT_OUTPUT_LAYER = OUTPUT_OP
@@ -33,6 +33,7 @@ class ClassifyConfig:
         input_mean / input_std: a float model is fed (uint8 pixel - input_mean) / input_std.
         top_k: how many (label, score) pairs to return per image.
         batch_size: images per model run.
+        explain_dir: write each image's Grad-CAM heat map here (`retrainer.classify.explained`).
         trust_model: load the model without `retrainer.security.check_model` (docs/security.md).
     """
 
@@ -46,6 +47,7 @@ class ClassifyConfig:
     input_std: Optional[float] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
+    explain_dir: Optional[Path] = None
     trust_model: bool = False
 
     def __post_init__(self) -> None:
@@ -95,6 +97,32 @@ def read_labels(path: AnyPath) -> tuple[str, ...]:
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple(line.rstrip() for line in lines)
+
+
+def resolve_labels(config: ClassifyConfig, embedded: Optional[Sequence[str]], embedded_source: str,
+                   kind: str, lacking: str) -> tuple[tuple[str, ...], str]:
+    """(labels, where they came from): --labels, else the model's own (`embedded`), else
+    output_labels.txt beside the model.
+
+    Args:
+        embedded: the labels the model file or its sidecar carries; None or empty: none.
+        embedded_source: how to name that source in messages.
+        kind / lacking: for the error, e.g. "graph" and "no .meta.json sidecar".
+
+    Raises:
+        UsageError: no labels anywhere, saying how to pass them.
+    """
+    if config.labels is not None:
+        return read_labels(config.labels), f"labels file {config.labels}"
+    if embedded:
+        return tuple(str(label) for label in embedded), embedded_source
+    beside = as_path(config.graph).parent / LABELS_FILENAME
+    if beside.is_file():
+        return read_labels(beside), f"labels file {beside}"
+    raise UsageError(
+        f"no labels for {kind} {config.graph}: it has {lacking} and there is no "
+        f"{LABELS_FILENAME} next to it; pass --labels FILE"
+    )
 
 
 def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: str) -> None:

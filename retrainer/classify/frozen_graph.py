@@ -20,7 +20,7 @@ from retrainer.classify.config import (
     ModelSpec,
     first_set,
     flag_or,
-    read_labels,
+    resolve_labels,
     retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
@@ -30,7 +30,6 @@ from retrainer.formats.graph_contract import (
     INPUT_MEAN,
     INPUT_OP,
     INPUT_STD,
-    LABELS_FILENAME,
     METADATA_SUFFIX,
     metadata_path,
 )
@@ -52,7 +51,9 @@ class FrozenGraphModel:
             config.output_layer or sidecar.get("output_layer") or DEFAULT_OUTPUT_LAYER,
         )
         self._input, self._output = frozen.input, frozen.output
-        labels, self.labels_source = _labels(config, sidecar)
+        labels, self.labels_source = resolve_labels(
+            config, sidecar.get("labels"), f"metadata {config.graph}{METADATA_SUFFIX}", "graph",
+            f"no {METADATA_SUFFIX} sidecar")
         thresholds, novelty_threshold = retrainer_extras(
             sidecar, labels, f"metadata {config.graph}{METADATA_SUFFIX}")
         self._fetches = [self._output]
@@ -141,19 +142,3 @@ def _input_size(config: ClassifyConfig, sidecar: dict[str, Any], tensor: "tf.Ten
             )
         size.append(int(value))
     return size[0], size[1]
-
-
-def _labels(config: ClassifyConfig, sidecar: dict[str, Any]) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the sidecar's, else output_labels.txt beside the graph."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if sidecar.get("labels"):
-        labels = tuple(str(label) for label in sidecar["labels"])
-        return labels, f"metadata {config.graph}{METADATA_SUFFIX}"
-    beside = config.graph.parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for graph {config.graph}: it has no {METADATA_SUFFIX} sidecar and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )

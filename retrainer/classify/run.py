@@ -1,11 +1,11 @@
 """Classification: an exported model + image files -> top-k (label, score) per image.
 
-`--graph` may be a frozen GraphDef (.pb), a `.tflite` file or a SavedModel folder; the content
-decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, a SavedModel folder holds
-saved_model.pb), one module per kind. Images are decoded by `retrainer.data.decoding.load_image` -- the
-pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
-decoding overlaps inference. An image that cannot be decoded becomes a result with an `error`; the
-others are still classified.
+`--graph` may be a frozen GraphDef (.pb), a `.tflite` file, an ONNX model or a SavedModel folder;
+the content decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, an ONNX model starts with
+its IR version, a SavedModel folder holds saved_model.pb), one module per kind. Images are decoded
+by `retrainer.data.decoding.load_image` -- the pixels training saw -- on a thread pool that works a
+couple of batches ahead of the model, so decoding overlaps inference. An image that cannot be
+decoded becomes a result with an `error`; the others are still classified.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
 )
+from retrainer.classify.explained import ExplainedModel, HeatmapWriter
 from retrainer.classify.frozen_graph import FrozenGraphModel
+from retrainer.classify.onnx import OnnxModel
 from retrainer.classify.saved_model import SIGNATURE, SavedModelModel
 from retrainer.classify.tflite import TFLiteModel
 from retrainer.data.decoding import UnreadableImageError, load_image
@@ -32,6 +34,7 @@ from retrainer.formats.frozen_graph import read_graph_file
 from retrainer.formats.graph_contract import (
     SAVED_MODEL_FILE,
     TFLITE_IDENTIFIER,
+    looks_like_onnx,
 )
 from retrainer.security import check_model
 
@@ -70,6 +73,8 @@ class ImageResult:
             a single-label model).
         novelty: the novelty score (None when the model has none).
         unknown: novelty above the model's threshold (None when the model has no novelty).
+        heatmap: with --explain, the picture written for it.
+        peak: with --explain, the heat map's maximum as (y, x) in the image's own pixels.
     """
 
     path: Path
@@ -78,6 +83,8 @@ class ImageResult:
     labels: Optional[tuple[Prediction, ...]] = None
     novelty: Optional[float] = None
     unknown: Optional[bool] = None
+    heatmap: Optional[Path] = None
+    peak: Optional[tuple[int, int]] = None
 
 
 def open_model(config: ClassifyConfig) -> Model:
@@ -101,6 +108,8 @@ def open_model(config: ClassifyConfig) -> Model:
     if data[4:8] == TFLITE_IDENTIFIER:
         check_model(path, "tflite", trust=config.trust_model)
         return TFLiteModel(config, data)
+    if looks_like_onnx(data):
+        return OnnxModel(config, data)  # it checks the model before ONNX Runtime sees it
     check_model(path, "graph", trust=config.trust_model)
     return FrozenGraphModel(config)
 
@@ -128,7 +137,12 @@ class Classifier:
 
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
-        self.model = open_model(config)
+        self.model: Model = open_model(config)
+        self._explained: Optional[ExplainedModel] = None
+        self._heatmaps: Optional[HeatmapWriter] = None
+        if config.explain_dir is not None:
+            self.model = self._explained = ExplainedModel(config, self.model)
+            self._heatmaps = HeatmapWriter(config.explain_dir)
         self.spec = self.model.spec
         if self.model.classes is not None:
             self._check_class_count(self.model.classes)
@@ -190,14 +204,26 @@ class Classifier:
 
     def _finish(self, pending: list[_Decoded]) -> Iterator[ImageResult]:
         images = [pixels for _, pixels, _ in pending if pixels is not None]
-        scores, novelty = self.outputs(np.stack(images)) if images else (None, None)
+        maps: Iterator[np.ndarray] = iter(())
+        scores: Optional[np.ndarray] = None
+        novelty: Optional[np.ndarray] = None
+        if self._explained is not None and images:
+            explanation = self._explained.explain(np.stack(images))
+            self._check_class_count(explanation.probabilities.shape[-1])
+            scores, novelty = explanation.probabilities, explanation.novelty
+            maps = iter(explanation.maps)
+        elif images:
+            scores, novelty = self.outputs(np.stack(images))
         row = 0
         for path, pixels, error in pending:
             if pixels is None or scores is None:
                 yield ImageResult(path=path, error=error)
                 continue
-            yield self._result(path, scores[row], None if novelty is None else novelty[row])
+            result = self._result(path, scores[row], None if novelty is None else novelty[row])
             row += 1
+            if self._heatmaps is not None:
+                result = self._heatmaps.write(result, next(maps))
+            yield result
 
     def _result(self, path: Path, scores: np.ndarray, novelty: Optional[float]) -> ImageResult:
         order = np.argsort(-scores, kind="stable")

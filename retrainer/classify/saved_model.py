@@ -22,13 +22,15 @@ from retrainer.classify.config import (
     retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import (
+    INPUT_MEAN,
+    INPUT_STD,
+    NOVELTY_OUTPUT,
+    SAVED_MODEL_METADATA,
+)
 
 SIGNATURE = "serving_default"
 LABELS_ASSET = "labels.txt"
-METADATA_ASSET = "metadata.json"
-NOVELTY_OUTPUT = "novelty"
-
 
 class SavedModelModel:
     """A SavedModel's `serving_default`: `outputs(pixels)` for uint8 images."""
@@ -59,8 +61,8 @@ class SavedModelModel:
         else:
             raise UsageError(f"SavedModel {path} has no assets/{LABELS_ASSET}; pass --labels FILE")
         thresholds, novelty_threshold = retrainer_extras(
-            _metadata(path / "assets" / METADATA_ASSET), labels,
-            f"SavedModel {path}'s assets/{METADATA_ASSET}")
+            _metadata(path / "assets" / SAVED_MODEL_METADATA), labels,
+            f"SavedModel {path}'s assets/{SAVED_MODEL_METADATA}")
         if NOVELTY_OUTPUT not in signature.structured_outputs:
             novelty_threshold = None
         self.spec = ModelSpec(

@@ -20,17 +20,14 @@ from retrainer.classify.config import (
     ModelSpec,
     check_size_flags,
     flag_or,
-    read_labels,
+    resolve_labels,
     retrainer_extras,
 )
-from retrainer.errors import ModelError, UsageError
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, LABELS_FILENAME
+from retrainer.errors import ModelError
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, NOVELTY_OUTPUT
 from retrainer.formats.tflite import new_interpreter
-from retrainer.formats.tflite_metadata import ModelDescription, read_metadata
+from retrainer.formats.tflite_metadata import read_metadata
 from retrainer.io.host import filtered_stderr, usable_cpus
-from retrainer.io.storage import as_path
-
-NOVELTY_OUTPUT = "novelty"
 
 
 def make_interpreter(model: bytes) -> Any:
@@ -71,7 +68,9 @@ class TFLiteModel:
         self._novelty = _novelty_output(self._interpreter, outputs)
         size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
         check_size_flags(config, size, "TFLite model")
-        labels, self.labels_source = _labels(config, metadata)
+        labels, self.labels_source = resolve_labels(
+            config, metadata.labels if metadata else None, f"the metadata of {config.graph}",
+            "TFLite model", "no label metadata")
         thresholds, novelty_threshold = retrainer_extras(
             metadata.extra if metadata is not None else None, labels,
             f"the metadata of {path}")
@@ -113,7 +112,6 @@ class TFLiteModel:
         quantized = np.round(normalized / scale + zero_point)
         return np.clip(quantized, limits.min, limits.max).astype(dtype)
 
-
     def close(self) -> None:
         self._interpreter = None
 
@@ -134,22 +132,6 @@ def _novelty_output(interpreter: Any, outputs: list[dict[str, Any]]
     runner = interpreter.get_signature_runner(next(iter(signatures)))
     index = runner.get_output_details().get(NOVELTY_OUTPUT, {}).get("index")
     return next((detail for detail in outputs if detail["index"] == index), None)
-
-
-def _labels(config: ClassifyConfig, metadata: Optional[ModelDescription]
-            ) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if metadata is not None and metadata.labels:
-        return metadata.labels, f"the metadata of {config.graph}"
-    beside = as_path(config.graph).parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for TFLite model {config.graph}: it has no label metadata and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )
 
 
 def _first_line(error: Exception) -> str:

@@ -1,6 +1,6 @@
 """`label-image`: classify image files with a model exported by `retrain`, for people and for scripts.
 
-`--graph` takes a frozen graph (.pb), a .tflite or a SavedModel folder (docs/exports.md).
+`--graph` takes a frozen graph (.pb), a .tflite, an .onnx or a SavedModel folder (docs/exports.md).
 
 Flags keep TensorFlow label_image.py's names (dash spellings work too); op names, input size and
 labels default to the export's `<graph>.meta.json`. Results go to stdout (text, `--quiet` top-1 lines
@@ -48,8 +48,8 @@ log = logging.getLogger("retrainer.label_image")
 @click.option("--image", "more_images", multiple=True, type=PathOrUrl(),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
 @option("graph", type=PathOrUrl(), default=DEFAULT_GRAPH, show_default=True,
-         help="Model written by retrain: a frozen graph (.pb), a .tflite file or a SavedModel "
-              "folder (told apart by content).")
+        help="Model written by retrain: a frozen graph (.pb), a .tflite file, an ONNX model "
+             "or a SavedModel folder (told apart by content).")
 @option("labels", type=PathOrUrl(), default=None,
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")
@@ -70,12 +70,17 @@ log = logging.getLogger("retrainer.label_image")
          help="Labels to print per image.")
 @option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
          help="Images per model run.")
+@option("explain", type=PathOrUrl(), default=None, metavar="DIR",
+        help="Write each image's heat map (Grad-CAM: where the top class's evidence lies) to "
+             "DIR/<image name>.png. Frozen graphs and SavedModels of the built-in "
+             "EfficientNet-Lite models and keras: backbones.")
 @option("trust_model", is_flag=True,
          help="Load the model without checking its ops first: only for a file you trust "
               "(docs/security.md).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image and line: path, label, score, predictions (or error); "
-                   "a multi-label model's: path, labels (those over their thresholds), predictions.")
+                   "a multi-label model's: path, labels (those over their thresholds), predictions; "
+                   "with --explain also heatmap and peak [y, x].")
 @click.option("--reject", is_flag=True,
               help="Say 'unknown' for images unlike anything the model was trained on (its novelty "
                    "score above the threshold stored at export); --json adds \"unknown\" and "
@@ -87,7 +92,7 @@ log = logging.getLogger("retrainer.label_image")
 def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, labels: Optional[Path],
          input_layer: Optional[str], output_layer: Optional[str], input_height: Optional[int],
          input_width: Optional[int], input_mean: Optional[float], input_std: Optional[float], top_k: int,
-         batch_size: int, trust_model: bool, as_json: bool, reject: bool,
+         batch_size: int, explain: Optional[Path], trust_model: bool, as_json: bool, reject: bool,
          quiet: bool) -> None:
     """Classify IMAGE files (and image files found in folders, recursively) with a retrained graph.
 
@@ -97,6 +102,7 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
       label-image --graph out.pb --json photos/ > labels.jsonl
       label-image --graph out.pb --quiet photo.jpg     # -> roses<TAB>0.97312
       label-image --graph out.pb --reject photo.jpg    # -> unknown (roses 0.41210)
+      label-image --graph out.pb --explain heatmaps/ photo.jpg
 
     A multi-label model prints every label over its threshold, one 'label score' line each.
     """
@@ -110,7 +116,7 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
     config = ClassifyConfig(
         graph=graph, labels=labels, input_layer=input_layer, output_layer=output_layer,
         input_height=input_height, input_width=input_width, input_mean=input_mean, input_std=input_std,
-        top_k=top_k, batch_size=batch_size, trust_model=trust_model,
+        top_k=top_k, batch_size=batch_size, explain_dir=explain, trust_model=trust_model,
     )
     several = len(paths) > 1
     unreadable: list[ImageResult] = []
@@ -192,6 +198,8 @@ def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool,
         lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in shown]
     else:
         lines = [f"(no label over its threshold; top: {best.label} {best.score:.5f})"]
+    if result.heatmap is not None and result.peak is not None:
+        lines.append(f"heat map: {result.heatmap} (peak y={result.peak[0]}, x={result.peak[1]})")
     if several:
         lines.insert(0, ("" if first else "\n") + f"==> {result.path} <==")
     return "\n".join(lines)
@@ -209,6 +217,9 @@ def _as_json(result: ImageResult, reject: bool = False) -> dict[str, Any]:
     document["predictions"] = [{"label": p.label, "score": p.score} for p in result.predictions]
     if reject:
         document.update(unknown=result.unknown, novelty=result.novelty)
+    if result.heatmap is not None and result.peak is not None:
+        document["heatmap"] = str(result.heatmap)
+        document["peak"] = list(result.peak)
     return document
 
 

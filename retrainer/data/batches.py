@@ -24,7 +24,7 @@ from retrainer.io.host import usable_cpus
 from retrainer.io.storage import read_bytes
 
 # Fixed decode parallelism and read-ahead, with tf.data autotuning off: its background thread made
-# iterator teardown stall for 1-2 s at random (measured with scripts/bench_pipeline.py), and
+# iterator teardown stall for 1-2 s at random (measured with benchmarks/bench_pipeline.py), and
 # decoding on every core, two batches ahead, already keeps the extractor busy.
 PREFETCH_BATCHES = 2
 DECODE_BATCH = 32  # images per batch of `decode_files`
@@ -124,7 +124,7 @@ def decoded_batches(
 
     The bottleneck stage's decoder. Plain threads (Pillow releases the GIL) and numpy batches:
     with tf.data's map and `numpy_function` each image cost twice the CPU of its decode (0.83 vs
-    0.37 ms for a Fashion-MNIST PNG, scripts/bench_pipeline.py), which the engine lost on 2 cores.
+    0.37 ms for a Fashion-MNIST PNG, benchmarks/bench_pipeline.py), which the engine lost on 2 cores.
     Each thread decodes a slice of a batch straight into the batch's rows (one task per thread
     and batch, not per image), so the consumer's thread (the engine's) only waits. The files'
     digests are known (the cache lookup computed them): not hashed again; nor read again where

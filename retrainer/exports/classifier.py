@@ -16,12 +16,16 @@ from typing import Any, Optional, Sequence
 import tensorflow as tf
 
 from retrainer.extractors import FeatureExtractor
-from retrainer.formats.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.formats.graph_contract import (
+    GRAPH_FORMAT,
+    INPUT_MEAN,
+    INPUT_OP,
+    INPUT_STD,
+    NOVELTY_OUTPUT,
+)
 from retrainer.io.atomic import write_text_atomically
 from retrainer.training.head import Head
 from retrainer.training.novelty import Novelty
-
-NOVELTY_OP = "novelty"
 
 
 def write_labels(path: os.PathLike[str] | str, labels: Sequence[str]) -> None:
@@ -84,7 +88,7 @@ class Classifier(tf.Module):
         if self.novelty is not None:
             with tf.name_scope("novelty_ops"):
                 score = novelty_scores(features, self.novelty_references, self.novelty.k)
-            outputs[NOVELTY_OP] = tf.identity(score, name=NOVELTY_OP)
+            outputs[NOVELTY_OUTPUT] = tf.identity(score, name=NOVELTY_OUTPUT)
         return outputs
 
     def metadata(self, step: Optional[int] = None) -> dict[str, Any]:
@@ -108,7 +112,7 @@ class Classifier(tf.Module):
         if self.thresholds is not None:
             document["multi_label"] = {"thresholds": dict(zip(self.label_names, self.thresholds))}
         if self.novelty is not None:
-            document["novelty"] = {"output_layer": NOVELTY_OP, **self.novelty.to_json()}
+            document["novelty"] = {"output_layer": NOVELTY_OUTPUT, **self.novelty.to_json()}
         if step is not None:
             document["step"] = step
         return document

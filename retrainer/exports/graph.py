@@ -22,8 +22,8 @@ from tensorflow.python.framework.convert_to_constants import (
 )
 
 from retrainer.errors import UsageError
-from retrainer.exports.classifier import NOVELTY_OP, Classifier
-from retrainer.formats.graph_contract import INPUT_OP, metadata_path
+from retrainer.exports.classifier import Classifier
+from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath, as_path
 
@@ -86,11 +86,11 @@ def _check_final_op(graph: tf.Graph, name: str) -> None:
 def _check_novelty_op(graph: tf.Graph) -> None:
     """The `novelty` op is ours: an extractor op of that name would have renamed it."""
     try:
-        operation = graph.get_operation_by_name(NOVELTY_OP)
+        operation = graph.get_operation_by_name(NOVELTY_OUTPUT)
     except KeyError:
         operation = None
     if operation is None or not operation.inputs[0].op.name.startswith("novelty_ops/"):
-        raise UsageError(f"the feature extractor's graph has an operation named {NOVELTY_OP!r}, "
+        raise UsageError(f"the feature extractor's graph has an operation named {NOVELTY_OUTPUT!r}, "
                          "which the novelty output needs; use another extractor.")
 
 
@@ -100,7 +100,7 @@ def _check_frozen(graph_def: tf.compat.v1.GraphDef, classifier: Classifier) -> N
     placeholder = nodes.get(INPUT_OP)
     if placeholder is None or placeholder.op != "Placeholder":
         raise RuntimeError(f"frozen graph lacks the {INPUT_OP!r} input op")
-    for name in (classifier.final_tensor_name,) + ((NOVELTY_OP,) if classifier.novelty else ()):
+    for name in (classifier.final_tensor_name,) + ((NOVELTY_OUTPUT,) if classifier.novelty else ()):
         if name not in nodes:
             raise RuntimeError(f"frozen graph lacks the {name!r} output op")
     leftover = sorted({node.op for node in graph_def.node if "Variable" in node.op})

@@ -8,32 +8,40 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 from retrainer.errors import UsageError, require
-from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, tflite_paths
-from retrainer.formats.graph_contract import INPUT_OP
+from retrainer.exports.quantization import (
+    MIN_CALIBRATION_IMAGES,
+    MODES,
+    NONE,
+    onnx_paths,
+    tflite_paths,
+)
+from retrainer.formats.graph_contract import INPUT_OP, require_onnx_extra
 from retrainer.io.storage import AnyPath
 
 _OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
 
-def quantization_modes(value: Union[str, tuple[str, ...], list[str]]) -> tuple[str, ...]:
-    """--tflite_quantization as a tuple of modes ("int8,none" and repeated flags alike).
+def quantization_modes(flag: str, value: Union[str, Sequence[str]],
+                       choices: Sequence[str] = MODES) -> tuple[str, ...]:
+    """A repeatable mode flag (--tflite_quantization, --onnx_quantization) as a tuple of modes:
+    "int8,none" and repeated flags alike.
 
     Raises:
         UsageError: an unknown mode, none at all, or one mode twice.
     """
     modes = (value,) if isinstance(value, str) else tuple(value)
     modes = tuple(part.strip() for mode in modes for part in mode.split(",") if part.strip())
-    unknown = [mode for mode in modes if mode not in MODES]
+    unknown = [mode for mode in modes if mode not in choices]
     if unknown or not modes:
         raise UsageError(
-            f"--tflite_quantization must be one of {{{', '.join(MODES)}}} (repeat it for several "
-            f"files). Received: {', '.join(unknown) or 'nothing'}."
+            f"--{flag} must be one of {{{', '.join(choices)}}} (repeat it for several files). "
+            f"Received: {', '.join(unknown) or 'nothing'}."
         )
     if len(set(modes)) != len(modes):
-        raise UsageError(f"--tflite_quantization lists a mode twice: {', '.join(modes)}.")
+        raise UsageError(f"--{flag} lists a mode twice: {', '.join(modes)}.")
     return modes
 
 
@@ -56,6 +64,8 @@ class ExportOptions:
     saved_model_dir: Optional[AnyPath]
     tflite_output_file: Optional[AnyPath]
     tflite_quantization: tuple[str, ...]
+    onnx_output_file: Optional[AnyPath]
+    onnx_quantization: tuple[str, ...]
     tflite_calibration_images: int
     max_export_accuracy_drop: Optional[float]
     seed: int  # picks int8's calibration sample
@@ -75,11 +85,14 @@ class ExportOptions:
         if drop is not None:
             require("max_export_accuracy_drop", drop, math.isfinite(drop) and drop >= 0,
                     "a number of points >= 0")
-            if self.tflite_output_file is None and self.saved_model_dir is None:
+            if (self.tflite_output_file is None and self.saved_model_dir is None
+                    and self.onnx_output_file is None):
                 raise UsageError(
                     "--max_export_accuracy_drop compares exports with the frozen graph; pass "
-                    "--tflite_output_file or --saved_model_dir too."
+                    "--tflite_output_file, --onnx_output_file or --saved_model_dir too."
                 )
+        if self.onnx_output_file is not None:
+            require_onnx_extra("--onnx_output_file")
         if self.output_graph == self.output_labels:
             raise UsageError(
                 f"--output_graph and --output_labels are the same file: {self.output_graph}"
@@ -93,9 +106,26 @@ class ExportOptions:
         return tflite_paths(self.tflite_output_file, self.tflite_quantization)
 
     @property
-    def verified_artifacts(self) -> list[tuple[str, AnyPath]]:
-        """(name, path) of each export the report compares with the frozen graph."""
-        artifacts = [(f"tflite {mode}", path) for mode, path in self.tflite_files.items()]
+    def onnx_files(self) -> dict[str, AnyPath]:
+        """{mode: .onnx path} of the ONNX exports; {} without --onnx_output_file."""
+        if self.onnx_output_file is None:
+            return {}
+        return onnx_paths(self.onnx_output_file, self.onnx_quantization)
+
+    @property
+    def deployable_files(self) -> list[tuple[str, AnyPath]]:
+        """(flag, path) of every .tflite and .onnx file the run will write."""
+        return ([("tflite_output_file", path) for path in self.tflite_files.values()]
+                + [("onnx_output_file", path) for path in self.onnx_files.values()])
+
+    def verified_artifacts(self, onnx_written: bool = True) -> list[tuple[str, AnyPath]]:
+        """(name, path) of each export the report compares with the frozen graph (the ONNX files
+        only when their conversion succeeded)."""
+        artifacts: list[tuple[str, AnyPath]] = [
+            (f"tflite {mode}", path) for mode, path in self.tflite_files.items()]
         if self.saved_model_dir is not None:
             artifacts.append(("saved_model", self.saved_model_dir))
+        if onnx_written:
+            artifacts += [("onnx" if mode == NONE else f"onnx {mode}", path)
+                          for mode, path in self.onnx_files.items()]
         return artifacts

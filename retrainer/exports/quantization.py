@@ -14,7 +14,8 @@ from retrainer.io.storage import AnyPath
 
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
-# Chosen by measurement (docs/exports.md, scripts/measure_exports.py): on Fashion-MNIST
+ONNX_MODES = (NONE, INT8)  # int8: ONNX Runtime's static quantization (exports/onnx.py)
+# Chosen by measurement (docs/exports.md, benchmarks/measure_exports.py): on Fashion-MNIST
 # with EfficientNet-Lite0, accuracy stopped changing beyond ~100 images while conversion time grows
 # linearly with the sample.
 DEFAULT_CALIBRATION_IMAGES = 100
@@ -46,11 +47,21 @@ class QuantizationConfig:
 
 
 def tflite_paths(path: AnyPath, modes: Sequence[str]) -> dict[str, AnyPath]:
-    """Where each mode's `.tflite` goes: `path` itself for one mode; for several,
-    `<stem>_<mode><suffix>` beside it (model.tflite -> model_int8.tflite)."""
+    """Where each mode's `.tflite` goes (`export_paths`): model.tflite -> model_int8.tflite."""
+    return export_paths(path, modes, ".tflite")
+
+
+def onnx_paths(path: AnyPath, modes: Sequence[str]) -> dict[str, AnyPath]:
+    """Where each mode's `.onnx` goes (`export_paths`): model.onnx -> model_int8.onnx."""
+    return export_paths(path, modes, ".onnx")
+
+
+def export_paths(path: AnyPath, modes: Sequence[str], suffix: str) -> dict[str, AnyPath]:
+    """Where each mode's file goes: `path` itself for one mode; for several,
+    `<stem>_<mode><path's suffix, else suffix>` beside it."""
     if len(modes) == 1:
         return {modes[0]: path}
-    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or '.tflite'}") for mode in modes}
+    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or suffix}") for mode in modes}
 
 
 def too_few_calibration_images(available: int, requested: int, where: str) -> DataError:

@@ -23,19 +23,20 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from retrainer.exports.classifier import NOVELTY_OP, Classifier, write_labels
+from retrainer.exports.classifier import Classifier, write_labels
+from retrainer.formats.graph_contract import NOVELTY_OUTPUT, SAVED_MODEL_METADATA
 from retrainer.io.atomic import replace_directory
 
 SIGNATURE_OUTPUT = "probabilities"
 BYTES_SIGNATURE = "serving_bytes"
 BYTES_INPUT = "image_bytes"  # the "_bytes" suffix makes Cloud ML / TF Serving clients base64 it
-METADATA_ASSET = "metadata.json"
 
 
 def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str) -> None:
     """A SavedModel with the `serving_default` and `serving_bytes` signatures (module docstring).
 
-    The labels are saved as `assets/labels.txt` and as the string variable `labels`. The directory
+    The labels are saved as `assets/labels.txt` and as the string variable `labels`, the
+    `.meta.json` contract (extractor, input size, labels) as `assets/metadata.json`. The directory
     is built beside `directory` and swapped into place.
     """
     module = tf.Module()
@@ -53,7 +54,7 @@ def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str)
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
         outputs = classifier.outputs(images)
         return {SIGNATURE_OUTPUT: outputs["probabilities"],
-                **({NOVELTY_OP: outputs[NOVELTY_OP]} if NOVELTY_OP in outputs else {})}
+                **({NOVELTY_OUTPUT: outputs[NOVELTY_OUTPUT]} if NOVELTY_OUTPUT in outputs else {})}
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, BYTES_INPUT)])
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -69,9 +70,9 @@ def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str)
             result["score"] = tf.reduce_max(probabilities, axis=1)
         else:
             result.update(_labels_over_thresholds(probabilities, module.labels, module.thresholds))
-        if NOVELTY_OP in outputs:
-            result[NOVELTY_OP] = outputs[NOVELTY_OP]
-            result["unknown"] = outputs[NOVELTY_OP] > module.novelty_threshold
+        if NOVELTY_OUTPUT in outputs:
+            result[NOVELTY_OUTPUT] = outputs[NOVELTY_OUTPUT]
+            result["unknown"] = outputs[NOVELTY_OUTPUT] > module.novelty_threshold
         return result
 
     module.serve = serve
@@ -80,7 +81,7 @@ def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str)
         labels_file = Path(scratch) / "labels.txt"
         write_labels(labels_file, classifier.label_names)
         module.labels_file = tf.saved_model.Asset(str(labels_file))
-        metadata_file = Path(scratch) / METADATA_ASSET
+        metadata_file = Path(scratch) / SAVED_MODEL_METADATA
         metadata_file.write_text(json.dumps(classifier.metadata(), indent=2, ensure_ascii=False)
                                  + "\n", encoding="utf-8")
         module.metadata_file = tf.saved_model.Asset(str(metadata_file))

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.data.batches import decode_files
-from retrainer.exports.classifier import NOVELTY_OP, Classifier
+from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import (
     FLOAT16,
     INT8,
@@ -33,7 +33,7 @@ from retrainer.exports.quantization import (
     QuantizationConfig,
     too_few_calibration_images,
 )
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, NOVELTY_OUTPUT
 from retrainer.formats.tflite import full_integer_model
 from retrainer.formats.tflite_metadata import ModelDescription, add_metadata
 from retrainer.io.atomic import write_bytes_atomically
@@ -43,7 +43,6 @@ log = logging.getLogger(__name__)
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "probabilities"
-NOVELTY_NAME = NOVELTY_OP
 
 
 def write_tflite_files(
@@ -144,11 +143,11 @@ def _named_outputs(classifier: Classifier, images: tf.Tensor,
     if classifier.novelty is None:
         return {OUTPUT_NAME: classifier.classify(images)}
     outputs = classifier.outputs(images)
-    novelty = outputs[NOVELTY_OP]
+    novelty = outputs[NOVELTY_OUTPUT]
     if pin_novelty:
         high = 1.0 if float(classifier.novelty.references.min()) >= 0 else 2.0
         novelty = tf.quantization.fake_quant_with_min_max_args(novelty, 0.0, high, num_bits=8)
-    return {OUTPUT_NAME: outputs["probabilities"], NOVELTY_NAME: novelty}
+    return {OUTPUT_NAME: outputs["probabilities"], NOVELTY_OUTPUT: novelty}
 
 
 def probabilities_first(model: bytes) -> bytes:

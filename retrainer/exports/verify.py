@@ -34,7 +34,8 @@ class ArtifactReport:
     """One artifact's row of the export report.
 
     Attributes:
-        artifact: "frozen graph", "tflite none|dynamic|float16|int8" or "saved_model".
+        artifact: "frozen graph", "tflite none|dynamic|float16|int8", "saved_model", "onnx" or
+            "onnx int8".
         path: the file or folder.
         size_bytes: its size on disk (a folder: all its files).
         accuracy: test accuracy in [0, 1].

@@ -17,7 +17,12 @@ from retrainer.extractors.registry import (
     register_resolver,
 )
 
+# The public name (README); the same value as retrainer.config.DEFAULT_EXTRACTOR, which the flags
+# use and which cannot import this TensorFlow-loading package (tests/test_extractors.py: equal).
+DEFAULT_EXTRACTOR = "efficientnet_lite0"
+
 __all__ = [
+    "DEFAULT_EXTRACTOR",
     "ExtractorSpec",
     "FeatureExtractor",
     "create_extractor",

@@ -31,9 +31,12 @@ from typing import Any, Optional, Sequence
 
 import flatbuffers
 import numpy as np
+from flatbuffers.number_types import Float32Flags, Int8Flags, Uint8Flags, Uint32Flags
 from flatbuffers.table import Table
 from tensorflow.lite.python import schema_py_generated as schema
 from tensorflow.lite.tools import flatbuffer_utils
+
+from retrainer.formats import flatbuffer_fields as fields
 
 METADATA_NAME = b"TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
@@ -187,29 +190,29 @@ def read_metadata(model: bytes) -> Optional[ModelDescription]:
         return None
     if data[4:8] != METADATA_IDENTIFIER:
         raise ValueError("TFLITE_METADATA is not a metadata flatbuffer (identifier M001)")
-    root = _root(data)
-    subgraph = _vector_tables(root, 3)[0]
-    input_tensor = _vector_tables(subgraph, 2)[0]
-    output_tensor = _vector_tables(subgraph, 3)[0]
-    image = _table_field(_table_field(input_tensor, 3), 1)
-    size = _table_field(image, 1)
+    root = fields.root(data)
+    subgraph = fields.tables(root, 3)[0]
+    input_tensor = fields.tables(subgraph, 2)[0]
+    output_tensor = fields.tables(subgraph, 3)[0]
+    image = fields.table(fields.table(input_tensor, 3), 1)
+    size = fields.table(image, 1)
     mean, std = 0.0, 1.0
-    for unit in _vector_tables(input_tensor, 4):
-        if _scalar(unit, 0, flatbuffers.number_types.Uint8Flags) == _PROCESS_NORMALIZATION:
-            options = _table_field(unit, 1)
-            mean, std = _float_vector(options, 0)[0], _float_vector(options, 1)[0]
-    labels_files = [_string(item, 0) for item in _vector_tables(output_tensor, 6)
-                    if _scalar(item, 2, flatbuffers.number_types.Int8Flags) == _TENSOR_AXIS_LABELS]
+    for unit in fields.tables(input_tensor, 4):
+        if fields.scalar(unit, 0, Uint8Flags) == _PROCESS_NORMALIZATION:
+            options = fields.table(unit, 1)
+            mean, std = _first_float(options, 0), _first_float(options, 1)
+    labels_files = [fields.string(item, 0) for item in fields.tables(output_tensor, 6)
+                    if fields.scalar(item, 2, Int8Flags) == _TENSOR_AXIS_LABELS]
     labels: tuple[str, ...] = ()
     if labels_files:
         labels = tuple(associated_file(model, labels_files[0]).decode("utf-8").splitlines())
     extra = {}
-    if any(_string(item, 0) == EXTRA_FILE for item in _vector_tables(root, 6)):
+    if any(fields.string(item, 0) == EXTRA_FILE for item in fields.tables(root, 6)):
         extra = json.loads(associated_file(model, EXTRA_FILE).decode("utf-8"))
     return ModelDescription(
-        name=_string(root, 0), description=_string(root, 1),
-        input_size=(_scalar(size, 1, flatbuffers.number_types.Uint32Flags),
-                    _scalar(size, 0, flatbuffers.number_types.Uint32Flags)),
+        name=fields.string(root, 0), description=fields.string(root, 1),
+        input_size=(fields.scalar(size, 1, Uint32Flags),
+                    fields.scalar(size, 0, Uint32Flags)),
         mean=mean, std=std, labels=labels,
         labels_file=labels_files[0] if labels_files else LABELS_FILE, extra=extra,
     )
@@ -238,9 +241,7 @@ def associated_file(model: bytes, name: str) -> bytes:
         raise ValueError(f"associated file {name} is missing: {error}") from None
 
 
-# --- writing -------------------------------------------------------------------------------------
-
-def _table(builder: flatbuffers.Builder, fields: Sequence[tuple[int, str, object]]) -> int:
+def _table(builder: flatbuffers.Builder, entries: Sequence[tuple[int, str, object]]) -> int:
     """A table from (slot, kind, value); children (offsets) must be built already."""
     adders = {
         "offset": builder.PrependUOffsetTRelativeSlot,
@@ -248,8 +249,8 @@ def _table(builder: flatbuffers.Builder, fields: Sequence[tuple[int, str, object
         "uint8": builder.PrependUint8Slot,
         "int8": builder.PrependInt8Slot,
     }
-    builder.StartObject(1 + max((slot for slot, _, _ in fields), default=-1))
-    for slot, kind, value in fields:
+    builder.StartObject(1 + max((slot for slot, _, _ in entries), default=-1))
+    for slot, kind, value in entries:
         adders[kind](slot, value, 0)
     return builder.EndObject()
 
@@ -270,44 +271,8 @@ def _stats(builder: flatbuffers.Builder, low: float, high: float) -> int:
                             (1, "offset", _floats(builder, [low]))])
 
 
-# --- reading -------------------------------------------------------------------------------------
-
-def _root(data: bytes) -> Table:
-    return Table(bytearray(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
-
-
-def _field_position(table: Table, slot: int) -> int:
-    return table.Offset(4 + 2 * slot)
-
-
-def _table_field(table: Table, slot: int) -> Table:
-    position = _field_position(table, slot)
-    if not position:
+def _first_float(table: Table, slot: int) -> float:
+    values = fields.numbers(table, slot, Float32Flags)
+    if not values:
         raise ValueError(f"metadata table lacks field {slot}")
-    return Table(table.Bytes, table.Indirect(table.Pos + position))
-
-
-def _vector_tables(table: Table, slot: int) -> list[Table]:
-    position = _field_position(table, slot)
-    if not position:
-        return []
-    start = table.Vector(position)
-    return [Table(table.Bytes, table.Indirect(start + 4 * index))
-            for index in range(table.VectorLen(position))]
-
-
-def _float_vector(table: Table, slot: int) -> list[float]:
-    position = _field_position(table, slot)
-    if not position:
-        raise ValueError(f"metadata table lacks field {slot}")
-    return table.GetVectorAsNumpy(flatbuffers.number_types.Float32Flags, position).tolist()
-
-
-def _scalar(table: Table, slot: int, flags: Any) -> int:
-    position = _field_position(table, slot)
-    return table.Get(flags, table.Pos + position) if position else 0
-
-
-def _string(table: Table, slot: int) -> str:
-    position = _field_position(table, slot)
-    return table.String(table.Pos + position).decode("utf-8") if position else ""
+    return float(values[0])

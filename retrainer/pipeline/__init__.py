@@ -21,16 +21,20 @@ from retrainer.audit.run import DatasetAudit
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
 from retrainer.config import RetrainConfig
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
-from retrainer.errors import ExportMismatchError, QualityGateError
+from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
+from retrainer.explain.gradcam import explainable
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
-from retrainer.pipeline.multi_label import top1_metrics, wrong_label_sets
+from retrainer.formats.graph_contract import INPUT_OP
+from retrainer.pipeline.multi_label import evaluate_multi_label, top1_metrics, wrong_label_sets
 from retrainer.pipeline.preflight import preflight, prepare_extractor
 from retrainer.pipeline.search import search as search_configurations
 from retrainer.pipeline.split_features import SplitFeatures
 from retrainer.pipeline.timer import StageTimer
+from retrainer.reports.explanations import choose_images, explanation_section
 from retrainer.reports.gates import check_gates, failure_message
 from retrainer.reports.held_outputs import HeldOutputs
+from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
@@ -44,7 +48,6 @@ from retrainer.training.image_modes import (
     training_features,
     training_options,
 )
-from retrainer.training.multi_label import evaluate_multi_label
 from retrainer.training.novelty import fit_run_novelty, novelty_summary
 
 
@@ -130,6 +133,11 @@ def run(config: RetrainConfig) -> RetrainResult:
     if audit is not None:
         audit_document = audit.write(trained.evaluation, splits.images[TESTING],
                                      splits.features[TESTING].labels)
+    heat_maps: list[Section] = []
+    if config.reports.report_html is not None:
+        with timer("explain", active=config.reports.report_explanations > 0
+                   and explainable(extractor.spec.name)):
+            heat_maps = _explanations(config, exporter, trained, extractor.spec, splits)
     result = RetrainResult(
         labels=collection.labels,
         counts=splits.counts(),
@@ -168,11 +176,13 @@ def run(config: RetrainConfig) -> RetrainResult:
         novelty=novelty_summary(novelty, trained.test_features),
         multi_label=multi_label,
     )
-    write_reports(result, config.reports, audit_sections(audit_document)
-                  if config.reports.report_html is not None and audit_document is not None else ())
+    write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
+                  if config.reports.report_html is not None else [])
     export_failure = exported.accuracy_drop_failure(config.exports.max_export_accuracy_drop)
     if gate_failure is not None:
         raise QualityGateError(gate_failure, result)
+    if exported.failures:
+        raise ExportFailedError("; ".join(exported.failures), result)
     if export_failure is not None:
         raise ExportMismatchError(export_failure, result)
     return result
@@ -212,6 +222,18 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
         validation = validation_probabilities(head.head, splits.features[VALIDATION],
                                               splits.images[VALIDATION], extractor, tuning)
     return _Trained(head, tuning, distorted, evaluation, validation, test_features)
+
+
+def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
+                  spec: ExtractorSpec, splits: SplitFeatures) -> list[Section]:
+    """The report's heat-map section (none with --report_explanations 0)."""
+    count = config.reports.report_explanations
+    if count == 0:
+        return []
+    chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
+    return [explanation_section(
+        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_def(), f"{INPUT_OP}:0",
+        f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count)]
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures

@@ -89,7 +89,7 @@ def _check_calibration_supply(options: ExportOptions, collection: ImageCollectio
     Raises:
         DataError: saying how many are needed and how many the training split has.
     """
-    if INT8 not in options.tflite_files:
+    if INT8 not in options.tflite_files and INT8 not in options.onnx_files:
         return
     training = sum(image.split == TRAINING for image in collection.images)
     if training < MIN_CALIBRATION_IMAGES:
@@ -124,10 +124,10 @@ def check_output_paths(config: RetrainConfig) -> None:
     if config.saved_model_dir is not None:
         _check_saved_model_dir(config.saved_model_dir)
         folders["saved_model_dir"] = config.saved_model_dir.parent
-    for path in config.exports.tflite_files.values():
+    for flag, path in config.exports.deployable_files:
         if path.is_dir():
-            raise UsageError(f"--tflite_output_file {path} is a folder; expected a file path.")
-        folders["tflite_output_file"] = path.parent
+            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
+        folders[flag] = path.parent
     for flag, folder in folders.items():
         _check_writable_folder(flag, folder)
 
@@ -137,7 +137,7 @@ def remove_stale_export_temporaries(options: ExportOptions) -> None:
     exports = [options.output_graph, metadata_path(options.output_graph), options.output_labels]
     if options.saved_model_dir is not None:
         exports.append(options.saved_model_dir)
-    exports += options.tflite_files.values()
+    exports += [path for _, path in options.deployable_files]
     for export in exports:
         for leftover in remove_stale_temporaries(export):
             log.info("Removed %s, left by an interrupted run.", leftover)

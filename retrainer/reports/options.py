@@ -25,8 +25,11 @@ class ReportOptions:
     summaries_dir: AnyPath  # TensorBoard: the confusion matrix goes to its test/ run
     assert_accuracy_at_least: Optional[float]
     assert_recall_at_least: Optional[float]
+    report_explanations: int  # heat maps of N correct test images per class (+ the wrong ones)
 
     def __post_init__(self) -> None:
+        require("report_explanations", self.report_explanations, self.report_explanations >= 0,
+                "0 (none) or more")
         for flag in ("assert_accuracy_at_least", "assert_recall_at_least"):
             value = getattr(self, flag)
             require(flag, value, value is None or 0 <= value <= 1, "a fraction from 0 to 1")

@@ -13,13 +13,11 @@
 
 The machine may be shared: the figures to keep are the ratios, measured in the same run.
 
-    PYTHONPATH=. python scripts/bench_beam.py [--images 1000] [--small 100] [--vectors 100000]
+    python -m benchmarks.bench_beam [--images 1000] [--small 100] [--vectors 100000] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -31,9 +29,10 @@ from typing import Callable
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before this process imports TensorFlow
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+from benchmarks import cli
+from benchmarks.data import fashion_mnist_folder
+from benchmarks.timing import ENV, machine_line
+
 SINGLE_MACHINE = (
     "import sys; from retrainer.cache.bottlenecks import compute_bottlenecks; "
     "from retrainer.data.discovery import discover_images; "
@@ -44,16 +43,6 @@ SINGLE_MACHINE = (
 )
 BEAM_ARGS = ["--runner", "FnApiRunner", "--direct_running_mode", "multi_processing",
              "--direct_num_workers", "2"]
-
-
-def fashion_mnist_folder(out: Path, per_class: int) -> Path:
-    """examples/fashion_mnist.py's class folders (10 classes x per_class PNGs)."""
-    spec = importlib.util.spec_from_file_location("fashion_mnist",
-                                                  REPO / "examples" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    return module.write_image_folder(idx_dir, out, per_class=per_class)
 
 
 def command(mode: str, images: Path, cache: Path) -> list[str]:
@@ -215,13 +204,13 @@ def previous_reader(files: list[str]) -> Callable[[str], np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--small", type=int, default=100)
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--skip_extraction", action="store_true")
-    args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    args = cli.parse(parser, {"images": 20, "small": 10, "vectors": 1000})
+    print(f"{machine_line()} at start")
     with tempfile.TemporaryDirectory(prefix="bench_beam_") as work:
         if not args.skip_extraction:
             bench_extraction(Path(work), args.images, args.small)
