@@ -77,7 +77,8 @@ def multi_label_run(tmp_path_factory) -> MultiLabelRun:
     csv_file = make_halves_dataset(root)
     config = _config(root, csv_file, saved_model_dir=root / "out" / "saved_model",
                      tflite_output_file=root / "out" / "model.tflite",
-                     tflite_quantization=("none", "int8"), tflite_calibration_images=20)
+                     tflite_quantization=("none", "int8"), tflite_calibration_images=20,
+                     onnx_output_file=root / "out" / "model.onnx")
     return MultiLabelRun(root, csv_file, config, run(config))
 
 
@@ -95,6 +96,37 @@ def test_metrics_document_and_thresholds(multi_label_run):
     assert meta["multi_label"]["thresholds"] == figures["thresholds"]
     report = multi_label_run.config.report_html.read_text()
     assert "Per-label metrics" in report and "micro-F1" in report
+
+
+def test_counts_test_column_and_totals_count_every_label(multi_label_run):
+    """counts: an image once per label; split_sizes and the summary's total row: images;
+    test_per_class: per label, the test images with it that got it at its threshold."""
+    from retrainer.cli._summary import summary_lines
+
+    result = multi_label_run.result
+    with open(multi_label_run.csv_file, newline="") as stream:
+        rows = list(csv.reader(stream))[1:]
+    expected: dict[str, dict[str, int]] = {}
+    sizes: dict[str, int] = {}
+    for path, labels in rows:
+        split = assign_split(path, 20, 20)
+        sizes[split] = sizes.get(split, 0) + 1
+        for label in labels.split(";"):
+            row = expected.setdefault(label, {})
+            row[split] = row.get(split, 0) + 1
+    assert {label: {k: v for k, v in row.items() if v} for label, row in result.counts.items()
+            } == expected
+    assert result.to_json()["split_sizes"] == sizes
+    test = result.multi_label.test
+    for label, row in zip(result.labels, test.per_class):
+        hits = result.test_per_class[label]
+        assert hits["total"] == row.support == expected[label].get(TESTING, 0)
+        assert hits["correct"] == round(row.recall * row.support)
+    lines = summary_lines(result)
+    images_row = next(line for line in lines if line.split()[:1] == ["images"])
+    assert [int(value) for value in images_row.split()[1:]] == [
+        sizes.get(split, 0) for split in ("training", "validation", "testing")]
+    assert any("test found" in line for line in lines)
 
 
 def test_thresholds_never_look_at_the_test_split(multi_label_run, tmp_path):
@@ -124,7 +156,7 @@ def test_thresholds_never_look_at_the_test_split(multi_label_run, tmp_path):
 def test_every_export_scores_micro_f1_and_label_image_lists_the_labels(multi_label_run,
                                                                         tmp_path):
     rows = {row["artifact"]: row for row in multi_label_run.result.exports}
-    assert list(rows) == ["frozen graph", "tflite none", "tflite int8", "saved_model"]
+    assert list(rows) == ["frozen graph", "tflite none", "tflite int8", "saved_model", "onnx"]
     for name, row in rows.items():
         assert row["metric"] == "micro_f1" and row["accuracy"] > 0.7, name
         assert row["macro_f1"] is not None and row["mean_average_precision"] is not None
@@ -132,7 +164,8 @@ def test_every_export_scores_micro_f1_and_label_image_lists_the_labels(multi_lab
     _write_halves(image, "red", "green", 999)
     runner = CliRunner()
     for model in (multi_label_run.config.output_graph, multi_label_run.config.saved_model_dir,
-                  multi_label_run.root / "out" / "model_none.tflite"):
+                  multi_label_run.root / "out" / "model_none.tflite",
+                  multi_label_run.root / "out" / "model.onnx"):
         answer = runner.invoke(label_image_main, ["--graph", str(model), "--json", str(image)],
                                catch_exceptions=False)
         document = json.loads(answer.output)

@@ -17,7 +17,8 @@ from retrainer.cli.label_image import main as label_image_main
 # Largest |export - training-time| novelty on the test images, per artifact (the score is a
 # cosine distance in [0, 1]; int8 runs the whole network in 8 bits, its output pinned to [0, 1]).
 TOLERANCE = {"frozen graph": 1e-5, "saved_model": 1e-5, "tflite none": 1e-4,
-             "tflite dynamic": 0.05, "tflite float16": 0.01, "tflite int8": 0.1}
+             "tflite dynamic": 0.05, "tflite float16": 0.01, "tflite int8": 0.1,
+             "onnx none": 1e-4, "onnx int8": 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def training_time(deployed_run):
 
 def _artifacts(deployed_run):
     return {"frozen graph": deployed_run.graph, "saved_model": deployed_run.saved_model,
-            **{f"tflite {mode}": path for mode, path in deployed_run.tflite.items()}}
+            **{f"tflite {mode}": path for mode, path in deployed_run.tflite.items()},
+            **{f"onnx {mode}": path for mode, path in deployed_run.onnx.items()}}
 
 
 def test_every_export_has_the_training_time_novelty_and_threshold(deployed_run, training_time):
@@ -86,14 +88,29 @@ def test_saved_model_signatures_return_novelty(deployed_run):
     assert set(floats) == {"probabilities", "novelty"}
 
 
-def test_label_image_reject(deployed_run, tmp_path):
+def test_onnx_has_a_novelty_output_and_its_threshold_in_metadata_props(deployed_run):
+    import onnx
+
+    for path in deployed_run.onnx.values():
+        model = onnx.load(str(path))
+        assert [output.name for output in model.graph.output] == ["probabilities", "novelty"]
+        props = {prop.key: prop.value for prop in model.metadata_props}
+        novelty = json.loads(props["novelty"])
+        assert novelty["output_layer"] == "novelty"
+        assert novelty["threshold"] == deployed_run.result.novelty["threshold"]
+        assert "multi_label" not in props  # a single-label model
+
+
+@pytest.mark.parametrize("model", ["graph", "onnx"])
+def test_label_image_reject(deployed_run, tmp_path, model):
+    path = deployed_run.graph if model == "graph" else deployed_run.onnx["none"]
     known = sorted(deployed_run.image_dir.rglob("*.png"))[0]
     # A photo-like image unlike the flat colours the model was trained on.
     rng = np.random.default_rng(0)
     noise = tmp_path / "noise.png"
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(noise)
     runner = CliRunner()
-    arguments = ["--graph", str(deployed_run.graph), str(known), str(noise)]
+    arguments = ["--graph", str(path), str(known), str(noise)]
     plain = runner.invoke(label_image_main, arguments + ["--json"], catch_exceptions=False)
     assert plain.exit_code == 0
     assert all("unknown" not in json.loads(line) for line in plain.output.splitlines())

@@ -119,7 +119,7 @@ def test_metadata_reads_back_and_the_file_still_runs(deployed_run):
 def test_export_report_covers_every_artifact(deployed_run):
     rows = {row["artifact"]: row for row in deployed_run.result.exports}
     assert list(rows) == ["frozen graph", "tflite none", "tflite dynamic", "tflite float16",
-                          "tflite int8", "saved_model"]
+                          "tflite int8", "saved_model", "onnx", "onnx int8"]
     frozen = rows["frozen graph"]
     assert frozen["accuracy"] == deployed_run.result.test_accuracy
     for name, row in rows.items():
