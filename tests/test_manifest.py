@@ -49,6 +49,19 @@ def test_multi_label_rows_give_label_sets_and_the_folder_split(images: Path, tmp
         assert image.path == images / image.relpath
 
 
+def test_counts_and_balance_warnings_count_every_label(images: Path, tmp_path: Path):
+    """The audit's imbalance warning reads `counts()`: 'beach' is on 3 images, not on the 1
+    where it comes first."""
+    from retrainer.audit.balance import balance_warnings
+
+    csv_file = _manifest(tmp_path, "path,labels\na.png,dog;beach\nb.png,sunset;beach\n"
+                                   "c.png,beach\nsub/d.png,dog\n")
+    collection = read_manifest(csv_file, images, 0, 0, multi_label=True)
+    assert {label: row["training"] for label, row in collection.counts().items()} == {
+        "beach": 3, "dog": 2, "sunset": 1}
+    assert balance_warnings(collection.counts(), 0, 0) == []  # 3 < 5 x 1: balanced enough
+
+
 def test_single_label_manifest_and_merged_duplicate_rows(images: Path, tmp_path: Path):
     csv_file = _manifest(tmp_path, "\ufeffpath,labels,notes\na.png,cat,x\nb.png,dog,\n"
                                    "a.png,cat,again\n\n")

@@ -29,18 +29,21 @@ def summary_lines(result: RetrainResult) -> list[str]:
         f"{percent(result.validation_accuracy)} (N={result.validation_count})",
         _whole_validation_line(result),
         "",
-        "Images used per class:",
+        "Images used per class:" if result.multi_label is None else
+        "Images used per label (an image counts for each of its labels; test found: test images "
+        "with the label that got it):",
     ]
-    width = max(len("class"), *(len(label) for label in result.labels))
+    width = max(len("class"), len("images"), *(len(label) for label in result.labels))
     lines.append(f"  {'class':<{width}}  " + "  ".join(f"{split:>10}" for split in SPLITS)
-                 + "  test correct")
+                 + ("  test correct" if result.multi_label is None else "    test found"))
     for label in result.labels:
         tested = result.test_per_class[label]
         lines.append(f"  {label:<{width}}  "
                      + "  ".join(f"{result.counts[label][split]:>10}" for split in SPLITS)
                      + f"  {tested['correct']:>5}/{tested['total']}")
-    totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
-    lines.append(f"  {'total':<{width}}  " + "  ".join(f"{total:>10}" for total in totals))
+    totals = result.images_per_split()
+    lines.append(f"  {'total' if result.multi_label is None else 'images':<{width}}  "
+                 + "  ".join(f"{totals[split]:>10}" for split in SPLITS))
     lines += ["", *_report_lines(result), *_multi_label_lines(result), *_novelty_lines(result)]
     if result.skipped:
         lines += ["", f"Skipped {len(result.skipped)} files:"]

@@ -59,10 +59,12 @@ class ImageCollection:
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{label: {split: number of images}}, every label and split present (zeros included)."""
+        """{label: {split: number of images}}, every label and split present (zeros included);
+        an image with several labels (--labels_csv) counts for each of them."""
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
         for image in self.images:
-            table[self.labels[image.label_index]][image.split] += 1
+            for index in image.label_indices:
+                table[self.labels[index]][image.split] += 1
         return table
 
 

@@ -26,7 +26,12 @@ from retrainer.explain.gradcam import explainable
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.formats.graph_contract import INPUT_OP
-from retrainer.pipeline.multi_label import evaluate_multi_label, top1_metrics, wrong_label_sets
+from retrainer.pipeline.multi_label import (
+    evaluate_multi_label,
+    label_hits,
+    top1_metrics,
+    wrong_label_sets,
+)
 from retrainer.pipeline.preflight import preflight, prepare_extractor
 from retrainer.pipeline.search import search as search_configurations
 from retrainer.pipeline.split_features import SplitFeatures
@@ -97,6 +102,7 @@ def run(config: RetrainConfig) -> RetrainResult:
                                   config.training.novelty_pass_rate, config.training.seed)
     multi_label = None
     misclassified = _misclassified(trained.evaluation, splits)
+    per_class = trained.evaluation.per_class
     if config.training.multi_label:
         multi_label = evaluate_multi_label(
             collection.labels, splits.images[TESTING], trained.evaluation.positions,
@@ -105,6 +111,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         test_metrics, validation_metrics = top1_metrics(
             trained.evaluation, trained.validation_probabilities, splits)
         misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
+        per_class = label_hits(trained.evaluation, multi_label, splits)
     else:
         test_metrics = split_metrics(
             splits.features[TESTING].labels[trained.evaluation.positions],
@@ -152,8 +159,7 @@ def run(config: RetrainConfig) -> RetrainResult:
                        else test_metrics.accuracy),  # multi-label: top-1 is one of the labels
         test_count=trained.evaluation.count,
         test_per_class={label: {"correct": correct, "total": total}
-                        for label, (correct, total) in zip(collection.labels,
-                                                           trained.evaluation.per_class)},
+                        for label, (correct, total) in zip(collection.labels, per_class)},
         misclassified=misclassified,
         outputs=_outputs(config, exported, audit is not None, gate_failure is None),
         seconds=timer.seconds(),
@@ -175,6 +181,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         quality_gates=gates,
         novelty=novelty_summary(novelty, trained.test_features),
         multi_label=multi_label,
+        split_sizes={split: len(images) for split, images in splits.images.items()},
     )
     write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
                   if config.reports.report_html is not None else [])

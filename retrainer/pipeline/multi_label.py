@@ -96,6 +96,16 @@ def wrong_label_sets(evaluation: Evaluation, multi_label: MultiLabelEvaluation,
     )
 
 
+def label_hits(evaluation: Evaluation, multi_label: MultiLabelEvaluation,
+               splits: SplitFeatures) -> tuple[tuple[int, int], ...]:
+    """Per label, (test images with it that got it at its threshold, test images with it)."""
+    images = [splits.images[TESTING][row] for row in evaluation.positions]
+    truth = targets_of(images, len(splits.labels)) > 0.5
+    predicted = evaluation.probabilities >= multi_label.thresholds
+    return tuple((int((truth[:, c] & predicted[:, c]).sum()), int(truth[:, c].sum()))
+                 for c in range(len(splits.labels)))
+
+
 def _best_true_label(targets: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
     """int64 [N]: each image's true label with the highest probability."""
     if not len(targets):

@@ -62,10 +62,14 @@ def summary_section(result: Any) -> Section:
 def dataset_section(result: Any) -> Section:
     rows = [(label, *(result.counts[label][split] for split in SPLITS),
              sum(result.counts[label].values())) for label in result.labels]
-    totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
-    rows.append(("total", *totals, sum(totals)))
-    body = paragraph("Images used per class and split (decodable images only):")
-    body += table(("class", *SPLITS, "all"), rows)
+    sizes = result.images_per_split()
+    totals = [sizes[split] for split in SPLITS]
+    multi_label = result.multi_label is not None
+    rows.append(("images" if multi_label else "total", *totals, sum(totals)))
+    body = paragraph("Images used per label and split (decodable images only; an image counts "
+                     "for each of its labels):" if multi_label else
+                     "Images used per class and split (decodable images only):")
+    body += table(("label" if multi_label else "class", *SPLITS, "all"), rows)
     if result.skipped:
         body += paragraph(f"Skipped {len(result.skipped)} files:")
         body += table(("file", "reason"), result.skipped[:MAX_SKIPPED_ROWS])
