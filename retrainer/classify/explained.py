@@ -131,8 +131,10 @@ def _saved_model_gradcam(config: ClassifyConfig, spec: Any) -> GradCam:
         raise ModelError(f"cannot read {metadata_file}: {error}") from None
     require_explainable(_extractor_name(metadata), source)
     loaded = tf.saved_model.load(str(config.graph))  # alive while its variables are frozen
-    frozen = convert_variables_to_constants_v2(loaded.signatures[SIGNATURE])
-    outputs = frozen.structured_outputs  # by name: "novelty" sorts before "probabilities"
+    signature = loaded.signatures[SIGNATURE]
+    frozen = convert_variables_to_constants_v2(signature)
+    # The frozen outputs come in tf.nest order, the signature's names sorted ("novelty" first).
+    outputs = dict(zip(sorted(signature.structured_outputs), frozen.outputs))
     novelty = outputs.get(NOVELTY_OUTPUT)
     return GradCam.from_graph_def(frozen.graph.as_graph_def(), frozen.inputs[0].name,
                                   outputs[spec.output_layer].name, source,
