@@ -21,7 +21,7 @@ import posixpath
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 from retrainer.data.discovery import ImageCollection, ImageFile, check_image_dir
 from retrainer.data.split import assign_split, validate_percentages
@@ -50,6 +50,7 @@ def read_manifest(
     validation_percentage: float = 10,
     testing_percentage: float = 10,
     multi_label: bool = False,
+    retrain_py_image_dir: Optional[str] = None,
 ) -> ImageCollection:
     """Read `--labels_csv` into the collection folder discovery would build.
 
@@ -58,6 +59,8 @@ def read_manifest(
         image_dir: the folder every `path` is relative to.
         validation_percentage, testing_percentage: shares of images, 0..100.
         multi_label: whether an image may have several labels (`--multi_label`).
+        retrain_py_image_dir: --split_compat retrain_py: --image_dir as typed (the split hashes
+            it with `path`, as for folders); None: hash `path`.
 
     Returns:
         ImageCollection: labels sorted; each ImageFile's `label_indices` holds all of its labels
@@ -100,7 +103,8 @@ def read_manifest(
     index = {label: position for position, label in enumerate(labels)}
     images = tuple(
         ImageFile(root / relpath, relpath, index[entry.labels[0]],
-                  assign_split(relpath, validation_percentage, testing_percentage),
+                  assign_split(relpath, validation_percentage, testing_percentage,
+                               retrain_py_image_dir),
                   label_indices=tuple(index[label] for label in entry.labels))
         for relpath, entry in sorted(found.items(), key=lambda item: item[0])
     )

@@ -58,10 +58,10 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
         if config.labels_csv is not None:
             collection = read_manifest(config.labels_csv, config.image_dir,
                                        config.validation_percentage, config.testing_percentage,
-                                       config.multi_label)
+                                       config.multi_label, config.retrain_py_image_dir)
         else:
             collection = discover_images(config.image_dir, config.validation_percentage,
-                                         config.testing_percentage)
+                                         config.testing_percentage, config.retrain_py_image_dir)
     _check_calibration_supply(config.exports, collection)
     extractor, engine = prepare_extractor(config, timer)
     return Prepared(collection, extractor, engine)
