@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import retrainer
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.data.split import TESTING, assign_split
 
@@ -175,6 +176,10 @@ def test_every_export_scores_micro_f1_and_label_image_lists_the_labels(multi_lab
         text = runner.invoke(label_image_main, ["--graph", str(model), str(image)],
                              catch_exceptions=False)
         assert sorted(line.split()[0] for line in text.output.splitlines()) == ["green", "red"]
+        with retrainer.load(model) as loaded:  # the Python API gives the same labels
+            (prediction,) = loaded.predict(image)
+        assert prediction.labels == [(entry["label"], pytest.approx(entry["score"], abs=1e-6))
+                                     for entry in document["labels"]]
 
 
 def test_saved_model_bytes_signature_returns_labels_over_thresholds(multi_label_run, tmp_path):

@@ -226,18 +226,9 @@ class Classifier:
             yield result
 
     def _result(self, path: Path, scores: np.ndarray, novelty: Optional[float]) -> ImageResult:
-        order = np.argsort(-scores, kind="stable")
-        ranked = [Prediction(self.spec.labels[index], float(scores[index])) for index in order]
-        labels = None
-        if self.spec.thresholds is not None:
-            labels = tuple(prediction for index, prediction in zip(order, ranked)
-                           if prediction.score >= self.spec.thresholds[index])
-        unknown = None
-        if novelty is not None and self.spec.novelty_threshold is not None:
-            unknown = bool(novelty > self.spec.novelty_threshold)
-        return ImageResult(path=path, predictions=tuple(ranked[: self.config.top_k]),
-                           labels=labels, novelty=None if novelty is None else float(novelty),
-                           unknown=unknown)
+        predictions, labels, unknown = judge(self.spec, scores, novelty, self.config.top_k)
+        return ImageResult(path=path, predictions=predictions, labels=labels,
+                           novelty=None if novelty is None else float(novelty), unknown=unknown)
 
     def _check_class_count(self, classes: int) -> None:
         if classes != len(self.spec.labels):
@@ -246,6 +237,27 @@ class Classifier:
                 f"{classes} classes, but {self.model.labels_source} lists {len(self.spec.labels)} "
                 "labels; pass the labels file written together with this graph (--labels)"
             )
+
+
+def judge(spec: ModelSpec, scores: np.ndarray, novelty: Optional[float], top_k: int
+          ) -> tuple[tuple[Prediction, ...], Optional[tuple[Prediction, ...]], Optional[bool]]:
+    """One image's answer from its scores (float [C]) and novelty score.
+
+    Returns:
+        (the top_k predictions, best first; a multi-label model's labels at or over their
+        thresholds, best first, else None; whether the novelty is over the model's threshold,
+        None when the model has no novelty output).
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked = [Prediction(spec.labels[index], float(scores[index])) for index in order]
+    labels = None
+    if spec.thresholds is not None:
+        labels = tuple(prediction for index, prediction in zip(order, ranked)
+                       if prediction.score >= spec.thresholds[index])
+    unknown = None
+    if novelty is not None and spec.novelty_threshold is not None:
+        unknown = bool(novelty > spec.novelty_threshold)
+    return tuple(ranked[:top_k]), labels, unknown
 
 
 def _result_of(path: Path, future: "Future[np.ndarray]") -> _Decoded:
