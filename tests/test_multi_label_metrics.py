@@ -90,6 +90,25 @@ def test_novelty_threshold_passes_the_asked_share_of_validation():
     assert novelty.to_json()["threshold"] == novelty.threshold
 
 
+def test_novelty_k_fits_the_smallest_class():
+    """A class of 3 training images: k = 3, so its own new images pass and strangers do not
+    (with k = 5 the 5th neighbour of a small-class image lies in another class)."""
+    rng = np.random.default_rng(2)
+    centres = rng.normal(size=(3, 32)) * 4
+    groups = np.r_[np.zeros(40, int), np.ones(40, int), np.full(3, 2)]
+    train = (centres[groups] + rng.normal(size=(83, 32)) * 0.3).astype(np.float32)
+    val_groups = np.r_[np.zeros(8, int), np.ones(8, int), np.full(4, 2)]
+    validation = (centres[val_groups] + rng.normal(size=(20, 32)) * 0.3).astype(np.float32)
+    far = rng.normal(size=(50, 32)).astype(np.float32) * 4
+    novelty = fit_novelty(train, groups, validation, pass_rate=0.95, seed=0)
+    assert novelty.k == 3
+    small = novelty.scores(validation[val_groups == 2])
+    # its new images score like the other classes' (with k = 5: like strangers)
+    assert small.max() < 3 * novelty.scores(validation[val_groups != 2]).max()
+    assert small.max() < novelty.scores(far).min() / 10
+    assert (novelty.scores(far) > novelty.threshold).mean() > 0.9
+
+
 def test_calibrate_threshold_edges():
     assert calibrate_threshold(np.array([3.0, 1.0, 2.0]), 1.0) == 3.0
     assert calibrate_threshold(np.array([3.0, 1.0, 2.0]), 0.5) == 2.0

@@ -1,7 +1,8 @@
 """Novelty stage: how unlike every training image an image is, and where "unknown" begins.
 
 The score is the cosine distance from an image's bottleneck vector to its K-th nearest training
-vector (k-NN in the extractor's space, chosen by measurement over class-prototype, Mahalanobis and
+vector (K = 5, or the smallest class's number of reference vectors when that is lower; k-NN in
+the extractor's space, chosen by measurement over class-prototype, Mahalanobis and
 softmax-based scores: docs/multi_label.md#unknown). It needs no labels, so single- and multi-label
 heads share it. At most MAX_REFERENCES training vectors are kept (a seeded, per-class proportional
 sample), so the score fits into every export as one matrix product and a top-k.
@@ -38,7 +39,8 @@ class Novelty:
 
     Attributes:
         references: float32 [M, D] unit-length training vectors, M <= MAX_REFERENCES.
-        k: the neighbour whose distance is the score (1 = nearest); min(K, M).
+        k: the neighbour whose distance is the score (1 = nearest): K, or fewer when the
+            smallest group has fewer reference vectors.
         threshold: images scoring above it are "unknown".
         pass_rate: the share of calibration images at or below the threshold asked for.
         calibrated_on: "validation" or "training" (leave-one-out, when there is no validation).
@@ -81,7 +83,10 @@ def fit_novelty(train_features: np.ndarray, train_groups: np.ndarray,
     """
     chosen = _proportional_sample(np.asarray(train_groups), MAX_REFERENCES, seed)
     references = _unit(train_features[chosen])
-    k = min(K, len(references))
+    # An image of the smallest class must be able to find its k-th neighbour in that class:
+    # with 3 images of a class and k = 5, its own images would score like strangers.
+    _, per_group = np.unique(np.asarray(train_groups)[chosen], return_counts=True)
+    k = max(1, min(K, int(per_group.min())))
     if len(validation_features):
         calibration = _kth_distance(validation_features, references, k)
         calibrated_on = "validation"
