@@ -106,6 +106,12 @@ def test_novelty_k_fits_the_smallest_class():
     # its new images score like the other classes' (with k = 5: like strangers)
     assert small.max() < 3 * novelty.scores(validation[val_groups != 2]).max()
     assert small.max() < novelty.scores(far).min() / 10
+    # multi-label targets: k is at most the rarest label's count (here: 3 images carry label 2,
+    # all of them also label 0, their rows' rarest label)
+    targets = np.zeros((83, 3), np.float32)
+    targets[np.arange(83), groups] = 1.0
+    targets[groups == 2, 0] = 1.0
+    assert fit_novelty(train, targets, validation).k == 3
     assert (novelty.scores(far) > novelty.threshold).mean() > 0.9
 
 

@@ -34,7 +34,8 @@ def summary_lines(result: RetrainResult) -> list[str]:
         "with the label that got it):",
     ]
     width = max(len("class"), len("images"), *(len(label) for label in result.labels))
-    lines.append(f"  {'class':<{width}}  " + "  ".join(f"{split:>10}" for split in SPLITS)
+    lines.append(f"  {'class' if result.multi_label is None else 'label':<{width}}  "
+                 + "  ".join(f"{split:>10}" for split in SPLITS)
                  + ("  test correct" if result.multi_label is None else "    test found"))
     for label in result.labels:
         tested = result.test_per_class[label]

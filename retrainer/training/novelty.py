@@ -72,8 +72,9 @@ def fit_novelty(train_features: np.ndarray, train_groups: np.ndarray,
 
     Args:
         train_features: float32 [N, D] training vectors (N >= 1).
-        train_groups: int [N] a group per row (the class, or a multi-label row's first label):
-            the reference sample keeps each group's share.
+        train_groups: int [N] each row's class, or a multi-label split's float32 [N, C] 0/1
+            targets: the reference sample keeps each class's share (a multi-label row counts
+            for its rarest label), and k is at most the smallest class's (label's) count.
         validation_features: float32 [V, D]; may be empty.
         pass_rate: share of in-distribution images that must pass, in (0, 1].
         seed: picks the reference sample.
@@ -81,12 +82,15 @@ def fit_novelty(train_features: np.ndarray, train_groups: np.ndarray,
     Returns:
         Novelty.
     """
-    chosen = _proportional_sample(np.asarray(train_groups), MAX_REFERENCES, seed)
+    groups = np.asarray(train_groups)
+    chosen = _proportional_sample(rarest_labels(groups) if groups.ndim == 2 else groups,
+                                  MAX_REFERENCES, seed)
     references = _unit(train_features[chosen])
-    # An image of the smallest class must be able to find its k-th neighbour in that class:
+    # An image of the smallest class (label) must be able to find its k-th neighbour in it:
     # with 3 images of a class and k = 5, its own images would score like strangers.
-    _, per_group = np.unique(np.asarray(train_groups)[chosen], return_counts=True)
-    k = max(1, min(K, int(per_group.min())))
+    per_group = (groups[chosen].sum(axis=0) if groups.ndim == 2
+                 else np.unique(groups[chosen], return_counts=True)[1])
+    k = max(1, min(K, int(per_group[per_group > 0].min())))
     if len(validation_features):
         calibration = _kth_distance(validation_features, references, k)
         calibrated_on = "validation"
@@ -172,6 +176,13 @@ def novelty_summary(novelty: Novelty, test: Any) -> dict[str, Any]:
             "test_count": len(test)}
 
 
+def rarest_labels(targets: np.ndarray) -> np.ndarray:
+    """int64 [N]: each multi-label row's rarest label (float32 [N, C] 0/1 targets): the group
+    it counts for in the reference sample, so rare labels keep their share."""
+    counts = targets.sum(axis=0)
+    return np.argmin(np.where(targets > 0.5, counts, np.inf), axis=1).astype(np.int64)
+
+
 def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pass_rate: float,
                     seed: int) -> Novelty:
     """`fit_novelty` on a run's splits (`pipeline.split_features.SplitFeatures`).
@@ -180,10 +191,11 @@ def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pas
     validation images are run through the tuned extractor again.
     """
     train, validation = splits.features[TRAINING], splits.features[VALIDATION]
-    groups = train.labels if train.labels.ndim == 1 else train.labels.argmax(axis=1)
+    groups = train.labels if train.targets is None else train.targets
     if fine_tuning is None:
         return fit_novelty(train.features, groups, validation.features, pass_rate, seed)
-    rows = _proportional_sample(groups, MAX_REFERENCES, seed)
+    rows = _proportional_sample(groups if groups.ndim == 1 else rarest_labels(groups),
+                                MAX_REFERENCES, seed)
     tuned = image_features([splits.images[TRAINING][row].path for row in rows], extractor)
     tuned_validation = validation.features
     if len(validation):
