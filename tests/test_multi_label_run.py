@@ -130,6 +130,23 @@ def test_counts_test_column_and_totals_count_every_label(multi_label_run):
     assert any("test found" in line for line in lines)
 
 
+def test_audit_and_heat_map_choice_count_a_top1_in_the_label_set_as_right(multi_label_run):
+    from retrainer.data.discovery import ImageFile
+    from retrainer.reports.explanations import choose_images
+
+    audit = json.loads(multi_label_run.config.audit_file.read_text())
+    assert audit["test_accuracy"] == pytest.approx(multi_label_run.result.test_accuracy)
+    if not audit["leaked_test_images"]:
+        assert audit["leak_adjusted_test_accuracy"] == pytest.approx(audit["test_accuracy"])
+    images = [ImageFile(Path(f"{n}.png"), f"{n}.png", first, "testing", label_indices=indices)
+              for n, (first, indices) in enumerate([(0, (0, 2)), (1, (1,)), (2, (2, 0))])]
+    evaluation = type("Evaluation", (), {"positions": np.array([0, 1, 2]),
+                                         "predictions": np.array([2, 0, 0])})
+    chosen = choose_images(images, evaluation, ("blue", "green", "red"), 3)
+    assert [(item.relpath, item.true_label, item.correct) for item in chosen] == [
+        ("1.png", "green", False), ("2.png", "red;blue", True), ("0.png", "blue;red", True)]
+
+
 def test_thresholds_never_look_at_the_test_split(multi_label_run, tmp_path):
     """Scramble the test images' labels: the thresholds stay, the test figures change."""
     from retrainer.pipeline import run

@@ -183,18 +183,18 @@ class DatasetAudit:
                      "(--keep_duplicates_in_one_split).", len(self.moved))
         self.collection = dataclasses.replace(self.collection, images=tuple(images))
 
-    def write(self, evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
-              test_labels: np.ndarray) -> dict[str, Any]:
+    def write(self, evaluation: Optional[Evaluation],
+              test_images: Sequence[ImageFile]) -> dict[str, Any]:
         """Write audit.json (atomically) and return its document."""
-        document = self.document(evaluation, test_images, test_labels)
+        document = self.document(evaluation, test_images)
         path = self.options.audit_file
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomically(path, (json.dumps(document, indent=1, ensure_ascii=False)
                                       + "\n").encode("utf-8"))
         return document
 
-    def document(self, evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
-                 test_labels: np.ndarray) -> dict[str, Any]:
+    def document(self, evaluation: Optional[Evaluation],
+                 test_images: Sequence[ImageFile]) -> dict[str, Any]:
         """The audit.json document (docs/audit.md), paths relative to --image_dir."""
         images, names = self.collection.images, self.collection.labels
         findings = self.findings
@@ -211,7 +211,7 @@ class DatasetAudit:
                 for group, similarity in findings.near]
         leaked = sorted(images[p].relpath for p in _test_images_with_training_copy(images,
                                                                                    findings))
-        accuracy, count = _leak_free_accuracy(evaluation, test_images, test_labels, set(leaked))
+        accuracy, count = _leak_free_accuracy(evaluation, test_images, set(leaked))
         return {
             "format": AUDIT_FORMAT,
             "image_dir": str(self.collection.image_dir),
@@ -246,13 +246,15 @@ def _test_images_with_training_copy(images: Sequence[ImageFile], findings: Findi
 
 
 def _leak_free_accuracy(evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
-                        test_labels: np.ndarray,
                         leaked_paths: set[str]) -> tuple[Optional[float], int]:
-    """Accuracy, and N, over the test predictions whose image has no copy in training."""
+    """Accuracy, and N, over the test predictions whose image has no copy in training (a
+    prediction is right when it is one of the image's labels: its only one, or any of a
+    multi-label image's)."""
     if evaluation is None or evaluation.count == 0:
         return None, 0
     clean = np.array([test_images[p].relpath not in leaked_paths for p in evaluation.positions])
     if not clean.any():
         return None, 0
-    correct = evaluation.predictions == test_labels[evaluation.positions]
+    correct = np.array([predicted in test_images[position].label_indices for position, predicted
+                        in zip(evaluation.positions, evaluation.predictions)])
     return float(correct[clean].mean()), int(clean.sum())

@@ -138,8 +138,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         held.discard()
     audit_document = None
     if audit is not None:
-        audit_document = audit.write(trained.evaluation, splits.images[TESTING],
-                                     splits.features[TESTING].labels)
+        audit_document = audit.write(trained.evaluation, splits.images[TESTING])
     heat_maps: list[Section] = []
     if config.reports.report_html is not None:
         with timer("explain", active=config.reports.report_explanations > 0
