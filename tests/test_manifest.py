@@ -138,7 +138,7 @@ def test_any_labels_written_by_a_csv_writer_read_back(tmp_path_factory, rows):
     folder = tmp_path_factory.mktemp("manifest")
     for index in range(len(rows)):
         _image(folder / "images" / f"{index},img.png")
-    rows = rows + [["zz-extra-1", "zz-extra-2"]]  # at least two labels overall
+    rows = [*rows, ["zz-extra-1", "zz-extra-2"]]  # at least two labels overall
     _image(folder / "images" / f"{len(rows) - 1},img.png")
     with open(folder / "labels.csv", "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)

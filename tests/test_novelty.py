@@ -111,15 +111,15 @@ def test_label_image_reject(deployed_run, tmp_path, model):
     Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(noise)
     runner = CliRunner()
     arguments = ["--graph", str(path), str(known), str(noise)]
-    plain = runner.invoke(label_image_main, arguments + ["--json"], catch_exceptions=False)
+    plain = runner.invoke(label_image_main, [*arguments, "--json"], catch_exceptions=False)
     assert plain.exit_code == 0
     assert all("unknown" not in json.loads(line) for line in plain.output.splitlines())
-    rejected = runner.invoke(label_image_main, arguments + ["--json", "--reject"],
+    rejected = runner.invoke(label_image_main, [*arguments, "--json", "--reject"],
                              catch_exceptions=False)
     first, second = (json.loads(line) for line in rejected.output.splitlines())
     assert first["unknown"] is False and second["unknown"] is True
     assert first["novelty"] < deployed_run.result.novelty["threshold"] < second["novelty"]
-    text = runner.invoke(label_image_main, arguments + ["--reject"], catch_exceptions=False)
+    text = runner.invoke(label_image_main, [*arguments, "--reject"], catch_exceptions=False)
     lines = text.output.splitlines()
     assert lines[lines.index(f"==> {noise} <==") + 1].startswith("unknown (")
     without = runner.invoke(label_image_main, arguments, catch_exceptions=False)

@@ -54,13 +54,16 @@ def summary_lines(result: RetrainResult) -> list[str]:
             lines.append(f"  ... and {more} more (all in --json)")
     lines += _training_mode_lines(result)
     if result.search is not None:
-        lines += ["", "Search (validation split; the test split was evaluated once, for the "
-                  "chosen configuration):"]
-        lines += [f"  {row['name']}: " + (row["status"] if row["validation_accuracy"] is None
-                                           else f"validation {percent(row['validation_accuracy'])}"
-                                           f", {row['seconds']:.1f} s")
-                  + ("  <- chosen" if row["name"] == result.search["chosen"] else "")
-                  for row in result.search["candidates"]]
+        search = result.search
+        lines += ["", f"Search ({search['method']}, {search['images']} images; the test split "
+                  "was evaluated once, for the chosen configuration):"]
+        lines += [f"  {row['name']}: " + (
+            row["status"] if row["validation_accuracy"] is None
+            else f"{percent(row['validation_accuracy'])} +- {row['standard_error'] * 100:.1f}"
+                 f", {row['seconds']:.1f} s")
+            + ("  <- chosen" if row["name"] == search["chosen"] else "")
+            + ("  (most accurate)" if row["name"] == search["best"] != search["chosen"] else "")
+            for row in search["candidates"]]
     lines += _audit_lines(result)
     lines += [
         "",

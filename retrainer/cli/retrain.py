@@ -79,7 +79,8 @@ _BATCH = click.IntRange(min=-1)
          "steps are N x training images / --train_batch_size, rounded up (selects the sgd "
          "solver under --head_solver auto).", type=click.IntRange(min=1), show_default=False)
 @_option("search", "Try the installed extractors (and --search_modules), each with and without "
-         "distortions, on cached vectors; keep the one with the best validation accuracy.",
+         "distortions, on cached vectors; keep the simplest one whose cross-validated accuracy "
+         "(training + validation images) is within a standard error of the best.",
          is_flag=True)
 @_option("search_budget", "With --search: start no new candidate after this many seconds.",
          type=click.FloatRange(min=0, min_open=True), show_default=False)

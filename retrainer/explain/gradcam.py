@@ -100,7 +100,6 @@ class GradCam:
             self.raw_maps = tf.reduce_sum(weights * feature_map, axis=-1)
         self.images, self.probabilities, self.feature_map = images, probabilities, feature_map
         self.novelty = novelty
-        self.map_size = tuple(int(side) for side in feature_map.shape[1:3])
         self._session = tf.compat.v1.Session(graph=graph)
 
     @classmethod

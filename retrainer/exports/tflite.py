@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.lite.tools import flatbuffer_utils
 
 from retrainer.data.batches import decode_files
 from retrainer.exports.classifier import Classifier
@@ -153,8 +154,6 @@ def _named_outputs(classifier: Classifier, images: tf.Tensor,
 def probabilities_first(model: bytes) -> bytes:
     """`model` with the probabilities as output 0 (the converter orders outputs by name, which
     puts `novelty` first; label_image.py and ML Kit read output 0). Signature names are kept."""
-    from tensorflow.lite.tools import flatbuffer_utils
-
     tree = flatbuffer_utils.read_model_from_bytearray(bytearray(model))
     signature = tree.signatureDefs[0] if tree.signatureDefs else None
     named = {item.name.decode() if isinstance(item.name, bytes) else item.name: item.tensorIndex

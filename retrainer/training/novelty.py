@@ -60,7 +60,7 @@ class Novelty:
 
     def to_json(self) -> dict[str, Any]:
         """What exports and metrics carry (no vectors)."""
-        return {"method": "knn_cosine", "k": self.k, "references": int(len(self.references)),
+        return {"method": "knn_cosine", "k": self.k, "references": len(self.references),
                 "threshold": self.threshold, "pass_rate": self.pass_rate,
                 "calibrated_on": self.calibrated_on, "calibration_count": self.calibration_count}
 
@@ -157,7 +157,7 @@ def _proportional_sample(groups: np.ndarray, size: int, seed: int) -> np.ndarray
     values, counts = np.unique(groups, return_counts=True)
     for value, count in zip(values, counts):
         rows = np.flatnonzero(groups == value)
-        take = max(1, int(round(size * count / len(groups))))
+        take = max(1, round(size * count / len(groups)))
         chosen.append(rng.choice(rows, min(take, count), replace=False))
     return np.sort(np.concatenate(chosen))
 
