@@ -167,7 +167,7 @@ def folder_vectors(root: Path, bottleneck_dir: Path):
     from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.config import RetrainConfig
     from retrainer.data.discovery import discover_images
-    from retrainer.engines import create_engine
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     collection = discover_images(root)
