@@ -36,12 +36,17 @@ MIN_IMAGES_PER_CLASS = 20  # retrain.py's threshold for "may cause issues"
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image: where it is, its class and its split."""
+    """One image: where it is, its class (a manifest's image: its labels) and its split."""
 
     path: AnyPath  # absolute, through any symlinked class folder (not resolved); or a URL
     relpath: str  # POSIX path relative to the image folder, e.g. "roses/img_1.jpg"
-    label_index: int  # index into ImageCollection.labels
+    label_index: int  # index into ImageCollection.labels (a multi-label image's first label)
     split: str  # "training" | "validation" | "testing"
+    label_indices: tuple[int, ...] = ()  # every label of the image; () means (label_index,)
+
+    def __post_init__(self) -> None:
+        if not self.label_indices:
+            object.__setattr__(self, "label_indices", (self.label_index,))
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,12 @@ class ImageCollection:
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{label: {split: number of images}}, every label and split present (zeros included)."""
+        """{label: {split: number of images}}, every label and split present (zeros included);
+        an image with several labels (--labels_csv) counts for each of them."""
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
         for image in self.images:
-            table[self.labels[image.label_index]][image.split] += 1
+            for index in image.label_indices:
+                table[self.labels[index]][image.split] += 1
         return table
 
 
@@ -127,7 +134,7 @@ def discover_images(
         DataError: fewer than two classes with images; two folders give the same label.
     """
     validate_percentages(validation_percentage, testing_percentage)
-    root = _check_image_dir(image_dir)
+    root = check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
     if isinstance(root, RemotePath):
         folders, per_class = remote_classes(root, ignored)
@@ -176,7 +183,12 @@ def _local_classes(
     return folders, _deduplicate(candidates, len(folders), ignored)
 
 
-def _check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+def check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+    """--image_dir as an absolute path (or URL) that exists and is a folder.
+
+    Raises:
+        UsageError: it is missing or a file.
+    """
     root = as_path(image_dir)
     if isinstance(root, Path):
         root = Path(os.path.abspath(root))
