@@ -7,6 +7,7 @@ under `if TYPE_CHECKING:`, so a circle cannot hide in a function body.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,37 @@ def test_a_planted_circle_is_found_wherever_the_import_hides(tmp_path, source, c
     (package / "d" / "e.py").write_text("")
     found = circles(import_graph(package))
     assert bool(found) == circle and all({"retrainer.a", "retrainer.b"} <= set(c) for c in found)
+
+
+def test_docstrings_and_comments_name_files_and_modules_that_exist():
+    """A repository file (docs/x.md, benchmarks/x.py, ...) or a dotted retrainer name
+    (retrainer.cache.layout.namespace) named in the package's text exists: no stale pointers."""
+    known = modules()
+    stale = []
+    for name, path in known.items():
+        text = path.read_text(encoding="utf-8")
+        stale += [f"{name} names {found}" for found in _REPO_FILE.findall(text)
+                  if not (PACKAGE.parent / found).exists()]
+        stale += [f"{name} names {found}" for found in _DOTTED.findall(text)
+                  if not _defined(found, known)]
+    assert stale == []
+
+
+_REPO_FILE = re.compile(r"\b(?:docs|scripts|benchmarks|tests|examples)/[\w./-]*\w\.(?:py|md|sh)\b")
+_DOTTED = re.compile(r"\bretrainer(?:\.[A-Za-z_]\w*)+")
+
+
+def _defined(dotted: str, known: dict[str, Path]) -> bool:
+    """The longest module prefix of `dotted` exists and defines (or imports) the next name."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if module in known:
+            if end == len(parts):
+                return True
+            name = re.escape(parts[end])
+            definition = (rf"^\s*(?:def|class)\s+{name}\b|^\s*{name}\s*[:=,]|^\s*{name}$"
+                          rf"|\bimport\b.*\b{name}\b|\bself\.{name}\s*[:=]")
+            return re.search(definition, known[module].read_text(encoding="utf-8"),
+                             re.MULTILINE) is not None
+    return False
