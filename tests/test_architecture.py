@@ -185,6 +185,22 @@ def _sets_frozen_attribute(node: ast.AST) -> bool:
             and node.func.value.id == "object")
 
 
+def test_only_the_cli_imports_click_or_reads_the_command_line():
+    outside = []
+    for name, path in modules().items():
+        if name.startswith("retrainer.cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                outside += [f"{name}:{node.lineno}" for alias in node.names
+                            if alias.name.split(".")[0] == "click"]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "click":
+                outside.append(f"{name}:{node.lineno}")
+            elif isinstance(node, ast.Attribute) and node.attr == "argv":
+                outside.append(f"{name}:{node.lineno} sys.argv")
+    assert outside == []
+
+
 def test_modules_are_small_and_the_top_level_short():
     long = {name: lines for name, path in modules().items()
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
