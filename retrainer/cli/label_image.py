@@ -47,7 +47,7 @@ from retrainer.io.storage import walk
 if TYPE_CHECKING:
     from retrainer.classify.run import ImageResult
 
-log = logging.getLogger("retrainer.label_image")
+log = logging.getLogger(__name__)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
