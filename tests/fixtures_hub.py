@@ -48,7 +48,8 @@ def save_tf2_module(
     Styles: "call" (a reusable SavedModel's `__call__`), "call_training" (`__call__(images,
     training)` where training=True doubles the output, as Keras-made modules misbehave in training
     mode), "signature" (only a serving signature with a named output), "feature_map" (returns
-    [N, H, W, D], not a vector), "not_image" (takes [N, 3] vectors).
+    [N, H, W, D], not a vector), "not_image" (takes [N, 3] vectors), "tflite_unsupported" (an op
+    the TFLite converter cannot convert).
     """
     module = _ConvPoolModule(kernel)
     images = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
@@ -67,6 +68,11 @@ def save_tf2_module(
     elif style == "feature_map":
         module.__call__ = tf.function(
             lambda images: tf.nn.conv2d(images, module.kernel, 1, "SAME"), input_signature=[images]
+        )
+    elif style == "tflite_unsupported":  # Erfinv: neither a TFLite builtin nor a custom op
+        module.__call__ = tf.function(
+            lambda images: tf.math.erfinv(0.5 * tf.tanh(module.features(images))),
+            input_signature=[images],
         )
     elif style == "not_image":
         module.__call__ = tf.function(

@@ -212,3 +212,33 @@ def test_convert_refuses_int8_without_calibration(wide_classifier):
         convert(wide_classifier, QuantizationConfig("int8"), np.zeros((3, 32, 32, 3), np.uint8))
 
 
+
+
+def test_conversion_failure_is_one_line_and_keeps_every_other_export(tmp_path):
+    """A trusted extractor with an op TFLite has no kernel for (Erfinv): each mode's failure is
+    named in one line (exit 4, no traceback); the graph, the SavedModel, the reports and the
+    export report of what was written (opened as trusted, like the extractor) are all there."""
+    import json
+
+    from tests.fixtures_hub import module_kernel, save_tf2_module
+
+    module = save_tf2_module(tmp_path / "module", module_kernel(), 32, "tflite_unsupported")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(retrain_main, retrain_args(
+        tmp_path, make_color_image_dir(tmp_path / "colors", per_class=6),
+        "--tflite_output_file", str(out / "m.tflite"), "--tflite_quantization", "none",
+        "--tflite_quantization", "float16", "--saved_model_dir", str(out / "saved_model"),
+        "--trust_model", "--json", extractor=str(module), steps=10))
+    assert result.exit_code == 4, result.output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(error_lines) == 1 and "Traceback" not in result.stderr
+    for mode in ("none", "float16"):
+        assert f"to TFLite ({mode}): 'tf.Erfinv' op is neither" in error_lines[0]
+        assert not (out / f"m_{mode}.tflite").exists()
+    assert "drop --tflite_output_file" in error_lines[0]
+    for kept in ("graph.pb", "labels.txt", "saved_model/saved_model.pb", "report.html",
+                 "metrics.json"):
+        assert (out / kept).is_file(), kept
+    document = json.loads(result.stdout)
+    assert document["error"]["exit_code"] == 4 and "tflite_output_file" not in document["outputs"]
+    assert [row["artifact"] for row in document["exports"]] == ["frozen graph", "saved_model"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Optional, Sequence, Union
+from typing import Collection, Optional, Sequence, Union
 
 from retrainer.errors import UsageError, require
 from retrainer.exports.quantization import (
@@ -69,6 +69,7 @@ class ExportOptions:
     tflite_calibration_images: int
     max_export_accuracy_drop: Optional[float]
     seed: int  # picks int8's calibration sample
+    trust_model: bool = False  # the export report opens exports of a trusted extractor unchecked
 
     def __post_init__(self) -> None:
         require("intermediate_store_frequency", self.intermediate_store_frequency,
@@ -118,14 +119,17 @@ class ExportOptions:
         return ([("tflite_output_file", path) for path in self.tflite_files.values()]
                 + [("onnx_output_file", path) for path in self.onnx_files.values()])
 
-    def verified_artifacts(self, onnx_written: bool = True) -> list[tuple[str, AnyPath]]:
-        """(name, path) of each export the report compares with the frozen graph (the ONNX files
-        only when their conversion succeeded)."""
+    def verified_artifacts(self, written: Optional[Collection[AnyPath]] = None
+                           ) -> list[tuple[str, AnyPath]]:
+        """(name, path) of each export the report compares with the frozen graph: the .tflite
+        and .onnx files among `written` (all when None: a conversion may have failed)."""
+        def kept(path: AnyPath) -> bool:
+            return written is None or path in written
+
         artifacts: list[tuple[str, AnyPath]] = [
-            (f"tflite {mode}", path) for mode, path in self.tflite_files.items()]
+            (f"tflite {mode}", path) for mode, path in self.tflite_files.items() if kept(path)]
         if self.saved_model_dir is not None:
             artifacts.append(("saved_model", self.saved_model_dir))
-        if onnx_written:
-            artifacts += [("onnx" if mode == NONE else f"onnx {mode}", path)
-                          for mode, path in self.onnx_files.items()]
+        artifacts += [("onnx" if mode == NONE else f"onnx {mode}", path)
+                      for mode, path in self.onnx_files.items() if kept(path)]
         return artifacts

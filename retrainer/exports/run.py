@@ -3,8 +3,9 @@
 `Exporter` is built once per run. Training calls `write_intermediate` every
 --intermediate_store_frequency steps; `write_all` then writes the labels, the frozen graph with its
 sidecar, the SavedModel, the .tflite and the .onnx files asked for, and runs each deployable
-artifact on the test split against the frozen graph (the export report, docs/exports.md). An ONNX
-conversion that fails is recorded in `Exported.failures`; every other export is still written. The
+artifact on the test split against the frozen graph (the export report, docs/exports.md). A TFLite
+or ONNX conversion that fails is recorded in `Exported.failures`; every other export is still
+written. The
 classifier graph is traced once, on first use.
 """
 
@@ -125,34 +126,41 @@ class Exporter:
             write_saved_model(exporter.classifier, options.saved_model_dir)
             outputs["saved_model_dir"] = options.saved_model_dir
         training_files = [image.path for image in training_images]
-        if options.tflite_files:
-            outputs["tflite_output_file"] = self._written(
-                write_tflite_files, exporter.classifier, options.tflite_files, training_files)
-        failures = []
-        if options.onnx_files:
-            try:
-                outputs["onnx_output_file"] = self._written(
-                    write_onnx_files, exporter.classifier, options.onnx_files, training_files)
-            except ModelError as error:  # the converter's failure costs no other export
-                failures.append(str(error))
+        failures: list[str] = []
+        written: list[AnyPath] = []
+        tflite_files, onnx_files = options.tflite_files, options.onnx_files
+        for name, write, groups in (
+            # each TFLite mode is a conversion of its own; ONNX converts once, then quantizes
+            ("tflite_output_file", write_tflite_files, [{m: p} for m, p in tflite_files.items()]),
+            ("onnx_output_file", write_onnx_files, [onnx_files] if onnx_files else []),
+        ):
+            paths = [path for group in groups for path in self._written(
+                write, exporter.classifier, group, training_files, failures)]
+            if paths:
+                outputs[name] = paths[0] if len(paths) == 1 else paths
+            written += paths
         if self.intermediate_graphs:
             outputs["intermediate_graphs"] = list(self.intermediate_graphs)
-        return Exported(outputs, self._report(test_images, "onnx_output_file" in outputs,
-                                              thresholds), tuple(failures))
+        return Exported(outputs, self._report(test_images, written, thresholds), tuple(failures))
 
     def _written(self, write: Callable[..., Any], classifier: Classifier,
-                 paths: dict[str, AnyPath], training_files: list[AnyPath]) -> Any:
-        """Run a format's writer (int8 calibrates on the run's seeded sample of training
-        images); the path, or the paths of several modes."""
-        write(classifier, paths, self.options.tflite_calibration_images, training_files,
-              self.options.seed)
-        written = list(paths.values())
-        return written[0] if len(written) == 1 else written
+                 paths: dict[str, AnyPath], training_files: list[AnyPath],
+                 failures: list[str]) -> list[AnyPath]:
+        """Run a format's writer (int8 calibrates on the run's seeded sample of training images);
+        the paths written. A failed conversion adds its one-line message to `failures` and
+        costs no other export."""
+        try:
+            write(classifier, paths, self.options.tflite_calibration_images, training_files,
+                  self.options.seed)
+        except ModelError as error:
+            failures.append(str(error))
+            return []
+        return list(paths.values())
 
-    def _report(self, test_images: Sequence[ImageFile], onnx_written: bool,
+    def _report(self, test_images: Sequence[ImageFile], written: Sequence[AnyPath],
                 thresholds: Optional[np.ndarray] = None) -> tuple[ArtifactReport, ...]:
         """The export report when a .tflite, .onnx or SavedModel was written; () otherwise."""
-        artifacts = self.options.verified_artifacts(onnx_written)
+        artifacts = self.options.verified_artifacts(written)
         if not artifacts:
             return ()
         if not test_images:
@@ -165,4 +173,4 @@ class Exporter:
         else:
             truth = targets_of(test_images, len(self.labels))
         return tuple(export_report([(FROZEN_GRAPH, self.options.output_graph), *artifacts],
-                                   pixels[ok], truth[ok], thresholds))
+                                   pixels[ok], truth[ok], thresholds, self.options.trust_model))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -25,6 +26,7 @@ import tensorflow as tf
 from tensorflow.lite.tools import flatbuffer_utils
 
 from retrainer.data.batches import decode_files
+from retrainer.errors import ModelError
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import (
     FLOAT16,
@@ -67,6 +69,7 @@ def write_tflite_files(
 
     Raises:
         DataError: int8 without enough training images.
+        ModelError: a mode's conversion failed (the files of the modes before it are written).
     """
     calibration = None
     if INT8 in paths:
@@ -110,6 +113,7 @@ def convert(
 
     Raises:
         DataError: int8 without enough calibration images.
+        ModelError: the converter failed (say, an op TFLite has no kernel for).
     """
     height, width = classifier.extractor.spec.input_size
     sample = _check_calibration(calibration, quantization) if quantization.mode == INT8 else None
@@ -126,16 +130,34 @@ def convert(
         def model(images: tf.Tensor) -> dict[str, tf.Tensor]:
             return _named_outputs(classifier, images, pin_novelty=False)
 
-    if sample is not None:
-        return full_integer_model(model.get_concrete_function(), _representative(sample),
-                                  classifier, uint8_input=True, uint8_output=True)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [model.get_concrete_function()], classifier
-    )
-    converter.optimizations = [tf.lite.Optimize.DEFAULT] if quantization.mode != NONE else []
-    if quantization.mode == FLOAT16:
-        converter.target_spec.supported_types = [tf.float16]
-    return bytes(converter.convert())
+    try:
+        if sample is not None:
+            return full_integer_model(model.get_concrete_function(), _representative(sample),
+                                      classifier, uint8_input=True, uint8_output=True)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [model.get_concrete_function()], classifier
+        )
+        converter.optimizations = [tf.lite.Optimize.DEFAULT] if quantization.mode != NONE else []
+        if quantization.mode == FLOAT16:
+            converter.target_spec.supported_types = [tf.float16]
+        return bytes(converter.convert())
+    except Exception as error:  # the converter raises its ConverterError, ValueError, ...
+        raise ModelError(
+            f"cannot convert the classifier built on extractor {classifier.extractor.spec.name} "
+            f"to TFLite ({quantization.mode}): {converter_reason(error)}; the other exports were "
+            "written; drop --tflite_output_file (the frozen graph and --saved_model_dir need no "
+            "conversion)"
+        ) from error
+
+
+def converter_reason(error: BaseException) -> str:
+    """The converter's first "error: ..." line (its message opens with MLIR source locations),
+    else the message's first line."""
+    text = str(error).strip()
+    found = re.search(r"error: ([^\n]+)", text)
+    if found is not None:
+        return found.group(1).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _named_outputs(classifier: Classifier, images: tf.Tensor,

@@ -63,7 +63,7 @@ class ArtifactReport:
 
 def export_report(
     artifacts: Sequence[tuple[str, AnyPath]], pixels: np.ndarray, labels: np.ndarray,
-    thresholds: Optional[np.ndarray] = None,
+    thresholds: Optional[np.ndarray] = None, trust_model: bool = False,
 ) -> list[ArtifactReport]:
     """Run every artifact on the test pixels and compare each with the first (the frozen graph).
 
@@ -72,6 +72,8 @@ def export_report(
         pixels: uint8 [N, H, W, 3] test images, decoded as training decodes them; N >= 1.
         labels: int64 [N] true classes, or for a multi-label model float32 [N, C] 0/1 targets.
         thresholds: a multi-label model's float32 [C] thresholds (None: single-label).
+        trust_model: open the artifacts without `retrainer.security` checks (--trust_model: they
+            carry the ops of an extractor the user trusted).
 
     Returns:
         One ArtifactReport per artifact, in order.
@@ -79,7 +81,7 @@ def export_report(
     reference = None
     reports: list[ArtifactReport] = []
     for name, path in artifacts:
-        probabilities = _run(path, pixels)
+        probabilities = _run(path, pixels, trust_model)
         if reference is None:
             reference = probabilities
         if thresholds is None:
@@ -107,8 +109,8 @@ def export_report(
     return reports
 
 
-def _run(path: AnyPath, pixels: np.ndarray) -> np.ndarray:
-    model = open_model(ClassifyConfig(graph=path))
+def _run(path: AnyPath, pixels: np.ndarray, trust_model: bool) -> np.ndarray:
+    model = open_model(ClassifyConfig(graph=path, trust_model=trust_model))
     size = tuple(pixels.shape[1:3])
     if model.spec.input_size != size:
         model.close()
