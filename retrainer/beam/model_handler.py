@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from retrainer.beam.transforms import ImageBatch
+
 
 @dataclasses.dataclass
 class LoadedExtractor:
@@ -23,19 +25,20 @@ class LoadedExtractor:
     features: Callable[[Any], Any]
 
 
-class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedExtractor]):
-    """uint8 [H, W, 3] pixels -> float32 [D] bottleneck vectors, in batches.
+class BottleneckModelHandler(ModelHandler[ImageBatch, PredictionResult, LoadedExtractor]):
+    """A batch of decoded images -> float32 [B, D] bottleneck vectors, one extractor call each.
+
+    The pipeline batches the images itself (`transforms.ImageBatch`) and uses this handler
+    `.with_no_batching()`, each element a list of one ImageBatch: RunInference's own batching
+    emits a bundle's last batch from `finish_bundle`, which Beam's DaskRunner drops.
 
     Args:
         tfhub_module: what `retrain --tfhub_module` takes (built-in name, hub handle, local path).
         image_size: `retrain --image_size`, or None for the module's own.
-        max_batch_size: images per extractor call (the batch split across local devices).
     """
 
-    def __init__(self, tfhub_module: str, image_size: Optional[int], max_batch_size: int) -> None:
-        # Fixed-size batches, as the single-machine path makes: BatchElements' adaptive sizes start
-        # at 1 and stay small on short bundles, which costs throughput for no gain.
-        super().__init__(min_batch_size=max_batch_size, max_batch_size=max_batch_size)
+    def __init__(self, tfhub_module: str, image_size: Optional[int]) -> None:
+        super().__init__()
         self.tfhub_module = tfhub_module
         self.image_size = image_size
 
@@ -48,15 +51,20 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, LoadedEx
 
     def run_inference(
         self,
-        batch: Sequence[np.ndarray],
+        batch: Sequence[ImageBatch],
         model: LoadedExtractor,
         inference_args: Optional[dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        vectors = model.features(np.stack(batch)).numpy()
-        return [PredictionResult(pixels, vector) for pixels, vector in zip(batch, vectors)]
+        return [PredictionResult(images, self._vectors(images, model)) for images in batch]
 
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return sum(pixels.nbytes for pixels in batch)
+    @staticmethod
+    def _vectors(images: ImageBatch, model: LoadedExtractor) -> np.ndarray:
+        if not len(images.digests):  # every file cached or unreadable: no model call
+            return np.zeros((0, model.extractor.spec.vector_size), np.float32)
+        return model.features(images.pixels).numpy()
+
+    def get_num_bytes(self, batch: Sequence[ImageBatch]) -> int:
+        return sum(images.pixels.nbytes for images in batch)
 
     def get_metrics_namespace(self) -> str:
         return "retrain_extract"

@@ -1,14 +1,15 @@
 """`retrain-extract`'s Beam pipeline: image files -> bottleneck vectors, written as one shard run.
 
-    MatchFiles -> Reshuffle (else every file stays on the worker that listed them) -> ReadMatches
-    -> hash; skip what the cache has; decode (retrainer's discovery rule and decoder)
-    -> RunInference (KeyedModelHandler keyed by content SHA-256, retrainer's own extractor)
-    -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/shards.py)
+    list the image files (MatchFiles -> Reshuffle on the workers; in the launcher on Dask)
+    -> batches of paths -> hash, skip what the cache has, decode (retrainer's discovery rule and
+    decoder) -> RunInference (retrainer's own extractor) -> one TFRecord shard per bundle
+    -> one summary -> manifest, then the marker (retrainer/shards.py)
 
-Unreadable images go to a dead-letter output: counted, named in the manifest and the result,
-never fatal. The vectors are the single-machine path's (same cache namespace, decode and model
-call), so a following `retrain --bottleneck_dir DIR` computes nothing. Paths may be local or
-anything Beam's file systems read (gs:// with apache-beam[gcp]).
+Unreadable images are counted and named in the manifest and the result, never fatal. The vectors
+are the single-machine path's (same cache namespace, decode and model call), so a following
+`retrain --bottleneck_dir DIR` computes nothing. Paths may be local or anything Beam's file
+systems read (gs:// with apache-beam[gcp]). The steps (retrainer/beam/transforms.py) avoid what
+Beam's DaskRunner does not carry, so the pipeline runs the same on every runner.
 """
 
 from __future__ import annotations
@@ -18,27 +19,29 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import WriteToTFRecord
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.ml.inference.base import RunInference
 
 from retrainer.beam.model_handler import BottleneckModelHandler
-from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
+from retrainer.beam.runners import is_dask, pipeline_options, run_pipeline
+from retrainer.beam.transforms import (
+    HashAndDecode,
+    MergeSummaries,
+    WriteShards,
+    batches,
+    image_paths,
+    remove_unnamed_files,
+    summary,
+)
+from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, namespace
 from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.errors import UsageError
-from retrainer.image_names import is_image_relpath
-from retrainer.images import UnreadableImageError, decode_image
 from retrainer.shards import (
     RUN_ID_TIME,
-    SHARD_PREFIX,
-    SHARD_SUFFIX,
-    cached_digests,
-    encode_record,
     finished_runs,
     read_manifest,
     remove_abandoned_runs,
@@ -47,11 +50,6 @@ from retrainer.shards import (
 )
 
 log = logging.getLogger(__name__)
-
-UNREADABLE = "unreadable"
-CACHED = "cached"
-# Beam's default DirectRunner may hand the pipeline to Prism, which downloads a binary at run time.
-DEFAULT_RUNNER = "FnApiRunner"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +113,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     from retrainer.extractors import create_extractor
 
     started = time.perf_counter()
+    options = pipeline_options(beam_args, config.batch_size)  # a bad --runner fails first
     image_dir = _absolute(config.image_dir)
     for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
         _check_file_system(flag, path)
@@ -126,12 +125,11 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
-    options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
+    FileSystems.mkdirs(run_dir)
     log.info("Extracting %s vectors of %s into %s.", spec.name, image_dir, run_dir)
-    with beam.Pipeline(options=options) as pipeline:
-        _build(pipeline, config, image_dir, cache_dir, run_dir, spec)
+    pipeline = beam.Pipeline(options=options)
+    _build(pipeline, config, image_dir, cache_dir, run_dir, spec, is_dask(options))
+    run_pipeline(pipeline)
     if run_dir not in finished_runs(cache_dir):
         raise RuntimeError(f"The pipeline finished but did not complete the shard run {run_dir}.")
     manifest = read_manifest(run_dir)
@@ -151,94 +149,47 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
 
 
 def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache_dir: str,
-           run_dir: str, spec: Any) -> None:
-    cached = beam.pvalue.AsDict(
-        pipeline
-        | "CacheFolder" >> beam.Create([cache_dir])
-        | "ListCached" >> beam.FlatMap(lambda folder: ((digest, True)
-                                                      for digest in cached_digests(folder)))
+           run_dir: str, spec: Any, on_dask: bool) -> None:
+    if on_dask:  # its Reshuffle keeps everything in one task: list here, one element per batch
+        listed = FileSystems.match([FileSystems.join(image_dir, "**")])[0].metadata_list
+        paths = image_paths(image_dir, [item.path for item in listed])
+        batched = pipeline | "Batches" >> beam.Create(batches(paths, config.batch_size) or [[]])
+    else:  # listed by the workers, and spread over them (Reshuffle) before batching
+        batched = (
+            pipeline
+            | "Match" >> fileio.MatchFiles(FileSystems.join(image_dir, "**"))
+            | "Images" >> beam.FlatMap(lambda item: image_paths(image_dir, [item.path]))
+            | "Spread" >> beam.Reshuffle()
+            | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size,
+                                            max_batch_size=config.batch_size)
+        )
+    summaries = (
+        batched
+        | "HashDecode" >> beam.ParDo(HashAndDecode(spec.input_size, cache_dir, run_dir))
+        | "Extract" >> RunInference(
+            BottleneckModelHandler(config.tfhub_module, config.image_size).with_no_batching())
+        | "Write" >> beam.ParDo(WriteShards(run_dir))
     )
-    decoded = (
-        pipeline
-        | "Match" >> fileio.MatchFiles(FileSystems.join(image_dir, "**"))
-        | "Spread" >> beam.Reshuffle()
-        | "Read" >> fileio.ReadMatches()
-        | "HashDecode" >> beam.ParDo(_HashAndDecode(image_dir, spec.input_size), cached)
-        .with_outputs(UNREADABLE, CACHED, main="pixels")
-    )
-    handler = KeyedModelHandler(
-        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size)
-    )
-    vectors = decoded.pixels | "Extract" >> RunInference(handler)
-    shard_paths = (
-        vectors
-        | "Encode" >> beam.MapTuple(_encode)
-        | "Write" >> WriteToTFRecord(FileSystems.join(run_dir, SHARD_PREFIX),
-                                     file_name_suffix=SHARD_SUFFIX)
-    )
+    start = pipeline | "Start" >> beam.Create([summary()])  # a summary even without images
     manifest = {"extractor_id": spec.id, "extractor": spec.name,
                 "input_size": list(spec.input_size), "vector_size": spec.vector_size}
     _ = (
-        shard_paths
-        | "ShardList" >> beam.combiners.ToList()
-        | "Finish" >> beam.Map(
-            _finish_run, run_dir, manifest,
-            vectors=beam.pvalue.AsSingleton(
-                vectors | "CountVectors" >> beam.combiners.Count.Globally()),
-            already_cached=beam.pvalue.AsSingleton(
-                decoded[CACHED] | "CountCached" >> beam.combiners.Count.Globally()),
-            unreadable=beam.pvalue.AsList(decoded[UNREADABLE]),
-        )
+        (summaries, start)
+        | "Summaries" >> beam.Flatten()
+        | "Summarize" >> beam.CombineGlobally(MergeSummaries()).without_defaults()
+        | "Finish" >> beam.Map(_finish_run, run_dir, manifest)
     )
 
 
-class _HashAndDecode(beam.DoFn):
-    """ReadableFile -> (sha256, uint8 [H, W, 3]); cached hashes and unreadable files to side outputs.
-
-    Files outside discovery's rules (hidden, not in a class folder, not an image name) are dropped.
-    """
-
-    def __init__(self, image_dir: str, input_size: tuple[int, int]) -> None:
-        self.image_dir = image_dir.rstrip("/")
-        self.input_size = tuple(input_size)
-        self.unreadable_count = beam.metrics.Metrics.counter("retrain_extract", "unreadable")
-        self.cached_count = beam.metrics.Metrics.counter("retrain_extract", "already_cached")
-
-    def process(self, readable_file, cached) -> Iterator[Any]:
-        path = readable_file.metadata.path
-        if not is_image_relpath(path[len(self.image_dir) + 1:]):
-            return
-        try:
-            data = readable_file.read()
-        except OSError as error:
-            self.unreadable_count.inc()
-            yield beam.pvalue.TaggedOutput(UNREADABLE, (path, f"cannot read file ({error})"))
-            return
-        digest = content_digest(data)
-        if digest in cached:
-            self.cached_count.inc()
-            yield beam.pvalue.TaggedOutput(CACHED, digest)
-            return
-        try:
-            yield digest, decode_image(data, self.input_size, path)
-        except UnreadableImageError as error:
-            self.unreadable_count.inc()
-            yield beam.pvalue.TaggedOutput(UNREADABLE, (path, error.reason))
-
-
-def _encode(digest: str, prediction: Any) -> bytes:
-    return encode_record(digest, prediction.inference)
-
-
-def _finish_run(shard_paths: list[str], run_dir: str, manifest: dict[str, Any], vectors: int,
-                already_cached: int, unreadable: list[tuple[str, str]]) -> None:
-    """Runs once, after every shard is finalized: the manifest, then the marker."""
+def _finish_run(total: dict[str, Any], run_dir: str, manifest: dict[str, Any]) -> None:
+    """Runs once, after every shard is written: the manifest, then the marker."""
+    remove_unnamed_files(run_dir, total["shards"])
     write_manifest_then_marker(run_dir, {
         **manifest,
-        "shards": sorted(FileSystems.split(os.fspath(path))[1] for path in shard_paths),
-        "vectors": vectors,
-        "already_cached": already_cached,
-        "unreadable": [{"path": path, "reason": reason} for path, reason in sorted(unreadable)],
+        "shards": total["shards"],
+        "vectors": total["vectors"],
+        "already_cached": total["already_cached"],
+        "unreadable": [{"path": path, "reason": reason} for path, reason in total["unreadable"]],
     })
 
 
