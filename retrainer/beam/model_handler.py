@@ -55,7 +55,9 @@ class BottleneckModelHandler(ModelHandler[ImageBatch, PredictionResult, LoadedEx
         model: LoadedExtractor,
         inference_args: Optional[dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
-        return [PredictionResult(images, self._vectors(images, model)) for images in batch]
+        # The pixels stay behind: the next step needs the digests and counts only.
+        return [PredictionResult(dataclasses.replace(images, pixels=images.pixels[:0]),
+                                 self._vectors(images, model)) for images in batch]
 
     @staticmethod
     def _vectors(images: ImageBatch, model: LoadedExtractor) -> np.ndarray:

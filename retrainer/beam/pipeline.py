@@ -125,7 +125,6 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
-    FileSystems.mkdirs(run_dir)
     log.info("Extracting %s vectors of %s into %s.", spec.name, image_dir, run_dir)
     pipeline = beam.Pipeline(options=options)
     _build(pipeline, config, image_dir, cache_dir, run_dir, spec, is_dask(options))
@@ -183,6 +182,8 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
 
 def _finish_run(total: dict[str, Any], run_dir: str, manifest: dict[str, Any]) -> None:
     """Runs once, after every shard is written: the manifest, then the marker."""
+    if not FileSystems.exists(run_dir):  # no shard: every image cached or unreadable
+        FileSystems.mkdirs(run_dir)
     remove_unnamed_files(run_dir, total["shards"])
     write_manifest_then_marker(run_dir, {
         **manifest,
