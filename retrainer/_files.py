@@ -87,6 +87,8 @@ def _link_over(source: str, path: Path) -> None:
     try:
         making_folder(path, lambda: os.link(source, path))
     except FileExistsError:  # e.g. an entry recomputed after damage
+        if os.path.samefile(source, path):  # a name given twice (byte copies in one batch):
+            return  # renaming a link over its twin would do nothing and leave the spare behind
         spare = _sibling_name(path, ".tmp")
         os.link(source, spare)
         try:

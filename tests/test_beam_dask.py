@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -194,18 +193,19 @@ def test_cluster_run_equals_single_machine_then_retrain_computes_nothing(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_run(tmp_path, photos):
+def test_a_worker_killed_mid_run(tmp_path, photos, fashion_mnist_dir):
     """The run finishes through the other worker (or fails with one line and no marker); either
     way the cache ends complete and correct, with no stray shard file."""
     cache = tmp_path / "cache"
-    more = photos / "Trouser"  # enough batches that both workers are busy when one dies
-    for index, path in enumerate(sorted(more.glob("*.png"))):
-        shutil.copy(path, photos / "Sneaker" / f"flipped-{index}.png")
+    # All 10 classes: enough batches that both workers are busy when one dies.
+    copy_classes(fashion_mnist_dir, photos, sorted(path.name for path in fashion_mnist_dir.iterdir()
+                                                   if path.is_dir()), 25)
     with dask_cluster(tmp_path) as client:
         process = start_extract(photos, cache, client, "--batch_size", "4",
                                 "--dask_partition_size", "1")
         killed = kill_a_busy_worker(client, cache)
         code, out, err = finish(process)
+        assert len(client.scheduler_info()["workers"]) == 1  # the scheduler saw it die
         namespace = next(cache.glob("*/*"))
         if code == 0:
             outcome = "finished"

@@ -25,10 +25,11 @@ from click.testing import CliRunner  # noqa: E402
 from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest  # noqa: E402
 from retrainer.cli.retrain import main as retrain_main  # noqa: E402
 from retrainer.discovery import discover_images  # noqa: E402
-from retrainer.extractors import create_extractor  # noqa: E402
+from retrainer.extractors import DEFAULT_EXTRACTOR, create_extractor  # noqa: E402
 from retrainer.shards import finished_runs, load_sharded  # noqa: E402
 from tests.fixtures_data import make_color_image_dir  # noqa: E402
 from tests.fixtures_hub import module_kernel, save_tf2_module  # noqa: E402
+from tests.fixtures_photos import write_clipart_dir  # noqa: E402
 from tests.fixtures_pipeline import retrain_args  # noqa: E402
 from tests.fixtures_shards import write_shard_run  # noqa: E402
 
@@ -107,6 +108,25 @@ def test_in_memory_run_equals_single_machine_and_names_bad_images(tmp_path, modu
     again = run_extraction(config, ["--runner", "FnApiRunner"])
     assert (again.computed, again.already_cached, again.run_dir) == (0, 15, None)
     assert finished_runs(result.namespace) == [result.run_dir]  # nothing added
+
+
+def test_default_hand_off_reuses_every_vector(tmp_path):
+    """The documented hand-off with both tools' defaults: the built-in extractor at `auto`
+    precision (int8 on CPUs with AVX2 or 64-bit Arm), real clipart cut from photos."""
+    images = write_clipart_dir(tmp_path / "clipart", ("icons_a", "icons_b", "icons_c"), 5)
+    cache = tmp_path / "bottlenecks"  # where retrain_args points retrain
+    completed = subprocess.run(
+        [sys.executable, "-m", "retrainer.cli.extract", "--image_dir", str(images),
+         "--bottleneck_dir", str(cache), "--json"], capture_output=True, text=True, timeout=240)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    document = json.loads(completed.stdout)
+    assert document["computed"] == 15
+    args = retrain_args(tmp_path, images, "--json", extractor=DEFAULT_EXTRACTOR, steps=20)
+    result = CliRunner().invoke(retrain_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.stderr
+    after = json.loads(result.stdout)
+    assert (after["bottlenecks_computed"], after["bottlenecks_reused"]) == (0, 15)
+    assert after["extractor_precision"] == document["extractor_precision"]
 
 
 @pytest.mark.slow

@@ -159,6 +159,18 @@ def test_a_batch_shares_one_pack_file_and_damage_to_it_redoes_that_batch(tmp_pat
     assert (again.computed, again.reused) == (0, len(image_paths))
 
 
+def test_byte_copies_in_one_batch_leave_no_temporary_file(tmp_path, image_paths, tiny_extractor):
+    """Two names for one digest in a batch: linking the pack twice under one entry name must not
+    leave the spare link behind (renaming a link over its twin does nothing)."""
+    copy = image_paths[0].parent / "copy.png"
+    copy.write_bytes(image_paths[0].read_bytes())
+    result = compute_bottlenecks([image_paths[0], copy, *image_paths[1:4]], tiny_extractor,
+                                 tmp_path / "cache")
+    assert result.ok.all()
+    np.testing.assert_allclose(result.vectors[0], result.vectors[1], rtol=1e-5, atol=1e-6)
+    assert [path.name for path in (tmp_path / "cache").rglob(".*")] == []
+
+
 def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, image_paths,
                                                                    tiny_extractor, caplog):
     text = image_paths[0].parent / "notes.png"

@@ -123,6 +123,21 @@ def test_confusion_matrix_is_a_tensorboard_image(tmp_path, colors):
     assert tuple(pixels.shape[:2]) == (png.height, png.width)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
+def test_confusion_matrix_draws_any_class_name_without_a_warning():
+    """Class names the font lacks (CJK, emoji) or too long for an axis: U+XXXX and shortened,
+    not empty boxes and matplotlib's "Glyph missing" warning on the user's stderr."""
+    import numpy as np
+
+    from retrainer.reports.plots import _axis_label, confusion_matrix_png
+
+    labels = ["玫瑰 🌹", "c" * 200, "wild tulips ü"]
+    png = confusion_matrix_png(np.eye(3, dtype=np.int64), labels, "Confusion matrix")
+    assert Image.open(io.BytesIO(png)).format == "PNG"
+    assert [_axis_label(label) for label in labels] == [
+        "U+73ABU+7470 U+1F339", "c" * 31 + "…", "wild tulips ü"]
+
+
 def test_summary_gives_whole_split_figures_per_class_table_and_confusions(tmp_path, colors):
     result = invoke(retrain_args(tmp_path, colors, *BARELY_TRAINED))
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())

@@ -48,6 +48,8 @@ def out_of_fold_probabilities(
     Returns:
         float64 [N, C]; each row sums to 1.
     """
+    if len(labels) == 0:
+        return np.zeros((0, num_classes))
     features = principal_components(vectors, DIMENSIONS).astype(np.float64)
     features = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-8)
     folds = _stratified_folds(labels, FOLDS, seed)

@@ -32,7 +32,8 @@ def unit_rows(matrix: np.ndarray, center: bool = False) -> np.ndarray:
     Returns:
         float32 [N, D].
     """
-    rows = np.asarray(matrix, np.float32).reshape(len(matrix), -1)
+    matrix = np.asarray(matrix, np.float32)
+    rows = matrix.reshape(len(matrix), int(np.prod(matrix.shape[1:])))  # also for 0 rows
     if center:
         rows = rows - rows.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(rows, axis=1, keepdims=True)

@@ -248,7 +248,8 @@ def _resample_matrix(size: int, scale: float, shift: float) -> np.ndarray:
 
 def _centred_units(pixels: np.ndarray) -> np.ndarray:
     """float32 [P, K]: each row of pixels minus its mean, scaled to length 1."""
-    rows = np.asarray(pixels, np.float32).reshape(len(pixels), -1)
+    pixels = np.asarray(pixels, np.float32)
+    rows = pixels.reshape(len(pixels), int(np.prod(pixels.shape[1:])))  # also for 0 rows
     rows = rows - rows.mean(axis=1, keepdims=True)
     return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-6)
 

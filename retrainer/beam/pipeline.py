@@ -6,8 +6,10 @@
     -> one summary -> manifest, then the marker (retrainer/shards.py)
 
 Unreadable images are counted and named in the manifest and the result, never fatal. The vectors
-are the single-machine path's (same cache namespace, decode and model call), so a following
-`retrain --bottleneck_dir DIR` computes nothing. Paths may be local or anything Beam's file
+are the single-machine path's (same engine and precision, hence the same cache namespace, decode
+and model call), so a following `retrain --bottleneck_dir DIR` computes nothing.
+`--extractor_precision auto` is resolved once, on the machine that launches the pipeline, by
+`retrain`'s rule, and the workers run that precision. Paths may be local or anything Beam's file
 systems read (gs:// with apache-beam[gcp]). The steps (retrainer/beam/transforms.py) avoid what
 Beam's DaskRunner does not carry, so the pipeline runs the same on every runner.
 """
@@ -39,6 +41,7 @@ from retrainer.beam.transforms import (
 )
 from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, namespace
 from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.engines import AUTO, PRECISIONS, create_engine
 from retrainer.errors import UsageError
 from retrainer.shards import (
     RUN_ID_TIME,
@@ -61,8 +64,12 @@ class ExtractConfig:
     tfhub_module: str = DEFAULT_EXTRACTOR
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    extractor_precision: str = AUTO
 
     def __post_init__(self) -> None:
+        if self.extractor_precision not in (AUTO, *PRECISIONS):
+            raise UsageError(f"--extractor_precision must be one of {[AUTO, *PRECISIONS]}. "
+                             f"Received: {self.extractor_precision!r}.")
         if self.batch_size < 1:
             raise UsageError(f"--batch_size must be at least 1. Received: {self.batch_size!r}.")
         if self.image_size is not None and self.image_size < 1:
@@ -74,7 +81,8 @@ class ExtractResult:
     """What a run did; `to_json()` is the `--json` document.
 
     Attributes:
-        namespace: the extractor's cache folder the run wrote into.
+        namespace: the extractor's cache folder the run wrote into (one per precision).
+        extractor_precision: the precision the workers ran (`auto` resolved).
         run_dir: the finished shard run, or None when there was nothing new to compute.
         computed: vectors computed and written.
         already_cached: images skipped because the cache had their vectors.
@@ -83,6 +91,7 @@ class ExtractResult:
     """
 
     namespace: str
+    extractor_precision: str
     run_dir: Optional[str]
     computed: int
     already_cached: int
@@ -107,7 +116,8 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         ExtractResult.
 
     Raises:
-        UsageError: --image_dir is not a folder; unknown extractor.
+        UsageError: --image_dir is not a folder; unknown extractor or runner; a precision this
+            machine or extractor cannot run; the Dask cluster cannot be reached or lost the run.
         ModelError: the extractor cannot be loaded.
     """
     from retrainer.extractors import create_extractor
@@ -120,14 +130,20 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     if not _has_entries(image_dir):
         raise UsageError(f"Image directory {config.image_dir!r} does not exist or is empty; pass "
                          "--image_dir a folder with one sub-folder of images per class.")
-    # Loaded here once for its spec (the cache namespace), so a bad module fails before the run.
-    spec = create_extractor(config.tfhub_module, config.image_size).spec
+    # Built here once for its spec (the cache namespace), so a bad module or precision fails
+    # before the run; this also resolves `auto` and fills the converted-model cache (int8) that
+    # local workers then load from.
+    engine = create_engine(create_extractor(config.tfhub_module, config.image_size),
+                           config.extractor_precision)
+    spec, precision = engine.spec, engine.precision
+    del engine
     cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
-    log.info("Extracting %s vectors of %s into %s.", spec.name, image_dir, run_dir)
+    log.info("Extracting %s %s vectors of %s into %s.", spec.name, precision, image_dir, run_dir)
     pipeline = beam.Pipeline(options=options)
-    _build(pipeline, config, image_dir, cache_dir, run_dir, spec, is_dask(options))
+    _build(pipeline, dataclasses.replace(config, extractor_precision=precision), image_dir,
+           cache_dir, run_dir, spec, is_dask(options))
     run_pipeline(pipeline)
     if run_dir not in finished_runs(cache_dir):
         raise RuntimeError(f"The pipeline finished but did not complete the shard run {run_dir}.")
@@ -139,6 +155,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         FileSystems.delete([run_dir])
     return ExtractResult(
         namespace=cache_dir,
+        extractor_precision=precision,
         run_dir=run_dir if manifest["vectors"] else None,
         computed=manifest["vectors"],
         already_cached=manifest["already_cached"],
@@ -166,11 +183,13 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
         batched
         | "HashDecode" >> beam.ParDo(HashAndDecode(spec.input_size, cache_dir, run_dir))
         | "Extract" >> RunInference(
-            BottleneckModelHandler(config.tfhub_module, config.image_size).with_no_batching())
+            BottleneckModelHandler(config.tfhub_module, config.image_size,
+                                   config.extractor_precision).with_no_batching())
         | "Write" >> beam.ParDo(WriteShards(run_dir))
     )
     start = pipeline | "Start" >> beam.Create([summary()])  # a summary even without images
     manifest = {"extractor_id": spec.id, "extractor": spec.name,
+                "extractor_precision": config.extractor_precision,
                 "input_size": list(spec.input_size), "vector_size": spec.vector_size}
     _ = (
         (summaries, start)

@@ -16,7 +16,8 @@ from typing import Any
 import click
 
 from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
-from retrainer.config import DEFAULT_EXTRACTOR, default_bottleneck_dir
+from retrainer.config import DEFAULT_EXTRACTOR, EXTRACTOR_PRECISIONS, default_bottleneck_dir
+from retrainer.engines import AUTO
 from retrainer.errors import UsageError
 
 _VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
@@ -37,6 +38,11 @@ _MAX_UNREADABLE_SHOWN = 20
               help="Input size for extractors that accept several (default: the module's own).")
 @click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(min=1),
               help="Most images per extractor call on a worker (default: retrain's, 32).")
+@click.option("--extractor_precision", "--extractor-precision", "extractor_precision",
+              type=click.Choice(EXTRACTOR_PRECISIONS), default=AUTO, show_default=True,
+              help="How the workers run the extractor, as `retrain --extractor_precision`: auto "
+              "is resolved on this machine by retrain's rule, so a `retrain` here with the same "
+              "flag reuses every vector.")
 @click.option("--logging_verbosity", "--logging-verbosity", "logging_verbosity",
               type=click.Choice(_VERBOSITIES, case_sensitive=False), default="INFO",
               show_default=True, help="How much to log on stderr.")
@@ -76,7 +82,8 @@ def main(context: click.Context, logging_verbosity: str, quiet: bool, as_json: b
         click.echo(json.dumps(result.to_json(), ensure_ascii=False))
         return
     click.echo(f"Bottleneck vectors: {result.computed} computed, {result.already_cached} already "
-               f"cached, {len(result.unreadable)} unreadable ({result.seconds:.1f} s).")
+               f"cached, {len(result.unreadable)} unreadable ({result.extractor_precision}, "
+               f"{result.seconds:.1f} s).")
     if quiet:
         return
     for path, reason in result.unreadable[:_MAX_UNREADABLE_SHOWN]:

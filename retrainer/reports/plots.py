@@ -6,14 +6,17 @@ involved and nothing needs a display. The same bytes become the PNG files and th
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib import font_manager, ft2font, rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 _DPI = 100
+_LABEL_CHARACTERS = 32  # of a class name on an axis (the HTML report shows it whole)
 
 
 def training_curves_png(history: Sequence[Any]) -> bytes:
@@ -62,11 +65,12 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) 
     image = axes.imshow(matrix, cmap="Blues", vmin=0)
     figure.colorbar(image, ax=axes, shrink=0.8)
     ticks = np.arange(len(labels))
-    axes.set_xticks(ticks, labels, rotation=45, ha="right")
-    axes.set_yticks(ticks, labels)
+    names = [_axis_label(label) for label in labels]
+    axes.set_xticks(ticks, names, rotation=45, ha="right")
+    axes.set_yticks(ticks, names)
     axes.set_xlabel("predicted")
     axes.set_ylabel("true")
-    axes.set_title(title)
+    figure.suptitle(title)  # centred on the figure: long class names push the axes aside
     if len(labels) <= 30:  # beyond that the numbers no longer fit in the cells
         threshold = matrix.max() / 2 if matrix.size else 0
         for (true, predicted), count in np.ndenumerate(matrix):
@@ -74,6 +78,21 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) 
                 axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
                           color="white" if count > threshold else "black")
     return _png(figure)
+
+
+def _axis_label(label: str) -> str:
+    """`label` as the plot's font can draw it: a character it lacks (CJK, emoji) as U+XXXX
+    rather than an empty box and a warning; a long name shortened."""
+    drawable = _font_characters()
+    text = "".join(char if ord(char) in drawable else f"U+{ord(char):04X}" for char in label)
+    return text if len(text) <= _LABEL_CHARACTERS else text[:_LABEL_CHARACTERS - 1] + "…"
+
+
+@functools.lru_cache(maxsize=1)
+def _font_characters() -> frozenset[int]:
+    """The code points the default font draws."""
+    path = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    return frozenset(ft2font.FT2Font(path).get_charmap())
 
 
 def _png(figure: Figure) -> bytes:
