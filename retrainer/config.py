@@ -26,6 +26,10 @@ EXTRACTOR_PRECISIONS = (AUTO, *PRECISIONS)
 # retrain.py wrote to fixed /tmp paths, which clashed between users (tensorflow/hub#302).
 DEFAULT_OUTPUT_DIR = Path("retrain_output")
 WHOLE_SET = -1
+HEAD_SOLVERS = ("auto", "lbfgs", "sgd")
+# retrain.py's SGD defaults, used by the SGD solver when the flags are not given
+SGD_STEPS = 4000
+SGD_LEARNING_RATE = 0.01
 _OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
 
@@ -48,8 +52,14 @@ class RetrainConfig:
     output_labels: AnyPath = DEFAULT_OUTPUT_DIR / "output_labels.txt"
     summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
     bottleneck_dir: AnyPath = dataclasses.field(default_factory=default_bottleneck_dir)
-    how_many_training_steps: int = 4000
-    learning_rate: float = 0.01
+    # the head's solver (docs/training.md): auto = lbfgs, or sgd when the SGD flags are given
+    head_solver: str = "auto"
+    how_many_training_steps: Optional[int] = None  # None: SGD_STEPS
+    learning_rate: Optional[float] = None  # None: SGD_LEARNING_RATE
+    # --search: extractors and distortions tried on cached vectors, chosen on validation
+    search: bool = False
+    search_budget: Optional[float] = None
+    search_modules: tuple[str, ...] = ()
     # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
     flip_left_right: bool = False
     random_crop: int = 0
@@ -110,9 +120,17 @@ class RetrainConfig:
                     raise UsageError(f"--{field} must not be empty.")
                 object.__setattr__(self, field, as_path(value))  # URLs stay URLs
         validate_percentages(self.validation_percentage, self.testing_percentage)
-        self._require("how_many_training_steps", lambda steps: steps >= 1, "at least 1")
-        self._require("learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
+        self._require("head_solver", lambda name: name in HEAD_SOLVERS,
+                      f"one of {list(HEAD_SOLVERS)}")
+        self._require("how_many_training_steps", lambda steps: steps is None or steps >= 1,
+                      "at least 1")
+        self._require("learning_rate",
+                      lambda rate: rate is None or (math.isfinite(rate) and rate > 0),
                       "a positive number")
+        self._require("search_budget",
+                      lambda seconds: seconds is None or (math.isfinite(seconds) and seconds > 0),
+                      "a positive number of seconds")
+        object.__setattr__(self, "search_modules", tuple(self.search_modules))
         self._require("eval_step_interval", lambda steps: steps >= 1, "at least 1")
         for field in ("train_batch_size", "validation_batch_size", "test_batch_size"):
             self._require(field, lambda size: size >= 1 or size == WHOLE_SET,
@@ -164,6 +182,25 @@ class RetrainConfig:
     def devices(self) -> tuple[str, ...]:
         """`--extraction_devices` as TensorFlow device names; () for auto."""
         return parse_devices(self.extraction_devices)
+
+    @property
+    def solver(self) -> str:
+        """The head's solver: --head_solver, where auto means lbfgs unless retrain.py's SGD flags
+        (--how_many_training_steps, --learning_rate) were given."""
+        if self.head_solver != "auto":
+            return self.head_solver
+        sgd_asked = self.how_many_training_steps is not None or self.learning_rate is not None
+        return "sgd" if sgd_asked else "lbfgs"
+
+    @property
+    def training_steps(self) -> int:
+        """SGD steps: --how_many_training_steps, else retrain.py's 4,000."""
+        return SGD_STEPS if self.how_many_training_steps is None else self.how_many_training_steps
+
+    @property
+    def sgd_learning_rate(self) -> float:
+        """SGD learning rate: --learning_rate, else retrain.py's 0.01."""
+        return SGD_LEARNING_RATE if self.learning_rate is None else self.learning_rate
 
     @property
     def has_quality_gates(self) -> bool:

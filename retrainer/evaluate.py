@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer._sampling import TEST_STREAM, BalancedSampler, stream_seed
-from retrainer.training.head import FeatureSet, SoftmaxHead
+from retrainer.training.head import FeatureSet, Head
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Evaluation:
 
 
 def evaluate_head(
-    head: SoftmaxHead, test: FeatureSet, num_classes: int, batch_size: int, seed: int
+    head: Head, test: FeatureSet, num_classes: int, batch_size: int, seed: int
 ) -> Evaluation:
     """Measure the head on the test split.
 
@@ -82,12 +82,12 @@ def evaluate_head(
     return Evaluation(accuracy, len(positions), positions, predictions, probabilities, per_class)
 
 
-def predict_probabilities(head: SoftmaxHead, features: np.ndarray) -> np.ndarray:
+def predict_probabilities(head: Head, features: np.ndarray) -> np.ndarray:
     """float32 [N, D] bottleneck vectors -> float32 [N, C] softmax probabilities (N may be 0)."""
     return head.probabilities(tf.constant(features, tf.float32)).numpy()
 
 
-def validation_probabilities(head: SoftmaxHead, validation: FeatureSet, images: Sequence[Any],
+def validation_probabilities(head: Head, validation: FeatureSet, images: Sequence[Any],
                              extractor: Any, fine_tuning: Optional[Any]) -> np.ndarray:
     """float32 [N, C] probabilities of every validation image, each once.
 

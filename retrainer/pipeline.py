@@ -61,6 +61,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         fine_tune_if_asked,
         fine_tuning_summary,
         training_features,
+        training_options,
     )
 
     timer = _StageTimer()
@@ -70,6 +71,13 @@ def run(config: RetrainConfig) -> RetrainResult:
         collection = discover_images(
             config.image_dir, config.validation_percentage, config.testing_percentage
         )
+    search = None
+    if config.search:
+        from retrainer.training.search import search as search_configurations
+
+        with timer("search"):
+            search = search_configurations(config, collection)
+        config = dataclasses.replace(config, **search.rows[search.chosen].settings)
     check_calibration_supply(config, collection)
     with timer("extractor"):
         extractor = create_extractor(config.tfhub_module, config.image_size)
@@ -100,7 +108,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     with timer("train"):
         training = train_head(
             train_features, splits.features[VALIDATION], len(collection.labels),
-            dataclasses.replace(_training_config(config), checkpoint_path=checkpoint),
+            dataclasses.replace(training_options(config), checkpoint_path=checkpoint),
             exports.store_intermediate,
             config.intermediate_store_frequency,
         )
@@ -132,7 +140,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         audit_document = audit.write(evaluation, splits.images[TESTING],
                                      splits.features[TESTING].labels)
         outputs["audit_file"] = config.audit_file
-    last = training.history[-1]
+    last = training.final
     test_images = splits.images[TESTING]
     result = RetrainResult(
         labels=collection.labels,
@@ -158,6 +166,8 @@ def run(config: RetrainConfig) -> RetrainResult:
         seconds=timer.seconds(),
         exports=tuple(row.to_json() for row in report),
         best_step=training.best_step,
+        head=training.summary(),
+        search=None if search is None else search.to_json(),
         distorted=distorted,
         fine_tuning=fine_tuning_summary(config, tuning),
         audit=None if audit is None else audit_document,
@@ -176,27 +186,6 @@ def run(config: RetrainConfig) -> RetrainResult:
         error.result = result
         raise
     return result
-
-
-def _training_config(config: RetrainConfig):
-    from retrainer.training.head import TrainingConfig
-    from retrainer.training.image_modes import (
-        early_stopping_patience_of,
-        regularization_of,
-    )
-
-    return TrainingConfig(
-        steps=config.how_many_training_steps,
-        learning_rate=config.learning_rate,
-        train_batch_size=config.train_batch_size,
-        validation_batch_size=config.validation_batch_size,
-        eval_step_interval=config.eval_step_interval,
-        seed=config.seed,
-        summaries_dir=config.summaries_dir,
-        checkpoint_path=config.checkpoint_path,
-        regularization=regularization_of(config),
-        early_stopping_patience=early_stopping_patience_of(config),
-    )
 
 
 class _StageTimer:

@@ -26,6 +26,12 @@ class RetrainResult:
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
         best_step: the head training step kept by --early_stopping (None without it).
+        head: how the head was trained: {"solver": "lbfgs" | "sgd", and for lbfgs "l2" (the
+            chosen penalty) and "path": [{"l2", "iterations", "train_accuracy",
+            "train_cross_entropy", "validation_accuracy", "validation_cross_entropy",
+            "seconds"}]}.
+        search: what --search tried: {"chosen": name, "candidates": [{"name", "settings",
+            "validation_accuracy", "validation_cross_entropy", "seconds", "status"}]}.
         distorted: {"variants", "computed", "reused", "seconds"} of the distorted training
             vectors (None without distortion flags).
         fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
@@ -52,6 +58,8 @@ class RetrainResult:
     seconds: dict[str, float]
     exports: tuple[dict[str, Any], ...] = ()  # the export report, one row per artifact
     best_step: Optional[int] = None
+    head: Optional[dict[str, Any]] = None
+    search: Optional[dict[str, Any]] = None
     distorted: Optional[dict[str, Any]] = None
     fine_tuning: Optional[dict[str, Any]] = None
     audit: Optional[dict[str, Any]] = None

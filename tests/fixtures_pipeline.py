@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import pytest
 
@@ -60,9 +60,11 @@ def fashion_subset_dir(fashion_mnist_dir: Path, tmp_path: Path) -> Path:
 
 
 def retrain_args(
-    tmp_path: Path, image_dir: Path, *extra: str, extractor: str = "tiny_test", steps: int = 40
+    tmp_path: Path, image_dir: Path, *extra: str, extractor: str = "tiny_test",
+    steps: Optional[int] = 40,
 ) -> list[str]:
-    """Flags for an isolated, fast `retrain` run; outputs go to tmp_path/out."""
+    """Flags for an isolated, fast `retrain` run; outputs go to tmp_path/out. steps=None: no
+    --how_many_training_steps (the default lbfgs solver)."""
     out = tmp_path / "out"
     return [
         "--image_dir", str(image_dir),
@@ -76,7 +78,7 @@ def retrain_args(
         "--metrics_file", str(out / "metrics.json"),
         "--report_html", str(out / "report.html"),
         "--audit_file", str(out / "audit.json"),
-        "--how_many_training_steps", str(steps),
+        *(() if steps is None else ("--how_many_training_steps", str(steps))),
         *extra,
     ]
 

@@ -19,7 +19,7 @@ from retrainer.exports.classifier import Classifier, write_labels
 from retrainer.exports.graph import GraphExporter
 from retrainer.exports.saved_model import write_saved_model
 from retrainer.graph_contract import metadata_path
-from retrainer.training.head import SoftmaxHead
+from retrainer.training.head import Head
 
 LABELS = ("cat", "espresso", "naïve label")
 
@@ -61,7 +61,7 @@ def label_image_py(graph_file: Path, image_file: Path, input_height: int, input_
 
 @pytest.fixture
 def classifier(tiny_extractor) -> Classifier:
-    head = SoftmaxHead(16, len(LABELS), seed=0)
+    head = Head(16, len(LABELS), seed=0)
     head.weights.assign(tf.random.stateless_normal([16, len(LABELS)], seed=[1, 2]) * 3)
     head.biases.assign([0.1, -0.2, 0.05])
     return Classifier(tiny_extractor, head, LABELS, "final_result")

@@ -112,7 +112,7 @@ def test_ctrl_c_while_fine_tuning_keeps_the_cache_and_writes_no_export(
         raise KeyboardInterrupt
         yield  # a generator, like the real epoch
 
-    monkeypatch.setattr(fine_tune._FineTuneLoop, "epoch", interrupted)
+    monkeypatch.setattr(fine_tune._FineTuneEpochs, "_epoch", interrupted)
     result = run(tmp_path, images, "--do_fine_tuning")
     assert result.exit_code == EXIT_INTERRUPTED
     assert not (tmp_path / "out" / "graph.pb").exists()

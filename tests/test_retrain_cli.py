@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from retrainer.cli.retrain import main
-from retrainer.config import DEFAULT_EXTRACTOR, default_bottleneck_dir
+from retrainer.config import DEFAULT_EXTRACTOR, RetrainConfig, default_bottleneck_dir
 from retrainer.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
 from retrainer.split import TRAINING, assign_split
 from tests.fixtures_data import make_color_image_dir
@@ -24,8 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # retrain.py's flags and defaults; paths moved from fixed /tmp names to ./retrain_output (see docs).
 RETRAIN_PY_DEFAULTS = {
-    "how_many_training_steps": 4000,
-    "learning_rate": 0.01,
     "testing_percentage": 10,
     "validation_percentage": 10,
     "eval_step_interval": 10,
@@ -69,8 +67,17 @@ def test_flags_keep_retrain_py_names_defaults_and_dash_spellings():
     assert options["image_dir"].required and "--image-dir" in options["image_dir"].opts
     assert options["bottleneck_dir"].default() == default_bottleneck_dir()
     assert options["seed"].default == 0
+    # retrain.py's SGD settings: unset by default (the lbfgs solver), 4000 / 0.01 for SGD
+    for name in ("how_many_training_steps", "learning_rate"):
+        assert options[name].default is None and f"--{name.replace('_', '-')}" in options[name].opts
+    config = RetrainConfig(image_dir="x")
+    assert (config.solver, config.training_steps, config.sgd_learning_rate) == ("lbfgs", 4000, 0.01)
+    for given in ({"how_many_training_steps": 4000}, {"learning_rate": 0.01}):
+        assert RetrainConfig(image_dir="x", **given).solver == "sgd"
+    assert RetrainConfig(image_dir="x", head_solver="sgd").solver == "sgd"
+    assert RetrainConfig(image_dir="x", head_solver="lbfgs", learning_rate=0.1).solver == "lbfgs"
     help_text = " ".join(invoke(["--help"]).stdout.split())  # unwrapped
-    assert "[default: 4000; x>=1]" in help_text and "retrain_output/output_graph.pb" in help_text
+    assert "[default: (4000); x>=1]" in help_text and "retrain_output/output_graph.pb" in help_text
     assert "${XDG_CACHE_HOME:-~/.cache}" in help_text
 
 

@@ -24,7 +24,7 @@ from retrainer.exports.tflite_metadata import (
     read_metadata,
 )
 from retrainer.exports.verify import ArtifactReport, check_accuracy_drop
-from retrainer.training.head import SoftmaxHead
+from retrainer.training.head import Head
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args
@@ -57,7 +57,7 @@ def run_tflite(model: bytes, image: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def wide_classifier() -> Classifier:
-    head = SoftmaxHead(128, 3, seed=0)
+    head = Head(128, 3, seed=0)
     return Classifier(WideTinyExtractor(), head, ("a", "b", "c"), "final_result")
 
 
@@ -169,7 +169,7 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
     from retrainer.extractors import create_extractor
 
     labels = deployed_run.result.labels
-    head = SoftmaxHead(16, len(labels), seed=0)
+    head = Head(16, len(labels), seed=0)
     tf.train.Checkpoint(head=head).read(str(deployed_run.out / "checkpoint" / "head")).expect_partial()
     classifier = Classifier(create_extractor("tiny_test"), head, labels, "final_result")
     dark = []

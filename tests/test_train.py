@@ -11,7 +11,7 @@ import tensorflow as tf
 from retrainer._sampling import WHOLE_SET, BalancedSampler, stream_seed
 from retrainer.bottlenecks import compute_bottlenecks
 from retrainer.evaluate import evaluate_head
-from retrainer.training.head import FeatureSet, SoftmaxHead, TrainingConfig, train_head
+from retrainer.training.head import FeatureSet, Head, TrainingConfig, train_head
 from tests.fixtures_data import make_color_image_dir
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "grey": (128, 128, 128)}
@@ -131,7 +131,7 @@ def test_summaries_and_checkpoint(color_features, tmp_path):
     assert events("validation") == {tag: [0, 10, 20] for tag in ("accuracy", "cross_entropy")}
     assert all(point.validation_cross_entropy > 0 for point in result.history)
 
-    restored = SoftmaxHead(16, 4, seed=99)
+    restored = Head(16, 4, seed=99)
     tf.train.Checkpoint(head=restored).read(str(checkpoint)).expect_partial()
     np.testing.assert_array_equal(restored.weights.numpy(), result.head.weights.numpy())
 
@@ -165,7 +165,7 @@ def test_evaluation_counts_and_misclassified(color_features, caplog):
 
 
 def test_evaluation_sample_and_empty_test_set(color_features, caplog):
-    head = SoftmaxHead(16, 4, seed=0)
+    head = Head(16, 4, seed=0)
     sampled = evaluate_head(head, color_features, 4, 7, seed=3)
     assert sampled.count == 7 and len(sampled.positions) == 7
     with caplog.at_level(logging.WARNING, logger="retrainer.evaluate"):

@@ -15,7 +15,13 @@ from typing import Any, Optional
 import click
 
 from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
-from retrainer.config import EXTRACTOR_PRECISIONS, RetrainConfig
+from retrainer.config import (
+    EXTRACTOR_PRECISIONS,
+    HEAD_SOLVERS,
+    SGD_LEARNING_RATE,
+    SGD_STEPS,
+    RetrainConfig,
+)
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
 from retrainer.pipeline import run
@@ -54,8 +60,22 @@ _BATCH = click.IntRange(min=-1)
          type=_PATH)
 @_option("bottleneck_dir", "Cache of bottleneck vectors, shared by runs.", type=_PATH,
          show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks")
-@_option("how_many_training_steps", "How many training steps to run.", type=click.IntRange(min=1))
-@_option("learning_rate", "Learning rate of the SGD training.", type=float)
+@_option("head_solver", "How the new layer is trained: lbfgs (full-batch fit, its L2 strength "
+         "chosen on the validation split), sgd (retrain.py's steps), or auto: lbfgs, unless "
+         "--how_many_training_steps or --learning_rate is given.",
+         type=click.Choice(HEAD_SOLVERS))
+@_option("how_many_training_steps", "How many SGD training steps to run (giving it selects the "
+         "sgd solver under --head_solver auto).", type=click.IntRange(min=1),
+         show_default=str(SGD_STEPS))
+@_option("learning_rate", "Learning rate of the SGD training (giving it selects the sgd solver "
+         "under --head_solver auto).", type=float, show_default=str(SGD_LEARNING_RATE))
+@_option("search", "Try the installed extractors (and --search_modules), each with and without "
+         "distortions, on cached vectors; keep the one with the best validation accuracy.",
+         is_flag=True)
+@_option("search_budget", "With --search: start no new candidate after this many seconds.",
+         type=click.FloatRange(min=0, min_open=True), show_default=False)
+@_option("search_modules", "With --search: also try this extractor (repeat for several).",
+         multiple=True, default=(), show_default=False)
 # training on images: distortions, fine-tuning, early stopping, regularisation (docs/training.md)
 @_option("flip_left_right", "Randomly mirror half of the training images horizontally.",
          is_flag=True)
@@ -216,6 +236,14 @@ def _summary_lines(result: RetrainResult) -> list[str]:
             more = len(result.skipped) - _MAX_SKIPPED_SHOWN
             lines.append(f"  ... and {more} more (all in --json)")
     lines += _training_mode_lines(result)
+    if result.search is not None:
+        lines += ["", "Search (validation split; the test split was evaluated once, for the "
+                  "chosen configuration):"]
+        lines += [f"  {row['name']}: " + (row["status"] if row["validation_accuracy"] is None
+                                           else f"validation {percent(row['validation_accuracy'])}"
+                                           f", {row['seconds']:.1f} s")
+                  + ("  <- chosen" if row["name"] == result.search["chosen"] else "")
+                  for row in result.search["candidates"]]
     lines += _audit_lines(result)
     lines += [
         "",

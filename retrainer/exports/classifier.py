@@ -16,7 +16,7 @@ import tensorflow as tf
 from retrainer._files import write_text_atomically
 from retrainer.extractors import FeatureExtractor
 from retrainer.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
-from retrainer.training.head import SoftmaxHead
+from retrainer.training.head import Head
 
 
 def write_labels(path: os.PathLike[str] | str, labels: Sequence[str]) -> None:
@@ -30,7 +30,7 @@ class Classifier(tf.Module):
     def __init__(
         self,
         extractor: FeatureExtractor,
-        head: SoftmaxHead,
+        head: Head,
         labels: Sequence[str],
         final_tensor_name: str,
     ) -> None:

@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -27,15 +27,10 @@ from tqdm import tqdm
 from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, decoded_images, feature_function
 from retrainer.extractors import FeatureExtractor
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
-from retrainer.training.early_stopping import BestWeights
-from retrainer.training.head import SoftmaxHead
+from retrainer.training.head import Head
+from retrainer.training.loop import EvalPoint, run_loop, sgd
 from retrainer.training.out_of_memory import explains_out_of_memory
-from retrainer.training.regularization import (
-    SGD,
-    Regularization,
-    accuracy,
-    cross_entropy,
-)
+from retrainer.training.regularization import Regularization
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +69,13 @@ class FineTuneConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class EpochPoint:
-    """Metrics after one epoch (epoch 0: before fine-tuning; validation_* None without data)."""
-
-    epoch: int
-    train_loss: Optional[float]
-    validation_accuracy: Optional[float]
-    validation_cross_entropy: Optional[float]
-
-
-@dataclasses.dataclass(frozen=True)
 class FineTuneResult:
-    """history: one point per epoch measured; best_epoch: the epoch kept by early stopping (None
-    without it); tuned_parameters: how many extractor weights were trained."""
+    """history: one point per epoch measured (step = epoch, 0 = before fine-tuning;
+    cross_entropy = the epoch's mean training loss, None for epoch 0); best_epoch: the epoch kept
+    by early stopping (None without it); tuned_parameters: how many extractor weights were
+    trained."""
 
-    history: tuple[EpochPoint, ...]
+    history: tuple[EvalPoint, ...]
     best_epoch: Optional[int]
     tuned_parameters: int
     seconds: float
@@ -114,7 +101,7 @@ def image_features(paths: Sequence[os.PathLike[str] | str], extractor: FeatureEx
     return vectors
 
 
-def fine_tune(extractor: FeatureExtractor, head: SoftmaxHead, train: ImageSplit,
+def fine_tune(extractor: FeatureExtractor, head: Head, train: ImageSplit,
               validation: ImageSplit, config: FineTuneConfig) -> FineTuneResult:
     """Train the top of `extractor` and `head` together on images, in place.
 
@@ -134,68 +121,90 @@ def fine_tune(extractor: FeatureExtractor, head: SoftmaxHead, train: ImageSplit,
     started = time.perf_counter()
     tuned = extractor.fine_tunable_variables(config.blocks)
     batch_size = len(train) if config.batch_size == -1 else min(config.batch_size, len(train))
-    loop = _FineTuneLoop(extractor, head, tuned, config)
-    measure = _Validation(extractor, head, validation)
-    stopper = BestWeights(loop.variables, config.early_stopping_patience, bool(len(validation)))
     steps_per_epoch = math.ceil(len(train) / batch_size)
-    history = [measure(0, None)]
-    stopper.record(history[-1].validation_cross_entropy, 0)
     with explains_out_of_memory(f"fine-tuning batches of {batch_size} images",
                                 "lower --train_batch_size"), \
             tqdm(total=config.epochs * steps_per_epoch, unit="step", desc="Fine-tuning",
                  dynamic_ncols=True, disable=None if config.show_progress else True) as progress:
-        for epoch in range(1, config.epochs + 1):
-            losses = [loss for loss in loop.epoch(train, epoch, batch_size, progress)]
-            history.append(measure(epoch, float(np.mean(losses))))
-            if stopper.record(history[-1].validation_cross_entropy, epoch):
-                break
-    best_epoch = stopper.restore_best()
-    if best_epoch == 0:
+        job = _FineTuneEpochs(extractor, head, tuned, train, validation, batch_size, config,
+                              progress)
+        loop = run_loop(job, range(config.epochs + 1), config.early_stopping_patience,
+                        bool(len(validation)))
+    if loop.best_step == 0:
         log.warning("Fine-tuning did not lower the validation cross entropy; keeping the weights "
                     "from before it (epoch 0).")
     parameters = sum(int(np.prod(variable.shape)) for variable in tuned)
-    return FineTuneResult(tuple(history), best_epoch, parameters, time.perf_counter() - started)
+    return FineTuneResult(loop.history, loop.best_step, parameters, time.perf_counter() - started)
 
 
-class _FineTuneLoop:
-    """The traced training step and one epoch's pass over the images."""
+class _FineTuneEpochs:
+    """Fine-tuning as a job of the training loop: one step is an epoch, measured on the whole
+    validation split (epoch 0: before any training)."""
 
-    def __init__(self, extractor: FeatureExtractor, head: SoftmaxHead,
-                 tuned: Sequence[tf.Variable], config: FineTuneConfig) -> None:
-        self.config = config
-        self.variables = (*tuned, *head.trainable_variables)
-        self.optimizer = SGD(self.variables, config.learning_rate,
-                             config.regularization.momentum)
-        self.input_size = extractor.spec.input_size
+    def __init__(self, extractor: FeatureExtractor, head: Head, tuned: Sequence[tf.Variable],
+                 train: ImageSplit, validation: ImageSplit, batch_size: int,
+                 config: FineTuneConfig, progress: tqdm) -> None:
+        self.extractor, self.head, self.config = extractor, head, config
+        self.train, self.validation, self.batch_size = train, validation, batch_size
+        self.progress = progress
+        self._variables = (*tuned, *head.trainable_variables)
+        self.optimizer = sgd(config.learning_rate, config.regularization.momentum)
+        self.features = feature_function(extractor)
         self.step = 0
-        height, width = self.input_size
-        dropout_seed = tf.random.experimental.stateless_fold_in(
+        height, width = extractor.spec.input_size
+        self.train_step = tf.function(self._train_step, input_signature=[
+            tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.int64)])
+        self.dropout_seed = tf.random.experimental.stateless_fold_in(
             tf.constant([config.seed, 0], tf.int64), _DROPOUT_STREAM)
-        regularization, distortions = config.regularization, config.distortions
 
-        @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8),
-                                      tf.TensorSpec([None], tf.int64),
-                                      tf.TensorSpec([None, 2], tf.int64),
-                                      tf.TensorSpec([], tf.int64)])
-        def train_step(images, labels, seeds, step) -> tf.Tensor:
-            pixels = tf.cast(images, tf.float32) / 255.0
-            if distortions.enabled:
-                pixels = distort_images(pixels, seeds, distortions)
-            with tf.GradientTape(watch_accessed_variables=False) as tape:
-                tape.watch(self.variables)
-                features = regularization.dropout(
-                    extractor(pixels), tf.random.experimental.stateless_fold_in(dropout_seed, step))
-                loss = regularization.loss(labels, head(features), head.weights)
-            self.optimizer.apply(self.variables, tape.gradient(loss, self.variables))
-            return loss
+    @property
+    def variables(self) -> tuple[tf.Variable, ...]:
+        return self._variables
 
-        self.train_step = train_step
+    def advance(self, epochs: Sequence[int]) -> list[EvalPoint]:
+        return [self._advance(epoch) for epoch in epochs]
 
-    def epoch(self, train: ImageSplit, epoch: int, batch_size: int, progress: tqdm):
-        """Yield each step's training loss over one seeded-order pass of `train`."""
+    def _advance(self, epoch: int) -> EvalPoint:
+        """Train one more epoch (none for epoch 0), then measure on the validation split."""
+        train_loss = float(np.mean(list(self._epoch(epoch)))) if epoch else None
+        if not len(self.validation):
+            return EvalPoint(epoch, None, train_loss, None, 0)
+        vectors = image_features(self.validation.paths, self.extractor, self.features)
+        logits = self.head(tf.constant(vectors))
+        labels = tf.constant(self.validation.labels, tf.int64)
+        objective = self.head.objective
+        point = EvalPoint(epoch, None, train_loss, float(objective.accuracy(labels, logits)),
+                          len(self.validation), float(objective.loss(labels, logits)))
+        log.info("Fine-tuning epoch %d: %svalidation accuracy = %.1f%%, cross entropy = %f",
+                 epoch, "" if train_loss is None else f"train loss = {train_loss:.4f}, ",
+                 point.validation_accuracy * 100, point.validation_cross_entropy)
+        return point
+
+    def _train_step(self, images: tf.Tensor, labels: tf.Tensor, seeds: tf.Tensor,
+                    step: tf.Tensor) -> tf.Tensor:
+        regularization, distortions = self.config.regularization, self.config.distortions
+        pixels = tf.cast(images, tf.float32) / 255.0
+        if distortions.enabled:
+            pixels = distort_images(pixels, seeds, distortions)
+        with tf.GradientTape(watch_accessed_variables=False) as tape:
+            tape.watch(self._variables)
+            features = regularization.dropout(
+                self.extractor(pixels),
+                tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
+            loss = regularization.loss(labels, self.head(features), self.head.weights,
+                                       self.head.objective)
+        gradients = tape.gradient(loss, self._variables)
+        self.optimizer.apply_gradients(zip(gradients, self._variables))
+        return loss
+
+    def _epoch(self, epoch: int) -> Iterator[float]:
+        """Yield each step's training loss over one seeded-order pass of the training images."""
+        train = self.train
         order = np.random.default_rng([self.config.seed, epoch]).permutation(len(train))
-        dataset = decoded_images([train.paths[index] for index in order], self.input_size,
-                                 batch_size, deterministic=True)
+        dataset = decoded_images([train.paths[index] for index in order],
+                                 self.extractor.spec.input_size, self.batch_size,
+                                 deterministic=True)
         for positions, images, digests, reasons in dataset:
             readable = reasons.numpy() == b""  # a file changed since the plain pass
             labels = train.labels[order[positions.numpy()]]
@@ -204,28 +213,6 @@ class _FineTuneLoop:
             loss = self.train_step(tf.boolean_mask(images, readable), labels[readable],
                                    seeds[readable], tf.constant(self.step, tf.int64))
             self.step += 1
-            progress.update(1)
-            progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
+            self.progress.update(1)
+            self.progress.set_postfix(epoch=epoch, loss=f"{float(loss):.4f}")
             yield float(loss)
-
-
-class _Validation:
-    """Accuracy and cross entropy of the current weights on the whole validation split."""
-
-    def __init__(self, extractor: FeatureExtractor, head: SoftmaxHead,
-                 validation: ImageSplit) -> None:
-        self.extractor, self.head, self.validation = extractor, head, validation
-        self.features = feature_function(extractor)
-
-    def __call__(self, epoch: int, train_loss: Optional[float]) -> EpochPoint:
-        if not len(self.validation):
-            return EpochPoint(epoch, train_loss, None, None)
-        vectors = image_features(self.validation.paths, self.extractor, self.features)
-        logits = self.head(tf.constant(vectors))
-        labels = tf.constant(self.validation.labels, tf.int64)
-        point = EpochPoint(epoch, train_loss, float(accuracy(labels, logits)),
-                           float(cross_entropy(labels, logits)))
-        log.info("Fine-tuning epoch %d: %svalidation accuracy = %.1f%%, cross entropy = %f",
-                 epoch, "" if train_loss is None else f"train loss = {train_loss:.4f}, ",
-                 point.validation_accuracy * 100, point.validation_cross_entropy)
-        return point

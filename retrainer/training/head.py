@@ -1,12 +1,14 @@
-"""Head training stage: a new softmax layer (dense D -> C) fitted to bottleneck vectors.
+"""Head training stage: a new final layer (dense D -> C) fitted to bottleneck vectors.
 
+Two solvers (docs/training.md):
+- "lbfgs", the default: the full-batch convex fit whose L2 strength is chosen on the validation
+  split (training/convex.py);
+- "sgd": retrain.py's loop -- plain SGD on random class-balanced batches, measured every
+  `eval_step_interval` steps and at the last one -- run by the one training loop
+  (training/loop.py), the steps between two measurements inside one tf.function call.
 Takes arrays of features, never cache paths, so later stages (distortions, fine-tuning) can feed
-freshly computed features instead. Runs retrain.py's loop -- plain SGD on random class-balanced
-batches, evaluating every `eval_step_interval` steps and at the last one -- but the steps and their
-evaluations run inside a tf.function, many per call, so thousands of steps take seconds. Optional:
-make_image_classifier's regularisation (training/regularization.py) and early stopping, which ends
-training once the validation cross-entropy has not improved for `early_stopping_patience`
-evaluations in a row and restores the weights of the best evaluation (validation data only).
+freshly computed features instead. The layer's outputs are softmax probabilities, or sigmoid ones
+for a multi-label objective (training/objectives.py).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,19 +30,16 @@ from retrainer._sampling import (
     BalancedSampler,
     stream_seed,
 )
-from retrainer.training.early_stopping import BestWeights
-from retrainer.training.regularization import (
-    SGD,
-    Regularization,
-    accuracy,
-    cross_entropy,
-)
 from retrainer.storage import as_path
+from retrainer.training.convex import ConvexConfig, PathPoint, fit_head
+from retrainer.training.loop import EvalPoint, run_loop, sgd
+from retrainer.training.objectives import SOFTMAX, Objective
+from retrainer.training.regularization import Regularization
 
 log = logging.getLogger(__name__)
 
 INIT_STDDEV = 0.001  # retrain.py's truncated-normal initialisation of the new layer
-_CHUNK_SECONDS = 0.5  # grow the steps per traced call while a call takes less than this
+SOLVERS = ("lbfgs", "sgd")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +60,7 @@ class FeatureSet:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingConfig:
-    """How to train the head (retrain.py's flags; -1 batch size = the whole split)."""
+    """How to train the head (retrain.py's flags for SGD; -1 batch size = the whole split)."""
 
     steps: int
     learning_rate: float
@@ -73,49 +72,73 @@ class TrainingConfig:
     checkpoint_path: Optional[Path] = None
     regularization: Regularization = Regularization()
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = no early stopping
+    solver: str = "sgd"
+    convex: ConvexConfig = ConvexConfig()
+    objective: Objective = SOFTMAX
 
-
-@dataclasses.dataclass(frozen=True)
-class EvalPoint:
-    """Metrics logged at one evaluation step (validation_* are None without validation data)."""
-
-    step: int
-    train_accuracy: float
-    cross_entropy: float
-    validation_accuracy: Optional[float]
-    validation_count: int
-    validation_cross_entropy: Optional[float] = None
+    def __post_init__(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {list(SOLVERS)}. Received: {self.solver!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainingResult:
-    """The head, its evaluations (up to where training stopped), and the step early stopping kept
-    (None without early stopping)."""
+    """The head and how it was trained.
 
-    head: "SoftmaxHead"
+    Attributes:
+        head: the trained layer.
+        history: the measurements (SGD: per evaluation step, up to where training stopped;
+            lbfgs: per penalty of the path, `step` counting L-BFGS iterations).
+        seconds: wall time.
+        best_step: the SGD step early stopping kept (None without it).
+        path: the lbfgs penalties tried (empty for SGD); `chosen` indexes the kept one.
+    """
+
+    head: "Head"
     history: tuple[EvalPoint, ...]
     seconds: float
     best_step: Optional[int] = None
+    path: tuple[PathPoint, ...] = ()
+    chosen: Optional[int] = None
+
+    def summary(self) -> dict[str, Any]:
+        """The `--json` "head" object: the solver, and for lbfgs the chosen penalty and path."""
+        if self.chosen is None:
+            return {"solver": "sgd"}
+        return {"solver": "lbfgs", "l2": self.path[self.chosen].l2,
+                "path": [dataclasses.asdict(point) for point in self.path]}
+
+    @property
+    def final(self) -> EvalPoint:
+        """The measurement of the weights that were kept."""
+        if self.chosen is not None:
+            return self.history[self.chosen]
+        if self.best_step is not None:
+            return next(point for point in self.history if point.step == self.best_step)
+        return self.history[-1]
 
 
-class SoftmaxHead(tf.Module):
-    """The new final layer: logits = features @ weights + biases."""
+class Head(tf.Module):
+    """The new final layer: logits = features @ weights + biases, then the objective's
+    probabilities (softmax, or sigmoid for multi-label)."""
 
-    def __init__(self, vector_size: int, num_classes: int, seed: int) -> None:
+    def __init__(self, vector_size: int, num_classes: int, seed: int,
+                 objective: Objective = SOFTMAX) -> None:
         super().__init__(name="final_retrain_ops")
         initial = tf.random.stateless_truncated_normal(
             [vector_size, num_classes], stream_seed(seed, INIT_STREAM), stddev=INIT_STDDEV
         )
         self.weights = tf.Variable(initial, name="final_weights")
         self.biases = tf.Variable(tf.zeros([num_classes]), name="final_biases")
+        self.objective = objective
 
     def __call__(self, features: tf.Tensor) -> tf.Tensor:
         """float32 [N, D] features -> float32 [N, C] logits."""
         return tf.matmul(features, self.weights) + self.biases
 
     def probabilities(self, features: tf.Tensor) -> tf.Tensor:
-        """float32 [N, D] features -> float32 [N, C] softmax probabilities."""
-        return tf.nn.softmax(self(features))
+        """float32 [N, D] features -> float32 [N, C] probabilities."""
+        return self.objective.probabilities(self(features))
 
 
 class _Split:
@@ -132,92 +155,125 @@ class _Split:
         return tf.gather(self.features, indices), tf.gather(self.labels, indices)
 
 
-class _TrainingLoop:
-    """The traced function of one training run: SGD steps with evaluations and summaries."""
+class _SgdSteps:
+    """retrain.py's steps as a job of the training loop, with summaries and intermediate stores.
 
-    def __init__(
-        self, head: SoftmaxHead, train: FeatureSet, validation: FeatureSet, config: TrainingConfig
-    ) -> None:
+    Measured as retrain.py did, after the step's update: the training metrics on that step's
+    batch, validation on a sampled validation batch.
+    """
+
+    def __init__(self, head: Head, train: FeatureSet, validation: FeatureSet,
+                 config: TrainingConfig, on_store: Optional[Callable[[int, Head], None]],
+                 store_every: int) -> None:
         self.head = head
-        self.regularization = config.regularization
-        self.optimizer = SGD(head.trainable_variables, config.learning_rate,
-                             config.regularization.momentum)
+        self.config = config
+        self.optimizer = sgd(config.learning_rate, config.regularization.momentum)
         self.dropout_seed = stream_seed(config.seed, DROPOUT_STREAM)
-        self.eval_step_interval = config.eval_step_interval
-        self.last_step = config.steps - 1
         self.train = _Split(train, config.train_batch_size, stream_seed(config.seed, TRAIN_STREAM))
         self.validation = None
         if len(validation):
             seed = stream_seed(config.seed, VALIDATION_STREAM)
             self.validation = _Split(validation, config.validation_batch_size, seed)
-        self.writers = None
+        self.writers = {}
         if config.summaries_dir is not None:
-            self.writers = {
-                name: _fresh_writer(as_path(config.summaries_dir) / name)
-                for name in ("train", "validation")
-            }
+            self.writers = {name: _fresh_writer(as_path(config.summaries_dir) / name)
+                            for name in ("train", "validation")}
+        self.on_store = on_store
+        self.stores = (range(store_every, config.steps, store_every)
+                       if store_every > 0 and on_store is not None else range(0))
+        self.next_step = 0
+        step = tf.TensorSpec([], tf.int64)
+        self._train = tf.function(self._steps, input_signature=[step, step])
+        self._train_and_measure = tf.function(
+            self._steps_and_measure, input_signature=[step, tf.TensorSpec([None], tf.int64)])
 
-    @tf.function(input_signature=[tf.TensorSpec([], tf.int64), tf.TensorSpec([None], tf.int64)])
-    def run_steps(self, first: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
-        """SGD steps from `first` to ends[-1], measuring after each step in `ends` (ascending).
+    @property
+    def variables(self) -> tuple[tf.Variable, ...]:
+        return tuple(self.head.trainable_variables)
+
+    def advance(self, steps: Sequence[int]) -> list[EvalPoint]:
+        """SGD steps through each of `steps`, measuring after each (one traced call per run of
+        steps between intermediate stores)."""
+        points: list[EvalPoint] = []
+        ends = list(steps)
+        while ends:
+            store = next((s for s in self.stores if self.next_step <= s <= ends[-1]), None)
+            if store is not None and store not in ends:  # a store between two measurements
+                self._train(tf.constant(self.next_step, tf.int64), tf.constant(store, tf.int64))
+                self.next_step = store + 1
+                self.on_store(store, self.head)  # type: ignore[misc]  (stores imply on_store)
+                continue
+            run = ends if store is None else ends[:ends.index(store) + 1]
+            rows = self._train_and_measure(tf.constant(self.next_step, tf.int64),
+                                           tf.constant(run, tf.int64))
+            self.next_step = run[-1] + 1
+            points += [_log_point(step, *row) for step, row in zip(run, rows.numpy().tolist())]
+            if store is not None:
+                self.on_store(store, self.head)  # type: ignore[misc]
+            ends = ends[len(run):]
+        return points
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+    def _steps(self, first: tf.Tensor, last: tf.Tensor) -> tf.Tensor:
+        for step in tf.range(first, last + 1):
+            features, labels = self.train.batch(step)
+            features = self.config.regularization.dropout(
+                features, tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
+            with tf.GradientTape() as tape:
+                loss = self.config.regularization.loss(labels, self.head(features),
+                                                       self.head.weights, self.head.objective)
+            gradients = tape.gradient(loss, self.head.trainable_variables)
+            self.optimizer.apply_gradients(zip(gradients, self.head.trainable_variables))
+        return last
+
+    def _steps_and_measure(self, first: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
+        """Steps from `first` through ends[-1], measuring after each step of `ends`.
 
         Returns:
-            float32 [len(ends), 5]: per end step, train accuracy and cross entropy on its training
-            batch, validation accuracy on its validation batch (-1 without validation data),
-            that batch's size (0 without) and its cross entropy. Summaries are written for
-            evaluation steps only.
+            float32 [len(ends), 5]: per end step, train accuracy and cross entropy on its batch,
+            validation accuracy, count and cross entropy on a sampled batch (-1, 0, -1 without
+            validation data).
         """
         rows = tf.TensorArray(tf.float32, size=tf.size(ends), element_shape=[5])
         start = first
         for index in tf.range(tf.size(ends)):
-            end = ends[index]
-            for step in tf.range(start, end + 1):
-                self._sgd_step(step)
-            is_evaluation = tf.logical_or(end % self.eval_step_interval == 0, end == self.last_step)
-            with tf.summary.record_if(is_evaluation):
-                rows = rows.write(index, self._evaluate(end))
-            start = end + 1
+            last = self._steps(start, ends[index])
+            rows = rows.write(index, self._measure(last))
+            start = last + 1
         return rows.stack()
 
-    def _sgd_step(self, step: tf.Tensor) -> None:
-        features, labels = self.train.batch(step)
-        features = self.regularization.dropout(
-            features, tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
-        with tf.GradientTape() as tape:
-            loss = self.regularization.loss(labels, self.head(features), self.head.weights)
-        gradients = tape.gradient(loss, self.head.trainable_variables)
-        self.optimizer.apply(self.head.trainable_variables, gradients)
-
-    def _evaluate(self, step: tf.Tensor) -> tf.Tensor:
-        """Metrics at `step` (after its update), as retrain.py measured them, plus summaries."""
-        features, labels = self.train.batch(step)
+    def _measure(self, last: tf.Tensor) -> tf.Tensor:
+        """float32 [5] at step `last` (after its update), with summaries."""
+        objective = self.head.objective
+        features, labels = self.train.batch(last)
         logits = self.head(features)
-        train_accuracy, train_loss = accuracy(labels, logits), cross_entropy(labels, logits)
+        train_accuracy, train_loss = objective.accuracy(labels, logits), objective.loss(labels,
+                                                                                        logits)
         validation_accuracy, validation_count = tf.constant(-1.0), tf.constant(0.0)
-        validation_cross_entropy = tf.constant(-1.0)
+        validation_loss = tf.constant(-1.0)
         if self.validation is not None:
-            features, labels = self.validation.batch(step)
-            validation_logits = self.head(features)
-            validation_accuracy = accuracy(labels, validation_logits)
-            validation_cross_entropy = cross_entropy(labels, validation_logits)
+            features, labels = self.validation.batch(last)
+            logits = self.head(features)
+            validation_accuracy = objective.accuracy(labels, logits)
+            validation_loss = objective.loss(labels, logits)
             validation_count = tf.cast(tf.size(labels), tf.float32)
-        if self.writers is not None:
+        if self.writers:
             # Root name scope: inside the traced loop, tags would otherwise get a "while/" prefix.
-            with self.writers["train"].as_default(step=step), tf.compat.v1.name_scope(None):
+            with self.writers["train"].as_default(step=last), tf.compat.v1.name_scope(None):
                 tf.summary.scalar("accuracy", train_accuracy)
                 tf.summary.scalar("cross_entropy", train_loss)
                 tf.summary.histogram("final_weights", self.head.weights)
                 tf.summary.histogram("final_biases", self.head.biases)
             if self.validation is not None:
-                with self.writers["validation"].as_default(step=step), tf.compat.v1.name_scope(None):
+                with self.writers["validation"].as_default(step=last), \
+                        tf.compat.v1.name_scope(None):
                     tf.summary.scalar("accuracy", validation_accuracy)
-                    tf.summary.scalar("cross_entropy", validation_cross_entropy)
+                    tf.summary.scalar("cross_entropy", validation_loss)
         return tf.stack([train_accuracy, train_loss, validation_accuracy, validation_count,
-                         validation_cross_entropy])
-
-    def close(self) -> None:
-        for writer in (self.writers or {}).values():
-            writer.close()
+                         validation_loss])
 
 
 def _fresh_writer(folder: Path) -> tf.summary.SummaryWriter:
@@ -232,75 +288,85 @@ def train_head(
     validation: FeatureSet,
     num_classes: int,
     config: TrainingConfig,
-    on_store: Optional[Callable[[int, SoftmaxHead], None]] = None,
+    on_store: Optional[Callable[[int, Head], None]] = None,
     store_every: int = 0,
 ) -> TrainingResult:
-    """Train a new softmax layer on bottleneck vectors.
+    """Train a new final layer on bottleneck vectors.
 
     Args:
         train: the training split; at least one example.
         validation: the validation split; may be empty (validation is then skipped).
         num_classes: C, the number of output classes (classes may lack training examples).
-        config: steps, learning rate, batch sizes, seed and where to write summaries/checkpoint.
-        on_store: called as on_store(step, head) every `store_every` steps (step > 0), e.g. to
-            export intermediate graphs.
+        config: the solver and its settings, the seed and where to write summaries/checkpoint.
+        on_store: SGD only: called as on_store(step, head) every `store_every` steps (step > 0),
+            e.g. to export intermediate graphs.
         store_every: 0 = never call `on_store`.
 
     Returns:
-        The trained head, the metrics logged at each evaluation step, the time taken, and with
-        early stopping the step whose weights were kept.
+        The trained head, its measurements, the time taken, and with early stopping the step
+        whose weights were kept (lbfgs: the penalty path and the chosen point).
     """
     started = time.perf_counter()
-    head = SoftmaxHead(train.features.shape[1], num_classes, config.seed)
-    loop = _TrainingLoop(head, train, validation, config)
-    if loop.validation is None:
+    head = Head(train.features.shape[1], num_classes, config.seed, config.objective)
+    if not len(validation):
         log.warning("No validation images: skipping validation during training.")
-    evaluations = set(range(0, config.steps, config.eval_step_interval)) | {config.steps - 1}
-    stores = set(range(store_every, config.steps, store_every)) if store_every > 0 else set()
-    stopper = BestWeights(head.trainable_variables, config.early_stopping_patience,
-                          loop.validation is not None)
-    # Early stopping decides after each evaluation, so each one ends a traced call.
-    stops = stores | (evaluations if stopper.enabled else set())
-    history = []
-    first = 0
-    try:
-        for ends in _chunks(sorted(evaluations | stores), stops):
-            rows = loop.run_steps(tf.constant(first, tf.int64), tf.constant(ends, tf.int64))
-            first = ends[-1] + 1
-            for end, row in zip(ends, rows.numpy().tolist()):
-                if end in evaluations:
-                    history.append(_log_point(end, *row))
-            if ends[-1] in stores and on_store is not None:
-                on_store(ends[-1], head)
-            if ends[-1] in evaluations and stopper.record(history[-1].validation_cross_entropy,
-                                                          history[-1].step):
-                break
-    finally:
-        loop.close()
-    best_step = stopper.restore_best()
+    if config.solver == "lbfgs":
+        result = _train_convex(head, train, validation, num_classes, config)
+    else:
+        job = _SgdSteps(head, train, validation, config, on_store, store_every)
+        schedule = sorted(set(range(0, config.steps, config.eval_step_interval))
+                          | {config.steps - 1})
+        try:
+            loop = run_loop(job, schedule, config.early_stopping_patience, bool(len(validation)))
+        finally:
+            job.close()
+        result = TrainingResult(head, loop.history, 0.0, loop.best_step)
     if config.checkpoint_path is not None:
-        kept_steps = config.steps if best_step is None else best_step + 1
+        kept_steps = config.steps if result.best_step is None else result.best_step + 1
+        if config.solver == "lbfgs":
+            kept_steps = result.final.step
         checkpoint = tf.train.Checkpoint(head=head, step=tf.Variable(kept_steps, dtype=tf.int64))
         checkpoint.write(str(config.checkpoint_path))
-    return TrainingResult(head=head, history=tuple(history), seconds=time.perf_counter() - started,
-                          best_step=best_step)
+    return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
 
-def _chunks(boundaries: list[int], stops: set[int]) -> Iterator[list[int]]:
-    """Split the steps where control must stop (ascending) into runs for one `run_steps` call each.
+def _train_convex(head: Head, train: FeatureSet, validation: FeatureSet, num_classes: int,
+                  config: TrainingConfig) -> TrainingResult:
+    """The lbfgs solver: the path's fits as measurements (step = L-BFGS iterations so far)."""
+    convex = dataclasses.replace(config.convex, objective=config.objective,
+                                 label_smoothing=config.regularization.label_smoothing)
+    fit = fit_head(train.features, train.labels, validation.features, validation.labels,
+                   num_classes, convex)
+    head.weights.assign(fit.weights)
+    head.biases.assign(fit.biases)
+    history, iterations = [], 0
+    for point in fit.path:
+        iterations += point.iterations
+        history.append(EvalPoint(iterations, point.train_accuracy, point.train_cross_entropy,
+                                 point.validation_accuracy, len(validation) if len(validation)
+                                 else 0, point.validation_cross_entropy))
+    _write_path_summaries(config.summaries_dir, fit.path, history)
+    return TrainingResult(head, tuple(history), 0.0, None, fit.path, fit.chosen)
 
-    Runs double in length while calls are quick (negligible call overhead on fast steps, live logs
-    on slow ones); a step in `stops` always ends a run, so control returns right after its update.
-    """
-    index, span = 0, 1
-    while index < len(boundaries):
-        stop = min(index + span, len(boundaries))
-        stop = next((k + 1 for k in range(index, stop) if boundaries[k] in stops), stop)
-        started = time.perf_counter()
-        yield boundaries[index:stop]
-        if time.perf_counter() - started < _CHUNK_SECONDS:
-            span *= 2
-        index = stop
+
+def _write_path_summaries(summaries_dir: Optional[Path], path: tuple[PathPoint, ...],
+                          history: list[EvalPoint]) -> None:
+    """TensorBoard scalars per penalty of the path, at its iteration count."""
+    if summaries_dir is None:
+        return
+    for name in ("train", "validation"):
+        writer = _fresh_writer(as_path(summaries_dir) / name)
+        with writer.as_default():
+            for point, measured in zip(path, history):
+                if name == "train":
+                    tf.summary.scalar("accuracy", measured.train_accuracy, measured.step)
+                    tf.summary.scalar("cross_entropy", measured.cross_entropy, measured.step)
+                    tf.summary.scalar("l2", point.l2, measured.step)
+                elif measured.validation_accuracy is not None:
+                    tf.summary.scalar("accuracy", measured.validation_accuracy, measured.step)
+                    tf.summary.scalar("cross_entropy", measured.validation_cross_entropy,
+                                      measured.step)
+        writer.close()
 
 
 def _log_point(

@@ -20,7 +20,7 @@ from retrainer.training.fine_tune import (
     fine_tune,
     image_features,
 )
-from retrainer.training.head import FeatureSet, SoftmaxHead
+from retrainer.training.head import FeatureSet, Head, TrainingConfig
 from retrainer.training.regularization import Regularization
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,23 @@ def regularization_of(config) -> Regularization:
 def early_stopping_patience_of(config) -> int:
     """--early_stopping_patience when --early_stopping is on, else 0 (never stop early)."""
     return config.early_stopping_patience if config.early_stopping else 0
+
+
+def training_options(config) -> TrainingConfig:
+    """How the head is trained, from a `RetrainConfig`."""
+    return TrainingConfig(
+        steps=config.training_steps,
+        learning_rate=config.sgd_learning_rate,
+        train_batch_size=config.train_batch_size,
+        validation_batch_size=config.validation_batch_size,
+        eval_step_interval=config.eval_step_interval,
+        seed=config.seed,
+        summaries_dir=config.summaries_dir,
+        checkpoint_path=config.checkpoint_path,
+        regularization=regularization_of(config),
+        early_stopping_patience=early_stopping_patience_of(config),
+        solver=config.solver,
+    )
 
 
 def check_fine_tunable(config, extractor: FeatureExtractor) -> None:
@@ -83,7 +100,7 @@ def training_features(config, extractor: FeatureExtractor, images: Sequence,
     return FeatureSet(features, labels), summary
 
 
-def fine_tune_if_asked(config, extractor: FeatureExtractor, head: SoftmaxHead,
+def fine_tune_if_asked(config, extractor: FeatureExtractor, head: Head,
                        images: dict[str, Sequence], features: dict[str, FeatureSet],
                        ) -> tuple[Optional[FineTuneResult], FeatureSet]:
     """With --do_fine_tuning: fine-tune, then recompute the test vectors with the tuned extractor.
@@ -130,11 +147,11 @@ def fine_tuning_summary(config, result: Optional[FineTuneResult]) -> Optional[di
     return {
         "blocks": config.fine_tune_blocks,
         "tuned_parameters": result.tuned_parameters,
-        "epochs_run": last.epoch,
+        "epochs_run": last.step,
         "best_epoch": result.best_epoch,
         "validation_accuracy": kept.validation_accuracy,
         "history": [
-            {"epoch": point.epoch, "train_loss": point.train_loss,
+            {"epoch": point.step, "train_loss": point.cross_entropy,
              "validation_accuracy": point.validation_accuracy,
              "validation_cross_entropy": point.validation_cross_entropy}
             for point in result.history
