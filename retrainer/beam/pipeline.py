@@ -1,8 +1,8 @@
 """`retrain-extract`'s Beam pipeline: image files -> bottleneck vectors, written as one shard run.
 
     list the image files (MatchFiles -> Reshuffle on the workers; in the launcher on Dask)
-    -> batches of paths -> hash, skip what the cache has, decode (retrainer's discovery rule and
-    decoder) -> RunInference (retrainer's own extractor) -> one TFRecord shard per bundle
+    -> batches of paths -> per batch: hash, skip what the cache has, decode (retrainer's
+    discovery rule and decoder), run retrain's engine, append to the bundle's TFRecord shard
     -> one summary -> manifest, then the marker (retrainer/shards.py)
 
 Unreadable images are counted and named in the manifest and the result, never fatal. The vectors
@@ -26,14 +26,12 @@ from typing import Any, Optional
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import RunInference
 
-from retrainer.beam.model_handler import BottleneckModelHandler
 from retrainer.beam.runners import is_dask, pipeline_options, run_pipeline
 from retrainer.beam.transforms import (
-    HashAndDecode,
+    Extraction,
+    ExtractShards,
     MergeSummaries,
-    WriteShards,
     batches,
     image_paths,
     remove_unnamed_files,
@@ -179,14 +177,9 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
             | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size,
                                             max_batch_size=config.batch_size)
         )
-    summaries = (
-        batched
-        | "HashDecode" >> beam.ParDo(HashAndDecode(spec.input_size, cache_dir, run_dir))
-        | "Extract" >> RunInference(
-            BottleneckModelHandler(config.tfhub_module, config.image_size,
-                                   config.extractor_precision).with_no_batching())
-        | "Write" >> beam.ParDo(WriteShards(run_dir))
-    )
+    extraction = Extraction(config.tfhub_module, config.image_size, config.extractor_precision,
+                            tuple(spec.input_size), cache_dir, run_dir)
+    summaries = batched | "Extract" >> beam.ParDo(ExtractShards(extraction))
     start = pipeline | "Start" >> beam.Create([summary()])  # a summary even without images
     manifest = {"extractor_id": spec.id, "extractor": spec.name,
                 "extractor_precision": config.extractor_precision,

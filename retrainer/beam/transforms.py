@@ -1,10 +1,13 @@
-"""The steps of `retrain-extract`'s pipeline, written so that every Beam runner carries them.
+"""The per-batch step of `retrain-extract`'s pipeline, and the summary the run ends in.
 
-Each element is a batch of images from the start (a list of paths), so no step needs
-`finish_bundle` outputs (BatchElements' last batch), tagged outputs or side inputs: Beam's
-DaskRunner drops the first, merges the second into the main output and recomputes the third's
-whole upstream inside every task that reads it. What crosses a step is plain Python (str, int,
-lists, dicts) or, for pixels and vectors, numpy arrays, so any runner's coder carries it.
+One DoFn takes a batch of image paths: it reads and hashes them, skips what the cache has,
+decodes, runs the engine and appends the vectors to its bundle's shard; only a small summary
+leaves it. That shape is set by what every runner carries, Beam's DaskRunner included, which
+keeps every step's outputs in memory until the run ends (so pixels and vectors are never a step's
+output), drops what `finish_bundle` outputs (BatchElements' last batch, a file sink's names),
+merges tagged outputs into the main one and recomputes a side input's whole upstream in each task
+that reads it. What leaves a step is plain Python (str, int, lists, dicts): any runner's coder
+carries it.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils import shared
 
 from retrainer._tfrecord_columns import framed
 from retrainer.bottlenecks import content_digest
@@ -30,7 +34,7 @@ _TEMP_SUFFIX = ".tmp"
 
 @dataclasses.dataclass(frozen=True)
 class ImageBatch:
-    """Decoded images of one batch of files, and what became of the others.
+    """The decoded images of one batch of files, and what became of the others.
 
     Attributes:
         digests: SHA-256 (hex) of each decoded file's bytes, the cache key.
@@ -71,83 +75,105 @@ def _cached_digest_set(cache_dir: str, run_dir: str) -> frozenset[str]:
     return frozenset(cached_digests(cache_dir))
 
 
-class HashAndDecode(beam.DoFn):
-    """A batch of image paths -> [ImageBatch] (the list RunInference's no-batching mode takes): the
-    files not in the cache, hashed and decoded.
+@dataclasses.dataclass(frozen=True)
+class Extraction:
+    """What to run on the workers and where its vectors go.
 
-    Args:
+    Attributes:
+        tfhub_module: what `retrain --tfhub_module` takes (built-in name, hub handle, local path).
+        image_size: `retrain --image_size`, or None for the module's own.
+        precision: a resolved precision (float32, bfloat16, int8), not auto: every worker must
+            compute the vectors of the namespace the launching machine chose.
         input_size: (height, width) the extractor takes.
-        cache_dir: the extractor's cache namespace; files whose digest it holds are skipped.
-        run_dir: this run's shard folder (a key for the per-process digest cache).
+        cache_dir: the cache namespace; files whose digest it holds are skipped.
+        run_dir: this run's shard folder.
     """
 
-    def __init__(self, input_size: tuple[int, int], cache_dir: str, run_dir: str) -> None:
-        self.input_size = (int(input_size[0]), int(input_size[1]))
-        self.cache_dir = cache_dir
-        self.run_dir = run_dir
+    tfhub_module: str
+    image_size: Optional[int]
+    precision: str
+    input_size: tuple[int, int]
+    cache_dir: str
+    run_dir: str
+
+
+class ExtractShards(beam.DoFn):
+    """Batches of image paths -> their vectors in the run's shards; a summary per batch.
+
+    Each worker process builds the engine once (Beam's `shared.Shared`: a Dask worker sets the
+    DoFn up again for every partition) and runs it as `retrain` does, at the same precision. Each
+    bundle writes one shard: its name goes out with the bundle's first vectors, and the file is
+    renamed from its temporary name when the bundle finishes, so a runner that drops what
+    `finish_bundle` outputs still gets the name, and a shard named in the manifest is complete (a
+    failed bundle's outputs are dropped by the runner, its file deleted by `remove_unnamed_files`).
+    """
+
+    def __init__(self, extraction: Extraction) -> None:
+        self.extraction = extraction
+        self._engine_handle = shared.Shared()
 
     def setup(self) -> None:
-        self.cached = _cached_digest_set(self.cache_dir, self.run_dir)
+        self.engine = self._engine_handle.acquire(self._load_engine)
+        self.cached = _cached_digest_set(self.extraction.cache_dir, self.extraction.run_dir)
 
-    def process(self, paths: list[str]) -> Iterator[list[ImageBatch]]:
-        pixels = np.empty((len(paths), *self.input_size, 3), np.uint8)
-        digests: list[str] = []
-        unreadable: list[list[str]] = []
-        already_cached = 0
-        for path in paths:
-            try:
-                with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                    data = f.read()
-            except (OSError, BeamIOError) as error:
-                unreadable.append([path, f"cannot read file ({error})"])
-                continue
-            digest = content_digest(data)
-            if digest in self.cached:
-                already_cached += 1
-                continue
-            try:
-                decode_image(data, self.input_size, path, pixels[len(digests)])
-            except UnreadableImageError as error:
-                unreadable.append([path, error.reason])
-                continue
-            digests.append(digest)
-        yield [ImageBatch(digests, pixels[:len(digests)], already_cached, unreadable)]
+    def _load_engine(self) -> Any:
+        from retrainer.engines import create_engine
+        from retrainer.extractors import create_extractor
 
-
-class WriteShards(beam.DoFn):
-    """Vectors -> one TFRecord shard per bundle in the run folder; outputs a summary per batch.
-
-    The shard's name goes out with the bundle's first batch and the file is renamed from its
-    temporary name when the bundle finishes: a runner that drops what `finish_bundle` outputs
-    (Dask) still gets it, and a bundle that fails is retried by the runner, its outputs dropped,
-    so a shard named in the manifest is always complete. Files of failed attempts are never named;
-    `remove_unnamed_files` deletes them when the run finishes.
-    """
-
-    def __init__(self, run_dir: str) -> None:
-        self.run_dir = run_dir
+        spec = self.extraction
+        return create_engine(create_extractor(spec.tfhub_module, spec.image_size), spec.precision)
 
     def start_bundle(self) -> None:
         self.stream: Any = None
 
-    def process(self, element: Any) -> Iterator[dict[str, Any]]:
-        batch, vectors = element.example, element.inference
+    def process(self, paths: list[str]) -> Iterator[dict[str, Any]]:
+        images = read_and_decode(paths, self.extraction.input_size, self.cached)
         new_shard = []
-        if self.stream is None and len(batch.digests):
-            self.name = f"{SHARD_PREFIX}-{uuid.uuid4().hex}{SHARD_SUFFIX}"
-            self.temp = FileSystems.join(self.run_dir, self.name + _TEMP_SUFFIX)
-            self.stream = FileSystems.create(self.temp,
-                                             compression_type=CompressionTypes.UNCOMPRESSED)
-            new_shard = [self.name]
-        for digest, vector in zip(batch.digests, vectors):
-            self.stream.write(framed(encode_record(digest, vector)))
-        yield summary(new_shard, len(batch.digests), batch.already_cached, batch.unreadable)
+        if images.digests:
+            vectors = self.engine(images.pixels)
+            if self.stream is None:
+                self.name = f"{SHARD_PREFIX}-{uuid.uuid4().hex}{SHARD_SUFFIX}"
+                self.temp = FileSystems.join(self.extraction.run_dir, self.name + _TEMP_SUFFIX)
+                self.stream = FileSystems.create(self.temp,
+                                                 compression_type=CompressionTypes.UNCOMPRESSED)
+                new_shard = [self.name]
+            for digest, vector in zip(images.digests, vectors):
+                self.stream.write(framed(encode_record(digest, vector)))
+        yield summary(new_shard, len(images.digests), images.already_cached, images.unreadable)
 
     def finish_bundle(self) -> None:
         if self.stream is not None:
             self.stream.close()
-            FileSystems.rename([self.temp], [FileSystems.join(self.run_dir, self.name)])
+            FileSystems.rename([self.temp],
+                               [FileSystems.join(self.extraction.run_dir, self.name)])
             self.stream = None
+
+
+def read_and_decode(paths: list[str], input_size: tuple[int, int],
+                    cached: frozenset[str]) -> ImageBatch:
+    """Read, hash and decode `paths` (retrainer's decoder), skipping digests in `cached`."""
+    pixels = np.empty((len(paths), *input_size, 3), np.uint8)
+    digests: list[str] = []
+    unreadable: list[list[str]] = []
+    already_cached = 0
+    for path in paths:
+        try:
+            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as stream:
+                data = stream.read()
+        except (OSError, BeamIOError) as error:
+            unreadable.append([path, f"cannot read file ({error})"])
+            continue
+        digest = content_digest(data)
+        if digest in cached:
+            already_cached += 1
+            continue
+        try:
+            decode_image(data, input_size, path, pixels[len(digests)])
+        except UnreadableImageError as error:
+            unreadable.append([path, error.reason])
+            continue
+        digests.append(digest)
+    return ImageBatch(digests, pixels[:len(digests)], already_cached, unreadable)
 
 
 class MergeSummaries(beam.CombineFn):
