@@ -8,6 +8,7 @@ TensorFlow is imported only when a graph is loaded.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -55,7 +56,7 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     """
     import tensorflow as tf
 
-    graph_def = _parse_graph_def(path, data)
+    graph_def = parse_graph_def(path, data)
     _require_op(graph_def, input_layer, "input", path)
     _require_op(graph_def, output_layer, "output", path)
     graph = tf.Graph()
@@ -71,7 +72,12 @@ def load_frozen_graph(path: Path, data: bytes, input_layer: str, output_layer: s
     return frozen
 
 
-def _parse_graph_def(path: Path, data: bytes):
+def parse_graph_def(path: os.PathLike[str], data: bytes):
+    """The GraphDef message in `data`, read from `path`.
+
+    Raises:
+        ModelError: it does not parse, or holds no ops.
+    """
     import tensorflow as tf
     from google.protobuf.message import DecodeError
 

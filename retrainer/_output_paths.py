@@ -45,10 +45,10 @@ def check_output_paths(config: RetrainConfig) -> None:
     if config.saved_model_dir is not None:
         _check_saved_model_dir(config.saved_model_dir)
         folders["saved_model_dir"] = config.saved_model_dir.parent
-    for path in _tflite_files(config):
+    for flag, path in _deployable_files(config):
         if path.is_dir():
-            raise UsageError(f"--tflite_output_file {path} is a folder; expected a file path.")
-        folders["tflite_output_file"] = path.parent
+            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
+        folders[flag] = path.parent
     for flag, folder in folders.items():
         _check_writable_folder(flag, folder)
 
@@ -58,18 +58,24 @@ def remove_stale_export_temporaries(config: RetrainConfig) -> None:
     exports = [config.output_graph, metadata_path(config.output_graph), config.output_labels]
     if config.saved_model_dir is not None:
         exports.append(config.saved_model_dir)
-    exports += _tflite_files(config)
+    exports += [path for _, path in _deployable_files(config)]
     for export in exports:
         for leftover in remove_stale_temporaries(export):
             log.info("Removed %s, left by an interrupted run.", leftover)
 
 
-def _tflite_files(config: RetrainConfig) -> list[Path]:
-    from retrainer.exports.quantization import tflite_paths
+def _deployable_files(config: RetrainConfig) -> list[tuple[str, Path]]:
+    """(flag, path) of every .tflite and .onnx file the run will write."""
+    from retrainer.exports.quantization import onnx_paths, tflite_paths
 
-    if config.tflite_output_file is None:
-        return []
-    return list(tflite_paths(config.tflite_output_file, config.tflite_quantization).values())
+    files = []
+    if config.tflite_output_file is not None:
+        files += [("tflite_output_file", path) for path in
+                  tflite_paths(config.tflite_output_file, config.tflite_quantization).values()]
+    if config.onnx_output_file is not None:
+        files += [("onnx_output_file", path) for path in
+                  onnx_paths(config.onnx_output_file, config.onnx_quantization).values()]
+    return files
 
 
 def _check_saved_model_dir(path: Path) -> None:

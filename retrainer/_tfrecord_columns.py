@@ -4,7 +4,7 @@ frame records for writing one.
 Shard runs hold fixed-layout records (a 64-character hash and D float32s), so every record has
 the same length and its fields sit at the same byte offsets. Reading the whole file once and
 viewing it as a matrix gives columns without a Python object per record: 100k vectors load in a
-fraction of the time tf.data's per-record strings take (scripts/bench_beam.py).
+fraction of the time tf.data's per-record strings take (benchmarks/bench_beam.py).
 
 TFRecord framing, per record: uint64 length, uint32 masked CRC-32C of the length, the data,
 uint32 masked CRC-32C of the data (all little-endian).

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "v1"
 DEFAULT_BATCH_SIZE = 32
 # Fixed decode parallelism and read-ahead, with tf.data autotuning off: its background thread made
-# iterator teardown stall for 1-2 s at random (measured with scripts/bench_pipeline.py), and
+# iterator teardown stall for 1-2 s at random (measured with benchmarks/bench_pipeline.py), and
 # decoding on every core, two batches ahead, already keeps the extractor busy.
 PREFETCH_BATCHES = 2
 # The cache lookup reads every file to hash it; the bytes of files it misses are kept, up to this
@@ -254,7 +254,7 @@ def decoded_batches(
 
     The bottleneck stage's decoder. Plain threads (Pillow releases the GIL) and numpy batches:
     with tf.data's map and `numpy_function` each image cost twice the CPU of its decode (0.83 vs
-    0.37 ms for a Fashion-MNIST PNG, scripts/bench_pipeline.py), which the engine lost on 2 cores.
+    0.37 ms for a Fashion-MNIST PNG, benchmarks/bench_pipeline.py), which the engine lost on 2 cores.
     Each thread decodes a slice of a batch straight into the batch's rows (one task per thread
     and batch, not per image), so the consumer's thread (the engine's) only waits. The files'
     digests are known (the cache lookup computed them): not hashed again; nor read again where

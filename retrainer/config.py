@@ -90,6 +90,7 @@ class RetrainConfig:
     # reports and quality gates (issue 12): None turns a report off; gates are fractions or None
     metrics_file: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "metrics.json"
     report_html: Optional[AnyPath] = DEFAULT_OUTPUT_DIR / "report.html"
+    report_explanations: int = 3  # heat maps of N correct test images per class (+ the wrong ones)
     assert_accuracy_at_least: Optional[float] = None
     assert_recall_at_least: Optional[float] = None
     final_tensor_name: str = "final_result"
@@ -101,7 +102,11 @@ class RetrainConfig:
     tflite_quantization: tuple[str, ...] = ("none",)
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
+    # ONNX export, int8 calibrated like the TFLite int8 export (docs/exports.md)
+    onnx_output_file: Optional[AnyPath] = None
+    onnx_quantization: tuple[str, ...] = ("none",)
     tfhub_module: str = DEFAULT_EXTRACTOR
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
     # extractor precision (retrainer/engines): how the bottleneck stage runs the extractor
     extractor_precision: str = AUTO
     extraction_devices: str = AUTO_DEVICES  # "GPU:0,GPU:1": batches split across them
@@ -149,6 +154,7 @@ class RetrainConfig:
         for field in ("metrics_file", "report_html"):
             value = getattr(self, field)
             object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
+        self._require("report_explanations", lambda count: count >= 0, "0 (none) or more")
         for field in ("assert_accuracy_at_least", "assert_recall_at_least"):
             self._require(field, lambda x: x is None or 0 <= x <= 1, "a fraction from 0 to 1")
         if self.metrics_file is not None and self.metrics_file == self.report_html:

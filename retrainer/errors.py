@@ -11,7 +11,7 @@ EXIT_OK = 0
 EXIT_BUG = 1  # unexpected internal error (Python traceback)
 EXIT_USAGE = 2  # bad flag value, missing or unwritable path
 EXIT_DATA = 3  # unusable dataset: no classes, clashing labels, no decodable images
-EXIT_MODEL = 4  # model or graph unusable: missing weights package, corrupt file, unknown op
+EXIT_MODEL = 4  # model or graph unusable: missing weights package, corrupt file, refused by the checks
 EXIT_UNREADABLE_IMAGES = 5  # label-image: some inputs could not be classified (the rest were)
 EXIT_QUALITY_GATE = 6  # retrain: the model missed --assert_accuracy_at_least (nothing exported)
 EXIT_EXPORT_MISMATCH = 7  # retrain: an export lost more accuracy than allowed vs the frozen graph
@@ -42,6 +42,11 @@ class ModelError(RetrainerError):
     exit_code = EXIT_MODEL
 
 
+class UntrustedModelError(ModelError):
+    """A model file refused before anything in it ran (`retrainer.security`): an op outside the
+    allowlist, a restore from outside its folder, or tensors over the resource limits."""
+
+
 class UnreadableImagesError(RetrainerError):
     """Some inputs could not be read; the others were processed and reported."""
 
@@ -68,3 +73,9 @@ class ExportMismatchError(FinishedRunError):
     """An exported artifact (e.g. a quantized .tflite) lost more accuracy than allowed."""
 
     exit_code = EXIT_EXPORT_MISMATCH
+
+
+class ExportFailedError(FinishedRunError):
+    """An export could not be written (e.g. a converter failed); every other output was written."""
+
+    exit_code = EXIT_MODEL

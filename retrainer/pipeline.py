@@ -14,7 +14,7 @@ from typing import Any
 
 from retrainer._output_paths import check_output_paths, remove_stale_export_temporaries
 from retrainer.config import RetrainConfig
-from retrainer.errors import FinishedRunError, QualityGateError
+from retrainer.errors import ExportFailedError, FinishedRunError, QualityGateError
 from retrainer.result import RetrainResult
 from retrainer.split import TESTING, TRAINING, VALIDATION
 
@@ -42,6 +42,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     from retrainer.discovery import discover_images
     from retrainer.engines import create_engine
     from retrainer.evaluate import evaluate_head, validation_probabilities
+    from retrainer.explain.gradcam import explainable
     from retrainer.exports.deployable import (
         check_calibration_supply,
         check_export_accuracy,
@@ -49,6 +50,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     )
     from retrainer.exports.run_exports import RunExports
     from retrainer.extractors import create_extractor
+    from retrainer.extractors.tfhub import check_extractor_module
     from retrainer.reports.gates import failure_message
     from retrainer.reports.held_outputs import HeldOutputs
     from retrainer.reports.metrics_file import build_run_report, report_paths
@@ -65,6 +67,7 @@ def run(config: RetrainConfig) -> RetrainResult:
     )
 
     timer = _StageTimer()
+    check_extractor_module(config.tfhub_module, config.trust_model)  # before anything is written
     check_output_paths(config)  # before the long work
     remove_stale_export_temporaries(config)
     with timer("discover"):
@@ -80,7 +83,7 @@ def run(config: RetrainConfig) -> RetrainResult:
         config = dataclasses.replace(config, **search.rows[search.chosen].settings)
     check_calibration_supply(config, collection)
     with timer("extractor"):
-        extractor = create_extractor(config.tfhub_module, config.image_size)
+        extractor = create_extractor(config.tfhub_module, config.image_size, config.trust_model)
         engine = create_engine(extractor, config.extractor_precision, config.devices)
     check_fine_tunable(config, extractor)
     with timer("bottlenecks"):
@@ -142,6 +145,12 @@ def run(config: RetrainConfig) -> RetrainResult:
         outputs["audit_file"] = config.audit_file
     last = training.final
     test_images = splits.images[TESTING]
+    heat_maps: list = []
+    if config.report_html is not None:
+        with timer("explain", active=config.report_explanations > 0
+                   and explainable(extractor.spec.name)):
+            heat_maps = explanations(config, exports, training.head, extractor.spec,
+                                     test_images, evaluation, collection.labels)
     result = RetrainResult(
         labels=collection.labels,
         counts=splits.counts(),
@@ -177,15 +186,33 @@ def run(config: RetrainConfig) -> RetrainResult:
         extraction_devices=engine.devices,
     )
     write_reports(result, config.metrics_file, config.report_html, config.summaries_dir,
-                  audit_sections(result.audit) if config.report_html is not None else ())
+                  (*heat_maps, *audit_sections(result.audit)) if config.report_html is not None
+                  else ())
     try:
         if gate_failure is not None:
             raise QualityGateError(gate_failure)
+        if exports.failures:
+            raise ExportFailedError("; ".join(exports.failures))
         check_export_accuracy(config, report)
     except FinishedRunError as error:
         error.result = result
         raise
     return result
+
+
+def explanations(config: RetrainConfig, exports: Any, head: Any, spec: Any, test_images: Any,
+                 evaluation: Any, labels: tuple[str, ...]) -> list:
+    """The report's heat-map section (none with --report_explanations 0)."""
+    if config.report_explanations == 0:
+        return []
+    from retrainer.graph_contract import INPUT_OP
+    from retrainer.reports.explanations import choose_images, explanation_section
+
+    chosen = choose_images(test_images, evaluation, labels, config.report_explanations)
+    return [explanation_section(
+        lambda: exports.exporter(head).frozen_graph_def(), f"{INPUT_OP}:0",
+        f"{config.final_tensor_name}:0", spec.name, spec.input_size, chosen,
+        config.report_explanations)]
 
 
 class _StageTimer:

@@ -2,13 +2,14 @@
 # GPU benchmark of the extraction engines, for a machine with an NVIDIA GPU (NOT yet run: written on a
 # CPU-only machine). One short script: install, build 5,000 real images, print images/s for each
 # precision and the decode rate alone; with 2+ GPUs, one GPU against all of them
-# (scripts/bench_devices.py, 8,000 images).
+# (benchmarks/bench_devices.py, 8,000 images).
 #
 #   bash scripts/bench_gpu.sh            # from the repository root; ~5-10 minutes
 #
 # Offline machines: carry .cache/fashion-mnist and a wheelhouse, or set SKIP_INSTALL=1 to use an
 # existing .venv-gpu. Real images: 4,000 Fashion-MNIST PNGs (train subset, from .cache/fashion-mnist, fetched by
-# scripts/fetch_fashion_mnist.sh) and 1,000 480x360 JPEG crops of scikit-image's photos.
+# scripts/fetch_fashion_mnist.sh) and 1,000 480x360 JPEG crops of Debian's mate-backgrounds photographs
+# (benchmarks/photos.py).
 # On GPU, TensorFlow's float32 engine runs on the GPU and bfloat16 uses TF's own bf16 rewrite on
 # supported GPUs; the int8 engine (LiteRT/XNNPACK) always runs on the CPU.
 set -euo pipefail
@@ -21,21 +22,24 @@ fi
 [ -f .cache/fashion-mnist/t10k-images-idx3-ubyte.gz ] || bash scripts/fetch_fashion_mnist.sh .cache/fashion-mnist
 nvidia-smi --query-gpu=name,memory.total --format=csv
 PYTHONPATH=$PWD .venv-gpu/bin/python - <<'PY'
-import os, sys, tempfile, time
+import os, tempfile, time
 from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, "scripts")
 import numpy as np
 import tensorflow as tf
-from bench_pipeline import fashion_mnist_folder, make_photos, raw_extractor_seconds, stage_seconds
+from benchmarks.data import fashion_mnist_files
+from benchmarks.photos import SMALL, photo_set
+from benchmarks.timing import engine_seconds, stage_seconds
 from retrainer.bottlenecks import decoded_images
 from retrainer.engines import PRECISIONS, create_engine
 from retrainer.extractors import create_extractor
+from retrainer.images import load_image
 
 print("GPUs:", tf.config.list_physical_devices("GPU"))
 work = Path(tempfile.mkdtemp())
-paths = sorted(fashion_mnist_folder(work / "fashion", 400).rglob("*.png"))
-paths += make_photos(work / "photos", 5000 - len(paths))
+paths = fashion_mnist_files(work / "fashion", 400)
+paths += photo_set(work / "photos", 5000 - len(paths), SMALL)
+pixels = np.stack([load_image(path, (224, 224)) for path in paths])
 extractor = create_extractor("efficientnet_lite0")
 started = time.perf_counter()
 for batch in decoded_images(paths, extractor.spec.input_size, 256):
@@ -44,12 +48,12 @@ print(f"decode alone: {len(paths) / (time.perf_counter() - started):.0f} images/
 for precision in PRECISIONS:
     engine = create_engine(extractor, precision)
     for batch in (64, 256):
-        raw = raw_extractor_seconds(engine, paths, batch)
+        raw, _ = engine_seconds(engine, pixels, batch)
         stage = stage_seconds(engine, paths, work / f"cache-{precision}-{batch}", batch)
         print(f"{precision:8s} batch {batch:3d}: raw {len(paths) / raw:7.0f} images/s, stage "
               f"{len(paths) / stage:7.0f} images/s, stage/raw {raw / stage:.2f}")
 PY
 # Several GPUs (--extraction_devices): GPU:0 alone against every GPU, float32, on real images.
 if [ "$(nvidia-smi --list-gpus | wc -l)" -ge 2 ]; then
-PYTHONPATH=$PWD .venv-gpu/bin/python scripts/bench_devices.py --fashion 400 --photos 4000 --rounds 2
+.venv-gpu/bin/python -m benchmarks.bench_devices --fashion 400 --photos 4000 --rounds 2
 fi

@@ -25,7 +25,7 @@ from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_ali
                                         shifted_by_whole_pixels,
                                         thumbnail_descriptor, warped_correlation, zoomed_in)
 
-# Measured with scripts/bench_audit.py (docs/audit.md): see there before changing any of them.
+# Measured with benchmarks/bench_audit.py (docs/audit.md): see there before changing any of them.
 # The passes (gate and pre-tests) use each descriptor's top principal axes (the crop pass: the
 # 64-d 8x8 thumbnails), cheap on the millions of gated pairs; on the benchmark's images such a projected cosine never fell below the full
 # one, so they use the match thresholds themselves; candidates are then scored exactly.

@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import numpy as np
+import scipy.linalg
+from threadpoolctl import threadpool_limits
 
 BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
 TILE_ROWS, TILE_COLUMNS = 512, 2048  # 4 MB of cosines per tile and descriptor
@@ -79,16 +81,28 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
 
 
 def top_axes(sample: np.ndarray, dims: int) -> np.ndarray:
-    """float32 [min(dims, S), D]: the top right singular vectors of `sample` [S, D] (S small),
-    from the eigenvectors of its S x S Gram matrix: 6x faster than an SVD of a 512 x 1280
-    sample on 2 cores. Signs are arbitrary (as an SVD's), which no cosine or fit here sees."""
+    """float32 [min(dims, S, D), D]: the top right singular vectors of `sample` [S, D].
+
+    From the eigenvectors of the smaller of its Gram matrix (S x S) and its scatter matrix
+    (D x D), only the top `dims` of them (LAPACK's MRRR), on one BLAS thread: an eigensolver's
+    many small steps ran up to 10x slower on two threads of a shared 2-core machine. Signs are
+    arbitrary (as an SVD's), which no cosine or fit here sees.
+    """
     sample = np.asarray(sample, np.float64)
-    values, vectors = np.linalg.eigh(sample @ sample.T)
-    order = np.argsort(values)[::-1][:dims]
-    order = order[values[order] > values.max(initial=0.0) * 1e-12]  # drop null directions
-    if not len(order):  # every sampled row the same: one zero axis (all project to 0)
-        return np.zeros((1, sample.shape[1]), np.float32)
-    axes = (sample.T @ vectors[:, order]) / np.sqrt(values[order])
+    count, width = sample.shape
+    gram = count <= width
+    with threadpool_limits(limits=1, user_api="blas"):
+        square = sample @ sample.T if gram else sample.T @ sample
+        size = len(square)
+        keep = min(dims, size)
+        values, vectors = scipy.linalg.eigh(square, subset_by_index=(size - keep, size - 1),
+                                            driver="evr")
+        values, vectors = values[::-1], vectors[:, ::-1]  # largest first
+        useful = values > max(values.max(initial=0.0), 0.0) * 1e-12  # drop null directions
+        if not useful.any():  # every sampled row the same: one zero axis (all project to 0)
+            return np.zeros((1, width), np.float32)
+        values, vectors = values[useful], vectors[:, useful]
+        axes = (sample.T @ vectors) / np.sqrt(values) if gram else vectors
     return axes.T.astype(np.float32)
 
 

@@ -3,7 +3,7 @@
 Score: mean cosine distance of an image's bottleneck vector to its K nearest neighbours in the
 same class. Within each class an image is flagged when its score exceeds Q3 + FENCE x IQR of the
 class's scores (Tukey's "far out" fence); the reported score is how many IQRs it lies above the
-class median. Cut-off measured with scripts/bench_audit.py (docs/audit.md).
+class median. Cut-off measured with benchmarks/bench_audit.py (docs/audit.md).
 """
 
 from __future__ import annotations

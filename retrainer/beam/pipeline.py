@@ -63,6 +63,7 @@ class ExtractConfig:
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
     extractor_precision: str = AUTO
+    trust_model: bool = False  # load --tfhub_module without checking its ops (docs/security.md)
 
     def __post_init__(self) -> None:
         if self.extractor_precision not in (AUTO, *PRECISIONS):
@@ -116,6 +117,7 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     Raises:
         UsageError: --image_dir is not a folder; unknown extractor or runner; a precision this
             machine or extractor cannot run; the Dask cluster cannot be reached or lost the run.
+        UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
     from retrainer.extractors import create_extractor
@@ -131,7 +133,8 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     # Built here once for its spec (the cache namespace), so a bad module or precision fails
     # before the run; this also resolves `auto` and fills the converted-model cache (int8) that
     # local workers then load from.
-    engine = create_engine(create_extractor(config.tfhub_module, config.image_size),
+    engine = create_engine(create_extractor(config.tfhub_module, config.image_size,
+                                            config.trust_model),
                            config.extractor_precision)
     spec, precision = engine.spec, engine.precision
     del engine
@@ -178,7 +181,7 @@ def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache
                                             max_batch_size=config.batch_size)
         )
     extraction = Extraction(config.tfhub_module, config.image_size, config.extractor_precision,
-                            tuple(spec.input_size), cache_dir, run_dir)
+                            config.trust_model, tuple(spec.input_size), cache_dir, run_dir)
     summaries = batched | "Extract" >> beam.ParDo(ExtractShards(extraction))
     start = pipeline | "Start" >> beam.Create([summary()])  # a summary even without images
     manifest = {"extractor_id": spec.id, "extractor": spec.name,

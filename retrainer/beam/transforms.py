@@ -84,6 +84,7 @@ class Extraction:
         image_size: `retrain --image_size`, or None for the module's own.
         precision: a resolved precision (float32, bfloat16, int8), not auto: every worker must
             compute the vectors of the namespace the launching machine chose.
+        trust_model: load the module without checking it (each worker checks it otherwise).
         input_size: (height, width) the extractor takes.
         cache_dir: the cache namespace; files whose digest it holds are skipped.
         run_dir: this run's shard folder.
@@ -92,6 +93,7 @@ class Extraction:
     tfhub_module: str
     image_size: Optional[int]
     precision: str
+    trust_model: bool
     input_size: tuple[int, int]
     cache_dir: str
     run_dir: str
@@ -121,7 +123,8 @@ class ExtractShards(beam.DoFn):
         from retrainer.extractors import create_extractor
 
         spec = self.extraction
-        return create_engine(create_extractor(spec.tfhub_module, spec.image_size), spec.precision)
+        extractor = create_extractor(spec.tfhub_module, spec.image_size, spec.trust_model)
+        return create_engine(extractor, spec.precision)
 
     def start_bundle(self) -> None:
         self.stream: Any = None

@@ -1,9 +1,9 @@
 """Classification stage: an exported model + image files -> top-k (label, score) per image.
 
-`--graph` may be a frozen GraphDef (.pb), a `.tflite` file or a SavedModel folder; the content
-decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, a SavedModel folder holds
-saved_model.pb), one module per kind. Images are decoded by `retrainer.images.load_image` -- the
-pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
+`--graph` may be a frozen GraphDef (.pb), a `.tflite` file, an ONNX model or a SavedModel folder;
+the content decides (a `.tflite` has the "TFL3" identifier at bytes 4..8, an ONNX model starts with
+its IR version, a SavedModel folder holds saved_model.pb), one module per kind. Images are decoded
+by `retrainer.images.load_image` -- the pixels training saw -- on a thread pool that works a couple of batches ahead of the model, so
 decoding overlaps inference. An image that cannot be decoded becomes a result with an `error`; the
 others are still classified.
 """
@@ -31,8 +31,9 @@ from retrainer.classify._common import (
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER
+from retrainer.graph_contract import SAVED_MODEL_FILE, TFLITE_IDENTIFIER, looks_like_onnx
 from retrainer.images import UnreadableImageError, load_image
+from retrainer.security import check_model
 
 __all__ = [
     "DEFAULT_BATCH_SIZE", "DEFAULT_GRAPH", "DEFAULT_OUTPUT_LAYER", "DEFAULT_TOP_K",
@@ -65,18 +66,25 @@ class Prediction:
 
 @dataclasses.dataclass(frozen=True)
 class ImageResult:
-    """One input's outcome: `predictions` best first, or `error` (why it could not be decoded)."""
+    """One input's outcome: `predictions` best first, or `error` (why it could not be decoded).
+
+    With --explain, `heatmap` is the picture written for it and `peak` the heat map's maximum as
+    (y, x) in the image's own pixels.
+    """
 
     path: Path
     predictions: tuple[Prediction, ...] = ()
     error: Optional[str] = None
+    heatmap: Optional[Path] = None
+    peak: Optional[tuple[int, int]] = None
 
 
 def open_model(config: ClassifyConfig) -> Model:
-    """Load `config.graph` as whichever kind its content says.
+    """Check, then load `config.graph` as whichever kind its content says.
 
     Raises:
         UsageError: missing file, a folder that is not a SavedModel, flags that contradict it.
+        UntrustedModelError: the model failed `retrainer.security.check_model` (unless trusted).
         ModelError: corrupt or truncated model.
     """
     from retrainer.classify.frozen_graph import FrozenGraphModel
@@ -88,14 +96,21 @@ def open_model(config: ClassifyConfig) -> Model:
                 f"--graph {path} is a folder without {SAVED_MODEL_FILE}; pass a frozen graph "
                 "(.pb), a .tflite file or a SavedModel folder (retrain --saved_model_dir)"
             )
-        from retrainer.classify.saved_model import SavedModelModel
+        from retrainer.classify.saved_model import SIGNATURE, SavedModelModel
 
+        check_model(path, "saved_model", trust=config.trust_model, signature=SIGNATURE)
         return SavedModelModel(config)
     data = read_graph_file(path)
     if data[4:8] == TFLITE_IDENTIFIER:
         from retrainer.classify.tflite import TFLiteModel
 
+        check_model(path, "tflite", trust=config.trust_model)
         return TFLiteModel(config, data)
+    if looks_like_onnx(data):
+        from retrainer.classify.onnx import OnnxModel
+
+        return OnnxModel(config, data)
+    check_model(path, "graph", trust=config.trust_model)
     return FrozenGraphModel(config)
 
 
@@ -123,6 +138,12 @@ class Classifier:
     def __init__(self, config: ClassifyConfig) -> None:
         self.config = config
         self.model = open_model(config)
+        self._heatmaps = None
+        if config.explain_dir is not None:
+            from retrainer.classify.explained import ExplainedModel, HeatmapWriter
+
+            self.model = ExplainedModel(config, self.model)
+            self._heatmaps = HeatmapWriter(config.explain_dir)
         self.spec = self.model.spec
         if self.model.classes is not None:
             self._check_class_count(self.model.classes)
@@ -179,12 +200,21 @@ class Classifier:
 
     def _finish(self, pending: list[_Decoded]) -> Iterator[ImageResult]:
         images = [pixels for _, pixels, _ in pending if pixels is not None]
-        scores = iter(self.scores(np.stack(images)) if images else [])
+        if self._heatmaps is not None and images:
+            explanation = self.model.explain(np.stack(images))
+            self._check_class_count(explanation.probabilities.shape[-1])
+            scores = iter(explanation.probabilities)
+            maps = iter(explanation.maps)
+        else:
+            scores = iter(self.scores(np.stack(images)) if images else [])
         for path, pixels, error in pending:
             if pixels is None:
                 yield ImageResult(path=path, error=error)
-            else:
-                yield ImageResult(path=path, predictions=self._top_k(next(scores)))
+                continue
+            result = ImageResult(path=path, predictions=self._top_k(next(scores)))
+            if self._heatmaps is not None:
+                result = self._heatmaps.write(result, next(maps))
+            yield result
 
     def _top_k(self, scores: np.ndarray) -> tuple[Prediction, ...]:
         best = np.argsort(-scores, kind="stable")[: self.config.top_k]

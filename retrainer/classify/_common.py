@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 from retrainer.config import RetrainConfig
 from retrainer.errors import UsageError
+from retrainer.storage import as_path
 
 # retrain's defaults, so that `label-image photo.jpg` finds what a plain `retrain` wrote.
 DEFAULT_GRAPH: Path = RetrainConfig.output_graph
@@ -34,6 +35,8 @@ class ClassifyConfig:
         input_mean / input_std: a float model is fed (uint8 pixel - input_mean) / input_std.
         top_k: how many (label, score) pairs to return per image.
         batch_size: images per model run.
+        explain_dir: write each image's Grad-CAM heat map here (`retrainer.classify.explained`).
+        trust_model: load the model without `retrainer.security.check_model` (docs/security.md).
     """
 
     graph: Path
@@ -46,6 +49,8 @@ class ClassifyConfig:
     input_std: Optional[float] = None
     top_k: int = DEFAULT_TOP_K
     batch_size: int = DEFAULT_BATCH_SIZE
+    explain_dir: Optional[Path] = None
+    trust_model: bool = False
 
     def __post_init__(self) -> None:
         for name in ("top_k", "batch_size", "input_height", "input_width"):
@@ -88,6 +93,32 @@ def read_labels(path: Path) -> tuple[str, ...]:
     while lines and not lines[-1].strip():
         lines.pop()
     return tuple(line.rstrip() for line in lines)
+
+
+def resolve_labels(config: ClassifyConfig, embedded: Optional[Sequence[str]], embedded_source: str,
+                   kind: str, lacking: str) -> tuple[tuple[str, ...], str]:
+    """(labels, where they came from): --labels, else the model's own (`embedded`), else
+    output_labels.txt beside the model.
+
+    Args:
+        embedded: the labels the model file or its sidecar carries; None or empty: none.
+        embedded_source: how to name that source in messages.
+        kind / lacking: for the error, e.g. "graph" and "no .meta.json sidecar".
+
+    Raises:
+        UsageError: no labels anywhere, saying how to pass them.
+    """
+    if config.labels is not None:
+        return read_labels(config.labels), f"labels file {config.labels}"
+    if embedded:
+        return tuple(str(label) for label in embedded), embedded_source
+    beside = as_path(config.graph).parent / LABELS_FILENAME
+    if beside.is_file():
+        return read_labels(beside), f"labels file {beside}"
+    raise UsageError(
+        f"no labels for {kind} {config.graph}: it has {lacking} and there is no "
+        f"{LABELS_FILENAME} next to it; pass --labels FILE"
+    )
 
 
 def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: str) -> None:

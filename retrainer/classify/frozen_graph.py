@@ -17,11 +17,10 @@ import numpy as np
 from retrainer._frozen_graph import load_frozen_graph, read_graph_file
 from retrainer.classify._common import (
     DEFAULT_OUTPUT_LAYER,
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     first_set,
-    read_labels,
+    resolve_labels,
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.graph_contract import (
@@ -54,7 +53,9 @@ class FrozenGraphModel:
             config.output_layer or sidecar.get("output_layer") or DEFAULT_OUTPUT_LAYER,
         )
         self._input, self._output = frozen.input, frozen.output
-        labels, self.labels_source = _labels(config, sidecar)
+        labels, self.labels_source = resolve_labels(
+            config, sidecar.get("labels"), f"metadata {config.graph}{METADATA_SUFFIX}", "graph",
+            f"no {METADATA_SUFFIX} sidecar")
         self.spec = ModelSpec(
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
@@ -130,19 +131,3 @@ def _input_size(config: ClassifyConfig, sidecar: dict[str, Any], tensor: "tf.Ten
             )
         size.append(int(value))
     return size[0], size[1]
-
-
-def _labels(config: ClassifyConfig, sidecar: dict[str, Any]) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the sidecar's, else output_labels.txt beside the graph."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if sidecar.get("labels"):
-        labels = tuple(str(label) for label in sidecar["labels"])
-        return labels, f"metadata {config.graph}{METADATA_SUFFIX}"
-    beside = config.graph.parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for graph {config.graph}: it has no {METADATA_SUFFIX} sidecar and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )

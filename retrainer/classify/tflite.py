@@ -21,17 +21,15 @@ from typing import Iterator
 import numpy as np
 
 from retrainer.classify._common import (
-    LABELS_FILENAME,
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
     first_set,
-    read_labels,
+    resolve_labels,
 )
 from retrainer.engines.cpu import usable_cpus
-from retrainer.errors import ModelError, UsageError
+from retrainer.errors import ModelError
 from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
-from retrainer.storage import as_path
 
 
 def make_interpreter(model: bytes):
@@ -102,7 +100,9 @@ class TFLiteModel:
         self._input, self._output = inputs[0], outputs[0]
         size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
         check_size_flags(config, size, "TFLite model")
-        labels, self.labels_source = _labels(config, metadata)
+        labels, self.labels_source = resolve_labels(
+            config, metadata and metadata.labels, f"the metadata of {config.graph}",
+            "TFLite model", "no label metadata")
         self.spec = ModelSpec(
             input_layer=self._input["name"],
             output_layer=self._output["name"],
@@ -140,21 +140,6 @@ class TFLiteModel:
 
     def close(self) -> None:
         self._interpreter = None
-
-
-def _labels(config: ClassifyConfig, metadata) -> tuple[tuple[str, ...], str]:
-    """(labels, their source): --labels, else the file's metadata, else output_labels.txt beside."""
-    if config.labels is not None:
-        return read_labels(config.labels), f"labels file {config.labels}"
-    if metadata is not None and metadata.labels:
-        return metadata.labels, f"the metadata of {config.graph}"
-    beside = as_path(config.graph).parent / LABELS_FILENAME
-    if beside.is_file():
-        return read_labels(beside), f"labels file {beside}"
-    raise UsageError(
-        f"no labels for TFLite model {config.graph}: it has no label metadata and there is no "
-        f"{LABELS_FILENAME} next to it; pass --labels FILE"
-    )
 
 
 def _first_line(error: Exception) -> str:

@@ -43,6 +43,9 @@ _MAX_UNREADABLE_SHOWN = 20
               help="How the workers run the extractor, as `retrain --extractor_precision`: auto "
               "is resolved on this machine by retrain's rule, so a `retrain` here with the same "
               "flag reuses every vector.")
+@click.option("--trust_model", "--trust-model", "trust_model", is_flag=True,
+              help="Load --tfhub_module without checking its ops first: only for a module you "
+                   "trust (docs/security.md).")
 @click.option("--logging_verbosity", "--logging-verbosity", "logging_verbosity",
               type=click.Choice(_VERBOSITIES, case_sensitive=False), default="INFO",
               show_default=True, help="How much to log on stderr.")

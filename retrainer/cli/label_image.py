@@ -1,6 +1,6 @@
 """`label-image`: classify image files with a model exported by `retrain`, for people and for scripts.
 
-`--graph` takes a frozen graph (.pb), a .tflite or a SavedModel folder (docs/exports.md).
+`--graph` takes a frozen graph (.pb), a .tflite, an .onnx or a SavedModel folder (docs/exports.md).
 
 Flags keep TensorFlow label_image.py's names (dash spellings work too); op names, input size and
 labels default to the export's `<graph>.meta.json`. Results go to stdout (text, `--quiet` top-1 lines
@@ -49,8 +49,8 @@ def _option(name: str, **kwargs):
 @click.option("--image", "more_images", multiple=True, type=PathOrUrl(),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
 @_option("graph", type=PathOrUrl(), default=DEFAULT_GRAPH, show_default=True,
-         help="Model written by retrain: a frozen graph (.pb), a .tflite file or a SavedModel "
-              "folder (told apart by content).")
+         help="Model written by retrain: a frozen graph (.pb), a .tflite file, an ONNX model "
+              "or a SavedModel folder (told apart by content).")
 @_option("labels", type=PathOrUrl(), default=None,
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")
@@ -71,8 +71,16 @@ def _option(name: str, **kwargs):
          help="Labels to print per image.")
 @_option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
          help="Images per model run.")
+@_option("explain", type=PathOrUrl(), default=None, metavar="DIR",
+         help="Write each image's heat map (Grad-CAM: where the top class's evidence lies) to "
+              "DIR/<image name>.png. Frozen graphs and SavedModels of the built-in "
+              "EfficientNet-Lite models and keras: backbones.")
+@_option("trust_model", is_flag=True,
+         help="Load the model without checking its ops first: only for a file you trust "
+              "(docs/security.md).")
 @click.option("--json", "as_json", is_flag=True,
-              help="One JSON object per image and line: path, label, score, predictions (or error).")
+              help="One JSON object per image and line: path, label, score, predictions (or error); "
+                   "with --explain also heatmap and peak [y, x].")
 @click.option("--quiet", "-q", is_flag=True,
               help="Only the top-1 per image: 'label<TAB>score', prefixed by 'path<TAB>' when several "
                    "images are given. No warnings.")
@@ -80,7 +88,7 @@ def _option(name: str, **kwargs):
 def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, labels: Optional[Path],
          input_layer: Optional[str], output_layer: Optional[str], input_height: Optional[int],
          input_width: Optional[int], input_mean: Optional[float], input_std: Optional[float], top_k: int,
-         batch_size: int, as_json: bool, quiet: bool) -> None:
+         batch_size: int, explain: Optional[Path], trust_model: bool, as_json: bool, quiet: bool) -> None:
     """Classify IMAGE files (and image files found in folders, recursively) with a retrained graph.
 
     \b
@@ -88,6 +96,7 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
       label-image --graph retrain_output/output_graph.pb photo.jpg
       label-image --graph out.pb --json photos/ > labels.jsonl
       label-image --graph out.pb --quiet photo.jpg     # -> roses<TAB>0.97312
+      label-image --graph out.pb --explain heatmaps/ photo.jpg
     """
     if as_json and quiet:
         raise click.UsageError("--json and --quiet are alternatives; pass one of them")
@@ -97,7 +106,7 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
     config = ClassifyConfig(
         graph=graph, labels=labels, input_layer=input_layer, output_layer=output_layer,
         input_height=input_height, input_width=input_width, input_mean=input_mean, input_std=input_std,
-        top_k=top_k, batch_size=batch_size,
+        top_k=top_k, batch_size=batch_size, explain_dir=explain, trust_model=trust_model,
     )
     several = len(paths) > 1
     unreadable: list[ImageResult] = []
@@ -158,6 +167,8 @@ def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> st
         top1 = f"{best.label}\t{best.score:.5f}"
         return f"{result.path}\t{top1}" if several else top1
     lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in result.predictions]
+    if result.heatmap is not None:
+        lines.append(f"heat map: {result.heatmap} (peak y={result.peak[0]}, x={result.peak[1]})")
     if several:
         lines.insert(0, ("" if first else "\n") + f"==> {result.path} <==")
     return "\n".join(lines)
@@ -167,12 +178,16 @@ def _as_json(result: ImageResult) -> dict:
     if result.error is not None:
         return {"path": str(result.path), "error": result.error}
     best = result.predictions[0]
-    return {
+    document = {
         "path": str(result.path),
         "label": best.label,
         "score": best.score,
         "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
     }
+    if result.heatmap is not None:
+        document["heatmap"] = str(result.heatmap)
+        document["peak"] = list(result.peak)
+    return document
 
 
 def _with_progress(results, total: int, quiet: bool):

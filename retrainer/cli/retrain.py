@@ -23,7 +23,7 @@ from retrainer.config import (
     RetrainConfig,
 )
 from retrainer.errors import FinishedRunError
-from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
+from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
 from retrainer.pipeline import run
 from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
@@ -120,6 +120,9 @@ _BATCH = click.IntRange(min=-1)
          "here ('' for none).", type=_PATH)
 @_option("report_html", "Write a self-contained HTML report here, with training_curves.png and "
          "confusion_matrix.png beside it ('' for none).", type=_PATH)
+@_option("report_explanations", "Heat maps (Grad-CAM) in the report: every misclassified test "
+         "image and this many correct ones per class (0: none). Built-in EfficientNet-Lite and "
+         "keras: extractors.", type=click.IntRange(min=0))
 @_option("assert_accuracy_at_least", "Exit 6 and export nothing if the test accuracy (validation "
          "without test images) is below this fraction, e.g. 0.9.",
          type=click.FloatRange(0, 1), show_default=False)
@@ -137,13 +140,23 @@ _BATCH = click.IntRange(min=-1)
 @_option("tflite_quantization", "TFLite quantization: none (float32), dynamic, float16 or int8 "
          "(full integer, uint8 input/output). Repeat for several files: PATH's stem gets a "
          "_<mode> suffix.", type=click.Choice(MODES), multiple=True, default=("none",))
-@_option("tflite_calibration_images", "How many training images calibrate int8 (seeded sample).",
+@_option("tflite_calibration_images", "How many training images calibrate int8, TFLite's and "
+         "ONNX's (one seeded sample).",
          type=click.IntRange(min=MIN_CALIBRATION_IMAGES))
+@_option("onnx_output_file", "Also export an ONNX model here (ONNX Runtime, TensorRT, OpenVINO, "
+         "browsers), labels and normalization in its metadata; needs the onnx extra.", type=_PATH,
+         show_default=False)
+@_option("onnx_quantization", "ONNX quantization: none (float32) or int8 (ONNX Runtime static "
+         "quantization, calibrated like --tflite_quantization int8). Repeat for several files: "
+         "PATH's stem gets a _<mode> suffix.", type=click.Choice(ONNX_MODES), multiple=True,
+         default=("none",))
 @_option("max_export_accuracy_drop", "Fail (exit 7) when an export's test accuracy is more than "
          "this many points below the frozen graph's.", type=click.FloatRange(min=0),
          show_default=False)
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
+@_option("trust_model", "Load --tfhub_module without checking its ops first: only for a module "
+         "you trust (docs/security.md).", is_flag=True)
 @_option("extractor_precision", "How the bottleneck stage runs the extractor: float32, bfloat16 "
          "(oneDNN mixed precision) or int8 (LiteRT, fixed calibration); auto = int8 for the "
          "built-in EfficientNet-Lite models on CPUs with AVX2 or 64-bit Arm, else float32. Each "

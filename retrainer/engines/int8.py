@@ -33,7 +33,7 @@ from retrainer.extractors import FeatureExtractor
 from retrainer.images import decode_image
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
-# XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (scripts/bench_extractor.py).
+# XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (benchmarks/bench_extractor.py).
 BATCH_SIZE = 8
 # Bump when `_converted` changes how the model is built: part of the cached model's key and of the
 # engine's id, so vectors of another model never share a bottleneck cache namespace.

@@ -1,6 +1,6 @@
-"""The pipeline's deployable-export steps: .tflite files and the export report.
+"""The pipeline's deployable-export steps: .tflite and .onnx files and the export report.
 
-Thin glue between `RetrainConfig` and the export modules (`tflite`, `verify`), so that
+Thin glue between `RetrainConfig` and the export modules (`tflite`, `onnx`, `verify`), so that
 `pipeline.run` only calls them.
 """
 
@@ -15,6 +15,8 @@ import numpy as np
 from retrainer.exports.quantization import (
     INT8,
     MIN_CALIBRATION_IMAGES,
+    NONE,
+    onnx_paths,
     tflite_paths,
     too_few_calibration_images,
 )
@@ -29,7 +31,9 @@ def check_calibration_supply(config, collection) -> None:
     Raises:
         DataError: saying how many are needed and how many the training split has.
     """
-    if config.tflite_output_file is None or INT8 not in config.tflite_quantization:
+    int8_tflite = config.tflite_output_file is not None and INT8 in config.tflite_quantization
+    int8_onnx = config.onnx_output_file is not None and INT8 in config.onnx_quantization
+    if not (int8_tflite or int8_onnx):
         return
     training = sum(image.split == TRAINING for image in collection.images)
     if training < MIN_CALIBRATION_IMAGES:
@@ -47,12 +51,30 @@ def write_tflite_exports(config, classifier, training_images: Sequence) -> dict[
         return {}
     from retrainer.exports.tflite import write_tflite_files
 
-    paths = write_tflite_files(
-        classifier, tflite_paths(config.tflite_output_file, config.tflite_quantization),
-        config.tflite_calibration_images, [image.path for image in training_images], config.seed,
-    )
+    paths = tflite_paths(config.tflite_output_file, config.tflite_quantization)
+    return _written("tflite_output_file", write_tflite_files, paths, config, classifier,
+                    training_images)
+
+
+def write_onnx_exports(config, classifier, training_images: Sequence) -> dict[str, Any]:
+    """Write one .onnx per --onnx_quantization mode; returns {"onnx_output_file": path(s)}."""
+    if config.onnx_output_file is None:
+        return {}
+    from retrainer.exports.onnx import write_onnx_files
+
+    paths = onnx_paths(config.onnx_output_file, config.onnx_quantization)
+    return _written("onnx_output_file", write_onnx_files, paths, config, classifier,
+                    training_images)
+
+
+def _written(flag: str, write, paths: dict[str, Path], config, classifier,
+             training_images: Sequence) -> dict[str, Any]:
+    """Run a format's writer (int8 calibrates on the run's seeded sample of training images);
+    {flag: the path, or the paths of several modes}."""
+    write(classifier, paths, config.tflite_calibration_images,
+          [image.path for image in training_images], config.seed)
     written = list(paths.values())
-    return {"tflite_output_file": written[0] if len(written) == 1 else written}
+    return {flag: written[0] if len(written) == 1 else written}
 
 
 def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
@@ -66,6 +88,9 @@ def verify_exports(config, outputs: dict[str, Any], test_images: Sequence,
                       tflite_paths(config.tflite_output_file, config.tflite_quantization).items()]
     if config.saved_model_dir is not None:
         artifacts.append(("saved_model", config.saved_model_dir))
+    if "onnx_output_file" in outputs:  # not after a failed conversion
+        artifacts += [("onnx" if mode == NONE else f"onnx {mode}", path) for mode, path in
+                      onnx_paths(config.onnx_output_file, config.onnx_quantization).items()]
     if not artifacts:
         return []
     if not test_images:

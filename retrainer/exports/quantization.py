@@ -14,6 +14,7 @@ from retrainer.errors import DataError
 
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
+ONNX_MODES = (NONE, INT8)  # int8: ONNX Runtime's static quantization (exports/onnx.py)
 # Chosen by measurement (docs/exports.md, scripts/measure_int8_calibration.py): on Fashion-MNIST
 # with EfficientNet-Lite0, accuracy stopped changing beyond ~100 images while conversion time grows
 # linearly with the sample.
@@ -66,11 +67,21 @@ class QuantizationConfig:
 
 
 def tflite_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
-    """Where each mode's `.tflite` goes: `path` itself for one mode; for several,
-    `<stem>_<mode><suffix>` beside it (model.tflite -> model_int8.tflite)."""
+    """Where each mode's `.tflite` goes (`export_paths`): model.tflite -> model_int8.tflite."""
+    return export_paths(path, modes, ".tflite")
+
+
+def onnx_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
+    """Where each mode's `.onnx` goes (`export_paths`): model.onnx -> model_int8.onnx."""
+    return export_paths(path, modes, ".onnx")
+
+
+def export_paths(path: Path, modes: Sequence[str], suffix: str) -> dict[str, Path]:
+    """Where each mode's file goes: `path` itself for one mode; for several,
+    `<stem>_<mode><path's suffix, else suffix>` beside it."""
     if len(modes) == 1:
         return {modes[0]: path}
-    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or '.tflite'}") for mode in modes}
+    return {mode: path.with_name(f"{path.stem}_{mode}{path.suffix or suffix}") for mode in modes}
 
 
 def too_few_calibration_images(available: int, requested: int, where: str) -> DataError:

@@ -1,10 +1,13 @@
-"""A run's exports: intermediate graphs during training, then labels, graph, SavedModel, TFLite."""
+"""A run's exports: intermediate graphs during training, then labels, graph, SavedModel, TFLite,
+ONNX. An export whose converter fails is recorded in `failures` and the others are still written."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 from typing import Any
+
+from retrainer.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +22,7 @@ class RunExports:
         self.extractor = extractor
         self.labels = labels
         self.intermediate_graphs: list[Path] = []
+        self.failures: list[str] = []  # one line per export that could not be written
         self._exporter = None
 
     def exporter(self, head):
@@ -40,9 +44,14 @@ class RunExports:
         log.info("Saved intermediate graph %s", path)
 
     def write_final(self, head, training_images, fine_tuned: bool) -> dict[str, Any]:
-        """Labels, graph + sidecar, SavedModel and .tflite if asked; returns {flag name: path}."""
+        """Labels, graph + sidecar, then SavedModel, .tflite and .onnx if asked.
+
+        Returns:
+            {flag name: path written}; an ONNX conversion failure leaves its key out and is
+            recorded in `failures` (the pipeline raises ExportFailedError once reports are written).
+        """
         from retrainer.exports.classifier import write_labels
-        from retrainer.exports.deployable import write_tflite_exports
+        from retrainer.exports.deployable import write_onnx_exports, write_tflite_exports
         from retrainer.exports.saved_model import write_saved_model
 
         config = self.config
@@ -60,6 +69,10 @@ class RunExports:
             write_saved_model(exporter.classifier, config.saved_model_dir)
             outputs["saved_model_dir"] = config.saved_model_dir
         outputs.update(write_tflite_exports(config, exporter.classifier, training_images))
+        try:
+            outputs.update(write_onnx_exports(config, exporter.classifier, training_images))
+        except ModelError as error:  # the converter's failure costs no other export
+            self.failures.append(str(error))
         if self.intermediate_graphs:
             outputs["intermediate_graphs"] = list(self.intermediate_graphs)
         return outputs

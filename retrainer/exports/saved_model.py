@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ import tensorflow as tf
 
 from retrainer._files import replace_directory
 from retrainer.exports.classifier import Classifier, write_labels
+from retrainer.graph_contract import SAVED_MODEL_METADATA
 
 SIGNATURE_OUTPUT = "probabilities"
 BYTES_SIGNATURE = "serving_bytes"
@@ -28,7 +30,8 @@ BYTES_INPUT = "image_bytes"  # the "_bytes" suffix makes Cloud ML / TF Serving c
 def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str) -> None:
     """A SavedModel with the `serving_default` and `serving_bytes` signatures (module docstring).
 
-    The labels are saved as `assets/labels.txt` and as the string variable `labels`. The directory
+    The labels are saved as `assets/labels.txt` and as the string variable `labels`, the
+    `.meta.json` contract (extractor, input size, labels) as `assets/metadata.json`. The directory
     is built beside `directory` and swapped into place.
     """
     module = tf.Module()
@@ -60,6 +63,10 @@ def write_saved_model(classifier: Classifier, directory: os.PathLike[str] | str)
         labels_file = Path(scratch) / "labels.txt"
         write_labels(labels_file, classifier.label_names)
         module.labels_file = tf.saved_model.Asset(str(labels_file))
+        metadata_file = Path(scratch) / SAVED_MODEL_METADATA
+        metadata_file.write_text(json.dumps(classifier.metadata(), indent=2, ensure_ascii=False)
+                                 + "\n", encoding="utf-8")
+        module.metadata_file = tf.saved_model.Asset(str(metadata_file))
         replace_directory(
             directory,
             lambda staging: tf.saved_model.save(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from retrainer.errors import UsageError
-from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES
+from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
+from retrainer.graph_contract import require_onnx_extra
 from retrainer.storage import as_path
 
 if TYPE_CHECKING:
@@ -15,28 +16,24 @@ if TYPE_CHECKING:
 
 
 def validate_export_options(config: RetrainConfig) -> None:
-    """Normalise and check tflite_output_file, tflite_quantization, tflite_calibration_images and
-    max_export_accuracy_drop in place (the config is frozen: object.__setattr__).
+    """Normalise and check the tflite_*, onnx_* and max_export_accuracy_drop options in place
+    (the config is frozen: object.__setattr__).
 
     Raises:
         UsageError: naming the flag.
+        ModelError: --onnx_output_file without the onnx extra installed.
     """
-    if config.tflite_output_file is not None:
-        if not os.fspath(config.tflite_output_file):
-            raise UsageError("--tflite_output_file must not be empty.")
-        object.__setattr__(config, "tflite_output_file", as_path(config.tflite_output_file))
-    modes = config.tflite_quantization
-    modes = (modes,) if isinstance(modes, str) else tuple(modes)
-    modes = tuple(part.strip() for mode in modes for part in mode.split(",") if part.strip())
-    unknown = [mode for mode in modes if mode not in MODES]
-    if unknown or not modes:
-        raise UsageError(
-            f"--tflite_quantization must be one of {{{', '.join(MODES)}}} (repeat it for several "
-            f"files). Received: {', '.join(unknown) or 'nothing'}."
-        )
-    if len(set(modes)) != len(modes):
-        raise UsageError(f"--tflite_quantization lists a mode twice: {', '.join(modes)}.")
-    object.__setattr__(config, "tflite_quantization", modes)
+    for flag, choices in (("tflite", MODES), ("onnx", ONNX_MODES)):
+        path = getattr(config, f"{flag}_output_file")
+        if path is not None:
+            if not os.fspath(path):
+                raise UsageError(f"--{flag}_output_file must not be empty.")
+            object.__setattr__(config, f"{flag}_output_file", as_path(path))
+        object.__setattr__(config, f"{flag}_quantization",
+                           _modes(f"{flag}_quantization", getattr(config, f"{flag}_quantization"),
+                                  choices))
+    if config.onnx_output_file is not None:
+        require_onnx_extra("--onnx_output_file")
     if config.tflite_calibration_images < MIN_CALIBRATION_IMAGES:
         raise UsageError(
             f"--tflite_calibration_images must be at least {MIN_CALIBRATION_IMAGES}. "
@@ -48,8 +45,24 @@ def validate_export_options(config: RetrainConfig) -> None:
             raise UsageError(
                 f"--max_export_accuracy_drop must be a number of points >= 0. Received: {drop!r}."
             )
-        if config.tflite_output_file is None and config.saved_model_dir is None:
+        if (config.tflite_output_file is None and config.saved_model_dir is None
+                and config.onnx_output_file is None):
             raise UsageError(
                 "--max_export_accuracy_drop compares exports with the frozen graph; pass "
-                "--tflite_output_file or --saved_model_dir too."
+                "--tflite_output_file, --onnx_output_file or --saved_model_dir too."
             )
+
+
+def _modes(flag: str, value: str | Sequence[str], choices: Sequence[str]) -> tuple[str, ...]:
+    """A repeatable mode flag (also comma-separated) as a tuple of distinct known modes."""
+    modes = (value,) if isinstance(value, str) else tuple(value)
+    modes = tuple(part.strip() for mode in modes for part in mode.split(",") if part.strip())
+    unknown = [mode for mode in modes if mode not in choices]
+    if unknown or not modes:
+        raise UsageError(
+            f"--{flag} must be one of {{{', '.join(choices)}}} (repeat it for several files). "
+            f"Received: {', '.join(unknown) or 'nothing'}."
+        )
+    if len(set(modes)) != len(modes):
+        raise UsageError(f"--{flag} lists a mode twice: {', '.join(modes)}.")
+    return modes

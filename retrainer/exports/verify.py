@@ -30,7 +30,8 @@ class ArtifactReport:
     """One artifact's row of the export report.
 
     Attributes:
-        artifact: "frozen graph", "tflite none|dynamic|float16|int8" or "saved_model".
+        artifact: "frozen graph", "tflite none|dynamic|float16|int8", "saved_model", "onnx" or
+            "onnx int8".
         path: the file or folder.
         size_bytes: its size on disk (a folder: all its files).
         accuracy: test accuracy in [0, 1].
@@ -97,8 +98,8 @@ def check_accuracy_drop(reports: Sequence[ArtifactReport], max_drop_points: floa
         raise ExportMismatchError(
             f"exports lost more than --max_export_accuracy_drop {max_drop_points:g} points of test "
             f"accuracy against the frozen graph ({reports[0].accuracy * 100:.1f}%): {details}. "
-            "Use a milder --tflite_quantization (float16 or dynamic) or more calibration images "
-            "(--tflite_calibration_images); the files were written."
+            "Use a milder --tflite_quantization (float16 or dynamic), --onnx_quantization none, or "
+            "more calibration images (--tflite_calibration_images); the files were written."
         )
 
 

@@ -11,7 +11,7 @@ traced in a `tf.function`, frozen into a GraphDef or saved in a SavedModel. Call
 `tf.function`: eagerly every op is dispatched from Python. Fine-tuning updates the variables in
 place (`fine_tunable_variables`); batch norm stays folded, so its statistics stay frozen.
 
-What the checkpoints expect was measured, not assumed (scripts/measure_extractor_preprocessing.py,
+What the checkpoints expect was measured, not assumed (benchmarks/measure_extractor_preprocessing.py,
 details in docs/extractors.md):
 - input normalisation (pixel - 127) / 128: the stem's batch-norm running means match the stem kernel
   applied to the ImageNet mean pixel normalised this way (correlation 0.97-0.99 for Lite0/1/2);

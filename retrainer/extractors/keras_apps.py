@@ -118,8 +118,10 @@ def parse_handle(handle: str) -> KerasHandle:
 
 
 @register_resolver
-def resolve_keras_application(handle: str, image_size: Optional[int]) -> Optional[FeatureExtractor]:
-    """Resolver for `keras:` handles; None for anything else."""
+def resolve_keras_application(handle: str, image_size: Optional[int],
+                              trust_model: bool = False) -> Optional[FeatureExtractor]:
+    """Resolver for `keras:` handles; None for anything else. The graph is Keras's own code and a
+    weights file holds arrays only, so there is no model file to check (`trust_model` is moot)."""
     if not handle.lower().startswith(PREFIX):
         return None
     return KerasApplicationExtractor(handle, parse_handle(handle), image_size)

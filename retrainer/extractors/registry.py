@@ -18,7 +18,8 @@ class ExtractorFactory(Protocol):
 
 
 # A resolver returns an extractor for handles it understands, or None to let the next one try.
-Resolver = Callable[[str, Optional[int]], Optional[FeatureExtractor]]
+# Arguments: handle, image size, trust_model (load a model file without checking it first).
+Resolver = Callable[[str, Optional[int], bool], Optional[FeatureExtractor]]
 
 _FACTORIES: dict[str, ExtractorFactory] = {}
 _RESOLVERS: list[Resolver] = []
@@ -47,22 +48,25 @@ def list_extractors() -> list[str]:
     return sorted(_FACTORIES)
 
 
-def create_extractor(name_or_handle: str, image_size: Optional[int] = None) -> FeatureExtractor:
+def create_extractor(name_or_handle: str, image_size: Optional[int] = None,
+                     trust_model: bool = False) -> FeatureExtractor:
     """Build the extractor for a registered name, hub handle/URL, or local module path.
 
     Args:
         name_or_handle: e.g. "efficientnet_lite0".
         image_size: input side length for modules that accept any size; None = the module's own.
+        trust_model: load a module without `retrainer.security.check_model` (docs/security.md).
 
     Raises:
         UsageError: nothing knows `name_or_handle`, or `image_size` conflicts with the module.
+        UntrustedModelError: a module that failed the model check.
         ModelError: the module exists but cannot be loaded.
     """
     factory = _FACTORIES.get(name_or_handle)
     if factory is not None:
         return factory(image_size=image_size)
     for resolve in _RESOLVERS:
-        extractor = resolve(name_or_handle, image_size)
+        extractor = resolve(name_or_handle, image_size, trust_model)
         if extractor is not None:
             return extractor
     raise UsageError(

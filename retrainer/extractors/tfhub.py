@@ -27,6 +27,7 @@ from retrainer import storage
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
 from retrainer.extractors.registry import register_resolver
+from retrainer.security import check_model
 
 logger = logging.getLogger(__name__)
 
@@ -67,15 +68,16 @@ def default_hub_cache_dir() -> Path:
 
 
 @register_resolver
-def resolve_hub_module(handle: str, image_size: Optional[int]) -> Optional[FeatureExtractor]:
+def resolve_hub_module(handle: str, image_size: Optional[int],
+                       trust_model: bool = False) -> Optional[FeatureExtractor]:
     """Resolver for remote hub handles and local module directories; None for anything else."""
     if is_module_folder_url(handle):
-        return HubModuleExtractor(handle, fetch_module_folder(handle), image_size)
+        return HubModuleExtractor(handle, fetch_module_folder(handle), image_size, trust_model)
     if is_remote_handle(handle):
-        return HubModuleExtractor(handle, download_module(handle), image_size)
+        return HubModuleExtractor(handle, download_module(handle), image_size, trust_model)
     path = Path(handle).expanduser()
     if path.is_dir():
-        return HubModuleExtractor(handle, path, image_size)
+        return HubModuleExtractor(handle, path, image_size, trust_model)
     if path.exists():
         raise UsageError(
             f"--tfhub_module {handle!r} is a file; expected a directory holding saved_model.pb "
@@ -176,23 +178,46 @@ def fingerprint_directory(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_module(module_dir: Path, name: str):
-    """`hub.load` without the hub import: TF1 Hub modules load with the empty tag set.
+def load_module(module_dir: Path, name: str, trust_model: bool = False):
+    """`hub.load` without the hub import, after `retrainer.security.check_model` (unless trusted):
+    TF1 Hub modules load with the empty tag set.
 
     Raises:
         UsageError: the directory holds no SavedModel.
+        UntrustedModelError: the module failed the model check.
         ModelError: TensorFlow cannot load it.
+    """
+    check_local_module(module_dir, name, trust_model)
+    tags = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
+    try:
+        return tf.saved_model.load(str(module_dir), tags=tags)
+    except Exception as error:  # TensorFlow raises many types for corrupt or foreign models
+        raise ModelError(f"cannot load module {name!r}: {type(error).__name__}: {error}") from error
+
+
+def check_extractor_module(handle: str, trust_model: bool) -> None:
+    """`check_local_module` when `handle` is a local module folder (else it is checked once loaded,
+    or it is no model file: a built-in or `keras:` name). Lets a run refuse before writing."""
+    from retrainer.extractors.registry import list_extractors
+
+    path = Path(handle).expanduser()
+    if handle not in list_extractors() and not storage.is_url(handle) and path.is_dir():
+        check_local_module(path, handle, trust_model)
+
+
+def check_local_module(module_dir: Path, name: str, trust_model: bool = False) -> None:
+    """`check_model` a module folder (every entry point: any may become the extractor).
+
+    Raises:
+        UsageError: the directory holds no SavedModel.
+        UntrustedModelError: the module failed the check.
     """
     if not any((module_dir / f).is_file() for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise UsageError(
             f"{name!r} is not a model directory: expected a TF2 SavedModel or TF1 Hub module "
             f"(saved_model.pb), found {sorted(p.name for p in module_dir.iterdir())[:10]}"
         )
-    tags = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
-    try:
-        return tf.saved_model.load(str(module_dir), tags=tags)
-    except Exception as error:  # TensorFlow raises many types for corrupt or foreign models
-        raise ModelError(f"cannot load module {name!r}: {type(error).__name__}: {error}") from error
+    check_model(module_dir, "saved_model", trust=trust_model)
 
 
 class HubModuleExtractor(FeatureExtractor):
@@ -201,20 +226,23 @@ class HubModuleExtractor(FeatureExtractor):
     The module expects [0, 1] RGB input (the TF Hub image convention), so images pass unchanged.
     """
 
-    def __init__(self, name: str, module_dir: Path, image_size: Optional[int] = None) -> None:
-        """Load the module and work out how to call it, its input size and vector size.
+    def __init__(self, name: str, module_dir: Path, image_size: Optional[int] = None,
+                 trust_model: bool = False) -> None:
+        """Check and load the module, and work out how to call it, its input and vector size.
 
         Args:
             name: what the user passed to --tfhub_module (for messages and the id).
             module_dir: local directory holding the module.
             image_size: side length for modules that accept any size.
+            trust_model: skip the model check (docs/security.md).
 
         Raises:
             UsageError: not a module directory, or `image_size` conflicts with a fixed-size module.
+            UntrustedModelError: the module failed the model check.
             ModelError: the module cannot be loaded or has no image feature-vector entry point.
         """
         super().__init__(name="hub_module")
-        self.module = load_module(module_dir, name)
+        self.module = load_module(module_dir, name, trust_model)
         self._signature = None
         self._input_key = ""
         self._output_key = ""

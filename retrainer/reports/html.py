@@ -24,6 +24,7 @@ th { background: #f3f3f3; }
 img.plot { max-width: 100%; }
 .gallery { display: flex; flex-wrap: wrap; gap: .8em; }
 .gallery figure { margin: 0; width: 130px; font-size: .8em; text-align: center; }
+.gallery figure.pair { width: 240px; }
 .gallery figcaption { overflow-wrap: anywhere; }
 .gallery img { width: 112px; height: 112px; image-rendering: pixelated; border: 1px solid #ccc; }
 .fail { color: #b00020; font-weight: bold; } .pass { color: #1b5e20; font-weight: bold; }

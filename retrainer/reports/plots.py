@@ -19,12 +19,14 @@ _DPI = 100
 _LABEL_CHARACTERS = 32  # of a class name on an axis (the HTML report shows it whole)
 
 
-def training_curves_png(history: Sequence[Any]) -> bytes:
+def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     """Accuracy and cross-entropy against step, train and validation (two panels).
 
     Args:
         history: EvalPoint-like objects (step, train_accuracy, cross_entropy,
             validation_accuracy, validation_cross_entropy; validation_* may be None).
+        solver: "sgd" (points at steps, validation on a sampled batch) or "lbfgs" (one point
+            per L2 strength of the path, at its L-BFGS iteration count, on the whole splits).
 
     Returns:
         PNG bytes.
@@ -40,9 +42,11 @@ def training_curves_png(history: Sequence[Any]) -> bytes:
         validation = [(point.step, getattr(point, validation_key)) for point in history
                       if getattr(point, validation_key) is not None]
         if validation:
-            axes.plot(*zip(*validation), label="validation (sampled batch)")
+            axes.plot(*zip(*validation), marker="o" if solver == "lbfgs" else None,
+                      label="validation (sampled batch)" if solver == "sgd"
+                      else "validation (whole split)")
         axes.set_title(title)
-        axes.set_xlabel("step")
+        axes.set_xlabel("step" if solver == "sgd" else "L-BFGS iterations (a point per L2 strength)")
         axes.grid(alpha=0.3)
         axes.legend()
     return _png(figure)

@@ -43,7 +43,8 @@ def write_reports(result: Any, metrics_file: Optional[Path], report_html: Option
                 f"N={split.count})"
         confusion = confusion_matrix_png(split.confusion_matrix, result.labels, title)
     if report_html is not None:
-        curves = training_curves_png(result.report.history)
+        curves = training_curves_png(result.report.history,
+                                     (result.head or {}).get("solver", "sgd"))
         write_bytes_atomically(paths["training_curves"], curves)
         if confusion is not None:
             write_bytes_atomically(paths["confusion_matrix"], confusion)

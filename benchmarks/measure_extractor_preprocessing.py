@@ -1,6 +1,6 @@
 """Measure which input normalisation, padding and batch-norm epsilon the Lite checkpoints expect.
 
-    PYTHONPATH=. python scripts/measure_extractor_preprocessing.py [--model efficientnet_lite0 ...]
+    python -m benchmarks.measure_extractor_preprocessing [--model efficientnet_lite0 ...] [--smoke]
 
 1. Normalisation, without any dataset: the stem's batch-norm running means were accumulated over
    ImageNet under the training normalisation, so the stem kernel applied to the ImageNet mean pixel
@@ -15,7 +15,6 @@ production code path is what gets measured. About 1 minute per model on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import io
 import itertools
 import os
@@ -28,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import retrainer.extractors.efficientnet_lite as lite  # noqa: E402
+from benchmarks import cli  # noqa: E402
 from retrainer.extractors._pth import read_state_dict  # noqa: E402
 from retrainer.images import decode_image  # noqa: E402
 
@@ -122,12 +122,12 @@ def _log_p_true(variant: lite.Variant, size: int, images: tf.Tensor, truth: list
     return np.log([row[sorted(classes)].sum() for row, classes in zip(probabilities, truth)]), top1
 
 
-def photo_measurements(variant: lite.Variant) -> None:
+def photo_measurements(variant: lite.Variant, sizes: tuple[int, ...]) -> None:
     chosen = ("TF SAME", "(x*255-127)/128", 1e-3)
     changes = [("symmetric k//2", chosen[1], chosen[2]),
                ("TF SAME", "ImageNet mean/std", chosen[2]),
                ("TF SAME", chosen[1], 1e-5)]
-    for size in (variant.image_size, 128, 96):
+    for size in sizes or (variant.image_size, 128, 96):
         images, truth = photo_batch(size)
         reference, top1 = _log_p_true(variant, size, images, truth, *chosen)
         print(f"  {size}px, {len(truth)} views: chosen {chosen}: top-1 {top1:.2f}, "
@@ -140,13 +140,16 @@ def photo_measurements(variant: lite.Variant) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--model", nargs="+", default=sorted(lite.VARIANTS),
                         choices=sorted(lite.VARIANTS))
-    for name in parser.parse_args().model:
+    parser.add_argument("--sizes", type=int, nargs="*", default=(),
+                        help="input sizes measured (default: the model's, 128 and 96)")
+    args = cli.parse(parser, {"model": ["efficientnet_lite0"], "sizes": (96,)})
+    for name in args.model:
         print(name)
         stem_statistics(lite.VARIANTS[name])
-        photo_measurements(lite.VARIANTS[name])
+        photo_measurements(lite.VARIANTS[name], tuple(args.sizes))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Measure each extractor precision end to end: training-time and exported-graph test accuracy, images/s.
 
-    PYTHONPATH=. python scripts/measure_precisions.py [--fashion 1000] [--photos DIR] [--steps 1000]
+    python -m benchmarks.measure_precisions [--fashion 1000] [--photos 500] [--steps 1000] [--smoke]
 
 For each dataset and each of float32, bfloat16 and int8 this runs `retrain` (retrainer.pipeline.run,
 empty bottleneck cache, fixed seed), then runs the exported frozen graph -- which always holds the
@@ -8,54 +8,28 @@ float32 extractor -- on the test split's files through retrainer.classify, as `l
 Prints one table row per (dataset, precision): training-time test accuracy, the export's test
 accuracy, their difference in points, and the bottleneck stage's images/s in that run.
 
-Datasets: Fashion-MNIST (the idx files in .cache/fashion-mnist; --fashion images, 10 classes), and
-real photo crops (--photos N: N random crops of 10 of scikit-image's photos, the photo a crop
-came from being its class; note that these photos are also in the int8 calibration set).
+Datasets: Fashion-MNIST (--fashion images, 10 classes), and real photo crops (--photos N: N
+160x160 crops of Debian's mate-backgrounds photographs from `benchmarks.photos`, the photograph a
+crop came from being its class: 12 classes).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks import cli
+from benchmarks.data import fashion_mnist_folder
+from benchmarks.photos import photo_set
+from benchmarks.timing import machine_line
+from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.config import RetrainConfig
+from retrainer.discovery import discover_images
+from retrainer.engines.cpu import cpu_precisions
+from retrainer.pipeline import run
+from retrainer.split import TESTING
 
-from bench_pipeline import fashion_mnist_folder  # noqa: E402
-
-from retrainer.classify import ClassifyConfig, classify_images  # noqa: E402
-from retrainer.config import RetrainConfig  # noqa: E402
-from retrainer.discovery import discover_images  # noqa: E402
-from retrainer.engines.cpu import cpu_precisions  # noqa: E402
-from retrainer.pipeline import run  # noqa: E402
-from retrainer.split import TESTING  # noqa: E402
-
-PHOTO_CLASSES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
-                 "hubble_deep_field", "retina", "camera", "brick", "gravel")
-
-
-def photo_crops_folder(out: Path, count: int) -> Path:
-    """`count` 160x160 JPEG crops (15-35 % of a side, random place, mirrored half the time)."""
-    import numpy as np
-    import skimage.data
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for index in range(count):
-        name = PHOTO_CLASSES[index % len(PHOTO_CLASSES)]
-        photo = np.asarray(Image.fromarray(getattr(skimage.data, name)()).convert("RGB"))
-        side = int(min(photo.shape[:2]) * rng.uniform(0.15, 0.35))
-        top = rng.integers(0, photo.shape[0] - side)
-        left = rng.integers(0, photo.shape[1] - side)
-        crop = photo[top:top + side, left:left + side]
-        crop = crop[:, ::-1] if rng.random() < 0.5 else crop
-        (out / name).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(crop)).resize((160, 160)).save(
-            out / name / f"crop_{index:04d}.jpg", quality=int(rng.integers(70, 95)))
-    return out
+PHOTO_SIZE = (160, 160)
 
 
 def export_accuracy(config: RetrainConfig) -> tuple[float, int]:
@@ -85,17 +59,18 @@ def measure(name: str, image_dir: Path, work: Path, steps: int) -> None:
         exported, count = export_accuracy(config)
         images = result.bottlenecks_computed
         rate = images / result.seconds["bottlenecks"]
-        print(f"| {name} | {precision} | {result.test_accuracy * 100:.1f} % | {exported * 100:.1f} % "
-              f"| {(exported - result.test_accuracy) * 100:+.1f} | {count} | {rate:.0f} |", flush=True)
+        print(f"| {name} | {precision} | {result.test_accuracy * 100:.1f} % "
+              f"| {exported * 100:.1f} % | {(exported - result.test_accuracy) * 100:+.1f} "
+              f"| {count} | {rate:.0f} |", flush=True)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawTextHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--fashion", type=int, default=1000, help="Fashion-MNIST images; 0 skips")
-    parser.add_argument("--photos", type=int, default=500, help="scikit-image photo crops; 0 skips")
+    parser.add_argument("--photos", type=int, default=500, help="photo crops; 0 skips")
     parser.add_argument("--steps", type=int, default=1000, help="training steps per run")
-    args = parser.parse_args()
+    args = cli.parse(parser, {"fashion": 30, "photos": 24, "steps": 10})
+    print(machine_line())
     print("| dataset | precision | test accuracy (training-time) | exported graph | difference "
           "(points) | test images | bottleneck stage images/s |")
     print("|---|---|---|---|---|---|---|")
@@ -105,8 +80,8 @@ def main() -> None:
             measure("Fashion-MNIST", fashion_mnist_folder(work / "fashion", args.fashion // 10),
                     work, args.steps)
         if args.photos:
-            measure("skimage photo crops", photo_crops_folder(work / "photos", args.photos), work,
-                    args.steps)
+            photo_set(work / "photos", args.photos, PHOTO_SIZE)
+            measure("photo crops", work / "photos", work, args.steps)
 
 
 if __name__ == "__main__":

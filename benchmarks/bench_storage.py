@@ -6,19 +6,19 @@ in one run on the same files: (a) the plain pathlib/numpy calls the code made be
 (c) through tf.io.gfile on ram:// (TensorFlow's in-memory file system: an upper bound on gfile's
 own overhead, not a figure for GCS), and discovery of the folder, local vs ram://.
 
-    flock /tmp/bench.lock python scripts/bench_storage.py --images 1000
+    python -m benchmarks.bench_storage --images 1000 [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmarks import cli
+from benchmarks.timing import best_of, machine_line
 from retrainer.discovery import discover_images
 from retrainer.storage import as_path, open_for_reading, read_bytes, upload_tree
 
@@ -40,15 +40,6 @@ def make_files(root: Path, count: int) -> tuple[list[Path], list[Path]]:
     return images, vectors
 
 
-def best_of(repeats: int, work) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return min(times)
-
-
 def plain(images, vectors) -> None:
     for image, vector in zip(images, vectors):
         Path(image).read_bytes()
@@ -63,10 +54,10 @@ def through_storage(images, vectors) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    args = cli.parse(parser, {"images": 20, "repeats": 1})
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         images, vectors = make_files(root, args.images)
@@ -88,7 +79,8 @@ def main() -> None:
                                          lambda: discover_images("ram://bench/images")),
         }
     baseline = rows["reads: plain pathlib/numpy (baseline)"]
-    print(f"{args.images} images + {args.images} .npy entries, best of {args.repeats}")
+    print(f"{args.images} images + {args.images} .npy entries, best of {args.repeats}; "
+          f"{machine_line()}")
     print(f"{'what':45s} {'seconds':>8s} {'x baseline':>10s}")
     for name, seconds in rows.items():
         ratio = f"{seconds / baseline:10.2f}" if name.startswith("reads") else f"{'':>10s}"

@@ -1,6 +1,6 @@
 """Benchmark the built-in extractor on this machine (CPU): images/s, and the rejected formulations.
 
-    PYTHONPATH=. python scripts/bench_extractor.py [--model efficientnet_lite0] [--seconds 3]
+    python -m benchmarks.bench_extractor [--model efficientnet_lite0] [--seconds 3] [--smoke]
 
 1. The chosen formulation (plain TF ops, batch norm folded into conv kernels + biases, traced in a
    tf.function, no XLA) at batch sizes 1, 16 and 64.
@@ -9,7 +9,7 @@
    with jit_compile=True (XLA), and eager calls (no tf.function); with each one's largest difference
    from the chosen formulation's vectors.
 3. Each precision's engine (retrainer/engines: float32, bfloat16, int8) on real photos
-   (scikit-image's, 224x224), at the pipeline's batch size, timed in turns, as images/s and as a
+   (`benchmarks.photos`, decoded to 224x224), at the pipeline's batch size, timed in turns, as images/s and as a
    ratio of float32's (target for int8: >= 2x on a CPU with AVX512-VNNI), with each one's relative
    L2 difference from float32's vectors.
 Runs in about 2-3 minutes on 2 cores.
@@ -17,8 +17,8 @@ Runs in about 2-3 minutes on 2 cores.
 
 from __future__ import annotations
 
-import argparse
 import os
+import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,6 +27,9 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import cli  # noqa: E402
+from benchmarks.photos import SMALL, photo_set  # noqa: E402
+from benchmarks.timing import machine_line  # noqa: E402
 from retrainer.extractors import create_extractor  # noqa: E402
 from retrainer.extractors._pth import read_state_dict  # noqa: E402
 from retrainer.extractors.efficientnet_lite import (  # noqa: E402
@@ -141,21 +144,14 @@ def fastest_calls(functions: list, images: tf.Tensor, seconds: float) -> list[fl
 
 def bench_precisions(extractor, seconds: float) -> None:
     """Part 3: raw images/s of each engine on the same real, pre-decoded photos."""
-    import io
-
-    import skimage.data
-    from PIL import Image
-
     from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
     from retrainer.engines import create_engine
     from retrainer.engines.cpu import cpu_precisions
-    from retrainer.images import decode_image
+    from retrainer.images import load_image
 
-    photos = []
-    for name in ("astronaut", "chelsea", "coffee", "rocket"):
-        buffer = io.BytesIO()
-        Image.fromarray(getattr(skimage.data, name)()).save(buffer, format="PNG")
-        photos.append(decode_image(buffer.getvalue(), extractor.spec.input_size))
+    with tempfile.TemporaryDirectory() as scratch:
+        photos = [load_image(path, extractor.spec.input_size)
+                  for path in photo_set(scratch, 12, SMALL)]
     pixels = np.stack([photos[index % len(photos)] for index in range(DEFAULT_BATCH_SIZE)])
     engines = {}
     for precision in cpu_precisions():  # bfloat16 only where TensorFlow runs it
@@ -173,17 +169,17 @@ def bench_precisions(extractor, seconds: float) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--model", default="efficientnet_lite0", choices=sorted(VARIANTS))
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per measurement")
     parser.add_argument("--precisions-only", action="store_true", help="only part 3")
-    args = parser.parse_args()
+    args = cli.parse(parser, {"seconds": 0.0})
     variant = VARIANTS[args.model]
     start = time.perf_counter()
     extractor = create_extractor(args.model)
     size = extractor.spec.input_size[0]
     print(f"{args.model}: weights loaded and folded in {time.perf_counter() - start:.2f} s; "
-          f"{os.cpu_count()} CPUs, TensorFlow {tf.__version__}")
+          f"{machine_line()}, TensorFlow {tf.__version__}")
     if args.precisions_only:
         bench_precisions(extractor, args.seconds)
         return

@@ -14,16 +14,14 @@
 (c) warm rerun (every vector cached), TensorFlow start-up included (target <= 10 s), against a bare
     `python -c "import tensorflow"`.
 
-    PYTHONPATH=. python scripts/bench_pipeline.py [--images 1000] [--photos 300] [--rounds 3]
+    python -m benchmarks.bench_pipeline [--images 1000] [--photos 300] [--rounds 3] [--smoke]
+
+Photos: `benchmarks.photos.photo_set` at 480x360 (crops of Debian's mate-backgrounds photographs).
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,50 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import cli
+from benchmarks.data import fashion_mnist_folder
+from benchmarks.photos import SMALL, photo_set
+from benchmarks.timing import engine_seconds, machine_line, stage_seconds, timed_process
+
 STAGE_TARGET = 0.95
 WARM_TARGET_SECONDS = 10.0
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def fashion_mnist_folder(out: Path, per_class: int) -> Path:
-    """examples/fashion_mnist.py's class folders (10 classes x per_class PNGs)."""
-    spec = importlib.util.spec_from_file_location("fashion_mnist", REPO / "examples" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    return module.write_image_folder(idx_dir, out, per_class=per_class)
-
-
-def make_photos(folder: Path, count: int) -> list[Path]:
-    """`count` 480x360 JPEGs: random crops and mirrors of scikit-image's real photos."""
-    import skimage.data
-    from PIL import Image
-
-    sources = [skimage.data.chelsea(), skimage.data.coffee(), skimage.data.astronaut(),
-               skimage.data.rocket()]
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True)
-    paths = []
-    for index in range(count):
-        photo = sources[index % len(sources)]
-        crop = photo[rng.integers(0, photo.shape[0] // 4):, rng.integers(0, photo.shape[1] // 4):]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        paths.append(folder / f"photo_{index:04d}.jpg")
-        Image.fromarray(np.ascontiguousarray(crop)).resize((480, 360)).save(paths[-1], quality=90)
-    return paths
-
-
-def raw_extractor_seconds(engine, pixels: np.ndarray, batch_size: int) -> tuple[float, float]:
-    """(wall, CPU of all threads) seconds for the engine alone over pre-decoded uint8 batches
-    (trace excluded)."""
-    batches = [pixels[start:start + batch_size] for start in range(0, len(pixels), batch_size)]
-    engine(batches[0])  # trace and warm up
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for batch in batches:
-        engine(batch)
-    return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def decode_cpu_seconds(paths: list[Path], input_size: tuple[int, int]) -> float:
@@ -91,25 +52,8 @@ def decode_cpu_seconds(paths: list[Path], input_size: tuple[int, int]) -> float:
     return best
 
 
-def stage_seconds(extractor, paths: list[Path], cache: Path, batch_size: int) -> float:
-    """Seconds for compute_bottlenecks from files into an empty cache (its trace included)."""
-    from retrainer.bottlenecks import compute_bottlenecks
-
-    started = time.perf_counter()
-    result = compute_bottlenecks(paths, extractor, cache, batch_size=batch_size, show_progress=False)
-    seconds = time.perf_counter() - started
-    assert result.computed == len(paths), result
-    return seconds
-
-
-def timed_process(command: list[str], cwd: Path) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, cwd=cwd, env=ENV, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = cli.parser(__doc__)
     parser.add_argument("--images", type=int, default=1000, help="Fashion-MNIST images (10 classes)")
     parser.add_argument("--photos", type=int, default=300, help="JPEG photos for (a); 0 to skip")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measurements for (a)")
@@ -117,7 +61,8 @@ def main() -> None:
 
     parser.add_argument("--precisions", default=",".join(cpu_precisions()),
                         help="engines for (a), comma-separated (default: those this CPU runs)")
-    args = parser.parse_args()
+    args = cli.parse(parser, {"images": 20, "photos": 8, "rounds": 1,
+                              "precisions": cpu_precisions()[-1]})
 
     from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
     from retrainer.engines import create_engine
@@ -128,11 +73,11 @@ def main() -> None:
         image_dir = fashion_mnist_folder(work / "fashion", args.images // 10)
         fashion = sorted(image_dir.rglob("*.png"))
         extractor = create_extractor("efficientnet_lite0")
-        print(f"efficientnet_lite0, extraction batch {DEFAULT_BATCH_SIZE}, {os.cpu_count()} CPUs")
+        print(f"efficientnet_lite0, extraction batch {DEFAULT_BATCH_SIZE}, {machine_line()}")
 
         datasets = [("Fashion-MNIST 28x28 PNG", fashion)]
         if args.photos:
-            datasets.append(("photos 480x360 JPEG", make_photos(work / "photos", args.photos)))
+            datasets.append(("photos 480x360 JPEG", photo_set(work / "photos", args.photos, SMALL)))
         raw_fashion = None
         engines = {precision: create_engine(extractor, precision)
                    for precision in args.precisions.split(",")}
@@ -145,8 +90,7 @@ def main() -> None:
                 raw = stage = one_batch = raw_cpu = float("inf")
                 paired = []  # each round's ratio: raw and stage measured back to back
                 for round_ in range(args.rounds):
-                    raw_round, raw_cpu_round = raw_extractor_seconds(engine, pixels,
-                                                                     DEFAULT_BATCH_SIZE)
+                    raw_round, raw_cpu_round = engine_seconds(engine, pixels, DEFAULT_BATCH_SIZE)
                     raw_cpu = min(raw_cpu, raw_cpu_round)
                     cache = work / f"cache_{index}_{precision}_{round_}"
                     stage_round = stage_seconds(engine, paths, cache, DEFAULT_BATCH_SIZE)
@@ -171,6 +115,8 @@ def main() -> None:
         import_seconds = timed_process([sys.executable, "-c", "import tensorflow"], work)
         command = [sys.executable, "-m", "retrainer.cli.retrain", "--image_dir", str(image_dir),
                    "--bottleneck_dir", str(work / "cli_cache"), "--quiet"]
+        if args.smoke:
+            command += ["--how_many_training_steps", "10"]
         cold = timed_process(command, work)
         warm = timed_process(command, work)
         if raw_fashion is not None:

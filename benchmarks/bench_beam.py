@@ -1,11 +1,14 @@
-"""Benchmark `retrain-extract` on Beam against the single-machine path, all in one run:
+"""Benchmark `retrain-extract` on Beam's runners against the single-machine stage, in one run:
 
-(a) bottleneck extraction of the same N real Fashion-MNIST images with efficientnet_lite0, each a
-    real process into an empty cache: `retrain`'s path (compute_bottlenecks) vs `retrain-extract
-    --runner FnApiRunner --direct_running_mode multi_processing --direct_num_workers 2`. Reported:
-    wall time with start-up, steady images/s (from a second, small run of each: (N - n) images
-    over the difference in wall time, so start-up, model load and tracing cancel out) and peak
-    memory (VmHWM) of the launcher and of each Beam worker process;
+(a) bottleneck extraction of a small and a large set of real Fashion-MNIST images (1,000 and
+    10,000 by default), efficientnet_lite0 at the default precision, each mode a real process into
+    an empty cache: `retrain`'s bottleneck stage (compute_bottlenecks with the default engine);
+    `retrain-extract` on the FnApiRunner with 2 worker processes; on the DaskRunner through a local
+    cluster (a scheduler and 1, then 2 worker processes, `--nthreads 1`), started and warmed up (one
+    tiny extraction: the workers import TensorFlow) before timing. Reported: each set's wall time,
+    start-up included; the steady rate, (large - small) images over the difference in wall time,
+    so start-up, model loading and tracing cancel out, and its ratio to the single-machine
+    stage's; peak memory (VmHWM) of the launcher and of each worker process;
 (b) loading K cached vectors of 1280 floats, one `.npy` per image (`BottleneckCache.load`, as
     `retrain` does) vs one shard run read record by record with tf.data (the previous reader)
     vs the same run read by `shards.load_sharded` (whole files, columns sliced out), all just
@@ -13,13 +16,11 @@
 
 The machine may be shared: the figures to keep are the ratios, measured in the same run.
 
-    PYTHONPATH=. python scripts/bench_beam.py [--images 1000] [--small 100] [--vectors 100000]
+    python -m benchmarks.bench_beam [--small 1000] [--large 10000] [--vectors 100000] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,40 +28,31 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before this process imports TensorFlow
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+from benchmarks import cli
+from benchmarks.data import fashion_mnist_folder
+from benchmarks.timing import ENV, machine_line
+
 SINGLE_MACHINE = (
     "import sys; from retrainer.bottlenecks import compute_bottlenecks; "
     "from retrainer.discovery import discover_images; "
+    "from retrainer.engines import create_engine; "
     "from retrainer.extractors import create_extractor; "
     "paths = [image.path for image in discover_images(sys.argv[1]).images]; "
-    "result = compute_bottlenecks(paths, create_extractor('efficientnet_lite0'), sys.argv[2], "
-    "show_progress=False); assert result.computed == len(paths), result"
+    "engine = create_engine(create_extractor('efficientnet_lite0'), 'auto'); "
+    "result = compute_bottlenecks(paths, engine, sys.argv[2], show_progress=False); "
+    "assert result.computed == len(paths), result"
 )
-BEAM_ARGS = ["--runner", "FnApiRunner", "--direct_running_mode", "multi_processing",
-             "--direct_num_workers", "2"]
+FNAPI_2 = ["--runner", "FnApiRunner", "--direct_running_mode", "multi_processing",
+           "--direct_num_workers", "2"]
 
 
-def fashion_mnist_folder(out: Path, per_class: int) -> Path:
-    """examples/fashion_mnist.py's class folders (10 classes x per_class PNGs)."""
-    spec = importlib.util.spec_from_file_location("fashion_mnist",
-                                                  REPO / "examples" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    return module.write_image_folder(idx_dir, out, per_class=per_class)
-
-
-def command(mode: str, images: Path, cache: Path) -> list[str]:
-    if mode == "single machine":
-        return [sys.executable, "-c", SINGLE_MACHINE, str(images), str(cache)]
+def extract_command(images: Path, cache: Path, beam_args: list[str]) -> list[str]:
     return [sys.executable, "-m", "retrainer.cli.extract", "--image_dir", str(images),
-            "--bottleneck_dir", str(cache), "--quiet", *BEAM_ARGS]
+            "--bottleneck_dir", str(cache), "--quiet", *beam_args]
 
 
 def peak_memory_mib(pid: int) -> float:
@@ -114,24 +106,75 @@ def timed_run(argv: list[str]) -> tuple[float, float, list[float]]:
     return seconds, launcher, sorted((peak for peak in peaks.values() if peak > 100), reverse=True)
 
 
-def bench_extraction(work: Path, images: int, small: int) -> None:
-    full = fashion_mnist_folder(work / "full", images // 10)
-    few = fashion_mnist_folder(work / "few", small // 10)
-    rows = {}
-    for mode in ("single machine", "Beam FnApiRunner, 2 worker processes"):
-        wall, launcher, workers = timed_run(command(mode, full, work / f"cache-{len(rows)}-full"))
-        wall_small, _, _ = timed_run(command(mode, few, work / f"cache-{len(rows)}-small"))
-        steady = (images - small) / max(wall - wall_small, 1e-9)
-        rows[mode] = (wall, steady, launcher, workers)
-    print(f"\n(a) extraction, efficientnet_lite0, {images} Fashion-MNIST PNGs (steady rate from a "
-          f"{small}-image run of each)")
-    print(f"{'mode':<38} {'wall s':>7} {'steady img/s':>13} {'launcher MiB':>13}  worker MiB")
-    base_wall, base_steady = rows["single machine"][:2]
-    for mode, (wall, steady, launcher, workers) in rows.items():
-        print(f"{mode:<38} {wall:>7.1f} {steady:>13.1f} {launcher:>13.0f}  "
-              + (", ".join(f"{peak:.0f}" for peak in workers) or "-"))
-    wall, steady = rows["Beam FnApiRunner, 2 worker processes"][:2]
-    print(f"Beam / single machine: wall x{wall / base_wall:.2f}, steady x{steady / base_steady:.2f}")
+def dask_worker_peaks_mib(client: Any) -> list[float]:
+    """VmHWM of each Dask worker process, MiB (read inside the workers)."""
+
+    def peak() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    return sorted(client.run(peak).values(), reverse=True)
+
+
+def measure(name: str, sets: dict[int, Path], work: Path, beam_args: Optional[list[str]],
+            client: Any = None) -> dict[str, Any]:
+    """Wall time of each set (small first) in one mode, the steady rate, and the peaks."""
+    walls, launcher, workers = {}, 0.0, []
+    for count, images in sets.items():
+        cache = work / f"cache-{name}-{count}"
+        command = ([sys.executable, "-c", SINGLE_MACHINE, str(images), str(cache)]
+                   if beam_args is None else extract_command(images, cache, beam_args))
+        walls[count], run_launcher, run_workers = timed_run(command)
+        launcher = max(launcher, run_launcher)
+        # The large set runs last: its workers' peaks (a Dask worker's covers every run).
+        workers = dask_worker_peaks_mib(client) if client is not None else run_workers
+    (small, small_wall), (large, large_wall) = sorted(walls.items())
+    steady = (large - small) / (large_wall - small_wall) if large_wall > small_wall else None
+    return {"walls": walls, "steady": steady, "launcher": launcher, "workers": workers}
+
+
+def measure_dask(workers: int, sets: dict[int, Path], work: Path, warm_up: Path) -> dict[str, Any]:
+    """Start a local cluster (its scheduler in this process, `workers` worker processes), warm it
+    up, measure through it, stop it."""
+    from distributed import Client, LocalCluster
+
+    started = time.perf_counter()
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        beam_args = ["--runner", "DaskRunner", "--dask_client_address", cluster.scheduler_address]
+        timed_run(extract_command(warm_up, work / f"warm-{workers}", beam_args))
+        start_up = time.perf_counter() - started
+        row = measure(f"dask{workers}", sets, work, beam_args, client)
+    return {**row, "start-up": start_up}
+
+
+def bench_extraction(work: Path, small: int, large: int) -> None:
+    sets = {count: fashion_mnist_folder(work / f"images-{count}", count // 10)
+            for count in (small, large)}
+    warm_up = fashion_mnist_folder(work / "warm-up", 2)
+    rows = {
+        "single machine (retrain's stage)": measure("single", sets, work, None),
+        "Beam FnApiRunner, 2 processes": measure("fnapi", sets, work, FNAPI_2),
+        "Beam DaskRunner, 1 worker": measure_dask(1, sets, work, warm_up),
+        "Beam DaskRunner, 2 workers": measure_dask(2, sets, work, warm_up),
+    }
+    print(f"\n(a) extraction, efficientnet_lite0 at the default precision, real Fashion-MNIST "
+          f"PNGs; steady rate from the {small:,}- and {large:,}-image runs of each mode")
+    print(f"{'mode':<34} {f'{small:,}: s':>9} {f'{large:,}: s':>10} {'steady img/s':>13} "
+          f"{'x single':>9} {'launcher MiB':>13}  worker MiB")
+    base = rows["single machine (retrain's stage)"]["steady"]
+    for mode, row in rows.items():
+        peaks = ", ".join(f"{peak:.0f}" for peak in row["workers"]) or "-"
+        steady, ratio = ((f"{row['steady']:.1f}", f"{row['steady'] / base:.2f}")
+                         if row["steady"] and base else ("n/a", "n/a"))  # tiny sets: noise
+        print(f"{mode:<34} {row['walls'][small]:>9.1f} {row['walls'][large]:>10.1f} "
+              f"{steady:>13} {ratio:>9} {row['launcher']:>13.0f}  {peaks}")
+    for mode, row in rows.items():
+        if "start-up" in row:
+            print(f"{mode}: cluster start and warm-up {row['start-up']:.1f} s (not in the walls)")
+    print(machine_line())
 
 
 def bench_loading(work: Path, count: int, size: int = 1280) -> None:
@@ -215,16 +258,16 @@ def previous_reader(files: list[str]) -> Callable[[str], np.ndarray]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=1000)
-    parser.add_argument("--small", type=int, default=100)
+    parser = cli.parser(__doc__)
+    parser.add_argument("--small", type=int, default=1000, help="images in the small set")
+    parser.add_argument("--large", type=int, default=10000, help="images in the large set")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--skip_extraction", action="store_true")
-    args = parser.parse_args()
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
+    args = cli.parse(parser, {"small": 20, "large": 40, "vectors": 1000})
+    print(f"{machine_line()} at start")
     with tempfile.TemporaryDirectory(prefix="bench_beam_") as work:
         if not args.skip_extraction:
-            bench_extraction(Path(work), args.images, args.small)
+            bench_extraction(Path(work), args.small, args.large)
         bench_loading(Path(work), args.vectors)
 
 

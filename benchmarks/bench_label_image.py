@@ -4,14 +4,14 @@ One call loads TensorFlow and the graph once and decodes images on a thread pool
 runs; separate calls (what a shell loop over label_image.py does) pay the start-up per image.
 Separate calls are measured on --separate images and scaled to N (said in the output).
 
-    PYTHONPATH=. python scripts/bench_label_image.py [--images 200] [--separate 20]
-        [--extractor efficientnet_lite0|tiny_test]
+    python -m benchmarks.bench_label_image [--images 200] [--separate 20]
+        [--extractor efficientnet_lite0|tiny_test] [--smoke]
+
+Photos: 480x360 JPEGs from `benchmarks.photos` (crops of Debian's mate-backgrounds photographs).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -20,29 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import cli
+from benchmarks.photos import SMALL, photo_set
+from benchmarks.timing import ENV, machine_line
+
 TARGET_RATIO = 10.0
-
-
-def make_photos(folder: Path, count: int) -> list[Path]:
-    """`count` JPEGs of 480x360: random crops and flips of scikit-image's real photos."""
-    import skimage.data
-    from PIL import Image
-
-    data = skimage.data
-    sources = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        photo = sources[index % len(sources)]
-        top = rng.integers(0, photo.shape[0] // 4)
-        left = rng.integers(0, photo.shape[1] // 4)
-        crop = photo[top:, left:]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]  # mirror
-        paths.append(folder / f"photo_{index:04d}.jpg")
-        Image.fromarray(np.ascontiguousarray(crop)).resize((480, 360)).save(paths[-1], quality=90)
-    return paths
 
 
 def export_graph(folder: Path, extractor_name: str) -> Path:
@@ -50,13 +32,13 @@ def export_graph(folder: Path, extractor_name: str) -> Path:
     from retrainer.exports.classifier import Classifier, write_labels
     from retrainer.exports.graph import GraphExporter
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     if extractor_name == "tiny_test":
         import tests.fixtures_extractors  # noqa: F401  (registers tiny_test)
     extractor = create_extractor(extractor_name)
     labels = ("a", "b", "c", "d", "e")
-    head = SoftmaxHead(extractor.spec.vector_size, len(labels), seed=0)
+    head = Head(extractor.spec.vector_size, len(labels), seed=0)
     graph = folder / "output_graph.pb"
     GraphExporter(Classifier(extractor, head, labels, "final_result")).write_graph(graph)
     write_labels(folder / "output_labels.txt", labels)
@@ -67,9 +49,8 @@ def label_image(graph: Path, images: list[Path]) -> float:
     """Seconds for one `label-image --quiet` process over `images`."""
     command = [sys.executable, "-m", "retrainer.cli.label_image", "--graph", str(graph), "--quiet",
                *map(str, images)]
-    environment = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"}
     start = time.perf_counter()
-    process = subprocess.run(command, capture_output=True, text=True, env=environment)
+    process = subprocess.run(command, capture_output=True, text=True, env=ENV)
     seconds = time.perf_counter() - start
     if process.returncode != 0 or len(process.stdout.splitlines()) != len(images):
         sys.exit(f"label-image failed ({process.returncode}): {process.stderr[-2000:]}")
@@ -77,18 +58,18 @@ def label_image(graph: Path, images: list[Path]) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--separate", type=int, default=20, help="separate calls actually timed")
     parser.add_argument("--extractor", default="efficientnet_lite0")
-    args = parser.parse_args()
+    args = cli.parse(parser, {"images": 4, "separate": 1})
 
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        photos = make_photos(folder, args.images)
+        photos = photo_set(folder / "photos", args.images, SMALL)
         graph = export_graph(folder, args.extractor)
         print(f"graph: {args.extractor} ({graph.stat().st_size / 1e6:.1f} MB), "
-              f"{args.images} JPEGs 480x360, {os.cpu_count()} CPUs")
+              f"{args.images} JPEGs 480x360, {machine_line()}")
         label_image(graph, photos[:1])  # warm the file cache and Python's bytecode cache
         one_call = label_image(graph, photos)
         separate = [label_image(graph, [photo]) for photo in photos[: args.separate]]

@@ -6,36 +6,34 @@ One retrain (default EfficientNet-Lite0, 1,000 real images, 100 per class) expor
 calibration size. Conversion times are printed as ratios to the smallest sample's, measured in the
 same run (the machine may be shared).
 
-    PYTHONPATH=. python scripts/measure_exports.py [--per-class 100] [--sizes 50,100,300,500]
-        [--work runs/measure_exports]
+    python -m benchmarks.measure_exports [--per-class 100] [--sizes 50,100,300,500]
+        [--work runs/measure_exports] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
-import sys
+import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks import cli
+from benchmarks.data import REPO, fashion_mnist_folder
+from benchmarks.timing import machine_line
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--sizes", default="50,100,300,500")
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "measure_exports")
-    args = parser.parse_args()
-    images, holdout = args.work / "images", args.work / "holdout"
-    for folder, subset in ((images, "train"), (holdout, "t10k")):
-        if not folder.is_dir():
-            subprocess.run([sys.executable, str(REPO / "examples" / "fashion_mnist.py"),
-                            "--idx-dir", str(REPO / ".cache" / "fashion-mnist"), "--out",
-                            str(folder), "--per-class", str(args.per_class), "--subset", subset],
-                           check=True)
+    args = cli.parse(parser, {"per_class": 10, "sizes": "10,12", "steps": 10})
+    if args.smoke:  # not into the real run's folder
+        args.work = Path(tempfile.mkdtemp(prefix="measure_exports_"))
+    print(machine_line())
+    images = fashion_mnist_folder(args.work / "images", args.per_class)
+    holdout = fashion_mnist_folder(args.work / "holdout", args.per_class, subset="t10k")
 
     from retrainer.config import RetrainConfig
     from retrainer.exports.quantization import MODES
@@ -77,12 +75,12 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
     from retrainer.split import TESTING, TRAINING
-    from retrainer.training.head import SoftmaxHead
+    from retrainer.training.head import Head
 
     collection = discover_images(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     extractor = create_extractor(config.tfhub_module, config.image_size)
-    head = SoftmaxHead(extractor.spec.vector_size, len(collection.labels), config.seed)
+    head = Head(extractor.spec.vector_size, len(collection.labels), config.seed)
     tf.train.Checkpoint(head=head).read(str(config.checkpoint_path)).expect_partial()
     classifier = Classifier(extractor, head, collection.labels, config.final_tensor_name)
     training = [image.path for image in collection.images if image.split == TRAINING]

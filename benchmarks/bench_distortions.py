@@ -8,16 +8,14 @@ On N real Fashion-MNIST images (10 classes), each `retrain` a real process:
 (c) frozen vs --do_fine_tuning, for each --fine_tune_blocks and --fine_tune_learning_rate given:
     accuracy (same exported-graph measure) and wall time.
 
-    PYTHONPATH=. python scripts/bench_distortions.py [--images 1000] [--holdout 500]
+    python -m benchmarks.bench_distortions [--images 1000] [--holdout 500]
         [--variants 1,2,4,8] [--fine_tune 2@0.001,2@0.01] [--parts cost,variants,fine_tune]
+        [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,31 +24,24 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
+from benchmarks import cli
+from benchmarks.data import fashion_mnist_folder
+from benchmarks.timing import ENV, machine_line
+
 COLD_TARGET, WARM_TARGET = 10.0, 2.0
 DISTORTIONS = ("--flip_left_right", "--random_crop", "10", "--random_scale", "10",
                "--random_brightness", "10")
 
 
-def fashion_mnist(out: Path, per_class: int, subset: str = "train") -> Path:
-    """examples/fashion_mnist.py's class folders (10 classes x per_class PNGs)."""
-    spec = importlib.util.spec_from_file_location("fashion_mnist",
-                                                  REPO / "examples" / "fashion_mnist.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    idx_dir = Path(os.environ.get("RETRAINER_FASHION_MNIST", REPO / ".cache" / "fashion-mnist"))
-    return module.write_image_folder(idx_dir, out, per_class=per_class, subset=subset)
-
-
-def retrain(work: Path, name: str, images: Path, cache: Path, *flags: str) -> dict:
+def retrain(work: Path, steps: tuple[str, ...], name: str, images: Path, cache: Path,
+            *flags: str) -> dict:
     """One `retrain` process; returns its --json document plus "wall" seconds and "graph"."""
     out = work / name
     command = [sys.executable, "-m", "retrainer.cli.retrain", "--image_dir", str(images),
                "--bottleneck_dir", str(cache), "--output_graph", str(out / "graph.pb"),
                "--output_labels", str(out / "labels.txt"), "--summaries_dir", str(out / "logs"),
                "--checkpoint_path", str(out / "checkpoint" / "head"), "--json",
-               "--logging_verbosity", "ERROR", *flags]
+               "--logging_verbosity", "ERROR", *steps, *flags]
     started = time.perf_counter()
     done = subprocess.run(command, env=ENV, capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -103,7 +94,7 @@ def accuracies(run: dict, tests: list, holdout: list) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--holdout", type=int, default=500)
     parser.add_argument("--variants", default="1,2,4,8")
@@ -112,24 +103,29 @@ def main() -> None:
     parser.add_argument("--parts", default="cost,variants,fine_tune")
     parser.add_argument("--fine_tune_flags", default="",
                         help="extra retrain flags for every fine-tuning run")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=None,
+                        help="--how_many_training_steps of every run (default: retrain's)")
+    args = cli.parse(parser, {"images": 100, "holdout": 10, "variants": "1",
+                              "fine_tune": "1@0.01", "steps": 10})
+    steps = () if args.steps is None else ("--how_many_training_steps", str(args.steps))
     parts = set(args.parts.split(","))
     with tempfile.TemporaryDirectory(prefix="bench_distortions_") as scratch:
         work = Path(scratch)
-        images = fashion_mnist(work / "images", args.images // 10)
-        holdout = fashion_mnist(work / "holdout", args.holdout // 10, subset="t10k")
+        images = fashion_mnist_folder(work / "images", args.images // 10)
+        holdout = fashion_mnist_folder(work / "holdout", args.holdout // 10, subset="t10k")
         tests = labelled_files(images, "testing")
         holdout_files = labelled_files(holdout, None)
+        print(machine_line())
         print(f"{args.images} train-subset images ({len(tests)} in the test split), "
               f"{args.holdout} t10k holdout images; machine shared, ratios from one run.")
         rows = []
-        plain = retrain(work, "cold_plain", images, work / "plain_cache")
+        plain = retrain(work, steps, "cold_plain", images, work / "plain_cache")
         rows.append(("plain (frozen)", plain, *accuracies(plain, tests, holdout_files)))
         if "cost" in parts:
-            distorted = retrain(work, "cold_distorted", images, work / "distorted_cache",
+            distorted = retrain(work, steps, "cold_distorted", images, work / "distorted_cache",
                                 *DISTORTIONS)
-            warm_plain = retrain(work, "warm_plain", images, work / "plain_cache")
-            warm_distorted = retrain(work, "warm_distorted", images, work / "distorted_cache",
+            warm_plain = retrain(work, steps, "warm_plain", images, work / "plain_cache")
+            warm_distorted = retrain(work, steps, "warm_distorted", images, work / "distorted_cache",
                                      *DISTORTIONS)
             cold = distorted["wall"] / plain["wall"]
             warm = warm_distorted["wall"] / warm_plain["wall"]
@@ -140,14 +136,14 @@ def main() -> None:
                   f"{warm:.2f}x | <= {WARM_TARGET:g}x {'ok' if warm <= WARM_TARGET else 'MISSED'} |")
         if "variants" in parts:
             for variants in [int(value) for value in args.variants.split(",")]:
-                run = retrain(work, f"variants_{variants}", images, work / "distorted_cache",
+                run = retrain(work, steps, f"variants_{variants}", images, work / "distorted_cache",
                               *DISTORTIONS, "--distorted_variants", str(variants))
                 rows.append((f"distorted, {variants} variants", run,
                              *accuracies(run, tests, holdout_files)))
         if "fine_tune" in parts:
             for setting in args.fine_tune.split(","):
                 blocks, rate = setting.split("@")
-                run = retrain(work, f"fine_tune_{blocks}_{rate}", images, work / "plain_cache",
+                run = retrain(work, steps, f"fine_tune_{blocks}_{rate}", images, work / "plain_cache",
                               "--do_fine_tuning", "--fine_tune_blocks", blocks,
                               "--fine_tune_learning_rate", rate, *args.fine_tune_flags.split())
                 rows.append((f"fine-tuned, {blocks} blocks, lr {rate}", run,

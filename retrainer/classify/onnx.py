@@ -1,0 +1,147 @@
+"""An ONNX model for `label-image`, run by ONNX Runtime on the CPU.
+
+Told apart from the other kinds by content (`graph_contract.looks_like_onnx`). Labels come from
+--labels, else the model's `metadata_props` (retrain's export writes them), else
+`output_labels.txt` beside the file; normalisation and tensor names from flags, else the metadata,
+else the defaults (mean 0, std 255; the first input, the `probabilities` output or the first).
+Needs the `onnx` extra's onnxruntime (and onnx, with which `retrainer.security.check_model` reads the
+file's ops and domains before ONNX Runtime loads it).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+import numpy as np
+
+from retrainer.classify._common import (
+    ClassifyConfig,
+    ModelSpec,
+    check_size_flags,
+    first_set,
+    resolve_labels,
+)
+from retrainer.engines.cpu import usable_cpus
+from retrainer.errors import ModelError
+from retrainer.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
+from retrainer.security import check_model
+
+
+class OnnxModel:
+    """An ONNX model in an ONNX Runtime session: `scores(pixels)` for uint8 images, batched."""
+
+    kind = "ONNX model"
+
+    def __init__(self, config: ClassifyConfig, data: bytes) -> None:
+        require_onnx_extra(f"--graph {config.graph} (an ONNX model)", ("onnxruntime", "onnx"))
+        check_model(config.graph, "onnx", trust=config.trust_model)  # before ONNX Runtime sees it
+        self._session = _session(config, data)
+        metadata = _metadata(config, self._session)
+        self._input = _pick(self._session.get_inputs(),
+                            first_set(config.input_layer, metadata.get("input_name")), "input",
+                            config)
+        self._output = _pick(self._session.get_outputs(),
+                             first_set(config.output_layer, metadata.get("output_name"),
+                                       ONNX_OUTPUT), "output", config)
+        shape = self._input.shape
+        if (len(shape) != 4 or shape[3] != 3
+                or not all(isinstance(side, int) for side in shape[1:3])
+                or self._input.type != "tensor(float)"):
+            raise ModelError(
+                f"ONNX model {config.graph}'s input {self._input.name} is {self._input.type} "
+                f"{shape}, but label-image feeds float [N, height, width, 3] RGB images of a fixed "
+                "size; pass --input_layer with such an input"
+            )
+        size = (int(shape[1]), int(shape[2]))
+        check_size_flags(config, size, "ONNX model")
+        labels, self.labels_source = resolve_labels(
+            config, _embedded_labels(config, metadata), f"the metadata of {config.graph}",
+            "ONNX model", "no labels metadata")
+        self.spec = ModelSpec(
+            input_layer=self._input.name,
+            output_layer=self._output.name,
+            input_size=size,
+            input_mean=first_set(config.input_mean, _number(metadata, "input_mean", config),
+                                 INPUT_MEAN),
+            input_std=first_set(config.input_std, _number(metadata, "input_std", config),
+                                INPUT_STD),
+            labels=labels,
+        )
+        width = self._output.shape[-1] if self._output.shape else None
+        self.classes = width if isinstance(width, int) else None
+
+    def scores(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] RGB -> float32 [N, C] scores."""
+        feed = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
+        (scores,) = self._session.run([self._output.name], {self._input.name: feed})
+        return np.asarray(scores, np.float32)
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _session(config: ClassifyConfig, data: bytes) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = usable_cpus()
+    options.log_severity_level = 3  # errors only: its warnings are about graph rewrites
+    try:
+        return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime's own exception types (InvalidProtobuf, Fail, ...)
+        raise ModelError(
+            f"cannot load ONNX model {config.graph}: truncated, corrupt or not runnable "
+            f"({_first_line(error)}); export it again (retrain --onnx_output_file)"
+        ) from None
+
+
+def _metadata(config: ClassifyConfig, session: Any) -> dict[str, str]:
+    try:
+        return dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as error:  # a model ONNX Runtime runs but whose metadata it cannot read
+        raise ModelError(f"ONNX model {config.graph} has unreadable metadata: "
+                         f"{_first_line(error)}") from None
+
+
+def _pick(values: list, name: Any, role: str, config: ClassifyConfig) -> Any:
+    """The input/output called `name`; else the only one / the first; else an error listing them."""
+    names = [value.name for value in values]
+    if name in names:
+        return values[names.index(name)]
+    asked = config.input_layer if role == "input" else config.output_layer
+    if asked is None and values:
+        return values[0]
+    raise ModelError(
+        f"{role} {asked!r} is not in ONNX model {config.graph}; its {role}s: "
+        f"{', '.join(names) or 'none'}. Pass --{role}_layer with one of them"
+    )
+
+
+def _number(metadata: dict[str, str], key: str, config: ClassifyConfig) -> Any:
+    if key not in metadata:
+        return None
+    try:
+        return float(metadata[key])
+    except ValueError:
+        raise ModelError(f"ONNX model {config.graph}'s metadata {key}={metadata[key]!r} is not a "
+                         f"number; pass --{key}") from None
+
+
+def _embedded_labels(config: ClassifyConfig, metadata: dict[str, str]) -> Optional[list]:
+    """The `labels` metadata (a JSON list of strings), or None without it."""
+    if "labels" not in metadata:
+        return None
+    try:
+        labels = json.loads(metadata["labels"])
+    except json.JSONDecodeError:
+        labels = None
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise ModelError(f"ONNX model {config.graph}'s metadata labels are not a JSON list of "
+                         "strings; pass --labels FILE")
+    return labels
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,173 @@
+"""Grad-CAM on a frozen classifier graph: where in the image the top class's evidence lies.
+
+How the last convolutional block's activations are found, given only an exported model: by the
+graph's structure, not by names or by rebuilding. Every explainable extractor ends in a global
+average pool (EfficientNet-Lite's `reduce_mean` over height and width, Keras' `pooling="avg"`), so
+the input of the `Mean` over axes [1, 2] nearest the output is the last block's [N, h, w, K] map.
+This works on the very weights the user deploys (fine-tuned ones too), needs no op-name
+convention, and stays right for graphs exported by earlier versions; the `.meta.json` sidecar (or
+the SavedModel's metadata asset) only says which extractor built the graph, to keep the feature to
+extractors whose pooled map is a spatial map of the image (the built-in EfficientNet-Lite models and
+`keras:` backbones). Rebuilding the extractor from the registry was rejected: it would explain the
+registry's weights, not a fine-tuned graph's.
+
+The class score is the logit (the Softmax's or Sigmoid's input) of the top class; its gradient with respect to
+the map, averaged over h x w, weighs the K channels; the map is their ReLU'd weighted sum
+(Selvaraju et al., 2017). A map that is zero everywhere (no positive evidence) falls back to the
+unclipped sum, so a peak is always defined.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from retrainer.errors import ModelError, UsageError
+
+EXPLAINABLE = "the built-in EfficientNet-Lite models (efficientnet_lite0/1/2) and keras: backbones"
+_EXPLAINABLE_NAME = re.compile(r"^(efficientnet_lite\d+|keras:.+)$", re.IGNORECASE)
+
+
+def explainable(extractor: str | None) -> bool:
+    """True for the extractors whose last block is a spatial map of the image (`EXPLAINABLE`)."""
+    return extractor is not None and bool(_EXPLAINABLE_NAME.match(extractor))
+
+
+def require_explainable(extractor: str | None, source: str) -> None:
+    """Raise unless `extractor` (the name a graph's metadata records) can be explained.
+
+    Raises:
+        UsageError: naming the extractor and those that can be explained.
+    """
+    if not explainable(extractor):
+        built = "an unknown extractor" if extractor is None else f"extractor {extractor!r}"
+        raise UsageError(
+            f"--explain: {source} was built on {built}; heat maps are made for {EXPLAINABLE}. "
+            "Drop --explain, or retrain with one of them"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """One batch's classifications and heat maps.
+
+    Attributes:
+        probabilities: float32 [N, C], the graph's output.
+        classes: int64 [N], the explained (top) class of each image.
+        maps: float32 [N, h, w] in [0, 1], the heat maps at the feature map's resolution.
+    """
+
+    probabilities: np.ndarray
+    classes: np.ndarray
+    maps: np.ndarray
+
+
+class GradCam:
+    """A classifier graph with Grad-CAM tensors added, in its own Session."""
+
+    def __init__(self, graph: Any, images: Any, probabilities: Any, source: str) -> None:
+        """Add the Grad-CAM tensors to `graph`.
+
+        Args:
+            graph: a tf.Graph holding a frozen classifier (no variables, functions inlined).
+            images / probabilities: its float32 [N, H, W, 3] input and [N, C] output tensors.
+            source: what the graph came from, for messages.
+
+        Raises:
+            ModelError: no global-average-pooled convolutional map feeds the output.
+        """
+        import tensorflow as tf
+
+        feature_map = last_pooled_map(probabilities)
+        if feature_map is None:
+            raise ModelError(
+                f"cannot explain {source}: no global average pool over a convolutional map "
+                "feeds its output, so it has no last convolutional block to explain"
+            )
+        with graph.as_default():
+            score = _logits(probabilities)
+            self.classes = tf.argmax(probabilities, axis=1)
+            chosen = tf.gather(score, self.classes, axis=1, batch_dims=1)
+            (gradients,) = tf.gradients(tf.reduce_sum(chosen), [feature_map])
+            weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+            self.raw_maps = tf.reduce_sum(weights * feature_map, axis=-1)
+        self.images, self.probabilities, self.feature_map = images, probabilities, feature_map
+        self.map_size = tuple(int(side) for side in feature_map.shape[1:3])
+        self._session = tf.compat.v1.Session(graph=graph)
+
+    @classmethod
+    def from_graph_def(cls, graph_def: Any, input_name: str, output_name: str,
+                       source: str) -> "GradCam":
+        """Import a frozen GraphDef; `input_name` / `output_name` are tensor names ("x:0")."""
+        import tensorflow as tf
+
+        graph = tf.Graph()
+        with graph.as_default():
+            tf.compat.v1.import_graph_def(graph_def, name="")
+        return cls(graph, graph.get_tensor_by_name(input_name),
+                   graph.get_tensor_by_name(output_name), source)
+
+    def explain(self, images: np.ndarray) -> Explanation:
+        """Classify and explain a batch.
+
+        Args:
+            images: float32 [N, H, W, 3] as the graph takes them (RGB in [0, 1]).
+
+        Returns:
+            Explanation of the batch.
+        """
+        probabilities, classes, raw = self._session.run(
+            [self.probabilities, self.classes, self.raw_maps], {self.images: images})
+        return Explanation(probabilities, classes, np.stack([normalized(m) for m in raw]))
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def normalized(raw: np.ndarray) -> np.ndarray:
+    """ReLU, then scale to [0, 1]; with no positive evidence, the min-max scaled raw map."""
+    positive = np.maximum(raw, 0)
+    if positive.max() > 0:
+        return (positive / positive.max()).astype(np.float32)
+    spread = raw.max() - raw.min()
+    if spread <= 0:
+        return np.zeros_like(raw, np.float32)
+    return ((raw - raw.min()) / spread).astype(np.float32)
+
+
+def last_pooled_map(output: Any) -> Any:
+    """The [N, h, w, K] input of the global average pool nearest `output`, or None.
+
+    Walks the graph backwards from `output`, breadth first, and returns the input of the first
+    `Mean` over axes [1, 2] whose input is a rank-4 map larger than 1 x 1.
+    """
+    import tensorflow as tf
+
+    queue, seen = deque([output.op]), {output.op.name}
+    while queue:
+        op = queue.popleft()
+        if op.type == "Mean" and len(op.inputs) == 2:
+            source = op.inputs[0]
+            axes = tf.get_static_value(op.inputs[1])
+            if (source.shape.rank == 4 and axes is not None
+                    and sorted(np.atleast_1d(axes).tolist()) == [1, 2]
+                    and (source.shape[1] or 2) * (source.shape[2] or 2) > 1):
+                return source
+        for tensor in op.inputs:
+            if tensor.op.name not in seen:
+                seen.add(tensor.op.name)
+                queue.append(tensor.op)
+    return None
+
+
+def _logits(probabilities: Any) -> Any:
+    """The logits behind `probabilities`: the input of the Softmax (or a multi-label head's
+    Sigmoid) reached through Identity ops; else `probabilities` itself."""
+    op = probabilities.op
+    while op.type == "Identity":
+        op = op.inputs[0].op
+    return op.inputs[0] if op.type in ("Softmax", "Sigmoid") else probabilities

@@ -1,0 +1,111 @@
+"""The report's heat maps: where the model looked, beside misclassified and some correct test images.
+
+Grad-CAM (`retrainer.explain`) runs on the run's own classifier graph, frozen in memory exactly
+as it is exported, over the test images decoded as training decoded them; each figure shows the
+image as the network saw it and the same image with the heat map of the predicted class over it.
+Every misclassified test image (up to the gallery's limit) and the first `per_class` correctly
+classified test images of each class are explained; 0 turns the section off.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
+from retrainer.explain.heatmap import overlay
+from retrainer.images import UnreadableImageError, load_image
+from retrainer.reports.html import Section, paragraph, png_image
+from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
+
+log = logging.getLogger(__name__)
+
+SECTION_ID = "explanations"
+TITLE = "Where the model looked (Grad-CAM)"
+_BATCH = 16
+
+
+class Explained(NamedTuple):
+    """A test image to explain: the file, its name in the dataset, true and predicted labels."""
+
+    path: Any
+    relpath: str
+    true_label: str
+    predicted_label: str
+
+
+def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[str],
+                  per_class: int) -> list[Explained]:
+    """Every misclassified test image (up to MAX_GALLERY_IMAGES), then per class the first
+    `per_class` correct ones, in test-split order; an image sampled twice counts once."""
+    truth = np.array([image.label_index for image in test_images], np.int64)
+    wrong, right = [], []
+    seen: set[int] = set()
+    for position, predicted in zip(evaluation.positions.tolist(), evaluation.predictions.tolist()):
+        if position in seen:
+            continue
+        seen.add(position)
+        image = test_images[position]
+        item = Explained(image.path, image.relpath, labels[truth[position]], labels[predicted])
+        (right if predicted == truth[position] else wrong).append(item)
+    chosen = wrong[:MAX_GALLERY_IMAGES]
+    for label in labels:
+        chosen += [item for item in right if item.true_label == label][:per_class]
+    return chosen
+
+
+def explanation_section(
+    graph_def: Callable[[], Any], input_name: str, output_name: str, extractor_name: str,
+    input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
+) -> Section:
+    """The section; a note instead of pictures when the extractor cannot be explained.
+
+    Args:
+        graph_def: returns the frozen classifier GraphDef (called only when pictures are made).
+        input_name / output_name: its input and probability tensor names ("Placeholder:0").
+        extractor_name: which extractor built it (the scope of Grad-CAM).
+        input_size: (H, W) the network takes.
+        images: what to explain (`choose_images`).
+        per_class: the --report_explanations count, for the text.
+    """
+    if not explainable(extractor_name):
+        return Section(SECTION_ID, TITLE, paragraph(
+            f"No heat maps: extractor {extractor_name} is not one of {EXPLAINABLE}.", "note"))
+    if not images:
+        return Section(SECTION_ID, TITLE, paragraph("No test images to explain.", "note"))
+    started = time.perf_counter()
+    readable, pixels = [], []
+    for image in images:
+        try:
+            pixels.append(load_image(image.path, input_size))
+            readable.append(image)
+        except UnreadableImageError as error:  # e.g. deleted since training
+            log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
+    gradcam = GradCam.from_graph_def(graph_def(), input_name, output_name, "the trained model")
+    try:
+        maps = [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
+            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
+    finally:
+        gradcam.close()
+    figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
+    wrong = sum(image.true_label != image.predicted_label for image in images)
+    body = paragraph(
+        f"Heat maps of the predicted class over {wrong} misclassified test images and up to "
+        f"{per_class} correct ones per class (--report_explanations {per_class}): red is where "
+        "that class's evidence lies. Each image is shown squared, as the network saw it, then "
+        f"with its heat map; made in {time.perf_counter() - started:.1f} s.")
+    body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
+    return Section(SECTION_ID, TITLE, body)
+
+
+def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
+    verdict = "correct" if image.true_label == image.predicted_label else "wrong"
+    caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
+               f"predicted: {html.escape(image.predicted_label)} ({verdict})")
+    return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}'
+            f"{png_image(overlay(pixels, heat), f'heat map of {image.relpath}', 'thumbnail')}"
+            f"<figcaption>{caption}</figcaption></figure>")
