@@ -26,7 +26,12 @@ from retrainer.beam.runners import DASK_RUNNER, pipeline_options  # noqa: E402
 from retrainer.beam.transforms import MergeSummaries, summary  # noqa: E402
 from retrainer.cli.extract import main as extract_main  # noqa: E402
 from retrainer.cli.retrain import main as retrain_main  # noqa: E402
-from retrainer.shards import finished_runs, read_manifest  # noqa: E402
+from retrainer.cache.bottlenecks import compute_bottlenecks  # noqa: E402
+from retrainer.cache.shards import finished_runs, load_sharded, read_manifest  # noqa: E402
+from retrainer.data.batches import file_digest  # noqa: E402
+from retrainer.data.discovery import discover_images  # noqa: E402
+from retrainer.engines.factory import create_engine  # noqa: E402
+from retrainer.extractors import create_extractor  # noqa: E402
 from tests.fixtures_pipeline import copy_classes, retrain_args  # noqa: E402
 
 pytestmark = pytest.mark.beam
@@ -100,11 +105,6 @@ def finish(process: subprocess.Popen) -> tuple[int, str, str]:
 def single_machine_vectors(images: Path, cache: Path) -> tuple[list[str], np.ndarray]:
     """The reference: `retrain`'s own stage, default extractor and precision, fresh cache;
     (digests, float32 [N, D]) of the decodable images."""
-    from retrainer.bottlenecks import compute_bottlenecks, file_digest
-    from retrainer.discovery import discover_images
-    from retrainer.engines import create_engine
-    from retrainer.extractors import create_extractor
-
     paths = [image.path for image in discover_images(images).images]
     engine = create_engine(create_extractor("efficientnet_lite0"), "auto")
     result = compute_bottlenecks(paths, engine, cache, show_progress=False)
@@ -114,8 +114,6 @@ def single_machine_vectors(images: Path, cache: Path) -> tuple[list[str], np.nda
 
 
 def shard_vectors(namespace: str) -> dict[str, np.ndarray]:
-    from retrainer.shards import load_sharded
-
     manifest = read_manifest(finished_runs(namespace)[0])
     stored = load_sharded(namespace, manifest["vector_size"])
     return stored

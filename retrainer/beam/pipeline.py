@@ -3,7 +3,7 @@
     list the image files (MatchFiles -> Reshuffle on the workers; in the launcher on Dask)
     -> batches of paths -> per batch: hash, skip what the cache has, decode (retrainer's
     discovery rule and decoder), run retrain's engine, append to the bundle's TFRecord shard
-    -> one summary -> manifest, then the marker (retrainer/shards.py)
+    -> one summary -> manifest, then the marker (retrainer/cache/shards.py)
 
 Unreadable images are counted and named in the manifest and the result, never fatal. The vectors
 are the single-machine path's (same engine and precision, hence the same cache namespace, decode
@@ -37,18 +37,19 @@ from retrainer.beam.transforms import (
     remove_unnamed_files,
     summary,
 )
-from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, namespace
-from retrainer.config import DEFAULT_EXTRACTOR
-from retrainer.engines import AUTO, PRECISIONS, create_engine
-from retrainer.errors import UsageError
-from retrainer.shards import (
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.cache.layout import extractor_folder, shards_folder
+from retrainer.cache.shards import (
     RUN_ID_TIME,
     finished_runs,
     read_manifest,
     remove_abandoned_runs,
-    shards_root,
     write_manifest_then_marker,
 )
+from retrainer.engines import AUTO, PRECISIONS
+from retrainer.engines.factory import create_engine
+from retrainer.errors import UsageError
+from retrainer.extractors import create_extractor
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class ExtractConfig:
 
     image_dir: str
     bottleneck_dir: str
-    tfhub_module: str = DEFAULT_EXTRACTOR
+    tfhub_module: str  # the CLI's default is retrain's (retrainer.config.DEFAULT_EXTRACTOR)
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
     extractor_precision: str = AUTO
@@ -120,8 +121,6 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
-    from retrainer.extractors import create_extractor
-
     started = time.perf_counter()
     options = pipeline_options(beam_args, config.batch_size)  # a bad --runner fails first
     image_dir = _absolute(config.image_dir)
@@ -138,9 +137,9 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
                            config.extractor_precision)
     spec, precision = engine.spec, engine.precision
     del engine
-    cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
+    cache_dir = os.fspath(extractor_folder(_absolute(config.bottleneck_dir), spec))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
-    run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
+    run_dir = FileSystems.join(shards_folder(cache_dir), _new_run_id())
     log.info("Extracting %s %s vectors of %s into %s.", spec.name, precision, image_dir, run_dir)
     pipeline = beam.Pipeline(options=options)
     _build(pipeline, dataclasses.replace(config, extractor_precision=precision), image_dir,

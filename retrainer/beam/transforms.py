@@ -23,11 +23,13 @@ from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import shared
 
-from retrainer._tfrecord_columns import framed
-from retrainer.bottlenecks import content_digest
-from retrainer.image_names import is_image_relpath
-from retrainer.images import UnreadableImageError, decode_image
-from retrainer.shards import SHARD_PREFIX, SHARD_SUFFIX, cached_digests, encode_record
+from retrainer.cache._tfrecord_columns import framed
+from retrainer.cache.shards import SHARD_PREFIX, SHARD_SUFFIX, cached_digests, encode_record
+from retrainer.data.batches import content_digest
+from retrainer.data.decoding import UnreadableImageError, decode_image
+from retrainer.data.names import is_image_relpath
+from retrainer.engines.factory import create_engine
+from retrainer.extractors import create_extractor
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -119,9 +121,6 @@ class ExtractShards(beam.DoFn):
         self.cached = _cached_digest_set(self.extraction.cache_dir, self.extraction.run_dir)
 
     def _load_engine(self) -> Any:
-        from retrainer.engines import create_engine
-        from retrainer.extractors import create_extractor
-
         spec = self.extraction
         extractor = create_extractor(spec.tfhub_module, spec.image_size, spec.trust_model)
         return create_engine(extractor, spec.precision)
