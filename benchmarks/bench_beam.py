@@ -1,14 +1,17 @@
 """Benchmark `retrain-extract` on Beam's runners against the single-machine stage, in one run:
 
-(a) bottleneck extraction of a small and a large set of real Fashion-MNIST images (1,000 and
-    10,000 by default), efficientnet_lite0 at the default precision, each mode a real process into
+(a) bottleneck extraction of a small and a large set of real images (1,000 and 10,000 by default;
+    480x360 JPEG photos made from Debian's photographs, or Fashion-MNIST with --data
+    fashion_mnist), efficientnet_lite0 at the default precision, each mode a real process into
     an empty cache: `retrain`'s bottleneck stage (compute_bottlenecks with the default engine);
     `retrain-extract` on the FnApiRunner with 2 worker processes; on the DaskRunner through a local
     cluster (a scheduler and 1, then 2 worker processes, `--nthreads 1`), started and warmed up (one
     tiny extraction: the workers import TensorFlow) before timing. Reported: each set's wall time,
     start-up included; the steady rate, (large - small) images over the difference in wall time,
     so start-up, model loading and tracing cancel out, and its ratio to the single-machine
-    stage's; peak memory (VmHWM) of the launcher and of each worker process;
+    stage's; peak memory (VmHWM) of the launcher and of each worker process; the load average.
+    A long measurement can be taken in chunks, one mode per run (`--modes dask1 --work DIR
+    --results FILE`): each run adds its rows to FILE and prints every row so far;
 (b) loading K cached vectors of 1280 floats, one `.npy` per image (`BottleneckCache.load`, as
     `retrain` does) vs one shard run read record by record with tf.data (the previous reader)
     vs the same run read by `shards.load_sharded` (whole files, columns sliced out), all just
@@ -17,11 +20,14 @@
 The machine may be shared: the figures to keep are the ratios, measured in the same run.
 
     python -m benchmarks.bench_beam [--small 1000] [--large 10000] [--vectors 100000] [--smoke]
+    python -m benchmarks.bench_beam --modes single --work W --results W/rows.json --skip_loading
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,6 +40,7 @@ import numpy as np
 
 from benchmarks import cli
 from benchmarks.data import fashion_mnist_folder
+from benchmarks.photos import SMALL, photo_set
 from benchmarks.timing import ENV, machine_line
 
 SINGLE_MACHINE = (
@@ -118,21 +125,34 @@ def dask_worker_peaks_mib(client: Any) -> list[float]:
     return sorted(client.run(peak).values(), reverse=True)
 
 
+MODES = {
+    "single": "single machine (retrain's stage)",
+    "fnapi2": "Beam FnApiRunner, 2 processes",
+    "dask1": "Beam DaskRunner, 1 worker",
+    "dask2": "Beam DaskRunner, 2 workers",
+}
+
+
 def measure(name: str, sets: dict[int, Path], work: Path, beam_args: Optional[list[str]],
             client: Any = None) -> dict[str, Any]:
-    """Wall time of each set (small first) in one mode, the steady rate, and the peaks."""
+    """Wall time of each set (small first) into an empty cache in one mode, the steady rate,
+    the peaks, and the load average once the large set is done."""
     walls, launcher, workers = {}, 0.0, []
     for count, images in sets.items():
         cache = work / f"cache-{name}-{count}"
+        shutil.rmtree(cache, ignore_errors=True)
         command = ([sys.executable, "-c", SINGLE_MACHINE, str(images), str(cache)]
                    if beam_args is None else extract_command(images, cache, beam_args))
         walls[count], run_launcher, run_workers = timed_run(command)
+        shutil.rmtree(cache, ignore_errors=True)
         launcher = max(launcher, run_launcher)
         # The large set runs last: its workers' peaks (a Dask worker's covers every run).
         workers = dask_worker_peaks_mib(client) if client is not None else run_workers
     (small, small_wall), (large, large_wall) = sorted(walls.items())
     steady = (large - small) / (large_wall - small_wall) if large_wall > small_wall else None
-    return {"walls": walls, "steady": steady, "launcher": launcher, "workers": workers}
+    return {"walls": {str(count): wall for count, wall in walls.items()}, "steady": steady,
+            "launcher": launcher, "workers": workers, "load": os.getloadavg()[0],
+            "finished": time.strftime("%Y-%m-%d %H:%M")}
 
 
 def measure_dask(workers: int, sets: dict[int, Path], work: Path, warm_up: Path) -> dict[str, Any]:
@@ -145,35 +165,54 @@ def measure_dask(workers: int, sets: dict[int, Path], work: Path, warm_up: Path)
                       dashboard_address=None) as cluster, Client(cluster) as client:
         beam_args = ["--runner", "DaskRunner", "--dask_client_address", cluster.scheduler_address]
         timed_run(extract_command(warm_up, work / f"warm-{workers}", beam_args))
+        shutil.rmtree(work / f"warm-{workers}", ignore_errors=True)
         start_up = time.perf_counter() - started
         row = measure(f"dask{workers}", sets, work, beam_args, client)
     return {**row, "start-up": start_up}
 
 
-def bench_extraction(work: Path, small: int, large: int) -> None:
-    sets = {count: fashion_mnist_folder(work / f"images-{count}", count // 10)
-            for count in (small, large)}
+def image_sets(work: Path, data: str, counts: tuple[int, ...]) -> dict[int, Path]:
+    """count -> a folder of that many real images (built once in `work`, reused by later runs)."""
+    if data == "photos":  # 480x360 JPEGs from Debian's photographs, 12 classes
+        for count in counts:
+            photo_set(work / f"photos-{count}", count, SMALL)
+        return {count: (work / f"photos-{count}").resolve() for count in counts}
+    return {count: fashion_mnist_folder(work / f"images-{count}", count // 10) for count in counts}
+
+
+def bench_extraction(work: Path, data: str, small: int, large: int, modes: list[str],
+                     results: Optional[Path]) -> None:
+    """Measure `modes`; print them with the rows an earlier run left in `results` (chunks of
+    one measurement, each under the CPU lock), ratios against the single-machine row."""
+    sets = image_sets(work, data, (small, large))
     warm_up = fashion_mnist_folder(work / "warm-up", 2)
-    rows = {
-        "single machine (retrain's stage)": measure("single", sets, work, None),
-        "Beam FnApiRunner, 2 processes": measure("fnapi", sets, work, FNAPI_2),
-        "Beam DaskRunner, 1 worker": measure_dask(1, sets, work, warm_up),
-        "Beam DaskRunner, 2 workers": measure_dask(2, sets, work, warm_up),
-    }
-    print(f"\n(a) extraction, efficientnet_lite0 at the default precision, real Fashion-MNIST "
-          f"PNGs; steady rate from the {small:,}- and {large:,}-image runs of each mode")
+    rows = json.loads(results.read_text()) if results and results.is_file() else {}
+    for mode in modes:
+        if mode == "single":
+            rows[mode] = measure(mode, sets, work, None)
+        elif mode == "fnapi2":
+            rows[mode] = measure(mode, sets, work, FNAPI_2)
+        else:
+            rows[mode] = measure_dask(int(mode.removeprefix("dask")), sets, work, warm_up)
+        if results:
+            results.write_text(json.dumps(rows, indent=1) + "\n")
+    what = "480x360 JPEG photos" if data == "photos" else "Fashion-MNIST PNGs (28x28 grey)"
+    print(f"\n(a) extraction, efficientnet_lite0 at the default precision, {what}; steady rate "
+          f"from the {small:,}- and {large:,}-image runs of each mode")
     print(f"{'mode':<34} {f'{small:,}: s':>9} {f'{large:,}: s':>10} {'steady img/s':>13} "
-          f"{'x single':>9} {'launcher MiB':>13}  worker MiB")
-    base = rows["single machine (retrain's stage)"]["steady"]
-    for mode, row in rows.items():
+          f"{'x single':>9} {'launcher MiB':>13} {'load':>5}  worker MiB")
+    base = rows.get("single", {}).get("steady")
+    for mode in [mode for mode in MODES if mode in rows]:
+        row = rows[mode]
         peaks = ", ".join(f"{peak:.0f}" for peak in row["workers"]) or "-"
-        steady, ratio = ((f"{row['steady']:.1f}", f"{row['steady'] / base:.2f}")
-                         if row["steady"] and base else ("n/a", "n/a"))  # tiny sets: noise
-        print(f"{mode:<34} {row['walls'][small]:>9.1f} {row['walls'][large]:>10.1f} "
-              f"{steady:>13} {ratio:>9} {row['launcher']:>13.0f}  {peaks}")
-    for mode, row in rows.items():
-        if "start-up" in row:
-            print(f"{mode}: cluster start and warm-up {row['start-up']:.1f} s (not in the walls)")
+        steady = f"{row['steady']:.1f}" if row["steady"] else "n/a"  # tiny sets: noise
+        ratio = f"{row['steady'] / base:.2f}" if row["steady"] and base else "n/a"
+        print(f"{MODES[mode]:<34} {row['walls'][str(small)]:>9.1f} "
+              f"{row['walls'][str(large)]:>10.1f} {steady:>13} {ratio:>9} "
+              f"{row['launcher']:>13.0f} {row['load']:>5.1f}  {peaks}")
+    for mode in [mode for mode in MODES if "start-up" in rows.get(mode, {})]:
+        print(f"{MODES[mode]}: cluster start and warm-up {rows[mode]['start-up']:.1f} s "
+              f"(not in the walls)")
     print(machine_line())
 
 
@@ -262,13 +301,30 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=1000, help="images in the small set")
     parser.add_argument("--large", type=int, default=10000, help="images in the large set")
     parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--data", choices=("photos", "fashion_mnist"), default="photos",
+                        help="photos: 480x360 JPEGs made from Debian's photographs (12 classes)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--work", type=Path,
+                        help="keep the image sets here between runs (default: a temporary folder)")
+    parser.add_argument("--results", type=Path,
+                        help="JSON file the rows are added to: measure one mode per run (each "
+                             "under the CPU lock) and print the rows of every run so far")
     parser.add_argument("--skip_extraction", action="store_true")
-    args = cli.parse(parser, {"small": 20, "large": 40, "vectors": 1000})
+    parser.add_argument("--skip_loading", action="store_true")
+    args = cli.parse(parser, {"small": 20, "large": 40, "vectors": 1000,
+                              "data": "fashion_mnist"})
+    modes = [mode for mode in args.modes.split(",") if mode]
+    unknown = sorted(set(modes) - set(MODES))
+    if unknown:
+        parser.error(f"--modes: unknown {unknown}; pick from {list(MODES)}")
     print(f"{machine_line()} at start")
-    with tempfile.TemporaryDirectory(prefix="bench_beam_") as work:
+    with tempfile.TemporaryDirectory(prefix="bench_beam_") as temporary:
+        work = args.work or Path(temporary)
         if not args.skip_extraction:
-            bench_extraction(Path(work), args.small, args.large)
-        bench_loading(Path(work), args.vectors)
+            bench_extraction(work, args.data, args.small, args.large, modes, args.results)
+        if not args.skip_loading:
+            bench_loading(Path(temporary), args.vectors)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,10 @@ from click.testing import CliRunner  # noqa: E402
 
 from retrainer.beam.runners import DASK_RUNNER, pipeline_options  # noqa: E402
 from retrainer.beam.transforms import MergeSummaries, summary  # noqa: E402
-from retrainer.cli.extract import main as extract_main  # noqa: E402
-from retrainer.cli.retrain import main as retrain_main  # noqa: E402
 from retrainer.cache.bottlenecks import compute_bottlenecks  # noqa: E402
 from retrainer.cache.shards import finished_runs, load_sharded, read_manifest  # noqa: E402
+from retrainer.cli.extract import main as extract_main  # noqa: E402
+from retrainer.cli.retrain import main as retrain_main  # noqa: E402
 from retrainer.data.batches import file_digest  # noqa: E402
 from retrainer.data.discovery import discover_images  # noqa: E402
 from retrainer.engines.factory import create_engine  # noqa: E402

@@ -41,13 +41,12 @@ def pipeline_options(beam_args: list[str], batch_size: int) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     standard.runner = runner_class_name(standard.runner or DEFAULT_RUNNER)
     if is_dask(options):
-        from apache_beam.runners.dask.dask_runner import DaskOptions
+        from apache_beam.runners.dask.dask_runner import DaskOptions  # needs the .[dask] extra
 
         dask = options.view_as(DaskOptions)
-        if dask.npartitions is None and dask.partition_size is None:  # type: ignore[attr-defined]
+        if dask.npartitions is None and dask.partition_size is None:
             # The pipeline's elements are batches: this many batches per partition.
-            dask.partition_size = math.ceil(  # type: ignore[attr-defined]
-                DASK_IMAGES_PER_PARTITION / batch_size)
+            dask.partition_size = math.ceil(DASK_IMAGES_PER_PARTITION / batch_size)
     return options
 
 
