@@ -191,7 +191,7 @@ def test_cluster_run_equals_single_machine_then_retrain_computes_nothing(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_worker_killed_mid_run(tmp_path, photos, fashion_mnist_dir):
+def test_a_worker_killed_mid_run(tmp_path, photos, fashion_mnist_dir, record_property):
     """The run finishes through the other worker (or fails with one line and no marker); either
     way the cache ends complete and correct, with no stray shard file."""
     cache = tmp_path / "cache"
@@ -216,7 +216,7 @@ def test_a_worker_killed_mid_run(tmp_path, photos, fashion_mnist_dir):
             code, out, err = finish(start_extract(photos, cache, client, "--batch_size", "4"))
             assert code == 0, err[-3000:]
             document = json.loads(out)
-    print(f"worker {killed} killed mid-run: the run {outcome}")
+    record_property("worker_kill", f"worker {killed} killed mid-run: the run {outcome}")
     runs = finished_runs(str(namespace))
     assert len(runs) == 1
     assert sorted(os.listdir(runs[0])) == sorted(

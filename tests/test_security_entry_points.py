@@ -138,7 +138,7 @@ def test_retrain_extract_workers_check_the_module_themselves(tmp_path):
     extraction = Extraction(str(module), None, "float32", False, (32, 32),
                             str(tmp_path / "cache"), str(tmp_path / "run"))
 
-    with pytest.raises(UntrustedModelError, match="saved_model.pb"):
+    with pytest.raises(UntrustedModelError, match=r"saved_model\.pb"):
         ExtractShards(extraction).setup()
     assert not target.exists()
 

@@ -55,7 +55,7 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
     remove_stale_export_temporaries(config.exports)
     with timer("discover"):
         collection = discover_images(config.image_dir, config.validation_percentage,
-                                     config.testing_percentage)
+                                     config.testing_percentage, config.retrain_py_image_dir)
     _check_calibration_supply(config.exports, collection)
     extractor, engine = prepare_extractor(config, timer)
     return Prepared(collection, extractor, engine)
