@@ -4,12 +4,14 @@
     480x360 JPEG photos made from Debian's photographs, or Fashion-MNIST with --data
     fashion_mnist), efficientnet_lite0 at the default precision, each mode a real process into
     an empty cache: `retrain`'s bottleneck stage (compute_bottlenecks with the default engine);
-    `retrain-extract` on the FnApiRunner with 2 worker processes; on the DaskRunner through a local
-    cluster (a scheduler and 1, then 2 worker processes, `--nthreads 1`), started and warmed up (one
-    tiny extraction: the workers import TensorFlow) before timing. Reported: each set's wall time,
-    start-up included; the steady rate, (large - small) images over the difference in wall time,
-    so start-up, model loading and tracing cancel out, and its ratio to the single-machine
-    stage's; peak memory (VmHWM) of the launcher and of each worker process; the load average.
+    `retrain-extract` on the FnApiRunner with 2 worker processes; on the PortableRunner through
+    Beam's local job service in LOOPBACK mode (the SDK harness in the launcher); on the
+    DaskRunner through a local cluster (a scheduler and 1, then 2 worker processes, `--nthreads
+    1`), started and warmed up (one tiny extraction: the workers import TensorFlow) before timing.
+    Reported: each set's wall time, start-up included; the steady rate, (large - small) images
+    over the difference in wall time, so start-up, model loading and tracing cancel out, and its
+    ratio to the single-machine stage's; peak memory (VmHWM) of the launcher and of each worker
+    process; the load average.
     A long measurement can be taken in chunks, one mode per run (`--modes dask1 --work DIR
     --results FILE`): each run adds its rows to FILE and prints every row so far;
 (b) loading K cached vectors of 1280 floats, one `.npy` per image (`BottleneckCache.load`, as
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -128,6 +131,7 @@ def dask_worker_peaks_mib(client: Any) -> list[float]:
 MODES = {
     "single": "single machine (retrain's stage)",
     "fnapi2": "Beam FnApiRunner, 2 processes",
+    "portable": "Beam PortableRunner, LOOPBACK",
     "dask1": "Beam DaskRunner, 1 worker",
     "dask2": "Beam DaskRunner, 2 workers",
 }
@@ -171,6 +175,32 @@ def measure_dask(workers: int, sets: dict[int, Path], work: Path, warm_up: Path)
     return {**row, "start-up": start_up}
 
 
+def measure_portable(sets: dict[int, Path], work: Path) -> dict[str, Any]:
+    """Start Beam's local job service on a free port, measure through it, stop it."""
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    service = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("localhost", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or service.poll() is not None:
+                    sys.exit("Beam's local job service did not start")
+                time.sleep(0.2)
+        return measure("portable", sets, work, ["--runner", "PortableRunner", "--job_endpoint",
+                                                f"localhost:{port}", "--environment_type",
+                                                "LOOPBACK"])
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
 def image_sets(work: Path, data: str, counts: tuple[int, ...]) -> dict[int, Path]:
     """count -> a folder of that many real images (built once in `work`, reused by later runs)."""
     if data == "photos":  # 480x360 JPEGs from Debian's photographs, 12 classes
@@ -192,6 +222,8 @@ def bench_extraction(work: Path, data: str, small: int, large: int, modes: list[
             rows[mode] = measure(mode, sets, work, None)
         elif mode == "fnapi2":
             rows[mode] = measure(mode, sets, work, FNAPI_2)
+        elif mode == "portable":
+            rows[mode] = measure_portable(sets, work)
         else:
             rows[mode] = measure_dask(int(mode.removeprefix("dask")), sets, work, warm_up)
         if results:
