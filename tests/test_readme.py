@@ -172,3 +172,22 @@ def test_the_shell_completion_line_works():
         "COMP_WORDS": "retrain --split_c", "COMP_CWORD": "1",
         "_RETRAIN_COMPLETE": "bash_complete"})
     assert "plain,--split_compat" in words.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_the_python_walk_through_runs_as_a_notebook(sandbox):
+    """docs/python.md's cells, in order, in one namespace, on a folder of real images."""
+    run = run_shell("python examples/fashion_mnist.py --idx-dir .cache/fashion-mnist "
+                    "--out photos --per-class 20", sandbox)
+    assert run.returncode == 0, run.stderr
+    page = (REPO_ROOT / "docs" / "python.md").read_text(encoding="utf-8")
+    cells = re.findall(r"```python\n(.*?)```", page, re.S)
+    namespace: dict = {}
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        for index, code in enumerate(cells):
+            exec(compile(code, f"docs/python.md cell {index}", "exec"), namespace)
+    printed = output.getvalue()
+    assert "test accuracy" in printed and "<retrainer.Model" in printed, printed
+    assert (sandbox / "curves.png").stat().st_size > 0
+    assert (sandbox / "export" / "model.tflite").is_file()
