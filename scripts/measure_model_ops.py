@@ -104,7 +104,7 @@ def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[
 
         height, width = extractor.spec.input_size
         calibration = np.random.default_rng(0).integers(0, 256, (10, height, width, 3), np.uint8)
-        for mode in (QuantizationConfig.none(), QuantizationConfig.for_int8(10)):
+        for mode in (QuantizationConfig("none"), QuantizationConfig("int8", 10)):
             path = folder / f"model_{mode.mode}.tflite"
             path.write_bytes(convert(classifier, mode, calibration))
             try:

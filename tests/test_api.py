@@ -111,12 +111,12 @@ def test_pil_images_and_arrays_give_the_pixels_files_give(trained):
 
 def test_load_and_predict_errors_are_retrainer_errors(trained, tmp_path):
     _, out, queries = trained
-    with pytest.raises(UsageError, match="no such|does not exist|cannot read"):
+    with pytest.raises(UsageError, match=r"no such|does not exist|cannot read"):
         retrainer.load(tmp_path / "missing.pb")
     model = retrainer.load(out / "output_graph.pb")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really")
-    with pytest.raises(UnreadableImagesError, match="broken.jpg"):
+    with pytest.raises(UnreadableImagesError, match=r"broken\.jpg"):
         model.predict([queries[0], broken])
     with pytest.raises(UsageError, match="uint8 RGB pixels"):
         model.predict(np.zeros((8, 8, 3), np.float32))

@@ -82,7 +82,7 @@ class OnnxModel:
 
 
 def _session(config: ClassifyConfig, data: bytes) -> Any:
-    import onnxruntime
+    import onnxruntime  # the optional [onnx] extra
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = usable_cpus()

@@ -95,7 +95,6 @@ class GradCam:
             weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
             self.raw_maps = tf.reduce_sum(weights * feature_map, axis=-1)
         self.images, self.probabilities, self.feature_map = images, probabilities, feature_map
-        self.map_size = tuple(int(side) for side in feature_map.shape[1:3])
         self._session = tf.compat.v1.Session(graph=graph)
 
     @classmethod

@@ -88,7 +88,7 @@ def convert(classifier: Classifier, opset: int = OPSET) -> Any:
         ModelError: tf2onnx cannot convert it (one line naming the extractor), or the result
             fails ONNX's checker.
     """
-    import onnx
+    import onnx  # the optional [onnx] extra, asked for by --onnx_output_file
     import tf2onnx
 
     height, width = classifier.extractor.spec.input_size
@@ -176,7 +176,7 @@ def quantize_int8(model: bytes, calibration: np.ndarray, extractor_name: str = "
         DataError: fewer than MIN_CALIBRATION_IMAGES calibration images.
         ModelError: ONNX Runtime's quantizer failed.
     """
-    import onnx
+    import onnx  # the optional [onnx] extra, asked for by --onnx_quantization int8
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,

@@ -1,6 +1,6 @@
 """The export report: every artifact run on the whole test split, compared with the frozen graph.
 
-Each artifact is loaded by label-image's own loaders (`retrainer.classify.open_model`) and fed the
+Each artifact is loaded by label-image's own loaders (`retrainer.classify.run.open_model`) and fed the
 same decoded test pixels, so the report measures what users will run. Per artifact: file size,
 test accuracy, change against the frozen graph in points, top-1 agreement with it and the largest
 difference of any class probability. `retrainer.exports.run.Exported` turns a loss over

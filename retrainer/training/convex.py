@@ -122,7 +122,7 @@ class _Problem:
         weights, biases = self.layer(params)
         return tf.matmul(self.features, weights) + biases
 
-    def _loss_and_gradient(self, params: tf.Tensor, l2: tf.Tensor):
+    def _loss_and_gradient(self, params: tf.Tensor, l2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         with tf.GradientTape() as tape:
             tape.watch(params)
             loss = self.objective.loss(self.targets, self._logits(params), self.label_smoothing)
@@ -200,9 +200,9 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         walk.fit(chosen)
         best = len(walk.points) - 1
     weights, biases = walk.train.layer(tf.constant(walk.states[best], tf.float32))
+    accuracy = walk.points[best].validation_accuracy
     log.info("Chose L2 strength %g (validation accuracy %s).", walk.points[best].l2,
-             "n/a" if walk.points[best].validation_accuracy is None
-             else f"{walk.points[best].validation_accuracy * 100:.1f}%")
+             "n/a" if accuracy is None else f"{accuracy * 100:.1f}%")
     return ConvexFit(weights.numpy(), biases.numpy(), walk.points[best].l2, tuple(walk.points),
                      best)
 

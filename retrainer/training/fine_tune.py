@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -84,7 +84,7 @@ class FineTuneResult:
 
 
 def image_features(paths: Sequence[os.PathLike[str] | str], extractor: FeatureExtractor,
-                   features=None) -> np.ndarray:
+                   features: Any = None) -> np.ndarray:
     """Vectors of image files computed now (not cached: the extractor may have been tuned).
 
     Args:
@@ -176,11 +176,11 @@ class _FineTuneEpochs:
         logits = self.head(tf.constant(vectors))
         labels = tf.constant(self.validation.labels, tf.int64)
         objective = self.head.objective
-        point = EvalPoint(epoch, None, train_loss, float(objective.accuracy(labels, logits)),
-                          len(self.validation), float(objective.loss(labels, logits)))
+        accuracy, loss = float(objective.accuracy(labels, logits)), float(objective.loss(labels, logits))
+        point = EvalPoint(epoch, None, train_loss, accuracy, len(self.validation), loss)
         log.info("Fine-tuning epoch %d: %svalidation accuracy = %.1f%%, cross entropy = %f",
                  epoch, "" if train_loss is None else f"train loss = {train_loss:.4f}, ",
-                 point.validation_accuracy * 100, point.validation_cross_entropy)
+                 accuracy * 100, loss)
         return point
 
     def _train_step(self, images: tf.Tensor, labels: tf.Tensor, seeds: tf.Tensor,
