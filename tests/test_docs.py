@@ -130,8 +130,10 @@ def test_links_between_pages_resolve(page):
             continue
         path, _, anchor = target.partition("#")
         resolved = (page.parent / path) if path else page
-        missing_anchor = anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved)
-        if not resolved.exists() or missing_anchor:
+        if not resolved.exists():
+            broken.append(target)
+            continue
+        if anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(target)
     assert broken == [], f"{page.name} links to what does not exist: {broken}"
 
