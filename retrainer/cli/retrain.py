@@ -81,7 +81,8 @@ _BATCH = click.IntRange(min=-1)
          "steps are N x training images / --train_batch_size, rounded up (selects the sgd "
          "solver under --head_solver auto).", type=click.IntRange(min=1), show_default=False)
 @_option("search", "Try the installed extractors (and --search_modules), each with and without "
-         "distortions, on cached vectors; keep the one with the best validation accuracy.",
+         "distortions, on cached vectors; keep the simplest one whose cross-validated accuracy "
+         "(training + validation images) is within a standard error of the best.",
          is_flag=True)
 @_option("search_budget", "With --search: start no new candidate after this many seconds.",
          type=click.FloatRange(min=0, min_open=True), show_default=False)
@@ -271,13 +272,16 @@ def _summary_lines(result: RetrainResult) -> list[str]:
             lines.append(f"  ... and {more} more (all in --json)")
     lines += _training_mode_lines(result)
     if result.search is not None:
-        lines += ["", "Search (validation split; the test split was evaluated once, for the "
-                  "chosen configuration):"]
-        lines += [f"  {row['name']}: " + (row["status"] if row["validation_accuracy"] is None
-                                           else f"validation {percent(row['validation_accuracy'])}"
-                                           f", {row['seconds']:.1f} s")
-                  + ("  <- chosen" if row["name"] == result.search["chosen"] else "")
-                  for row in result.search["candidates"]]
+        search = result.search
+        lines += ["", f"Search ({search['method']}, {search['images']} images; the test split "
+                  "was evaluated once, for the chosen configuration):"]
+        lines += [f"  {row['name']}: " + (
+            row["status"] if row["validation_accuracy"] is None
+            else f"{percent(row['validation_accuracy'])} +- {row['standard_error'] * 100:.1f}"
+                 f", {row['seconds']:.1f} s")
+            + ("  <- chosen" if row["name"] == search["chosen"] else "")
+            + ("  (most accurate)" if row["name"] == search["best"] != search["chosen"] else "")
+            for row in search["candidates"]]
     lines += _audit_lines(result)
     lines += [
         "",

@@ -79,19 +79,27 @@ def training_features(options: TrainingOptions, extractor: FeatureExtractor, ima
     Returns:
         (FeatureSet float32 [N*V, D] / int64 [N*V], {"variants", "computed", "reused"} or None).
     """
+    rows, _, summary = training_rows(options, extractor, images, plain)
+    return rows, summary
+
+
+def training_rows(options: TrainingOptions, extractor: FeatureExtractor, images: Sequence[Any],
+                  plain: FeatureSet
+                  ) -> tuple[FeatureSet, np.ndarray, Optional[dict[str, Any]]]:
+    """`training_features`, with the position in `images` of each row's image (int64 [rows]):
+    with distortions, an image whose distorted versions could not be made has no rows."""
     distortions = distortions_of(options)
     if not distortions.enabled:
-        return plain, None
+        return plain, np.arange(len(plain), dtype=np.int64), None
     distorted = compute_distorted_bottlenecks(
         [image.path for image in images], extractor, options.bottleneck_dir, distortions,
         options.distorted_variants, options.seed, show_progress=options.show_progress,
     )
-    rows = distorted.ok
-    features = distorted.vectors[rows].reshape(-1, distorted.vectors.shape[-1])
-    labels = np.repeat(plain.labels[rows], options.distorted_variants)
+    sources = np.repeat(np.flatnonzero(distorted.ok), options.distorted_variants)
+    features = distorted.vectors[distorted.ok].reshape(-1, distorted.vectors.shape[-1])
     summary = {"variants": options.distorted_variants, "computed": distorted.computed,
                "reused": distorted.reused, "seconds": distorted.seconds}
-    return FeatureSet(features, labels), summary
+    return FeatureSet(features, plain.labels[sources]), sources, summary
 
 
 def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: Head,
