@@ -48,8 +48,8 @@ _MAX_UNREADABLE_SHOWN = 20
 @option("extractor_precision", type=click.Choice(EXTRACTOR_PRECISIONS), default=AUTO,
         show_default=True,
         help="How the workers run the extractor, as `retrain --extractor_precision`: auto is "
-        "resolved on this machine by retrain's rule, so a `retrain` here with the same flag "
-        "reuses every vector.")
+        "resolved where retrain-extract is launched, by retrain's rule, so a `retrain` on that "
+        "machine with the same flag reuses every vector.")
 @option("trust_model", is_flag=True,
         help="Load --tfhub_module without checking its ops first: only for a module you trust "
         "(docs/security.md).")
