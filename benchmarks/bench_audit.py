@@ -68,16 +68,17 @@ def photo_dataset(root: Path, count: int, size: tuple[int, int], corpus: Path | 
 
 
 def split_of(relpath: str) -> str:
-    from retrainer.split import assign_split
+    from retrainer.data.split import assign_split
 
     return assign_split(relpath, 10, 10)
 
 
 def audited(name: str, root: Path, work: Path, kinds, per_kind: int, unrelated) -> dict:
     """Inject, extract, audit (timed), score; prints the details; returns the scores."""
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.data.discovery import discover_images
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     truth = inject_faults(root, np.random.default_rng(0), kinds, per_kind, split_of, unrelated)
@@ -194,12 +195,13 @@ def shift_crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
 
 def timed_audit(collection, bottlenecks, cache: Path):
     """find_problems after the stage: cold, on cached signatures, on cached findings."""
-    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.run import find_problems
+    from retrainer.cache.layout import audit_findings_folder
 
     times = {}
     for state in ("cold", "cached signatures", "cached findings"):
         if state == "cached signatures":
-            shutil.rmtree(cache / RESULT_NAMESPACE, ignore_errors=True)
+            shutil.rmtree(audit_findings_folder(cache), ignore_errors=True)
         started = time.perf_counter()
         findings, _ = find_problems(collection, bottlenecks, cache, 0)
         times[state] = time.perf_counter() - started
@@ -211,9 +213,10 @@ def timed_audit(collection, bottlenecks, cache: Path):
 def large_collection(count: int, cache: Path):
     """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with their
     real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
-    from retrainer.bottlenecks import compute_bottlenecks
-    from retrainer.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.data.discovery import discover_images
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     root = fashion_mnist_folder(cache / f"images_{count}", count // 10)
@@ -228,7 +231,8 @@ def large_run(count: int, cache: Path) -> None:
     """The audit stage at `count` real images with real vectors (extracted once into `cache`):
     wall time per detector, the whole stage, and memory."""
     from retrainer.audit import duplicates, label_issues, outliers
-    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.run import find_problems
+    from retrainer.cache.layout import audit_findings_folder
     from retrainer.audit.signatures import SignatureCache
 
     collection, bottlenecks = large_collection(count, cache)
@@ -255,7 +259,7 @@ def large_run(count: int, cache: Path) -> None:
     stages["outliers"] = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    shutil.rmtree(cache / "bottlenecks" / RESULT_NAMESPACE, ignore_errors=True)
+    shutil.rmtree(audit_findings_folder(cache / "bottlenecks"), ignore_errors=True)
     started = time.perf_counter()
     findings, _ = find_problems(collection, bottlenecks, cache / "bottlenecks", 0)
     stage = time.perf_counter() - started

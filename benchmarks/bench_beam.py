@@ -34,8 +34,8 @@ from benchmarks.data import fashion_mnist_folder
 from benchmarks.timing import ENV, machine_line
 
 SINGLE_MACHINE = (
-    "import sys; from retrainer.bottlenecks import compute_bottlenecks; "
-    "from retrainer.discovery import discover_images; "
+    "import sys; from retrainer.cache.bottlenecks import compute_bottlenecks; "
+    "from retrainer.data.discovery import discover_images; "
     "from retrainer.extractors import create_extractor; "
     "paths = [image.path for image in discover_images(sys.argv[1]).images]; "
     "result = compute_bottlenecks(paths, create_extractor('efficientnet_lite0'), sys.argv[2], "
@@ -126,9 +126,9 @@ def bench_extraction(work: Path, images: int, small: int) -> None:
 def bench_loading(work: Path, count: int, size: int = 1280) -> None:
     import tensorflow as tf
 
-    from retrainer.bottlenecks import BottleneckCache
+    from retrainer.cache.entries import BottleneckCache
+    from retrainer.cache.shards import encode_record, load_sharded, write_manifest_then_marker
     from retrainer.extractors import ExtractorSpec
-    from retrainer.shards import encode_record, load_sharded, write_manifest_then_marker
 
     rng = np.random.default_rng(0)
     digests = [f"{value:064x}" for value in rng.choice(2**62, count, replace=False)]
@@ -191,7 +191,7 @@ def previous_reader(files: list[str]) -> Callable[[str], np.ndarray]:
     decode_raw in batches of 4,096, one Python string per record, a dict of digests."""
     import tensorflow as tf
 
-    from retrainer.shards import _parsed_batches
+    from retrainer.cache.shards import _parsed_batches
 
     features = {name: tf.io.FixedLenFeature([], tf.string) for name in ("sha256", "vector")}
     digests, blocks = [], []

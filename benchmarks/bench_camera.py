@@ -44,7 +44,7 @@ def decode_paths(size: tuple[int, int]) -> dict:
     """name -> function(path) decoding one file to uint8 [H, W, 3] at `size` (height, width)."""
     import tensorflow as tf
 
-    from retrainer.images import decode_image
+    from retrainer.data.decoding import decode_image
 
     row = np.empty((*size, 3), np.uint8)
 
@@ -80,12 +80,13 @@ def decode_cpu_ms(decode, paths: list[Path], rounds: int) -> float:
 
 def audit_seconds(collection, bottlenecks, cache: Path) -> dict[str, float]:
     """The audit after the stage: cold, on cached signatures, on cached findings (seconds)."""
-    from retrainer.audit.run import RESULT_NAMESPACE, find_problems
+    from retrainer.audit.run import find_problems
+    from retrainer.cache.layout import audit_findings_folder
 
     times = {}
     for state in ("cold", "cached signatures", "cached findings"):
         if state == "cached signatures":
-            shutil.rmtree(cache / RESULT_NAMESPACE)
+            shutil.rmtree(audit_findings_folder(cache))
         started = time.perf_counter()
         find_problems(collection, bottlenecks, cache, 0)
         times[state] = time.perf_counter() - started
@@ -130,13 +131,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps of the retrain")
     args = cli.parse(parser, {"photos": 24, "size": "640x480", "rounds": 1, "steps": 10,
                               "corpus": None})
-    from retrainer.audit.run import RESULT_NAMESPACE
-    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
-    from retrainer.discovery import discover_images
-    from retrainer.engines import AUTO, create_engine
-    from retrainer.engines.cpu import usable_cpus
+    from retrainer.cache.layout import audit_findings_folder
+    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
+    from retrainer.data.discovery import discover_images
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
+    from retrainer.io.host import usable_cpus
     from retrainer.extractors import create_extractor
-    from retrainer.images import load_image
+    from retrainer.data.decoding import load_image
 
     width, height = (int(side) for side in args.size.split("x"))
     with tempfile.TemporaryDirectory(prefix="bench_camera_") as scratch:
@@ -169,7 +171,7 @@ def main() -> None:
                                           show_progress=False)
         stage = time.perf_counter() - started
         audit = audit_seconds(collection, bottlenecks, cache)
-        shutil.rmtree(cache / RESULT_NAMESPACE)
+        shutil.rmtree(audit_findings_folder(cache))
         retrain = cold_retrain(corpus, work, args.steps)
 
     per_1000 = {state: seconds / len(paths) * 1000 for state, seconds in audit.items()}

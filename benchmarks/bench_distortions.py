@@ -61,7 +61,7 @@ def retrain(work: Path, steps: tuple[str, ...], name: str, images: Path, cache: 
 
 def labelled_files(images: Path, split: str | None) -> list[tuple[Path, int]]:
     """(file, label index) of the images of one split as retrain splits them (None: all)."""
-    from retrainer.discovery import discover_images
+    from retrainer.data.discovery import discover_images
 
     collection = discover_images(images, 10, 10)
     return [(image.path, image.label_index) for image in collection.images
@@ -73,7 +73,7 @@ def graph_accuracy(graph: Path, files: list[tuple[Path, int]]) -> float:
     final_result, pixels / 255)."""
     import tensorflow as tf
 
-    from retrainer.images import load_image
+    from retrainer.data.decoding import load_image
 
     graph_def = tf.compat.v1.GraphDef.FromString(graph.read_bytes())
     with tf.Graph().as_default() as imported:

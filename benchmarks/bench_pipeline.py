@@ -40,7 +40,7 @@ WARM_TARGET_SECONDS = 10.0
 
 def decode_cpu_seconds(paths: list[Path], input_size: tuple[int, int]) -> float:
     """CPU seconds to read and decode `paths` into a batch's rows on one thread (best of 3)."""
-    from retrainer.images import decode_image
+    from retrainer.data.decoding import decode_image
 
     row = np.empty((*input_size, 3), np.uint8)
     best = float("inf")
@@ -64,8 +64,8 @@ def main() -> None:
     args = cli.parse(parser, {"images": 20, "photos": 8, "rounds": 1,
                               "precisions": cpu_precisions()[-1]})
 
-    from retrainer.bottlenecks import DEFAULT_BATCH_SIZE
-    from retrainer.engines import create_engine
+    from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -81,7 +81,7 @@ def main() -> None:
         raw_fashion = None
         engines = {precision: create_engine(extractor, precision)
                    for precision in args.precisions.split(",")}
-        from retrainer.images import load_image
+        from retrainer.data.decoding import load_image
 
         for index, (name, paths) in enumerate(datasets):
             pixels = np.stack([load_image(path, extractor.spec.input_size) for path in paths])

@@ -1,8 +1,8 @@
-"""Benchmark: local reads through `retrainer.storage` vs plain pathlib/numpy, and ram:// vs local.
+"""Benchmark: local reads through `retrainer.io.storage` vs plain pathlib/numpy, and ram:// vs local.
 
 The cache-hit path of a rerun reads every image (to hash it) and every `.npy` entry. This times,
 in one run on the same files: (a) the plain pathlib/numpy calls the code made before remote paths
-(the baseline), (b) the same reads through `retrainer.storage` on local paths (target: ratio ~1.0),
+(the baseline), (b) the same reads through `retrainer.io.storage` on local paths (target: ratio ~1.0),
 (c) through tf.io.gfile on ram:// (TensorFlow's in-memory file system: an upper bound on gfile's
 own overhead, not a figure for GCS), and discovery of the folder, local vs ram://.
 
@@ -19,8 +19,8 @@ from PIL import Image
 
 from benchmarks import cli
 from benchmarks.timing import best_of, machine_line
-from retrainer.discovery import discover_images
-from retrainer.storage import as_path, open_for_reading, read_bytes, upload_tree
+from retrainer.data.discovery import discover_images
+from retrainer.io.storage import as_path, open_for_reading, read_bytes, upload_tree
 
 
 def make_files(root: Path, count: int) -> tuple[list[Path], list[Path]]:
@@ -69,9 +69,9 @@ def main() -> None:
         rows = {
             "reads: plain pathlib/numpy (baseline)": best_of(args.repeats,
                                                              lambda: plain(images, vectors)),
-            "reads: retrainer.storage, local": best_of(args.repeats,
+            "reads: retrainer.io.storage, local": best_of(args.repeats,
                                                        lambda: through_storage(images, vectors)),
-            "reads: retrainer.storage, ram://": best_of(
+            "reads: retrainer.io.storage, ram://": best_of(
                 args.repeats, lambda: through_storage(ram_images, ram_vectors)),
             "discovery, local": best_of(args.repeats,
                                         lambda: discover_images(root / "images")),

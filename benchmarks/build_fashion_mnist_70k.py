@@ -55,9 +55,9 @@ def build_images(idx_dir: Path, out: Path) -> Path:
 
 def build_vectors(images: Path, bottleneck_dir: Path) -> None:
     """The default extractor's vectors of every image, at the default (auto) precision."""
-    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.config import RetrainConfig
-    from retrainer.engines import create_engine
+    from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
     defaults = RetrainConfig(image_dir=images)

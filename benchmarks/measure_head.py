@@ -49,10 +49,10 @@ def retrain(image_dir: Path, cache: Path, out: Path, flags: list[str]) -> dict:
 def exported_test_accuracy(image_dir: Path, graph: Path, input_size: tuple[int, int]
                            ) -> tuple[float, int]:
     """The frozen graph's accuracy on the run's test split (decoded as training decodes)."""
-    from retrainer.discovery import discover_images
-    from retrainer.exports._pixels import decode_files
+    from retrainer.data.discovery import discover_images
+    from retrainer.data.batches import decode_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
-    from retrainer.split import TESTING
+    from retrainer.data.split import TESTING
 
     collection = discover_images(image_dir, 10, 10)
     test = [image for image in collection.images if image.split == TESTING]

@@ -22,12 +22,13 @@ from benchmarks import cli
 from benchmarks.data import fashion_mnist_folder
 from benchmarks.photos import photo_set
 from benchmarks.timing import machine_line
-from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import classify_images
 from retrainer.config import RetrainConfig
-from retrainer.discovery import discover_images
+from retrainer.data.discovery import discover_images
 from retrainer.engines.cpu import cpu_precisions
 from retrainer.pipeline import run
-from retrainer.split import TESTING
+from retrainer.data.split import TESTING
 
 PHOTO_SIZE = (160, 160)
 

@@ -80,7 +80,7 @@ def engine_seconds(engine: Callable[[np.ndarray], Any], pixels: np.ndarray,
 
 def stage_seconds(engine: Any, paths: Sequence[Path], cache: Path, batch_size: int) -> float:
     """Wall seconds of the bottleneck stage (compute_bottlenecks) from files into an empty cache."""
-    from retrainer.bottlenecks import compute_bottlenecks
+    from retrainer.cache.bottlenecks import compute_bottlenecks
 
     started = time.perf_counter()
     result = compute_bottlenecks(paths, engine, cache, batch_size=batch_size, show_progress=False)

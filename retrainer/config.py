@@ -7,36 +7,37 @@ Only the standard library and light project modules are imported, so reading the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
-import re
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-from retrainer.engines import AUTO, AUTO_DEVICES, PRECISIONS, parse_devices
-from retrainer.errors import UsageError
-from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES
-from retrainer.split import validate_percentages
-from retrainer.storage import AnyPath, as_path
+from retrainer.audit.options import AuditOptions
+from retrainer.cache.options import ExtractionOptions
+from retrainer.data.split import validate_percentages
+from retrainer.engines import AUTO, AUTO_DEVICES
+from retrainer.errors import UsageError, require
+from retrainer.exports.options import ExportOptions, quantization_modes
+from retrainer.exports.quantization import DEFAULT_CALIBRATION_IMAGES, MODES, ONNX_MODES
+from retrainer.formats.graph_contract import (
+    DEFAULT_GRAPH,
+    DEFAULT_OUTPUT_DIR,
+    LABELS_FILENAME,
+    OUTPUT_OP,
+)
+from retrainer.io.host import user_cache_dir
+from retrainer.io.storage import AnyPath, as_path
+from retrainer.reports.options import ReportOptions
+from retrainer.training.options import WHOLE_SET, TrainingOptions
 
-# Same value as retrainer.extractors.DEFAULT_EXTRACTOR, which cannot be imported here: it loads
-# TensorFlow (tests check the two agree).
+# The extractor `retrain`, `retrain-extract` and the imagenet check use unless told otherwise.
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
-EXTRACTOR_PRECISIONS = (AUTO, *PRECISIONS)
-# retrain.py wrote to fixed /tmp paths, which clashed between users (tensorflow/hub#302).
-DEFAULT_OUTPUT_DIR = Path("retrain_output")
-WHOLE_SET = -1
-HEAD_SOLVERS = ("auto", "lbfgs", "sgd")
-# retrain.py's SGD defaults, used by the SGD solver when the flags are not given
-SGD_STEPS = 4000
-SGD_LEARNING_RATE = 0.01
-_OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
 
 def default_bottleneck_dir() -> Path:
     """`${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks`: shared by runs, survives reboots."""
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache_home) / "retrainer" / "bottlenecks"
+    return user_cache_dir() / "bottlenecks"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +49,8 @@ class RetrainConfig:
     """
 
     image_dir: AnyPath
-    output_graph: AnyPath = DEFAULT_OUTPUT_DIR / "output_graph.pb"
-    output_labels: AnyPath = DEFAULT_OUTPUT_DIR / "output_labels.txt"
+    output_graph: AnyPath = DEFAULT_GRAPH
+    output_labels: AnyPath = DEFAULT_OUTPUT_DIR / LABELS_FILENAME
     summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
     bottleneck_dir: AnyPath = dataclasses.field(default_factory=default_bottleneck_dir)
     # the head's solver (docs/training.md): auto = lbfgs, or sgd when the SGD flags are given
@@ -93,7 +94,7 @@ class RetrainConfig:
     report_explanations: int = 3  # heat maps of N correct test images per class (+ the wrong ones)
     assert_accuracy_at_least: Optional[float] = None
     assert_recall_at_least: Optional[float] = None
-    final_tensor_name: str = "final_result"
+    final_tensor_name: str = OUTPUT_OP
     intermediate_store_frequency: int = 0
     intermediate_output_graphs_dir: AnyPath = DEFAULT_OUTPUT_DIR / "intermediate_graphs"
     saved_model_dir: Optional[AnyPath] = None
@@ -118,101 +119,65 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file"):
+                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
                     raise UsageError(f"--{field} must not be empty.")
                 object.__setattr__(self, field, as_path(value))  # URLs stay URLs
-        validate_percentages(self.validation_percentage, self.testing_percentage)
-        self._require("head_solver", lambda name: name in HEAD_SOLVERS,
-                      f"one of {list(HEAD_SOLVERS)}")
-        self._require("how_many_training_steps", lambda steps: steps is None or steps >= 1,
-                      "at least 1")
-        self._require("learning_rate",
-                      lambda rate: rate is None or (math.isfinite(rate) and rate > 0),
-                      "a positive number")
-        self._require("search_budget",
-                      lambda seconds: seconds is None or (math.isfinite(seconds) and seconds > 0),
-                      "a positive number of seconds")
-        object.__setattr__(self, "search_modules", tuple(self.search_modules))
-        self._require("eval_step_interval", lambda steps: steps >= 1, "at least 1")
-        for field in ("train_batch_size", "validation_batch_size", "test_batch_size"):
-            self._require(field, lambda size: size >= 1 or size == WHOLE_SET,
-                          "at least 1, or -1 for the whole set")
-        self._require("intermediate_store_frequency", lambda steps: steps >= 0,
-                      "0 (never) or a number of steps")
-        self._require("final_tensor_name",
-                      lambda name: bool(_OP_NAME.match(name)) and name != "Placeholder",
-                      "a TensorFlow op name other than Placeholder (letters, digits, _ . - /)")
-        self._require("image_size", lambda size: size is None or size >= 1, "a positive size")
-        self._require("extractor_precision", lambda name: name in EXTRACTOR_PRECISIONS,
-                      f"one of {list(EXTRACTOR_PRECISIONS)}")
-        parse_devices(self.extraction_devices)  # spelling only; existence once TensorFlow loads
-        self._require("seed", lambda seed: 0 <= seed < 2**63, "a number from 0 to 2**63 - 1")
-        # reports and quality gates: an empty path turns that report off
-        for field in ("metrics_file", "report_html"):
+        for field in ("metrics_file", "report_html"):  # an empty path turns that report off
             value = getattr(self, field)
             object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
-        self._require("report_explanations", lambda count: count >= 0, "0 (none) or more")
-        for field in ("assert_accuracy_at_least", "assert_recall_at_least"):
-            self._require(field, lambda x: x is None or 0 <= x <= 1, "a fraction from 0 to 1")
-        if self.metrics_file is not None and self.metrics_file == self.report_html:
-            raise UsageError(f"--metrics_file and --report_html are the same file: "
-                             f"{self.metrics_file}")
-        # training on images
-        for field in ("random_crop", "random_scale"):
-            self._require(field, lambda percent: percent >= 0, "a percentage, 0 or more")
-        self._require("random_brightness", lambda percent: 0 <= percent <= 100,
-                      "a percentage from 0 to 100")
-        for field in ("distorted_variants", "fine_tune_epochs", "early_stopping_patience"):
-            self._require(field, lambda count: count >= 1, "at least 1")
-        self._require("fine_tune_blocks", lambda blocks: blocks >= 0, "0 or more")
-        self._require("fine_tune_learning_rate", lambda rate: math.isfinite(rate) and rate > 0,
-                      "a positive number")
-        for field in ("momentum", "dropout_rate", "label_smoothing"):
-            self._require(field, lambda value: 0 <= value < 1, "from 0 up to (not including) 1")
-        self._require("l2_regularizer", lambda value: math.isfinite(value) and value >= 0,
-                      "0 or a positive number")
-        if self.keep_duplicates_in_one_split and self.skip_audit:
-            raise UsageError("--keep_duplicates_in_one_split needs the audit; drop --skip_audit.")
-        from retrainer.exports.validation import validate_export_options
+        for flag, choices in (("tflite_quantization", MODES), ("onnx_quantization", ONNX_MODES)):
+            object.__setattr__(self, flag, quantization_modes(flag, getattr(self, flag), choices))
+        validate_percentages(self.validation_percentage, self.testing_percentage)
+        require("seed", self.seed, 0 <= self.seed < 2**63, "a number from 0 to 2**63 - 1")
+        budget = self.search_budget
+        require("search_budget", budget, budget is None or (math.isfinite(budget) and budget > 0),
+                "a positive number of seconds")
+        object.__setattr__(self, "search_modules", tuple(self.search_modules))
+        # Each stage's view is built (and checked) now, so a bad flag fails before any work.
+        _ = (self.training, self.extraction, self.reports, self.audit, self.exports)
 
-        validate_export_options(self)
-        if self.output_graph == self.output_labels:
-            raise UsageError(
-                f"--output_graph and --output_labels are the same file: {self.output_graph}"
-            )
+    @functools.cached_property
+    def training(self) -> TrainingOptions:
+        """The head's training, distorted vectors and fine-tuning (retrainer.training.options)."""
+        return TrainingOptions(**{field.name: getattr(self, field.name)
+                                  for field in dataclasses.fields(TrainingOptions)})
 
-    @property
-    def devices(self) -> tuple[str, ...]:
-        """`--extraction_devices` as TensorFlow device names; () for auto."""
-        return parse_devices(self.extraction_devices)
+    @functools.cached_property
+    def extraction(self) -> ExtractionOptions:
+        """How the bottleneck stage computes vectors (retrainer.cache.options)."""
+        return ExtractionOptions.from_flags(self.tfhub_module, self.image_size,
+                                            self.extractor_precision, self.extraction_devices,
+                                            self.bottleneck_dir, self.show_progress,
+                                            self.trust_model)
 
-    @property
-    def solver(self) -> str:
-        """The head's solver: --head_solver, where auto means lbfgs unless retrain.py's SGD flags
-        (--how_many_training_steps, --learning_rate) were given."""
-        if self.head_solver != "auto":
-            return self.head_solver
-        sgd_asked = self.how_many_training_steps is not None or self.learning_rate is not None
-        return "sgd" if sgd_asked else "lbfgs"
+    @functools.cached_property
+    def audit(self) -> AuditOptions:
+        """The dataset audit (retrainer.audit.options)."""
+        return AuditOptions(not self.skip_audit, self.audit_file,
+                            self.keep_duplicates_in_one_split, self.bottleneck_dir, self.seed,
+                            self.validation_percentage, self.testing_percentage)
 
-    @property
-    def training_steps(self) -> int:
-        """SGD steps: --how_many_training_steps, else retrain.py's 4,000."""
-        return SGD_STEPS if self.how_many_training_steps is None else self.how_many_training_steps
+    @functools.cached_property
+    def reports(self) -> ReportOptions:
+        """The metrics file, the HTML report and the quality gates (retrainer.reports.options)."""
+        return ReportOptions(self.metrics_file, self.report_html, self.summaries_dir,
+                             self.assert_accuracy_at_least, self.assert_recall_at_least,
+                             self.report_explanations)
 
-    @property
-    def sgd_learning_rate(self) -> float:
-        """SGD learning rate: --learning_rate, else retrain.py's 0.01."""
-        return SGD_LEARNING_RATE if self.learning_rate is None else self.learning_rate
+    @functools.cached_property
+    def exports(self) -> ExportOptions:
+        """What the export stage writes (retrainer.exports.options)."""
+        return ExportOptions(self.output_graph, self.output_labels, self.final_tensor_name,
+                             self.intermediate_store_frequency, self.intermediate_output_graphs_dir,
+                             self.saved_model_dir, self.tflite_output_file,
+                             self.tflite_quantization, self.onnx_output_file,
+                             self.onnx_quantization, self.tflite_calibration_images,
+                             self.max_export_accuracy_drop, self.seed)
 
-    @property
-    def has_quality_gates(self) -> bool:
-        return self.assert_accuracy_at_least is not None or self.assert_recall_at_least is not None
-
-    def _require(self, field: str, valid: Callable[[Any], bool], expected: str) -> None:
-        value = getattr(self, field)
-        if not valid(value):
-            raise UsageError(f"--{field} must be {expected}. Received: {value!r}.")
+    def to_json(self) -> dict[str, Any]:
+        """The flags, JSON-ready (paths as strings): the result document's "flags"."""
+        return {name: os.fspath(value) if isinstance(value, os.PathLike) else value
+                for name, value in dataclasses.asdict(self).items()}

@@ -7,6 +7,8 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_BUG = 1  # unexpected internal error (Python traceback)
 EXIT_USAGE = 2  # bad flag value, missing or unwritable path
@@ -60,7 +62,9 @@ class FinishedRunError(RetrainerError):
     (CI scripts want the figures most when the check fails).
     """
 
-    result = None
+    def __init__(self, message: str, result: Any = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class QualityGateError(FinishedRunError):
@@ -79,3 +83,13 @@ class ExportFailedError(FinishedRunError):
     """An export could not be written (e.g. a converter failed); every other output was written."""
 
     exit_code = EXIT_MODEL
+
+
+def require(flag: str, value: object, valid: bool, expected: str) -> None:
+    """Check one flag's value: a UsageError "--flag must be <expected>. Received: <value>."
+
+    Raises:
+        UsageError: unless `valid`.
+    """
+    if not valid:
+        raise UsageError(f"--{flag} must be {expected}. Received: {value!r}.")

@@ -1,16 +1,37 @@
-"""What a retrain run did and produced: `RetrainResult`, whose `to_json()` is `--json`."""
+"""What a retrain run did and produced: `RetrainResult`, the one result document.
+
+`to_json()` is both `--json` and the `--metrics_file` document (schema: docs/reports.md; bump
+`FORMAT` on incompatible changes). The pipeline builds it once, at the end of a run
+(`retrainer.pipeline`); the summary, the metrics file and the HTML report all read it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, Optional
 
-from retrainer.engines import FLOAT32
+from retrainer.data.split import TESTING, VALIDATION
+from retrainer.reports.gates import GateResult
+from retrainer.reports.metrics import SplitMetrics
+
+FORMAT = "retrainer-metrics/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class MisclassifiedImage:
+    """A wrong test prediction: the file, its true and predicted labels, the predicted score."""
+
+    relpath: str
+    path: Path
+    true_label: str
+    predicted_label: str
+    score: float
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrainResult:
-    """What a run did and produced; `to_json()` is the `--json` document.
+    """What a run did and produced.
 
     Attributes:
         labels: class names in class-index order.
@@ -22,9 +43,10 @@ class RetrainResult:
             without validation images).
         test_accuracy, test_count: the final test (None, 0 without test images).
         test_per_class: {label: {"correct": n, "total": n}} over the final test.
-        misclassified: (relpath, predicted label) of each wrong test prediction.
+        misclassified: each wrong test prediction, in the test's order.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
         seconds: wall time per stage and "total".
+        exports: the export report, one row per artifact (docs/exports.md).
         best_step: the head training step kept by --early_stopping (None without it).
         head: how the head was trained: {"solver": "lbfgs" | "sgd", and for lbfgs "l2" (the
             chosen penalty) and "path": [{"l2", "iterations", "train_accuracy",
@@ -36,9 +58,14 @@ class RetrainResult:
             vectors (None without distortion flags).
         fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
         audit: the audit.json document (docs/audit.md), None with --skip_audit.
-        report: per-class metrics, confusion matrices, history, gates (retrainer.reports).
         extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
             cache namespace; extraction_devices: the TensorFlow devices that computed them.
+        history: the training history, one point per evaluation step.
+        test_metrics: metrics over the final test's predictions (the whole test split by
+            default); validation_metrics: over the whole validation split, each image once.
+        extractor: {"name", "id", "input_size": [H, W], "vector_size"}.
+        flags: the RetrainConfig, JSON-ready.
+        quality_gates: the gates asked for and their outcome.
     """
 
     labels: tuple[str, ...]
@@ -46,41 +73,88 @@ class RetrainResult:
     skipped: tuple[tuple[str, str], ...]
     bottlenecks_computed: int
     bottlenecks_reused: int
-    train_accuracy: float
-    cross_entropy: float
+    train_accuracy: Optional[float]
+    cross_entropy: Optional[float]
     validation_accuracy: Optional[float]
     validation_count: int
     test_accuracy: Optional[float]
     test_count: int
     test_per_class: dict[str, dict[str, int]]
-    misclassified: tuple[tuple[str, str], ...]
+    misclassified: tuple[MisclassifiedImage, ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
-    exports: tuple[dict[str, Any], ...] = ()  # the export report, one row per artifact
-    best_step: Optional[int] = None
-    head: Optional[dict[str, Any]] = None
-    search: Optional[dict[str, Any]] = None
-    distorted: Optional[dict[str, Any]] = None
-    fine_tuning: Optional[dict[str, Any]] = None
-    audit: Optional[dict[str, Any]] = None
-    report: Optional[Any] = None
-    extractor_precision: str = FLOAT32
-    extractor_id: str = ""
-    extraction_devices: tuple[str, ...] = ()
+    exports: tuple[dict[str, Any], ...]
+    best_step: Optional[int]
+    head: Optional[dict[str, Any]]
+    search: Optional[dict[str, Any]]
+    distorted: Optional[dict[str, Any]]
+    fine_tuning: Optional[dict[str, Any]]
+    audit: Optional[dict[str, Any]]
+    extractor_precision: str
+    extractor_id: str
+    extraction_devices: tuple[str, ...]
+    history: tuple[Any, ...]
+    test_metrics: SplitMetrics
+    validation_metrics: SplitMetrics
+    extractor: dict[str, Any]
+    flags: dict[str, Any]
+    quality_gates: tuple[GateResult, ...]
+
+    def headline(self) -> tuple[Optional[str], SplitMetrics]:
+        """(split name, metrics) that gates and pictures use: test, else validation.
+
+        The name is None when neither split has images.
+        """
+        return headline_split(self.test_metrics, self.validation_metrics)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (paths as strings)."""
-        document = dataclasses.asdict(dataclasses.replace(self, report=None))
-        del document["report"]
-        document["labels"] = list(self.labels)
-        document["skipped"] = [{"path": path, "reason": reason} for path, reason in self.skipped]
-        document["misclassified"] = [
-            {"path": path, "predicted": label} for path, label in self.misclassified
-        ]
-        document["outputs"] = {
-            name: [str(path) for path in value] if isinstance(value, list) else str(value)
-            for name, value in self.outputs.items()
+        """The JSON-ready document (paths as strings)."""
+        return {
+            "format": FORMAT,
+            "labels": list(self.labels),
+            "counts": self.counts,
+            "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
+            "bottlenecks_computed": self.bottlenecks_computed,
+            "bottlenecks_reused": self.bottlenecks_reused,
+            "train_accuracy": self.train_accuracy,
+            "cross_entropy": self.cross_entropy,
+            "validation_accuracy": self.validation_accuracy,
+            "validation_count": self.validation_count,
+            "test_accuracy": self.test_accuracy,
+            "test_count": self.test_count,
+            "test_per_class": self.test_per_class,
+            "misclassified": [
+                {"path": image.relpath, "predicted": image.predicted_label,
+                 "true": image.true_label, "score": image.score}
+                for image in self.misclassified
+            ],
+            "outputs": {
+                name: [str(path) for path in value] if isinstance(value, list) else str(value)
+                for name, value in self.outputs.items()
+            },
+            "seconds": self.seconds,
+            "exports": self.exports,
+            "best_step": self.best_step,
+            "head": self.head,
+            "search": self.search,
+            "distorted": self.distorted,
+            "fine_tuning": self.fine_tuning,
+            "audit": self.audit,
+            "extractor_precision": self.extractor_precision,
+            "extractor_id": self.extractor_id,
+            "extraction_devices": self.extraction_devices,
+            "metrics": {TESTING: self.test_metrics.to_json(self.labels),
+                        VALIDATION: self.validation_metrics.to_json(self.labels)},
+            "history": [dataclasses.asdict(point) for point in self.history],
+            "extractor": self.extractor,
+            "flags": self.flags,
+            "quality_gates": [gate.to_json() for gate in self.quality_gates],
         }
-        if self.report is not None:
-            document = self.report.extend_document(document, self.labels)
-        return document
+
+
+def headline_split(test: SplitMetrics, validation: SplitMetrics
+                   ) -> tuple[Optional[str], SplitMetrics]:
+    """("testing", test) unless the test split is empty, then ("validation", validation)."""
+    if test.count:
+        return TESTING, test
+    return (VALIDATION if validation.count else None), validation

@@ -30,10 +30,11 @@ import tensorflow as tf
 from benchmarks.data import fashion_mnist_files
 from benchmarks.photos import SMALL, photo_set
 from benchmarks.timing import engine_seconds, stage_seconds
-from retrainer.bottlenecks import decoded_images
-from retrainer.engines import PRECISIONS, create_engine
+from retrainer.data.batches import decoded_images
+from retrainer.engines import PRECISIONS
+from retrainer.engines.factory import create_engine
 from retrainer.extractors import create_extractor
-from retrainer.images import load_image
+from retrainer.data.decoding import load_image
 
 print("GPUs:", tf.config.list_physical_devices("GPU"))
 work = Path(tempfile.mkdtemp())

@@ -40,7 +40,8 @@ def example_top1(interpreter, labels: list[str], image_path: Path) -> str:
 
 def label_image_top1(model: Path, images: list[Path]) -> list[str]:
     """label-image's top-1 per image (its library, `retrainer.classify`, in this process)."""
-    from retrainer.classify import ClassifyConfig, classify_images
+    from retrainer.classify.config import ClassifyConfig
+    from retrainer.classify.run import classify_images
 
     results = classify_images(ClassifyConfig(graph=model, top_k=1), images)
     return [result.predictions[0].label if result.predictions else "" for result in results]

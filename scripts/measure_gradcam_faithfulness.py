@@ -53,7 +53,8 @@ def main() -> None:
                             str(folder), "--per-class", str(count), "--subset", subset],
                            check=True, stdout=sys.stderr)  # stdout is for the JSON result
 
-    from retrainer.classify import ClassifyConfig, classify_images
+    from retrainer.classify.config import ClassifyConfig
+    from retrainer.classify.run import classify_images
     from retrainer.config import RetrainConfig
     from retrainer.pipeline import run
 

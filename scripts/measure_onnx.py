@@ -91,9 +91,11 @@ def _median_ms(call, rounds: int) -> float:
 def _from_run(run: Path):
     import tensorflow as tf
 
-    from retrainer.classify import ClassifyConfig, open_model
-    from retrainer.discovery import discover_images
-    from retrainer.exports._pixels import decode_files, seeded_sample
+    from retrainer.classify.config import ClassifyConfig
+    from retrainer.classify.run import open_model
+    from retrainer.data.discovery import discover_images
+    from retrainer.data.batches import decode_files
+    from retrainer.exports.tflite import seeded_sample
     from retrainer.exports.classifier import Classifier
     from retrainer.extractors import create_extractor
     from retrainer.training.head import Head

@@ -253,7 +253,7 @@ def pictures(draw) -> Picture:
 
 @st.composite
 def datasets(draw, max_classes: int = 6, max_per_class: int = 40,
-             modes: st.SearchStrategy[tuple[str, ...]] = st.just(())) -> DatasetPlan:
+             modes: st.SearchStrategy[tuple[str, ...]] = st.just(())) -> DatasetPlan:  # noqa: B008
     """A DatasetPlan: 1..max_classes class folders of 0..max_per_class files (small counts
     favoured: classes of 0, 1, 2, 3 are common)."""
     folder_count = draw(st.integers(1, max_classes))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrainer.extractors import ExtractorSpec, FeatureExtractor, register_extractor, list_extractors
+from retrainer.extractors import ExtractorSpec, FeatureExtractor, list_extractors, register_extractor
 
 TINY_EXTRACTOR = "tiny_test"
 

@@ -23,7 +23,8 @@ from typing import Callable, Optional
 import numpy as np
 import pytest
 
-from retrainer.bottlenecks import read_entry
+from retrainer.cache._packs import PackReader
+from retrainer.cache.layout import entry_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,13 +120,17 @@ def start_retrain(args: list[str], cwd: Path, max_file_bytes: Optional[int] = No
     """
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
 
-    def limit_file_size() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
-        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+    def prepare() -> None:
+        # A suite started in the background by a shell without job control (`cmd &`, nohup)
+        # inherits SIGINT ignored, and Python then never raises KeyboardInterrupt: Ctrl-C as a
+        # user's terminal delivers it needs the default disposition back.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if max_file_bytes is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
 
     return subprocess.Popen(retrain_command(*args), cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            preexec_fn=None if max_file_bytes is None else limit_file_size)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=prepare)
 
 
 def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout: float = 120,
@@ -154,6 +159,12 @@ def own_file(entry: Path) -> Path:
     entry.unlink()
     entry.write_bytes(data)
     return entry
+
+
+def read_entry(path: Path) -> np.ndarray:
+    """The array one cache entry file holds (its row of a pack, or a plain `.npy`), unchecked."""
+    with open(path, "rb") as stream:
+        return PackReader().read(stream, entry_key(path))
 
 
 def assert_whole_entries(bottleneck_dir: Path, vector_size: int) -> int:

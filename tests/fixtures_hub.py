@@ -120,7 +120,7 @@ def serve_module_archive(module_dir: Path) -> Iterator[tuple[str, list[str]]]:
     requests: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             requests.append(self.path)
             self.send_response(200)
             self.send_header("Content-Type", "application/x-tar")

@@ -31,7 +31,7 @@ def copy_classes(source: Path, dest: Path, classes: Sequence[str], per_class: in
 
 def interrupt_cache_writes_after(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
     """Make the bottleneck cache raise KeyboardInterrupt (Ctrl-C) after storing `count` entries."""
-    from retrainer.bottlenecks import BottleneckCache
+    from retrainer.cache.entries import BottleneckCache
 
     real_store, real_store_all = BottleneckCache.store, BottleneckCache.store_all
     stored = []

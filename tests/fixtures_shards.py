@@ -7,7 +7,8 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from retrainer.shards import encode_record, shards_root, write_manifest_then_marker
+from retrainer.cache.layout import shards_folder
+from retrainer.cache.shards import encode_record, write_manifest_then_marker
 
 
 def write_shard_run(namespace: str, run_id: str, digests: Sequence[str], vectors: np.ndarray,
@@ -15,7 +16,7 @@ def write_shard_run(namespace: str, run_id: str, digests: Sequence[str], vectors
     """A run of `shards` TFRecord files holding (digest, vector) pairs; with its marker if
     `finished`, else as a run killed before it finished (shards there, no manifest or marker).
     Returns the run folder."""
-    run_dir = tf.io.gfile.join(shards_root(namespace), run_id)
+    run_dir = tf.io.gfile.join(shards_folder(namespace), run_id)
     tf.io.gfile.makedirs(run_dir)
     names = [f"vectors-{index:05d}-of-{shards:05d}.tfrecord" for index in range(shards)]
     for index, name in enumerate(names):

@@ -18,7 +18,7 @@ from PIL import Image
 
 from retrainer.audit.balance import balance_warnings
 from retrainer.cli.retrain import main
-from retrainer.split import TRAINING, assign_split
+from retrainer.data.split import TRAINING, assign_split
 from tests.fixtures_pipeline import FASHION_CLASSES, copy_classes, retrain_args
 
 PHOTO = "Sneaker/photo_page.png"  # a scanned text page among shoes

@@ -18,8 +18,8 @@ from retrainer.audit import duplicates
 from retrainer.audit.balance import balance_warnings
 from retrainer.audit.signatures import signature_of_pixels
 from retrainer.cli.retrain import main
-from retrainer.extractors import DEFAULT_EXTRACTOR
-from retrainer.split import SPLITS
+from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.data.split import SPLITS
 from tests.fixtures_photos import PHOTOS, photo, write_clipart_dir
 from tests.fixtures_pipeline import retrain_args
 

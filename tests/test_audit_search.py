@@ -12,8 +12,13 @@ from PIL import Image
 from scipy.ndimage import shift as shift_image
 
 from retrainer.audit import duplicates, neighbours
-from retrainer.audit.signatures import (DECODE_SIZE, integer_alignment, signature_of_pixels,
-                                        thumbnail_descriptor, warped_correlation)
+from retrainer.audit.signatures import (
+    DECODE_SIZE,
+    integer_alignment,
+    signature_of_pixels,
+    thumbnail_descriptor,
+    warped_correlation,
+)
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,21 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from click.testing import CliRunner  # noqa: E402
+from click.testing import CliRunner
 
-from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest  # noqa: E402
-from retrainer.cli.retrain import main as retrain_main  # noqa: E402
-from retrainer.discovery import discover_images  # noqa: E402
-from retrainer.extractors import DEFAULT_EXTRACTOR, create_extractor  # noqa: E402
-from retrainer.shards import finished_runs, load_sharded  # noqa: E402
-from tests.fixtures_data import make_color_image_dir  # noqa: E402
-from tests.fixtures_hub import module_kernel, save_tf2_module  # noqa: E402
-from tests.fixtures_photos import write_clipart_dir  # noqa: E402
-from tests.fixtures_pipeline import retrain_args  # noqa: E402
-from tests.fixtures_shards import write_shard_run  # noqa: E402
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.shards import finished_runs, load_sharded
+from retrainer.cli.retrain import main as retrain_main
+from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.data.batches import file_digest
+from retrainer.data.discovery import discover_images
+from retrainer.extractors import create_extractor
+from tests.fixtures_data import make_color_image_dir
+from tests.fixtures_hub import module_kernel, save_tf2_module
+from tests.fixtures_photos import write_clipart_dir
+from tests.fixtures_pipeline import retrain_args
+from tests.fixtures_shards import write_shard_run
 
 pytestmark = pytest.mark.beam
 MULTI_PROCESS = ["--runner", "FnApiRunner", "--direct_running_mode", "multi_processing",

@@ -14,11 +14,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from retrainer import bottlenecks as bottlenecks_module
-from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest, read_entry
-from retrainer.images import load_image
+from retrainer.cache import bottlenecks as bottlenecks_module
+from retrainer.cache import layout as layout_module
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.entries import BottleneckCache
+from retrainer.data import batches as batches_module
+from retrainer.data.batches import file_digest
+from retrainer.data.decoding import load_image
 from tests.fixtures_data import make_color_image_dir
-from tests.fixtures_faults import own_file
+from tests.fixtures_faults import own_file, read_entry
 from tests.fixtures_pipeline import interrupt_cache_writes_after
 
 
@@ -124,7 +128,7 @@ def test_corrupt_entry_is_recomputed_with_a_warning(tmp_path, image_paths, tiny_
                "not_finite": np.full(16, np.nan, np.float32)}[corruption]
         np.save(entry, bad)
 
-    with caplog.at_level(logging.WARNING, logger="retrainer.bottlenecks"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.cache.bottlenecks"):
         result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert (result.computed, result.reused) == (1, len(image_paths) - 1)
     # Recomputed alone, not in a batch of 24: equal up to float rounding.
@@ -150,7 +154,7 @@ def test_a_batch_shares_one_pack_file_and_damage_to_it_redoes_that_batch(tmp_pat
         np.testing.assert_array_equal(read_entry(entry), vector)
 
     entries[5].write_bytes(entries[5].read_bytes()[:-10])  # damages entries 4-7 alike
-    with caplog.at_level(logging.WARNING, logger="retrainer.bottlenecks"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.cache.bottlenecks"):
         result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert (result.computed, result.reused) == (4, len(image_paths) - 4)
     assert sum("recomputing" in message for message in caplog.messages) == 4
@@ -178,7 +182,7 @@ def test_undecodable_images_are_skipped_with_a_warning_naming_them(tmp_path, ima
     empty = image_paths[0].parent / "empty.png"
     empty.write_bytes(b"")
     paths = [text, *image_paths, empty]
-    with caplog.at_level(logging.WARNING, logger="retrainer.bottlenecks"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.cache.bottlenecks"):
         result = compute_bottlenecks(paths, tiny_extractor, tmp_path / "cache")
     assert [position for position, _ in result.skipped] == [0, len(paths) - 1]
     assert "text file" in result.skipped[0][1] and "empty" in result.skipped[1][1]
@@ -205,7 +209,8 @@ def test_each_missing_file_is_read_once_while_its_bytes_are_kept(tmp_path, image
         reads[os.fspath(path)] = reads.get(os.fspath(path), 0) + 1
         return real_read_bytes(path)
 
-    monkeypatch.setattr(bottlenecks_module, "read_bytes", counted)
+    monkeypatch.setattr(bottlenecks_module, "read_bytes", counted)  # the cache lookup's read
+    monkeypatch.setattr(batches_module, "read_bytes", counted)  # the decoder's, for the rest
     result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=5)
     kept = [sum(sizes[:index + 1]) <= limit for index in range(len(sizes))]
     assert [reads[os.fspath(path)] for path in image_paths] == [1 if keep else 2 for keep in kept]
@@ -285,7 +290,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, image_paths, tiny_extractor, 
 
 def test_cache_format_version_is_part_of_the_key(tmp_path, image_paths, tiny_extractor, monkeypatch):
     compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
-    monkeypatch.setattr(bottlenecks_module, "CACHE_FORMAT", "v2")
+    monkeypatch.setattr(layout_module, "CACHE_FORMAT", "v2")
     result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert result.computed == len(image_paths)
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrainer.discovery import ImageCollection, discover_images, normalize_label
+from retrainer.data.discovery import ImageCollection, discover_images, normalize_label
+from retrainer.data.split import SPLITS, assign_split
 from retrainer.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
-from retrainer.split import SPLITS, assign_split
 from tests.fixtures_data import (
     encode,
     fashion_mnist_module,
@@ -133,7 +133,7 @@ def test_symlink_to_an_ancestor_cannot_loop(tmp_path):
     assert ("up/", "symbolic link to a folder containing --image_dir") in collection.ignored
 
 
-def test_counts_and_in_split_partition_the_images(fashion_mnist_dir):
+def test_counts_and_splits_partition_the_images(fashion_mnist_dir):
     collection = discover_images(fashion_mnist_dir, 20, 20)
     names = fashion_mnist_module().CLASS_NAMES
     assert collection.labels == tuple(sorted(normalize_label(name) for name in names))
@@ -141,7 +141,8 @@ def test_counts_and_in_split_partition_the_images(fashion_mnist_dir):
     counts = collection.counts()
     assert set(counts) == set(collection.labels)
     assert all(sum(row.values()) == 25 for row in counts.values())
-    by_split = {split: collection.in_split(split) for split in SPLITS}
+    by_split = {split: [image for image in collection.images if image.split == split]
+                for split in SPLITS}
     assert sum(len(images) for images in by_split.values()) == 250
     for split, images in by_split.items():
         assert images and all(image.split == split for image in images)
@@ -150,15 +151,10 @@ def test_counts_and_in_split_partition_the_images(fashion_mnist_dir):
     assert collection.ignored == ((".fashion_mnist.json", "hidden file"),)
 
 
-def test_in_split_rejects_unknown_split(color_image_dir):
-    with pytest.raises(ValueError, match="split must be one of"):
-        discover_images(color_image_dir).in_split("train")
-
-
 def test_small_and_empty_classes_warn(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=3)
     (root / "nothing").mkdir()
-    with caplog.at_level(logging.WARNING, logger="retrainer.discovery"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 0, 0)
     assert collection.labels == ("blue", "green", "red")
     assert ("nothing/", "no images in this class folder") in collection.ignored
@@ -170,9 +166,9 @@ def test_small_and_empty_classes_warn(tmp_path, caplog):
 
 def test_class_without_training_images_warns(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=2)
-    with caplog.at_level(logging.WARNING, logger="retrainer.discovery"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 100, 0)
-    assert collection.in_split("training") == []
+    assert [image for image in collection.images if image.split == "training"] == []
     assert "Class folder 'red' has no training images (all 2 went to validation/testing)" in (
         caplog.text
     )

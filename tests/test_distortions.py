@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrainer.bottlenecks import compute_bottlenecks
+from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
 from tests.fixtures_data import make_color_image_dir

@@ -12,12 +12,15 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from retrainer import config as retrain_config
-from retrainer.bottlenecks import compute_bottlenecks
-from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import classify_images
 from retrainer.cli.retrain import main
-from retrainer.discovery import normalize_label
-from retrainer.engines import cpu, create_engine
+from retrainer.data.decoding import load_image
+from retrainer.data.discovery import normalize_label
+from retrainer.engines import cpu
 from retrainer.engines.cpu import cpu_precisions, runs_bfloat16
+from retrainer.engines.factory import create_engine
 from retrainer.engines.float32 import feature_function
 from retrainer.errors import UsageError
 from retrainer.extractors import (
@@ -27,7 +30,6 @@ from retrainer.extractors import (
     list_extractors,
     register_extractor,
 )
-from retrainer.images import load_image
 from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args
@@ -255,7 +257,7 @@ def test_int8_model_takes_raw_uint8_pixels_as_its_quantized_input(color_image_di
     """Input scale 1/255, zero point 0: raw pixels give exactly the vectors a float [0, 1] input
     quantized by the model's first op gives (the v1 model); the id names the model format."""
     from retrainer.engines import int8
-    from retrainer.exports.tflite import full_integer_model
+    from retrainer.formats.tflite import full_integer_model, new_interpreter
 
     extractor = TinyExtractor()
     engine = create_engine(extractor, "int8")
@@ -268,8 +270,8 @@ def test_int8_model_takes_raw_uint8_pixels_as_its_quantized_input(color_image_di
                            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
     calibration = [[int8._scaled(image[np.newaxis])]
                    for image in int8.calibration_images((height, width))]
-    float_input = int8.interpreter_class()(
-        model_content=full_integer_model(features.get_concrete_function(), calibration))
+    float_input = new_interpreter(full_integer_model(features.get_concrete_function(),
+                                                     calibration))
     pixels = _pixels(sorted(color_image_dir.rglob("*.png")), (height, width))
     float_input.resize_tensor_input(0, pixels.shape)
     float_input.allocate_tensors()

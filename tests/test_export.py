@@ -13,12 +13,12 @@ import tensorflow as tf
 from PIL import Image
 from skimage import data as skimage_data
 
-from retrainer._files import replace_directory
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier, write_labels
 from retrainer.exports.graph import GraphExporter
 from retrainer.exports.saved_model import write_saved_model
-from retrainer.graph_contract import metadata_path
+from retrainer.formats.graph_contract import metadata_path
+from retrainer.io.atomic import replace_directory
 from retrainer.training.head import Head
 
 LABELS = ("cat", "espresso", "naïve label")

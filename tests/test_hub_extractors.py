@@ -18,8 +18,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from retrainer.errors import ModelError, UsageError
-from retrainer.extractors import create_extractor
-from retrainer.extractors import keras_apps, tfhub
+from retrainer.extractors import create_extractor, keras_apps, tfhub
 from tests.fixtures_hub import (
     expected_features,
     module_kernel,
@@ -138,7 +137,7 @@ def test_id_follows_module_content_not_path_or_mtime(tmp_path):
 def test_module_folder_on_a_remote_file_system(tmp_path, monkeypatch, no_network):
     """A module directory on ram:// (gs:// takes the same path) is copied into the module cache and
     gives the local module's id and vectors; a URL that is not a directory is exit 2."""
-    from retrainer import storage
+    from retrainer.io import storage
 
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))
     kernel = module_kernel(seed=3)
@@ -407,7 +406,7 @@ def test_retrain_and_label_image_with_local_module(kind, tmp_path, monkeypatch, 
 
     from retrainer.cli.label_image import main as label_image
     from retrainer.cli.retrain import main as retrain
-    from retrainer.images import load_image
+    from retrainer.data.decoding import load_image
     from tests.fixtures_data import make_color_image_dir
 
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "hub_cache"))

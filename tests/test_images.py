@@ -11,9 +11,9 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from retrainer import images
+from retrainer.data import decoding as images
+from retrainer.data.decoding import UnreadableImageError, decode_image, load_image
 from retrainer.errors import RetrainerError
-from retrainer.images import UnreadableImageError, decode_image, load_image
 from tests.fixtures_data import BLUE, RED, encode, fashion_mnist_idx_dir, write_decode_corpus
 
 WHITE = (255, 255, 255)

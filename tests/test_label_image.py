@@ -16,11 +16,12 @@ import tensorflow as tf
 from click.testing import CliRunner
 from PIL import Image
 
-from retrainer.classify import ClassifyConfig, classify_images
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import classify_images
 from retrainer.cli.label_image import main
-from retrainer.discovery import normalize_label
+from retrainer.data.decoding import load_image
+from retrainer.data.discovery import normalize_label
 from retrainer.errors import EXIT_MODEL, EXIT_UNREADABLE_IMAGES, EXIT_USAGE
-from retrainer.images import load_image
 from tests.fixtures_label_image import RGB_LABELS
 
 REPO = Path(__file__).resolve().parent.parent

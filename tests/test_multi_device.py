@@ -30,10 +30,11 @@ cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from click.testing import CliRunner
 from retrainer.cli.retrain import main
-from retrainer.engines import create_engine, parse_devices
+from retrainer.engines import parse_devices
+from retrainer.engines.factory import create_engine
 from retrainer.engines.cpu import runs_bfloat16  # none on x86 without AVX-512
 from retrainer.extractors import create_extractor
-from retrainer.images import load_image
+from retrainer.data.decoding import load_image
 import tests.fixtures_extractors  # registers tiny_test
 
 images, args = Path(sys.argv[1]), json.loads(sys.argv[2])

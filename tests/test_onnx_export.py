@@ -17,7 +17,7 @@ from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.exports.onnx import OPSET
 from retrainer.extractors import list_extractors, register_extractor
-from retrainer.graph_contract import looks_like_onnx
+from retrainer.formats.graph_contract import looks_like_onnx
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_label_image import write_solid_images
@@ -217,11 +217,11 @@ def test_explain_on_onnx_exits_2(onnx_run, solid, tmp_path):
 def test_max_export_accuracy_drop_applies_to_onnx(onnx_run, tmp_path):
     """An .onnx whose head lost its training (here: a freshly initialised one) scores below the
     frozen graph on the test split, and --max_export_accuracy_drop names it (exit 7)."""
-    from retrainer.config import RetrainConfig
-    from retrainer.errors import ExportMismatchError
+    from retrainer.data.batches import decode_files
     from retrainer.exports.classifier import Classifier
-    from retrainer.exports.deployable import check_export_accuracy, verify_exports
     from retrainer.exports.onnx import write_onnx_files
+    from retrainer.exports.run import Exported
+    from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
     from retrainer.training.head import Head
 
@@ -232,13 +232,12 @@ def test_max_export_accuracy_drop_applies_to_onnx(onnx_run, tmp_path):
     path = tmp_path / "untrained.onnx"
     write_onnx_files(untrained, {"none": path}, 10, [], seed=0)
     image_dir = Path(document["flags"]["image_dir"])
-    config = RetrainConfig(image_dir=image_dir, output_graph=out / "graph.pb",
-                           onnx_output_file=path, max_export_accuracy_drop=5)
-    tests = [type("Image", (), {"path": p, "label_index": labels.index(p.parent.name)})
-             for name in labels for p in sorted((image_dir / name).iterdir())]
-    reports = verify_exports(config, {"onnx_output_file": path}, tests, (32, 32))
+    tests = [p for name in labels for p in sorted((image_dir / name).iterdir())]
+    pixels, ok = decode_files(tests, (32, 32))
+    truth = np.array([labels.index(p.parent.name) for p in tests])
+    reports = export_report([(FROZEN_GRAPH, out / "graph.pb"), ("onnx", path)], pixels[ok],
+                            truth[ok])
     assert [row.artifact for row in reports] == ["frozen graph", "onnx"]
     assert reports[1].change_points < -5
-    with pytest.raises(ExportMismatchError) as raised:
-        check_export_accuracy(config, reports)
-    assert raised.value.exit_code == 7 and f"onnx ({path})" in str(raised.value)
+    failure = Exported({}, tuple(reports)).accuracy_drop_failure(5)
+    assert failure is not None and f"onnx ({path})" in failure

@@ -29,9 +29,15 @@ from hypothesis import strategies as st
 
 from retrainer.cli.label_image import main as label_image_main
 from retrainer.cli.retrain import main as retrain_main
-from retrainer.errors import (EXIT_DATA, EXIT_EXPORT_MISMATCH, EXIT_MODEL, EXIT_OK,
-                              EXIT_QUALITY_GATE, EXIT_USAGE)
-from retrainer.extractors import DEFAULT_EXTRACTOR
+from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.errors import (
+    EXIT_DATA,
+    EXIT_EXPORT_MISMATCH,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_QUALITY_GATE,
+    EXIT_USAGE,
+)
 from tests.fixtures_datasets import Copy, DatasetPlan, FilePlan, Picture, PicturePool, datasets, write_dataset
 from tests.fixtures_faults import assert_complete_graph, temp_files
 from tests.fixtures_pipeline import retrain_args

@@ -22,7 +22,7 @@ from retrainer.cli.label_image import main as label_image
 from retrainer.cli.retrain import main as retrain
 from retrainer.config import RetrainConfig
 from retrainer.errors import EXIT_USAGE
-from retrainer.storage import RemotePath, as_path, upload_tree
+from retrainer.io.storage import RemotePath, as_path, upload_tree
 from tests.fixtures_data import make_color_image_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,7 +112,7 @@ def test_retrain_and_label_image_on_ram_equal_the_local_run(tmp_path, ram_prefix
 
 def test_audit_signatures_cached_on_ram_are_read_back(tmp_path, ram_prefix):
     from retrainer.audit.signatures import SignatureCache
-    from retrainer.bottlenecks import file_digest
+    from retrainer.data.batches import file_digest
 
     images = upload(make_color_image_dir(tmp_path / "colors"), f"{ram_prefix}/colors")
     paths = sorted(as_path(images).glob("*/*.png"))
@@ -171,7 +171,7 @@ def test_missing_remote_paths_are_one_line_errors(tmp_path, ram_prefix):
 
 def test_local_discovery_does_not_import_tensorflow(tmp_path):
     images = make_color_image_dir(tmp_path / "colors")
-    code = ("import sys; from retrainer.discovery import discover_images; "
+    code = ("import sys; from retrainer.data.discovery import discover_images; "
             f"assert len(discover_images({str(images)!r}).images) == 18; "
             "assert 'tensorflow' not in sys.modules, 'TensorFlow was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO,
@@ -225,8 +225,8 @@ def test_default_extractor_on_ram_equals_the_local_run(tmp_path, ram_prefix, fas
 
 def test_a_killed_runs_remote_temporaries_are_swept_after_3_days(tmp_path, ram_prefix, caplog):
     """The run's start sweeps `.NAME.<hex>-<start>.tmp` left beside a remote export; newer stay."""
-    from retrainer._output_paths import remove_stale_export_temporaries
-    from retrainer.storage import write_remote_bytes
+    from retrainer.io.storage import write_remote_bytes
+    from retrainer.pipeline.preflight import remove_stale_export_temporaries
 
     graph = as_path(f"{ram_prefix}/out/graph.pb")
     graph.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +241,7 @@ def test_a_killed_runs_remote_temporaries_are_swept_after_3_days(tmp_path, ram_p
     config = RetrainConfig(image_dir=tmp_path, output_graph=graph,
                            output_labels=f"{ram_prefix}/out/labels.txt")
     with caplog.at_level("INFO"):
-        remove_stale_export_temporaries(config)
+        remove_stale_export_temporaries(config.exports)
     assert sorted(tf.io.gfile.listdir(graph.parent.url)) == sorted(
         [left[3600].name, unrelated.name, "graph.pb"])
     assert any(str(left[4 * 24 * 3600]) in message for message in caplog.messages)

@@ -15,11 +15,11 @@ from PIL import Image
 
 from retrainer.cli.retrain import main
 from retrainer.errors import EXIT_QUALITY_GATE, EXIT_USAGE
-from retrainer.reports.metrics_file import FORMAT
+from retrainer.result import FORMAT
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_pipeline import retrain_args
 
-BARELY_TRAINED = ("--learning_rate", "0.0001", "--seed", "3")  # gets some test images wrong
+BARELY_TRAINED = ("--learning_rate", "0.00001", "--seed", "3")  # gets some test images wrong
 
 
 def invoke(args: list[str]):
@@ -70,7 +70,7 @@ def test_metrics_file_and_json_are_one_document(tmp_path, colors):
     assert document["extractor"] == {"name": "tiny_test", "id": "tiny_test-v1",
                                      "input_size": [32, 32], "vector_size": 16}
     assert document["flags"]["image_dir"] == str(colors)
-    assert document["flags"]["learning_rate"] == 0.0001
+    assert document["flags"]["learning_rate"] == 0.00001
     assert document["skipped"] == [{"path": "red/<script>alert(1)<.txt",
                                     "reason": "not an image file (extension '.txt')"}]
     assert document["quality_gates"] == []

@@ -1,4 +1,4 @@
-"""Sharded bottleneck storage (retrainer/shards.py): finished runs only, duplicates dropped, and
+"""Sharded bottleneck storage (retrainer/cache/shards.py): finished runs only, duplicates dropped, and
 `compute_bottlenecks` reading shards and `.npy` entries alike."""
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrainer.bottlenecks import BottleneckCache, compute_bottlenecks, file_digest
-from retrainer.shards import cached_digests, load_sharded, remove_abandoned_runs
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.shards import cached_digests, load_sharded, remove_abandoned_runs
+from retrainer.data.batches import file_digest
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_shards import write_shard_run
 
@@ -91,7 +93,7 @@ def test_compute_bottlenecks_reuses_shard_vectors_like_npy_entries(tmp_path, tin
     ("roses/__MACOSX/a.jpg", False), ("roses/a.txt", False), ("roses//a.jpg", False),
 ])
 def test_discovery_rule_for_listed_paths(relpath, picked):
-    from retrainer.image_names import is_image_relpath
+    from retrainer.data.names import is_image_relpath
 
     assert is_image_relpath(relpath) is picked
 
@@ -183,6 +185,6 @@ def test_the_reader_deletes_abandoned_runs(tmp_path):
 def shards_run_id_now() -> str:
     import time
 
-    from retrainer.shards import RUN_ID_TIME
+    from retrainer.cache.shards import RUN_ID_TIME
 
     return time.strftime(RUN_ID_TIME, time.gmtime())

@@ -9,14 +9,14 @@ import unicodedata
 
 import pytest
 
-from retrainer.discovery import discover_images
+from retrainer.data.discovery import discover_images
+from retrainer.data.split import assign_split, hash_percentage
 from retrainer.errors import EXIT_USAGE, UsageError
-from retrainer.split import assign_split, hash_percentage
 from tests.fixtures_data import make_color_image_dir
 
 
 def reference_percentage(relpath: str) -> float:
-    """retrain.py's formula, written out independently of retrainer.split."""
+    """retrain.py's formula, written out independently of retrainer.data.split."""
     kept = relpath.split("_nohash_")[0]
     number = int.from_bytes(hashlib.sha1(kept.encode("utf-8")).digest(), "big")
     return (number % 2**27) * (100.0 / (2**27 - 1))

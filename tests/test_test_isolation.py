@@ -11,7 +11,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from retrainer.cli.retrain import main
-from retrainer.split import TESTING, assign_split
+from retrainer.data.split import TESTING, assign_split
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_pipeline import retrain_args
 
@@ -66,7 +66,7 @@ def test_relabelling_only_test_images_gives_the_same_model(tmp_path):
 def test_search_table_and_choice_ignore_the_test_split(tmp_path, monkeypatch):
     """--search with the tiny extractor: plain and distorted candidates, chosen on validation;
     relabelling test images changes neither the table nor the model."""
-    from retrainer.training import search
+    from retrainer.pipeline import search
 
     monkeypatch.setattr(search, "BUILT_IN_EXTRACTORS", ())
     images = make_color_image_dir(tmp_path / "images", COLORS, per_class=30)
@@ -94,7 +94,7 @@ def test_search_table_and_choice_ignore_the_test_split(tmp_path, monkeypatch):
 
 
 def test_search_budget_skips_later_candidates(tmp_path, monkeypatch):
-    from retrainer.training import search
+    from retrainer.pipeline import search
 
     monkeypatch.setattr(search, "BUILT_IN_EXTRACTORS", ())
     images = make_color_image_dir(tmp_path / "images", COLORS, per_class=12)

@@ -14,16 +14,17 @@ from PIL import Image
 
 from retrainer.classify.tflite import make_interpreter
 from retrainer.cli.retrain import main as retrain_main
-from retrainer.errors import DataError, ExportMismatchError
+from retrainer.errors import DataError
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import QuantizationConfig
+from retrainer.exports.run import Exported
 from retrainer.exports.tflite import convert, write_tflite_files
-from retrainer.exports.tflite_metadata import (
+from retrainer.exports.verify import ArtifactReport
+from retrainer.formats.tflite_metadata import (
     METADATA_IDENTIFIER,
     metadata_buffer,
     read_metadata,
 )
-from retrainer.exports.verify import ArtifactReport, check_accuracy_drop
 from retrainer.training.head import Head
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
@@ -64,8 +65,8 @@ def wide_classifier() -> Classifier:
 def test_each_mode_quantizes_what_it_names(wide_classifier):
     calibration = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     models = {mode.mode: convert(wide_classifier, mode, calibration) for mode in (
-        QuantizationConfig.none(), QuantizationConfig.for_dynamic(),
-        QuantizationConfig.for_float16(), QuantizationConfig.for_int8(12))}
+        QuantizationConfig("none"), QuantizationConfig("dynamic"),
+        QuantizationConfig("float16"), QuantizationConfig("int8", 12))}
     assert "int8" not in tensor_types(models["none"]) and "float16" not in tensor_types(models["none"])
     assert "int8" in tensor_types(models["dynamic"])  # weights only
     assert "float16" in tensor_types(models["float16"])
@@ -165,8 +166,9 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
     real export mismatch, caught by --max_export_accuracy_drop."""
     import tensorflow as tf
 
-    from retrainer.config import RetrainConfig
-    from retrainer.exports.deployable import check_export_accuracy, verify_exports
+    from retrainer.data.batches import decode_files
+    from retrainer.exports.run import Exported
+    from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
 
     labels = deployed_run.result.labels
@@ -179,29 +181,29 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
         Image.new("RGB", (32, 32), (index, index, index)).save(dark[-1])
     path = tmp_path / "skewed.tflite"
     write_tflite_files(classifier, {"int8": path}, 12, dark, seed=0)
-    config = RetrainConfig(image_dir=deployed_run.image_dir, output_graph=deployed_run.graph,
-                           tflite_output_file=path, tflite_quantization="int8",
-                           max_export_accuracy_drop=5)
-    tests = [type("Image", (), {"path": p, "label_index": labels.index(p.parent.name)})
-             for name in labels for p in sorted((deployed_run.image_dir / name).iterdir())]
-    with pytest.raises(ExportMismatchError) as raised:
-        check_export_accuracy(config, verify_exports(config, {}, tests, (32, 32)))
-    assert raised.value.exit_code == 7 and "tflite int8" in str(raised.value)
+    tests = [p for name in labels for p in sorted((deployed_run.image_dir / name).iterdir())]
+    pixels, ok = decode_files(tests, (32, 32))
+    truth = np.array([labels.index(p.parent.name) for p in tests])
+    report = export_report([(FROZEN_GRAPH, deployed_run.graph), ("tflite int8", path)],
+                           pixels[ok], truth[ok])
+    failure = Exported({}, tuple(report)).accuracy_drop_failure(5)
+    assert failure is not None and "tflite int8" in failure
 
 
 def test_accuracy_drop_check_names_only_exports_over_the_limit():
     def row(name, accuracy):
         return ArtifactReport(name, name, 1, accuracy, (accuracy - 0.9) * 100, 1.0, 0.0)
 
-    reports = [row("frozen graph", 0.9), row("tflite float16", 0.89), row("tflite int8", 0.87)]
-    check_accuracy_drop(reports, 4.0)
-    with pytest.raises(ExportMismatchError, match="tflite int8") as raised:
-        check_accuracy_drop(reports, 2.0)
-    assert "tflite float16 (" not in str(raised.value)
+    exported = Exported({}, (row("frozen graph", 0.9), row("tflite float16", 0.89),
+                             row("tflite int8", 0.87)))
+    assert exported.accuracy_drop_failure(4.0) is None
+    assert exported.accuracy_drop_failure(None) is None
+    failure = exported.accuracy_drop_failure(2.0)
+    assert "tflite int8" in failure and "tflite float16 (" not in failure
 
 
 def test_convert_refuses_int8_without_calibration(wide_classifier):
     with pytest.raises(DataError, match="at least 10"):
-        convert(wide_classifier, QuantizationConfig.for_int8(), np.zeros((3, 32, 32, 3), np.uint8))
+        convert(wide_classifier, QuantizationConfig("int8"), np.zeros((3, 32, 32, 3), np.uint8))
 
 

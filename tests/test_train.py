@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from retrainer._sampling import WHOLE_SET, BalancedSampler, stream_seed
-from retrainer.bottlenecks import compute_bottlenecks
-from retrainer.evaluate import evaluate_head
+from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.training._sampling import WHOLE_SET, BalancedSampler, stream_seed
+from retrainer.training.evaluate import evaluate_head
 from retrainer.training.head import FeatureSet, Head, TrainingConfig, train_head
 from tests.fixtures_data import make_color_image_dir
 
@@ -150,7 +150,7 @@ def test_balanced_sampler_draws_classes_equally():
 
 def test_evaluation_counts_and_misclassified(color_features, caplog):
     head = train_head(color_features, color_features, 4, config(steps=3, learning_rate=0.01)).head
-    with caplog.at_level(logging.INFO, logger="retrainer.evaluate"):
+    with caplog.at_level(logging.INFO, logger="retrainer.training.evaluate"):
         evaluation = evaluate_head(head, color_features, 4, WHOLE_SET, seed=0)
     predictions = head(color_features.features).numpy().argmax(1)
     truth = color_features.labels
@@ -168,7 +168,7 @@ def test_evaluation_sample_and_empty_test_set(color_features, caplog):
     head = Head(16, 4, seed=0)
     sampled = evaluate_head(head, color_features, 4, 7, seed=3)
     assert sampled.count == 7 and len(sampled.positions) == 7
-    with caplog.at_level(logging.WARNING, logger="retrainer.evaluate"):
+    with caplog.at_level(logging.WARNING, logger="retrainer.training.evaluate"):
         empty = evaluate_head(head, subset(color_features, np.zeros(len(color_features), bool)), 4,
                               WHOLE_SET, seed=0)
     assert (empty.accuracy, empty.count, empty.per_class) == (None, 0, ((0, 0),) * 4)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retrainer.split import TESTING, TRAINING, VALIDATION
+from retrainer.data.split import TESTING, TRAINING, VALIDATION
 
 IMBALANCE_RATIO = 5  # warn when the largest class has this many times the images of another
 MIN_EVALUATION_IMAGES = 5  # below this, one image moves a class's accuracy by 20 points or more
@@ -20,7 +20,7 @@ def balance_warnings(counts: dict[str, dict[str, int]], validation_percentage: f
         One sentence per problem, in label order.
     """
     totals = {label: sum(row.values()) for label, row in counts.items()}
-    largest_label = max(totals, key=totals.get)
+    largest_label = max(totals, key=lambda label: totals[label])
     warnings = []
     for label, total in totals.items():
         if total * IMBALANCE_RATIO < totals[largest_label]:

@@ -19,16 +19,30 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from retrainer.audit.neighbours import (pair_cosines, principal_components, row_norms,
-                                        similar_pairs, take_rows, unique_pairs, unit_rows)
-from retrainer.audit.signatures import (fourier_descriptor, hamming, integer_alignment,
-                                        shifted_by_whole_pixels,
-                                        thumbnail_descriptor, warped_correlation, zoomed_in)
+from retrainer.audit.neighbours import (
+    pair_cosines,
+    principal_components,
+    row_norms,
+    similar_pairs,
+    take_rows,
+    unique_pairs,
+    unit_rows,
+)
+from retrainer.audit.signatures import (
+    fourier_descriptor,
+    hamming,
+    integer_alignment,
+    shifted_by_whole_pixels,
+    thumbnail_descriptor,
+    warped_correlation,
+    zoomed_in,
+)
 
 # Measured with benchmarks/bench_audit.py (docs/audit.md): see there before changing any of them.
 # The passes (gate and pre-tests) use each descriptor's top principal axes (the crop pass: the
-# 64-d 8x8 thumbnails), cheap on the millions of gated pairs; on the benchmark's images such a projected cosine never fell below the full
-# one, so they use the match thresholds themselves; candidates are then scored exactly.
+# 64-d 8x8 thumbnails), cheap on the millions of gated pairs; on the benchmark's images such a
+# projected cosine never fell below the full one, so they use the match thresholds themselves;
+# candidates are then scored exactly.
 SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
 NEIGHBOUR_LIMIT = 16  # partners per image kept by each pass (a k-nearest-neighbour graph)
@@ -92,7 +106,7 @@ def near_pairs(
     Returns:
         NearPair list between the first images of each digest, first < second.
     """
-    first_of = {}
+    first_of: dict[str, int] = {}
     for position, digest in enumerate(digests):
         first_of.setdefault(digest, position)
     keep = np.array(sorted(first_of.values()), np.int64)

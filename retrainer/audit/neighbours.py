@@ -157,7 +157,7 @@ def similar_pairs(
         (first int64 [P], second int64 [P]) with first < second.
     """
     symmetric = other is None
-    other = unit if symmetric else other
+    other = unit if other is None else other
     count = len(unit)
     reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
     axis = _main_axis(unit if symmetric else np.concatenate([unit, other]))

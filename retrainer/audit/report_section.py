@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from retrainer.audit.summary import audit_figures
-from retrainer.reports.html import Section, paragraph, table
 from retrainer.reports.format import percent
+from retrainer.reports.html import Section, paragraph, table
 from retrainer.reports.sections import thumbnail_image
 
 SHOWN_GROUPS = 8  # duplicate groups with thumbnails, leaks first; the rest are in audit.json

@@ -1,9 +1,10 @@
 """The audit stage: run every detector once per dataset, cache the findings, write audit.json.
 
 Findings depend only on the files, their vectors and labels, so they are cached under
-`<bottleneck_dir>/audit-results-v1/<key>.json`, keyed by a SHA-256 of exactly those: an unchanged
-dataset costs one hash. The parts that depend on the run (splits after the opt-in group split, the
-trained head's leak-adjusted test accuracy, warnings) are added when the document is written.
+`<bottleneck_dir>/audit-results-v1/` (`retrainer.cache.layout`), keyed by a SHA-256 of exactly
+those: an unchanged dataset costs one hash. The parts that depend on the run (splits after the
+opt-in group split, the trained head's leak-adjusted test accuracy, warnings) are added when the
+document is written.
 """
 
 from __future__ import annotations
@@ -13,29 +14,28 @@ import hashlib
 import json
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
-from retrainer._files import write_bytes_atomically, write_text_atomically
 from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
 from retrainer.audit.neighbours import take_rows
+from retrainer.audit.options import AuditOptions
 from retrainer.audit.signatures import SignatureCache
-from retrainer.split import TESTING, TRAINING
-from retrainer.storage import as_path
+from retrainer.cache.layout import audit_findings_path
+from retrainer.data.split import TESTING, TRAINING
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import AnyPath
 
 if TYPE_CHECKING:
-    from retrainer.bottlenecks import Bottlenecks
-    from retrainer.config import RetrainConfig
-    from retrainer.discovery import ImageCollection, ImageFile
-    from retrainer.evaluate import Evaluation
+    from retrainer.cache.bottlenecks import Bottlenecks
+    from retrainer.data.discovery import ImageCollection, ImageFile
+    from retrainer.training.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
 
 AUDIT_FORMAT = 1
-RESULT_NAMESPACE = "audit-results-v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Findings:
 
 
 def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
-                  bottleneck_dir: Path, seed: int) -> tuple[Findings, bool]:
+                  bottleneck_dir: AnyPath, seed: int) -> tuple[Findings, bool]:
     """Run every detector on the decodable images (or read their cached findings).
 
     Returns:
@@ -84,7 +84,7 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     labels = np.array([collection.images[p].label_index for p in usable], np.int64)
     relpaths = [collection.images[p].relpath for p in usable]
     key = _findings_key(vectors, labels, relpaths, digests, collection.labels, seed)
-    cache_path = as_path(bottleneck_dir) / RESULT_NAMESPACE / key[:2] / f"{key}.json"
+    cache_path = audit_findings_path(bottleneck_dir, key)
     try:
         return Findings.from_json(json.loads(cache_path.read_text("utf-8"))), True
     except FileNotFoundError:
@@ -139,24 +139,30 @@ def _near_groups(count: int, exact: list[list[int]],
 
 
 class DatasetAudit:
-    """One run's audit: the findings, the collection they refer to, and the run's settings."""
+    """One run's audit: the findings, the collection they refer to, and the run's settings.
 
-    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks,
-                 config: RetrainConfig) -> None:
+    With --keep_duplicates_in_one_split, `collection` is the one given with each duplicate group
+    moved into one split (`moved` says which images moved): the run splits that one.
+    """
+
+    def __init__(self, options: AuditOptions, collection: ImageCollection,
+                 bottlenecks: Bottlenecks) -> None:
         started = time.perf_counter()
-        self.config = config
+        self.options = options
         self.collection = collection
-        self.findings, self.cached = find_problems(collection, bottlenecks, config.bottleneck_dir,
-                                                   config.seed)
+        self.findings, self.cached = find_problems(collection, bottlenecks, options.bottleneck_dir,
+                                                   options.seed)
         self.moved: list[tuple[str, str, str]] = []
         log.info("Audited %d images in %.1f s%s.", int(bottlenecks.ok.sum()),
                  time.perf_counter() - started, " (cached)" if self.cached else "")
+        if options.keep_duplicates_in_one_split:
+            self._keep_groups_in_one_split()
 
-    def keep_groups_in_one_split(self) -> ImageCollection:
-        """The collection with each duplicate group moved to its first member's split.
+    def _keep_groups_in_one_split(self) -> None:
+        """Move each duplicate group to its first member's split (in `.collection`).
 
         The first member is the first in the collection's order (label, then path); its split is
-        retrain.py's hash of its path. Returns the new collection (also kept as `.collection`).
+        retrain.py's hash of its path.
         """
         images = list(self.collection.images)
         edges = [(group[0], member) for group, _ in self.findings.near for member in group[1:]]
@@ -171,13 +177,12 @@ class DatasetAudit:
             log.info("Moved %d duplicate images into their group's split "
                      "(--keep_duplicates_in_one_split).", len(self.moved))
         self.collection = dataclasses.replace(self.collection, images=tuple(images))
-        return self.collection
 
     def write(self, evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
               test_labels: np.ndarray) -> dict[str, Any]:
         """Write audit.json (atomically) and return its document."""
         document = self.document(evaluation, test_images, test_labels)
-        path = self.config.audit_file
+        path = self.options.audit_file
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomically(path, (json.dumps(document, indent=1, ensure_ascii=False)
                                       + "\n").encode("utf-8"))
@@ -220,15 +225,15 @@ class DatasetAudit:
             "moved_to_group_split": [{"path": path, "from": old, "to": new}
                                      for path, old, new in self.moved],
             "warnings": balance_warnings(self.collection.counts(),
-                                         self.config.validation_percentage,
-                                         self.config.testing_percentage),
+                                         self.options.validation_percentage,
+                                         self.options.testing_percentage),
             "cached": self.cached,
         }
 
 
 def _test_images_with_training_copy(images: Sequence[ImageFile], findings: Findings) -> set[int]:
     groups = list(findings.exact) + [group for group, _ in findings.near]
-    leaked = set()
+    leaked: set[int] = set()
     for group in groups:
         if any(images[p].split == TRAINING for p in group):
             leaked.update(p for p in group if images[p].split == TESTING)

@@ -15,20 +15,21 @@ import logging
 import os
 import zipfile
 from collections import defaultdict
-from pathlib import Path
 from typing import Optional, Sequence
 
 import imagehash
 import numpy as np
 from PIL import Image
+from scipy.fft import rfft2
 
-from retrainer._files import write_bytes_atomically
-from retrainer.images import UnreadableImageError, load_image
-from retrainer.storage import as_path, open_for_reading
+from retrainer.audit.neighbours import unit_rows
+from retrainer.cache.layout import audit_signatures_folder
+from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.io.atomic import write_bytes_atomically
+from retrainer.io.storage import AnyPath, open_for_reading
 
 log = logging.getLogger(__name__)
 
-CACHE_NAMESPACE = "audit-signatures-v1"
 THUMBNAIL = 32
 DECODE_SIZE = (64, 64)  # decoded larger than the thumbnail so downscaling averages pixels
 
@@ -37,10 +38,10 @@ class SignatureCache:
     """Thumbnails and perceptual hashes keyed by hex SHA-256 of the image file."""
 
     def __init__(self, bottleneck_dir: os.PathLike[str] | str) -> None:
-        self.directory = as_path(bottleneck_dir) / CACHE_NAMESPACE
+        self.directory = audit_signatures_folder(bottleneck_dir)
 
     def signatures(
-        self, paths: Sequence[Path], digests: Sequence[str]
+        self, paths: Sequence[AnyPath], digests: Sequence[str]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Signatures of `paths` (whose file digests are `digests`), decoding only uncached ones.
 
@@ -65,7 +66,7 @@ class SignatureCache:
                 self._store(shard, known)
         return thumbnails, hashes
 
-    def _shard_path(self, shard: str) -> Path:
+    def _shard_path(self, shard: str) -> AnyPath:
         return self.directory / f"{shard}.npz"
 
     def _load(self, shard: str) -> dict[str, tuple[np.ndarray, np.uint64]]:
@@ -95,7 +96,7 @@ class SignatureCache:
         write_bytes_atomically(self._shard_path(shard), buffer.getvalue())
 
 
-def _signature(path: Path) -> tuple[np.ndarray, np.uint64]:
+def _signature(path: AnyPath) -> tuple[np.ndarray, np.uint64]:
     try:
         pixels = load_image(path, DECODE_SIZE)
     except UnreadableImageError as error:
@@ -113,8 +114,6 @@ def signature_of_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.uint64]:
 
 def thumbnail_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     """float32 [N, 256]: the 16x16 thumbnails, mean-centred, length 1."""
-    from retrainer.audit.neighbours import unit_rows
-
     small = thumbnails.astype(np.float32).reshape(-1, 16, 2, 16, 2).mean(axis=(2, 4))
     return unit_rows(small, center=True)
 
@@ -124,10 +123,6 @@ def fourier_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 
     The magnitude ignores where the picture sits in the frame, so a shifted copy keeps it.
     """
-    from retrainer.audit.neighbours import unit_rows
-
-    from scipy.fft import rfft2
-
     grey = thumbnails.astype(np.float32)
     spectrum = np.abs(rfft2(grey - grey.mean(axis=(1, 2), keepdims=True), workers=-1))
     low = np.concatenate([spectrum[:, :8, :8], spectrum[:, -8:, :8]], axis=1)
@@ -172,9 +167,9 @@ def integer_alignment(first: np.ndarray, second: np.ndarray,
             spread = np.sqrt(np.maximum(power - total * total / (side * side), 0.0))
             dots = np.einsum("pij,pij->p", target, second[:, rows, margin - dx:size - margin - dx])
             scores.append(dots / np.maximum(spread, 1e-6))
-    scores = np.stack(scores)
-    best = scores.argmax(axis=0)
-    return scores.max(axis=0), best // 3 - 1, best % 3 - 1, scores[4]
+    stacked = np.stack(scores)
+    best = stacked.argmax(axis=0)
+    return stacked.max(axis=0), best // 3 - 1, best % 3 - 1, stacked[4]
 
 
 def shifted_by_whole_pixels(thumbnails: np.ndarray, rows: np.ndarray,

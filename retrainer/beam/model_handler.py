@@ -15,6 +15,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from retrainer.engines import Engine
+from retrainer.engines.factory import create_engine
+from retrainer.extractors import create_extractor
 
 
 class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, Engine]):
@@ -40,9 +42,6 @@ class BottleneckModelHandler(ModelHandler[np.ndarray, PredictionResult, Engine])
         self.trust_model = trust_model
 
     def load_model(self) -> Engine:
-        from retrainer.engines import create_engine
-        from retrainer.extractors import create_extractor
-
         extractor = create_extractor(self.tfhub_module, self.image_size, self.trust_model)
         return create_engine(extractor, self.precision)
 

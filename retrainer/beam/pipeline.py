@@ -3,7 +3,7 @@
     MatchFiles -> Reshuffle (else every file stays on the worker that listed them) -> ReadMatches
     -> hash; skip what the cache has; decode (retrainer's discovery rule and decoder)
     -> RunInference (KeyedModelHandler keyed by content SHA-256, retrainer's own extractor)
-    -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/shards.py)
+    -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/cache/shards.py)
 
 Unreadable images go to a dead-letter output: counted, named in the manifest and the result,
 never fatal. The vectors are the single-machine path's (same engine and precision, hence the same
@@ -30,13 +30,9 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from retrainer.beam.model_handler import BottleneckModelHandler
-from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, content_digest, namespace
-from retrainer.config import DEFAULT_EXTRACTOR
-from retrainer.engines import AUTO, PRECISIONS, create_engine
-from retrainer.errors import UsageError
-from retrainer.image_names import is_image_relpath
-from retrainer.images import UnreadableImageError, decode_image
-from retrainer.shards import (
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.cache.layout import extractor_folder, shards_folder
+from retrainer.cache.shards import (
     RUN_ID_TIME,
     SHARD_PREFIX,
     SHARD_SUFFIX,
@@ -45,9 +41,15 @@ from retrainer.shards import (
     finished_runs,
     read_manifest,
     remove_abandoned_runs,
-    shards_root,
     write_manifest_then_marker,
 )
+from retrainer.data.batches import content_digest
+from retrainer.data.decoding import UnreadableImageError, decode_image
+from retrainer.data.names import is_image_relpath
+from retrainer.engines import AUTO, PRECISIONS
+from retrainer.engines.factory import create_engine
+from retrainer.errors import UsageError
+from retrainer.extractors import create_extractor
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ class ExtractConfig:
 
     image_dir: str
     bottleneck_dir: str
-    tfhub_module: str = DEFAULT_EXTRACTOR
+    tfhub_module: str  # the CLI's default is retrain's (retrainer.config.DEFAULT_EXTRACTOR)
     image_size: Optional[int] = None
     batch_size: int = DEFAULT_BATCH_SIZE
     extractor_precision: str = AUTO
@@ -124,8 +126,6 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
-    from retrainer.extractors import create_extractor
-
     started = time.perf_counter()
     image_dir = _absolute(config.image_dir)
     for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
@@ -141,9 +141,9 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
                            config.extractor_precision)
     spec, precision = engine.spec, engine.precision
     del engine
-    cache_dir = FileSystems.join(_absolute(config.bottleneck_dir), *namespace(spec).split("/"))
+    cache_dir = os.fspath(extractor_folder(_absolute(config.bottleneck_dir), spec))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
-    run_dir = FileSystems.join(shards_root(cache_dir), _new_run_id())
+    run_dir = FileSystems.join(shards_folder(cache_dir), _new_run_id())
     options = PipelineOptions(beam_args)
     if options.view_as(StandardOptions).runner is None:
         options.view_as(StandardOptions).runner = DEFAULT_RUNNER
@@ -222,11 +222,11 @@ class _HashAndDecode(beam.DoFn):
 
     def __init__(self, image_dir: str, input_size: tuple[int, int]) -> None:
         self.image_dir = image_dir.rstrip("/")
-        self.input_size = tuple(input_size)
+        self.input_size = input_size
         self.unreadable_count = beam.metrics.Metrics.counter("retrain_extract", "unreadable")
         self.cached_count = beam.metrics.Metrics.counter("retrain_extract", "already_cached")
 
-    def process(self, readable_file, cached) -> Iterator[Any]:
+    def process(self, readable_file: Any, cached: Any) -> Iterator[Any]:
         path = readable_file.metadata.path
         if not is_image_relpath(path[len(self.image_dir) + 1:]):
             return

@@ -16,16 +16,20 @@ import logging
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-from retrainer._files import write_bytes_atomically
-from retrainer._frozen_graph import load_frozen_graph, read_graph_file
-from retrainer.classify._common import ClassifyConfig
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.frozen_graph import read_sidecar
+from retrainer.classify.saved_model import SIGNATURE
+from retrainer.data.decoding import UnreadableImageError
 from retrainer.errors import ModelError, UsageError
 from retrainer.explain.gradcam import Explanation, GradCam, require_explainable
 from retrainer.explain.heatmap import HeatmapNames, image_overlay
-from retrainer.graph_contract import METADATA_SUFFIX, SAVED_MODEL_METADATA
-from retrainer.images import UnreadableImageError
-from retrainer.storage import AnyPath, is_url
+from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
+from retrainer.formats.graph_contract import METADATA_SUFFIX, SAVED_MODEL_METADATA
+from retrainer.io.atomic import write_bytes_atomically
+from retrainer.io.storage import AnyPath, is_url
 
 log = logging.getLogger(__name__)
 _ARTICLED = {"ONNX model": "an ONNX model", "TFLite model": "a TFLite model"}
@@ -93,8 +97,6 @@ class HeatmapWriter:
 
 
 def _frozen_graph_gradcam(config: ClassifyConfig, spec: Any) -> GradCam:
-    from retrainer.classify.frozen_graph import read_sidecar
-
     data = read_graph_file(config.graph)
     sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
     if not sidecar:
@@ -108,13 +110,6 @@ def _frozen_graph_gradcam(config: ClassifyConfig, spec: Any) -> GradCam:
 
 
 def _saved_model_gradcam(config: ClassifyConfig) -> GradCam:
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
-    from retrainer.classify.saved_model import SIGNATURE
-
     source = f"SavedModel {config.graph}"
     metadata_file = config.graph / "assets" / SAVED_MODEL_METADATA
     try:

@@ -9,21 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer._frozen_graph import load_frozen_graph, read_graph_file
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     DEFAULT_OUTPUT_LAYER,
     ClassifyConfig,
     ModelSpec,
     first_set,
+    flag_or,
     resolve_labels,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import (
+from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
+from retrainer.formats.graph_contract import (
     GRAPH_FORMAT,
     INPUT_MEAN,
     INPUT_OP,
@@ -31,9 +32,7 @@ from retrainer.graph_contract import (
     METADATA_SUFFIX,
     metadata_path,
 )
-
-if TYPE_CHECKING:
-    import tensorflow as tf
+from retrainer.io.storage import AnyPath
 
 
 class FrozenGraphModel:
@@ -42,8 +41,6 @@ class FrozenGraphModel:
     kind = "graph"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         data = read_graph_file(config.graph)
         sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
         frozen = load_frozen_graph(
@@ -60,8 +57,8 @@ class FrozenGraphModel:
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
             input_size=_input_size(config, sidecar, self._input),
-            input_mean=first_set(config.input_mean, sidecar.get("input_mean"), INPUT_MEAN),
-            input_std=first_set(config.input_std, sidecar.get("input_std"), INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, sidecar.get("input_mean")),
+            input_std=flag_or(INPUT_STD, config.input_std, sidecar.get("input_std")),
             labels=labels,
         )
         self.classes = self._output.shape[-1]
@@ -76,7 +73,7 @@ class FrozenGraphModel:
         self._session.close()
 
 
-def read_sidecar(graph: Path, graph_sha256: str) -> dict[str, Any]:
+def read_sidecar(graph: AnyPath, graph_sha256: str) -> dict[str, Any]:
     """The export's `<graph>.meta.json` as a dict, or {} when there is none.
 
     Args:

@@ -15,16 +15,17 @@ from typing import Any, Optional
 
 import numpy as np
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
     first_set,
+    flag_or,
     resolve_labels,
 )
-from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
+from retrainer.io.host import usable_cpus
 from retrainer.security import check_model
 
 
@@ -62,10 +63,9 @@ class OnnxModel:
             input_layer=self._input.name,
             output_layer=self._output.name,
             input_size=size,
-            input_mean=first_set(config.input_mean, _number(metadata, "input_mean", config),
-                                 INPUT_MEAN),
-            input_std=first_set(config.input_std, _number(metadata, "input_std", config),
-                                INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean,
+                               _number(metadata, "input_mean", config)),
+            input_std=flag_or(INPUT_STD, config.input_std, _number(metadata, "input_std", config)),
             labels=labels,
         )
         width = self._output.shape[-1] if self._output.shape else None
@@ -104,7 +104,7 @@ def _metadata(config: ClassifyConfig, session: Any) -> dict[str, str]:
                          f"{_first_line(error)}") from None
 
 
-def _pick(values: list, name: Any, role: str, config: ClassifyConfig) -> Any:
+def _pick(values: list[Any], name: Any, role: str, config: ClassifyConfig) -> Any:
     """The input/output called `name`; else the only one / the first; else an error listing them."""
     names = [value.name for value in values]
     if name in names:
@@ -128,7 +128,7 @@ def _number(metadata: dict[str, str], key: str, config: ClassifyConfig) -> Any:
                          f"number; pass --{key}") from None
 
 
-def _embedded_labels(config: ClassifyConfig, metadata: dict[str, str]) -> Optional[list]:
+def _embedded_labels(config: ClassifyConfig, metadata: dict[str, str]) -> Optional[list[str]]:
     """The `labels` metadata (a JSON list of strings), or None without it."""
     if "labels" not in metadata:
         return None

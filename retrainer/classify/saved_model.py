@@ -1,23 +1,24 @@
 """A SavedModel folder for `label-image`: its `serving_default` signature (float images in [0, 1]).
 
 The float signature, not the bytes one, so label-image feeds it the very pixels it feeds every
-other kind (`retrainer.images.load_image`). Labels: --labels, else the model's
+other kind (`retrainer.data.decoding.load_image`). Labels: --labels, else the model's
 `assets/labels.txt`.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
+    flag_or,
     read_labels,
 )
 from retrainer.errors import ModelError, UsageError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
 
 SIGNATURE = "serving_default"
 LABELS_ASSET = "labels.txt"
@@ -29,8 +30,6 @@ class SavedModelModel:
     kind = "SavedModel"
 
     def __init__(self, config: ClassifyConfig) -> None:
-        import tensorflow as tf
-
         path = config.graph
         try:
             self._model = tf.saved_model.load(str(path))
@@ -57,8 +56,8 @@ class SavedModelModel:
             input_layer=name,
             output_layer=self._output_name,
             input_size=size,
-            input_mean=first_set(config.input_mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean),
+            input_std=flag_or(INPUT_STD, config.input_std),
             labels=labels,
         )
         self.classes = signature.structured_outputs[self._output_name].shape[-1]

@@ -2,7 +2,7 @@
 
 Runs on `ai-edge-litert`'s interpreter when installed (`pip install '.[litert]'`), else on
 `tf.lite.Interpreter`, whose deprecation warning is silenced. Input normalization and labels come
-from flags, else the file's own TFLite metadata (`retrainer.exports.tflite_metadata`), else the
+from flags, else the file's own TFLite metadata (`retrainer.formats.tflite_metadata`), else the
 defaults (mean 0, std 255) and `output_labels.txt` beside the file. A uint8 input is fed the
 normalized pixels quantized with the tensor's own scale and zero point (for retrain's int8 export,
 1/255 and 0: the raw pixels).
@@ -10,68 +10,36 @@ normalized pixels quantized with the tensor's own scale and zero point (for retr
 
 from __future__ import annotations
 
-import contextlib
-import os
 import struct
-import sys
-import tempfile
-import warnings
-from typing import Iterator
+from typing import Any
 
 import numpy as np
 
-from retrainer.classify._common import (
+from retrainer.classify.config import (
     ClassifyConfig,
     ModelSpec,
     check_size_flags,
-    first_set,
+    flag_or,
     resolve_labels,
 )
-from retrainer.engines.cpu import usable_cpus
 from retrainer.errors import ModelError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.tflite import new_interpreter
+from retrainer.formats.tflite_metadata import read_metadata
+from retrainer.io.host import filtered_stderr, usable_cpus
 
 
-def make_interpreter(model: bytes):
+def make_interpreter(model: bytes) -> Any:
     """An interpreter for `model`, tensors allocated: LiteRT's when installed, else
     TensorFlow's (deprecated).
 
     The runtime's C++ "INFO: Created TensorFlow Lite XNNPACK delegate" line on file descriptor 2
     is dropped (label-image's stderr is for warnings); anything else it prints is passed on.
     """
-    with _without_runtime_info():
-        interpreter = _new_interpreter(model)
+    with filtered_stderr(lambda line: not line.startswith("INFO: ")):
+        interpreter = new_interpreter(model, usable_cpus())
         interpreter.allocate_tensors()  # applies the XNNPACK delegate
     return interpreter
-
-
-@contextlib.contextmanager
-def _without_runtime_info() -> Iterator[None]:
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            captured.seek(0)
-            lines = captured.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not line.startswith("INFO: ")))
-
-
-def _new_interpreter(model: bytes):
-    threads = usable_cpus()
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
-            return tf.lite.Interpreter(model_content=model, num_threads=threads)
-    return Interpreter(model_content=model, num_threads=threads)
 
 
 class TFLiteModel:
@@ -80,8 +48,6 @@ class TFLiteModel:
     kind = "TFLite model"
 
     def __init__(self, config: ClassifyConfig, data: bytes) -> None:
-        from retrainer.exports.tflite_metadata import read_metadata
-
         path = config.graph
         try:
             self._interpreter = make_interpreter(data)
@@ -101,14 +67,14 @@ class TFLiteModel:
         size = (int(self._input["shape"][1]), int(self._input["shape"][2]))
         check_size_flags(config, size, "TFLite model")
         labels, self.labels_source = resolve_labels(
-            config, metadata and metadata.labels, f"the metadata of {config.graph}",
+            config, metadata.labels if metadata else None, f"the metadata of {config.graph}",
             "TFLite model", "no label metadata")
         self.spec = ModelSpec(
             input_layer=self._input["name"],
             output_layer=self._output["name"],
             input_size=size,
-            input_mean=first_set(config.input_mean, metadata and metadata.mean, INPUT_MEAN),
-            input_std=first_set(config.input_std, metadata and metadata.std, INPUT_STD),
+            input_mean=flag_or(INPUT_MEAN, config.input_mean, metadata.mean if metadata else None),
+            input_std=flag_or(INPUT_STD, config.input_std, metadata.std if metadata else None),
             labels=labels,
         )
         self.classes = int(self._output["shape"][-1])

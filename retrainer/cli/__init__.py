@@ -11,13 +11,13 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from typing import Any, Callable, TypeVar
 
 import click
 
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
-from retrainer.storage import as_path, is_url
+from retrainer.io.host import filtered_stderr
+from retrainer.io.storage import as_path, is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 # The machine, not the code, refused a write (disk full, quota, read-only, file size limit, another
@@ -26,8 +26,18 @@ _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.E
                                 errno.EPERM})
 
 
-class PathOrUrl(click.ParamType):
-    """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.storage`), unmangled
+VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")  # --logging_verbosity, as retrain.py's
+
+
+def option(name: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option under retrain.py's / label_image.py's underscore name and its dash spelling
+    (--image_dir and --image-dir), passed to the command as `name`."""
+    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+    return click.option(*spellings, name, **kwargs)
+
+
+class PathOrUrl(click.ParamType):  # type: ignore[type-arg]
+    """A local path (`pathlib.Path`) or a URL such as gs://bucket/x (`retrainer.io.storage`), unmangled
     (`click.Path(path_type=Path)` would turn gs://b into gs:/b)."""
 
     name = "path"
@@ -46,22 +56,10 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if verbose or "tensorflow" in sys.modules:
         return
-    sys.stderr.flush()
-    saved_fd = os.dup(2)
-    with tempfile.TemporaryFile() as captured:
-        os.dup2(captured.fileno(), 2)
-        try:
-            import tensorflow as tf
+    with filtered_stderr(lambda line: False, keep_all_on_error=True):
+        import tensorflow as tf  # here, not at the top: --help must not load it
 
-            tf.config.list_physical_devices()
-        except BaseException:
-            os.dup2(saved_fd, 2)
-            captured.seek(0)
-            sys.stderr.write(captured.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved_fd, 2)
-            os.close(saved_fd)
+        tf.config.list_physical_devices()
 
 
 def configure_logging(verbosity: str) -> None:
@@ -92,7 +90,7 @@ def reports_errors(command: F) -> F:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OSError as error:
-            if is_url(error.filename):  # a remote store refused or failed (retrainer.storage)
+            if is_url(error.filename):  # a remote store refused or failed (retrainer.io.storage)
                 click.echo(f"Error: {error.strerror}: {error.filename}. Check the path and "
                            "its access rights, then rerun: work done so far is kept.", err=True)
                 sys.exit(EXIT_USAGE)

@@ -14,45 +14,43 @@ from typing import Any
 
 import click
 
-from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
-from retrainer.config import DEFAULT_EXTRACTOR, EXTRACTOR_PRECISIONS, default_bottleneck_dir
+from retrainer.cache.options import EXTRACTOR_PRECISIONS
+from retrainer.cli import VERBOSITIES, configure_logging, option, quiet_tensorflow, reports_errors
+from retrainer.config import DEFAULT_EXTRACTOR, default_bottleneck_dir
 from retrainer.engines import AUTO
 from retrainer.errors import UsageError
 
-_VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _MAX_UNREADABLE_SHOWN = 20
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
                                  "ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--image_dir", "--image-dir", "image_dir", required=True,
-              help="Folder (or gs:// prefix) with one sub-folder of images per class.")
-@click.option("--bottleneck_dir", "--bottleneck-dir", "bottleneck_dir",
-              default=lambda: str(default_bottleneck_dir()),
-              show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks",
-              help="Cache of bottleneck vectors, the one `retrain --bottleneck_dir` reads.")
-@click.option("--tfhub_module", "--tfhub-module", "tfhub_module", default=DEFAULT_EXTRACTOR,
-              show_default=True, help="Feature extractor, as for `retrain`.")
-@click.option("--image_size", "--image-size", "image_size", type=click.IntRange(min=1),
-              help="Input size for extractors that accept several (default: the module's own).")
-@click.option("--batch_size", "--batch-size", "batch_size", type=click.IntRange(min=1),
-              help="Most images per extractor call on a worker (default: retrain's, 32).")
-@click.option("--extractor_precision", "--extractor-precision", "extractor_precision",
-              type=click.Choice(EXTRACTOR_PRECISIONS), default=AUTO, show_default=True,
-              help="How the workers run the extractor, as `retrain --extractor_precision`: auto "
-              "is resolved on this machine by retrain's rule, so a `retrain` here with the same "
-              "flag reuses every vector.")
-@click.option("--trust_model", "--trust-model", "trust_model", is_flag=True,
-              help="Load --tfhub_module without checking its ops first: only for a module you "
-                   "trust (docs/security.md).")
-@click.option("--logging_verbosity", "--logging-verbosity", "logging_verbosity",
-              type=click.Choice(_VERBOSITIES, case_sensitive=False), default="INFO",
-              show_default=True, help="How much to log on stderr.")
+@option("image_dir", required=True,
+        help="Folder (or gs:// prefix) with one sub-folder of images per class.")
+@option("bottleneck_dir", default=lambda: str(default_bottleneck_dir()),
+        show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks",
+        help="Cache of bottleneck vectors, the one `retrain --bottleneck_dir` reads.")
+@option("tfhub_module", default=DEFAULT_EXTRACTOR, show_default=True,
+        help="Feature extractor, as for `retrain`.")
+@option("image_size", type=click.IntRange(min=1),
+        help="Input size for extractors that accept several (default: the module's own).")
+@option("batch_size", type=click.IntRange(min=1),
+        help="Most images per extractor call on a worker (default: retrain's, 32).")
+@option("extractor_precision", type=click.Choice(EXTRACTOR_PRECISIONS), default=AUTO,
+        show_default=True,
+        help="How the workers run the extractor, as `retrain --extractor_precision`: auto is "
+        "resolved on this machine by retrain's rule, so a `retrain` here with the same flag "
+        "reuses every vector.")
+@option("trust_model", is_flag=True,
+        help="Load --tfhub_module without checking its ops first: only for a module you trust "
+        "(docs/security.md).")
+@option("logging_verbosity", type=click.Choice(VERBOSITIES, case_sensitive=False),
+        default="INFO", show_default=True, help="How much to log on stderr.")
 @click.option("--quiet", "-q", is_flag=True, help="Print only the summary line and errors.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
 @reports_errors
-def main(context: click.Context, logging_verbosity: str, quiet: bool, as_json: bool,
+def main(context: click.Context, /, logging_verbosity: str, quiet: bool, as_json: bool,
          **options: Any) -> None:
     """Compute the bottleneck vectors of IMAGE_DIR with Apache Beam; `retrain` then reuses them.
 

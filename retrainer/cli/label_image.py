@@ -14,68 +14,67 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 import click
+from tqdm import tqdm
 
-# retrainer.classify imports TensorFlow only when it loads a graph, so `--help` stays instant.
-from retrainer.classify import (
+from retrainer.classify.config import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_GRAPH,
     DEFAULT_OUTPUT_LAYER,
     DEFAULT_TOP_K,
-    LABELS_FILENAME,
     ClassifyConfig,
-    ImageResult,
-    classify_images,
 )
-from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
+from retrainer.cli import PathOrUrl, configure_logging, option, quiet_tensorflow, reports_errors
+from retrainer.data.names import image_extensions_text, is_image_name
 from retrainer.errors import UnreadableImagesError, UsageError
-from retrainer.graph_contract import INPUT_MEAN, INPUT_OP, INPUT_STD
-from retrainer.image_names import image_extensions_text, is_image_name
-from retrainer.storage import walk
+from retrainer.formats.graph_contract import (
+    DEFAULT_GRAPH,
+    INPUT_MEAN,
+    INPUT_OP,
+    INPUT_STD,
+    LABELS_FILENAME,
+)
+from retrainer.io.storage import walk
+
+if TYPE_CHECKING:
+    from retrainer.classify.run import ImageResult
 
 log = logging.getLogger("retrainer.label_image")
-
-
-def _option(name: str, **kwargs):
-    """An option under label_image.py's underscore name and its dash spelling."""
-    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    return click.option(*spellings, name, **kwargs)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("images", nargs=-1, type=PathOrUrl())
 @click.option("--image", "more_images", multiple=True, type=PathOrUrl(),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")
-@_option("graph", type=PathOrUrl(), default=DEFAULT_GRAPH, show_default=True,
-         help="Model written by retrain: a frozen graph (.pb), a .tflite file, an ONNX model "
-              "or a SavedModel folder (told apart by content).")
-@_option("labels", type=PathOrUrl(), default=None,
+@option("graph", type=PathOrUrl(), default=DEFAULT_GRAPH, show_default=True,
+        help="Model written by retrain: a frozen graph (.pb), a .tflite file, an ONNX model "
+             "or a SavedModel folder (told apart by content).")
+@option("labels", type=PathOrUrl(), default=None,
          help="Labels file, one per line.  [default: the labels in <graph>.meta.json, else "
               f"{LABELS_FILENAME} next to the graph]")
-@_option("input_layer", default=None,
+@option("input_layer", default=None,
          help=f"Input op name.  [default: from <graph>.meta.json, else {INPUT_OP}]")
-@_option("output_layer", default=None,
+@option("output_layer", default=None,
          help=f"Output op name.  [default: from <graph>.meta.json, else {DEFAULT_OUTPUT_LAYER}]")
-@_option("input_height", type=click.IntRange(min=1), default=None,
+@option("input_height", type=click.IntRange(min=1), default=None,
          help="Input height in pixels.  [default: from <graph>.meta.json, else the graph's input shape]")
-@_option("input_width", type=click.IntRange(min=1), default=None,
+@option("input_width", type=click.IntRange(min=1), default=None,
          help="Input width in pixels.  [default: from <graph>.meta.json, else the graph's input shape]")
-@_option("input_mean", type=float, default=None,
+@option("input_mean", type=float, default=None,
          help=f"The graph is fed (pixel - input_mean) / input_std, pixels 0..255.  "
               f"[default: from <graph>.meta.json, else {INPUT_MEAN:g}]")
-@_option("input_std", type=float, default=None,
+@option("input_std", type=float, default=None,
          help=f"See --input_mean.  [default: from <graph>.meta.json, else {INPUT_STD:g}]")
-@_option("top_k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True,
+@option("top_k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True,
          help="Labels to print per image.")
-@_option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
+@option("batch_size", type=click.IntRange(min=1), default=DEFAULT_BATCH_SIZE, show_default=True,
          help="Images per model run.")
-@_option("explain", type=PathOrUrl(), default=None, metavar="DIR",
-         help="Write each image's heat map (Grad-CAM: where the top class's evidence lies) to "
-              "DIR/<image name>.png. Frozen graphs and SavedModels of the built-in "
-              "EfficientNet-Lite models and keras: backbones.")
-@_option("trust_model", is_flag=True,
+@option("explain", type=PathOrUrl(), default=None, metavar="DIR",
+        help="Write each image's heat map (Grad-CAM: where the top class's evidence lies) to "
+             "DIR/<image name>.png. Frozen graphs and SavedModels of the built-in "
+             "EfficientNet-Lite models and keras: backbones.")
+@option("trust_model", is_flag=True,
          help="Load the model without checking its ops first: only for a file you trust "
               "(docs/security.md).")
 @click.option("--json", "as_json", is_flag=True,
@@ -102,6 +101,8 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
         raise click.UsageError("--json and --quiet are alternatives; pass one of them")
     configure_logging("error" if quiet else "warning")
     quiet_tensorflow()
+    from retrainer.classify.run import classify_images  # TensorFlow: not for --help
+
     paths = expand_images(images + more_images)
     config = ClassifyConfig(
         graph=graph, labels=labels, input_layer=input_layer, output_layer=output_layer,
@@ -167,14 +168,14 @@ def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> st
         top1 = f"{best.label}\t{best.score:.5f}"
         return f"{result.path}\t{top1}" if several else top1
     lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in result.predictions]
-    if result.heatmap is not None:
+    if result.heatmap is not None and result.peak is not None:
         lines.append(f"heat map: {result.heatmap} (peak y={result.peak[0]}, x={result.peak[1]})")
     if several:
         lines.insert(0, ("" if first else "\n") + f"==> {result.path} <==")
     return "\n".join(lines)
 
 
-def _as_json(result: ImageResult) -> dict:
+def _as_json(result: ImageResult) -> dict[str, Any]:
     if result.error is not None:
         return {"path": str(result.path), "error": result.error}
     best = result.predictions[0]
@@ -184,18 +185,17 @@ def _as_json(result: ImageResult) -> dict:
         "score": best.score,
         "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
     }
-    if result.heatmap is not None:
+    if result.heatmap is not None and result.peak is not None:
         document["heatmap"] = str(result.heatmap)
         document["peak"] = list(result.peak)
     return document
 
 
-def _with_progress(results, total: int, quiet: bool):
+def _with_progress(results: Iterator[ImageResult], total: int, quiet: bool
+                   ) -> Iterable[ImageResult]:
     """A tqdm bar on stderr, only when results go to a file or pipe and stderr is a terminal."""
     if quiet or sys.stdout.isatty() or total <= DEFAULT_BATCH_SIZE:
         return results
-    from tqdm import tqdm
-
     return tqdm(results, total=total, unit="image", file=sys.stderr, disable=None)
 
 

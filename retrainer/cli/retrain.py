@@ -10,33 +10,35 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import click
 
-from retrainer.cli import PathOrUrl, configure_logging, quiet_tensorflow, reports_errors
-from retrainer.config import (
-    EXTRACTOR_PRECISIONS,
-    HEAD_SOLVERS,
-    SGD_LEARNING_RATE,
-    SGD_STEPS,
-    RetrainConfig,
+from retrainer.audit.summary import audit_summary_lines
+from retrainer.cache.options import EXTRACTOR_PRECISIONS
+from retrainer.cli import (
+    VERBOSITIES,
+    F,
+    PathOrUrl,
+    configure_logging,
+    option,
+    quiet_tensorflow,
+    reports_errors,
 )
+from retrainer.config import RetrainConfig
+from retrainer.data.split import SPLITS, TESTING
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
-from retrainer.pipeline import run
 from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
-from retrainer.split import SPLITS, TESTING
+from retrainer.training.options import HEAD_SOLVERS, SGD_LEARNING_RATE, SGD_STEPS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
-_VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")
 _MAX_SKIPPED_SHOWN = 20
 
 
-def _option(name: str, help: str, **kwargs: Any):
-    """An option under retrain.py's name and its dash spelling, its default from the config."""
-    spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
+    """`cli.option`, its default from the config (shown in --help)."""
     field = _FIELDS.get(name)
     if field is not None and "default" not in kwargs:
         if field.default is not dataclasses.MISSING:
@@ -44,7 +46,7 @@ def _option(name: str, help: str, **kwargs: Any):
         elif field.default_factory is not dataclasses.MISSING:
             kwargs["default"] = field.default_factory
     kwargs.setdefault("show_default", True)
-    return click.option(*spellings, name, help=help, **kwargs)
+    return option(name, help=help, **kwargs)
 
 
 _PATH = PathOrUrl()
@@ -168,7 +170,7 @@ _BATCH = click.IntRange(min=-1)
 @_option("image_size", "Input size for extractors that accept several (default: the module's "
          "own).", type=click.IntRange(min=1), show_default=False)
 @_option("checkpoint_path", "Where to save the trained layer's checkpoint (prefix).", type=_PATH)
-@_option("logging_verbosity", "How much to log on stderr.", type=click.Choice(_VERBOSITIES,
+@_option("logging_verbosity", "How much to log on stderr.", type=click.Choice(VERBOSITIES,
          case_sensitive=False), default="INFO")
 @_option("seed", "Random seed: the same seed and data give the same numbers.",
          type=click.IntRange(min=0))
@@ -189,6 +191,8 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     configure_logging("ERROR" if quiet else logging_verbosity)
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
+    from retrainer.pipeline import run  # TensorFlow and every stage: not for --help
+
     try:
         result = run(config)
     except FinishedRunError as error:  # a failed gate or export check: the figures still print
@@ -209,8 +213,8 @@ def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_
     click.echo(_test_line(result))
     if config.print_misclassified_test_images:
         click.echo("=== MISCLASSIFIED TEST IMAGES ===")
-        for path, label in result.misclassified:
-            click.echo(f"{path:>70}  {label}")
+        for image in result.misclassified:
+            click.echo(f"{image.relpath:>70}  {image.predicted_label}")
     if not quiet:
         click.echo("\n".join(_summary_lines(result)))
 
@@ -276,15 +280,14 @@ def _summary_lines(result: RetrainResult) -> list[str]:
 
 def _whole_validation_line(result: RetrainResult) -> str:
     """The honest figure: each validation image once (the step lines count sampled draws)."""
-    validation = result.report.validation
+    validation = result.validation_metrics
     return (f"Validation accuracy = {percent(validation.accuracy)} (N={validation.count} images, "
             "the whole validation split)")
 
 
 def _report_lines(result: RetrainResult) -> list[str]:
     """Headline split's accuracies, the per-class table and the most confused pairs."""
-    report = result.report
-    name, split = report.headline()
+    name, split = result.headline()
     if name is None:
         return []
     top_k = f", top-{split.top_k} {percent(split.top_k_accuracy)}" if split.top_k else ""
@@ -302,7 +305,7 @@ def _report_lines(result: RetrainResult) -> list[str]:
         lines.append("Most confused (true -> predicted): " + "; ".join(
             f"{result.labels[true]} -> {result.labels[predicted]} ({count})"
             for true, predicted, count in confused))
-    for gate in report.gates:
+    for gate in result.quality_gates:
         lines.append(f"Quality gate --{gate.flag} {gate.threshold:g}: passed "
                      f"({percent(gate.value)})")
     return lines
@@ -350,8 +353,6 @@ def _training_mode_lines(result: RetrainResult) -> list[str]:
 def _audit_lines(result: RetrainResult) -> list[str]:
     if result.audit is None:
         return []
-    from retrainer.audit.summary import audit_summary_lines
-
     return ["", *audit_summary_lines(result.audit, result.outputs.get("audit_file"))]
 
 

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
-from retrainer._files import write_bytes_atomically
+from retrainer.io.atomic import write_bytes_atomically
+from retrainer.io.host import user_cache_dir
 
 log = logging.getLogger(__name__)
 
 
 def engine_cache_dir() -> Path:
     """`${XDG_CACHE_HOME:-~/.cache}/retrainer/engines` (read on each call: tests redirect it)."""
-    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache_home) / "retrainer" / "engines"
+    return user_cache_dir() / "engines"
 
 
 def model_path(extractor_id: str, kind: str, key_parts: tuple[str, ...]) -> Path:

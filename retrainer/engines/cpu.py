@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import platform
 from pathlib import Path
 
@@ -17,14 +16,6 @@ from retrainer.engines.base import BFLOAT16, FLOAT32, INT8, PRECISIONS
 
 _CPUINFO = Path("/proc/cpuinfo")
 _ARM = ("aarch64", "arm64")
-
-
-def usable_cpus() -> int:
-    """How many CPUs this process may run on: one decode or interpreter thread each."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 @functools.lru_cache(maxsize=1)

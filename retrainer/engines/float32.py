@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import tensorflow as tf
 
 from retrainer.engines.base import FLOAT32, Engine
+from retrainer.engines.multi_device import default_device, sharded_feature_function
 from retrainer.extractors import FeatureExtractor
 
 BATCH_SIZE = 32
 
 
-def feature_function(extractor: FeatureExtractor):
+def feature_function(extractor: FeatureExtractor) -> Any:
     """The extractor as one traced function from uint8 pixels.
 
     Returns:
@@ -27,14 +30,13 @@ def feature_function(extractor: FeatureExtractor):
     return features
 
 
-def placed_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]):
+def placed_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]
+                            ) -> tuple[Any, tuple[str, ...], int]:
     """`feature_function`, or with `devices` its batches split across them (`multi_device`).
 
     Returns:
         (the function, the devices it runs on, the batch size that gives each device 32 images).
     """
-    from retrainer.engines.multi_device import default_device, sharded_feature_function
-
     if not devices:
         return feature_function(extractor), (default_device(),), BATCH_SIZE
     return sharded_feature_function(extractor, devices), devices, BATCH_SIZE * len(devices)

@@ -19,18 +19,17 @@ own `tf.lite.Interpreter` (deprecated in its favour; the warning is silenced: sa
 from __future__ import annotations
 
 import hashlib
-import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from retrainer.data.decoding import decode_image
 from retrainer.engines._model_cache import cached_model, model_path
 from retrainer.engines.base import INT8, Engine, precision_spec
 from retrainer.errors import UsageError
-from retrainer.exports.tflite import full_integer_model
 from retrainer.extractors import FeatureExtractor
-from retrainer.images import decode_image
+from retrainer.formats.tflite import full_integer_model, new_interpreter
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 # XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (benchmarks/bench_extractor.py).
@@ -58,16 +57,6 @@ def _calibration_files() -> list[Path]:
     return sorted(CALIBRATION_DIR.glob("*.jpg"))
 
 
-def interpreter_class():
-    """LiteRT's Interpreter, or TensorFlow's (its deprecation warning silenced) without it."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated.*")
-        Interpreter = tf.lite.Interpreter
-    return Interpreter
-
-
 class Int8Engine(Engine):
     """Full-integer TFLite model of the extractor on the XNNPACK delegate.
 
@@ -92,7 +81,7 @@ class Int8Engine(Engine):
                 f"TFLite cannot convert it to int8 ({reason[:300]}). "
                 "Use --extractor_precision float32 or bfloat16."
             ) from None
-        self._interpreter = interpreter_class()(model_content=model, num_threads=threads)
+        self._interpreter = new_interpreter(model, threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
         self._rows = 0
@@ -132,7 +121,7 @@ def _converted(extractor: FeatureExtractor) -> bytes:
 
 def input_quantization(model: bytes) -> tuple[float, int]:
     """(scale, zero point) of a TFLite model's first input."""
-    return interpreter_class()(model_content=model).get_input_details()[0]["quantization"]
+    return new_interpreter(model).get_input_details()[0]["quantization"]
 
 
 def _model_path(extractor: FeatureExtractor, engine_id: str) -> Path:

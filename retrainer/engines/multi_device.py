@@ -10,6 +10,8 @@ they were created; devices without them read copies each call (~18 MB for effici
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import tensorflow as tf
 
 from retrainer.engines.devices import short_name
@@ -56,7 +58,8 @@ def default_device() -> str:
     return gpus[0].name if gpus else _HOST
 
 
-def sharded_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]):
+def sharded_feature_function(extractor: FeatureExtractor, devices: tuple[str, ...]
+                             ) -> Callable[[Any], tf.Tensor]:
     """`float32.feature_function` with the batch split across `devices`.
 
     Returns:
@@ -66,13 +69,13 @@ def sharded_feature_function(extractor: FeatureExtractor, devices: tuple[str, ..
     """
     everywhere, first = _split_function(extractor, devices), _split_function(extractor, devices[:1])
 
-    def features(images) -> tf.Tensor:
+    def features(images: Any) -> tf.Tensor:
         return (everywhere if len(images) >= len(devices) else first)(images)
 
     return features
 
 
-def _split_function(extractor: FeatureExtractor, devices: tuple[str, ...]):
+def _split_function(extractor: FeatureExtractor, devices: tuple[str, ...]) -> Any:
     height, width = extractor.spec.input_size
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)])

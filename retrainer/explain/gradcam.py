@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 
 import numpy as np
+import tensorflow as tf
 
 from retrainer.errors import ModelError, UsageError
 
@@ -80,8 +81,6 @@ class GradCam:
         Raises:
             ModelError: no global-average-pooled convolutional map feeds the output.
         """
-        import tensorflow as tf
-
         feature_map = last_pooled_map(probabilities)
         if feature_map is None:
             raise ModelError(
@@ -103,8 +102,6 @@ class GradCam:
     def from_graph_def(cls, graph_def: Any, input_name: str, output_name: str,
                        source: str) -> "GradCam":
         """Import a frozen GraphDef; `input_name` / `output_name` are tensor names ("x:0")."""
-        import tensorflow as tf
-
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
@@ -145,8 +142,6 @@ def last_pooled_map(output: Any) -> Any:
     Walks the graph backwards from `output`, breadth first, and returns the input of the first
     `Mean` over axes [1, 2] whose input is a rank-4 map larger than 1 x 1.
     """
-    import tensorflow as tf
-
     queue, seen = deque([output.op]), {output.op.name}
     while queue:
         op = queue.popleft()

@@ -15,10 +15,11 @@ from pathlib import PurePath
 from typing import Optional
 
 import numpy as np
+from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
-from retrainer.images import load_image
-from retrainer.storage import AnyPath, is_url, open_for_reading
+from retrainer.data.decoding import load_image
+from retrainer.io.storage import AnyPath, is_url, open_for_reading
 
 MAX_PICTURE_SIDE = 1024  # larger images are shown shrunk; the peak stays in their own pixels
 HEAT_OPACITY = (0.15, 0.6)  # opacity of the colour over the image at heat 0 and at heat 1
@@ -77,8 +78,6 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]
         heat: float [h, w] in [0, 1], any resolution (upsampled to H x W).
         mark: (y, x) in `pixels`' coordinates to ring (the peak), or None.
     """
-    from matplotlib import colormaps
-
     height, width = pixels.shape[:2]
     values = np.clip(upsampled(heat, (height, width)), 0.0, 1.0)
     colours = colormaps[COLORMAP](values)[..., :3] * 255.0

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
-from retrainer._files import write_text_atomically
 from retrainer.extractors import FeatureExtractor
-from retrainer.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.formats.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.io.atomic import write_text_atomically
 from retrainer.training.head import Head
 
 
@@ -60,7 +60,7 @@ class Classifier(tf.Module):
             probabilities = self.head.probabilities(features)
         return tf.identity(probabilities, name=self.final_tensor_name)
 
-    def metadata(self, step: Optional[int] = None) -> dict:
+    def metadata(self, step: Optional[int] = None) -> dict[str, Any]:
         """The `<graph>.meta.json` contract (see docs/retrain.md)."""
         spec = self.extractor.spec
         height, width = spec.input_size

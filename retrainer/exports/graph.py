@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Optional
 
 import tensorflow as tf
@@ -20,14 +19,14 @@ from tensorflow.python.framework.convert_to_constants import (
     convert_variables_to_constants_v2,
 )
 
-from retrainer._files import write_bytes_atomically, write_text_atomically
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
-from retrainer.graph_contract import INPUT_OP, metadata_path
-from retrainer.storage import as_path
+from retrainer.formats.graph_contract import INPUT_OP, metadata_path
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import AnyPath, as_path
 
 
-def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Path:
+def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> AnyPath:
     """retrain.py's name for the graph stored at `step`."""
     return as_path(directory) / f"intermediate_{step}.pb"
 
@@ -47,7 +46,7 @@ class GraphExporter:
         _check_frozen(graph_def, self.classifier)
         return graph_def
 
-    def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> Path:
+    def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> AnyPath:
         """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
 
         The sidecar, written last, holds the graph's SHA-256: after a kill between the two writes

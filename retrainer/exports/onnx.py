@@ -30,22 +30,23 @@ from typing import Any, Iterator, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from retrainer._files import write_bytes_atomically
+from retrainer.data.batches import decode_files
 from retrainer.errors import ModelError
-from retrainer.exports._pixels import decode_files, seeded_sample
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import (
     INT8,
     MIN_CALIBRATION_IMAGES,
     too_few_calibration_images,
 )
-from retrainer.graph_contract import (
+from retrainer.exports.tflite import seeded_sample
+from retrainer.formats.graph_contract import (
     INPUT_MEAN,
     INPUT_STD,
     ONNX_FORMAT,
     ONNX_INPUT,
     ONNX_OUTPUT,
 )
+from retrainer.io.atomic import write_bytes_atomically
 
 log = logging.getLogger(__name__)
 

@@ -1,21 +1,21 @@
 """How a `.tflite` export is quantized: one small frozen object, passed down (as Model Maker's).
 
-`QuantizationConfig.for_int8()` etc. name the four modes of `--tflite_quantization`; the converter
+`QuantizationConfig(mode)` for each mode of `--tflite_quantization`; the converter
 (`retrainer.exports.tflite`) reads only this object, never flags.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Sequence
 
 from retrainer.errors import DataError
+from retrainer.io.storage import AnyPath
 
 NONE, DYNAMIC, FLOAT16, INT8 = "none", "dynamic", "float16", "int8"
 MODES = (NONE, DYNAMIC, FLOAT16, INT8)
 ONNX_MODES = (NONE, INT8)  # int8: ONNX Runtime's static quantization (exports/onnx.py)
-# Chosen by measurement (docs/exports.md, scripts/measure_int8_calibration.py): on Fashion-MNIST
+# Chosen by measurement (docs/exports.md, benchmarks/measure_exports.py): on Fashion-MNIST
 # with EfficientNet-Lite0, accuracy stopped changing beyond ~100 images while conversion time grows
 # linearly with the sample.
 DEFAULT_CALIBRATION_IMAGES = 100
@@ -45,38 +45,18 @@ class QuantizationConfig:
                 f"Received: calibration_images={self.calibration_images}"
             )
 
-    @classmethod
-    def none(cls) -> "QuantizationConfig":
-        return cls(NONE)
 
-    @classmethod
-    def for_dynamic(cls) -> "QuantizationConfig":
-        return cls(DYNAMIC)
-
-    @classmethod
-    def for_float16(cls) -> "QuantizationConfig":
-        return cls(FLOAT16)
-
-    @classmethod
-    def for_int8(cls, calibration_images: int = DEFAULT_CALIBRATION_IMAGES) -> "QuantizationConfig":
-        return cls(INT8, calibration_images)
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.mode == INT8
-
-
-def tflite_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
+def tflite_paths(path: AnyPath, modes: Sequence[str]) -> dict[str, AnyPath]:
     """Where each mode's `.tflite` goes (`export_paths`): model.tflite -> model_int8.tflite."""
     return export_paths(path, modes, ".tflite")
 
 
-def onnx_paths(path: Path, modes: Sequence[str]) -> dict[str, Path]:
+def onnx_paths(path: AnyPath, modes: Sequence[str]) -> dict[str, AnyPath]:
     """Where each mode's `.onnx` goes (`export_paths`): model.onnx -> model_int8.onnx."""
     return export_paths(path, modes, ".onnx")
 
 
-def export_paths(path: Path, modes: Sequence[str], suffix: str) -> dict[str, Path]:
+def export_paths(path: AnyPath, modes: Sequence[str], suffix: str) -> dict[str, AnyPath]:
     """Where each mode's file goes: `path` itself for one mode; for several,
     `<stem>_<mode><path's suffix, else suffix>` beside it."""
     if len(modes) == 1:

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from retrainer._files import replace_directory
 from retrainer.exports.classifier import Classifier, write_labels
-from retrainer.graph_contract import SAVED_MODEL_METADATA
+from retrainer.formats.graph_contract import SAVED_MODEL_METADATA
+from retrainer.io.atomic import replace_directory
 
 SIGNATURE_OUTPUT = "probabilities"
 BYTES_SIGNATURE = "serving_bytes"

@@ -1,7 +1,6 @@
 """TFLite export: the `Classifier` converted to a `.tflite` flatbuffer in one quantization mode.
 
-All TFLite conversion lives here, so the route can move from `tf.lite.TFLiteConverter` (whose
-quantizing is deprecated in favour of the LiteRT tools) without touching callers.
+The conversion itself is `retrainer.formats.tflite` (shared with the int8 extraction engine).
 
 Contract of the file (docs/exports.md):
 - none / dynamic / float16: input float32 [1, H, W, 3] RGB in [0, 1] (label_image.py's
@@ -16,14 +15,12 @@ from __future__ import annotations
 import logging
 import os
 import time
-from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer._files import write_bytes_atomically
-from retrainer.exports._pixels import decode_files, seeded_sample
+from retrainer.data.batches import decode_files
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.quantization import (
     FLOAT16,
@@ -33,8 +30,11 @@ from retrainer.exports.quantization import (
     QuantizationConfig,
     too_few_calibration_images,
 )
-from retrainer.exports.tflite_metadata import ModelDescription, add_metadata
-from retrainer.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD
+from retrainer.formats.tflite import full_integer_model
+from retrainer.formats.tflite_metadata import ModelDescription, add_metadata
+from retrainer.io.atomic import write_bytes_atomically
+from retrainer.io.storage import AnyPath
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ OUTPUT_NAME = "probabilities"
 
 def write_tflite_files(
     classifier: Classifier,
-    paths: dict[str, Path],
+    paths: dict[str, AnyPath],
     calibration_images: int,
     training_files: Sequence[os.PathLike[str] | str],
     seed: int,
-) -> dict[str, Path]:
+) -> dict[str, AnyPath]:
     """Convert the classifier once per mode, add the metadata, write each file atomically.
 
     Args:
@@ -106,9 +106,8 @@ def convert(
         DataError: int8 without enough calibration images.
     """
     height, width = classifier.extractor.spec.input_size
-    if quantization.mode == INT8:
-        _check_calibration(calibration, quantization)
-
+    sample = _check_calibration(calibration, quantization) if quantization.mode == INT8 else None
+    if sample is not None:
         # Pin the input range to exactly [0, 1]: uint8 input q then means q / 255, raw pixels.
         @tf.function(input_signature=[tf.TensorSpec([1, height, width, 3], tf.float32,
                                                     INPUT_NAME)])
@@ -121,8 +120,8 @@ def convert(
         def model(images: tf.Tensor) -> dict[str, tf.Tensor]:
             return {OUTPUT_NAME: classifier.classify(images)}
 
-    if quantization.mode == INT8:
-        return full_integer_model(model.get_concrete_function(), _representative(calibration),
+    if sample is not None:
+        return full_integer_model(model.get_concrete_function(), _representative(sample),
                                   classifier, uint8_input=True, uint8_output=True)
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [model.get_concrete_function()], classifier
@@ -133,51 +132,23 @@ def convert(
     return bytes(converter.convert())
 
 
-def full_integer_model(
-    concrete_function,
-    representative: Iterable[list[np.ndarray]],
-    trackable: Optional[tf.Module] = None,
-    uint8_input: bool = False,
-    uint8_output: bool = False,
-) -> bytes:
-    """Convert a traced function to a full-integer (int8 weights and activations) TFLite model.
-
-    Used by the int8 export and by the int8 extraction engine (`retrainer.engines.int8`).
-
-    Args:
-        concrete_function: a `tf.function`'s concrete function, one image input.
-        representative: calibration inputs, each a one-element list shaped like the input.
-        trackable: the module owning the function's variables (the non-deprecated converter path).
-        uint8_input: uint8 input (its scale and zero point come from the calibration range);
-            otherwise it keeps the function's dtype.
-        uint8_output: uint8 output (the export); otherwise it keeps the function's dtype.
-
-    Returns:
-        The .tflite flatbuffer.
-
-    Raises:
-        Exception: whatever the converter raises for ops it cannot quantize or convert.
-    """
-    samples = list(representative)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function], trackable)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: iter(samples)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    if uint8_input:
-        converter.inference_input_type = tf.uint8
-    if uint8_output:
-        converter.inference_output_type = tf.uint8
-    return bytes(converter.convert())
-
-
-def _check_calibration(calibration: Optional[np.ndarray], quantization: QuantizationConfig) -> None:
+def _check_calibration(calibration: Optional[np.ndarray], quantization: QuantizationConfig
+                       ) -> np.ndarray:
+    """`calibration`, once it holds enough images for int8."""
     count = 0 if calibration is None else len(calibration)
-    if count < MIN_CALIBRATION_IMAGES:
+    if calibration is None or count < MIN_CALIBRATION_IMAGES:
         raise too_few_calibration_images(count, quantization.calibration_images,
                                          "the calibration sample (decodable training images)")
+    return calibration
 
 
 def _representative(calibration: np.ndarray) -> Iterator[list[np.ndarray]]:
     """One float32 [1, H, W, 3] image in [0, 1] at a time, as the model is fed."""
     for pixels in calibration:
         yield [pixels[np.newaxis].astype(np.float32) / 255.0]
+
+
+def seeded_sample(count: int, available: int, seed: int) -> np.ndarray:
+    """`min(count, available)` distinct sorted indices into `available` items, fixed by `seed`."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(available, size=min(count, available), replace=False))

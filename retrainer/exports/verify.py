@@ -3,21 +3,22 @@
 Each artifact is loaded by label-image's own loaders (`retrainer.classify.open_model`) and fed the
 same decoded test pixels, so the report measures what users will run. Per artifact: file size,
 test accuracy, change against the frozen graph in points, top-1 agreement with it and the largest
-difference of any class probability. `check_accuracy_drop` turns a loss over `--max_export_accuracy_drop`
-points into `ExportMismatchError` (exit 7).
+difference of any class probability. `retrainer.exports.run.Exported` turns a loss over
+`--max_export_accuracy_drop` points into the run's failure (exit 7).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from retrainer.errors import ExportMismatchError, ModelError
-from retrainer.storage import tree_size
+from retrainer.classify.config import ClassifyConfig
+from retrainer.classify.run import open_model
+from retrainer.errors import ModelError
+from retrainer.io.storage import AnyPath, tree_size
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class ArtifactReport:
     """
 
     artifact: str
-    path: Path
+    path: AnyPath
     size_bytes: int
     accuracy: float
     change_points: float
@@ -53,7 +54,7 @@ class ArtifactReport:
 
 
 def export_report(
-    artifacts: Sequence[tuple[str, Path]], pixels: np.ndarray, labels: np.ndarray
+    artifacts: Sequence[tuple[str, AnyPath]], pixels: np.ndarray, labels: np.ndarray
 ) -> list[ArtifactReport]:
     """Run every artifact on the test pixels and compare each with the first (the frozen graph).
 
@@ -66,7 +67,7 @@ def export_report(
         One ArtifactReport per artifact, in order.
     """
     reference = None
-    reports = []
+    reports: list[ArtifactReport] = []
     for name, path in artifacts:
         probabilities = _run(path, pixels)
         if reference is None:
@@ -85,27 +86,7 @@ def export_report(
     return reports
 
 
-def check_accuracy_drop(reports: Sequence[ArtifactReport], max_drop_points: float) -> None:
-    """Raise when any export loses more than `max_drop_points` against the frozen graph.
-
-    Raises:
-        ExportMismatchError: naming each artifact over the limit.
-    """
-    over = [report for report in reports[1:] if -report.change_points > max_drop_points]
-    if over:
-        details = ", ".join(f"{report.artifact} ({report.path}) {report.change_points:+.1f}"
-                            for report in over)
-        raise ExportMismatchError(
-            f"exports lost more than --max_export_accuracy_drop {max_drop_points:g} points of test "
-            f"accuracy against the frozen graph ({reports[0].accuracy * 100:.1f}%): {details}. "
-            "Use a milder --tflite_quantization (float16 or dynamic), --onnx_quantization none, or "
-            "more calibration images (--tflite_calibration_images); the files were written."
-        )
-
-
-def _run(path: Path, pixels: np.ndarray) -> np.ndarray:
-    from retrainer.classify import ClassifyConfig, open_model
-
+def _run(path: AnyPath, pixels: np.ndarray) -> np.ndarray:
     model = open_model(ClassifyConfig(graph=path))
     size = tuple(pixels.shape[1:3])
     if model.spec.input_size != size:

@@ -3,6 +3,12 @@
 Importing this package registers the built-ins.
 """
 
+# Built-ins register themselves on import (keep this list in sync with the modules).
+from retrainer.extractors import (  # noqa: F401
+    efficientnet_lite,
+    keras_apps,
+    tfhub,
+)
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
 from retrainer.extractors.registry import (
     create_extractor,
@@ -11,10 +17,8 @@ from retrainer.extractors.registry import (
     register_resolver,
 )
 
-# Built-ins register themselves on import (keep this list in sync with the modules).
-from retrainer.extractors import efficientnet_lite  # noqa: E402,F401
-from retrainer.extractors import tfhub, keras_apps  # noqa: E402,F401
-
+# The public name (README); the same value as retrainer.config.DEFAULT_EXTRACTOR, which the flags
+# use and which cannot import this TensorFlow-loading package (tests/test_extractors.py: equal).
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
 
 __all__ = [

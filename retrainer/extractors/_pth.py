@@ -22,7 +22,7 @@ from retrainer.errors import ModelError
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
-_STORAGE_DTYPES = {
+_STORAGE_DTYPES: dict[str, np.dtype[Any]] = {
     "DoubleStorage": np.dtype("<f8"),
     "FloatStorage": np.dtype("<f4"),
     "HalfStorage": np.dtype("<f2"),
@@ -35,7 +35,7 @@ _STORAGE_DTYPES = {
 }
 
 
-class _StateDict(dict):
+class _StateDict(dict[str, Any]):
     """Stands in for collections.OrderedDict; drops the `_metadata` attribute torch attaches."""
 
     def __setstate__(self, state: Any) -> None:
@@ -44,7 +44,7 @@ class _StateDict(dict):
 
 # Tuples: a pickle's BUILD opcode cannot set attributes on them (no __dict__, read-only fields).
 class _StorageType(NamedTuple):
-    dtype: np.dtype
+    dtype: np.dtype[Any]
 
 
 class _StorageRef(NamedTuple):
@@ -106,7 +106,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return ref
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Read the tensors of a legacy-format PyTorch state dict.
 
     Args:

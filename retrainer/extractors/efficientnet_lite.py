@@ -37,7 +37,7 @@ import tensorflow as tf
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors._pth import read_state_dict
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
-from retrainer.extractors.registry import register_extractor
+from retrainer.extractors.registry import ExtractorFactory, register_extractor
 
 # Bump when the computation changes in a way that changes vectors (invalidates cached bottlenecks).
 FORMULATION_VERSION = "v1"
@@ -199,7 +199,8 @@ class _FoldedWeights:
         return scale, beta - mean * scale
 
 
-def _variables(kernel_and_bias: tuple[np.ndarray, ...], layer: str) -> tuple[tf.Variable, ...]:
+def _variables(kernel_and_bias: tuple[np.ndarray, ...], layer: str
+               ) -> tuple[tf.Variable, tf.Variable]:
     kernel, bias = kernel_and_bias
     return (tf.Variable(kernel, trainable=False, name=f"{layer}_kernel"),
             tf.Variable(bias, trainable=False, name=f"{layer}_bias"))
@@ -343,7 +344,7 @@ class EfficientNetLite(FeatureExtractor):
         return tf.nn.bias_add(tf.matmul(self(images), kernel), bias)
 
 
-def _factory(variant: Variant):
+def _factory(variant: Variant) -> ExtractorFactory:
     def create(image_size: Optional[int] = None) -> EfficientNetLite:
         return EfficientNetLite(variant, image_size)
 

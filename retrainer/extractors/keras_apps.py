@@ -15,7 +15,7 @@ import hashlib
 import importlib
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import tensorflow as tf
 
@@ -173,7 +173,7 @@ class KerasApplicationExtractor(FeatureExtractor):
                      for weight in layer.weights)
 
 
-def _build(handle: str, constructor, parsed: KerasHandle, size: int):
+def _build(handle: str, constructor: Any, parsed: KerasHandle, size: int) -> Any:
     """Call the application constructor; ImageNet weights strictly from the local cache."""
     kwargs = dict(input_shape=(size, size, 3), include_top=False, pooling="avg")
     if parsed.alpha is not None:
@@ -214,7 +214,8 @@ def _weights_from_cache_only() -> Iterator[None]:
 
     download = file_utils.get_file
 
-    def cached_file(fname=None, origin=None, cache_subdir="datasets", file_hash=None, **_):
+    def cached_file(fname: str, origin: Optional[str] = None, cache_subdir: str = "datasets",
+                    file_hash: Optional[str] = None, **_: Any) -> str:
         path = keras_cache_dir() / cache_subdir / fname
         if not path.is_file():
             raise ModelError(
@@ -236,7 +237,7 @@ def _weights_from_cache_only() -> Iterator[None]:
         file_utils.get_file = download
 
 
-def _fingerprint_weights(model) -> str:
+def _fingerprint_weights(model: Any) -> str:
     """Hash of the architecture name and every weight value: identical vectors <=> same id."""
     digest = hashlib.sha256(_WRAPPER_VERSION + model.name.encode())
     for weight in model.weights:

@@ -14,7 +14,7 @@ from retrainer.extractors.base import FeatureExtractor
 
 
 class ExtractorFactory(Protocol):
-    def __call__(self, image_size: Optional[int] = None) -> FeatureExtractor: ...
+    def __call__(self, image_size: Optional[int] = ...) -> FeatureExtractor: ...
 
 
 # A resolver returns an extractor for handles it understands, or None to let the next one try.

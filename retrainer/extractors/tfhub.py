@@ -19,14 +19,15 @@ import re
 import socket
 import tempfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
 import tensorflow as tf
 
-from retrainer import storage
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
-from retrainer.extractors.registry import register_resolver
+from retrainer.extractors.registry import list_extractors, register_resolver
+from retrainer.io import storage
+from retrainer.io.host import user_cache_dir
 from retrainer.security import check_model
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,7 @@ def looks_like_path(handle: str) -> bool:
 
 def default_hub_cache_dir() -> Path:
     """Where downloaded modules are kept unless TFHUB_CACHE_DIR says otherwise."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "retrainer" / "tfhub_modules"
+    return user_cache_dir() / "tfhub_modules"
 
 
 @register_resolver
@@ -178,7 +178,7 @@ def fingerprint_directory(directory: Path) -> str:
     return digest.hexdigest()
 
 
-def load_module(module_dir: Path, name: str, trust_model: bool = False):
+def load_module(module_dir: Path, name: str, trust_model: bool = False) -> Any:
     """`hub.load` without the hub import, after `retrainer.security.check_model` (unless trusted):
     TF1 Hub modules load with the empty tag set.
 
@@ -188,7 +188,7 @@ def load_module(module_dir: Path, name: str, trust_model: bool = False):
         ModelError: TensorFlow cannot load it.
     """
     check_local_module(module_dir, name, trust_model)
-    tags = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
+    tags: Optional[list[str]] = [] if (module_dir / TF1_HUB_MARKER).is_file() else None
     try:
         return tf.saved_model.load(str(module_dir), tags=tags)
     except Exception as error:  # TensorFlow raises many types for corrupt or foreign models
@@ -198,8 +198,6 @@ def load_module(module_dir: Path, name: str, trust_model: bool = False):
 def check_extractor_module(handle: str, trust_model: bool) -> None:
     """`check_local_module` when `handle` is a local module folder (else it is checked once loaded,
     or it is no model file: a built-in or `keras:` name). Lets a run refuse before writing."""
-    from retrainer.extractors.registry import list_extractors
-
     path = Path(handle).expanduser()
     if handle not in list_extractors() and not storage.is_url(handle) and path.is_dir():
         check_local_module(path, handle, trust_model)
@@ -292,7 +290,7 @@ class HubModuleExtractor(FeatureExtractor):
 
     def _find_entry_point(self, name: str) -> tf.TensorSpec:
         """Prefer the module's `__call__` (TF2 reusable SavedModel), else an image signature."""
-        call = getattr(self.module, "__call__", None)
+        call = getattr(self.module, "__call__", None)  # noqa: B004 (the attribute itself)
         if isinstance(call, tf.types.experimental.PolymorphicFunction):
             for concrete in call.concrete_functions:
                 args = concrete.structured_input_signature[0]
@@ -333,7 +331,7 @@ class HubModuleExtractor(FeatureExtractor):
         return int(features.shape[1])
 
 
-def _is_image_spec(spec) -> bool:
+def _is_image_spec(spec: Any) -> bool:
     return (
         isinstance(spec, tf.TensorSpec)
         and spec.dtype == tf.float32

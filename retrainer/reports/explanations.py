@@ -16,9 +16,9 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
-from retrainer.images import UnreadableImageError, load_image
 from retrainer.reports.html import Section, paragraph, png_image
 from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
 
@@ -43,7 +43,8 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
     """Every misclassified test image (up to MAX_GALLERY_IMAGES), then per class the first
     `per_class` correct ones, in test-split order; an image sampled twice counts once."""
     truth = np.array([image.label_index for image in test_images], np.int64)
-    wrong, right = [], []
+    wrong: list[Explained] = []
+    right: list[Explained] = []
     seen: set[int] = set()
     for position, predicted in zip(evaluation.positions.tolist(), evaluation.predictions.tolist()):
         if position in seen:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from retrainer.data.split import TESTING
 from retrainer.reports.metrics import SplitMetrics
-from retrainer.split import TESTING
 
 
 @dataclasses.dataclass(frozen=True)

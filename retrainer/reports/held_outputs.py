@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import logging
 import secrets
-from pathlib import Path
 
-from retrainer._files import remove_stale_temporaries
-from retrainer.storage import move, remove_tree
+from retrainer.io.atomic import remove_stale_temporaries
+from retrainer.io.storage import AnyPath, move, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +22,9 @@ class HeldOutputs:
 
     def __init__(self, active: bool) -> None:
         self.active = active
-        self._staged: list[tuple[Path, Path]] = []  # (staging folder, destination folder)
+        self._staged: list[tuple[AnyPath, AnyPath]] = []  # (staging folder, destination folder)
 
-    def folder(self, destination: Path) -> Path:
+    def folder(self, destination: AnyPath) -> AnyPath:
         """Where to write files meant for `destination` (the folder itself when not active)."""
         if not self.active:
             return destination
@@ -39,7 +38,7 @@ class HeldOutputs:
     def release(self) -> None:
         """Move every held file into its destination folder (replacing files of the same name)."""
         for staging, destination in self._staged:
-            entries = sorted(staging.iterdir())
+            entries: list[AnyPath] = sorted(staging.iterdir(), key=str)
             if entries:  # an unused staging folder must not create its destination
                 destination.mkdir(parents=True, exist_ok=True)
             for entry in entries:

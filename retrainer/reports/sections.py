@@ -1,7 +1,7 @@
 """The report's built-in sections, from a run's RetrainResult and its PNG pictures.
 
 Each function returns one `html.Section`; `run_sections` lists them in report order. Thumbnails of
-misclassified images are decoded by retrainer.images (the decoder training used) at the size the
+misclassified images are decoded by retrainer.data.decoding (the decoder training used) at the size the
 network saw them, so the gallery shows what the model was given.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Optional
 
 from PIL import Image
 
-from retrainer.images import UnreadableImageError, load_image
+from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.data.split import SPLITS, TESTING, VALIDATION
 from retrainer.reports.format import percent
 from retrainer.reports.html import Section, paragraph, png_image, table
-from retrainer.split import SPLITS, TESTING, VALIDATION
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,15 @@ def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes])
 
 
 def summary_section(result: Any) -> Section:
-    report = result.report
     rows = []
-    for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
+    for name, split in ((TESTING, result.test_metrics), (VALIDATION, result.validation_metrics)):
         top_k = "n/a" if split.top_k is None else f"top-{split.top_k} {percent(split.top_k_accuracy)}"
         rows.append((name, split.count, percent(split.accuracy),
                      percent(split.balanced_accuracy), top_k))
     body = table(("split", "images", "accuracy", "balanced accuracy", "top-k"), rows)
-    body += paragraph(f"Extractor {report.extractor['name']} ({report.extractor['id']}); "
+    body += paragraph(f"Extractor {result.extractor['name']} ({result.extractor['id']}); "
                       f"{len(result.labels)} classes; run took {result.seconds['total']:.1f} s.")
-    for gate in report.gates:
+    for gate in result.quality_gates:
         verdict = "PASSED" if gate.passed else "FAILED"
         text = (f"{verdict}: --{gate.flag} {gate.threshold:g} "
                 f"(reached {percent(gate.value)}"
@@ -78,7 +77,7 @@ def dataset_section(result: Any) -> Section:
 
 
 def confusion_section(result: Any, confusion_png: Optional[bytes]) -> Section:
-    _, split = result.report.headline()
+    _, split = result.headline()
     if confusion_png is None:
         return Section("confusion", "Confusion matrix",
                        paragraph("No test or validation images: nothing to show."))
@@ -92,9 +91,8 @@ def confusion_section(result: Any, confusion_png: Optional[bytes]) -> Section:
 
 
 def per_class_section(result: Any) -> Section:
-    report = result.report
     body = ""
-    for name, split in ((TESTING, report.test), (VALIDATION, report.validation)):
+    for name, split in ((TESTING, result.test_metrics), (VALIDATION, result.validation_metrics)):
         if not split.count:
             body += paragraph(f"No {name} images.")
             continue
@@ -106,7 +104,7 @@ def per_class_section(result: Any) -> Section:
 
 
 def gallery_section(result: Any) -> Section:
-    images = result.report.misclassified
+    images = result.misclassified
     if not images:
         return Section("misclassified", "Misclassified test images",
                        paragraph("No test image was misclassified."))

@@ -14,8 +14,12 @@ import os
 from typing import Optional, Union
 
 from retrainer.errors import ModelError, UntrustedModelError, UsageError
-from retrainer.security.limits import ResourceLimits
-from retrainer.storage import AnyPath, as_path, open_for_reading
+from retrainer.io.storage import AnyPath, as_path, open_for_reading
+from retrainer.security.frozen_graph import check_frozen_graph
+from retrainer.security.limits import Budget, ResourceLimits
+from retrainer.security.onnx_model import check_onnx
+from retrainer.security.saved_model import check_saved_model
+from retrainer.security.tflite import check_tflite
 
 __all__ = ["KINDS", "ResourceLimits", "UntrustedModelError", "check_model", "model_kind",
            "model_ops"]
@@ -47,14 +51,10 @@ def check_model(path: Union[str, os.PathLike[str]], kind: Optional[str] = None, 
     """
     if trust:
         return
-    from retrainer.security.limits import Budget
-
     path = as_path(path)
     kind = kind or model_kind(path)
     budget = Budget(limits or ResourceLimits.from_environment())
     if kind == "saved_model":
-        from retrainer.security.saved_model import check_saved_model
-
         check_saved_model(path, signature, budget)
         return
     if kind not in KINDS:
@@ -64,16 +64,10 @@ def check_model(path: Union[str, os.PathLike[str]], kind: Optional[str] = None, 
     except OSError as error:
         raise ModelError(f"cannot read model {path}: {error.strerror or error}") from None
     if kind == "graph":
-        from retrainer.security.frozen_graph import check_frozen_graph
-
         check_frozen_graph(path, data, budget)
     elif kind == "tflite":
-        from retrainer.security.tflite import check_tflite
-
         check_tflite(path, data, budget)
     else:
-        from retrainer.security.onnx_model import check_onnx
-
         check_onnx(path, data, budget)
 
 
@@ -84,16 +78,10 @@ def model_ops(path: Union[str, os.PathLike[str]],
     Used to measure the allowlist (scripts/measure_model_ops.py). Refuses nothing but unreadable
     files; resource limits are not applied.
     """
-    from retrainer.security.limits import Budget
-
     path = as_path(path)
     budget = Budget(ResourceLimits(max_tensor_bytes=1 << 62, max_model_bytes=1 << 62))
     if model_kind(path) == "saved_model":
-        from retrainer.security.saved_model import check_saved_model
-
         return frozenset(check_saved_model(path, signature, budget, allowed=None))
-    from retrainer.security.frozen_graph import check_frozen_graph
-
     return frozenset(check_frozen_graph(path, path.read_bytes(), budget, allowed=None))
 
 

@@ -25,7 +25,8 @@ MEASURED_OPS = frozenset({
     "TensorListStack",
     # elementwise and reduction math
     "AddV2", "Sub", "Mul", "RealDiv", "Neg", "Maximum", "Minimum", "Square", "Sqrt", "Rsqrt",
-    "SquaredDifference", "FloorDiv", "FloorMod", "Erfc", "Sigmoid", "Tanh", "Mean", "Sum", "Max", "Prod", "ArgMax", "MatMul",
+    "SquaredDifference", "FloorDiv", "FloorMod", "Erfc", "Sigmoid", "Tanh", "Mean", "Sum", "Max",
+    "Prod", "ArgMax", "MatMul",
     # arrays
     "Shape", "Cast", "Reshape", "Squeeze", "ExpandDims", "Pack", "ConcatV2", "StridedSlice",
     "GatherV2", "Transpose", "Pad",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from retrainer._frozen_graph import parse_graph_def
+from retrainer.formats.frozen_graph import parse_graph_def
+from retrainer.io.storage import AnyPath
 from retrainer.security.allowlist import ALLOWED_OPS
 from retrainer.security.limits import Budget
 from retrainer.security.tf_graph import GraphCheck
-from retrainer.storage import AnyPath
 
 
 def check_frozen_graph(path: AnyPath, data: bytes, budget: Budget,

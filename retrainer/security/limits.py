@@ -15,6 +15,8 @@ import os
 import re
 from typing import Mapping, Optional
 
+from retrainer.errors import UsageError
+
 TENSOR_LIMIT_VARIABLE = "RETRAINER_MAX_TENSOR_BYTES"
 TOTAL_LIMIT_VARIABLE = "RETRAINER_MAX_MODEL_BYTES"
 # Far above any real image classifier: the biggest float32 `keras:` backbone (ConvNeXtXLarge) has
@@ -78,8 +80,6 @@ def element_count(dims: list[int]) -> Optional[int]:
 
 
 def _size_from(environ: Mapping[str, str], name: str, default: int) -> int:
-    from retrainer.errors import UsageError
-
     text = environ.get(name, "").strip()
     if not text:
         return default

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from retrainer.errors import ModelError
+from retrainer.io.storage import AnyPath
 from retrainer.security.limits import Budget, format_size
 from retrainer.security.refusal import refused
-from retrainer.storage import AnyPath
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "ai.onnx.training",
                               "ai.onnx.preview.training"})

@@ -18,13 +18,18 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from google.protobuf import text_format
+from google.protobuf.message import DecodeError
+from tensorflow.core.framework import variable_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
 from retrainer.errors import ModelError
+from retrainer.io.storage import AnyPath
 from retrainer.security.allowlist import ALLOWED_OPS
 from retrainer.security.declared_sizes import dtype_bytes
 from retrainer.security.limits import Budget, element_count, format_size
 from retrainer.security.refusal import refused
 from retrainer.security.tf_graph import GraphCheck
-from retrainer.storage import AnyPath
 
 SAVED_MODEL_PB = "saved_model.pb"
 SAVED_MODEL_PBTXT = "saved_model.pbtxt"
@@ -74,9 +79,6 @@ def read_saved_model(folder: AnyPath):
     Raises:
         ModelError: neither file, or one that does not parse.
     """
-    from google.protobuf import text_format
-    from google.protobuf.message import DecodeError
-    from tensorflow.core.protobuf import saved_model_pb2
 
     saved_model = saved_model_pb2.SavedModel()
     binary, text = folder / SAVED_MODEL_PB, folder / SAVED_MODEL_PBTXT
@@ -176,7 +178,6 @@ def _check_variable(model_file: AnyPath, variable, budget: Budget, index: int) -
 
 
 def _initializers(variable_defs: Iterable[bytes]) -> list[str]:
-    from tensorflow.core.framework import variable_pb2
 
     names = []
     for serialized in variable_defs:
@@ -210,7 +211,6 @@ def _check_inside(folder: AnyPath, model_file: AnyPath, meta_graphs: list) -> No
 
 
 def _asset_names(collection) -> list[str]:
-    from tensorflow.core.protobuf import meta_graph_pb2
 
     names = []
     for packed in collection.any_list.value:

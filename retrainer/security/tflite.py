@@ -13,13 +13,14 @@ import math
 import struct
 from typing import Optional
 
-import flatbuffers
+from flatbuffers.number_types import Int8Flags, Int32Flags, Uint32Flags
 from flatbuffers.table import Table
 
 from retrainer.errors import ModelError
+from retrainer.formats import flatbuffer_fields as fields
+from retrainer.io.storage import AnyPath
 from retrainer.security.limits import Budget, format_size
 from retrainer.security.refusal import refused
-from retrainer.storage import AnyPath
 
 CUSTOM, DELEGATE = 32, 51  # BuiltinOperator
 _MODEL_OPERATOR_CODES, _MODEL_SUBGRAPHS = 1, 2
@@ -40,14 +41,14 @@ def check_tflite(path: AnyPath, data: bytes, budget: Budget) -> None:
         ModelError: not a readable TFLite flatbuffer.
     """
     try:
-        model = Table(bytearray(data), flatbuffers.encode.Get(flatbuffers.packer.uoffset, data, 0))
-        codes = [_operator_code(code) for code in _tables(model, _MODEL_OPERATOR_CODES)]
-        subgraphs = _tables(model, _MODEL_SUBGRAPHS)
+        model = fields.root(data)
+        codes = [_operator_code(code) for code in fields.tables(model, _MODEL_OPERATOR_CODES)]
+        subgraphs = fields.tables(model, _MODEL_SUBGRAPHS)
         for index, (builtin, custom) in enumerate(codes):
             if builtin in (CUSTOM, DELEGATE):
                 raise refused(path, _problem(builtin, custom), _user_of(subgraphs, index))
         for subgraph in subgraphs:
-            for tensor in _tables(subgraph, _SUBGRAPH_TENSORS):
+            for tensor in fields.tables(subgraph, _SUBGRAPH_TENSORS):
                 _check_tensor(path, tensor, budget)
     except (IndexError, struct.error, UnicodeDecodeError, ValueError) as error:
         raise ModelError(f"cannot load TFLite model {path}: truncated or corrupt ({error}); "
@@ -66,12 +67,12 @@ def _problem(builtin: int, custom: str) -> str:
 def _user_of(subgraphs: list[Table], code_index: int) -> Optional[str]:
     """'operator N of subgraph M (output T)' of the first operator using op code `code_index`."""
     for subgraph_index, subgraph in enumerate(subgraphs):
-        tensors = _tables(subgraph, _SUBGRAPH_TENSORS)
-        for operator_index, operator in enumerate(_tables(subgraph, _SUBGRAPH_OPERATORS)):
-            opcode = _scalar(operator, _OPERATOR_OPCODE, flatbuffers.number_types.Uint32Flags)
+        tensors = fields.tables(subgraph, _SUBGRAPH_TENSORS)
+        for operator_index, operator in enumerate(fields.tables(subgraph, _SUBGRAPH_OPERATORS)):
+            opcode = fields.scalar(operator, _OPERATOR_OPCODE, Uint32Flags)
             if opcode == code_index:
-                outputs = _ints(operator, _OPERATOR_OUTPUTS)
-                name = (_string(tensors[outputs[0]], _TENSOR_NAME)
+                outputs = fields.numbers(operator, _OPERATOR_OUTPUTS, Int32Flags)
+                name = (fields.string(tensors[outputs[0]], _TENSOR_NAME)
                         if outputs and 0 <= outputs[0] < len(tensors) else "")
                 return (f"operator {operator_index} of subgraph {subgraph_index}"
                         + (f", output {name}" if name else ""))
@@ -79,46 +80,20 @@ def _user_of(subgraphs: list[Table], code_index: int) -> Optional[str]:
 
 
 def _check_tensor(path: AnyPath, tensor: Table, budget: Budget) -> None:
-    dims = _ints(tensor, _TENSOR_SHAPE)
+    dims = fields.numbers(tensor, _TENSOR_SHAPE, Int32Flags)
     if any(dim < 0 for dim in dims):
         return
     nbytes = math.prod(dims) * _TYPE_BYTES.get(
-        _scalar(tensor, _TENSOR_TYPE, flatbuffers.number_types.Int8Flags), 8)
+        fields.scalar(tensor, _TENSOR_TYPE, Int8Flags), 8)
     broken = budget.tensor(nbytes, stored=False)
     if broken is not None:
-        name = _string(tensor, _TENSOR_NAME)
+        name = fields.string(tensor, _TENSOR_NAME)
         raise refused(path, f"tensor {name!r} of shape {dims} takes {format_size(nbytes)}, "
                             f"{broken}")
 
 
 def _operator_code(code: Table) -> tuple[int, str]:
     """(builtin op number, custom op name) of an OperatorCode table."""
-    deprecated = _scalar(code, _CODE_DEPRECATED_BUILTIN, flatbuffers.number_types.Int8Flags)
-    builtin = _scalar(code, _CODE_BUILTIN, flatbuffers.number_types.Int32Flags)
-    return max(deprecated, builtin), _string(code, _CODE_CUSTOM)
-
-
-def _tables(table: Table, slot: int) -> list[Table]:
-    position = table.Offset(4 + 2 * slot)
-    if not position:
-        return []
-    start = table.Vector(position)
-    return [Table(table.Bytes, table.Indirect(start + 4 * index))
-            for index in range(table.VectorLen(position))]
-
-
-def _ints(table: Table, slot: int) -> list[int]:
-    position = table.Offset(4 + 2 * slot)
-    if not position:
-        return []
-    return table.GetVectorAsNumpy(flatbuffers.number_types.Int32Flags, position).tolist()
-
-
-def _scalar(table: Table, slot: int, flags) -> int:
-    position = table.Offset(4 + 2 * slot)
-    return table.Get(flags, table.Pos + position) if position else 0
-
-
-def _string(table: Table, slot: int) -> str:
-    position = table.Offset(4 + 2 * slot)
-    return table.String(table.Pos + position).decode("utf-8") if position else ""
+    deprecated = fields.scalar(code, _CODE_DEPRECATED_BUILTIN, Int8Flags)
+    builtin = fields.scalar(code, _CODE_BUILTIN, Int32Flags)
+    return max(deprecated, builtin), fields.string(code, _CODE_CUSTOM)

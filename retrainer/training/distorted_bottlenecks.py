@@ -23,16 +23,14 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer.bottlenecks import (
-    DEFAULT_BATCH_SIZE,
-    BottleneckCache,
-    decoded_images,
-    file_digest,
-)
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.layout import distorted_subfolder
+from retrainer.data.batches import decoded_images, file_digest
 from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import as_path
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
 from retrainer.training.out_of_memory import explains_out_of_memory
-from retrainer.storage import as_path
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +58,7 @@ def distorted_cache(bottleneck_dir: os.PathLike[str] | str, extractor: FeatureEx
                     distortions: Distortions, seed: int) -> BottleneckCache:
     """The cache folder of one extractor's vectors under these distortion settings and seed."""
     return BottleneckCache(as_path(bottleneck_dir), extractor.spec,
-                           namespace=f"distorted/{distortions.key}-seed{seed}")
+                           namespace=distorted_subfolder(distortions.key, seed))
 
 
 def compute_distorted_bottlenecks(
@@ -101,9 +99,10 @@ def compute_distorted_bottlenecks(
         except OSError:
             continue  # the plain pass has already warned about it
         found = [cache.load(f"{digest}-v{index}") for index in range(variants)]
-        reused += sum(vector is not None for vector in found)
-        if all(vector is not None for vector in found):
-            vectors[position], ok[position] = np.stack(found), True
+        cached = [vector for vector in found if vector is not None]
+        reused += len(cached)
+        if len(cached) == variants:
+            vectors[position], ok[position] = np.stack(cached), True
         else:
             missing.append(position)
     computed = 0
@@ -117,7 +116,8 @@ def compute_distorted_bottlenecks(
     return DistortedBottlenecks(vectors, ok, computed, reused, time.perf_counter() - started)
 
 
-def _compute(paths, missing: list[int], extractor: FeatureExtractor, cache: BottleneckCache,
+def _compute(paths: Sequence[os.PathLike[str] | str], missing: list[int],
+             extractor: FeatureExtractor, cache: BottleneckCache,
              distortions: Distortions, variants: int, seed: int, vectors: np.ndarray,
              ok: np.ndarray, show_progress: bool) -> int:
     """Fill `vectors`/`ok` for the `missing` positions; returns the variant vectors computed."""

@@ -24,7 +24,9 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from retrainer.bottlenecks import DEFAULT_BATCH_SIZE, decoded_images, feature_function
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
+from retrainer.data.batches import decoded_images
+from retrainer.engines.float32 import feature_function
 from retrainer.extractors import FeatureExtractor
 from retrainer.training.distortions import Distortions, distort_images, image_seeds
 from retrainer.training.head import Head
@@ -34,7 +36,7 @@ from retrainer.training.regularization import Regularization
 
 log = logging.getLogger(__name__)
 
-_DROPOUT_STREAM = 6  # see retrainer/_sampling.py for the others
+_DROPOUT_STREAM = 6  # see retrainer/training/_sampling.py for the others
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer._sampling import (
+from retrainer.io.storage import AnyPath, as_path
+from retrainer.training._sampling import (
     DROPOUT_STREAM,
     INIT_STREAM,
     TRAIN_STREAM,
@@ -30,7 +30,6 @@ from retrainer._sampling import (
     BalancedSampler,
     stream_seed,
 )
-from retrainer.storage import as_path
 from retrainer.training.convex import ConvexConfig, PathPoint, fit_head
 from retrainer.training.loop import EvalPoint, run_loop, sgd
 from retrainer.training.objectives import SOFTMAX, Objective
@@ -68,8 +67,8 @@ class TrainingConfig:
     validation_batch_size: int
     eval_step_interval: int
     seed: int
-    summaries_dir: Optional[Path] = None
-    checkpoint_path: Optional[Path] = None
+    summaries_dir: Optional[AnyPath] = None
+    checkpoint_path: Optional[AnyPath] = None
     regularization: Regularization = Regularization()
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = no early stopping
     solver: str = "sgd"
@@ -276,7 +275,7 @@ class _SgdSteps:
                          validation_loss])
 
 
-def _fresh_writer(folder: Path) -> tf.summary.SummaryWriter:
+def _fresh_writer(folder: AnyPath) -> tf.summary.SummaryWriter:
     """A writer replacing the previous run's event files (retrain.py emptied summaries_dir)."""
     for old_events in folder.glob("events.out.tfevents.*"):
         old_events.unlink()
@@ -349,7 +348,7 @@ def _train_convex(head: Head, train: FeatureSet, validation: FeatureSet, num_cla
     return TrainingResult(head, tuple(history), 0.0, None, fit.path, fit.chosen)
 
 
-def _write_path_summaries(summaries_dir: Optional[Path], path: tuple[PathPoint, ...],
+def _write_path_summaries(summaries_dir: Optional[AnyPath], path: tuple[PathPoint, ...],
                           history: list[EvalPoint]) -> None:
     """TensorBoard scalars per penalty of the path, at its iteration count."""
     if summaries_dir is None:

@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
 from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import AnyPath
+from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
 from retrainer.training.distortions import Distortions
 from retrainer.training.fine_tune import (
     FineTuneConfig,
@@ -21,61 +23,54 @@ from retrainer.training.fine_tune import (
     image_features,
 )
 from retrainer.training.head import FeatureSet, Head, TrainingConfig
+from retrainer.training.options import TrainingOptions
 from retrainer.training.regularization import Regularization
 
 log = logging.getLogger(__name__)
 
 
-def distortions_of(config) -> Distortions:
+def distortions_of(options: TrainingOptions) -> Distortions:
     """The four retrain.py distortion flags of a `RetrainConfig`."""
-    return Distortions(config.flip_left_right, config.random_crop, config.random_scale,
-                       config.random_brightness)
+    return Distortions(options.flip_left_right, options.random_crop, options.random_scale,
+                       options.random_brightness)
 
 
-def regularization_of(config) -> Regularization:
+def regularization_of(options: TrainingOptions) -> Regularization:
     """The four regularisation flags of a `RetrainConfig`."""
-    return Regularization(config.momentum, config.dropout_rate, config.l2_regularizer,
-                          config.label_smoothing)
+    return Regularization(options.momentum, options.dropout_rate, options.l2_regularizer,
+                          options.label_smoothing)
 
 
-def early_stopping_patience_of(config) -> int:
+def early_stopping_patience_of(options: TrainingOptions) -> int:
     """--early_stopping_patience when --early_stopping is on, else 0 (never stop early)."""
-    return config.early_stopping_patience if config.early_stopping else 0
+    return options.early_stopping_patience if options.early_stopping else 0
 
 
-def training_options(config) -> TrainingConfig:
-    """How the head is trained, from a `RetrainConfig`."""
+def training_options(options: TrainingOptions, checkpoint_path: Optional[AnyPath] = None
+                     ) -> TrainingConfig:
+    """How the head is trained; its checkpoint goes to `checkpoint_path` (default: the flag's,
+    or a staging folder while quality gates are pending)."""
     return TrainingConfig(
-        steps=config.training_steps,
-        learning_rate=config.sgd_learning_rate,
-        train_batch_size=config.train_batch_size,
-        validation_batch_size=config.validation_batch_size,
-        eval_step_interval=config.eval_step_interval,
-        seed=config.seed,
-        summaries_dir=config.summaries_dir,
-        checkpoint_path=config.checkpoint_path,
-        regularization=regularization_of(config),
-        early_stopping_patience=early_stopping_patience_of(config),
-        solver=config.solver,
+        steps=options.training_steps,
+        learning_rate=options.sgd_learning_rate,
+        train_batch_size=options.train_batch_size,
+        validation_batch_size=options.validation_batch_size,
+        eval_step_interval=options.eval_step_interval,
+        seed=options.seed,
+        summaries_dir=options.summaries_dir,
+        checkpoint_path=options.checkpoint_path if checkpoint_path is None else checkpoint_path,
+        regularization=regularization_of(options),
+        early_stopping_patience=early_stopping_patience_of(options),
+        solver=options.solver,
     )
 
 
-def check_fine_tunable(config, extractor: FeatureExtractor) -> None:
-    """Fail before the long work when --do_fine_tuning cannot work with this extractor.
-
-    Raises:
-        UsageError: the extractor cannot be trained.
-    """
-    if config.do_fine_tuning:
-        extractor.fine_tunable_variables(config.fine_tune_blocks)
-
-
-def training_features(config, extractor: FeatureExtractor, images: Sequence,
+def training_features(options: TrainingOptions, extractor: FeatureExtractor, images: Sequence[Any],
                       plain: FeatureSet) -> tuple[FeatureSet, Optional[dict[str, Any]]]:
     """The head's training rows: the plain vectors, or with distortions V variants per image.
 
     Args:
-        config: the RetrainConfig.
+        options: the training view of the config.
         extractor: the feature extractor.
         images: the decodable training images (with `.path`), aligned with `plain`.
         plain: their plain vectors and labels.
@@ -83,30 +78,28 @@ def training_features(config, extractor: FeatureExtractor, images: Sequence,
     Returns:
         (FeatureSet float32 [N*V, D] / int64 [N*V], {"variants", "computed", "reused"} or None).
     """
-    from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
-
-    distortions = distortions_of(config)
+    distortions = distortions_of(options)
     if not distortions.enabled:
         return plain, None
     distorted = compute_distorted_bottlenecks(
-        [image.path for image in images], extractor, config.bottleneck_dir, distortions,
-        config.distorted_variants, config.seed, show_progress=config.show_progress,
+        [image.path for image in images], extractor, options.bottleneck_dir, distortions,
+        options.distorted_variants, options.seed, show_progress=options.show_progress,
     )
     rows = distorted.ok
     features = distorted.vectors[rows].reshape(-1, distorted.vectors.shape[-1])
-    labels = np.repeat(plain.labels[rows], config.distorted_variants)
-    summary = {"variants": config.distorted_variants, "computed": distorted.computed,
+    labels = np.repeat(plain.labels[rows], options.distorted_variants)
+    summary = {"variants": options.distorted_variants, "computed": distorted.computed,
                "reused": distorted.reused, "seconds": distorted.seconds}
     return FeatureSet(features, labels), summary
 
 
-def fine_tune_if_asked(config, extractor: FeatureExtractor, head: Head,
-                       images: dict[str, Sequence], features: dict[str, FeatureSet],
+def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: Head,
+                       images: Mapping[str, Sequence[Any]], features: dict[str, FeatureSet],
                        ) -> tuple[Optional[FineTuneResult], FeatureSet]:
     """With --do_fine_tuning: fine-tune, then recompute the test vectors with the tuned extractor.
 
     Args:
-        config: the RetrainConfig.
+        options: the training view of the config.
         extractor, head: updated in place.
         images: {split: decodable images (with `.path`)}.
         features: {split: plain FeatureSet}, aligned with `images`.
@@ -114,22 +107,22 @@ def fine_tune_if_asked(config, extractor: FeatureExtractor, head: Head,
     Returns:
         (FineTuneResult or None, the test FeatureSet to evaluate on).
     """
-    if not config.do_fine_tuning:
+    if not options.do_fine_tuning:
         return None, features["testing"]
 
     def split(name: str) -> ImageSplit:
         return ImageSplit(tuple(image.path for image in images[name]), features[name].labels)
 
     result = fine_tune(extractor, head, split("training"), split("validation"), FineTuneConfig(
-        blocks=config.fine_tune_blocks,
-        epochs=config.fine_tune_epochs,
-        learning_rate=config.fine_tune_learning_rate,
-        batch_size=config.train_batch_size,
-        seed=config.seed,
-        distortions=distortions_of(config),
-        regularization=regularization_of(config),
-        early_stopping_patience=early_stopping_patience_of(config),
-        show_progress=config.show_progress,
+        blocks=options.fine_tune_blocks,
+        epochs=options.fine_tune_epochs,
+        learning_rate=options.fine_tune_learning_rate,
+        batch_size=options.train_batch_size,
+        seed=options.seed,
+        distortions=distortions_of(options),
+        regularization=regularization_of(options),
+        early_stopping_patience=early_stopping_patience_of(options),
+        show_progress=options.show_progress,
     ))
     test = features["testing"]
     if len(test):
@@ -138,14 +131,15 @@ def fine_tune_if_asked(config, extractor: FeatureExtractor, head: Head,
     return result, test
 
 
-def fine_tuning_summary(config, result: Optional[FineTuneResult]) -> Optional[dict[str, Any]]:
+def fine_tuning_summary(options: TrainingOptions, result: Optional[FineTuneResult]
+                        ) -> Optional[dict[str, Any]]:
     """The `--json` "fine_tuning" object (None without --do_fine_tuning)."""
     if result is None:
         return None
     last = result.history[-1]
     kept = last if result.best_epoch is None else result.history[result.best_epoch]
     return {
-        "blocks": config.fine_tune_blocks,
+        "blocks": options.fine_tune_blocks,
         "tuned_parameters": result.tuned_parameters,
         "epochs_run": last.step,
         "best_epoch": result.best_epoch,

@@ -1,0 +1,180 @@
+"""Bottleneck stage: each image's feature vector, computed once per extractor and cached on disk.
+
+Vectors come from the cache (`entries`: one `.npy` entry per image content, in the extractor's
+namespace), or from the shard runs `retrain-extract` wrote there (`shards`); the rest are computed:
+a thread pool decodes a few batches ahead (`retrainer.data.batches.decoded_batches`), the
+extractor's engine (`retrainer.engines`: float32, bfloat16 or int8) runs each batch, and its
+entries are stored as they come, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.shards import load_sharded
+from retrainer.data.batches import content_digest, decoded_batches
+from retrainer.engines import Engine
+from retrainer.engines.factory import as_engine
+from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import as_path, read_bytes
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 32
+# The cache lookup reads every file to hash it; the bytes of files it misses are kept, up to this
+# many in all, for the decoder, so that those files are not read twice.
+KEPT_BYTES = 64 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Bottlenecks:
+    """Vectors for a list of image files, in the order asked for.
+
+    Attributes:
+        vectors: float32 [N, D]; rows of skipped files are zeros.
+        ok: bool [N], False for files that could not be read or decoded.
+        skipped: (index, reason) for each file left out.
+        computed: vectors computed in this call.
+        reused: vectors read from the cache.
+        seconds: wall time of the call.
+        digests: hex SHA-256 of each file's bytes (the cache key), "" where it could not be read.
+    """
+
+    vectors: np.ndarray
+    ok: np.ndarray
+    skipped: tuple[tuple[int, str], ...]
+    computed: int
+    reused: int
+    seconds: float
+    digests: tuple[str, ...] = ()
+
+
+def compute_bottlenecks(
+    paths: Sequence[os.PathLike[str] | str],
+    extractor: FeatureExtractor | Engine,
+    bottleneck_dir: os.PathLike[str] | str,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    show_progress: bool = True,
+) -> Bottlenecks:
+    """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
+
+    Args:
+        paths: image files, in the order the result should follow.
+        extractor: the feature extractor, or an engine running one at a precision
+            (`retrainer.engines`; an extractor runs in float32); its spec.id names the cache
+            namespace.
+        bottleneck_dir: the cache root.
+        batch_size: images per extractor call.
+        show_progress: show a tqdm bar on stderr (only when stderr is a terminal).
+
+    Returns:
+        Bottlenecks aligned with `paths`. Unreadable files are skipped with a warning naming them.
+    """
+    started = time.perf_counter()
+    engine = as_engine(extractor)
+    spec = engine.spec
+    cache = BottleneckCache(as_path(bottleneck_dir), spec)
+    vectors = np.zeros((len(paths), spec.vector_size), np.float32)
+    ok = np.zeros(len(paths), bool)
+    skipped: dict[int, str] = {}
+    digests = [""] * len(paths)
+    missing = []
+    contents: list[Optional[bytes]] = []  # of the missing files, while under KEPT_BYTES in all
+    kept = 0
+    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
+    for position, path in enumerate(paths):
+        try:
+            data = read_bytes(path)
+        except OSError as error:
+            skipped[position] = f"cannot read file ({error.strerror or error})"
+            continue
+        digests[position] = content_digest(data)
+        vector = sharded.get(digests[position])
+        if vector is None:
+            vector = cache.load(digests[position])
+        if vector is None:
+            missing.append(position)
+            keep = kept + len(data) <= KEPT_BYTES
+            contents.append(data if keep else None)
+            kept += len(data) if keep else 0
+        else:
+            vectors[position], ok[position] = vector, True
+    reused = int(ok.sum())
+    if missing:
+        log.info(
+            "Computing bottleneck vectors of %d images with %s (%d cached in %s).",
+            len(missing), spec.name, reused, cache.directory,
+        )
+        missing_paths = [paths[position] for position in missing]
+        missing_digests = [digests[position] for position in missing]
+        for index, vector, reason in _computed(missing_paths, missing_digests, contents, engine,
+                                               cache, batch_size, show_progress):
+            if reason:
+                skipped[missing[index]] = reason
+            else:
+                vectors[missing[index]], ok[missing[index]] = vector, True
+    for position, reason in sorted(skipped.items()):
+        log.warning("Skipping %s: %s", paths[position], reason)
+    return Bottlenecks(
+        vectors=vectors,
+        ok=ok,
+        skipped=tuple(sorted(skipped.items())),
+        computed=int(ok.sum()) - reused,
+        reused=reused,
+        seconds=time.perf_counter() - started,
+        digests=tuple(digests),
+    )
+
+
+def _computed(
+    paths: Sequence[os.PathLike[str] | str],
+    digests: list[str],
+    contents: list[Optional[bytes]],
+    engine: Engine,
+    cache: BottleneckCache,
+    batch_size: int,
+    show_progress: bool,
+) -> Iterator[tuple[int, Optional[np.ndarray], str]]:
+    """Run the pipeline over `paths` (whose `digests`, and some `contents`, are known), caching
+    each batch's vectors.
+
+    Entries are written on a background thread while the extractor works on the next batch; write
+    errors surface on the next batch, and pending writes finish even when interrupted.
+
+    Yields:
+        (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
+    """
+    writes: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
+            tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
+                 disable=None if show_progress else True) as progress:
+        for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
+                                     contents):
+            # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
+            batch_vectors = (np.zeros((len(batch.reasons), engine.spec.vector_size), np.float32)
+                             if all(batch.reasons) else engine(batch.images))
+            entries = []
+            for row, reason in enumerate(batch.reasons):
+                index = batch.start + row
+                if reason:
+                    yield index, None, reason
+                else:
+                    entries.append((digests[index], batch_vectors[row]))
+                    yield index, batch_vectors[row], ""
+            for write in [write for write in writes if write.done()]:
+                write.result()
+                writes.remove(write)
+            writes.append(writer.submit(cache.store_all, entries))
+            progress.update(len(batch.reasons))
+    for write in writes:
+        write.result()
+

@@ -1,0 +1,96 @@
+"""The cache entries of one extractor: reading and writing its vectors under --bottleneck_dir.
+
+One `.npy` entry per image, at `layout.entry_path`, keyed by the SHA-256 of the file's bytes. The
+entries of one batch are hard links to one pack file holding their vectors (`_packs`: one file
+created per batch, not per image); a lone entry, or one in a remote cache, is a plain float32 [D]
+`.npy`. Files are written under a temp name and renamed or linked into place: a run killed at any
+moment leaves only whole entries, and runs sharing a cache do not collide. Unreadable entries are
+reported as missing (with a warning), so they are computed again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import io
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from retrainer.cache._packs import PackReader, pack_bytes
+from retrainer.cache.layout import entry_path, extractor_folder
+from retrainer.extractors import ExtractorSpec
+from retrainer.io.atomic import making_folder, write_bytes_atomically, write_linked_atomically
+from retrainer.io.storage import AnyPath, is_url, open_for_reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class BottleneckCache:
+    """The cache namespace of one extractor (see the module docstring for the layout).
+
+    `namespace` (a sub-folder, `layout.distorted_subfolder`) separates vectors of transformed
+    images from the plain ones; keys are then `<digest>` plus whatever the caller appends.
+    """
+
+    root: AnyPath  # a local folder or a URL (retrainer.io.storage)
+    spec: ExtractorSpec
+    namespace: str = ""
+    _reader: PackReader = dataclasses.field(default_factory=PackReader, compare=False,
+                                            repr=False)
+
+    @property
+    def directory(self) -> AnyPath:
+        folder = extractor_folder(self.root, self.spec)
+        return folder / self.namespace if self.namespace else folder
+
+    def path(self, digest: str) -> AnyPath:
+        return entry_path(self.directory, digest)
+
+    def load(self, digest: str) -> Optional[np.ndarray]:
+        """The cached float32 [D] vector; None if absent or unusable (warned, then recomputed)."""
+        path = self.path(digest)
+        try:
+            with open_for_reading(path) as stream:
+                vector = self._reader.read(stream, digest)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as error:
+            log.warning("Cached bottleneck %s is unreadable (%s); recomputing it.", path, error)
+            return None
+        expected = (self.spec.vector_size,)
+        if vector.dtype != np.float32 or vector.shape != expected or not np.isfinite(vector).all():
+            log.warning(
+                "Cached bottleneck %s is not a finite float32 %s vector (found %s %s); "
+                "recomputing it.",
+                path, expected, vector.dtype, vector.shape,
+            )
+            return None
+        return vector
+
+    def store(self, digest: str, vector: np.ndarray) -> None:
+        """Write one entry atomically (temp file in the same folder, then rename over)."""
+        path = self.path(digest)
+        vector = np.asarray(vector, np.float32)
+        data = _npy_header(vector.shape) + vector.tobytes()  # what np.save writes, made cheaper
+        making_folder(path, lambda: write_bytes_atomically(path, data))
+
+    def store_all(self, entries: Sequence[tuple[str, np.ndarray]]) -> None:
+        """Write entries together: in a local folder, one pack linked under each entry's name."""
+        linked = 0
+        if len(entries) > 1 and not is_url(self.directory):
+            linked = write_linked_atomically([Path(self.path(key)) for key, _ in entries],
+                                             pack_bytes(entries))
+        for key, vector in entries[linked:]:  # remote, alone, or no hard links here
+            self.store(key, vector)
+
+
+@functools.lru_cache(maxsize=8)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The `.npy` header np.save writes for a float32 array of `shape`."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(shape, np.float32), allow_pickle=False)
+    return buffer.getvalue()[: -4 * int(np.prod(shape))]

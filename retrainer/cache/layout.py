@@ -1,0 +1,80 @@
+"""Every path under --bottleneck_dir, in one place:
+
+    <bottleneck_dir>/
+      <extractor id>/<CACHE_FORMAT>-<H>x<W>/          one extractor's vectors (`namespace`)
+        <aa>/<sha256>.npy                             an image's vector (`entry_path`)
+        distorted/<settings>-seed<seed>/<aa>/<sha256>-v<i>.npy
+                                                      its distorted variants (`distorted_subfolder`)
+        shards/<run id>/...                           retrain-extract's runs (`shards_folder`)
+      audit-results-v1/<aa>/<key>.json               the audit's findings (`audit_findings_path`)
+      audit-signatures-v1/<aa>.npz                   its thumbnails and hashes (`audit_signatures_folder`)
+
+Keys are content hashes, so no dataset path ever appears here. Changing a path or a format is a
+change here (bump `CACHE_FORMAT` when the vectors of the same image would differ).
+"""
+
+from __future__ import annotations
+
+import os
+
+from retrainer.extractors import ExtractorSpec
+from retrainer.io.storage import AnyPath, as_path
+
+# Bump when the stored format or the pixels fed to extractors (decoding, resizing) change.
+CACHE_FORMAT = "v1"
+ENTRY_SUFFIX = ".npy"
+SHARDS_FOLDER = "shards"
+_AUDIT_FINDINGS = "audit-results-v1"
+_AUDIT_SIGNATURES = "audit-signatures-v1"
+
+
+def namespace(spec: ExtractorSpec) -> str:
+    """The cache folder of one extractor, relative to the cache root: "<id>/<format>-<H>x<W>"."""
+    height, width = spec.input_size
+    return f"{spec.id}/{CACHE_FORMAT}-{height}x{width}"
+
+
+def extractor_folder(root: os.PathLike[str] | str, spec: ExtractorSpec) -> AnyPath:
+    """`<root>/<namespace(spec)>`: where one extractor's plain vectors and shard runs live."""
+    return as_path(root) / namespace(spec)
+
+
+def distorted_subfolder(settings: str, seed: int) -> str:
+    """The sub-folder of an extractor folder holding the distorted variants of one set of
+    distortion settings and seed."""
+    return f"distorted/{settings}-seed{seed}"
+
+
+def entry_path(folder: AnyPath, key: str) -> AnyPath:
+    """The entry of `key` (a content hash, maybe with a suffix) in a vector folder."""
+    return folder / key[:2] / f"{key}{ENTRY_SUFFIX}"
+
+
+def entry_key(path: os.PathLike[str] | str) -> str:
+    """The key an entry file is named by (`entry_path`'s inverse)."""
+    return as_path(path).name.removesuffix(ENTRY_SUFFIX)
+
+
+def entry_pattern(folder: str) -> str:
+    """A glob (tf.io.gfile) that matches every entry of a vector folder, not its sub-folders."""
+    return f"{folder.rstrip('/')}/??/*{ENTRY_SUFFIX}"
+
+
+def shards_folder(folder: str) -> str:
+    """Where retrain-extract's shard runs of one extractor folder live (a path or URL string)."""
+    return f"{folder.rstrip('/')}/{SHARDS_FOLDER}"
+
+
+def audit_findings_folder(root: os.PathLike[str] | str) -> AnyPath:
+    """The audit's cached findings, one file per dataset key."""
+    return as_path(root) / _AUDIT_FINDINGS
+
+
+def audit_findings_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The audit's cached findings for one dataset key."""
+    return audit_findings_folder(root) / key[:2] / f"{key}.json"
+
+
+def audit_signatures_folder(root: os.PathLike[str] | str) -> AnyPath:
+    """The audit's cached thumbnails and perceptual hashes, sharded by hash prefix."""
+    return as_path(root) / _AUDIT_SIGNATURES

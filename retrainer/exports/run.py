@@ -1,0 +1,152 @@
+"""The export stage: intermediate graphs during training, then every artifact, then its report.
+
+`Exporter` is built once per run. Training calls `write_intermediate` every
+--intermediate_store_frequency steps; `write_all` then writes the labels, the frozen graph with its
+sidecar, the SavedModel, the .tflite and the .onnx files asked for, and runs each deployable
+artifact on the test split against the frozen graph (the export report, docs/exports.md). An ONNX
+conversion that fails is recorded in `Exported.failures`; every other export is still written. The
+classifier graph is traced once, on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from retrainer.data.batches import decode_files
+from retrainer.data.discovery import ImageFile
+from retrainer.errors import ModelError
+from retrainer.exports.classifier import Classifier, write_labels
+from retrainer.exports.graph import GraphExporter, intermediate_graph_path
+from retrainer.exports.onnx import write_onnx_files
+from retrainer.exports.options import ExportOptions
+from retrainer.exports.saved_model import write_saved_model
+from retrainer.exports.tflite import write_tflite_files
+from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
+from retrainer.extractors import FeatureExtractor
+from retrainer.io.storage import AnyPath
+from retrainer.training.head import Head
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exported:
+    """What `write_all` wrote: {output name: path (or paths)}, the export report's rows, and one
+    line per export that could not be written."""
+
+    outputs: dict[str, Any]
+    report: tuple[ArtifactReport, ...] = ()
+    failures: tuple[str, ...] = ()
+
+    def accuracy_drop_failure(self, max_drop_points: Optional[float]) -> Optional[str]:
+        """The --max_export_accuracy_drop failure message, or None (also without the flag)."""
+        if max_drop_points is None or not self.report:
+            return None
+        over = [row for row in self.report[1:] if -row.change_points > max_drop_points]
+        if not over:
+            return None
+        details = ", ".join(f"{row.artifact} ({row.path}) {row.change_points:+.1f}" for row in over)
+        return (f"exports lost more than --max_export_accuracy_drop {max_drop_points:g} points of "
+                f"test accuracy against the frozen graph ({self.report[0].accuracy * 100:.1f}%): "
+                f"{details}. Use a milder --tflite_quantization (float16 or dynamic), "
+                "--onnx_quantization none, or more calibration images "
+                "(--tflite_calibration_images); the files were written.")
+
+
+class Exporter:
+    """Writes one run's exports (see the module docstring)."""
+
+    def __init__(self, options: ExportOptions, extractor: FeatureExtractor,
+                 labels: tuple[str, ...], intermediate_dir: AnyPath) -> None:
+        """`intermediate_dir`: the options' folder, or a staging folder (quality gates)."""
+        self.options = options
+        self.extractor = extractor
+        self.labels = labels
+        self.intermediate_dir = intermediate_dir
+        self.intermediate_graphs: list[AnyPath] = []
+        self._exporter: Optional[GraphExporter] = None
+
+    def graph_exporter(self, head: Head) -> GraphExporter:
+        """The frozen-graph writer of `head` (also what the report's heat maps run)."""
+        if self._exporter is None:
+            classifier = Classifier(self.extractor, head, self.labels,
+                                    self.options.final_tensor_name)
+            self._exporter = GraphExporter(classifier)
+        return self._exporter
+
+    def write_intermediate(self, step: int, head: Head) -> None:
+        """The frozen graph of the head as it is at `step` (retrain.py's intermediate_<step>.pb)."""
+        path = intermediate_graph_path(self.options.intermediate_output_graphs_dir, step)
+        self.graph_exporter(head).write_graph(intermediate_graph_path(self.intermediate_dir, step),
+                                               step=step)
+        self.intermediate_graphs.append(path)
+        log.info("Saved intermediate graph %s", path)
+
+    def write_all(self, head: Head, training_images: Sequence[ImageFile],
+                  test_images: Sequence[ImageFile], fine_tuned: bool) -> Exported:
+        """Labels, graph + sidecar, SavedModel and .tflite if asked; then the export report.
+
+        Args:
+            head: the trained head.
+            training_images: the decodable training images (int8 calibration).
+            test_images: the decodable test images (the export report).
+            fine_tuned: whether the extractor was fine-tuned (recorded in the sidecar).
+
+        Raises:
+            DataError: int8 without enough decodable training images.
+        """
+        options = self.options
+        exporter = self.graph_exporter(head)
+        exporter.classifier.fine_tuned = fine_tuned
+        write_labels(options.output_labels, self.labels)
+        outputs: dict[str, Any] = {
+            "output_graph": options.output_graph,
+            "output_graph_metadata": exporter.write_graph(options.output_graph),
+            "output_labels": options.output_labels,
+        }
+        if options.saved_model_dir is not None:
+            write_saved_model(exporter.classifier, options.saved_model_dir)
+            outputs["saved_model_dir"] = options.saved_model_dir
+        training_files = [image.path for image in training_images]
+        if options.tflite_files:
+            outputs["tflite_output_file"] = self._written(
+                write_tflite_files, exporter.classifier, options.tflite_files, training_files)
+        failures = []
+        if options.onnx_files:
+            try:
+                outputs["onnx_output_file"] = self._written(
+                    write_onnx_files, exporter.classifier, options.onnx_files, training_files)
+            except ModelError as error:  # the converter's failure costs no other export
+                failures.append(str(error))
+        if self.intermediate_graphs:
+            outputs["intermediate_graphs"] = list(self.intermediate_graphs)
+        return Exported(outputs, self._report(test_images, "onnx_output_file" in outputs),
+                        tuple(failures))
+
+    def _written(self, write: Callable[..., Any], classifier: Classifier,
+                 paths: dict[str, AnyPath], training_files: list[AnyPath]) -> Any:
+        """Run a format's writer (int8 calibrates on the run's seeded sample of training
+        images); the path, or the paths of several modes."""
+        write(classifier, paths, self.options.tflite_calibration_images, training_files,
+              self.options.seed)
+        written = list(paths.values())
+        return written[0] if len(written) == 1 else written
+
+    def _report(self, test_images: Sequence[ImageFile], onnx_written: bool
+                ) -> tuple[ArtifactReport, ...]:
+        """The export report when a .tflite, .onnx or SavedModel was written; () otherwise."""
+        artifacts = self.options.verified_artifacts(onnx_written)
+        if not artifacts:
+            return ()
+        if not test_images:
+            log.warning("No test images: skipping the export report.")
+            return ()
+        pixels, ok = decode_files([image.path for image in test_images],
+                                  self.extractor.spec.input_size)
+        labels = np.array([image.label_index for image in test_images], np.int64)
+        return tuple(export_report([(FROZEN_GRAPH, self.options.output_graph), *artifacts],
+                                   pixels[ok], labels[ok]))

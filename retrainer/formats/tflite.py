@@ -1,0 +1,76 @@
+"""TFLite conversion and the interpreter that runs a `.tflite`, for every caller alike.
+
+The int8 extraction engine (`retrainer.engines.int8`), the TFLite export (`retrainer.exports.tflite`)
+and `label-image` (`retrainer.classify.tflite`) all convert and run through here, so the route can
+move from `tf.lite.TFLiteConverter` (whose quantizing is deprecated in favour of the LiteRT tools)
+and from `tf.lite.Interpreter` to LiteRT in one place. `ai-edge-litert` (`pip install
+'retrainer[litert]'`) runs the models when installed; otherwise TensorFlow's own interpreter does
+(same kernels; its deprecation warning is silenced).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import tensorflow as tf
+
+try:
+    from ai_edge_litert.interpreter import Interpreter as _LiteRTInterpreter
+except ImportError:  # optional (`pip install 'retrainer[litert]'`): TensorFlow's interpreter then
+    _LiteRTInterpreter = None
+
+
+def new_interpreter(model: bytes, threads: Optional[int] = None) -> Any:
+    """An interpreter for the `.tflite` bytes `model` (tensors not yet allocated).
+
+    Args:
+        model: the flatbuffer.
+        threads: CPU threads for its kernels; None lets the runtime choose.
+
+    Raises:
+        ValueError, RuntimeError: the runtime cannot load `model` (truncated, corrupt, unknown op).
+    """
+    if _LiteRTInterpreter is not None:
+        return _LiteRTInterpreter(model_content=model, num_threads=threads)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
+        return tf.lite.Interpreter(model_content=model, num_threads=threads)
+
+
+def full_integer_model(
+    concrete_function: Any,
+    representative: Iterable[list[np.ndarray]],
+    trackable: Optional[tf.Module] = None,
+    uint8_input: bool = False,
+    uint8_output: bool = False,
+) -> bytes:
+    """Convert a traced function to a full-integer (int8 weights and activations) TFLite model.
+
+    Used by the int8 export and by the int8 extraction engine (`retrainer.engines.int8`).
+
+    Args:
+        concrete_function: a `tf.function`'s concrete function, one image input.
+        representative: calibration inputs, each a one-element list shaped like the input.
+        trackable: the module owning the function's variables (the non-deprecated converter path).
+        uint8_input: uint8 input (its scale and zero point come from the calibration range);
+            otherwise it keeps the function's dtype.
+        uint8_output: uint8 output (the export); otherwise it keeps the function's dtype.
+
+    Returns:
+        The .tflite flatbuffer.
+
+    Raises:
+        Exception: whatever the converter raises for ops it cannot quantize or convert.
+    """
+    samples = list(representative)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function], trackable)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: iter(samples)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if uint8_input:
+        converter.inference_input_type = tf.uint8
+    if uint8_output:
+        converter.inference_output_type = tf.uint8
+    return bytes(converter.convert())

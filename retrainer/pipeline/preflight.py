@@ -1,0 +1,167 @@
+"""Preflight: every check that can fail before the long work, in one place.
+
+In the order a user meets them: output paths (created as the run would and probed with a temporary
+file, so a typo or a read-only folder is reported in a second, naming the flag), discovery (the
+classes and their split), the int8 calibration supply, the extractor and its engine (the weights
+load), and whether fine-tuning can train that extractor. Only then do the bottlenecks start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+
+from retrainer.cache.options import ExtractionOptions
+from retrainer.config import RetrainConfig
+from retrainer.data.discovery import ImageCollection, discover_images
+from retrainer.data.split import TRAINING
+from retrainer.engines import Engine
+from retrainer.engines.factory import create_engine
+from retrainer.errors import UsageError
+from retrainer.exports.options import ExportOptions
+from retrainer.exports.quantization import INT8, MIN_CALIBRATION_IMAGES, too_few_calibration_images
+from retrainer.extractors import FeatureExtractor, create_extractor
+from retrainer.extractors.tfhub import check_extractor_module
+from retrainer.formats.graph_contract import metadata_path
+from retrainer.io.atomic import remove_stale_temporaries
+from retrainer.io.storage import AnyPath, RemotePath, probe_writable
+from retrainer.pipeline.timer import StageTimer
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the long work starts from, once every check has passed."""
+
+    collection: ImageCollection
+    extractor: FeatureExtractor
+    engine: Engine
+
+
+def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
+    """Run every check of a retrain run that needs no vectors; time discovery and the extractor.
+
+    Raises:
+        UsageError: an unwritable or clashing output path, an unknown extractor, a precision or
+            device this machine cannot run, an extractor --do_fine_tuning cannot train.
+        DataError: fewer than two classes; too few training images for int8 calibration.
+        ModelError: the extractor cannot be loaded.
+        UntrustedModelError: the --tfhub_module folder failed the model check.
+    """
+    check_extractor_module(config.tfhub_module, config.trust_model)  # before anything is written
+    check_output_paths(config)
+    remove_stale_export_temporaries(config.exports)
+    with timer("discover"):
+        collection = discover_images(config.image_dir, config.validation_percentage,
+                                     config.testing_percentage)
+    _check_calibration_supply(config.exports, collection)
+    extractor, engine = prepare_extractor(config, timer)
+    return Prepared(collection, extractor, engine)
+
+
+def prepare_extractor(config: RetrainConfig, timer: StageTimer
+                      ) -> tuple[FeatureExtractor, Engine]:
+    """The extractor and its engine (timed as "extractor"), checked for fine-tuning if asked."""
+    with timer("extractor"):
+        extractor, engine = extractor_and_engine(config.extraction)
+    if config.training.do_fine_tuning:
+        extractor.fine_tunable_variables(config.training.fine_tune_blocks)  # raises if it cannot
+    return extractor, engine
+
+
+def extractor_and_engine(options: ExtractionOptions) -> tuple[FeatureExtractor, Engine]:
+    """`--tfhub_module` at `--image_size`, run by the engine of `--extractor_precision`."""
+    extractor = create_extractor(options.extractor, options.image_size, options.trust_model)
+    return extractor, create_engine(extractor, options.precision, options.devices)
+
+
+def _check_calibration_supply(options: ExportOptions, collection: ImageCollection) -> None:
+    """int8 needs at least MIN_CALIBRATION_IMAGES training images.
+
+    Raises:
+        DataError: saying how many are needed and how many the training split has.
+    """
+    if INT8 not in options.tflite_files and INT8 not in options.onnx_files:
+        return
+    training = sum(image.split == TRAINING for image in collection.images)
+    if training < MIN_CALIBRATION_IMAGES:
+        raise too_few_calibration_images(training, options.tflite_calibration_images,
+                                         f"the training split of {collection.image_dir}")
+    if training < options.tflite_calibration_images:
+        log.warning("int8 calibration: only %d training images, fewer than "
+                    "--tflite_calibration_images %d; calibrating on all of them.",
+                    training, options.tflite_calibration_images)
+
+
+def check_output_paths(config: RetrainConfig) -> None:
+    """Check every output path of `config` can be written.
+
+    Raises:
+        UsageError: naming the flag and the path.
+    """
+    files = {"output_graph": config.output_graph, "output_labels": config.output_labels,
+             "checkpoint_path": config.checkpoint_path}
+    files.update({flag: path for flag, path in (("metrics_file", config.metrics_file),
+                                                ("report_html", config.report_html))
+                  if path is not None})
+    if not config.skip_audit:
+        files["audit_file"] = config.audit_file
+    folders = {"bottleneck_dir": config.bottleneck_dir, "summaries_dir": config.summaries_dir}
+    if config.intermediate_store_frequency > 0:
+        folders["intermediate_output_graphs_dir"] = config.intermediate_output_graphs_dir
+    for flag, path in files.items():
+        if path.is_dir():
+            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
+        folders[flag] = path.parent
+    if config.saved_model_dir is not None:
+        _check_saved_model_dir(config.saved_model_dir)
+        folders["saved_model_dir"] = config.saved_model_dir.parent
+    for flag, path in config.exports.deployable_files:
+        if path.is_dir():
+            raise UsageError(f"--{flag} {path} is a folder; expected a file path.")
+        folders[flag] = path.parent
+    for flag, folder in folders.items():
+        _check_writable_folder(flag, folder)
+
+
+def remove_stale_export_temporaries(options: ExportOptions) -> None:
+    """Delete temporaries that a killed earlier run left next to this run's exports."""
+    exports = [options.output_graph, metadata_path(options.output_graph), options.output_labels]
+    if options.saved_model_dir is not None:
+        exports.append(options.saved_model_dir)
+    exports += [path for _, path in options.deployable_files]
+    for export in exports:
+        for leftover in remove_stale_temporaries(export):
+            log.info("Removed %s, left by an interrupted run.", leftover)
+
+
+def _check_saved_model_dir(path: AnyPath) -> None:
+    """Only a SavedModel (or nothing) may be replaced: never delete a user's unrelated folder."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--saved_model_dir {path} is a file; expected a folder path.")
+    if path.is_dir() and any(path.iterdir()) and not (path / "saved_model.pb").is_file():
+        raise UsageError(
+            f"--saved_model_dir {path} exists and is not a SavedModel; it would be replaced. "
+            "Pass a new or empty folder, or an earlier --saved_model_dir."
+        )
+
+
+def _check_writable_folder(flag: str, folder: AnyPath) -> None:
+    try:
+        if isinstance(folder, RemotePath):
+            probe_writable(folder)
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        reason = error.strerror or error
+        if isinstance(error, (FileExistsError, NotADirectoryError)):  # mkdir's words for this
+            blocker = next((path for path in (folder, *folder.parents) if path.is_file()), None)
+            reason = f"{blocker} is a file, not a folder" if blocker else reason
+        raise UsageError(
+            f"cannot write to {folder} (for --{flag}): {reason}. "
+            f"Pass a writable path with --{flag}."
+        ) from error

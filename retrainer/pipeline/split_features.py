@@ -1,0 +1,64 @@
+"""The decodable images of a run and their bottleneck vectors, grouped by split."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from retrainer.cache.bottlenecks import Bottlenecks
+from retrainer.data.discovery import ImageCollection, ImageFile
+from retrainer.data.split import SPLITS, TRAINING
+from retrainer.errors import DataError
+from retrainer.training.head import FeatureSet
+
+log = logging.getLogger(__name__)
+
+
+class SplitFeatures:
+    """The decodable images and their vectors, grouped by split."""
+
+    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks) -> None:
+        self.labels = collection.labels
+        self.images: dict[str, list[ImageFile]] = {split: [] for split in SPLITS}
+        rows: dict[str, list[int]] = {split: [] for split in SPLITS}
+        for position, image in enumerate(collection.images):
+            if bottlenecks.ok[position]:
+                self.images[image.split].append(image)
+                rows[image.split].append(position)
+        self.unreadable = tuple(
+            (collection.images[position].relpath, reason)
+            for position, reason in bottlenecks.skipped
+        )
+        self.features = {
+            split: FeatureSet(
+                bottlenecks.vectors[rows[split]],  # float32 [n, D], also when n == 0
+                np.array([image.label_index for image in self.images[split]], np.int64),
+            )
+            for split in SPLITS
+        }
+        if not self.images[TRAINING]:
+            raise DataError(
+                f"No decodable training images in {collection.image_dir} "
+                f"({len(self.unreadable)} could not be read); add images or lower "
+                "--validation_percentage/--testing_percentage."
+            )
+        trainable = [label for label, row in self.counts().items() if row[TRAINING]]
+        if len(trainable) < 2:  # a one-class "classifier" would exit 0 and be useless
+            raise DataError(
+                f"Only 1 class has decodable training images ({trainable[0]!r}) in "
+                f"{collection.image_dir} ({len(self.unreadable)} files could not be read); at "
+                "least 2 are needed: add images or lower --validation_percentage/"
+                "--testing_percentage."
+            )
+        for label, row in self.counts().items():
+            if row[TRAINING] == 0:
+                log.warning("Class %r has no usable training images; it cannot be predicted.",
+                            label)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
+        for split, images in self.images.items():
+            for image in images:
+                table[self.labels[image.label_index]][split] += 1
+        return table
