@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, Optional
 
 import click
@@ -21,20 +22,22 @@ from retrainer.cli import (
     F,
     PathOrUrl,
     configure_logging,
+    exit_at_once,
     option,
-    quiet_tensorflow,
     reports_errors,
 )
 from retrainer.config import RetrainConfig
 from retrainer.data.split import SPLITS, TESTING
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
+from retrainer.pipeline.timer import StageTimer
 from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
 from retrainer.training.options import HEAD_SOLVERS, SGD_LEARNING_RATE, SGD_STEPS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
 _MAX_SKIPPED_SHOWN = 20
+_CONSOLE = object()  # click's context object when `main` runs as the console script
 
 
 def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
@@ -188,17 +191,34 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
       retrain --image_dir flower_photos --how_many_training_steps 500 --json > result.json
       label-image --graph retrain_output/output_graph.pb photo.jpg
     """
+    # As the console script, the run's time starts with the process (see `console`).
+    timer = StageTimer(since_process_start=click.get_current_context().obj is _CONSOLE)
     configure_logging("ERROR" if quiet else logging_verbosity)
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
-    quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
-    from retrainer.pipeline import run  # TensorFlow and every stage: not for --help
+    from retrainer.pipeline import run  # loads TensorFlow and the stages on a background thread
 
     try:
-        result = run(config)
+        result = run(config, timer)
     except FinishedRunError as error:  # a failed gate or export check: the figures still print
-        _print_result(error.result, config, quiet, as_json, error)
+        _print_result(_finished(error.result, timer), config, quiet, as_json, error)
         raise
-    _print_result(result, config, quiet, as_json)
+    _print_result(_finished(result, timer), config, quiet, as_json)
+
+
+def console() -> None:
+    """The `retrain` console script: `main`, timed from the process's start, then the process
+    ends as soon as its output is out (`exit_at_once`): the summary's "Took" is its wall time."""
+    exit_at_once(main, obj=_CONSOLE)
+
+
+def _finished(result: RetrainResult, timer: StageTimer) -> RetrainResult:
+    """`result` with the run's final figures: what is left before the process ends counts as
+    "exit" (the log's last lines; `exit_at_once` then ends the process)."""
+    with timer("exit"):
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    return dataclasses.replace(result, seconds=timer.seconds(),
+                               peak_memory_gib=timer.peak_memory_gib())
 
 
 def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_json: bool,
@@ -266,9 +286,7 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         "",
         f"Bottleneck vectors: {result.bottlenecks_computed} computed, "
         f"{result.bottlenecks_reused} reused from the cache.",
-        f"Took {result.seconds['total']:.1f} s ("
-        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.seconds.items()
-                    if stage != "total") + ").",
+        _took_line(result),
         "Wrote:",
     ]
     for name, value in result.outputs.items():
@@ -276,6 +294,17 @@ def _summary_lines(result: RetrainResult) -> list[str]:
         lines += [f"  {name}: {path}" for path in paths]
     lines += _export_report_lines(result)
     return lines
+
+
+def _took_line(result: RetrainResult) -> str:
+    """The run's wall time, every part named, and its peak memory."""
+    parts = ", ".join(f"{part} {seconds:.1f} s" for part, seconds in result.seconds.items()
+                      if part != "total")
+    peaks = {part: gib for part, gib in result.peak_memory_gib.items()
+             if part not in ("total", "other")}
+    peak = (f" Peak memory {result.peak_memory_gib['total']:.2f} GiB (during "
+            f"{max(peaks, key=peaks.__getitem__)})." if peaks else "")
+    return f"Took {result.seconds['total']:.1f} s ({parts}).{peak}"
 
 
 def _whole_validation_line(result: RetrainResult) -> str:
@@ -357,4 +386,4 @@ def _audit_lines(result: RetrainResult) -> list[str]:
 
 
 if __name__ == "__main__":
-    main()
+    console()

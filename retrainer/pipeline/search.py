@@ -26,7 +26,7 @@ from retrainer.config import RetrainConfig
 from retrainer.data.discovery import ImageCollection
 from retrainer.data.split import TRAINING, VALIDATION
 from retrainer.errors import ModelError, UsageError
-from retrainer.pipeline.preflight import extractor_and_engine
+from retrainer.pipeline.extractor import extractor_and_engine
 from retrainer.pipeline.split_features import SplitFeatures
 from retrainer.training.head import train_head
 from retrainer.training.image_modes import training_features, training_options
