@@ -20,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.file_index import FileIndex
 from retrainer.cache.shards import load_sharded
 from retrainer.data.batches import content_digest, decoded_batches
 from retrainer.engines import Engine
@@ -64,6 +65,7 @@ def compute_bottlenecks(
     bottleneck_dir: os.PathLike[str] | str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = True,
+    file_index: Optional[FileIndex] = None,
 ) -> Bottlenecks:
     """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
 
@@ -75,6 +77,8 @@ def compute_bottlenecks(
         bottleneck_dir: the cache root.
         batch_size: images per extractor call.
         show_progress: show a tqdm bar on stderr (only when stderr is a terminal).
+        file_index: the dataset's file index, already `look_up`-ed for `paths`: files whose digest it
+            knows are not read; it records the digests of the others.
 
     Returns:
         Bottlenecks aligned with `paths`. Unreadable files are skipped with a warning naming them.
@@ -86,28 +90,31 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
     ok = np.zeros(len(paths), bool)
     skipped: dict[int, str] = {}
-    digests = [""] * len(paths)
-    missing = []
-    contents: list[Optional[bytes]] = []  # of the missing files, while under KEPT_BYTES in all
+    digests = list(file_index.known) if file_index is not None else [""] * len(paths)
+    kept_bytes: dict[int, bytes] = {}  # of the files read now, up to KEPT_BYTES in all
     kept = 0
-    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
     for position, path in enumerate(paths):
+        if digests[position]:  # the file index vouches for it: not read
+            continue
         try:
             data = read_bytes(path)
         except OSError as error:
             skipped[position] = f"cannot read file ({error.strerror or error})"
             continue
         digests[position] = content_digest(data)
-        vector = sharded.get(digests[position])
-        if vector is None:
-            vector = cache.load(digests[position])
-        if vector is None:
-            missing.append(position)
-            keep = kept + len(data) <= KEPT_BYTES
-            contents.append(data if keep else None)
-            kept += len(data) if keep else 0
-        else:
+        if kept + len(data) <= KEPT_BYTES:
+            kept_bytes[position], kept = data, kept + len(data)
+    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
+    for position, digest in enumerate(digests):
+        vector = sharded.get(digest) if digest else None
+        if vector is not None:
             vectors[position], ok[position] = vector, True
+    cache.load_many(digests, vectors, ok)
+    missing = [position for position, digest in enumerate(digests) if digest and not ok[position]]
+    contents = [kept_bytes.pop(position, None) for position in missing]
+    kept_bytes.clear()
+    if file_index is not None:
+        file_index.update(digests)
     reused = int(ok.sum())
     if missing:
         log.info(
