@@ -12,12 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import tensorflow as tf
-from tensorflow.python.framework.convert_to_constants import (
-    convert_variables_to_constants_v2,
-)
+from tensorflow.python.framework import convert_to_constants
 
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
@@ -46,8 +44,7 @@ class GraphExporter:
         """The graph with the variables' current values baked in as constants."""
         state = self._variables_digest()
         if self._frozen is None or self._frozen[0] != state:
-            frozen = convert_variables_to_constants_v2(self._concrete)
-            graph_def = frozen.graph.as_graph_def()
+            graph_def = frozen_graph_def(self._concrete)
             _check_frozen(graph_def, self.classifier)
             self._frozen = (state, graph_def)
         return self._frozen[1]
@@ -74,6 +71,27 @@ class GraphExporter:
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_text_atomically(sidecar, text)
         return sidecar
+
+
+def frozen_graph_def(function: Any) -> tf.compat.v1.GraphDef:
+    """A concrete function's graph with its variables replaced by constants, pruned to what its
+    outputs need.
+
+    `convert_variables_to_constants_v2` does this and then builds a callable function from the
+    result, which took 0.9 of its 1.0 s on EfficientNet-Lite0; only the GraphDef is needed
+    here, so its first half is called directly (same graph: tests/test_export.py), with the
+    public function as the fallback should TensorFlow rename its internals.
+    """
+    outputs = [tensor.op.name for tensor in function.outputs]
+    try:
+        converter = convert_to_constants._FunctionConverterDataInEager(
+            func=function, lower_control_flow=True, aggressive_inlining=False)
+        graph_def, _ = convert_to_constants._replace_variables_by_constants(
+            converter_data=converter)
+    except (AttributeError, TypeError):
+        frozen = convert_to_constants.convert_variables_to_constants_v2(function)
+        return frozen.graph.as_graph_def()
+    return tf.compat.v1.graph_util.extract_sub_graph(graph_def, outputs)
 
 
 def _check_final_op(graph: tf.Graph, name: str) -> None:
