@@ -32,7 +32,9 @@ class StageTimer:
         self._peaks: dict[str, int] = {}
         self._active: list[str] = []
         self._last = now
-        self._credit()
+        if age is not None:
+            self._peaks[STARTUP] = peak_memory_bytes()
+            reset_peak_memory()
 
     @contextlib.contextmanager
     def __call__(self, stage: str, active: bool = True) -> Iterator[None]:

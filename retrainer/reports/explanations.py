@@ -41,10 +41,12 @@ class Explained(NamedTuple):
 def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[str],
                   per_class: int) -> list[Explained]:
     """Every misclassified test image (up to MAX_GALLERY_IMAGES), then per class the first
-    `per_class` correct ones, in test-split order; an image sampled twice counts once."""
+    `per_class` correct ones, in test-split order, up to MAX_GALLERY_IMAGES correct ones in all
+    (with many classes: each class's first, then each class's second, ...); an image sampled
+    twice counts once."""
     truth = np.array([image.label_index for image in test_images], np.int64)
     wrong: list[Explained] = []
-    right: list[Explained] = []
+    right: list[list[Explained]] = [[] for _ in labels]  # per class, up to per_class
     seen: set[int] = set()
     for position, predicted in zip(evaluation.positions.tolist(), evaluation.predictions.tolist()):
         if position in seen:
@@ -52,11 +54,14 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
         seen.add(position)
         image = test_images[position]
         item = Explained(image.path, image.relpath, labels[truth[position]], labels[predicted])
-        (right if predicted == truth[position] else wrong).append(item)
-    chosen = wrong[:MAX_GALLERY_IMAGES]
-    for label in labels:
-        chosen += [item for item in right if item.true_label == label][:per_class]
-    return chosen
+        if predicted != truth[position]:
+            wrong.append(item)
+        elif len(right[truth[position]]) < per_class:
+            right[truth[position]].append(item)
+    correct = [group[rank] for rank in range(per_class) for group in right if rank < len(group)]
+    chosen = {id(item): item for item in correct[:MAX_GALLERY_IMAGES]}  # kept in class order:
+    ordered = [item for group in right for item in group if id(item) in chosen]
+    return wrong[:MAX_GALLERY_IMAGES] + ordered
 
 
 def explanation_section(

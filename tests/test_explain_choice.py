@@ -1,0 +1,38 @@
+"""Which test images the report explains: bounded however many classes there are."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from retrainer.reports.explanations import choose_images
+from retrainer.reports.sections import MAX_GALLERY_IMAGES
+
+
+def collection(classes: int, per_class: int, wrong_every: int):
+    images = [SimpleNamespace(path=f"/d/c{c}/{i}.png", relpath=f"c{c}/{i}.png", label_index=c)
+              for c in range(classes) for i in range(per_class)]
+    truth = np.array([image.label_index for image in images])
+    predictions = truth.copy()
+    predictions[::wrong_every] = (truth[::wrong_every] + 1) % classes
+    evaluation = SimpleNamespace(positions=np.arange(len(images)), predictions=predictions)
+    return images, evaluation, [f"class {c}" for c in range(classes)]
+
+
+def test_few_classes_get_per_class_correct_images_each_after_every_wrong_one():
+    images, evaluation, labels = collection(4, 10, wrong_every=7)
+    chosen = choose_images(images, evaluation, labels, per_class=3)
+    wrong = [item for item in chosen if item.true_label != item.predicted_label]
+    right = [item for item in chosen if item.true_label == item.predicted_label]
+    assert len(wrong) == len(range(0, 40, 7)) and chosen[:len(wrong)] == wrong
+    assert [item.true_label for item in right] == [label for label in labels for _ in range(3)]
+
+
+def test_many_classes_are_capped_and_spread_over_the_classes():
+    images, evaluation, labels = collection(1000, 5, wrong_every=3)
+    chosen = choose_images(images, evaluation, labels, per_class=3)
+    right = [item for item in chosen if item.true_label == item.predicted_label]
+    wrong = [item for item in chosen if item.true_label != item.predicted_label]
+    assert len(wrong) == MAX_GALLERY_IMAGES and len(right) == MAX_GALLERY_IMAGES
+    assert len({item.true_label for item in right}) == MAX_GALLERY_IMAGES  # one per class first
