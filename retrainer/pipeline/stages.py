@@ -12,6 +12,7 @@ preflight runs. Each stage takes its typed view of the configuration (`config.tr
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import numpy as np
@@ -37,7 +38,7 @@ from retrainer.reports.gates import check_gates, failure_message
 from retrainer.reports.held_outputs import HeldOutputs
 from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
-from retrainer.reports.writer import write_reports
+from retrainer.reports.writer import draw_pictures, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
 from retrainer.training.fine_tune import FineTuneResult
@@ -94,6 +95,11 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
                             config.reports.assert_recall_at_least,
                             *headline_split(test_metrics, validation_metrics), collection.labels)
     gate_failure = failure_message(gates)
+    # matplotlib draws the report's pictures meanwhile (each library holds the GIL part time)
+    drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
+    pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
+                              trained.head.history, trained.head.summary()["solver"],
+                              *headline_split(test_metrics, validation_metrics))
     exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
@@ -149,9 +155,9 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         flags=config.to_json(),
         quality_gates=gates,
     )
-    with timer("reports"):
+    with timer("reports"), drawing:
         write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
-                      if config.reports.report_html is not None else [])
+                      if config.reports.report_html is not None else [], pictures.result())
     result = dataclasses.replace(result, seconds=timer.seconds(),
                                  peak_memory_gib=timer.peak_memory_gib())
     export_failure = exported.accuracy_drop_failure(config.exports.max_export_accuracy_drop)

@@ -1,4 +1,4 @@
-"""Which test images the report explains: bounded however many classes there are."""
+"""The report at many classes: which test images it explains, the confusion matrix picture."""
 
 from __future__ import annotations
 
@@ -36,3 +36,16 @@ def test_many_classes_are_capped_and_spread_over_the_classes():
     wrong = [item for item in chosen if item.true_label != item.predicted_label]
     assert len(wrong) == MAX_GALLERY_IMAGES and len(right) == MAX_GALLERY_IMAGES
     assert len({item.true_label for item in right}) == MAX_GALLERY_IMAGES  # one per class first
+
+
+def test_a_confusion_matrix_of_a_thousand_classes_stays_a_picture():
+    """Capped at 2,500 x 2,400 pixels (uncapped: 55,000 pixels square)."""
+    import io
+
+    from PIL import Image
+
+    from retrainer.reports.plots import confusion_matrix_png
+
+    matrix = np.eye(1000, dtype=np.int64) * 7
+    png = confusion_matrix_png(matrix, [f"class {c}" for c in range(1000)], "1,000 classes")
+    assert Image.open(io.BytesIO(png)).size == (2500, 2400)
