@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The main job end to end, offline, on real images: set up, build a Fashion-MNIST image folder
-# (from Debian's dataset-fashion-mnist), retrain the default EfficientNet-Lite0 extractor's new head,
-# then classify held-out images with label-image. Everything lands under runs/fashion_mnist/.
+# The main job end to end, offline, on real images:
+#   1. set-up (scripts/setup.sh main): .venv/ with retrainer and its dependencies, and Debian's
+#      dataset-fashion-mnist package's image files in .cache/ -- nothing else is installed;
+#   2. a class folder of real Fashion-MNIST images (PER_CLASS per class, default 100);
+#   3. retrain with the default offline extractor (EfficientNet-Lite0) and default flags;
+#   4. label-image on held-out images the model never saw.
+# Everything it writes lands under $OUT (default runs/fashion_mnist/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/setup.sh
+echo "Set-up: .venv/ (pip install -e .) and Fashion-MNIST in .cache/ (apt-get download, no root)" >&2
+bash scripts/setup.sh main
 PER_CLASS=${PER_CLASS:-100}
-OUT=runs/fashion_mnist
+OUT=${OUT:-runs/fashion_mnist}
 
 .venv/bin/python examples/fashion_mnist.py --idx-dir .cache/fashion-mnist \
     --out "$OUT/images" --per-class "$PER_CLASS" --subset train
@@ -18,13 +23,11 @@ OUT=runs/fashion_mnist
     --output_graph "$OUT/output_graph.pb" --output_labels "$OUT/output_labels.txt" \
     --bottleneck_dir "$OUT/bottlenecks" --summaries_dir "$OUT/retrain_logs" \
     --checkpoint_path "$OUT/checkpoint/retrain" --audit_file "$OUT/audit.json" \
-    --metrics_file "$OUT/metrics.json" --report_html "$OUT/report.html" \
-    --how_many_training_steps 4000
+    --metrics_file "$OUT/metrics.json" --report_html "$OUT/report.html"
 
 echo
 echo "Classifying held-out images (never seen in training):"
-.venv/bin/label-image --graph "$OUT/output_graph.pb" --labels "$OUT/output_labels.txt" \
-    --top_k 3 "$OUT/holdout"
+.venv/bin/label-image --graph "$OUT/output_graph.pb" --top_k 3 "$OUT/holdout"
 
 echo
 echo "Report (open in a browser; self-contained, works offline): $OUT/report.html"

@@ -15,7 +15,12 @@ from typing import Any, Optional
 
 from retrainer.audit.options import AuditOptions
 from retrainer.cache.options import ExtractionOptions
-from retrainer.data.split import validate_percentages
+from retrainer.data.split import (
+    SPLIT_COMPAT_NONE,
+    SPLIT_COMPAT_RETRAIN_PY,
+    SPLIT_COMPATS,
+    validate_percentages,
+)
 from retrainer.engines import AUTO, AUTO_DEVICES
 from retrainer.errors import UsageError, require
 from retrainer.exports.options import ExportOptions, quantization_modes
@@ -33,6 +38,33 @@ from retrainer.training.options import WHOLE_SET, TrainingOptions
 
 # The extractor `retrain`, `retrain-extract` and the imagenet check use unless told otherwise.
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
+# make_image_classifier's names for retrain's flags: the same setting under another name
+# (docs/migrating.md). The CLI accepts both spellings; so does `retrainer.retrain(**options)`.
+FLAG_ALIASES = {"labels_output_file": "output_labels", "batch_size": "train_batch_size"}
+# make_image_classifier's flags that have no meaning here -> what to use instead
+UNSUPPORTED_FLAGS = {
+    "l1_regularizer": "retrainer has no L1 penalty: use --l2_regularizer",
+    "do_data_augmentation": "use retrainer's distortions: --flip_left_right, --random_crop, "
+                            "--random_scale, --random_brightness",
+    "horizontal_flip": "use --flip_left_right",
+    "rotation_range": "retrainer does not rotate images: use --flip_left_right, --random_crop, "
+                      "--random_scale or --random_brightness",
+    "shear_range": "retrainer does not shear images: use --flip_left_right, --random_crop, "
+                   "--random_scale or --random_brightness",
+    "width_shift_range": "use --random_crop (a random window, i.e. a shift)",
+    "height_shift_range": "use --random_crop (a random window, i.e. a shift)",
+    "zoom_range": "use --random_scale",
+    "distribution_strategy": "use --extraction_devices to spread the bottleneck stage over "
+                             "several GPUs",
+    "use_tf_data_input": "drop it: retrainer always reads images with its own decoder",
+    "set_memory_growth": "drop it and set TF_FORCE_GPU_ALLOW_GROWTH=true in the environment",
+}
+
+
+def unsupported_flag_error(name: str) -> UsageError:
+    """The one-line error for make_image_classifier's flag `name` (a key of UNSUPPORTED_FLAGS)."""
+    return UsageError(f"--{name} is a make_image_classifier flag that retrainer does not take; "
+                      f"{UNSUPPORTED_FLAGS[name]} (docs/migrating.md).")
 
 
 def default_bottleneck_dir() -> Path:
@@ -48,7 +80,7 @@ class RetrainConfig:
         UsageError: on construction, for any value that cannot work (the message names the flag).
     """
 
-    image_dir: AnyPath
+    image_dir: str | AnyPath  # as typed: --split_compat retrain_py hashes this spelling
     output_graph: AnyPath = DEFAULT_GRAPH
     output_labels: AnyPath = DEFAULT_OUTPUT_DIR / LABELS_FILENAME
     summaries_dir: AnyPath = DEFAULT_OUTPUT_DIR / "retrain_logs"
@@ -57,6 +89,7 @@ class RetrainConfig:
     head_solver: str = "auto"
     how_many_training_steps: Optional[int] = None  # None: SGD_STEPS
     learning_rate: Optional[float] = None  # None: SGD_LEARNING_RATE
+    train_epochs: Optional[int] = None  # make_image_classifier's: SGD steps from the training size
     # --search: extractors and distortions tried on cached vectors, chosen on validation
     search: bool = False
     search_budget: Optional[float] = None
@@ -79,6 +112,8 @@ class RetrainConfig:
     label_smoothing: float = 0.0
     testing_percentage: float = 10
     validation_percentage: float = 10
+    validation_split: Optional[float] = None  # make_image_classifier's: a fraction, or None
+    split_compat: str = SPLIT_COMPAT_NONE  # retrain_py: hash the path as retrain.py did
     # dataset audit (retrainer/audit, docs/audit.md)
     audit_file: AnyPath = DEFAULT_OUTPUT_DIR / "audit.json"
     skip_audit: bool = False
@@ -117,7 +152,9 @@ class RetrainConfig:
     show_progress: bool = True
 
     def __post_init__(self) -> None:
-        for field in ("image_dir", "output_graph", "output_labels", "summaries_dir",
+        if not os.fspath(self.image_dir):
+            raise UsageError("--image_dir must not be empty.")
+        for field in ("output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
                       "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file"):
             value = getattr(self, field)
@@ -130,7 +167,10 @@ class RetrainConfig:
             object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
         for flag, choices in (("tflite_quantization", MODES), ("onnx_quantization", ONNX_MODES)):
             object.__setattr__(self, flag, quantization_modes(flag, getattr(self, flag), choices))
+        self._take_validation_split()
         validate_percentages(self.validation_percentage, self.testing_percentage)
+        require("split_compat", self.split_compat, self.split_compat in SPLIT_COMPATS,
+                f"one of {list(SPLIT_COMPATS)}")
         require("seed", self.seed, 0 <= self.seed < 2**63, "a number from 0 to 2**63 - 1")
         budget = self.search_budget
         require("search_budget", budget, budget is None or (math.isfinite(budget) and budget > 0),
@@ -138,6 +178,28 @@ class RetrainConfig:
         object.__setattr__(self, "search_modules", tuple(self.search_modules))
         # Each stage's view is built (and checked) now, so a bad flag fails before any work.
         _ = (self.training, self.extraction, self.reports, self.audit, self.exports)
+
+    def _take_validation_split(self) -> None:
+        """make_image_classifier's --validation_split F sets --validation_percentage to 100 * F."""
+        fraction = self.validation_split
+        if fraction is None:
+            return
+        require("validation_split", fraction, 0 <= fraction < 1,
+                "a fraction from 0 up to (not including) 1, e.g. 0.2")
+        percentage = round(fraction * 100, 9)
+        default = _DEFAULTS["validation_percentage"]
+        if self.validation_percentage not in (default, percentage):
+            raise UsageError(
+                f"--validation_split {fraction:g} and --validation_percentage "
+                f"{self.validation_percentage:g} both set the validation share; pass one of them.")
+        object.__setattr__(self, "validation_percentage", percentage)
+
+    @property
+    def retrain_py_image_dir(self) -> Optional[str]:
+        """--image_dir as typed when --split_compat retrain_py hashes it, else None."""
+        if self.split_compat != SPLIT_COMPAT_RETRAIN_PY:
+            return None
+        return os.fspath(self.image_dir)
 
     @functools.cached_property
     def training(self) -> TrainingOptions:
@@ -181,3 +243,6 @@ class RetrainConfig:
         """The flags, JSON-ready (paths as strings): the result document's "flags"."""
         return {name: os.fspath(value) if isinstance(value, os.PathLike) else value
                 for name, value in dataclasses.asdict(self).items()}
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(RetrainConfig)}

@@ -20,7 +20,7 @@ LAZY_ENTRY_POINTS = {"retrainer.pipeline", "retrainer.classify.run", "retrainer.
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
-          "result", "pipeline", "cli"]
+          "result", "pipeline", "api", "cli"]
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> str:

@@ -71,7 +71,7 @@ def test_flags_keep_retrain_py_names_defaults_and_dash_spellings():
     for name in ("how_many_training_steps", "learning_rate"):
         assert options[name].default is None and f"--{name.replace('_', '-')}" in options[name].opts
     training = RetrainConfig(image_dir="x").training
-    assert (training.solver, training.training_steps, training.sgd_learning_rate) == (
+    assert (training.solver, training.training_steps(1000), training.sgd_learning_rate) == (
         "lbfgs", 4000, 0.01)
     for given in ({"how_many_training_steps": 4000}, {"learning_rate": 0.01}):
         assert RetrainConfig(image_dir="x", **given).training.solver == "sgd"

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.file_index import FileIndex

@@ -38,7 +38,7 @@ class ClassifyConfig:
     """
 
     graph: AnyPath
-    labels: Optional[Path] = None
+    labels: Optional[AnyPath] = None
     input_layer: Optional[str] = None
     output_layer: Optional[str] = None
     input_height: Optional[int] = None

@@ -15,6 +15,7 @@ from typing import Any, Callable, TypeVar
 
 import click
 
+from retrainer import __version__
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
 from retrainer.io.host import filtered_stderr
 from retrainer.io.storage import as_path, is_url
@@ -29,11 +30,18 @@ _UNWRITABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.E
 VERBOSITIES = ("DEBUG", "INFO", "WARN", "ERROR", "FATAL")  # --logging_verbosity, as retrain.py's
 
 
-def option(name: str, **kwargs: Any) -> Callable[[F], F]:
+def option(name: str, *aliases: str, **kwargs: Any) -> Callable[[F], F]:
     """A click option under retrain.py's / label_image.py's underscore name and its dash spelling
-    (--image_dir and --image-dir), passed to the command as `name`."""
+    (--image_dir and --image-dir), passed to the command as `name`; `aliases` are other names
+    for the same setting (e.g. make_image_classifier's), underscore spelling only."""
     spellings = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-    return click.option(*spellings, name, **kwargs)
+    return click.option(*spellings, *(f"--{alias}" for alias in aliases), name, **kwargs)
+
+
+def version_option(program: str) -> Callable[[F], F]:
+    """--version: print "<program>, version X.Y.Z" and exit 0."""
+    return click.version_option(__version__, "--version", prog_name=program,
+                                message="%(prog)s, version %(version)s")
 
 
 class PathOrUrl(click.ParamType):  # type: ignore[type-arg]

@@ -15,7 +15,14 @@ from typing import Any
 import click
 
 from retrainer.cache.options import EXTRACTOR_PRECISIONS
-from retrainer.cli import VERBOSITIES, configure_logging, option, quiet_tensorflow, reports_errors
+from retrainer.cli import (
+    VERBOSITIES,
+    configure_logging,
+    option,
+    quiet_tensorflow,
+    reports_errors,
+    version_option,
+)
 from retrainer.config import DEFAULT_EXTRACTOR, default_bottleneck_dir
 from retrainer.engines import AUTO
 from retrainer.errors import UsageError
@@ -25,7 +32,8 @@ _MAX_UNREADABLE_SHOWN = 20
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100,
                                  "ignore_unknown_options": True, "allow_extra_args": True})
-@option("image_dir", required=True,
+@version_option("retrain-extract")
+@option("image_dir", required=True, metavar="DIR",
         help="Folder (or gs:// prefix) with one sub-folder of images per class.")
 @option("bottleneck_dir", default=lambda: str(default_bottleneck_dir()),
         show_default="${XDG_CACHE_HOME:-~/.cache}/retrainer/bottlenecks",

@@ -25,7 +25,14 @@ from retrainer.classify.config import (
     DEFAULT_TOP_K,
     ClassifyConfig,
 )
-from retrainer.cli import PathOrUrl, configure_logging, option, quiet_tensorflow, reports_errors
+from retrainer.cli import (
+    PathOrUrl,
+    configure_logging,
+    option,
+    quiet_tensorflow,
+    reports_errors,
+    version_option,
+)
 from retrainer.data.names import image_extensions_text, is_image_name
 from retrainer.errors import UnreadableImagesError, UsageError
 from retrainer.formats.graph_contract import (
@@ -44,6 +51,7 @@ log = logging.getLogger("retrainer.label_image")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("label-image")
 @click.argument("images", nargs=-1, type=PathOrUrl())
 @click.option("--image", "more_images", multiple=True, type=PathOrUrl(),
               help="Image file or folder to classify (repeatable; same as a positional IMAGE).")

@@ -25,9 +25,11 @@ from retrainer.cli import (
     exit_at_once,
     option,
     reports_errors,
+    version_option,
 )
-from retrainer.config import RetrainConfig
-from retrainer.data.split import SPLITS, TESTING
+from retrainer.cli._make_image_classifier import refuses_make_image_classifier_flags
+from retrainer.config import FLAG_ALIASES, RetrainConfig
+from retrainer.data.split import SPLIT_COMPATS, SPLITS, TESTING
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
 from retrainer.pipeline.timer import StageTimer
@@ -36,12 +38,14 @@ from retrainer.result import RetrainResult
 from retrainer.training.options import HEAD_SOLVERS, SGD_LEARNING_RATE, SGD_STEPS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
+_ALIASES = {flag: alias for alias, flag in FLAG_ALIASES.items()}  # make_image_classifier's names
 _MAX_SKIPPED_SHOWN = 20
 _CONSOLE = object()  # click's context object when `main` runs as the console script
 
 
 def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
-    """`cli.option`, its default from the config (shown in --help)."""
+    """`cli.option`, its default from the config (shown in --help), with its other name if it
+    has one (`config.FLAG_ALIASES`)."""
     field = _FIELDS.get(name)
     if field is not None and "default" not in kwargs:
         if field.default is not dataclasses.MISSING:
@@ -49,7 +53,8 @@ def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
         elif field.default_factory is not dataclasses.MISSING:
             kwargs["default"] = field.default_factory
     kwargs.setdefault("show_default", True)
-    return option(name, help=help, **kwargs)
+    aliases = (_ALIASES[name],) if name in _ALIASES else ()
+    return option(name, *aliases, help=help, **kwargs)
 
 
 _PATH = PathOrUrl()
@@ -57,8 +62,9 @@ _BATCH = click.IntRange(min=-1)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@_option("image_dir", "Folder with one sub-folder of images per class.", type=_PATH, required=True,
-         show_default=False)
+@version_option("retrain")
+@_option("image_dir", "Folder with one sub-folder of images per class.", required=True,
+         show_default=False, metavar="DIR")  # a string: --split_compat retrain_py hashes it
 @_option("output_graph", "Where to save the trained graph (frozen GraphDef, .pb).", type=_PATH)
 @_option("output_labels", "Where to save the trained graph's labels.", type=_PATH)
 @_option("summaries_dir", "Where to save TensorBoard summaries (train/ and validation/).",
@@ -74,6 +80,9 @@ _BATCH = click.IntRange(min=-1)
          show_default=str(SGD_STEPS))
 @_option("learning_rate", "Learning rate of the SGD training (giving it selects the sgd solver "
          "under --head_solver auto).", type=float, show_default=str(SGD_LEARNING_RATE))
+@_option("train_epochs", "make_image_classifier's: SGD passes over the training images; the "
+         "steps are N x training images / --train_batch_size, rounded up (selects the sgd "
+         "solver under --head_solver auto).", type=click.IntRange(min=1), show_default=False)
 @_option("search", "Try the installed extractors (and --search_modules), each with and without "
          "distortions, on cached vectors; keep the one with the best validation accuracy.",
          is_flag=True)
@@ -107,9 +116,16 @@ _BATCH = click.IntRange(min=-1)
          type=float)
 @_option("l2_regularizer", "L2 penalty on the new layer's weights (0: none).", type=float)
 @_option("label_smoothing", "Label smoothing of the training targets (0: none).", type=float)
-@_option("train_batch_size", "How many images to train on at a time (-1: all).", type=_BATCH)
+@_option("train_batch_size", "How many images to train on at a time (-1: all): the SGD and "
+         "fine-tuning batch.", type=_BATCH)
 @_option("testing_percentage", "Percentage of images to use as a test set.", type=float)
 @_option("validation_percentage", "Percentage of images to use as a validation set.", type=float)
+@_option("validation_split", "make_image_classifier's: the validation share as a fraction "
+         "(0.2 = --validation_percentage 20).", type=float, show_default=False)
+@_option("split_compat", "Which name the split hashes: none = the path relative to --image_dir "
+         "(the same split wherever the folder is); retrain_py = retrain.py's, --image_dir as "
+         "typed + that path (retrain.py's test set; docs/migrating.md).",
+         type=click.Choice(SPLIT_COMPATS))
 @_option("audit_file", "Where to write the dataset audit (duplicates, leaks, likely mislabeled "
          "images, outliers; JSON).", type=_PATH)
 @_option("skip_audit", "Do not audit the dataset (no audit file).", is_flag=True)
@@ -182,6 +198,7 @@ _BATCH = click.IntRange(min=-1)
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object with the metrics and output paths on stdout.")
 @reports_errors
+@refuses_make_image_classifier_flags
 def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> None:
     """Retrain a classifier on IMAGE_DIR's class folders with a pretrained feature extractor.
 

@@ -15,7 +15,7 @@ import stat
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from retrainer.data._remote_discovery import remote_classes
 from retrainer.data.names import (
@@ -99,6 +99,7 @@ def discover_images(
     image_dir: str | os.PathLike[str],
     validation_percentage: float = 10,
     testing_percentage: float = 10,
+    retrain_py_image_dir: Optional[str] = None,
 ) -> ImageCollection:
     """Find the classes and images under `image_dir` and assign each image its split.
 
@@ -112,6 +113,9 @@ def discover_images(
         image_dir: folder with one sub-folder per class.
         validation_percentage: share of images for validation, 0..100.
         testing_percentage: share of images for testing, 0..100.
+        retrain_py_image_dir: --split_compat retrain_py: --image_dir as typed, whose spelling
+            retrain.py's split hashed (`retrainer.data.split.retrain_py_name`); None: hash the
+            path relative to `image_dir`.
 
     Returns:
         ImageCollection with at least two labels.
@@ -147,7 +151,8 @@ def discover_images(
     labels = _unique_labels(kept_folders)
     images = tuple(
         ImageFile(root / relpath, relpath, index,
-                  assign_split(relpath, validation_percentage, testing_percentage))
+                  assign_split(relpath, validation_percentage, testing_percentage,
+                               retrain_py_image_dir))
         for index, relpaths in enumerate(kept_relpaths)
         for relpath in relpaths
     )

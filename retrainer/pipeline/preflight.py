@@ -42,7 +42,7 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> ImageCollection:
         check_outputs(config)
     with timer("discover"):
         collection = discover_images(config.image_dir, config.validation_percentage,
-                                     config.testing_percentage)
+                                     config.testing_percentage, config.retrain_py_image_dir)
     _check_calibration_supply(config.exports, collection)
     return collection
 

@@ -148,8 +148,8 @@ def _score(config: RetrainConfig, collection: ImageCollection) -> tuple[float, f
     train, _ = training_features(config.training, extractor, splits.images[TRAINING],
                                  splits.features[TRAINING])
     validation = splits.features[VALIDATION]
-    options = dataclasses.replace(training_options(config.training), summaries_dir=None,
-                                  checkpoint_path=None)
+    options = dataclasses.replace(training_options(config.training, len(splits.images[TRAINING])),
+                                  summaries_dir=None, checkpoint_path=None)
     head = train_head(train, validation, len(collection.labels), options).head
     logits = head(tf.constant(validation.features))
     labels = tf.constant(validation.labels, tf.int64)

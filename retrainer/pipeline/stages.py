@@ -192,7 +192,8 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
             options, extractor, splits.images[TRAINING], splits.features[TRAINING])
     with timer("train"):
         head = train_head(train_features, splits.features[VALIDATION], num_classes,
-                          training_options(options, checkpoint), exporter.write_intermediate,
+                          training_options(options, len(splits.images[TRAINING]), checkpoint),
+                          exporter.write_intermediate,
                           config.exports.intermediate_store_frequency)
     with timer("fine_tune", active=options.do_fine_tuning):
         tuning, test_features = fine_tune_if_asked(

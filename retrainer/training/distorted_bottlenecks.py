@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
 from retrainer.cache.entries import BottleneckCache

@@ -22,7 +22,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
 from retrainer.data.batches import decoded_images

@@ -46,12 +46,13 @@ def early_stopping_patience_of(options: TrainingOptions) -> int:
     return options.early_stopping_patience if options.early_stopping else 0
 
 
-def training_options(options: TrainingOptions, checkpoint_path: Optional[AnyPath] = None
-                     ) -> TrainingConfig:
-    """How the head is trained; its checkpoint goes to `checkpoint_path` (default: the flag's,
-    or a staging folder while quality gates are pending)."""
+def training_options(options: TrainingOptions, training_images: int,
+                     checkpoint_path: Optional[AnyPath] = None) -> TrainingConfig:
+    """How the head is trained on `training_images` images (which --train_epochs counts); its
+    checkpoint goes to `checkpoint_path` (default: the flag's, or a staging folder while quality
+    gates are pending)."""
     return TrainingConfig(
-        steps=options.training_steps,
+        steps=options.training_steps(training_images),
         learning_rate=options.sgd_learning_rate,
         train_batch_size=options.train_batch_size,
         validation_batch_size=options.validation_batch_size,

@@ -30,8 +30,9 @@ class TrainingOptions:
     """
 
     head_solver: str  # auto = lbfgs, or sgd when retrain.py's SGD flags are given
-    how_many_training_steps: Optional[int]  # None: SGD_STEPS
+    how_many_training_steps: Optional[int]  # None: SGD_STEPS (or from train_epochs)
     learning_rate: Optional[float]  # None: SGD_LEARNING_RATE
+    train_epochs: Optional[int]  # make_image_classifier's: SGD passes over the training images
     train_batch_size: int
     validation_batch_size: int
     test_batch_size: int
@@ -62,10 +63,13 @@ class TrainingOptions:
 
     def __post_init__(self) -> None:
         positive = "a positive number"
-        steps, rate = self.how_many_training_steps, self.learning_rate
+        steps, rate, epochs = self.how_many_training_steps, self.learning_rate, self.train_epochs
         checks = [
             ("head_solver", self.head_solver in HEAD_SOLVERS, f"one of {list(HEAD_SOLVERS)}"),
             ("how_many_training_steps", steps is None or steps >= 1, "at least 1"),
+            ("train_epochs", epochs is None or epochs >= 1, "at least 1"),
+            ("train_epochs", epochs is None or steps is None,
+             "left out when --how_many_training_steps is given (both set the SGD length)"),
             ("learning_rate", rate is None or (math.isfinite(rate) and rate > 0), positive),
             ("eval_step_interval", self.eval_step_interval >= 1, "at least 1"),
             *((flag, getattr(self, flag) >= 1 or getattr(self, flag) == WHOLE_SET,
@@ -91,16 +95,25 @@ class TrainingOptions:
 
     @property
     def solver(self) -> str:
-        """The head's solver: --head_solver, where auto means lbfgs unless retrain.py's SGD flags
-        (--how_many_training_steps, --learning_rate) were given."""
+        """The head's solver: --head_solver, where auto means lbfgs unless an SGD setting
+        (--how_many_training_steps, --learning_rate, --train_epochs) was given."""
         if self.head_solver != "auto":
             return self.head_solver
-        sgd_asked = self.how_many_training_steps is not None or self.learning_rate is not None
-        return "sgd" if sgd_asked else "lbfgs"
+        sgd_asked = (self.how_many_training_steps, self.learning_rate, self.train_epochs)
+        return "sgd" if any(value is not None for value in sgd_asked) else "lbfgs"
 
-    @property
-    def training_steps(self) -> int:
-        """SGD steps: --how_many_training_steps, else retrain.py's 4,000."""
+    def training_steps(self, training_images: int) -> int:
+        """SGD steps: --how_many_training_steps; or --train_epochs passes over the training
+        images at --train_batch_size (rounded up, as every image is then drawn once per epoch
+        on average); else retrain.py's 4,000.
+
+        Args:
+            training_images: how many (decodable) training images there are.
+        """
+        if self.train_epochs is not None:
+            whole = self.train_batch_size == WHOLE_SET  # each step sees every image
+            per_epoch = 1 if whole else math.ceil(training_images / self.train_batch_size)
+            return max(1, self.train_epochs * per_epoch)
         steps = self.how_many_training_steps
         return SGD_STEPS if steps is None else steps
 
