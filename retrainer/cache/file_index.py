@@ -70,7 +70,7 @@ class FileIndex:
     records every digest it may (settled files on trusted file systems) and rewrites the index.
     """
 
-    def __init__(self, bottleneck_dir: Optional[AnyPath], dataset: Optional[AnyPath],
+    def __init__(self, bottleneck_dir: Optional[AnyPath], dataset: Optional[AnyPath | str],
                  clock: Callable[[], int] = time.time_ns,
                  file_systems: Optional[Mapping[int, str]] = None) -> None:
         """The index of `dataset` in `bottleneck_dir`; with either None (or a remote cache), an
