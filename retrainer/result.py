@@ -49,7 +49,7 @@ class RetrainResult:
             interpreter and the CLI's imports), "import" (what loading TensorFlow added), each
             stage, "reports", "other" (between the parts) and, from the CLI, "exit"; the total
             is then the process's wall time (docs/performance.md). The metrics file, written
-            during the reports, has the figures as they were when the reports began.
+            last, has the figures as they were just before it was written.
         peak_memory_gib: each part's peak resident memory, and "total": the run's peak.
         exports: the export report, one row per artifact (docs/exports.md).
         best_step: the head training step kept by --early_stopping (None without it).

@@ -48,7 +48,7 @@ def test_metrics_file_and_json_are_one_document(tmp_path, colors):
     document = json.loads(result.stdout)
     out = tmp_path / "out"
     metrics = json.loads((out / "metrics.json").read_text())
-    timing = ("seconds", "peak_memory_gib")  # the file's stop where the reports began
+    timing = ("seconds", "peak_memory_gib")  # the file's stop before its own write
     assert {k: v for k, v in metrics.items() if k not in timing} == \
         {k: v for k, v in document.items() if k not in timing}
     assert set(metrics["seconds"]) < set(document["seconds"])

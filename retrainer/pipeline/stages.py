@@ -38,7 +38,7 @@ from retrainer.reports.gates import check_gates, failure_message
 from retrainer.reports.held_outputs import HeldOutputs
 from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
-from retrainer.reports.writer import draw_pictures, write_reports
+from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
 from retrainer.training.fine_tune import FineTuneResult
@@ -157,9 +157,11 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     )
     with timer("reports"), drawing:
         write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
-                      if config.reports.report_html is not None else [], pictures.result())
-    result = dataclasses.replace(result, seconds=timer.seconds(),
-                                 peak_memory_gib=timer.peak_memory_gib())
+                      if config.reports.report_html is not None else [], pictures.result(),
+                      metrics_file=False)
+        result = dataclasses.replace(result, seconds=timer.seconds(),
+                                     peak_memory_gib=timer.peak_memory_gib())
+        write_metrics_file(result, config.reports)  # last: the document run() returns
     export_failure = exported.accuracy_drop_failure(config.exports.max_export_accuracy_drop)
     if gate_failure is not None:
         raise QualityGateError(gate_failure, result)

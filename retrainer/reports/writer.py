@@ -60,7 +60,7 @@ def draw_pictures(options: ReportOptions, labels: Sequence[str], history: Sequen
 
 def write_reports(result: Any, options: ReportOptions,
                   extra_sections: Sequence[Section] = (),
-                  pictures: Optional[Pictures] = None) -> None:
+                  pictures: Optional[Pictures] = None, metrics_file: bool = True) -> None:
     """Write every report of `result` (the run's RetrainResult).
 
     Args:
@@ -70,9 +70,9 @@ def write_reports(result: Any, options: ReportOptions,
             validation/) run gets the confusion matrix as an image summary. None: not written.
         extra_sections: further report sections (e.g. a dataset audit), after the built-in ones.
         pictures: the PNGs, drawn already (`draw_pictures`); None: drawn here.
+        metrics_file: also the metrics file (else `write_metrics_file` writes it later).
     """
-    metrics_file, report_html, summaries_dir = (options.metrics_file, options.report_html,
-                                                options.summaries_dir)
+    report_html, summaries_dir = options.report_html, options.summaries_dir
     paths = options.paths
     split_name, split = result.headline()
     if pictures is None:
@@ -92,10 +92,17 @@ def write_reports(result: Any, options: ReportOptions,
         step = result.history[-1].step if result.history else 0
         _write_image_summary(summaries_dir / ("test" if split_name == TESTING else split_name),
                              confusion, step)
-    if metrics_file is not None:
+    if metrics_file:
+        write_metrics_file(result, options)
+
+
+def write_metrics_file(result: Any, options: ReportOptions) -> None:
+    """The metrics file (`result.to_json()`), if asked; the pipeline writes it last, with the
+    run's figures as they are then."""
+    if options.metrics_file is not None:
         document = json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
-        write_text_atomically(metrics_file, document)
-        log.info("Wrote the metrics %s", metrics_file)
+        write_text_atomically(options.metrics_file, document)
+        log.info("Wrote the metrics %s", options.metrics_file)
 
 
 def _write_image_summary(folder: AnyPath, png: bytes, step: int) -> None:
