@@ -32,11 +32,15 @@ def machine_line() -> str:
 
 @contextlib.contextmanager
 def cpu_lock(path: Optional[str]) -> Iterator[None]:
-    """Hold an exclusive flock on `path` (the shared machine's CPU lock) for the block; no lock
-    when `path` is None. Lets a long benchmark take the lock per measurement, not for hours."""
+    """Hold an exclusive flock on `path` (a shared machine's CPU lock) for the block; no lock
+    when `path` is None. Lets a long benchmark take the lock per measurement, not for hours.
+    Test suites queued on the same lock (`flock PATH ... pytest` processes) go first."""
     if path is None:
         yield
         return
+    while subprocess.run(["pgrep", "-f", f"flock {path}.*pytest"],
+                         stdout=subprocess.DEVNULL).returncode == 0:
+        time.sleep(30)
     with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
