@@ -256,16 +256,3 @@ def test_a_warm_rerun_reads_no_unchanged_image_and_sees_an_edit(tmp_path, tiny_e
     np.testing.assert_array_equal(third.vectors[3], first.vectors[-1])
     assert third.digests[3] == sha256(edited) != first.digests[3]
 
-
-def test_rows_are_grouped_in_place_with_one_spare_row():
-    """SplitFeatures groups the stage's vectors by split without a copy of them."""
-    from retrainer.pipeline.split_features import move_rows_in_place
-
-    rng = np.random.default_rng(0)
-    for count in (0, 1, 2, 7, 1000):
-        matrix = rng.random((count, 3)).astype(np.float32)
-        before = matrix.copy()
-        order = [int(row) for row in rng.permutation(count)[: count - count // 5]]
-        move_rows_in_place(matrix, order)
-        rest = sorted(set(range(count)) - set(order))
-        np.testing.assert_array_equal(matrix, before[order + rest])
