@@ -54,6 +54,12 @@ class PathOrUrl(click.ParamType):  # type: ignore[type-arg]
         return as_path(value) if value != "" else value  # '' stays '' (e.g. "no metrics file")
 
 
+def hide_native_info_logs() -> None:
+    """TensorFlow's C++ INFO and WARNING lines off (TF_CPP_MIN_LOG_LEVEL=2, unless set): set
+    before TensorFlow loads, which reads it once."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def quiet_tensorflow(verbose: bool = False) -> None:
     """Import TensorFlow and set up its devices without its C++ start-up chatter on stderr.
 
@@ -61,7 +67,7 @@ def quiet_tensorflow(verbose: bool = False) -> None:
     configured, so TF_CPP_MIN_LOG_LEVEL alone does not hide them. Unless `verbose`, the import runs
     with fd 2 redirected to a temporary file, which is replayed if the import fails.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    hide_native_info_logs()
     if verbose or "tensorflow" in sys.modules:
         return
     with filtered_stderr(lambda line: False, keep_all_on_error=True):

@@ -23,6 +23,7 @@ from retrainer.cli import (
     PathOrUrl,
     configure_logging,
     exit_at_once,
+    hide_native_info_logs,
     option,
     reports_errors,
     version_option,
@@ -211,6 +212,8 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
     # As the console script, the run's time starts with the process (see `console`).
     timer = StageTimer(since_process_start=click.get_current_context().obj is _CONSOLE)
     configure_logging("ERROR" if quiet else logging_verbosity)
+    if logging_verbosity.upper() != "DEBUG":
+        hide_native_info_logs()
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
     from retrainer.pipeline import run  # loads TensorFlow and the stages on a background thread
 

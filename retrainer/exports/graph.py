@@ -91,7 +91,25 @@ def frozen_graph_def(function: Any) -> tf.compat.v1.GraphDef:
     except (AttributeError, TypeError):
         frozen = convert_to_constants.convert_variables_to_constants_v2(function)
         return frozen.graph.as_graph_def()
-    return tf.compat.v1.graph_util.extract_sub_graph(graph_def, outputs)
+    return _pruned(graph_def, outputs)
+
+
+def _pruned(graph_def: tf.compat.v1.GraphDef, outputs: list[str]) -> tf.compat.v1.GraphDef:
+    """The nodes `outputs` depend on (data and control inputs), in their original order."""
+    nodes = {node.name: node for node in graph_def.node}
+    needed: set[str] = set()
+    pending = list(outputs)
+    while pending:
+        name = pending.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        pending += [source.lstrip("^").split(":")[0] for source in nodes[name].input]
+    pruned = tf.compat.v1.GraphDef()
+    pruned.versions.CopyFrom(graph_def.versions)
+    pruned.library.CopyFrom(graph_def.library)
+    pruned.node.extend(node for node in graph_def.node if node.name in needed)
+    return pruned
 
 
 def _check_final_op(graph: tf.Graph, name: str) -> None:

@@ -20,7 +20,8 @@ from typing import Callable, Iterator, Optional
 
 # Lines TensorFlow's and absl's C++ code write straight to fd 2 while TensorFlow loads:
 # "I0000 00:00:1796333663.250190   31338 port.cc:153] oneDNN ..." and absl's preamble.
-_NATIVE_LOG_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()",)
+_NATIVE_LOG_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()",
+                        "To enable the following instructions:")  # cpu_feature_guard's 2nd line
 
 
 def user_cache_dir() -> Path:

@@ -51,7 +51,7 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
     timer = timer or StageTimer()
     # Debug logging shows TensorFlow's own start-up notices too.
     loading = BackgroundImport(STAGES_MODULE, quiet=not logging.getLogger().isEnabledFor(
-        logging.DEBUG))
+        logging.DEBUG), then=lambda stages_module: stages_module.start_devices())
     try:
         collection = preflight(config, timer)
         with timer("file index"):

@@ -13,7 +13,7 @@ import importlib
 import sys
 import threading
 from types import ModuleType
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from retrainer.io.host import filtered_stderr, is_native_log_line
 
@@ -21,10 +21,13 @@ from retrainer.io.host import filtered_stderr, is_native_log_line
 class BackgroundImport:
     """`importlib.import_module(name)` on a daemon thread; `module()` waits for it."""
 
-    def __init__(self, name: str, quiet: bool = True) -> None:
-        """Start importing `name`; `quiet`: hide C++ start-up notices (see the module docstring)
-        until `module()` is called."""
+    def __init__(self, name: str, quiet: bool = True,
+                 then: Optional[Callable[[ModuleType], object]] = None) -> None:
+        """Start importing `name`, then calling `then(module)` on the same thread (e.g. to start
+        TensorFlow's devices, which print notices too); `quiet`: hide C++ start-up notices (see
+        the module docstring) until `module()` is called."""
         self.name = name
+        self._then = then
         self._module: Optional[ModuleType] = sys.modules.get(name)
         self._error: Optional[BaseException] = None
         self._stderr: Optional[contextlib.ExitStack] = None
@@ -39,7 +42,10 @@ class BackgroundImport:
 
     def _load(self) -> None:
         try:
-            self._module = importlib.import_module(self.name)
+            module = importlib.import_module(self.name)
+            if self._then is not None:
+                self._then(module)
+            self._module = module
         except BaseException as error:  # re-raised in the caller's thread by module()
             self._error = error
 

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Optional
 
 import numpy as np
+import tensorflow as tf
 
 from retrainer.audit.report_section import audit_sections
 from retrainer.audit.run import DatasetAudit
@@ -50,6 +51,12 @@ from retrainer.training.image_modes import (
     training_features,
     training_options,
 )
+
+
+def start_devices() -> None:
+    """Start TensorFlow's devices (it prints a notice when it finds no GPU driver): done while
+    TensorFlow loads on its background thread, whose notices are hidden."""
+    tf.config.list_physical_devices()
 
 
 def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
