@@ -7,15 +7,14 @@ shape; timing does not depend on the values), each timed in this process, best o
 - `keras_fit`: the same steps, batches and evaluations through Keras `Model.fit` with its
   EarlyStopping and TensorBoard callbacks, the alternative the loop was measured against;
 - `convex`: the default solver (full-batch L-BFGS along the validation-chosen L2 path).
-Prints each time and its ratio to `keras_fit` measured in the same run.
+Prints each time and its ratio to `keras_fit` measured in the same run. Each round is a whole
+`train_head` call, tracing included, as in a `retrain` run.
 
-    python benchmarks/bench_head.py [--vectors 1000] [--steps 4000] [--rounds 3] [--smoke]
+    python -m benchmarks.bench_head [--vectors 1000] [--steps 4000] [--rounds 3] [--smoke]
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Callable
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from benchmarks import cli
+from benchmarks.timing import machine_line
 
 LOOP_TARGET_SECONDS = 0.8
 
@@ -84,22 +84,20 @@ VARIANTS: dict[str, Callable[..., float]] = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.parser(__doc__)
     parser.add_argument("--vectors", type=int, default=1000)
     parser.add_argument("--dims", type=int, default=1280)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round (CI)")
-    args = parser.parse_args()
-    if args.smoke:
-        args.vectors, args.dims, args.steps, args.rounds = 200, 32, 40, 1
+    args = cli.parse(parser, {"vectors": 200, "dims": 32, "steps": 40, "rounds": 1})
     features, labels = synthetic_vectors(args.vectors, args.dims, args.classes)
     cut = int(0.9 * len(labels))
     train, validation = (features[:cut], labels[:cut]), (features[cut:], labels[cut:])
+    print(machine_line())
     print(f"{args.vectors} vectors x {args.dims} dims, {args.classes} classes, "
-          f"{args.steps} SGD steps, best of {args.rounds}; load {os.getloadavg()[0]:.2f}")
+          f"{args.steps} SGD steps, best of {args.rounds}")
     seconds: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as work:
         for name in args.variants.split(","):

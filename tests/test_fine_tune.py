@@ -127,8 +127,8 @@ def separable(count: int, seed: int) -> FeatureSet:
 
 
 def config(**overrides) -> TrainingConfig:
-    settings = dict(steps=300, learning_rate=0.5, train_batch_size=20, validation_batch_size=-1,
-                    eval_step_interval=10, seed=0)
+    settings = {"steps": 300, "learning_rate": 0.5, "train_batch_size": 20,
+                "validation_batch_size": -1, "eval_step_interval": 10, "seed": 0}
     return TrainingConfig(**{**settings, **overrides})
 
 

@@ -121,7 +121,7 @@ def test_end_to_end_outputs_summary_and_cache_reuse(tmp_path, fashion_subset_dir
     assert sum(sum(row.values()) for row in rerun["counts"].values()) == 100
     assert rerun["outputs"]["intermediate_graphs"] == [str(out / "intermediate" / "intermediate_20.pb")]
     parts = {"discover", "file index", "import", "extractor", "bottlenecks", "audit", "train",
-             "evaluate", "export", "reports", "exit", "other"}
+             "evaluate", "novelty", "export", "reports", "exit", "other"}
     assert set(rerun["seconds"]) == parts | {"total"}  # in process: no "start-up"
     assert sum(rerun["seconds"][part] for part in parts) == pytest.approx(
         rerun["seconds"]["total"], abs=1e-6)

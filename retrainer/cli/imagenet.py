@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from retrainer.cli import configure_logging, quiet_tensorflow, reports_errors
+from retrainer.cli import configure_logging, option, quiet_tensorflow, reports_errors
 from retrainer.config import DEFAULT_EXTRACTOR
 from retrainer.errors import UnreadableImagesError
 
@@ -20,8 +20,8 @@ from retrainer.errors import UnreadableImagesError
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("photos", nargs=-1, required=True, metavar="PHOTO...")
 @click.option("--model", default=DEFAULT_EXTRACTOR, show_default=True, help="Built-in extractor.")
-@click.option("--top_k", "--top-k", "top_k", default=5, show_default=True,
-              help="Classes to print per photo.")
+@option("top_k", type=click.IntRange(min=1), default=5, show_default=True,
+        help="Classes to print per photo.")
 @reports_errors
 def main(photos: tuple[str, ...], model: str, top_k: int) -> None:
     """Print the top ImageNet classes of each PHOTO."""

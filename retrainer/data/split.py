@@ -115,3 +115,11 @@ def assign_split(relpath: str, validation_percentage: float, testing_percentage:
     if percentage_hash < validation_percentage + testing_percentage:
         return TESTING
     return TRAINING
+
+
+def fold_of(relpath: str, folds: int) -> int:
+    """A stable fold (0..folds-1) for cross-validation among the non-test images, independent of
+    the split's hash; names that share a split through `_nohash_` share a fold too (copies or
+    photos of one object are never on both sides of a fold)."""
+    key = "fold:" + _NOHASH.sub("", unicodedata.normalize("NFC", relpath))
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest(), 16) % folds

@@ -55,11 +55,11 @@ def upsampled(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def upright_size(path: AnyPath) -> tuple[int, int]:
     """(height, width) of the image as shown (EXIF orientation applied), from its header."""
-    with open_for_reading(path) if is_url(path) else open(path, "rb") as stream:
-        with Image.open(stream) as image:
-            width, height = image.size
-            if image.getexif().get(_EXIF_ORIENTATION, 1) in _SIDEWAYS:
-                width, height = height, width
+    with (open_for_reading(path) if is_url(path) else open(path, "rb") as stream,
+          Image.open(stream) as image):
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in _SIDEWAYS:
+            width, height = height, width
     return height, width
 
 

@@ -143,7 +143,7 @@ def weights_path(variant: Variant) -> Path:
             f"extractor {variant.name} needs its weights package {variant.package}, which is not "
             f"installed: run `{variant.install}`"
         )
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / variant.filename
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / variant.filename
     if not path.is_file():
         raise ModelError(f"weights file {path} is missing: reinstall with `{variant.install}`")
     return path

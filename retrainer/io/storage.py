@@ -336,7 +336,7 @@ def walk(root: AnyPath) -> Iterator[tuple[str, list[str], list[str]]]:
 def remote_errors(url: str) -> Iterator[None]:
     """Turn TensorFlow's file-system errors on `url` into OSErrors naming it (UsageError for an
     unknown scheme)."""
-    import tensorflow as tf
+    import tensorflow as tf  # the remote backend: only URLs load TensorFlow
 
     try:
         yield
@@ -361,6 +361,6 @@ def _first_line(error: Exception) -> str:
 
 
 def _gfile() -> Any:
-    import tensorflow as tf
+    import tensorflow as tf  # the remote backend: only URLs load TensorFlow
 
     return tf.io.gfile

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from retrainer.config import RetrainConfig
 from retrainer.data.discovery import ImageCollection, discover_images
+from retrainer.data.manifest import read_manifest
 from retrainer.data.split import TRAINING
 from retrainer.errors import UsageError
 from retrainer.exports.options import ExportOptions
@@ -41,8 +42,13 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> ImageCollection:
     if not names_module_folder(config.tfhub_module):
         check_outputs(config)
     with timer("discover"):
-        collection = discover_images(config.image_dir, config.validation_percentage,
-                                     config.testing_percentage, config.retrain_py_image_dir)
+        if config.labels_csv is not None:
+            collection = read_manifest(config.labels_csv, config.image_dir,
+                                       config.validation_percentage, config.testing_percentage,
+                                       config.multi_label, config.retrain_py_image_dir)
+        else:
+            collection = discover_images(config.image_dir, config.validation_percentage,
+                                         config.testing_percentage, config.retrain_py_image_dir)
     _check_calibration_supply(config.exports, collection)
     return collection
 

@@ -16,6 +16,7 @@ from retrainer.data.discovery import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
 from retrainer.training.head import FeatureSet
+from retrainer.training.multi_label import targets_of
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +24,13 @@ log = logging.getLogger(__name__)
 class SplitFeatures:
     """The decodable images and their vectors, grouped by split."""
 
-    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks) -> None:
+    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks,
+                 multi_label: bool = False) -> None:
         """Group `collection`'s decodable images by split.
 
         Takes over `bottlenecks.vectors`: its rows are reordered in place (module docstring),
-        so the stage's array no longer follows `collection.images` afterwards.
+        so the stage's array no longer follows `collection.images` afterwards. `multi_label`:
+        each split's FeatureSet also carries float32 [n, C] 0/1 targets.
         """
         self.labels = collection.labels
         self.images: dict[str, list[ImageFile]] = {split: [] for split in SPLITS}
@@ -49,6 +52,7 @@ class SplitFeatures:
             self.features[split] = FeatureSet(
                 bottlenecks.vectors[start:end],  # float32 [n, D], a view; also when n == 0
                 np.array([image.label_index for image in self.images[split]], np.int64),
+                targets_of(self.images[split], len(self.labels)) if multi_label else None,
             )
             start = end
         if not self.images[TRAINING]:
@@ -74,7 +78,8 @@ class SplitFeatures:
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
         for split, images in self.images.items():
             for image in images:
-                table[self.labels[image.label_index]][split] += 1
+                for index in image.label_indices:  # a multi-label image counts for each label
+                    table[self.labels[index]][split] += 1
         return table
 
 

@@ -30,12 +30,18 @@ _BATCH = 16
 
 
 class Explained(NamedTuple):
-    """A test image to explain: the file, its name in the dataset, true and predicted labels."""
+    """A test image to explain: the file, its name in the dataset, its true label (a multi-label
+    image's labels joined by ";") and the predicted (top-1) label."""
 
     path: Any
     relpath: str
     true_label: str
     predicted_label: str
+
+    @property
+    def correct(self) -> bool:
+        """The prediction is the image's label, or one of a multi-label image's labels."""
+        return self.predicted_label in self.true_label.split(";")
 
 
 def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[str],
@@ -43,8 +49,7 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
     """Every misclassified test image (up to MAX_GALLERY_IMAGES), then per class the first
     `per_class` correct ones, in test-split order, up to MAX_GALLERY_IMAGES correct ones in all
     (with many classes: each class's first, then each class's second, ...); an image sampled
-    twice counts once."""
-    truth = np.array([image.label_index for image in test_images], np.int64)
+    twice counts once. A multi-label image's top-1 is correct when it is one of its labels."""
     wrong: list[Explained] = []
     right: list[list[Explained]] = [[] for _ in labels]  # per class, up to per_class
     seen: set[int] = set()
@@ -53,11 +58,13 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
             continue
         seen.add(position)
         image = test_images[position]
-        item = Explained(image.path, image.relpath, labels[truth[position]], labels[predicted])
-        if predicted != truth[position]:
+        item = Explained(image.path, image.relpath,
+                         ";".join(labels[index] for index in image.label_indices),
+                         labels[predicted])
+        if not item.correct:
             wrong.append(item)
-        elif len(right[truth[position]]) < per_class:
-            right[truth[position]].append(item)
+        elif len(right[predicted]) < per_class:
+            right[predicted].append(item)
     correct = [group[rank] for rank in range(per_class) for group in right if rank < len(group)]
     chosen = {id(item): item for item in correct[:MAX_GALLERY_IMAGES]}  # kept in class order:
     ordered = [item for group in right for item in group if id(item) in chosen]
@@ -98,7 +105,7 @@ def explanation_section(
     finally:
         gradcam.close()
     figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
-    wrong = sum(image.true_label != image.predicted_label for image in images)
+    wrong = sum(not image.correct for image in images)
     body = paragraph(
         f"Heat maps of the predicted class over {wrong} misclassified test images and up to "
         f"{per_class} correct ones per class (--report_explanations {per_class}): red is where "
@@ -109,7 +116,7 @@ def explanation_section(
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
-    verdict = "correct" if image.true_label == image.predicted_label else "wrong"
+    verdict = "correct" if image.correct else "wrong"
     caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
                f"predicted: {html.escape(image.predicted_label)} ({verdict})")
     return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}'

@@ -9,7 +9,7 @@ value may be broadcast to any shape); ops that allocate a tensor of a shape give
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 
@@ -65,7 +65,7 @@ SHAPE_OPERANDS: dict[str, tuple[int, str]] = {
 VARIABLE_OPS = ("VarHandleOp", "VariableV2", "Variable")
 
 
-def check_declared_sizes(nodes: Iterable, budget: Budget) -> Optional[tuple[object, str]]:
+def check_declared_sizes(nodes: Iterable[Any], budget: Budget) -> Optional[tuple[Any, str]]:
     """The first node (NodeDef) of one graph or function body whose declared size breaks a limit.
 
     Args:
@@ -90,7 +90,7 @@ def check_declared_sizes(nodes: Iterable, budget: Budget) -> Optional[tuple[obje
     return None
 
 
-def tensor_proto_bytes(tensor) -> tuple[int, list[int]]:
+def tensor_proto_bytes(tensor: Any) -> tuple[int, list[int]]:
     """(declared bytes, dims) of a TensorProto: its shape times its dtype's size."""
     dims = [dim.size for dim in tensor.tensor_shape.dim]
     count = element_count(dims) or 0
@@ -101,7 +101,7 @@ def dtype_bytes(dtype: int) -> int:
     return DTYPE_BYTES.get(dtype % 100, 8)
 
 
-def _declared(node, constants: dict) -> Optional[tuple[int, int, list[int], bool]]:
+def _declared(node: Any, constants: dict[str, Any]) -> Optional[tuple[int, int, list[int], bool]]:
     """(bytes, dtype, dims, stored) of what `node` allocates, when the graph says; else None."""
     if node.op == "Const" and "value" in node.attr:
         tensor = node.attr["value"].tensor
@@ -124,7 +124,7 @@ def _declared(node, constants: dict) -> Optional[tuple[int, int, list[int], bool
     return math.prod(values) * dtype_bytes(dtype), dtype, values, False
 
 
-def _range_bytes(node, constants: dict) -> Optional[tuple[int, int, list[int], bool]]:
+def _range_bytes(node: Any, constants: dict[str, Any]) -> Optional[tuple[int, int, list[int], bool]]:
     bounds = [const_ints(constants.get(_source(name))) for name in node.input[:3]]
     if len(bounds) != 3 or any(value is None or len(value) != 1 for value in bounds):
         return None
@@ -136,7 +136,7 @@ def _range_bytes(node, constants: dict) -> Optional[tuple[int, int, list[int], b
     return count * dtype_bytes(dtype), dtype, [count], False
 
 
-def const_ints(node) -> Optional[list[int]]:
+def const_ints(node: Any) -> Optional[list[int]]:
     """The integer values of a small int32/int64 `Const` NodeDef, else None."""
     if node is None or "value" not in node.attr:
         return None

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
+
+from google.protobuf.message import DecodeError
 
 from retrainer.errors import ModelError
 from retrainer.io.storage import AnyPath
@@ -39,8 +41,7 @@ def check_onnx(path: AnyPath, data: bytes, budget: Budget) -> None:
         ModelError: not an ONNX model, or the `onnx` package is missing.
     """
     try:
-        import onnx
-        from google.protobuf.message import DecodeError
+        import onnx  # the optional [onnx] extra
     except ImportError:
         raise ModelError(f"checking ONNX model {path} needs the onnx package: "
                          "pip install 'retrainer[onnx]'") from None
@@ -58,8 +59,8 @@ def check_onnx(path: AnyPath, data: bytes, budget: Budget) -> None:
 
 
 class _OnnxCheck:
-    def __init__(self, path: AnyPath, functions: dict, budget: Budget) -> None:
-        import onnx.defs
+    def __init__(self, path: AnyPath, functions: dict[tuple[str, str], Any], budget: Budget) -> None:
+        import onnx.defs  # the optional [onnx] extra (check_onnx said so if missing)
 
         self.path = path
         self.functions = functions
@@ -67,14 +68,15 @@ class _OnnxCheck:
         self.has_schema = onnx.defs.has
         self._checked: set[tuple[str, str]] = set()
 
-    def check_graph(self, graph, function: Optional[str]) -> None:
+    def check_graph(self, graph: Any, function: Optional[str]) -> None:
         constants = {tensor.name: tensor for tensor in graph.initializer}
         for tensor in [*graph.initializer, *(sparse.values for sparse in graph.sparse_initializer)]:
             self._check_tensor(tensor, tensor.name, function)
         for index, node in enumerate(graph.node):
             self._check_node(node, node.name or f"#{index} {node.op_type}", function, constants)
 
-    def _check_node(self, node, name: str, function: Optional[str], constants: dict) -> None:
+    def _check_node(self, node: Any, name: str, function: Optional[str],
+                    constants: dict[str, Any]) -> None:
         key = (node.domain, node.op_type)
         if key in self.functions:
             self._check_function(key)
@@ -100,11 +102,11 @@ class _OnnxCheck:
         self._checked.add(key)
         function = self.functions[key]
         name = f"{key[0]}.{key[1]}" if key[0] else key[1]
-        constants: dict = {}
+        constants: dict[str, Any] = {}
         for index, node in enumerate(function.node):
             self._check_node(node, node.name or f"#{index} {node.op_type}", name, constants)
 
-    def _check_tensor(self, tensor, node: str, function: Optional[str]) -> None:
+    def _check_tensor(self, tensor: Any, node: str, function: Optional[str]) -> None:
         if tensor.data_location == _EXTERNAL:
             self._check_external(tensor, node, function)
         nbytes = math.prod(tensor.dims) * _TYPE_BYTES.get(tensor.data_type, 8)
@@ -113,8 +115,8 @@ class _OnnxCheck:
             raise refused(self.path, f"tensor {tensor.name!r} of shape {list(tensor.dims)} "
                                      f"declares {format_size(nbytes)}, {broken}", node, function)
 
-    def _check_made_shape(self, node, shape, name: str, function: Optional[str]) -> None:
-        import onnx.numpy_helper
+    def _check_made_shape(self, node: Any, shape: Any, name: str, function: Optional[str]) -> None:
+        import onnx.numpy_helper  # the optional [onnx] extra
 
         if shape is None or shape.data_location == _EXTERNAL or math.prod(shape.dims) > 64:
             return
@@ -127,7 +129,7 @@ class _OnnxCheck:
             raise refused(self.path, f"{node.op_type} makes a tensor of shape {values} (at least "
                                      f"{format_size(nbytes)}), {broken}", name, function)
 
-    def _check_external(self, tensor, node: str, function: Optional[str]) -> None:
+    def _check_external(self, tensor: Any, node: str, function: Optional[str]) -> None:
         location = {entry.key: entry.value for entry in tensor.external_data}.get("location", "")
         folder = Path(os.fspath(self.path)).parent
         if (not location or os.path.isabs(location) or ".." in Path(location).parts
@@ -136,14 +138,14 @@ class _OnnxCheck:
                                      "outside the model's folder", node, function)
 
 
-def _attribute_tensors(node) -> Iterator:
+def _attribute_tensors(node: Any) -> Iterator[Any]:
     for attribute in node.attribute:
         if attribute.HasField("t"):
             yield attribute.t
         yield from attribute.tensors
 
 
-def _attribute_graphs(node) -> Iterator:
+def _attribute_graphs(node: Any) -> Iterator[Any]:
     for attribute in node.attribute:
         if attribute.HasField("g"):
             yield attribute.g

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError
@@ -73,7 +73,7 @@ def check_saved_model(folder: AnyPath, signature: Optional[str], budget: Budget,
     return ops
 
 
-def read_saved_model(folder: AnyPath):
+def read_saved_model(folder: AnyPath) -> tuple[AnyPath, Any]:
     """(file read, SavedModel message): saved_model.pb, else saved_model.pbtxt, as TensorFlow does.
 
     Raises:
@@ -94,7 +94,7 @@ def read_saved_model(folder: AnyPath):
     raise ModelError(f"{folder} holds no {SAVED_MODEL_PB}: not a SavedModel or TF Hub module")
 
 
-def _check_tf2(model_file: AnyPath, meta_graph, signature: Optional[str], budget: Budget,
+def _check_tf2(model_file: AnyPath, meta_graph: Any, signature: Optional[str], budget: Budget,
                allowed: Optional[frozenset[str]]) -> set[str]:
     graph = GraphCheck(meta_graph.graph_def, model_file, allowed=allowed)
     objects = meta_graph.object_graph_def
@@ -110,7 +110,7 @@ def _check_tf2(model_file: AnyPath, meta_graph, signature: Optional[str], budget
     return graph.ops
 
 
-def _check_tf1(model_file: AnyPath, meta_graph, signature: Optional[str], budget: Budget,
+def _check_tf1(model_file: AnyPath, meta_graph: Any, signature: Optional[str], budget: Budget,
                allowed: Optional[frozenset[str]]) -> set[str]:
     saver = meta_graph.saver_def
     graph = GraphCheck(meta_graph.graph_def, model_file,
@@ -134,7 +134,7 @@ def _check_tf1(model_file: AnyPath, meta_graph, signature: Optional[str], budget
     return graph.ops
 
 
-def _signature_functions(objects, signature: str) -> list[str]:
+def _signature_functions(objects: Any, signature: str) -> list[str]:
     """The function behind `signature` in the TF2 object graph (the loader's `.signatures`)."""
     nodes = objects.nodes
     signatures = next((child.node_id for child in nodes[0].children
@@ -147,7 +147,7 @@ def _signature_functions(objects, signature: str) -> list[str]:
     return []
 
 
-def _object_functions(nodes: Iterable) -> Iterator[str]:
+def _object_functions(nodes: Iterable[Any]) -> Iterator[str]:
     """Names of the concrete functions object-graph nodes hold."""
     for node in nodes:
         kind = node.WhichOneof("kind")
@@ -157,7 +157,7 @@ def _object_functions(nodes: Iterable) -> Iterator[str]:
             yield node.bare_concrete_function.concrete_function_name
 
 
-def _load_time_functions(nodes) -> Iterator[str]:
+def _load_time_functions(nodes: Any) -> Iterator[str]:
     """Functions the TF2 loader runs itself: resource set-up, checkpoint save/restore functions."""
     nodes = list(nodes)
     for node in nodes:
@@ -168,7 +168,7 @@ def _load_time_functions(nodes) -> Iterator[str]:
         yield from _object_functions(nodes[index] for index in targets if 0 <= index < len(nodes))
 
 
-def _check_variable(model_file: AnyPath, variable, budget: Budget, index: int) -> None:
+def _check_variable(model_file: AnyPath, variable: Any, budget: Budget, index: int) -> None:
     count = element_count([dim.size for dim in variable.shape.dim])
     nbytes = (count or 0) * dtype_bytes(variable.dtype)
     broken = budget.tensor(nbytes, stored=False)  # its VarHandleOp already counted to the total
@@ -187,7 +187,7 @@ def _initializers(variable_defs: Iterable[bytes]) -> list[str]:
     return names
 
 
-def _check_inside(folder: AnyPath, model_file: AnyPath, meta_graphs: list) -> None:
+def _check_inside(folder: AnyPath, model_file: AnyPath, meta_graphs: list[Any]) -> None:
     """Variables files and assets must resolve inside `folder` (a restore reads nothing else)."""
     assets = [asset.filename for meta_graph in meta_graphs for asset in meta_graph.asset_file_def]
     for meta_graph in meta_graphs:
@@ -210,7 +210,7 @@ def _check_inside(folder: AnyPath, model_file: AnyPath, meta_graphs: list) -> No
             raise refused(model_file, f"{path} resolves to {real}, outside the model's folder")
 
 
-def _asset_names(collection) -> list[str]:
+def _asset_names(collection: Any) -> list[str]:
 
     names = []
     for packed in collection.any_list.value:

@@ -10,7 +10,7 @@ the loader feeds them (the model's own `variables/` folder).
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Iterator, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from retrainer.security.allowlist import ALLOWED_OPS, RESTORE_OPS, describe
 from retrainer.security.declared_sizes import check_declared_sizes
@@ -32,7 +32,7 @@ class GraphCheck:
         ops: every op name checked so far.
     """
 
-    def __init__(self, graph_def, model_file: object, restore_prefix: Optional[str] = None,
+    def __init__(self, graph_def: Any, model_file: object, restore_prefix: Optional[str] = None,
                  allowed: Optional[frozenset[str]] = ALLOWED_OPS) -> None:
         self.graph_def = graph_def
         self.allowed = allowed
@@ -95,9 +95,9 @@ class GraphCheck:
             found = check_declared_sizes(nodes, budget)
             if found is not None:
                 node, problem = found
-                raise refused(self.model_file, problem, node.name, function_name)  # type: ignore[attr-defined]
+                raise refused(self.model_file, problem, node.name, function_name)
 
-    def _check_node(self, node, function: Optional[str] = None) -> None:
+    def _check_node(self, node: Any, function: Optional[str] = None) -> None:
         op = node.op
         if op in self.functions:  # a direct call of a library function
             self.check_function(op, node.name, function)
@@ -112,7 +112,7 @@ class GraphCheck:
         for name in _called_functions(node.attr.values()):
             self.check_function(name, node.name, function)
 
-    def _check_restore(self, node, function: Optional[str]) -> None:
+    def _check_restore(self, node: Any, function: Optional[str]) -> None:
         """A restore op may only read the file the loader feeds the saver's filename tensor."""
         in_graph = node.input and function is None
         prefix = self._through_identities(node.input[0]) if in_graph else None
@@ -134,7 +134,7 @@ class GraphCheck:
         return node_name
 
 
-def _called_functions(attrs: Iterable) -> Iterator[str]:
+def _called_functions(attrs: Iterable[Any]) -> Iterator[str]:
     """Names of the functions in function-valued attributes (and in their own attributes)."""
     for attr in attrs:
         kind = attr.WhichOneof("value")

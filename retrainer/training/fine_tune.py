@@ -18,7 +18,7 @@ import logging
 import math
 import os
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -45,7 +45,7 @@ class ImageSplit:
 
     Attributes:
         paths: the image files.
-        labels: int64 [N] class indices.
+        labels: int64 [N] class indices, or float32 [N, C] 0/1 targets of a multi-label head.
     """
 
     paths: tuple[os.PathLike[str] | str, ...]
@@ -84,7 +84,7 @@ class FineTuneResult:
 
 
 def image_features(paths: Sequence[os.PathLike[str] | str], extractor: FeatureExtractor,
-                   features=None) -> np.ndarray:
+                   features: Any = None) -> np.ndarray:
     """Vectors of image files computed now (not cached: the extractor may have been tuned).
 
     Args:
@@ -154,8 +154,9 @@ class _FineTuneEpochs:
         self.features = feature_function(extractor)
         self.step = 0
         height, width = extractor.spec.input_size
+        targets = tf.TensorSpec([None, *train.labels.shape[1:]], tf.as_dtype(train.labels.dtype))
         self.train_step = tf.function(self._train_step, input_signature=[
-            tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None, height, width, 3], tf.uint8), targets,
             tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.int64)])
         self.dropout_seed = tf.random.experimental.stateless_fold_in(
             tf.constant([config.seed, 0], tf.int64), _DROPOUT_STREAM)
@@ -174,13 +175,13 @@ class _FineTuneEpochs:
             return EvalPoint(epoch, None, train_loss, None, 0)
         vectors = image_features(self.validation.paths, self.extractor, self.features)
         logits = self.head(tf.constant(vectors))
-        labels = tf.constant(self.validation.labels, tf.int64)
+        labels = tf.constant(self.validation.labels)  # int64 [N] or float32 [N, C] targets
         objective = self.head.objective
-        point = EvalPoint(epoch, None, train_loss, float(objective.accuracy(labels, logits)),
-                          len(self.validation), float(objective.loss(labels, logits)))
+        accuracy, loss = float(objective.accuracy(labels, logits)), float(objective.loss(labels, logits))
+        point = EvalPoint(epoch, None, train_loss, accuracy, len(self.validation), loss)
         log.info("Fine-tuning epoch %d: %svalidation accuracy = %.1f%%, cross entropy = %f",
                  epoch, "" if train_loss is None else f"train loss = {train_loss:.4f}, ",
-                 point.validation_accuracy * 100, point.validation_cross_entropy)
+                 accuracy * 100, loss)
         return point
 
     def _train_step(self, images: tf.Tensor, labels: tf.Tensor, seeds: tf.Tensor,

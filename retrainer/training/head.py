@@ -34,10 +34,12 @@ from retrainer.training.convex import ConvexConfig, PathPoint, fit_head
 from retrainer.training.loop import EvalPoint, run_loop, sgd
 from retrainer.training.objectives import SOFTMAX, Objective
 from retrainer.training.regularization import Regularization
+from retrainer.training.summaries import fresh_writer, write_path_summaries, write_scalars
 
 log = logging.getLogger(__name__)
 
 INIT_STDDEV = 0.001  # retrain.py's truncated-normal initialisation of the new layer
+UNROLLED = 8  # SGD steps per iteration of the traced loop
 SOLVERS = ("lbfgs", "sgd")
 
 
@@ -47,11 +49,18 @@ class FeatureSet:
 
     Attributes:
         features: float32 [N, D] bottleneck vectors.
-        labels: int64 [N] class indices.
+        labels: int64 [N] class indices (multi-label: each image's first; batches balance it).
+        targets: float32 [N, C] 0/1 rows of a multi-label split, None for single-label.
     """
 
     features: np.ndarray
     labels: np.ndarray
+    targets: Optional[np.ndarray] = None
+
+    @property
+    def objective_targets(self) -> np.ndarray:
+        """What the loss compares with: `targets` when set, else `labels`."""
+        return self.labels if self.targets is None else self.targets
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -147,10 +156,14 @@ class _Split:
         self.sampler = BalancedSampler(data.labels, batch_size)
         self.seed = seed
         self.features = tf.constant(data.features, tf.float32)
-        self.labels = tf.constant(data.labels, tf.int64)
+        self.labels = tf.constant(data.objective_targets,
+                                  tf.int64 if data.targets is None else tf.float32)
 
-    def batch(self, step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        indices = self.sampler.sample(self.seed, step)
+    def batches(self, steps: tf.Tensor) -> tf.Tensor:
+        """int64 [S, B]: the indices of each step's batch (drawn together, before the steps)."""
+        return self.sampler.sample_steps(self.seed, steps)
+
+    def rows(self, indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return tf.gather(self.features, indices), tf.gather(self.labels, indices)
 
 
@@ -158,7 +171,8 @@ class _SgdSteps:
     """retrain.py's steps as a job of the training loop, with summaries and intermediate stores.
 
     Measured as retrain.py did, after the step's update: the training metrics on that step's
-    batch, validation on a sampled validation batch.
+    batch, validation on a sampled validation batch. Each call draws the batches of all its steps
+    first, then runs the steps and measurements in one traced loop.
     """
 
     def __init__(self, head: Head, train: FeatureSet, validation: FeatureSet,
@@ -175,7 +189,7 @@ class _SgdSteps:
             self.validation = _Split(validation, config.validation_batch_size, seed)
         self.writers = {}
         if config.summaries_dir is not None:
-            self.writers = {name: _fresh_writer(as_path(config.summaries_dir) / name)
+            self.writers = {name: fresh_writer(as_path(config.summaries_dir) / name)
                             for name in ("train", "validation")}
         self.on_store = on_store
         self.stores = (range(store_every, config.steps, store_every)
@@ -217,16 +231,34 @@ class _SgdSteps:
             writer.close()
 
     def _steps(self, first: tf.Tensor, last: tf.Tensor) -> tf.Tensor:
-        for step in tf.range(first, last + 1):
-            features, labels = self.train.batch(step)
-            features = self.config.regularization.dropout(
-                features, tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
-            with tf.GradientTape() as tape:
-                loss = self.config.regularization.loss(labels, self.head(features),
-                                                       self.head.weights, self.head.objective)
-            gradients = tape.gradient(loss, self.head.trainable_variables)
-            self.optimizer.apply_gradients(zip(gradients, self.head.trainable_variables))
+        self._run(first, last, first, self.train.batches(tf.range(first, last + 1)))
         return last
+
+    def _run(self, first: tf.Tensor, last: tf.Tensor, drawn_from: tf.Tensor,
+             batches: tf.Tensor) -> None:
+        """SGD steps `first`..`last`; batches[i] holds the batch of step drawn_from + i.
+
+        The loop runs UNROLLED steps per iteration (then the remainder one by one): a traced
+        loop's own bookkeeping costs about as much as a step of a 1280 x 10 layer.
+        """
+        count = last - first + 1
+        for group in tf.range(count // UNROLLED):
+            for offset in range(UNROLLED):
+                self._step(first + group * UNROLLED + offset, drawn_from, batches)
+        for step in tf.range(first + count // UNROLLED * UNROLLED, last + 1):
+            self._step(step, drawn_from, batches)
+
+    def _step(self, step: tf.Tensor, drawn_from: tf.Tensor, batches: tf.Tensor) -> None:
+        regularization = self.config.regularization
+        features, labels = self.train.rows(batches[step - drawn_from])
+        if regularization.dropout_rate:
+            features = regularization.dropout(
+                features, tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
+        with tf.GradientTape() as tape:
+            loss = regularization.loss(labels, self.head(features), self.head.weights,
+                                       self.head.objective)
+        gradients = tape.gradient(loss, self.head.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.head.trainable_variables))
 
     def _steps_and_measure(self, first: tf.Tensor, ends: tf.Tensor) -> tf.Tensor:
         """Steps from `first` through ends[-1], measuring after each step of `ends`.
@@ -236,50 +268,45 @@ class _SgdSteps:
             validation accuracy, count and cross entropy on a sampled batch (-1, 0, -1 without
             validation data).
         """
+        batches = self.train.batches(tf.range(first, ends[-1] + 1))
+        validation_batches = None
+        if self.validation is not None:
+            validation_batches = self.validation.batches(ends)
         rows = tf.TensorArray(tf.float32, size=tf.size(ends), element_shape=[5])
         start = first
         for index in tf.range(tf.size(ends)):
-            last = self._steps(start, ends[index])
-            rows = rows.write(index, self._measure(last))
+            last = ends[index]
+            self._run(start, last, first, batches)
+            rows = rows.write(index, self._measure(
+                last, batches[last - first],
+                None if validation_batches is None else validation_batches[index]))
             start = last + 1
         return rows.stack()
 
-    def _measure(self, last: tf.Tensor) -> tf.Tensor:
+    def _measure(self, last: tf.Tensor, batch: tf.Tensor,
+                 validation_batch: Optional[tf.Tensor]) -> tf.Tensor:
         """float32 [5] at step `last` (after its update), with summaries."""
         objective = self.head.objective
-        features, labels = self.train.batch(last)
+        features, labels = self.train.rows(batch)
         logits = self.head(features)
         train_accuracy, train_loss = objective.accuracy(labels, logits), objective.loss(labels,
                                                                                         logits)
         validation_accuracy, validation_count = tf.constant(-1.0), tf.constant(0.0)
         validation_loss = tf.constant(-1.0)
-        if self.validation is not None:
-            features, labels = self.validation.batch(last)
+        if self.validation is not None and validation_batch is not None:
+            features, labels = self.validation.rows(validation_batch)
             logits = self.head(features)
             validation_accuracy = objective.accuracy(labels, logits)
             validation_loss = objective.loss(labels, logits)
-            validation_count = tf.cast(tf.size(labels), tf.float32)
+            validation_count = tf.cast(tf.shape(labels)[0], tf.float32)
         if self.writers:
-            # Root name scope: inside the traced loop, tags would otherwise get a "while/" prefix.
-            with self.writers["train"].as_default(step=last), tf.compat.v1.name_scope(None):
-                tf.summary.scalar("accuracy", train_accuracy)
-                tf.summary.scalar("cross_entropy", train_loss)
-                tf.summary.histogram("final_weights", self.head.weights)
-                tf.summary.histogram("final_biases", self.head.biases)
+            write_scalars(self.writers["train"], last, train_accuracy, train_loss,
+                          [("final_weights", self.head.weights), ("final_biases", self.head.biases)])
             if self.validation is not None:
-                with self.writers["validation"].as_default(step=last), \
-                        tf.compat.v1.name_scope(None):
-                    tf.summary.scalar("accuracy", validation_accuracy)
-                    tf.summary.scalar("cross_entropy", validation_loss)
+                write_scalars(self.writers["validation"], last, validation_accuracy,
+                              validation_loss)
         return tf.stack([train_accuracy, train_loss, validation_accuracy, validation_count,
                          validation_loss])
-
-
-def _fresh_writer(folder: AnyPath) -> tf.summary.SummaryWriter:
-    """A writer replacing the previous run's event files (retrain.py emptied summaries_dir)."""
-    for old_events in folder.glob("events.out.tfevents.*"):
-        old_events.unlink()
-    return tf.summary.create_file_writer(str(folder))
 
 
 def train_head(
@@ -334,7 +361,8 @@ def _train_convex(head: Head, train: FeatureSet, validation: FeatureSet, num_cla
     """The lbfgs solver: the path's fits as measurements (step = L-BFGS iterations so far)."""
     convex = dataclasses.replace(config.convex, objective=config.objective,
                                  label_smoothing=config.regularization.label_smoothing)
-    fit = fit_head(train.features, train.labels, validation.features, validation.labels,
+    fit = fit_head(train.features, train.objective_targets, validation.features,
+                   validation.objective_targets,
                    num_classes, convex)
     head.weights.assign(fit.weights)
     head.biases.assign(fit.biases)
@@ -344,28 +372,8 @@ def _train_convex(head: Head, train: FeatureSet, validation: FeatureSet, num_cla
         history.append(EvalPoint(iterations, point.train_accuracy, point.train_cross_entropy,
                                  point.validation_accuracy, len(validation) if len(validation)
                                  else 0, point.validation_cross_entropy))
-    _write_path_summaries(config.summaries_dir, fit.path, history)
+    write_path_summaries(config.summaries_dir, fit.path, history)
     return TrainingResult(head, tuple(history), 0.0, None, fit.path, fit.chosen)
-
-
-def _write_path_summaries(summaries_dir: Optional[AnyPath], path: tuple[PathPoint, ...],
-                          history: list[EvalPoint]) -> None:
-    """TensorBoard scalars per penalty of the path, at its iteration count."""
-    if summaries_dir is None:
-        return
-    for name in ("train", "validation"):
-        writer = _fresh_writer(as_path(summaries_dir) / name)
-        with writer.as_default():
-            for point, measured in zip(path, history):
-                if name == "train":
-                    tf.summary.scalar("accuracy", measured.train_accuracy, measured.step)
-                    tf.summary.scalar("cross_entropy", measured.cross_entropy, measured.step)
-                    tf.summary.scalar("l2", point.l2, measured.step)
-                elif measured.validation_accuracy is not None:
-                    tf.summary.scalar("accuracy", measured.validation_accuracy, measured.step)
-                    tf.summary.scalar("cross_entropy", measured.validation_cross_entropy,
-                                      measured.step)
-        writer.close()
 
 
 def _log_point(

@@ -23,6 +23,7 @@ from retrainer.training.fine_tune import (
     image_features,
 )
 from retrainer.training.head import FeatureSet, Head, TrainingConfig
+from retrainer.training.objectives import SIGMOID, SOFTMAX
 from retrainer.training.options import TrainingOptions
 from retrainer.training.regularization import Regularization
 
@@ -63,6 +64,7 @@ def training_options(options: TrainingOptions, training_images: int,
         regularization=regularization_of(options),
         early_stopping_patience=early_stopping_patience_of(options),
         solver=options.solver,
+        objective=SIGMOID if options.multi_label else SOFTMAX,
     )
 
 
@@ -79,19 +81,28 @@ def training_features(options: TrainingOptions, extractor: FeatureExtractor, ima
     Returns:
         (FeatureSet float32 [N*V, D] / int64 [N*V], {"variants", "computed", "reused"} or None).
     """
+    rows, _, summary = training_rows(options, extractor, images, plain)
+    return rows, summary
+
+
+def training_rows(options: TrainingOptions, extractor: FeatureExtractor, images: Sequence[Any],
+                  plain: FeatureSet
+                  ) -> tuple[FeatureSet, np.ndarray, Optional[dict[str, Any]]]:
+    """`training_features`, with the position in `images` of each row's image (int64 [rows]):
+    with distortions, an image whose distorted versions could not be made has no rows."""
     distortions = distortions_of(options)
     if not distortions.enabled:
-        return plain, None
+        return plain, np.arange(len(plain), dtype=np.int64), None
     distorted = compute_distorted_bottlenecks(
         [image.path for image in images], extractor, options.bottleneck_dir, distortions,
         options.distorted_variants, options.seed, show_progress=options.show_progress,
     )
-    rows = distorted.ok
-    features = distorted.vectors[rows].reshape(-1, distorted.vectors.shape[-1])
-    labels = np.repeat(plain.labels[rows], options.distorted_variants)
+    sources = np.repeat(np.flatnonzero(distorted.ok), options.distorted_variants)
+    features = distorted.vectors[distorted.ok].reshape(-1, distorted.vectors.shape[-1])
     summary = {"variants": options.distorted_variants, "computed": distorted.computed,
                "reused": distorted.reused, "seconds": distorted.seconds}
-    return FeatureSet(features, labels), summary
+    targets = None if plain.targets is None else plain.targets[sources]
+    return FeatureSet(features, plain.labels[sources], targets), sources, summary
 
 
 def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: Head,
@@ -112,7 +123,8 @@ def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, he
         return None, features["testing"]
 
     def split(name: str) -> ImageSplit:
-        return ImageSplit(tuple(image.path for image in images[name]), features[name].labels)
+        return ImageSplit(tuple(image.path for image in images[name]),
+                          features[name].objective_targets)
 
     result = fine_tune(extractor, head, split("training"), split("validation"), FineTuneConfig(
         blocks=options.fine_tune_blocks,

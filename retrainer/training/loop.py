@@ -104,6 +104,7 @@ def run_loop(job: Job, schedule: Sequence[int], patience: int = 0, has_validatio
         if not patience:
             continue
         loss, step = history[-1].validation_cross_entropy, history[-1].step
+        assert loss is not None  # patience is 0 without validation images
         if best is None or loss < best[0]:
             best, since_best = (loss, step, [variable.numpy() for variable in job.variables]), 0
             continue
