@@ -7,12 +7,14 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from retrainer.data.discovery import ImageFile
+from retrainer.data.split import TESTING
 from retrainer.reports.explanations import choose_images
 from retrainer.reports.sections import MAX_GALLERY_IMAGES
 
 
 def collection(classes: int, per_class: int, wrong_every: int):
-    images = [SimpleNamespace(path=f"/d/c{c}/{i}.png", relpath=f"c{c}/{i}.png", label_index=c)
+    images = [ImageFile(f"/d/c{c}/{i}.png", f"c{c}/{i}.png", c, TESTING)
               for c in range(classes) for i in range(per_class)]
     truth = np.array([image.label_index for image in images])
     predictions = truth.copy()
