@@ -11,6 +11,7 @@
                                                       at the extractor's input size
                                                       (`audit_signatures_folder`)
       file-index-v1/<hash of a dataset folder>.index  its files' digests, .npy format (`file_index_path`)
+      heat-maps-v1/<aa>/<key>.maps                   the report's Grad-CAM maps (`heat_maps_path`)
 
 Keys are content hashes, so no dataset path ever appears here. Changing a path or a format is a
 change here (bump `CACHE_FORMAT` when the vectors of the same image would differ).
@@ -34,6 +35,7 @@ SHARDS_FOLDER = "shards"
 _AUDIT_FINDINGS = "audit-results-v1"
 _AUDIT_SIGNATURES = "audit-signatures-v2"
 _FILE_INDEX = "file-index-v1"
+_HEAT_MAPS = "heat-maps-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -105,3 +107,8 @@ def file_index_path(root: os.PathLike[str] | str, dataset: str) -> AnyPath:
 def file_index_folder(root: os.PathLike[str] | str) -> AnyPath:
     """Where the file indexes of every dataset live."""
     return as_path(root) / _FILE_INDEX
+
+
+def heat_maps_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The report's heat maps of one frozen graph over one set of images (`key`: their hash)."""
+    return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.maps"  # .npy format; not an entry

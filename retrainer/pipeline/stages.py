@@ -256,7 +256,8 @@ def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
     chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
     return [explanation_section(
         lambda: exporter.graph_exporter(trained.head.head).frozen_graph_def(), f"{INPUT_OP}:0",
-        f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count)]
+        f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
+        config.extraction.bottleneck_dir)]
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures
