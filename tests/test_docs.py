@@ -37,11 +37,15 @@ OTHER_PROGRAMS = {
     "--save_main_session": "beam", "--requirements_file": "beam", "--setup_file": "beam",
     "--dataflow_service_options": "beam", "--worker_accelerator": "beam",
     "--environment_config": "beam", "--dask_gather": "beam",
+    "--dask_npartitions": "beam", "--dask_partition_size": "beam",
+    "--dask_connection_timeout": "beam", "--dask_scheduler_file": "beam",
+    "--dask_client_name": "beam",
     # TensorFlow's label_image.py (same names as label-image's, plus its own)
     "--image": "label_image.py",
     # docker, curl, pip, pytest, tensorboard, saved_model_cli, git, base64, jq, apt, tar
     "--rm": "docker", "--gpus": "docker", "--mount": "docker", "--name": "docker",
-    "--port": "dask scheduler", "--nworkers": "dask worker", "--create-dirs": "curl",
+    "--port": "dask scheduler", "--nworkers": "dask worker", "--nthreads": "dask worker",
+    "--scheduler-file": "dask scheduler/worker", "--create-dirs": "curl",
     "--data": "curl", "--data-binary": "curl", "--fail": "curl",
     "--upgrade": "pip", "--quiet": "pip", "--extra-index-url": "pip",
     "--hypothesis-seed": "pytest", "--durations": "pytest",
