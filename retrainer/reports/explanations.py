@@ -15,8 +15,10 @@ import time
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.errors import ModelError
 from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
 from retrainer.reports.html import Section, paragraph, png_image
@@ -86,12 +88,12 @@ def explanation_section(
             readable.append(image)
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
-    gradcam = GradCam.from_graph_def(graph_def(), input_name, output_name, "the trained model")
     try:
-        maps = [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
-            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
-    finally:
-        gradcam.close()
+        maps = _heat_maps(graph_def(), input_name, output_name, pixels)
+    except (ModelError, LookupError, tf.errors.OpError) as error:  # an extra never fails a run
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        log.warning("Report: no heat maps: %s", reason)
+        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {reason}.", "note"))
     figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
     wrong = sum(image.true_label != image.predicted_label for image in images)
     body = paragraph(
@@ -101,6 +103,21 @@ def explanation_section(
         f"with its heat map; made in {time.perf_counter() - started:.1f} s.")
     body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
     return Section(SECTION_ID, TITLE, body)
+
+
+def _heat_maps(graph_def: Any, input_name: str, output_name: str,
+               pixels: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) on the frozen classifier `graph_def`.
+
+    Raises:
+        ModelError: the graph has no map to explain; LookupError: an op without a gradient.
+    """
+    gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
+    try:
+        return [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
+            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
+    finally:
+        gradcam.close()
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
