@@ -86,7 +86,7 @@ def audited(name: str, root: Path, work: Path, kinds, per_kind: int, unrelated) 
     cache = work / f"cache-{name}"
     bottlenecks = compute_bottlenecks([image.path for image in collection.images],
                                       create_engine(create_extractor("efficientnet_lite0"), AUTO),
-                                      cache, show_progress=False)
+                                      cache, show_progress=False, signatures=True)
     print(f"\n== {name}: {len(collection.images)} images, {len(collection.labels)} classes, "
           f"{bottlenecks.computed} vectors computed")
     findings = timed_audit(collection, bottlenecks, cache)
@@ -119,19 +119,18 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     from retrainer.audit.duplicates import CROP_ZOOM, small_descriptor
     from retrainer.audit.neighbours import similar_pairs, unit_rows
     from retrainer.audit.signatures import (
-        SignatureCache,
         fourier_descriptor,
         hamming,
         thumbnail_descriptor,
         zoomed_in,
     )
 
-    paths = [image.path for image in collection.images]
-    thumbnails, hashes = SignatureCache(work).signatures(paths, bottlenecks.digests)
+    thumbnails, hashes = bottlenecks.signatures.thumbnails, bottlenecks.signatures.hashes
     index = {image.relpath: position for position, image in enumerate(collection.images)}
     descriptors = {"vector": unit_rows(bottlenecks.vectors),
                    "thumbnail": thumbnail_descriptor(thumbnails),
                    "fourier": fourier_descriptor(thumbnails)}
+    mirrored = thumbnail_descriptor(thumbnails[:, :, ::-1])
     copies = {tuple(sorted(index[path] for path in pair))
               for pairs in (*truth.near.values(), truth.byte) for pair in pairs}
     print("\nThreshold evidence: cosine of each injected copy pair, and the 99.9th percentile /"
@@ -148,6 +147,16 @@ def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
             line.append(f"{kind} min {min(values):.3f}")
         line.append(f"| others p99.9 {np.percentile(other, 99.9):.3f} max {other.max():.3f}")
         print(" ".join(line))
+    mirror_pairs = [tuple(sorted(index[path] for path in pair))
+                    for kind, injected in truth.near.items() if kind == "flip" for pair in injected]
+    first, second = similar_pairs(descriptors["thumbnail"], 0.5, None, None, mirrored)
+    other = np.array([max(descriptors["thumbnail"][a] @ mirrored[b],
+                          mirrored[a] @ descriptors["thumbnail"][b])
+                      for a, b in zip(first.tolist(), second.tolist())
+                      if (a, b) not in copies] or [0.0])
+    values = [float(descriptors["thumbnail"][a] @ mirrored[b]) for a, b in mirror_pairs]
+    print(f"  mirrored thumbnail: flip min {min(values or [float('nan')]):.3f} | others p99.9 "
+          f"{np.percentile(other, 99.9):.3f} max {other.max():.3f}")
     pairs = [tuple(sorted(index[path] for path in pair))
              for injected in truth.near.values() for pair in injected]
     bits = hamming(hashes[[a for a, _ in pairs]], hashes[[b for _, b in pairs]])
@@ -210,53 +219,78 @@ def timed_audit(collection, bottlenecks, cache: Path):
     return findings
 
 
-def large_collection(count: int, cache: Path):
-    """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, with their
-    real vectors from the default engine, cached in `cache`/bottlenecks (a rerun reads them)."""
+def large_collection(count: int, cache: Path, images: Path | None):
+    """`count` real Fashion-MNIST training images (count / 10 per class) under `cache`, or the
+    folder `images`, with their real vectors from the default engine and their signatures,
+    cached in `cache`/bottlenecks (a rerun reads them)."""
     from retrainer.cache.bottlenecks import compute_bottlenecks
     from retrainer.data.discovery import discover_images
     from retrainer.engines import AUTO
     from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
-    root = fashion_mnist_folder(cache / f"images_{count}", count // 10)
+    root = images or fashion_mnist_folder(cache / f"images_{count}", count // 10)
     collection = discover_images(root, 10, 10)
     engine = create_engine(create_extractor("efficientnet_lite0"), AUTO)
+    started = time.perf_counter()
     bottlenecks = compute_bottlenecks([image.path for image in collection.images], engine,
-                                      cache / "bottlenecks", show_progress=False)
+                                      cache / "bottlenecks", show_progress=False,
+                                      signatures=True)
+    print(f"\n{len(collection.images)} images: stage {time.perf_counter() - started:.1f} s "
+          f"({bottlenecks.computed} vectors computed, {bottlenecks.reused} reused)")
     return collection, bottlenecks
 
 
-def large_run(count: int, cache: Path) -> None:
+EXTRACTION_SAMPLE = 2000
+
+
+def extraction_seconds(collection, cache: Path) -> float:
+    """The cold bottleneck stage (vectors and signatures, as `retrain` runs it) on an evenly
+    spaced sample of EXTRACTION_SAMPLE images, scaled to the whole collection."""
+    from retrainer.cache.bottlenecks import compute_bottlenecks
+    from retrainer.engines import AUTO
+    from retrainer.engines.factory import create_engine
+    from retrainer.extractors import create_extractor
+
+    images = collection.images
+    sample = [image.path for image in images[::max(1, len(images) // EXTRACTION_SAMPLE)]]
+    engine = create_engine(create_extractor("efficientnet_lite0"), AUTO)
+    engine(np.zeros((1, *engine.spec.input_size, 3), np.uint8))  # traced before the clock
+    scratch = Path(tempfile.mkdtemp(dir=cache))
+    started = time.perf_counter()
+    compute_bottlenecks(sample, engine, scratch, show_progress=False, signatures=True)
+    seconds = time.perf_counter() - started
+    shutil.rmtree(scratch)
+    return seconds * len(images) / len(sample)
+
+
+def large_run(count: int, cache: Path, images: Path | None = None) -> None:
     """The audit stage at `count` real images with real vectors (extracted once into `cache`):
     wall time per detector, the whole stage, and memory."""
     from retrainer.audit import duplicates, label_issues, outliers
+    from retrainer.audit.neighbours import one_blas_thread
     from retrainer.audit.run import find_problems
     from retrainer.cache.layout import audit_findings_folder
-    from retrainer.audit.signatures import SignatureCache
 
-    collection, bottlenecks = large_collection(count, cache)
-    paths = [image.path for image in collection.images]
-    started = time.perf_counter()
-    thumbnails, hashes = SignatureCache(cache / "bottlenecks").signatures(paths,
-                                                                          bottlenecks.digests)
-    print(f"\n{count} images: signatures {time.perf_counter() - started:.1f} s "
-          "(decoded once, then cached)")
+    collection, bottlenecks = large_collection(count, cache, images)
+    thumbnails, hashes = bottlenecks.signatures.thumbnails, bottlenecks.signatures.hashes
+    extraction = extraction_seconds(collection, cache)
     vectors, digests = bottlenecks.vectors, bottlenecks.digests
     labels = np.array([image.label_index for image in collection.images])
     resident = peak_rss_gib()
     tracemalloc.start()
     stages = {}
-    started = time.perf_counter()
-    pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
-    stages["near duplicates"] = time.perf_counter() - started
-    started = time.perf_counter()
-    probabilities = label_issues.out_of_fold_probabilities(vectors, labels, 10)
-    label_issues.find_label_issues(probabilities, labels)
-    stages["label issues"] = time.perf_counter() - started
-    started = time.perf_counter()
-    outliers.find_outliers(vectors, labels)
-    stages["outliers"] = time.perf_counter() - started
+    with one_blas_thread():  # as find_problems runs them
+        started = time.perf_counter()
+        pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
+        stages["near duplicates"] = time.perf_counter() - started
+        started = time.perf_counter()
+        probabilities = label_issues.out_of_fold_probabilities(vectors, labels, 10)
+        label_issues.find_label_issues(probabilities, labels)
+        stages["label issues"] = time.perf_counter() - started
+        started = time.perf_counter()
+        outliers.find_outliers(vectors, labels)
+        stages["outliers"] = time.perf_counter() - started
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     shutil.rmtree(audit_findings_folder(cache / "bottlenecks"), ignore_errors=True)
@@ -265,7 +299,9 @@ def large_run(count: int, cache: Path) -> None:
     stage = time.perf_counter() - started
     print("Detectors: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stages.items())
           + f"; peak traced memory {peak / 2**30:.2f} GiB")
-    print(f"Audit stage (find_problems, signatures cached): {stage:.1f} s; process peak RSS "
+    print(f"Audit stage (find_problems, signatures from the stage): {stage:.1f} s = "
+          f"{stage / extraction:.1%} of the extraction ({extraction:.0f} s, estimated from a "
+          f"cold stage on {EXTRACTION_SAMPLE} of the images, same run); process peak RSS "
           f"{peak_rss_gib():.2f} GiB "
           f"({resident:.2f} GiB before the audit)")
     relpath = [image.relpath for image in collection.images]
@@ -288,11 +324,13 @@ def main() -> None:
     parser.add_argument("--bottleneck_dir", type=Path, default=Path("/tmp/audit50k"),
                         help="cache of the --large images and their vectors (reruns reuse it)")
     parser.add_argument("--large-only", action="store_true", help="only the --large run")
+    parser.add_argument("--large-images", type=Path, default=None,
+                        help="an existing class folder for the --large run (e.g. all 70,000)")
     args = cli.parse(parser, {"per_class": 20, "photos": 24, "photo_size": "640x480",
                               "per_kind": 2, "large": 0, "photo_corpus": None})
     print(machine_line())
     if args.large_only:
-        large_run(args.large, args.bottleneck_dir)
+        large_run(args.large, args.bottleneck_dir, args.large_images)
         return
     work = Path(tempfile.mkdtemp(prefix="bench_audit_", dir=args.work))
     results = {}
@@ -301,14 +339,14 @@ def main() -> None:
         results["Fashion-MNIST"] = audited("Fashion-MNIST", work / "fashion", work,
                                            FASHION_KINDS, args.per_kind, unrelated)
     if "photos" in args.datasets:
-        size = tuple(int(side) for side in args.photo_size.split("x"))
-        photo_dataset(work / "photos", args.photos, size, args.photo_corpus)
+        width, height = (int(side) for side in args.photo_size.split("x"))
+        photo_dataset(work / "photos", args.photos, (width, height), args.photo_corpus)
         results["photos"] = audited("photos", work / "photos", work, COMMON_KINDS,
                                     args.per_kind, [])
     side_by_side(results)
     shutil.rmtree(work)
     if args.large:
-        large_run(args.large, args.bottleneck_dir)
+        large_run(args.large, args.bottleneck_dir, args.large_images)
 
 
 if __name__ == "__main__":

@@ -35,11 +35,11 @@ def main() -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * args.logical_cpus)
-    from retrainer.engines.factory import create_engine
+    from retrainer.data.decoding import load_image
     from retrainer.engines.devices import short_name
+    from retrainer.engines.factory import create_engine
     from retrainer.engines.multi_device import local_devices
     from retrainer.extractors import create_extractor
-    from retrainer.data.decoding import load_image
 
     gpus = [name for name in local_devices() if "GPU:" in name]
     devices = tuple(gpus if len(gpus) >= 2 else [name for name in local_devices() if "CPU:" in name])

@@ -145,9 +145,9 @@ def fastest_calls(functions: list, images: tf.Tensor, seconds: float) -> list[fl
 def bench_precisions(extractor, seconds: float) -> None:
     """Part 3: raw images/s of each engine on the same real, pre-decoded photos."""
     from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
-    from retrainer.engines.factory import create_engine
-    from retrainer.engines.cpu import cpu_precisions
     from retrainer.data.decoding import load_image
+    from retrainer.engines.cpu import cpu_precisions
+    from retrainer.engines.factory import create_engine
 
     with tempfile.TemporaryDirectory() as scratch:
         photos = [load_image(path, extractor.spec.input_size)

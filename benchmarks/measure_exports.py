@@ -68,13 +68,13 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
     import numpy as np
     import tensorflow as tf
 
-    from retrainer.data.discovery import discover_images
     from retrainer.data.batches import decode_files
+    from retrainer.data.discovery import discover_images
+    from retrainer.data.split import TESTING, TRAINING
     from retrainer.exports.classifier import Classifier
     from retrainer.exports.tflite import write_tflite_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
-    from retrainer.data.split import TESTING, TRAINING
     from retrainer.training.head import Head
 
     collection = discover_images(config.image_dir, config.validation_percentage,

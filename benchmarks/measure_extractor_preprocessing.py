@@ -28,8 +28,8 @@ from PIL import Image  # noqa: E402
 
 import retrainer.extractors.efficientnet_lite as lite  # noqa: E402
 from benchmarks import cli  # noqa: E402
-from retrainer.extractors._pth import read_state_dict  # noqa: E402
 from retrainer.data.decoding import decode_image  # noqa: E402
+from retrainer.extractors._pth import read_state_dict  # noqa: E402
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)

@@ -26,9 +26,9 @@ from retrainer.classify.config import ClassifyConfig
 from retrainer.classify.run import classify_images
 from retrainer.config import RetrainConfig
 from retrainer.data.discovery import discover_images
+from retrainer.data.split import TESTING
 from retrainer.engines.cpu import cpu_precisions
 from retrainer.pipeline import run
-from retrainer.data.split import TESTING
 
 PHOTO_SIZE = (160, 160)
 

@@ -111,9 +111,9 @@ def write_image_folder(
         )
     out = Path(os.path.abspath(out))
     settings = {"subset": subset, "per_class": per_class, "size": size, "format": image_format}
-    if _built_with(out) == settings:
+    if built_with(out) == settings:
         return out
-    if out.exists() and _built_with(out) is None and any(out.iterdir()):
+    if out.exists() and built_with(out) is None and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and was not made by this script; choose another --out")
 
     images_path, labels_path = (Path(idx_dir) / name for name in IDX_FILES[subset])
@@ -145,17 +145,22 @@ def write_image_folder(
     return out
 
 
-def _built_with(out: Path) -> dict | None:
+def built_with(out: Path, marker: str = MARKER) -> dict | None:
+    """The settings an earlier build recorded in `out`/`marker`, or None."""
     try:
-        return json.loads((out / MARKER).read_text())
+        return json.loads((out / marker).read_text())
     except (OSError, ValueError):
         return None
 
 
+idx_dir_option = click.option(
+    "--idx-dir", type=click.Path(file_okay=False, path_type=Path),
+    default=Path(".cache/fashion-mnist"), show_default=True,
+    help="Folder with the four Fashion-MNIST idx .gz files.")
+
+
 @click.command()
-@click.option("--idx-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path(".cache/fashion-mnist"), show_default=True,
-              help="Folder with the four Fashion-MNIST idx .gz files.")
+@idx_dir_option
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Dataset folder to create (one sub-folder per class).")
 @click.option("--per-class", type=click.IntRange(min=1), default=100, show_default=True,

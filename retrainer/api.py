@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from retrainer.classify.config import DEFAULT_BATCH_SIZE, DEFAULT_TOP_K, ClassifyConfig
-from retrainer.classify.run import Classifier
+from retrainer.classify.run import Classifier, judge
 from retrainer.config import (
     FLAG_ALIASES,
     UNSUPPORTED_FLAGS,
@@ -126,11 +126,20 @@ def load(path: str | os.PathLike[str], labels: Optional[str | os.PathLike[str]] 
 @dataclasses.dataclass(frozen=True)
 class Prediction:
     """One image's answer: the best `label` and its `score`, and the `top_k` (label, score)
-    pairs, best first (scores are the model's probabilities)."""
+    pairs, best first (scores are the model's probabilities).
+
+    A multi-label model's `labels` are the (label, score) pairs at or over their thresholds, best
+    first (None for a single-label model). `novelty` is how unlike the training images the image
+    is and `unknown` whether that is over the model's threshold (`label-image --reject`); both
+    None for a model without a novelty output.
+    """
 
     label: str
     score: float
     top_k: list[tuple[str, float]]
+    labels: Optional[list[tuple[str, float]]] = None
+    novelty: Optional[float] = None
+    unknown: Optional[bool] = None
 
 
 class Model:
@@ -179,8 +188,9 @@ class Model:
         pixels = self._pixels(list(_each_image(images)))
         predictions: list[Prediction] = []
         for start in range(0, len(pixels), DEFAULT_BATCH_SIZE):
-            scores = self._classifier.scores(pixels[start:start + DEFAULT_BATCH_SIZE])
-            predictions += [self._prediction(row, top_k) for row in scores]
+            scores, novelty = self._classifier.outputs(pixels[start:start + DEFAULT_BATCH_SIZE])
+            predictions += [self._prediction(row, None if novelty is None else float(novelty[n]),
+                                             top_k) for n, row in enumerate(scores)]
         return predictions
 
     def close(self) -> None:
@@ -206,10 +216,14 @@ class Model:
             return np.zeros((0, height, width, 3), np.uint8)
         return np.stack(decoded)
 
-    def _prediction(self, scores: np.ndarray, top_k: int) -> Prediction:
-        best = np.argsort(-scores, kind="stable")[:top_k]  # label-image's order, ties included
-        pairs = [(self.labels[index], float(scores[index])) for index in best]
-        return Prediction(pairs[0][0], pairs[0][1], pairs)
+    def _prediction(self, scores: np.ndarray, novelty: Optional[float], top_k: int
+                    ) -> Prediction:
+        """label-image's answer (`classify.run.judge`): its order, ties included."""
+        best, labels, unknown = judge(self._classifier.spec, scores, novelty, top_k)
+        pairs = [(prediction.label, prediction.score) for prediction in best]
+        return Prediction(pairs[0][0], pairs[0][1], pairs,
+                          None if labels is None else [(p.label, p.score) for p in labels],
+                          novelty, unknown)
 
 
 def _each_image(images: Any) -> Iterator[Any]:

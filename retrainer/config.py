@@ -115,6 +115,11 @@ class RetrainConfig:
     validation_percentage: float = 10
     validation_split: Optional[float] = None  # make_image_classifier's: a fraction, or None
     split_compat: str = SPLIT_COMPAT_NONE  # retrain_py: hash the path as retrain.py did
+    # labels from a manifest, multi-label heads, the novelty score (docs/multi_label.md)
+    labels_csv: Optional[AnyPath] = None
+    multi_label: bool = False
+    multi_label_threshold: Optional[float] = None
+    novelty_pass_rate: float = 0.95
     # dataset audit (retrainer/audit, docs/audit.md)
     audit_file: AnyPath = DEFAULT_OUTPUT_DIR / "audit.json"
     skip_audit: bool = False
@@ -157,7 +162,8 @@ class RetrainConfig:
             raise UsageError("--image_dir must not be empty.")
         for field in ("output_graph", "output_labels", "summaries_dir",
                       "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file"):
+                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file",
+                      "labels_csv"):
             value = getattr(self, field)
             if value is not None:
                 if not os.fspath(value):

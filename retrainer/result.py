@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Optional
 
-from retrainer.data.split import TESTING, VALIDATION
+from retrainer.data.split import SPLITS, TESTING, VALIDATION
 from retrainer.reports.gates import GateResult
 from retrainer.reports.metrics import SplitMetrics
 
@@ -66,6 +66,15 @@ class RetrainResult:
         extractor: {"name", "id", "input_size": [H, W], "vector_size"}.
         flags: the RetrainConfig, JSON-ready.
         quality_gates: the gates asked for and their outcome.
+        novelty: the novelty score's method, threshold and calibration, and the share of test
+            images that pass it ("test_pass_rate"; None without test images).
+        multi_label: a multi-label run's thresholds and metrics (pipeline.multi_label), else
+            None. `test_metrics`/`validation_metrics` then score the top-1 label as right when it
+            is one of the image's labels, `misclassified` lists the test images whose predicted
+            label set differs (labels joined by ";"), `counts` counts an image once per label
+            and `test_per_class` is, per label, {"correct": test images with the label that got
+            it (at its threshold), "total": test images with the label}.
+        split_sizes: {split: decodable images} (each image once, whatever its labels).
     """
 
     labels: tuple[str, ...]
@@ -99,6 +108,16 @@ class RetrainResult:
     extractor: dict[str, Any]
     flags: dict[str, Any]
     quality_gates: tuple[GateResult, ...]
+    novelty: Optional[dict[str, Any]] = None
+    multi_label: Optional[Any] = None
+    split_sizes: Optional[dict[str, int]] = None
+
+    def images_per_split(self) -> dict[str, int]:
+        """{split: decodable images}: `split_sizes`, else the sum of `counts` (the same when each
+        image has one label; a multi-label image counts once per label in `counts`)."""
+        if self.split_sizes is not None:
+            return dict(self.split_sizes)
+        return {split: sum(row[split] for row in self.counts.values()) for split in SPLITS}
 
     def headline(self) -> tuple[Optional[str], SplitMetrics]:
         """(split name, metrics) that gates and pictures use: test, else validation.
@@ -113,6 +132,7 @@ class RetrainResult:
             "format": FORMAT,
             "labels": list(self.labels),
             "counts": self.counts,
+            "split_sizes": self.images_per_split(),
             "skipped": [{"path": path, "reason": reason} for path, reason in self.skipped],
             "bottlenecks_computed": self.bottlenecks_computed,
             "bottlenecks_reused": self.bottlenecks_reused,
@@ -149,6 +169,9 @@ class RetrainResult:
             "extractor": self.extractor,
             "flags": self.flags,
             "quality_gates": [gate.to_json() for gate in self.quality_gates],
+            "novelty": self.novelty,
+            **({} if self.multi_label is None
+               else {"multi_label": self.multi_label.to_json(self.labels)}),
         }
 
 

@@ -68,6 +68,8 @@ def main() -> int:
 def _models(scratch: Path, built_ins, keras) -> Iterator[tuple[str, Callable[[], dict]]]:
     for name in built_ins:
         yield name, lambda name=name: _exports(scratch, name, tflite=True)
+    yield (f"{built_ins[0]} multi-label + novelty",
+           lambda: _exports(scratch, built_ins[0], tflite=True, multi_label_novelty=True))
     for application in keras:
         handle = f"keras:{application},weights=random"
         yield f"keras:{application}", lambda handle=handle: _exports(scratch, handle)
@@ -77,8 +79,11 @@ def _models(scratch: Path, built_ins, keras) -> Iterator[tuple[str, Callable[[],
             scratch, name)
 
 
-def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[str]]:
-    """Frozen graph + SavedModel (+ float and int8 .tflite) of `handle`, a fresh 3-class head."""
+def _exports(scratch: Path, handle: str, tflite: bool = False,
+             multi_label_novelty: bool = False) -> dict[str, set[str]]:
+    """Frozen graph + SavedModel (+ float and int8 .tflite) of `handle`, a fresh 3-class head;
+    `multi_label_novelty`: a sigmoid head with thresholds and the novelty output, as a
+    multi-label run exports (+ float and int8 .onnx, checked)."""
     import numpy as np
 
     from retrainer.errors import UntrustedModelError
@@ -89,10 +94,20 @@ def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[
     from retrainer.security import check_model, model_ops
     from retrainer.training.head import Head
 
+    from retrainer.training.novelty import fit_novelty
+    from retrainer.training.objectives import SIGMOID, SOFTMAX
+
     extractor = create_extractor(handle)
-    head = Head(extractor.spec.vector_size, 3, seed=0)
-    classifier = Classifier(extractor, head, ("a", "b", "c"), "final_result")
-    folder = scratch / handle.replace(":", "_").replace(",", "_").replace("=", "_")
+    size = extractor.spec.vector_size
+    head = Head(size, 3, seed=0, objective=SIGMOID if multi_label_novelty else SOFTMAX)
+    novelty, thresholds = None, None
+    if multi_label_novelty:
+        vectors = np.random.default_rng(0).random((96, size), np.float32)
+        novelty = fit_novelty(vectors[:64], np.arange(64) % 3, vectors[64:])
+        thresholds = [0.5, 0.4, 0.6]
+    classifier = Classifier(extractor, head, ("a", "b", "c"), "final_result", novelty, thresholds)
+    folder = scratch / (handle.replace(":", "_").replace(",", "_").replace("=", "_")
+                        + ("_multi_label_novelty" if multi_label_novelty else ""))
     folder.mkdir()
     graph, saved_model = folder / "output_graph.pb", folder / "saved_model"
     GraphExporter(classifier).write_graph(graph)
@@ -112,6 +127,19 @@ def _exports(scratch: Path, handle: str, tflite: bool = False) -> dict[str, set[
                 measured[f".tflite {mode.mode}"] = set()
             except UntrustedModelError as error:
                 measured[f".tflite {mode.mode}"] = {f"REFUSED: {error}"}
+    if multi_label_novelty:
+        from retrainer.exports.onnx import convert as onnx_model
+        from retrainer.exports.onnx import quantize_int8
+
+        data = onnx_model(classifier).SerializeToString()
+        for mode, model in (("none", data), ("int8", quantize_int8(data, calibration))):
+            path = folder / f"model_{mode}.onnx"
+            path.write_bytes(model)
+            try:
+                check_model(path)  # standard ONNX ops only
+                measured[f".onnx {mode}"] = set()
+            except UntrustedModelError as error:
+                measured[f".onnx {mode}"] = {f"REFUSED: {error}"}
     return measured
 
 

@@ -110,7 +110,7 @@ def _from_run(run: Path):
     tests = collection.in_split("testing")
     pixels, ok = decode_files([image.path for image in tests], extractor.spec.input_size)
     model = open_model(ClassifyConfig(graph=Path(flags["output_graph"])))
-    reference = model.scores(pixels[ok])
+    reference = model.outputs(pixels[ok])[0]
     training = collection.in_split("training")
     chosen = seeded_sample(flags["tflite_calibration_images"], len(training), flags["seed"])
     calibration, fine = decode_files([training[index].path for index in chosen],

@@ -40,6 +40,8 @@ RETRAIN_SECTIONS = {
         "flip_left_right", "random_crop", "random_scale", "random_brightness",
         "distorted_variants", "do_fine_tuning", "fine_tune_blocks", "fine_tune_epochs",
         "fine_tune_learning_rate"],
+    "Labels from a CSV, multi-label models, unknown": [
+        "labels_csv", "multi_label", "multi_label_threshold", "novelty_pass_rate"],
     "Dataset audit": ["audit_file", "skip_audit", "keep_duplicates_in_one_split"],
     "Outputs": [
         "output_graph", "output_labels", "final_tensor_name", "summaries_dir", "checkpoint_path",

@@ -1,7 +1,8 @@
 """Deployable exports for the TFLite / SavedModel / export-report tests (owned by the export stage).
 
 - `deployed_run`: one real `retrain` (tiny_test extractor, red/green/blue folders) that writes the
-  frozen graph, all four .tflite modes and the SavedModel, with its RetrainResult.
+  frozen graph, all four .tflite modes, the SavedModel and both .onnx modes (every one with the
+  `novelty` output), with its RetrainResult.
 - `bytes_literal(data)`: `data` as a Python bytes literal of \\xNN escapes only (for
   `saved_model_cli --input_exprs`, which splits its argument on ';' and '=').
 """
@@ -24,6 +25,7 @@ class DeployedRun:
     graph: Path
     tflite: dict  # {mode: Path}
     saved_model: Path
+    onnx: dict  # {mode: Path}
 
 
 def bytes_literal(data: bytes) -> str:
@@ -33,7 +35,7 @@ def bytes_literal(data: bytes) -> str:
 @pytest.fixture(scope="session")
 def deployed_run(tmp_path_factory) -> DeployedRun:
     from retrainer.config import RetrainConfig
-    from retrainer.exports.quantization import MODES, tflite_paths
+    from retrainer.exports.quantization import MODES, ONNX_MODES, onnx_paths, tflite_paths
     from retrainer.pipeline import run
     from tests.fixtures_data import make_color_image_dir
 
@@ -49,7 +51,9 @@ def deployed_run(tmp_path_factory) -> DeployedRun:
         tfhub_module="tiny_test", how_many_training_steps=100, show_progress=False,
         saved_model_dir=out / "saved_model", tflite_output_file=out / "model.tflite",
         tflite_quantization=MODES, tflite_calibration_images=20,
+        onnx_output_file=out / "model.onnx", onnx_quantization=ONNX_MODES,
     )
     result = run(config)
     return DeployedRun(out, image_dir, result, config.output_graph,
-                       tflite_paths(config.tflite_output_file, MODES), config.saved_model_dir)
+                       tflite_paths(config.tflite_output_file, MODES), config.saved_model_dir,
+                       onnx_paths(config.onnx_output_file, ONNX_MODES))

@@ -87,6 +87,13 @@ def test_predict_matches_label_image(trained, kind):
     predictions = model.predict(queries, top_k=3)
     assert [p.label for p in predictions] == label_image_top1(out / kind, queries)
     assert model.labels == ("bag", "pullover", "sandal", "trouser")
+    rejected = CliRunner().invoke(label_image, ["--graph", str(out / kind), "--json",
+                                                "--reject", *map(str, queries)])
+    for prediction, line in zip(predictions, rejected.stdout.splitlines()):
+        assert prediction.labels is None  # a single-label model
+        answer = json.loads(line)
+        assert prediction.unknown == answer["unknown"]
+        assert prediction.novelty == pytest.approx(answer["novelty"], abs=1e-6)
     for prediction in predictions:
         assert len(prediction.top_k) == 3 and prediction.top_k[0] == (prediction.label,
                                                                         prediction.score)

@@ -7,6 +7,7 @@ under `if TYPE_CHECKING:`, so a circle cannot hide in a function body.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,22 @@ def _sets_frozen_attribute(node: ast.AST) -> bool:
             and node.func.value.id == "object")
 
 
+def test_only_the_cli_imports_click_or_reads_the_command_line():
+    outside = []
+    for name, path in modules().items():
+        if name.startswith("retrainer.cli"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                outside += [f"{name}:{node.lineno}" for alias in node.names
+                            if alias.name.split(".")[0] == "click"]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "click":
+                outside.append(f"{name}:{node.lineno}")
+            elif isinstance(node, ast.Attribute) and node.attr == "argv":
+                outside.append(f"{name}:{node.lineno} sys.argv")
+    assert outside == []
+
+
 def test_modules_are_small_and_the_top_level_short():
     long = {name: lines for name, path in modules().items()
             if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
@@ -235,3 +252,37 @@ def test_a_planted_circle_is_found_wherever_the_import_hides(tmp_path, source, c
     (package / "d" / "e.py").write_text("")
     found = circles(import_graph(package))
     assert bool(found) == circle and all({"retrainer.a", "retrainer.b"} <= set(c) for c in found)
+
+
+def test_docstrings_and_comments_name_files_and_modules_that_exist():
+    """A repository file (docs/x.md, benchmarks/x.py, ...) or a dotted retrainer name
+    (retrainer.cache.layout.namespace) named in the package's text exists: no stale pointers."""
+    known = modules()
+    stale = []
+    for name, path in known.items():
+        text = path.read_text(encoding="utf-8")
+        stale += [f"{name} names {found}" for found in _REPO_FILE.findall(text)
+                  if not (PACKAGE.parent / found).exists()]
+        stale += [f"{name} names {found}" for found in _DOTTED.findall(text)
+                  if not _defined(found, known)]
+    assert stale == []
+
+
+_REPO_FILE = re.compile(r"\b(?:docs|scripts|benchmarks|tests|examples)/[\w./-]*\w\.(?:py|md|sh)\b")
+_DOTTED = re.compile(r"\bretrainer(?:\.[A-Za-z_]\w*)+")
+
+
+def _defined(dotted: str, known: dict[str, Path]) -> bool:
+    """The longest module prefix of `dotted` exists and defines (or imports) the next name."""
+    parts = dotted.split(".")
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if module in known:
+            if end == len(parts):
+                return True
+            name = re.escape(parts[end])
+            definition = (rf"^\s*(?:def|class)\s+{name}\b|^\s*{name}\s*[:=,]|^\s*{name}$"
+                          rf"|\bimport\b.*\b{name}\b|\bself\.{name}\s*[:=]")
+            return re.search(definition, known[module].read_text(encoding="utf-8"),
+                             re.MULTILINE) is not None
+    return False

@@ -242,14 +242,13 @@ def test_rerun_reuses_cached_findings_and_signatures(color_image_dir, tmp_path, 
     args = [*retrain_args(tmp_path, color_image_dir), "--json"]
     first = json.loads(CliRunner().invoke(main, args).stdout)["audit"]
     assert first["cached"] is False
-    shards = list((tmp_path / "bottlenecks" / "audit-signatures-v1").glob("*.npz"))
-    assert shards
-    import retrainer.audit.signatures as signatures
+    assert list((tmp_path / "bottlenecks" / "audit-signatures-v2").glob("*x*/*.bin"))
+    import retrainer.data.batches as batches
 
     def no_decoding(*_):
         raise AssertionError("decoded an image on a warm rerun")
 
-    monkeypatch.setattr(signatures, "load_image", no_decoding)
+    monkeypatch.setattr(batches, "decode_image", no_decoding)
     second = json.loads(CliRunner().invoke(main, args, catch_exceptions=False).stdout)["audit"]
     assert second["cached"] is True
     assert {**second, "cached": False} == first
@@ -278,18 +277,18 @@ def test_audit_file_that_is_a_folder_fails_before_work(color_image_dir, tmp_path
 
 
 def test_signature_of_identical_pixels_is_identical(tmp_path):
-    from retrainer.audit.signatures import SignatureCache
+    from retrainer.data.batches import decode_signatures
 
     pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
     Image.fromarray(pixels).save(tmp_path / "b.bmp")
-    thumbnails, hashes = SignatureCache(tmp_path / "cache").signatures(
-        [tmp_path / "a.png", tmp_path / "b.bmp"], ["aa" + "0" * 62, "bb" + "0" * 62])
-    assert (thumbnails[0] == thumbnails[1]).all() and hashes[0] == hashes[1] != 0
+    signatures = decode_signatures([tmp_path / "a.png", tmp_path / "b.bmp"])
+    assert (signatures.thumbnails[0] == signatures.thumbnails[1]).all()
+    assert signatures.hashes[0] == signatures.hashes[1] != 0
 
 
 def _thumbnail(image: Image.Image) -> np.ndarray:
-    from retrainer.audit.signatures import DECODE_SIZE, signature_of_pixels
+    from retrainer.data.signatures import DECODE_SIZE, signature_of_pixels
 
     rgb = image.convert("RGB").resize(DECODE_SIZE, Image.Resampling.BILINEAR)
     return signature_of_pixels(np.asarray(rgb))[0]

@@ -16,9 +16,9 @@ from PIL import Image
 
 from retrainer.audit import duplicates
 from retrainer.audit.balance import balance_warnings
-from retrainer.audit.signatures import signature_of_pixels
 from retrainer.cli.retrain import main
 from retrainer.config import DEFAULT_EXTRACTOR
+from retrainer.data.signatures import signature_of_pixels
 from retrainer.data.split import SPLITS
 from tests.fixtures_photos import PHOTOS, photo, write_clipart_dir
 from tests.fixtures_pipeline import retrain_args
@@ -59,7 +59,7 @@ def test_default_run_on_clipart_with_a_resaved_copy(tmp_path: Path):
         ["icons_b/icon_00.png", "icons_b/icon_00_resaved.png"]]
 
 
-# --- every detector on degenerate arrays (Hypothesis) ----------------------------------------------
+# --- every detector on degenerate arrays (Hypothesis) -------------------------------------------
 
 KINDS = ("random", "equal_rows", "zero", "constant_columns", "two_values", "huge", "tiny")
 
@@ -147,3 +147,11 @@ def test_label_and_outlier_detectors_on_degenerate_arrays(data):
 def test_balance_warnings_on_degenerate_counts(counts, validation, testing):
     for warning in balance_warnings(counts, validation, testing):
         assert warning.endswith(".")
+
+
+def test_balance_warning_counts_one_image_in_the_singular():
+    counts = {"one": {split: int(split == SPLITS[0]) for split in SPLITS},
+              "many": dict.fromkeys(SPLITS, 20)}
+    assert balance_warnings(counts, 0.0, 0.0) == [
+        "Class 'one' has 1 image, under 1/5 of 'many' (60): it will be predicted less reliably; "
+        "add images of it."]

@@ -13,12 +13,12 @@ from scipy.ndimage import shift as shift_image
 
 from retrainer.audit import duplicates, neighbours
 from retrainer.audit.signatures import (
-    DECODE_SIZE,
     integer_alignment,
-    signature_of_pixels,
+    pooled,
     thumbnail_descriptor,
     warped_correlation,
 )
+from retrainer.data.signatures import DECODE_SIZE, signature_of_pixels
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,15 @@ def test_shift_scores_equal_the_exhaustive_sub_pixel_search(thumbnails):
     np.testing.assert_allclose(scores, expected, atol=1e-5)
     np.testing.assert_allclose(unshifted, expected_unshifted, atol=1e-5)
     assert np.median(scores[:count // 2]) > 0.99 > np.median(scores[count // 2:])  # copies align
+    # Given the gain the test asks for, pairs that cannot gain it skip the sub-pixel search:
+    # the test passes exactly the same pairs.
+    gained, _ = duplicates.shift_scores(first, second, duplicates.SHIFT_GAIN)
+
+    def passed(shifted: np.ndarray) -> np.ndarray:
+        return ((shifted >= duplicates.SHIFTED_MATCH)
+                & (shifted - unshifted >= duplicates.SHIFT_GAIN))
+
+    assert passed(scores).any() and (passed(gained) == passed(scores)).all()
 
 
 def test_integer_alignment_finds_a_whole_pixel_shift(thumbnails):
@@ -102,3 +111,43 @@ def test_integer_alignment_finds_a_whole_pixel_shift(thumbnails):
     assert (scores[textured] > 0.999).all() and (unshifted[textured] < scores[textured]).all()
     # The shift that moves `second` back onto `first`: up one row, right one column.
     assert (rows[textured] == -1).all() and (columns[textured] == 1).all()
+
+
+def test_pooled_means_equal_numpys_block_means(thumbnails):
+    for factor in (2, 4):
+        side = 32 // factor
+        expected = thumbnails.astype(np.float32).reshape(-1, side, factor, side, factor)
+        assert (pooled(thumbnails, factor) == expected.mean(axis=(2, 4))).all()  # to the bit
+        floats = thumbnails.astype(np.float32) * 1.37
+        np.testing.assert_allclose(pooled(floats, factor),
+                                   floats.reshape(-1, side, factor, side, factor).mean(axis=(2, 4)),
+                                   rtol=1e-6)
+
+
+def test_capped_similar_pairs_with_a_keep_test_are_each_images_nearest_kept(thumbnails,
+                                                                           monkeypatch):
+    """With `keep`, the cap picks each image's nearest among the pairs `keep` passes; pairs that
+    cannot enter either image's best are dropped before `keep` sees them, and row blocks are
+    searched on several threads: neither changes which pairs come out."""
+    unit = neighbours.unit_rows(thumbnail_descriptor(thumbnails))
+    monkeypatch.setattr(neighbours, "TILE_ROWS", 5)
+    monkeypatch.setattr(neighbours, "TILE_COLUMNS", 13)
+    gate, limit = 0.8, 2
+    cosines = unit @ unit.T
+    np.fill_diagonal(cosines, -np.inf)
+    allowed = (np.add.outer(np.arange(len(unit)), np.arange(len(unit))) % 3) != 0
+    seen = []
+
+    def keep(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        seen.append(len(rows))
+        return allowed[rows, columns]
+
+    expected = set()
+    for row, scores in enumerate(np.where(allowed, cosines, -np.inf)):
+        for column in np.argsort(-scores)[:limit]:
+            if scores[column] >= gate:
+                expected.add((min(row, column), max(row, column)))
+    first, second = neighbours.similar_pairs(unit, gate, keep, limit)
+    assert len(expected) > limit and set(zip(first.tolist(), second.tolist())) == expected
+    gated = int(np.triu(cosines >= gate, 1).sum())
+    assert sum(seen) < gated  # the cut-offs spared `keep` some of the gated pairs

@@ -12,7 +12,12 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from retrainer.training.convex import NO_VALIDATION_L2, ConvexConfig, fit_head
+from retrainer.training.convex import (
+    MIN_RELATIVE_SCALE,
+    NO_VALIDATION_L2,
+    ConvexConfig,
+    fit_head,
+)
 from retrainer.training.objectives import SIGMOID
 from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
 
@@ -67,8 +72,11 @@ def reference_optimum(features, labels, classes, l2, scale) -> float:
 
 
 def training_scale(features: np.ndarray) -> np.ndarray:
+    """The spread the penalty is measured in: the std, at least MIN_RELATIVE_SCALE x the median
+    std (constant features: 1)."""
     scale = features.std(axis=0, dtype=np.float64)
-    return np.where(scale > 1e-6, scale, 1.0)
+    floor = MIN_RELATIVE_SCALE * np.sort(scale)[len(scale) // 2]
+    return np.where(scale > 1e-6, np.maximum(scale, floor), 1.0)
 
 
 def test_a_fixed_penalty_reaches_the_optimum(pixels):
@@ -81,6 +89,30 @@ def test_a_fixed_penalty_reaches_the_optimum(pixels):
     optimum = reference_optimum(features, labels, 10, 1e-2, scale)
     assert optimum <= reached < optimum + 1e-3  # (zero weights: 2.3; one more decade: 1e-2)
     assert fit.l2 == 1e-2 and len(fit.path) == 1 and fit.chosen == 0
+
+
+def per_class_int8(weights: np.ndarray) -> np.ndarray:
+    """The layer as int8 weight quantization leaves it: one symmetric scale per class."""
+    scale = np.abs(weights).max(axis=0, keepdims=True) / 127
+    return np.round(weights / scale) * scale
+
+
+def test_a_barely_varying_feature_gets_no_outsized_weight(pixels):
+    """A feature that is almost always 0 but marks some images of one class (as int8 vectors
+    have) must not get a weight that sets the int8 scale of its class: rounding the layer to
+    int8 per class keeps its accuracy."""
+    features, labels = pixels[0].copy(), pixels[1]
+    rare = np.zeros(len(labels), np.float32)
+    rare[np.flatnonzero(labels == 3)[:12]] = 0.02  # a tiny spread, but telling
+    features = np.c_[features, rare]
+    train, validation, test = slice(0, 700), slice(700, 900), slice(900, 1200)
+    fit = fit_head(features[train], labels[train], features[validation], labels[validation], 10)
+    weights = fit.weights
+    assert np.abs(weights).max() < 50 * np.abs(weights).mean()  # without the floor: 246x
+    accuracy = ((features[test] @ weights + fit.biases).argmax(1) == labels[test]).mean()
+    rounded = ((features[test] @ per_class_int8(weights) + fit.biases).argmax(1)
+               == labels[test]).mean()
+    assert rounded >= accuracy - 0.01, (accuracy, rounded)
 
 
 def test_the_path_chooses_on_validation_and_samples_large_splits(pixels):

@@ -45,6 +45,8 @@ def write_images(root: Path, *relpaths: str) -> Path:
         ("玫瑰 2", "玫瑰 2"),
         ("🌹", "u1f339"),  # nothing alphanumeric: code points, never empty
         ("!!!", "u0021 u0021 u0021"),
+        (" ", "u0020"),  # only spaces or separators (Python's isspace): still never empty
+        ("\x1e", "u001e"),
     ],
 )
 def test_normalize_label(folder, label):
@@ -154,6 +156,8 @@ def test_counts_and_splits_partition_the_images(fashion_mnist_dir):
 def test_small_and_empty_classes_warn(tmp_path, caplog):
     root = make_color_image_dir(tmp_path / "root", per_class=3)
     (root / "nothing").mkdir()
+    for path in sorted((root / "blue").iterdir())[1:]:
+        path.unlink()
     with caplog.at_level(logging.WARNING, logger="retrainer.data.discovery"):
         collection = discover_images(root, 0, 0)
     assert collection.labels == ("blue", "green", "red")
@@ -162,6 +166,7 @@ def test_small_and_empty_classes_warn(tmp_path, caplog):
     assert "Class folder 'red' has only 3 images (fewer than 20 may give poor accuracy)." in (
         caplog.text
     )
+    assert "Class folder 'blue' has only 1 image (fewer" in caplog.text
 
 
 def test_class_without_training_images_warns(tmp_path, caplog):
@@ -183,6 +188,23 @@ def test_clashing_labels_are_a_data_error_naming_both(tmp_path):
         "(labels keep only lower-case letters and digits); rename one of them."
     )
     assert caught.value.exit_code == EXIT_DATA
+
+
+@pytest.mark.parametrize("decomposed, marks", [("Cafe\u0301", "U+0301"),
+                                               ("\u212bngstr\u00f6m", "U+212B U+00F6")])
+def test_one_name_in_two_unicode_forms_says_so(tmp_path, decomposed, marks):
+    """ "Café" typed (NFC) and "Café" as macOS writes it (NFD) look the same: the error shows
+    which is which."""
+    import unicodedata
+
+    composed = unicodedata.normalize("NFC", decomposed)
+    root = write_images(tmp_path, f"{composed}/a.jpg", f"{decomposed}/b.jpg", "tulips/c.jpg")
+    with pytest.raises(DataError) as caught:
+        discover_images(root)
+    message = str(caught.value)
+    assert f'"{decomposed}" (decomposed: {marks})' in message and f'"{composed}" ' in message
+    assert message.endswith("(the same name, written with combining accents in one, as macOS "
+                            "does); merge the two folders.")
 
 
 def test_empty_folder_is_a_data_error(tmp_path):

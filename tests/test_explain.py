@@ -22,17 +22,21 @@ SIZE = 64  # EfficientNet-Lite0 at 64x64: a 2x2 map, real weights, fast
 
 @pytest.fixture(scope="module")
 def lite_models(tmp_path_factory):
-    """A real EfficientNet-Lite0 (64x64) with a seeded 3-class head: frozen graph + SavedModel."""
+    """A real EfficientNet-Lite0 (64x64) with a seeded 3-class head and a novelty output, as
+    retrain exports: frozen graph + SavedModel."""
     from retrainer.exports.classifier import Classifier, write_labels
     from retrainer.exports.graph import GraphExporter
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
     from retrainer.training.head import Head
+    from retrainer.training.novelty import fit_novelty
 
     folder = tmp_path_factory.mktemp("lite")
     extractor = create_extractor("efficientnet_lite0", SIZE)
+    vectors = np.random.default_rng(0).random((48, extractor.spec.vector_size), np.float32)
+    novelty = fit_novelty(vectors[:32], np.arange(32) % 3, vectors[32:])
     classifier = Classifier(extractor, Head(extractor.spec.vector_size, 3, seed=1),
-                            ("a", "b", "c"), "final_result")
+                            ("a", "b", "c"), "final_result", novelty)
     GraphExporter(classifier).write_graph(folder / "graph.pb")
     write_labels(folder / "output_labels.txt", classifier.label_names)
     write_saved_model(classifier, folder / "saved_model")
@@ -77,6 +81,13 @@ def test_explain_writes_a_picture_and_the_peak_in_image_pixels(lite_models, tmp_
         assert y in (shown[0] // 4, shown[0] * 3 // 4) and x in (shown[1] // 4, shown[1] * 3 // 4)
     graph = label_image("--graph", str(lite_models / model), "--json", str(wide))
     assert json.loads(graph.stdout)["predictions"] == rows["wide.jpg"]["predictions"]
+    # --reject beside --explain: the same run fetches the novelty output
+    plain, explained = (json.loads(label_image("--graph", str(lite_models / model), "--json",
+                                               "--reject", *extra, str(wide)).stdout)
+                        for extra in ((), ("--explain", str(tmp_path / "again"))))
+    assert explained["novelty"] == pytest.approx(plain["novelty"], abs=1e-5)
+    assert explained["unknown"] == plain["unknown"]
+    assert explained["predictions"] == plain["predictions"]
 
 
 def test_text_output_names_the_heat_map(lite_models, tmp_path):

@@ -332,7 +332,7 @@ def test_unknown_output_layer_on_retrained_graph_lists_final_result(retrained_gr
     assert result.exit_code == EXIT_MODEL
     assert result.stderr == (
         f"Error: output op 'softmax' is not in graph {retrained_graph}; likely outputs: final_result, "
-        "Identity, final_retrain_ops/Softmax. Pass --output_layer with one of them\n"
+        "Identity_1, final_retrain_ops/Softmax, Identity. Pass --output_layer with one of them\n"
     )
 
 

@@ -81,7 +81,8 @@ def test_conversion_writes_a_checked_model_with_its_contract(onnx_run):
     (image_input,) = model.graph.input
     dims = [dim.dim_param or dim.dim_value for dim in image_input.type.tensor_type.shape.dim]
     assert (image_input.name, dims) == ("images", ["N", 32, 32, 3])
-    assert [output.name for output in model.graph.output] == ["probabilities"]
+    # every run fits a novelty score: its output comes second, looked up by name
+    assert [output.name for output in model.graph.output] == ["probabilities", "novelty"]
     for mode in ("none", "int8"):  # only the operator sets its nodes use
         imports = [entry.domain for entry in onnx.load(out / f"model_{mode}.onnx").opset_import]
         assert imports == [""], (mode, imports)
@@ -98,6 +99,7 @@ def test_metadata_reads_back_through_onnx_runtime(onnx_run, mode):
     assert (metadata["input_height"], metadata["input_width"]) == ("32", "32")
     assert metadata["format"] == "retrainer-onnx/1"
     assert json.loads(metadata["extractor"])["name"] == "tiny_test"
+    assert json.loads(metadata["novelty"])["threshold"] == document["novelty"]["threshold"]
     red = np.zeros((2, 32, 32, 3), np.float32)
     red[..., 0] = 0.9
     (probabilities,) = session.run(["probabilities"], {"images": red})

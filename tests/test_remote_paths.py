@@ -111,18 +111,20 @@ def test_retrain_and_label_image_on_ram_equal_the_local_run(tmp_path, ram_prefix
 
 
 def test_audit_signatures_cached_on_ram_are_read_back(tmp_path, ram_prefix):
-    from retrainer.audit.signatures import SignatureCache
-    from retrainer.data.batches import file_digest
+    from retrainer.cache.signatures import SignatureCache
+    from retrainer.data.batches import decode_signatures, file_digest
 
     images = upload(make_color_image_dir(tmp_path / "colors"), f"{ram_prefix}/colors")
     paths = sorted(as_path(images).glob("*/*.png"))
     digests = [file_digest(path) for path in paths]
-    cache = SignatureCache(f"{ram_prefix}/cache")
-    thumbnails, hashes = cache.signatures(paths, digests)
-    assert hashes.all() and thumbnails.any()
+    signatures = decode_signatures(paths)
+    assert signatures.hashes.all() and signatures.thumbnails.any()
+    SignatureCache(f"{ram_prefix}/cache", (8, 8)).store(digests, signatures)
     tf.io.gfile.rmtree(images)  # now only the cache can answer
-    cached_thumbnails, cached_hashes = SignatureCache(f"{ram_prefix}/cache").signatures(paths, digests)
-    assert (cached_thumbnails == thumbnails).all() and (cached_hashes == hashes).all()
+    cached, found = SignatureCache(f"{ram_prefix}/cache", (8, 8)).lookup(digests)
+    assert found.all()
+    assert (cached.thumbnails == signatures.thumbnails).all()
+    assert (cached.hashes == signatures.hashes).all()
 
 
 def test_url_paths_survive_retrain_config():

@@ -135,7 +135,53 @@ def test_confusion_matrix_draws_any_class_name_without_a_warning():
     png = confusion_matrix_png(np.eye(3, dtype=np.int64), labels, "Confusion matrix")
     assert Image.open(io.BytesIO(png)).format == "PNG"
     assert [_axis_label(label) for label in labels] == [
-        "U+73ABU+7470 U+1F339", "c" * 31 + "…", "wild tulips ü"]
+        "U+73AB U+7470 U+1F339", "c" * 31 + "…", "wild tulips ü"]
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd"])
+def test_a_curve_of_one_point_is_drawn(solver):
+    """One L2 strength (no validation split to choose it) or one SGD evaluation: the lone point
+    shows in each panel (a line through one point draws nothing)."""
+    import numpy as np
+
+    from retrainer.reports.plots import training_curves_png
+    from retrainer.training.loop import EvalPoint
+
+    point = EvalPoint(step=36, train_accuracy=0.76, cross_entropy=0.67,
+                      validation_accuracy=None, validation_count=0)
+    pixels = np.asarray(Image.open(io.BytesIO(training_curves_png([point], solver))).convert("RGB"))
+    blue = np.abs(pixels.astype(int) - (31, 119, 180)).sum(axis=2) < 60  # matplotlib's first colour
+    assert _blobs(blue) >= 4  # per panel: the legend's sample and the point
+
+
+def _blobs(mask) -> int:
+    """Connected groups of True pixels (8-neighbours)."""
+    seen, count = set(), 0
+    pixels = set(zip(*mask.nonzero()))
+    for start in pixels:
+        if start in seen:
+            continue
+        count += 1
+        stack = [start]
+        seen.add(start)
+        while stack:
+            y, x = stack.pop()
+            for near in ((y + dy, x + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)):
+                if near in pixels and near not in seen:
+                    seen.add(near)
+                    stack.append(near)
+    return count
+
+
+def test_long_names_wrap_in_their_table_cell_and_numbers_never_break():
+    from retrainer.reports.html import breakable, table
+
+    long_name = "c" * 120
+    assert breakable(long_name) == "<wbr>".join(["c" * 48, "c" * 48, "c" * 24])
+    assert breakable("a <b>&amp; " + "é" * 50) == "a &lt;b&gt;&amp;amp; " + "é" * 48 + "<wbr>" + "éé"
+    assert breakable("red/<script>alert(1)<.txt") == "red/&lt;script&gt;alert(1)&lt;.txt"
+    assert breakable(1234567.5) == "1234567.5"
+    assert "<td>" + breakable(long_name) + "</td>" in table(["class"], [[long_name]])
 
 
 def test_summary_gives_whole_split_figures_per_class_table_and_confusions(tmp_path, colors):

@@ -1,9 +1,10 @@
 """The allowlist refuses none of the models retrainer writes or reads (docs/security.md).
 
-Exports come from retrainer's own exporters (frozen graph, SavedModel, .tflite) and from real
-`retrain` runs (fine-tuned too); modules are the TF2 / TF1 Hub styles the tests build. Every export
-a test writes is also checked on the way by `label-image` and the export verification; these tests
-name the models the allowlist was measured on.
+Exports come from retrainer's own exporters (frozen graph, SavedModel, .tflite, .onnx; with the
+novelty output and a multi-label sigmoid head too) and from real `retrain` runs (fine-tuned too);
+modules are the TF2 / TF1 Hub styles the tests build. Every export a test writes is also checked
+on the way by `label-image` and the export verification; these tests name the models the
+allowlist was measured on.
 """
 
 from __future__ import annotations
@@ -30,17 +31,33 @@ KERAS_FAMILIES = {
 }
 
 
-def export_both(handle: str, folder: Path, image_size=None) -> tuple[Path, Path]:
-    """Frozen graph + SavedModel of `handle` with a fresh 3-class head, by retrainer's exporters."""
+def lite_classifier(handle: str, image_size=None, multi_label_novelty: bool = False):
+    """`handle` with a fresh 3-class head; with `multi_label_novelty`, a sigmoid head with
+    thresholds and a novelty score over 64 reference vectors, as a multi-label run exports."""
+    import numpy as np
+
     from retrainer.exports.classifier import Classifier
-    from retrainer.exports.graph import GraphExporter
-    from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
     from retrainer.training.head import Head
+    from retrainer.training.novelty import fit_novelty
+    from retrainer.training.objectives import SIGMOID, SOFTMAX
 
     extractor = create_extractor(handle, image_size)
-    head = Head(extractor.spec.vector_size, 3, seed=0)
-    classifier = Classifier(extractor, head, ("a", "b", "c"), "final_result")
+    size = extractor.spec.vector_size
+    head = Head(size, 3, seed=0, objective=SIGMOID if multi_label_novelty else SOFTMAX)
+    if not multi_label_novelty:
+        return Classifier(extractor, head, ("a", "b", "c"), "final_result")
+    vectors = np.random.default_rng(0).random((96, size), np.float32)
+    novelty = fit_novelty(vectors[:64], np.arange(64) % 3, vectors[64:])
+    return Classifier(extractor, head, ("a", "b", "c"), "final_result", novelty, [0.5, 0.4, 0.6])
+
+
+def export_both(handle: str, folder: Path, image_size=None, classifier=None) -> tuple[Path, Path]:
+    """Frozen graph + SavedModel of `handle` with a fresh 3-class head, by retrainer's exporters."""
+    from retrainer.exports.graph import GraphExporter
+    from retrainer.exports.saved_model import write_saved_model
+
+    classifier = classifier or lite_classifier(handle, image_size)
     graph, saved_model = folder / "output_graph.pb", folder / "saved_model"
     folder.mkdir(parents=True, exist_ok=True)
     GraphExporter(classifier).write_graph(graph)
@@ -56,6 +73,42 @@ def assert_allowed(*paths: Path) -> None:
 
 def test_lite0_exports_pass(tmp_path):
     assert_allowed(*export_both("efficientnet_lite0", tmp_path))
+
+
+def test_every_export_with_the_novelty_output_passes(deployed_run):
+    """A run's exports all carry the novelty output (k-NN: L2 normalisation, MatMul, TopKV2)."""
+    assert_allowed(deployed_run.graph, deployed_run.saved_model)
+    assert {"TopKV2", "Rsqrt", "MatMul"} <= model_ops(deployed_run.graph)
+    for path in [*deployed_run.tflite.values(), *deployed_run.onnx.values()]:
+        check_model(path)  # built-in TFLite ops / standard ONNX ops only
+
+
+@pytest.mark.slow
+def test_lite0_multi_label_novelty_exports_pass_in_every_format(tmp_path):
+    """efficientnet_lite0 with a sigmoid head, thresholds and the novelty output: frozen graph,
+    SavedModel, .tflite float32 and int8, .onnx float32 and int8."""
+    import numpy as np
+
+    from retrainer.exports.onnx import convert as onnx_model
+    from retrainer.exports.onnx import quantize_int8
+    from retrainer.exports.quantization import QuantizationConfig
+    from retrainer.exports.tflite import convert
+
+    classifier = lite_classifier("efficientnet_lite0", multi_label_novelty=True)
+    graph, saved_model = export_both("efficientnet_lite0", tmp_path, classifier=classifier)
+    assert_allowed(graph, saved_model)
+    assert {"Sigmoid", "TopKV2"} <= model_ops(graph)
+    height, width = classifier.extractor.spec.input_size
+    calibration = np.random.default_rng(0).integers(0, 256, (10, height, width, 3), np.uint8)
+    for mode in (QuantizationConfig("none"), QuantizationConfig("int8", 10)):
+        path = tmp_path / f"model_{mode.mode}.tflite"
+        path.write_bytes(convert(classifier, mode, calibration))
+        check_model(path)
+    data = onnx_model(classifier).SerializeToString()
+    for name, model in (("none", data), ("int8", quantize_int8(data, calibration))):
+        path = tmp_path / f"model_{name}.onnx"
+        path.write_bytes(model)
+        check_model(path)
 
 
 def test_slow_test_module_passes(tmp_path):

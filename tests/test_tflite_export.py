@@ -84,7 +84,11 @@ def test_each_mode_quantizes_what_it_names(wide_classifier):
 
 def test_int8_takes_raw_uint8_pixels_and_gives_uint8_probabilities(deployed_run):
     interpreter = make_interpreter(deployed_run.tflite["int8"].read_bytes())
-    (source,), (sink,) = interpreter.get_input_details(), interpreter.get_output_details()
+    (source,), (sink, novelty) = interpreter.get_input_details(), interpreter.get_output_details()
+    runner = interpreter.get_signature_runner("serving_default")
+    assert runner.get_output_details()["probabilities"]["index"] == sink["index"]  # output 0
+    assert runner.get_output_details()["novelty"]["index"] == novelty["index"]
+    assert novelty["dtype"] == np.uint8 and novelty["quantization"][1] == 0  # pinned at 0
     assert source["dtype"] == np.uint8 and list(source["shape"]) == [1, 32, 32, 3]
     scale, zero_point = source["quantization"]
     assert zero_point == 0 and scale == pytest.approx(1 / 255)
@@ -101,9 +105,10 @@ def test_metadata_reads_back_and_the_file_still_runs(deployed_run):
     description = read_metadata(data)
     assert description.labels == deployed_run.result.labels
     assert (description.mean, description.std, description.input_size) == (0.0, 255.0, (32, 32))
+    assert description.extra["novelty"]["threshold"] == deployed_run.result.novelty["threshold"]
     with zipfile.ZipFile(io.BytesIO(data)) as archive:  # appended zip, stored uncompressed
-        (info,) = archive.infolist()
-        assert info.filename == "labels.txt" and info.compress_type == zipfile.ZIP_STORED
+        assert [info.filename for info in archive.infolist()] == ["labels.txt", "retrainer.json"]
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in archive.infolist())
         assert archive.read("labels.txt").decode().splitlines() == list(deployed_run.result.labels)
     red = np.zeros((32, 32, 3), np.uint8)
     red[..., 0] = 230
@@ -114,7 +119,7 @@ def test_metadata_reads_back_and_the_file_still_runs(deployed_run):
 def test_export_report_covers_every_artifact(deployed_run):
     rows = {row["artifact"]: row for row in deployed_run.result.exports}
     assert list(rows) == ["frozen graph", "tflite none", "tflite dynamic", "tflite float16",
-                          "tflite int8", "saved_model"]
+                          "tflite int8", "saved_model", "onnx", "onnx int8"]
     frozen = rows["frozen graph"]
     assert frozen["accuracy"] == deployed_run.result.test_accuracy
     for name, row in rows.items():

@@ -25,7 +25,8 @@ def balance_warnings(counts: dict[str, dict[str, int]], validation_percentage: f
     for label, total in totals.items():
         if total * IMBALANCE_RATIO < totals[largest_label]:
             warnings.append(
-                f"Class {label!r} has {total} images, under 1/{IMBALANCE_RATIO} of "
+                f"Class {label!r} has {total} image{'' if total == 1 else 's'}, under "
+                f"1/{IMBALANCE_RATIO} of "
                 f"{largest_label!r} ({totals[largest_label]}): it will be predicted less reliably; "
                 "add images of it."
             )

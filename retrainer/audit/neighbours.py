@@ -5,11 +5,14 @@ Rows are compared a block (or tile) at a time, so memory stays at `block x N` fl
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import functools
+from typing import Callable, ContextManager, Optional
 
 import numpy as np
 import scipy.linalg
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
+
+from retrainer.audit._threads import in_order
 
 BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
 TILE_ROWS, TILE_COLUMNS = 512, 2048  # 4 MB of cosines per tile and descriptor
@@ -48,7 +51,9 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
 
     The axes come from an evenly spaced sample of at most PCA_SAMPLE rows (cost S * D^2). The
     rows are centred, normalised and projected BLOCK_ROWS at a time, so no copy of `matrix` is
-    made (at 50k x 1280 each copy is 256 MB of the audit's memory).
+    made (at 50k x 1280 each copy is 256 MB of the audit's memory). When the sample is every row
+    and narrower than it is wide, the projections come straight from its Gram matrix's
+    eigenvectors (U S of its SVD): no axes, no products with the D-wide rows.
 
     Args:
         matrix: float [N, D].
@@ -73,6 +78,11 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
         mean = (sum(rows(block).sum(axis=0, dtype=np.float64) for block in blocks)
                 / len(matrix)).astype(np.float32)
     sample = rows(_sample_rows(len(matrix))) - mean
+    if len(sample) == len(matrix) <= matrix.shape[1]:
+        values, vectors = _top_eigenpairs(np.asarray(sample, np.float64), dims)
+        if not len(values):  # every row the same: one zero component
+            return np.zeros((len(matrix), 1), np.float32)
+        return (vectors * np.sqrt(values)).astype(np.float32)
     projection = top_axes(sample, dims).T
     projected = np.empty((len(matrix), projection.shape[1]), np.float32)  # fewer if S < dims
     for block in blocks:
@@ -91,19 +101,43 @@ def top_axes(sample: np.ndarray, dims: int) -> np.ndarray:
     sample = np.asarray(sample, np.float64)
     count, width = sample.shape
     gram = count <= width
-    with threadpool_limits(limits=1, user_api="blas"):
-        square = sample @ sample.T if gram else sample.T @ sample
-        size = len(square)
-        keep = min(dims, size)
-        values, vectors = scipy.linalg.eigh(square, subset_by_index=(size - keep, size - 1),
-                                            driver="evr")
-        values, vectors = values[::-1], vectors[:, ::-1]  # largest first
-        useful = values > max(values.max(initial=0.0), 0.0) * 1e-12  # drop null directions
-        if not useful.any():  # every sampled row the same: one zero axis (all project to 0)
-            return np.zeros((1, width), np.float32)
-        values, vectors = values[useful], vectors[:, useful]
+    values, vectors = _top_eigenpairs(sample, dims)
+    if not len(values):  # every sampled row the same: one zero axis (all project to 0)
+        return np.zeros((1, width), np.float32)
+    with one_blas_thread():
         axes = (sample.T @ vectors) / np.sqrt(values) if gram else vectors
     return axes.T.astype(np.float32)
+
+
+def _top_eigenpairs(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top `dims` eigenpairs, largest first, of the smaller of float64 `sample`'s Gram
+    matrix (S x S) and scatter matrix (D x D), without null directions: (values [K], vectors
+    [S or D, K])."""
+    count, width = sample.shape
+    with one_blas_thread():
+        square = sample @ sample.T if count <= width else sample.T @ sample
+        size = len(square)
+        keep = min(dims, size)
+        if size > 4 * keep:  # only the top ones: 2x faster from about 500 x 500
+            values, vectors = scipy.linalg.eigh(square, subset_by_index=(size - keep, size - 1),
+                                                driver="evr")
+        else:  # all: faster on small matrices (4 ms against 20 for 200 x 200)
+            values, vectors = np.linalg.eigh(square)
+    values, vectors = values[::-1][:keep], vectors[:, ::-1][:, :keep]  # largest first
+    useful = values > max(values.max(initial=0.0), 0.0) * 1e-12  # drop null directions
+    return values[useful], vectors[:, useful]
+
+
+def one_blas_thread() -> ContextManager[object]:
+    """A context in which numpy's and scipy's BLAS run on one thread: the audit's small linear
+    algebra (eigensolvers, L-BFGS) ran up to 10x slower with two threads spinning on 2 shared
+    cores. The controller is made once: finding the BLAS libraries costs ~15 ms a time."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
 
 
 def row_norms(matrix: np.ndarray) -> np.ndarray:
@@ -171,14 +205,16 @@ def similar_pairs(
         column_order = np.argsort(column_keys, kind="stable")
         column_keys = column_keys[column_order]
     rows_sorted, columns_sorted = unit[row_order], other[column_order]
-    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     nearest = None if limit is None else _Nearest(count, limit)
-    for row in range(0, count, TILE_ROWS):
+
+    def block_pairs(row: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(rows, columns, scores) of the pairs of one block of rows, a tile at a time."""
         row_stop = min(row + TILE_ROWS, count)
         start = int(np.searchsorted(column_keys, row_keys[row] - reach, "left"))
         stop = int(np.searchsorted(column_keys, row_keys[row_stop - 1] + reach, "right"))
         if symmetric:
             start = max(start, row)  # pairs with an earlier row were found from that row
+        found = []
         for column in range(start, stop, TILE_COLUMNS):
             column_stop = min(column + TILE_COLUMNS, stop)
             tile = rows_sorted[row:row_stop] @ columns_sorted[column:column_stop].T
@@ -194,9 +230,20 @@ def similar_pairs(
                 rows, columns, scores, above = _one_direction(
                     unit, other, row_order[rows], column_order[columns], gate)
             rows, columns, scores = rows[above], columns[above], scores[above]
+            if nearest is not None:  # `keep` only for pairs that can still enter a row's best
+                rows, columns, scores = nearest.contenders(rows, columns, scores)
             if keep is not None:
                 chosen = keep(rows, columns)
                 rows, columns, scores = rows[chosen], columns[chosen], scores[chosen]
+            found.append((rows, columns, scores))
+        return found
+
+    # Blocks on every CPU, added in order (as one thread would); a block computed while
+    # another is added sees slightly older cut-offs, so `contenders` lets a few more through,
+    # which `add` then drops: the same pairs either way.
+    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for found in in_order(block_pairs, range(0, count, TILE_ROWS)):
+        for rows, columns, scores in found:
             if nearest is not None:
                 nearest.add(rows, columns, scores)
             else:
@@ -207,11 +254,23 @@ def similar_pairs(
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
-def _main_axis(matrix: np.ndarray) -> np.ndarray:
-    """float32 [D], length 1: the first principal axis of an evenly spaced sample of rows (the
-    direction the rows spread most along, so sorting by it separates them best)."""
+def _main_axis(matrix: np.ndarray, steps: int = 16) -> np.ndarray:
+    """float32 [D], length 1: about the first principal axis of an evenly spaced sample of rows
+    (the direction the rows spread most along, so sorting by it separates them best), by a few
+    power-iteration steps from the sample's longest centred row. Only the search's speed depends
+    on how close it comes: `similar_pairs` skips no pair for any axis of length 1."""
     sample = np.asarray(matrix[_sample_rows(len(matrix))], np.float32)
-    return top_axes(sample - sample.mean(axis=0), 1)[0]
+    sample = sample - sample.mean(axis=0)
+    axis = sample[np.argmax(np.einsum("ij,ij->i", sample, sample))] if len(sample) else None
+    for _ in range(steps):
+        if axis is None or not np.any(axis):
+            break
+        axis = sample.T @ (sample @ axis)
+        axis /= np.linalg.norm(axis)
+    if axis is None or not np.any(axis):  # every sampled row the same: any axis will do
+        axis = np.zeros(matrix.shape[1], np.float32)
+        axis[:1] = 1.0
+    return axis.astype(np.float32)
 
 
 def _sample_rows(count: int) -> slice:
@@ -241,6 +300,13 @@ class _Nearest:
         self.scores = np.full((count, limit), -np.inf, np.float32)
         self.partners = np.full((count, limit), -1, np.int64)
         self.floor = np.full(count, -np.inf, np.float32)  # each row's worst kept score
+
+    def contenders(self, rows: np.ndarray, columns: np.ndarray,
+                   scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs `add` would not drop at once (better than either image's worst kept
+        partner): in a crowd of look-alikes most gated pairs lose, before any other test."""
+        chosen = (scores > self.floor[rows]) | (scores > self.floor[columns])
+        return rows[chosen], columns[chosen], scores[chosen]
 
     def add(self, rows: np.ndarray, columns: np.ndarray, scores: np.ndarray) -> None:
         """Offer the pairs to both of their images."""

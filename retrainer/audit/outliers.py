@@ -12,6 +12,7 @@ import dataclasses
 
 import numpy as np
 
+from retrainer.audit._threads import PARALLEL_ROWS, in_order
 from retrainer.audit.neighbours import mean_neighbour_distance, principal_components, unit_rows
 
 NEIGHBOURS = 5
@@ -37,14 +38,18 @@ def find_outliers(vectors: np.ndarray, labels: np.ndarray) -> list[Outlier]:
         Outlier list sorted by score, descending.
     """
     reduced = unit_rows(principal_components(vectors, DIMENSIONS, normalize=True))
-    found = []
-    for label in np.unique(labels):
+
+    def class_outliers(label: int) -> list[Outlier]:
         members = np.flatnonzero(labels == label)
         if len(members) < MIN_CLASS_SIZE:
-            continue
+            return []
         distance = mean_neighbour_distance(reduced[members], min(NEIGHBOURS, len(members) - 1))
         first, median, third = np.percentile(distance, [25, 50, 75])
         spread = max(third - first, 1e-6)
-        for index in np.flatnonzero(distance > third + FENCE * spread):
-            found.append(Outlier(int(members[index]), float((distance[index] - median) / spread)))
+        return [Outlier(int(members[index]), float((distance[index] - median) / spread))
+                for index in np.flatnonzero(distance > third + FENCE * spread)]
+
+    classes = np.unique(labels).tolist()
+    per_class = in_order(class_outliers, classes, threads=len(labels) >= PARALLEL_ROWS)
+    found = [outlier for outliers in per_class for outlier in outliers]
     return sorted(found, key=lambda outlier: (-outlier.score, outlier.position))

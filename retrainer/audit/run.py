@@ -14,16 +14,17 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
 
 from retrainer.audit import duplicates, label_issues, outliers
 from retrainer.audit.balance import balance_warnings
-from retrainer.audit.neighbours import take_rows
+from retrainer.audit.neighbours import one_blas_thread, take_rows
 from retrainer.audit.options import AuditOptions
-from retrainer.audit.signatures import SignatureCache
 from retrainer.cache.layout import audit_findings_path
+from retrainer.data.batches import decode_signatures
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_FORMAT = 1
+# Bump when the detectors or their signatures change what they find: cached findings keyed with
+# an older version are then recomputed.
+DETECTORS_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +87,10 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     vectors = take_rows(bottlenecks.vectors, usable)
     labels = np.array([collection.images[p].label_index for p in usable], np.int64)
     relpaths = [collection.images[p].relpath for p in usable]
-    key = _findings_key(vectors, labels, relpaths, digests, collection.labels, seed)
+    # The mislabeled-image check models one label per image: a multi-label set skips it.
+    multi_label = any(len(collection.images[p].label_indices) > 1 for p in usable)
+    key = _findings_key(vectors, labels, relpaths, digests,
+                        collection.labels + (("<multi-label>",) if multi_label else ()), seed)
     cache_path = audit_findings_path(bottleneck_dir, key)
     try:
         return Findings.from_json(json.loads(cache_path.read_text("utf-8"))), True
@@ -91,15 +98,23 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
         pass
     except (OSError, ValueError, KeyError, TypeError) as error:
         log.warning("Cached audit %s is unreadable (%s); auditing again.", cache_path, error)
-    thumbnails, hashes = SignatureCache(bottleneck_dir).signatures(
-        [collection.images[p].path for p in usable], digests)
+    signatures = bottlenecks.signatures
+    if signatures is None:  # a caller whose stage was not asked for them
+        signatures = decode_signatures([collection.images[p].path for p in usable])
+    else:
+        signatures = signatures.take(usable)
     exact = duplicates.exact_groups(digests)
-    pairs = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
+    # The three detectors side by side (each spends most of its time in numpy and LAPACK,
+    # which release the GIL), each on one BLAS thread.
+    with one_blas_thread(), ThreadPoolExecutor(2, thread_name_prefix="audit") as pool:
+        label_probabilities = None if multi_label else pool.submit(
+            label_issues.out_of_fold_probabilities, vectors, labels, len(collection.labels), seed)
+        far_images = pool.submit(outliers.find_outliers, vectors, labels)
+        pairs = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
+        far = far_images.result()
+        issues = ([] if label_probabilities is None
+                  else label_issues.find_label_issues(label_probabilities.result(), labels))
     near = _near_groups(len(usable), exact, pairs)
-    probabilities = label_issues.out_of_fold_probabilities(
-        vectors, labels, len(collection.labels), seed)
-    issues = label_issues.find_label_issues(probabilities, labels)
-    far = outliers.find_outliers(vectors, labels)
     to_collection = usable.tolist()
     findings = Findings(
         exact=tuple(tuple(to_collection[p] for p in group) for group in exact),
@@ -116,7 +131,8 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
 
 def _findings_key(vectors: np.ndarray, labels: np.ndarray, relpaths: Sequence[str],
                   digests: Sequence[str], names: Sequence[str], seed: int) -> str:
-    digest = hashlib.sha256(f"audit-{AUDIT_FORMAT}-{seed}-{vectors.shape}".encode())
+    digest = hashlib.sha256(
+        f"audit-{AUDIT_FORMAT}-{DETECTORS_VERSION}-{seed}-{vectors.shape}".encode())
     digest.update(np.ascontiguousarray(vectors, np.float32).data)  # no 256 MB copy at 50k
     digest.update(labels.astype("<i8").tobytes())
     digest.update(json.dumps([list(relpaths), list(digests), list(names)]).encode("utf-8"))
@@ -178,18 +194,18 @@ class DatasetAudit:
                      "(--keep_duplicates_in_one_split).", len(self.moved))
         self.collection = dataclasses.replace(self.collection, images=tuple(images))
 
-    def write(self, evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
-              test_labels: np.ndarray) -> dict[str, Any]:
+    def write(self, evaluation: Optional[Evaluation],
+              test_images: Sequence[ImageFile]) -> dict[str, Any]:
         """Write audit.json (atomically) and return its document."""
-        document = self.document(evaluation, test_images, test_labels)
+        document = self.document(evaluation, test_images)
         path = self.options.audit_file
         path.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomically(path, (json.dumps(document, indent=1, ensure_ascii=False)
                                       + "\n").encode("utf-8"))
         return document
 
-    def document(self, evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
-                 test_labels: np.ndarray) -> dict[str, Any]:
+    def document(self, evaluation: Optional[Evaluation],
+                 test_images: Sequence[ImageFile]) -> dict[str, Any]:
         """The audit.json document (docs/audit.md), paths relative to --image_dir."""
         images, names = self.collection.images, self.collection.labels
         findings = self.findings
@@ -206,7 +222,7 @@ class DatasetAudit:
                 for group, similarity in findings.near]
         leaked = sorted(images[p].relpath for p in _test_images_with_training_copy(images,
                                                                                    findings))
-        accuracy, count = _leak_free_accuracy(evaluation, test_images, test_labels, set(leaked))
+        accuracy, count = _leak_free_accuracy(evaluation, test_images, set(leaked))
         return {
             "format": AUDIT_FORMAT,
             "image_dir": str(self.collection.image_dir),
@@ -241,13 +257,15 @@ def _test_images_with_training_copy(images: Sequence[ImageFile], findings: Findi
 
 
 def _leak_free_accuracy(evaluation: Optional[Evaluation], test_images: Sequence[ImageFile],
-                        test_labels: np.ndarray,
                         leaked_paths: set[str]) -> tuple[Optional[float], int]:
-    """Accuracy, and N, over the test predictions whose image has no copy in training."""
+    """Accuracy, and N, over the test predictions whose image has no copy in training (a
+    prediction is right when it is one of the image's labels: its only one, or any of a
+    multi-label image's)."""
     if evaluation is None or evaluation.count == 0:
         return None, 0
     clean = np.array([test_images[p].relpath not in leaked_paths for p in evaluation.positions])
     if not clean.any():
         return None, 0
-    correct = evaluation.predictions == test_labels[evaluation.positions]
+    correct = np.array([predicted in test_images[position].label_indices for position, predicted
+                        in zip(evaluation.positions, evaluation.predictions)])
     return float(correct[clean].mean()), int(clean.sum())

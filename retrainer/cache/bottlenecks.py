@@ -21,10 +21,13 @@ from tqdm.auto import tqdm
 
 from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.shards import load_sharded
+from retrainer.cache.signatures import SignatureCache
 from retrainer.data.batches import content_digest, decoded_batches
+from retrainer.data.signatures import Signatures
 from retrainer.engines import Engine
 from retrainer.engines.factory import as_engine
 from retrainer.extractors import FeatureExtractor
+from retrainer.io.host import usable_cpus
 from retrainer.io.storage import as_path, read_bytes
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ class Bottlenecks:
         reused: vectors read from the cache.
         seconds: wall time of the call.
         digests: hex SHA-256 of each file's bytes (the cache key), "" where it could not be read.
+        signatures: the audit's signature of each image, when asked for (from the decode that
+            made its vector, or from the cache beside the vectors); empty where skipped.
     """
 
     vectors: np.ndarray
@@ -56,6 +61,7 @@ class Bottlenecks:
     reused: int
     seconds: float
     digests: tuple[str, ...] = ()
+    signatures: Optional[Signatures] = None
 
 
 def compute_bottlenecks(
@@ -64,6 +70,7 @@ def compute_bottlenecks(
     bottleneck_dir: os.PathLike[str] | str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = True,
+    signatures: bool = False,
 ) -> Bottlenecks:
     """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
 
@@ -75,6 +82,9 @@ def compute_bottlenecks(
         bottleneck_dir: the cache root.
         batch_size: images per extractor call.
         show_progress: show a tqdm bar on stderr (only when stderr is a terminal).
+        signatures: also the audit's signature of each image: made by the decode that computes
+            its vector, read from the signature cache, or (a cached vector without one) decoded
+            for it alone; new ones are cached.
 
     Returns:
         Bottlenecks aligned with `paths`. Unreadable files are skipped with a warning naming them.
@@ -91,13 +101,11 @@ def compute_bottlenecks(
     contents: list[Optional[bytes]] = []  # of the missing files, while under KEPT_BYTES in all
     kept = 0
     sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
-    for position, path in enumerate(paths):
-        try:
-            data = read_bytes(path)
-        except OSError as error:
-            skipped[position] = f"cannot read file ({error.strerror or error})"
+    for position, (data, digest, reason) in enumerate(_read_and_hashed(paths)):
+        if reason:
+            skipped[position] = reason
             continue
-        digests[position] = content_digest(data)
+        digests[position] = digest
         vector = sharded.get(digests[position])
         if vector is None:
             vector = cache.load(digests[position])
@@ -109,6 +117,8 @@ def compute_bottlenecks(
         else:
             vectors[position], ok[position] = vector, True
     reused = int(ok.sum())
+    signature_cache = SignatureCache(bottleneck_dir, spec.input_size) if signatures else None
+    made, known = signature_cache.lookup(digests) if signature_cache else (None, None)
     if missing:
         log.info(
             "Computing bottleneck vectors of %d images with %s (%d cached in %s).",
@@ -116,12 +126,22 @@ def compute_bottlenecks(
         )
         missing_paths = [paths[position] for position in missing]
         missing_digests = [digests[position] for position in missing]
-        for index, vector, reason in _computed(missing_paths, missing_digests, contents, engine,
-                                               cache, batch_size, show_progress):
+        for index, vector, reason, signature in _computed(
+                missing_paths, missing_digests, contents, engine, cache, batch_size,
+                show_progress, signatures):
             if reason:
                 skipped[missing[index]] = reason
             else:
                 vectors[missing[index]], ok[missing[index]] = vector, True
+                if made is not None and signature is not None:
+                    made.thumbnails[missing[index]], made.hashes[missing[index]] = signature
+    if signature_cache is not None and made is not None and known is not None:
+        decoded = set(missing)
+        unsigned = [int(position) for position in np.flatnonzero(ok & ~known)
+                    if position not in decoded]
+        _sign_cached(paths, digests, unsigned, spec.input_size, batch_size, made, skipped, ok)
+        fresh = np.flatnonzero(ok & ~known)
+        signature_cache.store([digests[position] for position in fresh], made.take(fresh))
     for position, reason in sorted(skipped.items()):
         log.warning("Skipping %s: %s", paths[position], reason)
     return Bottlenecks(
@@ -132,7 +152,48 @@ def compute_bottlenecks(
         reused=reused,
         seconds=time.perf_counter() - started,
         digests=tuple(digests),
+        signatures=made,
     )
+
+
+def _read_and_hashed(paths: Sequence[os.PathLike[str] | str]) -> Iterator[tuple[bytes, str, str]]:
+    """(bytes, hex SHA-256, "") of each file in order, or (b"", "", reason) if unreadable: read
+    and hashed on every CPU, a chunk at a time (hashing a 3 MB camera JPEG costs ~3 ms, a sixth
+    of decoding it; serially it held the decoders back by that much)."""
+    def read(path: os.PathLike[str] | str) -> tuple[bytes, str, str]:
+        try:
+            data = read_bytes(path)
+        except OSError as error:
+            return b"", "", f"cannot read file ({error.strerror or error})"
+        return data, content_digest(data), ""
+
+    chunk = 16 * usable_cpus()
+    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
+        for start in range(0, len(paths), chunk):
+            yield from pool.map(read, paths[start:start + chunk])
+
+
+def _sign_cached(paths: Sequence[os.PathLike[str] | str], digests: list[str], positions: Sequence[int],
+                 input_size: tuple[int, int], batch_size: int, made: Signatures,
+                 skipped: dict[int, str], ok: np.ndarray) -> None:
+    """Signatures of images whose vectors were cached but not their signatures (vectors from
+    `retrain-extract`, or from a run without the audit): decoded for them alone, into `made`."""
+    if not len(positions):
+        return
+    log.info("Decoding %d images for their audit signatures (their vectors were cached).",
+             len(positions))
+    chosen = [paths[position] for position in positions]
+    for batch in decoded_batches(chosen, input_size, batch_size,
+                                 [digests[position] for position in positions],
+                                 [None] * len(positions), signatures=True):
+        assert batch.signatures is not None
+        for row, reason in enumerate(batch.reasons):
+            position = positions[batch.start + row]
+            if reason:  # readable moments ago, for its vector
+                skipped[position], ok[position] = reason, False
+            else:
+                made.thumbnails[position] = batch.signatures.thumbnails[row]
+                made.hashes[position] = batch.signatures.hashes[row]
 
 
 def _computed(
@@ -143,7 +204,8 @@ def _computed(
     cache: BottleneckCache,
     batch_size: int,
     show_progress: bool,
-) -> Iterator[tuple[int, Optional[np.ndarray], str]]:
+    signatures: bool = False,
+) -> Iterator[tuple[int, Optional[np.ndarray], str, Optional[tuple[np.ndarray, np.uint64]]]]:
     """Run the pipeline over `paths` (whose `digests`, and some `contents`, are known), caching
     each batch's vectors.
 
@@ -151,25 +213,28 @@ def _computed(
     errors surface on the next batch, and pending writes finish even when interrupted.
 
     Yields:
-        (index into `paths`, float32 [D] vector or None, reason it was skipped or "").
+        (index into `paths`, float32 [D] vector or None, reason it was skipped or "", its
+        signature (thumbnail, hash) when asked for and decoded, else None).
     """
     writes: list[Future[None]] = []
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
         for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
-                                     contents):
+                                     contents, signatures):
             # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
             batch_vectors = (np.zeros((len(batch.reasons), engine.spec.vector_size), np.float32)
                              if all(batch.reasons) else engine(batch.images))
             entries = []
+            made = batch.signatures
             for row, reason in enumerate(batch.reasons):
                 index = batch.start + row
                 if reason:
-                    yield index, None, reason
+                    yield index, None, reason, None
                 else:
                     entries.append((digests[index], batch_vectors[row]))
-                    yield index, batch_vectors[row], ""
+                    signature = None if made is None else (made.thumbnails[row], made.hashes[row])
+                    yield index, batch_vectors[row], "", signature
             for write in [write for write in writes if write.done()]:
                 write.result()
                 writes.remove(write)

@@ -7,7 +7,9 @@
                                                       its distorted variants (`distorted_subfolder`)
         shards/<run id>/...                           retrain-extract's runs (`shards_folder`)
       audit-results-v1/<aa>/<key>.json               the audit's findings (`audit_findings_path`)
-      audit-signatures-v1/<aa>.npz                   its thumbnails and hashes (`audit_signatures_folder`)
+      audit-signatures-v2/<H>x<W>/<aa>.bin           its thumbnails and hashes, made by the decode
+                                                      at the extractor's input size
+                                                      (`audit_signatures_folder`)
 
 Keys are content hashes, so no dataset path ever appears here. Changing a path or a format is a
 change here (bump `CACHE_FORMAT` when the vectors of the same image would differ).
@@ -25,7 +27,7 @@ CACHE_FORMAT = "v1"
 ENTRY_SUFFIX = ".npy"
 SHARDS_FOLDER = "shards"
 _AUDIT_FINDINGS = "audit-results-v1"
-_AUDIT_SIGNATURES = "audit-signatures-v1"
+_AUDIT_SIGNATURES = "audit-signatures-v2"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -75,6 +77,9 @@ def audit_findings_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     return audit_findings_folder(root) / key[:2] / f"{key}.json"
 
 
-def audit_signatures_folder(root: os.PathLike[str] | str) -> AnyPath:
-    """The audit's cached thumbnails and perceptual hashes, sharded by hash prefix."""
-    return as_path(root) / _AUDIT_SIGNATURES
+def audit_signatures_folder(root: os.PathLike[str] | str,
+                            input_size: tuple[int, int]) -> AnyPath:
+    """The audit's cached thumbnails and perceptual hashes of images decoded for an extractor
+    input size (a JPEG's decode scale depends on it), sharded by hash prefix."""
+    height, width = input_size
+    return as_path(root) / _AUDIT_SIGNATURES / f"{height}x{width}"

@@ -8,9 +8,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Optional, Sequence, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
-from retrainer.errors import UsageError
+from retrainer.errors import ModelError, UsageError
 from retrainer.formats.graph_contract import LABELS_FILENAME, OUTPUT_OP
 from retrainer.io.storage import AnyPath, as_path
 
@@ -75,6 +75,12 @@ class ModelSpec:
     input_mean: float
     input_std: float
     labels: tuple[str, ...]
+    thresholds: Optional[tuple[float, ...]] = None  # a multi-label model's, one per label
+    novelty_threshold: Optional[float] = None  # set when the model has a `novelty` output
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
 
 def read_labels(path: AnyPath) -> tuple[str, ...]:
@@ -133,6 +139,33 @@ def check_size_flags(config: ClassifyConfig, model_size: tuple[int, int], what: 
                 f"width), but --input_{axis} is {flag}; its input size is fixed at export (the "
                 f"extractor's size): drop --input_{axis}, or retrain with --image_size {flag}"
             )
+
+
+def retrainer_extras(metadata: Any, labels: tuple[str, ...], source: str
+                     ) -> tuple[Optional[tuple[float, ...]], Optional[float]]:
+    """(per-label thresholds, novelty threshold) from the "multi_label" / "novelty" entries of an
+    export's metadata (None where absent).
+
+    Raises:
+        ModelError: the entries are malformed or name other labels.
+    """
+    if not isinstance(metadata, dict):
+        return None, None
+    thresholds = novelty = None
+    try:
+        if "multi_label" in metadata:
+            named = metadata["multi_label"]["thresholds"]
+            # By name; by position when --labels renamed them (same count, same order).
+            values = (list(named.values()) if len(named) == len(labels) else
+                      [named[label] for label in labels])
+            thresholds = tuple(float(named.get(label, value))
+                               for label, value in zip(labels, values))
+        if "novelty" in metadata:
+            novelty = float(metadata["novelty"]["threshold"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelError(f"{source} has malformed thresholds ({type(error).__name__}: {error}); "
+                         "export the model again, or pass --labels for its own labels") from None
+    return thresholds, novelty
 
 
 def first_set(*values: Optional[T]) -> Optional[T]:

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -27,7 +27,11 @@ from retrainer.errors import ModelError, UsageError
 from retrainer.explain.gradcam import Explanation, GradCam, require_explainable
 from retrainer.explain.heatmap import HeatmapNames, image_overlay
 from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
-from retrainer.formats.graph_contract import METADATA_SUFFIX, SAVED_MODEL_METADATA
+from retrainer.formats.graph_contract import (
+    METADATA_SUFFIX,
+    NOVELTY_OUTPUT,
+    SAVED_MODEL_METADATA,
+)
 from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath, is_url
 
@@ -51,7 +55,7 @@ class ExplainedModel:
         if self.kind == "graph":
             self._gradcam = _frozen_graph_gradcam(config, self.spec)
         elif self.kind == "SavedModel":
-            self._gradcam = _saved_model_gradcam(config)
+            self._gradcam = _saved_model_gradcam(config, self.spec)
         else:
             raise UsageError(
                 f"--explain needs a frozen graph (.pb) or a SavedModel, but {config.graph} is "
@@ -64,8 +68,9 @@ class ExplainedModel:
         feed = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
         return self._gradcam.explain(feed)
 
-    def scores(self, pixels: np.ndarray) -> np.ndarray:
-        return self.explain(pixels).probabilities
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        explanation = self.explain(pixels)
+        return explanation.probabilities, explanation.novelty
 
     def close(self) -> None:
         self._gradcam.close()
@@ -106,10 +111,14 @@ def _frozen_graph_gradcam(config: ClassifyConfig, spec: Any) -> GradCam:
         )
     require_explainable(_extractor_name(sidecar), f"graph {config.graph}")
     frozen = load_frozen_graph(config.graph, data, spec.input_layer, spec.output_layer)
-    return GradCam(frozen.graph, frozen.input, frozen.output, f"graph {config.graph}")
+    novelty = None
+    if spec.novelty_threshold is not None:  # the loaded model found it, so the name resolves
+        name = sidecar["novelty"].get("output_layer", NOVELTY_OUTPUT)
+        novelty = frozen.graph.get_tensor_by_name(f"{name}:0")
+    return GradCam(frozen.graph, frozen.input, frozen.output, f"graph {config.graph}", novelty)
 
 
-def _saved_model_gradcam(config: ClassifyConfig) -> GradCam:
+def _saved_model_gradcam(config: ClassifyConfig, spec: Any) -> GradCam:
     source = f"SavedModel {config.graph}"
     metadata_file = config.graph / "assets" / SAVED_MODEL_METADATA
     try:
@@ -122,9 +131,14 @@ def _saved_model_gradcam(config: ClassifyConfig) -> GradCam:
         raise ModelError(f"cannot read {metadata_file}: {error}") from None
     require_explainable(_extractor_name(metadata), source)
     loaded = tf.saved_model.load(str(config.graph))  # alive while its variables are frozen
-    frozen = convert_variables_to_constants_v2(loaded.signatures[SIGNATURE])
+    signature = loaded.signatures[SIGNATURE]
+    frozen = convert_variables_to_constants_v2(signature)
+    # The frozen outputs come in tf.nest order, the signature's names sorted ("novelty" first).
+    outputs = dict(zip(sorted(signature.structured_outputs), frozen.outputs))
+    novelty = outputs.get(NOVELTY_OUTPUT)
     return GradCam.from_graph_def(frozen.graph.as_graph_def(), frozen.inputs[0].name,
-                                  frozen.outputs[0].name, source)
+                                  outputs[spec.output_layer].name, source,
+                                  None if novelty is None else novelty.name)
 
 
 def _extractor_name(metadata: Any) -> Any:

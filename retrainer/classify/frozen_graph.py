@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -21,6 +21,7 @@ from retrainer.classify.config import (
     first_set,
     flag_or,
     resolve_labels,
+    retrainer_extras,
 )
 from retrainer.errors import ModelError, UsageError
 from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
@@ -36,7 +37,7 @@ from retrainer.io.storage import AnyPath
 
 
 class FrozenGraphModel:
-    """A frozen graph in a Session: `scores(pixels)` for uint8 images."""
+    """A frozen graph in a Session: `outputs(pixels)` for uint8 images."""
 
     kind = "graph"
 
@@ -53,6 +54,16 @@ class FrozenGraphModel:
         labels, self.labels_source = resolve_labels(
             config, sidecar.get("labels"), f"metadata {config.graph}{METADATA_SUFFIX}", "graph",
             f"no {METADATA_SUFFIX} sidecar")
+        thresholds, novelty_threshold = retrainer_extras(
+            sidecar, labels, f"metadata {config.graph}{METADATA_SUFFIX}")
+        self._fetches = [self._output]
+        if novelty_threshold is not None:
+            name = str(sidecar["novelty"].get("output_layer", "novelty"))
+            try:
+                self._fetches.append(frozen.graph.get_tensor_by_name(f"{name}:0"))
+            except (KeyError, ValueError):
+                raise ModelError(f"graph {config.graph} has no {name!r} op, but its metadata "
+                                 "describes a novelty output; export it again") from None
         self.spec = ModelSpec(
             input_layer=self._input.op.name,
             output_layer=self._output.op.name,
@@ -60,14 +71,17 @@ class FrozenGraphModel:
             input_mean=flag_or(INPUT_MEAN, config.input_mean, sidecar.get("input_mean")),
             input_std=flag_or(INPUT_STD, config.input_std, sidecar.get("input_std")),
             labels=labels,
+            thresholds=thresholds,
+            novelty_threshold=novelty_threshold,
         )
         self.classes = self._output.shape[-1]
         self._session = tf.compat.v1.Session(graph=frozen.graph)
 
-    def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB -> float32 [N, C] scores."""
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 [N, H, W, 3] RGB -> (float32 [N, C] scores, float32 [N] novelty or None)."""
         feed = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
-        return self._session.run(self._output, {self._input: feed})
+        values = self._session.run(self._fetches, {self._input: feed})
+        return values[0], (values[1] if len(values) > 1 else None)
 
     def close(self) -> None:
         self._session.close()

@@ -4,6 +4,8 @@ Told apart from the other kinds by content (`graph_contract.looks_like_onnx`). L
 --labels, else the model's `metadata_props` (retrain's export writes them), else
 `output_labels.txt` beside the file; normalisation and tensor names from flags, else the metadata,
 else the defaults (mean 0, std 255; the first input, the `probabilities` output or the first).
+A multi-label model's thresholds and the novelty threshold come from the `multi_label` and
+`novelty` metadata; the `novelty` output is then fetched in the same run.
 Needs the `onnx` extra's onnxruntime (and onnx, with which `retrainer.security.check_model` reads the
 file's ops and domains before ONNX Runtime loads it).
 """
@@ -22,15 +24,22 @@ from retrainer.classify.config import (
     first_set,
     flag_or,
     resolve_labels,
+    retrainer_extras,
 )
 from retrainer.errors import ModelError
-from retrainer.formats.graph_contract import INPUT_MEAN, INPUT_STD, ONNX_OUTPUT, require_onnx_extra
+from retrainer.formats.graph_contract import (
+    INPUT_MEAN,
+    INPUT_STD,
+    NOVELTY_OUTPUT,
+    ONNX_OUTPUT,
+    require_onnx_extra,
+)
 from retrainer.io.host import usable_cpus
 from retrainer.security import check_model
 
 
 class OnnxModel:
-    """An ONNX model in an ONNX Runtime session: `scores(pixels)` for uint8 images, batched."""
+    """An ONNX model in an ONNX Runtime session: `outputs(pixels)` for uint8 images, batched."""
 
     kind = "ONNX model"
 
@@ -59,6 +68,17 @@ class OnnxModel:
         labels, self.labels_source = resolve_labels(
             config, _embedded_labels(config, metadata), f"the metadata of {config.graph}",
             "ONNX model", "no labels metadata")
+        extras = _json_entries(config, metadata, ("multi_label", "novelty"))
+        thresholds, novelty_threshold = retrainer_extras(extras, labels,
+                                                         f"the metadata of {config.graph}")
+        self._novelty_name: Optional[str] = None
+        if novelty_threshold is not None:
+            self._novelty_name = str(extras["novelty"].get("output_layer", NOVELTY_OUTPUT))
+            names = [output.name for output in self._session.get_outputs()]
+            if self._novelty_name not in names:
+                raise ModelError(f"ONNX model {config.graph}'s metadata describes a novelty "
+                                 f"output {self._novelty_name!r}, but its outputs are "
+                                 f"{', '.join(names)}; export it again")
         self.spec = ModelSpec(
             input_layer=self._input.name,
             output_layer=self._output.name,
@@ -67,15 +87,19 @@ class OnnxModel:
                                _number(metadata, "input_mean", config)),
             input_std=flag_or(INPUT_STD, config.input_std, _number(metadata, "input_std", config)),
             labels=labels,
+            thresholds=thresholds,
+            novelty_threshold=novelty_threshold,
         )
         width = self._output.shape[-1] if self._output.shape else None
         self.classes = width if isinstance(width, int) else None
 
-    def scores(self, pixels: np.ndarray) -> np.ndarray:
-        """uint8 [N, H, W, 3] RGB -> float32 [N, C] scores."""
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """uint8 [N, H, W, 3] RGB -> (float32 [N, C] scores, float32 [N] novelty or None)."""
         feed = (pixels.astype(np.float32) - self.spec.input_mean) / self.spec.input_std
-        (scores,) = self._session.run([self._output.name], {self._input.name: feed})
-        return np.asarray(scores, np.float32)
+        names = [self._output.name] + ([] if self._novelty_name is None else [self._novelty_name])
+        values = self._session.run(names, {self._input.name: feed})
+        novelty = None if len(values) < 2 else np.asarray(values[1], np.float32).reshape(-1)
+        return np.asarray(values[0], np.float32), novelty
 
     def close(self) -> None:
         self._session = None
@@ -140,6 +164,20 @@ def _embedded_labels(config: ClassifyConfig, metadata: dict[str, str]) -> Option
         raise ModelError(f"ONNX model {config.graph}'s metadata labels are not a JSON list of "
                          "strings; pass --labels FILE")
     return labels
+
+
+def _json_entries(config: ClassifyConfig, metadata: dict[str, str], keys: tuple[str, ...]
+                  ) -> dict[str, Any]:
+    """The JSON-valued metadata entries among `keys` that the model has, decoded."""
+    entries = {}
+    for key in keys:
+        if key in metadata:
+            try:
+                entries[key] = json.loads(metadata[key])
+            except json.JSONDecodeError:
+                raise ModelError(f"ONNX model {config.graph}'s metadata {key} is not JSON; export "
+                                 "it again (retrain --onnx_output_file)") from None
+    return entries
 
 
 def _first_line(error: BaseException) -> str:

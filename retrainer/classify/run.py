@@ -53,7 +53,7 @@ class Model(Protocol):
     def classes(self) -> Optional[int]:
         """The output width when known before running (read-only: any int or None will do)."""
 
-    def scores(self, pixels: np.ndarray) -> np.ndarray: ...
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]: ...
 
     def close(self) -> None: ...
 
@@ -68,13 +68,21 @@ class Prediction:
 class ImageResult:
     """One input's outcome: `predictions` best first, or `error` (why it could not be decoded).
 
-    With --explain, `heatmap` is the picture written for it and `peak` the heat map's maximum as
-    (y, x) in the image's own pixels.
+    Attributes:
+        labels: a multi-label model's labels at or over their thresholds, best first (None for
+            a single-label model).
+        novelty: the novelty score (None when the model has none).
+        unknown: novelty above the model's threshold (None when the model has no novelty).
+        heatmap: with --explain, the picture written for it.
+        peak: with --explain, the heat map's maximum as (y, x) in the image's own pixels.
     """
 
     path: Path
     predictions: tuple[Prediction, ...] = ()
     error: Optional[str] = None
+    labels: Optional[tuple[Prediction, ...]] = None
+    novelty: Optional[float] = None
+    unknown: Optional[bool] = None
     heatmap: Optional[Path] = None
     peak: Optional[tuple[int, int]] = None
 
@@ -155,11 +163,16 @@ class Classifier:
             pixels: uint8 [N, H, W, 3] RGB, (H, W) == spec.input_size.
 
         Returns:
-            float32 [N, C] scores (softmax probabilities for models from `retrain`), C == len(labels).
+            float32 [N, C] scores (softmax probabilities for models from `retrain`; one sigmoid
+            per label for multi-label ones), C == len(labels).
         """
-        scores = self.model.scores(pixels)
+        return self.outputs(pixels)[0]
+
+    def outputs(self, pixels: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        """`scores`, and float32 [N] novelty scores when the model has them (else None)."""
+        scores, novelty = self.model.outputs(pixels)
         self._check_class_count(scores.shape[-1])
-        return scores
+        return scores, novelty
 
     def classify_files(self, paths: Iterable[Path]) -> Iterator[ImageResult]:
         """Decode (in parallel) and classify, `batch_size` images per model run.
@@ -192,25 +205,30 @@ class Classifier:
     def _finish(self, pending: list[_Decoded]) -> Iterator[ImageResult]:
         images = [pixels for _, pixels, _ in pending if pixels is not None]
         maps: Iterator[np.ndarray] = iter(())
+        scores: Optional[np.ndarray] = None
+        novelty: Optional[np.ndarray] = None
         if self._explained is not None and images:
             explanation = self._explained.explain(np.stack(images))
             self._check_class_count(explanation.probabilities.shape[-1])
-            scores = iter(explanation.probabilities)
+            scores, novelty = explanation.probabilities, explanation.novelty
             maps = iter(explanation.maps)
-        else:
-            scores = iter(self.scores(np.stack(images)) if images else [])
+        elif images:
+            scores, novelty = self.outputs(np.stack(images))
+        row = 0
         for path, pixels, error in pending:
-            if pixels is None:
+            if pixels is None or scores is None:
                 yield ImageResult(path=path, error=error)
                 continue
-            result = ImageResult(path=path, predictions=self._top_k(next(scores)))
+            result = self._result(path, scores[row], None if novelty is None else novelty[row])
+            row += 1
             if self._heatmaps is not None:
                 result = self._heatmaps.write(result, next(maps))
             yield result
 
-    def _top_k(self, scores: np.ndarray) -> tuple[Prediction, ...]:
-        best = np.argsort(-scores, kind="stable")[: self.config.top_k]
-        return tuple(Prediction(self.spec.labels[index], float(scores[index])) for index in best)
+    def _result(self, path: Path, scores: np.ndarray, novelty: Optional[float]) -> ImageResult:
+        predictions, labels, unknown = judge(self.spec, scores, novelty, self.config.top_k)
+        return ImageResult(path=path, predictions=predictions, labels=labels,
+                           novelty=None if novelty is None else float(novelty), unknown=unknown)
 
     def _check_class_count(self, classes: int) -> None:
         if classes != len(self.spec.labels):
@@ -219,6 +237,27 @@ class Classifier:
                 f"{classes} classes, but {self.model.labels_source} lists {len(self.spec.labels)} "
                 "labels; pass the labels file written together with this graph (--labels)"
             )
+
+
+def judge(spec: ModelSpec, scores: np.ndarray, novelty: Optional[float], top_k: int
+          ) -> tuple[tuple[Prediction, ...], Optional[tuple[Prediction, ...]], Optional[bool]]:
+    """One image's answer from its scores (float [C]) and novelty score.
+
+    Returns:
+        (the top_k predictions, best first; a multi-label model's labels at or over their
+        thresholds, best first, else None; whether the novelty is over the model's threshold,
+        None when the model has no novelty output).
+    """
+    order = np.argsort(-scores, kind="stable")
+    ranked = [Prediction(spec.labels[index], float(scores[index])) for index in order]
+    labels = None
+    if spec.thresholds is not None:
+        labels = tuple(prediction for index, prediction in zip(order, ranked)
+                       if prediction.score >= spec.thresholds[index])
+    unknown = None
+    if novelty is not None and spec.novelty_threshold is not None:
+        unknown = bool(novelty > spec.novelty_threshold)
+    return tuple(ranked[:top_k]), labels, unknown
 
 
 def _result_of(path: Path, future: "Future[np.ndarray]") -> _Decoded:

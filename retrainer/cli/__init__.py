@@ -92,27 +92,40 @@ def reports_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except RetrainerError as error:
-            click.echo(f"Error: {error}", err=True)
+            _error_line(str(error))
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
             sys.exit(EXIT_INTERRUPTED)
         except OSError as error:
             if is_url(error.filename):  # a remote store refused or failed (retrainer.io.storage)
-                click.echo(f"Error: {error.strerror}: {error.filename}. Check the path and "
-                           "its access rights, then rerun: work done so far is kept.", err=True)
+                _error_line(f"{error.strerror}: {error.filename}. Check the path and its access "
+                            "rights, then rerun: work done so far is kept.")
                 sys.exit(EXIT_USAGE)
             if error.errno not in _UNWRITABLE_ERRNOS:
                 raise
             where = f": {error.filename}" if error.filename else ""
-            click.echo(f"Error: {error.strerror}{where}. Free some space or fix the permissions "
-                       "(or pass another path), then rerun: work done so far is kept.", err=True)
+            _error_line(f"{error.strerror}{where}. Free some space or fix the permissions (or "
+                        "pass another path), then rerun: work done so far is kept.")
             sys.exit(EXIT_USAGE)
         finally:
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
 
     return wrapper  # type: ignore[return-value]
+
+
+# Control characters and line separators a file or folder name may hold (C0, DEL, C1, U+2028,
+# U+2029), escaped so an error stays one line for `tail -n 1` and `str.splitlines` alike and
+# cannot drive the terminal.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), *range(127, 160))
+            if code != ord("\t")}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+
+def _error_line(message: str) -> None:
+    """'Error: message' on stderr, on one line whatever names the message quotes."""
+    click.echo(f"Error: {message.translate(_ESCAPES)}", err=True)
 
 
 def _sigterm_as_interrupt() -> Any:

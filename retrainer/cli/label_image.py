@@ -47,7 +47,7 @@ from retrainer.io.storage import walk
 if TYPE_CHECKING:
     from retrainer.classify.run import ImageResult
 
-log = logging.getLogger("retrainer.label_image")
+log = logging.getLogger(__name__)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -87,7 +87,12 @@ log = logging.getLogger("retrainer.label_image")
               "(docs/security.md).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per image and line: path, label, score, predictions (or error); "
+                   "a multi-label model's: path, labels (those over their thresholds), predictions; "
                    "with --explain also heatmap and peak [y, x].")
+@click.option("--reject", is_flag=True,
+              help="Say 'unknown' for images unlike anything the model was trained on (its novelty "
+                   "score above the threshold stored at export); --json adds \"unknown\" and "
+                   "\"novelty\" to each object.")
 @click.option("--quiet", "-q", is_flag=True,
               help="Only the top-1 per image: 'label<TAB>score', prefixed by 'path<TAB>' when several "
                    "images are given. No warnings.")
@@ -95,7 +100,8 @@ log = logging.getLogger("retrainer.label_image")
 def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, labels: Optional[Path],
          input_layer: Optional[str], output_layer: Optional[str], input_height: Optional[int],
          input_width: Optional[int], input_mean: Optional[float], input_std: Optional[float], top_k: int,
-         batch_size: int, explain: Optional[Path], trust_model: bool, as_json: bool, quiet: bool) -> None:
+         batch_size: int, explain: Optional[Path], trust_model: bool, as_json: bool, reject: bool,
+         quiet: bool) -> None:
     """Classify IMAGE files (and image files found in folders, recursively) with a retrained graph.
 
     \b
@@ -103,7 +109,10 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
       label-image --graph retrain_output/output_graph.pb photo.jpg
       label-image --graph out.pb --json photos/ > labels.jsonl
       label-image --graph out.pb --quiet photo.jpg     # -> roses<TAB>0.97312
+      label-image --graph out.pb --reject photo.jpg    # -> unknown (roses 0.41210)
       label-image --graph out.pb --explain heatmaps/ photo.jpg
+
+    A multi-label model prints every label over its threshold, one 'label score' line each.
     """
     if as_json and quiet:
         raise click.UsageError("--json and --quiet are alternatives; pass one of them")
@@ -124,10 +133,13 @@ def main(images: tuple[Path, ...], more_images: tuple[Path, ...], graph: Path, l
         if result.error is not None:
             unreadable.append(result)
             log.warning("cannot read %s: %s", result.path, result.error)
+        elif reject and result.unknown is None:
+            raise UsageError(f"--reject needs a model with a novelty output; {graph} has none "
+                             "(export it again with this version of retrain)")
         if as_json:
-            click.echo(json.dumps(_as_json(result)))
+            click.echo(json.dumps(_as_json(result, reject)))
         elif result.error is None:
-            click.echo(_as_text(result, several, quiet, first=printed == 0))
+            click.echo(_as_text(result, several, quiet, first=printed == 0, reject=reject))
             printed += 1
     if unreadable:
         raise UnreadableImagesError(_unreadable_summary(unreadable, len(paths)))
@@ -169,13 +181,31 @@ def _unreadable_summary(unreadable: list[ImageResult], total: int) -> str:
             f"{classified}")
 
 
-def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> str:
-    """label_image.py's 'label score' lines; a '==> path <==' header (as `head`) when several images."""
+def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool,
+             reject: bool = False) -> str:
+    """label_image.py's 'label score' lines; a '==> path <==' header (as `head`) when several images.
+
+    A multi-label model's lines are its labels over their thresholds; with --reject an unknown
+    image is one 'unknown (label score)' line naming the top label.
+    """
     best = result.predictions[0]
+    unknown = reject and bool(result.unknown)
+    shown = result.predictions if result.labels is None else result.labels
     if quiet:
-        top1 = f"{best.label}\t{best.score:.5f}"
+        if unknown:
+            top1 = f"unknown\t{best.score:.5f}"
+        elif result.labels is not None:
+            top1 = (";".join(p.label for p in shown) + "\t"
+                    + ";".join(f"{p.score:.5f}" for p in shown))
+        else:
+            top1 = f"{best.label}\t{best.score:.5f}"
         return f"{result.path}\t{top1}" if several else top1
-    lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in result.predictions]
+    if unknown:
+        lines = [f"unknown ({best.label} {best.score:.5f})"]
+    elif shown:
+        lines = [f"{prediction.label} {prediction.score:.5f}" for prediction in shown]
+    else:
+        lines = [f"(no label over its threshold; top: {best.label} {best.score:.5f})"]
     if result.heatmap is not None and result.peak is not None:
         lines.append(f"heat map: {result.heatmap} (peak y={result.peak[0]}, x={result.peak[1]})")
     if several:
@@ -183,16 +213,18 @@ def _as_text(result: ImageResult, several: bool, quiet: bool, first: bool) -> st
     return "\n".join(lines)
 
 
-def _as_json(result: ImageResult) -> dict[str, Any]:
+def _as_json(result: ImageResult, reject: bool = False) -> dict[str, Any]:
     if result.error is not None:
         return {"path": str(result.path), "error": result.error}
     best = result.predictions[0]
-    document = {
-        "path": str(result.path),
-        "label": best.label,
-        "score": best.score,
-        "predictions": [{"label": p.label, "score": p.score} for p in result.predictions],
-    }
+    document: dict[str, Any] = {"path": str(result.path)}
+    if result.labels is None:
+        document.update(label=best.label, score=best.score)
+    else:
+        document["labels"] = [{"label": p.label, "score": p.score} for p in result.labels]
+    document["predictions"] = [{"label": p.label, "score": p.score} for p in result.predictions]
+    if reject:
+        document.update(unknown=result.unknown, novelty=result.novelty)
     if result.heatmap is not None and result.peak is not None:
         document["heatmap"] = str(result.heatmap)
         document["peak"] = list(result.peak)

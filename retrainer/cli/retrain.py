@@ -14,7 +14,6 @@ from typing import Any, Callable, Optional
 
 import click
 
-from retrainer.audit.summary import audit_summary_lines
 from retrainer.cache.options import EXTRACTOR_PRECISIONS
 from retrainer.cli import (
     VERBOSITIES,
@@ -27,17 +26,16 @@ from retrainer.cli import (
     version_option,
 )
 from retrainer.cli._make_image_classifier import refuses_make_image_classifier_flags
+from retrainer.cli._summary import summary_lines, test_line
 from retrainer.config import FLAG_ALIASES, RetrainConfig
-from retrainer.data.split import SPLIT_COMPATS, SPLITS, TESTING
+from retrainer.data.split import SPLIT_COMPATS
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
-from retrainer.reports.format import percent
 from retrainer.result import RetrainResult
 from retrainer.training.options import HEAD_SOLVERS, SGD_LEARNING_RATE, SGD_STEPS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
 _ALIASES = {flag: alias for alias, flag in FLAG_ALIASES.items()}  # make_image_classifier's names
-_MAX_SKIPPED_SHOWN = 20
 
 
 def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
@@ -124,6 +122,18 @@ _BATCH = click.IntRange(min=-1)
          "(the same split wherever the folder is); retrain_py = retrain.py's, --image_dir as "
          "typed + that path (retrain.py's test set; docs/migrating.md).",
          type=click.Choice(SPLIT_COMPATS))
+@_option("labels_csv", "Take the labels from this CSV (header 'path,labels'; paths relative to "
+         "--image_dir; several labels separated by ';') instead of from class folders.",
+         type=_PATH, show_default=False)
+@_option("multi_label", "Train a multi-label model (one sigmoid per label, binary cross-entropy): "
+         "each image may have any number of the labels (--labels_csv). Gates then measure "
+         "micro-F1.", is_flag=True)
+@_option("multi_label_threshold", "With --multi_label: one decision threshold for every label "
+         "(default: per label, the one maximising its F1 on the validation split).",
+         type=click.FloatRange(0, 1, min_open=True, max_open=True), show_default=False)
+@_option("novelty_pass_rate", "Share of validation images whose novelty score must pass; images "
+         "scoring above the threshold this sets are 'unknown' (label-image --reject).",
+         type=click.FloatRange(0, 1, min_open=True))
 @_option("audit_file", "Where to write the dataset audit (duplicates, leaks, likely mislabeled "
          "images, outliers; JSON).", type=_PATH)
 @_option("skip_audit", "Do not audit the dataset (no audit file).", is_flag=True)
@@ -143,7 +153,8 @@ _BATCH = click.IntRange(min=-1)
          "image and this many correct ones per class (0: none). Built-in EfficientNet-Lite and "
          "keras: extractors.", type=click.IntRange(min=0))
 @_option("assert_accuracy_at_least", "Exit 6 and export nothing if the test accuracy (validation "
-         "without test images) is below this fraction, e.g. 0.9.",
+         "without test images) is below this fraction, e.g. 0.9. With --multi_label: the "
+         "micro-F1.",
          type=click.FloatRange(0, 1), show_default=False)
 @_option("assert_recall_at_least", "Exit 6 and export nothing if any class's recall on that split "
          "is below this fraction.", type=click.FloatRange(0, 1), show_default=False)
@@ -228,153 +239,13 @@ def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_
             document["error"] = {"exit_code": failure.exit_code, "message": str(failure)}
         click.echo(json.dumps(document, ensure_ascii=False))
         return
-    click.echo(_test_line(result))
+    click.echo(test_line(result))
     if config.print_misclassified_test_images:
         click.echo("=== MISCLASSIFIED TEST IMAGES ===")
         for image in result.misclassified:
             click.echo(f"{image.relpath:>70}  {image.predicted_label}")
     if not quiet:
-        click.echo("\n".join(_summary_lines(result)))
-
-
-def _test_line(result: RetrainResult) -> str:
-    if result.test_accuracy is None:
-        return "Final test accuracy = n/a (no test images)"
-    return f"Final test accuracy = {result.test_accuracy * 100:.1f}% (N={result.test_count})"
-
-
-def _summary_lines(result: RetrainResult) -> list[str]:
-    """The end-of-run summary: training metrics, images per class and split, skipped, outputs."""
-    lines = [
-        f"Last step: train accuracy = {percent(result.train_accuracy)}, cross entropy = "
-        f"{result.cross_entropy:.6f}, validation accuracy = "
-        f"{percent(result.validation_accuracy)} (N={result.validation_count})",
-        _whole_validation_line(result),
-        "",
-        "Images used per class:",
-    ]
-    width = max(len("class"), *(len(label) for label in result.labels))
-    lines.append(f"  {'class':<{width}}  " + "  ".join(f"{split:>10}" for split in SPLITS)
-                 + "  test correct")
-    for label in result.labels:
-        tested = result.test_per_class[label]
-        lines.append(f"  {label:<{width}}  "
-                     + "  ".join(f"{result.counts[label][split]:>10}" for split in SPLITS)
-                     + f"  {tested['correct']:>5}/{tested['total']}")
-    totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
-    lines.append(f"  {'total':<{width}}  " + "  ".join(f"{total:>10}" for total in totals))
-    lines += ["", *_report_lines(result)]
-    if result.skipped:
-        lines += ["", f"Skipped {len(result.skipped)} files:"]
-        lines += [f"  {path}: {reason}" for path, reason in result.skipped[:_MAX_SKIPPED_SHOWN]]
-        if len(result.skipped) > _MAX_SKIPPED_SHOWN:
-            more = len(result.skipped) - _MAX_SKIPPED_SHOWN
-            lines.append(f"  ... and {more} more (all in --json)")
-    lines += _training_mode_lines(result)
-    if result.search is not None:
-        search = result.search
-        lines += ["", f"Search ({search['method']}, {search['images']} images; the test split "
-                  "was evaluated once, for the chosen configuration):"]
-        lines += [f"  {row['name']}: " + (
-            row["status"] if row["validation_accuracy"] is None
-            else f"{percent(row['validation_accuracy'])} +- {row['standard_error'] * 100:.1f}"
-                 f", {row['seconds']:.1f} s")
-            + ("  <- chosen" if row["name"] == search["chosen"] else "")
-            + ("  (most accurate)" if row["name"] == search["best"] != search["chosen"] else "")
-            for row in search["candidates"]]
-    lines += _audit_lines(result)
-    lines += [
-        "",
-        f"Bottleneck vectors: {result.bottlenecks_computed} computed, "
-        f"{result.bottlenecks_reused} reused from the cache.",
-        f"Took {result.seconds['total']:.1f} s ("
-        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.seconds.items()
-                    if stage != "total") + ").",
-        "Wrote:",
-    ]
-    for name, value in result.outputs.items():
-        paths = value if isinstance(value, list) else [value]
-        lines += [f"  {name}: {path}" for path in paths]
-    lines += _export_report_lines(result)
-    return lines
-
-
-def _whole_validation_line(result: RetrainResult) -> str:
-    """The honest figure: each validation image once (the step lines count sampled draws)."""
-    validation = result.validation_metrics
-    return (f"Validation accuracy = {percent(validation.accuracy)} (N={validation.count} images, "
-            "the whole validation split)")
-
-
-def _report_lines(result: RetrainResult) -> list[str]:
-    """Headline split's accuracies, the per-class table and the most confused pairs."""
-    name, split = result.headline()
-    if name is None:
-        return []
-    top_k = f", top-{split.top_k} {percent(split.top_k_accuracy)}" if split.top_k else ""
-    where = "test" if name == TESTING else "validation"
-    width = max(len("class"), *(len(label) for label in result.labels))
-    lines = [f"{where.capitalize()} split: accuracy {percent(split.accuracy)}, balanced "
-             f"accuracy {percent(split.balanced_accuracy)}{top_k} (N={split.count})",
-             f"Per-class metrics ({where} split):",
-             f"  {'class':<{width}}  precision   recall       F1  support"]
-    for label, row in zip(result.labels, split.per_class):
-        lines.append(f"  {label:<{width}}  {percent(row.precision):>9}  {percent(row.recall):>7}"
-                     f"  {percent(row.f1):>7}  {row.support:>7}")
-    confused = split.most_confused()
-    if confused:
-        lines.append("Most confused (true -> predicted): " + "; ".join(
-            f"{result.labels[true]} -> {result.labels[predicted]} ({count})"
-            for true, predicted, count in confused))
-    for gate in result.quality_gates:
-        lines.append(f"Quality gate --{gate.flag} {gate.threshold:g}: passed "
-                     f"({percent(gate.value)})")
-    return lines
-
-
-def _size_text(size: int) -> str:
-    return f"{size / 1e6:.2f} MB" if size >= 1e6 else f"{size / 1e3:.1f} kB"
-
-
-def _export_report_lines(result: RetrainResult) -> list[str]:
-    """The export report as a small table (docs/exports.md), or nothing without exports."""
-    if not result.exports:
-        return []
-    lines = ["", "Exports on the test split (vs the frozen graph):",
-             f"  {'artifact':<14} {'size':>9} {'accuracy':>9} {'change':>7} {'agree':>7} "
-             f"{'max |dp|':>9}"]
-    for row in result.exports:
-        lines.append(
-            f"  {row['artifact']:<14} {_size_text(row['size_bytes']):>9} "
-            f"{row['accuracy'] * 100:>8.1f}% {row['change_points']:>+7.1f} "
-            f"{row['agreement'] * 100:>6.1f}% {row['max_probability_difference']:>9.4f}"
-        )
-    return lines
-
-
-def _training_mode_lines(result: RetrainResult) -> list[str]:
-    """Summary of early stopping, distorted vectors and fine-tuning, when they were used."""
-    lines = []
-    if result.best_step is not None:
-        lines += ["", f"Early stopping kept the weights of step {result.best_step}."]
-    if result.distorted is not None:
-        distorted = result.distorted
-        lines += ["", f"Distorted training vectors ({distorted['variants']} per image): "
-                  f"{distorted['computed']} computed, {distorted['reused']} reused."]
-    if result.fine_tuning is not None:
-        tuning = result.fine_tuning
-        best = "" if tuning["best_epoch"] is None else f", kept epoch {tuning['best_epoch']}"
-        lines += ["", f"Fine-tuned {tuning['tuned_parameters']} extractor weights "
-                  f"({tuning['blocks']} blocks) for {tuning['epochs_run']} epochs{best}: "
-                  f"validation accuracy = {percent(tuning['validation_accuracy'])}, "
-                  f"{tuning['seconds']:.1f} s."]
-    return lines
-
-
-def _audit_lines(result: RetrainResult) -> list[str]:
-    if result.audit is None:
-        return []
-    return ["", *audit_summary_lines(result.audit, result.outputs.get("audit_file"))]
+        click.echo("\n".join(summary_lines(result)))
 
 
 if __name__ == "__main__":

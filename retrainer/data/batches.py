@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.data.decoding import UnreadableImageError, decode_image
+from retrainer.data.signatures import DECODE_SIZE, Signatures, signature_of_pixels
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import read_bytes
 
@@ -43,16 +44,17 @@ def file_digest(path: os.PathLike[str] | str) -> str:
 def _decoded_file(
     path: os.PathLike[str] | str, input_size: tuple[int, int], digest: str = "",
     out: Optional[np.ndarray] = None, data: Optional[bytes] = None,
+    thumbnail: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, str, str]:
     """(uint8 [H, W, 3] pixels, digest, reason): black pixels and a reason if undecodable.
 
     The digest is computed from the bytes decoded unless the caller already knows it, and the
     file is read unless its bytes are given. With `out`, the pixels are written into it (black if
-    undecodable).
+    undecodable); with `thumbnail`, a smaller copy too (`decode_image`).
     """
     try:
         data = read_bytes(path) if data is None else data
-        pixels = decode_image(data, input_size, path, out)
+        pixels = decode_image(data, input_size, path, out, thumbnail)
         return pixels, digest or content_digest(data), ""
     except UnreadableImageError as error:
         reason = error.reason
@@ -114,34 +116,47 @@ class DecodedBatch:
     start: int
     images: np.ndarray  # uint8 [B, H, W, 3]
     reasons: list[str]  # "" where decoded
+    signatures: Optional[Signatures] = None  # when asked for; empty where undecodable
 
 
 def decoded_batches(
     paths: Sequence[os.PathLike[str] | str], input_size: tuple[int, int], batch_size: int,
-    digests: Sequence[str], contents: Sequence[Optional[bytes]],
+    digests: Sequence[str], contents: Sequence[Optional[bytes]], signatures: bool = False,
 ) -> Iterator[DecodedBatch]:
     """Decode `paths` in order, in batches, on a thread pool: `PREFETCH_BATCHES` batches ahead.
 
     The bottleneck stage's decoder. Plain threads (Pillow releases the GIL) and numpy batches:
     with tf.data's map and `numpy_function` each image cost twice the CPU of its decode (0.83 vs
-    0.37 ms for a Fashion-MNIST PNG, benchmarks/bench_pipeline.py), which the engine lost on 2 cores.
+    0.37 ms for a Fashion-MNIST PNG, benchmarks/bench_pipeline.py), which the engine lost on 2
+    cores.
     Each thread decodes a slice of a batch straight into the batch's rows (one task per thread
     and batch, not per image), so the consumer's thread (the engine's) only waits. The files'
     digests are known (the cache lookup computed them): not hashed again; nor read again where
-    `contents` has their bytes (None where it does not).
+    `contents` has their bytes (None where it does not). With `signatures`, each image's audit
+    signature is made from the same decode (`retrainer.data.signatures`).
     """
     threads = usable_cpus()
 
-    def decode_rows(images: np.ndarray, start: int, rows: range) -> list[str]:
-        return [_decoded_file(paths[start + row], input_size, digests[start + row], images[row],
-                              contents[start + row])[2] for row in rows]
+    def decode_rows(images: np.ndarray, made: Optional[Signatures], start: int,
+                    rows: range) -> list[str]:
+        reasons = []
+        thumbnail = np.zeros((*DECODE_SIZE, 3), np.uint8) if made is not None else None
+        for row in rows:
+            reasons.append(_decoded_file(paths[start + row], input_size, digests[start + row],
+                                         images[row], contents[start + row], thumbnail)[2])
+            if made is not None and thumbnail is not None and not reasons[-1]:
+                made.thumbnails[row], made.hashes[row] = signature_of_pixels(thumbnail)
+        return reasons
 
-    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[np.ndarray, list[Future[list[str]]]]:
+    def submit(pool: ThreadPoolExecutor, start: int) -> tuple[
+            np.ndarray, Optional[Signatures], list[Future[list[str]]]]:
         images = np.empty((min(batch_size, len(paths) - start), *input_size, 3), np.uint8)
+        made = Signatures.empty(len(images)) if signatures else None
         step = -(-len(images) // threads)  # rows per thread
         slices = [range(first, min(first + step, len(images)))
                   for first in range(0, len(images), step)]
-        return images, [pool.submit(decode_rows, images, start, rows) for rows in slices]
+        return images, made, [pool.submit(decode_rows, images, made, start, rows)
+                              for rows in slices]
 
     starts = range(0, len(paths), batch_size)
     ahead = PREFETCH_BATCHES + 1  # batches in the pool's hands: the one awaited and the next ones
@@ -149,13 +164,13 @@ def decoded_batches(
         pending = collections.deque(submit(pool, start) for start in starts[:ahead])
         try:
             for position, start in enumerate(starts):
-                images, slices = pending.popleft()
+                images, made, slices = pending.popleft()
                 if position + ahead < len(starts):
                     pending.append(submit(pool, starts[position + ahead]))
                 yield DecodedBatch(start, images, [reason for rows in slices
-                                                   for reason in rows.result()])
+                                                   for reason in rows.result()], made)
         finally:
-            for _, slices in pending:
+            for _, _, slices in pending:
                 for rows in slices:
                     rows.cancel()
 
@@ -178,3 +193,16 @@ def decode_files(
         pixels[rows] = images.numpy()
         ok[rows] = [not reason for reason in reasons.numpy()]
     return pixels, ok
+
+
+def decode_signatures(paths: Sequence[os.PathLike[str] | str]) -> Signatures:
+    """The audit's signatures of `paths`, each file decoded for them alone (at the signatures'
+    own size): for callers whose bottleneck stage did not make them. Empty where undecodable."""
+    made = Signatures.empty(len(paths))
+    for batch in decoded_batches(paths, DECODE_SIZE, DECODE_BATCH, [""] * len(paths),
+                                 [None] * len(paths), signatures=True):
+        assert batch.signatures is not None
+        rows = slice(batch.start, batch.start + len(batch.reasons))
+        made.thumbnails[rows] = batch.signatures.thumbnails
+        made.hashes[rows] = batch.signatures.hashes
+    return made

@@ -90,7 +90,7 @@ def load_image(path: str | os.PathLike[str], size: tuple[int, int]) -> np.ndarra
 
 def decode_image(
     data: bytes, size: tuple[int, int], source: str | os.PathLike[str] = "<bytes>",
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, thumbnail: np.ndarray | None = None,
 ) -> np.ndarray:
     """Like `load_image`, for image bytes already in memory (e.g. read from stdin).
 
@@ -100,6 +100,8 @@ def decode_image(
         source: the name used in error messages.
         out: a writable uint8 [height, width, 3] array to write the pixels into (e.g. a row of
             a batch), instead of a new one; left as it was if the image is unreadable.
+        thumbnail: a writable uint8 [h, w, 3] array, filled in the same pass with the image
+            resized to (h, w) as `size` would be (the audit's signatures): no second decode.
 
     Returns:
         uint8 [height, width, 3] RGB array (`out` when given).
@@ -109,12 +111,12 @@ def decode_image(
     """
     if not data:
         raise UnreadableImageError(source, "empty file (0 bytes)")
-    return _decode(io.BytesIO(data), size, source, out)
+    return _decode(io.BytesIO(data), size, source, out, thumbnail)
 
 
 def _decode(
     stream: BinaryIO, size: tuple[int, int], source: str | os.PathLike[str],
-    out: np.ndarray | None = None,
+    out: np.ndarray | None = None, thumbnail: np.ndarray | None = None,
 ) -> np.ndarray:
     height, width = _check_size(size)
     try:
@@ -126,14 +128,16 @@ def _decode(
             _check_pixel_count(image, source)
             image.load()
             upright = _apply_orientation(image)
-            if upright.mode == "L" and "transparency" not in upright.info:
-                # Grey: resize one channel, then copy it thrice -- the same pixels as resizing
-                # the RGB image (Pillow filters each channel alike), for a third of the work.
-                grey = upright.resize((width, height), RESAMPLE, reducing_gap=REDUCING_GAP)
-                resized = Image.merge("RGB", (grey, grey, grey))  # 2.5x faster than convert
-            else:
-                rgb = _to_rgb(upright, source)
-                resized = rgb.resize((width, height), RESAMPLE, reducing_gap=REDUCING_GAP)
+            # Grey: resized as one channel, then copied thrice -- the same pixels as resizing
+            # the RGB image (Pillow filters each channel alike), for a third of the work.
+            grey = upright.mode == "L" and "transparency" not in upright.info
+            picture = upright if grey else _to_rgb(upright, source)
+            if thumbnail is not None:
+                small = np.asarray(_resized(picture, thumbnail.shape[:2]))
+                thumbnail[...] = small[..., np.newaxis] if grey else small
+            resized = _resized(picture, (height, width))
+            if grey:
+                resized = Image.merge("RGB", (resized,) * 3)  # 2.5x faster than convert
             pixels = np.frombuffer(resized.tobytes(), np.uint8).reshape(height, width, 3)
             if out is None:
                 return pixels
@@ -146,6 +150,12 @@ def _decode(
         raise UnreadableImageError(source, f"too large to decode safely ({error})") from error
     except _DECODE_ERRORS as error:
         raise UnreadableImageError(source, f"truncated or corrupt image data ({error})") from error
+
+
+def _resized(picture: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """`picture` (grey or RGB) resized to (height, width), aspect ratio ignored."""
+    height, width = size
+    return picture.resize((width, height), RESAMPLE, reducing_gap=REDUCING_GAP)
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:

@@ -36,12 +36,17 @@ MIN_IMAGES_PER_CLASS = 20  # retrain.py's threshold for "may cause issues"
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image: where it is, its class and its split."""
+    """One image: where it is, its class (a manifest's image: its labels) and its split."""
 
     path: AnyPath  # absolute, through any symlinked class folder (not resolved); or a URL
     relpath: str  # POSIX path relative to the image folder, e.g. "roses/img_1.jpg"
-    label_index: int  # index into ImageCollection.labels
+    label_index: int  # index into ImageCollection.labels (a multi-label image's first label)
     split: str  # "training" | "validation" | "testing"
+    label_indices: tuple[int, ...] = ()  # every label of the image; () means (label_index,)
+
+    def __post_init__(self) -> None:
+        if not self.label_indices:
+            object.__setattr__(self, "label_indices", (self.label_index,))
 
 
 @dataclass(frozen=True)
@@ -54,10 +59,12 @@ class ImageCollection:
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{label: {split: number of images}}, every label and split present (zeros included)."""
+        """{label: {split: number of images}}, every label and split present (zeros included);
+        an image with several labels (--labels_csv) counts for each of them."""
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
         for image in self.images:
-            table[self.labels[image.label_index]][image.split] += 1
+            for index in image.label_indices:
+                table[self.labels[index]][image.split] += 1
         return table
 
 
@@ -75,7 +82,8 @@ def normalize_label(folder_name: str) -> str:
     stripped at both ends): "T-shirt_top" -> "t shirt top". Accents fold to ASCII ("Café" ->
     "cafe"). Names with letters or digits outside ASCII ("Роза", "玫瑰") keep them, lower-cased,
     so they stay distinct. A name with no letters or digits at all ("🌹") becomes its code points
-    ("u1f339"), so every label is non-empty.
+    ("u1f339"; of every character if all are spaces or separators: " " -> "u0020"), so every
+    label is non-empty.
 
     Args:
         folder_name: the class folder's name.
@@ -92,7 +100,8 @@ def normalize_label(folder_name: str) -> str:
     else:
         label = re.sub(r"[^a-z0-9]+", " ", folded.lower())
     label = label.strip()
-    return label or " ".join(f"u{ord(char):04x}" for char in folder_name if not char.isspace())
+    visible = [char for char in folder_name if not char.isspace()] or folder_name  # " ", "\x1e"
+    return label or " ".join(f"u{ord(char):04x}" for char in visible)
 
 
 def discover_images(
@@ -125,7 +134,7 @@ def discover_images(
         DataError: fewer than two classes with images; two folders give the same label.
     """
     validate_percentages(validation_percentage, testing_percentage)
-    root = _check_image_dir(image_dir)
+    root = check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
     if isinstance(root, RemotePath):
         folders, per_class = remote_classes(root, ignored)
@@ -141,8 +150,8 @@ def discover_images(
             continue
         if len(relpaths) < MIN_IMAGES_PER_CLASS:
             logger.warning(
-                "Class folder %r has only %d images (fewer than %d may give poor accuracy).",
-                name, len(relpaths), MIN_IMAGES_PER_CLASS,
+                "Class folder %r has only %d image%s (fewer than %d may give poor accuracy).",
+                name, len(relpaths), "" if len(relpaths) == 1 else "s", MIN_IMAGES_PER_CLASS,
             )
         kept_folders.append(name)
         kept_relpaths.append(sorted(relpaths))
@@ -174,7 +183,12 @@ def _local_classes(
     return folders, _deduplicate(candidates, len(folders), ignored)
 
 
-def _check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+def check_image_dir(image_dir: str | os.PathLike[str]) -> AnyPath:
+    """--image_dir as an absolute path (or URL) that exists and is a folder.
+
+    Raises:
+        UsageError: it is missing or a file.
+    """
     root = as_path(image_dir)
     if isinstance(root, Path):
         root = Path(os.path.abspath(root))
@@ -335,12 +349,27 @@ def _unique_labels(folders: list[str]) -> tuple[str, ...]:
     for name in folders:
         label = normalize_label(name)
         if label in by_label:
+            first = by_label[label]
+            same = unicodedata.normalize("NFC", first) == unicodedata.normalize("NFC", name)
+            why = ("(the same name, written with combining accents in one, as macOS does); merge "
+                   "the two folders" if same else
+                   "(labels keep only lower-case letters and digits); rename one of them")
             raise DataError(
-                f'Class folders "{by_label[label]}" and "{name}" both give the label "{label}" '
-                "(labels keep only lower-case letters and digits); rename one of them."
+                f'Class folders {_quoted(first)} and {_quoted(name)} both give the label '
+                f'"{label}" {why}.'
             )
         by_label[label] = name
     return tuple(by_label)
+
+
+def _quoted(name: str) -> str:
+    """A folder name in double quotes; one with combining accents (not NFC) also gets their code
+    points, so two names that look the same read differently."""
+    if unicodedata.is_normalized("NFC", name):
+        return f'"{name}"'
+    marks = [char for char in name if unicodedata.combining(char)] or [
+        char for char in name if not char.isascii()]  # e.g. U+212B ANGSTROM SIGN, NFC: U+00C5
+    return f'"{name}" (decomposed: {" ".join(f"U+{ord(char):04X}" for char in marks)})'
 
 
 def _log_summary(collection: ImageCollection, folders: list[str]) -> None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -60,23 +60,27 @@ class Explanation:
         probabilities: float32 [N, C], the graph's output.
         classes: int64 [N], the explained (top) class of each image.
         maps: float32 [N, h, w] in [0, 1], the heat maps at the feature map's resolution.
+        novelty: float32 [N], the graph's novelty output (None when it has none).
     """
 
     probabilities: np.ndarray
     classes: np.ndarray
     maps: np.ndarray
+    novelty: Optional[np.ndarray] = None
 
 
 class GradCam:
     """A classifier graph with Grad-CAM tensors added, in its own Session."""
 
-    def __init__(self, graph: Any, images: Any, probabilities: Any, source: str) -> None:
+    def __init__(self, graph: Any, images: Any, probabilities: Any, source: str,
+                 novelty: Any = None) -> None:
         """Add the Grad-CAM tensors to `graph`.
 
         Args:
             graph: a tf.Graph holding a frozen classifier (no variables, functions inlined).
             images / probabilities: its float32 [N, H, W, 3] input and [N, C] output tensors.
             source: what the graph came from, for messages.
+            novelty: its float32 [N] novelty output tensor, fetched in the same run (or None).
 
         Raises:
             ModelError: no global-average-pooled convolutional map feeds the output.
@@ -95,17 +99,20 @@ class GradCam:
             weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
             self.raw_maps = tf.reduce_sum(weights * feature_map, axis=-1)
         self.images, self.probabilities, self.feature_map = images, probabilities, feature_map
+        self.novelty = novelty
         self._session = tf.compat.v1.Session(graph=graph)
 
     @classmethod
     def from_graph_def(cls, graph_def: Any, input_name: str, output_name: str,
-                       source: str) -> "GradCam":
-        """Import a frozen GraphDef; `input_name` / `output_name` are tensor names ("x:0")."""
+                       source: str, novelty_name: Optional[str] = None) -> "GradCam":
+        """Import a frozen GraphDef; `input_name` / `output_name` / `novelty_name` are tensor
+        names ("x:0")."""
         graph = tf.Graph()
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
         return cls(graph, graph.get_tensor_by_name(input_name),
-                   graph.get_tensor_by_name(output_name), source)
+                   graph.get_tensor_by_name(output_name), source,
+                   None if novelty_name is None else graph.get_tensor_by_name(novelty_name))
 
     def explain(self, images: np.ndarray) -> Explanation:
         """Classify and explain a batch.
@@ -116,9 +123,12 @@ class GradCam:
         Returns:
             Explanation of the batch.
         """
-        probabilities, classes, raw = self._session.run(
-            [self.probabilities, self.classes, self.raw_maps], {self.images: images})
-        return Explanation(probabilities, classes, np.stack([normalized(m) for m in raw]))
+        fetches = [self.probabilities, self.classes, self.raw_maps]
+        values = self._session.run(fetches + ([] if self.novelty is None else [self.novelty]),
+                                   {self.images: images})
+        probabilities, classes, raw = values[:3]
+        return Explanation(probabilities, classes, np.stack([normalized(m) for m in raw]),
+                           values[3] if len(values) > 3 else None)
 
     def close(self) -> None:
         self._session.close()

@@ -1,8 +1,10 @@
 """What every export contains: the extractor and the trained head as one function of images.
 
 `Classifier.classify` maps float32 [N, H, W, 3] RGB in [0, 1] (the extractor's own normalisation is
-inside) to softmax probabilities float32 [N, C] under the op name `final_tensor_name`;
-`Classifier.metadata` is the `.meta.json` contract that lets `label-image` run without flags.
+inside) to probabilities float32 [N, C] under the op name `final_tensor_name` (softmax, or one
+sigmoid per label for a multi-label head); `Classifier.outputs` adds the novelty score float32 [N]
+under the op name `novelty` when the run fitted one. `Classifier.metadata` is the `.meta.json`
+contract that lets `label-image` run without flags.
 """
 
 from __future__ import annotations
@@ -14,9 +16,16 @@ from typing import Any, Optional, Sequence
 import tensorflow as tf
 
 from retrainer.extractors import FeatureExtractor
-from retrainer.formats.graph_contract import GRAPH_FORMAT, INPUT_MEAN, INPUT_OP, INPUT_STD
+from retrainer.formats.graph_contract import (
+    GRAPH_FORMAT,
+    INPUT_MEAN,
+    INPUT_OP,
+    INPUT_STD,
+    NOVELTY_OUTPUT,
+)
 from retrainer.io.atomic import write_text_atomically
 from retrainer.training.head import Head
+from retrainer.training.novelty import Novelty
 
 
 def write_labels(path: os.PathLike[str] | str, labels: Sequence[str]) -> None:
@@ -33,6 +42,8 @@ class Classifier(tf.Module):
         head: Head,
         labels: Sequence[str],
         final_tensor_name: str,
+        novelty: Optional[Novelty] = None,
+        thresholds: Optional[Sequence[float]] = None,
     ) -> None:
         super().__init__(name="retrained_classifier")
         self.extractor = extractor
@@ -40,11 +51,19 @@ class Classifier(tf.Module):
         self.final_tensor_name = final_tensor_name
         self.label_names = tuple(labels)
         self.fine_tuned = False  # set once fine-tuning changed the extractor's weights
+        self.novelty = novelty
+        self.thresholds = None if thresholds is None else [float(t) for t in thresholds]
+        if novelty is not None:  # constants once frozen; a variable keeps the SavedModel small
+            self.novelty_references = tf.Variable(novelty.references, trainable=False,
+                                                  name="novelty_references")
         height, width = extractor.spec.input_size
-        self.classify = tf.function(
-            self._classify,
-            input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_OP)],
-        )
+        signature = [tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_OP)]
+        self.classify = tf.function(self._classify, input_signature=signature)
+        self.outputs = tf.function(self._outputs, input_signature=signature)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     def _digest(self) -> str:
         """First 12 hex digits of the SHA-256 of the extractor's weights: names a tuned copy."""
@@ -55,10 +74,22 @@ class Classifier(tf.Module):
 
     def _classify(self, images: tf.Tensor) -> tf.Tensor:
         """float32 [N, H, W, 3] RGB in [0, 1] -> float32 [N, C] probabilities."""
-        features = self.extractor(images)
+        return self._probabilities(self.extractor(images))
+
+    def _probabilities(self, features: tf.Tensor) -> tf.Tensor:
         with tf.name_scope("final_retrain_ops"):
             probabilities = self.head.probabilities(features)
         return tf.identity(probabilities, name=self.final_tensor_name)
+
+    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """{"probabilities": float32 [N, C], "novelty": float32 [N] (when fitted)}."""
+        features = self.extractor(images)
+        outputs = {"probabilities": self._probabilities(features)}
+        if self.novelty is not None:
+            with tf.name_scope("novelty_ops"):
+                score = novelty_scores(features, self.novelty_references, self.novelty.k)
+            outputs[NOVELTY_OUTPUT] = tf.identity(score, name=NOVELTY_OUTPUT)
+        return outputs
 
     def metadata(self, step: Optional[int] = None) -> dict[str, Any]:
         """The `<graph>.meta.json` contract (see docs/retrain.md)."""
@@ -78,6 +109,19 @@ class Classifier(tf.Module):
         if self.fine_tuned:  # its vectors are no longer those of spec.id's cache namespace
             document["extractor"] = {"name": spec.name, "id": f"{spec.id}-tuned-{self._digest()}",
                                      "fine_tuned_from": spec.id}
+        if self.thresholds is not None:
+            document["multi_label"] = {"thresholds": dict(zip(self.label_names, self.thresholds))}
+        if self.novelty is not None:
+            document["novelty"] = {"output_layer": NOVELTY_OUTPUT, **self.novelty.to_json()}
         if step is not None:
             document["step"] = step
         return document
+
+
+def novelty_scores(features: tf.Tensor, references: tf.Tensor, k: int) -> tf.Tensor:
+    """The novelty score in TensorFlow ops (`Novelty.scores` in numpy): float32 [N, D] vectors
+    and [M, D] unit reference rows -> float32 [N] cosine distance to the k-th nearest."""
+    unit = tf.math.l2_normalize(features, axis=1, epsilon=1e-24)
+    similarity = tf.matmul(unit, references, transpose_b=True)
+    kth = tf.math.top_k(similarity, k=k).values[:, k - 1]
+    return 1.0 - kth

@@ -2,7 +2,9 @@
 
 The frozen GraphDef is what TensorFlow's label_image.py loads: input op `Placeholder`, float32
 [None, H, W, 3] RGB in [0, 1] (the extractor's own normalisation is inside the graph), output op
-`final_tensor_name` (default `final_result`), softmax probabilities float32 [None, C]. Next to it,
+`final_tensor_name` (default `final_result`), probabilities float32 [None, C] (softmax; sigmoid per
+label for a multi-label head), and, when the run fitted one, the novelty score float32 [None] as op
+`novelty` (label_image.py ignores it). Next to it,
 `<graph>.meta.json` describes it (input size, mean/std for label_image's (x - mean) / std, tensor
 names, labels, extractor), so `label-image` needs no flags. Every file is written atomically.
 """
@@ -21,7 +23,7 @@ from tensorflow.python.framework.convert_to_constants import (
 
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
-from retrainer.formats.graph_contract import INPUT_OP, metadata_path
+from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath, as_path
 
@@ -36,8 +38,10 @@ class GraphExporter:
 
     def __init__(self, classifier: Classifier) -> None:
         self.classifier = classifier
-        self._concrete = classifier.classify.get_concrete_function()
+        self._concrete = classifier.outputs.get_concrete_function()
         _check_final_op(self._concrete.graph, classifier.final_tensor_name)
+        if classifier.novelty is not None:
+            _check_novelty_op(self._concrete.graph)
 
     def frozen_graph_def(self) -> tf.compat.v1.GraphDef:
         """The graph with the variables' current values baked in as constants."""
@@ -64,18 +68,30 @@ class GraphExporter:
 
 
 def _check_final_op(graph: tf.Graph, name: str) -> None:
-    """`name` must be our softmax identity, not a renamed copy clashing with an extractor op."""
+    """`name` must be our softmax (sigmoid) identity, not a renamed copy clashing with an extractor
+    op."""
     try:
         operation = graph.get_operation_by_name(name)
     except KeyError:
         operation = None
     ours = (operation is not None and operation.type == "Identity"
-            and operation.inputs[0].op.type == "Softmax")
+            and operation.inputs[0].op.type in ("Softmax", "Sigmoid"))
     if not ours:
         raise UsageError(
             f"--final_tensor_name {name!r} clashes with an operation of the feature extractor's "
             "graph; choose another name (the default is final_result)."
         )
+
+
+def _check_novelty_op(graph: tf.Graph) -> None:
+    """The `novelty` op is ours: an extractor op of that name would have renamed it."""
+    try:
+        operation = graph.get_operation_by_name(NOVELTY_OUTPUT)
+    except KeyError:
+        operation = None
+    if operation is None or not operation.inputs[0].op.name.startswith("novelty_ops/"):
+        raise UsageError(f"the feature extractor's graph has an operation named {NOVELTY_OUTPUT!r}, "
+                         "which the novelty output needs; use another extractor.")
 
 
 def _check_frozen(graph_def: tf.compat.v1.GraphDef, classifier: Classifier) -> None:
@@ -84,8 +100,9 @@ def _check_frozen(graph_def: tf.compat.v1.GraphDef, classifier: Classifier) -> N
     placeholder = nodes.get(INPUT_OP)
     if placeholder is None or placeholder.op != "Placeholder":
         raise RuntimeError(f"frozen graph lacks the {INPUT_OP!r} input op")
-    if classifier.final_tensor_name not in nodes:
-        raise RuntimeError(f"frozen graph lacks the {classifier.final_tensor_name!r} output op")
+    for name in (classifier.final_tensor_name,) + ((NOVELTY_OUTPUT,) if classifier.novelty else ()):
+        if name not in nodes:
+            raise RuntimeError(f"frozen graph lacks the {name!r} output op")
     leftover = sorted({node.op for node in graph_def.node if "Variable" in node.op})
     if leftover:
         raise RuntimeError(f"frozen graph still has variable ops: {leftover}")

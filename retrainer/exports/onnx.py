@@ -3,11 +3,14 @@
 Contract of the file (docs/exports.md):
 - input `images`: float32 [N, H, W, 3] RGB in [0, 1], the frozen graph's contract (the extractor's
   own normalisation is inside the model);
-- output `probabilities`: float32 [N, C] softmax probabilities, in label order. Outputs are looked
-  up by name, never by position, so a model may carry more (see `serving_outputs`);
+- output `probabilities`: float32 [N, C] softmax probabilities (a multi-label model: one sigmoid
+  per label), in label order; output `novelty`: float32 [N], when the run fitted a novelty score.
+  Outputs are looked up by name, never by position (see `serving_outputs`);
 - `metadata_props`: `format`, `labels` (a JSON list), `input_mean` / `input_std` (label_image.py's
   (pixel - mean) / std over 0..255 pixels: 0 and 255), `input_height` / `input_width`, `extractor`
-  (JSON) and the input and output names, so a reader needs nothing else.
+  (JSON) and the input and output names, so a reader needs nothing else; `multi_label`
+  (`{"thresholds": {label: t}}`) and `novelty` (`{"output_layer": "novelty", "threshold": t,
+  ...}`) as JSON, the entries of the graph's `.meta.json`.
 
 Opset `OPSET` was chosen by measurement (scripts/measure_onnx.py, docs/exports.md). `int8` is ONNX
 Runtime's static quantization (QDQ, per-channel int8 weights, uint8 activations) calibrated on the
@@ -42,6 +45,7 @@ from retrainer.exports.tflite import seeded_sample
 from retrainer.formats.graph_contract import (
     INPUT_MEAN,
     INPUT_STD,
+    NOVELTY_OUTPUT,
     ONNX_FORMAT,
     ONNX_INPUT,
     ONNX_OUTPUT,
@@ -59,8 +63,10 @@ CALIBRATION_BATCH = 8
 
 
 def serving_outputs(classifier: Classifier, images: tf.Tensor) -> dict[str, tf.Tensor]:
-    """Every output of the ONNX model, by name: a new output of the classifier is one more key."""
-    return {ONNX_OUTPUT: classifier.classify(images)}
+    """Every output of the ONNX model, by name: `probabilities`, and `novelty` when fitted."""
+    outputs = classifier.outputs(images)
+    return {ONNX_OUTPUT: outputs["probabilities"],
+            **({NOVELTY_OUTPUT: outputs[NOVELTY_OUTPUT]} if NOVELTY_OUTPUT in outputs else {})}
 
 
 def metadata_props(classifier: Classifier) -> dict[str, str]:
@@ -78,6 +84,9 @@ def metadata_props(classifier: Classifier) -> dict[str, str]:
         "input_height": str(height),
         "input_width": str(width),
         "extractor": json.dumps(document["extractor"], ensure_ascii=False),
+        # A multi-label model's thresholds and the novelty threshold, as in the `.meta.json`.
+        **{key: json.dumps(document[key], ensure_ascii=False)
+           for key in ("multi_label", "novelty") if key in document},
     }
 
 
@@ -109,6 +118,7 @@ def convert(classifier: Classifier, opset: int = OPSET) -> Any:
             f"{_first_line(error)}; the other exports were written, drop --onnx_output_file"
         ) from error
     _name_batch_dimension(model)
+    _probabilities_first(model)
     _drop_unused_domains(model)
     model.producer_name = "retrainer"
     model.doc_string = (f"Image classifier retrained on {name} features by retrainer: images "
@@ -234,6 +244,14 @@ def _drop_unused_domains(model: Any) -> None:
     kept = [entry for entry in model.opset_import if entry.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(kept)
+
+
+def _probabilities_first(model: Any) -> None:
+    """tf2onnx orders a dict's outputs by name ("novelty" first); a reader that takes the first
+    output, as many do, should get the probabilities."""
+    outputs = sorted(model.graph.output, key=lambda value: value.name != ONNX_OUTPUT)
+    del model.graph.output[:]
+    model.graph.output.extend(outputs)
 
 
 def _name_batch_dimension(model: Any) -> None:

@@ -29,6 +29,8 @@ from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import AnyPath
 from retrainer.training.head import Head
+from retrainer.training.multi_label import targets_of
+from retrainer.training.novelty import Novelty
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,9 @@ class Exported:
         if not over:
             return None
         details = ", ".join(f"{row.artifact} ({row.path}) {row.change_points:+.1f}" for row in over)
+        metric = "micro-F1" if self.report[0].metric == "micro_f1" else "accuracy"
         return (f"exports lost more than --max_export_accuracy_drop {max_drop_points:g} points of "
-                f"test accuracy against the frozen graph ({self.report[0].accuracy * 100:.1f}%): "
+                f"test {metric} against the frozen graph ({self.report[0].accuracy * 100:.1f}%): "
                 f"{details}. Use a milder --tflite_quantization (float16 or dynamic), "
                 "--onnx_quantization none, or more calibration images "
                 "(--tflite_calibration_images); the files were written.")
@@ -87,7 +90,9 @@ class Exporter:
         log.info("Saved intermediate graph %s", path)
 
     def write_all(self, head: Head, training_images: Sequence[ImageFile],
-                  test_images: Sequence[ImageFile], fine_tuned: bool) -> Exported:
+                  test_images: Sequence[ImageFile], fine_tuned: bool,
+                  novelty: Optional[Novelty] = None,
+                  thresholds: Optional[np.ndarray] = None) -> Exported:
         """Labels, graph + sidecar, SavedModel and .tflite if asked; then the export report.
 
         Args:
@@ -95,12 +100,20 @@ class Exporter:
             training_images: the decodable training images (int8 calibration).
             test_images: the decodable test images (the export report).
             fine_tuned: whether the extractor was fine-tuned (recorded in the sidecar).
+            novelty: the fitted novelty score: every export gets the `novelty` output.
+            thresholds: a multi-label head's float32 [C] thresholds (into the metadata; the
+                export report then measures micro-F1).
 
         Raises:
             DataError: int8 without enough decodable training images.
         """
         options = self.options
         exporter = self.graph_exporter(head)
+        if novelty is not None or thresholds is not None:  # outputs the intermediate ones lack
+            exporter = GraphExporter(Classifier(self.extractor, head, self.labels,
+                                                options.final_tensor_name, novelty,
+                                                None if thresholds is None
+                                                else thresholds.tolist()))
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         outputs: dict[str, Any] = {
@@ -124,8 +137,8 @@ class Exporter:
                 failures.append(str(error))
         if self.intermediate_graphs:
             outputs["intermediate_graphs"] = list(self.intermediate_graphs)
-        return Exported(outputs, self._report(test_images, "onnx_output_file" in outputs),
-                        tuple(failures))
+        return Exported(outputs, self._report(test_images, "onnx_output_file" in outputs,
+                                              thresholds), tuple(failures))
 
     def _written(self, write: Callable[..., Any], classifier: Classifier,
                  paths: dict[str, AnyPath], training_files: list[AnyPath]) -> Any:
@@ -136,8 +149,8 @@ class Exporter:
         written = list(paths.values())
         return written[0] if len(written) == 1 else written
 
-    def _report(self, test_images: Sequence[ImageFile], onnx_written: bool
-                ) -> tuple[ArtifactReport, ...]:
+    def _report(self, test_images: Sequence[ImageFile], onnx_written: bool,
+                thresholds: Optional[np.ndarray] = None) -> tuple[ArtifactReport, ...]:
         """The export report when a .tflite, .onnx or SavedModel was written; () otherwise."""
         artifacts = self.options.verified_artifacts(onnx_written)
         if not artifacts:
@@ -147,6 +160,9 @@ class Exporter:
             return ()
         pixels, ok = decode_files([image.path for image in test_images],
                                   self.extractor.spec.input_size)
-        labels = np.array([image.label_index for image in test_images], np.int64)
+        if thresholds is None:
+            truth = np.array([image.label_index for image in test_images], np.int64)
+        else:
+            truth = targets_of(test_images, len(self.labels))
         return tuple(export_report([(FROZEN_GRAPH, self.options.output_graph), *artifacts],
-                                   pixels[ok], labels[ok]))
+                                   pixels[ok], truth[ok], thresholds))

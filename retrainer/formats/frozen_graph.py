@@ -110,14 +110,15 @@ def _require_op(graph_def: Any, name: str, role: str, graph_path: AnyPath) -> No
 
 
 def _likely_outputs(graph_def: Any) -> list[str]:
-    """Identity ops passing a Softmax on (like final_result), Softmax ops, then ops nothing consumes."""
+    """Identity ops passing a Softmax (multi-label: Sigmoid) on (like final_result), those ops,
+    then ops nothing consumes."""
     consumers: dict[str, list[str]] = {}
     for node in graph_def.node:
         for source in node.input:
             if not source.startswith("^"):  # data inputs only, not control dependencies
                 consumers.setdefault(source.split(":")[0], []).append(node.name)
     ops = {node.name: node.op for node in graph_def.node}
-    softmax = [name for name, op in ops.items() if op == "Softmax"]
+    softmax = [name for name, op in ops.items() if op in ("Softmax", "Sigmoid")]
     passed_on: list[str] = []
     frontier = list(softmax)
     while frontier:

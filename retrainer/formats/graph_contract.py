@@ -20,6 +20,8 @@ INPUT_MEAN = 0.0
 INPUT_STD = 255.0
 METADATA_SUFFIX = ".meta.json"
 OUTPUT_OP = "final_result"  # retrain.py's --final_tensor_name
+# The novelty score's op, SavedModel/TFLite signature output and ONNX output: float32 [N].
+NOVELTY_OUTPUT = "novelty"
 # Where `retrain` writes by default, so that `label-image photo.jpg` finds it (retrain.py wrote
 # to fixed /tmp paths, which clashed between users: tensorflow/hub#302).
 DEFAULT_OUTPUT_DIR = Path("retrain_output")
@@ -30,6 +32,8 @@ LABELS_FILENAME = "output_labels.txt"  # label-image looks for it next to the gr
 def metadata_path(graph_path: os.PathLike[str] | str) -> AnyPath:
     """Where the sidecar of a graph lives: out.pb -> out.pb.meta.json."""
     return as_path(f"{os.fspath(graph_path)}{METADATA_SUFFIX}")
+
+
 # Every .tflite flatbuffer carries this file identifier at bytes 4..8; label-image tells a .tflite
 # from a frozen graph by it, not by the file name.
 TFLITE_IDENTIFIER = b"TFL3"

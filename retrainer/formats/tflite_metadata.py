@@ -14,6 +14,8 @@ with the `flatbuffers` package:
                                                 stats, associated_files: [labels.txt]}]}],
         min_parser_version}
 
+What retrainer adds beyond the schema's tables (multi-label thresholds, the novelty threshold) is
+the model-level associated file `retrainer.json`; a novelty output gets its own TensorMetadata.
 By the metadata convention, associated files are a zip (stored, uncompressed) appended to the
 model; the interpreter ignores the trailing bytes. The slot numbers below are the fields' positions
 in the schema.
@@ -23,8 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import zipfile
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flatbuffers
 import numpy as np
@@ -39,8 +42,10 @@ METADATA_NAME = b"TFLITE_METADATA"
 METADATA_IDENTIFIER = b"M001"
 MIN_PARSER_VERSION = "1.0.0"  # every field written here exists since schema 1.0.0
 LABELS_FILE = "labels.txt"
+EXTRA_FILE = "retrainer.json"
 
 # Enum and union values of metadata_schema.fbs.
+_DESCRIPTIONS = 1
 _TENSOR_AXIS_LABELS = 2
 _COLOR_SPACE_RGB = 1
 _CONTENT_FEATURE, _CONTENT_IMAGE = 1, 2
@@ -58,6 +63,8 @@ class ModelDescription:
             pixels (their quantization parameters map them).
         labels: class names in output order, stored as labels.txt.
         labels_file: the associated file's name.
+        extra: retrainer's own metadata ({"multi_label": ..., "novelty": ...}), stored as
+            retrainer.json; a "novelty" entry also describes the model's second output.
     """
 
     name: str
@@ -67,6 +74,7 @@ class ModelDescription:
     std: float
     labels: tuple[str, ...]
     labels_file: str = LABELS_FILE
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def add_metadata(model: bytes, description: ModelDescription) -> bytes:
@@ -94,6 +102,9 @@ def add_metadata(model: bytes, description: ModelDescription) -> bytes:
     with zipfile.ZipFile(stream, "a", compression=zipfile.ZIP_STORED) as archive:
         labels_text = "".join(f"{label}\n" for label in description.labels)
         archive.writestr(description.labels_file, labels_text.encode("utf-8"))
+        if description.extra:
+            text = json.dumps(description.extra, indent=2, ensure_ascii=False) + "\n"
+            archive.writestr(EXTRA_FILE, text.encode("utf-8"))
     return stream.getvalue()
 
 
@@ -135,16 +146,35 @@ def build_metadata(description: ModelDescription) -> bytes:
         (6, "offset", _offsets(builder, [labels_file])),
     ])
 
+    outputs = [output_tensor]
+    novelty = description.extra.get("novelty")
+    if novelty is not None:
+        outputs.append(_table(builder, [
+            (0, "offset", builder.CreateString("novelty")),
+            (1, "offset", builder.CreateString(
+                f"Novelty score: the image is unlike the training images (unknown) above "
+                f"{novelty['threshold']:.6g}.")),
+            (3, "offset", _table(builder, [(0, "uint8", _CONTENT_FEATURE),
+                                           (1, "offset", _table(builder, []))])),
+        ]))
     subgraph = _table(builder, [
         (2, "offset", _offsets(builder, [input_tensor])),
-        (3, "offset", _offsets(builder, [output_tensor])),
+        (3, "offset", _offsets(builder, outputs)),
     ])
-    root = _table(builder, [
+    root_fields = [
         (0, "offset", builder.CreateString(description.name)),
         (1, "offset", builder.CreateString(description.description)),
         (3, "offset", _offsets(builder, [subgraph])),
         (7, "offset", builder.CreateString(MIN_PARSER_VERSION)),
-    ])
+    ]
+    if description.extra:
+        extra_file = _table(builder, [
+            (0, "offset", builder.CreateString(EXTRA_FILE)),
+            (1, "offset", builder.CreateString("retrainer's thresholds (JSON).")),
+            (2, "int8", _DESCRIPTIONS),
+        ])
+        root_fields.append((6, "offset", _offsets(builder, [extra_file])))
+    root = _table(builder, root_fields)
     builder.Finish(root, file_identifier=METADATA_IDENTIFIER)
     return bytes(builder.Output())
 
@@ -176,12 +206,15 @@ def read_metadata(model: bytes) -> Optional[ModelDescription]:
     labels: tuple[str, ...] = ()
     if labels_files:
         labels = tuple(associated_file(model, labels_files[0]).decode("utf-8").splitlines())
+    extra = {}
+    if any(fields.string(item, 0) == EXTRA_FILE for item in fields.tables(root, 6)):
+        extra = json.loads(associated_file(model, EXTRA_FILE).decode("utf-8"))
     return ModelDescription(
         name=fields.string(root, 0), description=fields.string(root, 1),
         input_size=(fields.scalar(size, 1, Uint32Flags),
                     fields.scalar(size, 0, Uint32Flags)),
         mean=mean, std=std, labels=labels,
-        labels_file=labels_files[0] if labels_files else LABELS_FILE,
+        labels_file=labels_files[0] if labels_files else LABELS_FILE, extra=extra,
     )
 
 

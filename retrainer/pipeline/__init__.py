@@ -26,6 +26,12 @@ from retrainer.explain.gradcam import explainable
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.formats.graph_contract import INPUT_OP
+from retrainer.pipeline.multi_label import (
+    evaluate_multi_label,
+    label_hits,
+    top1_metrics,
+    wrong_label_sets,
+)
 from retrainer.pipeline.preflight import preflight, prepare_extractor
 from retrainer.pipeline.search import search as search_configurations
 from retrainer.pipeline.split_features import SplitFeatures
@@ -39,7 +45,7 @@ from retrainer.reports.writer import write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
 from retrainer.training.fine_tune import FineTuneResult
-from retrainer.training.head import TrainingResult, train_head
+from retrainer.training.head import FeatureSet, TrainingResult, train_head
 from retrainer.training.image_modes import (
     distortions_of,
     fine_tune_if_asked,
@@ -47,6 +53,7 @@ from retrainer.training.image_modes import (
     training_features,
     training_options,
 )
+from retrainer.training.novelty import fit_run_novelty, novelty_summary
 
 
 def run(config: RetrainConfig) -> RetrainResult:
@@ -79,38 +86,60 @@ def run(config: RetrainConfig) -> RetrainResult:
             config.extraction.bottleneck_dir,
             max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 each
             show_progress=config.extraction.show_progress,
+            signatures=config.audit.enabled,  # the audit's, from the same decode
         )
     audit = None
     if config.audit.enabled:
         with timer("audit"):
             audit = DatasetAudit(config.audit, collection, bottlenecks)
         collection = audit.collection  # duplicates regrouped, when asked
-    splits = SplitFeatures(collection, bottlenecks)
+    splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
     held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
     exporter = Exporter(config.exports, extractor, collection.labels,
                         held.folder(config.exports.intermediate_output_graphs_dir))
     trained = _train_and_evaluate(config, extractor, splits, exporter, held, timer)
-    test_metrics = split_metrics(splits.features[TESTING].labels[trained.evaluation.positions],
-                                 trained.evaluation.probabilities, trained.evaluation.positions)
-    validation_metrics = split_metrics(splits.features[VALIDATION].labels,
-                                       trained.validation_probabilities)
+    with timer("novelty"):
+        novelty = fit_run_novelty(splits, extractor, trained.tuning,
+                                  config.training.novelty_pass_rate, config.training.seed)
+    multi_label = None
+    misclassified = _misclassified(trained.evaluation, splits)
+    per_class = trained.evaluation.per_class
+    if config.training.multi_label:
+        multi_label = evaluate_multi_label(
+            collection.labels, splits.images[TESTING], trained.evaluation.positions,
+            trained.evaluation.probabilities, splits.images[VALIDATION],
+            trained.validation_probabilities, config.training.multi_label_threshold)
+        test_metrics, validation_metrics = top1_metrics(
+            trained.evaluation, trained.validation_probabilities, splits)
+        misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
+        per_class = label_hits(trained.evaluation, multi_label, splits)
+    else:
+        test_metrics = split_metrics(
+            splits.features[TESTING].labels[trained.evaluation.positions],
+            trained.evaluation.probabilities, trained.evaluation.positions)
+        validation_metrics = split_metrics(splits.features[VALIDATION].labels,
+                                           trained.validation_probabilities)
+    headline = headline_split(test_metrics, validation_metrics)
     gates = check_gates(config.reports.assert_accuracy_at_least,
-                        config.reports.assert_recall_at_least,
-                        *headline_split(test_metrics, validation_metrics), collection.labels)
+                        config.reports.assert_recall_at_least, *headline, collection.labels,
+                        None if multi_label is None else
+                        multi_label.test if headline[0] == TESTING else multi_label.validation)
     gate_failure = failure_message(gates)
     exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
             exported = exporter.write_all(trained.head.head, splits.images[TRAINING],
                                           splits.images[TESTING],
-                                          fine_tuned=trained.tuning is not None)
+                                          fine_tuned=trained.tuning is not None,
+                                          novelty=novelty,
+                                          thresholds=None if multi_label is None
+                                          else multi_label.thresholds)
             held.release()
     else:
         held.discard()
     audit_document = None
     if audit is not None:
-        audit_document = audit.write(trained.evaluation, splits.images[TESTING],
-                                     splits.features[TESTING].labels)
+        audit_document = audit.write(trained.evaluation, splits.images[TESTING])
     heat_maps: list[Section] = []
     if config.reports.report_html is not None:
         with timer("explain", active=config.reports.report_explanations > 0
@@ -126,12 +155,12 @@ def run(config: RetrainConfig) -> RetrainResult:
         cross_entropy=trained.head.final.cross_entropy,
         validation_accuracy=trained.head.final.validation_accuracy,
         validation_count=trained.head.final.validation_count,
-        test_accuracy=trained.evaluation.accuracy,
+        test_accuracy=(trained.evaluation.accuracy if multi_label is None
+                       else test_metrics.accuracy),  # multi-label: top-1 is one of the labels
         test_count=trained.evaluation.count,
         test_per_class={label: {"correct": correct, "total": total}
-                        for label, (correct, total) in zip(collection.labels,
-                                                           trained.evaluation.per_class)},
-        misclassified=_misclassified(trained.evaluation, splits),
+                        for label, (correct, total) in zip(collection.labels, per_class)},
+        misclassified=misclassified,
         outputs=_outputs(config, exported, audit is not None, gate_failure is None),
         seconds=timer.seconds(),
         exports=tuple(row.to_json() for row in exported.report),
@@ -150,6 +179,9 @@ def run(config: RetrainConfig) -> RetrainResult:
         extractor=_extractor_json(extractor.spec),
         flags=config.to_json(),
         quality_gates=gates,
+        novelty=novelty_summary(novelty, trained.test_features),
+        multi_label=multi_label,
+        split_sizes={split: len(images) for split, images in splits.images.items()},
     )
     write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
                   if config.reports.report_html is not None else [])
@@ -172,6 +204,7 @@ class _Trained:
     distorted: Optional[dict[str, Any]]  # the distorted vectors' summary; None without them
     evaluation: Evaluation
     validation_probabilities: np.ndarray  # float32 [N_val, C], each validation image once
+    test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
 
 
 def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, splits: SplitFeatures,
@@ -196,7 +229,7 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
                                    options.test_batch_size, options.seed)
         validation = validation_probabilities(head.head, splits.features[VALIDATION],
                                               splits.images[VALIDATION], extractor, tuning)
-    return _Trained(head, tuning, distorted, evaluation, validation)
+    return _Trained(head, tuning, distorted, evaluation, validation, test_features)
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,

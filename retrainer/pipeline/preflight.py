@@ -15,6 +15,7 @@ import tempfile
 from retrainer.cache.options import ExtractionOptions
 from retrainer.config import RetrainConfig
 from retrainer.data.discovery import ImageCollection, discover_images
+from retrainer.data.manifest import read_manifest
 from retrainer.data.split import TRAINING
 from retrainer.engines import Engine
 from retrainer.engines.factory import create_engine
@@ -54,8 +55,13 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
     check_output_paths(config)
     remove_stale_export_temporaries(config.exports)
     with timer("discover"):
-        collection = discover_images(config.image_dir, config.validation_percentage,
-                                     config.testing_percentage, config.retrain_py_image_dir)
+        if config.labels_csv is not None:
+            collection = read_manifest(config.labels_csv, config.image_dir,
+                                       config.validation_percentage, config.testing_percentage,
+                                       config.multi_label, config.retrain_py_image_dir)
+        else:
+            collection = discover_images(config.image_dir, config.validation_percentage,
+                                         config.testing_percentage, config.retrain_py_image_dir)
     _check_calibration_supply(config.exports, collection)
     extractor, engine = prepare_extractor(config, timer)
     return Prepared(collection, extractor, engine)

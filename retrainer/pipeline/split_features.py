@@ -11,6 +11,7 @@ from retrainer.data.discovery import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
 from retrainer.training.head import FeatureSet
+from retrainer.training.multi_label import targets_of
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,9 @@ log = logging.getLogger(__name__)
 class SplitFeatures:
     """The decodable images and their vectors, grouped by split."""
 
-    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks) -> None:
+    def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks,
+                 multi_label: bool = False) -> None:
+        """`multi_label`: each split's FeatureSet also carries float32 [n, C] 0/1 targets."""
         self.labels = collection.labels
         self.images: dict[str, list[ImageFile]] = {split: [] for split in SPLITS}
         rows: dict[str, list[int]] = {split: [] for split in SPLITS}
@@ -34,6 +37,7 @@ class SplitFeatures:
             split: FeatureSet(
                 bottlenecks.vectors[rows[split]],  # float32 [n, D], also when n == 0
                 np.array([image.label_index for image in self.images[split]], np.int64),
+                targets_of(self.images[split], len(self.labels)) if multi_label else None,
             )
             for split in SPLITS
         }
@@ -60,5 +64,6 @@ class SplitFeatures:
         table = {label: dict.fromkeys(SPLITS, 0) for label in self.labels}
         for split, images in self.images.items():
             for image in images:
-                table[self.labels[image.label_index]][split] += 1
+                for index in image.label_indices:  # a multi-label image counts for each label
+                    table[self.labels[index]][split] += 1
         return table

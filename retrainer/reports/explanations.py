@@ -30,19 +30,25 @@ _BATCH = 16
 
 
 class Explained(NamedTuple):
-    """A test image to explain: the file, its name in the dataset, true and predicted labels."""
+    """A test image to explain: the file, its name in the dataset, its true label (a multi-label
+    image's labels joined by ";") and the predicted (top-1) label."""
 
     path: Any
     relpath: str
     true_label: str
     predicted_label: str
 
+    @property
+    def correct(self) -> bool:
+        """The prediction is the image's label, or one of a multi-label image's labels."""
+        return self.predicted_label in self.true_label.split(";")
+
 
 def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[str],
                   per_class: int) -> list[Explained]:
     """Every misclassified test image (up to MAX_GALLERY_IMAGES), then per class the first
-    `per_class` correct ones, in test-split order; an image sampled twice counts once."""
-    truth = np.array([image.label_index for image in test_images], np.int64)
+    `per_class` correct ones, in test-split order; an image sampled twice counts once. A
+    multi-label image's top-1 is correct when it is one of its labels."""
     wrong: list[Explained] = []
     right: list[Explained] = []
     seen: set[int] = set()
@@ -51,11 +57,13 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
             continue
         seen.add(position)
         image = test_images[position]
-        item = Explained(image.path, image.relpath, labels[truth[position]], labels[predicted])
-        (right if predicted == truth[position] else wrong).append(item)
+        item = Explained(image.path, image.relpath,
+                         ";".join(labels[index] for index in image.label_indices),
+                         labels[predicted])
+        (right if item.correct else wrong).append(item)
     chosen = wrong[:MAX_GALLERY_IMAGES]
     for label in labels:
-        chosen += [item for item in right if item.true_label == label][:per_class]
+        chosen += [item for item in right if item.predicted_label == label][:per_class]
     return chosen
 
 
@@ -93,7 +101,7 @@ def explanation_section(
     finally:
         gradcam.close()
     figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
-    wrong = sum(image.true_label != image.predicted_label for image in images)
+    wrong = sum(not image.correct for image in images)
     body = paragraph(
         f"Heat maps of the predicted class over {wrong} misclassified test images and up to "
         f"{per_class} correct ones per class (--report_explanations {per_class}): red is where "
@@ -104,7 +112,7 @@ def explanation_section(
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
-    verdict = "correct" if image.true_label == image.predicted_label else "wrong"
+    verdict = "correct" if image.correct else "wrong"
     caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
                f"predicted: {html.escape(image.predicted_label)} ({verdict})")
     return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}'

@@ -1,6 +1,7 @@
 """Quality gates for CI: `--assert_accuracy_at_least` and `--assert_recall_at_least`.
 
-Measured on the test split, or on the whole validation split when there is no test image. A gate
+Measured on the test split, or on the whole validation split when there is no test image. For a
+multi-label model, "accuracy" is the micro-F1 and recall is each label's at its threshold. A gate
 that cannot be measured (no test or validation image) fails: CI must not pass a model nobody
 measured. The pipeline checks the gates before exporting, so a failing model replaces nothing.
 """
@@ -8,10 +9,11 @@ measured. The pipeline checks the gates before exporting, so a failing model rep
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from retrainer.data.split import TESTING
 from retrainer.reports.metrics import SplitMetrics
+from retrainer.reports.multi_label import MultiLabelMetrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,7 @@ class GateResult:
         split: "testing" or "validation" (None when neither has images).
         count: the images measured in that split.
         label: for the recall gate, the class with the lowest recall.
+        metric: what `value` is: "accuracy", "micro_f1" (multi-label accuracy gate) or "recall".
     """
 
     flag: str
@@ -34,6 +37,7 @@ class GateResult:
     split: Optional[str]
     count: int = 0
     label: Optional[str] = None
+    metric: str = "accuracy"
 
     @property
     def passed(self) -> bool:
@@ -47,7 +51,8 @@ class GateResult:
         if self.value is None:
             return (f"--{self.flag} {self.threshold:g} cannot be checked: there are no test or "
                     "validation images. Add images or raise --testing_percentage.")
-        what = "accuracy" if self.label is None else f"recall of class {self.label!r}"
+        what = ("micro-F1" if self.metric == "micro_f1" else "accuracy") if self.label is None \
+            else f"recall of class {self.label!r}"
         split = "test" if self.split == TESTING else "validation"
         return (f"{what} {self.value * 100:.2f}% on the {split} split (N={self.count}) is "
                 f"below --{self.flag} {self.threshold:g} ({self.threshold * 100:.2f}%); the "
@@ -60,6 +65,7 @@ def check_gates(
     split: Optional[str],
     metrics: SplitMetrics,
     labels: tuple[str, ...],
+    multi_label: Optional[MultiLabelMetrics] = None,
 ) -> tuple[GateResult, ...]:
     """Measure each gate asked for (None = not asked).
 
@@ -69,21 +75,25 @@ def check_gates(
         split: the split measured ("testing" or "validation"), None when both are empty.
         metrics: that split's metrics.
         labels: class names in index order.
+        multi_label: that split's multi-label metrics, for a multi-label model (then the accuracy
+            gate reads the micro-F1 and the recall gate each label's recall at its threshold).
 
     Returns:
         One GateResult per gate asked for.
     """
     results = []
+    rows: Sequence[Any] = metrics.per_class if multi_label is None else multi_label.per_class
     if accuracy_at_least is not None:
-        value = metrics.accuracy if split else None
-        results.append(GateResult("assert_accuracy_at_least", accuracy_at_least, value, split,
-                                  metrics.count))
+        value = metrics.accuracy if multi_label is None else multi_label.micro_f1
+        results.append(GateResult("assert_accuracy_at_least", accuracy_at_least,
+                                  value if split else None, split, metrics.count,
+                                  metric="accuracy" if multi_label is None else "micro_f1"))
     if recall_at_least is not None:
-        recalls = [(row.recall, label) for label, row in zip(labels, metrics.per_class)
+        recalls = [(row.recall, label) for label, row in zip(labels, rows)
                    if row.recall is not None] if split else []
         worst, label = min(recalls, key=lambda pair: pair[0]) if recalls else (None, None)
         results.append(GateResult("assert_recall_at_least", recall_at_least, worst, split,
-                                  metrics.count, label))
+                                  metrics.count, label, metric="recall"))
     return tuple(results)
 
 

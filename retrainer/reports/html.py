@@ -11,8 +11,11 @@ from __future__ import annotations
 import base64
 import dataclasses
 import html
+import re
 from typing import Iterable, Sequence
 
+_WORD = 48  # characters between line-break opportunities in a long word (`breakable`)
+_LONG_WORD = re.compile(rf"(\S{{{_WORD + 1},}})")
 _STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
@@ -20,6 +23,7 @@ nav a { margin-right: 1em; }
 table { border-collapse: collapse; margin: .5em 0; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
+p { overflow-wrap: anywhere; }
 th { background: #f3f3f3; }
 img.plot { max-width: 100%; }
 .gallery { display: flex; flex-wrap: wrap; gap: .8em; }
@@ -72,11 +76,22 @@ def png_image(data: bytes, alt: str, css_class: str = "plot") -> str:
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
-    """A <table>; every header and cell is text, escaped."""
+    """A <table>; every header and cell is text, escaped (`breakable`)."""
     head = "".join(f"<th>{html.escape(str(header))}</th>" for header in headers)
-    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row)
+    body = "\n".join("<tr>" + "".join(f"<td>{breakable(cell)}</td>" for cell in row)
                      + "</tr>" for row in rows)
     return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>"
+
+
+def breakable(value: object) -> str:
+    """`value` as escaped HTML text, a word longer than _WORD characters (a long class or file
+    name) given a line-break opportunity every _WORD, so it wraps in its table cell instead of
+    widening the page; numbers and short words never break."""
+    pieces = _LONG_WORD.split(str(value))  # odd positions: the long words
+    return "".join(
+        "<wbr>".join(html.escape(piece[start:start + _WORD])
+                     for start in range(0, len(piece), _WORD))
+        if position % 2 else html.escape(piece) for position, piece in enumerate(pieces))
 
 
 def paragraph(text: str, css_class: str = "") -> str:

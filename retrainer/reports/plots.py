@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,12 +38,15 @@ def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
         ("Accuracy", "train_accuracy", "validation_accuracy"),
         ("Cross-entropy", "cross_entropy", "validation_cross_entropy"),
     )
+    # Points marked when they are few or far apart (one L2 strength: a lone point, else unseen).
+    marker = "o" if solver == "lbfgs" or len(steps) < 2 else None
     for axes, (title, train_key, validation_key) in zip(figure.subplots(1, 2), panels):
-        axes.plot(steps, [getattr(point, train_key) for point in history], label="train")
+        axes.plot(steps, [getattr(point, train_key) for point in history], marker=marker,
+                  label="train")
         validation = [(point.step, getattr(point, validation_key)) for point in history
                       if getattr(point, validation_key) is not None]
         if validation:
-            axes.plot(*zip(*validation), marker="o" if solver == "lbfgs" else None,
+            axes.plot(*zip(*validation), marker=marker,
                       label="validation (sampled batch)" if solver == "sgd"
                       else "validation (whole split)")
         axes.set_title(title)
@@ -88,7 +92,9 @@ def _axis_label(label: str) -> str:
     """`label` as the plot's font can draw it: a character it lacks (CJK, emoji) as U+XXXX
     rather than an empty box and a warning; a long name shortened."""
     drawable = _font_characters()
-    text = "".join(char if ord(char) in drawable else f"U+{ord(char):04X}" for char in label)
+    text = re.sub(r"(?<=[0-9A-F])U\+", " U+",  # "U+73AB U+7470", not "U+73ABU+7470"
+                  "".join(char if ord(char) in drawable else f"U+{ord(char):04X}"
+                          for char in label))
     return text if len(text) <= _LABEL_CHARACTERS else text[:_LABEL_CHARACTERS - 1] + "…"
 
 

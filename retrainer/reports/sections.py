@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import io
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from PIL import Image
 
@@ -26,14 +26,22 @@ MAX_SKIPPED_ROWS = 200
 THUMBNAIL_SIZE = (112, 112)
 
 
+_CURVES_NOTES = {
+    "sgd": "Validation points are retrain.py's sampled batches; the final whole-split figures are "
+           "in the summary.",
+    "lbfgs": "One point per L2 strength tried, at its L-BFGS iteration count, on the whole "
+             "training and validation splits; the summary has the chosen strength's figures.",
+}
+
+
 def run_sections(result: Any, curves_png: bytes, confusion_png: Optional[bytes]) -> list[Section]:
-    """Summary, dataset, training curves, confusion matrix, per-class table, gallery."""
+    """Summary, dataset, training curves, confusion matrix, per-class table, gallery (a
+    multi-label run's: `multi_label_sections.multi_label_run_sections`)."""
     return [
         summary_section(result),
         dataset_section(result),
         Section("training", "Training curves", png_image(curves_png, "Training curves")
-                + paragraph("Validation points are retrain.py's sampled batches; the final "
-                            "whole-split figures are in the summary.", "note")),
+                + paragraph(_CURVES_NOTES[(result.head or {}).get("solver", "sgd")], "note")),
         confusion_section(result, confusion_png),
         per_class_section(result),
         gallery_section(result),
@@ -61,10 +69,14 @@ def summary_section(result: Any) -> Section:
 def dataset_section(result: Any) -> Section:
     rows = [(label, *(result.counts[label][split] for split in SPLITS),
              sum(result.counts[label].values())) for label in result.labels]
-    totals = [sum(row[split] for row in result.counts.values()) for split in SPLITS]
-    rows.append(("total", *totals, sum(totals)))
-    body = paragraph("Images used per class and split (decodable images only):")
-    body += table(("class", *SPLITS, "all"), rows)
+    sizes = result.images_per_split()
+    totals = [sizes[split] for split in SPLITS]
+    multi_label = result.multi_label is not None
+    rows.append(("images" if multi_label else "total", *totals, sum(totals)))
+    body = paragraph("Images used per label and split (decodable images only; an image counts "
+                     "for each of its labels):" if multi_label else
+                     "Images used per class and split (decodable images only):")
+    body += table(("label" if multi_label else "class", *SPLITS, "all"), rows)
     if result.skipped:
         body += paragraph(f"Skipped {len(result.skipped)} files:")
         body += table(("file", "reason"), result.skipped[:MAX_SKIPPED_ROWS])
@@ -105,22 +117,31 @@ def per_class_section(result: Any) -> Section:
 
 def gallery_section(result: Any) -> Section:
     images = result.misclassified
+    return gallery(
+        "misclassified", "Misclassified test images", images,
+        f"{len(images)} misclassified test images (thumbnails squared, as the network saw them; "
+        "score = predicted probability).", "No test image was misclassified.",
+        lambda image: f"predicted: {html.escape(image.predicted_label)} ({image.score:.2f})")
+
+
+def gallery(section_id: str, title: str, images: Any, intro: str, empty: str,
+            predicted: Callable[[Any], str]) -> Section:
+    """A section of thumbnails of `images` (MisclassifiedImage), captioned with the file, its
+    true label and `predicted(image)`; at most MAX_GALLERY_IMAGES, the rest in the metrics file."""
     if not images:
-        return Section("misclassified", "Misclassified test images",
-                       paragraph("No test image was misclassified."))
+        return Section(section_id, title, paragraph(empty))
     figures = []
     for image in images[:MAX_GALLERY_IMAGES]:
         caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
-                   f"predicted: {html.escape(image.predicted_label)} ({image.score:.2f})")
+                   f"{predicted(image)}")
         figures.append(f"<figure>{thumbnail_image(image.path, image.relpath)}"
                        f"<figcaption>{caption}</figcaption></figure>")
-    body = paragraph(f"{len(images)} misclassified test images (thumbnails squared, as the "
-                     "network saw them; score = predicted probability).")
+    body = paragraph(intro)
     body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
     if len(images) > MAX_GALLERY_IMAGES:
         body += paragraph(f"... and {len(images) - MAX_GALLERY_IMAGES} more in the metrics file.",
                           "note")
-    return Section("misclassified", "Misclassified test images", body)
+    return Section(section_id, title, body)
 
 
 def thumbnail_image(path: Any, relpath: str, css_class: str = "thumbnail") -> str:

@@ -16,6 +16,7 @@ from retrainer.data.split import TESTING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath
 from retrainer.reports.html import Section, render_page
+from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.options import ReportOptions
 from retrainer.reports.plots import confusion_matrix_png, training_curves_png
 from retrainer.reports.sections import run_sections
@@ -50,7 +51,9 @@ def write_reports(result: Any, options: ReportOptions,
         write_bytes_atomically(paths["training_curves"], curves)
         if confusion is not None:
             write_bytes_atomically(paths["confusion_matrix"], confusion)
-        sections = [*run_sections(result, curves, confusion), *extra_sections]
+        built_in = (run_sections(result, curves, confusion) if result.multi_label is None
+                    else multi_label_run_sections(result, curves))
+        sections = [*built_in, *extra_sections]
         write_text_atomically(report_html, render_page("Retrain report", sections))
         log.info("Wrote the report %s", report_html)
     if summaries_dir is not None and confusion is not None:

@@ -27,6 +27,7 @@ MEASURED_OPS = frozenset({
     "AddV2", "Sub", "Mul", "RealDiv", "Neg", "Maximum", "Minimum", "Square", "Sqrt", "Rsqrt",
     "SquaredDifference", "FloorDiv", "FloorMod", "Erfc", "Sigmoid", "Tanh", "Mean", "Sum", "Max",
     "Prod", "ArgMax", "MatMul",
+    "TopKV2",  # the novelty output: the k nearest training vectors
     # arrays
     "Shape", "Cast", "Reshape", "Squeeze", "ExpandDims", "Pack", "ConcatV2", "StridedSlice",
     "GatherV2", "Transpose", "Pad",
@@ -50,7 +51,6 @@ EQUIVALENT_OPS = frozenset({
     "Equal", "Exp", "Log", "Abs", "Pow", "Min", "Elu", "LeakyRelu", "Softplus",
     "ResizeNearestNeighbor", "ResizeBicubic", "DecodeJpeg", "DecodePng", "MirrorPad",
     "ClipByValue", "BatchMatMulV2", "Einsum", "Erf",
-    "TopKV2",  # the novelty output's nearest neighbours (multi-label-era exports)
     "RandomStandardNormal", "TruncatedNormal", "StatelessRandomUniformV2",
     "StatelessRandomGetKeyCounter", "AssignSubVariableOp", "AssignAddVariableOp",
 })

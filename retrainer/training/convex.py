@@ -10,8 +10,10 @@ training and validation splits are read here; the test split is never seen.
 
 The losses and gradients are float32 TensorFlow (on a GPU when there is one); scipy's L-BFGS-B
 steers the few thousand parameters. Features are centred and scaled by the training split's own
-statistics inside the fit, and that is folded back into the returned weights, so one path of
-penalties suits every extractor and the exported layer is the usual `features @ W + b`. On large
+statistics inside the fit (no scale below a tenth of the median feature's, so that no exported
+weight dwarfs the others and int8 exports keep the layer), and that is folded back into the
+returned weights, so one path of penalties suits every extractor and the exported layer is the
+usual `features @ W + b`. On large
 splits the path runs on a sample of rows and only the chosen penalty is fitted on all of them.
 """
 
@@ -36,6 +38,15 @@ log = logging.getLogger(__name__)
 DEFAULT_L2_PATH = tuple(float(f"{10 ** (-exponent / 2):.0e}") for exponent in range(2, 14))
 NO_VALIDATION_L2 = 1e-2  # chosen most often on 1k-image sets, where splits come out empty
 _MIN_SCALE = 1e-6  # features whose training spread is below this are only centred
+# Every other feature is scaled by at least this share of the median feature's spread. A feature
+# that barely varies (int8 vectors have many: 1 % of Lite0's dims spread < 0.01, the median
+# 0.23) would otherwise carry a raw weight of its standardized weight / its spread: |W| up to 207
+# where the mean is 0.27, and int8 weight quantization of the exported layer (TFLite dynamic and
+# int8, ONNX int8: one scale per class = max |W| / 127) then rounds every ordinary weight to 0.
+# Measured (Lite0 int8 vectors, lbfgs): the float layer is unchanged (Fashion-MNIST 1,000 images:
+# 85.5 % both; mosaics, multi-label micro-F1 80.6 vs 80.7 %), the int8-rounded layer loses
+# nothing instead of 3.2 points (accuracy) and 11 (micro-F1).
+MIN_RELATIVE_SCALE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +202,9 @@ class _Statistics:
     def of(cls, features: tf.Tensor) -> "_Statistics":
         mean, variance = tf.nn.moments(features, axes=[0])
         scale = tf.sqrt(variance)
-        return cls(mean, tf.where(scale > _MIN_SCALE, scale, tf.ones_like(scale)))
+        floor = MIN_RELATIVE_SCALE * tf.sort(scale)[tf.size(scale) // 2]  # x the median
+        return cls(mean, tf.where(scale > _MIN_SCALE, tf.maximum(scale, floor),
+                                  tf.ones_like(scale)))
 
 
 def fit_head(train_features: np.ndarray, train_targets: np.ndarray,

@@ -73,13 +73,16 @@ def evaluate_head(
     probabilities = predict_probabilities(head, test.features[positions])
     predictions = np.argmax(probabilities, axis=1).astype(np.int64)
     truth = test.labels[positions]
-    correct = predictions == truth
+    # multi-label: the top-1 label is right when it is one of the image's labels
+    correct = (predictions == truth if test.targets is None
+               else test.targets[positions, predictions] > 0.5)
     per_class = tuple(
         (int(correct[truth == index].sum()), int((truth == index).sum()))
         for index in range(num_classes)
     )
     accuracy = float(correct.mean())
-    log.info("Final test accuracy = %.1f%% (N=%d)", accuracy * 100, len(positions))
+    log.info("Final test accuracy = %.1f%% (N=%d%s)", accuracy * 100, len(positions),
+             "" if test.targets is None else "; top-1 is one of the image's labels")
     return Evaluation(accuracy, len(positions), positions, predictions, probabilities, per_class)
 
 

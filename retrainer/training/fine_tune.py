@@ -45,7 +45,7 @@ class ImageSplit:
 
     Attributes:
         paths: the image files.
-        labels: int64 [N] class indices.
+        labels: int64 [N] class indices, or float32 [N, C] 0/1 targets of a multi-label head.
     """
 
     paths: tuple[os.PathLike[str] | str, ...]
@@ -154,8 +154,9 @@ class _FineTuneEpochs:
         self.features = feature_function(extractor)
         self.step = 0
         height, width = extractor.spec.input_size
+        targets = tf.TensorSpec([None, *train.labels.shape[1:]], tf.as_dtype(train.labels.dtype))
         self.train_step = tf.function(self._train_step, input_signature=[
-            tf.TensorSpec([None, height, width, 3], tf.uint8), tf.TensorSpec([None], tf.int64),
+            tf.TensorSpec([None, height, width, 3], tf.uint8), targets,
             tf.TensorSpec([None, 2], tf.int64), tf.TensorSpec([], tf.int64)])
         self.dropout_seed = tf.random.experimental.stateless_fold_in(
             tf.constant([config.seed, 0], tf.int64), _DROPOUT_STREAM)
@@ -174,7 +175,7 @@ class _FineTuneEpochs:
             return EvalPoint(epoch, None, train_loss, None, 0)
         vectors = image_features(self.validation.paths, self.extractor, self.features)
         logits = self.head(tf.constant(vectors))
-        labels = tf.constant(self.validation.labels, tf.int64)
+        labels = tf.constant(self.validation.labels)  # int64 [N] or float32 [N, C] targets
         objective = self.head.objective
         accuracy, loss = float(objective.accuracy(labels, logits)), float(objective.loss(labels, logits))
         point = EvalPoint(epoch, None, train_loss, accuracy, len(self.validation), loss)

@@ -49,11 +49,18 @@ class FeatureSet:
 
     Attributes:
         features: float32 [N, D] bottleneck vectors.
-        labels: int64 [N] class indices.
+        labels: int64 [N] class indices (multi-label: each image's first; batches balance it).
+        targets: float32 [N, C] 0/1 rows of a multi-label split, None for single-label.
     """
 
     features: np.ndarray
     labels: np.ndarray
+    targets: Optional[np.ndarray] = None
+
+    @property
+    def objective_targets(self) -> np.ndarray:
+        """What the loss compares with: `targets` when set, else `labels`."""
+        return self.labels if self.targets is None else self.targets
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -149,7 +156,8 @@ class _Split:
         self.sampler = BalancedSampler(data.labels, batch_size)
         self.seed = seed
         self.features = tf.constant(data.features, tf.float32)
-        self.labels = tf.constant(data.labels, tf.int64)
+        self.labels = tf.constant(data.objective_targets,
+                                  tf.int64 if data.targets is None else tf.float32)
 
     def batches(self, steps: tf.Tensor) -> tf.Tensor:
         """int64 [S, B]: the indices of each step's batch (drawn together, before the steps)."""
@@ -290,7 +298,7 @@ class _SgdSteps:
             logits = self.head(features)
             validation_accuracy = objective.accuracy(labels, logits)
             validation_loss = objective.loss(labels, logits)
-            validation_count = tf.cast(tf.size(labels), tf.float32)
+            validation_count = tf.cast(tf.shape(labels)[0], tf.float32)
         if self.writers:
             write_scalars(self.writers["train"], last, train_accuracy, train_loss,
                           [("final_weights", self.head.weights), ("final_biases", self.head.biases)])
@@ -353,7 +361,8 @@ def _train_convex(head: Head, train: FeatureSet, validation: FeatureSet, num_cla
     """The lbfgs solver: the path's fits as measurements (step = L-BFGS iterations so far)."""
     convex = dataclasses.replace(config.convex, objective=config.objective,
                                  label_smoothing=config.regularization.label_smoothing)
-    fit = fit_head(train.features, train.labels, validation.features, validation.labels,
+    fit = fit_head(train.features, train.objective_targets, validation.features,
+                   validation.objective_targets,
                    num_classes, convex)
     head.weights.assign(fit.weights)
     head.biases.assign(fit.biases)

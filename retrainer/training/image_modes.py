@@ -23,6 +23,7 @@ from retrainer.training.fine_tune import (
     image_features,
 )
 from retrainer.training.head import FeatureSet, Head, TrainingConfig
+from retrainer.training.objectives import SIGMOID, SOFTMAX
 from retrainer.training.options import TrainingOptions
 from retrainer.training.regularization import Regularization
 
@@ -63,6 +64,7 @@ def training_options(options: TrainingOptions, training_images: int,
         regularization=regularization_of(options),
         early_stopping_patience=early_stopping_patience_of(options),
         solver=options.solver,
+        objective=SIGMOID if options.multi_label else SOFTMAX,
     )
 
 
@@ -99,7 +101,8 @@ def training_rows(options: TrainingOptions, extractor: FeatureExtractor, images:
     features = distorted.vectors[distorted.ok].reshape(-1, distorted.vectors.shape[-1])
     summary = {"variants": options.distorted_variants, "computed": distorted.computed,
                "reused": distorted.reused, "seconds": distorted.seconds}
-    return FeatureSet(features, plain.labels[sources]), sources, summary
+    targets = None if plain.targets is None else plain.targets[sources]
+    return FeatureSet(features, plain.labels[sources], targets), sources, summary
 
 
 def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: Head,
@@ -120,7 +123,8 @@ def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, he
         return None, features["testing"]
 
     def split(name: str) -> ImageSplit:
-        return ImageSplit(tuple(image.path for image in images[name]), features[name].labels)
+        return ImageSplit(tuple(image.path for image in images[name]),
+                          features[name].objective_targets)
 
     result = fine_tune(extractor, head, split("training"), split("validation"), FineTuneConfig(
         blocks=options.fine_tune_blocks,

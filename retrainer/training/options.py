@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Optional
 
-from retrainer.errors import require
+from retrainer.errors import UsageError, require
 from retrainer.io.storage import AnyPath
 
 WHOLE_SET = -1  # a batch size meaning "the whole split, each example once"
@@ -60,6 +60,10 @@ class TrainingOptions:
     fine_tune_blocks: int
     fine_tune_epochs: int
     fine_tune_learning_rate: float
+    # multi-label heads and the novelty score (docs/multi_label.md)
+    multi_label: bool = False
+    multi_label_threshold: Optional[float] = None
+    novelty_pass_rate: float = 0.95
 
     def __post_init__(self) -> None:
         positive = "a positive number"
@@ -89,9 +93,15 @@ class TrainingOptions:
               for flag in ("momentum", "dropout_rate", "label_smoothing")),
             ("l2_regularizer", math.isfinite(self.l2_regularizer) and self.l2_regularizer >= 0,
              "0 or a positive number"),
+            ("multi_label_threshold", self.multi_label_threshold is None
+             or 0 < self.multi_label_threshold < 1, "a probability between 0 and 1 (exclusive)"),
+            ("novelty_pass_rate", 0 < self.novelty_pass_rate <= 1, "a fraction above 0, up to 1"),
         ]
         for flag, valid, expected in checks:
             require(flag, getattr(self, flag), valid, expected)
+        if self.multi_label_threshold is not None and not self.multi_label:
+            raise UsageError("--multi_label_threshold applies to --multi_label models; add "
+                             "--multi_label or drop the threshold.")
 
     @property
     def solver(self) -> str:

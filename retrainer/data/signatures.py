@@ -1,0 +1,47 @@
+"""Perceptual signatures of decoded images, for the audit's near-duplicate search.
+
+A signature is a 32x32 grey thumbnail and its perceptual hash (`imagehash.phash`, 64 bits). The
+decoder makes the 64x64 RGB copy they come from in the same pass as the extractor's pixels
+(`decode_image(..., thumbnail=...)`), so the bottleneck stage produces signatures for the price of
+one small resize and the audit never decodes a file again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import imagehash
+import numpy as np
+from PIL import Image
+
+THUMBNAIL = 32
+DECODE_SIZE = (64, 64)  # decoded larger than the thumbnail so downscaling averages pixels
+
+
+@dataclasses.dataclass(frozen=True)
+class Signatures:
+    """Signatures of N images; black thumbnails and hash 0 where an image has none.
+
+    Attributes:
+        thumbnails: uint8 [N, 32, 32] grey.
+        hashes: uint64 [N] perceptual hashes.
+    """
+
+    thumbnails: np.ndarray
+    hashes: np.ndarray
+
+    @classmethod
+    def empty(cls, count: int) -> Signatures:
+        return cls(np.zeros((count, THUMBNAIL, THUMBNAIL), np.uint8), np.zeros(count, np.uint64))
+
+    def take(self, positions: np.ndarray) -> Signatures:
+        """The signatures at `positions` (int [M]), in that order."""
+        return Signatures(self.thumbnails[positions], self.hashes[positions])
+
+
+def signature_of_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.uint64]:
+    """(uint8 [32, 32] grey thumbnail, uint64 perceptual hash) of uint8 [H, W, 3] RGB pixels
+    (the decoder's 64x64 copy)."""
+    grey = Image.fromarray(pixels).convert("L").resize((THUMBNAIL, THUMBNAIL),
+                                                       Image.Resampling.BILINEAR)
+    return np.asarray(grey, np.uint8), np.uint64(int(str(imagehash.phash(grey)), 16))
