@@ -121,7 +121,7 @@ def test_end_to_end_outputs_summary_and_cache_reuse(tmp_path, fashion_subset_dir
     assert sum(sum(row.values()) for row in rerun["counts"].values()) == 100
     assert rerun["outputs"]["intermediate_graphs"] == [str(out / "intermediate" / "intermediate_20.pb")]
     assert set(rerun["seconds"]) == {"discover", "extractor", "bottlenecks", "audit", "train",
-                                     "evaluate", "novelty", "export", "total"}
+                                     "evaluate", "novelty", "tta", "export", "total"}
 
 
 def test_same_seed_same_results_with_either_flag_spelling(tmp_path, colors):

@@ -1,5 +1,6 @@
 """--tta flip: every export answers the same for an image and its mirror image, and that answer
-is the head's on the mean of both images' vectors."""
+is the head's on the mean of both images' vectors; --tta auto (the default) drops flip where the
+validation split shows it loses."""
 
 from __future__ import annotations
 
@@ -85,6 +86,17 @@ def test_auto_keeps_flip_off_where_the_mirror_image_is_another_class(tmp_path):
     assert tta["mode"] == "none" and tta["images"] >= 6
     assert tta["flip_accuracy"] < tta["plain_accuracy"] == 1.0
     assert "tta" not in json.loads((out / "graph.pb.meta.json").read_text())
+
+
+def test_auto_keeps_flip_where_mirror_images_look_alike(tmp_path):
+    out = tmp_path / "out"
+    args = retrain_args(tmp_path, make_color_image_dir(tmp_path / "images", per_class=10),
+                        "--validation_percentage", "30", "--report_html", "", "--json", steps=None)
+    result = CliRunner().invoke(retrain_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    tta = json.loads(result.stdout)["tta"]
+    assert tta["mode"] == "flip" and tta["images"] >= 3
+    assert json.loads((out / "graph.pb.meta.json").read_text())["tta"] == "flip"
 
 
 def test_an_unknown_mode_is_a_usage_error(tmp_path):
