@@ -103,3 +103,29 @@ def test_an_unknown_mode_is_a_usage_error(tmp_path):
     args = retrain_args(tmp_path, make_color_image_dir(tmp_path / "images"), "--tta", "crop")
     result = CliRunner().invoke(retrain_main, args)
     assert result.exit_code == 2 and "--tta" in result.output
+
+
+def test_heat_maps_of_a_flip_graph_are_the_images_own(tmp_path):
+    """Grad-CAM on a --tta flip graph: one map per image, the image's own (not its mirror's)."""
+    from retrainer.explain.gradcam import GradCam
+    from retrainer.exports.graph import GraphExporter
+    from retrainer.extractors import create_extractor
+
+    extractor = create_extractor("efficientnet_lite0", 64)  # real weights, a 2x2 map
+    head = Head(extractor.spec.vector_size, 3, seed=1)
+    images = np.zeros((3, 64, 64, 3), np.float32) + 0.15
+    images[:, 8:24, 40:56] = (1.0, 0.85, 0.1)  # a bright square top right
+    explained = {}
+    for tta in ("none", "flip"):
+        path = tmp_path / f"{tta}.pb"
+        GraphExporter(Classifier(extractor, head, ("a", "b", "c"), "final_result", tta=tta)
+                      ).write_graph(path)
+        graph_def = tf.compat.v1.GraphDef.FromString(path.read_bytes())
+        cam = GradCam.from_graph_def(graph_def, "Placeholder:0", "final_result:0", str(path))
+        explained[tta] = cam.explain(images)
+        cam.close()
+    plain, flip = explained["none"], explained["flip"]
+    assert flip.maps.shape == plain.maps.shape == (3, 2, 2)
+    same = flip.classes == plain.classes
+    assert same.any()
+    np.testing.assert_allclose(flip.maps[same], plain.maps[same], atol=1e-4)
