@@ -47,8 +47,7 @@ class Classifier(tf.Module):
         thresholds: Optional[Sequence[float]] = None,
         tta: str = NO_TTA,
     ) -> None:
-        """`tta`: FLIP = the head (and the novelty score) reads the mean of each image's and its
-        mirror image's vectors."""
+        """`tta`: FLIP = the head reads the mean of each image's and its mirror image's vectors."""
         super().__init__(name="retrained_classifier")
         self.extractor = extractor
         self.head = head
@@ -79,17 +78,20 @@ class Classifier(tf.Module):
 
     def _classify(self, images: tf.Tensor) -> tf.Tensor:
         """float32 [N, H, W, 3] RGB in [0, 1] -> float32 [N, C] probabilities."""
-        return self._probabilities(self._features(images))
+        return self._probabilities(self._vectors(images)[1])
 
-    def _features(self, images: tf.Tensor) -> tf.Tensor:
-        """The vectors the head reads: the extractor's, or with --tta flip the mean of the
-        image's and its mirror image's (one batch of 2N through the extractor)."""
+    def _vectors(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the images' own vectors, what the head reads): with --tta flip the head reads the
+        mean of each image's and its mirror image's (one batch of 2N through the extractor);
+        the novelty score keeps the image's own, which its threshold was calibrated on."""
         if self.tta != FLIP:
-            return self.extractor(images)
+            features = self.extractor(images)
+            return features, features
         with tf.name_scope("tta_flip"):  # slices, not ReverseV2: ops every model already holds
             both = self.extractor(tf.concat([images, images[:, :, ::-1]], 0))
             count = tf.shape(images)[0]
-            return (both[:count] + both[count:]) * 0.5
+            own = both[:count]
+            return own, (own + both[count:]) * 0.5
 
     def _probabilities(self, features: tf.Tensor) -> tf.Tensor:
         with tf.name_scope("final_retrain_ops"):
@@ -98,8 +100,8 @@ class Classifier(tf.Module):
 
     def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """{"probabilities": float32 [N, C], "novelty": float32 [N] (when fitted)}."""
-        features = self._features(images)
-        outputs = {"probabilities": self._probabilities(features)}
+        features, head_input = self._vectors(images)
+        outputs = {"probabilities": self._probabilities(head_input)}
         if self.novelty is not None:
             with tf.name_scope("novelty_ops"):
                 score = novelty_scores(features, self.novelty_references, self.novelty.k)

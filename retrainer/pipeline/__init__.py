@@ -224,7 +224,8 @@ def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained,
         return TtaChoice(NO_TTA, 0, 0.0, 0.0, 0.0)
     validation = splits.features[VALIDATION]
     return choose_tta(trained.head.head, engine, [image.path for image in splits.images[VALIDATION]],
-                      validation.features, validation.labels, config.training.seed)
+                      validation.features, validation.labels, config.training.seed,
+                      config.extraction.bottleneck_dir)
 
 
 def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, splits: SplitFeatures,

@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer.data.batches import decode_files
+from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.layout import MIRRORED_SUBFOLDER
+from retrainer.data.batches import decode_files, file_digest
 from retrainer.engines.base import Engine
-from retrainer.io.storage import AnyPath
+from retrainer.io.storage import AnyPath, as_path
 from retrainer.training.head import Head
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ class TtaChoice:
 
 
 def choose_tta(head: Head, engine: Engine, paths: Sequence[AnyPath], vectors: np.ndarray,
-               labels: np.ndarray, seed: int) -> TtaChoice:
+               labels: np.ndarray, seed: int, bottleneck_dir: AnyPath) -> TtaChoice:
     """Check flip on a seeded sample of the validation images (the module docstring).
 
     Args:
@@ -69,11 +71,12 @@ def choose_tta(head: Head, engine: Engine, paths: Sequence[AnyPath], vectors: np
         vectors: float32 [len(paths), D], their cached vectors.
         labels: int64 [len(paths)] class indices.
         seed: picks the sample.
+        bottleneck_dir: the cache root; the mirror images' vectors are cached there too.
     """
     if not len(paths):
         return TtaChoice("none", 0, 0.0, 0.0, 0.0)
     rows = np.sort(np.random.default_rng(seed).permutation(len(paths))[:SAMPLE_IMAGES])
-    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows])
+    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir)
     rows = rows[ok]
     plain = _correct(head, vectors[rows], labels[rows])
     flip = _correct(head, (vectors[rows] + mirrored) / 2, labels[rows])
@@ -90,16 +93,28 @@ def choose_tta(head: Head, engine: Engine, paths: Sequence[AnyPath], vectors: np
     return choice
 
 
-def _mirrored_vectors(engine: Engine, paths: Sequence[AnyPath]) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [decoded, D] vectors of the mirrored images, bool [len(paths)] decoded), decoded
-    a chunk at a time (2,000 images at 224 x 224 would hold 300 MB of pixels at once)."""
-    vectors, decoded = [], []
-    for start in range(0, len(paths), CHUNK):
-        pixels, ok = decode_files(paths[start:start + CHUNK], engine.spec.input_size)
-        vectors.append(engine(np.ascontiguousarray(pixels[ok][:, :, ::-1])) if ok.any()
-                       else np.zeros((0, engine.spec.vector_size), np.float32))
-        decoded.append(ok)
-    return np.concatenate(vectors), np.concatenate(decoded)
+def _mirrored_vectors(engine: Engine, paths: Sequence[AnyPath], bottleneck_dir: AnyPath
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [decoded, D] vectors of the mirrored images, bool [len(paths)] decoded): from the
+    bottleneck cache (`layout.MIRRORED_SUBFOLDER`) where present, so a rerun decodes nothing;
+    else decoded a chunk at a time (2,000 images at 224 x 224 would hold 300 MB of pixels)."""
+    cache = BottleneckCache(as_path(bottleneck_dir), engine.spec, namespace=MIRRORED_SUBFOLDER)
+    keys = [file_digest(path) for path in paths]
+    vectors: list[Optional[np.ndarray]] = [cache.load(key) for key in keys]
+    missing = [index for index, vector in enumerate(vectors) if vector is None]
+    for start in range(0, len(missing), CHUNK):
+        chunk = missing[start:start + CHUNK]
+        pixels, ok = decode_files([paths[index] for index in chunk], engine.spec.input_size)
+        if not ok.any():
+            continue
+        computed = engine(np.ascontiguousarray(pixels[ok][:, :, ::-1]))
+        decoded = [index for index, good in zip(chunk, ok) if good]
+        cache.store_all([(keys[index], vector) for index, vector in zip(decoded, computed)])
+        for index, vector in zip(decoded, computed):
+            vectors[index] = vector
+    found = np.array([vector is not None for vector in vectors], bool)
+    rows = [vector for vector in vectors if vector is not None]
+    return (np.stack(rows) if rows else np.zeros((0, engine.spec.vector_size), np.float32)), found
 
 
 def _correct(head: Head, vectors: np.ndarray, truth: np.ndarray) -> np.ndarray:
