@@ -167,6 +167,37 @@ def test_report_section_pairs_each_image_with_its_heat_map(lite_models, tmp_path
     assert "over 2 misclassified test images" in section.body
 
 
+def test_report_heat_maps_are_cached_by_graph_and_pixels(lite_models, tmp_path):
+    """A rerun with the same frozen graph and images reads the maps back; a damaged cache file
+    is computed again; other images (or another graph) get their own file."""
+    import tensorflow as tf
+
+    from retrainer.reports.explanations import Explained, explanation_section
+
+    graph_def = tf.compat.v1.GraphDef.FromString((lite_models / "graph.pb").read_bytes())
+    images = [Explained(write_photo(tmp_path / f"{index}.jpg", (48, 80)), f"{index}.jpg", "a",
+                        "b" if index else "a") for index in range(2)]
+    cache = tmp_path / "cache"
+
+    def gallery(chosen):
+        section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
+                                      "efficientnet_lite0", (SIZE, SIZE), chosen, 1, cache)
+        return section.body.split('<div class="gallery">')[1]
+
+    first = gallery(images)
+    (stored,) = (cache / "heat-maps-v1").rglob("*.maps")
+    maps = np.load(stored)
+    assert maps.shape[0] == 2 and maps.dtype == np.float32
+    np.save(stored.with_suffix(".npy"), np.zeros_like(maps))  # read back, not computed:
+    stored.write_bytes(stored.with_suffix(".npy").read_bytes())
+    assert gallery(images) != first
+    stored.write_bytes(b"\x93NUMPY garbage")  # damaged: computed again and rewritten
+    assert gallery(images) == first
+    assert np.array_equal(np.load(stored), maps)
+    gallery(images[:1])
+    assert len(list((cache / "heat-maps-v1").rglob("*.maps"))) == 2
+
+
 def test_report_says_why_there_are_no_heat_maps(deployed_run):
     report = (deployed_run.out / "report.html").read_text()
     assert '<section id="explanations">' in report
