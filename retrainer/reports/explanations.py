@@ -20,9 +20,11 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
 from retrainer.cache.layout import heat_maps_path
 from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.errors import ModelError
 from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
 from retrainer.io.atomic import making_folder, write_bytes_atomically
@@ -108,7 +110,12 @@ def explanation_section(
             readable.append(image)
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
-    maps = _heat_maps(graph_def(), input_name, output_name, pixels, cache_root)
+    try:
+        maps = _heat_maps(graph_def(), input_name, output_name, pixels, cache_root)
+    except (ModelError, LookupError, tf.errors.OpError) as error:  # an extra never fails a run
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        log.warning("Report: no heat maps: %s", reason)
+        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {reason}.", "note"))
     figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
     wrong = sum(not image.correct for image in images)
     body = paragraph(
@@ -123,7 +130,11 @@ def explanation_section(
 def _heat_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[np.ndarray],
                cache_root: Optional[os.PathLike[str] | str]) -> list[np.ndarray]:
     """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) through the frozen graph: read back when
-    the same graph explained the same pixels before, else computed (and cached)."""
+    the same graph explained the same pixels before, else computed (and cached).
+
+    Raises:
+        ModelError: the graph has no map to explain; LookupError: an op without a gradient.
+    """
     path = None
     if cache_root is not None and pixels:
         digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True))
