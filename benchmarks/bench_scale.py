@@ -48,13 +48,15 @@ def image_folder(data: Path, per_class: int, manifest: dict[str, Any]) -> Path:
 
 def forget_first_run_state(bottleneck_dir: Path) -> None:
     """Remove what a first run after extraction has not yet built: the audit's cached findings
-    and signatures and the file index (paths from `retrainer.cache.layout`)."""
+    and signatures (of every input size), the file index and the report's heat maps (paths from
+    `retrainer.cache.layout`)."""
     from retrainer.cache import layout
 
-    for name in ("audit_findings_folder", "audit_signatures_folder", "file_index_folder"):
-        folder = getattr(layout, name, None)
-        if folder is not None:
-            shutil.rmtree(folder(bottleneck_dir), ignore_errors=True)
+    for folder in (layout.audit_findings_folder(bottleneck_dir),
+                   layout.audit_signatures_folder(bottleneck_dir, (1, 1)).parent,
+                   layout.file_index_folder(bottleneck_dir),
+                   layout.heat_maps_path(bottleneck_dir, "00").parent.parent):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def timed_run(command: list[str], cwd: Path, lock: Optional[str]) -> tuple[dict, float, float]:
