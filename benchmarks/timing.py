@@ -7,13 +7,15 @@ load average next to every figure (`machine_line`).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -26,6 +28,25 @@ def machine_line() -> str:
     """"N CPUs, load average a b c": to print beside every figure."""
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     return f"{os.cpu_count()} CPUs, load average {load}"
+
+
+@contextlib.contextmanager
+def cpu_lock(path: Optional[str]) -> Iterator[None]:
+    """Hold an exclusive flock on `path` (a shared machine's CPU lock) for the block; no lock
+    when `path` is None. Lets a long benchmark take the lock per measurement, not for hours.
+    Test suites queued on the same lock (`flock PATH ... pytest` processes) go first."""
+    if path is None:
+        yield
+        return
+    while subprocess.run(["pgrep", "-f", f"flock {path}.*pytest"],
+                         stdout=subprocess.DEVNULL).returncode == 0:
+        time.sleep(30)
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def best_of(repeats: int, work: Callable[[], Any]) -> float:

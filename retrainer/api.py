@@ -161,7 +161,7 @@ class Model:
 
     @property
     def kind(self) -> str:
-        """Which kind of file it is, e.g. "frozen graph", "tflite", "saved_model", "onnx"."""
+        """Which kind of file it is: "graph", "TFLite model", "SavedModel" or "ONNX model"."""
         return self._classifier.model.kind
 
     def predict(self, images: ImageInput | Sequence[ImageInput],

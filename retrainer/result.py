@@ -45,7 +45,12 @@ class RetrainResult:
         test_per_class: {label: {"correct": n, "total": n}} over the final test.
         misclassified: each wrong test prediction, in the test's order.
         outputs: {flag name: path written}, plus "intermediate_graphs": [paths].
-        seconds: wall time per stage and "total".
+        seconds: wall time of every part of the run and "total" (their sum): "start-up" (the
+            interpreter and the CLI's imports), "import" (what loading TensorFlow added), each
+            stage, "reports", "other" (between the parts) and, from the CLI, "exit"; the total
+            is then the process's wall time (docs/performance.md). The metrics file, written
+            last, has the figures as they were just before it was written.
+        peak_memory_gib: each part's peak resident memory, and "total": the run's peak.
         exports: the export report, one row per artifact (docs/exports.md).
         best_step: the head training step kept by --early_stopping (None without it).
         head: how the head was trained: {"solver": "lbfgs" | "sgd", and for lbfgs "l2" (the
@@ -92,6 +97,7 @@ class RetrainResult:
     misclassified: tuple[MisclassifiedImage, ...]
     outputs: dict[str, Any]
     seconds: dict[str, float]
+    peak_memory_gib: dict[str, float]
     exports: tuple[dict[str, Any], ...]
     best_step: Optional[int]
     head: Optional[dict[str, Any]]
@@ -153,6 +159,7 @@ class RetrainResult:
                 for name, value in self.outputs.items()
             },
             "seconds": self.seconds,
+            "peak_memory_gib": self.peak_memory_gib,
             "exports": self.exports,
             "best_step": self.best_step,
             "head": self.head,

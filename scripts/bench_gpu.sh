@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU benchmark of the extraction engines, for a machine with an NVIDIA GPU (NOT yet run: written on a
 # CPU-only machine). One short script: install, build 5,000 real images, print images/s for each
-# precision and the decode rate alone; with 2+ GPUs, one GPU against all of them
+# precision and the decode rate alone (benchmarks/bench_gpu.py, whose --smoke the slow suite runs
+# on CPU so it cannot rot); with 2+ GPUs, one GPU against all of them
 # (benchmarks/bench_devices.py, 8,000 images).
 #
 #   bash scripts/bench_gpu.sh            # from the repository root; ~5-10 minutes
@@ -21,39 +22,7 @@ python3 -m venv .venv-gpu
 fi
 [ -f .cache/fashion-mnist/t10k-images-idx3-ubyte.gz ] || bash scripts/fetch_fashion_mnist.sh .cache/fashion-mnist
 nvidia-smi --query-gpu=name,memory.total --format=csv
-PYTHONPATH=$PWD .venv-gpu/bin/python - <<'PY'
-import os, tempfile, time
-from pathlib import Path
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import numpy as np
-import tensorflow as tf
-from benchmarks.data import fashion_mnist_files
-from benchmarks.photos import SMALL, photo_set
-from benchmarks.timing import engine_seconds, stage_seconds
-from retrainer.data.batches import decoded_images
-from retrainer.engines import PRECISIONS
-from retrainer.engines.factory import create_engine
-from retrainer.extractors import create_extractor
-from retrainer.data.decoding import load_image
-
-print("GPUs:", tf.config.list_physical_devices("GPU"))
-work = Path(tempfile.mkdtemp())
-paths = fashion_mnist_files(work / "fashion", 400)
-paths += photo_set(work / "photos", 5000 - len(paths), SMALL)
-pixels = np.stack([load_image(path, (224, 224)) for path in paths])
-extractor = create_extractor("efficientnet_lite0")
-started = time.perf_counter()
-for batch in decoded_images(paths, extractor.spec.input_size, 256):
-    pass
-print(f"decode alone: {len(paths) / (time.perf_counter() - started):.0f} images/s ({os.cpu_count()} CPUs)")
-for precision in PRECISIONS:
-    engine = create_engine(extractor, precision)
-    for batch in (64, 256):
-        raw, _ = engine_seconds(engine, pixels, batch)
-        stage = stage_seconds(engine, paths, work / f"cache-{precision}-{batch}", batch)
-        print(f"{precision:8s} batch {batch:3d}: raw {len(paths) / raw:7.0f} images/s, stage "
-              f"{len(paths) / stage:7.0f} images/s, stage/raw {raw / stage:.2f}")
-PY
+PYTHONPATH=$PWD .venv-gpu/bin/python -m benchmarks.bench_gpu --images 5000
 # Several GPUs (--extraction_devices): GPU:0 alone against every GPU, float32, on real images.
 if [ "$(nvidia-smi --list-gpus | wc -l)" -ge 2 ]; then
 .venv-gpu/bin/python -m benchmarks.bench_devices --fashion 400 --photos 4000 --rounds 2

@@ -66,6 +66,10 @@ with its default. This page is generated from the commands themselves
 underscore flag also has a dash spelling (`--image_dir` and `--image-dir`). In Python,
 `retrainer.retrain()` takes `retrain`'s flags as keyword arguments in underscore spelling
 ([python.md](python.md)).
+
+Shell completion (click's): add `eval "$(_RETRAIN_COMPLETE=bash_source retrain)"` to `~/.bashrc`,
+and the same with `_LABEL_IMAGE_COMPLETE` for `label-image` and `_RETRAIN_EXTRACT_COMPLETE` for
+`retrain-extract`; zsh and fish take `zsh_source` and `fish_source` instead of `bash_source`.
 """
 _UNSET = getattr(click.core, "UNSET", None)  # click >= 8.3's "no default" marker
 

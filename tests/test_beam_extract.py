@@ -185,15 +185,14 @@ def test_killed_run_is_never_read_and_a_rerun_completes_the_cache(tmp_path, imag
                           .directory)
     process = subprocess.Popen(
         [sys.executable, "-m", "retrainer.cli.extract", "--image_dir", str(images),
-         "--bottleneck_dir", str(cache), "--tfhub_module", str(module_dir), "--batch_size", "2",
+         "--bottleneck_dir", str(cache), "--tfhub_module", str(module_dir), "--batch_size", "1",
          *MULTI_PROCESS], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)  # its own process group: the kill takes the workers too
     shards = Path(namespace) / "shards"
     deadline = time.monotonic() + 120
-    while not (shards.is_dir() and any(shards.iterdir())) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.5)  # the run has started: its folder and the sink's temp folder exist
-    os.killpg(process.pid, signal.SIGKILL)
+    while not any(shards.glob("*/vectors-*")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)  # mid-run: a worker is writing its first shard
     process.wait(timeout=30)
     assert shards.is_dir() and finished_runs(namespace) == []  # killed before its marker
     assert len(load_sharded(namespace, 8)) == 0

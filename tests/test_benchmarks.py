@@ -16,7 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = sorted(path.stem for pattern in ("bench_*.py", "measure_*.py")
                     for path in (REPO / "benchmarks").glob(pattern))
-NEEDS = {"bench_beam": "apache_beam"}  # optional extras: without them the smoke test skips
+NEEDS = {"bench_beam": "distributed"}  # optional extras (.[beam,dask]): without them it skips
 SMOKE_TIMEOUT_S = 600
 
 
@@ -29,7 +29,7 @@ def test_every_benchmark_is_found():
 def test_benchmark_smoke_mode_runs(name: str, tmp_path: Path):
     needed = NEEDS.get(name)
     if needed and importlib.util.find_spec(needed) is None:
-        pytest.skip(f"{name} needs {needed} (pip install '.[beam]')")
+        pytest.skip(f"{name} needs {needed} (pip install '.[beam,dask]')")
     done = subprocess.run(
         [sys.executable, "-m", f"benchmarks.{name}", "--smoke"], cwd=REPO, capture_output=True,
         text=True, timeout=SMOKE_TIMEOUT_S,

@@ -167,6 +167,37 @@ def test_report_section_pairs_each_image_with_its_heat_map(lite_models, tmp_path
     assert "over 2 misclassified test images" in section.body
 
 
+def test_report_heat_maps_are_cached_by_graph_and_pixels(lite_models, tmp_path):
+    """A rerun with the same frozen graph and images reads the maps back; a damaged cache file
+    is computed again; other images (or another graph) get their own file."""
+    import tensorflow as tf
+
+    from retrainer.reports.explanations import Explained, explanation_section
+
+    graph_def = tf.compat.v1.GraphDef.FromString((lite_models / "graph.pb").read_bytes())
+    images = [Explained(write_photo(tmp_path / f"{index}.jpg", (48, 80)), f"{index}.jpg", "a",
+                        "b" if index else "a") for index in range(2)]
+    cache = tmp_path / "cache"
+
+    def gallery(chosen):
+        section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
+                                      "efficientnet_lite0", (SIZE, SIZE), chosen, 1, cache)
+        return section.body.split('<div class="gallery">')[1]
+
+    first = gallery(images)
+    (stored,) = (cache / "heat-maps-v1").rglob("*.maps")
+    maps = np.load(stored)
+    assert maps.shape[0] == 2 and maps.dtype == np.float32
+    np.save(stored.with_suffix(".npy"), np.zeros_like(maps))  # read back, not computed:
+    stored.write_bytes(stored.with_suffix(".npy").read_bytes())
+    assert gallery(images) != first
+    stored.write_bytes(b"\x93NUMPY garbage")  # damaged: computed again and rewritten
+    assert gallery(images) == first
+    assert np.array_equal(np.load(stored), maps)
+    gallery(images[:1])
+    assert len(list((cache / "heat-maps-v1").rglob("*.maps"))) == 2
+
+
 def test_report_says_why_there_are_no_heat_maps(deployed_run):
     report = (deployed_run.out / "report.html").read_text()
     assert '<section id="explanations">' in report
@@ -198,3 +229,61 @@ def test_report_heat_maps_render_in_chromium(tmp_path, fashion_mnist_dir):
     pixels = image.astype(int)
     hot = (pixels[..., 0] > 170) & (pixels[..., 1] < 110) & (pixels[..., 2] < 90)
     assert hot.sum() > pairs * 100, "each heat map has a red core"
+
+
+def _frozen_graph(body, size: int):
+    """A frozen classifier GraphDef: Placeholder [N, size, size, 3] -> body -> final_result."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3], name="Placeholder")
+        vectors = body(tf, images)
+        weights = tf.constant(np.random.default_rng(0).normal(size=(vectors.shape[-1], 3)),
+                              tf.float32)
+        tf.nn.softmax(tf.matmul(vectors, weights), name="final_result")
+    return graph.as_graph_def()
+
+
+def _downsampling_to_one_cell(tf, images):
+    """MobileNetV2's last stride-2 block at a small input: a 2x2 expansion, zero-padded to 3x3,
+    a strided 3x3 convolution down to 1x1, then the global average pool."""
+    rng = np.random.default_rng(1)
+    expanded = tf.nn.relu6(tf.nn.conv2d(images, rng.normal(size=(1, 1, 3, 8)).astype(np.float32),
+                                        1, "VALID"), name="expand_relu")
+    padded = tf.pad(expanded, [[0, 0], [0, 1], [0, 1], [0, 0]])
+    reduced = tf.nn.relu6(tf.nn.conv2d(padded, rng.normal(size=(3, 3, 8, 16)).astype(np.float32),
+                                       2, "VALID"))
+    return tf.reduce_mean(reduced, axis=[1, 2])
+
+
+def test_a_one_cell_last_map_is_explained_on_the_nearest_larger_map():
+    """A backbone that downsamples 32x, at --image_size 32, pools a 1x1 map (MobileNetV2): the
+    heat map comes from the last map with extent on the image's path, not its padded copy or a
+    3x3 kernel."""
+    from retrainer.explain.gradcam import GradCam
+
+    gradcam = GradCam.from_graph_def(_frozen_graph(_downsampling_to_one_cell, 2),
+                                     "Placeholder:0", "final_result:0", "a test graph")
+    try:
+        assert gradcam.feature_map.op.name == "expand_relu"
+        explanation = gradcam.explain(np.random.default_rng(2).random((2, 2, 2, 3), np.float32))
+    finally:
+        gradcam.close()
+    assert explanation.maps.shape == (2, 2, 2) and np.isfinite(explanation.maps).all()
+    assert explanation.maps.max() == 1.0
+
+
+def test_report_section_notes_a_model_it_cannot_explain(tmp_path, caplog):
+    """No pooled map at all: the report's section says why in one line and logs a warning; the
+    run is not failed by an extra."""
+    from retrainer.reports.explanations import Explained, explanation_section
+
+    graph_def = _frozen_graph(lambda tf, images: tf.reshape(images, [-1, 8 * 8 * 3]), 8)
+    images = [Explained(write_photo(tmp_path / "a.jpg", (8, 8)), "x/a.jpg", "a", "a")]
+    section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
+                                  "keras:Flat", (8, 8), images, 1)
+    assert "No heat maps: cannot explain the trained model" in section.body
+    assert "<figure" not in section.body
+    assert [record.levelname for record in caplog.records
+            if "no heat maps" in record.getMessage()] == ["WARNING"]

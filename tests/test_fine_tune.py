@@ -190,4 +190,8 @@ def test_fine_tuning_a_keras_backbone(tmp_path, images):
                  "--fine_tune_learning_rate", "0.05", "--image_size", "32", "--fine_tune_epochs", "1",
                  extractor="keras:MobileNetV2,weights=random")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["fine_tuning"]["tuned_parameters"] > 0
+    document = json.loads(result.stdout)
+    assert document["fine_tuning"]["tuned_parameters"] > 0
+    # MobileNetV2 at 32 px pools a 1x1 map: the report explains the last map with extent
+    report = Path(document["outputs"]["report_html"]).read_text("utf-8")
+    assert report.count('<figure class="pair">') > 0, "no heat maps in the report"

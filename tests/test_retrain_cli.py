@@ -120,8 +120,13 @@ def test_end_to_end_outputs_summary_and_cache_reuse(tmp_path, fashion_subset_dir
     assert (rerun["bottlenecks_computed"], rerun["bottlenecks_reused"]) == (0, 100)
     assert sum(sum(row.values()) for row in rerun["counts"].values()) == 100
     assert rerun["outputs"]["intermediate_graphs"] == [str(out / "intermediate" / "intermediate_20.pb")]
-    assert set(rerun["seconds"]) == {"discover", "extractor", "bottlenecks", "audit", "train",
-                                     "evaluate", "novelty", "export", "total"}
+    parts = {"discover", "file index", "import", "extractor", "bottlenecks", "audit", "train",
+             "evaluate", "novelty", "export", "reports", "exit", "other"}
+    assert set(rerun["seconds"]) == parts | {"total"}  # in process: no "start-up"
+    assert sum(rerun["seconds"][part] for part in parts) == pytest.approx(
+        rerun["seconds"]["total"], abs=1e-6)
+    assert set(rerun["peak_memory_gib"]) == parts | {"total"}
+    assert 0 < rerun["peak_memory_gib"]["bottlenecks"] <= rerun["peak_memory_gib"]["total"]
 
 
 def test_same_seed_same_results_with_either_flag_spelling(tmp_path, colors):

@@ -125,6 +125,24 @@ def test_retrain_extract_with_a_hostile_module(tmp_path):
     assert target.exists() and cache.is_dir()
 
 
+@pytest.mark.beam
+def test_retrain_extract_workers_check_the_module_themselves(tmp_path):
+    """Each worker loads the module itself, so it checks it itself: the launcher's check does
+    not travel with the task (the file a worker reads may not be the one the launcher read)."""
+    pytest.importorskip("apache_beam")
+    from retrainer.beam.transforms import Extraction, ExtractShards
+    from retrainer.errors import UntrustedModelError
+
+    target = tmp_path / "written.txt"
+    module = hostile_tf2_module(tmp_path / "module", target)
+    extraction = Extraction(str(module), None, "float32", False, (32, 32),
+                            str(tmp_path / "cache"), str(tmp_path / "run"))
+
+    with pytest.raises(UntrustedModelError, match=r"saved_model\.pb"):
+        ExtractShards(extraction).setup()
+    assert not target.exists()
+
+
 def test_python_api_load_refuses_unless_trusted(tmp_path):
     import retrainer
 

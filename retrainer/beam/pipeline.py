@@ -1,16 +1,17 @@
 """`retrain-extract`'s Beam pipeline: image files -> bottleneck vectors, written as one shard run.
 
-    MatchFiles -> Reshuffle (else every file stays on the worker that listed them) -> ReadMatches
-    -> hash; skip what the cache has; decode (retrainer's discovery rule and decoder)
-    -> RunInference (KeyedModelHandler keyed by content SHA-256, retrainer's own extractor)
-    -> WriteToTFRecord (Beam's temp + finalize) -> manifest, then the marker (retrainer/cache/shards.py)
+    list the image files (MatchFiles -> Reshuffle on the workers; in the launcher on Dask)
+    -> batches of paths -> per batch: hash, skip what the cache has, decode (retrainer's
+    discovery rule and decoder), run retrain's engine, append to the bundle's TFRecord shard
+    -> one summary -> manifest, then the marker (retrainer/cache/shards.py)
 
-Unreadable images go to a dead-letter output: counted, named in the manifest and the result,
-never fatal. The vectors are the single-machine path's (same engine and precision, hence the same
-cache namespace, decode and model call), so a following `retrain --bottleneck_dir DIR` computes
-nothing. `--extractor_precision auto` is resolved once, on the machine that launches the pipeline,
-by `retrain`'s rule, and the workers run that precision. Paths may be local or
-anything Beam's file systems read (gs:// with apache-beam[gcp]).
+Unreadable images are counted and named in the manifest and the result, never fatal. The vectors
+are the single-machine path's (same engine and precision, hence the same cache namespace, decode
+and model call), so a following `retrain --bottleneck_dir DIR` computes nothing.
+`--extractor_precision auto` is resolved once, on the machine that launches the pipeline, by
+`retrain`'s rule, and the workers run that precision. Paths may be local or anything Beam's file
+systems read (gs:// with apache-beam[gcp]). The steps (retrainer/beam/transforms.py) avoid what
+Beam's DaskRunner does not carry, so the pipeline runs the same on every runner.
 """
 
 from __future__ import annotations
@@ -20,43 +21,37 @@ import logging
 import os
 import secrets
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.tfrecordio import WriteToTFRecord
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from retrainer.beam.model_handler import BottleneckModelHandler
+from retrainer.beam.runners import is_dask, pipeline_options, run_pipeline
+from retrainer.beam.transforms import (
+    Extraction,
+    ExtractShards,
+    MergeSummaries,
+    batches,
+    image_paths,
+    remove_unnamed_files,
+    summary,
+)
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
 from retrainer.cache.layout import extractor_folder, shards_folder
 from retrainer.cache.shards import (
     RUN_ID_TIME,
-    SHARD_PREFIX,
-    SHARD_SUFFIX,
-    cached_digests,
-    encode_record,
     finished_runs,
     read_manifest,
     remove_abandoned_runs,
     write_manifest_then_marker,
 )
-from retrainer.data.batches import content_digest
-from retrainer.data.decoding import UnreadableImageError, decode_image
-from retrainer.data.names import is_image_relpath
 from retrainer.engines import AUTO, PRECISIONS
 from retrainer.engines.factory import create_engine
 from retrainer.errors import UsageError
 from retrainer.extractors import create_extractor
 
 log = logging.getLogger(__name__)
-
-UNREADABLE = "unreadable"
-CACHED = "cached"
-# Beam's default DirectRunner may hand the pipeline to Prism, which downloads a binary at run time.
-DEFAULT_RUNNER = "FnApiRunner"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +116,13 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
         ExtractResult.
 
     Raises:
-        UsageError: --image_dir is not a folder; unknown extractor; a precision this machine or
-            extractor cannot run.
+        UsageError: --image_dir is not a folder; unknown extractor or runner; a precision this
+            machine or extractor cannot run; the Dask cluster cannot be reached or lost the run.
         UntrustedModelError: the module failed the model check (before anything is written).
         ModelError: the extractor cannot be loaded.
     """
     started = time.perf_counter()
+    options = pipeline_options(beam_args, config.batch_size)  # a bad --runner fails first
     image_dir = _absolute(config.image_dir)
     for flag, path in (("image_dir", image_dir), ("bottleneck_dir", config.bottleneck_dir)):
         _check_file_system(flag, path)
@@ -144,13 +140,11 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
     cache_dir = os.fspath(extractor_folder(_absolute(config.bottleneck_dir), spec))
     remove_abandoned_runs(cache_dir)  # runs of killed writers, old enough to be dead
     run_dir = FileSystems.join(shards_folder(cache_dir), _new_run_id())
-    options = PipelineOptions(beam_args)
-    if options.view_as(StandardOptions).runner is None:
-        options.view_as(StandardOptions).runner = DEFAULT_RUNNER
     log.info("Extracting %s %s vectors of %s into %s.", spec.name, precision, image_dir, run_dir)
-    with beam.Pipeline(options=options) as pipeline:
-        _build(pipeline, dataclasses.replace(config, extractor_precision=precision), image_dir,
-               cache_dir, run_dir, spec)
+    pipeline = beam.Pipeline(options=options)
+    _build(pipeline, dataclasses.replace(config, extractor_precision=precision), image_dir,
+           cache_dir, run_dir, spec, is_dask(options))
+    run_pipeline(pipeline)
     if run_dir not in finished_runs(cache_dir):
         raise RuntimeError(f"The pipeline finished but did not complete the shard run {run_dir}.")
     manifest = read_manifest(run_dir)
@@ -171,96 +165,46 @@ def run_extraction(config: ExtractConfig, beam_args: list[str]) -> ExtractResult
 
 
 def _build(pipeline: beam.Pipeline, config: ExtractConfig, image_dir: str, cache_dir: str,
-           run_dir: str, spec: Any) -> None:
-    cached = beam.pvalue.AsDict(
-        pipeline
-        | "CacheFolder" >> beam.Create([cache_dir])
-        | "ListCached" >> beam.FlatMap(lambda folder: ((digest, True)
-                                                      for digest in cached_digests(folder)))
-    )
-    decoded = (
-        pipeline
-        | "Match" >> fileio.MatchFiles(FileSystems.join(image_dir, "**"))
-        | "Spread" >> beam.Reshuffle()
-        | "Read" >> fileio.ReadMatches()
-        | "HashDecode" >> beam.ParDo(_HashAndDecode(image_dir, spec.input_size), cached)
-        .with_outputs(UNREADABLE, CACHED, main="pixels")
-    )
-    handler = KeyedModelHandler(
-        BottleneckModelHandler(config.tfhub_module, config.image_size, config.batch_size,
-                               config.extractor_precision, config.trust_model)
-    )
-    vectors = decoded.pixels | "Extract" >> RunInference(handler)
-    shard_paths = (
-        vectors
-        | "Encode" >> beam.MapTuple(_encode)
-        | "Write" >> WriteToTFRecord(FileSystems.join(run_dir, SHARD_PREFIX),
-                                     file_name_suffix=SHARD_SUFFIX)
-    )
+           run_dir: str, spec: Any, on_dask: bool) -> None:
+    if on_dask:  # its Reshuffle keeps everything in one task: list here, one element per batch
+        listed = FileSystems.match([FileSystems.join(image_dir, "**")])[0].metadata_list
+        paths = image_paths(image_dir, [item.path for item in listed])
+        batched = pipeline | "Batches" >> beam.Create(batches(paths, config.batch_size) or [[]])
+    else:  # listed by the workers, and spread over them (Reshuffle) before batching
+        batched = (
+            pipeline
+            | "Match" >> fileio.MatchFiles(FileSystems.join(image_dir, "**"))
+            | "Images" >> beam.FlatMap(lambda item: image_paths(image_dir, [item.path]))
+            | "Spread" >> beam.Reshuffle()
+            | "Batch" >> beam.BatchElements(min_batch_size=config.batch_size,
+                                            max_batch_size=config.batch_size)
+        )
+    extraction = Extraction(config.tfhub_module, config.image_size, config.extractor_precision,
+                            config.trust_model, tuple(spec.input_size), cache_dir, run_dir)
+    summaries = batched | "Extract" >> beam.ParDo(ExtractShards(extraction))
+    start = pipeline | "Start" >> beam.Create([summary()])  # a summary even without images
     manifest = {"extractor_id": spec.id, "extractor": spec.name,
                 "extractor_precision": config.extractor_precision,
                 "input_size": list(spec.input_size), "vector_size": spec.vector_size}
     _ = (
-        shard_paths
-        | "ShardList" >> beam.combiners.ToList()
-        | "Finish" >> beam.Map(
-            _finish_run, run_dir, manifest,
-            vectors=beam.pvalue.AsSingleton(
-                vectors | "CountVectors" >> beam.combiners.Count.Globally()),
-            already_cached=beam.pvalue.AsSingleton(
-                decoded[CACHED] | "CountCached" >> beam.combiners.Count.Globally()),
-            unreadable=beam.pvalue.AsList(decoded[UNREADABLE]),
-        )
+        (summaries, start)
+        | "Summaries" >> beam.Flatten()
+        | "Summarize" >> beam.CombineGlobally(MergeSummaries()).without_defaults()
+        | "Finish" >> beam.Map(_finish_run, run_dir, manifest)
     )
 
 
-class _HashAndDecode(beam.DoFn):
-    """ReadableFile -> (sha256, uint8 [H, W, 3]); cached hashes and unreadable files to side outputs.
-
-    Files outside discovery's rules (hidden, not in a class folder, not an image name) are dropped.
-    """
-
-    def __init__(self, image_dir: str, input_size: tuple[int, int]) -> None:
-        self.image_dir = image_dir.rstrip("/")
-        self.input_size = input_size
-        self.unreadable_count = beam.metrics.Metrics.counter("retrain_extract", "unreadable")
-        self.cached_count = beam.metrics.Metrics.counter("retrain_extract", "already_cached")
-
-    def process(self, readable_file: Any, cached: Any) -> Iterator[Any]:
-        path = readable_file.metadata.path
-        if not is_image_relpath(path[len(self.image_dir) + 1:]):
-            return
-        try:
-            data = readable_file.read()
-        except OSError as error:
-            self.unreadable_count.inc()
-            yield beam.pvalue.TaggedOutput(UNREADABLE, (path, f"cannot read file ({error})"))
-            return
-        digest = content_digest(data)
-        if digest in cached:
-            self.cached_count.inc()
-            yield beam.pvalue.TaggedOutput(CACHED, digest)
-            return
-        try:
-            yield digest, decode_image(data, self.input_size, path)
-        except UnreadableImageError as error:
-            self.unreadable_count.inc()
-            yield beam.pvalue.TaggedOutput(UNREADABLE, (path, error.reason))
-
-
-def _encode(digest: str, prediction: Any) -> bytes:
-    return encode_record(digest, prediction.inference)
-
-
-def _finish_run(shard_paths: list[str], run_dir: str, manifest: dict[str, Any], vectors: int,
-                already_cached: int, unreadable: list[tuple[str, str]]) -> None:
-    """Runs once, after every shard is finalized: the manifest, then the marker."""
+def _finish_run(total: dict[str, Any], run_dir: str, manifest: dict[str, Any]) -> None:
+    """Runs once, after every shard is written: the manifest, then the marker."""
+    if not FileSystems.exists(run_dir):  # no shard: every image cached or unreadable
+        FileSystems.mkdirs(run_dir)
+    remove_unnamed_files(run_dir, total["shards"])
     write_manifest_then_marker(run_dir, {
         **manifest,
-        "shards": sorted(FileSystems.split(os.fspath(path))[1] for path in shard_paths),
-        "vectors": vectors,
-        "already_cached": already_cached,
-        "unreadable": [{"path": path, "reason": reason} for path, reason in sorted(unreadable)],
+        "shards": total["shards"],
+        "vectors": total["vectors"],
+        "already_cached": total["already_cached"],
+        "unreadable": [{"path": path, "reason": reason} for path, reason in total["unreadable"]],
     })
 
 

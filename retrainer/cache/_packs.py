@@ -56,10 +56,9 @@ class PackReader:
         rows = self._packs.get(identity) if identity else None
         if rows is None:
             array = np.load(stream, allow_pickle=False)
-            if array.dtype.names != PACK_FIELDS:
+            rows = pack_rows(array)
+            if rows is None:
                 return array
-            vectors = array["vector"].astype(np.float32, copy=False)
-            rows = {name.decode("ascii"): vector for name, vector in zip(array["key"], vectors)}
             if identity:
                 self._packs[identity] = rows
                 if len(self._packs) > _READER_CAPACITY:
@@ -70,6 +69,14 @@ class PackReader:
             return rows[key]
         except KeyError:
             raise ValueError(f"its pack of {len(rows)} entries has none for {key}") from None
+
+
+def pack_rows(array: np.ndarray) -> Optional[dict[str, np.ndarray]]:
+    """{key: float32 [D] vector} of a pack read by np.load; None for a plain array."""
+    if array.dtype.names != PACK_FIELDS:
+        return None
+    vectors = array["vector"].astype(np.float32, copy=False)
+    return {name.decode("ascii"): vector for name, vector in zip(array["key"], vectors)}
 
 
 def _identity(stream: BinaryIO) -> Optional[_Identity]:

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retrainer.cache.entries import BottleneckCache
+from retrainer.cache.file_index import FileIndex
 from retrainer.cache.shards import load_sharded
 from retrainer.cache.signatures import SignatureCache
 from retrainer.data.batches import content_digest, decoded_batches
@@ -70,6 +71,7 @@ def compute_bottlenecks(
     bottleneck_dir: os.PathLike[str] | str,
     batch_size: int = DEFAULT_BATCH_SIZE,
     show_progress: bool = True,
+    file_index: Optional[FileIndex] = None,
     signatures: bool = False,
 ) -> Bottlenecks:
     """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
@@ -82,6 +84,8 @@ def compute_bottlenecks(
         bottleneck_dir: the cache root.
         batch_size: images per extractor call.
         show_progress: show a tqdm bar on stderr (only when stderr is a terminal).
+        file_index: the dataset's file index, already `look_up`-ed for `paths`: files whose digest it
+            knows are not read; it records the digests of the others.
         signatures: also the audit's signature of each image: made by the decode that computes
             its vector, read from the signature cache, or (a cached vector without one) decoded
             for it alone; new ones are cached.
@@ -96,26 +100,29 @@ def compute_bottlenecks(
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
     ok = np.zeros(len(paths), bool)
     skipped: dict[int, str] = {}
-    digests = [""] * len(paths)
-    missing = []
-    contents: list[Optional[bytes]] = []  # of the missing files, while under KEPT_BYTES in all
+    digests = list(file_index.known) if file_index is not None else [""] * len(paths)
+    kept_bytes: dict[int, bytes] = {}  # of the files read now, up to KEPT_BYTES in all
     kept = 0
-    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
-    for position, (data, digest, reason) in enumerate(_read_and_hashed(paths)):
+    to_read = [position for position, digest in enumerate(digests) if not digest]  # not vouched for
+    read = _read_and_hashed([paths[position] for position in to_read])
+    for position, (data, digest, reason) in zip(to_read, read):
         if reason:
             skipped[position] = reason
             continue
         digests[position] = digest
-        vector = sharded.get(digests[position])
-        if vector is None:
-            vector = cache.load(digests[position])
-        if vector is None:
-            missing.append(position)
-            keep = kept + len(data) <= KEPT_BYTES
-            contents.append(data if keep else None)
-            kept += len(data) if keep else 0
-        else:
+        if kept + len(data) <= KEPT_BYTES:
+            kept_bytes[position], kept = data, kept + len(data)
+    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
+    for position, digest in enumerate(digests):
+        vector = sharded.get(digest) if digest else None
+        if vector is not None:
             vectors[position], ok[position] = vector, True
+    cache.load_many(digests, vectors, ok)
+    missing = [position for position, digest in enumerate(digests) if digest and not ok[position]]
+    contents = [kept_bytes.pop(position, None) for position in missing]
+    kept_bytes.clear()
+    if file_index is not None:
+        file_index.update(digests)
     reused = int(ok.sum())
     signature_cache = SignatureCache(bottleneck_dir, spec.input_size) if signatures else None
     made, known = signature_cache.lookup(digests) if signature_cache else (None, None)

@@ -10,6 +10,8 @@
       audit-signatures-v2/<H>x<W>/<aa>.bin           its thumbnails and hashes, made by the decode
                                                       at the extractor's input size
                                                       (`audit_signatures_folder`)
+      file-index-v1/<hash of a dataset folder>.index  its files' digests, .npy format (`file_index_path`)
+      heat-maps-v1/<aa>/<key>.maps                   the report's Grad-CAM maps (`heat_maps_path`)
 
 Keys are content hashes, so no dataset path ever appears here. Changing a path or a format is a
 change here (bump `CACHE_FORMAT` when the vectors of the same image would differ).
@@ -17,10 +19,14 @@ change here (bump `CACHE_FORMAT` when the vectors of the same image would differ
 
 from __future__ import annotations
 
+import hashlib
 import os
+from typing import TYPE_CHECKING
 
-from retrainer.extractors import ExtractorSpec
 from retrainer.io.storage import AnyPath, as_path
+
+if TYPE_CHECKING:  # only its fields are read: the cache's paths need no TensorFlow
+    from retrainer.extractors import ExtractorSpec
 
 # Bump when the stored format or the pixels fed to extractors (decoding, resizing) change.
 CACHE_FORMAT = "v1"
@@ -28,6 +34,8 @@ ENTRY_SUFFIX = ".npy"
 SHARDS_FOLDER = "shards"
 _AUDIT_FINDINGS = "audit-results-v1"
 _AUDIT_SIGNATURES = "audit-signatures-v2"
+_FILE_INDEX = "file-index-v1"
+_HEAT_MAPS = "heat-maps-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -49,7 +57,12 @@ def distorted_subfolder(settings: str, seed: int) -> str:
 
 def entry_path(folder: AnyPath, key: str) -> AnyPath:
     """The entry of `key` (a content hash, maybe with a suffix) in a vector folder."""
-    return folder / key[:2] / f"{key}{ENTRY_SUFFIX}"
+    return folder / entry_name(key)
+
+
+def entry_name(key: str) -> str:
+    """`entry_path` relative to its vector folder, as a string (for many local lookups)."""
+    return f"{key[:2]}/{key}{ENTRY_SUFFIX}"
 
 
 def entry_key(path: os.PathLike[str] | str) -> str:
@@ -83,3 +96,19 @@ def audit_signatures_folder(root: os.PathLike[str] | str,
     input size (a JPEG's decode scale depends on it), sharded by hash prefix."""
     height, width = input_size
     return as_path(root) / _AUDIT_SIGNATURES / f"{height}x{width}"
+
+
+def file_index_path(root: os.PathLike[str] | str, dataset: str) -> AnyPath:
+    """The file index of one dataset folder (`cache.file_index`), named by a hash of its path."""
+    name = hashlib.sha256(os.path.abspath(dataset).encode("utf-8", "surrogateescape")).hexdigest()
+    return as_path(root) / _FILE_INDEX / f"{name[:32]}.index"  # not ".npy": no entry
+
+
+def file_index_folder(root: os.PathLike[str] | str) -> AnyPath:
+    """Where the file indexes of every dataset live."""
+    return as_path(root) / _FILE_INDEX
+
+
+def heat_maps_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The report's heat maps of one frozen graph over one set of images (`key`: their hash)."""
+    return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.maps"  # .npy format; not an entry

@@ -69,9 +69,7 @@ def summary_lines(result: RetrainResult) -> list[str]:
         "",
         f"Bottleneck vectors: {result.bottlenecks_computed} computed, "
         f"{result.bottlenecks_reused} reused from the cache.",
-        f"Took {result.seconds['total']:.1f} s ("
-        + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in result.seconds.items()
-                    if stage != "total") + ").",
+        _took_line(result),
         "Wrote:",
     ]
     for name, value in result.outputs.items():
@@ -79,6 +77,17 @@ def summary_lines(result: RetrainResult) -> list[str]:
         lines += [f"  {name}: {path}" for path in paths]
     lines += _export_report_lines(result)
     return lines
+
+
+def _took_line(result: RetrainResult) -> str:
+    """The run's wall time, every part named, and its peak memory."""
+    parts = ", ".join(f"{part} {seconds:.1f} s" for part, seconds in result.seconds.items()
+                      if part != "total")
+    peaks = {part: gib for part, gib in result.peak_memory_gib.items()
+             if part not in ("total", "other")}
+    peak = (f" Peak memory {result.peak_memory_gib['total']:.2f} GiB (during "
+            f"{max(peaks, key=peaks.__getitem__)})." if peaks else "")
+    return f"Took {result.seconds['total']:.1f} s ({parts}).{peak}"
 
 
 def _whole_validation_line(result: RetrainResult) -> str:

@@ -1,7 +1,7 @@
 """`retrain-extract`: compute `retrain`'s bottleneck vectors with Apache Beam, on any Beam runner.
 
 Options `retrain` also has keep its names and defaults; every other option goes to Beam's
-PipelineOptions (`--runner`, `--direct_num_workers`, `--project`, `--sdk_container_image`, ...).
+PipelineOptions (`--runner`, `--direct_num_workers`, `--project`, `--dask_client_address`, ...).
 The summary (or `--json`) goes to stdout, logs to stderr. Exit codes as `retrain`'s (0 ok, 2
 usage, 4 model); unreadable images are reported, not fatal. Needs `pip install 'retrainer[beam]'`.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import click
@@ -47,8 +48,8 @@ _MAX_UNREADABLE_SHOWN = 20
 @option("extractor_precision", type=click.Choice(EXTRACTOR_PRECISIONS), default=AUTO,
         show_default=True,
         help="How the workers run the extractor, as `retrain --extractor_precision`: auto is "
-        "resolved on this machine by retrain's rule, so a `retrain` here with the same flag "
-        "reuses every vector.")
+        "resolved where retrain-extract is launched, by retrain's rule, so a `retrain` on that "
+        "machine with the same flag reuses every vector.")
 @option("trust_model", is_flag=True,
         help="Load --tfhub_module without checking its ops first: only for a module you trust "
         "(docs/security.md).")
@@ -66,14 +67,17 @@ def main(context: click.Context, /, logging_verbosity: str, quiet: bool, as_json
     Examples:
       retrain-extract --image_dir photos --runner FnApiRunner \\
           --direct_running_mode multi_processing --direct_num_workers 2
+      retrain-extract --image_dir /shared/photos --bottleneck_dir /shared/cache \\
+          --runner DaskRunner --dask_client_address tcp://scheduler:8786
       retrain-extract --image_dir gs://bucket/photos --bottleneck_dir gs://bucket/cache \\
           --runner DataflowRunner --project P --region R --temp_location gs://bucket/tmp \\
           --sdk_container_image IMAGE
       retrain --image_dir photos    # reuses every vector
     """
     configure_logging("ERROR" if quiet else logging_verbosity)
-    if logging_verbosity.upper() != "DEBUG":  # Beam's own INFO lines are not our progress
+    if logging_verbosity.upper() != "DEBUG":  # Beam's and Dask's INFO lines are not our progress
         logging.getLogger("apache_beam").setLevel(max(logging.getLogger().level, logging.WARNING))
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # read when Dask loads
     quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
     try:
         from retrainer.beam.pipeline import ExtractConfig, run_extraction

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Callable, Optional
 
 import click
@@ -20,8 +21,9 @@ from retrainer.cli import (
     F,
     PathOrUrl,
     configure_logging,
+    exit_at_once,
+    hide_native_info_logs,
     option,
-    quiet_tensorflow,
     reports_errors,
     version_option,
 )
@@ -31,11 +33,13 @@ from retrainer.config import FLAG_ALIASES, RetrainConfig
 from retrainer.data.split import SPLIT_COMPATS
 from retrainer.errors import FinishedRunError
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
+from retrainer.pipeline.timer import StageTimer
 from retrainer.result import RetrainResult
 from retrainer.training.options import HEAD_SOLVERS, SGD_LEARNING_RATE, SGD_STEPS
 
 _FIELDS = {field.name: field for field in dataclasses.fields(RetrainConfig)}
 _ALIASES = {flag: alias for alias, flag in FLAG_ALIASES.items()}  # make_image_classifier's names
+_CONSOLE = object()  # click's context object when `main` runs as the console script
 
 
 def _option(name: str, help: str, **kwargs: Any) -> Callable[[F], F]:
@@ -217,17 +221,36 @@ def main(logging_verbosity: str, quiet: bool, as_json: bool, **options: Any) -> 
       retrain --image_dir flower_photos --how_many_training_steps 500 --json > result.json
       label-image --graph retrain_output/output_graph.pb photo.jpg
     """
+    # As the console script, the run's time starts with the process (see `console`).
+    timer = StageTimer(since_process_start=click.get_current_context().obj is _CONSOLE)
     configure_logging("ERROR" if quiet else logging_verbosity)
+    if logging_verbosity.upper() != "DEBUG":
+        hide_native_info_logs()
     config = RetrainConfig(show_progress=not quiet, **options)  # bad values fail before TF loads
-    quiet_tensorflow(verbose=logging_verbosity.upper() == "DEBUG")
-    from retrainer.pipeline import run  # TensorFlow and every stage: not for --help
+    from retrainer.pipeline import run  # loads TensorFlow and the stages on a background thread
 
     try:
-        result = run(config)
+        result = run(config, timer)
     except FinishedRunError as error:  # a failed gate or export check: the figures still print
-        _print_result(error.result, config, quiet, as_json, error)
+        _print_result(_finished(error.result, timer), config, quiet, as_json, error)
         raise
-    _print_result(result, config, quiet, as_json)
+    _print_result(_finished(result, timer), config, quiet, as_json)
+
+
+def console() -> None:
+    """The `retrain` console script: `main`, timed from the process's start, then the process
+    ends as soon as its output is out (`exit_at_once`): the summary's "Took" is its wall time."""
+    exit_at_once(main, obj=_CONSOLE)
+
+
+def _finished(result: RetrainResult, timer: StageTimer) -> RetrainResult:
+    """`result` with the run's final figures: what is left before the process ends counts as
+    "exit" (the log's last lines; `exit_at_once` then ends the process)."""
+    with timer("exit"):
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+    return dataclasses.replace(result, seconds=timer.seconds(),
+                               peak_memory_gib=timer.peak_memory_gib())
 
 
 def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_json: bool,
@@ -249,4 +272,4 @@ def _print_result(result: RetrainResult, config: RetrainConfig, quiet: bool, as_
 
 
 if __name__ == "__main__":
-    main()
+    console()

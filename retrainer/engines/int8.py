@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -61,7 +62,8 @@ class Int8Engine(Engine):
     """Full-integer TFLite model of the extractor on the XNNPACK delegate.
 
     Raises:
-        UsageError: the extractor has ops TFLite cannot convert to int8 (exit 2).
+        UsageError: on the first call: the extractor has ops TFLite cannot convert to int8
+            (exit 2).
     """
 
     precision = INT8
@@ -69,11 +71,19 @@ class Int8Engine(Engine):
     devices = ("/device:CPU:0",)  # LiteRT runs on the host CPU only
 
     def __init__(self, extractor: FeatureExtractor, threads: int) -> None:
-        spec = extractor.spec
-        self.spec = precision_spec(spec, f"{MODEL_FORMAT}-{calibration_digest()[:8]}")
-        path = _model_path(extractor, self.spec.id)
+        """The engine of `extractor`; its model is converted (or read from the cache) on the
+        first call: a run whose vectors are all cached needs only the id, never the model."""
+        self.spec = precision_spec(extractor.spec, f"{MODEL_FORMAT}-{calibration_digest()[:8]}")
+        self._extractor = extractor
+        self._threads = threads
+        self._interpreter: Any = None
+        self._rows = 0
+
+    def _load(self) -> None:
+        spec = self._extractor.spec
+        path = _model_path(self._extractor, self.spec.id)
         try:
-            model = cached_model(path, lambda: _converted(extractor))
+            model = cached_model(path, lambda: _converted(self._extractor))
         except Exception as error:  # the converter raises several unrelated types
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UsageError(
@@ -81,12 +91,13 @@ class Int8Engine(Engine):
                 f"TFLite cannot convert it to int8 ({reason[:300]}). "
                 "Use --extractor_precision float32 or bfloat16."
             ) from None
-        self._interpreter = new_interpreter(model, threads)
+        self._interpreter = new_interpreter(model, self._threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
-        self._rows = 0
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self._interpreter is None:
+            self._load()
         pixels = np.asarray(pixels, np.uint8)
         chunks = [self._invoke(pixels[start:start + BATCH_SIZE])
                   for start in range(0, len(pixels), BATCH_SIZE)]

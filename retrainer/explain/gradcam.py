@@ -3,7 +3,8 @@
 How the last convolutional block's activations are found, given only an exported model: by the
 graph's structure, not by names or by rebuilding. Every explainable extractor ends in a global
 average pool (EfficientNet-Lite's `reduce_mean` over height and width, Keras' `pooling="avg"`), so
-the input of the `Mean` over axes [1, 2] nearest the output is the last block's [N, h, w, K] map.
+the input of the `Mean` over axes [1, 2] nearest the output is the last block's [N, h, w, K] map
+(or, when a small input leaves that map 1 x 1, the nearest earlier map with spatial extent).
 This works on the very weights the user deploys (fine-tuned ones too), needs no op-name
 convention, and stays right for graphs exported by earlier versions; the `.meta.json` sidecar (or
 the SavedModel's metadata asset) only says which extractor built the graph, to keep the feature to
@@ -22,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections import deque
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -89,7 +90,7 @@ class GradCam:
         if feature_map is None:
             raise ModelError(
                 f"cannot explain {source}: no global average pool over a convolutional map "
-                "feeds its output, so it has no last convolutional block to explain"
+                "feeds its output, and no map of more than one cell precedes it"
             )
         with graph.as_default():
             score = _logits(probabilities)
@@ -146,26 +147,67 @@ def normalized(raw: np.ndarray) -> np.ndarray:
 
 
 def last_pooled_map(output: Any) -> Any:
-    """The [N, h, w, K] input of the global average pool nearest `output`, or None.
+    """The [N, h, w, K] map Grad-CAM explains for `output`, or None.
 
-    Walks the graph backwards from `output`, breadth first, and returns the input of the first
-    `Mean` over axes [1, 2] whose input is a rank-4 map larger than 1 x 1.
+    Walks the graph backwards from `output`, breadth first, to the first `Mean` over axes [1, 2]
+    of a rank-4 map: the global average pool. Its input is the last block's map, unless that map
+    is 1 x 1 (a backbone that downsamples 32 times, such as MobileNetV2, at --image_size 32):
+    a single cell has no "where", so the nearest earlier map with more than one cell on the
+    image's path is explained instead (coarser evidence, but still the deployed weights').
     """
-    queue, seen = deque([output.op]), {output.op.name}
+    pool = _nearest(output.op, _is_global_pool)
+    if pool is None:
+        return None
+    if _cells(pool.inputs[0]) > 1:
+        return pool.inputs[0]
+    on_image_path = _downstream_of_inputs(output.graph)
+    earlier = _nearest(pool.inputs[0].op, lambda op: (
+        op in on_image_path and op.type not in _PADDING and len(op.outputs) > 0
+        and op.outputs[0].shape.rank == 4 and _cells(op.outputs[0]) > 1))
+    return None if earlier is None else earlier.outputs[0]
+
+
+# A zero-padded copy of a map only adds a border of zeros: explain its input instead.
+_PADDING = frozenset({"Pad", "PadV2", "MirrorPad"})
+
+
+def _is_global_pool(op: Any) -> bool:
+    if op.type != "Mean" or len(op.inputs) != 2 or op.inputs[0].shape.rank != 4:
+        return False
+    axes = tf.get_static_value(op.inputs[1])
+    return axes is not None and sorted(np.atleast_1d(axes).tolist()) == [1, 2]
+
+
+def _cells(tensor: Any) -> int:
+    """h x w of an [N, h, w, K] map; an unknown dimension counts as more than one cell."""
+    return (tensor.shape[1] or 2) * (tensor.shape[2] or 2)
+
+
+def _nearest(start: Any, wanted: Callable[[Any], bool]) -> Any:
+    """The first op, breadth first backwards from (and including) `start`, that is `wanted`."""
+    queue, seen = deque([start]), {start.name}
     while queue:
         op = queue.popleft()
-        if op.type == "Mean" and len(op.inputs) == 2:
-            source = op.inputs[0]
-            axes = tf.get_static_value(op.inputs[1])
-            if (source.shape.rank == 4 and axes is not None
-                    and sorted(np.atleast_1d(axes).tolist()) == [1, 2]
-                    and (source.shape[1] or 2) * (source.shape[2] or 2) > 1):
-                return source
+        if wanted(op):
+            return op
         for tensor in op.inputs:
             if tensor.op.name not in seen:
                 seen.add(tensor.op.name)
                 queue.append(tensor.op)
     return None
+
+
+def _downstream_of_inputs(graph: Any) -> set[Any]:
+    """The ops that depend on a Placeholder: activations, not weights (a rank-4 conv kernel)."""
+    reached = {op for op in graph.get_operations() if op.type == "Placeholder"}
+    queue = deque(reached)
+    while queue:
+        for tensor in queue.popleft().outputs:
+            for consumer in tensor.consumers():
+                if consumer not in reached:
+                    reached.add(consumer)
+                    queue.append(consumer)
+    return reached
 
 
 def _logits(probabilities: Any) -> Any:

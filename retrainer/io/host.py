@@ -1,18 +1,27 @@
-"""What the host gives this process: its CPUs, the user's cache folder, its stderr.
+"""What the host gives this process: its CPUs, the user's cache folder, its stderr, its clock
+and memory.
 
 Kept apart from the stages so that the decoders (`retrainer.data`), the engines and `label-image`
 size their thread pools alike, every cache (vectors, converted engines, downloaded modules) lives
-under one folder, and C++ libraries' start-up chatter is silenced one way.
+under one folder, C++ libraries' start-up chatter is silenced one way, and a run's time and
+memory are measured from the process's own start (`process_age`, `peak_memory_bytes`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
+
+# Lines TensorFlow's and absl's C++ code write straight to fd 2 while TensorFlow loads:
+# "I0000 00:00:1796333663.250190   31338 port.cc:153] oneDNN ..." and absl's preamble.
+_NATIVE_LOG_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()",
+                        "To enable the following instructions:")  # cpu_feature_guard's 2nd line
 
 
 def user_cache_dir() -> Path:
@@ -54,3 +63,46 @@ def filtered_stderr(keep: Callable[[str], bool], keep_all_on_error: bool = False
             captured.seek(0)
             lines = captured.read().decode(errors="replace").splitlines(keepends=True)
             sys.stderr.write("".join(line for line in lines if failed or keep(line)))
+
+
+def is_native_log_line(line: str) -> bool:
+    """True for a line that C++ logging (absl, TensorFlow, LiteRT) wrote, not Python."""
+    head = line[:6]
+    return (line.startswith(_NATIVE_LOG_PREFIXES)
+            or (len(head) == 6 and head[0] in "IWEF" and head[1:5].isdigit() and head[5] == " "))
+
+
+def process_age() -> Optional[float]:
+    """Seconds since this process was created (fork/exec), from the kernel; None where the
+    kernel does not say (not Linux). Resolution: one clock tick (10 ms)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()
+        started_ticks = int(fields[19])  # field 22, starttime: clock ticks since boot
+        ticks = os.sysconf("SC_CLK_TCK")
+        return max(0.0, time.clock_gettime(time.CLOCK_BOOTTIME) - started_ticks / ticks)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def reset_peak_memory() -> bool:
+    """Start a new peak of resident memory (Linux: clear_refs 5); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_bytes() -> int:
+    """The peak resident memory since the last `reset_peak_memory` (else since start), bytes."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS: bytes; Linux: KiB

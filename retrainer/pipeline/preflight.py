@@ -1,59 +1,46 @@
-"""Preflight: every check that can fail before the long work, in one place.
+"""Preflight: the checks that can fail before the long work and need no TensorFlow.
 
 In the order a user meets them: output paths (created as the run would and probed with a temporary
 file, so a typo or a read-only folder is reported in a second, naming the flag), discovery (the
-classes and their split), the int8 calibration supply, the extractor and its engine (the weights
-load), and whether fine-tuning can train that extractor. Only then do the bottlenecks start.
+classes and their split), the int8 calibration supply. They run while TensorFlow loads
+(`retrainer.pipeline`); the checks that need it (a --tfhub_module folder's model check, the
+extractor and its engine, whether fine-tuning can train it) follow in `pipeline.extractor`. A
+--tfhub_module folder is checked before anything is written, so then the output paths wait for it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import tempfile
+from pathlib import Path
 
-from retrainer.cache.options import ExtractionOptions
 from retrainer.config import RetrainConfig
 from retrainer.data.discovery import ImageCollection, discover_images
 from retrainer.data.manifest import read_manifest
 from retrainer.data.split import TRAINING
-from retrainer.engines import Engine
-from retrainer.engines.factory import create_engine
 from retrainer.errors import UsageError
 from retrainer.exports.options import ExportOptions
 from retrainer.exports.quantization import INT8, MIN_CALIBRATION_IMAGES, too_few_calibration_images
-from retrainer.extractors import FeatureExtractor, create_extractor
-from retrainer.extractors.tfhub import check_extractor_module
 from retrainer.formats.graph_contract import metadata_path
 from retrainer.io.atomic import remove_stale_temporaries
-from retrainer.io.storage import AnyPath, RemotePath, probe_writable
+from retrainer.io.storage import AnyPath, RemotePath, is_url, probe_writable
 from retrainer.pipeline.timer import StageTimer
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class Prepared:
-    """What the long work starts from, once every check has passed."""
+def preflight(config: RetrainConfig, timer: StageTimer) -> ImageCollection:
+    """Run the TensorFlow-free checks of a retrain run; time discovery.
 
-    collection: ImageCollection
-    extractor: FeatureExtractor
-    engine: Engine
-
-
-def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
-    """Run every check of a retrain run that needs no vectors; time discovery and the extractor.
+    Returns:
+        The discovered, split images.
 
     Raises:
-        UsageError: an unwritable or clashing output path, an unknown extractor, a precision or
-            device this machine cannot run, an extractor --do_fine_tuning cannot train.
+        UsageError: an unwritable or clashing output path.
         DataError: fewer than two classes; too few training images for int8 calibration.
-        ModelError: the extractor cannot be loaded.
-        UntrustedModelError: the --tfhub_module folder failed the model check.
     """
-    check_extractor_module(config.tfhub_module, config.trust_model)  # before anything is written
-    check_output_paths(config)
-    remove_stale_export_temporaries(config.exports)
+    if not names_module_folder(config.tfhub_module):
+        check_outputs(config)
     with timer("discover"):
         if config.labels_csv is not None:
             collection = read_manifest(config.labels_csv, config.image_dir,
@@ -63,24 +50,19 @@ def preflight(config: RetrainConfig, timer: StageTimer) -> Prepared:
             collection = discover_images(config.image_dir, config.validation_percentage,
                                          config.testing_percentage, config.retrain_py_image_dir)
     _check_calibration_supply(config.exports, collection)
-    extractor, engine = prepare_extractor(config, timer)
-    return Prepared(collection, extractor, engine)
+    return collection
 
 
-def prepare_extractor(config: RetrainConfig, timer: StageTimer
-                      ) -> tuple[FeatureExtractor, Engine]:
-    """The extractor and its engine (timed as "extractor"), checked for fine-tuning if asked."""
-    with timer("extractor"):
-        extractor, engine = extractor_and_engine(config.extraction)
-    if config.training.do_fine_tuning:
-        extractor.fine_tunable_variables(config.training.fine_tune_blocks)  # raises if it cannot
-    return extractor, engine
+def names_module_folder(handle: str) -> bool:
+    """Whether --tfhub_module may be a local module folder (which must pass the model check
+    before anything is written). A registered name that is also a local folder counts."""
+    return not is_url(handle) and Path(handle).expanduser().is_dir()
 
 
-def extractor_and_engine(options: ExtractionOptions) -> tuple[FeatureExtractor, Engine]:
-    """`--tfhub_module` at `--image_size`, run by the engine of `--extractor_precision`."""
-    extractor = create_extractor(options.extractor, options.image_size, options.trust_model)
-    return extractor, create_engine(extractor, options.precision, options.devices)
+def check_outputs(config: RetrainConfig) -> None:
+    """Every output path can be written; temporaries an interrupted run left there are gone."""
+    check_output_paths(config)
+    remove_stale_export_temporaries(config.exports)
 
 
 def _check_calibration_supply(options: ExportOptions, collection: ImageCollection) -> None:

@@ -34,7 +34,7 @@ from retrainer.config import RetrainConfig
 from retrainer.data.discovery import ImageCollection
 from retrainer.data.split import TRAINING, VALIDATION, fold_of
 from retrainer.errors import ModelError, UsageError
-from retrainer.pipeline.preflight import extractor_and_engine
+from retrainer.pipeline.extractor import extractor_and_engine
 from retrainer.pipeline.split_features import SplitFeatures
 from retrainer.training.head import FeatureSet, train_head
 from retrainer.training.image_modes import training_options, training_rows

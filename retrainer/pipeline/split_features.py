@@ -1,4 +1,9 @@
-"""The decodable images of a run and their bottleneck vectors, grouped by split."""
+"""The decodable images of a run and their bottleneck vectors, grouped by split.
+
+The vectors are the run's largest data (5 GB at a million images), so they are not copied: the
+rows of the stage's array are reordered in place, training then validation then testing, and
+each split's features are a slice of it.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +26,12 @@ class SplitFeatures:
 
     def __init__(self, collection: ImageCollection, bottlenecks: Bottlenecks,
                  multi_label: bool = False) -> None:
-        """`multi_label`: each split's FeatureSet also carries float32 [n, C] 0/1 targets."""
+        """Group `collection`'s decodable images by split.
+
+        Takes over `bottlenecks.vectors`: its rows are reordered in place (module docstring),
+        so the stage's array no longer follows `collection.images` afterwards. `multi_label`:
+        each split's FeatureSet also carries float32 [n, C] 0/1 targets.
+        """
         self.labels = collection.labels
         self.images: dict[str, list[ImageFile]] = {split: [] for split in SPLITS}
         rows: dict[str, list[int]] = {split: [] for split in SPLITS}
@@ -33,14 +43,18 @@ class SplitFeatures:
             (collection.images[position].relpath, reason)
             for position, reason in bottlenecks.skipped
         )
-        self.features = {
-            split: FeatureSet(
-                bottlenecks.vectors[rows[split]],  # float32 [n, D], also when n == 0
+        order = [position for split in SPLITS for position in rows[split]]
+        move_rows_in_place(bottlenecks.vectors, order)
+        self.features = {}
+        start = 0
+        for split in SPLITS:
+            end = start + len(rows[split])
+            self.features[split] = FeatureSet(
+                bottlenecks.vectors[start:end],  # float32 [n, D], a view; also when n == 0
                 np.array([image.label_index for image in self.images[split]], np.int64),
                 targets_of(self.images[split], len(self.labels)) if multi_label else None,
             )
-            for split in SPLITS
-        }
+            start = end
         if not self.images[TRAINING]:
             raise DataError(
                 f"No decodable training images in {collection.image_dir} "
@@ -67,3 +81,24 @@ class SplitFeatures:
                 for index in image.label_indices:  # a multi-label image counts for each label
                     table[self.labels[index]][split] += 1
         return table
+
+
+def move_rows_in_place(matrix: np.ndarray, order: list[int]) -> None:
+    """Reorder `matrix`'s rows so that row i holds what row `order[i]` held, for i <
+    len(order) (the rows `order` leaves out end up after them), with one row of extra memory:
+    each cycle of the permutation is followed once."""
+    target = np.asarray(order + sorted(set(range(len(matrix))) - set(order)), np.int64)
+    done = np.zeros(len(matrix), bool)
+    for start in np.flatnonzero(target != np.arange(len(matrix))).tolist():
+        if done[start]:
+            continue
+        held = matrix[start].copy()
+        current = start
+        while True:
+            done[current] = True
+            source = int(target[current])
+            if source == start:
+                matrix[current] = held
+                break
+            matrix[current] = matrix[source]
+            current = source

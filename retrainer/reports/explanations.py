@@ -4,21 +4,31 @@ Grad-CAM (`retrainer.explain`) runs on the run's own classifier graph, frozen in
 as it is exported, over the test images decoded as training decoded them; each figure shows the
 image as the network saw it and the same image with the heat map of the predicted class over it.
 Every misclassified test image (up to the gallery's limit) and the first `per_class` correctly
-classified test images of each class are explained; 0 turns the section off.
+classified test images of each class are explained; 0 turns the section off. The maps are cached
+under --bottleneck_dir by a hash of the frozen graph and the images' pixels: a rerun that trains
+the same head on the same vectors (a warm rerun with the same seed) does not compute them again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import html
+import io
 import logging
+import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
+import tensorflow as tf
 
+from retrainer.cache.layout import heat_maps_path
 from retrainer.data.decoding import UnreadableImageError, load_image
+from retrainer.errors import ModelError
 from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
+from retrainer.io.atomic import making_folder, write_bytes_atomically
+from retrainer.io.storage import read_bytes
 from retrainer.reports.html import Section, paragraph, png_image
 from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
 
@@ -47,10 +57,11 @@ class Explained(NamedTuple):
 def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[str],
                   per_class: int) -> list[Explained]:
     """Every misclassified test image (up to MAX_GALLERY_IMAGES), then per class the first
-    `per_class` correct ones, in test-split order; an image sampled twice counts once. A
-    multi-label image's top-1 is correct when it is one of its labels."""
+    `per_class` correct ones, in test-split order, up to MAX_GALLERY_IMAGES correct ones in all
+    (with many classes: each class's first, then each class's second, ...); an image sampled
+    twice counts once. A multi-label image's top-1 is correct when it is one of its labels."""
     wrong: list[Explained] = []
-    right: list[Explained] = []
+    right: list[list[Explained]] = [[] for _ in labels]  # per class, up to per_class
     seen: set[int] = set()
     for position, predicted in zip(evaluation.positions.tolist(), evaluation.predictions.tolist()):
         if position in seen:
@@ -60,16 +71,20 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
         item = Explained(image.path, image.relpath,
                          ";".join(labels[index] for index in image.label_indices),
                          labels[predicted])
-        (right if item.correct else wrong).append(item)
-    chosen = wrong[:MAX_GALLERY_IMAGES]
-    for label in labels:
-        chosen += [item for item in right if item.predicted_label == label][:per_class]
-    return chosen
+        if not item.correct:
+            wrong.append(item)
+        elif len(right[predicted]) < per_class:
+            right[predicted].append(item)
+    correct = [group[rank] for rank in range(per_class) for group in right if rank < len(group)]
+    chosen = {id(item): item for item in correct[:MAX_GALLERY_IMAGES]}  # kept in class order:
+    ordered = [item for group in right for item in group if id(item) in chosen]
+    return wrong[:MAX_GALLERY_IMAGES] + ordered
 
 
 def explanation_section(
     graph_def: Callable[[], Any], input_name: str, output_name: str, extractor_name: str,
     input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
+    cache_root: Optional[os.PathLike[str] | str] = None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -80,6 +95,7 @@ def explanation_section(
         input_size: (H, W) the network takes.
         images: what to explain (`choose_images`).
         per_class: the --report_explanations count, for the text.
+        cache_root: where the maps are cached (--bottleneck_dir); None: not cached.
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -94,12 +110,12 @@ def explanation_section(
             readable.append(image)
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
-    gradcam = GradCam.from_graph_def(graph_def(), input_name, output_name, "the trained model")
     try:
-        maps = [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
-            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
-    finally:
-        gradcam.close()
+        maps = _heat_maps(graph_def(), input_name, output_name, pixels, cache_root)
+    except (ModelError, LookupError, tf.errors.OpError) as error:  # an extra never fails a run
+        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
+        log.warning("Report: no heat maps: %s", reason)
+        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {reason}.", "note"))
     figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
     wrong = sum(not image.correct for image in images)
     body = paragraph(
@@ -109,6 +125,41 @@ def explanation_section(
         f"with its heat map; made in {time.perf_counter() - started:.1f} s.")
     body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
     return Section(SECTION_ID, TITLE, body)
+
+
+def _heat_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[np.ndarray],
+               cache_root: Optional[os.PathLike[str] | str]) -> list[np.ndarray]:
+    """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) through the frozen graph: read back when
+    the same graph explained the same pixels before, else computed (and cached).
+
+    Raises:
+        ModelError: the graph has no map to explain; LookupError: an op without a gradient.
+    """
+    path = None
+    if cache_root is not None and pixels:
+        digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True))
+        digest.update(f"{input_name}\0{output_name}\0{len(pixels)}".encode())
+        for image in pixels:
+            digest.update(np.ascontiguousarray(image).data)
+        path = heat_maps_path(cache_root, digest.hexdigest())
+        try:  # a missing, partial or foreign file is computed again
+            stored = np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
+            if stored.dtype == np.float32 and stored.ndim == 3 and len(stored) == len(pixels):
+                return list(stored)
+        except (OSError, ValueError):
+            pass
+    gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
+    try:
+        maps = [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
+            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
+    finally:
+        gradcam.close()
+    if path is not None and maps:
+        buffer = io.BytesIO()
+        np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
+        target = path
+        making_folder(target, lambda: write_bytes_atomically(target, buffer.getvalue()))
+    return maps
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:

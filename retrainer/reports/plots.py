@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 _DPI = 100
 _LABEL_CHARACTERS = 32  # of a class name on an axis (the HTML report shows it whole)
+_MAX_NAMED = 60  # classes whose names fit on a confusion matrix's axes
 
 
 def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
@@ -67,17 +68,20 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) 
     Returns:
         PNG bytes.
     """
-    size = max(4.0, 0.55 * len(labels) + 2.5)
+    # Grows with the classes up to 24 inches (2,400 pixels): at 1,000 classes the uncapped
+    # figure was 55,000 pixels square. Beyond _MAX_NAMED classes the axes show class indices.
+    size = min(max(4.0, 0.55 * len(labels) + 2.5), 24.0)
     figure = Figure(figsize=(size + 1, size), dpi=_DPI, layout="constrained")
     axes = figure.subplots()
-    image = axes.imshow(matrix, cmap="Blues", vmin=0)
+    image = axes.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
     figure.colorbar(image, ax=axes, shrink=0.8)
-    ticks = np.arange(len(labels))
-    names = [_axis_label(label) for label in labels]
-    axes.set_xticks(ticks, names, rotation=45, ha="right")
-    axes.set_yticks(ticks, names)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
+    if len(labels) <= _MAX_NAMED:
+        ticks = np.arange(len(labels))
+        names = [_axis_label(label) for label in labels]
+        axes.set_xticks(ticks, names, rotation=45, ha="right")
+        axes.set_yticks(ticks, names)
+    axes.set_xlabel("predicted" if len(labels) <= _MAX_NAMED else "predicted (class index)")
+    axes.set_ylabel("true" if len(labels) <= _MAX_NAMED else "true (class index)")
     figure.suptitle(title)  # centred on the figure: long class names push the axes aside
     if len(labels) <= 30:  # beyond that the numbers no longer fit in the cells
         threshold = matrix.max() / 2 if matrix.size else 0

@@ -6,9 +6,10 @@ is raised), so a failure can be inspected. Each file is written atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
@@ -26,8 +27,41 @@ log = logging.getLogger(__name__)
 CONFUSION_MATRIX_TAG = "confusion_matrix"
 
 
+@dataclasses.dataclass(frozen=True)
+class Pictures:
+    """The report's PNGs: the training curves (with an HTML report) and the confusion matrix
+    (with an HTML report or TensorBoard summaries, when a split has images)."""
+
+    training_curves: Optional[bytes]
+    confusion_matrix: Optional[bytes]
+
+
+def draw_pictures(options: ReportOptions, labels: Sequence[str], history: Sequence[Any],
+                  solver: str, split_name: Optional[str], split: Any) -> Pictures:
+    """Draw the PNGs `write_reports` needs (about a second of matplotlib: the pipeline draws
+    them on a thread while the exports and heat maps are made).
+
+    Args:
+        options: which reports are written.
+        labels: class names.
+        history: the training history (EvalPoint-like).
+        solver: the head's solver ("sgd" or "lbfgs"), for the curves' axes.
+        split_name / split: the headline split (`RetrainResult.headline`); None: no images.
+    """
+    confusion = None
+    if split_name is not None and (options.report_html is not None
+                                   or options.summaries_dir is not None):
+        title = f"Confusion matrix ({'test' if split_name == TESTING else split_name} split, " \
+                f"N={split.count})"
+        confusion = confusion_matrix_png(split.confusion_matrix, labels, title)
+    curves = (training_curves_png(history, solver) if options.report_html is not None
+              else None)
+    return Pictures(curves, confusion)
+
+
 def write_reports(result: Any, options: ReportOptions,
-                  extra_sections: Sequence[Section] = ()) -> None:
+                  extra_sections: Sequence[Section] = (),
+                  pictures: Optional[Pictures] = None, metrics_file: bool = True) -> None:
     """Write every report of `result` (the run's RetrainResult).
 
     Args:
@@ -36,18 +70,19 @@ def write_reports(result: Any, options: ReportOptions,
             and confusion_matrix.png go next to it), and the TensorBoard folder, whose test/ (or
             validation/) run gets the confusion matrix as an image summary. None: not written.
         extra_sections: further report sections (e.g. a dataset audit), after the built-in ones.
+        pictures: the PNGs, drawn already (`draw_pictures`); None: drawn here.
+        metrics_file: also the metrics file (else `write_metrics_file` writes it later).
     """
-    metrics_file, report_html, summaries_dir = (options.metrics_file, options.report_html,
-                                                options.summaries_dir)
+    report_html, summaries_dir = options.report_html, options.summaries_dir
     paths = options.paths
     split_name, split = result.headline()
-    confusion = None
-    if split_name is not None and (report_html is not None or summaries_dir is not None):
-        title = f"Confusion matrix ({'test' if split_name == TESTING else split_name} split, " \
-                f"N={split.count})"
-        confusion = confusion_matrix_png(split.confusion_matrix, result.labels, title)
+    if pictures is None:
+        pictures = draw_pictures(options, result.labels, result.history,
+                                 (result.head or {}).get("solver", "sgd"), split_name, split)
+    confusion = pictures.confusion_matrix
     if report_html is not None:
-        curves = training_curves_png(result.history, (result.head or {}).get("solver", "sgd"))
+        curves = pictures.training_curves
+        assert curves is not None  # drawn whenever there is an HTML report
         write_bytes_atomically(paths["training_curves"], curves)
         if confusion is not None:
             write_bytes_atomically(paths["confusion_matrix"], confusion)
@@ -60,10 +95,17 @@ def write_reports(result: Any, options: ReportOptions,
         step = result.history[-1].step if result.history else 0
         _write_image_summary(summaries_dir / ("test" if split_name == TESTING else split_name),
                              confusion, step)
-    if metrics_file is not None:
+    if metrics_file:
+        write_metrics_file(result, options)
+
+
+def write_metrics_file(result: Any, options: ReportOptions) -> None:
+    """The metrics file (`result.to_json()`), if asked; the pipeline writes it last, with the
+    run's figures as they are then."""
+    if options.metrics_file is not None:
         document = json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
-        write_text_atomically(metrics_file, document)
-        log.info("Wrote the metrics %s", metrics_file)
+        write_text_atomically(options.metrics_file, document)
+        log.info("Wrote the metrics %s", options.metrics_file)
 
 
 def _write_image_summary(folder: AnyPath, png: bytes, step: int) -> None:

@@ -1,0 +1,299 @@
+"""The stages of a retrain run that need TensorFlow, wired in order, each entered once:
+
+    extractor and engine -> [search] -> bottlenecks -> audit -> training (distorted vectors, the
+    head, fine-tuning) -> evaluation -> exports -> the result document -> reports (and the
+    quality gates' verdict)
+
+`retrainer.pipeline.run` imports this module on a background thread while the TensorFlow-free
+preflight runs. Each stage takes its typed view of the configuration (`config.training`,
+`config.extraction`, `config.audit`, `config.exports`, `config.reports`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from retrainer.audit.report_section import audit_sections
+from retrainer.audit.run import DatasetAudit
+from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
+from retrainer.cache.file_index import FileIndex
+from retrainer.config import RetrainConfig
+from retrainer.data.discovery import ImageCollection
+from retrainer.data.split import TESTING, TRAINING, VALIDATION
+from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
+from retrainer.explain.gradcam import explainable
+from retrainer.exports.run import Exported, Exporter
+from retrainer.extractors import ExtractorSpec, FeatureExtractor
+from retrainer.formats.graph_contract import INPUT_OP
+from retrainer.pipeline.extractor import prepare_extractor
+from retrainer.pipeline.multi_label import (
+    evaluate_multi_label,
+    label_hits,
+    top1_metrics,
+    wrong_label_sets,
+)
+from retrainer.pipeline.search import search as search_configurations
+from retrainer.pipeline.split_features import SplitFeatures
+from retrainer.pipeline.timer import StageTimer
+from retrainer.reports.explanations import choose_images, explanation_section
+from retrainer.reports.gates import check_gates, failure_message
+from retrainer.reports.held_outputs import HeldOutputs
+from retrainer.reports.html import Section
+from retrainer.reports.metrics import split_metrics
+from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
+from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
+from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
+from retrainer.training.fine_tune import FineTuneResult
+from retrainer.training.head import FeatureSet, TrainingResult, train_head
+from retrainer.training.image_modes import (
+    distortions_of,
+    fine_tune_if_asked,
+    fine_tuning_summary,
+    training_features,
+    training_options,
+)
+from retrainer.training.novelty import fit_run_novelty, novelty_summary
+
+
+def start_devices() -> None:
+    """Start TensorFlow's devices (it prints a notice when it finds no GPU driver): done while
+    TensorFlow loads on its background thread, whose notices are hidden."""
+    tf.config.list_physical_devices()
+
+
+def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
+               timer: StageTimer) -> RetrainResult:
+    """Run every stage after the preflight (see `retrainer.pipeline.run`) on its `collection`,
+    whose `file_index` has been looked up.
+
+    Raises:
+        As `retrainer.pipeline.run`.
+    """
+    extractor, engine = prepare_extractor(config, timer)
+    search = None
+    if config.search:  # the chosen extractor and distortions replace the flags' (docs/training.md)
+        with timer("search"):
+            search = search_configurations(config, collection)
+        config = dataclasses.replace(config, **search.rows[search.chosen].settings)
+        extractor, engine = prepare_extractor(config, timer)
+    with timer("bottlenecks"):
+        bottlenecks = compute_bottlenecks(
+            [image.path for image in collection.images], engine,
+            config.extraction.bottleneck_dir,
+            max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 each
+            show_progress=config.extraction.show_progress,
+            file_index=file_index,
+            signatures=config.audit.enabled,  # the audit's, from the same decode
+        )
+    audit = None
+    if config.audit.enabled:
+        with timer("audit"):
+            audit = DatasetAudit(config.audit, collection, bottlenecks)
+        collection = audit.collection  # duplicates regrouped, when asked
+    splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
+    held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
+    exporter = Exporter(config.exports, extractor, collection.labels,
+                        held.folder(config.exports.intermediate_output_graphs_dir))
+    trained = _train_and_evaluate(config, extractor, splits, exporter, held, timer)
+    with timer("novelty"):
+        novelty = fit_run_novelty(splits, extractor, trained.tuning,
+                                  config.training.novelty_pass_rate, config.training.seed)
+    with timer("evaluate"):
+        multi_label = None
+        misclassified = _misclassified(trained.evaluation, splits)
+        per_class = trained.evaluation.per_class
+        if config.training.multi_label:
+            multi_label = evaluate_multi_label(
+                collection.labels, splits.images[TESTING], trained.evaluation.positions,
+                trained.evaluation.probabilities, splits.images[VALIDATION],
+                trained.validation_probabilities, config.training.multi_label_threshold)
+            test_metrics, validation_metrics = top1_metrics(
+                trained.evaluation, trained.validation_probabilities, splits)
+            misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
+            per_class = label_hits(trained.evaluation, multi_label, splits)
+        else:
+            test_metrics = split_metrics(
+                splits.features[TESTING].labels[trained.evaluation.positions],
+                trained.evaluation.probabilities, trained.evaluation.positions)
+            validation_metrics = split_metrics(splits.features[VALIDATION].labels,
+                                               trained.validation_probabilities)
+        headline = headline_split(test_metrics, validation_metrics)
+        gates = check_gates(config.reports.assert_accuracy_at_least,
+                            config.reports.assert_recall_at_least, *headline, collection.labels,
+                            None if multi_label is None else
+                            multi_label.test if headline[0] == TESTING else multi_label.validation)
+    gate_failure = failure_message(gates)
+    # matplotlib draws the report's pictures meanwhile (each library holds the GIL part time)
+    drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
+    pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
+                              trained.head.history, trained.head.summary()["solver"],
+                              *headline)
+    exported = Exported({})
+    if gate_failure is None:  # a model that fails a gate replaces no previous export
+        with timer("export"):
+            exported = exporter.write_all(trained.head.head, splits.images[TRAINING],
+                                          splits.images[TESTING],
+                                          fine_tuned=trained.tuning is not None,
+                                          novelty=novelty,
+                                          thresholds=None if multi_label is None
+                                          else multi_label.thresholds)
+            held.release()
+    else:
+        held.discard()
+    heat_maps: list[Section] = []
+    if config.reports.report_html is not None:
+        with timer("explain", active=config.reports.report_explanations > 0
+                   and explainable(extractor.spec.name)):
+            heat_maps = _explanations(config, exporter, trained, extractor.spec, splits)
+    audit_document = None
+    if audit is not None:
+        with timer("reports"):
+            audit_document = audit.write(trained.evaluation, splits.images[TESTING])
+    result = RetrainResult(
+        labels=collection.labels,
+        counts=splits.counts(),
+        skipped=tuple(sorted(collection.ignored + splits.unreadable)),
+        bottlenecks_computed=bottlenecks.computed,
+        bottlenecks_reused=bottlenecks.reused,
+        train_accuracy=trained.head.final.train_accuracy,
+        cross_entropy=trained.head.final.cross_entropy,
+        validation_accuracy=trained.head.final.validation_accuracy,
+        validation_count=trained.head.final.validation_count,
+        test_accuracy=(trained.evaluation.accuracy if multi_label is None
+                       else test_metrics.accuracy),  # multi-label: top-1 is one of the labels
+        test_count=trained.evaluation.count,
+        test_per_class={label: {"correct": correct, "total": total}
+                        for label, (correct, total) in zip(collection.labels, per_class)},
+        misclassified=misclassified,
+        outputs=_outputs(config, exported, audit is not None, gate_failure is None),
+        seconds=timer.seconds(),  # final figures replace these once the reports are written
+        peak_memory_gib=timer.peak_memory_gib(),
+        exports=tuple(row.to_json() for row in exported.report),
+        best_step=trained.head.best_step,
+        head=trained.head.summary(),
+        search=None if search is None else search.to_json(),
+        distorted=trained.distorted,
+        fine_tuning=fine_tuning_summary(config.training, trained.tuning),
+        audit=audit_document,
+        extractor_precision=engine.precision,
+        extractor_id=engine.spec.id,
+        extraction_devices=engine.devices,
+        history=trained.head.history,
+        test_metrics=test_metrics,
+        validation_metrics=validation_metrics,
+        extractor=_extractor_json(extractor.spec),
+        flags=config.to_json(),
+        quality_gates=gates,
+        novelty=novelty_summary(novelty, trained.test_features),
+        multi_label=multi_label,
+        split_sizes={split: len(images) for split, images in splits.images.items()},
+    )
+    with timer("reports"), drawing:
+        write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
+                      if config.reports.report_html is not None else [], pictures.result(),
+                      metrics_file=False)
+        result = dataclasses.replace(result, seconds=timer.seconds(),
+                                     peak_memory_gib=timer.peak_memory_gib())
+        write_metrics_file(result, config.reports)  # last: the document run() returns
+    export_failure = exported.accuracy_drop_failure(config.exports.max_export_accuracy_drop)
+    if gate_failure is not None:
+        raise QualityGateError(gate_failure, result)
+    if exported.failures:
+        raise ExportFailedError("; ".join(exported.failures), result)
+    if export_failure is not None:
+        raise ExportMismatchError(export_failure, result)
+    return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """What the training stage hands on: the head, fine-tuning's outcome and the evaluation."""
+
+    head: TrainingResult
+    tuning: Optional[FineTuneResult]
+    distorted: Optional[dict[str, Any]]  # the distorted vectors' summary; None without them
+    evaluation: Evaluation
+    validation_probabilities: np.ndarray  # float32 [N_val, C], each validation image once
+    test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
+
+
+def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, splits: SplitFeatures,
+                        exporter: Exporter, held: HeldOutputs, timer: StageTimer) -> _Trained:
+    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation."""
+    options = config.training
+    checkpoint = held.folder(options.checkpoint_path.parent) / options.checkpoint_path.name
+    num_classes = len(splits.labels)
+    with timer("distort", active=distortions_of(options).enabled):
+        train_features, distorted = training_features(
+            options, extractor, splits.images[TRAINING], splits.features[TRAINING])
+    with timer("train"):
+        head = train_head(train_features, splits.features[VALIDATION], num_classes,
+                          training_options(options, len(splits.images[TRAINING]), checkpoint),
+                          exporter.write_intermediate,
+                          config.exports.intermediate_store_frequency)
+    with timer("fine_tune", active=options.do_fine_tuning):
+        tuning, test_features = fine_tune_if_asked(
+            options, extractor, head.head, splits.images, splits.features)
+    with timer("evaluate"):
+        evaluation = evaluate_head(head.head, test_features, num_classes,
+                                   options.test_batch_size, options.seed)
+        validation = validation_probabilities(head.head, splits.features[VALIDATION],
+                                              splits.images[VALIDATION], extractor, tuning)
+    return _Trained(head, tuning, distorted, evaluation, validation, test_features)
+
+
+def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
+                  spec: ExtractorSpec, splits: SplitFeatures) -> list[Section]:
+    """The report's heat-map section (none with --report_explanations 0)."""
+    count = config.reports.report_explanations
+    if count == 0:
+        return []
+    chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
+    return [explanation_section(
+        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_def(), f"{INPUT_OP}:0",
+        f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
+        config.extraction.bottleneck_dir)]
+
+
+def _misclassified(evaluation: Evaluation, splits: SplitFeatures
+                   ) -> tuple[MisclassifiedImage, ...]:
+    """Each wrong test prediction, in the order the test made them."""
+    images, labels = splits.images[TESTING], splits.labels
+    truth = splits.features[TESTING].labels[evaluation.positions]
+    return tuple(
+        MisclassifiedImage(
+            relpath=images[evaluation.positions[row]].relpath,
+            path=images[evaluation.positions[row]].path,
+            true_label=labels[truth[row]],
+            predicted_label=labels[evaluation.predictions[row]],
+            score=float(evaluation.probabilities[row, evaluation.predictions[row]]),
+        )
+        for row in (evaluation.predictions != truth).nonzero()[0]
+    )
+
+
+def _outputs(config: RetrainConfig, exported: Exported, audited: bool,
+             trained_outputs: bool) -> dict[str, Any]:
+    """{output name: path} of everything the run wrote, in the order the summary lists them."""
+    written = dict(exported.outputs)
+    outputs: dict[str, Any] = {name: written.pop(name) for name in (
+        "output_graph", "output_graph_metadata", "output_labels") if name in written}
+    if trained_outputs:  # held back (and then discarded) when a gate failed
+        outputs.update(summaries_dir=config.training.summaries_dir,
+                       checkpoint_path=config.training.checkpoint_path)
+    outputs.update(written)
+    if audited:
+        outputs["audit_file"] = config.audit.audit_file
+    return {**outputs, **config.reports.paths}
+
+
+def _extractor_json(spec: ExtractorSpec) -> dict[str, Any]:
+    """The extractor as the document describes it (its own spec, not its engine's)."""
+    return {"name": spec.name, "id": spec.id, "input_size": list(spec.input_size),
+            "vector_size": spec.vector_size}
+

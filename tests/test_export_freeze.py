@@ -1,0 +1,47 @@
+"""Freezing a classifier for export: the direct GraphDef route gives the graph TensorFlow's public
+`convert_variables_to_constants_v2` gives, and the same answers, without its second second."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+from retrainer.exports.classifier import Classifier
+from retrainer.exports.graph import GraphExporter, frozen_graph_def
+from retrainer.training.head import Head
+
+
+def run(graph_def, images):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as session:
+        return session.run("final_result:0", {"Placeholder:0": images})
+
+
+def test_direct_freeze_matches_tensorflows_public_route(tiny_extractor):
+    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    classifier = Classifier(tiny_extractor, head, ("a", "b", "c"), "final_result")
+    concrete = classifier.classify.get_concrete_function()
+    ours = frozen_graph_def(concrete)
+    public = convert_variables_to_constants_v2(concrete).graph.as_graph_def()
+    ops = {node.name: node.op for node in ours.node if node.op != "NoOp"}
+    assert ops == {node.name: node.op for node in public.node if node.op != "NoOp"}
+    assert not any("Variable" in op for op in ops.values())
+    images = np.random.default_rng(0).random((4, 32, 32, 3), np.float32)
+    np.testing.assert_array_equal(run(ours, images), run(public, images))
+
+
+def test_the_frozen_graph_follows_the_variables(tiny_extractor):
+    """Built once per state of the weights: a changed head gives a new graph."""
+    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    exporter = GraphExporter(Classifier(tiny_extractor, head, ("a", "b", "c"), "final_result"))
+    first = exporter.frozen_graph_def()
+    assert exporter.frozen_graph_def() is first
+    for variable in head.variables:
+        variable.assign(tf.random.stateless_normal(variable.shape, (1, 2)))
+    second = exporter.frozen_graph_def()
+    assert second is not first
+    images = np.random.default_rng(1).random((2, 32, 32, 3), np.float32)
+    assert not np.allclose(run(first, images), run(second, images))
