@@ -144,6 +144,7 @@ class RetrainConfig:
     tflite_quantization: tuple[str, ...] = ("none",)
     tflite_calibration_images: int = DEFAULT_CALIBRATION_IMAGES
     max_export_accuracy_drop: Optional[float] = None
+    tta: str = "auto"  # test-time augmentation inside every export: auto, none or flip
     # ONNX export, int8 calibrated like the TFLite int8 export (docs/exports.md)
     onnx_output_file: Optional[AnyPath] = None
     onnx_quantization: tuple[str, ...] = ("none",)

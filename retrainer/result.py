@@ -63,6 +63,8 @@ class RetrainResult:
             vectors (None without distortion flags).
         fine_tuning: what --do_fine_tuning did (None without it); see docs/training.md.
         audit: the audit.json document (docs/audit.md), None with --skip_audit.
+        tta: what --tta auto measured (training/tta.py TtaChoice: "mode", "images",
+            "plain_accuracy", "flip_accuracy", "standard_error"); None with --tta none or flip.
         extractor_precision, extractor_id: how the bottlenecks were computed; the id names their
             cache namespace; extraction_devices: the TensorFlow devices that computed them.
         history: the training history, one point per evaluation step.
@@ -117,6 +119,7 @@ class RetrainResult:
     novelty: Optional[dict[str, Any]] = None
     multi_label: Optional[Any] = None
     split_sizes: Optional[dict[str, int]] = None
+    tta: Optional[dict[str, Any]] = None
 
     def images_per_split(self) -> dict[str, int]:
         """{split: decodable images}: `split_sizes`, else the sum of `counts` (the same when each
@@ -177,6 +180,7 @@ class RetrainResult:
             "flags": self.flags,
             "quality_gates": [gate.to_json() for gate in self.quality_gates],
             "novelty": self.novelty,
+            "tta": self.tta,
             **({} if self.multi_label is None
                else {"multi_label": self.multi_label.to_json(self.labels)}),
         }

@@ -49,7 +49,7 @@ RETRAIN_SECTIONS = {
     "Deployable exports": [
         "saved_model_dir", "tflite_output_file", "tflite_quantization",
         "tflite_calibration_images", "onnx_output_file", "onnx_quantization",
-        "max_export_accuracy_drop"],
+        "max_export_accuracy_drop", "tta"],
     "Reports and quality gates": [
         "metrics_file", "report_html", "report_explanations", "print_misclassified_test_images",
         "assert_accuracy_at_least", "assert_recall_at_least"],

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from retrainer.cache._packs import PackReader
-from retrainer.cache.layout import entry_key
+from retrainer.cache.layout import MIRRORED_SUBFOLDER, entry_key
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -149,8 +149,10 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen, timeout
 
 
 def cache_entries(bottleneck_dir: Path) -> list[Path]:
-    """Every cache entry (whole `.npy` files; temp files end in `.tmp`)."""
-    return sorted(bottleneck_dir.rglob("*.npy"))
+    """Every cache entry of the images' own vectors (whole `.npy` files; temp files end in
+    `.tmp`), not those of --tta auto's mirrored validation images."""
+    return sorted(path for path in bottleneck_dir.rglob("*.npy")
+                  if MIRRORED_SUBFOLDER not in path.relative_to(bottleneck_dir).parts)
 
 
 def own_file(entry: Path) -> Path:

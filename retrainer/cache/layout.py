@@ -49,6 +49,9 @@ def extractor_folder(root: os.PathLike[str] | str, spec: ExtractorSpec) -> AnyPa
     return as_path(root) / namespace(spec)
 
 
+MIRRORED_SUBFOLDER = "mirrored"  # vectors of mirrored validation images (--tta auto's check)
+
+
 def distorted_subfolder(settings: str, seed: int) -> str:
     """The sub-folder of an extractor folder holding the distorted variants of one set of
     distortion settings and seed."""

@@ -32,6 +32,7 @@ from retrainer.cli._summary import summary_lines, test_line
 from retrainer.config import FLAG_ALIASES, RetrainConfig
 from retrainer.data.split import SPLIT_COMPATS
 from retrainer.errors import FinishedRunError
+from retrainer.exports.options import TTA_MODES
 from retrainer.exports.quantization import MIN_CALIBRATION_IMAGES, MODES, ONNX_MODES
 from retrainer.pipeline.timer import StageTimer
 from retrainer.result import RetrainResult
@@ -187,6 +188,10 @@ _BATCH = click.IntRange(min=-1)
 @_option("max_export_accuracy_drop", "Fail (exit 7) when an export's test accuracy is more than "
          "this many points below the frozen graph's.", type=click.FloatRange(min=0),
          show_default=False)
+@_option("tta", "Test-time augmentation inside every export: flip = the head reads the mean of "
+         "the image's and its mirror image's vectors (twice the extractor's cost per image); "
+         "auto = flip unless the validation split shows it loses (docs/training.md).",
+         type=click.Choice(TTA_MODES))
 @_option("tfhub_module", "Feature extractor: a built-in name (efficientnet_lite0/1/2), a TF Hub "
          "handle or a local module path.")
 @_option("trust_model", "Load --tfhub_module without checking its ops first: only for a module "

@@ -98,7 +98,9 @@ class GradCam:
             chosen = tf.gather(score, self.classes, axis=1, batch_dims=1)
             (gradients,) = tf.gradients(tf.reduce_sum(chosen), [feature_map])
             weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
-            self.raw_maps = tf.reduce_sum(weights * feature_map, axis=-1)
+            # A --tta flip graph runs its N images and then their N mirror images through the
+            # extractor: the first N maps are the images' own.
+            self.raw_maps = tf.reduce_sum(weights * feature_map, axis=-1)[:tf.shape(images)[0]]
         self.images, self.probabilities, self.feature_map = images, probabilities, feature_map
         self.novelty = novelty
         self._session = tf.compat.v1.Session(graph=graph)

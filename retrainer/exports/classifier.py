@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
+from retrainer.exports.options import FLIP, NO_TTA
 from retrainer.extractors import FeatureExtractor
 from retrainer.formats.graph_contract import (
     GRAPH_FORMAT,
@@ -44,7 +45,9 @@ class Classifier(tf.Module):
         final_tensor_name: str,
         novelty: Optional[Novelty] = None,
         thresholds: Optional[Sequence[float]] = None,
+        tta: str = NO_TTA,
     ) -> None:
+        """`tta`: FLIP = the head reads the mean of each image's and its mirror image's vectors."""
         super().__init__(name="retrained_classifier")
         self.extractor = extractor
         self.head = head
@@ -56,6 +59,7 @@ class Classifier(tf.Module):
         if novelty is not None:  # constants once frozen; a variable keeps the SavedModel small
             self.novelty_references = tf.Variable(novelty.references, trainable=False,
                                                   name="novelty_references")
+        self.tta = tta
         height, width = extractor.spec.input_size
         signature = [tf.TensorSpec([None, height, width, 3], tf.float32, name=INPUT_OP)]
         # No Python control flow on tensors: no AutoGraph (its conversion took 0.7 s).
@@ -75,7 +79,20 @@ class Classifier(tf.Module):
 
     def _classify(self, images: tf.Tensor) -> tf.Tensor:
         """float32 [N, H, W, 3] RGB in [0, 1] -> float32 [N, C] probabilities."""
-        return self._probabilities(self.extractor(images))
+        return self._probabilities(self._vectors(images)[1])
+
+    def _vectors(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """(the images' own vectors, what the head reads): with --tta flip the head reads the
+        mean of each image's and its mirror image's (one batch of 2N through the extractor);
+        the novelty score keeps the image's own, which its threshold was calibrated on."""
+        if self.tta != FLIP:
+            features = self.extractor(images)
+            return features, features
+        with tf.name_scope("tta_flip"):  # slices, not ReverseV2: ops every model already holds
+            both = self.extractor(tf.concat([images, images[:, :, ::-1]], 0))
+            count = tf.shape(images)[0]
+            own = both[:count]
+            return own, (own + both[count:]) * 0.5
 
     def _probabilities(self, features: tf.Tensor) -> tf.Tensor:
         with tf.name_scope("final_retrain_ops"):
@@ -84,8 +101,8 @@ class Classifier(tf.Module):
 
     def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """{"probabilities": float32 [N, C], "novelty": float32 [N] (when fitted)}."""
-        features = self.extractor(images)
-        outputs = {"probabilities": self._probabilities(features)}
+        features, head_input = self._vectors(images)
+        outputs = {"probabilities": self._probabilities(head_input)}
         if self.novelty is not None:
             with tf.name_scope("novelty_ops"):
                 score = novelty_scores(features, self.novelty_references, self.novelty.k)
@@ -110,6 +127,8 @@ class Classifier(tf.Module):
         if self.fine_tuned:  # its vectors are no longer those of spec.id's cache namespace
             document["extractor"] = {"name": spec.name, "id": f"{spec.id}-tuned-{self._digest()}",
                                      "fine_tuned_from": spec.id}
+        if self.tta != NO_TTA:
+            document["tta"] = self.tta
         if self.thresholds is not None:
             document["multi_label"] = {"thresholds": dict(zip(self.label_names, self.thresholds))}
         if self.novelty is not None:

@@ -21,6 +21,8 @@ from retrainer.exports.quantization import (
 from retrainer.formats.graph_contract import INPUT_OP, require_onnx_extra
 from retrainer.io.storage import AnyPath
 
+AUTO_TTA, NO_TTA, FLIP = "auto", "none", "flip"
+TTA_MODES = (AUTO_TTA, NO_TTA, FLIP)  # --tta: test-time augmentation inside the exports
 _OP_NAME = re.compile(r"^[A-Za-z0-9.][A-Za-z0-9_.\-/]*$")  # TensorFlow's rule for op names
 
 
@@ -68,6 +70,7 @@ class ExportOptions:
     onnx_quantization: tuple[str, ...]
     tflite_calibration_images: int
     max_export_accuracy_drop: Optional[float]
+    tta: str
     seed: int  # picks int8's calibration sample
 
     def __post_init__(self) -> None:
@@ -81,6 +84,7 @@ class ExportOptions:
                 f"--tflite_calibration_images must be at least {MIN_CALIBRATION_IMAGES}. "
                 f"Received: {self.tflite_calibration_images}."
             )
+        require("tta", self.tta, self.tta in TTA_MODES, " or ".join(TTA_MODES))
         drop = self.max_export_accuracy_drop
         if drop is not None:
             require("max_export_accuracy_drop", drop, math.isfinite(drop) and drop >= 0,

@@ -22,7 +22,7 @@ from retrainer.errors import ModelError
 from retrainer.exports.classifier import Classifier, write_labels
 from retrainer.exports.graph import GraphExporter, intermediate_graph_path
 from retrainer.exports.onnx import write_onnx_files
-from retrainer.exports.options import ExportOptions
+from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
 from retrainer.exports.saved_model import write_saved_model
 from retrainer.exports.tflite import write_tflite_files
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
@@ -70,6 +70,8 @@ class Exporter:
         self.extractor = extractor
         self.labels = labels
         self.intermediate_dir = intermediate_dir
+        # --tta auto starts without; the pipeline sets the measured choice before write_all
+        self.tta = NO_TTA if options.tta == AUTO_TTA else options.tta
         self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
 
@@ -77,7 +79,8 @@ class Exporter:
         """The frozen-graph writer of `head` (also what the report's heat maps run)."""
         if self._exporter is None:
             classifier = Classifier(self.extractor, head, self.labels,
-                                    self.options.final_tensor_name)
+                                    self.options.final_tensor_name,
+                                    tta=self.tta)
             self._exporter = GraphExporter(classifier)
         return self._exporter
 
@@ -109,11 +112,12 @@ class Exporter:
         """
         options = self.options
         exporter = self.graph_exporter(head)
-        if novelty is not None or thresholds is not None:  # outputs the intermediate ones lack
+        if (novelty is not None or thresholds is not None  # outputs intermediate graphs lack
+                or exporter.classifier.tta != self.tta):
             exporter = GraphExporter(Classifier(self.extractor, head, self.labels,
                                                 options.final_tensor_name, novelty,
                                                 None if thresholds is None
-                                                else thresholds.tolist()))
+                                                else thresholds.tolist(), self.tta))
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         outputs: dict[str, Any] = {

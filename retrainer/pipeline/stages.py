@@ -25,8 +25,10 @@ from retrainer.cache.file_index import FileIndex
 from retrainer.config import RetrainConfig
 from retrainer.data.discovery import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
+from retrainer.engines.base import Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
 from retrainer.explain.gradcam import explainable
+from retrainer.exports.options import AUTO_TTA, NO_TTA
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
 from retrainer.formats.graph_contract import INPUT_OP
@@ -58,6 +60,7 @@ from retrainer.training.image_modes import (
     training_options,
 )
 from retrainer.training.novelty import fit_run_novelty, novelty_summary
+from retrainer.training.tta import TtaChoice, choose_tta
 
 
 def start_devices() -> None:
@@ -103,6 +106,11 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extractor, trained.tuning,
                                   config.training.novelty_pass_rate, config.training.seed)
+    tta = None
+    if config.exports.tta == AUTO_TTA:
+        with timer("tta"):
+            tta = _choose_tta(config, engine, trained, splits)
+        exporter.tta = tta.mode
     with timer("evaluate"):
         multi_label = None
         misclassified = _misclassified(trained.evaluation, splits)
@@ -177,6 +185,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         best_step=trained.head.best_step,
         head=trained.head.summary(),
         search=None if search is None else search.to_json(),
+        tta=None if tta is None else tta.to_json(),
         distorted=trained.distorted,
         fine_tuning=fine_tuning_summary(config.training, trained.tuning),
         audit=audit_document,
@@ -220,6 +229,18 @@ class _Trained:
     evaluation: Evaluation
     validation_probabilities: np.ndarray  # float32 [N_val, C], each validation image once
     test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
+
+
+def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained,
+                splits: SplitFeatures) -> TtaChoice:
+    """--tta auto's choice (training/tta.py), checked on the cached validation vectors; not for
+    multi-label heads or a fine-tuned extractor (whose vectors are no longer the cache's)."""
+    if config.training.multi_label or trained.tuning is not None:
+        return TtaChoice(NO_TTA, 0, 0.0, 0.0, 0.0)
+    validation = splits.features[VALIDATION]
+    return choose_tta(trained.head.head, engine, [image.path for image in splits.images[VALIDATION]],
+                      validation.features, validation.labels, config.training.seed,
+                      config.extraction.bottleneck_dir)
 
 
 def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, splits: SplitFeatures,

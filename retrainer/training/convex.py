@@ -213,10 +213,12 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     """Fit the layer on the training split for each penalty; keep the best on validation.
 
     Above `config.path_rows` training rows, the path runs on a seeded sample of that many rows
-    (each fit there costs a fraction of a full one). The weakest of the sample's penalties whose
-    validation accuracy is within one standard error of the best, rescaled to the whole split
-    (penalty x sample / rows: the same prior against more data), is then fitted on every row,
-    starting from the sample's weights; that final fit is the last point of the path.
+    (each fit there costs a fraction of a full one). The sample's best penalty, rescaled to the
+    whole split (penalty x sample / rows: the same prior against more data), is then fitted on
+    every row, starting from the sample's weights; that final fit is the last point of the path.
+    (The weakest penalty tied with the best within a standard error was tried instead and lost:
+    on 70,000 Fashion-MNIST images it scored 0.5 points lower on validation, and the weaker the
+    penalty, the more the exports, which compute float32 vectors, lose against int8 ones.)
 
     Args:
         train_features: float32 [N, D] training vectors, N >= 1.
@@ -259,7 +261,6 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
             break
     best = walk.best
     if len(sample) < rows:
-        best = _weakest_within_noise(walk.points, best, len(validation_features))
         chosen = walk.points[best].l2 * len(sample) / rows
         walk.state = walk.states[best]
         walk.train = _Problem(every_row, every_target, statistics, functions)
@@ -322,19 +323,6 @@ def _minimize(problem: _Problem, start: np.ndarray, l2: float,
                             options={"maxiter": config.max_iterations, "ftol": config.tolerance,
                                      "gtol": 1e-9})
     return solution.x, int(solution.nit)
-
-
-def _weakest_within_noise(points: list[PathPoint], best: int, validation_rows: int) -> int:
-    """The index of the weakest penalty whose validation accuracy is within one standard error
-    of the best one's: on a sample of the rows, penalties that tie there are told apart by the
-    whole split, which supports a weaker one (more rows, less to fear from fitting noise)."""
-    accuracy = points[best].validation_accuracy
-    if accuracy is None or not validation_rows:
-        return best
-    error = (accuracy * (1 - accuracy) / validation_rows) ** 0.5
-    tied = [index for index, point in enumerate(points)
-            if (point.validation_accuracy or 0.0) >= accuracy - error]
-    return min(tied, key=lambda index: points[index].l2)
 
 
 def _score(point: PathPoint) -> tuple[float, float]:
