@@ -25,11 +25,16 @@ def thumbnail_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 
 def pooled(pixels: np.ndarray, factor: int) -> np.ndarray:
     """float32 [N, H / factor, W / factor]: the means of `factor` x `factor` blocks of pixels
-    [N, H, W], summed one axis at a time (a two-axis mean of strided blocks took 2-3x as long;
-    for uint8 pixels the sums are exact, so the result is the same to the bit)."""
-    count, height, width = pixels.shape
-    rows = np.asarray(pixels, np.float32).reshape(count, height // factor, factor, width).sum(axis=2)
-    blocks = rows.reshape(count, height // factor, width // factor, factor).sum(axis=3)
+    [N, H, W], as sums of strided slices, one axis at a time (numpy's sum over a short middle
+    axis runs one tiny loop per output value: 35x slower on 200 thumbnails, 3x on 10,000; for
+    uint8 pixels the sums are exact, so the result is the same to the bit)."""
+    values = np.asarray(pixels, np.float32)
+    rows = values[:, 0::factor].copy()
+    for offset in range(1, factor):
+        rows += values[:, offset::factor]
+    blocks = rows[:, :, 0::factor].copy()
+    for offset in range(1, factor):
+        blocks += rows[:, :, offset::factor]
     return blocks / np.float32(factor * factor)
 
 
