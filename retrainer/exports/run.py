@@ -65,9 +65,13 @@ class Exporter:
     """Writes one run's exports (see the module docstring)."""
 
     def __init__(self, options: ExportOptions, extractor: FeatureExtractor,
-                 labels: tuple[str, ...], intermediate_dir: AnyPath) -> None:
-        """`intermediate_dir`: the options' folder, or a staging folder (quality gates)."""
+                 labels: tuple[str, ...], intermediate_dir: AnyPath,
+                 cache_root: Optional[AnyPath] = None) -> None:
+        """`intermediate_dir`: the options' folder, or a staging folder (quality gates);
+        `cache_root`: --bottleneck_dir, where the exported graph's inputs are remembered (a
+        rerun whose graph would be the same skips tracing it: `GraphExporter`)."""
         self.options = options
+        self.cache_root = cache_root
         self.extractor = extractor
         self.labels = labels
         self.intermediate_dir = intermediate_dir
@@ -119,7 +123,7 @@ class Exporter:
             # Traced once; the report's heat maps then explain this same frozen graph.
             exporter = self._exporter = GraphExporter(Classifier(
                 self.extractor, head, self.labels, options.final_tensor_name, novelty,
-                None if thresholds is None else thresholds.tolist(), self.tta))
+                None if thresholds is None else thresholds.tolist(), self.tta), self.cache_root)
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         outputs: dict[str, Any] = {

@@ -101,7 +101,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
     held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
     exporter = Exporter(config.exports, extractor, collection.labels,
-                        held.folder(config.exports.intermediate_output_graphs_dir))
+                        held.folder(config.exports.intermediate_output_graphs_dir),
+                        config.extraction.bottleneck_dir)
     trained = _train_and_evaluate(config, extractor, splits, exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extractor, trained.tuning,
