@@ -11,7 +11,6 @@ names, labels, extractor), so `label-image` needs no flags. Every file is writte
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -28,6 +27,7 @@ from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
 from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
 from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
+from retrainer.io.host import code_digest
 from retrainer.io.storage import AnyPath, as_path, is_url
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class GraphExporter:
         self.cache_root = None if cache_root is None or is_url(cache_root) else cache_root
         self._traced: Any = None
         self._frozen: Optional[tuple[str, tf.compat.v1.GraphDef]] = None
+        self._variables: Optional[tuple[tf.Variable, ...]] = None  # found once: a slow walk
         if self.cache_root is None:
             self._concrete()  # a clashing --final_tensor_name is a usage error at once
 
@@ -80,8 +81,10 @@ class GraphExporter:
 
     def _variables_digest(self) -> str:
         """SHA-256 of every variable's name, shape and current value (tens of ms)."""
+        if self._variables is None:
+            self._variables = tuple(self.classifier.variables)
         digest = hashlib.sha256()
-        for variable in self.classifier.variables:
+        for variable in self._variables:
             value = np.ascontiguousarray(variable.numpy())
             digest.update(f"{variable.name}{value.dtype.str}{value.shape}".encode())
             digest.update(value.data)
@@ -91,7 +94,7 @@ class GraphExporter:
         """What the frozen graph is made from: the code, TensorFlow, the variables (`state`) and
         the metadata (tensor names, labels, TTA, novelty, thresholds)."""
         document = self.classifier.metadata()
-        inputs = [_code_digest(), tf.version.VERSION, tf.version.GIT_VERSION, state,
+        inputs = [code_digest(), tf.version.VERSION, tf.version.GIT_VERSION, state,
                   json.dumps(document, sort_keys=True)]
         return hashlib.sha256("\0".join(inputs).encode()).hexdigest()
 
@@ -145,17 +148,6 @@ class GraphExporter:
         text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
         write_text_atomically(sidecar, text)
         return sidecar
-
-
-@functools.cache
-def _code_digest() -> str:
-    """SHA-256 of retrainer's own source files: any change of the code makes graphs anew."""
-    package = Path(__file__).resolve().parent.parent
-    digest = hashlib.sha256()
-    for source in sorted(package.rglob("*.py")):
-        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
-        digest.update(source.read_bytes())
-    return digest.hexdigest()
 
 
 def frozen_graph_def(function: Any) -> tf.compat.v1.GraphDef:

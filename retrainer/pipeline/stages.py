@@ -141,7 +141,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
     pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
                               trained.head.history, trained.head.summary()["solver"],
-                              *headline)
+                              *headline, config.extraction.bottleneck_dir)
     exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):
