@@ -214,6 +214,35 @@ def test_interrupted_run_exits_130_and_the_rerun_resumes(tmp_path, colors, monke
     assert (document["bottlenecks_computed"], document["bottlenecks_reused"]) == (30 - kept, kept)
 
 
+def test_ctrl_c_that_a_library_turns_into_another_error_still_exits_130(capsys):
+    """TensorFlow's tracing context asserts "Concurrent access?" when Ctrl-C lands inside it."""
+    import contextlib
+
+    from retrainer.cli import reports_errors
+
+    @contextlib.contextmanager
+    def strict_stack():
+        yield
+        raise AssertionError("Concurrent access?")  # what tf_stack's __exit__ raises then
+
+    @reports_errors
+    def command():
+        with strict_stack():
+            raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stopped:
+        command()
+    assert stopped.value.code == EXIT_INTERRUPTED
+    assert capsys.readouterr().err == "Interrupted; work done so far is kept (rerun to resume).\n"
+
+    @reports_errors
+    def failing():
+        raise AssertionError("a bug")
+
+    with pytest.raises(AssertionError):  # a real bug still shows its traceback
+        failing()
+
+
 def test_default_paths(isolated_home, colors, tmp_path):
     result = invoke(["--image_dir", str(colors), "--tfhub_module", "tiny_test",
                      "--how_many_training_steps", "5"])

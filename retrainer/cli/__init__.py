@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, NoReturn, TypeVar
 
 import click
 
@@ -126,9 +126,10 @@ def reports_errors(command: F) -> F:
             _error_line(str(error))
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
-            click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _interrupted()
         except OSError as error:
+            if _raised_while_interrupted(error):
+                _interrupted()
             if is_url(error.filename):  # a remote store refused or failed (retrainer.io.storage)
                 _error_line(f"{error.strerror}: {error.filename}. Check the path and its access "
                             "rights, then rerun: work done so far is kept.")
@@ -139,11 +140,31 @@ def reports_errors(command: F) -> F:
             _error_line(f"{error.strerror}{where}. Free some space or fix the permissions (or "
                         "pass another path), then rerun: work done so far is kept.")
             sys.exit(EXIT_USAGE)
+        except Exception as error:
+            if not _raised_while_interrupted(error):
+                raise
+            _interrupted()
         finally:
             if previous_sigterm is not None:
                 signal.signal(signal.SIGTERM, previous_sigterm)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _interrupted() -> NoReturn:
+    click.echo("Interrupted; work done so far is kept (rerun to resume).", err=True)
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _raised_while_interrupted(error: BaseException) -> bool:
+    """Whether `error` came from clean-up that Ctrl-C started: TensorFlow's tracing context
+    (tf_stack) asserts "Concurrent access?" when the interrupt lands between its enter and exit."""
+    context = error.__context__
+    while context is not None:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        context = context.__context__
+    return False
 
 
 # Control characters and line separators a file or folder name may hold (C0, DEL, C1, U+2028,
