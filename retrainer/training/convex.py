@@ -47,8 +47,9 @@ _MIN_SCALE = 1e-6  # features whose training spread is below this are only centr
 # 85.5 % both; mosaics, multi-label micro-F1 80.6 vs 80.7 %), the int8-rounded layer loses
 # nothing instead of 3.2 points (accuracy) and 11 (micro-F1).
 MIN_RELATIVE_SCALE = 0.1
-CHUNK_VALUES = 2**25  # logits of one chunk of rows (128 MB of float32): rows = this // classes
+CHUNK_VALUES = 2**23  # logits of one chunk of rows (32 MB of float32): rows = this // classes
 KEPT_BYTES = 2**30  # features of a split kept as tensors between passes (see _Problem)
+KEEP_CLASSES = 64  # from this many classes, the copy is cheap next to the products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,25 +117,32 @@ class _Problem:
 
     The rows are taken CHUNK_VALUES // C at a time, so no pass holds more than a chunk's
     [rows, C] logits and their gradient (a million rows and 1,000 classes would otherwise need
-    4 GB for each). A split of at most KEPT_BYTES is turned into tensors once; a larger one a
-    chunk at a time on every pass, so the process never holds its features twice."""
+    4 GB for each). `rows` picks the split's rows out of `features` chunk by chunk (a sample is
+    never copied whole). With few classes (below KEEP_CLASSES) a split of at most KEPT_BYTES is
+    turned into tensors once; otherwise a chunk at a time on every pass, whose copy costs about
+    1/C of the pass's products, so the process never holds the features twice."""
 
     def __init__(self, features: np.ndarray, targets: np.ndarray, num_classes: int,
-                 statistics: _Statistics, functions: _Functions) -> None:
+                 statistics: _Statistics, functions: _Functions,
+                 rows: Optional[np.ndarray] = None) -> None:
         self.statistics, self.functions = statistics, functions
         self.features, self.targets = features, targets
+        self.rows = rows  # None: every row, in order
+        self.count = len(features) if rows is None else len(rows)
         self.step = max(1, CHUNK_VALUES // num_classes)
-        self.kept = (list(self._converted()) if features.nbytes <= KEPT_BYTES else None)
+        kept = num_classes < KEEP_CLASSES and self.count * features[:1].nbytes <= KEPT_BYTES
+        self.kept = list(self._converted()) if kept else None
 
     def _converted(self) -> Iterator[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
         """(features, targets, share of the rows) of each chunk, as tensors."""
-        rows = len(self.features)
+        count = self.count
         target_type = tf.float32 if self.functions.objective.multi_label else tf.int64
-        for start in range(0, rows, self.step):
-            stop = min(start + self.step, rows)
-            yield (tf.constant(self.features[start:stop], tf.float32),
-                   tf.constant(self.targets[start:stop], target_type),
-                   tf.constant((stop - start) / rows, tf.float32))
+        for start in range(0, count, self.step):
+            stop = min(start + self.step, count)
+            chosen = slice(start, stop) if self.rows is None else self.rows[start:stop]
+            yield (tf.constant(self.features[chosen], tf.float32),
+                   tf.constant(self.targets[chosen], target_type),
+                   tf.constant((stop - start) / count, tf.float32))
 
     def _chunks(self) -> Iterable[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
         return self._converted() if self.kept is None else self.kept
@@ -283,13 +291,11 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     order = np.random.default_rng(0).permutation(rows)  # the samples are its first rows
     sample, final = (np.sort(order[:limit]) for limit in (
         config.path_rows, max(config.path_rows, config.fit_values // max(num_classes, 1))))
-    sample_rows, sample_targets = train_features, train_targets
-    if len(sample) < rows:
-        sample_rows, sample_targets = train_features[sample], train_targets[sample]
     # The sample's statistics standardize every fit: the same penalty means the same prior.
-    statistics = _Statistics.of(tf.constant(sample_rows, tf.float32))
+    statistics = _Statistics.of(tf.constant(train_features[sample], tf.float32))
     functions = _functions(config.objective, config.label_smoothing)
-    train = _Problem(sample_rows, sample_targets, num_classes, statistics, functions)
+    train = _Problem(train_features, train_targets, num_classes, statistics, functions,
+                     sample if len(sample) < rows else None)
     validation = None
     path = config.l2_path
     if len(validation_features):
@@ -307,10 +313,8 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     if len(sample) < rows:
         chosen = walk.points[best].l2 * len(sample) / len(final)
         walk.state = walk.states[best]
-        walk.train = (_Problem(train_features, train_targets, num_classes, statistics, functions)
-                      if len(final) == rows else
-                      _Problem(train_features[final], train_targets[final], num_classes,
-                               statistics, functions))
+        walk.train = _Problem(train_features, train_targets, num_classes, statistics, functions,
+                              final)
         walk.fit(chosen)
         best = len(walk.points) - 1
     weights, biases = _layer(tf.constant(walk.states[best], tf.float32), statistics.mean,
