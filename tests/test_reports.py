@@ -282,3 +282,32 @@ def test_default_report_paths(isolated_home, colors):
     assert result.exit_code == 0, result.stderr
     for name in ("metrics.json", "report.html", "training_curves.png", "confusion_matrix.png"):
         assert (isolated_home / "retrain_output" / name).is_file(), name
+
+
+def test_pictures_are_drawn_once_per_content_and_kept_under_the_cache(tmp_path, monkeypatch):
+    """A rerun that would draw the same picture reads it back; other data draws anew."""
+    import types
+
+    import numpy as np
+
+    from retrainer.reports import writer
+    from retrainer.reports.options import ReportOptions
+    from retrainer.training.loop import EvalPoint
+
+    options = ReportOptions(tmp_path / "m.json", tmp_path / "r.html", tmp_path / "logs",
+                            None, None, 0)
+    history = [EvalPoint(10, 0.8, 0.5, 0.7, 20, 0.6), EvalPoint(20, 0.9, 0.3, 0.75, 20, 0.55)]
+    split = types.SimpleNamespace(count=20, confusion_matrix=np.array([[9, 1], [2, 8]]))
+    first = writer.draw_pictures(options, ("a", "b"), history, "lbfgs", "testing", split,
+                                 tmp_path / "cache")
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 2
+    drawn = []
+    for name in ("confusion_matrix_png", "training_curves_png"):
+        monkeypatch.setattr(writer, name, lambda *args, name=name: drawn.append(name) or b"")
+    again = writer.draw_pictures(options, ("a", "b"), history, "lbfgs", "testing", split,
+                                 tmp_path / "cache")
+    assert again == first and drawn == []
+    split.confusion_matrix = np.array([[8, 2], [2, 8]])
+    writer.draw_pictures(options, ("a", "b"), history[:1], "lbfgs", "testing", split,
+                         tmp_path / "cache")
+    assert sorted(drawn) == ["confusion_matrix_png", "training_curves_png"]
