@@ -190,6 +190,21 @@ def test_long_names_wrap_in_their_table_cell_and_numbers_never_break():
     assert "<td>" + breakable(long_name) + "</td>" in table(["class"], [[long_name]])
 
 
+def test_each_split_gets_its_table_or_a_line_saying_it_is_empty():
+    import numpy as np
+
+    from retrainer.reports.metrics import split_metrics
+    from retrainer.reports.sections import split_tables
+
+    test = split_metrics(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]))
+    validation = split_metrics(np.zeros(0, np.int64), np.zeros((0, 2)))
+    body = split_tables((("testing", test), ("validation", validation)), ("class", "recall"),
+                        lambda split: [(name, row.recall)
+                                       for name, row in zip("ab", split.per_class)])
+    assert "Testing split, N=3:" in body and "No validation images." in body
+    assert "<td>a</td><td>1.0</td>" in body and "<td>b</td><td>0.5</td>" in body
+
+
 def test_summary_gives_whole_split_figures_per_class_table_and_confusions(tmp_path, colors):
     result = invoke(retrain_args(tmp_path, colors, *BARELY_TRAINED))
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())
