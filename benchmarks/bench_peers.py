@@ -24,12 +24,14 @@ each side exported, every round, on the same held-out images (Fashion-MNIST's t1
 side trains on): retrainer's frozen graph through `label-image`, the peers' SavedModels through
 their serving signature, fed as each side's training pipeline feeds it. The peers' times vary from
 run to run, so each round runs every side back to back and the ratios are each round's (peer /
-side). --lock takes the shared CPU lock around each timed process and each evaluation, so that a
-long benchmark never holds it for long; with --work, results are kept in DIR/results.json, so a
-size can be measured in several invocations (--sides), and the table covers all of them.
+side). --lock takes the shared CPU lock around each side's run and evaluation (or each round's,
+--lock_scope round), so that a long benchmark never holds it for long; with --work, results are
+kept in DIR/results.json, so a size can be measured in several invocations (--sides), and the
+table covers all of them.
 
     python -m benchmarks.bench_peers --peer_script PATH [--images 1000,10000] [--rounds 2]
-        [--sides mic,keras,cold,warm,float32] [--lock /work/team/cpu.lock] [--work DIR] [--smoke]
+        [--sides mic,keras,cold,warm,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
+        [--work DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -195,9 +197,8 @@ class Sides:
 
     def run(self, key: str, run: Path) -> dict[str, Any]:
         """Time side `key` in `run`, then evaluate its export: {"seconds", "accuracy", ...}."""
-        with cpu_lock(self.args.lock):
+        with cpu_lock(self.args.lock if self.args.lock_scope == "side" else None):
             seconds, stdout = getattr(self, f"_{key}")(run)
-        with cpu_lock(self.args.lock):
             if key in ("mic", "keras"):
                 scale = 255 if key == "mic" else 1  # mic's model takes [0, 1]; the recipe 0-255
                 measured = child_accuracy(run / key, self.test_dir, scale)
@@ -259,7 +260,10 @@ def main() -> None:
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"which sides to run, comma-separated, of {','.join(SIDES)}")
     parser.add_argument("--epochs", type=int, default=5, help="the peers' epochs")
-    parser.add_argument("--lock", help="a lock file to flock around each timed process")
+    parser.add_argument("--lock", help="a lock file to flock around each side (its run and "
+                                       "its evaluation), or each round (--lock_scope round)")
+    parser.add_argument("--lock_scope", choices=("side", "round"), default="side",
+                        help="what one hold of --lock covers")
     parser.add_argument("--work", help="folder for data, outputs and results.json (default: a "
                                        "temp folder)")
     parser.add_argument("--recipe", nargs=3, metavar=("IMAGE_DIR", "MODULE", "OUT"),
@@ -313,14 +317,16 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         rounds = results.setdefault(str(size), {})
         for round_ in range(args.first_round, args.first_round + args.rounds):
             run = work / f"runs_{size}_{round_}"
-            for key in keys:
-                measured = sides.run(key, run)
-                rounds.setdefault(str(round_), {})[SIDES[key]] = measured
-                staging = results_file.with_suffix(".tmp")
-                staging.write_text(json.dumps(results, indent=1))
-                staging.replace(results_file)
-                print(f"  {size} images, round {round_}: {SIDES[key]} {measured['seconds']:.1f} s,"
-                      f" test {measured['accuracy'] * 100:.1f} % ({machine_line()})", flush=True)
+            with cpu_lock(args.lock if args.lock_scope == "round" else None):
+                for key in keys:
+                    measured = sides.run(key, run)
+                    rounds.setdefault(str(round_), {})[SIDES[key]] = measured
+                    staging = results_file.with_suffix(".tmp")
+                    staging.write_text(json.dumps(results, indent=1))
+                    staging.replace(results_file)
+                    print(f"  {size} images, round {round_}: {SIDES[key]} "
+                          f"{measured['seconds']:.1f} s, test {measured['accuracy'] * 100:.1f} % "
+                          f"({machine_line()})", flush=True)
         print_table(size, rounds)
 
 
