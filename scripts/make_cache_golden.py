@@ -1,6 +1,6 @@
 """Write the golden bottleneck-cache entries that tests/test_cache_golden.py compares against.
 
-    .venv/bin/python scripts/make_cache_golden.py [--inputs]
+    .venv/bin/python scripts/make_cache_golden.py [--inputs] [--code DIR]
 
 The golden files pin what a cache entry is, byte for byte: the pixels each input decodes to, the
 entry paths under --bottleneck_dir (plain, distorted, per precision), the bytes of every entry
@@ -8,6 +8,14 @@ entry paths under --bottleneck_dir (plain, distorted, per precision), the bytes 
 stood before the package was reorganised (commit ce38483), so the test shows that the new layout
 writes the same entries. Rerun this only when the cache format deliberately changes (then bump
 `CACHE_FORMAT`): the test exists to catch every other change.
+
+Pixels depend on Pillow's version (13.0 changed the order of resize's passes), so golden.json holds
+one record (pixels, entries, machine) per Pillow version, and a run replaces only the record of the
+Pillow it runs with. A new Pillow that decodes differently gets its record from the code before the
+reorganisation, in a worktree of ab5833e (ce38483's code with the first version of this script):
+
+    git worktree add --detach /tmp/before ab5833e
+    .venv/bin/python scripts/make_cache_golden.py --code /tmp/before   # in a venv with that Pillow
 
 `--inputs` also rewrites the small input images (from scikit-image's photos and generated arrays);
 normally they stay as committed, so that a new Pillow encoder cannot change them.
@@ -24,10 +32,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import PIL
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 GOLDEN = REPO / "tests" / "data" / "cache_golden"
 INPUTS = GOLDEN / "inputs"
 
@@ -82,27 +90,33 @@ def machine() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--inputs", action="store_true", help="rewrite the input images too")
+    parser.add_argument("--code", type=Path, default=REPO,
+                        help="checkout whose retrainer/ and tests/ write the entries (default: this)")
     args = parser.parse_args()
+    sys.path.insert(0, str(args.code.resolve()))
     if args.inputs:
         write_inputs()
     from tests import test_cache_golden as golden
 
-    document = {"machine": machine(), "pixels": golden.pixel_digests(input_paths()), "runs": {}}
+    record = {"machine": machine(), "pixels": golden.pixel_digests(input_paths()), "runs": {}}
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["XDG_CACHE_HOME"] = os.path.join(scratch, "xdg")  # the int8 model's cache
         for name, run in golden.RUNS.items():
             cache = Path(scratch) / name
             skipped = run(input_paths(), cache)
             files = tree(cache)
-            document["runs"][name] = {"skipped": skipped, "files": files}
+            record["runs"][name] = {"skipped": skipped, "files": files}
             for path, digest in files.items():  # one copy of each distinct file (packs repeat)
                 blob = GOLDEN / "blobs" / f"{digest}.npy"
                 blob.parent.mkdir(parents=True, exist_ok=True)
                 blob.write_bytes((cache / path).read_bytes())
+    path = GOLDEN / "golden.json"
+    document = json.loads(path.read_text()) if path.exists() else {"pillow": {}}
+    document["pillow"][PIL.__version__] = record
     document["shard_records"] = golden.shard_record_digests()
-    (GOLDEN / "golden.json").write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
-    print(f"Wrote {GOLDEN / 'golden.json'}: " + ", ".join(
-        f"{name} {len(run['files'])} entries" for name, run in document["runs"].items()))
+    path.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    print(f"Wrote {path} for Pillow {PIL.__version__}: " + ", ".join(
+        f"{name} {len(run['files'])} entries" for name, run in record["runs"].items()))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import io
 import logging
 import os
 import threading
@@ -161,6 +162,26 @@ def test_a_batch_shares_one_pack_file_and_damage_to_it_redoes_that_batch(tmp_pat
     np.testing.assert_allclose(result.vectors, good.vectors, rtol=1e-5, atol=1e-6)
     again = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert (again.computed, again.reused) == (0, len(image_paths))
+
+
+def test_a_non_finite_row_of_a_pack_redoes_that_entry_alone(tmp_path, image_paths, tiny_extractor,
+                                                            caplog):
+    """Packs are checked a whole block at a time: one bad row costs its own entry only."""
+    good = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache", batch_size=4)
+    entry = BottleneckCache(tmp_path / "cache", tiny_extractor.spec).path(good.digests[5])
+    pack = np.load(entry, allow_pickle=False)
+    pack["vector"][pack["key"].astype(str).tolist().index(entry.stem)] = np.inf
+    buffer = io.BytesIO()
+    np.save(buffer, pack, allow_pickle=False)
+    with open(entry, "r+b") as stream:  # in place: every link of the pack sees it
+        stream.write(buffer.getvalue())
+    with caplog.at_level(logging.WARNING, logger="retrainer.cache.bottlenecks"):
+        result = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
+    assert (result.computed, result.reused) == (1, len(image_paths) - 1)
+    assert [message for message in caplog.messages if "recomputing" in message] == [
+        message for message in caplog.messages if str(entry) in message]
+    assert sum("recomputing" in message for message in caplog.messages) == 1
+    np.testing.assert_allclose(result.vectors, good.vectors, rtol=1e-5, atol=1e-6)
 
 
 def test_byte_copies_in_one_batch_leave_no_temporary_file(tmp_path, image_paths, tiny_extractor):

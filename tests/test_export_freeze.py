@@ -9,6 +9,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter, frozen_graph_def
+from retrainer.formats.graph_contract import metadata_path
 from retrainer.training.head import Head
 
 
@@ -45,3 +46,42 @@ def test_the_frozen_graph_follows_the_variables(tiny_extractor):
     assert second is not first
     images = np.random.default_rng(1).random((2, 32, 32, 3), np.float32)
     assert not np.allclose(run(first, images), run(second, images))
+
+
+def test_a_rerun_with_the_same_inputs_reuses_the_written_graph_untraced(tiny_extractor, tmp_path):
+    """Same code, variables and metadata: the graph already at the path is the one they froze to
+    (its SHA-256 recorded under the cache root), so nothing is traced; any change traces again."""
+    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    graph, cache = tmp_path / "out" / "graph.pb", tmp_path / "cache"
+    graph.parent.mkdir()
+
+    def exporter(labels=("a", "b", "c")):
+        return GraphExporter(Classifier(tiny_extractor, head, labels, "final_result"), cache)
+
+    first = exporter()
+    first.write_graph(graph)
+    made, sidecar = graph.read_bytes(), metadata_path(graph).read_text()
+    assert first._traced is not None
+    again = exporter()
+    again.write_graph(graph)
+    assert again._traced is None  # reused: neither traced nor frozen
+    assert graph.read_bytes() == made and metadata_path(graph).read_text() == sidecar
+    images = np.random.default_rng(2).random((2, 32, 32, 3), np.float32)
+    np.testing.assert_array_equal(run(again.frozen_graph_def(), images),
+                                  run(first.frozen_graph_def(), images))
+
+    relabelled = exporter(("a", "b", "z"))  # other metadata
+    relabelled.write_graph(graph)
+    assert relabelled._traced is not None
+    graph.write_bytes(made[:-1] + bytes([made[-1] ^ 1]))  # the file is not what was recorded
+    damaged = exporter(("a", "b", "z"))
+    damaged.write_graph(graph)
+    assert damaged._traced is not None and graph.read_bytes() != made[:-1] + bytes([made[-1] ^ 1])
+    before = run(damaged.frozen_graph_def(), images)
+    for variable in head.variables:  # another head
+        variable.assign(tf.random.stateless_normal(variable.shape, (3, 4)))
+    retrained = exporter(("a", "b", "z"))
+    retrained.write_graph(graph)
+    assert retrained._traced is not None
+    written = tf.compat.v1.GraphDef.FromString(graph.read_bytes())
+    assert not np.allclose(run(written, images), before)

@@ -190,6 +190,21 @@ def test_long_names_wrap_in_their_table_cell_and_numbers_never_break():
     assert "<td>" + breakable(long_name) + "</td>" in table(["class"], [[long_name]])
 
 
+def test_each_split_gets_its_table_or_a_line_saying_it_is_empty():
+    import numpy as np
+
+    from retrainer.reports.metrics import split_metrics
+    from retrainer.reports.sections import split_tables
+
+    test = split_metrics(np.array([0, 1, 1]), np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]]))
+    validation = split_metrics(np.zeros(0, np.int64), np.zeros((0, 2)))
+    body = split_tables((("testing", test), ("validation", validation)), ("class", "recall"),
+                        lambda split: [(name, row.recall)
+                                       for name, row in zip("ab", split.per_class)])
+    assert "Testing split, N=3:" in body and "No validation images." in body
+    assert "<td>a</td><td>1.0</td>" in body and "<td>b</td><td>0.5</td>" in body
+
+
 def test_summary_gives_whole_split_figures_per_class_table_and_confusions(tmp_path, colors):
     result = invoke(retrain_args(tmp_path, colors, *BARELY_TRAINED))
     document = json.loads((tmp_path / "out" / "metrics.json").read_text())
@@ -282,3 +297,32 @@ def test_default_report_paths(isolated_home, colors):
     assert result.exit_code == 0, result.stderr
     for name in ("metrics.json", "report.html", "training_curves.png", "confusion_matrix.png"):
         assert (isolated_home / "retrain_output" / name).is_file(), name
+
+
+def test_pictures_are_drawn_once_per_content_and_kept_under_the_cache(tmp_path, monkeypatch):
+    """A rerun that would draw the same picture reads it back; other data draws anew."""
+    import types
+
+    import numpy as np
+
+    from retrainer.reports import writer
+    from retrainer.reports.options import ReportOptions
+    from retrainer.training.loop import EvalPoint
+
+    options = ReportOptions(tmp_path / "m.json", tmp_path / "r.html", tmp_path / "logs",
+                            None, None, 0)
+    history = [EvalPoint(10, 0.8, 0.5, 0.7, 20, 0.6), EvalPoint(20, 0.9, 0.3, 0.75, 20, 0.55)]
+    split = types.SimpleNamespace(count=20, confusion_matrix=np.array([[9, 1], [2, 8]]))
+    first = writer.draw_pictures(options, ("a", "b"), history, "lbfgs", "testing", split,
+                                 tmp_path / "cache")
+    assert len(list((tmp_path / "cache").rglob("*.png"))) == 2
+    drawn = []
+    for name in ("confusion_matrix_png", "training_curves_png"):
+        monkeypatch.setattr(writer, name, lambda *args, name=name: drawn.append(name) or b"")
+    again = writer.draw_pictures(options, ("a", "b"), history, "lbfgs", "testing", split,
+                                 tmp_path / "cache")
+    assert again == first and drawn == []
+    split.confusion_matrix = np.array([[8, 2], [2, 8]])
+    writer.draw_pictures(options, ("a", "b"), history[:1], "lbfgs", "testing", split,
+                         tmp_path / "cache")
+    assert sorted(drawn) == ["confusion_matrix_png", "training_curves_png"]

@@ -122,3 +122,18 @@ def test_signature_cache_ignores_a_truncated_shard(tmp_path, caplog):
         _, known = cache.lookup(digests)
     assert not known.any()
     assert "truncated" in caplog.text
+
+
+def test_signature_cache_finds_digests_that_end_in_zero_bytes(tmp_path):
+    """One SHA-256 in 256 ends in a 00 byte, which a fixed-size bytes field drops on reading:
+    such an image was decoded again on every warm rerun."""
+    cache = SignatureCache(tmp_path, (224, 224))
+    digests = ["cd" + "7" * 58 + "0000", "cd" + "00" * 31, "cd" + "7" * 62]
+    pixels = np.random.default_rng(2).integers(0, 256, (3, 64, 64, 3), np.uint8)
+    made = [signature_of_pixels(row) for row in pixels]
+    signatures = Signatures(np.stack([m[0] for m in made]), np.array([m[1] for m in made]))
+    cache.store(digests, signatures)
+    found, known = cache.lookup(digests)
+    assert known.all()
+    assert (found.thumbnails == signatures.thumbnails).all()
+    assert (found.hashes == signatures.hashes).all()

@@ -73,10 +73,20 @@ class PackReader:
 
 def pack_rows(array: np.ndarray) -> Optional[dict[str, np.ndarray]]:
     """{key: float32 [D] vector} of a pack read by np.load; None for a plain array."""
+    table = pack_table(array)
+    if table is None:
+        return None
+    rows, vectors = table
+    return {key: vectors[row] for key, row in rows.items()}
+
+
+def pack_table(array: np.ndarray) -> Optional[tuple[dict[str, int], np.ndarray]]:
+    """({key: row}, float32 [n, D] vectors) of a pack read by np.load; None for a plain array."""
     if array.dtype.names != PACK_FIELDS:
         return None
-    vectors = array["vector"].astype(np.float32, copy=False)
-    return {name.decode("ascii"): vector for name, vector in zip(array["key"], vectors)}
+    keys = array["key"].tolist()
+    return ({key.decode("ascii"): row for row, key in enumerate(keys)},
+            array["vector"].astype(np.float32, copy=False))
 
 
 def _identity(stream: BinaryIO) -> Optional[_Identity]:

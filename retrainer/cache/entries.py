@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from retrainer.cache._packs import PackReader, pack_bytes, pack_rows
+from retrainer.cache._packs import PackReader, pack_bytes, pack_table
 from retrainer.cache.layout import entry_name, entry_path, extractor_folder
 from retrainer.io.atomic import making_folder, write_bytes_atomically, write_linked_atomically
 from retrainer.io.storage import AnyPath, is_url, open_for_reading
@@ -115,14 +115,27 @@ class BottleneckCache:
                 log.warning("Cached bottleneck %s is unreadable (%s); recomputing it.",
                             self.path(digest), error)
             return
-        rows = pack_rows(array)
+        table = pack_table(array)
+        if table is None:  # a plain entry: one vector under every name
+            for digest, position in zip(digests, positions):
+                if self._usable(array, self.path(digest)):
+                    vectors[position], found[position] = array, True
+            return
+        # Checked once per pack: 70,000 per-vector checks and paths took about a second.
+        rows, block = table
+        usable = (np.isfinite(block).all(axis=1) if block.shape[1:] == (self.spec.vector_size,)
+                  else np.zeros(len(block), bool))
+        taken, source = [], []
         for digest, position in zip(digests, positions):
-            vector = array if rows is None else rows.get(digest)
-            if vector is None:
+            row = rows.get(digest)
+            if row is None:
                 log.warning("Cached bottleneck %s is unreadable (its pack of %d entries has "
-                            "none for it); recomputing it.", self.path(digest), len(rows or ()))
-            elif self._usable(vector, self.path(digest)):
-                vectors[position], found[position] = vector, True
+                            "none for it); recomputing it.", self.path(digest), len(rows))
+            elif usable[row] or self._usable(block[row], self.path(digest)):  # warns
+                taken.append(position)
+                source.append(row)
+        vectors[taken] = block[source]
+        found[taken] = True
 
     def _usable(self, vector: np.ndarray, path: AnyPath) -> bool:
         """A finite float32 [D] vector; else warned (it is then recomputed)."""

@@ -12,6 +12,10 @@
                                                       (`audit_signatures_folder`)
       file-index-v1/<hash of a dataset folder>.index  its files' digests, .npy format (`file_index_path`)
       heat-maps-v1/<aa>/<key>.maps                   the report's Grad-CAM maps (`heat_maps_path`)
+      frozen-graphs-v1/<aa>/<key>.sha256             the SHA-256 of the frozen graph its inputs
+                                                      made (`frozen_graph_record_path`)
+      pictures-v1/<aa>/<key>.png                     the report's plots, keyed by what they
+                                                      show (`picture_path`)
 
 Keys are content hashes, so no dataset path ever appears here. Changing a path or a format is a
 change here (bump `CACHE_FORMAT` when the vectors of the same image would differ).
@@ -36,6 +40,8 @@ _AUDIT_FINDINGS = "audit-results-v1"
 _AUDIT_SIGNATURES = "audit-signatures-v2"
 _FILE_INDEX = "file-index-v1"
 _HEAT_MAPS = "heat-maps-v1"
+_FROZEN_GRAPHS = "frozen-graphs-v1"
+_PICTURES = "pictures-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -115,3 +121,13 @@ def file_index_folder(root: os.PathLike[str] | str) -> AnyPath:
 def heat_maps_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The report's heat maps of one frozen graph over one set of images (`key`: their hash)."""
     return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.maps"  # .npy format; not an entry
+
+
+def frozen_graph_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The SHA-256 of the frozen graph that one set of inputs (`key`: their hash) froze to."""
+    return as_path(root) / _FROZEN_GRAPHS / key[:2] / f"{key}.sha256"
+
+
+def picture_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """A report picture (PNG) drawn from one set of inputs (`key`: their hash)."""
+    return as_path(root) / _PICTURES / key[:2] / f"{key}.png"

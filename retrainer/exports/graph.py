@@ -13,17 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
+from retrainer.cache.layout import frozen_graph_record_path
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
 from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
-from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
-from retrainer.io.storage import AnyPath, as_path
+from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
+from retrainer.io.host import code_digest
+from retrainer.io.storage import AnyPath, as_path, is_url
+
+log = logging.getLogger(__name__)
 
 
 def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> AnyPath:
@@ -34,31 +41,94 @@ def intermediate_graph_path(directory: os.PathLike[str] | str, step: int) -> Any
 class GraphExporter:
     """Freezes a `Classifier` (traced once) as often as asked, e.g. at intermediate steps; the
     frozen graph of one state of the variables is built once (the export and the report's heat
-    maps share it)."""
+    maps share it).
 
-    def __init__(self, classifier: Classifier) -> None:
+    With a `cache_root` (a local --bottleneck_dir), tracing and freezing (about 0.5 s on
+    EfficientNet-Lite0) wait until a graph is needed, and `write_graph` skips both when the file
+    already at its path is the graph the same inputs froze to before: the same code, TensorFlow,
+    variables and metadata (`_inputs_digest`) map to the SHA-256 of the graph they made
+    (`cache.layout.frozen_graph_record_path`), and the file must have that SHA-256.
+    """
+
+    def __init__(self, classifier: Classifier,
+                 cache_root: Optional[os.PathLike[str] | str] = None) -> None:
         self.classifier = classifier
-        self._concrete = classifier.outputs.get_concrete_function()
-        _check_final_op(self._concrete.graph, classifier.final_tensor_name)
+        self.cache_root = None if cache_root is None or is_url(cache_root) else cache_root
+        self._traced: Any = None
         self._frozen: Optional[tuple[str, tf.compat.v1.GraphDef]] = None
-        if classifier.novelty is not None:
-            _check_novelty_op(self._concrete.graph)
+        self._variables: Optional[tuple[tf.Variable, ...]] = None  # found once: a slow walk
+        if self.cache_root is None:
+            self._concrete()  # a clashing --final_tensor_name is a usage error at once
+
+    def _concrete(self) -> Any:
+        """The traced classifier, its named outputs checked."""
+        if self._traced is None:
+            concrete = self.classifier.outputs.get_concrete_function()
+            _check_final_op(concrete.graph, self.classifier.final_tensor_name)
+            if self.classifier.novelty is not None:
+                _check_novelty_op(concrete.graph)
+            self._traced = concrete
+        return self._traced
 
     def frozen_graph_def(self) -> tf.compat.v1.GraphDef:
         """The graph with the variables' current values baked in as constants."""
         state = self._variables_digest()
         if self._frozen is None or self._frozen[0] != state:
-            graph_def = frozen_graph_def(self._concrete)
+            graph_def = frozen_graph_def(self._concrete())
             _check_frozen(graph_def, self.classifier)
             self._frozen = (state, graph_def)
         return self._frozen[1]
 
     def _variables_digest(self) -> str:
-        """SHA-256 of every variable's current value (tens of ms; freezing takes about 0.5 s)."""
+        """SHA-256 of every variable's name, shape and current value (tens of ms)."""
+        if self._variables is None:
+            self._variables = tuple(self.classifier.variables)
         digest = hashlib.sha256()
-        for variable in self._concrete.variables:
-            digest.update(variable.numpy().tobytes())
+        for variable in self._variables:
+            value = np.ascontiguousarray(variable.numpy())
+            digest.update(f"{variable.name}{value.dtype.str}{value.shape}".encode())
+            digest.update(value.data)
         return digest.hexdigest()
+
+    def _inputs_digest(self, state: str) -> str:
+        """What the frozen graph is made from: the code, TensorFlow, the variables (`state`) and
+        the metadata (tensor names, labels, TTA, novelty, thresholds)."""
+        document = self.classifier.metadata()
+        inputs = [code_digest(), tf.version.VERSION, tf.version.GIT_VERSION, state,
+                  json.dumps(document, sort_keys=True)]
+        return hashlib.sha256("\0".join(inputs).encode()).hexdigest()
+
+    def _reused(self, path: os.PathLike[str] | str) -> Optional[bytes]:
+        """The bytes of the graph at `path` if they are what this classifier freezes to (see
+        the class docstring); it then needs no tracing. None otherwise."""
+        if self.cache_root is None or is_url(path):
+            return None
+        state = self._variables_digest()
+        record = Path(frozen_graph_record_path(self.cache_root, self._inputs_digest(state)))
+        try:
+            expected = record.read_text(encoding="ascii").strip()
+            data = Path(path).read_bytes()
+        except (OSError, UnicodeDecodeError):
+            return None
+        if hashlib.sha256(data).hexdigest() != expected:
+            return None
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.ParseFromString(data)
+        _check_frozen(graph_def, self.classifier)
+        self._frozen = (state, graph_def)
+        return data
+
+    def _remember(self, data: bytes) -> None:
+        """Record the SHA-256 of the graph these inputs froze to (a failed write costs nothing
+        but the next run's tracing)."""
+        if self.cache_root is None or self._frozen is None:
+            return
+        record = frozen_graph_record_path(self.cache_root, self._inputs_digest(self._frozen[0]))
+        text = hashlib.sha256(data).hexdigest() + "\n"
+        try:
+            making_folder(record, lambda: write_text_atomically(record, text))
+        except OSError as error:
+            log.debug("Frozen graph record %s not written: %s", record, error)
 
     def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> AnyPath:
         """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
@@ -67,8 +137,11 @@ class GraphExporter:
         (or a graph copied without its sidecar) label-image refuses the pair instead of serving the
         new graph with the old labels.
         """
-        data = self.frozen_graph_def().SerializeToString(deterministic=True)
-        write_bytes_atomically(path, data)
+        data = self._reused(path)
+        if data is None:
+            data = self.frozen_graph_def().SerializeToString(deterministic=True)
+            write_bytes_atomically(path, data)
+            self._remember(data)
         sidecar = metadata_path(path)
         document = self.classifier.metadata(step)
         document["graph_sha256"] = hashlib.sha256(data).hexdigest()

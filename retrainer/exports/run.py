@@ -65,9 +65,13 @@ class Exporter:
     """Writes one run's exports (see the module docstring)."""
 
     def __init__(self, options: ExportOptions, extractor: FeatureExtractor,
-                 labels: tuple[str, ...], intermediate_dir: AnyPath) -> None:
-        """`intermediate_dir`: the options' folder, or a staging folder (quality gates)."""
+                 labels: tuple[str, ...], intermediate_dir: AnyPath,
+                 cache_root: Optional[AnyPath] = None) -> None:
+        """`intermediate_dir`: the options' folder, or a staging folder (quality gates);
+        `cache_root`: --bottleneck_dir, where the exported graph's inputs are remembered (a
+        rerun whose graph would be the same skips tracing it: `GraphExporter`)."""
         self.options = options
+        self.cache_root = cache_root
         self.extractor = extractor
         self.labels = labels
         self.intermediate_dir = intermediate_dir
@@ -77,7 +81,8 @@ class Exporter:
         self._exporter: Optional[GraphExporter] = None
 
     def graph_exporter(self, head: Head) -> GraphExporter:
-        """The frozen-graph writer of `head` (also what the report's heat maps run)."""
+        """The frozen-graph writer of `head`: the intermediate graphs' until `write_all`, the
+        exported graph's after it (what the report's heat maps then run)."""
         if self._exporter is None:
             classifier = Classifier(self.extractor, head, self.labels,
                                     self.options.final_tensor_name,
@@ -112,13 +117,13 @@ class Exporter:
             DataError: int8 without enough decodable training images.
         """
         options = self.options
-        exporter = self.graph_exporter(head)
-        if (novelty is not None or thresholds is not None  # outputs intermediate graphs lack
-                or exporter.classifier.tta != self.tta):
-            exporter = GraphExporter(Classifier(self.extractor, head, self.labels,
-                                                options.final_tensor_name, novelty,
-                                                None if thresholds is None
-                                                else thresholds.tolist(), self.tta))
+        exporter = self._exporter
+        if (exporter is None or novelty is not None or thresholds is not None  # outputs
+                or exporter.classifier.tta != self.tta):  # intermediate graphs lack
+            # Traced once; the report's heat maps then explain this same frozen graph.
+            exporter = self._exporter = GraphExporter(Classifier(
+                self.extractor, head, self.labels, options.final_tensor_name, novelty,
+                None if thresholds is None else thresholds.tolist(), self.tta), self.cache_root)
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         outputs: dict[str, Any] = {

@@ -1,5 +1,5 @@
 """What the host gives this process: its CPUs, the user's cache folder, its stderr, its clock
-and memory.
+and memory, and which retrainer code runs (`code_digest`).
 
 Kept apart from the stages so that the decoders (`retrainer.data`), the engines and `label-image`
 size their thread pools alike, every cache (vectors, converted engines, downloaded modules) lives
@@ -10,6 +10,8 @@ memory are measured from the process's own start (`process_age`, `peak_memory_by
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 import resource
 import sys
@@ -22,6 +24,19 @@ from typing import Callable, Iterator, Optional
 # "I0000 00:00:1796333663.250190   31338 port.cc:153] oneDNN ..." and absl's preamble.
 _NATIVE_LOG_PREFIXES = ("WARNING: All log messages before absl::InitializeLog()",
                         "To enable the following instructions:")  # cpu_feature_guard's 2nd line
+
+
+@functools.cache
+def code_digest() -> str:
+    """SHA-256 of retrainer's own source files (a few ms, once): results cached by content
+    (the frozen graph's record, the report's pictures) include it, so changed code makes them
+    anew."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for source in sorted(package.rglob("*.py")):
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def user_cache_dir() -> Path:

@@ -101,7 +101,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
     held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
     exporter = Exporter(config.exports, extractor, collection.labels,
-                        held.folder(config.exports.intermediate_output_graphs_dir))
+                        held.folder(config.exports.intermediate_output_graphs_dir),
+                        config.extraction.bottleneck_dir)
     trained = _train_and_evaluate(config, extractor, splits, exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extractor, trained.tuning,
@@ -140,7 +141,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
     pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
                               trained.head.history, trained.head.summary()["solver"],
-                              *headline)
+                              *headline, config.extraction.bottleneck_dir)
     exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
         with timer("export"):

@@ -8,7 +8,7 @@ no examples no recall) are None, not a silent 0, so the JSON says `null` and tab
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -112,17 +112,9 @@ def split_metrics(
     true_positives = np.diag(matrix)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)
-    per_class = tuple(
-        ClassMetrics(
-            precision=_ratio(true_positives[c], predicted[c]),
-            recall=_ratio(true_positives[c], support[c]),
-            # 2TP / (2TP + FP + FN): the harmonic mean of the two, and 0 (not undefined) for a
-            # class with examples that is never predicted.
-            f1=_ratio(2 * true_positives[c], support[c] + predicted[c]),
-            support=int(support[c]),
-        )
-        for c in range(num_classes)
-    )
+    per_class = tuple(ClassMetrics(row.precision, row.recall, row.f1, support=int(examples))
+                      for row, examples in zip(class_ratios(true_positives, support, predicted),
+                                               support))
     recalls = [row.recall for row in per_class if row.recall is not None]
     top_k = TOP_K if num_classes > TOP_K else None
     top_k_accuracy = None
@@ -135,7 +127,7 @@ def split_metrics(
     return SplitMetrics(
         count=count,
         unique_images=unique,
-        accuracy=_ratio(true_positives.sum(), count),
+        accuracy=ratio(true_positives.sum(), count),
         balanced_accuracy=float(np.mean(recalls)) if recalls else None,
         top_k=top_k,
         top_k_accuracy=top_k_accuracy,
@@ -144,5 +136,24 @@ def split_metrics(
     )
 
 
-def _ratio(numerator: int, denominator: int) -> Optional[float]:
+class ClassRatios(NamedTuple):
+    precision: Optional[float]
+    recall: Optional[float]
+    f1: Optional[float]
+
+
+def class_ratios(true_positives: np.ndarray, support: np.ndarray,
+                 predicted: np.ndarray) -> list[ClassRatios]:
+    """Each class's precision, recall and F1 from its counts (single- and multi-label alike).
+
+    F1 = 2TP / (2TP + FP + FN) = 2TP / (support + predicted): the harmonic mean of the two, and 0
+    (not undefined) for a class with examples that is never predicted.
+    """
+    return [ClassRatios(ratio(hits, guesses), ratio(hits, examples),
+                        ratio(2 * hits, examples + guesses))
+            for hits, examples, guesses in zip(true_positives, support, predicted)]
+
+
+def ratio(numerator: Any, denominator: Any) -> Optional[float]:
+    """numerator / denominator, or None when the denominator is 0 (undefined, not 0)."""
     return float(numerator) / float(denominator) if denominator else None

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from retrainer.reports.metrics import class_ratios, ratio
+
 
 @dataclasses.dataclass(frozen=True)
 class LabelMetrics:
@@ -79,19 +81,14 @@ def multi_label_metrics(targets: np.ndarray, probabilities: np.ndarray,
     support = truth.sum(axis=0)
     predicted_count = predicted.sum(axis=0)
     per_class = tuple(
-        LabelMetrics(
-            precision=_ratio(true_positives[c], predicted_count[c]),
-            recall=_ratio(true_positives[c], support[c]),
-            f1=_ratio(2 * true_positives[c], support[c] + predicted_count[c]),
-            average_precision=average_precision(truth[:, c], scores[:, c]),
-            support=int(support[c]),
-        )
-        for c in range(truth.shape[1])
-    )
+        LabelMetrics(row.precision, row.recall, row.f1,
+                     average_precision=average_precision(truth[:, c], scores[:, c]),
+                     support=int(support[c]))
+        for c, row in enumerate(class_ratios(true_positives, support, predicted_count)))
     count = int(truth.shape[0])
     return MultiLabelMetrics(
         count=count,
-        micro_f1=_ratio(2 * true_positives.sum(), support.sum() + predicted_count.sum()),
+        micro_f1=ratio(2 * true_positives.sum(), support.sum() + predicted_count.sum()),
         macro_f1=_mean([row.f1 for row in per_class]),
         mean_average_precision=_mean([row.average_precision for row in per_class]),
         exact_match=float((truth == predicted).all(axis=1).mean()) if count else None,
@@ -121,10 +118,6 @@ def average_precision(truth: np.ndarray, scores: np.ndarray) -> Optional[float]:
     precision = hits[ends] / (ends + 1)
     recall_steps = np.diff(np.r_[0, hits[ends]]) / positives
     return float(np.sum(precision * recall_steps))
-
-
-def _ratio(numerator: Any, denominator: Any) -> Optional[float]:
-    return float(numerator) / float(denominator) if denominator else None
 
 
 def _mean(values: list[Optional[float]]) -> Optional[float]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from retrainer.reports.format import percent
 from retrainer.reports.html import Section, paragraph, png_image, table
-from retrainer.reports.sections import dataset_section, gallery, summary_section
+from retrainer.reports.sections import dataset_section, gallery, split_tables, summary_section
 
 
 def multi_label_run_sections(result: Any, curves_png: bytes) -> list[Section]:
@@ -30,15 +30,13 @@ def multi_label_section(result: Any) -> Section:
         (name, split.count, percent(split.micro_f1), percent(split.macro_f1),
          percent(split.mean_average_precision), percent(split.exact_match))
         for name, split in (("testing", evaluation.test), ("validation", evaluation.validation))])
-    for name, split in (("Test", evaluation.test), ("Validation", evaluation.validation)):
-        if not split.count:
-            body += paragraph(f"No {name.lower()} images.")
-            continue
-        body += paragraph(f"{name} split, N={split.count}:")
-        body += table(("label", "threshold", "precision", "recall", "F1", "AP", "support"), [
-            (label, f"{threshold:.3f}", percent(row.precision), percent(row.recall),
-             percent(row.f1), percent(row.average_precision), row.support)
-            for label, threshold, row in zip(result.labels, split.thresholds, split.per_class)])
+    body += split_tables(
+        (("test", evaluation.test), ("validation", evaluation.validation)),
+        ("label", "threshold", "precision", "recall", "F1", "AP", "support"),
+        lambda split: [(label, f"{threshold:.3f}", percent(row.precision), percent(row.recall),
+                        percent(row.f1), percent(row.average_precision), row.support)
+                       for label, threshold, row in zip(result.labels, split.thresholds,
+                                                        split.per_class)])
     return Section("multi-label", "Per-label metrics", body)
 
 

@@ -11,6 +11,7 @@ import io
 import re
 from typing import Any, Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib import font_manager, ft2font, rcParams
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 _DPI = 100
 _LABEL_CHARACTERS = 32  # of a class name on an axis (the HTML report shows it whole)
 _MAX_NAMED = 60  # classes whose names fit on a confusion matrix's axes
-
+MATPLOTLIB_VERSION = matplotlib.__version__  # in the keys of cached pictures
 
 def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     """Accuracy and cross-entropy against step, train and validation (two panels).

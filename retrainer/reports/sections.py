@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import io
 import logging
+from collections.abc import Iterable, Sequence
 from typing import Any, Callable, Optional
 
 from PIL import Image
@@ -103,16 +104,25 @@ def confusion_section(result: Any, confusion_png: Optional[bytes]) -> Section:
 
 
 def per_class_section(result: Any) -> Section:
+    body = split_tables(
+        ((TESTING, result.test_metrics), (VALIDATION, result.validation_metrics)),
+        ("class", "precision", "recall", "F1", "support"),
+        lambda split: [(label, percent(row.precision), percent(row.recall), percent(row.f1),
+                        row.support) for label, row in zip(result.labels, split.per_class)])
+    return Section("per-class", "Per-class metrics", body)
+
+
+def split_tables(splits: Iterable[tuple[str, Any]], header: Sequence[str],
+                 rows: Callable[[Any], Iterable[Sequence[object]]]) -> str:
+    """Per split (name, metrics): "<Name> split, N=..." and its table, or "No <name> images."."""
     body = ""
-    for name, split in ((TESTING, result.test_metrics), (VALIDATION, result.validation_metrics)):
+    for name, split in splits:
         if not split.count:
             body += paragraph(f"No {name} images.")
             continue
         body += paragraph(f"{name.capitalize()} split, N={split.count}:")
-        body += table(("class", "precision", "recall", "F1", "support"),
-                      [(label, percent(row.precision), percent(row.recall), percent(row.f1),
-                        row.support) for label, row in zip(result.labels, split.per_class)])
-    return Section("per-class", "Per-class metrics", body)
+        body += table(header, rows(split))
+    return body
 
 
 def gallery_section(result: Any) -> Section:

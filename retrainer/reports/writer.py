@@ -7,24 +7,29 @@ is raised), so a failure can be inspected. Each file is written atomically.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import tensorflow as tf
 
+from retrainer.cache.layout import picture_path
 from retrainer.data.split import TESTING
-from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
-from retrainer.io.storage import AnyPath
+from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
+from retrainer.io.host import code_digest
+from retrainer.io.storage import AnyPath, is_url, read_bytes
 from retrainer.reports.html import Section, render_page
 from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.options import ReportOptions
-from retrainer.reports.plots import confusion_matrix_png, training_curves_png
+from retrainer.reports.plots import MATPLOTLIB_VERSION, confusion_matrix_png, training_curves_png
 from retrainer.reports.sections import run_sections
 
 log = logging.getLogger(__name__)
 
 CONFUSION_MATRIX_TAG = "confusion_matrix"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +42,8 @@ class Pictures:
 
 
 def draw_pictures(options: ReportOptions, labels: Sequence[str], history: Sequence[Any],
-                  solver: str, split_name: Optional[str], split: Any) -> Pictures:
+                  solver: str, split_name: Optional[str], split: Any,
+                  cache_root: Optional[AnyPath] = None) -> Pictures:
     """Draw the PNGs `write_reports` needs (about a second of matplotlib: the pipeline draws
     them on a thread while the exports and heat maps are made).
 
@@ -47,16 +53,44 @@ def draw_pictures(options: ReportOptions, labels: Sequence[str], history: Sequen
         history: the training history (EvalPoint-like).
         solver: the head's solver ("sgd" or "lbfgs"), for the curves' axes.
         split_name / split: the headline split (`RetrainResult.headline`); None: no images.
+        cache_root: a local --bottleneck_dir, where each picture is kept by what it shows (the
+            code, matplotlib's version and the picture's data): a rerun that trains the same
+            head on the same vectors draws nothing. None: always drawn.
     """
     confusion = None
     if split_name is not None and (options.report_html is not None
                                    or options.summaries_dir is not None):
         title = f"Confusion matrix ({'test' if split_name == TESTING else split_name} split, " \
                 f"N={split.count})"
-        confusion = confusion_matrix_png(split.confusion_matrix, labels, title)
-    curves = (training_curves_png(history, solver) if options.report_html is not None
-              else None)
+        matrix = np.asarray(split.confusion_matrix)
+        confusion = _drawn(cache_root, ("confusion", title, tuple(labels), matrix.tolist()),
+                           lambda: confusion_matrix_png(matrix, labels, title))
+    curves = (_drawn(cache_root, ("curves", solver, tuple(history)),
+                     lambda: training_curves_png(history, solver))
+              if options.report_html is not None else None)
     return Pictures(curves, confusion)
+
+
+def _drawn(cache_root: Optional[AnyPath], inputs: tuple[Any, ...],
+           draw: Callable[[], bytes]) -> bytes:
+    """`draw()`, or the PNG it gave before for the same `inputs` (their repr; see
+    `draw_pictures`)."""
+    if cache_root is None or is_url(cache_root):
+        return draw()
+    text = repr((code_digest(), MATPLOTLIB_VERSION, inputs))
+    path = picture_path(cache_root, hashlib.sha256(text.encode()).hexdigest())
+    try:
+        data = read_bytes(path)
+        if data.startswith(_PNG_SIGNATURE):
+            return data
+    except OSError:
+        pass
+    data = draw()
+    try:
+        making_folder(path, lambda: write_bytes_atomically(path, data))
+    except OSError as error:  # a picture not kept is drawn again next time
+        log.debug("Picture %s not cached: %s", path, error)
+    return data
 
 
 def write_reports(result: Any, options: ReportOptions,
