@@ -1,8 +1,10 @@
 """Audit detector: likely mislabeled images, by confident learning on out-of-fold probabilities.
 
 Each image's class probabilities come from a softmax regression that never saw it (k folds,
-trained on the cached vectors reduced to their top principal components, by the head's own
-convex solver at a fixed penalty). Confident learning (Northcutt et al. 2021, as cleanlab's
+trained on the cached vectors reduced to their top principal components, standardised, at a
+fixed L2 penalty: the head's convex objective, here in float64 numpy, since on a few thousand
+64-d rows TensorFlow's first trace (~0.5 s) and per-call overhead cost more than the fits).
+Confident learning (Northcutt et al. 2021, as cleanlab's
 `find_label_issues`): class j's threshold is the mean
 probability of j over images labelled j; an image is confidently of class j when p_j reaches
 that threshold (the largest such p_j wins). Images confidently of another class than their label
@@ -15,15 +17,17 @@ import dataclasses
 from typing import Optional, Union
 
 import numpy as np
+from scipy.optimize import minimize
 
-from retrainer.audit.neighbours import principal_components
-from retrainer.training.convex import ConvexConfig, fit_head
+from retrainer.audit.neighbours import one_blas_thread, principal_components
 
 FOLDS = 5
 DIMENSIONS = 64
 L2_PENALTY = 5e-3  # l2 * |weights|^2 per example, on standardised features
 MAX_ITERATIONS = 100
 MIN_MARGIN = 0.8  # p(suggested) - p(given) of a reported issue
+TOLERANCE = 1e-5  # relative change of the loss at which a fit has converged
+MIN_RELATIVE_SCALE = 0.1  # no feature scaled by less than this x the median's spread (as the head)
 CHUNK_ROWS = 16384  # rows of probabilities computed at once (128 MB at 1,000 classes)
 
 
@@ -82,17 +86,13 @@ def fit_out_of_fold(vectors: np.ndarray, labels: np.ndarray, num_classes: int,
     features = (principal_components(vectors, DIMENSIONS).astype(np.float32) if len(labels)
                 else np.zeros((0, DIMENSIONS), np.float32))
     folds = _stratified_folds(labels, FOLDS, seed)
-    # The head's own solver at one fixed penalty (no validation: nothing is chosen here).
-    config = ConvexConfig(l2_path=(L2_PENALTY,), max_iterations=MAX_ITERATIONS)
     layers: list[Optional[tuple[np.ndarray, np.ndarray]]] = []
     for fold in range(FOLDS):
         held_out = folds == fold
         if not held_out.any() or held_out.all():
             layers.append(None)
             continue
-        fit = fit_head(features[~held_out], labels[~held_out], features[:0], labels[:0],
-                       num_classes, config)
-        layers.append((fit.weights, fit.biases))
+        layers.append(softmax_regression(features[~held_out], labels[~held_out], num_classes))
     return OutOfFold(features, folds, tuple(layers), num_classes)
 
 
@@ -102,6 +102,52 @@ def out_of_fold_probabilities(
     """Each row's class probabilities from a softmax regression trained without that row:
     float64 [N, C], each row summing to 1 (`fit_out_of_fold`, every row at once)."""
     return fit_out_of_fold(vectors, labels, num_classes, seed)[:]
+
+
+def softmax_regression(features: np.ndarray, labels: np.ndarray,
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layer minimising mean cross entropy + L2_PENALTY x |weights|^2 on the standardised
+    features (L-BFGS-B, at most MAX_ITERATIONS steps), as float32 weights [D, C] and biases [C]
+    on the features as given. Losses and gradients are summed CHUNK_ROWS rows at a time (no
+    [N, C] array).
+
+    Args:
+        features: float32 [N, D], N >= 1.
+        labels: int64 [N] class indices below `num_classes`.
+        num_classes: C.
+    """
+    mean = features.mean(axis=0, dtype=np.float64)
+    scale = features.std(axis=0, dtype=np.float64)
+    floor = MIN_RELATIVE_SCALE * np.sort(scale)[len(scale) // 2] if len(scale) else 0.0
+    scale = np.where(scale > 1e-6, np.maximum(scale, floor), 1.0)
+    standard = ((features - mean) / scale).astype(np.float32)
+    count, dims = features.shape
+    chunks = [slice(start, start + CHUNK_ROWS) for start in range(0, count, CHUNK_ROWS)]
+
+    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
+        weights = params[:dims * num_classes].reshape(dims, num_classes)
+        loss = L2_PENALTY * float(np.sum(weights * weights)) * count
+        gradient_weights, gradient_biases = 2 * L2_PENALTY * count * weights, np.zeros(num_classes)
+        for rows in chunks:
+            logits = standard[rows] @ weights + params[-num_classes:]
+            logits -= logits.max(axis=1, keepdims=True)
+            error = np.exp(logits)
+            totals = error.sum(axis=1)
+            given = np.arange(len(logits)), labels[rows]
+            loss += float(np.sum(np.log(totals) - logits[given]))
+            error /= totals[:, np.newaxis]
+            error[given] -= 1.0  # softmax - one-hot: the logits' gradient
+            gradient_weights += standard[rows].T @ error
+            gradient_biases += error.sum(axis=0)
+        return loss / count, np.concatenate([gradient_weights.ravel(), gradient_biases]) / count
+
+    with one_blas_thread():  # small products: threads would only spin against each other
+        solution = minimize(loss_and_gradient, np.zeros((dims + 1) * num_classes), jac=True,
+                            method="L-BFGS-B", options={"maxiter": MAX_ITERATIONS,
+                                                        "ftol": TOLERANCE, "gtol": 1e-9})
+    weights = solution.x[:dims * num_classes].reshape(dims, num_classes) / scale[:, np.newaxis]
+    return (weights.astype(np.float32),
+            (solution.x[-num_classes:] - mean @ weights).astype(np.float32))
 
 
 def find_label_issues(probabilities: Union[np.ndarray, OutOfFold],
