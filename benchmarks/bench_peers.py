@@ -3,26 +3,35 @@
 - make_image_classifier, TensorFlow Hub's last version (removed from tensorflow/hub in 2023; not
   part of this repository): pass the path of its `make_image_classifier.py` with --peer_script
   (its `make_image_classifier_lib.py` beside it). It runs with its default flags (5 epochs, batch
-  32, SGD with momentum, a 20 % validation split), as a real process;
+  32, SGD with momentum, a 20 % validation split, tf.data input), as a real process;
 - the Keras recipe a user would write, defined in this file: `image_dataset_from_directory` (80/20
   split, cached, prefetched), `Rescaling`, the extractor as a `hub.KerasLayer`, `Dense` with
   softmax, Adam, 5 epochs, `tf.saved_model.save`;
-- retrainer with default flags, cold (an empty --bottleneck_dir) and warm (the same run again).
+- retrainer with default flags, cold (an empty --bottleneck_dir) and warm (the same command again,
+  on that cache), and cold at --extractor_precision float32, the peers' precision (retrainer's
+  default `auto` runs the extractor at int8 where the CPU has fast int8, else float32; the peers
+  always run it at float32; the table names each side's precision).
 
-Both peers get the same EfficientNet-Lite0 weights retrainer uses: no model hub is reachable, so
-the benchmark writes retrainer's own Lite0 as a TF2 SavedModel (the image feature vector
-interface: float32 [N, 224, 224, 3] in [0, 1] -> [N, 1280]) and hands it to them as the module.
+Every side gets the same EfficientNet-Lite0 weights at the same 224x224 input: no model hub is
+reachable, so the benchmark writes retrainer's own Lite0 as a TF2 SavedModel (the image feature
+vector interface: float32 [N, 224, 224, 3] in [0, 1] -> [N, 1280]) and hands it to the peers as
+their module. Every side trains on about 80 % of the images (the peers' 20 % validation split,
+retrainer's default 10 % validation + 10 % test split by file-name hash).
 
 Every figure is the wall time of a whole process, start-up and `import tensorflow` included, on N
 real Fashion-MNIST training images (default 1,000 and 10,000). Test accuracy is measured on what
-each side exported, on the same held-out images (Fashion-MNIST's t10k set, which no side trains
-on): retrainer's frozen graph through `label-image`, the peers' SavedModels through their serving
-signature. The peers' times vary from run to run, so each round runs every side back to back and
-the ratios are each round's (peer / retrainer); --lock takes the shared CPU lock around each timed
-process, so that a long peer run never holds it for the whole benchmark.
+each side exported, every round, on the same held-out images (Fashion-MNIST's t10k set, which no
+side trains on): retrainer's frozen graph through `label-image`, the peers' SavedModels through
+their serving signature, fed as each side's training pipeline feeds it. The peers' times vary from
+run to run, so each round runs every side back to back and the ratios are each round's (peer /
+side). --lock takes the shared CPU lock around each side's run and evaluation (or each round's,
+--lock_scope round), so that a long benchmark never holds it for long; with --work, results are
+kept in DIR/results.json, so a size can be measured in several invocations (--sides), and the
+table covers all of them.
 
     python -m benchmarks.bench_peers --peer_script PATH [--images 1000,10000] [--rounds 2]
-        [--lock /work/team/cpu.lock] [--work DIR] [--smoke]
+        [--sides mic,keras,cold,warm,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
+        [--work DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -30,13 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from benchmarks import cli
 from benchmarks.data import fashion_mnist_folder
@@ -132,7 +142,7 @@ def saved_model_accuracy(model_dir: str, test_dir: str, scale: float) -> None:
     print(json.dumps({"accuracy": correct / count, "count": count}))
 
 
-def retrainer_accuracy(run_dir: Path, test_dir: Path) -> dict[str, float]:
+def retrainer_accuracy(run_dir: Path, test_dir: Path) -> dict[str, Any]:
     """Accuracy of retrainer's exported frozen graph on `test_dir`, through `label-image`."""
     graph = run_dir / "retrain_output" / "output_graph.pb"
     labels = (run_dir / "retrain_output" / "output_labels.txt").read_text().splitlines()
@@ -141,14 +151,16 @@ def retrainer_accuracy(run_dir: Path, test_dir: Path) -> dict[str, float]:
         sys.exit(f"{len(labels)} labels for {len(folders)} test folders")
     done = subprocess.run(
         [sys.executable, "-m", "retrainer.cli.label_image", "--graph", str(graph), "--json",
-         "--top_k", "1", str(test_dir)], env=ENV, capture_output=True, text=True, check=True)
+         "--top_k", "1", str(test_dir)], env=ENV, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"label-image on {graph} failed:\n{done.stderr[-3000:]}")
     rows = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
     correct = sum(folders[labels.index(row["label"])] == Path(row["path"]).parent.name
                   for row in rows)
     return {"accuracy": correct / len(rows), "count": len(rows)}
 
 
-def child_accuracy(model_dir: Path, test_dir: Path, scale: float) -> dict[str, float]:
+def child_accuracy(model_dir: Path, test_dir: Path, scale: float) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_peers", "--evaluate", str(model_dir),
          str(test_dir), str(scale)], env=KERAS2_ENV, capture_output=True, text=True)
@@ -157,16 +169,81 @@ def child_accuracy(model_dir: Path, test_dir: Path, scale: float) -> dict[str, f
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def timed(command: list[str], cwd: Path, env: dict[str, str], lock: Optional[str]) -> float:
-    """Wall seconds of one process (under the CPU lock when given); exits if it fails."""
-    with cpu_lock(lock):
-        started = time.perf_counter()
-        done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-        seconds = time.perf_counter() - started
+def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
+    """(wall seconds, stdout) of one process; exits if it fails."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+    seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"{' '.join(command[:6])} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return seconds
+    return seconds, done.stdout
+
+
+# --sides keys -> the table's names, in the order each round runs them.
+SIDES = {"mic": "make_image_classifier", "keras": "keras recipe", "cold": "retrainer cold",
+         "warm": "retrainer warm", "float32": "retrainer cold float32"}
+PEERS = ("make_image_classifier", "keras recipe")
+
+
+class Sides:
+    """How to run, and then evaluate, each side on one size's images in one round's folder."""
+
+    def __init__(self, args: argparse.Namespace, module: Path, peer: Optional[Path],
+                 image_dir: Path, test_dir: Path) -> None:
+        self.args, self.module, self.peer = args, module, peer
+        self.image_dir, self.test_dir = image_dir, test_dir
+
+    def run(self, key: str, run: Path) -> dict[str, Any]:
+        """Time side `key` in `run`, then evaluate its export: {"seconds", "accuracy", ...}."""
+        with cpu_lock(self.args.lock if self.args.lock_scope == "side" else None):
+            seconds, stdout = getattr(self, f"_{key}")(run)
+            if key in ("mic", "keras"):
+                scale = 255 if key == "mic" else 1  # mic's model takes [0, 1]; the recipe 0-255
+                measured = child_accuracy(run / key, self.test_dir, scale)
+                precision = "float32"
+            else:
+                measured = retrainer_accuracy(run / key, self.test_dir)
+                result = json.loads(stdout)
+                precision = result["extractor_precision"]
+                measured["parts"] = result["seconds"]
+        return {"seconds": seconds, "precision": precision, **measured}
+
+    def _mic(self, run: Path) -> tuple[float, str]:
+        if self.peer is None:
+            raise RuntimeError("no make_image_classifier script")
+        shutil.rmtree(run / "mic", ignore_errors=True)
+        return timed([sys.executable, "-c", PEER_RUNNER, str(self.peer), "--image_dir",
+                      str(self.image_dir), "--tfhub_module", str(self.module),
+                      "--saved_model_dir", str(run / "mic"), "--train_epochs",
+                      str(self.args.epochs)], run, KERAS2_ENV)
+
+    def _keras(self, run: Path) -> tuple[float, str]:
+        shutil.rmtree(run / "keras", ignore_errors=True)
+        return timed([sys.executable, "-m", "benchmarks.bench_peers", "--recipe",
+                      str(self.image_dir), str(self.module), str(run / "keras"), "--epochs",
+                      str(self.args.epochs)], run, KERAS2_ENV)
+
+    def _retrain(self, run: Path, key: str, cache: Path, *flags: str) -> tuple[float, str]:
+        shutil.rmtree(run / key, ignore_errors=True)  # the export is measured afterwards
+        return timed([sys.executable, "-m", "retrainer.cli.retrain", "--image_dir",
+                      str(self.image_dir), "--bottleneck_dir", str(cache), "--json", *flags],
+                     run / key, ENV)
+
+    def _cold(self, run: Path) -> tuple[float, str]:
+        shutil.rmtree(run / "bottlenecks", ignore_errors=True)
+        return self._retrain(run, "cold", run / "bottlenecks")
+
+    def _warm(self, run: Path) -> tuple[float, str]:
+        if not (run / "bottlenecks").is_dir():
+            sys.exit(f"warm needs the cold side's cache in {run} first (--sides cold,warm)")
+        return self._retrain(run, "warm", run / "bottlenecks")
+
+    def _float32(self, run: Path) -> tuple[float, str]:
+        shutil.rmtree(run / "bottlenecks_float32", ignore_errors=True)
+        return self._retrain(run, "float32", run / "bottlenecks_float32",
+                             "--extractor_precision", "float32")
 
 
 def main() -> None:
@@ -178,80 +255,104 @@ def main() -> None:
                         help="training set sizes, comma-separated (10 classes)")
     parser.add_argument("--test_images", type=int, default=1000, help="held-out test images")
     parser.add_argument("--rounds", type=int, default=2, help="repetitions of every side")
+    parser.add_argument("--first_round", type=int, default=1,
+                        help="number of the first round (to add rounds to a --work folder)")
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help=f"which sides to run, comma-separated, of {','.join(SIDES)}")
     parser.add_argument("--epochs", type=int, default=5, help="the peers' epochs")
-    parser.add_argument("--lock", help="a lock file to flock around each timed process")
-    parser.add_argument("--work", help="folder for data and outputs (default: a temp folder)")
+    parser.add_argument("--lock", help="a lock file to flock around each side (its run and "
+                                       "its evaluation), or each round (--lock_scope round)")
+    parser.add_argument("--lock_scope", choices=("side", "round"), default="side",
+                        help="what one hold of --lock covers")
+    parser.add_argument("--work", help="folder for data, outputs and results.json (default: a "
+                                       "temp folder)")
     parser.add_argument("--recipe", nargs=3, metavar=("IMAGE_DIR", "MODULE", "OUT"),
                         help=argparse.SUPPRESS)
     parser.add_argument("--evaluate", nargs=3, metavar=("MODEL", "TEST_DIR", "SCALE"),
                         help=argparse.SUPPRESS)
-    args = cli.parse(parser, {"images": "160", "test_images": 30, "rounds": 1, "epochs": 1})
+    args = cli.parse(parser, {"images": "160", "test_images": 30, "rounds": 1, "epochs": 1,
+                              "sides": "mic,keras,cold,warm"})
     if args.recipe:
         keras_recipe(*args.recipe, epochs=args.epochs)
         return
     if args.evaluate:
         saved_model_accuracy(args.evaluate[0], args.evaluate[1], float(args.evaluate[2]))
         return
+    unknown = sorted(set(args.sides.split(",")) - set(SIDES))
+    if unknown:
+        parser.error(f"unknown --sides {unknown}: expected some of {','.join(SIDES)}")
     with tempfile.TemporaryDirectory() as scratch:
         compare(args, Path(args.work or scratch))
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as `lscpu` prints it."""
+    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def compare(args: argparse.Namespace, work: Path) -> None:
-    """Every side on every size, --rounds times; then the table."""
+    """Every chosen side on every size, --rounds times; then each size's table."""
     work.mkdir(parents=True, exist_ok=True)
-    module = write_hub_module(work / "lite0_feature_vector")
-    test_dir = fashion_mnist_folder(work / "test", max(1, args.test_images // 10), "t10k")
+    results_file = work / "results.json"
+    results: dict[str, dict[str, dict[str, Any]]] = (
+        json.loads(results_file.read_text()) if results_file.is_file() else {})
     peer = Path(args.peer_script).resolve() if args.peer_script else None
-    print(f"efficientnet_lite0 for every side; {args.epochs} epochs for the peers; test: "
-          f"{args.test_images} Fashion-MNIST t10k images; {machine_line()}")
-    if peer is None:
+    keys = [key for key in SIDES if key in args.sides.split(",")]
+    if peer is None and "mic" in keys:
+        keys.remove("mic")
         print(f"make_image_classifier skipped: no --peer_script (or ${PEER_ENV})")
+    with cpu_lock(args.lock):
+        module = write_hub_module(work / "lite0_feature_vector")
+        test_dir = fashion_mnist_folder(work / "test", max(1, args.test_images // 10), "t10k")
+    print(f"efficientnet_lite0 at {IMAGE_SIZE}x{IMAGE_SIZE} for every side; {args.epochs} epochs "
+          f"for the peers; test: {args.test_images} Fashion-MNIST t10k images; {cpu_model()}, "
+          f"{machine_line()}", flush=True)
     for size in (int(value) for value in args.images.split(",")):
-        image_dir = fashion_mnist_folder(work / f"train_{size}", max(1, size // 10), "train")
-        times: dict[str, list[float]] = {}
-        accuracy: dict[str, dict[str, float]] = {}
-        for round_ in range(args.rounds):
+        with cpu_lock(args.lock):
+            image_dir = fashion_mnist_folder(work / f"train_{size}", max(1, size // 10), "train")
+        sides = Sides(args, module, peer, image_dir, test_dir)
+        rounds = results.setdefault(str(size), {})
+        for round_ in range(args.first_round, args.first_round + args.rounds):
             run = work / f"runs_{size}_{round_}"
-            run.mkdir(exist_ok=True)
-            sides = []
-            if peer is not None:
-                sides.append(("make_image_classifier", [
-                    sys.executable, "-c", PEER_RUNNER, str(peer), "--image_dir", str(image_dir),
-                    "--tfhub_module", str(module), "--saved_model_dir", str(run / "peer"),
-                    "--train_epochs", str(args.epochs)], KERAS2_ENV))
-            sides.append(("keras recipe", [
-                sys.executable, "-m", "benchmarks.bench_peers", "--recipe", str(image_dir),
-                str(module), str(run / "recipe"), "--epochs", str(args.epochs)], KERAS2_ENV))
-            retrain = [sys.executable, "-m", "retrainer.cli.retrain", "--image_dir",
-                       str(image_dir), "--bottleneck_dir", str(run / "bottlenecks")]
-            sides += [("retrainer cold", retrain, ENV), ("retrainer warm", retrain, ENV)]
-            for name, command, env in sides:
-                seconds = timed(command, run, env, args.lock)
-                times.setdefault(name, []).append(seconds)
-                print(f"  {size} images, round {round_ + 1}: {name} {seconds:.1f} s "
-                      f"({machine_line()})", flush=True)
-            if round_ == 0:  # what each side exported, on the same held-out images
-                if peer is not None:
-                    accuracy["make_image_classifier"] = child_accuracy(run / "peer", test_dir, 255)
-                accuracy["keras recipe"] = child_accuracy(run / "recipe", test_dir, 1)
-                accuracy["retrainer cold"] = accuracy["retrainer warm"] = \
-                    retrainer_accuracy(run, test_dir)
-        print_table(size, times, accuracy)
+            with cpu_lock(args.lock if args.lock_scope == "round" else None):
+                for key in keys:
+                    measured = sides.run(key, run)
+                    rounds.setdefault(str(round_), {})[SIDES[key]] = measured
+                    staging = results_file.with_suffix(".tmp")
+                    staging.write_text(json.dumps(results, indent=1))
+                    staging.replace(results_file)
+                    print(f"  {size} images, round {round_}: {SIDES[key]} "
+                          f"{measured['seconds']:.1f} s, test {measured['accuracy'] * 100:.1f} % "
+                          f"({machine_line()})", flush=True)
+        print_table(size, rounds)
 
 
-def print_table(size: int, times: dict[str, list[float]],
-                accuracy: dict[str, dict[str, float]]) -> None:
-    """Per side: each round's wall, the test accuracy, and each peer's time over it per round."""
-    peers = [name for name in ("make_image_classifier", "keras recipe") if name in times]
-    print(f"\n{size} training images | wall s per round | median | test accuracy (N) | "
-          + " | ".join(f"{peer} / side per round" for peer in peers))
-    for name, seconds in times.items():
-        ratios = [" ".join(f"{peer_s / side_s:.1f}x" for peer_s, side_s
-                           in zip(times[peer], seconds)) for peer in peers]
-        right = accuracy[name]
-        print(f"  {name:22s} | {' '.join(f'{value:.1f}' for value in seconds)} | "
-              f"{statistics.median(seconds):.1f} | {right['accuracy'] * 100:.1f} % "
-              f"({right['count']}) | " + " | ".join(ratios), flush=True)
+def print_table(size: int, rounds: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Per round and side: wall, precision, test accuracy, each peer's wall over the side's;
+    then each side's median; then where retrainer's cold seconds went (its `Took` parts)."""
+    print(f"\n{size} training images | round | side | precision | wall s | test accuracy (N) | "
+          + " | ".join(f"{peer} / side" for peer in PEERS))
+    walls: dict[str, list[float]] = {}
+    for round_, sides in sorted(rounds.items(), key=lambda item: int(item[0])):
+        for name, measured in sides.items():
+            walls.setdefault(name, []).append(measured["seconds"])
+            ratios = [f"{sides[peer]['seconds'] / measured['seconds']:.1f}x" if peer in sides
+                      else "-" for peer in PEERS]
+            print(f"  {round_} | {name} | {measured['precision']} | {measured['seconds']:.1f} | "
+                  f"{measured['accuracy'] * 100:.1f} % ({measured['count']}) | "
+                  + " | ".join(ratios), flush=True)
+    print("  median wall s: " + ", ".join(f"{name} {statistics.median(seconds):.1f}"
+                                          for name, seconds in walls.items()))
+    for round_, sides in sorted(rounds.items(), key=lambda item: int(item[0])):
+        for name in ("retrainer cold", "retrainer warm", "retrainer cold float32"):
+            if name in sides:
+                parts = sides[name]["parts"]
+                print(f"  round {round_} {name} Took parts: " + ", ".join(
+                    f"{part} {value:.2f}" if isinstance(value, (int, float)) else f"{part} {value}"
+                    for part, value in parts.items()))
 
 
 if __name__ == "__main__":

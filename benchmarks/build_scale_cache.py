@@ -101,7 +101,7 @@ def png_bytes(rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
-def build(args, out: Path) -> dict:
+def build(args, out: Path, work: Path) -> dict:
     from retrainer.cache.entries import BottleneckCache
     from retrainer.data.batches import content_digest
     from retrainer.engines.factory import create_engine
@@ -109,7 +109,7 @@ def build(args, out: Path) -> dict:
 
     engine = create_engine(create_extractor("efficientnet_lite0"), "auto")
     rng = np.random.default_rng(args.seed)
-    vectors, photo = real_vectors(args, out.parent / (out.name + ".work"), engine)
+    vectors, photo = real_vectors(args, work, engine)
     pools = class_pools(vectors, photo, args.classes, rng)
     noise = (args.noise * vectors.std(axis=0)).astype(np.float32)
     cache = BottleneckCache(out / "bottlenecks", engine.spec)
@@ -169,10 +169,11 @@ def main() -> None:
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     started = time.perf_counter()
-    manifest = build(args, partial)
+    work = out.with_name(out.name + ".work")  # real vectors' images and cache: deleted after
+    manifest = build(args, partial, work)
     (partial / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     partial.rename(out)
-    shutil.rmtree(out.with_name(out.name + ".work"), ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     print(f"built {out} in {time.perf_counter() - started:.0f} s: {json.dumps(manifest)}")
 
 

@@ -155,3 +155,25 @@ def test_balance_warning_counts_one_image_in_the_singular():
     assert balance_warnings(counts, 0.0, 0.0) == [
         "Class 'one' has 1 image, under 1/5 of 'many' (60): it will be predicted less reliably; "
         "add images of it."]
+
+
+def test_label_issues_in_row_chunks_are_the_same(monkeypatch):
+    """The out-of-fold model sliced a few rows at a time (as a million images of 1,000 classes
+    are, never holding [N, C] probabilities) finds the same issues as the whole array: real
+    Fashion-MNIST pixels with a few labels flipped."""
+    from retrainer.audit import label_issues
+    from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
+
+    module = fashion_mnist_module()
+    images_path, labels_path = (fashion_mnist_idx_dir() / name
+                                for name in module.IDX_FILES["train"])
+    labels = module.read_labels(labels_path)[:600].astype(np.int64)
+    vectors = (module.read_images(images_path, 600).reshape(600, -1) / 255.0).astype(np.float32)
+    flipped = np.arange(0, 600, 60)
+    labels[flipped] = (labels[flipped] + 5) % 10
+    model = label_issues.fit_out_of_fold(vectors, labels, 10)
+    whole = label_issues.find_label_issues(model[:], labels)
+    monkeypatch.setattr(label_issues, "CHUNK_ROWS", 64)
+    assert label_issues.find_label_issues(model, labels) == whole
+    assert {issue.position for issue in whole} & set(flipped.tolist())
+    np.testing.assert_allclose(model[100:164], model[:][100:164])

@@ -335,3 +335,28 @@ def test_without_hard_links_each_entry_is_a_plain_vector_file(tmp_path, image_pa
     again = compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     assert (again.computed, again.reused) == (0, len(image_paths))
     np.testing.assert_array_equal(again.vectors, first.vectors)
+
+
+def test_npy_reader_gives_what_np_load_gives_and_refuses_what_it_refuses():
+    """The pack reader parses each distinct header once; its answers are np.load's."""
+    from retrainer.cache._packs import load_npy, pack_bytes
+
+    rng = np.random.default_rng(3)
+    arrays = [np.load(io.BytesIO(pack_bytes([(f"{key:064x}", rng.random(8, np.float32))
+                                             for key in range(3)]))),
+              rng.random(16).astype(np.float32), np.asfortranarray(rng.random((3, 4))),
+              np.zeros((0, 5), np.float32)]
+    for array in arrays:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        for _ in range(2):  # the header parsed, then reused
+            loaded = load_npy(buffer.getvalue())
+            assert loaded.dtype == array.dtype and loaded.shape == array.shape
+            np.testing.assert_array_equal(loaded, array)
+        with pytest.raises(ValueError):
+            load_npy(buffer.getvalue()[:-1] if array.size else b"\x93NUMPY")
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    for data in (pickled.getvalue(), b"garbage", b""):
+        with pytest.raises(ValueError):
+            load_npy(data)

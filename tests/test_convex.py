@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
+from retrainer.training import convex
 from retrainer.training.convex import (
     MIN_RELATIVE_SCALE,
     NO_VALIDATION_L2,
@@ -91,6 +92,30 @@ def test_a_fixed_penalty_reaches_the_optimum(pixels):
     assert fit.l2 == 1e-2 and len(fit.path) == 1 and fit.chosen == 0
 
 
+@pytest.mark.parametrize("keep_classes", [64, 0])
+def test_a_split_in_many_chunks_reaches_the_same_optimum(pixels, monkeypatch, keep_classes):
+    """Rows taken a few at a time (as a million rows of 1,000 classes are, to bound the logits
+    held at once), kept as tensors or converted on every pass: the same penalised optimum and
+    validation figures as one pass over every row."""
+    features, labels = pixels[0][:700], pixels[1][:700]
+    config = ConvexConfig(l2_path=(1e-2, 1e-3), path_rows=400)  # the sample: rows picked
+    whole = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
+    monkeypatch.setattr(convex, "CHUNK_VALUES", 10 * 64)  # 64 rows a chunk: 10 and 2 chunks
+    monkeypatch.setattr(convex, "KEEP_CLASSES", keep_classes)
+    chunked = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
+    sample = np.sort(np.random.default_rng(0).permutation(600)[:400])
+    scale = training_scale(features[:600][sample].astype(np.float64))  # the path's statistics
+    for fit in (whole, chunked):
+        reached = penalised_loss(features[:600].astype(np.float64), labels[:600],
+                                 fit.weights.astype(np.float64), fit.biases.astype(np.float64),
+                                 fit.l2, scale)
+        assert reached < reference_optimum(features[:600], labels[:600], 10, fit.l2, scale) + 1e-3
+    assert chunked.l2 == whole.l2
+    for mine, theirs in zip(chunked.path, whole.path):
+        assert mine.validation_accuracy == pytest.approx(theirs.validation_accuracy, abs=0.021)
+        assert mine.train_cross_entropy == pytest.approx(theirs.train_cross_entropy, abs=2e-3)
+
+
 def per_class_int8(weights: np.ndarray) -> np.ndarray:
     """The layer as int8 weight quantization leaves it: one symmetric scale per class."""
     scale = np.abs(weights).max(axis=0, keepdims=True) / 127
@@ -137,6 +162,30 @@ def test_the_path_chooses_on_validation_and_samples_large_splits(pixels):
                              fit.biases.astype(np.float64), final.l2, scale)
     optimum = reference_optimum(full, labels[train], 10, final.l2, scale)
     assert optimum <= reached < optimum + 1e-3
+
+
+def test_the_final_fit_is_capped_by_rows_times_classes(pixels):
+    """Above fit_values rows x classes the final fit runs on a seeded sample of fit_values //
+    classes rows that holds the path's sample, at the penalty rescaled to that many rows, and
+    reaches the optimum there."""
+    features, labels = pixels
+    train, validation = slice(0, 900), slice(900, 1200)
+    fit = fit_head(features[train], labels[train], features[validation], labels[validation], 10,
+                   ConvexConfig(path_rows=200, fit_values=5000))
+    sampled, final = fit.path[:-1], fit.path[-1]
+    best = max(sampled, key=lambda point: (point.validation_accuracy,
+                                           -point.validation_cross_entropy))
+    assert fit.chosen == len(fit.path) - 1 and final.l2 == pytest.approx(best.l2 * 200 / 500)
+    order = np.random.default_rng(0).permutation(900)
+    rows = np.sort(order[:500])
+    assert set(order[:200]) <= set(rows)
+    scale = training_scale(features[train][np.sort(order[:200])])
+    reached = penalised_loss(features[train][rows].astype(np.float64), labels[train][rows],
+                             fit.weights.astype(np.float64), fit.biases.astype(np.float64),
+                             final.l2, scale)
+    optimum = reference_optimum(features[train][rows], labels[train][rows], 10, final.l2, scale)
+    assert optimum <= reached < optimum + 1e-3
+    assert final.validation_accuracy > 0.7
 
 
 def test_without_validation_the_default_penalty_is_used(pixels, caplog):

@@ -256,3 +256,29 @@ def test_a_warm_rerun_reads_no_unchanged_image_and_sees_an_edit(tmp_path, tiny_e
     np.testing.assert_array_equal(third.vectors[3], first.vectors[-1])
     assert third.digests[3] == sha256(edited) != first.digests[3]
 
+
+
+def test_discovery_lists_the_identities_the_index_would_stat(tmp_path):
+    """Discovery's stat of each image is the file index's identity: the index need not stat the
+    files again, and an edit after the listing is seen by the next run."""
+    from retrainer.data.discovery import discover_images
+
+    folder = make_color_image_dir(tmp_path / "images", per_class=3)
+    collection = discover_images(folder)
+    paths = [image.path for image in collection.images]
+    identities = [collection.file_identities[image.relpath] for image in collection.images]
+    for path, identity in zip(paths, identities):
+        status = os.stat(path)
+        assert identity == (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
+                            status.st_ctime_ns)
+    cache = tmp_path / "cache"
+    for expected in ([""] * len(paths), [sha256(path) for path in paths]):
+        index = FileIndex(cache, folder, clock=later_clock)
+        assert index.look_up(paths, identities) == expected
+        index.update([sha256(path) for path in paths])
+    paths[0].write_bytes(paths[1].read_bytes())
+    collection = discover_images(folder)
+    index = FileIndex(cache, folder, clock=later_clock)
+    known = index.look_up(paths, [collection.file_identities[image.relpath]
+                                  for image in collection.images])
+    assert known[0] == "" and known[1:] == [sha256(path) for path in paths[1:]]

@@ -143,12 +143,8 @@ def test_retrain_extract_workers_check_the_module_themselves(tmp_path):
     assert not target.exists()
 
 
-def test_python_api_load_refuses_unless_trusted(tmp_path):
-    import retrainer
-
-    load = getattr(retrainer, "load", None)
-    if load is None:
-        pytest.skip("retrainer.load is not part of this version's API yet")
+def test_python_api_load_refuses_unless_trusted(photo, tmp_path):
+    from retrainer import load
     from retrainer.errors import UntrustedModelError
 
     target = tmp_path / "written.txt"
@@ -156,4 +152,8 @@ def test_python_api_load_refuses_unless_trusted(tmp_path):
     with pytest.raises(UntrustedModelError, match="op WriteFile"):
         load(graph)
     assert not target.exists()
-    load(graph, trust_model=True)
+
+    with load(graph, trust_model=True) as model:
+        (prediction,) = model.predict([photo])
+    assert prediction.label in TWO_LABELS
+    assert target.exists()

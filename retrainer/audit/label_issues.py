@@ -1,8 +1,10 @@
 """Audit detector: likely mislabeled images, by confident learning on out-of-fold probabilities.
 
 Each image's class probabilities come from a softmax regression that never saw it (k folds,
-trained on the cached vectors reduced to their top principal components, by the head's own
-convex solver at a fixed penalty). Confident learning (Northcutt et al. 2021, as cleanlab's
+trained on the cached vectors reduced to their top principal components, standardised, at a
+fixed L2 penalty: the head's convex objective, here in float64 numpy, since on a few thousand
+64-d rows TensorFlow's first trace (~0.5 s) and per-call overhead cost more than the fits).
+Confident learning (Northcutt et al. 2021, as cleanlab's
 `find_label_issues`): class j's threshold is the mean
 probability of j over images labelled j; an image is confidently of class j when p_j reaches
 that threshold (the largest such p_j wins). Images confidently of another class than their label
@@ -12,17 +14,21 @@ are issues; `MIN_MARGIN` keeps only those the model prefers clearly (measured: d
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional, Union
 
 import numpy as np
+from scipy.optimize import minimize
 
-from retrainer.audit.neighbours import principal_components
-from retrainer.training.convex import ConvexConfig, fit_head
+from retrainer.audit.neighbours import one_blas_thread, principal_components
 
 FOLDS = 5
 DIMENSIONS = 64
 L2_PENALTY = 5e-3  # l2 * |weights|^2 per example, on standardised features
 MAX_ITERATIONS = 100
 MIN_MARGIN = 0.8  # p(suggested) - p(given) of a reported issue
+TOLERANCE = 1e-5  # relative change of the loss at which a fit has converged
+MIN_RELATIVE_SCALE = 0.1  # no feature scaled by less than this x the median's spread (as the head)
+CHUNK_ROWS = 16384  # rows of probabilities computed at once (128 MB at 1,000 classes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,60 +40,150 @@ class LabelIssue:
     score: float  # 1 - out-of-fold probability of the given label; higher = more likely wrong
 
 
-def out_of_fold_probabilities(
-    vectors: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0
-) -> np.ndarray:
-    """Each row's class probabilities from a softmax regression trained without that row.
+@dataclasses.dataclass(frozen=True)
+class OutOfFold:
+    """The out-of-fold model: each row's probabilities come from the layer of its fold, computed
+    when asked for a slice of rows, so no [N, C] array is ever held (a million images of 1,000
+    classes: 8 GB). Sliced like the array it stands for: `out_of_fold[start:stop]`.
+
+    Attributes:
+        features: float32 [N, DIMENSIONS] reduced vectors.
+        folds: int64 [N] fold of each row.
+        layers: per fold, (float32 [DIMENSIONS, C] weights, [C] biases), or None: that fold's
+            rows get uniform probabilities (nothing to train on without them).
+        num_classes: C.
+    """
+
+    features: np.ndarray
+    folds: np.ndarray
+    layers: tuple[Optional[tuple[np.ndarray, np.ndarray]], ...]
+    num_classes: int
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        """float64 [rows, C] probabilities; each row sums to 1."""
+        features, folds = self.features[rows], self.folds[rows]
+        probabilities = np.full((len(features), self.num_classes), 1.0 / self.num_classes)
+        for fold, layer in enumerate(self.layers):
+            chosen = folds == fold
+            if layer is not None and chosen.any():
+                probabilities[chosen] = _softmax(features[chosen] @ layer[0] + layer[1])
+        return probabilities
+
+
+def fit_out_of_fold(vectors: np.ndarray, labels: np.ndarray, num_classes: int,
+                    seed: int = 0) -> OutOfFold:
+    """Softmax regressions that each never saw one fold of the rows (see OutOfFold).
 
     Args:
         vectors: float32 [N, D] bottleneck vectors.
         labels: int64 [N] class indices.
         num_classes: C.
         seed: fold assignment seed.
-
-    Returns:
-        float64 [N, C]; each row sums to 1.
     """
-    if len(labels) == 0:
-        return np.zeros((0, num_classes))
-    features = principal_components(vectors, DIMENSIONS).astype(np.float32)
+    features = (principal_components(vectors, DIMENSIONS).astype(np.float32) if len(labels)
+                else np.zeros((0, DIMENSIONS), np.float32))
     folds = _stratified_folds(labels, FOLDS, seed)
-    probabilities = np.full((len(labels), num_classes), 1.0 / num_classes)
-    # The head's own solver at one fixed penalty (no validation: nothing is chosen here).
-    config = ConvexConfig(l2_path=(L2_PENALTY,), max_iterations=MAX_ITERATIONS)
+    layers: list[Optional[tuple[np.ndarray, np.ndarray]]] = []
     for fold in range(FOLDS):
         held_out = folds == fold
         if not held_out.any() or held_out.all():
+            layers.append(None)
             continue
-        fit = fit_head(features[~held_out], labels[~held_out], features[:0], labels[:0],
-                       num_classes, config)
-        probabilities[held_out] = _softmax(features[held_out] @ fit.weights + fit.biases)
-    return probabilities
+        layers.append(softmax_regression(features[~held_out], labels[~held_out], num_classes))
+    return OutOfFold(features, folds, tuple(layers), num_classes)
 
 
-def find_label_issues(probabilities: np.ndarray, labels: np.ndarray) -> list[LabelIssue]:
+def out_of_fold_probabilities(
+    vectors: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0
+) -> np.ndarray:
+    """Each row's class probabilities from a softmax regression trained without that row:
+    float64 [N, C], each row summing to 1 (`fit_out_of_fold`, every row at once)."""
+    return fit_out_of_fold(vectors, labels, num_classes, seed)[:]
+
+
+def softmax_regression(features: np.ndarray, labels: np.ndarray,
+                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The layer minimising mean cross entropy + L2_PENALTY x |weights|^2 on the standardised
+    features (L-BFGS-B, at most MAX_ITERATIONS steps), as float32 weights [D, C] and biases [C]
+    on the features as given. Losses and gradients are summed CHUNK_ROWS rows at a time (no
+    [N, C] array).
+
+    Args:
+        features: float32 [N, D], N >= 1.
+        labels: int64 [N] class indices below `num_classes`.
+        num_classes: C.
+    """
+    mean = features.mean(axis=0, dtype=np.float64)
+    scale = features.std(axis=0, dtype=np.float64)
+    floor = MIN_RELATIVE_SCALE * np.sort(scale)[len(scale) // 2] if len(scale) else 0.0
+    scale = np.where(scale > 1e-6, np.maximum(scale, floor), 1.0)
+    standard = ((features - mean) / scale).astype(np.float32)
+    count, dims = features.shape
+    chunks = [slice(start, start + CHUNK_ROWS) for start in range(0, count, CHUNK_ROWS)]
+
+    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
+        weights = params[:dims * num_classes].reshape(dims, num_classes)
+        loss = L2_PENALTY * float(np.sum(weights * weights)) * count
+        gradient_weights, gradient_biases = 2 * L2_PENALTY * count * weights, np.zeros(num_classes)
+        for rows in chunks:
+            logits = standard[rows] @ weights + params[-num_classes:]
+            logits -= logits.max(axis=1, keepdims=True)
+            error = np.exp(logits)
+            totals = error.sum(axis=1)
+            given = np.arange(len(logits)), labels[rows]
+            loss += float(np.sum(np.log(totals) - logits[given]))
+            error /= totals[:, np.newaxis]
+            error[given] -= 1.0  # softmax - one-hot: the logits' gradient
+            gradient_weights += standard[rows].T @ error
+            gradient_biases += error.sum(axis=0)
+        return loss / count, np.concatenate([gradient_weights.ravel(), gradient_biases]) / count
+
+    with one_blas_thread():  # small products: threads would only spin against each other
+        solution = minimize(loss_and_gradient, np.zeros((dims + 1) * num_classes), jac=True,
+                            method="L-BFGS-B", options={"maxiter": MAX_ITERATIONS,
+                                                        "ftol": TOLERANCE, "gtol": 1e-9})
+    weights = solution.x[:dims * num_classes].reshape(dims, num_classes) / scale[:, np.newaxis]
+    return (weights.astype(np.float32),
+            (solution.x[-num_classes:] - mean @ weights).astype(np.float32))
+
+
+def find_label_issues(probabilities: Union[np.ndarray, OutOfFold],
+                      labels: np.ndarray) -> list[LabelIssue]:
     """Confident learning's off-diagonal examples, most likely wrong first.
 
     Args:
-        probabilities: float [N, C] out-of-fold probabilities.
+        probabilities: float [N, C] out-of-fold probabilities, or the OutOfFold model that
+            computes them (then CHUNK_ROWS rows at a time: two passes, no [N, C] array).
         labels: int64 [N] given class indices.
 
     Returns:
         LabelIssue list sorted by score, descending.
     """
-    num_classes = probabilities.shape[1]
-    thresholds = np.array([
-        probabilities[labels == index, index].mean() if (labels == index).any() else np.inf
-        for index in range(num_classes)
-    ])
-    confident = np.where(probabilities >= thresholds, probabilities, -1.0)
-    suggested = confident.argmax(axis=1)
-    has_confident = confident.max(axis=1) >= 0
-    given = probabilities[np.arange(len(labels)), labels]
-    margin = probabilities[np.arange(len(labels)), suggested] - given
-    disputed = has_confident & (suggested != labels) & (margin >= MIN_MARGIN)
-    issues = [LabelIssue(int(position), int(suggested[position]), float(1.0 - given[position]))
-              for position in np.flatnonzero(disputed)]
+    num_classes = probabilities.shape[1] if isinstance(probabilities, np.ndarray) else (
+        probabilities.num_classes)
+    chunks = [slice(start, start + CHUNK_ROWS) for start in range(0, len(labels), CHUNK_ROWS)]
+    given_sums = np.zeros(num_classes)
+    for rows in chunks:
+        chunk, chunk_labels = probabilities[rows], labels[rows]
+        given_sums += np.bincount(chunk_labels, chunk[np.arange(len(chunk)), chunk_labels],
+                                  num_classes)
+    counts = np.bincount(labels, minlength=num_classes)
+    thresholds = np.where(counts > 0, given_sums / np.maximum(counts, 1), np.inf)
+    issues = []
+    for rows in chunks:
+        chunk, chunk_labels = probabilities[rows], labels[rows]
+        confident = np.where(chunk >= thresholds, chunk, -1.0)
+        suggested = confident.argmax(axis=1)
+        has_confident = confident.max(axis=1) >= 0
+        everyone = np.arange(len(chunk))
+        given = chunk[everyone, chunk_labels]
+        margin = chunk[everyone, suggested] - given
+        disputed = has_confident & (suggested != chunk_labels) & (margin >= MIN_MARGIN)
+        issues += [LabelIssue(int(rows.start + row), int(suggested[row]), float(1.0 - given[row]))
+                   for row in np.flatnonzero(disputed)]
     return sorted(issues, key=lambda issue: (-issue.score, issue.position))
 
 

@@ -17,6 +17,8 @@ from retrainer.audit._threads import in_order
 BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
 TILE_ROWS, TILE_COLUMNS = 512, 2048  # 4 MB of cosines per tile and descriptor
 PCA_SAMPLE = 512  # rows the principal axes are estimated from
+# Eigenvalues below this x the largest are null directions (rounding noise), per precision.
+NULL_EIGENVALUE = {"float64": 1e-12, "float32": 1e-6}
 
 
 def take_rows(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -79,10 +81,12 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
                 / len(matrix)).astype(np.float32)
     sample = rows(_sample_rows(len(matrix))) - mean
     if len(sample) == len(matrix) <= matrix.shape[1]:
-        values, vectors = _top_eigenpairs(np.asarray(sample, np.float64), dims)
+        # float32 (what is returned): LAPACK's eigensolver on a 1,000 x 1,000 Gram matrix
+        # then takes half the time of float64's, the projections the same to float32 rounding.
+        values, vectors = _top_eigenpairs(np.asarray(sample, np.float32), dims)
         if not len(values):  # every row the same: one zero component
             return np.zeros((len(matrix), 1), np.float32)
-        return (vectors * np.sqrt(values)).astype(np.float32)
+        return vectors * np.sqrt(values)
     projection = top_axes(sample, dims).T
     projected = np.empty((len(matrix), projection.shape[1]), np.float32)  # fewer if S < dims
     for block in blocks:
@@ -110,7 +114,7 @@ def top_axes(sample: np.ndarray, dims: int) -> np.ndarray:
 
 
 def _top_eigenpairs(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarray]:
-    """The top `dims` eigenpairs, largest first, of the smaller of float64 `sample`'s Gram
+    """The top `dims` eigenpairs, largest first, of the smaller of float `sample`'s Gram
     matrix (S x S) and scatter matrix (D x D), without null directions: (values [K], vectors
     [S or D, K])."""
     count, width = sample.shape
@@ -124,7 +128,7 @@ def _top_eigenpairs(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarr
         else:  # all: faster on small matrices (4 ms against 20 for 200 x 200)
             values, vectors = np.linalg.eigh(square)
     values, vectors = values[::-1][:keep], vectors[:, ::-1][:, :keep]  # largest first
-    useful = values > max(values.max(initial=0.0), 0.0) * 1e-12  # drop null directions
+    useful = values > max(values.max(initial=0.0), 0.0) * NULL_EIGENVALUE[sample.dtype.name]
     return values[useful], vectors[:, useful]
 
 

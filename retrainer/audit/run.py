@@ -108,7 +108,7 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     # which release the GIL), each on one BLAS thread.
     with one_blas_thread(), ThreadPoolExecutor(2, thread_name_prefix="audit") as pool:
         label_probabilities = None if multi_label else pool.submit(
-            label_issues.out_of_fold_probabilities, vectors, labels, len(collection.labels), seed)
+            label_issues.fit_out_of_fold, vectors, labels, len(collection.labels), seed)
         far_images = pool.submit(outliers.find_outliers, vectors, labels)
         pairs = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
         far = far_images.result()

@@ -24,6 +24,10 @@ PACK_FIELDS = ("key", "vector")
 # Packs kept parsed by one reader: a batch's entries are looked up together, so few are needed.
 _READER_CAPACITY = 64
 _Identity = tuple[int, int, int, int]  # (device, inode, size, mtime) of a pack file
+_NPY_MAGIC = b"\x93NUMPY"
+_HEADER_CAPACITY = 256
+# .npy header bytes -> (dtype, shape, Fortran order), as np.load parsed them
+_HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
 
 
 def pack_bytes(entries: Sequence[tuple[str, np.ndarray]]) -> bytes:
@@ -69,6 +73,41 @@ class PackReader:
             return rows[key]
         except KeyError:
             raise ValueError(f"its pack of {len(rows)} entries has none for {key}") from None
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    """`np.load` of a `.npy` file's bytes (never unpickling), each distinct header parsed once.
+
+    Every pack of one batch size has the same header, and parsing it (`ast.literal_eval`) was
+    three quarters of the cost of loading a pack: about 0.4 s of loading 70,000 vectors.
+
+    Raises:
+        ValueError: not a `.npy` file, an object array, or fewer bytes than its header says.
+    """
+    header_end = _header_end(data)
+    parsed = _HEADERS.get(data[:header_end])
+    if parsed is None:
+        array = np.load(io.BytesIO(data), allow_pickle=False)  # checks everything once
+        if len(_HEADERS) < _HEADER_CAPACITY:
+            _HEADERS[data[:header_end]] = (array.dtype, array.shape,
+                                           array.flags.f_contiguous and not array.flags.c_contiguous)
+        return array
+    dtype, shape, fortran = parsed
+    count = int(np.prod(shape))
+    if len(data) - header_end < count * dtype.itemsize:
+        raise ValueError(f"{len(data)} bytes: shorter than its .npy header says")
+    return np.frombuffer(data, dtype, count, header_end).reshape(shape, order="F" if fortran else "C")
+
+
+def _header_end(data: bytes) -> int:
+    """Where a `.npy` file's header ends (its data begins)."""
+    if data[:6] != _NPY_MAGIC or len(data) < 10:
+        raise ValueError("not a .npy file")
+    if data[6] == 1:
+        return 10 + int.from_bytes(data[8:10], "little")
+    if len(data) < 12:
+        raise ValueError("not a .npy file")
+    return 12 + int.from_bytes(data[8:12], "little")
 
 
 def pack_rows(array: np.ndarray) -> Optional[dict[str, np.ndarray]]:

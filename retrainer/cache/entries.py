@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
-from retrainer.cache._packs import PackReader, pack_bytes, pack_table
+from retrainer.cache._packs import PackReader, load_npy, pack_bytes, pack_table
 from retrainer.cache.layout import entry_name, entry_path, extractor_folder
 from retrainer.io.atomic import making_folder, write_bytes_atomically, write_linked_atomically
 from retrainer.io.storage import AnyPath, is_url, open_for_reading
@@ -109,7 +109,7 @@ class BottleneckCache:
         path = self.path(digests[0])
         try:
             with open_for_reading(path) as stream:
-                array = np.load(stream, allow_pickle=False)
+                array = load_npy(stream.read())
         except (OSError, ValueError, EOFError) as error:
             for digest in digests:  # each entry named: each is recomputed
                 log.warning("Cached bottleneck %s is unreadable (%s); recomputing it.",

@@ -97,12 +97,20 @@ class FileIndex:
             self._file_systems = mounted_file_systems()
         return self._file_systems.get(device) in TRUSTED_FILE_SYSTEMS
 
-    def look_up(self, paths: Sequence[AnyPath]) -> list[str]:
+    def look_up(self, paths: Sequence[AnyPath],
+                identities: Optional[Sequence[Optional[_Identity]]] = None) -> list[str]:
         """Each file's digest where the index vouches for it, else "" (also remembered as
-        `known`, and the files' identities for `update`)."""
+        `known`, and the files' identities for `update`).
+
+        `identities`: the files' (device, inode, size, mtime_ns, ctime_ns) when the caller
+        already stat'ed them (discovery lists 70,000 files in about a second; stat'ing them
+        again here took half as long); None entries (or None) are stat'ed here.
+        """
         self._looked_up_at = self._clock()  # before any file is read for its digest
         records = _read_index(self.path) if self.path is not None else {}
-        self._identities = [None if is_url(path) else _identity(path) for path in paths]
+        given = identities if identities is not None else [None] * len(paths)
+        self._identities = [known if known is not None else None if is_url(path)
+                            else _identity(path) for path, known in zip(paths, given)]
         self.known = []
         for identity in self._identities:
             record = records.get(identity[:2]) if identity is not None else None

@@ -13,9 +13,9 @@ import os
 import re
 import stat
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Mapping, NamedTuple, Optional
 
 from retrainer.data._remote_discovery import remote_classes
 from retrainer.data.names import (
@@ -57,6 +57,10 @@ class ImageCollection:
     labels: tuple[str, ...]  # index order = sorted class folder names
     images: tuple[ImageFile, ...]
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
+    # {relpath: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)} as listed: the file index's
+    # identities, not stat'ed twice (empty for a remote folder or a manifest)
+    file_identities: Mapping[str, tuple[int, int, int, int, int]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{label: {split: number of images}}, every label and split present (zeros included);
@@ -73,6 +77,7 @@ class _Candidate(NamedTuple):
     relpath: str
     file_id: tuple[int, int]  # (st_dev, st_ino) of the target: finds links to the same file
     is_symlink: bool
+    identity: tuple[int, int, int, int, int]  # file_id, size, mtime_ns, ctime_ns
 
 
 def normalize_label(folder_name: str) -> str:
@@ -136,10 +141,11 @@ def discover_images(
     validate_percentages(validation_percentage, testing_percentage)
     root = check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
+    identities: dict[str, tuple[int, int, int, int, int]] = {}
     if isinstance(root, RemotePath):
         folders, per_class = remote_classes(root, ignored)
     else:
-        folders, per_class = _local_classes(root, ignored)
+        folders, per_class = _local_classes(root, ignored, identities)
 
     kept_folders: list[str] = []
     kept_relpaths: list[list[str]] = []
@@ -165,21 +171,23 @@ def discover_images(
         for index, relpaths in enumerate(kept_relpaths)
         for relpath in relpaths
     )
-    collection = ImageCollection(root, labels, images, tuple(sorted(ignored)))
+    collection = ImageCollection(root, labels, images, tuple(sorted(ignored)), identities)
     _log_summary(collection, kept_folders)
     return collection
 
 
 def _local_classes(
-    root: Path, ignored: list[tuple[str, str]]
+    root: Path, ignored: list[tuple[str, str]], identities: dict[str, tuple[int, int, int, int, int]]
 ) -> tuple[list[str], list[list[str]]]:
-    """Class folder names and, per class, the relpaths of its images (links counted once)."""
+    """Class folder names and, per class, the relpaths of its images (links counted once);
+    each candidate's identity goes into `identities`."""
     folders = _class_folders(root, ignored)
     candidates = [
         candidate
         for index, name in enumerate(folders)
         for candidate in _class_candidates(root, name, index, ignored)
     ]
+    identities.update((candidate.relpath, candidate.identity) for candidate in candidates)
     return folders, _deduplicate(candidates, len(folders), ignored)
 
 
@@ -254,9 +262,9 @@ def _class_candidates(
                 ignored.append((relpath, reason))
                 continue
             info = entry.stat()
-            found.append(
-                _Candidate(class_index, relpath, (info.st_dev, info.st_ino), entry.is_symlink())
-            )
+            found.append(_Candidate(class_index, relpath, (info.st_dev, info.st_ino),
+                                    entry.is_symlink(), (info.st_dev, info.st_ino, info.st_size,
+                                                         info.st_mtime_ns, info.st_ctime_ns)))
     return found
 
 

@@ -56,7 +56,9 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
         collection = preflight(config, timer)
         with timer("file index"):
             file_index = FileIndex(config.extraction.bottleneck_dir, config.image_dir)
-            file_index.look_up([image.path for image in collection.images])
+            file_index.look_up([image.path for image in collection.images],
+                               [collection.file_identities.get(image.relpath)
+                                for image in collection.images])
     except BaseException:
         loading.close()
         raise

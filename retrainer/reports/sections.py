@@ -162,5 +162,5 @@ def thumbnail_image(path: Any, relpath: str, css_class: str = "thumbnail") -> st
         log.warning("Report: no thumbnail for %s: %s", relpath, error.reason)
         return paragraph(f"(unreadable: {error.reason})", "note")
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
+    Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)  # as the heat maps: faster
     return png_image(buffer.getvalue(), relpath, css_class)

@@ -23,7 +23,7 @@ import dataclasses
 import functools
 import logging
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -47,6 +47,9 @@ _MIN_SCALE = 1e-6  # features whose training spread is below this are only centr
 # 85.5 % both; mosaics, multi-label micro-F1 80.6 vs 80.7 %), the int8-rounded layer loses
 # nothing instead of 3.2 points (accuracy) and 11 (micro-F1).
 MIN_RELATIVE_SCALE = 0.1
+CHUNK_VALUES = 2**23  # logits of one chunk of rows (32 MB of float32): rows = this // classes
+KEPT_BYTES = 2**30  # features of a split kept as tensors between passes (see _Problem)
+KEEP_CLASSES = 64  # from this many classes, the copy is cheap next to the products
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,8 @@ class ConvexConfig:
         objective: softmax (one label per image) or sigmoid (several).
         tolerance: relative change of the loss below which a fit counts as converged.
         path_rows: above this many training rows, the path runs on a sample of this many.
+        fit_values: above this many training rows x classes, the final fit runs on a sample of
+            fit_values // classes rows (each of its iterations costs rows x classes x D).
     """
 
     l2_path: tuple[float, ...] = DEFAULT_L2_PATH
@@ -70,6 +75,7 @@ class ConvexConfig:
     objective: Objective = SOFTMAX
     tolerance: float = 1e-5
     path_rows: int = 8192
+    fit_values: int = 2**26
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,21 +113,62 @@ class ConvexFit:
 class _Problem:
     """One split's loss (and its gradient) as a function of the parameters [W (D x C), b] of
     the layer on standardized features (centred and scaled by the training statistics: L-BFGS
-    then needs far fewer iterations, and one penalty path suits every extractor)."""
+    then needs far fewer iterations, and one penalty path suits every extractor).
 
-    def __init__(self, features: tf.Tensor, targets: tf.Tensor, statistics: _Statistics,
-                 functions: _Functions) -> None:
-        self.features, self.targets = features, targets
+    The rows are taken CHUNK_VALUES // C at a time, so no pass holds more than a chunk's
+    [rows, C] logits and their gradient (a million rows and 1,000 classes would otherwise need
+    4 GB for each). `rows` picks the split's rows out of `features` chunk by chunk (a sample is
+    never copied whole). With few classes (below KEEP_CLASSES) a split of at most KEPT_BYTES is
+    turned into tensors once; otherwise a chunk at a time on every pass, whose copy costs about
+    1/C of the pass's products, so the process never holds the features twice."""
+
+    def __init__(self, features: np.ndarray, targets: np.ndarray, num_classes: int,
+                 statistics: _Statistics, functions: _Functions,
+                 rows: Optional[np.ndarray] = None) -> None:
         self.statistics, self.functions = statistics, functions
+        self.features, self.targets = features, targets
+        self.rows = rows  # None: every row, in order
+        self.count = len(features) if rows is None else len(rows)
+        self.step = max(1, CHUNK_VALUES // num_classes)
+        kept = num_classes < KEEP_CLASSES and self.count * features[:1].nbytes <= KEPT_BYTES
+        self.kept = list(self._converted()) if kept else None
+
+    def _converted(self) -> Iterator[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+        """(features, targets, share of the rows) of each chunk, as tensors."""
+        count = self.count
+        target_type = tf.float32 if self.functions.objective.multi_label else tf.int64
+        for start in range(0, count, self.step):
+            stop = min(start + self.step, count)
+            chosen = slice(start, stop) if self.rows is None else self.rows[start:stop]
+            yield (tf.constant(self.features[chosen], tf.float32),
+                   tf.constant(self.targets[chosen], target_type),
+                   tf.constant((stop - start) / count, tf.float32))
+
+    def _chunks(self) -> Iterable[tuple[tf.Tensor, tf.Tensor, tf.Tensor]]:
+        return self._converted() if self.kept is None else self.kept
 
     def loss_and_gradient(self, params: tf.Tensor, l2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return self.functions.loss_and_gradient(self.features, self.targets, params, l2,
-                                                self.statistics.mean, self.statistics.scale)
+        loss, gradient = None, None
+        for features, targets, share in self._chunks():
+            part = self.functions.loss_and_gradient(features, targets, params, share, l2,
+                                                    self.statistics.mean, self.statistics.scale)
+            if loss is None:
+                loss, gradient = part
+                l2 = tf.zeros_like(l2)  # the penalty counts once, in the first chunk
+            else:
+                loss, gradient = loss + part[0], gradient + part[1]
+        assert loss is not None and gradient is not None  # a split has at least one row
+        return loss, gradient
 
     def metrics(self, params: tf.Tensor) -> tf.Tensor:
         """[accuracy, cross entropy] of the split (float32 [2])."""
-        return self.functions.metrics(self.features, self.targets, params, self.statistics.mean,
-                                      self.statistics.scale)
+        total = None
+        for features, targets, share in self._chunks():
+            part = share * self.functions.metrics(features, targets, params,
+                                                  self.statistics.mean, self.statistics.scale)
+            total = part if total is None else total + part
+        assert total is not None
+        return total
 
 
 class _Functions:
@@ -138,8 +185,8 @@ class _Functions:
         # No Python control flow on tensors: no AutoGraph (its conversion was most of the
         # first fit's cost, 0.35 of 0.45 s, on a warm rerun of 1,000 images).
         self.loss_and_gradient = tf.function(
-            self._loss_and_gradient, input_signature=[matrix, targets, vector, scalar, vector,
-                                                      vector], autograph=False)
+            self._loss_and_gradient, input_signature=[matrix, targets, vector, scalar, scalar,
+                                                      vector, vector], autograph=False)
         self.metrics = tf.function(self._metrics, autograph=False,
                                    input_signature=[matrix, targets, vector, vector, vector])
 
@@ -149,12 +196,14 @@ class _Functions:
         return _times(features, weights) + biases
 
     def _loss_and_gradient(self, features: tf.Tensor, targets: tf.Tensor, params: tf.Tensor,
-                           l2: tf.Tensor, mean: tf.Tensor, scale: tf.Tensor
+                           share: tf.Tensor, l2: tf.Tensor, mean: tf.Tensor, scale: tf.Tensor
                            ) -> tuple[tf.Tensor, tf.Tensor]:
+        """A chunk's part of the loss: its mean loss x `share` (its rows' share of the split)
+        plus the penalty `l2` x |weights|^2 (given for one chunk only)."""
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = self.objective.loss(targets, self._logits(features, params, mean, scale),
-                                       self.label_smoothing)
+            loss = share * self.objective.loss(
+                targets, self._logits(features, params, mean, scale), self.label_smoothing)
             weights = params[:tf.size(params) - tf.size(params) // (tf.size(mean) + 1)]
             loss += l2 * tf.reduce_sum(tf.square(weights))
         return loss, tape.gradient(loss, params)
@@ -218,6 +267,10 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     (each fit there costs a fraction of a full one). The sample's best penalty, rescaled to the
     whole split (penalty x sample / rows: the same prior against more data), is then fitted on
     every row, starting from the sample's weights; that final fit is the last point of the path.
+    Every row, up to `config.fit_values` rows x classes: beyond, the final fit runs on a larger
+    seeded sample of fit_values // classes rows (which holds the path's), so that its cost stops
+    growing with the split (800,000 training rows of 1,000 classes: 67,108 rows, 67 a class;
+    every row would cost 12x more per iteration; docs/performance.md).
     (The weakest penalty tied with the best within a standard error was tried instead and lost:
     on 70,000 Fashion-MNIST images it scored 0.5 points lower on validation, and the weaker the
     penalty, the more the exports, which compute float32 vectors, lose against int8 ones.)
@@ -235,23 +288,18 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         NO_VALIDATION_L2, with a warning.
     """
     rows = len(train_features)
-    target_type = tf.float32 if config.objective.multi_label else tf.int64
-    every_row = tf.constant(train_features, tf.float32)
-    every_target = tf.constant(train_targets, target_type)
-    sample = np.arange(rows)
-    sample_rows, sample_targets = every_row, every_target
-    if rows > config.path_rows:
-        sample = np.sort(np.random.default_rng(0).permutation(rows)[:config.path_rows])
-        sample_rows, sample_targets = tf.gather(every_row, sample), tf.gather(every_target, sample)
+    order = np.random.default_rng(0).permutation(rows)  # the samples are its first rows
+    sample, final = (np.sort(order[:limit]) for limit in (
+        config.path_rows, max(config.path_rows, config.fit_values // max(num_classes, 1))))
     # The sample's statistics standardize every fit: the same penalty means the same prior.
-    statistics = _Statistics.of(sample_rows)
+    statistics = _Statistics.of(tf.constant(train_features[sample], tf.float32))
     functions = _functions(config.objective, config.label_smoothing)
-    train = _Problem(sample_rows, sample_targets, statistics, functions)
+    train = _Problem(train_features, train_targets, num_classes, statistics, functions,
+                     sample if len(sample) < rows else None)
     validation = None
     path = config.l2_path
     if len(validation_features):
-        validation = _Problem(tf.constant(validation_features, tf.float32),
-                              tf.constant(validation_targets, target_type), statistics,
+        validation = _Problem(validation_features, validation_targets, num_classes, statistics,
                               functions)
     elif len(path) > 1:
         path = (NO_VALIDATION_L2,)
@@ -263,9 +311,10 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
             break
     best = walk.best
     if len(sample) < rows:
-        chosen = walk.points[best].l2 * len(sample) / rows
+        chosen = walk.points[best].l2 * len(sample) / len(final)
         walk.state = walk.states[best]
-        walk.train = _Problem(every_row, every_target, statistics, functions)
+        walk.train = _Problem(train_features, train_targets, num_classes, statistics, functions,
+                              final)
         walk.fit(chosen)
         best = len(walk.points) - 1
     weights, biases = _layer(tf.constant(walk.states[best], tf.float32), statistics.mean,

@@ -191,7 +191,7 @@ class _SgdSteps:
         if config.summaries_dir is not None:
             self.writers = {name: fresh_writer(as_path(config.summaries_dir) / name)
                             for name in ("train", "validation")}
-        self.on_store = on_store
+        self.on_store = on_store or (lambda step, head: None)  # `stores` is empty without it
         self.stores = (range(store_every, config.steps, store_every)
                        if store_every > 0 and on_store is not None else range(0))
         self.next_step = 0
@@ -214,7 +214,7 @@ class _SgdSteps:
             if store is not None and store not in ends:  # a store between two measurements
                 self._train(tf.constant(self.next_step, tf.int64), tf.constant(store, tf.int64))
                 self.next_step = store + 1
-                self.on_store(store, self.head)  # type: ignore[misc]  (stores imply on_store)
+                self.on_store(store, self.head)
                 continue
             run = ends if store is None else ends[:ends.index(store) + 1]
             rows = self._train_and_measure(tf.constant(self.next_step, tf.int64),
@@ -222,7 +222,7 @@ class _SgdSteps:
             self.next_step = run[-1] + 1
             points += [_log_point(step, *row) for step, row in zip(run, rows.numpy().tolist())]
             if store is not None:
-                self.on_store(store, self.head)  # type: ignore[misc]
+                self.on_store(store, self.head)
             ends = ends[len(run):]
         return points
 
