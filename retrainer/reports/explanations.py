@@ -1,8 +1,10 @@
 """The report's heat maps: where the model looked, beside misclassified and some correct test images.
 
-Grad-CAM (`retrainer.explain`) runs on the run's own classifier graph, frozen in memory exactly
-as it is exported, over the test images decoded as training decoded them; each figure shows the
-image as the network saw it and the same image with the heat map of the predicted class over it.
+The heat maps (`retrainer.explain`: CAM, which equals Grad-CAM for the retrained linear head at
+half the work; Grad-CAM for any other graph) come from the run's own classifier graph, frozen in
+memory exactly as it is exported, over the test images decoded as training decoded them; each
+figure shows the image as the network saw it and the same image with the heat map of the class
+its caption names as predicted over it.
 Every misclassified test image (up to the gallery's limit) and the first `per_class` correctly
 classified test images of each class are explained; 0 turns the section off. The maps are cached
 under --bottleneck_dir by a hash of the frozen graph and the images' pixels: a rerun that trains
@@ -25,6 +27,7 @@ import tensorflow as tf
 from retrainer.cache.layout import heat_maps_path
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError
+from retrainer.explain.cam import class_activation_maps
 from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
 from retrainer.io.atomic import making_folder, write_bytes_atomically
@@ -41,12 +44,14 @@ _BATCH = 16
 
 class Explained(NamedTuple):
     """A test image to explain: the file, its name in the dataset, its true label (a multi-label
-    image's labels joined by ";") and the predicted (top-1) label."""
+    image's labels joined by ";"), the predicted (top-1) label and its index: the class whose
+    heat map is drawn."""
 
     path: Any
     relpath: str
     true_label: str
     predicted_label: str
+    predicted_class: int = -1  # its index in the labels; -1: the graph's own top class
 
     @property
     def correct(self) -> bool:
@@ -70,7 +75,7 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
         image = test_images[position]
         item = Explained(image.path, image.relpath,
                          ";".join(labels[index] for index in image.label_indices),
-                         labels[predicted])
+                         labels[predicted], predicted)
         if not item.correct:
             wrong.append(item)
         elif len(right[predicted]) < per_class:
@@ -111,7 +116,9 @@ def explanation_section(
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
     try:
-        maps = _heat_maps(graph_def(), input_name, output_name, pixels, cache_root)
+        maps = _heat_maps(graph_def(), input_name, output_name, pixels,
+                          np.array([image.predicted_class for image in readable], np.int64),
+                          cache_root)
     except (ModelError, LookupError, tf.errors.OpError) as error:  # an extra never fails a run
         reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
         log.warning("Report: no heat maps: %s", reason)
@@ -128,9 +135,12 @@ def explanation_section(
 
 
 def _heat_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[np.ndarray],
-               cache_root: Optional[os.PathLike[str] | str]) -> list[np.ndarray]:
-    """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) through the frozen graph: read back when
-    the same graph explained the same pixels before, else computed (and cached).
+               classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str]
+               ) -> list[np.ndarray]:
+    """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
+    [H, W, 3] each) through the frozen graph: read back when the same graph explained the same
+    pixels and classes before, else computed (and cached): CAM where it equals Grad-CAM (a
+    retrained linear head; `retrainer.explain.cam`), else Grad-CAM.
 
     Raises:
         ModelError: the graph has no map to explain; LookupError: an op without a gradient.
@@ -138,7 +148,7 @@ def _heat_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[n
     path = None
     if cache_root is not None and pixels:
         digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True))
-        digest.update(f"{input_name}\0{output_name}\0{len(pixels)}".encode())
+        digest.update(f"{input_name}\0{output_name}\0{len(pixels)}\0{classes.tolist()}".encode())
         for image in pixels:
             digest.update(np.ascontiguousarray(image).data)
         path = heat_maps_path(cache_root, digest.hexdigest())
@@ -148,18 +158,31 @@ def _heat_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[n
                 return list(stored)
         except (OSError, ValueError):
             pass
-    gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
-    try:
-        maps = [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
-            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
-    finally:
-        gradcam.close()
+    maps = _computed_maps(graph_def, input_name, output_name, pixels, classes)
     if path is not None and maps:
         buffer = io.BytesIO()
         np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
         target = path
         making_folder(target, lambda: write_bytes_atomically(target, buffer.getvalue()))
     return maps
+
+
+def _computed_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[np.ndarray],
+                   classes: np.ndarray) -> list[np.ndarray]:
+    batches = [(np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0,
+                classes[start:start + _BATCH]) for start in range(0, len(pixels), _BATCH)]
+    cam = class_activation_maps(graph_def, input_name, output_name) if (classes >= 0).all() else None
+    if cam is not None:
+        try:
+            return [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+        finally:
+            cam.close()
+    gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
+    try:
+        return [heat for images, chosen in batches for heat in gradcam.explain(
+            images, None if (chosen < 0).any() else chosen).maps]
+    finally:
+        gradcam.close()
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
