@@ -21,36 +21,13 @@ unclipped sum, so a peak is always defined.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import deque
 from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer.errors import ModelError, UsageError
-
-EXPLAINABLE = "the built-in EfficientNet-Lite models (efficientnet_lite0/1/2) and keras: backbones"
-_EXPLAINABLE_NAME = re.compile(r"^(efficientnet_lite\d+|keras:.+)$", re.IGNORECASE)
-
-
-def explainable(extractor: str | None) -> bool:
-    """True for the extractors whose last block is a spatial map of the image (`EXPLAINABLE`)."""
-    return extractor is not None and bool(_EXPLAINABLE_NAME.match(extractor))
-
-
-def require_explainable(extractor: str | None, source: str) -> None:
-    """Raise unless `extractor` (the name a graph's metadata records) can be explained.
-
-    Raises:
-        UsageError: naming the extractor and those that can be explained.
-    """
-    if not explainable(extractor):
-        built = "an unknown extractor" if extractor is None else f"extractor {extractor!r}"
-        raise UsageError(
-            f"--explain: {source} was built on {built}; heat maps are made for {EXPLAINABLE}. "
-            "Drop --explain, or retrain with one of them"
-        )
+from retrainer.errors import ModelError
 
 
 @dataclasses.dataclass(frozen=True)
