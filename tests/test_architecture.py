@@ -32,7 +32,9 @@ LAZY_PACKAGES = {
 # They may also import, inside the function that needs it, a module that imports TensorFlow.
 LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file systems",
                    "retrainer.cli": "--help must not load it; a run imports it quietly",
-                   "retrainer.reports.explanations": "a rerun reads its kept heat maps"}
+                   "retrainer.reports.explanations": "a rerun reads its kept heat maps",
+                   "retrainer.engines.int8": "a kept int8 model runs on LiteRT alone",
+                   "retrainer.formats.tflite": "running a .tflite needs LiteRT only"}
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
