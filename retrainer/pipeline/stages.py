@@ -27,7 +27,7 @@ from retrainer.data.discovery import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.engines.base import Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
-from retrainer.explain.gradcam import explainable
+from retrainer.explain.scope import explainable
 from retrainer.exports.options import AUTO_TTA, NO_TTA
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
@@ -276,7 +276,7 @@ def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
         return []
     chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
     return [explanation_section(
-        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_def(), f"{INPUT_OP}:0",
+        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_bytes(), f"{INPUT_OP}:0",
         f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
         config.extraction.bottleneck_dir)]
 
