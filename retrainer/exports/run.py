@@ -29,7 +29,7 @@ from retrainer.exports.tflite import write_tflite_files
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import AnyPath
-from retrainer.training.head import Head
+from retrainer.training.head_types import Head
 from retrainer.training.multi_label import targets_of
 from retrainer.training.novelty import Novelty
 
@@ -88,6 +88,7 @@ class Exporter:
                                     self.options.final_tensor_name,
                                     tta=self.tta)
             self._exporter = GraphExporter(classifier)
+        self._exporter.classifier.head.assign(head)  # the graph follows the head's values
         return self._exporter
 
     def write_intermediate(self, step: int, head: Head) -> None:
@@ -124,6 +125,7 @@ class Exporter:
             exporter = self._exporter = GraphExporter(Classifier(
                 self.extractor, head, self.labels, options.final_tensor_name, novelty,
                 None if thresholds is None else thresholds.tolist(), self.tta), self.cache_root)
+        exporter.classifier.head.assign(head)
         exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         outputs: dict[str, Any] = {

@@ -15,7 +15,7 @@ from retrainer.cache.bottlenecks import Bottlenecks
 from retrainer.data.discovery import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
-from retrainer.training.head import FeatureSet
+from retrainer.training.head_types import FeatureSet
 from retrainer.training.multi_label import targets_of
 
 log = logging.getLogger(__name__)

@@ -49,9 +49,10 @@ from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
-from retrainer.training.evaluate import Evaluation, evaluate_head, predict_probabilities
+from retrainer.training.evaluate import Evaluation, evaluate_head
 from retrainer.training.fine_tune import FineTuneResult
-from retrainer.training.head import FeatureSet, TrainingResult, train_head
+from retrainer.training.head import train_head
+from retrainer.training.head_types import FeatureSet, TrainingResult
 from retrainer.training.image_modes import (
     distortions_of,
     fine_tune_if_asked,
@@ -264,7 +265,7 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
     with timer("evaluate"):
         evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
-        validation = predict_probabilities(head.head, held_out[VALIDATION].features)
+        validation = head.head.probabilities(held_out[VALIDATION].features)
     return _Trained(head, tuning, distorted, evaluation, validation, held_out[TESTING])
 
 
