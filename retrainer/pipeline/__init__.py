@@ -5,28 +5,31 @@
     training -> evaluation -> exports -> the result document -> reports (and the quality
     gates' verdict)
 
-`import tensorflow` alone takes seconds, so `run` loads the stages that need it
-(`pipeline.stages`, with TensorFlow) on a background thread while the preflight and the file
-index, which do not, run; the timer's "import" is only the part of that load they could not
-hide. This module itself imports no TensorFlow.
+`import tensorflow` alone takes seconds, and a rerun of a command whose results are all kept
+under --bottleneck_dir (vectors, the engine, the frozen graph, heat maps, pictures, --tta auto's
+choice, the novelty fit) needs none of it. So TensorFlow is imported only when a stage needs it
+(`_background.TensorFlowLoad`): from the start, on a background thread beside the preflight and
+the file index, when this command has not finished with this cache before (a first run: its
+extraction will need it); else at the first stage that does. The timer's "import" is only the
+part of that load the run waited for.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 from retrainer.cache.file_index import FileIndex
+from retrainer.cache.layout import run_result_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.config import RetrainConfig
-from retrainer.pipeline._background import BackgroundImport
+from retrainer.io.host import tensorflow_version
+from retrainer.pipeline._background import TensorFlowLoad
 from retrainer.pipeline.preflight import preflight
+from retrainer.pipeline.stages import run_stages
 from retrainer.pipeline.timer import StageTimer
 from retrainer.result import RetrainResult
-
-if TYPE_CHECKING:  # loaded by name on a background thread; listed so the import graph shows it
-    from retrainer.pipeline import stages  # noqa: F401
-
-STAGES_MODULE = "retrainer.pipeline.stages"
 
 
 def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainResult:
@@ -50,8 +53,12 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
     """
     timer = timer or StageTimer()
     # Debug logging shows TensorFlow's own start-up notices too.
-    loading = BackgroundImport(STAGES_MODULE, quiet=not logging.getLogger().isEnabledFor(
-        logging.DEBUG), then=lambda stages_module: stages_module.start_devices())
+    tensorflow = TensorFlowLoad(timer, quiet=not logging.getLogger().isEnabledFor(logging.DEBUG))
+    finished = Memo(config.extraction.bottleneck_dir, run_result_path)
+    command = memo_key("finished command", tensorflow_version(),
+                       json.dumps(config.to_json(), sort_keys=True, default=str))
+    if finished.read(command) is None:
+        tensorflow.start()
     try:
         collection = preflight(config, timer)
         with timer("file index"):
@@ -59,10 +66,9 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
             file_index.look_up([image.path for image in collection.images],
                                [collection.file_identities.get(image.relpath)
                                 for image in collection.images])
+        result = run_stages(config, collection, file_index, timer, tensorflow)
     except BaseException:
-        loading.close()
+        tensorflow.close()
         raise
-    with timer("import"):
-        stages_module = loading.module()
-    result: RetrainResult = stages_module.run_stages(config, collection, file_index, timer)
+    finished.write(command, b"{}\n")
     return result

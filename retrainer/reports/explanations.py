@@ -83,6 +83,7 @@ def explanation_section(
     graph: Callable[[], bytes], input_name: str, output_name: str, extractor_name: str,
     input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
     cache_root: Optional[os.PathLike[str] | str] = None,
+    load_tensorflow: Callable[[], None] = lambda: None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -95,6 +96,7 @@ def explanation_section(
         images: what to explain (`choose_images`).
         per_class: the --report_explanations count, for the text.
         cache_root: where the maps are cached (--bottleneck_dir); None: not cached.
+        load_tensorflow: called before maps are computed (kept ones need no TensorFlow).
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -110,7 +112,7 @@ def explanation_section(
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
     try:
-        maps = _heat_maps(graph(), input_name, output_name, pixels, cache_root)
+        maps = _heat_maps(graph(), input_name, output_name, pixels, cache_root, load_tensorflow)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
@@ -130,7 +132,8 @@ class _NoHeatMaps(Exception):
 
 
 def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
-               cache_root: Optional[os.PathLike[str] | str]) -> list[np.ndarray]:
+               cache_root: Optional[os.PathLike[str] | str],
+               load_tensorflow: Callable[[], None]) -> list[np.ndarray]:
     """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) through the frozen graph (its bytes):
     read back when the same graph explained the same pixels before (no TensorFlow then), else
     computed and kept.
@@ -156,6 +159,7 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     stored = memo.read(key, usable)
     if stored is not None:
         return list(np.load(io.BytesIO(stored), allow_pickle=False))
+    load_tensorflow()
     maps = _computed_maps(graph, input_name, output_name, pixels)
     buffer = io.BytesIO()
     np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
