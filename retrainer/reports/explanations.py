@@ -1,8 +1,10 @@
 """The report's heat maps: where the model looked, beside misclassified and some correct test images.
 
-Grad-CAM (`retrainer.explain`) runs on the run's own classifier graph, frozen in memory exactly
-as it is exported, over the test images decoded as training decoded them; each figure shows the
-image as the network saw it and the same image with the heat map of the predicted class over it.
+The heat maps (`retrainer.explain`: CAM, which equals Grad-CAM for the retrained linear head at
+half the work; Grad-CAM for any other graph) come from the run's own classifier graph, frozen in
+memory exactly as it is exported, over the test images decoded as training decoded them; each
+figure shows the image as the network saw it and the same image with the heat map of the class
+its caption names as predicted over it.
 Every misclassified test image (up to the gallery's limit) and the first `per_class` correctly
 classified test images of each class are explained; 0 turns the section off. The maps are cached
 under --bottleneck_dir by a hash of the frozen graph and the images' pixels: a rerun that trains
@@ -39,12 +41,14 @@ _BATCH = 16
 
 class Explained(NamedTuple):
     """A test image to explain: the file, its name in the dataset, its true label (a multi-label
-    image's labels joined by ";") and the predicted (top-1) label."""
+    image's labels joined by ";"), the predicted (top-1) label and its index: the class whose
+    heat map is drawn."""
 
     path: Any
     relpath: str
     true_label: str
     predicted_label: str
+    predicted_class: int = -1  # its index in the labels; -1: the graph's own top class
 
     @property
     def correct(self) -> bool:
@@ -68,7 +72,7 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
         image = test_images[position]
         item = Explained(image.path, image.relpath,
                          ";".join(labels[index] for index in image.label_indices),
-                         labels[predicted])
+                         labels[predicted], predicted)
         if not item.correct:
             wrong.append(item)
         elif len(right[predicted]) < per_class:
@@ -112,7 +116,9 @@ def explanation_section(
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
     try:
-        maps = _heat_maps(graph(), input_name, output_name, pixels, cache_root, load_tensorflow)
+        maps = _heat_maps(graph(), input_name, output_name, pixels,
+                          np.array([image.predicted_class for image in readable], np.int64),
+                          cache_root, load_tensorflow)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
@@ -128,15 +134,16 @@ def explanation_section(
 
 
 class _NoHeatMaps(Exception):
-    """Grad-CAM could not explain the graph (the reason is the message)."""
+    """The graph could not be explained (the reason is the message)."""
 
 
 def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
-               cache_root: Optional[os.PathLike[str] | str],
+               classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str],
                load_tensorflow: Callable[[], None]) -> list[np.ndarray]:
-    """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) through the frozen graph (its bytes):
-    read back when the same graph explained the same pixels before (no TensorFlow then), else
-    computed and kept.
+    """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
+    [H, W, 3] each) through the frozen graph (its bytes): read back when the same graph explained
+    the same pixels and classes before (no TensorFlow then), else computed and kept;
+    `load_tensorflow()` is called before computing.
 
     Raises:
         _NoHeatMaps: the graph has no map to explain, an op without a gradient, a failed op.
@@ -147,7 +154,8 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     for image in pixels:
         digest.update(np.ascontiguousarray(image).data)
     memo = Memo(cache_root, heat_maps_path)
-    key = memo_key("heat maps", input_name, output_name, len(pixels), digest.hexdigest())
+    key = memo_key("heat maps", input_name, output_name, len(pixels), digest.hexdigest(),
+                   ",".join(map(str, classes.tolist())))
 
     def usable(data: bytes) -> bool:
         try:
@@ -160,7 +168,7 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     if stored is not None:
         return list(np.load(io.BytesIO(stored), allow_pickle=False))
     load_tensorflow()
-    maps = _computed_maps(graph, input_name, output_name, pixels)
+    maps = _computed_maps(graph, input_name, output_name, pixels, classes)
     buffer = io.BytesIO()
     np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
     memo.write(key, buffer.getvalue())
@@ -168,19 +176,30 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
 
 
 def _computed_maps(graph: bytes, input_name: str, output_name: str,
-                   pixels: list[np.ndarray]) -> list[np.ndarray]:
-    """Grad-CAM in TensorFlow (imported here: a rerun reads the kept maps without it)."""
+                   pixels: list[np.ndarray], classes: np.ndarray) -> list[np.ndarray]:
+    """CAM where it equals Grad-CAM (a retrained linear head: `retrainer.explain.cam`, half the
+    work), else Grad-CAM; in TensorFlow (imported here: a rerun reads the kept maps without it)."""
     import tensorflow as tf
 
+    from retrainer.explain.cam import class_activation_maps
     from retrainer.explain.gradcam import GradCam
 
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(graph)
+    batches = [(np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0,
+                classes[start:start + _BATCH]) for start in range(0, len(pixels), _BATCH)]
     try:
+        cam = (class_activation_maps(graph_def, input_name, output_name)
+               if (classes >= 0).all() else None)
+        if cam is not None:
+            try:
+                return [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+            finally:
+                cam.close()
         gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
         try:
-            return [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
-                np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
+            return [heat for images, chosen in batches for heat in gradcam.explain(
+                images, None if (chosen < 0).any() else chosen).maps]
         finally:
             gradcam.close()
     except (ModelError, LookupError) as error:
