@@ -41,7 +41,8 @@ LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file sys
                    "retrainer.reports.writer": "only remote folders need tf.summary",
                    "retrainer.training.novelty": "only a fine-tuned extractor needs it",
                    "retrainer.exports.run": "a kept graph is neither traced nor converted",
-                   "retrainer.exports.verify": "only a conversion to verify needs it"}
+                   "retrainer.exports.verify": "only a conversion to verify needs it",
+                   "retrainer.training.checkpoint": "a kept checkpoint is not written again"}
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",

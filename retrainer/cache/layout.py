@@ -16,6 +16,8 @@
                                                       made (`frozen_graph_record_path`)
       pictures-v1/<aa>/<key>.png                     the report's plots, keyed by what they
                                                       show (`picture_path`)
+      checkpoints-v1/<aa>/<key>.sha256               the SHA-256s of the checkpoint files its
+                                                      inputs wrote (`checkpoint_record_path`)
       run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
                                                       by their inputs (`run_result_path`)
 
@@ -45,6 +47,7 @@ _HEAT_MAPS = "heat-maps-v1"
 _FROZEN_GRAPHS = "frozen-graphs-v1"
 _PICTURES = "pictures-v1"
 _RUN_RESULTS = "run-results-v1"
+_CHECKPOINTS = "checkpoints-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -140,3 +143,8 @@ def run_result_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A small JSON result of one run stage (the engine it resolved to, --tta auto's choice, the
     novelty fit's figures, a finished command's record), keyed by a hash of its inputs."""
     return as_path(root) / _RUN_RESULTS / key[:2] / f"{key}.json"
+
+
+def checkpoint_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The SHA-256s of the head checkpoint's files that one set of inputs (`key`) wrote."""
+    return as_path(root) / _CHECKPOINTS / key[:2] / f"{key}.sha256"

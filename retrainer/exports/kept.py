@@ -18,9 +18,8 @@ from typing import Any, Optional
 import numpy as np
 
 from retrainer.cache.layout import frozen_graph_record_path
-from retrainer.cache.memo import Memo, memo_key
+from retrainer.cache.memo import KeptOutputs, memo_key
 from retrainer.io.host import tensorflow_version
-from retrainer.io.storage import is_url
 
 
 def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: dict[str, Any],
@@ -43,26 +42,17 @@ def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: 
 
 
 class KeptGraphs:
-    """The records under a local cache root (None or a URL: nothing is kept)."""
+    """The frozen graphs' records under a local cache root (None or a URL: nothing is kept)."""
 
     def __init__(self, cache_root: Optional[os.PathLike[str] | str]) -> None:
-        self._records = Memo(cache_root, frozen_graph_record_path)
+        self._kept = KeptOutputs(cache_root, frozen_graph_record_path)
 
     def read(self, key: str, path: os.PathLike[str] | str) -> Optional[bytes]:
         """The bytes of the graph at `path` if they are what `key`'s inputs froze to."""
-        if self._records.root is None or is_url(path):
-            return None
-        record = self._records.read(key)
-        try:
-            with open(path, "rb") as stream:
-                data = stream.read()
-        except OSError:
-            return None
-        if record is None or hashlib.sha256(data).hexdigest().encode() != record.strip():
-            return None
-        return data
+        kept = self._kept.read(key, [path])
+        return None if kept is None else kept[0]
 
     def remember(self, key: str, data: bytes) -> None:
-        """Record the SHA-256 of the graph `key`'s inputs froze to (a failed write is a warning
-        and costs the next run its tracing)."""
-        self._records.write(key, hashlib.sha256(data).hexdigest().encode() + b"\n")
+        """Record the graph `key`'s inputs froze to (a failed write is a warning and costs the
+        next run its tracing)."""
+        self._kept.remember(key, [data])

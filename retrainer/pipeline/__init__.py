@@ -6,30 +6,35 @@
     gates' verdict)
 
 `import tensorflow` alone takes seconds, and a rerun of a command whose results are all kept
-under --bottleneck_dir (vectors, the engine, the frozen graph, heat maps, pictures, --tta auto's
-choice, the novelty fit) needs none of it. So TensorFlow is imported only when a stage needs it
+under --bottleneck_dir (the vectors, the extractor's specs, the frozen graph, heat maps and
+pictures) needs none of it. So TensorFlow is imported only when a stage needs it
 (`_background.TensorFlowLoad`): from the start, on a background thread beside the preflight and
 the file index, when this command has not finished with this cache before (a first run: its
-extraction will need it); else at the first stage that does. The timer's "import" is only the
-part of that load the run waited for.
+extraction will need it); else at the first stage that does. The later stages' module
+(`pipeline.stages`) loads on a background thread too. The timer's "import" is only the part of
+those loads the run waited for. This module itself imports no TensorFlow.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from retrainer.cache.file_index import FileIndex
 from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.config import RetrainConfig
 from retrainer.io.host import tensorflow_version
-from retrainer.pipeline._background import TensorFlowLoad
+from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad
 from retrainer.pipeline.preflight import preflight
-from retrainer.pipeline.stages import run_stages
 from retrainer.pipeline.timer import StageTimer
 from retrainer.result import RetrainResult
+
+if TYPE_CHECKING:  # loaded by name on a background thread; listed so the import graph shows it
+    from retrainer.pipeline import stages  # noqa: F401
+
+STAGES_MODULE = "retrainer.pipeline.stages"
 
 
 def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainResult:
@@ -59,6 +64,7 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
                        json.dumps(config.to_json(), sort_keys=True, default=str))
     if finished.read(command) is None:
         tensorflow.start()
+    loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet and not tensorflow.started)
     try:
         collection = preflight(config, timer)
         with timer("file index"):
@@ -66,8 +72,14 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
             file_index.look_up([image.path for image in collection.images],
                                [collection.file_identities.get(image.relpath)
                                 for image in collection.images])
-        result = run_stages(config, collection, file_index, timer, tensorflow)
+        with timer("import"):
+            stages_module = loading.module()
+        result: RetrainResult = stages_module.run_stages(config, collection, file_index, timer,
+                                                         tensorflow)
+        if tensorflow.started:  # joined before exit (it was started for a run that had it all)
+            tensorflow.ready()
     except BaseException:
+        loading.close()
         tensorflow.close()
         raise
     finished.write(command, b"{}\n")

@@ -28,7 +28,7 @@ class TensorFlowLoad:
     def __init__(self, timer: StageTimer, quiet: bool = True) -> None:
         """`quiet`: hide TensorFlow's C++ start-up notices until the import is joined."""
         self._timer = timer
-        self._quiet = quiet
+        self.quiet = quiet
         self._loading: Optional[BackgroundImport] = None
 
     @property
@@ -39,7 +39,7 @@ class TensorFlowLoad:
         """Begin the import in the background (once)."""
         if self._loading is None:
             self._loading = BackgroundImport(
-                "tensorflow", self._quiet,
+                "tensorflow", self.quiet,
                 then=lambda tf: tf.config.list_physical_devices())  # its devices' notices too
 
     def ready(self) -> None:
@@ -69,7 +69,7 @@ class BackgroundImport:
         self._error: Optional[BaseException] = None
         self._stderr: Optional[contextlib.ExitStack] = None
         self._thread: Optional[threading.Thread] = None
-        if self._module is not None:
+        if self._module is not None and then is None:
             return
         if quiet:
             self._stderr = contextlib.ExitStack()
@@ -79,7 +79,7 @@ class BackgroundImport:
 
     def _load(self) -> None:
         try:
-            module = importlib.import_module(self.name)
+            module = self._module or importlib.import_module(self.name)
             if self._then is not None:
                 self._then(module)
             self._module = module

@@ -3,8 +3,11 @@
 Building them loads TensorFlow and the weights (seconds), but a rerun whose vectors are all
 cached needs only their specs: the cache namespace, the precision, the exported metadata. So the
 specs a built-in extractor resolved to (`--extractor_precision auto` depends on the host) are
-kept under --bottleneck_dir, keyed by retrainer's code, TensorFlow's version, the host and the
-extraction flags; with them, the models are built only when something must run through them.
+kept, keyed by retrainer's code, TensorFlow's version, the host and the extraction flags, under
+--bottleneck_dir and in the user's cache (`io.host.user_cache_dir`: a new --bottleneck_dir on the
+same machine); with them, the models are built only when something must run through them, and an
+int8 engine whose converted model is kept runs it without TensorFlow
+(`Int8Engine.from_kept_model`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
@@ -21,9 +25,10 @@ from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.cache.options import ExtractionOptions
 from retrainer.config import RetrainConfig
-from retrainer.engines import Engine
+from retrainer.engines import INT8, Engine
+from retrainer.engines.int8 import Int8Engine
 from retrainer.formats.extractor_spec import ExtractorSpec
-from retrainer.io.host import tensorflow_version
+from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
 from retrainer.io.storage import is_url
 from retrainer.pipeline.timer import StageTimer
 
@@ -35,11 +40,18 @@ class Extraction:
     """The extractor and its engine; `extractor()` and the engine's first call build them."""
 
     def __init__(self, spec: ExtractorSpec, engine: Engine,
-                 build: Callable[[], tuple[FeatureExtractor, Engine]]) -> None:
+                 build: Callable[[], tuple[FeatureExtractor, Engine]],
+                 remember: Callable[[Extraction], None] = lambda extraction: None) -> None:
         self.spec = spec  # the extractor's (the engine's spec names its precision too)
         self.engine = engine
         self._build = build
+        self._remember = remember
         self._built: Optional[tuple[FeatureExtractor, Engine]] = None
+
+    def remember(self) -> None:
+        """Keep the specs for the next run (after the bottleneck stage: an int8 engine then
+        knows which converted model it ran)."""
+        self._remember(self)
 
     def extractor(self) -> FeatureExtractor:
         """The extractor itself (TensorFlow), built on first use."""
@@ -52,7 +64,8 @@ class Extraction:
 
 
 class _DeferredEngine(Engine):
-    """An engine known by its kept spec; built at its first batch."""
+    """An engine known by its kept spec; at its first batch, the kept int8 model without
+    TensorFlow, or else the engine built."""
 
     def __init__(self, kept: dict[str, Any], spec: ExtractorSpec,
                  build: Callable[[], Engine]) -> None:
@@ -60,10 +73,18 @@ class _DeferredEngine(Engine):
         self.spec = spec
         self.batch_size = int(kept["batch_size"])
         self.devices = tuple(kept["devices"])
+        self.model_path = Path(kept["model"]) if kept.get("model") else None
         self._build = build
+        self._engine: Optional[Engine] = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        return self._build()(pixels)
+        if self._engine is None:
+            if self.precision == INT8 and self.model_path is not None:
+                self._engine = Int8Engine.from_kept_model(self.spec, self.model_path,
+                                                          usable_cpus())
+            if self._engine is None:
+                self._engine = self._build()
+        return self._engine(pixels)
 
 
 def prepare_extraction(config: RetrainConfig, timer: StageTimer,
@@ -75,9 +96,12 @@ def prepare_extraction(config: RetrainConfig, timer: StageTimer,
         As `pipeline.extractor.prepare_extractor`.
     """
     options = config.extraction
-    specs = Memo(options.bottleneck_dir, run_result_path)
     key = _specs_key(options)
-    kept = specs.read(key) if key is not None and not config.training.do_fine_tuning else None
+    records = [Memo(root, run_result_path)
+               for root in (options.bottleneck_dir, user_cache_dir() / "extraction-specs")]
+    kept = None
+    if key is not None and not config.training.do_fine_tuning:
+        kept = next((data for data in (memo.read(key) for memo in records) if data), None)
 
     def build() -> tuple[FeatureExtractor, Engine]:
         load_tensorflow()
@@ -85,31 +109,38 @@ def prepare_extraction(config: RetrainConfig, timer: StageTimer,
 
         return prepare_extractor(config, timer)
 
+    def remember(extraction: Extraction) -> None:
+        if key is None:
+            return
+        engine = extraction.engine
+        model = getattr(engine, "model_path", None)
+        document = json.dumps({
+            "extractor": dataclasses.asdict(extraction.spec),
+            "engine": {**dataclasses.asdict(engine.spec), "precision": engine.precision,
+                       "batch_size": engine.batch_size, "devices": list(engine.devices),
+                       "model": None if model is None else str(model)},
+        }, sort_keys=True).encode()
+        if document != kept:
+            for memo in records:
+                memo.write(key, document)
+
     if kept is not None:
         try:
-            document = json.loads(kept)
-            extraction = _kept_extraction(document, build)
+            return _kept_extraction(json.loads(kept), build, remember)
         except (ValueError, KeyError, TypeError):  # a damaged record: built as without one
-            extraction = None
-        if extraction is not None:
-            return extraction
+            kept = None
     extractor, engine = build()
-    if key is not None:
-        specs.write(key, json.dumps({
-            "extractor": dataclasses.asdict(extractor.spec),
-            "engine": {**dataclasses.asdict(engine.spec), "precision": engine.precision,
-                       "batch_size": engine.batch_size, "devices": list(engine.devices)},
-        }).encode())
-    return Extraction(extractor.spec, engine, lambda: (extractor, engine))
+    return Extraction(extractor.spec, engine, lambda: (extractor, engine), remember)
 
 
 def _kept_extraction(document: dict[str, Any],
-                     build: Callable[[], tuple[FeatureExtractor, Engine]]) -> Extraction:
+                     build: Callable[[], tuple[FeatureExtractor, Engine]],
+                     remember: Callable[[Extraction], None]) -> Extraction:
     def spec_of(fields: dict[str, Any]) -> ExtractorSpec:
         return ExtractorSpec(fields["name"], fields["id"], tuple(fields["input_size"]),
                              int(fields["vector_size"]))
 
-    extraction = Extraction(spec_of(document["extractor"]), Engine(), build)
+    extraction = Extraction(spec_of(document["extractor"]), Engine(), build, remember)
     extraction.engine = _DeferredEngine(document["engine"], spec_of(document["engine"]),
                                         lambda: extraction.built()[1])
     return extraction

@@ -92,6 +92,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             file_index=file_index,
             signatures=config.audit.enabled,  # the audit's, from the same decode
         )
+    extraction.remember()
     audit = None
     if config.audit.enabled:
         with timer("audit"):
