@@ -26,7 +26,7 @@ from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.config import RetrainConfig
 from retrainer.io.host import tensorflow_version
-from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad
+from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad, start_devices
 from retrainer.pipeline.preflight import preflight
 from retrainer.pipeline.timer import StageTimer
 from retrainer.result import RetrainResult
@@ -64,7 +64,8 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
                        json.dumps(config.to_json(), sort_keys=True, default=str))
     if finished.read(command) is None:
         tensorflow.start()
-    loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet and not tensorflow.started)
+    loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet and not tensorflow.started,
+                               then=None if tensorflow.started else start_devices)
     try:
         collection = preflight(config, timer)
         with timer("file index"):

@@ -20,6 +20,14 @@ from retrainer.io.host import filtered_stderr, is_native_log_line
 from retrainer.pipeline.timer import StageTimer
 
 
+def start_devices(module: ModuleType) -> None:
+    """Start TensorFlow's devices, if `module`'s import loaded it (they print notices too, e.g.
+    when no GPU driver answers): done on the importing thread, while notices are hidden."""
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None and hasattr(tensorflow, "config"):
+        tensorflow.config.list_physical_devices()
+
+
 class TensorFlowLoad:
     """TensorFlow, imported when the run first says it needs it: `start()` begins the import on
     a daemon thread (the run goes on meanwhile), `ready(timer)` waits for it (timed as "import")
@@ -38,9 +46,7 @@ class TensorFlowLoad:
     def start(self) -> None:
         """Begin the import in the background (once)."""
         if self._loading is None:
-            self._loading = BackgroundImport(
-                "tensorflow", self.quiet,
-                then=lambda tf: tf.config.list_physical_devices())  # its devices' notices too
+            self._loading = BackgroundImport("tensorflow", self.quiet, then=start_devices)
 
     def ready(self) -> None:
         """Return once TensorFlow is imported (its import's errors are raised here)."""
