@@ -48,7 +48,7 @@ from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
-from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
+from retrainer.training.evaluate import Evaluation, evaluate_head, predict_probabilities
 from retrainer.training.head import FeatureSet, TrainingResult, train_head
 from retrainer.training.image_modes import (
     distortions_of,
@@ -275,20 +275,19 @@ def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: S
                           training_options(options, len(splits.images[TRAINING]), checkpoint),
                           exporter.write_intermediate,
                           config.exports.intermediate_store_frequency)
-    tuning, test_features = None, splits.features[TESTING]
+    tuning = None
+    held_out = {split: splits.features[split] for split in (VALIDATION, TESTING)}
     with timer("fine_tune", active=options.do_fine_tuning):
-        if options.do_fine_tuning:
+        if options.do_fine_tuning:  # the held-out vectors are then re-extracted
             from retrainer.training.image_modes import fine_tune_if_asked
 
-            tuning, test_features = fine_tune_if_asked(
+            tuning, held_out = fine_tune_if_asked(
                 options, extraction.extractor(), head.head, splits.images, splits.features)
     with timer("evaluate"):
-        evaluation = evaluate_head(head.head, test_features, num_classes,
+        evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
-        validation = validation_probabilities(
-            head.head, splits.features[VALIDATION], splits.images[VALIDATION],
-            extraction.extractor() if tuning else None, tuning)
-    return _Trained(head, tuning, distorted, evaluation, validation, test_features)
+        validation = predict_probabilities(head.head, held_out[VALIDATION].features)
+    return _Trained(head, tuning, distorted, evaluation, validation, held_out[TESTING])
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
