@@ -107,7 +107,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
                                   trained.tuning, config.training.novelty_pass_rate,
-                                  config.training.seed)
+                                  config.training.seed,
+                                  (config.extraction.bottleneck_dir, engine.spec.id))
     tta = None
     if config.exports.tta == AUTO_TTA:
         with timer("tta"):
