@@ -19,6 +19,7 @@ import math
 from typing import Iterator, Optional
 
 import numpy as np
+from scipy.special import ndtr
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,6 @@ class Plan:
 def slot_probability(ratio: np.ndarray | float) -> np.ndarray:
     """Chance that two points `ratio` x width apart share a slot of one random projection
     (Gaussian direction, uniform offset): 1 - 2 Phi(-1/r) - 2 r / sqrt(2 pi) (1 - e^(-1/2r^2))."""
-    from scipy.special import ndtr
-
     r = np.maximum(np.asarray(ratio, np.float64), 1e-12)
     return np.clip(1.0 - 2.0 * ndtr(-1.0 / r)
                    - 2.0 * r / math.sqrt(2.0 * math.pi) * (1.0 - np.exp(-0.5 / (r * r))), 0, 1)
