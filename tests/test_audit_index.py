@@ -25,6 +25,18 @@ def pair_set(found: tuple[np.ndarray, np.ndarray]) -> set[tuple[int, int]]:
     return set(zip(found[0].tolist(), found[1].tolist()))
 
 
+def candidates(conditions: list[list[lsh.Part]]) -> list[tuple[int, int]]:
+    """Every candidate pair of the index (scores of 1: none is gated away)."""
+    def block(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return np.ones((len(rows), len(columns)), np.float32)
+
+    def each(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return np.ones(len(rows), np.float32)
+
+    return [pair for first, second, _ in lsh.close_pairs(conditions, block, each, gate=0.5)
+            for pair in zip(first.tolist(), second.tolist())]
+
+
 @st.composite
 def row_sets(draw, max_rows: int = 40) -> np.ndarray:
     """float32 [N, D] rows: few distinct values (so many equal rows and ties), some all-zero
@@ -71,8 +83,7 @@ def best_scores(cosines: np.ndarray, found: tuple[np.ndarray, np.ndarray]) -> di
 @given(row_sets(), st.booleans())
 def test_candidates_are_distinct_ordered_pairs_and_include_equal_rows(rows, cross):
     others = rows[::-1].copy() if cross else None
-    found = [pair for chunk in lsh.candidate_pairs(rows, others, reach=0.1)
-             for pair in zip(*map(np.ndarray.tolist, chunk))]
+    found = candidates([[lsh.Part(rows, others, 0.1)]])
     assert len(found) == len(set(found))
     assert all(0 <= first < second < len(rows) for first, second in found)
     opposite = rows if others is None else others
@@ -113,8 +124,7 @@ def test_measured_miss_rate_at_the_gate_is_within_the_bound():
     angle = np.arccos(gate)  # second = cos(a) first + sin(a) step: cosine exactly `gate`
     second = np.cos(angle) * first + np.sin(angle) * unit_rows(step)
     rows = np.concatenate([first, second]).astype(np.float32)
-    found = {pair for chunk in lsh.candidate_pairs(rows, None, reach * 1.0001)
-             for pair in zip(*map(np.ndarray.tolist, chunk))}
+    found = set(candidates([[lsh.Part(rows, None, reach * 1.0001)]]))
     missed = sum((index, count + index) not in found for index in range(count))
     assert missed <= 3 * lsh.MISS * count + 3
 

@@ -154,11 +154,16 @@ def near_pairs(
     def mirror_close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return score("vector", rows, columns) >= MIRROR_VECTOR_MATCH
 
-    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT),
+    # What each pass's pre-test requires, for the index of a large set (`similar_pairs`).
+    vector = reduced["vector"]
+    shifted_or_same = [(vector, SHIFT_VECTOR_MATCH), (reduced["picture"], THUMBNAIL_MATCH)]
+    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT,
+                           alternatives=shifted_or_same),
              similar_pairs(descriptors["small"], CROP_GATE, close, NEIGHBOUR_LIMIT,
-                           descriptors["enlarged"]),
+                           descriptors["enlarged"], alternatives=[(vector, CROP_VECTOR_MATCH)]),
              similar_pairs(descriptors["picture"], THUMBNAIL_MATCH, mirror_close,
-                           NEIGHBOUR_LIMIT, descriptors["mirrored"])]
+                           NEIGHBOUR_LIMIT, descriptors["mirrored"],
+                           alternatives=[(vector, MIRROR_VECTOR_MATCH)])]
     firsts, seconds = unique_pairs(*(np.concatenate(side) for side in zip(*found)))
     kept_hashes = hashes[keep]
     matches = in_order(lambda start: _match(firsts[start:start + _CHUNK],

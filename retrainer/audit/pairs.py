@@ -26,10 +26,9 @@ TILE_ROWS, TILE_COLUMNS = 512, 2048  # 4 MB of cosines per tile and descriptor
 # matrix products on one core); beyond, the hashing index (`lsh`) finds the candidates.
 EXACT_COMPARISONS = 2**31
 SKETCH_DIMENSIONS = 64  # wider rows are hashed by their projection on this many top axes
-# ... and only when the window would cost more than the index: one of the index's candidate
-# pairs (gathered rows, bucket joins) costs about as much as this many windowed comparisons
-# (blocked matrix products), measured on 70,000 Fashion-MNIST images.
-PAIR_COST = 32
+# ... and only when the window would cost more than INDEX_OVERHEAD x the index's row products
+# (its bucket joins and gathers cost more per product than the window's tiles).
+INDEX_OVERHEAD = 2.0
 SEED = 0  # draws the index's projections: the same pairs on every run
 
 _Scored = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, columns, scores of pairs
@@ -40,6 +39,7 @@ def similar_pairs(
     unit: Rows, gate: float,
     keep: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     limit: Optional[int] = None, other: Optional[Rows] = None, method: str = "auto",
+    alternatives: Sequence[tuple[np.ndarray, float]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs i < j of rows scoring at least `gate` and passing `keep`, at most `limit` per row.
 
@@ -67,6 +67,10 @@ def similar_pairs(
             max(unit_i . other_j, other_i . unit_j) instead, e.g. a thumbnail against the other's
             enlarged centre.
         method: "exact", "index" (hashing), or "auto" (exact while its window is small).
+        alternatives: what `keep` requires besides the gate, as (float32 [N, <= 64] rows of
+            length 1, gate) pairs of which a kept pair reaches at least one: the index then
+            looks only where such pairs can be (`lsh.Part`s: the main rows AND one of these),
+            `keep` still decides.
 
     Returns:
         (first int64 [P], second int64 [P]) with first < second.
@@ -74,7 +78,7 @@ def similar_pairs(
     count = len(unit)
     if count < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
+    reach = _reach(gate)
     axis = _main_axis([unit] if other is None else [unit, other])
     search = _WindowSearch(unit, other, axis, reach)
     nearest = None if limit is None else Nearest(count, limit)
@@ -92,16 +96,18 @@ def similar_pairs(
 
     index = None
     if method == "index" or (method == "auto" and search.comparisons > EXACT_COMPARISONS):
-        index = _Index(unit, other, reach)
-        candidates = index.plan.candidates
-        if method == "auto" and search.comparisons <= PAIR_COST * candidates:
+        index = _Index(unit, other, reach, alternatives)
+        cost = index.cost
+        if method == "auto" and search.comparisons <= INDEX_OVERHEAD * cost:
             index = None  # crowded rows (look-alikes): the window search is still cheaper
-        log.info("Near-pair search: %d comparisons in the sorted window, about %d candidates "
-                 "from the index: %s.", search.comparisons, candidates,
+        log.info("Near-pair search: %d comparisons in the sorted window, about %d row products "
+                 "in the index: %s.", search.comparisons, cost,
                  "the window" if index is None else "the index")
     chunks = search.pairs(gate, screen) if index is None else index.pairs(gate, screen)
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for rows, columns, scores in chunks:
+        if not len(rows):
+            continue
         if nearest is not None:
             nearest.add(rows, columns, scores)
         else:
@@ -179,10 +185,11 @@ class _WindowSearch:
 class _Index:
     """The hashing search (`lsh`) on the rows' sketches: float32 [N, <= SKETCH_DIMENSIONS], the
     rows themselves or their projection on the top principal axes of a sample of both
-    (orthonormal, so no pair moves further apart)."""
+    (orthonormal, so no pair moves further apart); one condition per alternative."""
 
-    def __init__(self, unit: Rows, other: Optional[Rows], reach: float) -> None:
-        self.unit, self.other, self.reach = unit, other, reach
+    def __init__(self, unit: Rows, other: Optional[Rows], reach: float,
+                 alternatives: Sequence[tuple[np.ndarray, float]]) -> None:
+        self.unit, self.other = unit, other
         matrices = [unit] if other is None else [unit, other]
         if unit.shape[1] <= SKETCH_DIMENSIONS:
             sketches = [np.asarray(matrix[:], np.float32) for matrix in matrices]
@@ -191,20 +198,39 @@ class _Index:
                                      for matrix in matrices])
             axes = top_axes(sample, SKETCH_DIMENSIONS)
             sketches = [_products(matrix, axes.T) for matrix in matrices]
-        self.sketch = sketches[0]
-        self.other_sketch = sketches[1] if other is not None else None
-        self.plan = lsh.plan(self.sketch, reach, np.random.default_rng(SEED))
+        main = lsh.Part(sketches[0], sketches[1] if other is not None else None, reach)
+        self.conditions = [[main, lsh.Part(np.asarray(rows, np.float32), None, _reach(gate))]
+                           for rows, gate in alternatives] or [[main]]
+        rng = np.random.default_rng(SEED)
+        self.plans = [lsh.plan(parts, rng) for parts in self.conditions]
+        self.cost = sum(shape.cost for shape in self.plans)
 
     def pairs(self, gate: float, screen: _Screen) -> Iterator[_Scored]:
         """`screen`(rows, columns, scores) of the gated pairs among the index's candidates."""
         unit, other = self.unit, self.other
-        for rows, columns in lsh.candidate_pairs(self.sketch, self.other_sketch, self.reach,
-                                                 SEED, self.plan):
+
+        def block_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+            if other is None:
+                return np.asarray(unit[rows], np.float32) @ np.asarray(unit[columns],
+                                                                        np.float32).T
+            return np.maximum(
+                np.asarray(unit[rows], np.float32) @ np.asarray(other[columns], np.float32).T,
+                np.asarray(other[rows], np.float32) @ np.asarray(unit[columns], np.float32).T)
+
+        def pair_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
             scores = _pair_products(unit, unit if other is None else other, rows, columns)
             if other is not None:
                 scores = np.maximum(scores, _pair_products(other, unit, rows, columns))
-            chosen = scores >= gate
-            yield screen(rows[chosen], columns[chosen], scores[chosen])
+            return scores
+
+        for rows, columns, scores in lsh.close_pairs(self.conditions, block_scores, pair_scores,
+                                                     gate, SEED, self.plans):
+            yield screen(rows, columns, scores)
+
+
+def _reach(gate: float) -> float:
+    """How far apart two rows of length 1 with cosine `gate` can be: sqrt(2 - 2 gate)."""
+    return float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
 
 
 def _products(matrix: Rows, columns: np.ndarray) -> np.ndarray:
