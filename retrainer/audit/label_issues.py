@@ -2,8 +2,7 @@
 
 Each image's class probabilities come from a softmax regression that never saw it (k folds,
 trained on the cached vectors reduced to their top principal components, standardised, at a
-fixed L2 penalty: the head's convex objective, here in float64 numpy, since on a few thousand
-64-d rows TensorFlow's first trace (~0.5 s) and per-call overhead cost more than the fits).
+fixed L2 penalty: the head's convex objective and numpy solver, training/solver.py).
 Confident learning (Northcutt et al. 2021, as cleanlab's
 `find_label_issues`): class j's threshold is the mean
 probability of j over images labelled j; an image is confidently of class j when p_j reaches
@@ -17,9 +16,9 @@ import dataclasses
 from typing import Optional, Union
 
 import numpy as np
-from scipy.optimize import minimize
 
 from retrainer.audit.neighbours import one_blas_thread, principal_components
+from retrainer.training.solver import SolverOptions, fit_layer
 
 FOLDS = 5
 DIMENSIONS = 64
@@ -27,8 +26,8 @@ L2_PENALTY = 5e-3  # l2 * |weights|^2 per example, on standardised features
 MAX_ITERATIONS = 100
 MIN_MARGIN = 0.8  # p(suggested) - p(given) of a reported issue
 TOLERANCE = 1e-5  # relative change of the loss at which a fit has converged
-MIN_RELATIVE_SCALE = 0.1  # no feature scaled by less than this x the median's spread (as the head)
 CHUNK_ROWS = 16384  # rows of probabilities computed at once (128 MB at 1,000 classes)
+SOLVER = SolverOptions(max_iterations=MAX_ITERATIONS, tolerance=TOLERANCE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,50 +103,22 @@ def out_of_fold_probabilities(
     return fit_out_of_fold(vectors, labels, num_classes, seed)[:]
 
 
-def softmax_regression(features: np.ndarray, labels: np.ndarray,
-                       num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """The layer minimising mean cross entropy + L2_PENALTY x |weights|^2 on the standardised
-    features (L-BFGS-B, at most MAX_ITERATIONS steps), as float32 weights [D, C] and biases [C]
-    on the features as given. Losses and gradients are summed CHUNK_ROWS rows at a time (no
-    [N, C] array).
+def softmax_regression(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                       l2: float = L2_PENALTY) -> tuple[np.ndarray, np.ndarray]:
+    """The layer minimising mean cross entropy + l2 x |weights|^2 on the standardised features
+    (the head's solver, training/solver.py: at most MAX_ITERATIONS L-BFGS steps, one BLAS
+    thread), as float32 weights [D, C] and biases [C] on the features as given. A warm-started
+    path of penalties calls `fit_layer` itself, with each fit's `state` as the next `start`.
 
     Args:
         features: float32 [N, D], N >= 1.
         labels: int64 [N] class indices below `num_classes`.
         num_classes: C.
+        l2: the penalty on the standardised weights.
     """
-    mean = features.mean(axis=0, dtype=np.float64)
-    scale = features.std(axis=0, dtype=np.float64)
-    floor = MIN_RELATIVE_SCALE * np.sort(scale)[len(scale) // 2] if len(scale) else 0.0
-    scale = np.where(scale > 1e-6, np.maximum(scale, floor), 1.0)
-    standard = ((features - mean) / scale).astype(np.float32)
-    count, dims = features.shape
-    chunks = [slice(start, start + CHUNK_ROWS) for start in range(0, count, CHUNK_ROWS)]
-
-    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
-        weights = params[:dims * num_classes].reshape(dims, num_classes)
-        loss = L2_PENALTY * float(np.sum(weights * weights)) * count
-        gradient_weights, gradient_biases = 2 * L2_PENALTY * count * weights, np.zeros(num_classes)
-        for rows in chunks:
-            logits = standard[rows] @ weights + params[-num_classes:]
-            logits -= logits.max(axis=1, keepdims=True)
-            error = np.exp(logits)
-            totals = error.sum(axis=1)
-            given = np.arange(len(logits)), labels[rows]
-            loss += float(np.sum(np.log(totals) - logits[given]))
-            error /= totals[:, np.newaxis]
-            error[given] -= 1.0  # softmax - one-hot: the logits' gradient
-            gradient_weights += standard[rows].T @ error
-            gradient_biases += error.sum(axis=0)
-        return loss / count, np.concatenate([gradient_weights.ravel(), gradient_biases]) / count
-
     with one_blas_thread():  # small products: threads would only spin against each other
-        solution = minimize(loss_and_gradient, np.zeros((dims + 1) * num_classes), jac=True,
-                            method="L-BFGS-B", options={"maxiter": MAX_ITERATIONS,
-                                                        "ftol": TOLERANCE, "gtol": 1e-9})
-    weights = solution.x[:dims * num_classes].reshape(dims, num_classes) / scale[:, np.newaxis]
-    return (weights.astype(np.float32),
-            (solution.x[-num_classes:] - mean @ weights).astype(np.float32))
+        fit = fit_layer(features, labels, num_classes, l2, options=SOLVER)
+    return fit.weights, fit.biases
 
 
 def find_label_issues(probabilities: Union[np.ndarray, OutOfFold],

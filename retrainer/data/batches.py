@@ -3,8 +3,9 @@
 Three readers of one decoder (`retrainer.data.decoding.decode_image`), so every stage sees exactly
 the pixels training saw: `decoded_batches` (a thread pool working a few batches ahead: the
 bottleneck stage), `decoded_images` (a tf.data pipeline: fine-tuning and distorted vectors) and
-`decode_files` (all at once: int8 calibration and the export report). A file that cannot be read
-or decoded comes out black, with the reason, and never stops the others.
+`decode_files` (all at once, on the same thread pool: int8 calibration, the export report, the
+mirror images of test-time augmentation). A file that cannot be read or decoded comes out black,
+with the reason, and never stops the others.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import dataclasses
 import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.signatures import DECODE_SIZE, Signatures, signature_of_pixels
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import read_bytes
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Fixed decode parallelism and read-ahead, with tf.data autotuning off: its background thread made
 # iterator teardown stall for 1-2 s at random (measured with benchmarks/bench_pipeline.py), and
@@ -86,6 +89,8 @@ def decoded_images(
         digests string [B] = SHA-256 of the bytes decoded, reasons string [B] = "" when decoded).
         Unless `deterministic`, rows may come out of order (positions say which file each is).
     """
+    import tensorflow as tf  # only fine-tuning and distorted vectors use tf.data
+
     height, width = input_size
 
     def load(encoded_path: bytes) -> tuple[np.ndarray, bytes, bytes]:
@@ -183,15 +188,15 @@ def decode_files(
     Returns:
         (uint8 [N, H, W, 3] pixels, bool [N] decoded); rows of undecodable files are black.
     """
-    height, width = input_size
-    pixels = np.zeros((len(paths), height, width, 3), np.uint8)
+    pixels = np.zeros((len(paths), *input_size, 3), np.uint8)
     ok = np.zeros(len(paths), bool)
-    if not paths:
-        return pixels, ok
-    for positions, images, _, reasons in decoded_images(paths, input_size, DECODE_BATCH):
-        rows = positions.numpy()
-        pixels[rows] = images.numpy()
-        ok[rows] = [not reason for reason in reasons.numpy()]
+    # The bottleneck stage's thread pool, not tf.data: no AutoGraph trace of a map function
+    # (0.1-0.2 s per call, more than decoding a few hundred small images). Digests unused.
+    for batch in decoded_batches(paths, input_size, DECODE_BATCH, ["-"] * len(paths),
+                                 [None] * len(paths)):
+        rows = slice(batch.start, batch.start + len(batch.images))
+        pixels[rows] = batch.images
+        ok[rows] = [not reason for reason in batch.reasons]
     return pixels, ok
 
 

@@ -15,19 +15,17 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-from retrainer.cache.layout import frozen_graph_record_path
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key
 from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
-from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
-from retrainer.io.host import code_digest
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
 from retrainer.io.storage import AnyPath, as_path, is_url
 
 log = logging.getLogger(__name__)
@@ -45,9 +43,7 @@ class GraphExporter:
 
     With a `cache_root` (a local --bottleneck_dir), tracing and freezing (about 0.5 s on
     EfficientNet-Lite0) wait until a graph is needed, and `write_graph` skips both when the file
-    already at its path is the graph the same inputs froze to before: the same code, TensorFlow,
-    variables and metadata (`_inputs_digest`) map to the SHA-256 of the graph they made
-    (`cache.layout.frozen_graph_record_path`), and the file must have that SHA-256.
+    already at its path is the graph the same inputs froze to before (`exports.kept`).
     """
 
     def __init__(self, classifier: Classifier,
@@ -57,6 +53,7 @@ class GraphExporter:
         self._traced: Any = None
         self._frozen: Optional[tuple[str, tf.compat.v1.GraphDef]] = None
         self._variables: Optional[tuple[tf.Variable, ...]] = None  # found once: a slow walk
+        self._kept = KeptGraphs(self.cache_root)
         if self.cache_root is None:
             self._concrete()  # a clashing --final_tensor_name is a usage error at once
 
@@ -79,6 +76,10 @@ class GraphExporter:
             self._frozen = (state, graph_def)
         return self._frozen[1]
 
+    def frozen_graph_bytes(self) -> bytes:
+        """`frozen_graph_def()` serialized (deterministically, as `write_graph` writes it)."""
+        return self.frozen_graph_def().SerializeToString(deterministic=True)
+
     def _variables_digest(self) -> str:
         """SHA-256 of every variable's name, shape and current value (tens of ms)."""
         if self._variables is None:
@@ -90,45 +91,28 @@ class GraphExporter:
             digest.update(value.data)
         return digest.hexdigest()
 
-    def _inputs_digest(self, state: str) -> str:
-        """What the frozen graph is made from: the code, TensorFlow, the variables (`state`) and
-        the metadata (tensor names, labels, TTA, novelty, thresholds)."""
-        document = self.classifier.metadata()
-        inputs = [code_digest(), tf.version.VERSION, tf.version.GIT_VERSION, state,
-                  json.dumps(document, sort_keys=True)]
-        return hashlib.sha256("\0".join(inputs).encode()).hexdigest()
+    def _key(self) -> str:
+        """What the frozen graph is made from (`exports.kept.frozen_graph_key`)."""
+        classifier = self.classifier
+        novelty = classifier.novelty
+        return frozen_graph_key(
+            classifier.metadata()["extractor"]["id"],
+            (classifier.head.weights, classifier.head.biases), classifier.metadata(),
+            None if novelty is None else novelty.references)
 
     def _reused(self, path: os.PathLike[str] | str) -> Optional[bytes]:
         """The bytes of the graph at `path` if they are what this classifier freezes to (see
         the class docstring); it then needs no tracing. None otherwise."""
-        if self.cache_root is None or is_url(path):
+        if self.cache_root is None:
             return None
-        state = self._variables_digest()
-        record = Path(frozen_graph_record_path(self.cache_root, self._inputs_digest(state)))
-        try:
-            expected = record.read_text(encoding="ascii").strip()
-            data = Path(path).read_bytes()
-        except (OSError, UnicodeDecodeError):
-            return None
-        if hashlib.sha256(data).hexdigest() != expected:
+        data = self._kept.read(self._key(), path)
+        if data is None:
             return None
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(data)
         _check_frozen(graph_def, self.classifier)
-        self._frozen = (state, graph_def)
+        self._frozen = (self._variables_digest(), graph_def)
         return data
-
-    def _remember(self, data: bytes) -> None:
-        """Record the SHA-256 of the graph these inputs froze to (a failed write costs nothing
-        but the next run's tracing)."""
-        if self.cache_root is None or self._frozen is None:
-            return
-        record = frozen_graph_record_path(self.cache_root, self._inputs_digest(self._frozen[0]))
-        text = hashlib.sha256(data).hexdigest() + "\n"
-        try:
-            making_folder(record, lambda: write_text_atomically(record, text))
-        except OSError as error:
-            log.debug("Frozen graph record %s not written: %s", record, error)
 
     def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> AnyPath:
         """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
@@ -139,9 +123,10 @@ class GraphExporter:
         """
         data = self._reused(path)
         if data is None:
-            data = self.frozen_graph_def().SerializeToString(deterministic=True)
+            data = self.frozen_graph_bytes()
             write_bytes_atomically(path, data)
-            self._remember(data)
+            if self.cache_root is not None:
+                self._kept.remember(self._key(), data)
         sidecar = metadata_path(path)
         document = self.classifier.metadata(step)
         document["graph_sha256"] = hashlib.sha256(data).hexdigest()

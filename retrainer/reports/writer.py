@@ -7,24 +7,24 @@ is raised), so a failure can be inspected. Each file is written atomically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
+import struct
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.cache.layout import picture_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.data.split import TESTING
-from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
-from retrainer.io.host import code_digest
-from retrainer.io.storage import AnyPath, is_url, read_bytes
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import AnyPath, is_url
 from retrainer.reports.html import Section, render_page
 from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.options import ReportOptions
 from retrainer.reports.plots import MATPLOTLIB_VERSION, confusion_matrix_png, training_curves_png
 from retrainer.reports.sections import run_sections
+from retrainer.training.events import EventFile
 
 log = logging.getLogger(__name__)
 
@@ -73,24 +73,9 @@ def draw_pictures(options: ReportOptions, labels: Sequence[str], history: Sequen
 
 def _drawn(cache_root: Optional[AnyPath], inputs: tuple[Any, ...],
            draw: Callable[[], bytes]) -> bytes:
-    """`draw()`, or the PNG it gave before for the same `inputs` (their repr; see
-    `draw_pictures`)."""
-    if cache_root is None or is_url(cache_root):
-        return draw()
-    text = repr((code_digest(), MATPLOTLIB_VERSION, inputs))
-    path = picture_path(cache_root, hashlib.sha256(text.encode()).hexdigest())
-    try:
-        data = read_bytes(path)
-        if data.startswith(_PNG_SIGNATURE):
-            return data
-    except OSError:
-        pass
-    data = draw()
-    try:
-        making_folder(path, lambda: write_bytes_atomically(path, data))
-    except OSError as error:  # a picture not kept is drawn again next time
-        log.debug("Picture %s not cached: %s", path, error)
-    return data
+    """`draw()`, or the PNG it gave before for the same `inputs` (see `draw_pictures`)."""
+    return Memo(cache_root, picture_path).get(memo_key(MATPLOTLIB_VERSION, inputs), draw,
+                                              lambda data: data.startswith(_PNG_SIGNATURE))
 
 
 def write_reports(result: Any, options: ReportOptions,
@@ -143,7 +128,17 @@ def write_metrics_file(result: Any, options: ReportOptions) -> None:
 
 
 def _write_image_summary(folder: AnyPath, png: bytes, step: int) -> None:
-    """The PNG as a TensorBoard image; the folder's previous event files are replaced."""
+    """The PNG as a TensorBoard image; the folder's previous event files are replaced (a local
+    folder without TensorFlow: `training.events`)."""
+    if not is_url(folder):
+        # training replaces the train/ and validation/ event files itself
+        events = EventFile(folder, replace=folder.name == "test")
+        width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR
+        events.image(CONFUSION_MATRIX_TAG, png, width, height, step)
+        events.close()
+        return
+    import tensorflow as tf
+
     if folder.name == "test":  # training replaces the train/ and validation/ event files itself
         for old_events in folder.glob("events.out.tfevents.*"):
             old_events.unlink()

@@ -22,7 +22,6 @@ from typing import Any, Optional
 import numpy as np
 
 from retrainer.data.split import TRAINING, VALIDATION
-from retrainer.training.fine_tune import image_features
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +193,8 @@ def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pas
     groups = train.labels if train.targets is None else train.targets
     if fine_tuning is None:
         return fit_novelty(train.features, groups, validation.features, pass_rate, seed)
+    from retrainer.training.fine_tune import image_features  # TensorFlow: the tuned extractor
+
     rows = _proportional_sample(groups if groups.ndim == 1 else rarest_labels(groups),
                                 MAX_REFERENCES, seed)
     tuned = image_features([splits.images[TRAINING][row].path for row in rows], extractor)

@@ -1,0 +1,99 @@
+"""Results kept by what they are made from, so a rerun that would make the same bytes reads them.
+
+The report's pictures, its heat maps and small records each live under a local --bottleneck_dir in
+a file named by a hash of their inputs (`key`): retrainer's own code, library versions and the
+data they show (`Memo`). Outputs written elsewhere (the frozen graph, the checkpoint) are kept
+where they are when a record says the same inputs wrote exactly those bytes (`KeptOutputs`).
+Writes are atomic; a value that cannot be read (missing, partial, foreign) is made again, and one
+that cannot be written costs a warning and the next run's time, never the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence
+
+from retrainer.io.atomic import making_folder, write_bytes_atomically
+from retrainer.io.host import code_digest
+from retrainer.io.storage import AnyPath, is_url, read_bytes
+
+log = logging.getLogger(__name__)
+
+
+def memo_key(*inputs: Any) -> str:
+    """SHA-256 of retrainer's code and the repr of `inputs` (plain values: str, numbers,
+    tuples, lists, bytes)."""
+    return hashlib.sha256(repr((code_digest(), inputs)).encode()).hexdigest()
+
+
+class Memo:
+    """One kind of kept result: `path_of(root, key)` is where the value of `key` lives
+    (`cache.layout`). Without a local root (None or a URL) nothing is kept."""
+
+    def __init__(self, root: Optional[os.PathLike[str] | str],
+                 path_of: Callable[[os.PathLike[str] | str, str], AnyPath]) -> None:
+        self.root = None if root is None or is_url(root) else root
+        self._path_of = path_of
+
+    def read(self, key: str, usable: Callable[[bytes], bool] = bool) -> Optional[bytes]:
+        """The bytes kept under `key` if `usable(data)`, else None."""
+        if self.root is None:
+            return None
+        try:
+            data = read_bytes(self._path_of(self.root, key))
+        except OSError:
+            return None
+        return data if usable(data) else None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Keep `data` under `key` (atomically); a failure is a warning."""
+        if self.root is None:
+            return
+        path = self._path_of(self.root, key)
+        try:
+            making_folder(path, lambda: write_bytes_atomically(path, data))
+        except OSError as error:
+            log.warning("Could not keep %s for the next run (it will be made again): %s",
+                        path, error)
+
+    def get(self, key: str, make: Callable[[], bytes],
+            usable: Callable[[bytes], bool] = bool) -> bytes:
+        """The bytes kept under `key`, or `make()`'s, then kept."""
+        data = self.read(key, usable)
+        if data is None:
+            data = make()
+            self.write(key, data)
+        return data
+
+
+class KeptOutputs:
+    """Output files a rerun need not write again: under `key` (a hash of what they are made
+    from) a record holds the SHA-256 of each file those inputs wrote, one line per file."""
+
+    def __init__(self, root: Optional[os.PathLike[str] | str],
+                 path_of: Callable[[os.PathLike[str] | str, str], AnyPath]) -> None:
+        self._records = Memo(root, path_of)
+
+    def read(self, key: str, paths: Sequence[os.PathLike[str] | str]) -> Optional[list[bytes]]:
+        """The bytes of the files at `paths` if they are what `key`'s inputs wrote, else None."""
+        if self._records.root is None or any(is_url(path) for path in paths):
+            return None
+        record = self._records.read(key)
+        if record is None:
+            return None
+        contents = []
+        for path in paths:
+            try:
+                with open(path, "rb") as stream:
+                    contents.append(stream.read())
+            except OSError:
+                return None
+        digests = [hashlib.sha256(data).hexdigest().encode() for data in contents]
+        return contents if record.split() == digests else None
+
+    def remember(self, key: str, contents: Sequence[bytes]) -> None:
+        """Record what `key`'s inputs wrote (a failed write is a warning)."""
+        self._records.write(key, b"".join(hashlib.sha256(data).hexdigest().encode() + b"\n"
+                                          for data in contents))
