@@ -175,3 +175,28 @@ def thumbnails_with_copies(fashion_mnist_dir):
     vectors = np.stack([(grey + grey[:, ::-1]).ravel() + 1.0 for grey in small])
     digests = [f"{index:064x}" for index in range(len(pictures))]
     return digests, vectors, thumbnails, hashes
+
+
+@SETTINGS
+@given(row_sets(max_rows=30), st.integers(0, 2**16))
+def test_conditions_find_every_pair_equal_in_all_parts_of_one(rows, seed):
+    """Two conditions (A and B, or A and C): a pair whose rows are equal in A and in B, or in A
+    and in C, shares every bucket of that condition's tables, so it is always a candidate;
+    block scoring and pair-by-pair scoring give the same candidates."""
+    rng = np.random.default_rng(seed)
+    second = rng.integers(0, 2, (len(rows), 3)).astype(np.float32)
+    third = rng.integers(0, 2, (len(rows), 2)).astype(np.float32)
+    conditions = [[lsh.Part(rows, None, 0.05), lsh.Part(second, None, 0.05)],
+                  [lsh.Part(rows, None, 0.05), lsh.Part(third, None, 0.05)]]
+    found = candidates(conditions)
+    assert len(found) == len(set(found))
+    expected = {(i, j) for i in range(len(rows)) for j in range(i + 1, len(rows))
+                if np.array_equal(rows[i], rows[j])
+                and (np.array_equal(second[i], second[j]) or np.array_equal(third[i], third[j]))}
+    assert expected <= set(found)
+    saved = lsh.BLOCK_PAIRS
+    try:
+        lsh.BLOCK_PAIRS = 1  # every bucket as a matrix product
+        assert sorted(candidates(conditions)) == sorted(found)
+    finally:
+        lsh.BLOCK_PAIRS = saved
