@@ -143,11 +143,11 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 
 def _kth_distance(features: np.ndarray, references: np.ndarray, k: int) -> np.ndarray:
-    """float32 [N]: 1 - the k-th largest cosine similarity of each row to the references."""
-    queries = _unit(np.asarray(features, np.float32))
-    scores = np.empty(len(queries), np.float32)
-    for start in range(0, len(queries), _CHUNK):
-        similarity = queries[start:start + _CHUNK] @ references.T
+    """float32 [N]: 1 - the k-th largest cosine similarity of each row to the references
+    (rows normalised _CHUNK at a time: no whole copy of `features`)."""
+    scores = np.empty(len(features), np.float32)
+    for start in range(0, len(features), _CHUNK):
+        similarity = _unit(np.asarray(features[start:start + _CHUNK], np.float32)) @ references.T
         kth = -np.partition(-similarity, k - 1, axis=1)[:, k - 1]
         scores[start:start + _CHUNK] = 1.0 - kth
     return scores
