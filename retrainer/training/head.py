@@ -5,6 +5,8 @@ Two solvers (docs/training.md):
   split (training/convex.py), in numpy: no TensorFlow;
 - "sgd": retrain.py's loop -- plain SGD on random class-balanced batches -- in TensorFlow
   (training/sgd_head.py), imported only when asked for.
+The checkpoint (training/checkpoint.py) and TensorBoard files (training/events.py) need
+TensorFlow only when they cannot be kept or written without it.
 Takes arrays of features, never cache paths, so later stages (distortions, fine-tuning) can feed
 freshly computed features instead. The layer's outputs are softmax probabilities, or sigmoid ones
 for a multi-label objective (training/objectives.py). The stage's data types live in
@@ -18,7 +20,9 @@ import logging
 import time
 from typing import Callable, Optional
 
+from retrainer.training.checkpoint import write_checkpoint
 from retrainer.training.convex import fit_head
+from retrainer.training.events import write_path_summaries
 from retrainer.training.head_types import (
     EvalPoint,
     FeatureSet,
@@ -66,9 +70,8 @@ def train_head(
         kept_steps = config.steps if result.best_step is None else result.best_step + 1
         if config.solver == "lbfgs":
             kept_steps = result.final.step
-        from retrainer.training.head_layer import write_checkpoint
-
-        write_checkpoint(result.head, kept_steps, config.checkpoint_path)
+        write_checkpoint(result.head.weights, result.head.biases, kept_steps,
+                         config.checkpoint_path, config.cache_root)
     return dataclasses.replace(result, seconds=time.perf_counter() - started)
 
 
@@ -87,8 +90,5 @@ def _train_convex(train: FeatureSet, validation: FeatureSet, num_classes: int,
         history.append(EvalPoint(iterations, point.train_accuracy, point.train_cross_entropy,
                                  point.validation_accuracy, len(validation) if len(validation)
                                  else 0, point.validation_cross_entropy))
-    if config.summaries_dir is not None:
-        from retrainer.training.summaries import write_path_summaries
-
-        write_path_summaries(config.summaries_dir, fit.path, history)
+    write_path_summaries(config.summaries_dir, fit.path, history)
     return TrainingResult(head, tuple(history), 0.0, None, fit.path, fit.chosen)

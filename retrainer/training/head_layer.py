@@ -8,8 +8,6 @@ variables `final_weights` and `final_biases` train in place and freeze into the 
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -56,9 +54,3 @@ def initial_head(vector_size: int, num_classes: int, seed: int,
         [vector_size, num_classes], stream_seed(seed, INIT_STREAM), stddev=INIT_STDDEV)
     return Head(weights.numpy(), np.zeros(num_classes, np.float32), objective)
 
-
-def write_checkpoint(head: Head, steps: int, path: os.PathLike[str] | str) -> None:
-    """retrain.py's --checkpoint_path: the layer and its step count in TensorFlow's checkpoint
-    format, so `tf.train.Checkpoint(head=HeadLayer(...))` restores it."""
-    tf.train.Checkpoint(head=HeadLayer(head), step=tf.Variable(steps, dtype=tf.int64)).write(
-        os.fspath(path))

@@ -71,6 +71,7 @@ class TrainingConfig:
     seed: int
     summaries_dir: Optional[AnyPath] = None
     checkpoint_path: Optional[AnyPath] = None
+    cache_root: Optional[AnyPath] = None  # --bottleneck_dir: records which checkpoints it holds
     regularization: Regularization = Regularization()
     early_stopping_patience: int = 0  # evaluations without improvement; 0 = no early stopping
     solver: str = "sgd"
