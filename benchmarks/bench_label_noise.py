@@ -61,7 +61,7 @@ def dataset_vectors(root: Path, cache: Path) -> tuple[np.ndarray, np.ndarray, li
 def label_models() -> dict[str, Callable[[np.ndarray, np.ndarray, int], list]]:
     """name -> (vectors, labels, classes) -> the LabelIssue list of that variant."""
     from retrainer.audit import label_issues
-    from retrainer.audit.neighbours import principal_components
+    from retrainer.audit.neighbours import one_blas_thread, principal_components
 
     def fixed(fit: Callable[[np.ndarray, np.ndarray, int], tuple]) -> Callable:
         """The audit's folds and features, each fold fitted by `fit` at OLD_L2."""
@@ -76,7 +76,11 @@ def label_models() -> dict[str, Callable[[np.ndarray, np.ndarray, int], list]]:
         return model
 
     def numpy_fit(features: np.ndarray, labels: np.ndarray, classes: int) -> tuple:
-        return label_issues.softmax_regression(features, labels, classes, OLD_L2)
+        from retrainer.training.solver import fit_layer
+
+        with one_blas_thread():
+            fit = fit_layer(features, labels, classes, OLD_L2, options=label_issues.SOLVER)
+        return fit.weights, fit.biases
 
     def head_fit(features: np.ndarray, labels: np.ndarray, classes: int) -> tuple:
         from retrainer.training.convex import ConvexConfig, fit_head

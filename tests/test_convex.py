@@ -12,14 +12,10 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 from threadpoolctl import threadpool_limits
 
-from retrainer.training import convex
-from retrainer.training.convex import (
-    MIN_RELATIVE_SCALE,
-    NO_VALIDATION_L2,
-    ConvexConfig,
-    fit_head,
-)
+from retrainer.training import solver
+from retrainer.training.convex import NO_VALIDATION_L2, ConvexConfig, fit_head
 from retrainer.training.objectives import SIGMOID
+from retrainer.training.solver import MIN_RELATIVE_SCALE
 from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
 
 
@@ -100,8 +96,8 @@ def test_a_split_in_many_chunks_reaches_the_same_optimum(pixels, monkeypatch, ke
     features, labels = pixels[0][:700], pixels[1][:700]
     config = ConvexConfig(l2_path=(1e-2, 1e-3), path_rows=400)  # the sample: rows picked
     whole = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
-    monkeypatch.setattr(convex, "CHUNK_VALUES", 10 * 64)  # 64 rows a chunk: 10 and 2 chunks
-    monkeypatch.setattr(convex, "KEEP_CLASSES", keep_classes)
+    monkeypatch.setattr(solver, "CHUNK_VALUES", 10 * 64)  # 64 rows a chunk: 10 and 2 chunks
+    monkeypatch.setattr(solver, "KEEP_CLASSES", keep_classes)
     chunked = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
     sample = np.sort(np.random.default_rng(0).permutation(600)[:400])
     scale = training_scale(features[:600][sample].astype(np.float64))  # the path's statistics

@@ -99,6 +99,46 @@ def test_each_precision_is_stable_run_to_run_and_close_to_float32(lite0, lite0_i
             assert error > 0, precision  # really computed differently
 
 
+def test_a_kept_int8_model_runs_without_tensorflow(lite0_int8, fashion_mnist_dir, tmp_path):
+    """The engine's converted model, kept by an earlier run, gives the same vectors in a process
+    where TensorFlow cannot be imported (the int8 extraction can run while TensorFlow loads);
+    a damaged or missing file gives None (the engine is then built and converts again)."""
+    import subprocess
+    import sys
+
+    from retrainer.engines.int8 import Int8Engine
+
+    pixels = _pixels(sorted(fashion_mnist_dir.rglob("*.png"))[:12])
+    expected = lite0_int8(pixels)
+    assert lite0_int8.model_path is not None and lite0_int8.model_path.is_file()
+    np.save(tmp_path / "pixels.npy", pixels)
+    script = (
+        "import sys\n"
+        "sys.modules['tensorflow'] = None  # any import of TensorFlow fails\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from types import SimpleNamespace\n"
+        "from retrainer.engines.int8 import Int8Engine\n"
+        "engine_id, path, folder = sys.argv[1:]\n"
+        "spec = SimpleNamespace(id=engine_id, vector_size=1280)  # the kept record's fields\n"
+        "engine = Int8Engine.from_kept_model(spec, Path(path), 2)\n"
+        "np.save(Path(folder) / 'vectors.npy', engine(np.load(Path(folder) / 'pixels.npy')))\n"
+        "assert engine.spec is spec and engine.model_path == Path(path)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, lite0_int8.spec.id,
+                           str(lite0_int8.model_path), str(tmp_path)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "vectors.npy"), expected)
+
+    damaged = tmp_path / lite0_int8.model_path.name
+    damaged.write_bytes(lite0_int8.model_path.read_bytes()[:-100])
+    sidecar = lite0_int8.model_path.with_name(lite0_int8.model_path.name + ".sha256")
+    damaged.with_name(damaged.name + ".sha256").write_bytes(sidecar.read_bytes())
+    assert Int8Engine.from_kept_model(lite0_int8.spec, damaged, 2) is None
+    assert Int8Engine.from_kept_model(lite0_int8.spec, tmp_path / "gone.tflite", 2) is None
+
+
 def test_int8_calibration_is_data_independent(lite0, lite0_int8, fashion_mnist_dir,
                                               fashion_mnist_holdout_dir, tmp_path):
     """A fresh engine, used on another dataset, gives the same vectors for the shared image."""

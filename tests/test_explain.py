@@ -4,6 +4,7 @@ EfficientNet-Lite0, peak coordinates on resized and rotated inputs, safe file na
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -150,15 +151,13 @@ def test_tflite_onnx_and_other_extractors_exit_2(deployed_run, lite_models, tmp_
 
 
 def test_report_section_pairs_each_image_with_its_heat_map(lite_models, tmp_path):
-    import tensorflow as tf
-
     from retrainer.reports.explanations import Explained, explanation_section
 
-    graph_def = tf.compat.v1.GraphDef.FromString((lite_models / "graph.pb").read_bytes())
+    graph = (lite_models / "graph.pb").read_bytes()
     images = [Explained(write_photo(tmp_path / f"{index}.jpg", (48, 80)), f"x/<b>{index}.jpg",
                         "a", "b" if index else "a") for index in range(3)]
     images.append(Explained(tmp_path / "gone.jpg", "x/gone.jpg", "a", "a"))  # deleted since
-    section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
+    section = explanation_section(lambda: graph, "Placeholder:0", "final_result:0",
                                   "efficientnet_lite0", (SIZE, SIZE), images, 2)
     assert section.id == "explanations"
     assert section.body.count('<figure class="pair">') == 3
@@ -167,21 +166,20 @@ def test_report_section_pairs_each_image_with_its_heat_map(lite_models, tmp_path
     assert "over 2 misclassified test images" in section.body
 
 
-def test_report_heat_maps_are_cached_by_graph_and_pixels(lite_models, tmp_path):
+def test_report_heat_maps_are_cached_by_graph_and_pixels(lite_models, tmp_path, caplog):
     """A rerun with the same frozen graph and images reads the maps back; a damaged cache file
-    is computed again; other images (or another graph) get their own file."""
-    import tensorflow as tf
-
+    is computed again; other images (or another graph) get their own file; a cache that cannot
+    be written is a warning."""
     from retrainer.reports.explanations import Explained, explanation_section
 
-    graph_def = tf.compat.v1.GraphDef.FromString((lite_models / "graph.pb").read_bytes())
+    graph = (lite_models / "graph.pb").read_bytes()
     images = [Explained(write_photo(tmp_path / f"{index}.jpg", (48, 80)), f"{index}.jpg", "a",
                         "b" if index else "a") for index in range(2)]
     cache = tmp_path / "cache"
 
-    def gallery(chosen):
-        section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
-                                      "efficientnet_lite0", (SIZE, SIZE), chosen, 1, cache)
+    def gallery(chosen, root=cache):
+        section = explanation_section(lambda: graph, "Placeholder:0", "final_result:0",
+                                      "efficientnet_lite0", (SIZE, SIZE), chosen, 1, root)
         return section.body.split('<div class="gallery">')[1]
 
     first = gallery(images)
@@ -196,6 +194,11 @@ def test_report_heat_maps_are_cached_by_graph_and_pixels(lite_models, tmp_path):
     assert np.array_equal(np.load(stored), maps)
     gallery(images[:1])
     assert len(list((cache / "heat-maps-v1").rglob("*.maps"))) == 2
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    with caplog.at_level(logging.WARNING):
+        assert gallery(images, blocked) == first
+    assert any("made again" in record.getMessage() for record in caplog.records)
 
 
 def test_report_says_why_there_are_no_heat_maps(deployed_run):
@@ -281,8 +284,8 @@ def test_report_section_notes_a_model_it_cannot_explain(tmp_path, caplog):
 
     graph_def = _frozen_graph(lambda tf, images: tf.reshape(images, [-1, 8 * 8 * 3]), 8)
     images = [Explained(write_photo(tmp_path / "a.jpg", (8, 8)), "x/a.jpg", "a", "a")]
-    section = explanation_section(lambda: graph_def, "Placeholder:0", "final_result:0",
-                                  "keras:Flat", (8, 8), images, 1)
+    section = explanation_section(lambda: graph_def.SerializeToString(), "Placeholder:0",
+                                  "final_result:0", "keras:Flat", (8, 8), images, 1)
     assert "No heat maps: cannot explain the trained model" in section.body
     assert "<figure" not in section.body
     assert [record.levelname for record in caplog.records

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
@@ -85,3 +87,19 @@ def test_a_rerun_with_the_same_inputs_reuses_the_written_graph_untraced(tiny_ext
     assert retrained._traced is not None
     written = tf.compat.v1.GraphDef.FromString(graph.read_bytes())
     assert not np.allclose(run(written, images), before)
+    for record in (cache / "frozen-graphs-v1").rglob("*.sha256"):  # damaged records: traced again
+        record.write_bytes(b"not a digest")
+    damaged_record = exporter(("a", "b", "z"))
+    damaged_record.write_graph(graph)
+    assert damaged_record._traced is not None
+
+
+def test_an_unwritable_record_is_a_warning_not_a_failure(tiny_extractor, tmp_path, caplog):
+    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    exporter = GraphExporter(Classifier(tiny_extractor, head, ("a", "b"), "final_result"), blocked)
+    with caplog.at_level(logging.WARNING):
+        exporter.write_graph(tmp_path / "graph.pb")
+    assert tf.compat.v1.GraphDef.FromString((tmp_path / "graph.pb").read_bytes()).node
+    assert any("made again" in record.getMessage() for record in caplog.records)

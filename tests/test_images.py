@@ -230,3 +230,28 @@ def test_parallel_threads_decode_the_same_pixels(corpus, fashion_mnist_dir):
         parallel = list(pool.map(lambda path: load_image(path, (64, 48)), paths))
     for one, other in zip(sequential, parallel):
         np.testing.assert_array_equal(one, other)
+
+
+def test_decode_files_gives_each_file_its_own_pixels_in_order(corpus, fashion_mnist_dir):
+    """`decode_files` (the export report's, int8 calibration's and test-time augmentation's
+    decoder): row i is file i as `load_image` decodes it, across batches; unusable files are black
+    rows marked not decoded, and never stop the others."""
+    from retrainer.data.batches import DECODE_BATCH, decode_files
+
+    usable = ["rgb.jpg", "cmyk.jpg", "rgba.png", "grey.png", "exif_rotated.jpg", "animated.gif"]
+    unusable = ["empty.jpg", "truncated.png", "text.jpg"]
+    fashion = sorted(fashion_mnist_dir.rglob("*.png"))[:DECODE_BATCH]
+    paths = [corpus[name] for name in [*usable, *unusable]] * 3 + fashion
+    size = (24, 40)
+    pixels, ok = decode_files(paths, size)
+    assert pixels.shape == (len(paths), *size, 3) and pixels.dtype == np.uint8
+    for row, path in enumerate(paths):
+        try:
+            expected = load_image(path, size)
+        except UnreadableImageError:
+            assert not ok[row] and not pixels[row].any(), path
+        else:
+            assert ok[row] and np.array_equal(pixels[row], expected), path
+    assert ok.sum() == 3 * len(usable) + len(fashion)
+    empty_pixels, empty_ok = decode_files([], size)
+    assert empty_pixels.shape == (0, *size, 3) and empty_ok.shape == (0,)

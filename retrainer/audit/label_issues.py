@@ -2,7 +2,7 @@
 
 Each image's class probabilities come from a softmax regression that never saw it (k folds,
 trained on the cached vectors reduced to their top principal components, standardised: the head's
-convex objective, in float64 numpy). Its L2 penalty is chosen, not fixed: along a path from
+convex objective and solver, training/solver.py). Its L2 penalty is chosen, not fixed: along a path from
 strong to weak, the penalty whose out-of-fold probabilities give the given labels the lowest
 cross entropy (the best estimate of p(given label | image), which is what judging a label
 needs; a fixed penalty makes a model trained on a dozen images certain of its mistakes, and
@@ -11,11 +11,11 @@ folds' models are fitted on a seeded sample of that many: each row is still judg
 that never saw it (a row outside the sample by its fold's), and the cost stops growing with N.
 An image is flagged when the most probable class out of fold (its suggestion) is another than
 its label, by odds of at least MIN_ODDS to 1: with the penalty chosen for honest probabilities,
-odds with a meaning, whatever the number of classes. (Confident learning's per-class thresholds, Northcutt et
-al. 2021, with a margin of 0.8 were the rule before: on label flips injected into real images
-it found fewer flips at lower precision; measured: docs/audit.md.) Classes of fewer than
-MIN_CLASS_IMAGES images take no part: a fold's model has seen too few of them to doubt a label
-or suggest one (as cleanlab's `min_examples_per_class`).
+odds with a meaning, whatever the number of classes. (Confident learning's per-class
+thresholds, Northcutt et al. 2021, with a margin of 0.8 were the rule before: on label flips
+injected into real images it found fewer flips at lower precision; measured: docs/audit.md.)
+Classes of fewer than MIN_CLASS_IMAGES images take no part: a fold's model has seen too few of
+them to doubt a label or suggest one (as cleanlab's `min_examples_per_class`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import dataclasses
 from typing import Optional, Union
 
 import numpy as np
-from scipy.optimize import minimize
 
 from retrainer.audit.neighbours import one_blas_thread, principal_components
+from retrainer.training.solver import LayerFit, SolverOptions, Standardization, fit_layer
 
 FOLDS = 5
 DIMENSIONS = 64
@@ -38,8 +38,8 @@ MAX_ITERATIONS = 100
 MIN_ODDS = 20.0  # p(suggested) / p(given), at least, of a reported issue
 MIN_CLASS_IMAGES = 5  # each fold's model then trained on at least 4 images of a flagged class
 TOLERANCE = 1e-5  # relative change of the loss at which a fit has converged
-MIN_RELATIVE_SCALE = 0.1  # no feature scaled by less than this x the median's spread (as the head)
 CHUNK_ROWS = 16384  # rows of probabilities computed at once (128 MB at 1,000 classes)
+SOLVER = SolverOptions(max_iterations=MAX_ITERATIONS, tolerance=TOLERANCE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +118,21 @@ def _penalty_path(features: np.ndarray, labels: np.ndarray, folds: np.ndarray,
     """(penalty, per-fold layers) of L2_PATH's best out-of-fold cross entropy; each fold's fits
     warm-started from its previous penalty's, stopping after PATIENCE penalties without a better
     one. A fold without held-out or without training rows gets None."""
-    trainable = [(folds == fold).any() and not (folds == fold).all() for fold in range(FOLDS)]
+    training = [folds != fold if (folds == fold).any() and not (folds == fold).all() else None
+                for fold in range(FOLDS)]
+    statistics = [None if rows is None else Standardization.of(features[rows])
+                  for rows in training]
+    fits: list[Optional[LayerFit]] = [None] * FOLDS
     layers: list[Optional[Layer]] = [None] * FOLDS
     best: tuple[float, float, list[Optional[Layer]]] = (np.inf, L2_PATH[0], layers)
     since_best = 0
     for l2 in L2_PATH:
-        layers = [softmax_regression(features[folds != fold], labels[folds != fold],
-                                     num_classes, l2, start=layers[fold])
-                  if trainable[fold] else None for fold in range(FOLDS)]
+        with one_blas_thread():  # small products: threads would only spin against each other
+            fits = [None if rows is None else fit_layer(
+                        features[rows], labels[rows], num_classes, l2,
+                        start=None if fit is None else fit.state, statistics=stats, options=SOLVER)
+                    for rows, stats, fit in zip(training, statistics, fits)]
+        layers = [None if fit is None else (fit.weights, fit.biases) for fit in fits]
         model = OutOfFold(features, folds, tuple(layers), num_classes, l2, np.zeros(0, np.int64))
         cross_entropy = sum(
             -float(np.sum(np.log(np.maximum(
@@ -146,58 +153,6 @@ def out_of_fold_probabilities(
     """Each row's class probabilities from a softmax regression trained without that row:
     float64 [N, C], each row summing to 1 (`fit_out_of_fold`, every row at once)."""
     return fit_out_of_fold(vectors, labels, num_classes, seed)[:]
-
-
-def softmax_regression(features: np.ndarray, labels: np.ndarray, num_classes: int,
-                       l2: float, start: Optional[Layer] = None) -> Layer:
-    """The layer minimising mean cross entropy + l2 x |weights|^2 on the standardised
-    features (L-BFGS-B, at most MAX_ITERATIONS steps), as float32 weights [D, C] and biases [C]
-    on the features as given. Losses and gradients are summed CHUNK_ROWS rows at a time (no
-    [N, C] array).
-
-    Args:
-        features: float32 [N, D], N >= 1.
-        labels: int64 [N] class indices below `num_classes`.
-        num_classes: C.
-        l2: the penalty.
-        start: a layer on the same features to start from (a warm start), else zeros.
-    """
-    mean = features.mean(axis=0, dtype=np.float64)
-    scale = features.std(axis=0, dtype=np.float64)
-    floor = MIN_RELATIVE_SCALE * np.sort(scale)[len(scale) // 2] if len(scale) else 0.0
-    scale = np.where(scale > 1e-6, np.maximum(scale, floor), 1.0)
-    standard = ((features - mean) / scale).astype(np.float32)
-    count, dims = features.shape
-    chunks = _chunks(count)
-    initial = np.zeros((dims + 1) * num_classes)
-    if start is not None:  # the same layer on the standardised features
-        initial[:dims * num_classes] = (start[0] * scale[:, np.newaxis]).ravel()
-        initial[dims * num_classes:] = start[1] + mean @ start[0]
-
-    def loss_and_gradient(params: np.ndarray) -> tuple[float, np.ndarray]:
-        weights = params[:dims * num_classes].reshape(dims, num_classes)
-        loss = l2 * float(np.sum(weights * weights)) * count
-        gradient_weights, gradient_biases = 2 * l2 * count * weights, np.zeros(num_classes)
-        for rows in chunks:
-            logits = standard[rows] @ weights + params[-num_classes:]
-            logits -= logits.max(axis=1, keepdims=True)
-            error = np.exp(logits)
-            totals = error.sum(axis=1)
-            given = np.arange(len(logits)), labels[rows]
-            loss += float(np.sum(np.log(totals) - logits[given]))
-            error /= totals[:, np.newaxis]
-            error[given] -= 1.0  # softmax - one-hot: the logits' gradient
-            gradient_weights += standard[rows].T @ error
-            gradient_biases += error.sum(axis=0)
-        return loss / count, np.concatenate([gradient_weights.ravel(), gradient_biases]) / count
-
-    with one_blas_thread():  # small products: threads would only spin against each other
-        solution = minimize(loss_and_gradient, initial, jac=True,
-                            method="L-BFGS-B", options={"maxiter": MAX_ITERATIONS,
-                                                        "ftol": TOLERANCE, "gtol": 1e-9})
-    weights = solution.x[:dims * num_classes].reshape(dims, num_classes) / scale[:, np.newaxis]
-    return (weights.astype(np.float32),
-            (solution.x[-num_classes:] - mean @ weights).astype(np.float32))
 
 
 def find_label_issues(probabilities: Union[np.ndarray, OutOfFold],

@@ -24,8 +24,9 @@ from retrainer.classify.frozen_graph import read_sidecar
 from retrainer.classify.saved_model import SIGNATURE
 from retrainer.data.decoding import UnreadableImageError
 from retrainer.errors import ModelError, UsageError
-from retrainer.explain.gradcam import Explanation, GradCam, require_explainable
+from retrainer.explain.gradcam import Explanation, GradCam
 from retrainer.explain.heatmap import HeatmapNames, image_overlay
+from retrainer.explain.scope import require_explainable
 from retrainer.formats.frozen_graph import load_frozen_graph, read_graph_file
 from retrainer.formats.graph_contract import (
     METADATA_SUFFIX,

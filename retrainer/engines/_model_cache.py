@@ -33,7 +33,7 @@ def model_path(extractor_id: str, kind: str, key_parts: tuple[str, ...]) -> Path
 
 def cached_model(path: Path, build: Callable[[], bytes]) -> bytes:
     """The model at `path` if whole, else `build()` (and stored there for the next run)."""
-    model = _load(path)
+    model = kept_model(path)
     if model is not None:
         return model
     model = build()
@@ -47,7 +47,8 @@ def cached_model(path: Path, build: Callable[[], bytes]) -> bytes:
     return model
 
 
-def _load(path: Path) -> Optional[bytes]:
+def kept_model(path: Path) -> Optional[bytes]:
+    """The model an earlier run kept at `path`, if whole (its digest matches); else None."""
     try:
         model = path.read_bytes()
         expected = _digest_path(path).read_text().strip()

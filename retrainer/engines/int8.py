@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.data.decoding import decode_image
-from retrainer.engines._model_cache import cached_model, model_path
+from retrainer.engines._model_cache import cached_model, kept_model, model_path
 from retrainer.engines.base import INT8, Engine, precision_spec
 from retrainer.errors import UsageError
-from retrainer.extractors import FeatureExtractor
 from retrainer.formats.tflite import full_integer_model, new_interpreter
+
+if TYPE_CHECKING:  # TensorFlow: imported only to convert a model, never to run a kept one
+    from retrainer.extractors import ExtractorSpec, FeatureExtractor
 
 CALIBRATION_DIR = Path(__file__).resolve().parent / "calibration"
 # XNNPACK's int8 kernels ran fastest at 8 images per invoke on 2 cores (benchmarks/bench_extractor.py).
@@ -74,23 +75,43 @@ class Int8Engine(Engine):
         """The engine of `extractor`; its model is converted (or read from the cache) on the
         first call: a run whose vectors are all cached needs only the id, never the model."""
         self.spec = precision_spec(extractor.spec, f"{MODEL_FORMAT}-{calibration_digest()[:8]}")
-        self._extractor = extractor
+        self._extractor: Optional[FeatureExtractor] = extractor
         self._threads = threads
         self._interpreter: Any = None
         self._rows = 0
+        self.model_path: Optional[Path] = None  # the cached .tflite, once loaded
+
+    @classmethod
+    def from_kept_model(cls, spec: ExtractorSpec, path: Path, threads: int
+                        ) -> Optional[Int8Engine]:
+        """The engine whose converted model an earlier run kept at `path` (`model_path`), with
+        this engine's `spec`; loaded and run without TensorFlow. None when the file is gone or
+        damaged (the caller then builds the engine from its extractor)."""
+        model = kept_model(path)
+        if model is None:
+            return None
+        engine = cls.__new__(cls)
+        engine.spec, engine._extractor, engine._threads, engine._rows = spec, None, threads, 0
+        engine._start(model, path)
+        return engine
 
     def _load(self) -> None:
-        spec = self._extractor.spec
-        path = _model_path(self._extractor, self.spec.id)
+        assert self._extractor is not None  # an engine from a kept model is loaded already
+        extractor = self._extractor
+        path = _model_path(extractor, self.spec.id)
         try:
-            model = cached_model(path, lambda: _converted(self._extractor))
+            model = cached_model(path, lambda: _converted(extractor))
         except Exception as error:  # the converter raises several unrelated types
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UsageError(
-                f"--extractor_precision int8 is not available for extractor {spec.name!r}: "
-                f"TFLite cannot convert it to int8 ({reason[:300]}). "
+                f"--extractor_precision int8 is not available for extractor "
+                f"{extractor.spec.name!r}: TFLite cannot convert it to int8 ({reason[:300]}). "
                 "Use --extractor_precision float32 or bfloat16."
             ) from None
+        self._start(model, path)
+
+    def _start(self, model: bytes, path: Path) -> None:
+        self.model_path = path
         self._interpreter = new_interpreter(model, self._threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
@@ -115,6 +136,8 @@ class Int8Engine(Engine):
 
 def _converted(extractor: FeatureExtractor) -> bytes:
     """The extractor as a full-integer model calibrated on the shipped photos (seconds)."""
+    import tensorflow as tf
+
     height, width = extractor.spec.input_size
     features = tf.function(
         extractor.__call__, input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)]
@@ -137,6 +160,8 @@ def input_quantization(model: bytes) -> tuple[float, int]:
 
 def _model_path(extractor: FeatureExtractor, engine_id: str) -> Path:
     """The cached model's path, keyed by all that decides its bytes."""
+    import tensorflow as tf
+
     weights = hashlib.sha256()
     for variable in extractor.variables:
         weights.update(variable.name.encode() + b"\0" + variable.numpy().tobytes())

@@ -21,36 +21,13 @@ unclipped sum, so a peak is always defined.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections import deque
 from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
-from retrainer.errors import ModelError, UsageError
-
-EXPLAINABLE = "the built-in EfficientNet-Lite models (efficientnet_lite0/1/2) and keras: backbones"
-_EXPLAINABLE_NAME = re.compile(r"^(efficientnet_lite\d+|keras:.+)$", re.IGNORECASE)
-
-
-def explainable(extractor: str | None) -> bool:
-    """True for the extractors whose last block is a spatial map of the image (`EXPLAINABLE`)."""
-    return extractor is not None and bool(_EXPLAINABLE_NAME.match(extractor))
-
-
-def require_explainable(extractor: str | None, source: str) -> None:
-    """Raise unless `extractor` (the name a graph's metadata records) can be explained.
-
-    Raises:
-        UsageError: naming the extractor and those that can be explained.
-    """
-    if not explainable(extractor):
-        built = "an unknown extractor" if extractor is None else f"extractor {extractor!r}"
-        raise UsageError(
-            f"--explain: {source} was built on {built}; heat maps are made for {EXPLAINABLE}. "
-            "Drop --explain, or retrain with one of them"
-        )
+from retrainer.errors import ModelError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +36,7 @@ class Explanation:
 
     Attributes:
         probabilities: float32 [N, C], the graph's output.
-        classes: int64 [N], the explained (top) class of each image.
+        classes: int64 [N], the explained class of each image (its top class unless given).
         maps: float32 [N, h, w] in [0, 1], the heat maps at the feature map's resolution.
         novelty: float32 [N], the graph's novelty output (None when it has none).
     """
@@ -93,7 +70,7 @@ class GradCam:
                 "feeds its output, and no map of more than one cell precedes it"
             )
         with graph.as_default():
-            score = _logits(probabilities)
+            score = logits_of(probabilities)
             self.classes = tf.argmax(probabilities, axis=1)
             chosen = tf.gather(score, self.classes, axis=1, batch_dims=1)
             (gradients,) = tf.gradients(tf.reduce_sum(chosen), [feature_map])
@@ -117,18 +94,22 @@ class GradCam:
                    graph.get_tensor_by_name(output_name), source,
                    None if novelty_name is None else graph.get_tensor_by_name(novelty_name))
 
-    def explain(self, images: np.ndarray) -> Explanation:
+    def explain(self, images: np.ndarray, classes: Optional[np.ndarray] = None) -> Explanation:
         """Classify and explain a batch.
 
         Args:
             images: float32 [N, H, W, 3] as the graph takes them (RGB in [0, 1]).
+            classes: int64 [N], the class to explain for each image; None: its top class.
 
         Returns:
             Explanation of the batch.
         """
         fetches = [self.probabilities, self.classes, self.raw_maps]
+        feeds = {self.images: images}
+        if classes is not None:
+            feeds[self.classes] = np.asarray(classes, np.int64)
         values = self._session.run(fetches + ([] if self.novelty is None else [self.novelty]),
-                                   {self.images: images})
+                                   feeds)
         probabilities, classes, raw = values[:3]
         return Explanation(probabilities, classes, np.stack([normalized(m) for m in raw]),
                            values[3] if len(values) > 3 else None)
@@ -157,7 +138,7 @@ def last_pooled_map(output: Any) -> Any:
     a single cell has no "where", so the nearest earlier map with more than one cell on the
     image's path is explained instead (coarser evidence, but still the deployed weights').
     """
-    pool = _nearest(output.op, _is_global_pool)
+    pool = _nearest(output.op, is_global_pool)
     if pool is None:
         return None
     if _cells(pool.inputs[0]) > 1:
@@ -173,7 +154,8 @@ def last_pooled_map(output: Any) -> Any:
 _PADDING = frozenset({"Pad", "PadV2", "MirrorPad"})
 
 
-def _is_global_pool(op: Any) -> bool:
+def is_global_pool(op: Any) -> bool:
+    """`op` is a `Mean` over axes [1, 2] of a rank-4 map: a global average pool."""
     if op.type != "Mean" or len(op.inputs) != 2 or op.inputs[0].shape.rank != 4:
         return False
     axes = tf.get_static_value(op.inputs[1])
@@ -212,8 +194,8 @@ def _downstream_of_inputs(graph: Any) -> set[Any]:
     return reached
 
 
-def _logits(probabilities: Any) -> Any:
-    """The logits behind `probabilities`: the input of the Softmax (or a multi-label head's
+def logits_of(probabilities: Any) -> Any:
+    """The class scores behind `probabilities`: the input of the Softmax (or a multi-label head's
     Sigmoid) reached through Identity ops; else `probabilities` itself."""
     op = probabilities.op
     while op.type == "Identity":

@@ -23,11 +23,12 @@ import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
 from retrainer.cache.layout import frozen_graph_record_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
 from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
-from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
-from retrainer.io.host import code_digest
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.host import tensorflow_version
 from retrainer.io.storage import AnyPath, as_path, is_url
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class GraphExporter:
         self._traced: Any = None
         self._frozen: Optional[tuple[str, tf.compat.v1.GraphDef]] = None
         self._variables: Optional[tuple[tf.Variable, ...]] = None  # found once: a slow walk
+        self._records = Memo(self.cache_root, frozen_graph_record_path)
         if self.cache_root is None:
             self._concrete()  # a clashing --final_tensor_name is a usage error at once
 
@@ -79,6 +81,10 @@ class GraphExporter:
             self._frozen = (state, graph_def)
         return self._frozen[1]
 
+    def frozen_graph_bytes(self) -> bytes:
+        """`frozen_graph_def()` serialized (deterministically, as `write_graph` writes it)."""
+        return self.frozen_graph_def().SerializeToString(deterministic=True)
+
     def _variables_digest(self) -> str:
         """SHA-256 of every variable's name, shape and current value (tens of ms)."""
         if self._variables is None:
@@ -93,10 +99,8 @@ class GraphExporter:
     def _inputs_digest(self, state: str) -> str:
         """What the frozen graph is made from: the code, TensorFlow, the variables (`state`) and
         the metadata (tensor names, labels, TTA, novelty, thresholds)."""
-        document = self.classifier.metadata()
-        inputs = [code_digest(), tf.version.VERSION, tf.version.GIT_VERSION, state,
-                  json.dumps(document, sort_keys=True)]
-        return hashlib.sha256("\0".join(inputs).encode()).hexdigest()
+        return memo_key("frozen graph", tensorflow_version(), state,
+                        json.dumps(self.classifier.metadata(), sort_keys=True))
 
     def _reused(self, path: os.PathLike[str] | str) -> Optional[bytes]:
         """The bytes of the graph at `path` if they are what this classifier freezes to (see
@@ -104,13 +108,12 @@ class GraphExporter:
         if self.cache_root is None or is_url(path):
             return None
         state = self._variables_digest()
-        record = Path(frozen_graph_record_path(self.cache_root, self._inputs_digest(state)))
+        record = self._records.read(self._inputs_digest(state))
         try:
-            expected = record.read_text(encoding="ascii").strip()
             data = Path(path).read_bytes()
-        except (OSError, UnicodeDecodeError):
+        except OSError:
             return None
-        if hashlib.sha256(data).hexdigest() != expected:
+        if record is None or hashlib.sha256(data).hexdigest().encode() != record.strip():
             return None
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(data)
@@ -121,14 +124,9 @@ class GraphExporter:
     def _remember(self, data: bytes) -> None:
         """Record the SHA-256 of the graph these inputs froze to (a failed write costs nothing
         but the next run's tracing)."""
-        if self.cache_root is None or self._frozen is None:
-            return
-        record = frozen_graph_record_path(self.cache_root, self._inputs_digest(self._frozen[0]))
-        text = hashlib.sha256(data).hexdigest() + "\n"
-        try:
-            making_folder(record, lambda: write_text_atomically(record, text))
-        except OSError as error:
-            log.debug("Frozen graph record %s not written: %s", record, error)
+        if self._frozen is not None:
+            self._records.write(self._inputs_digest(self._frozen[0]),
+                                hashlib.sha256(data).hexdigest().encode() + b"\n")
 
     def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> AnyPath:
         """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
@@ -139,7 +137,7 @@ class GraphExporter:
         """
         data = self._reused(path)
         if data is None:
-            data = self.frozen_graph_def().SerializeToString(deterministic=True)
+            data = self.frozen_graph_bytes()
             write_bytes_atomically(path, data)
             self._remember(data)
         sidecar = metadata_path(path)

@@ -11,10 +11,12 @@ and from `tf.lite.Interpreter` to LiteRT in one place. `ai-edge-litert` (`pip in
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:  # imported where a model is converted, or run without LiteRT: a kept model
+    import tensorflow as tf  # runs on LiteRT alone (the int8 engine's, beside TF's own import)
 
 try:
     from ai_edge_litert.interpreter import Interpreter as _LiteRTInterpreter
@@ -34,6 +36,8 @@ def new_interpreter(model: bytes, threads: Optional[int] = None) -> Any:
     """
     if _LiteRTInterpreter is not None:
         return _LiteRTInterpreter(model_content=model, num_threads=threads)
+    import tensorflow as tf
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*tf\.lite\.Interpreter is deprecated")
         return tf.lite.Interpreter(model_content=model, num_threads=threads)
@@ -64,6 +68,8 @@ def full_integer_model(
     Raises:
         Exception: whatever the converter raises for ops it cannot quantize or convert.
     """
+    import tensorflow as tf
+
     samples = list(representative)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete_function], trackable)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

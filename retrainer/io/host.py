@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib.metadata
 import os
 import resource
 import sys
@@ -37,6 +38,18 @@ def code_digest() -> str:
         digest.update(source.relative_to(package).as_posix().encode() + b"\0")
         digest.update(source.read_bytes())
     return digest.hexdigest()
+
+
+@functools.cache
+def tensorflow_version() -> str:
+    """The installed TensorFlow's version, read from its package metadata: results cached by
+    content can be looked up without importing TensorFlow (seconds)."""
+    for distribution in ("tensorflow", "tensorflow-cpu", "tensorflow-intel", "tf-nightly"):
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
 
 
 def user_cache_dir() -> Path:

@@ -27,7 +27,7 @@ from retrainer.data.discovery import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.engines.base import Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
-from retrainer.explain.gradcam import explainable
+from retrainer.explain.scope import explainable
 from retrainer.exports.options import AUTO_TTA, NO_TTA
 from retrainer.exports.run import Exported, Exporter
 from retrainer.extractors import ExtractorSpec, FeatureExtractor
@@ -49,7 +49,7 @@ from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
-from retrainer.training.evaluate import Evaluation, evaluate_head, validation_probabilities
+from retrainer.training.evaluate import Evaluation, evaluate_head, predict_probabilities
 from retrainer.training.fine_tune import FineTuneResult
 from retrainer.training.head import FeatureSet, TrainingResult, train_head
 from retrainer.training.image_modes import (
@@ -259,14 +259,13 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
                           exporter.write_intermediate,
                           config.exports.intermediate_store_frequency)
     with timer("fine_tune", active=options.do_fine_tuning):
-        tuning, test_features = fine_tune_if_asked(
+        tuning, held_out = fine_tune_if_asked(
             options, extractor, head.head, splits.images, splits.features)
     with timer("evaluate"):
-        evaluation = evaluate_head(head.head, test_features, num_classes,
+        evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
-        validation = validation_probabilities(head.head, splits.features[VALIDATION],
-                                              splits.images[VALIDATION], extractor, tuning)
-    return _Trained(head, tuning, distorted, evaluation, validation, test_features)
+        validation = predict_probabilities(head.head, held_out[VALIDATION].features)
+    return _Trained(head, tuning, distorted, evaluation, validation, held_out[TESTING])
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
@@ -277,7 +276,7 @@ def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
         return []
     chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
     return [explanation_section(
-        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_def(), f"{INPUT_OP}:0",
+        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_bytes(), f"{INPUT_OP}:0",
         f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
         config.extraction.bottleneck_dir)]
 

@@ -1,8 +1,10 @@
 """The report's heat maps: where the model looked, beside misclassified and some correct test images.
 
-Grad-CAM (`retrainer.explain`) runs on the run's own classifier graph, frozen in memory exactly
-as it is exported, over the test images decoded as training decoded them; each figure shows the
-image as the network saw it and the same image with the heat map of the predicted class over it.
+The heat maps (`retrainer.explain`: CAM, which equals Grad-CAM for the retrained linear head at
+half the work; Grad-CAM for any other graph) come from the run's own classifier graph, frozen in
+memory exactly as it is exported, over the test images decoded as training decoded them; each
+figure shows the image as the network saw it and the same image with the heat map of the class
+its caption names as predicted over it.
 Every misclassified test image (up to the gallery's limit) and the first `per_class` correctly
 classified test images of each class are explained; 0 turns the section off. The maps are cached
 under --bottleneck_dir by a hash of the frozen graph and the images' pixels: a rerun that trains
@@ -20,15 +22,13 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.cache.layout import heat_maps_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError
-from retrainer.explain.gradcam import EXPLAINABLE, GradCam, explainable
 from retrainer.explain.heatmap import overlay
-from retrainer.io.atomic import making_folder, write_bytes_atomically
-from retrainer.io.storage import read_bytes
+from retrainer.explain.scope import EXPLAINABLE, explainable
 from retrainer.reports.html import Section, paragraph, png_image
 from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
 
@@ -41,12 +41,14 @@ _BATCH = 16
 
 class Explained(NamedTuple):
     """A test image to explain: the file, its name in the dataset, its true label (a multi-label
-    image's labels joined by ";") and the predicted (top-1) label."""
+    image's labels joined by ";"), the predicted (top-1) label and its index: the class whose
+    heat map is drawn."""
 
     path: Any
     relpath: str
     true_label: str
     predicted_label: str
+    predicted_class: int = -1  # its index in the labels; -1: the graph's own top class
 
     @property
     def correct(self) -> bool:
@@ -70,7 +72,7 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
         image = test_images[position]
         item = Explained(image.path, image.relpath,
                          ";".join(labels[index] for index in image.label_indices),
-                         labels[predicted])
+                         labels[predicted], predicted)
         if not item.correct:
             wrong.append(item)
         elif len(right[predicted]) < per_class:
@@ -82,14 +84,15 @@ def choose_images(test_images: Sequence[Any], evaluation: Any, labels: Sequence[
 
 
 def explanation_section(
-    graph_def: Callable[[], Any], input_name: str, output_name: str, extractor_name: str,
+    graph: Callable[[], bytes], input_name: str, output_name: str, extractor_name: str,
     input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
     cache_root: Optional[os.PathLike[str] | str] = None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
     Args:
-        graph_def: returns the frozen classifier GraphDef (called only when pictures are made).
+        graph: returns the frozen classifier GraphDef's bytes (called only when pictures are
+            made).
         input_name / output_name: its input and probability tensor names ("Placeholder:0").
         extractor_name: which extractor built it (the scope of Grad-CAM).
         input_size: (H, W) the network takes.
@@ -111,11 +114,12 @@ def explanation_section(
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
     try:
-        maps = _heat_maps(graph_def(), input_name, output_name, pixels, cache_root)
-    except (ModelError, LookupError, tf.errors.OpError) as error:  # an extra never fails a run
-        reason = error.message if isinstance(error, tf.errors.OpError) else str(error)
-        log.warning("Report: no heat maps: %s", reason)
-        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {reason}.", "note"))
+        maps = _heat_maps(graph(), input_name, output_name, pixels,
+                          np.array([image.predicted_class for image in readable], np.int64),
+                          cache_root)
+    except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
+        log.warning("Report: no heat maps: %s", error)
+        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
     figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
     wrong = sum(not image.correct for image in images)
     body = paragraph(
@@ -127,39 +131,77 @@ def explanation_section(
     return Section(SECTION_ID, TITLE, body)
 
 
-def _heat_maps(graph_def: Any, input_name: str, output_name: str, pixels: list[np.ndarray],
-               cache_root: Optional[os.PathLike[str] | str]) -> list[np.ndarray]:
-    """Grad-CAM maps of `pixels` (uint8 [H, W, 3] each) through the frozen graph: read back when
-    the same graph explained the same pixels before, else computed (and cached).
+class _NoHeatMaps(Exception):
+    """The graph could not be explained (the reason is the message)."""
+
+
+def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
+               classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str]
+               ) -> list[np.ndarray]:
+    """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
+    [H, W, 3] each) through the frozen graph (its bytes): read back when the same graph explained
+    the same pixels and classes before (no TensorFlow then), else computed and kept.
 
     Raises:
-        ModelError: the graph has no map to explain; LookupError: an op without a gradient.
+        _NoHeatMaps: the graph has no map to explain, an op without a gradient, a failed op.
     """
-    path = None
-    if cache_root is not None and pixels:
-        digest = hashlib.sha256(graph_def.SerializeToString(deterministic=True))
-        digest.update(f"{input_name}\0{output_name}\0{len(pixels)}".encode())
-        for image in pixels:
-            digest.update(np.ascontiguousarray(image).data)
-        path = heat_maps_path(cache_root, digest.hexdigest())
-        try:  # a missing, partial or foreign file is computed again
-            stored = np.load(io.BytesIO(read_bytes(path)), allow_pickle=False)
-            if stored.dtype == np.float32 and stored.ndim == 3 and len(stored) == len(pixels):
-                return list(stored)
-        except (OSError, ValueError):
-            pass
-    gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
-    try:
-        maps = [heat for start in range(0, len(pixels), _BATCH) for heat in gradcam.explain(
-            np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0).maps]
-    finally:
-        gradcam.close()
-    if path is not None and maps:
-        buffer = io.BytesIO()
-        np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
-        target = path
-        making_folder(target, lambda: write_bytes_atomically(target, buffer.getvalue()))
+    if not pixels:
+        return []
+    digest = hashlib.sha256(graph)
+    for image in pixels:
+        digest.update(np.ascontiguousarray(image).data)
+    memo = Memo(cache_root, heat_maps_path)
+    key = memo_key("heat maps", input_name, output_name, len(pixels), digest.hexdigest(),
+                   ",".join(map(str, classes.tolist())))
+
+    def usable(data: bytes) -> bool:
+        try:
+            stored = np.load(io.BytesIO(data), allow_pickle=False)
+        except ValueError:
+            return False
+        return stored.dtype == np.float32 and stored.ndim == 3 and len(stored) == len(pixels)
+
+    stored = memo.read(key, usable)
+    if stored is not None:
+        return list(np.load(io.BytesIO(stored), allow_pickle=False))
+    maps = _computed_maps(graph, input_name, output_name, pixels, classes)
+    buffer = io.BytesIO()
+    np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
+    memo.write(key, buffer.getvalue())
     return maps
+
+
+def _computed_maps(graph: bytes, input_name: str, output_name: str,
+                   pixels: list[np.ndarray], classes: np.ndarray) -> list[np.ndarray]:
+    """CAM where it equals Grad-CAM (a retrained linear head: `retrainer.explain.cam`, half the
+    work), else Grad-CAM; in TensorFlow (imported here: a rerun reads the kept maps without it)."""
+    import tensorflow as tf
+
+    from retrainer.explain.cam import class_activation_maps
+    from retrainer.explain.gradcam import GradCam
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(graph)
+    batches = [(np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0,
+                classes[start:start + _BATCH]) for start in range(0, len(pixels), _BATCH)]
+    try:
+        cam = (class_activation_maps(graph_def, input_name, output_name)
+               if (classes >= 0).all() else None)
+        if cam is not None:
+            try:
+                return [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+            finally:
+                cam.close()
+        gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
+        try:
+            return [heat for images, chosen in batches for heat in gradcam.explain(
+                images, None if (chosen < 0).any() else chosen).maps]
+        finally:
+            gradcam.close()
+    except (ModelError, LookupError) as error:
+        raise _NoHeatMaps(str(error)) from error
+    except tf.errors.OpError as error:
+        raise _NoHeatMaps(error.message) from error
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:

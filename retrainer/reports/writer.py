@@ -7,7 +7,6 @@ is raised), so a failure can be inspected. Each file is written atomically.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from typing import Any, Callable, Optional, Sequence
@@ -16,10 +15,10 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.cache.layout import picture_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.data.split import TESTING
-from retrainer.io.atomic import making_folder, write_bytes_atomically, write_text_atomically
-from retrainer.io.host import code_digest
-from retrainer.io.storage import AnyPath, is_url, read_bytes
+from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.storage import AnyPath
 from retrainer.reports.html import Section, render_page
 from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.options import ReportOptions
@@ -73,24 +72,9 @@ def draw_pictures(options: ReportOptions, labels: Sequence[str], history: Sequen
 
 def _drawn(cache_root: Optional[AnyPath], inputs: tuple[Any, ...],
            draw: Callable[[], bytes]) -> bytes:
-    """`draw()`, or the PNG it gave before for the same `inputs` (their repr; see
-    `draw_pictures`)."""
-    if cache_root is None or is_url(cache_root):
-        return draw()
-    text = repr((code_digest(), MATPLOTLIB_VERSION, inputs))
-    path = picture_path(cache_root, hashlib.sha256(text.encode()).hexdigest())
-    try:
-        data = read_bytes(path)
-        if data.startswith(_PNG_SIGNATURE):
-            return data
-    except OSError:
-        pass
-    data = draw()
-    try:
-        making_folder(path, lambda: write_bytes_atomically(path, data))
-    except OSError as error:  # a picture not kept is drawn again next time
-        log.debug("Picture %s not cached: %s", path, error)
-    return data
+    """`draw()`, or the PNG it gave before for the same `inputs` (see `draw_pictures`)."""
+    return Memo(cache_root, picture_path).get(memo_key(MATPLOTLIB_VERSION, inputs), draw,
+                                              lambda data: data.startswith(_PNG_SIGNATURE))
 
 
 def write_reports(result: Any, options: ReportOptions,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-WHOLE_SET = -1  # batch size meaning "every example once, in order"
+from retrainer.training.options import WHOLE_SET
 
 # Independent random streams derived from one user seed.
 INIT_STREAM, TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 1, 2, 3, 4
@@ -51,7 +51,7 @@ class BalancedSampler:
         self._starts = tf.constant(starts, tf.int64)
         self._counts = tf.constant(counts, tf.int64)
 
-    def sample(self, seed: tf.Tensor, step: tf.Tensor) -> tf.Tensor:
+    def sample(self, seed: tf.Tensor, step: tf.Tensor | int) -> tf.Tensor:
         """Indices of the batch for one `step` (int64 scalar): int64 [B] (see `sample_steps`)."""
         return self.sample_steps(seed, tf.reshape(tf.cast(step, tf.int64), [1]))[0]
 

@@ -3,21 +3,24 @@
 retrain.py's "Final test accuracy = x% (N=n)", measured on the whole test set by default
 (test_batch_size -1) or on a seeded class-balanced sample, plus what the CLI needs to report:
 per-class counts and the misclassified images. An empty test split gives no accuracy, not a crash.
-`validation_probabilities` scores the whole validation split once (its honest final figures).
+`predict_probabilities` scores any split (the validation split's honest final figures). numpy,
+a chunk of rows at a time: no TensorFlow (only a sampled test batch draws with the training's
+TensorFlow sampler), and no more than a chunk's [rows, C] logits besides the probabilities.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-import tensorflow as tf
 
-from retrainer.training._sampling import TEST_STREAM, BalancedSampler, stream_seed
-from retrainer.training.fine_tune import image_features
-from retrainer.training.head import FeatureSet, Head
+from retrainer.training.options import WHOLE_SET
+from retrainer.training.solver import chunk_rows
+
+if TYPE_CHECKING:
+    from retrainer.training.head import FeatureSet, Head
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +71,9 @@ def evaluate_head(
         empty = np.zeros(0, np.int64)
         return Evaluation(None, 0, empty, empty, np.zeros((0, num_classes), np.float32),
                           tuple((0, 0) for _ in range(num_classes)))
-    sampler = BalancedSampler(test.labels, batch_size)
-    positions = sampler.sample(stream_seed(seed, TEST_STREAM), tf.constant(0, tf.int64)).numpy()
-    probabilities = predict_probabilities(head, test.features[positions])
+    sample = _test_sample(test.labels, batch_size, seed)
+    positions = np.arange(len(test), dtype=np.int64) if sample is None else sample
+    probabilities = predict_probabilities(head, test.features, sample)
     predictions = np.argmax(probabilities, axis=1).astype(np.int64)
     truth = test.labels[positions]
     # multi-label: the top-1 label is right when it is one of the image's labels
@@ -86,24 +89,34 @@ def evaluate_head(
     return Evaluation(accuracy, len(positions), positions, predictions, probabilities, per_class)
 
 
-def predict_probabilities(head: Head, features: np.ndarray) -> np.ndarray:
-    """float32 [N, D] bottleneck vectors -> float32 [N, C] softmax probabilities (N may be 0)."""
-    return head.probabilities(tf.constant(features, tf.float32)).numpy()
-
-
-def validation_probabilities(head: Head, validation: FeatureSet, images: Sequence[Any],
-                             extractor: Any, fine_tuning: Optional[Any]) -> np.ndarray:
-    """float32 [N, C] probabilities of every validation image, each once.
+def predict_probabilities(head: Head, features: np.ndarray,
+                          rows: Optional[np.ndarray] = None) -> np.ndarray:
+    """float32 [N, D] bottleneck vectors -> float32 [N, C] probabilities (N may be 0), computed
+    a chunk of rows at a time.
 
     Args:
-        head: the trained softmax layer.
-        validation: the cached validation vectors and labels.
-        images: the validation ImageFiles (with `.path`), aligned with `validation`.
-        extractor: the feature extractor (tuned in place by --do_fine_tuning).
-        fine_tuning: the fine-tuning result, None without it. After fine-tuning the cached vectors
-            are stale, so the images are run through the tuned extractor again.
+        head: the trained layer.
+        features: float32 [N, D].
+        rows: int [M] rows of `features` to score (then [M, C]); None: every row.
     """
-    features = validation.features
-    if fine_tuning is not None and len(validation):
-        features = image_features([image.path for image in images], extractor)
-    return predict_probabilities(head, features)
+    weights = np.asarray(head.weights, np.float32)
+    biases = np.asarray(head.biases, np.float32)
+    count = len(features) if rows is None else len(rows)
+    probabilities = np.empty((count, weights.shape[1]), np.float32)
+    step = chunk_rows(weights.shape[1], weights[:, 0].nbytes)
+    for start in range(0, count, step):
+        chosen = slice(start, start + step) if rows is None else rows[start:start + step]
+        logits = np.asarray(features[chosen], np.float32) @ weights
+        logits += biases
+        probabilities[start:start + step] = head.objective.probabilities(logits)
+    return probabilities
+
+
+def _test_sample(labels: np.ndarray, batch_size: int, seed: int) -> Optional[np.ndarray]:
+    """int64 positions of a seeded class-balanced sample of the test rows, or None: every row
+    once (WHOLE_SET)."""
+    if batch_size == WHOLE_SET:
+        return None
+    from retrainer.training._sampling import TEST_STREAM, BalancedSampler, stream_seed
+
+    return BalancedSampler(labels, batch_size).sample(stream_seed(seed, TEST_STREAM), 0).numpy()

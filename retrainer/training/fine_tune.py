@@ -174,10 +174,10 @@ class _FineTuneEpochs:
         if not len(self.validation):
             return EvalPoint(epoch, None, train_loss, None, 0)
         vectors = image_features(self.validation.paths, self.extractor, self.features)
-        logits = self.head(tf.constant(vectors))
-        labels = tf.constant(self.validation.labels)  # int64 [N] or float32 [N, C] targets
+        logits = self.head(tf.constant(vectors)).numpy()
+        labels = self.validation.labels  # int64 [N] or float32 [N, C] targets
         objective = self.head.objective
-        accuracy, loss = float(objective.accuracy(labels, logits)), float(objective.loss(labels, logits))
+        accuracy, loss = objective.accuracy(labels, logits), objective.loss(labels, logits)
         point = EvalPoint(epoch, None, train_loss, accuracy, len(self.validation), loss)
         log.info("Fine-tuning epoch %d: %svalidation accuracy = %.1f%%, cross entropy = %f",
                  epoch, "" if train_loss is None else f"train loss = {train_loss:.4f}, ",

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.io.storage import AnyPath, as_path
+from retrainer.training import objective_ops
 from retrainer.training._sampling import (
     DROPOUT_STREAM,
     INIT_STREAM,
@@ -146,7 +147,7 @@ class Head(tf.Module):
 
     def probabilities(self, features: tf.Tensor) -> tf.Tensor:
         """float32 [N, D] features -> float32 [N, C] probabilities."""
-        return self.objective.probabilities(self(features))
+        return objective_ops.probabilities(self.objective, self(features))
 
 
 class _Split:
@@ -289,15 +290,15 @@ class _SgdSteps:
         objective = self.head.objective
         features, labels = self.train.rows(batch)
         logits = self.head(features)
-        train_accuracy, train_loss = objective.accuracy(labels, logits), objective.loss(labels,
-                                                                                        logits)
+        train_accuracy = objective_ops.accuracy(objective, labels, logits)
+        train_loss = objective_ops.loss(objective, labels, logits)
         validation_accuracy, validation_count = tf.constant(-1.0), tf.constant(0.0)
         validation_loss = tf.constant(-1.0)
         if self.validation is not None and validation_batch is not None:
             features, labels = self.validation.rows(validation_batch)
             logits = self.head(features)
-            validation_accuracy = objective.accuracy(labels, logits)
-            validation_loss = objective.loss(labels, logits)
+            validation_accuracy = objective_ops.accuracy(objective, labels, logits)
+            validation_loss = objective_ops.loss(objective, labels, logits)
             validation_count = tf.cast(tf.shape(labels)[0], tf.float32)
         if self.writers:
             write_scalars(self.writers["train"], last, train_accuracy, train_loss,

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Mapping, Optional, Sequence
 
@@ -107,8 +108,9 @@ def training_rows(options: TrainingOptions, extractor: FeatureExtractor, images:
 
 def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, head: Head,
                        images: Mapping[str, Sequence[Any]], features: dict[str, FeatureSet],
-                       ) -> tuple[Optional[FineTuneResult], FeatureSet]:
-    """With --do_fine_tuning: fine-tune, then recompute the test vectors with the tuned extractor.
+                       ) -> tuple[Optional[FineTuneResult], dict[str, FeatureSet]]:
+    """With --do_fine_tuning: fine-tune, then recompute the validation and test vectors with the
+    tuned extractor (the cached ones are stale).
 
     Args:
         options: the training view of the config.
@@ -117,10 +119,11 @@ def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, he
         features: {split: plain FeatureSet}, aligned with `images`.
 
     Returns:
-        (FineTuneResult or None, the test FeatureSet to evaluate on).
+        (FineTuneResult or None, {"validation": ..., "testing": ...} FeatureSets to evaluate on).
     """
+    held_out = {name: features[name] for name in ("validation", "testing")}
     if not options.do_fine_tuning:
-        return None, features["testing"]
+        return None, held_out
 
     def split(name: str) -> ImageSplit:
         return ImageSplit(tuple(image.path for image in images[name]),
@@ -137,11 +140,11 @@ def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, he
         early_stopping_patience=early_stopping_patience_of(options),
         show_progress=options.show_progress,
     ))
-    test = features["testing"]
-    if len(test):
-        test = FeatureSet(image_features([image.path for image in images["testing"]], extractor),
-                          test.labels)
-    return result, test
+    for name, split_features in held_out.items():
+        if len(split_features):
+            held_out[name] = dataclasses.replace(split_features, features=image_features(
+                [image.path for image in images[name]], extractor))
+    return result, held_out
 
 
 def fine_tuning_summary(options: TrainingOptions, result: Optional[FineTuneResult]

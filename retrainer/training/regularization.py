@@ -14,6 +14,7 @@ import dataclasses
 
 import tensorflow as tf
 
+from retrainer.training import objective_ops
 from retrainer.training.objectives import SOFTMAX, Objective
 
 
@@ -42,7 +43,7 @@ class Regularization:
             weights: the new layer's kernel float32 [D, C] (for the l2 penalty).
             objective: softmax or sigmoid.
         """
-        loss = objective.loss(targets, logits, self.label_smoothing)
+        loss = objective_ops.loss(objective, targets, logits, self.label_smoothing)
         if self.l2_regularizer:
             loss += self.l2_regularizer * tf.reduce_sum(tf.square(weights))
         return loss

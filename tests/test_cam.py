@@ -1,0 +1,86 @@
+"""Class activation maps: for a retrained linear head the report's heat maps are CAM, which must
+be the very maps Grad-CAM gives, on real photographs through real exported graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from retrainer.explain.cam import class_activation_maps
+from retrainer.explain.gradcam import GradCam
+from retrainer.exports.classifier import Classifier
+from retrainer.exports.graph import GraphExporter
+from retrainer.extractors import create_extractor
+from retrainer.training.head import Head
+from retrainer.training.objectives import SIGMOID, SOFTMAX
+from tests.fixtures_photos import PHOTOS, photo
+
+SIZE = 128  # a 4 x 4 last map
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return create_extractor("efficientnet_lite0", SIZE)  # the real weights
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    """float32 [N, SIZE, SIZE, 3] in [0, 1]: scikit-image's photographs, squared."""
+    return np.stack([np.asarray(photo(name).resize((SIZE, SIZE)), np.float32) / 255.0
+                     for name in PHOTOS])
+
+
+def frozen_graph(extractor, tmp_path, tta: str, objective=SOFTMAX, classes: int = 5):
+    path = tmp_path / f"{tta}-{objective.name}.pb"
+    head = Head(extractor.spec.vector_size, classes, seed=3, objective=objective)
+    labels = tuple(f"class{index}" for index in range(classes))
+    GraphExporter(Classifier(extractor, head, labels, "final_result", tta=tta)).write_graph(path)
+    return tf.compat.v1.GraphDef.FromString(path.read_bytes())
+
+
+@pytest.mark.parametrize(("tta", "objective"), [("none", SOFTMAX), ("flip", SOFTMAX),
+                                                ("none", SIGMOID)])
+def test_cam_equals_grad_cam_on_photographs(extractor, photos, tmp_path, tta, objective):
+    graph_def = frozen_graph(extractor, tmp_path, tta, objective)
+    gradcam = GradCam.from_graph_def(graph_def, "Placeholder:0", "final_result:0", "graph")
+    cam = class_activation_maps(graph_def, "Placeholder:0", "final_result:0")
+    assert cam is not None
+    # A --tta flip graph's extractor is fed the images alone: no mirror half computed.
+    assert cam.feed.name == ("tta_flip/concat:0" if tta == "flip" else "Placeholder:0")
+    top = gradcam.explain(photos)
+    other = (top.classes + 1) % 5  # a class the graph did not choose, given to both
+    given = gradcam.explain(photos, other)
+    gradcam.close()
+    assert top.maps.shape == (len(photos), 4, 4) and np.array_equal(given.classes, other)
+    assert not np.allclose(top.maps, given.maps, atol=1e-2)  # the class matters
+    for explained, classes in ((top, top.classes), (given, other)):
+        maps = cam.maps(photos, classes)
+        assert maps.shape == explained.maps.shape and maps.dtype == np.float32
+        np.testing.assert_allclose(maps, explained.maps, atol=1e-5)
+        assert (maps.reshape(len(maps), -1).max(axis=1) == 1.0).all()
+    cam.close()
+
+
+def test_graphs_where_cam_differs_from_grad_cam_get_none(extractor, tmp_path):
+    """A map taken before the last block (a 1 x 1 last map at 32 pixels) or a head that is not
+    linear in the pooled map: CAM is not Grad-CAM there, so none is offered."""
+    small = create_extractor("efficientnet_lite0", 32)
+    head = Head(small.spec.vector_size, 3, seed=1)
+    path = tmp_path / "small.pb"
+    GraphExporter(Classifier(small, head, ("a", "b", "c"), "final_result")).write_graph(path)
+    graph_def = tf.compat.v1.GraphDef.FromString(path.read_bytes())
+    assert class_activation_maps(graph_def, "Placeholder:0", "final_result:0") is None
+
+    # pooled map -> ReLU(x W1) W2 -> softmax (W1 as wide as the map: only the walk refuses it)
+    graph = tf.Graph()
+    rng = np.random.default_rng(0)
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, 16, 16, 3], name="Placeholder")
+        kernel = tf.constant(rng.normal(size=(3, 3, 3, 8)).astype(np.float32))
+        feature_map = tf.nn.relu6(tf.nn.conv2d(images, kernel, 2, "SAME"))
+        pooled = tf.reduce_mean(feature_map, axis=[1, 2])
+        hidden = tf.nn.relu(tf.matmul(pooled, tf.constant(rng.normal(size=(8, 8)), tf.float32)))
+        logits = tf.matmul(hidden, tf.constant(rng.normal(size=(8, 3)), tf.float32))
+        tf.nn.softmax(logits, name="final_result")
+    assert class_activation_maps(graph.as_graph_def(), "Placeholder:0", "final_result:0") is None

@@ -1,0 +1,164 @@
+"""The TensorFlow-free layer solver (training/solver.py) and the numpy objectives it minimises:
+exact gradients, finite layers on degenerate data, byte-identical reruns, no TensorFlow import."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from retrainer.training import evaluate, solver
+from retrainer.training.convex import ConvexConfig, fit_head
+from retrainer.training.evaluate import predict_probabilities
+from retrainer.training.head import FeatureSet
+from retrainer.training.objectives import SIGMOID, SOFTMAX
+from retrainer.training.solver import (
+    Problem,
+    SolverOptions,
+    Standardization,
+    fit_layer,
+)
+
+LIGHT_MODULES = ("retrainer.training.convex", "retrainer.training.objectives",
+                 "retrainer.training.evaluate", "retrainer.training.solver",
+                 "retrainer.audit.label_issues")
+
+
+def test_the_solver_evaluation_and_label_model_import_no_tensorflow():
+    code = ("import sys\n" + "".join(f"import {name}\n" for name in LIGHT_MODULES)
+            + "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
+
+
+def reference_loss(objective, targets, logits, smoothing):
+    """Mean cross entropy in float64, written from the definitions."""
+    logits = logits.astype(np.float64)
+    classes = logits.shape[1]
+    if objective.multi_label:
+        dense = targets * (1 - smoothing) + 0.5 * smoothing
+        probabilities = 1 / (1 + np.exp(-logits))
+        return float(-(dense * np.log(probabilities) + (1 - dense) * np.log1p(-probabilities))
+                     .sum(axis=1).mean())
+    dense = np.eye(classes)[targets] * (1 - smoothing) + smoothing / classes
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-(dense * log_probabilities).sum(axis=1).mean())
+
+
+def drawn_problem(data, rows, dims, classes, multi_label):
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(rows, dims)).astype(np.float32) * rng.uniform(0.01, 5, dims)
+    features[:, data.draw(st.integers(0, dims - 1), label="constant column")] = 2.5
+    if multi_label:
+        targets = (rng.uniform(size=(rows, classes)) < 0.3).astype(np.float32)
+    else:
+        targets = rng.integers(0, classes, rows).astype(np.int64)
+    return features, targets, rng
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), rows=st.integers(1, 40), dims=st.integers(1, 7),
+       classes=st.integers(2, 6), multi_label=st.booleans(),
+       smoothing=st.sampled_from([0.0, 0.1]), l2=st.sampled_from([0.0, 1e-3, 0.3]))
+def test_the_gradient_matches_finite_differences(data, rows, dims, classes, multi_label,
+                                                smoothing, l2):
+    """The loss is the objective's definition (+ l2 |standardized W|^2) and its gradient matches
+    central differences, through the standardization folded into the layer."""
+    features, targets, rng = drawn_problem(data, rows, dims, classes, multi_label)
+    objective = SIGMOID if multi_label else SOFTMAX
+    statistics = Standardization.of(features)
+    problem = Problem(features, targets, classes, statistics, SolverOptions(objective, smoothing))
+    params = rng.normal(scale=0.5, size=(dims + 1) * classes)
+    loss, gradient = problem.loss_and_gradient(params, l2)
+    weights, biases = statistics.layer(params)
+    standard = params[:dims * classes]
+    expected = (reference_loss(objective, targets, features @ weights + biases, smoothing)
+                + l2 * float(standard @ standard))
+    assert loss == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    direction = rng.normal(size=params.shape)
+    step = 1e-3
+    numeric = (problem.loss_and_gradient(params + step * direction, l2)[0]
+               - problem.loss_and_gradient(params - step * direction, l2)[0]) / (2 * step)
+    assert gradient @ direction == pytest.approx(numeric, rel=2e-3, abs=2e-4)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(classes=st.integers(2, 120), dims=st.integers(1, 9), constant=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_one_row_per_class_and_constant_features_give_finite_layers(classes, dims, constant,
+                                                                     seed):
+    """A row per class (many classes), constant features: a finite layer that, at a weak
+    penalty on varying features, separates the training rows."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(classes, dims)).astype(np.float32)
+    if constant:
+        features[:] = 1.0
+    labels = np.arange(classes)
+    fit = fit_layer(features, labels, classes, 1e-4)
+    assert fit.weights.shape == (dims, classes) and fit.biases.shape == (classes,)
+    assert np.isfinite(fit.weights).all() and np.isfinite(fit.biases).all()
+    assert fit.weights.dtype == fit.biases.dtype == np.float32
+    if not constant and dims >= classes:  # separable: every row is its own class's
+        assert ((features @ fit.weights + fit.biases).argmax(1) == labels).all()
+
+
+def test_reruns_give_byte_identical_layers():
+    """The export memo keys frozen graphs by the layer's bytes: the same inputs, the same bytes
+    (both cores' products included)."""
+    rng = np.random.default_rng(3)
+    features = np.maximum(rng.normal(size=(3000, 96)), 0).astype(np.float32)
+    labels = (features[:, :12].argmax(1) % 10).astype(np.int64)
+    config = ConvexConfig(path_rows=1000)
+    fits = [fit_head(features[:2500], labels[:2500], features[2500:], labels[2500:], 10, config)
+            for _ in range(2)]
+    assert fits[0].weights.tobytes() == fits[1].weights.tobytes()
+    assert fits[0].biases.tobytes() == fits[1].biases.tobytes()
+    first, second = ([dataclasses.replace(point, seconds=0.0) for point in fit.path]
+                     for fit in fits)
+    assert first == second
+
+
+def test_a_warm_start_continues_from_a_previous_state():
+    """fit_layer's `state` restarts a fit at another penalty (the path's warm start): from the
+    optimum at the same penalty, L-BFGS has next to nothing left to do."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 20)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(np.int64) + 2 * (features[:, 1] > 0)
+    cold = fit_layer(features, labels, 4, 1e-3)
+    warm = fit_layer(features, labels, 4, 1e-3, start=cold.state)
+    assert warm.iterations < max(3, cold.iterations // 4)
+    np.testing.assert_allclose(warm.weights, cold.weights, atol=1e-2)
+
+
+@pytest.mark.parametrize("objective", [SOFTMAX, SIGMOID])
+def test_probabilities_in_chunks_equal_one_pass(objective, monkeypatch):
+    """Evaluation scores rows a chunk at a time (a million test rows of 1,000 classes never hold
+    several [N, C] arrays): the same probabilities as one product, for every row or a sample."""
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(50, 8)).astype(np.float32)
+
+    class Layer:
+        weights = rng.normal(size=(8, 5)).astype(np.float32)
+        biases = rng.normal(size=5).astype(np.float32)
+
+    Layer.objective = objective
+    logits = features.astype(np.float64) @ Layer.weights + Layer.biases
+    if objective.multi_label:
+        expected = 1 / (1 + np.exp(-logits))
+    else:
+        expected = np.exp(logits - logits.max(1, keepdims=True))
+        expected /= expected.sum(1, keepdims=True)
+    monkeypatch.setattr(solver, "CHUNK_VALUES", 5 * 7)  # 7 rows a chunk
+    np.testing.assert_allclose(predict_probabilities(Layer, features), expected, atol=1e-6)
+    rows = np.array([4, 4, 0, 49, 17, 3, 3, 3, 8, 1])
+    np.testing.assert_allclose(predict_probabilities(Layer, features, rows), expected[rows],
+                               atol=1e-6)
+    whole = evaluate.evaluate_head(Layer, FeatureSet(features, expected.argmax(1)), 5, -1, 0)
+    assert whole.accuracy == 1.0 and whole.count == 50
