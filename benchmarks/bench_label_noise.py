@@ -26,6 +26,7 @@ benchmarks.build_photo_classes). Vectors: the default extractor and precision, c
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -241,6 +242,7 @@ def main() -> None:
               "a flag |\n|---|---|---|---|---|")
         print("\n".join(small))
     print(machine_line())
+    shutil.rmtree(work)
 
 
 def photo_classes(out: Path, count: int) -> Path:
