@@ -117,7 +117,8 @@ def side_by_side(results: dict[str, dict[str, Score]]) -> None:
 def thresholds_evidence(collection, bottlenecks, truth, work: Path) -> None:
     """Scores of injected copy pairs against the best non-copy pairs, per descriptor."""
     from retrainer.audit.duplicates import CROP_ZOOM, small_descriptor
-    from retrainer.audit.neighbours import similar_pairs, unit_rows
+    from retrainer.audit.neighbours import unit_rows
+    from retrainer.audit.pairs import similar_pairs
     from retrainer.audit.signatures import (
         fourier_descriptor,
         hamming,
@@ -170,7 +171,7 @@ def shift_crop_evidence(descriptors, thumbnails, truth, index, copies) -> None:
     """The shift and crop tests' scores and gains on the injected copies against every other
     pair that passes the tests' pre-tests (spectrum and vector; vector and crop gate)."""
     from retrainer.audit import duplicates as d
-    from retrainer.audit.neighbours import similar_pairs
+    from retrainer.audit.pairs import similar_pairs
 
     tests = {"shift": (d.shift_scores, d.SHIFT_GAIN, lambda a, b: (
                  np.einsum("ij,ij->i", descriptors["fourier"][a], descriptors["fourier"][b])

@@ -29,9 +29,10 @@ TARGET_RATIO = 10.0
 
 def export_graph(folder: Path, extractor_name: str) -> Path:
     """The real exporter's graph, sidecar and labels: the named extractor + an untrained 5-class head."""
-    from retrainer.exports.classifier import Classifier, write_labels
+    from retrainer.exports.classifier import Classifier
     from retrainer.exports.graph import GraphExporter
     from retrainer.extractors import create_extractor
+    from retrainer.formats.graph_contract import write_labels
     from retrainer.training.head import Head
 
     if extractor_name == "tiny_test":

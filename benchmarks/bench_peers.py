@@ -7,10 +7,14 @@
 - the Keras recipe a user would write, defined in this file: `image_dataset_from_directory` (80/20
   split, cached, prefetched), `Rescaling`, the extractor as a `hub.KerasLayer`, `Dense` with
   softmax, Adam, 5 epochs, `tf.saved_model.save`;
-- retrainer with default flags, cold (an empty --bottleneck_dir) and warm (the same command again,
-  on that cache), and cold at --extractor_precision float32, the peers' precision (retrainer's
-  default `auto` runs the extractor at int8 where the CPU has fast int8, else float32; the peers
-  always run it at float32; the table names each side's precision).
+- retrainer with default flags, cold (an empty --bottleneck_dir, on a machine where retrainer has
+  run before: what it keeps per machine under ${XDG_CACHE_HOME:-~/.cache}/retrainer, such as the
+  int8 engine's converted model, is there; the benchmark keeps that cache in its work folder and
+  fills it with one untimed run first), warm (the same command again, on that --bottleneck_dir),
+  first (cold on a machine where it never ran: that per-machine cache empty too), and cold at
+  --extractor_precision float32, the peers' precision (retrainer's default `auto` runs the
+  extractor at int8 where the CPU has fast int8, else float32; the peers always run it at
+  float32; the table names each side's precision).
 
 Every side gets the same EfficientNet-Lite0 weights at the same 224x224 input: no model hub is
 reachable, so the benchmark writes retrainer's own Lite0 as a TF2 SavedModel (the image feature
@@ -30,7 +34,7 @@ kept in DIR/results.json, so a size can be measured in several invocations (--si
 table covers all of them.
 
     python -m benchmarks.bench_peers --peer_script PATH [--images 1000,10000] [--rounds 2]
-        [--sides mic,keras,cold,warm,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
+        [--sides mic,keras,cold,warm,first,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
         [--work DIR] [--smoke]
 """
 
@@ -183,7 +187,8 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, st
 
 # --sides keys -> the table's names, in the order each round runs them.
 SIDES = {"mic": "make_image_classifier", "keras": "keras recipe", "cold": "retrainer cold",
-         "warm": "retrainer warm", "float32": "retrainer cold float32"}
+         "warm": "retrainer warm", "first": "retrainer first run",
+         "float32": "retrainer cold float32"}
 PEERS = ("make_image_classifier", "keras recipe")
 
 
@@ -191,9 +196,10 @@ class Sides:
     """How to run, and then evaluate, each side on one size's images in one round's folder."""
 
     def __init__(self, args: argparse.Namespace, module: Path, peer: Optional[Path],
-                 image_dir: Path, test_dir: Path) -> None:
+                 image_dir: Path, test_dir: Path, machine_cache: Path) -> None:
         self.args, self.module, self.peer = args, module, peer
         self.image_dir, self.test_dir = image_dir, test_dir
+        self.machine_cache = machine_cache  # XDG_CACHE_HOME of every side but "first"
 
     def run(self, key: str, run: Path) -> dict[str, Any]:
         """Time side `key` in `run`, then evaluate its export: {"seconds", "accuracy", ...}."""
@@ -225,11 +231,13 @@ class Sides:
                       str(self.image_dir), str(self.module), str(run / "keras"), "--epochs",
                       str(self.args.epochs)], run, KERAS2_ENV)
 
-    def _retrain(self, run: Path, key: str, cache: Path, *flags: str) -> tuple[float, str]:
+    def _retrain(self, run: Path, key: str, cache: Path, *flags: str,
+                 machine_cache: Optional[Path] = None) -> tuple[float, str]:
         shutil.rmtree(run / key, ignore_errors=True)  # the export is measured afterwards
+        env = {**ENV, "XDG_CACHE_HOME": str(machine_cache or self.machine_cache)}
         return timed([sys.executable, "-m", "retrainer.cli.retrain", "--image_dir",
                       str(self.image_dir), "--bottleneck_dir", str(cache), "--json", *flags],
-                     run / key, ENV)
+                     run / key, env)
 
     def _cold(self, run: Path) -> tuple[float, str]:
         shutil.rmtree(run / "bottlenecks", ignore_errors=True)
@@ -239,6 +247,12 @@ class Sides:
         if not (run / "bottlenecks").is_dir():
             sys.exit(f"warm needs the cold side's cache in {run} first (--sides cold,warm)")
         return self._retrain(run, "warm", run / "bottlenecks")
+
+    def _first(self, run: Path) -> tuple[float, str]:
+        for folder in ("bottlenecks_first", "machine_cache_first"):
+            shutil.rmtree(run / folder, ignore_errors=True)
+        return self._retrain(run, "first", run / "bottlenecks_first",
+                             machine_cache=run / "machine_cache_first")
 
     def _float32(self, run: Path) -> tuple[float, str]:
         shutil.rmtree(run / "bottlenecks_float32", ignore_errors=True)
@@ -313,7 +327,10 @@ def compare(args: argparse.Namespace, work: Path) -> None:
     for size in (int(value) for value in args.images.split(",")):
         with cpu_lock(args.lock):
             image_dir = fashion_mnist_folder(work / f"train_{size}", max(1, size // 10), "train")
-        sides = Sides(args, module, peer, image_dir, test_dir)
+        sides = Sides(args, module, peer, image_dir, test_dir, work / "machine_cache")
+        if any(key in keys for key in ("cold", "warm")):
+            with cpu_lock(args.lock):  # untimed: what retrainer keeps per machine
+                fill_machine_cache(test_dir, work / "machine_cache", work / "fill")
         rounds = results.setdefault(str(size), {})
         for round_ in range(args.first_round, args.first_round + args.rounds):
             run = work / f"runs_{size}_{round_}"
@@ -328,6 +345,17 @@ def compare(args: argparse.Namespace, work: Path) -> None:
                           f"{measured['seconds']:.1f} s, test {measured['accuracy'] * 100:.1f} % "
                           f"({machine_line()})", flush=True)
         print_table(size, rounds)
+
+
+def fill_machine_cache(image_dir: Path, machine_cache: Path, scratch: Path) -> None:
+    """One retrain run with `machine_cache` as XDG_CACHE_HOME, so that it holds what a machine
+    where retrainer ran before keeps (the int8 engine's converted model, ...); its outputs are
+    deleted."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    timed([sys.executable, "-m", "retrainer.cli.retrain", "--image_dir", str(image_dir),
+           "--bottleneck_dir", str(scratch / "bottlenecks"), "--json"], scratch,
+          {**ENV, "XDG_CACHE_HOME": str(machine_cache)})
+    shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_table(size: int, rounds: dict[str, dict[str, dict[str, Any]]]) -> None:
@@ -347,7 +375,8 @@ def print_table(size: int, rounds: dict[str, dict[str, dict[str, Any]]]) -> None
     print("  median wall s: " + ", ".join(f"{name} {statistics.median(seconds):.1f}"
                                           for name, seconds in walls.items()))
     for round_, sides in sorted(rounds.items(), key=lambda item: int(item[0])):
-        for name in ("retrainer cold", "retrainer warm", "retrainer cold float32"):
+        for name in ("retrainer cold", "retrainer warm", "retrainer first run",
+                     "retrainer cold float32"):
             if name in sides:
                 parts = sides[name]["parts"]
                 print(f"  round {round_} {name} Took parts: " + ", ".join(

@@ -3,8 +3,9 @@
 On the simulated dataset of `benchmarks.build_scale_cache` (1,000 classes; real Fashion-MNIST and
 photo vectors mixed plus noise; every vector already cached), `retrain` runs with default flags on
 its subsets of 10, 100 and 1,000 images per class, each size twice: the first run after
-extraction (the audit's findings and signatures and the file index removed from the cache, so the
-audit runs and every file is hashed) and a warm rerun. Each is a real process; its `--json`
+extraction (the audit's findings, the file index and the heat maps removed from the cache, so
+the audit runs and every file is hashed; the audit's signatures kept, as the extraction stage
+writes them) and a warm rerun. Each is a real process; its `--json`
 gives the wall time of every part of the run (`seconds`) and each stage's peak resident memory
 (`peak_memory_gib`); the process's own peak comes from the kernel (wait4).
 
@@ -47,13 +48,12 @@ def image_folder(data: Path, per_class: int, manifest: dict[str, Any]) -> Path:
 
 
 def forget_first_run_state(bottleneck_dir: Path) -> None:
-    """Remove what a first run after extraction has not yet built: the audit's cached findings
-    and signatures (of every input size), the file index and the report's heat maps (paths from
-    `retrainer.cache.layout`)."""
+    """Remove what a first run after extraction has not yet built: the audit's cached findings,
+    the file index and the report's heat maps (paths from `retrainer.cache.layout`). The audit's
+    signatures stay: the extraction stage writes them (build_scale_cache does too)."""
     from retrainer.cache import layout
 
     for folder in (layout.audit_findings_folder(bottleneck_dir),
-                   layout.audit_signatures_folder(bottleneck_dir, (1, 1)).parent,
                    layout.file_index_folder(bottleneck_dir),
                    layout.heat_maps_path(bottleneck_dir, "00").parent.parent):
         shutil.rmtree(folder, ignore_errors=True)

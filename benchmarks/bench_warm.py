@@ -11,9 +11,12 @@ in alternating rounds, and show where the rerun's time goes.
   and audit findings into that cache: give it a copy of a shared one.
 - --baseline PATH: each round also times the same rerun with the retrainer of another checkout
   (e.g. main before a change), so a change's gain is measured in the same run.
+- --changed: each round also times a rerun with a changed head flag (--learning_rate, a new
+  value each round: the SGD head, a new graph), which needs TensorFlow again. Printed with
+  whether each kind of rerun imported TensorFlow (from `python -X importtime`).
 
     python -m benchmarks.bench_warm [--images 1000] [--rounds 3] [--image_dir DIR
-        --bottleneck_dir DIR] [--baseline PATH] [--smoke]
+        --bottleneck_dir DIR] [--baseline PATH] [--changed] [--smoke]
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ RATIO_TARGET = 1.5
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, str]:
-    """(wall seconds, peak resident GiB, stdout) of one process; exits if it fails."""
+    """(wall seconds, peak resident GiB, stdout) of one process; exits if it fails. With
+    `-X importtime` in the command, stdout gets a last line: "tensorflow imported: yes|no"."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err)
@@ -44,9 +48,18 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, fl
         wall = time.perf_counter() - started
         out.seek(0)
         err.seek(0)
+        errors = err.read()
         if os.waitstatus_to_exitcode(status) != 0:
-            sys.exit(f"{' '.join(command[:5])} failed:\n{err.read()[-3000:]}")
+            sys.exit(f"{' '.join(command[:5])} failed:\n{errors[-3000:]}")
         return wall, usage.ru_maxrss / 2**20, out.read()
+
+
+def imported_tensorflow(command: list[str], cwd: Path, env: dict[str, str]) -> bool:
+    """Whether `command` (a Python process) imports TensorFlow: its own import log says."""
+    process = subprocess.run([command[0], "-X", "importtime", *command[1:]], cwd=cwd, env=env,
+                             capture_output=True, text=True)
+    return any(line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == "tensorflow"
+               for line in process.stderr.splitlines())
 
 
 def retrain_command(image_dir: Path, bottleneck_dir: Path, smoke: bool) -> list[str]:
@@ -62,6 +75,8 @@ def main() -> None:
     parser.add_argument("--image_dir", help="another dataset, its vectors in --bottleneck_dir")
     parser.add_argument("--bottleneck_dir", help="with --image_dir: its cache (a copy)")
     parser.add_argument("--baseline", help="another checkout of retrainer to time alike")
+    parser.add_argument("--changed", action="store_true",
+                        help="also time a rerun with a changed head flag each round")
     args = cli.parse(parser, {"images": 20, "rounds": 1})
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
@@ -70,11 +85,11 @@ def main() -> None:
         else:
             image_dir = fashion_mnist_folder(work / "images", max(1, args.images // 10))
             cache = work / "cache"
-        measure(image_dir, cache, work, args.rounds, args.baseline, args.smoke)
+        measure(image_dir, cache, work, args.rounds, args.baseline, args.smoke, args.changed)
 
 
 def measure(image_dir: Path, cache: Path, work: Path, rounds: int, baseline: Optional[str],
-            smoke: bool) -> None:
+            smoke: bool, changed: bool = False) -> None:
     command = retrain_command(image_dir, cache, smoke)
     sides = {"retrainer": ENV}
     if baseline:
@@ -82,7 +97,11 @@ def measure(image_dir: Path, cache: Path, work: Path, rounds: int, baseline: Opt
     for env in sides.values():
         timed(command, work, env)  # fills the cache (and the file index)
     print(f"warm rerun of {image_dir} (vectors in {cache}); {machine_line()}", flush=True)
+    print("imports tensorflow: " + ", ".join(
+        f"{name} {'yes' if imported_tensorflow(command, work, env) else 'no'}"
+        for name, env in sides.items()), flush=True)
     imports, walls, peaks, parts = [], {name: [] for name in sides}, [], []
+    changed_walls: list[float] = []
     for round_ in range(rounds):
         imports.append(timed([sys.executable, "-c", "import tensorflow"], work, ENV)[0])
         for name, env in sides.items():
@@ -91,6 +110,11 @@ def measure(image_dir: Path, cache: Path, work: Path, rounds: int, baseline: Opt
             if name == "retrainer":
                 peaks.append(peak)
                 parts.append(json.loads(stdout)["seconds"])
+        if changed:  # a value no earlier round used: nothing of its head is kept
+            changed_walls.append(timed(command + ["--learning_rate", f"0.0{round_ + 11}"],
+                                       work, ENV)[0])
+            print(f"  round {round_ + 1}: changed head flag {changed_walls[-1]:.2f} s "
+                  f"({changed_walls[-1] / imports[-1]:.2f}x the import)", flush=True)
         print(f"  round {round_ + 1}: import tensorflow {imports[-1]:.2f} s, " + ", ".join(
             f"{name} {values[-1]:.2f} s ({values[-1] / imports[-1]:.2f}x)"
             for name, values in walls.items()) + f"; {machine_line()}", flush=True)
@@ -104,9 +128,11 @@ def measure(image_dir: Path, cache: Path, work: Path, rounds: int, baseline: Opt
         print(f"baseline ({baseline}) / retrainer: median {statistics.median(gains):.2f}x "
               f"({statistics.median(walls['baseline']):.2f} s -> "
               f"{statistics.median(walls['retrainer']):.2f} s)")
+    if changed_walls:
+        print(f"rerun with a changed head flag: median {statistics.median(changed_walls):.2f} s")
     print("parts of the rerun's Took (median s): " + ", ".join(
-        f"{part} {statistics.median(seconds[part] for seconds in parts):.2f}"
-        for part in parts[0]))
+        f"{part} {statistics.median(seconds.get(part, 0.0) for seconds in parts):.2f}"
+        for part in dict.fromkeys(part for seconds in parts for part in seconds)))
 
 
 if __name__ == "__main__":

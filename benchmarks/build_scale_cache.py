@@ -13,7 +13,10 @@ files are real but tiny:
   Gaussian noise (--noise x each dimension's standard deviation), clipped at 0 like ReLU6
   outputs;
 - each image: a unique 8x8 RGB PNG of random pixels, so its SHA-256 (the cache key) is its own;
-  its vector is stored under that key with retrainer's own cache writer (`BottleneckCache`).
+  its vector is stored under that key with retrainer's own cache writer (`BottleneckCache`), and
+  its audit signature (thumbnail and perceptual hash, from the decoder's own pass) with
+  `SignatureCache`, as the bottleneck stage would: a warm run's audit reads them, as it would
+  after a real extraction.
 
 Layout of --out: `images/<class>/<i>.png` (all), `images_<k>/`: the first k files of each class
 as hard links (one per --subsets value), `bottlenecks/` (the --bottleneck_dir of every subset),
@@ -101,9 +104,21 @@ def png_bytes(rng: np.random.Generator) -> bytes:
     return buffer.getvalue()
 
 
+def signature(data: bytes, input_size: tuple[int, int]) -> tuple[np.ndarray, np.uint64]:
+    """The audit signature the bottleneck stage makes of image bytes (its decoder's pass)."""
+    from retrainer.data.decoding import decode_image
+    from retrainer.data.signatures import DECODE_SIZE, signature_of_pixels
+
+    thumbnail = np.zeros((*DECODE_SIZE, 3), np.uint8)
+    decode_image(data, input_size, thumbnail=thumbnail)
+    return signature_of_pixels(thumbnail)
+
+
 def build(args, out: Path, work: Path) -> dict:
     from retrainer.cache.entries import BottleneckCache
+    from retrainer.cache.signatures import SignatureCache
     from retrainer.data.batches import content_digest
+    from retrainer.data.signatures import Signatures
     from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
@@ -113,6 +128,9 @@ def build(args, out: Path, work: Path) -> dict:
     pools = class_pools(vectors, photo, args.classes, rng)
     noise = (args.noise * vectors.std(axis=0)).astype(np.float32)
     cache = BottleneckCache(out / "bottlenecks", engine.spec)
+    total = args.classes * args.per_class
+    # Signatures are stored once at the end: each store rewrites every shard it touches.
+    digests, signatures = [], Signatures.empty(total)
     started = time.perf_counter()
     for cls, pool in enumerate(pools):
         folder = out / "images" / f"c{cls:04d}"
@@ -127,6 +145,10 @@ def build(args, out: Path, work: Path) -> dict:
             data = png_bytes(rng)
             (folder / f"{index:06d}.png").write_bytes(data)
             entries.append((content_digest(data), simulated[index]))
+            digests.append(entries[-1][0])
+            row = cls * args.per_class + index
+            signatures.thumbnails[row], signatures.hashes[row] = signature(
+                data, engine.spec.input_size)
         for start in range(0, len(entries), WRITE_BATCH):
             cache.store_all(entries[start:start + WRITE_BATCH])
         for per_class in args.subset_sizes:
@@ -137,6 +159,7 @@ def build(args, out: Path, work: Path) -> dict:
         if cls % 100 == 99:
             print(f"  {cls + 1} classes written ({time.perf_counter() - started:.0f} s)",
                   flush=True)
+    SignatureCache(out / "bottlenecks", engine.spec.input_size).store(digests, signatures)
     return {"classes": args.classes, "per_class": args.per_class,
             "subsets": {f"images_{k}": k * args.classes for k in args.subset_sizes},
             "images": args.classes * args.per_class, "extractor_id": engine.spec.id,

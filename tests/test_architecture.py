@@ -33,10 +33,21 @@ LAZY_PACKAGES = {
 LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file systems",
                    "retrainer.cli": "--help must not load it; a run imports it quietly",
                    "retrainer.reports.explanations": "a rerun reads its kept heat maps",
+                   "retrainer.data.batches": "only fine-tuning and distorted vectors use tf.data",
+                   "retrainer.cache.bottlenecks": "cached vectors are read without it",
+                   "retrainer.pipeline.stages": "a rerun with every result kept needs none",
+                   "retrainer.pipeline.extraction": "kept specs name the models unbuilt",
+                   "retrainer.training.events": "only remote folders need tf.summary",
+                   "retrainer.reports.writer": "only remote folders need tf.summary",
+                   "retrainer.training.novelty": "only a fine-tuned extractor needs it",
+                   "retrainer.exports.run": "a kept graph is neither traced nor converted",
+                   "retrainer.exports.verify": "only a conversion to verify needs it",
+                   "retrainer.training.checkpoint": "a kept checkpoint is not written again",
                    "retrainer.engines.int8": "a kept int8 model runs on LiteRT alone",
                    "retrainer.formats.tflite": "running a .tflite needs LiteRT only",
                    "retrainer.training.evaluate": "only a sampled test batch (--test_batch_size "
-                                                  "N) draws with the training's sampler"}
+                                                  "N) draws with the training's sampler",
+                   "retrainer.training.distortions": "the settings are read without it"}
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",
@@ -150,11 +161,22 @@ def test_retrainer_modules_are_imported_at_module_top():
 
 
 def _imports_tensorflow_at_top(path: Path) -> bool:
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
-        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
-                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-        if any(name.split(".")[0] == "tensorflow" for name in names):
-            return True
+    """Whether importing the module at `path` imports TensorFlow (its own top-level imports, or
+    those of the retrainer modules it imports at its top)."""
+    found = modules()
+    pending, seen = [path], set()
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        for node in ast.parse(current.read_text(encoding="utf-8")).body:
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] == "tensorflow" for name in names):
+                return True
+        pending += [found[target] for target, _, in_function in imports(current, set(found))
+                    if not in_function]
     return False
 
 

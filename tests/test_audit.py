@@ -328,14 +328,14 @@ def test_capped_similar_pairs_are_each_images_nearest_that_pass_the_gate(fashion
                                                                           monkeypatch):
     """The per-image cap keeps exactly the gated pairs among either image's `limit` most similar,
     also when an image's partners come from several tiles."""
-    from retrainer.audit import neighbours
+    from retrainer.audit import neighbours, pairs
     from retrainer.audit.signatures import thumbnail_descriptor
 
     paths = sorted(fashion_mnist_dir.glob("*/*"))
     unit = neighbours.unit_rows(thumbnail_descriptor(
         np.stack([_thumbnail(Image.open(path)) for path in paths])))
-    monkeypatch.setattr(neighbours, "TILE_ROWS", 7)
-    monkeypatch.setattr(neighbours, "TILE_COLUMNS", 11)
+    monkeypatch.setattr(pairs, "TILE_ROWS", 7)
+    monkeypatch.setattr(pairs, "TILE_COLUMNS", 11)
     gate, limit = 0.9, 3
     cosines = unit @ unit.T
     np.fill_diagonal(cosines, -np.inf)
@@ -344,26 +344,26 @@ def test_capped_similar_pairs_are_each_images_nearest_that_pass_the_gate(fashion
         for column in np.argsort(-scores)[:limit]:
             if scores[column] >= gate:
                 expected.add((min(row, column), max(row, column)))
-    first, second = neighbours.similar_pairs(unit, gate, limit=limit)
+    first, second = pairs.similar_pairs(unit, gate, limit=limit)
     assert len(expected) > limit and set(zip(first.tolist(), second.tolist())) == expected
-    everything = neighbours.similar_pairs(unit, gate)
+    everything = pairs.similar_pairs(unit, gate)
     assert len(everything[0]) > len(first)
 
 
 def test_similar_pairs_with_other_scores_both_directions(fashion_mnist_dir, monkeypatch):
     """With `other` a pair's score is the better of the two cross products (the crop pass)."""
-    from retrainer.audit import duplicates, neighbours
+    from retrainer.audit import duplicates, pairs
     from retrainer.audit.signatures import zoomed_in
 
     thumbnails = np.stack([_thumbnail(Image.open(path))
                            for path in sorted(fashion_mnist_dir.glob("*/*"))])
     small = duplicates.small_descriptor(thumbnails)
     enlarged = duplicates.small_descriptor(zoomed_in(thumbnails, duplicates.CROP_ZOOM))
-    monkeypatch.setattr(neighbours, "TILE_ROWS", 7)
-    monkeypatch.setattr(neighbours, "TILE_COLUMNS", 11)
+    monkeypatch.setattr(pairs, "TILE_ROWS", 7)
+    monkeypatch.setattr(pairs, "TILE_COLUMNS", 11)
     scores = np.maximum(small @ enlarged.T, enlarged @ small.T)
     first, second = np.nonzero(np.triu(scores >= 0.99, 1))
-    found = neighbours.similar_pairs(small, 0.99, other=enlarged)
+    found = pairs.similar_pairs(small, 0.99, other=enlarged)
     assert len(first) > 0
     assert set(zip(found[0].tolist(), found[1].tolist())) == set(zip(first.tolist(),
                                                                       second.tolist()))

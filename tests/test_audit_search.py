@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import shift as shift_image
 
-from retrainer.audit import duplicates, neighbours
+from retrainer.audit import duplicates, neighbours, pairs
 from retrainer.audit.signatures import (
     integer_alignment,
     pooled,
@@ -60,9 +60,9 @@ def test_pair_cosines_equal_those_of_unit_rows(thumbnails, monkeypatch):
 
 
 def test_unique_pairs_sorts_and_deduplicates():
-    firsts, seconds = neighbours.unique_pairs(np.array([3, 0, 3, 1, 0]), np.array([7, 9, 7, 2, 4]))
+    firsts, seconds = pairs.unique_pairs(np.array([3, 0, 3, 1, 0]), np.array([7, 9, 7, 2, 4]))
     assert list(zip(firsts.tolist(), seconds.tolist())) == [(0, 4), (0, 9), (1, 2), (3, 7)]
-    assert [len(side) for side in neighbours.unique_pairs(np.zeros(0), np.zeros(0))] == [0, 0]
+    assert [len(side) for side in pairs.unique_pairs(np.zeros(0), np.zeros(0))] == [0, 0]
 
 
 def test_shift_scores_equal_the_exhaustive_sub_pixel_search(thumbnails):
@@ -130,8 +130,8 @@ def test_capped_similar_pairs_with_a_keep_test_are_each_images_nearest_kept(thum
     cannot enter either image's best are dropped before `keep` sees them, and row blocks are
     searched on several threads: neither changes which pairs come out."""
     unit = neighbours.unit_rows(thumbnail_descriptor(thumbnails))
-    monkeypatch.setattr(neighbours, "TILE_ROWS", 5)
-    monkeypatch.setattr(neighbours, "TILE_COLUMNS", 13)
+    monkeypatch.setattr(pairs, "TILE_ROWS", 5)
+    monkeypatch.setattr(pairs, "TILE_COLUMNS", 13)
     gate, limit = 0.8, 2
     cosines = unit @ unit.T
     np.fill_diagonal(cosines, -np.inf)
@@ -147,7 +147,7 @@ def test_capped_similar_pairs_with_a_keep_test_are_each_images_nearest_kept(thum
         for column in np.argsort(-scores)[:limit]:
             if scores[column] >= gate:
                 expected.add((min(row, column), max(row, column)))
-    first, second = neighbours.similar_pairs(unit, gate, keep, limit)
+    first, second = pairs.similar_pairs(unit, gate, keep, limit)
     assert len(expected) > limit and set(zip(first.tolist(), second.tolist())) == expected
     gated = int(np.triu(cosines >= gate, 1).sum())
     assert sum(seen) < gated  # the cut-offs spared `keep` some of the gated pairs

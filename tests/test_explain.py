@@ -25,10 +25,11 @@ SIZE = 64  # EfficientNet-Lite0 at 64x64: a 2x2 map, real weights, fast
 def lite_models(tmp_path_factory):
     """A real EfficientNet-Lite0 (64x64) with a seeded 3-class head and a novelty output, as
     retrain exports: frozen graph + SavedModel."""
-    from retrainer.exports.classifier import Classifier, write_labels
+    from retrainer.exports.classifier import Classifier
     from retrainer.exports.graph import GraphExporter
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
+    from retrainer.formats.graph_contract import write_labels
     from retrainer.training.head import Head
     from retrainer.training.novelty import fit_novelty
 

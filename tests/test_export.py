@@ -14,10 +14,10 @@ from PIL import Image
 from skimage import data as skimage_data
 
 from retrainer.errors import UsageError
-from retrainer.exports.classifier import Classifier, write_labels
+from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter
 from retrainer.exports.saved_model import write_saved_model
-from retrainer.formats.graph_contract import metadata_path
+from retrainer.formats.graph_contract import metadata_path, write_labels
 from retrainer.io.atomic import replace_directory
 from retrainer.training.head import Head
 

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from retrainer.audit._threads import in_order
 from retrainer.audit.neighbours import (
+    Rows,
     pair_cosines,
     principal_components,
     row_norms,
-    similar_pairs,
     take_rows,
-    unique_pairs,
     unit_rows,
 )
+from retrainer.audit.pairs import similar_pairs, unique_pairs
 from retrainer.audit.signatures import (
     fourier_descriptor,
     hamming,
@@ -48,6 +48,7 @@ from retrainer.audit.signatures import (
 # candidates are then scored exactly.
 SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
+WHOLE_DESCRIBED = 200_000  # images up to which the wide descriptors are kept whole
 NEIGHBOUR_LIMIT = 16  # partners per image kept by each pass (a k-nearest-neighbour graph)
 # A re-encoded, resized or brightened copy: the same thumbnail, hash and roughly the same vector.
 THUMBNAIL_MATCH = 0.997
@@ -121,11 +122,12 @@ def near_pairs(
     if len(keep) < 2:
         return []
     thumbnails = take_rows(thumbnails, keep)
-    descriptors = {"spectrum": per_chunk(fourier_descriptor, thumbnails),
-                   "picture": per_chunk(thumbnail_descriptor, thumbnails),
-                   "mirrored": per_chunk(thumbnail_descriptor, thumbnails[:, :, ::-1]),
-                   "small": per_chunk(small_descriptor, thumbnails),
-                   "enlarged": per_chunk(enlarged_descriptor, thumbnails)}
+    descriptors: dict[str, Rows] = {
+        "spectrum": described(fourier_descriptor, thumbnails),
+        "picture": described(thumbnail_descriptor, thumbnails),
+        "mirrored": described(mirrored_descriptor, thumbnails),
+        "small": per_chunk(small_descriptor, thumbnails),
+        "enlarged": per_chunk(enlarged_descriptor, thumbnails)}
     reduced = {name: unit_rows(principal_components(descriptors[name], dims, center=False))
                for name, dims in SEARCH_DIMENSIONS.items() if name != "vector"}
     # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
@@ -152,11 +154,16 @@ def near_pairs(
     def mirror_close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return score("vector", rows, columns) >= MIRROR_VECTOR_MATCH
 
-    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT),
+    # What each pass's pre-test requires, for the index of a large set (`similar_pairs`).
+    vector = reduced["vector"]
+    shifted_or_same = [(vector, SHIFT_VECTOR_MATCH), (reduced["picture"], THUMBNAIL_MATCH)]
+    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT,
+                           alternatives=shifted_or_same),
              similar_pairs(descriptors["small"], CROP_GATE, close, NEIGHBOUR_LIMIT,
-                           descriptors["enlarged"]),
+                           descriptors["enlarged"], alternatives=[(vector, CROP_VECTOR_MATCH)]),
              similar_pairs(descriptors["picture"], THUMBNAIL_MATCH, mirror_close,
-                           NEIGHBOUR_LIMIT, descriptors["mirrored"])]
+                           NEIGHBOUR_LIMIT, descriptors["mirrored"],
+                           alternatives=[(vector, MIRROR_VECTOR_MATCH)])]
     firsts, seconds = unique_pairs(*(np.concatenate(side) for side in zip(*found)))
     kept_hashes = hashes[keep]
     matches = in_order(lambda start: _match(firsts[start:start + _CHUNK],
@@ -168,12 +175,43 @@ def near_pairs(
     return [NearPair(*pair) for pair in pairs]
 
 
+def described(describe: Callable[[np.ndarray], np.ndarray], thumbnails: np.ndarray) -> Rows:
+    """The wide descriptors (128-256 floats per image): an array up to WHOLE_DESCRIBED images
+    (each pass and test reuses it), computed when rows are taken above (`Described`: no 1 GB
+    arrays at 1M images; the near pairs are the same)."""
+    if len(thumbnails) <= WHOLE_DESCRIBED:
+        return per_chunk(describe, thumbnails)
+    return Described(describe, thumbnails)
+
+
+class Described:
+    """Descriptors of thumbnails computed when rows are taken (`Rows`): `described[index]` is
+    `describe(thumbnails[index])`, e.g. 256 floats per image that would be 1 GB at 1M images."""
+
+    def __init__(self, describe: Callable[[np.ndarray], np.ndarray],
+                 thumbnails: np.ndarray) -> None:
+        self.describe, self.thumbnails = describe, thumbnails
+        self.shape = (len(thumbnails), describe(thumbnails[:1]).shape[1])
+
+    def __len__(self) -> int:
+        return len(self.thumbnails)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        return per_chunk(self.describe, self.thumbnails[index])
+
+
+def mirrored_descriptor(thumbnails: np.ndarray) -> np.ndarray:
+    """float32 [N, 256]: `thumbnail_descriptor` of the thumbnails mirrored left to right."""
+    return thumbnail_descriptor(thumbnails[:, :, ::-1])
+
+
 def per_chunk(describe: Callable[[np.ndarray], np.ndarray], thumbnails: np.ndarray,
               rows: int = 4096) -> np.ndarray:
     """`describe(thumbnails)`, computed `rows` thumbnails at a time: the descriptors' float
     intermediates (4 KB per thumbnail, a complex spectrum more) then stay at a few MB for any N."""
     return np.concatenate([describe(thumbnails[start:start + rows])
-                           for start in range(0, len(thumbnails), rows)])
+                           for start in range(0, len(thumbnails), rows)]
+                          or [describe(thumbnails[:1])[:0]])
 
 
 def small_descriptor(thumbnails: np.ndarray) -> np.ndarray:
@@ -187,7 +225,7 @@ def enlarged_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     return small_descriptor(zoomed_in(thumbnails, CROP_ZOOM))
 
 
-def crop_gate(descriptors: dict[str, np.ndarray], rows: np.ndarray,
+def crop_gate(descriptors: dict[str, Rows], rows: np.ndarray,
               columns: np.ndarray) -> np.ndarray:
     """float32 [P]: how well either image's 8x8 thumbnail matches the other's enlarged centre."""
     small, enlarged = descriptors["small"], descriptors["enlarged"]
@@ -226,7 +264,7 @@ def shift_scores(first: np.ndarray, second: np.ndarray,
     return scores, unshifted
 
 
-def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, np.ndarray],
+def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, Rows],
            exact_vector: Callable[[np.ndarray, np.ndarray], np.ndarray],
            thumbnails: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, ...]:
     """The candidate pairs that are near-duplicates: (firsts, seconds, similarity).

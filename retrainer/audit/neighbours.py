@@ -1,24 +1,34 @@
-"""Audit helper: similarity search without an N x N matrix (blocked matrix products).
+"""Audit helper: the detectors' linear algebra without an N x N matrix or whole copies.
 
-Rows are compared a block (or tile) at a time, so memory stays at `block x N` floats whatever N is.
+Rows are projected, normalised and compared a block at a time, so memory stays at `block x N`
+floats whatever N is. The near-pair search built on it is `retrainer.audit.pairs`.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable, ContextManager, Optional
+from typing import Any, ContextManager, Protocol
 
 import numpy as np
 import scipy.linalg
 from threadpoolctl import ThreadpoolController
 
-from retrainer.audit._threads import in_order
-
 BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
-TILE_ROWS, TILE_COLUMNS = 512, 2048  # 4 MB of cosines per tile and descriptor
 PCA_SAMPLE = 512  # rows the principal axes are estimated from
 # Eigenvalues below this x the largest are null directions (rounding noise), per precision.
 NULL_EIGENVALUE = {"float64": 1e-12, "float32": 1e-6}
+
+
+class Rows(Protocol):
+    """Rows that can be taken by slice or by positions, e.g. an array, or descriptors computed
+    on demand from thumbnails (`duplicates.Described`)."""
+
+    @property
+    def shape(self) -> tuple[int, ...]: ...
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: Any) -> np.ndarray: ...
 
 
 def take_rows(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -47,7 +57,7 @@ def unit_rows(matrix: np.ndarray, center: bool = False) -> np.ndarray:
     return rows / np.maximum(norms, 1e-12)
 
 
-def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
+def principal_components(matrix: Rows, dims: int, center: bool = True,
                          normalize: bool = False) -> np.ndarray:
     """`matrix` projected on its top `dims` principal axes (unchanged if D <= dims).
 
@@ -79,7 +89,7 @@ def principal_components(matrix: np.ndarray, dims: int, center: bool = True,
     if center:
         mean = (sum(rows(block).sum(axis=0, dtype=np.float64) for block in blocks)
                 / len(matrix)).astype(np.float32)
-    sample = rows(_sample_rows(len(matrix))) - mean
+    sample = rows(sample_rows(len(matrix))) - mean
     if len(sample) == len(matrix) <= matrix.shape[1]:
         # float32 (what is returned): LAPACK's eigensolver on a 1,000 x 1,000 Gram matrix
         # then takes half the time of float64's, the projections the same to float32 rounding.
@@ -164,200 +174,9 @@ def pair_cosines(matrix: np.ndarray, norms: np.ndarray, firsts: np.ndarray,
     return cosines
 
 
-def similar_pairs(
-    unit: np.ndarray, gate: float,
-    keep: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
-    limit: Optional[int] = None, other: Optional[np.ndarray] = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs i < j of rows scoring at least `gate` and passing `keep`, at most `limit` per row.
-
-    Two rows of length 1 with cosine >= gate lie within `reach` = sqrt(2 - 2 gate) of each
-    other, so also along any axis: rows are sorted by their coordinate on the data's main axis,
-    and each block of TILE_ROWS rows is compared (one matrix product per tile of TILE_COLUMNS,
-    small enough to stay in the processor's cache) only with the rows whose coordinate is within
-    `reach` of the block's. No pair that can pass the gate is skipped, and most others are.
-    `keep` sees only the few pairs that pass `gate`, so it can afford other descriptors. With
-    `limit`, a pair is kept only if it is among the `limit` most similar of either image (a
-    k-nearest-neighbour graph): in a crowd of look-alikes (plain trousers) every image passes
-    the gate with thousands of others, but a true copy is among its few most similar.
-
-    Args:
-        unit: float32 [N, D], rows of length 1.
-        gate: smallest score (the cosine, or the `other` score).
-        keep: given the gated pairs' rows and columns (int64 [G] each), the bool [G] mask of
-            pairs to return (None: every gated pair).
-        limit: most partners kept per row, by score (None: all).
-        other: float32 [N, D], rows of length 1: score a pair i, j by
-            max(unit_i . other_j, other_i . unit_j) instead, e.g. a thumbnail against the other's
-            enlarged centre.
-
-    Returns:
-        (first int64 [P], second int64 [P]) with first < second.
-    """
-    symmetric = other is None
-    other = unit if other is None else other
-    count = len(unit)
-    reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
-    axis = _main_axis(unit if symmetric else np.concatenate([unit, other]))
-    row_keys = unit @ axis
-    row_order = np.argsort(row_keys, kind="stable")
-    row_keys = row_keys[row_order]
-    if symmetric:
-        column_keys, column_order = row_keys, row_order
-    else:
-        column_keys = other @ axis
-        column_order = np.argsort(column_keys, kind="stable")
-        column_keys = column_keys[column_order]
-    rows_sorted, columns_sorted = unit[row_order], other[column_order]
-    nearest = None if limit is None else _Nearest(count, limit)
-
-    def block_pairs(row: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(rows, columns, scores) of the pairs of one block of rows, a tile at a time."""
-        row_stop = min(row + TILE_ROWS, count)
-        start = int(np.searchsorted(column_keys, row_keys[row] - reach, "left"))
-        stop = int(np.searchsorted(column_keys, row_keys[row_stop - 1] + reach, "right"))
-        if symmetric:
-            start = max(start, row)  # pairs with an earlier row were found from that row
-        found = []
-        for column in range(start, stop, TILE_COLUMNS):
-            column_stop = min(column + TILE_COLUMNS, stop)
-            tile = rows_sorted[row:row_stop] @ columns_sorted[column:column_stop].T
-            flat = np.flatnonzero(tile >= gate)  # 15x faster than a 2-D np.nonzero
-            scores = tile.ravel()[flat]
-            rows, columns = np.divmod(flat, tile.shape[1])
-            rows, columns = rows + row, columns + column  # positions in sorted order
-            if symmetric:
-                above = rows < columns  # each pair once
-                rows, columns = row_order[rows], column_order[columns]
-                rows, columns = np.minimum(rows, columns), np.maximum(rows, columns)
-            else:
-                rows, columns, scores, above = _one_direction(
-                    unit, other, row_order[rows], column_order[columns], gate)
-            rows, columns, scores = rows[above], columns[above], scores[above]
-            if nearest is not None:  # `keep` only for pairs that can still enter a row's best
-                rows, columns, scores = nearest.contenders(rows, columns, scores)
-            if keep is not None:
-                chosen = keep(rows, columns)
-                rows, columns, scores = rows[chosen], columns[chosen], scores[chosen]
-            found.append((rows, columns, scores))
-        return found
-
-    # Blocks on every CPU, added in order (as one thread would); a block computed while
-    # another is added sees slightly older cut-offs, so `contenders` lets a few more through,
-    # which `add` then drops: the same pairs either way.
-    firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
-    for found in in_order(block_pairs, range(0, count, TILE_ROWS)):
-        for rows, columns, scores in found:
-            if nearest is not None:
-                nearest.add(rows, columns, scores)
-            else:
-                firsts.append(rows)
-                seconds.append(columns)
-    if nearest is not None:
-        return nearest.pairs()
-    return np.concatenate(firsts), np.concatenate(seconds)
-
-
-def _main_axis(matrix: np.ndarray, steps: int = 16) -> np.ndarray:
-    """float32 [D], length 1: about the first principal axis of an evenly spaced sample of rows
-    (the direction the rows spread most along, so sorting by it separates them best), by a few
-    power-iteration steps from the sample's longest centred row. Only the search's speed depends
-    on how close it comes: `similar_pairs` skips no pair for any axis of length 1."""
-    sample = np.asarray(matrix[_sample_rows(len(matrix))], np.float32)
-    sample = sample - sample.mean(axis=0)
-    axis = sample[np.argmax(np.einsum("ij,ij->i", sample, sample))] if len(sample) else None
-    for _ in range(steps):
-        if axis is None or not np.any(axis):
-            break
-        axis = sample.T @ (sample @ axis)
-        axis /= np.linalg.norm(axis)
-    if axis is None or not np.any(axis):  # every sampled row the same: any axis will do
-        axis = np.zeros(matrix.shape[1], np.float32)
-        axis[:1] = 1.0
-    return axis.astype(np.float32)
-
-
-def _sample_rows(count: int) -> slice:
+def sample_rows(count: int) -> slice:
     """The evenly spaced rows (about PCA_SAMPLE of `count`) that principal axes come from."""
     return slice(None, None, max(1, count // PCA_SAMPLE))
-
-
-def _one_direction(unit: np.ndarray, other: np.ndarray, rows: np.ndarray, columns: np.ndarray,
-                   gate: float) -> tuple[np.ndarray, ...]:
-    """For ordered pairs (i, j) with unit_i . other_j >= gate (from a tile): each as (first,
-    second, score, mask) with its score max(unit_i . other_j, other_i . unit_j), masked so that
-    each unordered pair counts once, from the direction that scores best (both are gathered, so
-    the two directions agree exactly)."""
-    forward = np.einsum("ij,ij->i", unit[rows], other[columns])
-    backward = np.einsum("ij,ij->i", other[rows], unit[columns])
-    best = (forward > backward) | ((forward == backward) & (rows < columns))
-    scores = np.maximum(forward, backward)
-    mask = best & (rows != columns) & (scores >= gate)
-    return np.minimum(rows, columns), np.maximum(rows, columns), scores, mask
-
-
-class _Nearest:
-    """Each row's `limit` best partners so far (scores and positions, [N, limit] each): a few MB
-    for any N, instead of every gated pair."""
-
-    def __init__(self, count: int, limit: int) -> None:
-        self.scores = np.full((count, limit), -np.inf, np.float32)
-        self.partners = np.full((count, limit), -1, np.int64)
-        self.floor = np.full(count, -np.inf, np.float32)  # each row's worst kept score
-
-    def contenders(self, rows: np.ndarray, columns: np.ndarray,
-                   scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The pairs `add` would not drop at once (better than either image's worst kept
-        partner): in a crowd of look-alikes most gated pairs lose, before any other test."""
-        chosen = (scores > self.floor[rows]) | (scores > self.floor[columns])
-        return rows[chosen], columns[chosen], scores[chosen]
-
-    def add(self, rows: np.ndarray, columns: np.ndarray, scores: np.ndarray) -> None:
-        """Offer the pairs to both of their images."""
-        owners = np.concatenate([rows, columns])
-        partners = np.concatenate([columns, rows])
-        scores = np.concatenate([scores, scores]).astype(np.float32)
-        better = scores > self.floor[owners]  # most offers lose at once once rows fill up
-        owners, partners, scores = owners[better], partners[better], scores[better]
-        if not len(owners):
-            return
-        order = np.lexsort((-scores, owners))  # by owner, best first
-        owners, partners, scores = owners[order], partners[order], scores[order]
-        limit = self.scores.shape[1]
-        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
-        rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
-        unique = owners[starts]
-        top = rank < limit
-        owners, partners, scores, rank = owners[top], partners[top], scores[top], rank[top]
-        slot = np.searchsorted(unique, owners)
-        offered_scores = np.full((len(unique), limit), -np.inf, np.float32)
-        offered_partners = np.full((len(unique), limit), -1, np.int64)
-        offered_scores[slot, rank] = scores
-        offered_partners[slot, rank] = partners
-        merged_scores = np.concatenate([self.scores[unique], offered_scores], axis=1)
-        merged_partners = np.concatenate([self.partners[unique], offered_partners], axis=1)
-        best = np.argpartition(-merged_scores, limit - 1, axis=1)[:, :limit]
-        self.scores[unique] = np.take_along_axis(merged_scores, best, axis=1)
-        self.partners[unique] = np.take_along_axis(merged_partners, best, axis=1)
-        self.floor[unique] = self.scores[unique].min(axis=1)
-
-    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every kept (row, partner) pair once, as (first, second) with first < second."""
-        owners = np.repeat(np.arange(len(self.partners)), self.partners.shape[1])
-        partners = self.partners.ravel()
-        valid = partners >= 0
-        owners, partners = owners[valid], partners[valid]
-        return unique_pairs(np.minimum(owners, partners), np.maximum(owners, partners))
-
-
-def unique_pairs(firsts: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct (first, second) pairs of non-negative ints, sorted: (int64 [P], int64 [P]).
-
-    One int64 key per pair, since np.unique(axis=0) sorts rows 6x slower."""
-    firsts, seconds = np.asarray(firsts, np.int64), np.asarray(seconds, np.int64)
-    base = int(seconds.max()) + 1 if len(seconds) else 1
-    keys = np.unique(firsts * base + seconds)
-    return keys // base, keys % base
 
 
 def mean_neighbour_distance(unit: np.ndarray, k: int) -> np.ndarray:

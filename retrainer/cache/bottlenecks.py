@@ -14,22 +14,23 @@ import logging
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.file_index import FileIndex
-from retrainer.cache.shards import load_sharded
+from retrainer.cache.layout import shards_folder
 from retrainer.cache.signatures import SignatureCache
 from retrainer.data.batches import content_digest, decoded_batches
 from retrainer.data.signatures import Signatures
 from retrainer.engines import Engine
-from retrainer.engines.factory import as_engine
-from retrainer.extractors import FeatureExtractor
 from retrainer.io.host import usable_cpus
-from retrainer.io.storage import as_path, read_bytes
+from retrainer.io.storage import as_path, is_url, read_bytes
+
+if TYPE_CHECKING:  # a vector cache of any extractor needs no TensorFlow to be read
+    from retrainer.extractors import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def compute_bottlenecks(
         Bottlenecks aligned with `paths`. Unreadable files are skipped with a warning naming them.
     """
     started = time.perf_counter()
-    engine = as_engine(extractor)
+    engine = extractor if isinstance(extractor, Engine) else _float32_engine(extractor)
     spec = engine.spec
     cache = BottleneckCache(as_path(bottleneck_dir), spec)
     vectors = np.zeros((len(paths), spec.vector_size), np.float32)
@@ -112,11 +113,9 @@ def compute_bottlenecks(
         digests[position] = digest
         if kept + len(data) <= KEPT_BYTES:
             kept_bytes[position], kept = data, kept + len(data)
-    sharded = load_sharded(os.fspath(cache.directory), spec.vector_size)  # from retrain-extract
-    for position, digest in enumerate(digests):
-        vector = sharded.get(digest) if digest else None
-        if vector is not None:
-            vectors[position], ok[position] = vector, True
+    for position, stored in _sharded_vectors(os.fspath(cache.directory), spec.vector_size,
+                                             digests):
+        vectors[position], ok[position] = stored, True
     cache.load_many(digests, vectors, ok)
     missing = [position for position, digest in enumerate(digests) if digest and not ok[position]]
     contents = [kept_bytes.pop(position, None) for position in missing]
@@ -250,3 +249,25 @@ def _computed(
     for write in writes:
         write.result()
 
+
+
+def _sharded_vectors(namespace: str, vector_size: int, digests: list[str]
+                     ) -> Iterator[tuple[int, np.ndarray]]:
+    """(position, vector) of each digest retrain-extract's shard runs hold (TFRecords: read with
+    TensorFlow, imported only when a local cache has shard runs at all)."""
+    if not is_url(namespace) and not os.path.isdir(shards_folder(namespace)):
+        return
+    from retrainer.cache.shards import load_sharded
+
+    sharded = load_sharded(namespace, vector_size)
+    for position, digest in enumerate(digests):
+        vector = sharded.get(digest) if digest else None
+        if vector is not None:
+            yield position, vector
+
+
+def _float32_engine(extractor: FeatureExtractor) -> Engine:
+    """An extractor run by the float32 engine (TensorFlow)."""
+    from retrainer.engines.factory import as_engine
+
+    return as_engine(extractor)

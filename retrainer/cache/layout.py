@@ -16,6 +16,11 @@
                                                       made (`frozen_graph_record_path`)
       pictures-v1/<aa>/<key>.png                     the report's plots, keyed by what they
                                                       show (`picture_path`)
+      checkpoints-v1/<aa>/<key>.sha256               the SHA-256s of the checkpoint files its
+                                                      inputs wrote (`checkpoint_record_path`)
+      novelty-v1/<aa>/<key>.npz                      the novelty score's fit (`novelty_path`)
+      run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
+                                                      by their inputs (`run_result_path`)
 
 Keys are content hashes, so no dataset path ever appears here. Changing a path or a format is a
 change here (bump `CACHE_FORMAT` when the vectors of the same image would differ).
@@ -42,6 +47,9 @@ _FILE_INDEX = "file-index-v1"
 _HEAT_MAPS = "heat-maps-v1"
 _FROZEN_GRAPHS = "frozen-graphs-v1"
 _PICTURES = "pictures-v1"
+_RUN_RESULTS = "run-results-v1"
+_CHECKPOINTS = "checkpoints-v1"
+_NOVELTY = "novelty-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -131,3 +139,19 @@ def frozen_graph_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
 def picture_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A report picture (PNG) drawn from one set of inputs (`key`: their hash)."""
     return as_path(root) / _PICTURES / key[:2] / f"{key}.png"
+
+
+def run_result_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """A small JSON result of one run stage (the engine it resolved to, --tta auto's choice, the
+    novelty fit's figures, a finished command's record), keyed by a hash of its inputs."""
+    return as_path(root) / _RUN_RESULTS / key[:2] / f"{key}.json"
+
+
+def checkpoint_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The SHA-256s of the head checkpoint's files that one set of inputs (`key`) wrote."""
+    return as_path(root) / _CHECKPOINTS / key[:2] / f"{key}.sha256"
+
+
+def novelty_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The novelty score fitted on one set of vectors (`key`: a hash of their images)."""
+    return as_path(root) / _NOVELTY / key[:2] / f"{key}.npz"

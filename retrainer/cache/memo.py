@@ -1,10 +1,11 @@
 """Results kept by what they are made from, so a rerun that would make the same bytes reads them.
 
-The report's pictures, its heat maps and the frozen graph's record each live under a local
---bottleneck_dir in a file named by a hash of their inputs (`key`): retrainer's own code,
-library versions and the data they show. Writes are atomic; a value that cannot be read (missing,
-partial, foreign) is made again, and one that cannot be written costs a warning and the next
-run's time, never the run.
+The report's pictures, its heat maps and small records each live under a local --bottleneck_dir in
+a file named by a hash of their inputs (`key`): retrainer's own code, library versions and the
+data they show (`Memo`). Outputs written elsewhere (the frozen graph, the checkpoint) are kept
+where they are when a record says the same inputs wrote exactly those bytes (`KeptOutputs`).
+Writes are atomic; a value that cannot be read (missing, partial, foreign) is made again, and one
+that cannot be written costs a warning and the next run's time, never the run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from retrainer.io.atomic import making_folder, write_bytes_atomically
 from retrainer.io.host import code_digest
@@ -65,3 +66,34 @@ class Memo:
             data = make()
             self.write(key, data)
         return data
+
+
+class KeptOutputs:
+    """Output files a rerun need not write again: under `key` (a hash of what they are made
+    from) a record holds the SHA-256 of each file those inputs wrote, one line per file."""
+
+    def __init__(self, root: Optional[os.PathLike[str] | str],
+                 path_of: Callable[[os.PathLike[str] | str, str], AnyPath]) -> None:
+        self._records = Memo(root, path_of)
+
+    def read(self, key: str, paths: Sequence[os.PathLike[str] | str]) -> Optional[list[bytes]]:
+        """The bytes of the files at `paths` if they are what `key`'s inputs wrote, else None."""
+        if self._records.root is None or any(is_url(path) for path in paths):
+            return None
+        record = self._records.read(key)
+        if record is None:
+            return None
+        contents = []
+        for path in paths:
+            try:
+                with open(path, "rb") as stream:
+                    contents.append(stream.read())
+            except OSError:
+                return None
+        digests = [hashlib.sha256(data).hexdigest().encode() for data in contents]
+        return contents if record.split() == digests else None
+
+    def remember(self, key: str, contents: Sequence[bytes]) -> None:
+        """Record what `key`'s inputs wrote (a failed write is a warning)."""
+        self._records.write(key, b"".join(hashlib.sha256(data).hexdigest().encode() + b"\n"
+                                          for data in contents))

@@ -15,15 +15,17 @@ import dataclasses
 import hashlib
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.data.decoding import UnreadableImageError, decode_image
 from retrainer.data.signatures import DECODE_SIZE, Signatures, signature_of_pixels
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import read_bytes
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 # Fixed decode parallelism and read-ahead, with tf.data autotuning off: its background thread made
 # iterator teardown stall for 1-2 s at random (measured with benchmarks/bench_pipeline.py), and
@@ -87,6 +89,8 @@ def decoded_images(
         digests string [B] = SHA-256 of the bytes decoded, reasons string [B] = "" when decoded).
         Unless `deterministic`, rows may come out of order (positions say which file each is).
     """
+    import tensorflow as tf  # only fine-tuning and distorted vectors use tf.data
+
     height, width = input_size
 
     def load(encoded_path: bytes) -> tuple[np.ndarray, bytes, bytes]:

@@ -10,7 +10,6 @@ contract that lets `label-image` run without flags.
 from __future__ import annotations
 
 import hashlib
-import os
 from typing import Any, Optional, Sequence
 
 import tensorflow as tf
@@ -18,20 +17,12 @@ import tensorflow as tf
 from retrainer.exports.options import FLIP, NO_TTA
 from retrainer.extractors import FeatureExtractor
 from retrainer.formats.graph_contract import (
-    GRAPH_FORMAT,
-    INPUT_MEAN,
     INPUT_OP,
-    INPUT_STD,
     NOVELTY_OUTPUT,
+    graph_metadata,
 )
-from retrainer.io.atomic import write_text_atomically
 from retrainer.training.head import Head
 from retrainer.training.novelty import Novelty
-
-
-def write_labels(path: os.PathLike[str] | str, labels: Sequence[str]) -> None:
-    """One label per line in class-index order, trailing newline."""
-    write_text_atomically(path, "".join(f"{label}\n" for label in labels))
 
 
 class Classifier(tf.Module):
@@ -110,32 +101,16 @@ class Classifier(tf.Module):
         return outputs
 
     def metadata(self, step: Optional[int] = None) -> dict[str, Any]:
-        """The `<graph>.meta.json` contract (see docs/retrain.md)."""
+        """The `<graph>.meta.json` contract (`formats.graph_contract.graph_metadata`)."""
         spec = self.extractor.spec
-        height, width = spec.input_size
-        document = {
-            "format": GRAPH_FORMAT,
-            "input_layer": INPUT_OP,
-            "output_layer": self.final_tensor_name,
-            "input_height": height,
-            "input_width": width,
-            "input_mean": INPUT_MEAN,
-            "input_std": INPUT_STD,
-            "labels": list(self.label_names),
-            "extractor": {"name": spec.name, "id": spec.id},
-        }
+        extractor: dict[str, Any] = {"name": spec.name, "id": spec.id}
         if self.fine_tuned:  # its vectors are no longer those of spec.id's cache namespace
-            document["extractor"] = {"name": spec.name, "id": f"{spec.id}-tuned-{self._digest()}",
-                                     "fine_tuned_from": spec.id}
-        if self.tta != NO_TTA:
-            document["tta"] = self.tta
-        if self.thresholds is not None:
-            document["multi_label"] = {"thresholds": dict(zip(self.label_names, self.thresholds))}
-        if self.novelty is not None:
-            document["novelty"] = {"output_layer": NOVELTY_OUTPUT, **self.novelty.to_json()}
-        if step is not None:
-            document["step"] = step
-        return document
+            extractor = {"name": spec.name, "id": f"{spec.id}-tuned-{self._digest()}",
+                         "fine_tuned_from": spec.id}
+        return graph_metadata(extractor, self.label_names, self.final_tensor_name,
+                              spec.input_size, None if self.tta == NO_TTA else self.tta,
+                              self.thresholds,
+                              None if self.novelty is None else self.novelty.to_json(), step)
 
 
 def novelty_scores(features: tf.Tensor, references: tf.Tensor, k: int) -> tf.Tensor:

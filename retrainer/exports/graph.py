@@ -15,20 +15,17 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
-from retrainer.cache.layout import frozen_graph_record_path
-from retrainer.cache.memo import Memo, memo_key
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key
 from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
-from retrainer.io.host import tensorflow_version
 from retrainer.io.storage import AnyPath, as_path, is_url
 
 log = logging.getLogger(__name__)
@@ -46,9 +43,7 @@ class GraphExporter:
 
     With a `cache_root` (a local --bottleneck_dir), tracing and freezing (about 0.5 s on
     EfficientNet-Lite0) wait until a graph is needed, and `write_graph` skips both when the file
-    already at its path is the graph the same inputs froze to before: the same code, TensorFlow,
-    variables and metadata (`_inputs_digest`) map to the SHA-256 of the graph they made
-    (`cache.layout.frozen_graph_record_path`), and the file must have that SHA-256.
+    already at its path is the graph the same inputs froze to before (`exports.kept`).
     """
 
     def __init__(self, classifier: Classifier,
@@ -58,7 +53,7 @@ class GraphExporter:
         self._traced: Any = None
         self._frozen: Optional[tuple[str, tf.compat.v1.GraphDef]] = None
         self._variables: Optional[tuple[tf.Variable, ...]] = None  # found once: a slow walk
-        self._records = Memo(self.cache_root, frozen_graph_record_path)
+        self._kept = KeptGraphs(self.cache_root)
         if self.cache_root is None:
             self._concrete()  # a clashing --final_tensor_name is a usage error at once
 
@@ -96,37 +91,28 @@ class GraphExporter:
             digest.update(value.data)
         return digest.hexdigest()
 
-    def _inputs_digest(self, state: str) -> str:
-        """What the frozen graph is made from: the code, TensorFlow, the variables (`state`) and
-        the metadata (tensor names, labels, TTA, novelty, thresholds)."""
-        return memo_key("frozen graph", tensorflow_version(), state,
-                        json.dumps(self.classifier.metadata(), sort_keys=True))
+    def _key(self) -> str:
+        """What the frozen graph is made from (`exports.kept.frozen_graph_key`)."""
+        classifier = self.classifier
+        novelty = classifier.novelty
+        return frozen_graph_key(
+            classifier.metadata()["extractor"]["id"],
+            (classifier.head.weights, classifier.head.biases), classifier.metadata(),
+            None if novelty is None else novelty.references)
 
     def _reused(self, path: os.PathLike[str] | str) -> Optional[bytes]:
         """The bytes of the graph at `path` if they are what this classifier freezes to (see
         the class docstring); it then needs no tracing. None otherwise."""
-        if self.cache_root is None or is_url(path):
+        if self.cache_root is None:
             return None
-        state = self._variables_digest()
-        record = self._records.read(self._inputs_digest(state))
-        try:
-            data = Path(path).read_bytes()
-        except OSError:
-            return None
-        if record is None or hashlib.sha256(data).hexdigest().encode() != record.strip():
+        data = self._kept.read(self._key(), path)
+        if data is None:
             return None
         graph_def = tf.compat.v1.GraphDef()
         graph_def.ParseFromString(data)
         _check_frozen(graph_def, self.classifier)
-        self._frozen = (state, graph_def)
+        self._frozen = (self._variables_digest(), graph_def)
         return data
-
-    def _remember(self, data: bytes) -> None:
-        """Record the SHA-256 of the graph these inputs froze to (a failed write costs nothing
-        but the next run's tracing)."""
-        if self._frozen is not None:
-            self._records.write(self._inputs_digest(self._frozen[0]),
-                                hashlib.sha256(data).hexdigest().encode() + b"\n")
 
     def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> AnyPath:
         """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
@@ -139,7 +125,8 @@ class GraphExporter:
         if data is None:
             data = self.frozen_graph_bytes()
             write_bytes_atomically(path, data)
-            self._remember(data)
+            if self.cache_root is not None:
+                self._kept.remember(self._key(), data)
         sidecar = metadata_path(path)
         document = self.classifier.metadata(step)
         document["graph_sha256"] = hashlib.sha256(data).hexdigest()

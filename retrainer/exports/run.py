@@ -12,26 +12,31 @@ classifier graph is traced once, on first use.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from retrainer.data.batches import decode_files
 from retrainer.data.discovery import ImageFile
 from retrainer.errors import ModelError
-from retrainer.exports.classifier import Classifier, write_labels
-from retrainer.exports.graph import GraphExporter, intermediate_graph_path
-from retrainer.exports.onnx import write_onnx_files
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key
 from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
-from retrainer.exports.saved_model import write_saved_model
-from retrainer.exports.tflite import write_tflite_files
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
-from retrainer.extractors import FeatureExtractor
+from retrainer.formats.extractor_spec import ExtractorSpec
+from retrainer.formats.graph_contract import graph_metadata, metadata_path, write_labels
+from retrainer.io.atomic import write_text_atomically
 from retrainer.io.storage import AnyPath
-from retrainer.training.head import Head
 from retrainer.training.multi_label import targets_of
 from retrainer.training.novelty import Novelty
+
+if TYPE_CHECKING:  # their modules load TensorFlow: only a graph to trace or convert needs it
+    from retrainer.exports.classifier import Classifier
+    from retrainer.exports.graph import GraphExporter
+    from retrainer.extractors import FeatureExtractor
+    from retrainer.training.head import Head
 
 log = logging.getLogger(__name__)
 
@@ -64,34 +69,57 @@ class Exported:
 class Exporter:
     """Writes one run's exports (see the module docstring)."""
 
-    def __init__(self, options: ExportOptions, extractor: FeatureExtractor,
-                 labels: tuple[str, ...], intermediate_dir: AnyPath,
-                 cache_root: Optional[AnyPath] = None) -> None:
-        """`intermediate_dir`: the options' folder, or a staging folder (quality gates);
+    def __init__(self, options: ExportOptions, spec: ExtractorSpec,
+                 extractor: Callable[[], FeatureExtractor], labels: tuple[str, ...],
+                 intermediate_dir: AnyPath, cache_root: Optional[AnyPath] = None,
+                 load_tensorflow: Callable[[], None] = lambda: None) -> None:
+        """`spec`: the extractor's; `extractor()`: builds it (TensorFlow), for a graph to trace;
+        `intermediate_dir`: the options' folder, or a staging folder (quality gates);
         `cache_root`: --bottleneck_dir, where the exported graph's inputs are remembered (a
-        rerun whose graph would be the same skips tracing it: `GraphExporter`)."""
+        rerun whose graph would be the same keeps it untraced, without TensorFlow:
+        `exports.kept`); `load_tensorflow()` is called before anything needs TensorFlow."""
         self.options = options
         self.cache_root = cache_root
-        self.extractor = extractor
+        self.spec = spec
+        self._extractor = extractor
+        self._load_tensorflow = load_tensorflow
         self.labels = labels
         self.intermediate_dir = intermediate_dir
         # --tta auto starts without; the pipeline sets the measured choice before write_all
         self.tta = NO_TTA if options.tta == AUTO_TTA else options.tta
         self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
+        self._kept_graph: Optional[bytes] = None  # the exported graph, when kept untraced
 
     def graph_exporter(self, head: Head) -> GraphExporter:
         """The frozen-graph writer of `head`: the intermediate graphs' until `write_all`, the
-        exported graph's after it (what the report's heat maps then run)."""
+        exported graph's after it."""
         if self._exporter is None:
-            classifier = Classifier(self.extractor, head, self.labels,
-                                    self.options.final_tensor_name,
-                                    tta=self.tta)
-            self._exporter = GraphExporter(classifier)
+            self._exporter = self._graph_exporter(head)
         return self._exporter
+
+    def exported_graph(self, head: Head) -> bytes:
+        """The exported frozen graph's bytes (what the report's heat maps explain)."""
+        if self._kept_graph is not None:
+            return self._kept_graph
+        return self.graph_exporter(head).frozen_graph_bytes()
+
+    def _graph_exporter(self, head: Head, novelty: Optional[Novelty] = None,
+                        thresholds: Optional[Sequence[float]] = None,
+                        cache_root: Optional[AnyPath] = None) -> GraphExporter:
+        self._load_tensorflow()
+        from retrainer.exports.classifier import Classifier
+        from retrainer.exports.graph import GraphExporter
+
+        return GraphExporter(Classifier(self._extractor(), head, self.labels,
+                                        self.options.final_tensor_name, novelty,
+                                        None if thresholds is None else list(thresholds),
+                                        self.tta), cache_root)
 
     def write_intermediate(self, step: int, head: Head) -> None:
         """The frozen graph of the head as it is at `step` (retrain.py's intermediate_<step>.pb)."""
+        from retrainer.exports.graph import intermediate_graph_path
+
         path = intermediate_graph_path(self.options.intermediate_output_graphs_dir, step)
         self.graph_exporter(head).write_graph(intermediate_graph_path(self.intermediate_dir, step),
                                                step=step)
@@ -117,25 +145,68 @@ class Exporter:
             DataError: int8 without enough decodable training images.
         """
         options = self.options
-        exporter = self._exporter
-        if (exporter is None or novelty is not None or thresholds is not None  # outputs
-                or exporter.classifier.tta != self.tta):  # intermediate graphs lack
-            # Traced once; the report's heat maps then explain this same frozen graph.
-            exporter = self._exporter = GraphExporter(Classifier(
-                self.extractor, head, self.labels, options.final_tensor_name, novelty,
-                None if thresholds is None else thresholds.tolist(), self.tta), self.cache_root)
-        exporter.classifier.fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
+        levels = None if thresholds is None else [float(value) for value in thresholds]
+        sidecar = None if fine_tuned else self._kept_sidecar(head, novelty, levels)
+        exporter = None
+        if sidecar is None:
+            exporter = self._exporter
+            if (exporter is None or novelty is not None or thresholds is not None  # outputs
+                    or exporter.classifier.tta != self.tta):  # intermediate graphs lack
+                # Traced once; the report's heat maps then explain this same frozen graph.
+                exporter = self._exporter = self._graph_exporter(head, novelty, levels,
+                                                                 self.cache_root)
+            exporter.classifier.fine_tuned = fine_tuned
+            sidecar = exporter.write_graph(options.output_graph)
         outputs: dict[str, Any] = {
             "output_graph": options.output_graph,
-            "output_graph_metadata": exporter.write_graph(options.output_graph),
+            "output_graph_metadata": sidecar,
             "output_labels": options.output_labels,
         }
-        if options.saved_model_dir is not None:
-            write_saved_model(exporter.classifier, options.saved_model_dir)
-            outputs["saved_model_dir"] = options.saved_model_dir
         training_files = [image.path for image in training_images]
         failures: list[str] = []
+        written: list[AnyPath] = []
+        if options.saved_model_dir is not None or options.tflite_files or options.onnx_files:
+            if exporter is None:
+                exporter = self._exporter = self._graph_exporter(head, novelty, levels)
+            written = self._converted(exporter.classifier, outputs, training_files, failures)
+        if self.intermediate_graphs:
+            outputs["intermediate_graphs"] = list(self.intermediate_graphs)
+        return Exported(outputs, self._report(test_images, written, thresholds), tuple(failures))
+
+    def _kept_sidecar(self, head: Head, novelty: Optional[Novelty],
+                      thresholds: Optional[list[float]]) -> Optional[AnyPath]:
+        """When the graph at --output_graph is the one these inputs froze to before
+        (`exports.kept`): its sidecar, rewritten without TensorFlow; else None."""
+        spec, options = self.spec, self.options
+        metadata = graph_metadata(
+            {"name": spec.name, "id": spec.id}, self.labels, options.final_tensor_name,
+            spec.input_size, None if self.tta == NO_TTA else self.tta, thresholds,
+            None if novelty is None else novelty.to_json())
+        data = KeptGraphs(self.cache_root).read(
+            frozen_graph_key(spec.id, (head.weights, head.biases), metadata,
+                             None if novelty is None else novelty.references),
+            options.output_graph)
+        if data is None:
+            return None
+        self._kept_graph = data
+        sidecar = metadata_path(options.output_graph)
+        metadata["graph_sha256"] = hashlib.sha256(data).hexdigest()
+        write_text_atomically(sidecar, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
+        return sidecar
+
+    def _converted(self, classifier: Classifier, outputs: dict[str, Any],
+                   training_files: list[AnyPath], failures: list[str]) -> list[AnyPath]:
+        """The SavedModel, .tflite and .onnx files asked for (into `outputs`); the paths of
+        the deployable ones written."""
+        from retrainer.exports.onnx import write_onnx_files
+        from retrainer.exports.saved_model import write_saved_model
+        from retrainer.exports.tflite import write_tflite_files
+
+        options = self.options
+        if options.saved_model_dir is not None:
+            write_saved_model(classifier, options.saved_model_dir)
+            outputs["saved_model_dir"] = options.saved_model_dir
         written: list[AnyPath] = []
         tflite_files, onnx_files = options.tflite_files, options.onnx_files
         for name, write, groups in (
@@ -144,13 +215,11 @@ class Exporter:
             ("onnx_output_file", write_onnx_files, [onnx_files] if onnx_files else []),
         ):
             paths = [path for group in groups for path in self._written(
-                write, exporter.classifier, group, training_files, failures)]
+                write, classifier, group, training_files, failures)]
             if paths:
                 outputs[name] = paths[0] if len(paths) == 1 else paths
             written += paths
-        if self.intermediate_graphs:
-            outputs["intermediate_graphs"] = list(self.intermediate_graphs)
-        return Exported(outputs, self._report(test_images, written, thresholds), tuple(failures))
+        return written
 
     def _written(self, write: Callable[..., Any], classifier: Classifier,
                  paths: dict[str, AnyPath], training_files: list[AnyPath],
@@ -175,8 +244,7 @@ class Exporter:
         if not test_images:
             log.warning("No test images: skipping the export report.")
             return ()
-        pixels, ok = decode_files([image.path for image in test_images],
-                                  self.extractor.spec.input_size)
+        pixels, ok = decode_files([image.path for image in test_images], self.spec.input_size)
         if thresholds is None:
             truth = np.array([image.label_index for image in test_images], np.int64)
         else:

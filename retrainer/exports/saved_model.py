@@ -23,8 +23,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from retrainer.exports.classifier import Classifier, write_labels
-from retrainer.formats.graph_contract import NOVELTY_OUTPUT, SAVED_MODEL_METADATA
+from retrainer.exports.classifier import Classifier
+from retrainer.formats.graph_contract import NOVELTY_OUTPUT, SAVED_MODEL_METADATA, write_labels
 from retrainer.io.atomic import replace_directory
 
 SIGNATURE_OUTPUT = "probabilities"

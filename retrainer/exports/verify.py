@@ -18,7 +18,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from retrainer.classify.config import ClassifyConfig
-from retrainer.classify.run import open_model
 from retrainer.errors import ModelError
 from retrainer.io.storage import AnyPath, tree_size
 from retrainer.reports.multi_label import multi_label_metrics
@@ -110,6 +109,8 @@ def export_report(
 
 
 def _run(path: AnyPath, pixels: np.ndarray, trust_model: bool) -> np.ndarray:
+    from retrainer.classify.run import open_model  # loads TensorFlow: only when verifying
+
     model = open_model(ClassifyConfig(graph=path, trust_model=trust_model))
     size = tuple(pixels.shape[1:3])
     if model.spec.input_size != size:

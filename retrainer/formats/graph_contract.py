@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 from retrainer.errors import ModelError
+from retrainer.io.atomic import write_text_atomically
 from retrainer.io.storage import AnyPath, as_path
 
 GRAPH_FORMAT = "retrainer-graph/1"
@@ -27,6 +28,51 @@ NOVELTY_OUTPUT = "novelty"
 DEFAULT_OUTPUT_DIR = Path("retrain_output")
 DEFAULT_GRAPH = DEFAULT_OUTPUT_DIR / "output_graph.pb"
 LABELS_FILENAME = "output_labels.txt"  # label-image looks for it next to the graph
+
+
+def graph_metadata(extractor: dict[str, Any], labels: Sequence[str], final_tensor_name: str,
+                   input_size: tuple[int, int], tta: Optional[str] = None,
+                   thresholds: Optional[Sequence[float]] = None,
+                   novelty: Optional[dict[str, Any]] = None,
+                   step: Optional[int] = None) -> dict[str, Any]:
+    """The `<graph>.meta.json` contract (see docs/retrain.md), without the graph's SHA-256.
+
+    Args:
+        extractor: {"name", "id"} (and "fine_tuned_from" for a tuned copy).
+        labels: class names in output order.
+        final_tensor_name: the probabilities' op.
+        input_size: (H, W).
+        tta: the test-time augmentation inside the graph; None: none.
+        thresholds: a multi-label head's per-class thresholds.
+        novelty: the novelty score's description (`Novelty.to_json()`); None: no such output.
+        step: an intermediate graph's training step.
+    """
+    height, width = input_size
+    document: dict[str, Any] = {
+        "format": GRAPH_FORMAT,
+        "input_layer": INPUT_OP,
+        "output_layer": final_tensor_name,
+        "input_height": height,
+        "input_width": width,
+        "input_mean": INPUT_MEAN,
+        "input_std": INPUT_STD,
+        "labels": list(labels),
+        "extractor": extractor,
+    }
+    if tta is not None:
+        document["tta"] = tta
+    if thresholds is not None:
+        document["multi_label"] = {"thresholds": dict(zip(labels, thresholds))}
+    if novelty is not None:
+        document["novelty"] = {"output_layer": NOVELTY_OUTPUT, **novelty}
+    if step is not None:
+        document["step"] = step
+    return document
+
+
+def write_labels(path: os.PathLike[str] | str, labels: Sequence[str]) -> None:
+    """The labels file: one label per line in class-index order, trailing newline."""
+    write_text_atomically(path, "".join(f"{label}\n" for label in labels))
 
 
 def metadata_path(graph_path: os.PathLike[str] | str) -> AnyPath:

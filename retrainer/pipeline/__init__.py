@@ -5,20 +5,28 @@
     training -> evaluation -> exports -> the result document -> reports (and the quality
     gates' verdict)
 
-`import tensorflow` alone takes seconds, so `run` loads the stages that need it
-(`pipeline.stages`, with TensorFlow) on a background thread while the preflight and the file
-index, which do not, run; the timer's "import" is only the part of that load they could not
-hide. This module itself imports no TensorFlow.
+`import tensorflow` alone takes seconds, and a rerun of a command whose results are all kept
+under --bottleneck_dir (the vectors, the extractor's specs, the frozen graph, heat maps and
+pictures) needs none of it. So TensorFlow is imported only when a stage needs it
+(`_background.TensorFlowLoad`): from the start, on a background thread beside the preflight and
+the file index, when this command has not finished with this cache before (a first run: its
+extraction will need it); else at the first stage that does. The later stages' module
+(`pipeline.stages`) loads on a background thread too. The timer's "import" is only the part of
+those loads the run waited for. This module itself imports no TensorFlow.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING, Optional
 
 from retrainer.cache.file_index import FileIndex
+from retrainer.cache.layout import run_result_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.config import RetrainConfig
-from retrainer.pipeline._background import BackgroundImport
+from retrainer.io.host import tensorflow_version
+from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad, start_devices
 from retrainer.pipeline.preflight import preflight
 from retrainer.pipeline.timer import StageTimer
 from retrainer.result import RetrainResult
@@ -50,8 +58,14 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
     """
     timer = timer or StageTimer()
     # Debug logging shows TensorFlow's own start-up notices too.
-    loading = BackgroundImport(STAGES_MODULE, quiet=not logging.getLogger().isEnabledFor(
-        logging.DEBUG), then=lambda stages_module: stages_module.start_devices())
+    tensorflow = TensorFlowLoad(timer, quiet=not logging.getLogger().isEnabledFor(logging.DEBUG))
+    finished = Memo(config.extraction.bottleneck_dir, run_result_path)
+    command = memo_key("finished command", tensorflow_version(),
+                       json.dumps(config.to_json(), sort_keys=True, default=str))
+    if finished.read(command) is None:
+        tensorflow.start()
+    loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet and not tensorflow.started,
+                               then=None if tensorflow.started else start_devices)
     try:
         collection = preflight(config, timer)
         with timer("file index"):
@@ -59,10 +73,15 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
             file_index.look_up([image.path for image in collection.images],
                                [collection.file_identities.get(image.relpath)
                                 for image in collection.images])
+        with timer("import"):
+            stages_module = loading.module()
+        result: RetrainResult = stages_module.run_stages(config, collection, file_index, timer,
+                                                         tensorflow)
+        if tensorflow.started:  # joined before exit (it was started for a run that had it all)
+            tensorflow.ready()
     except BaseException:
         loading.close()
+        tensorflow.close()
         raise
-    with timer("import"):
-        stages_module = loading.module()
-    result: RetrainResult = stages_module.run_stages(config, collection, file_index, timer)
+    finished.write(command, b"{}\n")
     return result

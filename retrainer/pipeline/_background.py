@@ -1,5 +1,6 @@
-"""Import a module on a background thread: `import tensorflow` alone takes seconds, and the
-pipeline has work that does not need it (discovery, hashing) to do meanwhile.
+"""Import TensorFlow on a background thread, only when the run needs it: `import tensorflow` alone
+takes seconds, and the pipeline has work that does not need it (discovery, hashing) to do
+meanwhile, while a rerun whose every result is cached needs none at all.
 
 While the import runs, file descriptor 2 is captured (TensorFlow's C++ start-up notices go
 straight to it, past Python's logging); when it is joined, every captured line that C++ logging
@@ -16,6 +17,48 @@ from types import ModuleType
 from typing import Callable, Iterator, Optional
 
 from retrainer.io.host import filtered_stderr, is_native_log_line
+from retrainer.pipeline.timer import StageTimer
+
+
+def start_devices(module: ModuleType) -> None:
+    """Start TensorFlow's devices, if `module`'s import loaded it (they print notices too, e.g.
+    when no GPU driver answers): done on the importing thread, while notices are hidden."""
+    tensorflow = sys.modules.get("tensorflow")
+    if tensorflow is not None and hasattr(tensorflow, "config"):
+        tensorflow.config.list_physical_devices()
+
+
+class TensorFlowLoad:
+    """TensorFlow, imported when the run first says it needs it: `start()` begins the import on
+    a daemon thread (the run goes on meanwhile), `ready(timer)` waits for it (timed as "import")
+    and starts it first if needed. A run that never calls either never imports TensorFlow."""
+
+    def __init__(self, timer: StageTimer, quiet: bool = True) -> None:
+        """`quiet`: hide TensorFlow's C++ start-up notices until the import is joined."""
+        self._timer = timer
+        self.quiet = quiet
+        self._loading: Optional[BackgroundImport] = None
+
+    @property
+    def started(self) -> bool:
+        return self._loading is not None
+
+    def start(self) -> None:
+        """Begin the import in the background (once)."""
+        if self._loading is None:
+            self._loading = BackgroundImport("tensorflow", self.quiet, then=start_devices)
+
+    def ready(self) -> None:
+        """Return once TensorFlow is imported (its import's errors are raised here)."""
+        self.start()
+        assert self._loading is not None
+        with self._timer("import"):
+            self._loading.module()
+
+    def close(self) -> None:
+        """Stop hiding notices (a run that fails before joining the import)."""
+        if self._loading is not None:
+            self._loading.close()
 
 
 class BackgroundImport:
@@ -32,7 +75,7 @@ class BackgroundImport:
         self._error: Optional[BaseException] = None
         self._stderr: Optional[contextlib.ExitStack] = None
         self._thread: Optional[threading.Thread] = None
-        if self._module is not None:
+        if self._module is not None and then is None:
             return
         if quiet:
             self._stderr = contextlib.ExitStack()
@@ -42,7 +85,7 @@ class BackgroundImport:
 
     def _load(self) -> None:
         try:
-            module = importlib.import_module(self.name)
+            module = self._module or importlib.import_module(self.name)
             if self._then is not None:
                 self._then(module)
             self._module = module

@@ -43,6 +43,9 @@ class SplitFeatures:
             (collection.images[position].relpath, reason)
             for position, reason in bottlenecks.skipped
         )
+        # each decodable image's content digest, by split: what its cached vector is keyed by
+        self.digests = {split: [bottlenecks.digests[position] for position in rows[split]]
+                        for split in SPLITS} if bottlenecks.digests else None
         order = [position for split in SPLITS for position in rows[split]]
         move_rows_in_place(bottlenecks.vectors, order)
         self.features = {}

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.audit.report_section import audit_sections
 from retrainer.audit.run import DatasetAudit
@@ -30,16 +29,16 @@ from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGate
 from retrainer.explain.scope import explainable
 from retrainer.exports.options import AUTO_TTA, NO_TTA
 from retrainer.exports.run import Exported, Exporter
-from retrainer.extractors import ExtractorSpec, FeatureExtractor
+from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.formats.graph_contract import INPUT_OP
-from retrainer.pipeline.extractor import prepare_extractor
+from retrainer.pipeline._background import TensorFlowLoad
+from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
     evaluate_multi_label,
     label_hits,
     top1_metrics,
     wrong_label_sets,
 )
-from retrainer.pipeline.search import search as search_configurations
 from retrainer.pipeline.split_features import SplitFeatures
 from retrainer.pipeline.timer import StageTimer
 from retrainer.reports.explanations import choose_images, explanation_section
@@ -50,40 +49,40 @@ from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.evaluate import Evaluation, evaluate_head, predict_probabilities
-from retrainer.training.fine_tune import FineTuneResult
 from retrainer.training.head import FeatureSet, TrainingResult, train_head
 from retrainer.training.image_modes import (
     distortions_of,
-    fine_tune_if_asked,
     fine_tuning_summary,
-    training_features,
     training_options,
 )
 from retrainer.training.novelty import fit_run_novelty, novelty_summary
 from retrainer.training.tta import TtaChoice, choose_tta
 
-
-def start_devices() -> None:
-    """Start TensorFlow's devices (it prints a notice when it finds no GPU driver): done while
-    TensorFlow loads on its background thread, whose notices are hidden."""
-    tf.config.list_physical_devices()
+if TYPE_CHECKING:  # fine-tuning loads TensorFlow
+    from retrainer.training.fine_tune import FineTuneResult
 
 
 def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
-               timer: StageTimer) -> RetrainResult:
+               timer: StageTimer, tensorflow: TensorFlowLoad) -> RetrainResult:
     """Run every stage after the preflight (see `retrainer.pipeline.run`) on its `collection`,
-    whose `file_index` has been looked up.
+    whose `file_index` has been looked up; `tensorflow` is loaded for the stages that need it.
 
     Raises:
         As `retrainer.pipeline.run`.
     """
-    extractor, engine = prepare_extractor(config, timer)
+    if needs_tensorflow(config):
+        tensorflow.start()  # the modes that always run it: loaded while the vectors are read
+    extraction = prepare_extraction(config, timer, tensorflow.ready)
     search = None
     if config.search:  # the chosen extractor and distortions replace the flags' (docs/training.md)
+        tensorflow.ready()
+        from retrainer.pipeline.search import search as search_configurations
+
         with timer("search"):
             search = search_configurations(config, collection)
         config = dataclasses.replace(config, **search.rows[search.chosen].settings)
-        extractor, engine = prepare_extractor(config, timer)
+        extraction = prepare_extraction(config, timer, tensorflow.ready)
+    engine = extraction.engine
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
             [image.path for image in collection.images], engine,
@@ -93,6 +92,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             file_index=file_index,
             signatures=config.audit.enabled,  # the audit's, from the same decode
         )
+    extraction.remember()
     audit = None
     if config.audit.enabled:
         with timer("audit"):
@@ -100,13 +100,15 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         collection = audit.collection  # duplicates regrouped, when asked
     splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
     held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
-    exporter = Exporter(config.exports, extractor, collection.labels,
+    exporter = Exporter(config.exports, extraction.spec, extraction.extractor, collection.labels,
                         held.folder(config.exports.intermediate_output_graphs_dir),
-                        config.extraction.bottleneck_dir)
-    trained = _train_and_evaluate(config, extractor, splits, exporter, held, timer)
+                        config.extraction.bottleneck_dir, tensorflow.ready)
+    trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
     with timer("novelty"):
-        novelty = fit_run_novelty(splits, extractor, trained.tuning,
-                                  config.training.novelty_pass_rate, config.training.seed)
+        novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
+                                  trained.tuning, config.training.novelty_pass_rate,
+                                  config.training.seed,
+                                  (config.extraction.bottleneck_dir, engine.spec.id))
     tta = None
     if config.exports.tta == AUTO_TTA:
         with timer("tta"):
@@ -157,8 +159,9 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     heat_maps: list[Section] = []
     if config.reports.report_html is not None:
         with timer("explain", active=config.reports.report_explanations > 0
-                   and explainable(extractor.spec.name)):
-            heat_maps = _explanations(config, exporter, trained, extractor.spec, splits)
+                   and explainable(extraction.spec.name)):
+            heat_maps = _explanations(config, exporter, trained, extraction.spec, splits,
+                                      tensorflow)
     audit_document = None
     if audit is not None:
         with timer("reports"):
@@ -196,7 +199,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         history=trained.head.history,
         test_metrics=test_metrics,
         validation_metrics=validation_metrics,
-        extractor=_extractor_json(extractor.spec),
+        extractor=_extractor_json(extraction.spec),
         flags=config.to_json(),
         quality_gates=gates,
         novelty=novelty_summary(novelty, trained.test_features),
@@ -232,6 +235,17 @@ class _Trained:
     test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
 
 
+def needs_tensorflow(config: RetrainConfig) -> bool:
+    """Whether the run's flags ask for work that always runs TensorFlow: the SGD head, distorted
+    vectors, fine-tuning, --search, the SavedModel, TFLite and ONNX conversions, intermediate
+    graphs, a sampled test split."""
+    training, exports = config.training, config.exports
+    return (training.solver != "lbfgs" or distortions_of(training).enabled
+            or training.do_fine_tuning or config.search or exports.saved_model_dir is not None
+            or bool(exports.tflite_files) or bool(exports.onnx_files)
+            or exports.intermediate_store_frequency > 0 or training.test_batch_size != -1)
+
+
 def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained,
                 splits: SplitFeatures) -> TtaChoice:
     """--tta auto's choice (training/tta.py), checked on the cached validation vectors; not for
@@ -244,23 +258,32 @@ def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained,
                       config.extraction.bottleneck_dir)
 
 
-def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, splits: SplitFeatures,
+def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: SplitFeatures,
                         exporter: Exporter, held: HeldOutputs, timer: StageTimer) -> _Trained:
     """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation."""
     options = config.training
     checkpoint = held.folder(options.checkpoint_path.parent) / options.checkpoint_path.name
     num_classes = len(splits.labels)
+    train_features, distorted = splits.features[TRAINING], None
     with timer("distort", active=distortions_of(options).enabled):
-        train_features, distorted = training_features(
-            options, extractor, splits.images[TRAINING], splits.features[TRAINING])
+        if distortions_of(options).enabled:
+            from retrainer.training.image_modes import training_features
+
+            train_features, distorted = training_features(
+                options, extraction.extractor(), splits.images[TRAINING], train_features)
     with timer("train"):
         head = train_head(train_features, splits.features[VALIDATION], num_classes,
                           training_options(options, len(splits.images[TRAINING]), checkpoint),
                           exporter.write_intermediate,
                           config.exports.intermediate_store_frequency)
+    tuning = None
+    held_out = {split: splits.features[split] for split in (VALIDATION, TESTING)}
     with timer("fine_tune", active=options.do_fine_tuning):
-        tuning, held_out = fine_tune_if_asked(
-            options, extractor, head.head, splits.images, splits.features)
+        if options.do_fine_tuning:  # the held-out vectors are then re-extracted
+            from retrainer.training.image_modes import fine_tune_if_asked
+
+            tuning, held_out = fine_tune_if_asked(
+                options, extraction.extractor(), head.head, splits.images, splits.features)
     with timer("evaluate"):
         evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
@@ -269,16 +292,17 @@ def _train_and_evaluate(config: RetrainConfig, extractor: FeatureExtractor, spli
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
-                  spec: ExtractorSpec, splits: SplitFeatures) -> list[Section]:
+                  spec: ExtractorSpec, splits: SplitFeatures,
+                  tensorflow: TensorFlowLoad) -> list[Section]:
     """The report's heat-map section (none with --report_explanations 0)."""
     count = config.reports.report_explanations
     if count == 0:
         return []
     chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
     return [explanation_section(
-        lambda: exporter.graph_exporter(trained.head.head).frozen_graph_bytes(), f"{INPUT_OP}:0",
+        lambda: exporter.exported_graph(trained.head.head), f"{INPUT_OP}:0",
         f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
-        config.extraction.bottleneck_dir)]
+        config.extraction.bottleneck_dir, tensorflow.ready)]
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures

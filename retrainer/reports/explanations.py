@@ -87,6 +87,7 @@ def explanation_section(
     graph: Callable[[], bytes], input_name: str, output_name: str, extractor_name: str,
     input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
     cache_root: Optional[os.PathLike[str] | str] = None,
+    load_tensorflow: Callable[[], None] = lambda: None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -99,6 +100,7 @@ def explanation_section(
         images: what to explain (`choose_images`).
         per_class: the --report_explanations count, for the text.
         cache_root: where the maps are cached (--bottleneck_dir); None: not cached.
+        load_tensorflow: called before maps are computed (kept ones need no TensorFlow).
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -116,7 +118,7 @@ def explanation_section(
     try:
         maps = _heat_maps(graph(), input_name, output_name, pixels,
                           np.array([image.predicted_class for image in readable], np.int64),
-                          cache_root)
+                          cache_root, load_tensorflow)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
@@ -136,11 +138,12 @@ class _NoHeatMaps(Exception):
 
 
 def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
-               classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str]
-               ) -> list[np.ndarray]:
+               classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str],
+               load_tensorflow: Callable[[], None]) -> list[np.ndarray]:
     """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
     [H, W, 3] each) through the frozen graph (its bytes): read back when the same graph explained
-    the same pixels and classes before (no TensorFlow then), else computed and kept.
+    the same pixels and classes before (no TensorFlow then), else computed and kept;
+    `load_tensorflow()` is called before computing.
 
     Raises:
         _NoHeatMaps: the graph has no map to explain, an op without a gradient, a failed op.
@@ -164,6 +167,7 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     stored = memo.read(key, usable)
     if stored is not None:
         return list(np.load(io.BytesIO(stored), allow_pickle=False))
+    load_tensorflow()
     maps = _computed_maps(graph, input_name, output_name, pixels, classes)
     buffer = io.BytesIO()
     np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)

@@ -9,21 +9,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import struct
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.cache.layout import picture_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.data.split import TESTING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
-from retrainer.io.storage import AnyPath
+from retrainer.io.storage import AnyPath, is_url
 from retrainer.reports.html import Section, render_page
 from retrainer.reports.multi_label_sections import multi_label_run_sections
 from retrainer.reports.options import ReportOptions
 from retrainer.reports.plots import MATPLOTLIB_VERSION, confusion_matrix_png, training_curves_png
 from retrainer.reports.sections import run_sections
+from retrainer.training.events import EventFile
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,17 @@ def write_metrics_file(result: Any, options: ReportOptions) -> None:
 
 
 def _write_image_summary(folder: AnyPath, png: bytes, step: int) -> None:
-    """The PNG as a TensorBoard image; the folder's previous event files are replaced."""
+    """The PNG as a TensorBoard image; the folder's previous event files are replaced (a local
+    folder without TensorFlow: `training.events`)."""
+    if not is_url(folder):
+        # training replaces the train/ and validation/ event files itself
+        events = EventFile(folder, replace=folder.name == "test")
+        width, height = struct.unpack(">II", png[16:24])  # the PNG's IHDR
+        events.image(CONFUSION_MATRIX_TAG, png, width, height, step)
+        events.close()
+        return
+    import tensorflow as tf
+
     if folder.name == "test":  # training replaces the train/ and validation/ event files itself
         for old_events in folder.glob("events.out.tfevents.*"):
             old_events.unlink()

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:  # the settings are read without it; only distorting images runs it
+    import tensorflow as tf
 
 # Bump when the distortion math changes: it is part of every distorted cache key.
 DISTORTION_FORMAT = "d1"
@@ -84,6 +86,8 @@ def distort_images(images: tf.Tensor, seeds: tf.Tensor, distortions: Distortions
     Returns:
         float32 [N, H, W, 3]; values in [0, 1] times the brightness factor (never clipped).
     """
+    import tensorflow as tf
+
     height, width = int(images.shape[1]), int(images.shape[2])
 
     def distort_one(arguments: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
@@ -96,6 +100,8 @@ def distort_images(images: tf.Tensor, seeds: tf.Tensor, distortions: Distortions
 
 def _distort_one(image: tf.Tensor, seed: tf.Tensor, distortions: Distortions, height: int,
                  width: int) -> tf.Tensor:
+    import tensorflow as tf
+
     scale_seed, crop_seed, flip_seed, brightness_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=4)
     )

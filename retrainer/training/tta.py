@@ -20,17 +20,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import numpy as np
-import tensorflow as tf
 
 from retrainer.cache.entries import BottleneckCache
 from retrainer.cache.layout import MIRRORED_SUBFOLDER
 from retrainer.data.batches import decode_files, file_digest
 from retrainer.engines.base import Engine
 from retrainer.io.storage import AnyPath, as_path
-from retrainer.training.head import Head
+
+if TYPE_CHECKING:
+    from retrainer.training.head import Head
 
 log = logging.getLogger(__name__)
 
@@ -118,5 +119,5 @@ def _mirrored_vectors(engine: Engine, paths: Sequence[AnyPath], bottleneck_dir: 
 
 
 def _correct(head: Head, vectors: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    probabilities = head.probabilities(tf.constant(vectors, tf.float32)).numpy()
+    probabilities = np.asarray(head.probabilities(np.asarray(vectors, np.float32)))
     return np.asarray(probabilities.argmax(axis=1) == truth)

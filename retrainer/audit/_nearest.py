@@ -1,0 +1,74 @@
+"""Audit helper: each image's few most similar partners, kept as pairs stream in.
+
+In a crowd of look-alikes (plain trousers) every image passes a search's gate with thousands of
+others, but a true copy is among its few most similar: the searches keep a k-nearest-neighbour
+graph instead of every gated pair.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Nearest:
+    """Each row's `limit` best partners so far (scores and positions, [N, limit] each): a few MB
+    for any N, instead of every gated pair."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        self.scores = np.full((count, limit), -np.inf, np.float32)
+        self.partners = np.full((count, limit), -1, np.int64)
+        self.floor = np.full(count, -np.inf, np.float32)  # each row's worst kept score
+
+    def contenders(self, rows: np.ndarray, columns: np.ndarray,
+                   scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The pairs `add` would not drop at once (better than either image's worst kept
+        partner): in a crowd of look-alikes most gated pairs lose, before any other test."""
+        chosen = (scores > self.floor[rows]) | (scores > self.floor[columns])
+        return rows[chosen], columns[chosen], scores[chosen]
+
+    def add(self, rows: np.ndarray, columns: np.ndarray, scores: np.ndarray) -> None:
+        """Offer the pairs to both of their images."""
+        owners = np.concatenate([rows, columns])
+        partners = np.concatenate([columns, rows])
+        scores = np.concatenate([scores, scores]).astype(np.float32)
+        better = scores > self.floor[owners]  # most offers lose at once once rows fill up
+        owners, partners, scores = owners[better], partners[better], scores[better]
+        if not len(owners):
+            return
+        order = np.lexsort((-scores, owners))  # by owner, best first
+        owners, partners, scores = owners[order], partners[order], scores[order]
+        limit = self.scores.shape[1]
+        starts = np.flatnonzero(np.r_[True, owners[1:] != owners[:-1]])
+        rank = np.arange(len(owners)) - np.repeat(starts, np.diff(np.r_[starts, len(owners)]))
+        unique = owners[starts]
+        top = rank < limit
+        owners, partners, scores, rank = owners[top], partners[top], scores[top], rank[top]
+        slot = np.searchsorted(unique, owners)
+        offered_scores = np.full((len(unique), limit), -np.inf, np.float32)
+        offered_partners = np.full((len(unique), limit), -1, np.int64)
+        offered_scores[slot, rank] = scores
+        offered_partners[slot, rank] = partners
+        merged_scores = np.concatenate([self.scores[unique], offered_scores], axis=1)
+        merged_partners = np.concatenate([self.partners[unique], offered_partners], axis=1)
+        best = np.argpartition(-merged_scores, limit - 1, axis=1)[:, :limit]
+        self.scores[unique] = np.take_along_axis(merged_scores, best, axis=1)
+        self.partners[unique] = np.take_along_axis(merged_partners, best, axis=1)
+        self.floor[unique] = self.scores[unique].min(axis=1)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every kept (row, partner) pair once, as (first, second) with first < second."""
+        owners = np.repeat(np.arange(len(self.partners)), self.partners.shape[1])
+        partners = self.partners.ravel()
+        valid = partners >= 0
+        owners, partners = owners[valid], partners[valid]
+        return unique_pairs(np.minimum(owners, partners), np.maximum(owners, partners))
+
+
+def unique_pairs(firsts: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (first, second) pairs of non-negative ints, sorted: (int64 [P], int64 [P]).
+
+    One int64 key per pair, since np.unique(axis=0) sorts rows 6x slower."""
+    firsts, seconds = np.asarray(firsts, np.int64), np.asarray(seconds, np.int64)
+    base = int(seconds.max()) + 1 if len(seconds) else 1
+    keys = np.unique(firsts * base + seconds)
+    return keys // base, keys % base

@@ -1,0 +1,158 @@
+"""The run's extractor and engine, known by their specs before they are built.
+
+Building them loads TensorFlow and the weights (seconds), but a rerun whose vectors are all
+cached needs only their specs: the cache namespace, the precision, the exported metadata. So the
+specs a built-in extractor resolved to (`--extractor_precision auto` depends on the host) are
+kept, keyed by retrainer's code, TensorFlow's version, the host and the extraction flags, under
+--bottleneck_dir and in the user's cache (`io.host.user_cache_dir`: a new --bottleneck_dir on the
+same machine); with them, the models are built only when something must run through them, and an
+int8 engine whose converted model is kept runs it without TensorFlow
+(`Int8Engine.from_kept_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+import numpy as np
+
+from retrainer.cache.layout import run_result_path
+from retrainer.cache.memo import Memo, memo_key
+from retrainer.cache.options import ExtractionOptions
+from retrainer.config import RetrainConfig
+from retrainer.engines import INT8, Engine
+from retrainer.engines.int8 import Int8Engine
+from retrainer.formats.extractor_spec import ExtractorSpec
+from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
+from retrainer.io.storage import is_url
+from retrainer.pipeline.timer import StageTimer
+
+if TYPE_CHECKING:  # their modules load TensorFlow
+    from retrainer.extractors import FeatureExtractor
+
+
+class Extraction:
+    """The extractor and its engine; `extractor()` and the engine's first call build them."""
+
+    def __init__(self, spec: ExtractorSpec, engine: Engine,
+                 build: Callable[[], tuple[FeatureExtractor, Engine]],
+                 remember: Callable[[Extraction], None] = lambda extraction: None) -> None:
+        self.spec = spec  # the extractor's (the engine's spec names its precision too)
+        self.engine = engine
+        self._build = build
+        self._remember = remember
+        self._built: Optional[tuple[FeatureExtractor, Engine]] = None
+
+    def remember(self) -> None:
+        """Keep the specs for the next run (after the bottleneck stage: an int8 engine then
+        knows which converted model it ran)."""
+        self._remember(self)
+
+    def extractor(self) -> FeatureExtractor:
+        """The extractor itself (TensorFlow), built on first use."""
+        return self.built()[0]
+
+    def built(self) -> tuple[FeatureExtractor, Engine]:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+
+class _DeferredEngine(Engine):
+    """An engine known by its kept spec; at its first batch, the kept int8 model without
+    TensorFlow, or else the engine built."""
+
+    def __init__(self, kept: dict[str, Any], spec: ExtractorSpec,
+                 build: Callable[[], Engine]) -> None:
+        self.precision = kept["precision"]
+        self.spec = spec
+        self.batch_size = int(kept["batch_size"])
+        self.devices = tuple(kept["devices"])
+        self.model_path = Path(kept["model"]) if kept.get("model") else None
+        self._build = build
+        self._engine: Optional[Engine] = None
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        if self._engine is None:
+            if self.precision == INT8 and self.model_path is not None:
+                self._engine = Int8Engine.from_kept_model(self.spec, self.model_path,
+                                                          usable_cpus())
+            if self._engine is None:
+                self._engine = self._build()
+        return self._engine(pixels)
+
+
+def prepare_extraction(config: RetrainConfig, timer: StageTimer,
+                       load_tensorflow: Callable[[], None]) -> Extraction:
+    """The run's extractor and engine (see the module docstring); `load_tensorflow()` is called
+    before they are built.
+
+    Raises:
+        As `pipeline.extractor.prepare_extractor`.
+    """
+    options = config.extraction
+    key = _specs_key(options)
+    records = [Memo(root, run_result_path)
+               for root in (options.bottleneck_dir, user_cache_dir() / "extraction-specs")]
+    kept = None
+    if key is not None and not config.training.do_fine_tuning:
+        kept = next((data for data in (memo.read(key) for memo in records) if data), None)
+
+    def build() -> tuple[FeatureExtractor, Engine]:
+        load_tensorflow()
+        from retrainer.pipeline.extractor import prepare_extractor
+
+        return prepare_extractor(config, timer)
+
+    def remember(extraction: Extraction) -> None:
+        if key is None:
+            return
+        engine = extraction.engine
+        model = getattr(engine, "model_path", None)
+        document = json.dumps({
+            "extractor": dataclasses.asdict(extraction.spec),
+            "engine": {**dataclasses.asdict(engine.spec), "precision": engine.precision,
+                       "batch_size": engine.batch_size, "devices": list(engine.devices),
+                       "model": None if model is None else str(model)},
+        }, sort_keys=True).encode()
+        if document != kept:
+            for memo in records:
+                memo.write(key, document)
+
+    if kept is not None:
+        try:
+            return _kept_extraction(json.loads(kept), build, remember)
+        except (ValueError, KeyError, TypeError):  # a damaged record: built as without one
+            kept = None
+    extractor, engine = build()
+    return Extraction(extractor.spec, engine, lambda: (extractor, engine), remember)
+
+
+def _kept_extraction(document: dict[str, Any],
+                     build: Callable[[], tuple[FeatureExtractor, Engine]],
+                     remember: Callable[[Extraction], None]) -> Extraction:
+    def spec_of(fields: dict[str, Any]) -> ExtractorSpec:
+        return ExtractorSpec(fields["name"], fields["id"], tuple(fields["input_size"]),
+                             int(fields["vector_size"]))
+
+    extraction = Extraction(spec_of(document["extractor"]), Engine(), build, remember)
+    extraction.engine = _DeferredEngine(document["engine"], spec_of(document["engine"]),
+                                        lambda: extraction.built()[1])
+    return extraction
+
+
+def _specs_key(options: ExtractionOptions) -> Optional[str]:
+    """The record's key; None for an extractor whose spec could change under the same name (a
+    module folder, a URL or hub handle, a keras: backbone): those are always built."""
+    name = options.extractor
+    if is_url(name) or ":" in name or "/" in name or os.path.exists(os.path.expanduser(name)):
+        return None
+    gpus = sorted(entry for entry in os.listdir("/dev") if entry.startswith("nvidia")) \
+        if os.path.isdir("/dev") else []
+    return memo_key("extraction specs", tensorflow_version(), platform.node(), gpus, name,
+                    options.image_size, options.precision, list(options.devices))
