@@ -95,25 +95,30 @@ def measure(image_dir: Path, cache: Path, work: Path, rounds: int, baseline: Opt
     sides = {"retrainer": ENV}
     if baseline:
         sides["baseline"] = {**ENV, "PYTHONPATH": str(Path(baseline).resolve())}
-    for env in sides.values():
-        timed(command, work, env)  # fills the cache (and the file index)
+    # Each side (and the changed-flag reruns) writes its outputs in its own folder: a rerun keeps
+    # the graph and checkpoint its own command wrote, so another side's must not replace them.
+    folders = {name: work / f"outputs-{name}" for name in [*sides, "changed"]}
+    for folder in folders.values():
+        folder.mkdir(exist_ok=True)
+    for name, env in sides.items():
+        timed(command, folders[name], env)  # fills the cache (and the file index)
     print(f"warm rerun of {image_dir} (vectors in {cache}); {machine_line()}", flush=True)
     print("imports tensorflow: " + ", ".join(
-        f"{name} {'yes' if imported_tensorflow(command, work, env) else 'no'}"
+        f"{name} {'yes' if imported_tensorflow(command, folders[name], env) else 'no'}"
         for name, env in sides.items()), flush=True)
     imports, walls, peaks, parts = [], {name: [] for name in sides}, [], []
     changed_walls: list[float] = []
     for round_ in range(rounds):
         imports.append(timed([sys.executable, "-c", "import tensorflow"], work, ENV)[0])
         for name, env in sides.items():
-            wall, peak, stdout = timed(command, work, env)
+            wall, peak, stdout = timed(command, folders[name], env)
             walls[name].append(wall)
             if name == "retrainer":
                 peaks.append(peak)
                 parts.append(json.loads(stdout)["seconds"])
         if changed:  # a value no earlier round used: nothing of its head is kept
             changed_walls.append(timed(command + ["--learning_rate", f"0.0{round_ + 11}"],
-                                       work, ENV)[0])
+                                       folders["changed"], ENV)[0])
             print(f"  round {round_ + 1}: changed head flag {changed_walls[-1]:.2f} s "
                   f"({changed_walls[-1] / imports[-1]:.2f}x the import)", flush=True)
         print(f"  round {round_ + 1}: import tensorflow {imports[-1]:.2f} s, " + ", ".join(

@@ -22,7 +22,8 @@ from retrainer.formats.graph_contract import metadata_path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # What varies between two runs of the same command: timings, and how the vectors were obtained.
-VARYING = {"seconds", "peak_memory_gib", "bottlenecks_computed", "bottlenecks_reused"}
+VARYING = {"seconds", "peak_memory_gib", "bottlenecks_computed", "bottlenecks_reused",
+           "cached"}  # the audit's: whether its findings were read back
 
 
 def retrain(tmp_path: Path, image_dir: Path, *extra: str) -> tuple[dict, bool]:
@@ -44,8 +45,13 @@ def retrain(tmp_path: Path, image_dir: Path, *extra: str) -> tuple[dict, bool]:
     return json.loads(process.stdout), "tensorflow" in imported  # the package or any module
 
 
-def stable(document: dict) -> dict:
-    return {key: value for key, value in document.items() if key not in VARYING}
+def stable(document: object) -> object:
+    """The document without what varies between two runs of the same command, at any depth."""
+    if isinstance(document, dict):
+        return {key: stable(value) for key, value in document.items() if key not in VARYING}
+    if isinstance(document, list):
+        return [stable(value) for value in document]
+    return document
 
 
 def outputs(tmp_path: Path) -> dict[str, bytes]:
