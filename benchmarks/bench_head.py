@@ -38,7 +38,8 @@ def synthetic_vectors(count: int, dims: int, classes: int, seed: int = 0):
 
 
 def run_loop(train, validation, classes: int, steps: int, logs: Path) -> float:
-    from retrainer.training.head import FeatureSet, TrainingConfig, train_head
+    from retrainer.training.head import train_head
+    from retrainer.training.head_types import FeatureSet, TrainingConfig
 
     config = TrainingConfig(steps=steps, learning_rate=0.01, train_batch_size=100,
                             validation_batch_size=100, eval_step_interval=10, seed=0,

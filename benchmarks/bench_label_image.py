@@ -33,13 +33,13 @@ def export_graph(folder: Path, extractor_name: str) -> Path:
     from retrainer.exports.graph import GraphExporter
     from retrainer.extractors import create_extractor
     from retrainer.formats.graph_contract import write_labels
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import initial_head
 
     if extractor_name == "tiny_test":
         import tests.fixtures_extractors  # noqa: F401  (registers tiny_test)
     extractor = create_extractor(extractor_name)
     labels = ("a", "b", "c", "d", "e")
-    head = Head(extractor.spec.vector_size, len(labels), seed=0)
+    head = initial_head(extractor.spec.vector_size, len(labels), seed=0)
     graph = folder / "output_graph.pb"
     GraphExporter(Classifier(extractor, head, labels, "final_result")).write_graph(graph)
     write_labels(folder / "output_labels.txt", labels)

@@ -75,14 +75,15 @@ def measure_calibration(config, holdout: Path, sizes: list[int]) -> None:
     from retrainer.exports.tflite import write_tflite_files
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import HeadLayer, initial_head
 
     collection = discover_images(config.image_dir, config.validation_percentage,
                                  config.testing_percentage)
     extractor = create_extractor(config.tfhub_module, config.image_size)
-    head = Head(extractor.spec.vector_size, len(collection.labels), config.seed)
-    tf.train.Checkpoint(head=head).read(str(config.checkpoint_path)).expect_partial()
-    classifier = Classifier(extractor, head, collection.labels, config.final_tensor_name)
+    layer = HeadLayer(initial_head(extractor.spec.vector_size, len(collection.labels),
+                                   config.seed))
+    tf.train.Checkpoint(head=layer).read(str(config.checkpoint_path)).expect_partial()
+    classifier = Classifier(extractor, layer.head(), collection.labels, config.final_tensor_name)
     training = [image.path for image in collection.images if image.split == TRAINING]
     testing = [image for image in collection.images if image.split == TESTING]
     held = discover_images(holdout, 0, 0).images  # every holdout image, all in "training"

@@ -95,14 +95,13 @@ def _exports(scratch: Path, handle: str, tflite: bool = False,
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
     from retrainer.security import check_model, model_ops
-    from retrainer.training.head import Head
-
+    from retrainer.training.head_layer import initial_head
     from retrainer.training.novelty import fit_novelty
     from retrainer.training.objectives import SIGMOID, SOFTMAX
 
     extractor = create_extractor(handle)
     size = extractor.spec.vector_size
-    head = Head(size, 3, seed=0, objective=SIGMOID if multi_label_novelty else SOFTMAX)
+    head = initial_head(size, 3, seed=0, objective=SIGMOID if multi_label_novelty else SOFTMAX)
     novelty, thresholds = None, None
     if multi_label_novelty:
         vectors = np.random.default_rng(0).random((96, size), np.float32)

@@ -93,20 +93,21 @@ def _from_run(run: Path):
 
     from retrainer.classify.config import ClassifyConfig
     from retrainer.classify.run import open_model
-    from retrainer.data.discovery import discover_images
     from retrainer.data.batches import decode_files
-    from retrainer.exports.tflite import seeded_sample
+    from retrainer.data.discovery import discover_images
     from retrainer.exports.classifier import Classifier
+    from retrainer.exports.tflite import seeded_sample
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import HeadLayer, initial_head
 
     flags = json.loads((run / "metrics.json").read_text())["flags"]
     collection = discover_images(Path(flags["image_dir"]), flags["validation_percentage"],
                                  flags["testing_percentage"])
     extractor = create_extractor(flags["tfhub_module"], flags["image_size"])
-    head = Head(extractor.spec.vector_size, len(collection.labels), seed=0)
-    tf.train.Checkpoint(head=head).read(flags["checkpoint_path"]).expect_partial()
-    classifier = Classifier(extractor, head, collection.labels, flags["final_tensor_name"])
+    layer = HeadLayer(initial_head(extractor.spec.vector_size, len(collection.labels), seed=0))
+    tf.train.Checkpoint(head=layer).read(flags["checkpoint_path"]).expect_partial()
+    classifier = Classifier(extractor, layer.head(), collection.labels,
+                            flags["final_tensor_name"])
     tests = collection.in_split("testing")
     pixels, ok = decode_files([image.path for image in tests], extractor.spec.input_size)
     model = open_model(ClassifyConfig(graph=Path(flags["output_graph"])))
@@ -121,10 +122,10 @@ def _from_run(run: Path):
 def _smoke():
     from retrainer.exports.classifier import Classifier
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import initial_head
 
     extractor = create_extractor("efficientnet_lite0", 64)
-    classifier = Classifier(extractor, Head(1280, 3, seed=0), ("a", "b", "c"), "out")
+    classifier = Classifier(extractor, initial_head(1280, 3, seed=0), ("a", "b", "c"), "out")
     pixels = np.random.default_rng(0).integers(0, 256, (12, 64, 64, 3), dtype=np.uint8)
     reference = classifier.classify(pixels.astype(np.float32) / 255.0).numpy()
     return classifier, pixels, reference, pixels

@@ -47,7 +47,8 @@ LAZY_TENSORFLOW = {"retrainer.io.storage": "only URLs need TensorFlow's file sys
                    "retrainer.formats.tflite": "running a .tflite needs LiteRT only",
                    "retrainer.training.evaluate": "only a sampled test batch (--test_batch_size "
                                                   "N) draws with the training's sampler",
-                   "retrainer.training.distortions": "the settings are read without it"}
+                   "retrainer.training.head": "only --head_solver sgd needs it",
+                   "retrainer.training.image_modes": "only distortions and fine-tuning need it"}
 # docs/architecture.md's layers, bottom up: each imports only from those before it.
 LAYERS = ["errors", "io", "data", "formats", "security", "extractors", "engines", "cache",
           "training", "explain", "reports", "audit", "classify", "exports", "beam", "config",

@@ -12,7 +12,7 @@ from retrainer.explain.gradcam import GradCam
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter
 from retrainer.extractors import create_extractor
-from retrainer.training.head import Head
+from retrainer.training.head_layer import initial_head
 from retrainer.training.objectives import SIGMOID, SOFTMAX
 from tests.fixtures_photos import PHOTOS, photo
 
@@ -33,7 +33,7 @@ def photos() -> np.ndarray:
 
 def frozen_graph(extractor, tmp_path, tta: str, objective=SOFTMAX, classes: int = 5):
     path = tmp_path / f"{tta}-{objective.name}.pb"
-    head = Head(extractor.spec.vector_size, classes, seed=3, objective=objective)
+    head = initial_head(extractor.spec.vector_size, classes, seed=3, objective=objective)
     labels = tuple(f"class{index}" for index in range(classes))
     GraphExporter(Classifier(extractor, head, labels, "final_result", tta=tta)).write_graph(path)
     return tf.compat.v1.GraphDef.FromString(path.read_bytes())
@@ -66,7 +66,7 @@ def test_graphs_where_cam_differs_from_grad_cam_get_none(extractor, tmp_path):
     """A map taken before the last block (a 1 x 1 last map at 32 pixels) or a head that is not
     linear in the pooled map: CAM is not Grad-CAM there, so none is offered."""
     small = create_extractor("efficientnet_lite0", 32)
-    head = Head(small.spec.vector_size, 3, seed=1)
+    head = initial_head(small.spec.vector_size, 3, seed=1)
     path = tmp_path / "small.pb"
     GraphExporter(Classifier(small, head, ("a", "b", "c"), "final_result")).write_graph(path)
     graph_def = tf.compat.v1.GraphDef.FromString(path.read_bytes())

@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
-from retrainer.training.distortions import Distortions, distort_images, image_seeds
+from retrainer.training.distortion_ops import distort_images
+from retrainer.training.distortions import Distortions, image_seeds
 from tests.fixtures_data import make_color_image_dir
 
 SIZE = 16

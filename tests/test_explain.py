@@ -30,14 +30,14 @@ def lite_models(tmp_path_factory):
     from retrainer.exports.saved_model import write_saved_model
     from retrainer.extractors import create_extractor
     from retrainer.formats.graph_contract import write_labels
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import initial_head
     from retrainer.training.novelty import fit_novelty
 
     folder = tmp_path_factory.mktemp("lite")
     extractor = create_extractor("efficientnet_lite0", SIZE)
     vectors = np.random.default_rng(0).random((48, extractor.spec.vector_size), np.float32)
     novelty = fit_novelty(vectors[:32], np.arange(32) % 3, vectors[32:])
-    classifier = Classifier(extractor, Head(extractor.spec.vector_size, 3, seed=1),
+    classifier = Classifier(extractor, initial_head(extractor.spec.vector_size, 3, seed=1),
                             ("a", "b", "c"), "final_result", novelty)
     GraphExporter(classifier).write_graph(folder / "graph.pb")
     write_labels(folder / "output_labels.txt", classifier.label_names)

@@ -19,7 +19,7 @@ from retrainer.exports.graph import GraphExporter
 from retrainer.exports.saved_model import write_saved_model
 from retrainer.formats.graph_contract import metadata_path, write_labels
 from retrainer.io.atomic import replace_directory
-from retrainer.training.head import Head
+from retrainer.training.head_layer import initial_head
 
 LABELS = ("cat", "espresso", "naïve label")
 
@@ -61,9 +61,9 @@ def label_image_py(graph_file: Path, image_file: Path, input_height: int, input_
 
 @pytest.fixture
 def classifier(tiny_extractor) -> Classifier:
-    head = Head(16, len(LABELS), seed=0)
-    head.weights.assign(tf.random.stateless_normal([16, len(LABELS)], seed=[1, 2]) * 3)
-    head.biases.assign([0.1, -0.2, 0.05])
+    head = initial_head(16, len(LABELS), seed=0)
+    head.weights = (tf.random.stateless_normal([16, len(LABELS)], seed=[1, 2]) * 3).numpy()
+    head.biases = np.array([0.1, -0.2, 0.05], np.float32)
     return Classifier(tiny_extractor, head, LABELS, "final_result")
 
 

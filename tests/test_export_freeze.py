@@ -12,7 +12,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter, frozen_graph_def
 from retrainer.formats.graph_contract import metadata_path
-from retrainer.training.head import Head
+from retrainer.training.head_layer import initial_head
 
 
 def run(graph_def, images):
@@ -24,7 +24,7 @@ def run(graph_def, images):
 
 
 def test_direct_freeze_matches_tensorflows_public_route(tiny_extractor):
-    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    head = initial_head(tiny_extractor.spec.vector_size, 3, seed=1)
     classifier = Classifier(tiny_extractor, head, ("a", "b", "c"), "final_result")
     concrete = classifier.classify.get_concrete_function()
     ours = frozen_graph_def(concrete)
@@ -38,11 +38,11 @@ def test_direct_freeze_matches_tensorflows_public_route(tiny_extractor):
 
 def test_the_frozen_graph_follows_the_variables(tiny_extractor):
     """Built once per state of the weights: a changed head gives a new graph."""
-    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    head = initial_head(tiny_extractor.spec.vector_size, 3, seed=1)
     exporter = GraphExporter(Classifier(tiny_extractor, head, ("a", "b", "c"), "final_result"))
     first = exporter.frozen_graph_def()
     assert exporter.frozen_graph_def() is first
-    for variable in head.variables:
+    for variable in exporter.classifier.head.variables:
         variable.assign(tf.random.stateless_normal(variable.shape, (1, 2)))
     second = exporter.frozen_graph_def()
     assert second is not first
@@ -53,7 +53,7 @@ def test_the_frozen_graph_follows_the_variables(tiny_extractor):
 def test_a_rerun_with_the_same_inputs_reuses_the_written_graph_untraced(tiny_extractor, tmp_path):
     """Same code, variables and metadata: the graph already at the path is the one they froze to
     (its SHA-256 recorded under the cache root), so nothing is traced; any change traces again."""
-    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    head = initial_head(tiny_extractor.spec.vector_size, 3, seed=1)
     graph, cache = tmp_path / "out" / "graph.pb", tmp_path / "cache"
     graph.parent.mkdir()
 
@@ -80,8 +80,8 @@ def test_a_rerun_with_the_same_inputs_reuses_the_written_graph_untraced(tiny_ext
     damaged.write_graph(graph)
     assert damaged._traced is not None and graph.read_bytes() != made[:-1] + bytes([made[-1] ^ 1])
     before = run(damaged.frozen_graph_def(), images)
-    for variable in head.variables:  # another head
-        variable.assign(tf.random.stateless_normal(variable.shape, (3, 4)))
+    head.weights = tf.random.stateless_normal(head.weights.shape, (3, 4)).numpy()  # another head
+    head.biases = tf.random.stateless_normal(head.biases.shape, (3, 5)).numpy()
     retrained = exporter(("a", "b", "z"))
     retrained.write_graph(graph)
     assert retrained._traced is not None
@@ -95,7 +95,7 @@ def test_a_rerun_with_the_same_inputs_reuses_the_written_graph_untraced(tiny_ext
 
 
 def test_an_unwritable_record_is_a_warning_not_a_failure(tiny_extractor, tmp_path, caplog):
-    head = Head(tiny_extractor.spec.vector_size, 3, seed=1)
+    head = initial_head(tiny_extractor.spec.vector_size, 3, seed=1)
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder would be")
     exporter = GraphExporter(Classifier(tiny_extractor, head, ("a", "b"), "final_result"), blocked)

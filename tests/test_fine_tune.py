@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from retrainer.cli.retrain import main
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE
-from retrainer.training.head import FeatureSet, TrainingConfig, train_head
+from retrainer.training.head import train_head
+from retrainer.training.head_types import FeatureSet, TrainingConfig
 from retrainer.training.regularization import Regularization
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
@@ -143,22 +144,22 @@ def test_early_stopping_restores_the_best_step():
     assert stopped.best_step == stopped.history[best].step
     assert len(entropies) == best + 4 < 30  # stopped 3 evaluations without gain after the best
     replay = train_head(train, validation, 2, config(steps=stopped.best_step + 1))
-    np.testing.assert_array_equal(stopped.head.weights.numpy(), replay.head.weights.numpy())
+    np.testing.assert_array_equal(stopped.head.weights, replay.head.weights)
     # When validation keeps improving, it runs to the end and keeps the best (lowest) point.
     full = train_head(train, separable(20, 1), 2, config(early_stopping_patience=3))
     entropies = {point.step: point.validation_cross_entropy for point in full.history}
     assert full.best_step == min(entropies, key=entropies.get)
     replay = train_head(train, separable(20, 1), 2, config(steps=full.best_step + 1))
-    np.testing.assert_array_equal(full.head.weights.numpy(), replay.head.weights.numpy())
+    np.testing.assert_array_equal(full.head.weights, replay.head.weights)
 
 
 def test_regularisation_options_change_training():
     train, validation = separable(40, 0), separable(20, 1)
-    plain = train_head(train, validation, 2, config(steps=20)).head.weights.numpy()
+    plain = train_head(train, validation, 2, config(steps=20)).head.weights
     for option in (Regularization(momentum=0.9), Regularization(dropout_rate=0.5),
                    Regularization(l2_regularizer=0.5), Regularization(label_smoothing=0.2)):
         weights = train_head(train, validation, 2,
-                             config(steps=20, regularization=option)).head.weights.numpy()
+                             config(steps=20, regularization=option)).head.weights
         assert not np.allclose(weights, plain), option
         if option.l2_regularizer:
             assert np.square(weights).sum() < np.square(plain).sum()

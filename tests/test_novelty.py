@@ -124,3 +124,29 @@ def test_label_image_reject(deployed_run, tmp_path, model):
     assert lines[lines.index(f"==> {noise} <==") + 1].startswith("unknown (")
     without = runner.invoke(label_image_main, arguments, catch_exceptions=False)
     assert "unknown" not in without.output
+
+
+def test_a_run_keeps_its_fit_and_reads_it_back(tmp_path, caplog):
+    """The same splits (image digests, labels) and settings: the fit is read back, equal; other
+    settings or a damaged entry: fitted again."""
+    from types import SimpleNamespace
+
+    from retrainer.data.split import TESTING, TRAINING, VALIDATION
+    from retrainer.training.head import FeatureSet
+    from retrainer.training.novelty import fit_run_novelty
+
+    rng = np.random.default_rng(0)
+    features = {split: FeatureSet(rng.random((n, 8), np.float32), np.arange(n) % 2)
+                for split, n in ((TRAINING, 40), (VALIDATION, 10), (TESTING, 0))}
+    splits = SimpleNamespace(features=features, images={}, digests={
+        split: [f"{split}{row:02d}" for row in range(len(rows))] for split, rows in features.items()})
+    kept = (tmp_path, "engine-id")
+    first = fit_run_novelty(splits, None, None, 0.95, 0, kept)
+    (entry,) = (tmp_path / "novelty-v1").rglob("*.npz")
+    again = fit_run_novelty(splits, None, None, 0.95, 0, kept)
+    assert again.to_json() == first.to_json()
+    np.testing.assert_array_equal(again.references, first.references)
+    entry.write_bytes(b"PK damaged")
+    assert fit_run_novelty(splits, None, None, 0.95, 0, kept).to_json() == first.to_json()
+    fit_run_novelty(splits, None, None, 0.9, 0, kept)  # another pass rate: its own entry
+    assert len(list((tmp_path / "novelty-v1").rglob("*.npz"))) == 2

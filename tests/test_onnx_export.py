@@ -225,11 +225,11 @@ def test_max_export_accuracy_drop_applies_to_onnx(onnx_run, tmp_path):
     from retrainer.exports.run import Exported
     from retrainer.exports.verify import FROZEN_GRAPH, export_report
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import initial_head
 
     out, document = onnx_run
     labels = tuple(document["labels"])
-    untrained = Classifier(create_extractor("tiny_test"), Head(16, len(labels), seed=3),
+    untrained = Classifier(create_extractor("tiny_test"), initial_head(16, len(labels), seed=3),
                            labels, "final_result")
     path = tmp_path / "untrained.onnx"
     write_onnx_files(untrained, {"none": path}, 10, [], seed=0)

@@ -151,7 +151,7 @@ def test_a_curve_of_one_point_is_drawn(solver):
     import numpy as np
 
     from retrainer.reports.plots import training_curves_png
-    from retrainer.training.loop import EvalPoint
+    from retrainer.training.head_types import EvalPoint
 
     point = EvalPoint(step=36, train_accuracy=0.76, cross_entropy=0.67,
                       validation_accuracy=None, validation_count=0)
@@ -307,7 +307,7 @@ def test_pictures_are_drawn_once_per_content_and_kept_under_the_cache(tmp_path, 
 
     from retrainer.reports import writer
     from retrainer.reports.options import ReportOptions
-    from retrainer.training.loop import EvalPoint
+    from retrainer.training.head_types import EvalPoint
 
     options = ReportOptions(tmp_path / "m.json", tmp_path / "r.html", tmp_path / "logs",
                             None, None, 0)

@@ -38,13 +38,13 @@ def lite_classifier(handle: str, image_size=None, multi_label_novelty: bool = Fa
 
     from retrainer.exports.classifier import Classifier
     from retrainer.extractors import create_extractor
-    from retrainer.training.head import Head
+    from retrainer.training.head_layer import initial_head
     from retrainer.training.novelty import fit_novelty
     from retrainer.training.objectives import SIGMOID, SOFTMAX
 
     extractor = create_extractor(handle, image_size)
     size = extractor.spec.vector_size
-    head = Head(size, 3, seed=0, objective=SIGMOID if multi_label_novelty else SOFTMAX)
+    head = initial_head(size, 3, seed=0, objective=SIGMOID if multi_label_novelty else SOFTMAX)
     if not multi_label_novelty:
         return Classifier(extractor, head, ("a", "b", "c"), "final_result")
     vectors = np.random.default_rng(0).random((96, size), np.float32)

@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from retrainer.training import evaluate, solver
+from retrainer.training import solver
 from retrainer.training.convex import ConvexConfig, fit_head
-from retrainer.training.evaluate import predict_probabilities
-from retrainer.training.head import FeatureSet
+from retrainer.training.evaluate import evaluate_head
+from retrainer.training.head_types import FeatureSet, Head
 from retrainer.training.objectives import SIGMOID, SOFTMAX
 from retrainer.training.solver import (
     Problem,
@@ -26,7 +26,8 @@ from retrainer.training.solver import (
 
 LIGHT_MODULES = ("retrainer.training.convex", "retrainer.training.objectives",
                  "retrainer.training.evaluate", "retrainer.training.solver",
-                 "retrainer.audit.label_issues")
+                 "retrainer.audit.label_issues", "retrainer.training.head",
+                 "retrainer.training.head_types", "retrainer.training.image_modes")
 
 
 def test_the_solver_evaluation_and_label_model_import_no_tensorflow():
@@ -139,26 +140,21 @@ def test_a_warm_start_continues_from_a_previous_state():
 
 @pytest.mark.parametrize("objective", [SOFTMAX, SIGMOID])
 def test_probabilities_in_chunks_equal_one_pass(objective, monkeypatch):
-    """Evaluation scores rows a chunk at a time (a million test rows of 1,000 classes never hold
+    """The head scores rows a chunk at a time (a million test rows of 1,000 classes never hold
     several [N, C] arrays): the same probabilities as one product, for every row or a sample."""
     rng = np.random.default_rng(1)
     features = rng.normal(size=(50, 8)).astype(np.float32)
-
-    class Layer:
-        weights = rng.normal(size=(8, 5)).astype(np.float32)
-        biases = rng.normal(size=5).astype(np.float32)
-
-    Layer.objective = objective
-    logits = features.astype(np.float64) @ Layer.weights + Layer.biases
+    head = Head(rng.normal(size=(8, 5)).astype(np.float32),
+                rng.normal(size=5).astype(np.float32), objective)
+    logits = features.astype(np.float64) @ head.weights + head.biases
     if objective.multi_label:
         expected = 1 / (1 + np.exp(-logits))
     else:
         expected = np.exp(logits - logits.max(1, keepdims=True))
         expected /= expected.sum(1, keepdims=True)
     monkeypatch.setattr(solver, "CHUNK_VALUES", 5 * 7)  # 7 rows a chunk
-    np.testing.assert_allclose(predict_probabilities(Layer, features), expected, atol=1e-6)
+    np.testing.assert_allclose(head.probabilities(features), expected, atol=1e-6)
     rows = np.array([4, 4, 0, 49, 17, 3, 3, 3, 8, 1])
-    np.testing.assert_allclose(predict_probabilities(Layer, features, rows), expected[rows],
-                               atol=1e-6)
-    whole = evaluate.evaluate_head(Layer, FeatureSet(features, expected.argmax(1)), 5, -1, 0)
+    np.testing.assert_allclose(head.probabilities(features, rows), expected[rows], atol=1e-6)
+    whole = evaluate_head(head, FeatureSet(features, expected.argmax(1)), 5, -1, 0)
     assert whole.accuracy == 1.0 and whole.count == 50

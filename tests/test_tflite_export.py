@@ -25,7 +25,7 @@ from retrainer.formats.tflite_metadata import (
     metadata_buffer,
     read_metadata,
 )
-from retrainer.training.head import Head
+from retrainer.training.head_layer import HeadLayer, initial_head
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args
@@ -58,7 +58,7 @@ def run_tflite(model: bytes, image: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def wide_classifier() -> Classifier:
-    head = Head(128, 3, seed=0)
+    head = initial_head(128, 3, seed=0)
     return Classifier(WideTinyExtractor(), head, ("a", "b", "c"), "final_result")
 
 
@@ -177,9 +177,9 @@ def test_int8_calibrated_on_one_class_loses_accuracy_and_fails_the_gate(deployed
     from retrainer.extractors import create_extractor
 
     labels = deployed_run.result.labels
-    head = Head(16, len(labels), seed=0)
-    tf.train.Checkpoint(head=head).read(str(deployed_run.out / "checkpoint" / "head")).expect_partial()
-    classifier = Classifier(create_extractor("tiny_test"), head, labels, "final_result")
+    layer = HeadLayer(initial_head(16, len(labels), seed=0))
+    tf.train.Checkpoint(head=layer).read(str(deployed_run.out / "checkpoint" / "head")).expect_partial()
+    classifier = Classifier(create_extractor("tiny_test"), layer.head(), labels, "final_result")
     dark = []
     for index in range(12):
         dark.append(tmp_path / f"dark_{index}.png")

@@ -11,7 +11,9 @@ import tensorflow as tf
 from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.training._sampling import WHOLE_SET, BalancedSampler, stream_seed
 from retrainer.training.evaluate import evaluate_head
-from retrainer.training.head import FeatureSet, Head, TrainingConfig, train_head
+from retrainer.training.head import train_head
+from retrainer.training.head_layer import HeadLayer, initial_head
+from retrainer.training.head_types import FeatureSet, TrainingConfig
 from tests.fixtures_data import make_color_image_dir
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "grey": (128, 128, 128)}
@@ -43,14 +45,14 @@ def config(**overrides) -> TrainingConfig:
 
 def test_learns_separable_classes(color_features):
     result = train_head(color_features, color_features, 4, config(steps=200))
-    probabilities = result.head.probabilities(color_features.features).numpy()
+    probabilities = result.head.probabilities(color_features.features)
     assert (probabilities.argmax(1) == color_features.labels).mean() == 1.0
     assert result.history[-1].train_accuracy == 1.0
     assert result.history[-1].cross_entropy < result.history[0].cross_entropy
 
 
 def test_logs_like_retrain_py_at_each_interval_and_the_last_step(color_features, caplog):
-    with caplog.at_level(logging.INFO, logger="retrainer.training.head"):
+    with caplog.at_level(logging.INFO, logger="retrainer.training"):
         result = train_head(color_features, color_features, 4, config(steps=25, eval_step_interval=10))
     assert [point.step for point in result.history] == [0, 10, 20, 24]
     for point in result.history:
@@ -68,18 +70,18 @@ def test_same_seed_same_numbers_however_steps_are_grouped(color_features):
         for interval, on_store, store_every in [(10, None, 0), (10, None, 0), (1, None, 0),
                                                 (60, lambda step, head: None, 7)]
     ]
-    reference = runs[0].head.weights.numpy()
+    reference = runs[0].head.weights
     for run in runs[1:]:
-        np.testing.assert_array_equal(run.head.weights.numpy(), reference)
+        np.testing.assert_array_equal(run.head.weights, reference)
     assert runs[0].history == runs[1].history
 
     other_seed = train_head(color_features, color_features, 4, config(seed=1))
-    assert not np.array_equal(other_seed.head.weights.numpy(), reference)
+    assert not np.array_equal(other_seed.head.weights, reference)
 
 
 def test_empty_validation_set_is_skipped_with_a_note(color_features, caplog):
     empty = subset(color_features, np.zeros(len(color_features), bool))
-    with caplog.at_level(logging.INFO, logger="retrainer.training.head"):
+    with caplog.at_level(logging.INFO, logger="retrainer.training"):
         result = train_head(color_features, empty, 4, config(steps=11))
     assert all(point.validation_accuracy is None for point in result.history)
     assert any("No validation images" in message for message in caplog.messages)
@@ -92,7 +94,7 @@ def test_classes_missing_from_validation_or_training(color_features):
     training = subset(color_features, color_features.labels != 3)  # class 3: no training images
     result = train_head(training, validation, 4, config(steps=30))
     assert result.history[-1].validation_count == 10
-    predictions = result.head.probabilities(training.features).numpy().argmax(1)
+    predictions = result.head.probabilities(training.features).argmax(1)
     assert 3 not in predictions
 
 
@@ -106,7 +108,7 @@ def test_whole_set_batches(color_features):
 def test_intermediate_stores_at_retrain_py_steps(color_features):
     stored = []
     train_head(color_features, color_features, 4, config(steps=25),
-               lambda step, head: stored.append((step, head.weights.numpy().copy())), 10)
+               lambda step, head: stored.append((step, head.weights.copy())), 10)
     assert [step for step, _ in stored] == [10, 20]
     assert not np.array_equal(stored[0][1], stored[1][1])
 
@@ -131,9 +133,9 @@ def test_summaries_and_checkpoint(color_features, tmp_path):
     assert events("validation") == {tag: [0, 10, 20] for tag in ("accuracy", "cross_entropy")}
     assert all(point.validation_cross_entropy > 0 for point in result.history)
 
-    restored = Head(16, 4, seed=99)
+    restored = HeadLayer(initial_head(16, 4, seed=99))
     tf.train.Checkpoint(head=restored).read(str(checkpoint)).expect_partial()
-    np.testing.assert_array_equal(restored.weights.numpy(), result.head.weights.numpy())
+    np.testing.assert_array_equal(restored.weights.numpy(), result.head.weights)
 
 
 def test_balanced_sampler_draws_classes_equally():
@@ -152,7 +154,7 @@ def test_evaluation_counts_and_misclassified(color_features, caplog):
     head = train_head(color_features, color_features, 4, config(steps=3, learning_rate=0.01)).head
     with caplog.at_level(logging.INFO, logger="retrainer.training.evaluate"):
         evaluation = evaluate_head(head, color_features, 4, WHOLE_SET, seed=0)
-    predictions = head(color_features.features).numpy().argmax(1)
+    predictions = head.logits(color_features.features).argmax(1)
     truth = color_features.labels
     assert evaluation.accuracy == pytest.approx((predictions == truth).mean())
     assert evaluation.count == len(color_features)
@@ -165,7 +167,7 @@ def test_evaluation_counts_and_misclassified(color_features, caplog):
 
 
 def test_evaluation_sample_and_empty_test_set(color_features, caplog):
-    head = Head(16, 4, seed=0)
+    head = initial_head(16, 4, seed=0)
     sampled = evaluate_head(head, color_features, 4, 7, seed=3)
     assert sampled.count == 7 and len(sampled.positions) == 7
     with caplog.at_level(logging.WARNING, logger="retrainer.training.evaluate"):

@@ -16,7 +16,7 @@ from PIL import Image
 import retrainer
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.exports.classifier import Classifier
-from retrainer.training.head import Head
+from retrainer.training.head_layer import initial_head
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
 from tests.fixtures_pipeline import retrain_args
@@ -31,7 +31,7 @@ def asymmetric_images(count: int = 4) -> np.ndarray:
 
 
 def test_the_head_reads_the_mean_of_both_vectors():
-    extractor, head = TinyExtractor(), Head(16, 3, seed=0)
+    extractor, head = TinyExtractor(), initial_head(16, 3, seed=0)
     flipped = Classifier(extractor, head, ("a", "b", "c"), "final_result", tta="flip")
     plain = Classifier(extractor, head, ("a", "b", "c"), "final_result")
     images = tf.constant(asymmetric_images(), tf.float32) / 255
@@ -112,7 +112,7 @@ def test_heat_maps_of_a_flip_graph_are_the_images_own(tmp_path):
     from retrainer.extractors import create_extractor
 
     extractor = create_extractor("efficientnet_lite0", 64)  # real weights, a 2x2 map
-    head = Head(extractor.spec.vector_size, 3, seed=1)
+    head = initial_head(extractor.spec.vector_size, 3, seed=1)
     images = np.zeros((3, 64, 64, 3), np.float32) + 0.15
     images[:, 8:24, 40:56] = (1.0, 0.85, 0.1)  # a bright square top right
     explained = {}

@@ -18,6 +18,7 @@
                                                       show (`picture_path`)
       checkpoints-v1/<aa>/<key>.sha256               the SHA-256s of the checkpoint files its
                                                       inputs wrote (`checkpoint_record_path`)
+      novelty-v1/<aa>/<key>.npz                      the novelty score's fit (`novelty_path`)
       run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
                                                       by their inputs (`run_result_path`)
 
@@ -48,6 +49,7 @@ _FROZEN_GRAPHS = "frozen-graphs-v1"
 _PICTURES = "pictures-v1"
 _RUN_RESULTS = "run-results-v1"
 _CHECKPOINTS = "checkpoints-v1"
+_NOVELTY = "novelty-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -148,3 +150,8 @@ def run_result_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
 def checkpoint_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The SHA-256s of the head checkpoint's files that one set of inputs (`key`) wrote."""
     return as_path(root) / _CHECKPOINTS / key[:2] / f"{key}.sha256"
+
+
+def novelty_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The novelty score fitted on one set of vectors (`key`: a hash of their images)."""
+    return as_path(root) / _NOVELTY / key[:2] / f"{key}.npz"

@@ -21,7 +21,8 @@ from retrainer.formats.graph_contract import (
     NOVELTY_OUTPUT,
     graph_metadata,
 )
-from retrainer.training.head import Head
+from retrainer.training.head_layer import HeadLayer
+from retrainer.training.head_types import Head
 from retrainer.training.novelty import Novelty
 
 
@@ -41,7 +42,7 @@ class Classifier(tf.Module):
         """`tta`: FLIP = the head reads the mean of each image's and its mirror image's vectors."""
         super().__init__(name="retrained_classifier")
         self.extractor = extractor
-        self.head = head
+        self.head = HeadLayer(head)  # its variables freeze into the graph
         self.final_tensor_name = final_tensor_name
         self.label_names = tuple(labels)
         self.fine_tuned = False  # set once fine-tuning changed the extractor's weights

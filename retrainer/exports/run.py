@@ -29,6 +29,7 @@ from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.formats.graph_contract import graph_metadata, metadata_path, write_labels
 from retrainer.io.atomic import write_text_atomically
 from retrainer.io.storage import AnyPath
+from retrainer.training.head_types import Head
 from retrainer.training.multi_label import targets_of
 from retrainer.training.novelty import Novelty
 
@@ -36,7 +37,6 @@ if TYPE_CHECKING:  # their modules load TensorFlow: only a graph to trace or con
     from retrainer.exports.classifier import Classifier
     from retrainer.exports.graph import GraphExporter
     from retrainer.extractors import FeatureExtractor
-    from retrainer.training.head import Head
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class Exporter:
         exported graph's after it."""
         if self._exporter is None:
             self._exporter = self._graph_exporter(head)
+        self._exporter.classifier.head.assign(head)  # the graph follows the head's values
         return self._exporter
 
     def exported_graph(self, head: Head) -> bytes:
@@ -156,6 +157,7 @@ class Exporter:
                 # Traced once; the report's heat maps then explain this same frozen graph.
                 exporter = self._exporter = self._graph_exporter(head, novelty, levels,
                                                                  self.cache_root)
+            exporter.classifier.head.assign(head)
             exporter.classifier.fine_tuned = fine_tuned
             sidecar = exporter.write_graph(options.output_graph)
         outputs: dict[str, Any] = {

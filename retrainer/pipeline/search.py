@@ -36,7 +36,8 @@ from retrainer.data.split import TRAINING, VALIDATION, fold_of
 from retrainer.errors import ModelError, UsageError
 from retrainer.pipeline.extractor import extractor_and_engine
 from retrainer.pipeline.split_features import SplitFeatures
-from retrainer.training.head import FeatureSet, train_head
+from retrainer.training.head import train_head
+from retrainer.training.head_types import FeatureSet
 from retrainer.training.image_modes import training_options, training_rows
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,7 @@ def _score(config: RetrainConfig, collection: ImageCollection) -> Score:
         head = train_head(FeatureSet(rows.features[fitted_on], rows.labels[fitted_on]),
                           FeatureSet(pool.features[held], pool.labels[held]), classes,
                           options).head
-        logits = head(tf.constant(pool.features[held]))
+        logits = tf.constant(head.logits(pool.features[held]))
         labels = pool.labels[held]
         correct[held] = logits.numpy().argmax(axis=1) == labels
         losses[held] = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits).numpy()

@@ -15,7 +15,7 @@ from retrainer.cache.bottlenecks import Bottlenecks
 from retrainer.data.discovery import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
-from retrainer.training.head import FeatureSet
+from retrainer.training.head_types import FeatureSet
 from retrainer.training.multi_label import targets_of
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ class SplitFeatures:
             (collection.images[position].relpath, reason)
             for position, reason in bottlenecks.skipped
         )
+        # each decodable image's content digest, by split: what its cached vector is keyed by
+        self.digests = {split: [bottlenecks.digests[position] for position in rows[split]]
+                        for split in SPLITS} if bottlenecks.digests else None
         order = [position for split in SPLITS for position in rows[split]]
         move_rows_in_place(bottlenecks.vectors, order)
         self.features = {}

@@ -48,8 +48,9 @@ from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
-from retrainer.training.evaluate import Evaluation, evaluate_head, predict_probabilities
-from retrainer.training.head import FeatureSet, TrainingResult, train_head
+from retrainer.training.evaluate import Evaluation, evaluate_head
+from retrainer.training.head import train_head
+from retrainer.training.head_types import FeatureSet, TrainingResult
 from retrainer.training.image_modes import (
     distortions_of,
     fine_tuning_summary,
@@ -107,7 +108,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
                                   trained.tuning, config.training.novelty_pass_rate,
-                                  config.training.seed)
+                                  config.training.seed,
+                                  (config.extraction.bottleneck_dir, engine.spec.id))
     tta = None
     if config.exports.tta == AUTO_TTA:
         with timer("tta"):
@@ -286,7 +288,7 @@ def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: S
     with timer("evaluate"):
         evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
-        validation = predict_probabilities(head.head, held_out[VALIDATION].features)
+        validation = head.head.probabilities(held_out[VALIDATION].features)
     return _Trained(head, tuning, distorted, evaluation, validation, held_out[TESTING])
 
 

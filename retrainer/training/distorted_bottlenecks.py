@@ -29,7 +29,8 @@ from retrainer.cache.layout import distorted_subfolder
 from retrainer.data.batches import decoded_images, file_digest
 from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import as_path
-from retrainer.training.distortions import Distortions, distort_images, image_seeds
+from retrainer.training.distortion_ops import distort_images
+from retrainer.training.distortions import Distortions, image_seeds
 from retrainer.training.out_of_memory import explains_out_of_memory
 
 log = logging.getLogger(__name__)

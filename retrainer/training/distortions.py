@@ -1,4 +1,5 @@
-"""retrain.py's image distortions, as seeded (stateless) TensorFlow ops on decoded [0, 1] images.
+"""retrain.py's image distortions: the settings and the per-image seeds (the TensorFlow ops that
+apply them, on decoded [0, 1] images, are training/distortion_ops.py).
 
 Same math as retrain.py's `add_input_distortions`, applied per image: the image is resized
 (bilinear, retrain.py's legacy `resize_bilinear`) to `margin * scale` times the input size, where
@@ -17,12 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
-
-if TYPE_CHECKING:  # the settings are read without it; only distorting images runs it
-    import tensorflow as tf
 
 # Bump when the distortion math changes: it is part of every distorted cache key.
 DISTORTION_FORMAT = "d1"
@@ -66,59 +64,10 @@ def image_seeds(digests: Sequence[str], seed: int, draw: str) -> np.ndarray:
         draw: names the draw, e.g. "variant3" or "epoch2", so each gets its own randomness.
 
     Returns:
-        int64 [N, 2] seeds for `distort_images`.
+        int64 [N, 2] seeds for `distortion_ops.distort_images`.
     """
     rows = []
     for digest in digests:
         value = hashlib.sha256(f"{digest}:{seed}:{draw}".encode()).digest()
         rows.append(np.frombuffer(value[:16], np.int64))
     return np.array(rows, np.int64).reshape(len(rows), 2)
-
-
-def distort_images(images: tf.Tensor, seeds: tf.Tensor, distortions: Distortions) -> tf.Tensor:
-    """Apply the distortions to each image with its own seed.
-
-    Args:
-        images: float32 [N, H, W, 3], RGB in [0, 1], static H and W.
-        seeds: int64 [N, 2], e.g. from `image_seeds`.
-        distortions: which distortions, how strong.
-
-    Returns:
-        float32 [N, H, W, 3]; values in [0, 1] times the brightness factor (never clipped).
-    """
-    import tensorflow as tf
-
-    height, width = int(images.shape[1]), int(images.shape[2])
-
-    def distort_one(arguments: tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
-        image, seed = arguments
-        return _distort_one(image, seed, distortions, height, width)
-
-    return tf.map_fn(distort_one, (images, seeds),
-                     fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
-
-
-def _distort_one(image: tf.Tensor, seed: tf.Tensor, distortions: Distortions, height: int,
-                 width: int) -> tf.Tensor:
-    import tensorflow as tf
-
-    scale_seed, crop_seed, flip_seed, brightness_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=4)
-    )
-    margin = 1.0 + distortions.random_crop / 100.0
-    resize = tf.random.stateless_uniform(
-        [], scale_seed, minval=1.0, maxval=1.0 + distortions.random_scale / 100.0
-    )
-    scale = margin * resize
-    precrop = tf.cast(scale * tf.constant([height, width], tf.float32), tf.int32)
-    # retrain.py's tf.image.resize_bilinear (TF1 corner alignment), not TF2's half-pixel resize.
-    resized = tf.raw_ops.ResizeBilinear(images=image[tf.newaxis], size=precrop,
-                                        align_corners=False, half_pixel_centers=False)[0]
-    cropped = tf.image.stateless_random_crop(resized, [height, width, 3], crop_seed)
-    if distortions.flip_left_right:
-        cropped = tf.image.stateless_random_flip_left_right(cropped, flip_seed)
-    brightness = distortions.random_brightness / 100.0
-    factor = tf.random.stateless_uniform(
-        [], brightness_seed, minval=1.0 - brightness, maxval=1.0 + brightness
-    )
-    return cropped * factor

@@ -3,24 +3,20 @@
 retrain.py's "Final test accuracy = x% (N=n)", measured on the whole test set by default
 (test_batch_size -1) or on a seeded class-balanced sample, plus what the CLI needs to report:
 per-class counts and the misclassified images. An empty test split gives no accuracy, not a crash.
-`predict_probabilities` scores any split (the validation split's honest final figures). numpy,
-a chunk of rows at a time: no TensorFlow (only a sampled test batch draws with the training's
-TensorFlow sampler), and no more than a chunk's [rows, C] logits besides the probabilities.
+numpy (`Head.probabilities`, a chunk of rows at a time): no TensorFlow, except that a sampled
+test batch draws with the training's TensorFlow sampler.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import numpy as np
 
+from retrainer.training.head_types import FeatureSet, Head
 from retrainer.training.options import WHOLE_SET
-from retrainer.training.solver import chunk_rows
-
-if TYPE_CHECKING:
-    from retrainer.training.head import FeatureSet, Head
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +69,7 @@ def evaluate_head(
                           tuple((0, 0) for _ in range(num_classes)))
     sample = _test_sample(test.labels, batch_size, seed)
     positions = np.arange(len(test), dtype=np.int64) if sample is None else sample
-    probabilities = predict_probabilities(head, test.features, sample)
+    probabilities = head.probabilities(test.features, sample)
     predictions = np.argmax(probabilities, axis=1).astype(np.int64)
     truth = test.labels[positions]
     # multi-label: the top-1 label is right when it is one of the image's labels
@@ -87,29 +83,6 @@ def evaluate_head(
     log.info("Final test accuracy = %.1f%% (N=%d%s)", accuracy * 100, len(positions),
              "" if test.targets is None else "; top-1 is one of the image's labels")
     return Evaluation(accuracy, len(positions), positions, predictions, probabilities, per_class)
-
-
-def predict_probabilities(head: Head, features: np.ndarray,
-                          rows: Optional[np.ndarray] = None) -> np.ndarray:
-    """float32 [N, D] bottleneck vectors -> float32 [N, C] probabilities (N may be 0), computed
-    a chunk of rows at a time.
-
-    Args:
-        head: the trained layer.
-        features: float32 [N, D].
-        rows: int [M] rows of `features` to score (then [M, C]); None: every row.
-    """
-    weights = np.asarray(head.weights, np.float32)
-    biases = np.asarray(head.biases, np.float32)
-    count = len(features) if rows is None else len(rows)
-    probabilities = np.empty((count, weights.shape[1]), np.float32)
-    step = chunk_rows(weights.shape[1], weights[:, 0].nbytes)
-    for start in range(0, count, step):
-        chosen = slice(start, start + step) if rows is None else rows[start:start + step]
-        logits = np.asarray(features[chosen], np.float32) @ weights
-        logits += biases
-        probabilities[start:start + step] = head.objective.probabilities(logits)
-    return probabilities
 
 
 def _test_sample(labels: np.ndarray, batch_size: int, seed: int) -> Optional[np.ndarray]:

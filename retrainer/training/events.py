@@ -26,7 +26,7 @@ from retrainer.io.storage import AnyPath, as_path, is_url
 
 if TYPE_CHECKING:  # the records' types; their modules load TensorFlow
     from retrainer.training.convex import PathPoint
-    from retrainer.training.loop import EvalPoint
+    from retrainer.training.head_types import EvalPoint
 
 _SCALAR = scalar_metadata.create_summary_metadata(display_name=None, description=None)
 _IMAGE = image_metadata.create_summary_metadata(display_name=None, description=None)

@@ -28,9 +28,12 @@ from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE
 from retrainer.data.batches import decoded_images
 from retrainer.engines.float32 import feature_function
 from retrainer.extractors import FeatureExtractor
-from retrainer.training.distortions import Distortions, distort_images, image_seeds
-from retrainer.training.head import Head
-from retrainer.training.loop import EvalPoint, run_loop, sgd
+from retrainer.training.distortion_ops import distort_images
+from retrainer.training.distortions import Distortions, image_seeds
+from retrainer.training.head_layer import HeadLayer
+from retrainer.training.head_types import EvalPoint, Head
+from retrainer.training.loop import run_loop, sgd
+from retrainer.training.objective_ops import dropout, regularized_loss
 from retrainer.training.out_of_memory import explains_out_of_memory
 from retrainer.training.regularization import Regularization
 
@@ -128,10 +131,12 @@ def fine_tune(extractor: FeatureExtractor, head: Head, train: ImageSplit,
                                 "lower --train_batch_size"), \
             tqdm(total=config.epochs * steps_per_epoch, unit="step", desc="Fine-tuning",
                  dynamic_ncols=True, disable=None if config.show_progress else True) as progress:
-        job = _FineTuneEpochs(extractor, head, tuned, train, validation, batch_size, config,
+        layer = HeadLayer(head)
+        job = _FineTuneEpochs(extractor, layer, tuned, train, validation, batch_size, config,
                               progress)
         loop = run_loop(job, range(config.epochs + 1), config.early_stopping_patience,
                         bool(len(validation)))
+    head.weights, head.biases = layer.weights.numpy(), layer.biases.numpy()
     if loop.best_step == 0:
         log.warning("Fine-tuning did not lower the validation cross entropy; keeping the weights "
                     "from before it (epoch 0).")
@@ -143,7 +148,7 @@ class _FineTuneEpochs:
     """Fine-tuning as a job of the training loop: one step is an epoch, measured on the whole
     validation split (epoch 0: before any training)."""
 
-    def __init__(self, extractor: FeatureExtractor, head: Head, tuned: Sequence[tf.Variable],
+    def __init__(self, extractor: FeatureExtractor, head: HeadLayer, tuned: Sequence[tf.Variable],
                  train: ImageSplit, validation: ImageSplit, batch_size: int,
                  config: FineTuneConfig, progress: tqdm) -> None:
         self.extractor, self.head, self.config = extractor, head, config
@@ -192,11 +197,11 @@ class _FineTuneEpochs:
             pixels = distort_images(pixels, seeds, distortions)
         with tf.GradientTape(watch_accessed_variables=False) as tape:
             tape.watch(self._variables)
-            features = regularization.dropout(
-                self.extractor(pixels),
+            features = dropout(
+                regularization, self.extractor(pixels),
                 tf.random.experimental.stateless_fold_in(self.dropout_seed, step))
-            loss = regularization.loss(labels, self.head(features), self.head.weights,
-                                       self.head.objective)
+            loss = regularized_loss(regularization, labels, self.head(features),
+                                    self.head.weights, self.head.objective)
         gradients = tape.gradient(loss, self._variables)
         self.optimizer.apply_gradients(zip(gradients, self._variables))
         return loss

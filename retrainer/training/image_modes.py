@@ -8,25 +8,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from retrainer.extractors import FeatureExtractor
 from retrainer.io.storage import AnyPath
-from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
 from retrainer.training.distortions import Distortions
-from retrainer.training.fine_tune import (
-    FineTuneConfig,
-    FineTuneResult,
-    ImageSplit,
-    fine_tune,
-    image_features,
-)
-from retrainer.training.head import FeatureSet, Head, TrainingConfig
+from retrainer.training.head_types import FeatureSet, Head, TrainingConfig
 from retrainer.training.objectives import SIGMOID, SOFTMAX
 from retrainer.training.options import TrainingOptions
 from retrainer.training.regularization import Regularization
+
+if TYPE_CHECKING:
+    from retrainer.extractors import FeatureExtractor
+    from retrainer.training.fine_tune import FineTuneResult
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +57,7 @@ def training_options(options: TrainingOptions, training_images: int,
         seed=options.seed,
         summaries_dir=options.summaries_dir,
         checkpoint_path=options.checkpoint_path if checkpoint_path is None else checkpoint_path,
+        cache_root=options.bottleneck_dir,
         regularization=regularization_of(options),
         early_stopping_patience=early_stopping_patience_of(options),
         solver=options.solver,
@@ -94,6 +90,8 @@ def training_rows(options: TrainingOptions, extractor: FeatureExtractor, images:
     distortions = distortions_of(options)
     if not distortions.enabled:
         return plain, np.arange(len(plain), dtype=np.int64), None
+    from retrainer.training.distorted_bottlenecks import compute_distorted_bottlenecks
+
     distorted = compute_distorted_bottlenecks(
         [image.path for image in images], extractor, options.bottleneck_dir, distortions,
         options.distorted_variants, options.seed, show_progress=options.show_progress,
@@ -124,6 +122,7 @@ def fine_tune_if_asked(options: TrainingOptions, extractor: FeatureExtractor, he
     held_out = {name: features[name] for name in ("validation", "testing")}
     if not options.do_fine_tuning:
         return None, held_out
+    from retrainer.training.fine_tune import FineTuneConfig, ImageSplit, fine_tune, image_features
 
     def split(name: str) -> ImageSplit:
         return ImageSplit(tuple(image.path for image in images[name]),

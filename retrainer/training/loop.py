@@ -25,26 +25,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from retrainer.training.head_types import EvalPoint
+
 log = logging.getLogger(__name__)
 
 _CHUNK_SECONDS = 0.5
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalPoint:
-    """Metrics measured at one step (validation_* are None without validation data).
-
-    Head training measures after each `eval_step_interval`-th step's update, as retrain.py: the
-    training metrics on that step's batch, validation on a sampled batch. Fine-tuning measures
-    after each epoch (step = epoch; 0 = before it), on the whole validation split.
-    """
-
-    step: int
-    train_accuracy: Optional[float]
-    cross_entropy: Optional[float]
-    validation_accuracy: Optional[float]
-    validation_count: int
-    validation_cross_entropy: Optional[float] = None
 
 
 class Job(Protocol):

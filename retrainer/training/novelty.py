@@ -15,12 +15,19 @@ leave-one-out instead, with a warning. The test split is never read here.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import io
+import json
 import logging
 import math
+import os
+import zipfile
 from typing import Any, Optional
 
 import numpy as np
 
+from retrainer.cache.layout import novelty_path
+from retrainer.cache.memo import Memo, memo_key
 from retrainer.data.split import TRAINING, VALIDATION
 
 log = logging.getLogger(__name__)
@@ -161,6 +168,33 @@ def _proportional_sample(groups: np.ndarray, size: int, seed: int) -> np.ndarray
     return np.sort(np.concatenate(chosen))
 
 
+def _novelty_bytes(novelty: Novelty) -> bytes:
+    """`novelty` as an .npz (no pickle)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, references=novelty.references,
+             fields=np.frombuffer(json.dumps({
+                 "k": novelty.k, "threshold": novelty.threshold, "pass_rate": novelty.pass_rate,
+                 "calibrated_on": novelty.calibrated_on,
+                 "calibration_count": novelty.calibration_count}).encode(), np.uint8))
+    return buffer.getvalue()
+
+
+def _novelty_from(data: bytes) -> Novelty:
+    with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+        fields = json.loads(stored["fields"].tobytes())
+        return Novelty(stored["references"].astype(np.float32), int(fields["k"]),
+                       float(fields["threshold"]), float(fields["pass_rate"]),
+                       str(fields["calibrated_on"]), int(fields["calibration_count"]))
+
+
+def _readable(data: bytes) -> bool:
+    try:
+        _novelty_from(data)
+    except (ValueError, KeyError, TypeError, OSError, zipfile.BadZipFile):
+        return False
+    return True
+
+
 def novelty_summary(novelty: Novelty, test: Any) -> dict[str, Any]:
     """`Novelty.to_json()` plus the share of the test split's images that pass ("test_pass_rate",
     None without test images) and how many were measured ("test_count").
@@ -183,16 +217,34 @@ def rarest_labels(targets: np.ndarray) -> np.ndarray:
 
 
 def fit_run_novelty(splits: Any, extractor: Any, fine_tuning: Optional[Any], pass_rate: float,
-                    seed: int) -> Novelty:
+                    seed: int, kept: Optional[tuple[os.PathLike[str] | str, str]] = None
+                    ) -> Novelty:
     """`fit_novelty` on a run's splits (`pipeline.split_features.SplitFeatures`).
 
     After --do_fine_tuning the cached vectors are stale, so the reference sample and the
-    validation images are run through the tuned extractor again.
+    validation images are run through the tuned extractor again. Otherwise, with `kept` =
+    (a local cache root, the id of the vectors' cache namespace), the fit is kept there, keyed
+    by the splits' image digests, labels and the settings: a rerun reads it back.
     """
     train, validation = splits.features[TRAINING], splits.features[VALIDATION]
     groups = train.labels if train.targets is None else train.targets
     if fine_tuning is None:
-        return fit_novelty(train.features, groups, validation.features, pass_rate, seed)
+        def fit() -> Novelty:
+            return fit_novelty(train.features, groups, validation.features, pass_rate, seed)
+
+        if kept is None or splits.digests is None:
+            return fit()
+        digest = hashlib.sha256(np.ascontiguousarray(groups).data)
+        for split in (TRAINING, VALIDATION):
+            digest.update("\0".join(splits.digests[split]).encode() + b"\1")
+        memo = Memo(kept[0], novelty_path)
+        key = memo_key("novelty", kept[1], digest.hexdigest(), pass_rate, seed)
+        stored = memo.read(key, _readable)
+        if stored is not None:
+            return _novelty_from(stored)
+        novelty = fit()
+        memo.write(key, _novelty_bytes(novelty))
+        return novelty
     from retrainer.training.fine_tune import image_features  # TensorFlow: the tuned extractor
 
     rows = _proportional_sample(groups if groups.ndim == 1 else rarest_labels(groups),

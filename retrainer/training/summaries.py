@@ -17,7 +17,7 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 
 from retrainer.io.storage import AnyPath, as_path
 from retrainer.training.convex import PathPoint
-from retrainer.training.loop import EvalPoint
+from retrainer.training.head_types import EvalPoint
 
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
 _HISTOGRAM = histogram_metadata.create_summary_metadata(display_name=None, description=None)

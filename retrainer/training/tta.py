@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -29,9 +29,7 @@ from retrainer.cache.layout import MIRRORED_SUBFOLDER
 from retrainer.data.batches import decode_files, file_digest
 from retrainer.engines.base import Engine
 from retrainer.io.storage import AnyPath, as_path
-
-if TYPE_CHECKING:
-    from retrainer.training.head import Head
+from retrainer.training.head_types import Head
 
 log = logging.getLogger(__name__)
 
@@ -119,5 +117,5 @@ def _mirrored_vectors(engine: Engine, paths: Sequence[AnyPath], bottleneck_dir: 
 
 
 def _correct(head: Head, vectors: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    probabilities = np.asarray(head.probabilities(np.asarray(vectors, np.float32)))
+    probabilities = head.probabilities(vectors)
     return np.asarray(probabilities.argmax(axis=1) == truth)
