@@ -58,8 +58,9 @@ def imported_tensorflow(command: list[str], cwd: Path, env: dict[str, str]) -> b
     """Whether `command` (a Python process) imports TensorFlow: its own import log says."""
     process = subprocess.run([command[0], "-X", "importtime", *command[1:]], cwd=cwd, env=env,
                              capture_output=True, text=True)
-    return any(line.startswith("import time:") and line.rsplit("|", 1)[-1].strip() == "tensorflow"
-               for line in process.stderr.splitlines())
+    return any(line.startswith("import time:")
+               and line.rsplit("|", 1)[-1].strip().split(".")[0] == "tensorflow"
+               for line in process.stderr.splitlines())  # the package or any of its modules
 
 
 def retrain_command(image_dir: Path, bottleneck_dir: Path, smoke: bool) -> list[str]:

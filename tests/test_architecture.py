@@ -27,6 +27,8 @@ LAZY_PACKAGES = {
     "keras": "~1.7 s to import on top of TensorFlow; only keras: handles need it",
     "apache_beam": "Beam's Dask runner needs the optional [dask] extra",
     "distributed": "the optional [dask] extra; only --runner DaskRunner needs it",
+    "matplotlib": "~0.3 s to import; a rerun reads its kept pictures and heat-map galleries",
+    "scipy": "~0.3 s to import; a rerun reads the audit's kept findings",
 }
 # TensorFlow inside a function: modules that must stay light until TensorFlow is really needed.
 # They may also import, inside the function that needs it, a module that imports TensorFlow.

@@ -185,11 +185,15 @@ def test_report_heat_maps_are_cached_by_graph_and_pixels(lite_models, tmp_path, 
 
     first = gallery(images)
     (stored,) = (cache / "heat-maps-v1").rglob("*.maps")
+    (figures,) = (cache / "heat-maps-v1").rglob("*.html")  # the figures, kept whole
     maps = np.load(stored)
     assert maps.shape[0] == 2 and maps.dtype == np.float32
-    np.save(stored.with_suffix(".npy"), np.zeros_like(maps))  # read back, not computed:
+    np.save(stored.with_suffix(".npy"), np.zeros_like(maps))
     stored.write_bytes(stored.with_suffix(".npy").read_bytes())
-    assert gallery(images) != first
+    assert gallery(images) == first  # the kept figures: neither maps nor pictures made
+    figures.unlink()
+    assert gallery(images) != first  # the maps read back, not computed
+    figures.unlink()
     stored.write_bytes(b"\x93NUMPY garbage")  # damaged: computed again and rewritten
     assert gallery(images) == first
     assert np.array_equal(np.load(stored), maps)

@@ -39,9 +39,9 @@ def retrain(tmp_path: Path, image_dir: Path, *extra: str) -> tuple[dict, bool]:
                               *args], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines()
-                if line.startswith("import time:")}
-    return json.loads(process.stdout), "tensorflow" in imported
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in process.stderr.splitlines() if line.startswith("import time:")}
+    return json.loads(process.stdout), "tensorflow" in imported  # the package or any module
 
 
 def stable(document: dict) -> dict:

@@ -10,7 +10,6 @@ import functools
 from typing import Any, ContextManager, Protocol
 
 import numpy as np
-import scipy.linalg
 from threadpoolctl import ThreadpoolController
 
 BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
@@ -133,6 +132,8 @@ def _top_eigenpairs(sample: np.ndarray, dims: int) -> tuple[np.ndarray, np.ndarr
         size = len(square)
         keep = min(dims, size)
         if size > 4 * keep:  # only the top ones: 2x faster from about 500 x 500
+            import scipy.linalg  # ~0.3 s to import: a rerun reads the kept findings
+
             values, vectors = scipy.linalg.eigh(square, subset_by_index=(size - keep, size - 1),
                                                 driver="evr")
         else:  # all: faster on small matrices (4 ms against 20 for 200 x 200)

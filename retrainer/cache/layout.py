@@ -12,6 +12,7 @@
                                                       (`audit_signatures_folder`)
       file-index-v1/<hash of a dataset folder>.index  its files' digests, .npy format (`file_index_path`)
       heat-maps-v1/<aa>/<key>.maps                   the report's Grad-CAM maps (`heat_maps_path`)
+      heat-maps-v1/<aa>/<key>.html                   their figures (`heat_map_gallery_path`)
       frozen-graphs-v1/<aa>/<key>.sha256             the SHA-256 of the frozen graph its inputs
                                                       made (`frozen_graph_record_path`)
       pictures-v1/<aa>/<key>.png                     the report's plots, keyed by what they
@@ -129,6 +130,11 @@ def file_index_folder(root: os.PathLike[str] | str) -> AnyPath:
 def heat_maps_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The report's heat maps of one frozen graph over one set of images (`key`: their hash)."""
     return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.maps"  # .npy format; not an entry
+
+
+def heat_map_gallery_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """The report's heat-map figures (HTML) of one frozen graph over one set of image files."""
+    return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.html"
 
 
 def frozen_graph_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:

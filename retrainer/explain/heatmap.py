@@ -15,7 +15,6 @@ from pathlib import PurePath
 from typing import Optional
 
 import numpy as np
-from matplotlib import colormaps
 from PIL import Image, ImageDraw
 
 from retrainer.data.decoding import load_image
@@ -78,6 +77,8 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]
         heat: float [h, w] in [0, 1], any resolution (upsampled to H x W).
         mark: (y, x) in `pixels`' coordinates to ring (the peak), or None.
     """
+    from matplotlib import colormaps  # ~0.3 s to import: a rerun reads its kept figures
+
     height, width = pixels.shape[:2]
     values = np.clip(upsampled(heat, (height, width)), 0.0, 1.0)
     colours = colormaps[COLORMAP](values)[..., :3] * 255.0

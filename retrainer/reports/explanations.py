@@ -23,12 +23,14 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from retrainer.cache.layout import heat_maps_path
+from retrainer.cache.layout import heat_map_gallery_path, heat_maps_path
 from retrainer.cache.memo import Memo, memo_key
+from retrainer.data.batches import file_digest
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError
 from retrainer.explain.heatmap import overlay
 from retrainer.explain.scope import EXPLAINABLE, explainable
+from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
 from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
 
@@ -108,6 +110,16 @@ def explanation_section(
     if not images:
         return Section(SECTION_ID, TITLE, paragraph("No test images to explain.", "note"))
     started = time.perf_counter()
+    try:
+        graph_bytes = graph()
+    except (ModelError, LookupError) as error:  # an extra never fails a run
+        log.warning("Report: no heat maps: %s", error)
+        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
+    galleries = Memo(cache_root, heat_map_gallery_path)
+    key = _gallery_key(graph_bytes, input_name, output_name, input_size, images)
+    kept = galleries.read(key) if key is not None else None
+    if kept is not None:
+        return Section(SECTION_ID, TITLE, _body(images, per_class, started, kept.decode()))
     readable, pixels = [], []
     for image in images:
         try:
@@ -116,21 +128,42 @@ def explanation_section(
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
     try:
-        maps = _heat_maps(graph(), input_name, output_name, pixels,
+        maps = _heat_maps(graph_bytes, input_name, output_name, pixels,
                           np.array([image.predicted_class for image in readable], np.int64),
                           cache_root, load_tensorflow)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
-    figures = [_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps)]
+    gallery = "\n".join(_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps))
+    if key is not None and len(readable) == len(images):
+        galleries.write(key, gallery.encode())
+    return Section(SECTION_ID, TITLE, _body(images, per_class, started, gallery))
+
+
+def _body(images: Sequence[Explained], per_class: int, started: float, gallery: str) -> str:
     wrong = sum(not image.correct for image in images)
     body = paragraph(
         f"Heat maps of the predicted class over {wrong} misclassified test images and up to "
         f"{per_class} correct ones per class (--report_explanations {per_class}): red is where "
         "that class's evidence lies. Each image is shown squared, as the network saw it, then "
         f"with its heat map; made in {time.perf_counter() - started:.1f} s.")
-    body += '<div class="gallery">\n' + "\n".join(figures) + "\n</div>"
-    return Section(SECTION_ID, TITLE, body)
+    return body + '<div class="gallery">\n' + gallery + "\n</div>"
+
+
+def _gallery_key(graph: bytes, input_name: str, output_name: str, input_size: tuple[int, int],
+                 images: Sequence[Explained]) -> Optional[str]:
+    """What the figures are made from: the graph, the images' bytes and captions; None when an
+    image cannot be read (its figure is then left out, as the warning says)."""
+    files = []
+    for image in images:
+        if is_url(image.path):
+            return None
+        try:
+            files.append(file_digest(image.path))
+        except OSError:
+            return None
+    return memo_key("heat-map gallery", hashlib.sha256(graph).hexdigest(), input_name,
+                    output_name, input_size, files, [tuple(image) for image in images])
 
 
 class _NoHeatMaps(Exception):

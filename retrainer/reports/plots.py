@@ -7,20 +7,20 @@ involved and nothing needs a display. The same bytes become the PNG files and th
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import io
 import re
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import matplotlib
 import numpy as np
-from matplotlib import font_manager, ft2font, rcParams
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:  # imported where a picture is drawn: a rerun reads its kept pictures
+    from matplotlib.figure import Figure
 
 _DPI = 100
 _LABEL_CHARACTERS = 32  # of a class name on an axis (the HTML report shows it whole)
 _MAX_NAMED = 60  # classes whose names fit on a confusion matrix's axes
-MATPLOTLIB_VERSION = matplotlib.__version__  # in the keys of cached pictures
+MATPLOTLIB_VERSION = importlib.metadata.version("matplotlib")  # in the keys of kept pictures
 
 def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     """Accuracy and cross-entropy against step, train and validation (two panels).
@@ -34,6 +34,8 @@ def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     Returns:
         PNG bytes.
     """
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
     steps = [point.step for point in history]
     panels = (
@@ -72,6 +74,8 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) 
     # Grows with the classes up to 24 inches (2,400 pixels): at 1,000 classes the uncapped
     # figure was 55,000 pixels square. Beyond _MAX_NAMED classes the axes show class indices.
     size = min(max(4.0, 0.55 * len(labels) + 2.5), 24.0)
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(size + 1, size), dpi=_DPI, layout="constrained")
     axes = figure.subplots()
     image = axes.imshow(matrix, cmap="Blues", vmin=0, interpolation="nearest")
@@ -106,11 +110,15 @@ def _axis_label(label: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _font_characters() -> frozenset[int]:
     """The code points the default font draws."""
+    from matplotlib import font_manager, ft2font, rcParams
+
     path = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
     return frozenset(ft2font.FT2Font(path).get_charmap())
 
 
 def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
     FigureCanvasAgg(figure).print_png(buffer)  # type: ignore[no-untyped-call]
     return buffer.getvalue()

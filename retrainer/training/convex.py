@@ -29,7 +29,13 @@ from typing import Optional
 import numpy as np
 
 from retrainer.training.objectives import SOFTMAX, Objective
-from retrainer.training.solver import Problem, SolverOptions, Standardization, solve
+from retrainer.training.solver import (
+    SHAPED_VALUES,
+    Problem,
+    SolverOptions,
+    Standardization,
+    solve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +142,8 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     sample, final = (np.sort(order[:limit]) for limit in (
         config.path_rows, max(config.path_rows, config.fit_values // max(num_classes, 1))))
     # The sample's statistics standardize every fit: the same penalty means the same prior.
-    statistics = Standardization.of(train_features[sample])
+    statistics = Standardization.of(train_features[sample], correlation=(
+        len(final) * num_classes >= SHAPED_VALUES))
     terms = (num_classes, statistics, config.solver)
     train = Problem(train_features, train_targets, *terms, sample if len(sample) < rows else None)
     validation = None
