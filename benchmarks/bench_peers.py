@@ -10,7 +10,9 @@
 - retrainer with default flags, cold (an empty --bottleneck_dir, on a machine where retrainer has
   run before: what it keeps per machine under ${XDG_CACHE_HOME:-~/.cache}/retrainer, such as the
   int8 engine's converted model, is there; the benchmark keeps that cache in its work folder and
-  fills it with one untimed run first), warm (the same command again, on that --bottleneck_dir),
+  fills it with one untimed run first), warm (the same command again, on that --bottleneck_dir,
+  from another folder: every output written anew), rerun (the same command again in the cold
+  side's folder, as a user reruns it: its outputs there; the cold export is evaluated first),
   first (cold on a machine where it never ran: that per-machine cache empty too), and cold at
   --extractor_precision float32, the peers' precision (retrainer's default `auto` runs the
   extractor at int8 where the CPU has fast int8, else float32; the peers always run it at
@@ -34,7 +36,7 @@ kept in DIR/results.json, so a size can be measured in several invocations (--si
 table covers all of them.
 
     python -m benchmarks.bench_peers --peer_script PATH [--images 1000,10000] [--rounds 2]
-        [--sides mic,keras,cold,warm,first,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
+        [--sides mic,keras,cold,warm,rerun,first,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
         [--work DIR] [--smoke]
 """
 
@@ -187,7 +189,7 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, st
 
 # --sides keys -> the table's names, in the order each round runs them.
 SIDES = {"mic": "make_image_classifier", "keras": "keras recipe", "cold": "retrainer cold",
-         "warm": "retrainer warm", "first": "retrainer first run",
+         "warm": "retrainer warm", "rerun": "retrainer rerun", "first": "retrainer first run",
          "float32": "retrainer cold float32"}
 PEERS = ("make_image_classifier", "keras recipe")
 
@@ -210,11 +212,16 @@ class Sides:
                 measured = child_accuracy(run / key, self.test_dir, scale)
                 precision = "float32"
             else:
-                measured = retrainer_accuracy(run / key, self.test_dir)
+                measured = retrainer_accuracy(self.folder(run, key), self.test_dir)
                 result = json.loads(stdout)
                 precision = result["extractor_precision"]
                 measured["parts"] = result["seconds"]
         return {"seconds": seconds, "precision": precision, **measured}
+
+    @staticmethod
+    def folder(run: Path, key: str) -> Path:
+        """Where side `key` runs: rerun repeats cold's command in cold's folder."""
+        return run / ("cold" if key == "rerun" else key)
 
     def _mic(self, run: Path) -> tuple[float, str]:
         if self.peer is None:
@@ -233,11 +240,12 @@ class Sides:
 
     def _retrain(self, run: Path, key: str, cache: Path, *flags: str,
                  machine_cache: Optional[Path] = None) -> tuple[float, str]:
-        shutil.rmtree(run / key, ignore_errors=True)  # the export is measured afterwards
+        if key != "rerun":  # the export is measured afterwards
+            shutil.rmtree(self.folder(run, key), ignore_errors=True)
         env = {**ENV, "XDG_CACHE_HOME": str(machine_cache or self.machine_cache)}
         return timed([sys.executable, "-m", "retrainer.cli.retrain", "--image_dir",
                       str(self.image_dir), "--bottleneck_dir", str(cache), "--json", *flags],
-                     run / key, env)
+                     self.folder(run, key), env)
 
     def _cold(self, run: Path) -> tuple[float, str]:
         shutil.rmtree(run / "bottlenecks", ignore_errors=True)
@@ -247,6 +255,11 @@ class Sides:
         if not (run / "bottlenecks").is_dir():
             sys.exit(f"warm needs the cold side's cache in {run} first (--sides cold,warm)")
         return self._retrain(run, "warm", run / "bottlenecks")
+
+    def _rerun(self, run: Path) -> tuple[float, str]:
+        if not (run / "bottlenecks").is_dir() or not self.folder(run, "rerun").is_dir():
+            sys.exit(f"rerun needs the cold side's run in {run} first (--sides cold,rerun)")
+        return self._retrain(run, "rerun", run / "bottlenecks")
 
     def _first(self, run: Path) -> tuple[float, str]:
         for folder in ("bottlenecks_first", "machine_cache_first"):
@@ -328,7 +341,7 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         with cpu_lock(args.lock):
             image_dir = fashion_mnist_folder(work / f"train_{size}", max(1, size // 10), "train")
         sides = Sides(args, module, peer, image_dir, test_dir, work / "machine_cache")
-        if any(key in keys for key in ("cold", "warm")):
+        if any(key in keys for key in ("cold", "warm", "rerun")):
             with cpu_lock(args.lock):  # untimed: what retrainer keeps per machine
                 fill_machine_cache(test_dir, work / "machine_cache", work / "fill")
         rounds = results.setdefault(str(size), {})
@@ -375,7 +388,7 @@ def print_table(size: int, rounds: dict[str, dict[str, dict[str, Any]]]) -> None
     print("  median wall s: " + ", ".join(f"{name} {statistics.median(seconds):.1f}"
                                           for name, seconds in walls.items()))
     for round_, sides in sorted(rounds.items(), key=lambda item: int(item[0])):
-        for name in ("retrainer cold", "retrainer warm", "retrainer first run",
+        for name in ("retrainer cold", "retrainer warm", "retrainer rerun", "retrainer first run",
                      "retrainer cold float32"):
             if name in sides:
                 parts = sides[name]["parts"]

@@ -34,9 +34,10 @@ MAX_TABLES = 32
 MAX_PROJECTIONS = 32  # per table
 WIDTHS = (2.0, 4.0, 8.0, 16.0)  # slot widths tried, in reaches
 SAMPLE_PAIRS = 4096  # random pairs the strangers' sharing rate is estimated from
-CHUNK_PAIRS = 1 << 20  # candidate pairs handled at a time
+CHUNK_PAIRS = 1 << 18  # candidate pairs handled at a time
 BLOCK_PAIRS = 256  # a bucket with this many candidate pairs is scored as one matrix product
 _BLOCK_ROWS = 8192
+_TILE = 2048  # rows and columns of a bucket scored at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,11 +207,12 @@ def _table_candidates(codes: np.ndarray, other_codes: np.ndarray, table: int,
     for bucket in np.flatnonzero(pairs >= BLOCK_PAIRS):
         rows = order[starts[bucket]:starts[bucket] + counts[bucket]]
         columns = other_order[other_starts[bucket]:other_starts[bucket] + other_counts[bucket]]
-        for start in range(0, len(rows), _BLOCK_ROWS // 8):
-            block = block_scores(rows[start:start + _BLOCK_ROWS // 8], columns)
-            flat = np.flatnonzero(block >= gate)
-            yield (rows[start + flat // len(columns)], columns[flat % len(columns)],
-                   block.ravel()[flat])
+        for start in range(0, len(rows), _TILE):  # tiles: bounded memory in any bucket
+            for column in range(0, len(columns), _TILE):
+                block = block_scores(rows[start:start + _TILE], columns[column:column + _TILE])
+                tile_rows, tile_columns = np.nonzero(block >= gate)
+                yield (rows[start + tile_rows], columns[column + tile_columns],
+                       block[tile_rows, tile_columns])
     small = np.flatnonzero((pairs < BLOCK_PAIRS) & (pairs > (counts if codes is other_codes
                                                              else 0)))
     # every row of the small buckets, with its bucket's columns

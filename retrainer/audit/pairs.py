@@ -29,6 +29,7 @@ SKETCH_DIMENSIONS = 64  # wider rows are hashed by their projection on this many
 # ... and only when the window would cost more than INDEX_OVERHEAD x the index's row products
 # (its bucket joins and gathers cost more per product than the window's tiles).
 INDEX_OVERHEAD = 2.0
+PAIR_CHUNK = 1 << 15  # pairs whose rows are gathered at a time
 SEED = 0  # draws the index's projections: the same pairs on every run
 
 _Scored = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, columns, scores of pairs
@@ -243,9 +244,15 @@ def _products(matrix: Rows, columns: np.ndarray) -> np.ndarray:
 
 def _pair_products(first: Rows, second: Rows, rows: np.ndarray,
                    columns: np.ndarray) -> np.ndarray:
-    """float32 [P]: first[rows[p]] . second[columns[p]]."""
-    return np.einsum("ij,ij->i", np.asarray(first[rows], np.float32),
-                     np.asarray(second[columns], np.float32))
+    """float32 [P]: first[rows[p]] . second[columns[p]], PAIR_CHUNK pairs' rows gathered at a
+    time (rows computed on demand are 1 KB each: a million pairs at once took gigabytes)."""
+    products = np.empty(len(rows), np.float32)
+    for start in range(0, len(rows), PAIR_CHUNK):
+        stop = start + PAIR_CHUNK
+        products[start:stop] = np.einsum("ij,ij->i",
+                                         np.asarray(first[rows[start:stop]], np.float32),
+                                         np.asarray(second[columns[start:stop]], np.float32))
+    return products
 
 
 def _main_axis(matrices: Sequence[Rows], steps: int = 16) -> np.ndarray:

@@ -107,14 +107,14 @@ class Problem:
                           ) -> tuple[float, np.ndarray]:
         """The mean loss + l2 x |standardized weights|^2, and its float64 gradient in `params`.
 
-        Products in float32, sums over chunks in float64. With a `pool`, `workers` consecutive
+        Products in float32, sums over chunks in float64. With a `pool`, up to `workers` consecutive
         shares of the chunks are summed in parallel (each on one BLAS thread: on 2 cores 1.4x
         faster than both cores on each product, 56k x 1280 x 10), then added in order, so the
         result depends on `workers`, never on timing."""
         standard, _ = _split(params, self.statistics)
         weights, biases = self.statistics.layer(params)
-        shares = [share.tolist() for share in
-                  np.array_split(np.arange(0, self.count, self.step), workers)]
+        starts = np.arange(0, self.count, self.step)
+        shares = [share.tolist() for share in np.array_split(starts, min(workers, len(starts)))]
         parts = (pool.map if pool is not None else map)(
             lambda share: self._part(share, weights, biases), shares)
         loss, raw_gradient, bias_gradient = 0.0, np.zeros(weights.shape[::-1]), np.zeros(
