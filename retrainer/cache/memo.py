@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import numpy as np
 
 from retrainer.io.atomic import making_folder, write_bytes_atomically
 from retrainer.io.host import code_digest
@@ -26,6 +28,16 @@ def memo_key(*inputs: Any) -> str:
     """SHA-256 of retrainer's code and the repr of `inputs` (plain values: str, numbers,
     tuples, lists, bytes)."""
     return hashlib.sha256(repr((code_digest(), inputs)).encode()).hexdigest()
+
+
+def arrays_digest(arrays: Iterable[Any]) -> str:
+    """SHA-256 of each array's dtype, shape and bytes, in order (a key's part for weights)."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        value = np.ascontiguousarray(np.asarray(array))
+        digest.update(f"{value.dtype.str}{value.shape}".encode())
+        digest.update(value.data)
+    return digest.hexdigest()
 
 
 class Memo:

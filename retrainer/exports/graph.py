@@ -17,10 +17,10 @@ import logging
 import os
 from typing import Any, Optional
 
-import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
 
+from retrainer.cache.memo import arrays_digest
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.kept import KeptGraphs, frozen_graph_key
@@ -84,12 +84,7 @@ class GraphExporter:
         """SHA-256 of every variable's name, shape and current value (tens of ms)."""
         if self._variables is None:
             self._variables = tuple(self.classifier.variables)
-        digest = hashlib.sha256()
-        for variable in self._variables:
-            value = np.ascontiguousarray(variable.numpy())
-            digest.update(f"{variable.name}{value.dtype.str}{value.shape}".encode())
-            digest.update(value.data)
-        return digest.hexdigest()
+        return arrays_digest(variable.numpy() for variable in self._variables)
 
     def _key(self) -> str:
         """What the frozen graph is made from (`exports.kept.frozen_graph_key`)."""

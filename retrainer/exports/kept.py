@@ -10,7 +10,6 @@ made (`cache.layout.frozen_graph_record_path`), and the file must have that SHA-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Optional
@@ -18,7 +17,7 @@ from typing import Any, Optional
 import numpy as np
 
 from retrainer.cache.layout import frozen_graph_record_path
-from retrainer.cache.memo import KeptOutputs, memo_key
+from retrainer.cache.memo import KeptOutputs, arrays_digest, memo_key
 from retrainer.io.host import tensorflow_version
 
 
@@ -32,12 +31,8 @@ def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: 
         metadata: the graph's metadata (`formats.graph_contract.graph_metadata`).
         novelty_references: float32 [M, D], the novelty output's reference vectors.
     """
-    digest = hashlib.sha256()
-    for array in (*head_arrays, *(() if novelty_references is None else (novelty_references,))):
-        value = np.ascontiguousarray(np.asarray(array))
-        digest.update(f"{value.dtype.str}{value.shape}".encode())
-        digest.update(value.data)
-    return memo_key("frozen graph", tensorflow_version(), extractor_id, digest.hexdigest(),
+    arrays = (*head_arrays, *(() if novelty_references is None else (novelty_references,)))
+    return memo_key("frozen graph", tensorflow_version(), extractor_id, arrays_digest(arrays),
                     json.dumps(metadata, sort_keys=True))
 
 

@@ -8,14 +8,13 @@ keeps the files already there when a record under --bottleneck_dir says those in
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any, Callable, Optional
 
 import numpy as np
 
 from retrainer.cache.layout import checkpoint_record_path
-from retrainer.cache.memo import KeptOutputs, memo_key
+from retrainer.cache.memo import KeptOutputs, arrays_digest, memo_key
 from retrainer.io.host import tensorflow_version
 from retrainer.io.storage import is_url
 
@@ -31,12 +30,8 @@ def write_checkpoint(weights: Any, biases: Any, steps: int, path: os.PathLike[st
     `load_tensorflow()` is called before writing."""
     files = [f"{os.fspath(path)}{suffix}" for suffix in CHECKPOINT_SUFFIXES]
     kept = KeptOutputs(None if is_url(path) else cache_root, checkpoint_record_path)
-    digest = hashlib.sha256()
-    for array in (weights, biases):
-        value = np.ascontiguousarray(np.asarray(array, np.float32))
-        digest.update(f"{value.shape}".encode())
-        digest.update(value.data)
-    key = memo_key("checkpoint", tensorflow_version(), digest.hexdigest(), int(steps), files)
+    values = (np.asarray(array, np.float32) for array in (weights, biases))
+    key = memo_key("checkpoint", tensorflow_version(), arrays_digest(values), int(steps), files)
     if kept.read(key, files) is not None:
         return
     load_tensorflow()
