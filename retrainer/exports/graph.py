@@ -11,8 +11,6 @@ names, labels, extractor), so `label-image` needs no flags. Every file is writte
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from typing import Any, Optional
@@ -23,9 +21,9 @@ from tensorflow.python.framework import convert_to_constants
 from retrainer.cache.memo import arrays_digest
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
-from retrainer.exports.kept import KeptGraphs, frozen_graph_key
-from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, metadata_path
-from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key, write_sidecar
+from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT
+from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath, as_path, is_url
 
 log = logging.getLogger(__name__)
@@ -90,10 +88,10 @@ class GraphExporter:
         """What the frozen graph is made from (`exports.kept.frozen_graph_key`)."""
         classifier = self.classifier
         novelty = classifier.novelty
+        metadata = classifier.metadata()
         return frozen_graph_key(
-            classifier.metadata()["extractor"]["id"],
-            (classifier.head.weights, classifier.head.biases), classifier.metadata(),
-            None if novelty is None else novelty.references)
+            metadata["extractor"]["id"], (classifier.head.weights, classifier.head.biases),
+            metadata, None if novelty is None else novelty.references)
 
     def _reused(self, path: os.PathLike[str] | str) -> Optional[bytes]:
         """The bytes of the graph at `path` if they are what this classifier freezes to (see
@@ -122,12 +120,7 @@ class GraphExporter:
             write_bytes_atomically(path, data)
             if self.cache_root is not None:
                 self._kept.remember(self._key(), data)
-        sidecar = metadata_path(path)
-        document = self.classifier.metadata(step)
-        document["graph_sha256"] = hashlib.sha256(data).hexdigest()
-        text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
-        write_text_atomically(sidecar, text)
-        return sidecar
+        return write_sidecar(path, self.classifier.metadata(step), data)
 
 
 def frozen_graph_def(function: Any) -> tf.compat.v1.GraphDef:

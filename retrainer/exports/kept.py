@@ -10,6 +10,7 @@ made (`cache.layout.frozen_graph_record_path`), and the file must have that SHA-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any, Optional
@@ -18,7 +19,10 @@ import numpy as np
 
 from retrainer.cache.layout import frozen_graph_record_path
 from retrainer.cache.memo import KeptOutputs, arrays_digest, memo_key
+from retrainer.formats.graph_contract import metadata_path
+from retrainer.io.atomic import write_text_atomically
 from retrainer.io.host import tensorflow_version
+from retrainer.io.storage import AnyPath
 
 
 def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: dict[str, Any],
@@ -34,6 +38,16 @@ def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: 
     arrays = (*head_arrays, *(() if novelty_references is None else (novelty_references,)))
     return memo_key("frozen graph", tensorflow_version(), extractor_id, arrays_digest(arrays),
                     json.dumps(metadata, sort_keys=True))
+
+
+def write_sidecar(graph_path: os.PathLike[str] | str, metadata: dict[str, Any],
+                  graph: bytes) -> AnyPath:
+    """Write the graph's `.meta.json` sidecar: `metadata` plus the graph's SHA-256 (label-image
+    refuses a graph whose sidecar names other bytes); returns its path."""
+    sidecar = metadata_path(graph_path)
+    document = {**metadata, "graph_sha256": hashlib.sha256(graph).hexdigest()}
+    write_text_atomically(sidecar, json.dumps(document, indent=2, ensure_ascii=False) + "\n")
+    return sidecar
 
 
 class KeptGraphs:

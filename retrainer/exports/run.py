@@ -12,8 +12,6 @@ classifier graph is traced once, on first use.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
@@ -22,12 +20,11 @@ import numpy as np
 from retrainer.data.batches import decode_files
 from retrainer.data.discovery import ImageFile
 from retrainer.errors import ModelError
-from retrainer.exports.kept import KeptGraphs, frozen_graph_key
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key, write_sidecar
 from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.formats.extractor_spec import ExtractorSpec
-from retrainer.formats.graph_contract import graph_metadata, metadata_path, write_labels
-from retrainer.io.atomic import write_text_atomically
+from retrainer.formats.graph_contract import graph_metadata, write_labels
 from retrainer.io.storage import AnyPath
 from retrainer.training.head_types import Head
 from retrainer.training.multi_label import targets_of
@@ -192,10 +189,7 @@ class Exporter:
         if data is None:
             return None
         self._kept_graph = data
-        sidecar = metadata_path(options.output_graph)
-        metadata["graph_sha256"] = hashlib.sha256(data).hexdigest()
-        write_text_atomically(sidecar, json.dumps(metadata, indent=2, ensure_ascii=False) + "\n")
-        return sidecar
+        return write_sidecar(options.output_graph, metadata, data)
 
     def _converted(self, classifier: Classifier, outputs: dict[str, Any],
                    training_files: list[AnyPath], failures: list[str]) -> list[AnyPath]:
