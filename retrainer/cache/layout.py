@@ -20,6 +20,9 @@
       checkpoints-v1/<aa>/<key>.sha256               the SHA-256s of the checkpoint files its
                                                       inputs wrote (`checkpoint_record_path`)
       novelty-v1/<aa>/<key>.npz                      the novelty score's fit (`novelty_path`)
+      graph-templates-v1/<aa>/<key>.pb               a frozen graph's structure without the
+                                                      run's constants (`graph_template_path`; kept
+                                                      in the user's cache, per machine)
       run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
                                                       by their inputs (`run_result_path`)
 
@@ -51,6 +54,7 @@ _PICTURES = "pictures-v1"
 _RUN_RESULTS = "run-results-v1"
 _CHECKPOINTS = "checkpoints-v1"
 _NOVELTY = "novelty-v1"
+_GRAPH_TEMPLATES = "graph-templates-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -161,3 +165,8 @@ def checkpoint_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
 def novelty_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The novelty score fitted on one set of vectors (`key`: a hash of their images)."""
     return as_path(root) / _NOVELTY / key[:2] / f"{key}.npz"
+
+
+def graph_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """A frozen graph's template (`formats.graph_template`) for one structure (`key`)."""
+    return as_path(root) / _GRAPH_TEMPLATES / key[:2] / f"{key}.pb"

@@ -20,11 +20,18 @@ import numpy as np
 from retrainer.data.batches import decode_files
 from retrainer.data.discovery import ImageFile
 from retrainer.errors import ModelError
-from retrainer.exports.kept import KeptGraphs, frozen_graph_key, write_sidecar
+from retrainer.exports.kept import (
+    GraphTemplates,
+    KeptGraphs,
+    classifier_metadata,
+    frozen_graph_key,
+    write_sidecar,
+)
 from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.formats.extractor_spec import ExtractorSpec
-from retrainer.formats.graph_contract import graph_metadata, write_labels
+from retrainer.formats.graph_contract import write_labels
+from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath
 from retrainer.training.head_types import Head
 from retrainer.training.multi_label import targets_of
@@ -156,7 +163,12 @@ class Exporter:
                                                                  self.cache_root)
             exporter.classifier.head.assign(head)
             exporter.classifier.fine_tuned = fine_tuned
-            sidecar = exporter.write_graph(options.output_graph)
+
+            def keep_template(data: bytes) -> None:  # the next run's graphs need no tracing
+                if not fine_tuned:
+                    self._templates(head, novelty).remember(data)
+
+            sidecar = exporter.write_graph(options.output_graph, on_frozen=keep_template)
         outputs: dict[str, Any] = {
             "output_graph": options.output_graph,
             "output_graph_metadata": sidecar,
@@ -175,21 +187,28 @@ class Exporter:
 
     def _kept_sidecar(self, head: Head, novelty: Optional[Novelty],
                       thresholds: Optional[list[float]]) -> Optional[AnyPath]:
-        """When the graph at --output_graph is the one these inputs froze to before
-        (`exports.kept`): its sidecar, rewritten without TensorFlow; else None."""
+        """The sidecar of a graph written without TensorFlow, or None (it must be traced): the
+        graph at --output_graph when it is the one these inputs froze to before
+        (`exports.kept`), else the graph made from this machine's template of its structure."""
         spec, options = self.spec, self.options
-        metadata = graph_metadata(
-            {"name": spec.name, "id": spec.id}, self.labels, options.final_tensor_name,
-            spec.input_size, None if self.tta == NO_TTA else self.tta, thresholds,
-            None if novelty is None else novelty.to_json())
-        data = KeptGraphs(self.cache_root).read(
-            frozen_graph_key(spec.id, (head.weights, head.biases), metadata,
-                             None if novelty is None else novelty.references),
-            options.output_graph)
+        metadata = classifier_metadata(spec, self.labels, options.final_tensor_name, self.tta,
+                                       thresholds, novelty)
+        key = frozen_graph_key(spec.id, (head.weights, head.biases), metadata,
+                               None if novelty is None else novelty.references)
+        kept = KeptGraphs(self.cache_root)
+        data = kept.read(key, options.output_graph)
         if data is None:
-            return None
+            data = self._templates(head, novelty).graph()
+            if data is None:
+                return None
+            write_bytes_atomically(options.output_graph, data)
+            kept.remember(key, data)
         self._kept_graph = data
         return write_sidecar(options.output_graph, metadata, data)
+
+    def _templates(self, head: Head, novelty: Optional[Novelty]) -> GraphTemplates:
+        """This machine's templates of the exported graph's structure."""
+        return GraphTemplates(self.spec, self.options.final_tensor_name, self.tta, head, novelty)
 
     def _converted(self, classifier: Classifier, outputs: dict[str, Any],
                    training_files: list[AnyPath], failures: list[str]) -> list[AnyPath]:
