@@ -142,7 +142,7 @@ def test_the_exporter_writes_from_the_template_untraced_and_traces_without_one(
         return graph, json.loads(metadata_path(folder / "graph.pb").read_text())
 
     size = tiny_extractor.spec.vector_size
-    first_graph, first_sidecar = export("first", head_of(size, 3, 0))
+    _, first_sidecar = export("first", head_of(size, 3, 0))
     assert len(built) == 1 and list(cache_home.glob("graph-templates-v1/*/*.pb"))
     head = head_of(size, 5, 1)
     graph, sidecar = export("second", head)

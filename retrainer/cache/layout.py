@@ -23,6 +23,9 @@
       graph-templates-v1/<aa>/<key>.pb               a frozen graph's structure without the
                                                       run's constants (`graph_template_path`; kept
                                                       in the user's cache, per machine)
+      checkpoint-templates-v1/<aa>/<key>.ckpt        a head checkpoint's layout for one pair of
+                                                      shapes (`checkpoint_template_path`; in the
+                                                      user's cache)
       run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
                                                       by their inputs (`run_result_path`)
 
@@ -55,6 +58,7 @@ _RUN_RESULTS = "run-results-v1"
 _CHECKPOINTS = "checkpoints-v1"
 _NOVELTY = "novelty-v1"
 _GRAPH_TEMPLATES = "graph-templates-v1"
+_CHECKPOINT_TEMPLATES = "checkpoint-templates-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -170,3 +174,8 @@ def novelty_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
 def graph_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A frozen graph's template (`formats.graph_template`) for one structure (`key`)."""
     return as_path(root) / _GRAPH_TEMPLATES / key[:2] / f"{key}.pb"
+
+
+def checkpoint_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """A head checkpoint's template (`formats.checkpoint_template`) for one pair of shapes."""
+    return as_path(root) / _CHECKPOINT_TEMPLATES / key[:2] / f"{key}.ckpt"
