@@ -26,6 +26,9 @@
       checkpoint-templates-v1/<aa>/<key>.ckpt        a head checkpoint's layout for one pair of
                                                       shapes (`checkpoint_template_path`; in the
                                                       user's cache)
+      feature-map-models-v1/<aa>/<key>.tflite        an extractor's layers up to its last map,
+                                                      float32, for the report's heat maps
+                                                      (`feature_map_model_path`; in the user's cache)
       run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
                                                       by their inputs (`run_result_path`)
 
@@ -59,6 +62,7 @@ _CHECKPOINTS = "checkpoints-v1"
 _NOVELTY = "novelty-v1"
 _GRAPH_TEMPLATES = "graph-templates-v1"
 _CHECKPOINT_TEMPLATES = "checkpoint-templates-v1"
+_FEATURE_MAP_MODELS = "feature-map-models-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -179,3 +183,8 @@ def graph_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
 def checkpoint_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A head checkpoint's template (`formats.checkpoint_template`) for one pair of shapes."""
     return as_path(root) / _CHECKPOINT_TEMPLATES / key[:2] / f"{key}.ckpt"
+
+
+def feature_map_model_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """An extractor's map model (`explain.lite_cam`) for one extractor and input size."""
+    return as_path(root) / _FEATURE_MAP_MODELS / key[:2] / f"{key}.tflite"

@@ -20,6 +20,7 @@ import numpy as np
 from retrainer.data.batches import decode_files
 from retrainer.data.discovery import ImageFile
 from retrainer.errors import ModelError
+from retrainer.explain.lite_cam import LiteCam
 from retrainer.exports.kept import (
     GraphTemplates,
     KeptGraphs,
@@ -94,6 +95,7 @@ class Exporter:
         self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
         self._kept_graph: Optional[bytes] = None  # the exported graph, when kept untraced
+        self._fine_tuned: Optional[bool] = None  # known once write_all ran
 
     def graph_exporter(self, head: Head) -> GraphExporter:
         """The frozen-graph writer of `head`: the intermediate graphs' until `write_all`, the
@@ -108,6 +110,13 @@ class Exporter:
         if self._kept_graph is not None:
             return self._kept_graph
         return self.graph_exporter(head).frozen_graph_bytes()
+
+    def lite_cam(self, head: Head) -> Optional[LiteCam]:
+        """CAM of the exported graph without TensorFlow (`explain.lite_cam`), when it holds the
+        unmodified extractor (not fine-tuned) and `head`; else None."""
+        if self._fine_tuned is not False:
+            return None
+        return LiteCam(self.spec.id, self.spec.input_size, head.weights)
 
     def _graph_exporter(self, head: Head, novelty: Optional[Novelty] = None,
                         thresholds: Optional[Sequence[float]] = None,
@@ -150,6 +159,7 @@ class Exporter:
             DataError: int8 without enough decodable training images.
         """
         options = self.options
+        self._fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         levels = None if thresholds is None else [float(value) for value in thresholds]
         sidecar = None if fine_tuned else self._kept_sidecar(head, novelty, levels)
