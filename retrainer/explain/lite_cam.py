@@ -37,6 +37,10 @@ class LiteCam:
         self._key = memo_key("feature map model", tensorflow_version(), extractor_id,
                              tuple(input_size))
 
+    def kept(self) -> bool:
+        """Whether a map model is kept (not yet read: it may still prove damaged)."""
+        return self._memo.holds(self._key)
+
     def model(self) -> Optional[bytes]:
         """The kept map model's .tflite bytes, or None (absent or damaged)."""
         data = self._memo.read(self._key)

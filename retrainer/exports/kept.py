@@ -110,6 +110,10 @@ class GraphTemplates:
         if novelty is not None:
             self._arrays[NOVELTY_REFERENCES] = novelty.references
 
+    def kept(self) -> bool:
+        """Whether a template is kept (not yet read: it may still prove damaged)."""
+        return self._memo.holds(self._key)
+
     def graph(self) -> Optional[bytes]:
         """The frozen graph of these values from a kept template; None without a usable one."""
         template = self._memo.read(self._key)

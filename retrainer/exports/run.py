@@ -111,6 +111,14 @@ class Exporter:
             return self._kept_graph
         return self.graph_exporter(head).frozen_graph_bytes()
 
+    def needs_tensorflow(self, head: Head, novelty: Optional[Novelty], fine_tuned: bool,
+                         explained: bool) -> bool:
+        """Whether `write_all` (and, when `explained`, the report's heat maps) will likely need
+        TensorFlow: a fine-tuned extractor, or no kept template of the graph (or map model)."""
+        if fine_tuned or not self._templates(head, novelty).kept():
+            return True
+        return explained and not LiteCam(self.spec.id, self.spec.input_size, head.weights).kept()
+
     def lite_cam(self, head: Head) -> Optional[LiteCam]:
         """CAM of the exported graph without TensorFlow (`explain.lite_cam`), when it holds the
         unmodified extractor (not fine-tuned) and `head`; else None."""

@@ -44,8 +44,7 @@ def write_checkpoint(weights: Any, biases: Any, steps: int, path: os.PathLike[st
         return
     tensors = {_WEIGHTS: weights, _BIASES: biases, _STEP: np.int64(steps)}
     templates = Memo(None if is_url(path) else user_cache_dir(), checkpoint_template_path)
-    template_key = memo_key("checkpoint template", tensorflow_version(), weights.shape,
-                            biases.shape)
+    template_key = _template_key(*weights.shape)
     template = templates.read(template_key)
     written = None if template is None else fill_template(template, tensors)
     if written is not None:
@@ -65,6 +64,17 @@ def write_checkpoint(weights: Any, biases: Any, steps: int, path: os.PathLike[st
             templates.write(template_key, template)
         written = (contents[0], contents[1])
     kept.remember(key, list(written))
+
+
+def written_without_tensorflow(vector_size: int, classes: int) -> bool:
+    """Whether this machine keeps the template of a head checkpoint of these sizes (a new
+    checkpoint of them then needs no TensorFlow)."""
+    return Memo(user_cache_dir(), checkpoint_template_path).holds(
+        _template_key(vector_size, classes))
+
+
+def _template_key(vector_size: int, classes: int) -> str:
+    return memo_key("checkpoint template", tensorflow_version(), vector_size, classes)
 
 
 def _write_with_tensorflow(weights: np.ndarray, biases: np.ndarray, steps: int,
