@@ -7,7 +7,10 @@ extraction (the audit's findings, the file index and the heat maps removed from 
 the audit runs and every file is hashed; the audit's signatures kept, as the extraction stage
 writes them) and a warm rerun. Each is a real process; its `--json`
 gives the wall time of every part of the run (`seconds`) and each stage's peak resident memory
-(`peak_memory_gib`); the process's own peak comes from the kernel (wait4).
+(`peak_memory_gib`: the kernel's high-water mark, reset at each stage boundary); the process's
+own peak is also sampled from the kernel (its resident memory every 50 ms): the kernel's
+lifetime peak (wait4's ru_maxrss) cannot be used, since each reset of the high-water mark
+(clear_refs) forgets the peaks before it.
 
 Printed per stage: seconds and peak GiB at each size, and the growth exponent b of seconds ~ N^b
 (least squares over the sizes, and between consecutive sizes). Targets: every stage at most
@@ -61,17 +64,33 @@ def forget_first_run_state(bottleneck_dir: Path) -> None:
 
 def timed_run(command: list[str], cwd: Path, lock: Optional[str], kind: str
               ) -> tuple[dict, float, float]:
-    """(the --json document, wall seconds, the process's peak resident memory in GiB); the
-    document is kept as `<cwd>/<kind>.json`."""
+    """(the --json document, wall seconds, the process's peak resident memory in GiB, sampled);
+    the document is kept as `<cwd>/<kind>.json`."""
     stdout, stderr = cwd / f"{kind}.json", cwd / f"{kind}.stderr.txt"
     with cpu_lock(lock), open(stdout, "w") as out, open(stderr, "w") as err:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)  # the kernel's figures for this child
+        peak = resident_peak(process)
         wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if process.returncode != 0:
         sys.exit(f"{' '.join(command[:6])} failed:\n{stderr.read_text()[-3000:]}")
-    return json.loads(stdout.read_text()), wall, usage.ru_maxrss / 2**20
+    return json.loads(stdout.read_text()), wall, peak / 2**30
+
+
+def resident_peak(process: subprocess.Popen, interval: float = 0.05) -> int:
+    """The largest resident memory (bytes) of `process` seen every `interval` seconds until it
+    exits (VmRSS in /proc/<pid>/status)."""
+    peak = 0
+    status = Path(f"/proc/{process.pid}/status")
+    while process.poll() is None:
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    peak = max(peak, int(line.split()[1]) * 1024)
+        except (OSError, ValueError, IndexError):
+            pass
+        time.sleep(interval)
+    return peak
 
 
 def growth(sizes: list[int], seconds: list[float]) -> tuple[float, list[float]]:
@@ -132,7 +151,8 @@ def measure(args: argparse.Namespace, data: Path, work: Path) -> None:
             seconds = document["seconds"]
             memory = document.get("peak_memory_gib", {})
             print(f"  N={count:>9,} {kind:5s} run: wall {wall:7.1f} s, accounted "
-                  f"{seconds.get('total', math.nan):7.1f} s, peak {peak:.2f} GiB; test accuracy "
+                  f"{seconds.get('total', math.nan):7.1f} s, peak {peak:.2f} GiB sampled, "
+                  f"{memory.get('total', math.nan):.2f} GiB --json; test accuracy "
                   f"{document['test_accuracy'] * 100:.1f} % ({machine_line()})", flush=True)
             for stage, value in seconds.items():
                 table.setdefault(kind, {}).setdefault(stage, {})[count] = (

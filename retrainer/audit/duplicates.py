@@ -24,9 +24,9 @@ from retrainer.audit._threads import in_order
 from retrainer.audit.neighbours import (
     Rows,
     pair_cosines,
-    principal_components,
     row_norms,
     take_rows,
+    unit_components,
     unit_rows,
 )
 from retrainer.audit.pairs import similar_pairs, unique_pairs
@@ -128,12 +128,12 @@ def near_pairs(
         "mirrored": described(mirrored_descriptor, thumbnails),
         "small": per_chunk(small_descriptor, thumbnails),
         "enlarged": per_chunk(enlarged_descriptor, thumbnails)}
-    reduced = {name: unit_rows(principal_components(descriptors[name], dims, center=False))
+    reduced = {name: unit_components(descriptors[name], dims, center=False)
                for name, dims in SEARCH_DIMENSIONS.items() if name != "vector"}
     # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
     # cosines gathered pair by pair through `keep`.
-    reduced["vector"] = take_rows(unit_rows(principal_components(
-        vectors, SEARCH_DIMENSIONS["vector"], center=False, normalize=True)), keep)
+    reduced["vector"] = take_rows(unit_components(
+        vectors, SEARCH_DIMENSIONS["vector"], center=False, normalize=True), keep)
     norms = row_norms(vectors)
 
     def exact_vector(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:

@@ -56,6 +56,25 @@ def unit_rows(matrix: np.ndarray, center: bool = False) -> np.ndarray:
     return rows / np.maximum(norms, 1e-12)
 
 
+def unit_components(matrix: Rows, dims: int, center: bool = True,
+                    normalize: bool = False) -> np.ndarray:
+    """`unit_rows(principal_components(...))` (same arguments, same values), scaled in place
+    BLOCK_ROWS rows at a time unless the projection is `matrix` itself: no second N x dims
+    array (256 MB at a million images).
+
+    Returns:
+        float32 [N, min(D, dims, S)], rows of length 1 (all-zero rows stay zero).
+    """
+    projected = principal_components(matrix, dims, center, normalize)
+    if (isinstance(matrix, np.ndarray) and np.shares_memory(projected, matrix)) \
+            or not projected.flags.writeable or not projected.flags.c_contiguous:
+        return unit_rows(projected)
+    for start in range(0, len(projected), BLOCK_ROWS):
+        block = projected[start:start + BLOCK_ROWS]
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+    return projected
+
+
 def principal_components(matrix: Rows, dims: int, center: bool = True,
                          normalize: bool = False) -> np.ndarray:
     """`matrix` projected on its top `dims` principal axes (unchanged if D <= dims).

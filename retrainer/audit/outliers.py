@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 
 from retrainer.audit._threads import PARALLEL_ROWS, in_order
-from retrainer.audit.neighbours import mean_neighbour_distance, principal_components, unit_rows
+from retrainer.audit.neighbours import mean_neighbour_distance, unit_components
 
 NEIGHBOURS = 5
 FENCE = 3.0
@@ -37,7 +37,7 @@ def find_outliers(vectors: np.ndarray, labels: np.ndarray) -> list[Outlier]:
     Returns:
         Outlier list sorted by score, descending.
     """
-    reduced = unit_rows(principal_components(vectors, DIMENSIONS, normalize=True))
+    reduced = unit_components(vectors, DIMENSIONS, normalize=True)
 
     def class_outliers(label: int) -> list[Outlier]:
         members = np.flatnonzero(labels == label)

@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from retrainer.training.evaluate import Evaluation
 
 log = logging.getLogger(__name__)
+Result = TypeVar("Result")
 
 AUDIT_FORMAT = 1
 # Bump when the detectors or their signatures change what they find: cached findings keyed with
@@ -104,16 +105,24 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     else:
         signatures = signatures.take(usable)
     exact = duplicates.exact_groups(digests)
-    # The three detectors side by side (each spends most of its time in numpy and LAPACK,
-    # which release the GIL), each on one BLAS thread.
-    with one_blas_thread(), ThreadPoolExecutor(2, thread_name_prefix="audit") as pool:
+    # The label model (a seeded sample's fits: a small working set) on a thread of its own; the
+    # outliers, then the near pairs, each on every CPU (`_threads`) and one after the other, so
+    # that one detector's working set is freed before the next one's is made (at a million
+    # images each is hundreds of MB). Each spends most of its time in numpy and LAPACK, which
+    # release the GIL; each on one BLAS thread.
+    seconds: dict[str, float] = {}
+    with one_blas_thread(), ThreadPoolExecutor(1, thread_name_prefix="audit") as pool:
         label_probabilities = None if multi_label else pool.submit(
-            label_issues.fit_out_of_fold, vectors, labels, len(collection.labels), seed)
-        far_images = pool.submit(outliers.find_outliers, vectors, labels)
-        pairs = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
-        far = far_images.result()
+            _timed, seconds, "label model", label_issues.fit_out_of_fold, vectors, labels,
+            len(collection.labels), seed)
+        far = _timed(seconds, "outliers", outliers.find_outliers, vectors, labels)
+        pairs = _timed(seconds, "near pairs", duplicates.near_pairs, digests, vectors,
+                       signatures.thumbnails, signatures.hashes)
         issues = ([] if label_probabilities is None
-                  else label_issues.find_label_issues(label_probabilities.result(), labels))
+                  else _timed(seconds, "mislabeled", label_issues.find_label_issues,
+                              label_probabilities.result(), labels))
+    log.info("Audit detectors: %s.", ", ".join(f"{name} {value:.1f} s"
+                                                for name, value in seconds.items()))
     near = _near_groups(len(usable), exact, pairs)
     to_collection = usable.tolist()
     findings = Findings(
@@ -127,6 +136,16 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     cache_path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomically(cache_path, json.dumps(findings.to_json()))
     return findings, False
+
+
+def _timed(seconds: dict[str, float], name: str, function: Callable[..., Result],
+           *arguments: Any) -> Result:
+    """`function(*arguments)`, its wall time added to `seconds[name]`."""
+    started = time.perf_counter()
+    try:
+        return function(*arguments)
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - started
 
 
 def _findings_key(vectors: np.ndarray, labels: np.ndarray, relpaths: Sequence[str],
