@@ -94,7 +94,9 @@ def test_a_split_in_many_chunks_reaches_the_same_optimum(pixels, monkeypatch, ke
     held at once), kept as tensors or converted on every pass: the same penalised optimum and
     validation figures as one pass over every row."""
     features, labels = pixels[0][:700], pixels[1][:700]
-    config = ConvexConfig(l2_path=(1e-2, 1e-3), path_rows=400)  # the sample: rows picked
+    # the sample: rows picked; its fits run to the final fit's tolerance, so that summing in
+    # other chunks cannot tip the 100-row validation's choice
+    config = ConvexConfig(l2_path=(1e-2, 1e-3), path_rows=400, path_tolerance=1e-5)
     whole = fit_head(features[:600], labels[:600], features[600:], labels[600:], 10, config)
     monkeypatch.setattr(solver, "CHUNK_VALUES", 10 * 64)  # 64 rows a chunk: 10 and 2 chunks
     monkeypatch.setattr(solver, "KEEP_CLASSES", keep_classes)
@@ -158,6 +160,25 @@ def test_the_path_chooses_on_validation_and_samples_large_splits(pixels):
                              fit.biases.astype(np.float64), final.l2, scale)
     optimum = reference_optimum(full, labels[train], 10, final.l2, scale)
     assert optimum <= reached < optimum + 1e-3
+
+
+@pytest.mark.parametrize("path_rows", [300, 900])
+def test_a_large_validation_split_is_sampled_for_the_path_only(pixels, path_rows):
+    """Above validation_values // classes validation rows the path scores its penalties on a
+    seeded sample of that many (here 100 of 300: accuracies in hundredths); the kept fit (the
+    final fit on every training row, or without one the path's chosen point) on every row."""
+    features, labels = pixels
+    train, validation = slice(0, 900), slice(900, 1200)
+    fit = fit_head(features[train], labels[train], features[validation], labels[validation], 10,
+                   ConvexConfig(path_rows=path_rows, validation_values=10 * 100))
+    logits = features[validation] @ fit.weights + fit.biases
+    kept = fit.path[fit.chosen]
+    assert kept.validation_accuracy == pytest.approx(
+        np.mean(np.argmax(logits, axis=1) == labels[validation]))
+    for index, point in enumerate(fit.path):
+        shown = point.validation_accuracy * (300 if index == fit.chosen else 100)
+        assert shown == pytest.approx(round(shown), abs=1e-9)
+    assert 0.7 < kept.validation_accuracy
 
 
 def test_the_final_fit_is_capped_by_rows_times_classes(pixels):

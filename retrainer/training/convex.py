@@ -54,8 +54,12 @@ class ConvexConfig:
         patience: penalties in a row without a better validation score before the path stops.
         label_smoothing: targets smoothed towards uniform (0 = off).
         objective: softmax (one label per image) or sigmoid (several).
-        tolerance: relative change of the loss below which a fit counts as converged.
+        tolerance: relative change of the loss below which the kept fit counts as converged.
+        path_tolerance: the same for the path's fits on a sample, which only choose the penalty
+            (the fit on every row then starts from the chosen one and runs to `tolerance`).
         path_rows: above this many training rows, the path runs on a sample of this many.
+        validation_values: the path scores its penalties on a seeded sample of at most
+            validation_values // classes validation rows; the kept fit is scored on all.
         fit_values: above this many training rows x classes, the final fit runs on a sample of
             fit_values // classes rows (each of its iterations costs rows x classes x D).
     """
@@ -66,8 +70,10 @@ class ConvexConfig:
     label_smoothing: float = 0.0
     objective: Objective = SOFTMAX
     tolerance: float = SolverOptions.tolerance
+    path_tolerance: float = SolverOptions.tolerance
     path_rows: int = 8192
     fit_values: int = 2**26
+    validation_values: int = 2**24
 
     @property
     def solver(self) -> SolverOptions:
@@ -137,35 +143,42 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
         ConvexFit. Without validation rows nothing can be chosen: the fit uses
         NO_VALIDATION_L2, with a warning.
     """
-    rows = len(train_features)
-    order = np.random.default_rng(0).permutation(rows)  # the samples are its first rows
+    rows, rng = len(train_features), np.random.default_rng(0)
+    order = rng.permutation(rows)  # the samples are its first rows
     sample, final = (np.sort(order[:limit]) for limit in (
         config.path_rows, max(config.path_rows, config.fit_values // max(num_classes, 1))))
+    sampled = len(sample) < rows
     # The sample's statistics standardize every fit: the same penalty means the same prior.
     statistics = Standardization.of(train_features[sample], correlation=(
         len(final) * num_classes >= SHAPED_VALUES))
     terms = (num_classes, statistics, config.solver)
-    train = Problem(train_features, train_targets, *terms, sample if len(sample) < rows else None)
-    validation = None
+    train = Problem(train_features, train_targets, *terms, sample if sampled else None)
+    validation = scoring = None
     path = config.l2_path
     if len(validation_features):
-        validation = Problem(validation_features, validation_targets, *terms)
+        validation = scoring = Problem(validation_features, validation_targets, *terms)
+        limit = max(1, config.validation_values // max(num_classes, 1))
+        if len(validation_features) > limit:
+            scored = np.sort(rng.permutation(len(validation_features))[:limit])
+            scoring = Problem(validation_features, validation_targets, *terms, scored)
     elif len(path) > 1:
         path = (NO_VALIDATION_L2,)
         log.warning("No validation images: the L2 strength cannot be chosen; using %g.", path[0])
-    walk = _Path(train, validation, num_classes, config)
+    walk = _Path(train, scoring, num_classes, config)
     for l2 in path:
-        walk.fit(l2)
+        walk.fit(l2, config.path_tolerance if sampled else config.tolerance)
         if walk.since_best >= config.patience:
             break
-    best = walk.best
-    if len(sample) < rows:
+    best, walk.validation = walk.best, validation
+    if sampled:
         chosen = walk.points[best].l2 * len(sample) / len(final)
         walk.state = walk.states[best]
         walk.train = Problem(train_features, train_targets, *terms,
-                              final if len(final) < rows else None)
-        walk.fit(chosen)
+                             final if len(final) < rows else None)
+        walk.fit(chosen, config.tolerance)
         best = len(walk.points) - 1
+    elif scoring is not validation:
+        walk.rescore(best)
     weights, biases = statistics.layer(walk.states[best])
     accuracy = walk.points[best].validation_accuracy
     log.info("Chose L2 strength %g (validation accuracy %s).", walk.points[best].l2,
@@ -184,9 +197,10 @@ class _Path:
         self.points: list[PathPoint] = []
         self.best, self.since_best = 0, 0
 
-    def fit(self, l2: float) -> None:
+    def fit(self, l2: float, tolerance: float) -> None:
         started = time.perf_counter()
-        self.state, iterations = solve(self.train, self.state, l2, self.config.solver)
+        options = dataclasses.replace(self.config.solver, tolerance=tolerance)
+        self.state, iterations = solve(self.train, self.state, l2, options)
         self.states.append(self.state)
         train_accuracy, train_loss = self.train.metrics(self.state)
         validation_accuracy = validation_loss = None
@@ -201,6 +215,14 @@ class _Path:
                 self.best, self.since_best = len(self.points) - 1, 0
             else:
                 self.since_best += 1
+
+
+    def rescore(self, index: int) -> None:
+        """Point `index` scored again on the whole validation split."""
+        assert self.validation is not None
+        accuracy, loss = self.validation.metrics(self.states[index])
+        self.points[index] = dataclasses.replace(self.points[index], validation_accuracy=accuracy,
+                                                 validation_cross_entropy=loss)
 
 
 def _score(point: PathPoint) -> tuple[float, float]:
