@@ -16,7 +16,9 @@
   first (cold on a machine where it never ran: that per-machine cache empty too), and cold at
   --extractor_precision float32, the peers' precision (retrainer's default `auto` runs the
   extractor at int8 where the CPU has fast int8, else float32; the peers always run it at
-  float32; the table names each side's precision).
+  float32; the table names each side's precision);
+- with --baseline PATH, "baseline cold": the cold side with the retrainer of another checkout
+  (e.g. main's), run just before the cold side of each round: a change's gain, in the same run.
 
 Every side gets the same EfficientNet-Lite0 weights at the same 224x224 input: no model hub is
 reachable, so the benchmark writes retrainer's own Lite0 as a TF2 SavedModel (the image feature
@@ -36,8 +38,8 @@ kept in DIR/results.json, so a size can be measured in several invocations (--si
 table covers all of them.
 
     python -m benchmarks.bench_peers --peer_script PATH [--images 1000,10000] [--rounds 2]
-        [--sides mic,keras,cold,warm,rerun,first,float32] [--lock /work/team/cpu.lock [--lock_scope round]]
-        [--work DIR] [--smoke]
+        [--sides mic,keras,baseline,cold,warm,rerun,first,float32] [--baseline PATH]
+        [--lock /work/team/cpu.lock [--lock_scope round]] [--work DIR] [--smoke]
 """
 
 from __future__ import annotations
@@ -175,6 +177,15 @@ def child_accuracy(model_dir: Path, test_dir: Path, scale: float) -> dict[str, A
     return json.loads(done.stdout.splitlines()[-1])
 
 
+def retrainer_env(machine_cache: Path, checkout: Optional[str] = None) -> dict[str, str]:
+    """A retrain process's environment: `machine_cache` as XDG_CACHE_HOME (what retrainer keeps
+    per machine), this checkout's retrainer or `checkout`'s."""
+    env = {**ENV, "XDG_CACHE_HOME": str(machine_cache)}
+    if checkout is not None:
+        env["PYTHONPATH"] = str(Path(checkout).resolve())
+    return env
+
+
 def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     """(wall seconds, stdout) of one process; exits if it fails."""
     cwd.mkdir(parents=True, exist_ok=True)
@@ -188,7 +199,8 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, st
 
 
 # --sides keys -> the table's names, in the order each round runs them.
-SIDES = {"mic": "make_image_classifier", "keras": "keras recipe", "cold": "retrainer cold",
+SIDES = {"mic": "make_image_classifier", "keras": "keras recipe",
+         "baseline": "baseline cold", "cold": "retrainer cold",
          "warm": "retrainer warm", "rerun": "retrainer rerun", "first": "retrainer first run",
          "float32": "retrainer cold float32"}
 PEERS = ("make_image_classifier", "keras recipe")
@@ -239,10 +251,11 @@ class Sides:
                       str(self.args.epochs)], run, KERAS2_ENV)
 
     def _retrain(self, run: Path, key: str, cache: Path, *flags: str,
-                 machine_cache: Optional[Path] = None) -> tuple[float, str]:
+                 machine_cache: Optional[Path] = None,
+                 checkout: Optional[str] = None) -> tuple[float, str]:
         if key != "rerun":  # the export is measured afterwards
             shutil.rmtree(self.folder(run, key), ignore_errors=True)
-        env = {**ENV, "XDG_CACHE_HOME": str(machine_cache or self.machine_cache)}
+        env = retrainer_env(machine_cache or self.machine_cache, checkout)
         return timed([sys.executable, "-m", "retrainer.cli.retrain", "--image_dir",
                       str(self.image_dir), "--bottleneck_dir", str(cache), "--json", *flags],
                      self.folder(run, key), env)
@@ -250,6 +263,13 @@ class Sides:
     def _cold(self, run: Path) -> tuple[float, str]:
         shutil.rmtree(run / "bottlenecks", ignore_errors=True)
         return self._retrain(run, "cold", run / "bottlenecks")
+
+    def _baseline(self, run: Path) -> tuple[float, str]:
+        if not self.args.baseline:
+            sys.exit("the baseline side needs --baseline PATH (another checkout of retrainer)")
+        shutil.rmtree(run / "bottlenecks_baseline", ignore_errors=True)
+        return self._retrain(run, "baseline", run / "bottlenecks_baseline",
+                             checkout=self.args.baseline)
 
     def _warm(self, run: Path) -> tuple[float, str]:
         if not (run / "bottlenecks").is_dir():
@@ -287,6 +307,8 @@ def main() -> None:
     parser.add_argument("--sides", default=",".join(SIDES),
                         help=f"which sides to run, comma-separated, of {','.join(SIDES)}")
     parser.add_argument("--epochs", type=int, default=5, help="the peers' epochs")
+    parser.add_argument("--baseline", help="another checkout of retrainer: its cold run is the "
+                                           "'baseline' side (default sides then include it)")
     parser.add_argument("--lock", help="a lock file to flock around each side (its run and "
                                        "its evaluation), or each round (--lock_scope round)")
     parser.add_argument("--lock_scope", choices=("side", "round"), default="side",
@@ -305,6 +327,8 @@ def main() -> None:
     if args.evaluate:
         saved_model_accuracy(args.evaluate[0], args.evaluate[1], float(args.evaluate[2]))
         return
+    if not args.baseline and args.sides == parser.get_default("sides"):
+        args.sides = ",".join(key for key in SIDES if key != "baseline")
     unknown = sorted(set(args.sides.split(",")) - set(SIDES))
     if unknown:
         parser.error(f"unknown --sides {unknown}: expected some of {','.join(SIDES)}")
@@ -341,9 +365,10 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         with cpu_lock(args.lock):
             image_dir = fashion_mnist_folder(work / f"train_{size}", max(1, size // 10), "train")
         sides = Sides(args, module, peer, image_dir, test_dir, work / "machine_cache")
-        if any(key in keys for key in ("cold", "warm", "rerun")):
+        if any(key in keys for key in ("baseline", "cold", "warm", "rerun")):
             with cpu_lock(args.lock):  # untimed: what retrainer keeps per machine
-                fill_machine_cache(test_dir, work / "machine_cache", work / "fill")
+                for checkout in ([None, args.baseline] if "baseline" in keys else [None]):
+                    fill_machine_cache(test_dir, work / "machine_cache", work / "fill", checkout)
         rounds = results.setdefault(str(size), {})
         for round_ in range(args.first_round, args.first_round + args.rounds):
             run = work / f"runs_{size}_{round_}"
@@ -360,14 +385,15 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         print_table(size, rounds)
 
 
-def fill_machine_cache(image_dir: Path, machine_cache: Path, scratch: Path) -> None:
-    """One retrain run with `machine_cache` as XDG_CACHE_HOME, so that it holds what a machine
-    where retrainer ran before keeps (the int8 engine's converted model, ...); its outputs are
-    deleted."""
+def fill_machine_cache(image_dir: Path, machine_cache: Path, scratch: Path,
+                       checkout: Optional[str] = None) -> None:
+    """One retrain run (of this checkout, or of `checkout`) with `machine_cache` as
+    XDG_CACHE_HOME, so that it holds what a machine where that retrainer ran before keeps (the
+    int8 engine's converted model, its specs, ...); its outputs are deleted."""
     shutil.rmtree(scratch, ignore_errors=True)
     timed([sys.executable, "-m", "retrainer.cli.retrain", "--image_dir", str(image_dir),
            "--bottleneck_dir", str(scratch / "bottlenecks"), "--json"], scratch,
-          {**ENV, "XDG_CACHE_HOME": str(machine_cache)})
+          retrainer_env(machine_cache, checkout))
     shutil.rmtree(scratch, ignore_errors=True)
 
 
@@ -388,8 +414,8 @@ def print_table(size: int, rounds: dict[str, dict[str, dict[str, Any]]]) -> None
     print("  median wall s: " + ", ".join(f"{name} {statistics.median(seconds):.1f}"
                                           for name, seconds in walls.items()))
     for round_, sides in sorted(rounds.items(), key=lambda item: int(item[0])):
-        for name in ("retrainer cold", "retrainer warm", "retrainer rerun", "retrainer first run",
-                     "retrainer cold float32"):
+        for name in ("baseline cold", "retrainer cold", "retrainer warm", "retrainer rerun",
+                     "retrainer first run", "retrainer cold float32"):
             if name in sides:
                 parts = sides[name]["parts"]
                 print(f"  round {round_} {name} Took parts: " + ", ".join(

@@ -7,7 +7,9 @@ import dataclasses
 import functools
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -126,6 +128,33 @@ def test_reruns_give_byte_identical_layers():
     first, second = ([dataclasses.replace(point, seconds=0.0) for point in fit.path]
                      for fit in fits)
     assert first == second
+
+
+def _solver_threads_started(fit: Callable[[], object]) -> list[str]:
+    """Names of the threads started during `fit()` that ran the solver's pool."""
+    started: list[str] = []
+    threading.setprofile(lambda *_: started.append(threading.current_thread().name))
+    try:
+        fit()
+    finally:
+        threading.setprofile(None)  # type: ignore[arg-type]
+    return sorted({name for name in started if name.startswith("solver")})
+
+
+def test_a_loss_of_one_chunk_is_summed_on_the_calling_thread(monkeypatch):
+    """One chunk (here 400 rows of 20) is summed where the fit runs, with no pool thread per
+    evaluation; several chunks on a multi-threaded BLAS still go to the pool, and both give the
+    layer the sums' order says: the pool only decides where each share is summed."""
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 20)).astype(np.float32)
+    labels = (features[:, 0] > 0).astype(np.int64) + 2 * (features[:, 1] > 0)
+    fits: list[solver.LayerFit] = []
+    assert _solver_threads_started(lambda: fits.append(fit_layer(features, labels, 4, 1e-3))) == []
+    monkeypatch.setattr(solver, "CHUNK_VALUES", 4 * 50)  # 8 chunks of 50 rows
+    names = _solver_threads_started(lambda: fits.append(fit_layer(features, labels, 4, 1e-3)))
+    workers = max((pool["num_threads"] for pool in solver._blas().info()), default=1)
+    assert bool(names) == (workers > 1)
+    np.testing.assert_allclose(fits[1].weights, fits[0].weights, atol=1e-4)
 
 
 def test_a_warm_start_continues_from_a_previous_state():

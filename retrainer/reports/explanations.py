@@ -29,6 +29,7 @@ from retrainer.data.batches import file_digest
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError
 from retrainer.explain.heatmap import overlay
+from retrainer.explain.lite_cam import LiteCam
 from retrainer.explain.scope import EXPLAINABLE, explainable
 from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
@@ -90,6 +91,7 @@ def explanation_section(
     input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
     cache_root: Optional[os.PathLike[str] | str] = None,
     load_tensorflow: Callable[[], None] = lambda: None,
+    lite: Optional[LiteCam] = None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -103,6 +105,9 @@ def explanation_section(
         per_class: the --report_explanations count, for the text.
         cache_root: where the maps are cached (--bottleneck_dir); None: not cached.
         load_tensorflow: called before maps are computed (kept ones need no TensorFlow).
+        lite: CAM without TensorFlow, when the graph is an unmodified extractor's with a
+            linear head (`retrainer.explain.lite_cam`): used when its map model is kept, else
+            made from this graph's.
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -130,7 +135,7 @@ def explanation_section(
     try:
         maps = _heat_maps(graph_bytes, input_name, output_name, pixels,
                           np.array([image.predicted_class for image in readable], np.int64),
-                          cache_root, load_tensorflow)
+                          cache_root, load_tensorflow, lite)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
@@ -172,7 +177,8 @@ class _NoHeatMaps(Exception):
 
 def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
                classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str],
-               load_tensorflow: Callable[[], None]) -> list[np.ndarray]:
+               load_tensorflow: Callable[[], None], lite: Optional[LiteCam] = None
+               ) -> list[np.ndarray]:
     """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
     [H, W, 3] each) through the frozen graph (its bytes): read back when the same graph explained
     the same pixels and classes before (no TensorFlow then), else computed and kept;
@@ -200,8 +206,10 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     stored = memo.read(key, usable)
     if stored is not None:
         return list(np.load(io.BytesIO(stored), allow_pickle=False))
-    load_tensorflow()
-    maps = _computed_maps(graph, input_name, output_name, pixels, classes)
+    maps = lite.maps(pixels, classes) if lite is not None and (classes >= 0).all() else None
+    if maps is None:
+        load_tensorflow()
+        maps = _computed_maps(graph, input_name, output_name, pixels, classes, lite)
     buffer = io.BytesIO()
     np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
     memo.write(key, buffer.getvalue())
@@ -209,9 +217,11 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
 
 
 def _computed_maps(graph: bytes, input_name: str, output_name: str,
-                   pixels: list[np.ndarray], classes: np.ndarray) -> list[np.ndarray]:
+                   pixels: list[np.ndarray], classes: np.ndarray,
+                   lite: Optional[LiteCam] = None) -> list[np.ndarray]:
     """CAM where it equals Grad-CAM (a retrained linear head: `retrainer.explain.cam`, half the
-    work), else Grad-CAM; in TensorFlow (imported here: a rerun reads the kept maps without it)."""
+    work), else Grad-CAM; in TensorFlow (imported here: a rerun reads the kept maps without it).
+    With `lite`, CAM's map model is kept for the next runs' maps without TensorFlow."""
     import tensorflow as tf
 
     from retrainer.explain.cam import class_activation_maps
@@ -226,7 +236,10 @@ def _computed_maps(graph: bytes, input_name: str, output_name: str,
                if (classes >= 0).all() else None)
         if cam is not None:
             try:
-                return [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+                maps = [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+                if lite is not None and lite.model() is None:
+                    _keep_map_model(cam, lite)
+                return maps
             finally:
                 cam.close()
         gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
@@ -239,6 +252,17 @@ def _computed_maps(graph: bytes, input_name: str, output_name: str,
         raise _NoHeatMaps(str(error)) from error
     except tf.errors.OpError as error:
         raise _NoHeatMaps(error.message) from error
+
+
+def _keep_map_model(cam: Any, lite: LiteCam) -> None:
+    """Convert and keep CAM's map model (a failed conversion costs the next runs TensorFlow's
+    import for their heat maps, never this run)."""
+    try:
+        lite.remember(cam.feature_map_model())
+    except Exception as error:  # the converter raises several unrelated types
+        log.warning("Report: heat maps will need TensorFlow again next time (%s)",
+                    str(error).strip().splitlines()[0] if str(error).strip() else
+                    type(error).__name__)
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:

@@ -12,6 +12,7 @@ label model (audit/label_issues.py).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from concurrent.futures import ThreadPoolExecutor
@@ -261,12 +262,17 @@ def solve(problem: Problem, start: np.ndarray, l2: float,
 
     The loss is summed by as many threads as the caller allows BLAS (the audit calls this under
     one), each running its products on one BLAS thread; scipy's own small vector operations run
-    on one too, which is fastest for them. L-BFGS steps in `_Coordinates` (same minimum)."""
+    on one too, which is fastest for them. A loss of one chunk (or one thread) is summed on the
+    calling thread: handing each evaluation to a pool thread and waiting for it cost more than
+    the evaluation itself on a busy 2-core host (the audit's 1k label model: ~500 evaluations).
+    L-BFGS steps in `_Coordinates` (same minimum)."""
     blas = _blas()
     workers = max((pool["num_threads"] for pool in blas.info()), default=1)
+    threads = min(workers, len(range(0, problem.count, problem.step)))  # shares summed at once
     coordinates = _Coordinates(problem.statistics, len(start), l2, problem.count)
-    with blas.limit(limits=1, user_api="blas"), ThreadPoolExecutor(
-            workers, thread_name_prefix="solver") as pool:
+    with blas.limit(limits=1, user_api="blas"), (
+            ThreadPoolExecutor(threads, thread_name_prefix="solver") if threads > 1
+            else contextlib.nullcontext()) as pool:
 
         def loss_and_gradient(free: np.ndarray) -> tuple[float, np.ndarray]:
             loss, gradient = problem.loss_and_gradient(coordinates.params(free), l2, pool,
