@@ -26,10 +26,11 @@ VARYING = {"seconds", "peak_memory_gib", "bottlenecks_computed", "bottlenecks_re
            "cached"}  # the audit's: whether its findings were read back
 
 
-def retrain(tmp_path: Path, image_dir: Path, *extra: str) -> tuple[dict, bool]:
-    """(the --json document, whether TensorFlow was imported) of one real `retrain` process."""
-    out = tmp_path / "out"
-    args = ["--image_dir", str(image_dir), "--bottleneck_dir", str(tmp_path / "cache"),
+def retrain(tmp_path: Path, image_dir: Path, *extra: str, run: str = "") -> tuple[dict, bool]:
+    """(the --json document, whether TensorFlow was imported) of one real `retrain` process
+    with its cache and outputs in tmp_path/run; the user cache is tmp_path/xdg."""
+    out = tmp_path / run / "out"
+    args = ["--image_dir", str(image_dir), "--bottleneck_dir", str(tmp_path / run / "cache"),
             "--output_graph", str(out / "graph.pb"), "--output_labels", str(out / "labels.txt"),
             "--summaries_dir", str(out / "logs"), "--checkpoint_path", str(out / "ckpt" / "head"),
             "--report_html", str(out / "report.html"), "--metrics_file", str(out / "m.json"),

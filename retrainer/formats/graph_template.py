@@ -66,7 +66,10 @@ def _graph_def_class() -> Any:
     message("GraphDef", ("node", 1, repeated, F.TYPE_MESSAGE, ".retrainer_graph.NodeDef"))
     pool = descriptor_pool.DescriptorPool()
     pool.Add(schema)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("retrainer_graph.GraphDef"))
+    graph_def = pool.FindMessageTypeByName("retrainer_graph.GraphDef")
+    if hasattr(message_factory, "GetMessageClass"):
+        return message_factory.GetMessageClass(graph_def)
+    return message_factory.MessageFactory(pool).GetPrototype(graph_def)  # protobuf < 4.22
 
 
 def make_template(graph: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[bytes]:

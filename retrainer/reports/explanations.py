@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -31,6 +32,7 @@ from retrainer.errors import ModelError
 from retrainer.explain.heatmap import overlay
 from retrainer.explain.lite_cam import LiteCam
 from retrainer.explain.scope import EXPLAINABLE, explainable
+from retrainer.io.host import usable_cpus
 from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
 from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
@@ -139,7 +141,9 @@ def explanation_section(
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
-    gallery = "\n".join(_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps))
+    # PIL and numpy release the GIL while they resize, blend and encode: one figure per core
+    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="heat-maps") as pool:
+        gallery = "\n".join(pool.map(_figure, readable, pixels, maps))
     if key is not None and len(readable) == len(images):
         galleries.write(key, gallery.encode())
     return Section(SECTION_ID, TITLE, _body(images, per_class, started, gallery))
