@@ -261,3 +261,33 @@ def test_the_chunked_objective_equals_one_direct_pass(data, rows, first_column, 
     direction = np.random.default_rng(classes).normal(size=params.shape)
     numeric = (direct(params + 1e-3 * direction) - direct(params - 1e-3 * direction)) / 2e-3
     assert gradient @ direction == pytest.approx(numeric, rel=2e-3, abs=2e-4)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(first_column=st.integers(0, 190), dims=st.integers(1, 12), classes=st.integers(1, 9),
+       l2=st.sampled_from([0.0, 1e-4, 1e-2]), seed=st.integers(0, 2**16))
+def test_the_shaped_coordinates_are_the_cholesky_change_of_variables(first_column, dims,
+                                                                    classes, l2, seed):
+    """L-BFGS's coordinates (in-place BLAS triangular products): W = L^-T Q, Q = L^T W and the
+    gradient L^-1 g, biases untouched, L the Cholesky factor of the correlation of real vectors
+    (with constant columns) + the ridge; the caller's vectors are not changed."""
+    from scipy.linalg import cholesky, solve_triangular
+
+    features = fashion_rows()[0][:, first_column:first_column + dims]
+    dims = features.shape[1]
+    statistics = Standardization.of(features, correlation=True)
+    coordinates = solver._Coordinates(statistics, (dims + 1) * classes, l2, 2**30)
+    ridge = max(solver.RIDGE * classes * l2, 1e-6)
+    factor = cholesky(statistics.correlation + ridge * np.eye(dims), lower=True)
+    vector = np.random.default_rng(seed).normal(size=(dims + 1) * classes)
+    before = vector.copy()
+    weights = vector[:dims * classes].reshape(dims, classes)
+    for name, expected in (("params", solve_triangular(factor, weights, lower=True, trans="T")),
+                           ("free", factor.T @ weights),
+                           ("gradient", solve_triangular(factor, weights, lower=True))):
+        moved = getattr(coordinates, name)(vector)
+        np.testing.assert_allclose(moved[:dims * classes].reshape(dims, classes), expected,
+                                   rtol=1e-9, atol=1e-9)
+        np.testing.assert_array_equal(moved[dims * classes:], vector[dims * classes:])
+    np.testing.assert_array_equal(vector, before)
+    np.testing.assert_allclose(coordinates.free(coordinates.params(vector)), vector, atol=1e-8)
