@@ -4,9 +4,11 @@ exact gradients, finite layers on degenerate data, byte-identical reruns, no Ten
 from __future__ import annotations
 
 import dataclasses
+import functools
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
@@ -208,3 +210,54 @@ def test_correlated_features_converge_in_fewer_steps_to_the_same_optimum(monkeyp
     losses = {name: Problem(features, labels, 4, shaped, SolverOptions()).loss_and_gradient(
         fit.state, 1e-4)[0] for name, fit in fits.items()}
     assert losses["shaped"] == pytest.approx(losses["plain"], abs=1e-4)
+
+
+@functools.lru_cache(maxsize=None)
+def fashion_rows() -> tuple[np.ndarray, np.ndarray]:
+    """300 real Fashion-MNIST images as float32 [300, 196] rows (14 x 14 means of 2 x 2
+    pixels: the border columns are constant, degenerate features) and their labels."""
+    from tests.fixtures_data import fashion_mnist_idx_dir, fashion_mnist_module
+
+    module = fashion_mnist_module()
+    images_path, labels_path = (fashion_mnist_idx_dir() / name
+                                for name in module.IDX_FILES["train"])
+    images = module.read_images(images_path, 300).reshape(300, 14, 2, 14, 2).mean(axis=(2, 4))
+    return ((images.reshape(300, -1) / 255.0).astype(np.float32),
+            module.read_labels(labels_path)[:300].astype(np.int64))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), rows=st.integers(1, 120), first_column=st.integers(0, 190),
+       dims=st.integers(1, 20), classes=st.integers(2, 12), chunk=st.integers(1, 40),
+       sampled=st.booleans(), workers=st.integers(1, 3), kept=st.booleans())
+def test_the_chunked_objective_equals_one_direct_pass(data, rows, first_column, dims, classes,
+                                                      chunk, sampled, workers, kept):
+    """The loss and gradient summed over chunks of rows (any chunk size, on a sample of rows
+    taken chunk by chunk or gathered once, in 1-3 parallel shares) equal one float64 pass over
+    the rows written from the definition, on real vectors with constant columns."""
+    features = fashion_rows()[0][:rows, first_column:first_column + dims]
+    targets = fashion_rows()[1][:rows] % classes
+    chosen = None
+    if sampled:
+        chosen = np.sort(data.draw(st.lists(st.integers(0, rows - 1), min_size=1,
+                                            max_size=rows, unique=True), label="rows"))
+    statistics = Standardization.of(features)
+    params = np.random.default_rng(rows).normal(scale=0.3, size=(features.shape[1] + 1) * classes)
+    with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(workers) as pool:
+        patch.setattr(solver, "CHUNK_VALUES", classes * chunk)
+        patch.setattr(solver, "KEEP_CLASSES", 64 if kept else 0)
+        problem = Problem(features, targets, classes, statistics, SolverOptions(), chosen)
+        assert problem.step == chunk
+        loss, gradient = problem.loss_and_gradient(params, 1e-2, pool, workers)
+    picked = slice(None) if chosen is None else chosen
+
+    def direct(vector: np.ndarray) -> float:
+        weights, biases = statistics.layer(vector)
+        standard = vector[:features.shape[1] * classes]
+        return (reference_loss(SOFTMAX, targets[picked], features[picked].astype(np.float64)
+                               @ weights + biases, 0.0) + 1e-2 * float(standard @ standard))
+
+    assert loss == pytest.approx(direct(params), rel=1e-5, abs=1e-6)
+    direction = np.random.default_rng(classes).normal(size=params.shape)
+    numeric = (direct(params + 1e-3 * direction) - direct(params - 1e-3 * direction)) / 2e-3
+    assert gradient @ direction == pytest.approx(numeric, rel=2e-3, abs=2e-4)

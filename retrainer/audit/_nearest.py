@@ -23,8 +23,14 @@ class Nearest:
                    scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The pairs `add` would not drop at once (better than either image's worst kept
         partner): in a crowd of look-alikes most gated pairs lose, before any other test."""
-        chosen = (scores > self.floor[rows]) | (scores > self.floor[columns])
+        chosen = self.contending(rows, columns, scores)
         return rows[chosen], columns[chosen], scores[chosen]
+
+    def contending(self, rows: np.ndarray, columns: np.ndarray,
+                   scores: np.ndarray) -> np.ndarray:
+        """bool [P]: `contenders`' mask. The worst kept scores only rise, so a pair that loses
+        now loses at any later moment too: callers may test early, from any thread."""
+        return (scores > self.floor[rows]) | (scores > self.floor[columns])
 
     def add(self, rows: np.ndarray, columns: np.ndarray, scores: np.ndarray) -> None:
         """Offer the pairs to both of their images."""

@@ -113,10 +113,13 @@ def plan(parts: Sequence[Part], rng: np.random.Generator) -> Plan:
 
 
 Scores = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# (rows, columns, scores) -> bool [P]: the gated pairs worth keeping (e.g. `Nearest.contending`)
+Filter = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
 def close_pairs(conditions: Sequence[Sequence[Part]], block_scores: Scores, pair_scores: Scores,
                 gate: float, seed: int = 0, plans: Optional[Sequence[Plan]] = None,
+                wanted: Optional[Filter] = None,
                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Each unordered pair {i, j} (i != j) that shares a bucket of some table and scores at
     least `gate`, once: a pair close in every part of any one condition is looked at with
@@ -132,6 +135,9 @@ def close_pairs(conditions: Sequence[Sequence[Part]], block_scores: Scores, pair
         gate: the smallest score yielded.
         seed: draws the projections.
         plans: each condition's tables (None: `plan` of each, from `seed`).
+        wanted: drops gated pairs before the (costlier) test for repeats across tables, on
+            the worker threads; None keeps all. It must drop a pair whenever it would drop it
+            later (a cut-off that only rises), so that no pair it drops is yielded in any table.
 
     Yields:
         (first int64 [G], second int64 [G], score float32 [G]), first < second.
@@ -152,6 +158,9 @@ def close_pairs(conditions: Sequence[Sequence[Part]], block_scores: Scores, pair
         found = []
         for rows, columns, scores in _table_candidates(codes, other_codes, table, block_scores,
                                                        pair_scores, gate):
+            if len(rows) and wanted is not None:
+                chosen = wanted(rows, columns, scores)
+                rows, columns, scores = rows[chosen], columns[chosen], scores[chosen]
             if len(rows):  # most buckets hold none
                 new = _first_sightings(rows, columns, codes, other_codes, table)
                 found.append((np.minimum(rows, columns)[new], np.maximum(rows, columns)[new],
@@ -246,7 +255,9 @@ def _first_sightings(firsts: np.ndarray, seconds: np.ndarray, codes: np.ndarray,
     backward = codes[seconds, table] == other_codes[firsts, table]
     chosen = (firsts != seconds) & ~(backward & (firsts > seconds))
     if table:
-        chosen[chosen] = ~((codes[firsts[chosen], :table] == other_codes[seconds[chosen], :table])
-                           | (codes[seconds[chosen], :table]
-                              == other_codes[firsts[chosen], :table])).any(axis=1)
+        first, second = firsts[chosen], seconds[chosen]
+        shared = codes[first, :table] == other_codes[second, :table]
+        if codes is not other_codes:  # symmetric: the other way round is the same test
+            shared |= codes[second, :table] == other_codes[first, :table]
+        chosen[chosen] = ~shared.any(axis=1)
     return chosen

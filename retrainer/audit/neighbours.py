@@ -102,6 +102,8 @@ def principal_components(matrix: Rows, dims: int, center: bool = True,
 
     if matrix.shape[1] <= dims:
         return rows(slice(None))
+    if not len(matrix):  # no rows: no mean, no axes
+        return np.zeros((0, dims), np.float32)
     blocks = [slice(start, start + BLOCK_ROWS) for start in range(0, len(matrix), BLOCK_ROWS)]
     mean = np.zeros(matrix.shape[1], np.float32)
     if center:

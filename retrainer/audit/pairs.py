@@ -104,7 +104,8 @@ def similar_pairs(
         log.info("Near-pair search: %d comparisons in the sorted window, about %d row products "
                  "in the index: %s.", search.comparisons, cost,
                  "the window" if index is None else "the index")
-    chunks = search.pairs(gate, screen) if index is None else index.pairs(gate, screen)
+    chunks = (search.pairs(gate, screen) if index is None
+              else index.pairs(gate, screen, None if nearest is None else nearest.contending))
     firsts, seconds = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     for rows, columns, scores in chunks:
         if not len(rows):
@@ -206,8 +207,10 @@ class _Index:
         self.plans = [lsh.plan(parts, rng) for parts in self.conditions]
         self.cost = sum(shape.cost for shape in self.plans)
 
-    def pairs(self, gate: float, screen: _Screen) -> Iterator[_Scored]:
-        """`screen`(rows, columns, scores) of the gated pairs among the index's candidates."""
+    def pairs(self, gate: float, screen: _Screen,
+              contending: Optional[lsh.Filter] = None) -> Iterator[_Scored]:
+        """`screen`(rows, columns, scores) of the gated pairs among the index's candidates;
+        `contending` (`Nearest.contending`) drops the losing ones as early as they are scored."""
         unit, other = self.unit, self.other
 
         def block_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
@@ -225,7 +228,7 @@ class _Index:
             return scores
 
         for rows, columns, scores in lsh.close_pairs(self.conditions, block_scores, pair_scores,
-                                                     gate, SEED, self.plans):
+                                                     gate, SEED, self.plans, contending):
             yield screen(rows, columns, scores)
 
 

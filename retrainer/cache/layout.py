@@ -20,6 +20,15 @@
       checkpoints-v1/<aa>/<key>.sha256               the SHA-256s of the checkpoint files its
                                                       inputs wrote (`checkpoint_record_path`)
       novelty-v1/<aa>/<key>.npz                      the novelty score's fit (`novelty_path`)
+      graph-templates-v1/<aa>/<key>.pb               a frozen graph's structure without the
+                                                      run's constants (`graph_template_path`; kept
+                                                      in the user's cache, per machine)
+      checkpoint-templates-v1/<aa>/<key>.ckpt        a head checkpoint's layout for one pair of
+                                                      shapes (`checkpoint_template_path`; in the
+                                                      user's cache)
+      feature-map-models-v1/<aa>/<key>.tflite        an extractor's layers up to its last map,
+                                                      float32, for the report's heat maps
+                                                      (`feature_map_model_path`; in the user's cache)
       run-results-v1/<aa>/<key>.json                 results of one run's later stages, keyed
                                                       by their inputs (`run_result_path`)
 
@@ -51,6 +60,9 @@ _PICTURES = "pictures-v1"
 _RUN_RESULTS = "run-results-v1"
 _CHECKPOINTS = "checkpoints-v1"
 _NOVELTY = "novelty-v1"
+_GRAPH_TEMPLATES = "graph-templates-v1"
+_CHECKPOINT_TEMPLATES = "checkpoint-templates-v1"
+_FEATURE_MAP_MODELS = "feature-map-models-v1"
 
 
 def namespace(spec: ExtractorSpec) -> str:
@@ -161,3 +173,18 @@ def checkpoint_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
 def novelty_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The novelty score fitted on one set of vectors (`key`: a hash of their images)."""
     return as_path(root) / _NOVELTY / key[:2] / f"{key}.npz"
+
+
+def graph_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """A frozen graph's template (`formats.graph_template`) for one structure (`key`)."""
+    return as_path(root) / _GRAPH_TEMPLATES / key[:2] / f"{key}.pb"
+
+
+def checkpoint_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """A head checkpoint's template (`formats.checkpoint_template`) for one pair of shapes."""
+    return as_path(root) / _CHECKPOINT_TEMPLATES / key[:2] / f"{key}.ckpt"
+
+
+def feature_map_model_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
+    """An extractor's map model (`explain.lite_cam`) for one extractor and input size."""
+    return as_path(root) / _FEATURE_MAP_MODELS / key[:2] / f"{key}.tflite"

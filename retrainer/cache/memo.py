@@ -59,6 +59,10 @@ class Memo:
             return None
         return data if usable(data) else None
 
+    def holds(self, key: str) -> bool:
+        """Whether a value is kept under `key` (not read: it may still prove unusable)."""
+        return self.root is not None and os.path.exists(self._path_of(self.root, key))
+
     def write(self, key: str, data: bytes) -> None:
         """Keep `data` under `key` (atomically); a failure is a warning."""
         if self.root is None:

@@ -19,7 +19,8 @@ from typing import Any, Optional
 import numpy as np
 import tensorflow as tf
 
-from retrainer.explain.gradcam import is_global_pool, last_pooled_map, logits_of, normalized
+from retrainer.explain.gradcam import is_global_pool, last_pooled_map, logits_of
+from retrainer.explain.heatmap import normalized
 
 # Ops that keep the pooled vectors -> head input path linear: slices, sums, identities (a
 # --tta flip graph's (own + mirror) * 0.5); Mul/RealDiv only by a constant.
@@ -40,6 +41,24 @@ class ClassActivationMaps:
         feature_map = self._session.run(self.feature_map, {self.feed: images})
         raw = np.einsum("nhwk,kn->nhw", feature_map, self.weights[:, classes])
         return np.stack([normalized(single) for single in raw])
+
+    def feature_map_model(self) -> bytes:
+        """The graph's layers from the extractor's input to the last map as a float32 .tflite
+        (float32 [N, H, W, 3] -> [N, h, w, K]): `retrainer.explain.lite_cam` runs it without
+        TensorFlow."""
+        graph_def = tf.compat.v1.GraphDef()
+        graph_def.CopyFrom(self._session.graph.as_graph_def())
+        feed = self.feed.op.name
+        for node in graph_def.node:
+            if node.name == feed and node.op != "Placeholder":  # a --tta flip graph's concat
+                node.Clear()
+                node.name, node.op = feed, "Placeholder"
+                node.attr["dtype"].type = tf.float32.as_datatype_enum
+        height, width = (int(size) for size in self.feed.shape[1:3])
+        converter = tf.compat.v1.lite.TFLiteConverter(
+            graph_def, None, None, input_arrays_with_shape=[(feed, [1, height, width, 3])],
+            output_arrays=[self.feature_map.op.name])
+        return bytes(converter.convert())
 
     def close(self) -> None:
         self._session.close()

@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from retrainer.errors import ModelError
+from retrainer.explain.heatmap import normalized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,17 +117,6 @@ class GradCam:
 
     def close(self) -> None:
         self._session.close()
-
-
-def normalized(raw: np.ndarray) -> np.ndarray:
-    """ReLU, then scale to [0, 1]; with no positive evidence, the min-max scaled raw map."""
-    positive = np.maximum(raw, 0)
-    if positive.max() > 0:
-        return (positive / positive.max()).astype(np.float32)
-    spread = raw.max() - raw.min()
-    if spread <= 0:
-        return np.zeros_like(raw, np.float32)
-    return ((raw - raw.min()) / spread).astype(np.float32)
 
 
 def last_pooled_map(output: Any) -> Any:

@@ -145,3 +145,15 @@ def safe_name(name: str) -> str:
         cleaned = f"image{cleaned}"
     return cleaned
 
+
+
+def normalized(raw: np.ndarray) -> np.ndarray:
+    """A raw class map made a heat map: ReLU, then scale to [0, 1]; with no positive evidence,
+    the min-max scaled raw map."""
+    positive = np.maximum(raw, 0)
+    if positive.max() > 0:
+        return (positive / positive.max()).astype(np.float32)
+    spread = raw.max() - raw.min()
+    if spread <= 0:
+        return np.zeros_like(raw, np.float32)
+    return ((raw - raw.min()) / spread).astype(np.float32)

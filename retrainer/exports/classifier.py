@@ -14,13 +14,10 @@ from typing import Any, Optional, Sequence
 
 import tensorflow as tf
 
+from retrainer.exports.kept import classifier_metadata
 from retrainer.exports.options import FLIP, NO_TTA
 from retrainer.extractors import FeatureExtractor
-from retrainer.formats.graph_contract import (
-    INPUT_OP,
-    NOVELTY_OUTPUT,
-    graph_metadata,
-)
+from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT
 from retrainer.training.head_layer import HeadLayer
 from retrainer.training.head_types import Head
 from retrainer.training.novelty import Novelty
@@ -102,16 +99,10 @@ class Classifier(tf.Module):
         return outputs
 
     def metadata(self, step: Optional[int] = None) -> dict[str, Any]:
-        """The `<graph>.meta.json` contract (`formats.graph_contract.graph_metadata`)."""
-        spec = self.extractor.spec
-        extractor: dict[str, Any] = {"name": spec.name, "id": spec.id}
-        if self.fine_tuned:  # its vectors are no longer those of spec.id's cache namespace
-            extractor = {"name": spec.name, "id": f"{spec.id}-tuned-{self._digest()}",
-                         "fine_tuned_from": spec.id}
-        return graph_metadata(extractor, self.label_names, self.final_tensor_name,
-                              spec.input_size, None if self.tta == NO_TTA else self.tta,
-                              self.thresholds,
-                              None if self.novelty is None else self.novelty.to_json(), step)
+        """The `<graph>.meta.json` contract (`exports.kept.classifier_metadata`)."""
+        return classifier_metadata(self.extractor.spec, self.label_names, self.final_tensor_name,
+                                   self.tta, self.thresholds, self.novelty, step,
+                                   self._digest() if self.fine_tuned else None)
 
 
 def novelty_scores(features: tf.Tensor, references: tf.Tensor, k: int) -> tf.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 from tensorflow.python.framework import convert_to_constants
@@ -107,8 +107,10 @@ class GraphExporter:
         self._frozen = (self._variables_digest(), graph_def)
         return data
 
-    def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None) -> AnyPath:
-        """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path.
+    def write_graph(self, path: os.PathLike[str] | str, step: Optional[int] = None,
+                    on_frozen: Callable[[bytes], None] = lambda data: None) -> AnyPath:
+        """Write the frozen graph and its `.meta.json` sidecar; returns the sidecar's path;
+        `on_frozen(data)` is called with a graph frozen for it (not with a kept one).
 
         The sidecar, written last, holds the graph's SHA-256: after a kill between the two writes
         (or a graph copied without its sidecar) label-image refuses the pair instead of serving the
@@ -120,6 +122,7 @@ class GraphExporter:
             write_bytes_atomically(path, data)
             if self.cache_root is not None:
                 self._kept.remember(self._key(), data)
+            on_frozen(data)
         return write_sidecar(path, self.classifier.metadata(step), data)
 
 

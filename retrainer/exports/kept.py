@@ -1,6 +1,8 @@
 """Frozen graphs a rerun keeps: tracing and freezing the classifier (about 0.5 s on
 EfficientNet-Lite0, plus TensorFlow's import) is skipped when the graph file already at the
-output path is the one the same inputs froze to.
+output path is the one the same inputs froze to; and, on a machine that traced a graph of the
+same structure before, a new graph is written from that graph's template
+(`formats.graph_template`, kept in the user's cache) without TensorFlow.
 
 The inputs are named without TensorFlow: retrainer's code and TensorFlow's version, the
 extractor (its spec id, whose weights it pins, or a tuned copy's digest), the head's weights, the
@@ -13,16 +15,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from retrainer.cache.layout import frozen_graph_record_path
-from retrainer.cache.memo import KeptOutputs, arrays_digest, memo_key
-from retrainer.formats.graph_contract import metadata_path
+from retrainer.cache.layout import frozen_graph_record_path, graph_template_path
+from retrainer.cache.memo import KeptOutputs, Memo, arrays_digest, memo_key
+from retrainer.exports.options import NO_TTA
+from retrainer.formats.extractor_spec import ExtractorSpec
+from retrainer.formats.graph_contract import graph_metadata, metadata_path
+from retrainer.formats.graph_template import (
+    BIASES,
+    NOVELTY_REFERENCES,
+    WEIGHTS,
+    fill_template,
+    make_template,
+)
 from retrainer.io.atomic import write_text_atomically
-from retrainer.io.host import tensorflow_version
+from retrainer.io.host import tensorflow_version, user_cache_dir
 from retrainer.io.storage import AnyPath
+from retrainer.training.head_types import Head
+from retrainer.training.novelty import Novelty
 
 
 def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: dict[str, Any],
@@ -38,6 +51,22 @@ def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: 
     arrays = (*head_arrays, *(() if novelty_references is None else (novelty_references,)))
     return memo_key("frozen graph", tensorflow_version(), extractor_id, arrays_digest(arrays),
                     json.dumps(metadata, sort_keys=True))
+
+
+def classifier_metadata(spec: ExtractorSpec, labels: Sequence[str], final_tensor_name: str,
+                        tta: str, thresholds: Optional[Sequence[float]] = None,
+                        novelty: Optional[Novelty] = None, step: Optional[int] = None,
+                        tuned_digest: Optional[str] = None) -> dict[str, Any]:
+    """The `.meta.json` contract of a classifier graph (`formats.graph_contract.graph_metadata`)
+    of `spec`'s extractor, or of its fine-tuned copy whose weights' digest is `tuned_digest`."""
+    extractor: dict[str, Any] = {"name": spec.name, "id": spec.id}
+    if tuned_digest is not None:  # its vectors are no longer those of spec.id's cache namespace
+        extractor = {"name": spec.name, "id": f"{spec.id}-tuned-{tuned_digest}",
+                     "fine_tuned_from": spec.id}
+    return graph_metadata(extractor, labels, final_tensor_name, spec.input_size,
+                          None if tta == NO_TTA else tta,
+                          None if thresholds is None else [float(t) for t in thresholds],
+                          None if novelty is None else novelty.to_json(), step)
 
 
 def write_sidecar(graph_path: os.PathLike[str] | str, metadata: dict[str, Any],
@@ -65,3 +94,34 @@ class KeptGraphs:
         """Record the graph `key`'s inputs froze to (a failed write is a warning and costs the
         next run its tracing)."""
         self._kept.remember(key, [data])
+
+
+class GraphTemplates:
+    """The frozen graphs' templates kept on this machine (`formats.graph_template`), one per
+    graph structure: what a graph is traced from, but for the head's and novelty's values."""
+
+    def __init__(self, spec: ExtractorSpec, final_tensor_name: str, tta: str,
+                 head: Head, novelty: Optional[Novelty]) -> None:
+        self._memo = Memo(user_cache_dir(), graph_template_path)
+        self._key = memo_key("frozen graph template", tensorflow_version(), spec.id,
+                             spec.input_size, final_tensor_name, tta, head.objective.name,
+                             None if novelty is None else novelty.k)
+        self._arrays = {WEIGHTS: head.weights, BIASES: head.biases}
+        if novelty is not None:
+            self._arrays[NOVELTY_REFERENCES] = novelty.references
+
+    def kept(self) -> bool:
+        """Whether a template is kept (not yet read: it may still prove damaged)."""
+        return self._memo.holds(self._key)
+
+    def graph(self) -> Optional[bytes]:
+        """The frozen graph of these values from a kept template; None without a usable one."""
+        template = self._memo.read(self._key)
+        return None if template is None else fill_template(template, self._arrays)
+
+    def remember(self, graph: bytes) -> None:
+        """Keep the template of `graph`, the traced graph of these values (when one can be
+        made: see `formats.graph_template.make_template`)."""
+        template = make_template(graph, self._arrays)
+        if template is not None:
+            self._memo.write(self._key, template)

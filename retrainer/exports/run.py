@@ -20,11 +20,19 @@ import numpy as np
 from retrainer.data.batches import decode_files
 from retrainer.data.discovery import ImageFile
 from retrainer.errors import ModelError
-from retrainer.exports.kept import KeptGraphs, frozen_graph_key, write_sidecar
+from retrainer.explain.lite_cam import LiteCam
+from retrainer.exports.kept import (
+    GraphTemplates,
+    KeptGraphs,
+    classifier_metadata,
+    frozen_graph_key,
+    write_sidecar,
+)
 from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.formats.extractor_spec import ExtractorSpec
-from retrainer.formats.graph_contract import graph_metadata, write_labels
+from retrainer.formats.graph_contract import write_labels
+from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath
 from retrainer.training.head_types import Head
 from retrainer.training.multi_label import targets_of
@@ -87,6 +95,7 @@ class Exporter:
         self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
         self._kept_graph: Optional[bytes] = None  # the exported graph, when kept untraced
+        self._fine_tuned: Optional[bool] = None  # known once write_all ran
 
     def graph_exporter(self, head: Head) -> GraphExporter:
         """The frozen-graph writer of `head`: the intermediate graphs' until `write_all`, the
@@ -101,6 +110,21 @@ class Exporter:
         if self._kept_graph is not None:
             return self._kept_graph
         return self.graph_exporter(head).frozen_graph_bytes()
+
+    def needs_tensorflow(self, head: Head, novelty: Optional[Novelty], fine_tuned: bool,
+                         explained: bool) -> bool:
+        """Whether `write_all` (and, when `explained`, the report's heat maps) will likely need
+        TensorFlow: a fine-tuned extractor, or no kept template of the graph (or map model)."""
+        if fine_tuned or not self._templates(head, novelty).kept():
+            return True
+        return explained and not LiteCam(self.spec.id, self.spec.input_size, head.weights).kept()
+
+    def lite_cam(self, head: Head) -> Optional[LiteCam]:
+        """CAM of the exported graph without TensorFlow (`explain.lite_cam`), when it holds the
+        unmodified extractor (not fine-tuned) and `head`; else None."""
+        if self._fine_tuned is not False:
+            return None
+        return LiteCam(self.spec.id, self.spec.input_size, head.weights)
 
     def _graph_exporter(self, head: Head, novelty: Optional[Novelty] = None,
                         thresholds: Optional[Sequence[float]] = None,
@@ -143,6 +167,7 @@ class Exporter:
             DataError: int8 without enough decodable training images.
         """
         options = self.options
+        self._fine_tuned = fine_tuned
         write_labels(options.output_labels, self.labels)
         levels = None if thresholds is None else [float(value) for value in thresholds]
         sidecar = None if fine_tuned else self._kept_sidecar(head, novelty, levels)
@@ -156,7 +181,12 @@ class Exporter:
                                                                  self.cache_root)
             exporter.classifier.head.assign(head)
             exporter.classifier.fine_tuned = fine_tuned
-            sidecar = exporter.write_graph(options.output_graph)
+
+            def keep_template(data: bytes) -> None:  # the next run's graphs need no tracing
+                if not fine_tuned:
+                    self._templates(head, novelty).remember(data)
+
+            sidecar = exporter.write_graph(options.output_graph, on_frozen=keep_template)
         outputs: dict[str, Any] = {
             "output_graph": options.output_graph,
             "output_graph_metadata": sidecar,
@@ -175,21 +205,28 @@ class Exporter:
 
     def _kept_sidecar(self, head: Head, novelty: Optional[Novelty],
                       thresholds: Optional[list[float]]) -> Optional[AnyPath]:
-        """When the graph at --output_graph is the one these inputs froze to before
-        (`exports.kept`): its sidecar, rewritten without TensorFlow; else None."""
+        """The sidecar of a graph written without TensorFlow, or None (it must be traced): the
+        graph at --output_graph when it is the one these inputs froze to before
+        (`exports.kept`), else the graph made from this machine's template of its structure."""
         spec, options = self.spec, self.options
-        metadata = graph_metadata(
-            {"name": spec.name, "id": spec.id}, self.labels, options.final_tensor_name,
-            spec.input_size, None if self.tta == NO_TTA else self.tta, thresholds,
-            None if novelty is None else novelty.to_json())
-        data = KeptGraphs(self.cache_root).read(
-            frozen_graph_key(spec.id, (head.weights, head.biases), metadata,
-                             None if novelty is None else novelty.references),
-            options.output_graph)
+        metadata = classifier_metadata(spec, self.labels, options.final_tensor_name, self.tta,
+                                       thresholds, novelty)
+        key = frozen_graph_key(spec.id, (head.weights, head.biases), metadata,
+                               None if novelty is None else novelty.references)
+        kept = KeptGraphs(self.cache_root)
+        data = kept.read(key, options.output_graph)
         if data is None:
-            return None
+            data = self._templates(head, novelty).graph()
+            if data is None:
+                return None
+            write_bytes_atomically(options.output_graph, data)
+            kept.remember(key, data)
         self._kept_graph = data
         return write_sidecar(options.output_graph, metadata, data)
+
+    def _templates(self, head: Head, novelty: Optional[Novelty]) -> GraphTemplates:
+        """This machine's templates of the exported graph's structure."""
+        return GraphTemplates(self.spec, self.options.final_tensor_name, self.tta, head, novelty)
 
     def _converted(self, classifier: Classifier, outputs: dict[str, Any],
                    training_files: list[AnyPath], failures: list[str]) -> list[AnyPath]:

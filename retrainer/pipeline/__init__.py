@@ -9,8 +9,10 @@
 under --bottleneck_dir (the vectors, the extractor's specs, the frozen graph, heat maps and
 pictures) needs none of it. So TensorFlow is imported only when a stage needs it
 (`_background.TensorFlowLoad`): from the start, on a background thread beside the preflight and
-the file index, when this command has not finished with this cache before (a first run: its
-extraction will need it); else at the first stage that does. The later stages' module
+the file index, when neither this command has finished with this cache before nor the same flags
+(paths aside) on this machine (whose user cache then keeps the converted extraction model and
+the templates of the graph and checkpoint: `exports.kept`, `training.checkpoint`); else at the
+first stage that does. The later stages' module
 (`pipeline.stages`) loads on a background thread too. The timer's "import" is only the part of
 those loads the run waited for. This module itself imports no TensorFlow.
 """
@@ -25,7 +27,7 @@ from retrainer.cache.file_index import FileIndex
 from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.config import RetrainConfig
-from retrainer.io.host import tensorflow_version
+from retrainer.io.host import tensorflow_version, user_cache_dir
 from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad, start_devices
 from retrainer.pipeline.preflight import preflight
 from retrainer.pipeline.timer import StageTimer
@@ -62,7 +64,9 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
     finished = Memo(config.extraction.bottleneck_dir, run_result_path)
     command = memo_key("finished command", tensorflow_version(),
                        json.dumps(config.to_json(), sort_keys=True, default=str))
-    if finished.read(command) is None:
+    on_this_machine = Memo(user_cache_dir(), run_result_path)
+    flags = memo_key("finished flags", tensorflow_version(), _flags_without_paths(config))
+    if finished.read(command) is None and on_this_machine.read(flags) is None:
         tensorflow.start()
     loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet and not tensorflow.started,
                                then=None if tensorflow.started else start_devices)
@@ -84,4 +88,20 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
         tensorflow.close()
         raise
     finished.write(command, b"{}\n")
+    on_this_machine.write(flags, b"{}\n")
     return result
+
+
+def _flags_without_paths(config: RetrainConfig) -> str:
+    """The run's flags but its paths (only whether an optional output is asked for): what a run
+    of the same flags on other data, into other folders, computes with."""
+    flags = config.to_json()
+    return json.dumps({name: value if name not in _PATHS else value is not None
+                       for name, value in flags.items()}, sort_keys=True, default=str)
+
+
+# The flags naming the run's own data, cache and output paths.
+_PATHS = frozenset({
+    "image_dir", "bottleneck_dir", "output_graph", "output_labels", "summaries_dir",
+    "intermediate_output_graphs_dir", "checkpoint_path", "saved_model_dir", "audit_file",
+    "tflite_output_file", "onnx_output_file", "labels_csv", "metrics_file", "report_html"})

@@ -48,6 +48,7 @@ from retrainer.reports.html import Section
 from retrainer.reports.metrics import split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
+from retrainer.training.checkpoint import written_without_tensorflow
 from retrainer.training.evaluate import Evaluation, evaluate_head
 from retrainer.training.head import train_head
 from retrainer.training.head_types import FeatureSet, TrainingResult
@@ -83,6 +84,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             search = search_configurations(config, collection)
         config = dataclasses.replace(config, **search.rows[search.chosen].settings)
         extraction = prepare_extraction(config, timer, tensorflow.ready)
+    if not written_without_tensorflow(extraction.spec.vector_size, len(collection.labels)):
+        tensorflow.start()  # the head's checkpoint: loaded while the vectors are computed
     engine = extraction.engine
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
@@ -99,6 +102,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         with timer("audit"):
             audit = DatasetAudit(config.audit, collection, bottlenecks)
         collection = audit.collection  # duplicates regrouped, when asked
+        # the thumbnails are the audit's alone: 1 GB at a million images, freed for training
+        bottlenecks = dataclasses.replace(bottlenecks, signatures=None)
     splits = SplitFeatures(collection, bottlenecks, config.training.multi_label)
     held = HeldOutputs(active=config.reports.has_quality_gates)  # until the gates pass
     exporter = Exporter(config.exports, extraction.spec, extraction.extractor, collection.labels,
@@ -115,6 +120,10 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         with timer("tta"):
             tta = _choose_tta(config, engine, trained, splits)
         exporter.tta = tta.mode
+    explained = (config.reports.report_html is not None
+                 and config.reports.report_explanations > 0 and explainable(extraction.spec.name))
+    if exporter.needs_tensorflow(trained.head.head, novelty, trained.tuning is not None, explained):
+        tensorflow.start()  # loaded while the evaluation and the pictures are made
     with timer("evaluate"):
         multi_label = None
         misclassified = _misclassified(trained.evaluation, splits)
@@ -159,8 +168,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
         held.discard()
     heat_maps: list[Section] = []
     if config.reports.report_html is not None:
-        with timer("explain", active=config.reports.report_explanations > 0
-                   and explainable(extraction.spec.name)):
+        with timer("explain", active=explained):
             heat_maps = _explanations(config, exporter, trained, extraction.spec, splits,
                                       tensorflow)
     audit_document = None
@@ -303,7 +311,7 @@ def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
     return [explanation_section(
         lambda: exporter.exported_graph(trained.head.head), f"{INPUT_OP}:0",
         f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
-        config.extraction.bottleneck_dir, tensorflow.ready)]
+        config.extraction.bottleneck_dir, tensorflow.ready, exporter.lite_cam(trained.head.head))]
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -29,7 +30,9 @@ from retrainer.data.batches import file_digest
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError
 from retrainer.explain.heatmap import overlay
+from retrainer.explain.lite_cam import LiteCam
 from retrainer.explain.scope import EXPLAINABLE, explainable
+from retrainer.io.host import usable_cpus
 from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
 from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
@@ -90,6 +93,7 @@ def explanation_section(
     input_size: tuple[int, int], images: Sequence[Explained], per_class: int,
     cache_root: Optional[os.PathLike[str] | str] = None,
     load_tensorflow: Callable[[], None] = lambda: None,
+    lite: Optional[LiteCam] = None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -103,6 +107,9 @@ def explanation_section(
         per_class: the --report_explanations count, for the text.
         cache_root: where the maps are cached (--bottleneck_dir); None: not cached.
         load_tensorflow: called before maps are computed (kept ones need no TensorFlow).
+        lite: CAM without TensorFlow, when the graph is an unmodified extractor's with a
+            linear head (`retrainer.explain.lite_cam`): used when its map model is kept, else
+            made from this graph's.
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -130,11 +137,13 @@ def explanation_section(
     try:
         maps = _heat_maps(graph_bytes, input_name, output_name, pixels,
                           np.array([image.predicted_class for image in readable], np.int64),
-                          cache_root, load_tensorflow)
+                          cache_root, load_tensorflow, lite)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
-    gallery = "\n".join(_figure(image, *drawn) for image, *drawn in zip(readable, pixels, maps))
+    # PIL and numpy release the GIL while they resize, blend and encode: one figure per core
+    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="heat-maps") as pool:
+        gallery = "\n".join(pool.map(_figure, readable, pixels, maps))
     if key is not None and len(readable) == len(images):
         galleries.write(key, gallery.encode())
     return Section(SECTION_ID, TITLE, _body(images, per_class, started, gallery))
@@ -172,7 +181,8 @@ class _NoHeatMaps(Exception):
 
 def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
                classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str],
-               load_tensorflow: Callable[[], None]) -> list[np.ndarray]:
+               load_tensorflow: Callable[[], None], lite: Optional[LiteCam] = None
+               ) -> list[np.ndarray]:
     """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
     [H, W, 3] each) through the frozen graph (its bytes): read back when the same graph explained
     the same pixels and classes before (no TensorFlow then), else computed and kept;
@@ -200,8 +210,10 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     stored = memo.read(key, usable)
     if stored is not None:
         return list(np.load(io.BytesIO(stored), allow_pickle=False))
-    load_tensorflow()
-    maps = _computed_maps(graph, input_name, output_name, pixels, classes)
+    maps = lite.maps(pixels, classes) if lite is not None and (classes >= 0).all() else None
+    if maps is None:
+        load_tensorflow()
+        maps = _computed_maps(graph, input_name, output_name, pixels, classes, lite)
     buffer = io.BytesIO()
     np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
     memo.write(key, buffer.getvalue())
@@ -209,9 +221,11 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
 
 
 def _computed_maps(graph: bytes, input_name: str, output_name: str,
-                   pixels: list[np.ndarray], classes: np.ndarray) -> list[np.ndarray]:
+                   pixels: list[np.ndarray], classes: np.ndarray,
+                   lite: Optional[LiteCam] = None) -> list[np.ndarray]:
     """CAM where it equals Grad-CAM (a retrained linear head: `retrainer.explain.cam`, half the
-    work), else Grad-CAM; in TensorFlow (imported here: a rerun reads the kept maps without it)."""
+    work), else Grad-CAM; in TensorFlow (imported here: a rerun reads the kept maps without it).
+    With `lite`, CAM's map model is kept for the next runs' maps without TensorFlow."""
     import tensorflow as tf
 
     from retrainer.explain.cam import class_activation_maps
@@ -226,7 +240,10 @@ def _computed_maps(graph: bytes, input_name: str, output_name: str,
                if (classes >= 0).all() else None)
         if cam is not None:
             try:
-                return [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+                maps = [heat for images, chosen in batches for heat in cam.maps(images, chosen)]
+                if lite is not None and lite.model() is None:
+                    _keep_map_model(cam, lite)
+                return maps
             finally:
                 cam.close()
         gradcam = GradCam.from_graph_def(graph_def, input_name, output_name, "the trained model")
@@ -239,6 +256,17 @@ def _computed_maps(graph: bytes, input_name: str, output_name: str,
         raise _NoHeatMaps(str(error)) from error
     except tf.errors.OpError as error:
         raise _NoHeatMaps(error.message) from error
+
+
+def _keep_map_model(cam: Any, lite: LiteCam) -> None:
+    """Convert and keep CAM's map model (a failed conversion costs the next runs TensorFlow's
+    import for their heat maps, never this run)."""
+    try:
+        lite.remember(cam.feature_map_model())
+    except Exception as error:  # the converter raises several unrelated types
+        log.warning("Report: heat maps will need TensorFlow again next time (%s)",
+                    str(error).strip().splitlines()[0] if str(error).strip() else
+                    type(error).__name__)
 
 
 def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:

@@ -70,7 +70,7 @@ class ConvexConfig:
     label_smoothing: float = 0.0
     objective: Objective = SOFTMAX
     tolerance: float = SolverOptions.tolerance
-    path_tolerance: float = SolverOptions.tolerance
+    path_tolerance: float = 1e-4
     path_rows: int = 8192
     fit_values: int = 2**26
     validation_values: int = 2**24
@@ -120,9 +120,14 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     """Fit the layer on the training split for each penalty; keep the best on validation.
 
     Above `config.path_rows` training rows, the path runs on a seeded sample of that many rows
-    (each fit there costs a fraction of a full one). The sample's best penalty, rescaled to the
+    (each fit there costs a fraction of a full one), each fit stopping at the looser
+    `config.path_tolerance` (it only has to rank the penalties: on 70,000 FM vectors the same
+    choice in 104 evaluations instead of 167; at 1,000 classes validation accuracy within
+    0.05 points); above validation_values // classes validation rows it is scored on a seeded
+    sample of them. The sample's best penalty, rescaled to the
     whole split (penalty x sample / rows: the same prior against more data), is then fitted on
-    every row, starting from the sample's weights; that final fit is the last point of the path.
+    every row, starting from the sample's weights at the penalty nearest that; that final fit is
+    the last point of the path, scored on every validation row.
     Every row, up to `config.fit_values` rows x classes: beyond, the final fit runs on a larger
     seeded sample of fit_values // classes rows (which holds the path's), so that its cost stops
     growing with the split (800,000 training rows of 1,000 classes: 67,108 rows, 67 a class;
@@ -172,7 +177,11 @@ def fit_head(train_features: np.ndarray, train_targets: np.ndarray,
     best, walk.validation = walk.best, validation
     if sampled:
         chosen = walk.points[best].l2 * len(sample) / len(final)
-        walk.state = walk.states[best]
+        # Starting from the sample's fit at the penalty nearest the final one (in ratio), not at
+        # the best one: its weights' size is nearer the final fit's (70,000 FM vectors: 43
+        # iterations instead of 49, the same optimum).
+        walk.state = walk.states[min(range(len(walk.points)), key=lambda index: abs(
+            np.log(walk.points[index].l2 / chosen)))]
         walk.train = Problem(train_features, train_targets, *terms,
                              final if len(final) < rows else None)
         walk.fit(chosen, config.tolerance)

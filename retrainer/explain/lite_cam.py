@@ -1,0 +1,83 @@
+"""Class activation maps without TensorFlow, for the graphs retrainer exports of an unmodified
+extractor: its last [h, w, K] map from a float32 .tflite of the extractor's layers up to that
+map, run by LiteRT, and the head's weights float32 [K, C] (`retrainer.explain.cam` explains why
+CAM is Grad-CAM's map for such a head).
+
+The map model is converted once per machine from the first frozen graph TensorFlow explains
+(`retrainer.explain.cam.ClassActivationMaps.feature_map_model`) and kept in the user's cache,
+keyed by the extractor's id, the input size, retrainer's code and TensorFlow's version; it is
+read back only when its SHA-256 (stored with it) matches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Optional, Sequence
+
+import numpy as np
+
+from retrainer.cache.layout import feature_map_model_path
+from retrainer.cache.memo import Memo, memo_key
+from retrainer.explain.heatmap import normalized
+from retrainer.formats.tflite import new_interpreter
+from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
+
+_MAGIC = b"retrainer feature map model v1\n"
+_BATCH = 16
+
+
+class LiteCam:
+    """CAM of a linear head over an unmodified extractor, through its kept map model."""
+
+    def __init__(self, extractor_id: str, input_size: tuple[int, int], weights: np.ndarray
+                 ) -> None:
+        """`weights`: the head's float32 [K, C] (K: the map's channels = the vector size)."""
+        self.weights = np.asarray(weights, np.float32)
+        self._memo = Memo(user_cache_dir(), feature_map_model_path)
+        self._key = memo_key("feature map model", tensorflow_version(), extractor_id,
+                             tuple(input_size))
+
+    def kept(self) -> bool:
+        """Whether a map model is kept (not yet read: it may still prove damaged)."""
+        return self._memo.holds(self._key)
+
+    def model(self) -> Optional[bytes]:
+        """The kept map model's .tflite bytes, or None (absent or damaged)."""
+        data = self._memo.read(self._key)
+        if data is None or not data.startswith(_MAGIC):
+            return None
+        digest, _, model = data[len(_MAGIC):].partition(b"\n")
+        return model if hashlib.sha256(model).hexdigest().encode() == digest else None
+
+    def remember(self, model: bytes) -> None:
+        """Keep the map model (.tflite bytes) for the next runs."""
+        self._memo.write(self._key, _MAGIC + hashlib.sha256(model).hexdigest().encode() + b"\n"
+                         + model)
+
+    def maps(self, pixels: Sequence[np.ndarray], classes: np.ndarray
+             ) -> Optional[list[np.ndarray]]:
+        """float32 [h, w] maps in [0, 1], one per image: the CAM of `classes` (int [N], each
+        >= 0) over `pixels` (uint8 [H, W, 3] each), scaled as Grad-CAM's are; None without a
+        kept map model (or one the runtime cannot load)."""
+        model = self.model()
+        if model is None:
+            return None
+        try:
+            interpreter = new_interpreter(model, usable_cpus())
+        except (ValueError, RuntimeError):
+            return None
+        feed = interpreter.get_input_details()[0]["index"]
+        fetch = interpreter.get_output_details()[0]["index"]
+        heat, rows = [], -1
+        for start in range(0, len(pixels), _BATCH):
+            images = np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0
+            if len(images) != rows:
+                interpreter.resize_tensor_input(feed, images.shape)
+                interpreter.allocate_tensors()
+                rows = len(images)
+            interpreter.set_tensor(feed, images)
+            interpreter.invoke()
+            feature_map = interpreter.get_tensor(fetch)
+            chosen = self.weights[:, classes[start:start + _BATCH]]
+            heat += [normalized(raw) for raw in np.einsum("nhwk,kn->nhw", feature_map, chosen)]
+        return heat

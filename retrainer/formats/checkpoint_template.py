@@ -1,0 +1,162 @@
+"""TensorFlow checkpoints of a fixed set of variables written without TensorFlow, from a template.
+
+A checkpoint (`tf.train.Checkpoint.write`) is two files: `.data-00000-of-00001`, each tensor's
+bytes at a fixed offset, and `.index`, a LevelDB table mapping each variable's key to its dtype,
+shape, offset, size and masked CRC-32C, in data blocks that each end with a masked CRC-32C. Two
+checkpoints of the same variables with the same shapes differ only in the tensors' bytes and
+those checksums. So a checkpoint TensorFlow wrote once serves as a template: later checkpoints
+put the new bytes at the same offsets and recompute the checksums (CRC-32C by `google_crc32c`).
+A template is made only when every checksum it holds is the one recomputed here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from typing import Mapping, Optional
+
+import google_crc32c
+import numpy as np
+
+_MAGIC = b"retrainer checkpoint template v1\n"
+_TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table footer
+_FOOTER = 48
+_TRAILER = 5  # a block's compression type byte, then its masked CRC-32C
+_MASK_DELTA = 0xA282EAD8
+
+
+def make_template(index: bytes, data: bytes, tensors: Mapping[str, np.ndarray]
+                  ) -> Optional[bytes]:
+    """The template of a checkpoint (its `.index` and `.data` files' bytes) that holds
+    `tensors` ({key: array}, e.g. "head/weights/.ATTRIBUTES/VARIABLE_VALUE"); None when its
+    layout is not the one read here or a tensor is not where its entry says."""
+    try:
+        entries, blocks = _layout(index)
+    except (IndexError, ValueError, struct.error):
+        return None
+    for key, array in tensors.items():
+        if key not in entries:
+            return None
+        offset, size, _ = entries[key]
+        if data[offset:offset + size] != np.ascontiguousarray(array).tobytes():
+            return None
+    for key in tensors:  # their checksums are computed as here
+        offset, size, crc_at = entries[key]
+        if index[crc_at:crc_at + 4] != _masked_crc(data[offset:offset + size]):
+            return None
+    for start, size in blocks:
+        if index[start + size + 1:start + size + _TRAILER] != _masked_crc(
+                index[start:start + size + 1]):
+            return None
+    body = index + data
+    header = json.dumps({"entries": {key: entries[key] for key in tensors}, "blocks": blocks,
+                         "index_size": len(index),
+                         "sha256": hashlib.sha256(body).hexdigest()}).encode()
+    return _MAGIC + header + b"\n" + body
+
+
+def fill_template(template: bytes, tensors: Mapping[str, np.ndarray]
+                  ) -> Optional[tuple[bytes, bytes]]:
+    """(.index bytes, .data bytes) of the checkpoint holding `tensors` (the keys the template
+    was made with, same dtypes and shapes); None when the template is damaged or does not fit."""
+    if not template.startswith(_MAGIC):
+        return None
+    header, _, body = template[len(_MAGIC):].partition(b"\n")
+    try:
+        document = json.loads(header)
+        entries, blocks = document["entries"], document["blocks"]
+        index_size, digest = int(document["index_size"]), str(document["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if hashlib.sha256(body).hexdigest() != digest or set(entries) != set(tensors):
+        return None
+    index, data = bytearray(body[:index_size]), bytearray(body[index_size:])
+    for key, (offset, size, crc_at) in entries.items():
+        content = np.ascontiguousarray(tensors[key]).tobytes()
+        if len(content) != size:
+            return None
+        data[offset:offset + size] = content
+        index[crc_at:crc_at + 4] = _masked_crc(content)
+    for start, size in blocks:
+        index[start + size + 1:start + size + _TRAILER] = _masked_crc(
+            bytes(index[start:start + size + 1]))
+    return bytes(index), bytes(data)
+
+
+def _masked_crc(content: bytes) -> bytes:
+    """LevelDB's and TensorFlow's masked CRC-32C, little-endian."""
+    crc = google_crc32c.value(content)
+    return ((((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF).to_bytes(4, "little")
+
+
+def _layout(index: bytes) -> tuple[dict[str, tuple[int, int, int]], list[tuple[int, int]]]:
+    """{key: (offset, size, where its CRC sits in `index`)} and the data blocks' (start, size)."""
+    footer = len(index) - _FOOTER
+    if struct.unpack_from("<Q", index, len(index) - 8)[0] != _TABLE_MAGIC:
+        raise ValueError("not a table")
+    _, position = _varint(index, footer)  # the metaindex block
+    _, position = _varint(index, position)
+    start, position = _varint(index, position)
+    size, _ = _varint(index, position)
+    entries: dict[str, tuple[int, int, int]] = {}
+    blocks = []
+    for _, handle, _ in _block_entries(index, start, size):
+        block_start, after = _varint(index, handle)
+        block_size, _ = _varint(index, after)
+        blocks.append((block_start, block_size))
+        for key, value, value_end in _block_entries(index, block_start, block_size):
+            if key:  # the empty key holds the bundle's header, not a tensor
+                entries[key.decode()] = _bundle_entry(index, value, value_end)
+    return entries, blocks
+
+
+def _block_entries(table: bytes, start: int, size: int) -> list[tuple[bytes, int, int]]:
+    """A table block's (key, value start, value end), keys rebuilt from their shared prefixes."""
+    restarts = struct.unpack_from("<I", table, start + size - 4)[0]
+    end = start + size - 4 - 4 * restarts
+    position, key, entries = start, b"", []
+    while position < end:
+        shared, position = _varint(table, position)
+        unshared, position = _varint(table, position)
+        length, position = _varint(table, position)
+        key = key[:shared] + table[position:position + unshared]
+        position += unshared
+        entries.append((key, position, position + length))
+        position += length
+    return entries
+
+
+def _bundle_entry(table: bytes, position: int, end: int) -> tuple[int, int, int]:
+    """A BundleEntryProto's (offset, size, position of its crc32c field)."""
+    fields = {4: 0, 5: 0}
+    crc_at = -1
+    while position < end:
+        tag, position = _varint(table, position)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, position = _varint(table, position)
+            fields[number] = value
+        elif wire == 2:
+            length, position = _varint(table, position)
+            position += length
+        elif wire == 5:
+            if number == 6:
+                crc_at = position
+            position += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    if crc_at < 0:
+        raise ValueError("no checksum")
+    return fields[4], fields[5], crc_at
+
+
+def _varint(buffer: bytes, position: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = buffer[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7

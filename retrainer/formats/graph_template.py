@@ -1,0 +1,133 @@
+"""Frozen graphs written without TensorFlow: a traced graph with its run's constants taken out.
+
+Two frozen graphs of the same structure (extractor, input size, --tta mode, objective, output
+names, novelty's k) differ only in the constants a run fits: the head's weights float32 [D, C]
+and biases [C], and the novelty references float32 [M, D]. So the first graph TensorFlow traces
+of a structure is kept per machine as a template, those Const nodes emptied, and later graphs are
+written by putting the new arrays in, with the `protobuf` package alone: a minimal schema of
+GraphDef / NodeDef / AttrValue / TensorProto / TensorShapeProto (the fields touched here; every
+other field passes through as an unknown field, in order), serialized deterministically as
+TensorFlow serializes the graphs it writes. A template is kept only when filling it with the
+traced graph's own arrays gives back the traced bytes exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from typing import Any, Mapping, Optional
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+# The arrays a template takes, by role.
+WEIGHTS, BIASES, NOVELTY_REFERENCES = "weights", "biases", "novelty_references"
+_FLOAT32 = 1  # TensorFlow's DT_FLOAT
+_MAGIC = b"retrainer graph template v1\n"
+
+
+@functools.lru_cache(maxsize=1)
+def _graph_def_class() -> Any:
+    """The GraphDef message class of the minimal schema (its own descriptor pool, so it never
+    clashes with TensorFlow's classes when both are loaded)."""
+    schema = descriptor_pb2.FileDescriptorProto(name="retrainer_graph.proto",
+                                                package="retrainer_graph", syntax="proto3")
+    F = descriptor_pb2.FieldDescriptorProto
+    optional, repeated = F.LABEL_OPTIONAL, F.LABEL_REPEATED
+
+    def message(name: str, *fields: tuple[str, int, int, int, str]) -> Any:
+        added = schema.message_type.add(name=name)
+        for field_name, number, label, kind, type_name in fields:
+            field = added.field.add(name=field_name, number=number, label=label, type=kind)
+            if type_name:
+                field.type_name = type_name
+        return added
+
+    message("Dim", ("size", 1, optional, F.TYPE_INT64, ""),
+            ("name", 2, optional, F.TYPE_STRING, ""))
+    message("TensorShapeProto", ("dim", 2, repeated, F.TYPE_MESSAGE, ".retrainer_graph.Dim"),
+            ("unknown_rank", 3, optional, F.TYPE_BOOL, ""))
+    message("TensorProto", ("dtype", 1, optional, F.TYPE_INT32, ""),
+            ("tensor_shape", 2, optional, F.TYPE_MESSAGE, ".retrainer_graph.TensorShapeProto"),
+            ("version_number", 3, optional, F.TYPE_INT32, ""),
+            ("tensor_content", 4, optional, F.TYPE_BYTES, ""))
+    message("AttrValue", ("tensor", 8, optional, F.TYPE_MESSAGE, ".retrainer_graph.TensorProto"))
+    node = message("NodeDef", ("name", 1, optional, F.TYPE_STRING, ""),
+                   ("op", 2, optional, F.TYPE_STRING, ""),
+                   ("input", 3, repeated, F.TYPE_STRING, ""),
+                   ("device", 4, optional, F.TYPE_STRING, ""),
+                   ("attr", 5, repeated, F.TYPE_MESSAGE, ".retrainer_graph.NodeDef.AttrEntry"))
+    entry = node.nested_type.add(name="AttrEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, label=optional, type=F.TYPE_STRING)
+    entry.field.add(name="value", number=2, label=optional, type=F.TYPE_MESSAGE,
+                    type_name=".retrainer_graph.AttrValue")
+    message("GraphDef", ("node", 1, repeated, F.TYPE_MESSAGE, ".retrainer_graph.NodeDef"))
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(schema)
+    graph_def = pool.FindMessageTypeByName("retrainer_graph.GraphDef")
+    if hasattr(message_factory, "GetMessageClass"):
+        return message_factory.GetMessageClass(graph_def)
+    return message_factory.MessageFactory(pool).GetPrototype(graph_def)  # protobuf < 4.22
+
+
+def make_template(graph: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[bytes]:
+    """The template of a traced frozen graph (its serialized bytes) whose run's `arrays` ({role:
+    float32 array}) each fill exactly one Const node; None when they do not, or when filling the
+    template with them would not give `graph` back."""
+    graph_def = _graph_def_class()()
+    graph_def.ParseFromString(graph)
+    roles: dict[str, str] = {}
+    for role, array in arrays.items():
+        content = np.ascontiguousarray(array, np.float32).tobytes()
+        nodes = [node for node in graph_def.node if node.op == "Const"
+                 and node.attr["value"].tensor.tensor_content == content]
+        if len(nodes) != 1:
+            return None
+        roles[nodes[0].name] = role
+        _set_tensor(nodes[0], np.zeros((0,) * np.ndim(array), np.float32))
+    body = graph_def.SerializeToString(deterministic=True)
+    header = json.dumps({"roles": roles, "sha256": hashlib.sha256(body).hexdigest()},
+                        sort_keys=True).encode()
+    template = _MAGIC + header + b"\n" + body
+    return template if fill_template(template, arrays) == graph else None
+
+
+def fill_template(template: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[bytes]:
+    """The frozen graph's bytes: `template` (`make_template`) with `arrays` ({role: float32
+    array}, the roles it was made with) put in; None when the template is damaged (its digest
+    does not match) or takes other roles."""
+    if not template.startswith(_MAGIC):
+        return None
+    header, _, body = template[len(_MAGIC):].partition(b"\n")
+    try:
+        document = json.loads(header)
+        roles, digest = dict(document["roles"]), str(document["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if hashlib.sha256(body).hexdigest() != digest or set(roles.values()) != set(arrays):
+        return None
+    graph_def = _graph_def_class()()
+    graph_def.ParseFromString(body)
+    filled = set()
+    for node in graph_def.node:
+        if node.name in roles:
+            _set_tensor(node, np.asarray(arrays[roles[node.name]], np.float32))
+            filled.add(node.name)
+    if filled != set(roles):
+        return None
+    return bytes(graph_def.SerializeToString(deterministic=True))
+
+
+def _set_tensor(node: Any, array: np.ndarray) -> None:
+    """A Const node's value becomes float32 `array` (as TensorFlow writes it: the bytes in
+    tensor_content)."""
+    tensor = node.attr["value"].tensor
+    tensor.Clear()
+    tensor.dtype = _FLOAT32
+    for size in array.shape:
+        tensor.tensor_shape.dim.add(size=size)
+    if not array.shape:  # a scalar's shape is present and empty
+        tensor.tensor_shape.SetInParent()
+    tensor.tensor_content = np.ascontiguousarray(array, np.float32).tobytes()

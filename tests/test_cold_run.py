@@ -1,0 +1,45 @@
+"""A cold run (a new --bottleneck_dir and new output folders) on a machine where the same flags
+ran before imports no TensorFlow: the int8 extraction runs on LiteRT, the frozen graph and the
+checkpoint are written from the user cache's templates, the heat maps come from the kept map
+model; and it writes what a run with TensorFlow writes.
+
+Real processes (`python -X importtime -m retrainer.cli.retrain`), the real default extractor and
+real Fashion-MNIST images, as in tests/test_warm_rerun.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_warm_rerun import classified, retrain, stable
+
+# What a cold run must compute as the first did (its paths and timings differ).
+SAME = ("labels", "counts", "test_accuracy", "test_per_class", "head", "tta", "novelty",
+        "extractor_id", "extractor_precision")
+
+
+def written(folder: Path) -> dict[str, bytes]:
+    return {name: (folder / "out" / name).read_bytes() for name in (
+        "graph.pb", "graph.pb.meta.json", "labels.txt", "ckpt/head.index",
+        "ckpt/head.data-00000-of-00001")}
+
+
+def heat_map_figures(folder: Path) -> int:
+    return (folder / "out" / "report.html").read_text().count('alt="heat map of ')
+
+
+@pytest.mark.slow
+def test_a_cold_run_imports_no_tensorflow_and_writes_what_tensorflow_writes(
+        tmp_path, fashion_subset_dir, fashion_mnist_holdout_dir):
+    first, first_imported = retrain(tmp_path, fashion_subset_dir, run="first")
+    assert first_imported  # nothing kept on this machine yet: TensorFlow traces and converts
+    cold, cold_imported = retrain(tmp_path, fashion_subset_dir, run="cold")
+    assert not cold_imported
+    assert cold["bottlenecks_computed"] == first["bottlenecks_computed"] > 0
+    assert written(tmp_path / "cold") == written(tmp_path / "first")
+    results = [stable({key: document[key] for key in SAME}) for document in (first, cold)]
+    assert results[0] == results[1]
+    assert heat_map_figures(tmp_path / "cold") == heat_map_figures(tmp_path / "first") > 0
+    assert classified(tmp_path / "cold", fashion_mnist_holdout_dir) >= 0.8
