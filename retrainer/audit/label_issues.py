@@ -21,10 +21,12 @@ them to doubt a label or suggest one (as cleanlab's `min_examples_per_class`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Union
 
 import numpy as np
 
+from retrainer.audit._threads import in_order
 from retrainer.audit.neighbours import one_blas_thread, principal_components
 from retrainer.training.solver import LayerFit, SolverOptions, Standardization, fit_layer
 
@@ -32,6 +34,7 @@ FOLDS = 5
 DIMENSIONS = 64
 # l2 * |weights|^2 per example on standardised features, strong to weak, in half decades
 L2_PATH = tuple(float(f"{10 ** (-exponent / 2):.0e}") for exponent in range(10))
+PARALLEL_LOGITS = 1 << 20  # rows x classes from which the folds are fitted on every CPU
 PATIENCE = 2  # penalties in a row without a lower out-of-fold cross entropy: the path stops
 PATH_ROWS = 8192  # above this many rows, the folds' models are fitted on a seeded sample
 MAX_ITERATIONS = 100
@@ -113,6 +116,19 @@ def fit_out_of_fold(vectors: np.ndarray, labels: np.ndarray, num_classes: int,
                      np.bincount(labels[sample], minlength=num_classes))
 
 
+def _fold_fit(features: np.ndarray, labels: np.ndarray, num_classes: int, l2: float,
+              fold: tuple[Optional[np.ndarray], Optional[Standardization], Optional[LayerFit]],
+              ) -> Optional[LayerFit]:
+    """One fold's fit at `l2`: (its training rows, their statistics, its fit at the previous
+    penalty, warm-starting this one); None for a fold without training rows."""
+    rows, statistics, previous = fold
+    if rows is None:
+        return None
+    return fit_layer(features[rows], labels[rows], num_classes, l2,
+                     start=None if previous is None else previous.state, statistics=statistics,
+                     options=SOLVER)
+
+
 def _penalty_path(features: np.ndarray, labels: np.ndarray, folds: np.ndarray,
                   num_classes: int) -> tuple[float, list[Optional[Layer]]]:
     """(penalty, per-fold layers) of L2_PATH's best out-of-fold cross entropy; each fold's fits
@@ -126,12 +142,14 @@ def _penalty_path(features: np.ndarray, labels: np.ndarray, folds: np.ndarray,
     layers: list[Optional[Layer]] = [None] * FOLDS
     best: tuple[float, float, list[Optional[Layer]]] = (np.inf, L2_PATH[0], layers)
     since_best = 0
+    # The folds' fits are independent: one per CPU, each on one BLAS thread (small products,
+    # whose threads would only spin against each other). At 1,000 classes the path is most of
+    # the audit's time, and it ran on one core.
+    parallel = len(features) * num_classes >= PARALLEL_LOGITS
     for l2 in L2_PATH:
-        with one_blas_thread():  # small products: threads would only spin against each other
-            fits = [None if rows is None else fit_layer(
-                        features[rows], labels[rows], num_classes, l2,
-                        start=None if fit is None else fit.state, statistics=stats, options=SOLVER)
-                    for rows, stats, fit in zip(training, statistics, fits)]
+        with one_blas_thread():
+            fits = list(in_order(functools.partial(_fold_fit, features, labels, num_classes, l2),
+                                 zip(training, statistics, fits), threads=parallel))
         layers = [None if fit is None else (fit.weights, fit.biases) for fit in fits]
         model = OutOfFold(features, folds, tuple(layers), num_classes, l2, np.zeros(0, np.int64))
         cross_entropy = sum(
