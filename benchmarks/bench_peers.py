@@ -10,9 +10,13 @@
 - retrainer with default flags, cold (an empty --bottleneck_dir, on a machine where retrainer has
   run before: what it keeps per machine under ${XDG_CACHE_HOME:-~/.cache}/retrainer, such as the
   int8 engine's converted model, is there; the benchmark keeps that cache in its work folder and
-  fills it with one untimed run first), warm (the same command again, on that --bottleneck_dir,
-  from another folder: every output written anew), rerun (the same command again in the cold
-  side's folder, as a user reruns it: its outputs there; the cold export is evaluated first),
+  fills it with one untimed run first, on the same images in other folders: that cache is keyed
+  by the model's structure -- the int8 model, the specs, graph templates per test-time
+  augmentation mode -- never by image content; a first run on other images can choose
+  another augmentation mode, and the cold run then traces its graph with TensorFlow), warm
+  (the same command again, on that --bottleneck_dir, from another folder: every output written
+  anew), rerun (the same command again in the cold side's folder, as a user reruns it: its
+  outputs there; the cold export is evaluated first),
   first (cold on a machine where it never ran: that per-machine cache empty too), and cold at
   --extractor_precision float32, the peers' precision (retrainer's default `auto` runs the
   extractor at int8 where the CPU has fast int8, else float32; the peers always run it at
@@ -368,7 +372,7 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         if any(key in keys for key in ("baseline", "cold", "warm", "rerun")):
             with cpu_lock(args.lock):  # untimed: what retrainer keeps per machine
                 for checkout in ([None, args.baseline] if "baseline" in keys else [None]):
-                    fill_machine_cache(test_dir, work / "machine_cache", work / "fill", checkout)
+                    fill_machine_cache(image_dir, work / "machine_cache", work / "fill", checkout)
         rounds = results.setdefault(str(size), {})
         for round_ in range(args.first_round, args.first_round + args.rounds):
             run = work / f"runs_{size}_{round_}"

@@ -139,6 +139,41 @@ def test_a_kept_int8_model_runs_without_tensorflow(lite0_int8, fashion_mnist_dir
     assert Int8Engine.from_kept_model(lite0_int8.spec, tmp_path / "gone.tflite", 2) is None
 
 
+def test_int8_interpreters_per_cpu_give_one_interpreters_vectors_in_order(
+        lite0_int8, fashion_mnist_dir, tmp_path, caplog):
+    """One single-thread interpreter per CPU, each batch run by whichever is free: the same
+    vectors, in the files' order, as one interpreter; a bad image among good ones is still
+    warned about and skipped; a single call split among the interpreters agrees too."""
+    import shutil
+
+    from retrainer.engines.int8 import Int8Engine
+
+    paths = sorted(fashion_mnist_dir.rglob("*.png"))[:45]
+    bad = tmp_path / "images" / "broken.png"
+    bad.parent.mkdir()
+    bad.write_bytes(paths[0].read_bytes()[:60])  # a truncated PNG
+    paths.insert(17, bad)
+    assert lite0_int8.model_path is not None
+    results = {}
+    for threads in (1, 2, 3):
+        engine = Int8Engine.from_kept_model(lite0_int8.spec, lite0_int8.model_path, threads)
+        assert engine is not None
+        cache = tmp_path / f"cache{threads}"
+        caplog.clear()
+        results[threads] = compute_bottlenecks(paths, engine, cache, batch_size=6,
+                                               show_progress=False)
+        assert [index for index, _ in results[threads].skipped] == [17]
+        assert f"Skipping {bad}" in caplog.text
+        shutil.rmtree(cache)
+        rows = np.stack([load_image(path, (224, 224)) for path in paths[:13]])
+        np.testing.assert_array_equal(engine(rows), lite0_int8(rows))  # 13 rows, split
+    for threads in (2, 3):
+        np.testing.assert_array_equal(results[threads].vectors, results[1].vectors)
+        np.testing.assert_array_equal(results[threads].ok, results[1].ok)
+    np.testing.assert_array_equal(results[1].vectors[18], lite0_int8(
+        load_image(paths[18], (224, 224))[np.newaxis])[0])
+
+
 def test_int8_calibration_is_data_independent(lite0, lite0_int8, fashion_mnist_dir,
                                               fashion_mnist_holdout_dir, tmp_path):
     """A fresh engine, used on another dataset, gives the same vectors for the shared image."""

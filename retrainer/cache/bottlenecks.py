@@ -226,11 +226,11 @@ def _computed(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bottleneck-writer") as writer, \
             tqdm(total=len(paths), unit="img", desc="Bottlenecks", dynamic_ncols=True,
                  disable=None if show_progress else True) as progress:
-        for batch in decoded_batches(paths, engine.spec.input_size, batch_size, digests,
-                                     contents, signatures):
-            # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
-            batch_vectors = (np.zeros((len(batch.reasons), engine.spec.vector_size), np.float32)
-                             if all(batch.reasons) else engine(batch.images))
+        # A batch of only undecodable files (e.g. a rerun) need not even trace the model.
+        for batch, batch_vectors in engine.map(
+                decoded_batches(paths, engine.spec.input_size, batch_size, digests, contents,
+                                signatures),
+                lambda batch: batch.images[:0] if all(batch.reasons) else batch.images):
             entries = []
             made = batch.signatures
             for row, reason in enumerate(batch.reasons):

@@ -11,12 +11,14 @@ float32 extractor.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
 if TYPE_CHECKING:  # importing extractors loads TensorFlow; this module must stay light
     from retrainer.extractors import ExtractorSpec
+
+Batch = TypeVar("Batch")
 
 FLOAT32, BFLOAT16, INT8, AUTO = "float32", "bfloat16", "int8", "auto"
 PRECISIONS = (FLOAT32, BFLOAT16, INT8)
@@ -50,6 +52,17 @@ class Engine:
             float32 [N, D], D == spec.vector_size.
         """
         raise NotImplementedError
+
+    def map(self, batches: Iterable[Batch], pixels: Callable[[Batch], np.ndarray]
+            ) -> Iterator[tuple[Batch, np.ndarray]]:
+        """(batch, float32 [N, D] vectors of `pixels(batch)`) for each of `batches`, in order;
+        a batch of no pixels gets no vectors and never calls the model. Engines that run
+        several batches at once (int8: one interpreter per CPU) override it.
+        """
+        for batch in batches:
+            images = pixels(batch)
+            yield batch, (self(images) if len(images)
+                          else np.zeros((0, self.spec.vector_size), np.float32))
 
 
 def precision_spec(spec: "ExtractorSpec", suffix: str) -> "ExtractorSpec":

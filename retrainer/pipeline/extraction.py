@@ -13,11 +13,12 @@ int8 engine whose converted model is kept runs it without TensorFlow
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -26,6 +27,7 @@ from retrainer.cache.memo import Memo, memo_key
 from retrainer.cache.options import ExtractionOptions
 from retrainer.config import RetrainConfig
 from retrainer.engines import INT8, Engine
+from retrainer.engines.base import Batch
 from retrainer.engines.int8 import Int8Engine
 from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
@@ -78,13 +80,26 @@ class _DeferredEngine(Engine):
         self._engine: Optional[Engine] = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self._started()(pixels)
+
+    def map(self, batches: Iterable[Batch], pixels: Callable[[Batch], np.ndarray]
+            ) -> Iterator[tuple[Batch, np.ndarray]]:
+        """`Engine.map` of the engine, started at the first batch with pixels to run."""
+        remaining = iter(batches)
+        for batch in remaining:
+            if len(pixels(batch)):
+                yield from self._started().map(itertools.chain([batch], remaining), pixels)
+                return
+            yield batch, np.zeros((0, self.spec.vector_size), np.float32)
+
+    def _started(self) -> Engine:
         if self._engine is None:
             if self.precision == INT8 and self.model_path is not None:
                 self._engine = Int8Engine.from_kept_model(self.spec, self.model_path,
                                                           usable_cpus())
             if self._engine is None:
                 self._engine = self._build()
-        return self._engine(pixels)
+        return self._engine
 
 
 def prepare_extraction(config: RetrainConfig, timer: StageTimer,
