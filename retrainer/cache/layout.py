@@ -65,6 +65,12 @@ _CHECKPOINT_TEMPLATES = "checkpoint-templates-v1"
 _FEATURE_MAP_MODELS = "feature-map-models-v1"
 
 
+def _keyed(root: os.PathLike[str] | str, folder: str, key: str, suffix: str) -> AnyPath:
+    """A file named by its key under `folder`, in a sub-folder per the key's first two
+    characters (so no folder holds more than a few thousand files)."""
+    return as_path(root) / folder / key[:2] / f"{key}{suffix}"
+
+
 def namespace(spec: ExtractorSpec) -> str:
     """The cache folder of one extractor, relative to the cache root: "<id>/<format>-<H>x<W>"."""
     height, width = spec.input_size
@@ -117,7 +123,7 @@ def audit_findings_folder(root: os.PathLike[str] | str) -> AnyPath:
 
 def audit_findings_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The audit's cached findings for one dataset key."""
-    return audit_findings_folder(root) / key[:2] / f"{key}.json"
+    return _keyed(root, _AUDIT_FINDINGS, key, ".json")
 
 
 def audit_signatures_folder(root: os.PathLike[str] | str,
@@ -141,50 +147,50 @@ def file_index_folder(root: os.PathLike[str] | str) -> AnyPath:
 
 def heat_maps_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The report's heat maps of one frozen graph over one set of images (`key`: their hash)."""
-    return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.maps"  # .npy format; not an entry
+    return _keyed(root, _HEAT_MAPS, key, ".maps")  # .npy format; not an entry
 
 
 def heat_map_gallery_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The report's heat-map figures (HTML) of one frozen graph over one set of image files."""
-    return as_path(root) / _HEAT_MAPS / key[:2] / f"{key}.html"
+    return _keyed(root, _HEAT_MAPS, key, ".html")
 
 
 def frozen_graph_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The SHA-256 of the frozen graph that one set of inputs (`key`: their hash) froze to."""
-    return as_path(root) / _FROZEN_GRAPHS / key[:2] / f"{key}.sha256"
+    return _keyed(root, _FROZEN_GRAPHS, key, ".sha256")
 
 
 def picture_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A report picture (PNG) drawn from one set of inputs (`key`: their hash)."""
-    return as_path(root) / _PICTURES / key[:2] / f"{key}.png"
+    return _keyed(root, _PICTURES, key, ".png")
 
 
 def run_result_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A small JSON result of one run stage (the engine it resolved to, --tta auto's choice, the
     novelty fit's figures, a finished command's record), keyed by a hash of its inputs."""
-    return as_path(root) / _RUN_RESULTS / key[:2] / f"{key}.json"
+    return _keyed(root, _RUN_RESULTS, key, ".json")
 
 
 def checkpoint_record_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The SHA-256s of the head checkpoint's files that one set of inputs (`key`) wrote."""
-    return as_path(root) / _CHECKPOINTS / key[:2] / f"{key}.sha256"
+    return _keyed(root, _CHECKPOINTS, key, ".sha256")
 
 
 def novelty_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """The novelty score fitted on one set of vectors (`key`: a hash of their images)."""
-    return as_path(root) / _NOVELTY / key[:2] / f"{key}.npz"
+    return _keyed(root, _NOVELTY, key, ".npz")
 
 
 def graph_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A frozen graph's template (`formats.graph_template`) for one structure (`key`)."""
-    return as_path(root) / _GRAPH_TEMPLATES / key[:2] / f"{key}.pb"
+    return _keyed(root, _GRAPH_TEMPLATES, key, ".pb")
 
 
 def checkpoint_template_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """A head checkpoint's template (`formats.checkpoint_template`) for one pair of shapes."""
-    return as_path(root) / _CHECKPOINT_TEMPLATES / key[:2] / f"{key}.ckpt"
+    return _keyed(root, _CHECKPOINT_TEMPLATES, key, ".ckpt")
 
 
 def feature_map_model_path(root: os.PathLike[str] | str, key: str) -> AnyPath:
     """An extractor's map model (`explain.lite_cam`) for one extractor and input size."""
-    return as_path(root) / _FEATURE_MAP_MODELS / key[:2] / f"{key}.tflite"
+    return _keyed(root, _FEATURE_MAP_MODELS, key, ".tflite")
