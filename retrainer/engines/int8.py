@@ -39,7 +39,7 @@ from retrainer.data.decoding import decode_image
 from retrainer.engines._model_cache import cached_model, kept_model, model_path
 from retrainer.engines.base import INT8, Batch, Engine, precision_spec
 from retrainer.errors import UsageError
-from retrainer.formats.tflite import full_integer_model, new_interpreter
+from retrainer.formats.tflite import BatchInterpreter, full_integer_model, new_interpreter
 
 if TYPE_CHECKING:  # TensorFlow: imported only to convert a model, never to run a kept one
     from retrainer.extractors import ExtractorSpec, FeatureExtractor
@@ -91,7 +91,7 @@ class Int8Engine(Engine):
         self.spec = precision_spec(extractor.spec, f"{MODEL_FORMAT}-{calibration_digest()[:8]}")
         self._extractor: Optional[FeatureExtractor] = extractor
         self._threads = threads
-        self._runners: list[_Runner] = []
+        self._runners: list[BatchInterpreter] = []
         self._pool: Optional[ThreadPoolExecutor] = None
         self.model_path: Optional[Path] = None  # the cached .tflite, once loaded
 
@@ -132,10 +132,11 @@ class Int8Engine(Engine):
         count = max(1, min(self._threads, MAX_INTERPRETERS))
         threads = max(1, self._threads // count)
         if count == 1:
-            self._runners = [_Runner(model, threads)]
+            self._runners = [BatchInterpreter(model, threads)]
             return
         self._pool = ThreadPoolExecutor(count, thread_name_prefix="int8")
-        self._runners = list(self._pool.map(lambda _: _Runner(model, threads), range(count)))
+        self._runners = list(self._pool.map(lambda _: BatchInterpreter(model, threads),
+                                            range(count)))
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         if not self._runners:
@@ -165,7 +166,7 @@ class Int8Engine(Engine):
         if self._pool is None:
             yield from super().map(batches, pixels)
             return
-        free: queue.SimpleQueue[_Runner] = queue.SimpleQueue()
+        free: queue.SimpleQueue[BatchInterpreter] = queue.SimpleQueue()
         for runner in self._runners:
             free.put(runner)
 
@@ -197,26 +198,6 @@ class Int8Engine(Engine):
         finally:
             for _, vectors in pending:
                 vectors.cancel()
-
-
-class _Runner:
-    """One interpreter of the model; called by one thread at a time."""
-
-    def __init__(self, model: bytes, threads: int) -> None:
-        self._interpreter = new_interpreter(model, threads)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
-        self._rows = 0
-
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 [N, D] vectors of uint8 [N, H, W, 3] pixels."""
-        if len(pixels) != self._rows:  # re-plan only when the batch size changes
-            self._interpreter.resize_tensor_input(self._input, pixels.shape)
-            self._interpreter.allocate_tensors()
-            self._rows = len(pixels)
-        self._interpreter.set_tensor(self._input, pixels)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).astype(np.float32, copy=True)
 
 
 def _converted(extractor: FeatureExtractor) -> bytes:

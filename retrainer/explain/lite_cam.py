@@ -19,7 +19,7 @@ import numpy as np
 from retrainer.cache.layout import feature_map_model_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.explain.heatmap import normalized
-from retrainer.formats.tflite import new_interpreter
+from retrainer.formats.tflite import BatchInterpreter
 from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
 
 _MAGIC = b"retrainer feature map model v1\n"
@@ -63,21 +63,13 @@ class LiteCam:
         if model is None:
             return None
         try:
-            interpreter = new_interpreter(model, usable_cpus())
+            interpreter = BatchInterpreter(model, usable_cpus())
         except (ValueError, RuntimeError):
             return None
-        feed = interpreter.get_input_details()[0]["index"]
-        fetch = interpreter.get_output_details()[0]["index"]
-        heat, rows = [], -1
+        heat: list[np.ndarray] = []
         for start in range(0, len(pixels), _BATCH):
             images = np.stack(pixels[start:start + _BATCH]).astype(np.float32) / 255.0
-            if len(images) != rows:
-                interpreter.resize_tensor_input(feed, images.shape)
-                interpreter.allocate_tensors()
-                rows = len(images)
-            interpreter.set_tensor(feed, images)
-            interpreter.invoke()
-            feature_map = interpreter.get_tensor(fetch)
+            feature_map = interpreter(images)
             chosen = self.weights[:, classes[start:start + _BATCH]]
             heat += [normalized(raw) for raw in np.einsum("nhwk,kn->nhw", feature_map, chosen)]
         return heat

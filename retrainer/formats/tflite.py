@@ -43,6 +43,31 @@ def new_interpreter(model: bytes, threads: Optional[int] = None) -> Any:
         return tf.lite.Interpreter(model_content=model, num_threads=threads)
 
 
+class BatchInterpreter:
+    """An interpreter of a one-input, one-output `.tflite`, re-planned only when the batch size
+    changes; called by one thread at a time.
+
+    Raises (on creation):
+        ValueError, RuntimeError: as `new_interpreter`.
+    """
+
+    def __init__(self, model: bytes, threads: Optional[int] = None) -> None:
+        self._interpreter = new_interpreter(model, threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._rows = 0
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        """The model's float32 output for the batch `inputs` (its first axis: the rows)."""
+        if len(inputs) != self._rows:  # re-plan only when the batch size changes
+            self._interpreter.resize_tensor_input(self._input, inputs.shape)
+            self._interpreter.allocate_tensors()
+            self._rows = len(inputs)
+        self._interpreter.set_tensor(self._input, inputs)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).astype(np.float32, copy=True)
+
+
 def full_integer_model(
     concrete_function: Any,
     representative: Iterable[list[np.ndarray]],
