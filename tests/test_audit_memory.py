@@ -122,3 +122,27 @@ def test_audit_finds_what_each_detector_finds_on_copies(planted, tmp_path):
     assert truth["near"] <= found_near
     assert {relpath[p] for group in findings.exact for p in group} == truth["exact"]
     assert truth["photo"] in {relpath[p] for p, _ in findings.outliers}
+
+
+def test_near_pairs_are_the_same_from_thumbnails_in_a_scratch_file(planted, tmp_path,
+                                                                    monkeypatch):
+    """At a million images the thumbnails live in a scratch file (`io.scratch`) and the wide
+    descriptors are computed when rows are taken (`Described`, also the crop pass's after it
+    ran): on real images with planted copies, the same near pairs as from arrays in memory."""
+    from retrainer.io.scratch import ScratchRows
+
+    root, _ = planted
+    collection = discover_images(root)
+    paths = collection.paths()
+    signatures = decode_signatures(paths)
+    vectors = signatures.thumbnails.reshape(len(paths), -1).astype(np.float32) / 255.0
+    digests = [content_digest(Path(path).read_bytes()) for path in paths]
+    digests[1] = digests[0]  # a byte copy: the scratch rows are then taken into another file
+    expected = duplicates.near_pairs(digests, vectors, signatures.thumbnails, signatures.hashes)
+    assert expected
+    scratch = ScratchRows(signatures.thumbnails.shape, np.uint8, tmp_path)
+    scratch[:] = signatures.thumbnails
+    monkeypatch.setattr(duplicates, "WHOLE_DESCRIBED", 10)
+    monkeypatch.setattr("retrainer.io.scratch.RESIDENT_BYTES", 8 * 4096)
+    assert duplicates.near_pairs(digests, vectors, scratch, signatures.hashes) == expected
+    assert list(tmp_path.iterdir()) == []  # unlinked at once: nothing left behind

@@ -266,8 +266,8 @@ def test_discovery_lists_the_identities_the_index_would_stat(tmp_path):
     folder = make_color_image_dir(tmp_path / "images", per_class=3)
     collection = discover_images(folder)
     paths = [image.path for image in collection.images]
-    identities = [collection.file_identities[image.relpath] for image in collection.images]
-    for path, identity in zip(paths, identities):
+    identities = collection.file_identities
+    for path, identity in zip(paths, identities.tolist()):
         status = os.stat(path)
         assert identity == (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
                             status.st_ctime_ns)
@@ -279,6 +279,45 @@ def test_discovery_lists_the_identities_the_index_would_stat(tmp_path):
     paths[0].write_bytes(paths[1].read_bytes())
     collection = discover_images(folder)
     index = FileIndex(cache, folder, clock=later_clock)
-    known = index.look_up(paths, [collection.file_identities[image.relpath]
-                                  for image in collection.images])
+    known = index.look_up(paths, collection.file_identities)
     assert known[0] == "" and known[1:] == [sha256(path) for path in paths[1:]]
+
+
+_FIELDS = ("device", "inode", "size", "mtime_ns", "ctime_ns")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=st.lists(st.tuples(st.sampled_from([1, 2, 2**63 + 5]), st.integers(0, 2**64 - 1),
+                                st.integers(0, 40), st.booleans(), st.booleans()),
+                      min_size=0, max_size=30, unique_by=lambda file: file[:2]),
+       changed=st.lists(st.tuples(st.integers(0, 29), st.sampled_from(_FIELDS[2:])),
+                        max_size=10))
+def test_the_index_vouches_for_exactly_the_unchanged_settled_files_of_trusted_devices(
+        tmp_path, files, changed):
+    """Property (the array join of look_up against the rule file by file): a digest comes back
+    exactly for a file whose five identity fields all equal its record's, whose ctime had
+    settled when it was recorded, on a trusted file system; inodes up to 2^64 - 1 and devices
+    above 2^63 included, files with the same inode on another device kept apart."""
+    from retrainer.data.discovery import IDENTITY
+
+    folder = tmp_path / f"run{time.monotonic_ns()}"
+    systems = {1: "ext4", 2: "vfat", 2**63 + 5: "xfs"}
+    now = int(1e18)
+    identities = np.zeros(len(files), IDENTITY)
+    for row, (device, inode, size, young, _) in enumerate(files):
+        ctime = now - (1 if young else LATER)
+        identities[row] = (device, inode, size, ctime - 7, ctime)
+    digests = [hashlib.sha256(bytes(row)).hexdigest() if not unreadable else ""
+               for row, (*_, unreadable) in enumerate(files)]
+    paths = [f"/nowhere/{row}" for row in range(len(files))]
+    first = FileIndex(folder, folder, lambda: now, systems)
+    assert first.look_up(paths, identities) == [""] * len(files)
+    first.update(digests)
+    later = identities.copy()
+    for row, name in changed:
+        if row < len(later):
+            later[name][row] += 1
+    expected = [digests[row] if (systems[device] in TRUSTED_FILE_SYSTEMS and not young
+                                 and digests[row] and later[row] == identities[row]) else ""
+                for row, (device, _, _, young, _) in enumerate(files)]
+    assert FileIndex(folder, folder, lambda: now + LATER, systems).look_up(paths, later) == expected

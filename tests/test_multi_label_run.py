@@ -138,7 +138,7 @@ def test_audit_and_heat_map_choice_count_a_top1_in_the_label_set_as_right(multi_
     assert audit["test_accuracy"] == pytest.approx(multi_label_run.result.test_accuracy)
     if not audit["leaked_test_images"]:
         assert audit["leak_adjusted_test_accuracy"] == pytest.approx(audit["test_accuracy"])
-    images = [ImageFile(Path(f"{n}.png"), f"{n}.png", first, "testing", label_indices=indices)
+    images = [ImageFile(Path(), f"{n}.png", first, "testing", label_indices=indices)
               for n, (first, indices) in enumerate([(0, (0, 2)), (1, (1,)), (2, (2, 0))])]
     evaluation = type("Evaluation", (), {"positions": np.array([0, 1, 2]),
                                          "predictions": np.array([2, 0, 0])})

@@ -3,6 +3,7 @@ split without a copy, the report bounded (images explained, the confusion matrix
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +15,7 @@ from retrainer.reports.sections import MAX_GALLERY_IMAGES
 
 
 def collection(classes: int, per_class: int, wrong_every: int):
-    images = [ImageFile(f"/d/c{c}/{i}.png", f"c{c}/{i}.png", c, TESTING)
+    images = [ImageFile(Path("/d"), f"c{c}/{i}.png", c, TESTING)
               for c in range(classes) for i in range(per_class)]
     truth = np.array([image.label_index for image in images])
     predictions = truth.copy()

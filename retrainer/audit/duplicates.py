@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -40,6 +40,7 @@ from retrainer.audit.signatures import (
     warped_correlation,
     zoomed_in,
 )
+from retrainer.io.scratch import ScratchRows
 
 # Measured with benchmarks/bench_audit.py (docs/audit.md): see there before changing any of them.
 # The passes (gate and pre-tests) use each descriptor's top principal axes (the crop pass: the
@@ -82,6 +83,7 @@ ZOOM_GAIN = 0.01
 # barely change under a mirror, agree closely (flipped copies >= 0.97 on both datasets).
 MIRROR_VECTOR_MATCH = 0.90
 _MAX_CORRELATION = 1.0 + 1e-4  # of two float32 unit vectors, with rounding to spare
+Thumbnails = Union[np.ndarray, ScratchRows]  # uint8 [N, 32, 32]; indexing gives arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,14 +104,14 @@ def exact_groups(digests: Sequence[str]) -> list[list[int]]:
 
 
 def near_pairs(
-    digests: Sequence[str], vectors: np.ndarray, thumbnails: np.ndarray, hashes: np.ndarray
+    digests: Sequence[str], vectors: np.ndarray, thumbnails: Thumbnails, hashes: np.ndarray
 ) -> list[NearPair]:
     """Pairs of distinct files showing the same picture (one pair per two files' digests).
 
     Args:
         digests: hex SHA-256 per image; images with the same digest are compared once.
         vectors: float32 [N, D] bottleneck vectors.
-        thumbnails: uint8 [N, 32, 32] grey thumbnails.
+        thumbnails: uint8 [N, 32, 32] grey thumbnails (an array, or rows in a scratch file).
         hashes: uint64 [N] perceptual hashes.
 
     Returns:
@@ -119,52 +121,20 @@ def near_pairs(
     for position, digest in enumerate(digests):
         first_of.setdefault(digest, position)
     keep = np.array(sorted(first_of.values()), np.int64)
+    del first_of  # a million digests: ~100 MB
     if len(keep) < 2:
         return []
     thumbnails = take_rows(thumbnails, keep)
     descriptors: dict[str, Rows] = {
         "spectrum": described(fourier_descriptor, thumbnails),
         "picture": described(thumbnail_descriptor, thumbnails),
-        "mirrored": described(mirrored_descriptor, thumbnails),
-        "small": per_chunk(small_descriptor, thumbnails),
-        "enlarged": per_chunk(enlarged_descriptor, thumbnails)}
-    reduced = {name: unit_components(descriptors[name], dims, center=False)
-               for name, dims in SEARCH_DIMENSIONS.items() if name != "vector"}
-    # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
-    # cosines gathered pair by pair through `keep`.
-    reduced["vector"] = take_rows(unit_components(
-        vectors, SEARCH_DIMENSIONS["vector"], center=False, normalize=True), keep)
+        "mirrored": described(mirrored_descriptor, thumbnails)}
     norms = row_norms(vectors)
 
     def exact_vector(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
         return pair_cosines(vectors, norms, keep[rows], keep[columns])
 
-    def score(name: str, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        return np.einsum("ij,ij->i", reduced[name][rows], reduced[name][columns])
-
-    def same_or_shifted(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        passed = score("vector", rows, columns) >= SHIFT_VECTOR_MATCH
-        rest = np.flatnonzero(~passed)  # the picture test only where it can still decide
-        passed[rest] = score("picture", rows[rest], columns[rest]) >= THUMBNAIL_MATCH
-        return passed
-
-    def close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        return score("vector", rows, columns) >= CROP_VECTOR_MATCH
-
-    def mirror_close(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
-        return score("vector", rows, columns) >= MIRROR_VECTOR_MATCH
-
-    # What each pass's pre-test requires, for the index of a large set (`similar_pairs`).
-    vector = reduced["vector"]
-    shifted_or_same = [(vector, SHIFT_VECTOR_MATCH), (reduced["picture"], THUMBNAIL_MATCH)]
-    found = [similar_pairs(reduced["spectrum"], FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT,
-                           alternatives=shifted_or_same),
-             similar_pairs(descriptors["small"], CROP_GATE, close, NEIGHBOUR_LIMIT,
-                           descriptors["enlarged"], alternatives=[(vector, CROP_VECTOR_MATCH)]),
-             similar_pairs(descriptors["picture"], THUMBNAIL_MATCH, mirror_close,
-                           NEIGHBOUR_LIMIT, descriptors["mirrored"],
-                           alternatives=[(vector, MIRROR_VECTOR_MATCH)])]
-    firsts, seconds = unique_pairs(*(np.concatenate(side) for side in zip(*found)))
+    firsts, seconds = _candidates(vectors, keep, thumbnails, descriptors)
     kept_hashes = hashes[keep]
     matches = in_order(lambda start: _match(firsts[start:start + _CHUNK],
                                             seconds[start:start + _CHUNK], descriptors,
@@ -175,7 +145,60 @@ def near_pairs(
     return [NearPair(*pair) for pair in pairs]
 
 
-def described(describe: Callable[[np.ndarray], np.ndarray], thumbnails: np.ndarray) -> Rows:
+def _cosines(unit: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """float32 [P]: the cosines of unit rows `rows[p]` and `columns[p]`."""
+    return np.einsum("ij,ij->i", unit[rows], unit[columns])
+
+
+def _candidates(vectors: np.ndarray, keep: np.ndarray, thumbnails: Thumbnails,
+                descriptors: dict[str, Rows]) -> tuple[np.ndarray, np.ndarray]:
+    """The three passes' candidate pairs (firsts < seconds, each once). Each pass's reduced
+    descriptors are made just before it and dropped after it (at a million images each is
+    128-256 MB): the same arrays, so the same pairs. Adds the crop pass's "small" and
+    "enlarged" to `descriptors` (whole up to WHOLE_DESCRIBED images, else `Described`)."""
+    # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
+    # cosines are gathered pair by pair through `keep` by the caller.
+    vector = take_rows(unit_components(vectors, SEARCH_DIMENSIONS["vector"], center=False,
+                                       normalize=True), keep)
+
+    def vector_at_least(threshold: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        return lambda rows, columns: _cosines(vector, rows, columns) >= threshold
+
+    found = [_shift_pass(descriptors, vector)]
+    small, enlarged = (per_chunk(small_descriptor, thumbnails),
+                       per_chunk(enlarged_descriptor, thumbnails))
+    found.append(similar_pairs(small, CROP_GATE, vector_at_least(CROP_VECTOR_MATCH),
+                               NEIGHBOUR_LIMIT, enlarged,
+                               alternatives=[(vector, CROP_VECTOR_MATCH)]))
+    descriptors["small"], descriptors["enlarged"] = (
+        (small, enlarged) if len(thumbnails) <= WHOLE_DESCRIBED else
+        (Described(small_descriptor, thumbnails), Described(enlarged_descriptor, thumbnails)))
+    del small, enlarged
+    found.append(similar_pairs(descriptors["picture"], THUMBNAIL_MATCH,
+                               vector_at_least(MIRROR_VECTOR_MATCH), NEIGHBOUR_LIMIT,
+                               descriptors["mirrored"],
+                               alternatives=[(vector, MIRROR_VECTOR_MATCH)]))
+    return unique_pairs(*(np.concatenate(side) for side in zip(*found)))
+
+
+def _shift_pass(descriptors: dict[str, Rows], vector: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The pass gated by the Fourier magnitude (re-encoded, resized, brightened and shifted
+    copies): its pairs (firsts, seconds), its reduced descriptors freed on return."""
+    spectrum, picture = (unit_components(descriptors[name], SEARCH_DIMENSIONS[name],
+                                         center=False) for name in ("spectrum", "picture"))
+
+    def same_or_shifted(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        passed = _cosines(vector, rows, columns) >= SHIFT_VECTOR_MATCH
+        rest = np.flatnonzero(~passed)  # the picture test only where it can still decide
+        passed[rest] = _cosines(picture, rows[rest], columns[rest]) >= THUMBNAIL_MATCH
+        return passed
+
+    return similar_pairs(spectrum, FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT,
+                         alternatives=[(vector, SHIFT_VECTOR_MATCH),
+                                       (picture, THUMBNAIL_MATCH)])
+
+
+def described(describe: Callable[[np.ndarray], np.ndarray], thumbnails: Thumbnails) -> Rows:
     """The wide descriptors (128-256 floats per image): an array up to WHOLE_DESCRIBED images
     (each pass and test reuses it), computed when rows are taken above (`Described`: no 1 GB
     arrays at 1M images; the near pairs are the same)."""
@@ -189,7 +212,7 @@ class Described:
     `describe(thumbnails[index])`, e.g. 256 floats per image that would be 1 GB at 1M images."""
 
     def __init__(self, describe: Callable[[np.ndarray], np.ndarray],
-                 thumbnails: np.ndarray) -> None:
+                 thumbnails: Thumbnails) -> None:
         self.describe, self.thumbnails = describe, thumbnails
         self.shape = (len(thumbnails), describe(thumbnails[:1]).shape[1])
 
@@ -205,7 +228,7 @@ def mirrored_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     return thumbnail_descriptor(thumbnails[:, :, ::-1])
 
 
-def per_chunk(describe: Callable[[np.ndarray], np.ndarray], thumbnails: np.ndarray,
+def per_chunk(describe: Callable[[np.ndarray], np.ndarray], thumbnails: Thumbnails,
               rows: int = 4096) -> np.ndarray:
     """`describe(thumbnails)`, computed `rows` thumbnails at a time: the descriptors' float
     intermediates (4 KB per thumbnail, a complex spectrum more) then stay at a few MB for any N."""
@@ -266,7 +289,7 @@ def shift_scores(first: np.ndarray, second: np.ndarray,
 
 def _match(firsts: np.ndarray, seconds: np.ndarray, descriptors: dict[str, Rows],
            exact_vector: Callable[[np.ndarray, np.ndarray], np.ndarray],
-           thumbnails: np.ndarray, hashes: np.ndarray) -> tuple[np.ndarray, ...]:
+           thumbnails: Thumbnails, hashes: np.ndarray) -> tuple[np.ndarray, ...]:
     """The candidate pairs that are near-duplicates: (firsts, seconds, similarity).
 
     `exact_vector(firsts, seconds)` gives the bottleneck vectors' exact cosines."""

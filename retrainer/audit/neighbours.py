@@ -7,10 +7,12 @@ floats whatever N is. The near-pair search built on it is `retrainer.audit.pairs
 from __future__ import annotations
 
 import functools
-from typing import Any, ContextManager, Protocol
+from typing import Any, ContextManager, Protocol, Union, overload
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
+
+from retrainer.io.scratch import ScratchRows
 
 BLOCK_ROWS = 256  # 256 x 50,000 float32 = 50 MB per block
 PCA_SAMPLE = 512  # rows the principal axes are estimated from
@@ -30,11 +32,24 @@ class Rows(Protocol):
     def __getitem__(self, index: Any) -> np.ndarray: ...
 
 
-def take_rows(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray:
+@overload
+def take_rows(matrix: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+
+
+@overload
+def take_rows(matrix: Union[np.ndarray, ScratchRows], positions: np.ndarray
+              ) -> Union[np.ndarray, ScratchRows]: ...
+
+
+def take_rows(matrix: Union[np.ndarray, ScratchRows], positions: np.ndarray
+              ) -> Union[np.ndarray, ScratchRows]:
     """`matrix[positions]`, but `matrix` itself when `positions` are all its rows in order: at 50k
-    images each copy of the vectors is 256 MB of the audit's memory."""
+    images each copy of the vectors is 256 MB of the audit's memory. Rows in a scratch file
+    are taken into another one."""
     if len(positions) == len(matrix) and np.array_equal(positions, np.arange(len(matrix))):
         return matrix
+    if isinstance(matrix, ScratchRows):
+        return matrix.take(positions)
     return matrix[positions]
 
 

@@ -38,11 +38,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from retrainer.cache.layout import file_index_path
+from retrainer.data.discovery import IDENTITY
 from retrainer.io.atomic import making_folder, write_bytes_atomically
 from retrainer.io.storage import AnyPath, is_url
 
@@ -55,11 +56,10 @@ TRUSTED_FILE_SYSTEMS = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "zfs", "f2fs", "bcachefs",
     "jfs", "reiserfs", "nilfs2", "overlay", "nfs", "nfs4", "ceph", "lustre", "gpfs",
 })
-_Identity = tuple[int, int, int, int, int]  # (device, inode, size, mtime_ns, ctime_ns)
-_Record = tuple[int, int, int, int, int, bytes]  # an identity and the file's SHA-256
 _IDENTITY_FIELDS = ("device", "inode", "size", "mtime_ns", "ctime_ns")
 _RECORD = np.dtype([("device", "<u8"), ("inode", "<u8"), ("size", "<i8"), ("mtime_ns", "<i8"),
                     ("ctime_ns", "<i8"), ("digest", "u1", (32,))])  # "S32" would drop 00 bytes
+_KEY = np.dtype([("device", "<u8"), ("inode", "<u8")])
 
 
 class FileIndex:
@@ -87,37 +87,53 @@ class FileIndex:
                      else Path(file_index_path(bottleneck_dir, os.fspath(dataset))))
         self._clock = clock
         self._file_systems = file_systems
-        self._identities: list[Optional[_Identity]] = []
+        self._identities = np.zeros(0, IDENTITY)
         self._looked_up_at = 0
         self.known: list[str] = []
 
-    def _trusted(self, device: int) -> bool:
-        """Whether the device's file system keeps a real ctime (TRUSTED_FILE_SYSTEMS)."""
-        if self._file_systems is None:
-            self._file_systems = mounted_file_systems()
-        return self._file_systems.get(device) in TRUSTED_FILE_SYSTEMS
-
-    def look_up(self, paths: Sequence[AnyPath],
-                identities: Optional[Sequence[Optional[_Identity]]] = None) -> list[str]:
+    def look_up(self, paths: Sequence[AnyPath | str],
+                identities: Optional[np.ndarray] = None) -> list[str]:
         """Each file's digest where the index vouches for it, else "" (also remembered as
         `known`, and the files' identities for `update`).
 
-        `identities`: the files' (device, inode, size, mtime_ns, ctime_ns) when the caller
-        already stat'ed them (discovery lists 70,000 files in about a second; stat'ing them
-        again here took half as long); None entries (or None) are stat'ed here.
+        `identities`: IDENTITY [len(paths)] (`retrainer.data.discovery`), the files' (device,
+        inode, size, mtime_ns, ctime_ns) when the caller already stat'ed them (discovery lists
+        70,000 files in about a second; stat'ing them again here took half as long); None or 0
+        rows: stat'ed here.
         """
         self._looked_up_at = self._clock()  # before any file is read for its digest
-        records = _read_index(self.path) if self.path is not None else {}
-        given = identities if identities is not None else [None] * len(paths)
-        self._identities = [known if known is not None else None if is_url(path)
-                            else _identity(path) for path, known in zip(paths, given)]
-        self.known = []
-        for identity in self._identities:
-            record = records.get(identity[:2]) if identity is not None else None
-            usable = (record is not None and identity is not None and record[:5] == identity
-                      and self._trusted(identity[0]))
-            self.known.append(record[5].hex() if usable and record is not None else "")
+        if identities is None or len(identities) != len(paths):
+            identities = _identities(paths)
+        self._identities = identities
+        self.known = [""] * len(paths)
+        if self.path is None or not len(paths):
+            return self.known
+        rows = _read_index(self.path)
+        if not len(rows):
+            return self.known
+        # Join on (device, inode): both sides sorted, each file's candidate record found by a
+        # binary search (a dict of a million records took ~0.5 GB and seconds).
+        order = np.lexsort((rows["inode"], rows["device"]))
+        rows = rows[order]
+        keys = _join_keys(rows)
+        wanted = _join_keys(identities)
+        found = np.minimum(np.searchsorted(keys, wanted), len(rows) - 1)
+        matches = keys[found] == wanted
+        for name in _IDENTITY_FIELDS:
+            matches &= rows[name][found] == identities[name]
+        matches &= self._trusted(identities["device"])
+        for position in np.flatnonzero(matches).tolist():
+            self.known[position] = rows["digest"][found[position]].tobytes().hex()
         return self.known
+
+    def _trusted(self, devices: np.ndarray) -> np.ndarray:
+        """bool [N]: whether each device's file system keeps a real ctime
+        (TRUSTED_FILE_SYSTEMS); False for device 0 (a file not stat'ed)."""
+        if self._file_systems is None:
+            self._file_systems = mounted_file_systems()
+        trusted = [device for device, kind in self._file_systems.items()
+                   if kind in TRUSTED_FILE_SYSTEMS and device]
+        return np.isin(devices, np.array(trusted, np.uint64))
 
     def update(self, digests: Sequence[str]) -> None:
         """Record `digests` (aligned with the paths looked up; "" = unreadable) and rewrite the
@@ -125,29 +141,48 @@ class FileIndex:
         up, on a trusted file system."""
         if self.path is None or list(digests) == self.known:
             return
-        records = [(*identity, bytes.fromhex(digest))
-                   for identity, digest in zip(self._identities, digests)
-                   if identity is not None and digest and self._trusted(identity[0])
-                   and settled(identity[4], self._looked_up_at)]
-        if records:  # none: an earlier index vouches for nothing changed either
-            _write_index(self.path, records)
+        chosen = (np.fromiter((bool(digest) for digest in digests), bool, len(digests))
+                  & self._trusted(self._identities["device"])
+                  & settled(self._identities["ctime_ns"], self._looked_up_at))
+        if not chosen.any():  # an earlier index vouches for nothing changed either
+            return
+        rows = np.zeros(int(chosen.sum()), _RECORD)
+        for name in _IDENTITY_FIELDS:
+            rows[name] = self._identities[name][chosen]
+        rows["digest"] = np.frombuffer(
+            b"".join(bytes.fromhex(digests[position]) for position in np.flatnonzero(chosen).tolist()),
+            np.uint8).reshape(-1, 32)
+        _write_index(self.path, rows)
 
 
-def settled(ctime_ns: int, read_at_ns: int) -> bool:
+def settled(ctime_ns: Any, read_at_ns: int) -> Any:
     """Whether a file stat'ed and then read at or after `read_at_ns` (wall clock) with that ctime
     may be indexed: its ctime is SETTLED_SECONDS older, so a later change cannot fall in the same
-    ctime tick."""
-    return read_at_ns - ctime_ns > SETTLED_SECONDS * 1e9
+    ctime tick. Element-wise for an int64 array of ctimes."""
+    return read_at_ns - ctime_ns > int(SETTLED_SECONDS * 1e9)
 
 
-def _identity(path: AnyPath) -> Optional[_Identity]:
-    """(device, inode, size, mtime_ns, ctime_ns) of a local file, symlinks followed."""
-    try:
-        status = os.stat(path)
-    except OSError:
-        return None
-    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns,
-            status.st_ctime_ns)
+def _identities(paths: Sequence[AnyPath | str]) -> np.ndarray:
+    """IDENTITY [N] of local files, symlinks followed; zeros (device 0: never trusted) for a
+    URL or a file that cannot be stat'ed."""
+    identities = np.zeros(len(paths), IDENTITY)
+    for position, path in enumerate(paths):
+        if is_url(path):
+            continue
+        try:
+            status = os.stat(path)
+        except OSError:
+            continue
+        identities[position] = (status.st_dev, status.st_ino, status.st_size,
+                                status.st_mtime_ns, status.st_ctime_ns)
+    return identities
+
+
+def _join_keys(identities: np.ndarray) -> np.ndarray:
+    """The (device, inode) of each row as one sortable value (structured, compared by field)."""
+    keys = np.zeros(len(identities), _KEY)
+    keys["device"], keys["inode"] = identities["device"], identities["inode"]
+    return keys
 
 
 def mounted_file_systems(mountinfo: str = "/proc/self/mountinfo") -> dict[int, str]:
@@ -166,29 +201,22 @@ def mounted_file_systems(mountinfo: str = "/proc/self/mountinfo") -> dict[int, s
     return types
 
 
-def _read_index(path: Path) -> dict[tuple[int, int], _Record]:
-    """{(device, inode): (device, inode, size, mtime_ns, ctime_ns, digest bytes)}; {} if none."""
+def _read_index(path: Path) -> np.ndarray:
+    """The index's records (_RECORD [M]); 0 rows if there is none or it is unreadable."""
     try:
         rows = np.load(path, allow_pickle=False)
         if rows.dtype != _RECORD:
             raise ValueError(f"unexpected record type {rows.dtype}")
     except FileNotFoundError:
-        return {}
+        return np.zeros(0, _RECORD)
     except (OSError, ValueError, EOFError) as error:
         log.warning("File index %s is unreadable (%s); hashing every file again.", path, error)
-        return {}
-    identities = rows[list(_IDENTITY_FIELDS)].tolist()
-    digests = [digest.tobytes() for digest in rows["digest"]]
-    return {identity[:2]: (*identity, digest) for identity, digest in zip(identities, digests)}
+        return np.zeros(0, _RECORD)
+    return rows
 
 
-def _write_index(path: Path, records: list[_Record]) -> None:
+def _write_index(path: Path, rows: np.ndarray) -> None:
     """Replace the index atomically; a cache that cannot be written only costs hashing again."""
-    rows = np.zeros(len(records), _RECORD)
-    for name, column in zip(_IDENTITY_FIELDS, zip(*records)):
-        rows[name] = column
-    rows["digest"] = np.frombuffer(b"".join(record[5] for record in records), np.uint8
-                                   ).reshape(-1, 32)
     buffer = _npy_bytes(rows)
     try:
         making_folder(path, lambda: write_bytes_atomically(path, buffer))

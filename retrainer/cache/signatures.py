@@ -21,7 +21,7 @@ import numpy as np
 from retrainer.cache.layout import audit_signatures_folder
 from retrainer.data.signatures import THUMBNAIL, Signatures
 from retrainer.io.atomic import making_folder, write_bytes_atomically
-from retrainer.io.storage import open_for_reading
+from retrainer.io.storage import is_url, open_for_reading
 
 log = logging.getLogger(__name__)
 
@@ -35,23 +35,26 @@ class SignatureCache:
     def __init__(self, bottleneck_dir: os.PathLike[str] | str,
                  input_size: tuple[int, int]) -> None:
         self.directory = audit_signatures_folder(bottleneck_dir, input_size)
+        # where a million thumbnails go on disk rather than in memory (`Signatures.empty`)
+        self.scratch = None if is_url(bottleneck_dir) else os.fspath(bottleneck_dir)
 
     def lookup(self, digests: Sequence[str]) -> tuple[Signatures, np.ndarray]:
         """(signatures of `digests` (zeros where absent), bool [N] found)."""
-        signatures = Signatures.empty(len(digests))
+        signatures = Signatures.empty(len(digests), self.scratch)
         found = np.zeros(len(digests), bool)
         for shard, positions in _by_shard(digests).items():
             records = self._read(shard)
             if not len(records):
                 continue
             index = {digest: row for row, digest in enumerate(records["digest"].tolist())}
-            for position in positions:
-                # "S32" values come back without trailing 00 bytes: one digest in 256 ends so
-                row = index.get(bytes.fromhex(digests[position]).rstrip(b"\0"))
-                if row is not None:
-                    signatures.thumbnails[position] = records["thumbnail"][row]
-                    signatures.hashes[position] = records["hash"][row]
-                    found[position] = True
+            # "S32" values come back without trailing 00 bytes: one digest in 256 ends so
+            rows = [index.get(bytes.fromhex(digests[position]).rstrip(b"\0"), -1)
+                    for position in positions]
+            hit = np.array(rows, np.int64) >= 0
+            wanted, taken = np.array(positions, np.int64)[hit], np.array(rows, np.int64)[hit]
+            signatures.thumbnails[wanted] = records["thumbnail"][taken]
+            signatures.hashes[wanted] = records["hash"][taken]
+            found[wanted] = True
         return signatures, found
 
     def store(self, digests: Sequence[str], signatures: Signatures) -> None:

@@ -15,7 +15,9 @@ import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, NamedTuple, Optional
+from typing import NamedTuple, Optional
+
+import numpy as np
 
 from retrainer.data._remote_discovery import remote_classes
 from retrainer.data.names import (
@@ -34,11 +36,21 @@ logger = logging.getLogger(__name__)
 MIN_IMAGES_PER_CLASS = 20  # retrain.py's threshold for "may cause issues"
 
 
+# (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns) of each listed file: the file index's
+# identities (`retrainer.cache.file_index`), 40 bytes a file where tuples of Python ints took 260
+IDENTITY = np.dtype([("device", "<u8"), ("inode", "<u8"), ("size", "<i8"), ("mtime_ns", "<i8"),
+                     ("ctime_ns", "<i8")])
+
+
 @dataclass(frozen=True, slots=True)  # a million of them: no __dict__ each
 class ImageFile:
-    """One image: where it is, its class (a manifest's image: its labels) and its split."""
+    """One image: where it is, its class (a manifest's image: its labels) and its split.
 
-    path: AnyPath  # absolute, through any symlinked class folder (not resolved); or a URL
+    `folder` is the image folder, one object shared by every image of a collection; `path`
+    is made from it when asked for (a million `Path` objects held ~400 MB).
+    """
+
+    folder: AnyPath  # absolute (symlinks not resolved); or a URL
     relpath: str  # POSIX path relative to the image folder, e.g. "roses/img_1.jpg"
     label_index: int  # index into ImageCollection.labels (a multi-label image's first label)
     split: str  # "training" | "validation" | "testing"
@@ -47,6 +59,11 @@ class ImageFile:
     def __post_init__(self) -> None:
         if not self.label_indices:
             object.__setattr__(self, "label_indices", (self.label_index,))
+
+    @property
+    def path(self) -> AnyPath:
+        """The file: `folder` / `relpath`, through any symlinked class folder; or a URL."""
+        return self.folder / self.relpath
 
 
 @dataclass(frozen=True)
@@ -57,10 +74,10 @@ class ImageCollection:
     labels: tuple[str, ...]  # index order = sorted class folder names
     images: tuple[ImageFile, ...]
     ignored: tuple[tuple[str, str], ...]  # (relpath, reason), sorted; folders end with "/"
-    # {relpath: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)} as listed: the file index's
-    # identities, not stat'ed twice (empty for a remote folder or a manifest)
-    file_identities: Mapping[str, tuple[int, int, int, int, int]] = field(
-        default_factory=dict, compare=False, repr=False)
+    # IDENTITY [len(images)]: each image's identity as listed, so the file index need not stat
+    # it again; empty (0 rows) for a remote folder or a manifest
+    file_identities: np.ndarray = field(default_factory=lambda: np.zeros(0, IDENTITY),
+                                        compare=False, repr=False)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{label: {split: number of images}}, every label and split present (zeros included);
@@ -70,6 +87,14 @@ class ImageCollection:
             for index in image.label_indices:
                 table[self.labels[index]][image.split] += 1
         return table
+
+    def paths(self) -> list[str | AnyPath]:
+        """Every image's file, in order: plain strings in a local folder (no `Path` object per
+        image: a million take seconds to make and hundreds of MB), else `ImageFile.path`."""
+        if isinstance(self.image_dir, Path):
+            folder = os.fspath(self.image_dir)
+            return [os.path.join(folder, image.relpath) for image in self.images]
+        return [image.path for image in self.images]
 
 
 class _Candidate(NamedTuple):
@@ -141,7 +166,7 @@ def discover_images(
     validate_percentages(validation_percentage, testing_percentage)
     root = check_image_dir(image_dir)
     ignored: list[tuple[str, str]] = []
-    identities: dict[str, tuple[int, int, int, int, int]] = {}
+    identities: dict[str, tuple[int, int, int, int, int]] = {}  # by relpath, while listing
     if isinstance(root, RemotePath):
         folders, per_class = remote_classes(root, ignored)
     else:
@@ -165,15 +190,25 @@ def discover_images(
     _require_two_classes(root, folders, kept_folders, kept_relpaths, ignored)
     labels = _unique_labels(kept_folders)
     images = tuple(
-        ImageFile(root / relpath, relpath, index,
+        ImageFile(root, relpath, index,
                   assign_split(relpath, validation_percentage, testing_percentage,
                                retrain_py_image_dir))
         for index, relpaths in enumerate(kept_relpaths)
         for relpath in relpaths
     )
-    collection = ImageCollection(root, labels, images, tuple(sorted(ignored)), identities)
+    collection = ImageCollection(root, labels, images, tuple(sorted(ignored)),
+                                 _identities_of(images, identities))
     _log_summary(collection, kept_folders)
     return collection
+
+
+def _identities_of(images: tuple[ImageFile, ...],
+                   identities: dict[str, tuple[int, int, int, int, int]]) -> np.ndarray:
+    """IDENTITY [len(images)] from the listing's identities by relpath (0 rows if it has none:
+    a remote folder)."""
+    if not identities:
+        return np.zeros(0, IDENTITY)
+    return np.array([identities[image.relpath] for image in images], IDENTITY)
 
 
 def _local_classes(

@@ -102,7 +102,7 @@ def read_manifest(
         )
     index = {label: position for position, label in enumerate(labels)}
     images = tuple(
-        ImageFile(root / relpath, relpath, index[entry.labels[0]],
+        ImageFile(root, relpath, index[entry.labels[0]],
                   assign_split(relpath, validation_percentage, testing_percentage,
                                retrain_py_image_dir),
                   label_indices=tuple(index[label] for label in entry.labels))

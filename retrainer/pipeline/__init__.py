@@ -74,9 +74,7 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
         collection = preflight(config, timer)
         with timer("file index"):
             file_index = FileIndex(config.extraction.bottleneck_dir, config.image_dir)
-            file_index.look_up([image.path for image in collection.images],
-                               [collection.file_identities.get(image.relpath)
-                                for image in collection.images])
+            file_index.look_up(collection.paths(), collection.file_identities)
         with timer("import"):
             stages_module = loading.module()
         result: RetrainResult = stages_module.run_stages(config, collection, file_index, timer,

@@ -215,7 +215,7 @@ def _score(config: RetrainConfig, collection: ImageCollection) -> Score:
     """Every training and validation image predicted by a head fitted under `config` on the
     other folds."""
     extractor, engine = extractor_and_engine(config.extraction)
-    bottlenecks = compute_bottlenecks([image.path for image in collection.images], engine,
+    bottlenecks = compute_bottlenecks(collection.paths(), engine,
                                       config.extraction.bottleneck_dir,
                                       max(DEFAULT_BATCH_SIZE, engine.batch_size),
                                       show_progress=config.extraction.show_progress)

@@ -89,7 +89,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     engine = extraction.engine
     with timer("bottlenecks"):
         bottlenecks = compute_bottlenecks(
-            [image.path for image in collection.images], engine,
+            collection.paths(), engine,
             config.extraction.bottleneck_dir,
             max(DEFAULT_BATCH_SIZE, engine.batch_size),  # several devices: 32 each
             show_progress=config.extraction.show_progress,
