@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from retrainer.data.discovery import ImageCollection, discover_images, normalize_label
+from retrainer.data.collection import ImageCollection
+from retrainer.data.discovery import discover_images, normalize_label
 from retrainer.data.split import SPLITS, assign_split
 from retrainer.errors import EXIT_DATA, EXIT_USAGE, DataError, UsageError
 from tests.fixtures_data import (

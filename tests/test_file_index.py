@@ -298,7 +298,7 @@ def test_the_index_vouches_for_exactly_the_unchanged_settled_files_of_trusted_de
     exactly for a file whose five identity fields all equal its record's, whose ctime had
     settled when it was recorded, on a trusted file system; inodes up to 2^64 - 1 and devices
     above 2^63 included, files with the same inode on another device kept apart."""
-    from retrainer.data.discovery import IDENTITY
+    from retrainer.data.collection import IDENTITY
 
     folder = tmp_path / f"run{time.monotonic_ns()}"
     systems = {1: "ext4", 2: "vfat", 2**63 + 5: "xfs"}

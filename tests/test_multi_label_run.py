@@ -131,7 +131,7 @@ def test_counts_test_column_and_totals_count_every_label(multi_label_run):
 
 
 def test_audit_and_heat_map_choice_count_a_top1_in_the_label_set_as_right(multi_label_run):
-    from retrainer.data.discovery import ImageFile
+    from retrainer.data.collection import ImageFile
     from retrainer.reports.explanations import choose_images
 
     audit = json.loads(multi_label_run.config.audit_file.read_text())

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from retrainer.data.discovery import ImageFile
+from retrainer.data.collection import ImageFile
 from retrainer.data.split import TESTING
 from retrainer.reports.explanations import choose_images
 from retrainer.reports.sections import MAX_GALLERY_IMAGES

@@ -31,7 +31,7 @@ from retrainer.io.storage import AnyPath
 
 if TYPE_CHECKING:
     from retrainer.cache.bottlenecks import Bottlenecks
-    from retrainer.data.discovery import ImageCollection, ImageFile
+    from retrainer.data.collection import ImageCollection, ImageFile
     from retrainer.training.evaluate import Evaluation
 
 log = logging.getLogger(__name__)

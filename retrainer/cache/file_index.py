@@ -43,7 +43,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from retrainer.cache.layout import file_index_path
-from retrainer.data.discovery import IDENTITY
+from retrainer.data.collection import IDENTITY
 from retrainer.io.atomic import making_folder, write_bytes_atomically
 from retrainer.io.storage import AnyPath, is_url
 

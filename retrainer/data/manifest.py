@@ -23,7 +23,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
-from retrainer.data.discovery import ImageCollection, ImageFile, check_image_dir
+from retrainer.data.collection import ImageCollection, ImageFile
+from retrainer.data.discovery import check_image_dir
 from retrainer.data.split import assign_split, validate_percentages
 from retrainer.errors import DataError, UsageError
 from retrainer.io.storage import AnyPath, as_path

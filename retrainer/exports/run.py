@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 import numpy as np
 
 from retrainer.data.batches import decode_files
-from retrainer.data.discovery import ImageFile
+from retrainer.data.collection import ImageFile
 from retrainer.errors import ModelError
 from retrainer.explain.lite_cam import LiteCam
 from retrainer.exports.kept import (

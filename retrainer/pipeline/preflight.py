@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 
 from retrainer.config import RetrainConfig
-from retrainer.data.discovery import ImageCollection, discover_images
+from retrainer.data.collection import ImageCollection
+from retrainer.data.discovery import discover_images
 from retrainer.data.manifest import read_manifest
 from retrainer.data.split import TRAINING
 from retrainer.errors import UsageError

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
 from retrainer.config import RetrainConfig
-from retrainer.data.discovery import ImageCollection
+from retrainer.data.collection import ImageCollection
 from retrainer.data.split import TRAINING, VALIDATION, fold_of
 from retrainer.errors import ModelError, UsageError
 from retrainer.pipeline.extractor import extractor_and_engine

@@ -12,7 +12,7 @@ import logging
 import numpy as np
 
 from retrainer.cache.bottlenecks import Bottlenecks
-from retrainer.data.discovery import ImageCollection, ImageFile
+from retrainer.data.collection import ImageCollection, ImageFile
 from retrainer.data.split import SPLITS, TRAINING
 from retrainer.errors import DataError
 from retrainer.training.head_types import FeatureSet

@@ -22,7 +22,7 @@ from retrainer.audit.run import DatasetAudit
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
 from retrainer.cache.file_index import FileIndex
 from retrainer.config import RetrainConfig
-from retrainer.data.discovery import ImageCollection
+from retrainer.data.collection import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.engines.base import Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
