@@ -38,6 +38,7 @@ DEFAULT_BATCH_SIZE = 32
 # The cache lookup reads every file to hash it; the bytes of files it misses are kept, up to this
 # many in all, for the decoder, so that those files are not read twice.
 KEPT_BYTES = 64 << 20
+READ_BATCH = 8  # files read and hashed per task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,10 +174,18 @@ def _read_and_hashed(paths: Sequence[os.PathLike[str] | str]) -> Iterator[tuple[
             return b"", "", f"cannot read file ({error.strerror or error})"
         return data, content_digest(data), ""
 
-    chunk = 16 * usable_cpus()
+    def read_all(batch: Sequence[os.PathLike[str] | str]) -> list[tuple[bytes, str, str]]:
+        return [read(path) for path in batch]
+
+    # Each task reads READ_BATCH files: a task (future) per file cost more than a small file's
+    # read and hash (47 us a file on 2 CPUs at 70,000 PNGs of 300 bytes).
+    chunk = 16 * usable_cpus()  # files in flight (camera JPEGs: ~100 MB)
     with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
         for start in range(0, len(paths), chunk):
-            yield from pool.map(read, paths[start:start + chunk])
+            batches = [paths[first:first + READ_BATCH]
+                       for first in range(start, min(start + chunk, len(paths)), READ_BATCH)]
+            for done in pool.map(read_all, batches):
+                yield from done
 
 
 def _sign_cached(paths: Sequence[os.PathLike[str] | str], digests: list[str], positions: Sequence[int],

@@ -16,8 +16,9 @@ import functools
 import io
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence, TypeVar
 
 import numpy as np
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:  # only its fields are read: loading cached vectors needs no T
     from retrainer.extractors import ExtractorSpec
 
 log = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
+
+IO_THREADS = 8  # stats and pack reads in flight when loading many entries
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,19 +93,33 @@ class BottleneckCache:
                     vectors[row], found[row] = vector, True
             return
         folder = os.fspath(self.directory)
+
+        def identities(rows: list[int]) -> list[tuple[int, tuple[int, int]]]:
+            found_here = []
+            for row in rows:
+                try:
+                    status = os.stat(os.path.join(folder, entry_name(digests[row])))
+                except FileNotFoundError:
+                    continue
+                except OSError as error:
+                    log.warning("Cached bottleneck %s is unreadable (%s); recomputing it.",
+                                self.path(digests[row]), error)
+                    continue
+                found_here.append((row, (status.st_dev, status.st_ino)))
+            return found_here
+
+        def load(groups: list[list[int]]) -> None:
+            for rows in groups:
+                self._load_pack([digests[row] for row in rows], rows, vectors, found)
+
+        # Stats and pack reads wait on the disk when its pages are not cached (a first run on
+        # a million images): several threads keep several requests in flight.
         packs: dict[tuple[int, int], list[int]] = {}
-        for row in wanted:
-            try:
-                status = os.stat(os.path.join(folder, entry_name(digests[row])))
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                log.warning("Cached bottleneck %s is unreadable (%s); recomputing it.",
-                            self.path(digests[row]), error)
-                continue
-            packs.setdefault((status.st_dev, status.st_ino), []).append(row)
-        for rows in packs.values():
-            self._load_pack([digests[row] for row in rows], rows, vectors, found)
+        with ThreadPoolExecutor(IO_THREADS, thread_name_prefix="cache-read") as pool:
+            for part in pool.map(identities, _parts(wanted, 4096)):
+                for row, identity in part:
+                    packs.setdefault(identity, []).append(row)
+            list(pool.map(load, _parts(list(packs.values()), 64)))
 
     def _load_pack(self, digests: list[str], positions: list[int], vectors: np.ndarray,
                    found: np.ndarray) -> None:
@@ -164,6 +182,11 @@ class BottleneckCache:
                                              pack_bytes(entries))
         for key, vector in entries[linked:]:  # remote, alone, or no hard links here
             self.store(key, vector)
+
+
+def _parts(items: list[_Item], size: int) -> list[list[_Item]]:
+    """`items` in consecutive parts of `size` (one task of a thread pool each)."""
+    return [items[start:start + size] for start in range(0, len(items), size)]
 
 
 @functools.lru_cache(maxsize=8)
