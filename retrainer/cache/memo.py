@@ -5,12 +5,16 @@ a file named by a hash of their inputs (`key`): retrainer's own code, library ve
 data they show (`Memo`). Outputs written elsewhere (the frozen graph, the checkpoint) are kept
 where they are when a record says the same inputs wrote exactly those bytes (`KeptOutputs`).
 Writes are atomic; a value that cannot be read (missing, partial, foreign) is made again, and one
-that cannot be written costs a warning and the next run's time, never the run.
+that cannot be written costs a warning and the next run's time, never the run. Per-machine files
+that are not made again cheaply (graph and checkpoint templates, the heat maps' map model) are
+sealed (`Memo.write_sealed`): a kind line, the SHA-256 of what follows, a JSON header and the body,
+so a truncated, altered or foreign file is never read as one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence
@@ -74,6 +78,27 @@ class Memo:
             log.warning("Could not keep %s for the next run (it will be made again): %s",
                         path, error)
 
+    def read_sealed(self, key: str, kind: str) -> Optional[tuple[dict[str, Any], bytes]]:
+        """(header, body) kept under `key` by `write_sealed(key, kind, ...)`; None when absent
+        or not exactly what was written (another kind, truncated, any byte changed)."""
+        data = self.read(key)
+        magic = _magic(kind)
+        if data is None or not data.startswith(magic):
+            return None
+        digest, _, sealed = data[len(magic):].partition(b"\n")
+        if hashlib.sha256(sealed).hexdigest().encode() != digest:
+            return None
+        header, _, body = sealed.partition(b"\n")
+        return json.loads(header), body
+
+    def write_sealed(self, key: str, kind: str, header: dict[str, Any], body: bytes) -> None:
+        """Keep `body` and its `header` (JSON values) under `key`, sealed as `kind` (the file's
+        first line; say its version, e.g. "graph template v2"), atomically; a failure is a
+        warning."""
+        sealed = json.dumps(header, sort_keys=True).encode() + b"\n" + body
+        self.write(key, _magic(kind) + hashlib.sha256(sealed).hexdigest().encode() + b"\n"
+                   + sealed)
+
     def get(self, key: str, make: Callable[[], bytes],
             usable: Callable[[bytes], bool] = bool) -> bytes:
         """The bytes kept under `key`, or `make()`'s, then kept."""
@@ -82,6 +107,10 @@ class Memo:
             data = make()
             self.write(key, data)
         return data
+
+
+def _magic(kind: str) -> bytes:
+    return f"retrainer {kind}\n".encode()
 
 
 class KeptOutputs:
