@@ -6,8 +6,8 @@ standardized features (`Standardization`: centred, scaled by the training statis
 then needs far fewer iterations, and one penalty means the same prior for every extractor. The
 standardization is folded into the returned layer, which works on the features as given.
 Products are float32 on every core the caller allows (BLAS), sums float64; L-BFGS
-(training/_lbfgs.py) steers the parameters. Used by the head's penalty path (training/convex.py) and by the audit's
-label model (audit/label_issues.py).
+(training/_lbfgs.py) steers the parameters. Used by the head's penalty path (training/convex.py)
+and by the audit's label model (audit/label_issues.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+
+# scipy.linalg loads its own OpenBLAS: imported with this module, before any thread controller
+# is made (`_blas`, `audit.neighbours.one_blas_thread`), so that each holds it to one thread.
+# Imported lazily, its two threads spun beside the solver's and the 70k head fit took 1.4x as
+# long.
+from scipy.linalg import LinAlgError, cholesky
+from scipy.linalg.blas import get_blas_funcs
 from threadpoolctl import ThreadpoolController
 
 from retrainer.training._lbfgs import minimize
@@ -295,7 +302,6 @@ class _Coordinates:
     """The parameters L-BFGS moves: standardized weights W = L^-T Q (L the Cholesky factor of
     the features' correlation + RIDGE x classes x l2), biases as they are. Below SHAPED_VALUES
     rows x classes, without a correlation, or if it cannot be factored: the parameters.
-    (scipy.linalg is imported only then: ~0.2 s, which a small fit would spend for nothing.)
 
     Each change of coordinates is one BLAS triangular product or solve written in place into a
     new vector: W [D, C] in C order is W^T in Fortran order, so W^T = Q^T L^-1 needs no copy
@@ -307,8 +313,6 @@ class _Coordinates:
         self.classes = size // (self.dims + 1)
         self.factor: Optional[np.ndarray] = None
         if statistics.correlation is not None and rows * self.classes >= SHAPED_VALUES:
-            from scipy.linalg import LinAlgError, cholesky
-
             ridge = max(RIDGE * self.classes * l2, 1e-6)
             try:
                 self.factor = np.asfortranarray(cholesky(
@@ -320,8 +324,6 @@ class _Coordinates:
     def _apply(self, vector: np.ndarray, product: str, transposed: bool) -> np.ndarray:
         """A copy of `vector` whose weights W became (W^T op(L)^-1 for "trsm", W^T op(L) for
         "trmm") transposed back, op = transpose if `transposed`."""
-        from scipy.linalg.blas import get_blas_funcs
-
         assert self.factor is not None
         result = np.array(vector, dtype=np.float64)
         weights_t = result[:self.dims * self.classes].reshape(self.dims, self.classes).T
