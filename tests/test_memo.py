@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from retrainer.cache.layout import picture_path
 from retrainer.cache.memo import Memo, memo_key
+from retrainer.engines._model_cache import cached_model, model_path
 
 
 def test_a_value_is_made_once_then_read_back(tmp_path):
@@ -42,14 +43,28 @@ def test_an_unusable_value_is_made_again_and_replaced(tmp_path):
     assert path.read_bytes() == b"whole value"
 
 
-def test_an_unwritable_cache_is_a_warning(tmp_path, caplog):
+def test_an_unwritable_cache_is_one_warning_that_says_what_to_do(tmp_path, caplog, monkeypatch):
+    """Every failed write (the memo's, the converted engine model's) is at debug level; the
+    warning is one line per process and cache, with the fix: XDG_CACHE_HOME for the user's
+    cache, --bottleneck_dir for another folder."""
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder would be")
-    memo = Memo(blocked, picture_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    user_cache = Memo(blocked / "retrainer", picture_path)
+    specs = Memo(blocked / "retrainer" / "extraction-specs", picture_path)
+    elsewhere = Memo(blocked / "bottlenecks", picture_path)
     with caplog.at_level(logging.WARNING):
-        assert memo.get(memo_key("x"), lambda: b"made") == b"made"
-        assert memo.get(memo_key("x"), lambda: b"made again") == b"made again"
-    assert sum("will be made again" in record.getMessage() for record in caplog.records) == 2
+        for memo in (user_cache, specs, elsewhere, user_cache, elsewhere):
+            assert memo.get(memo_key("x"), lambda: b"made") == b"made"
+        user_cache.write_sealed(memo_key("y"), "test kind v2", {}, b"body")
+        assert cached_model(model_path("x", "int8", ("key",)), lambda: b"model") == b"model"
+    warnings = [record.getMessage() for record in caplog.records]
+    assert warnings == [
+        f"Cannot write retrainer's cache {blocked / 'retrainer'} (Not a directory): what it keeps "
+        "for the next run is made again on every run; set XDG_CACHE_HOME to a writable folder.",
+        f"Cannot write retrainer's cache {blocked / 'bottlenecks'} (Not a directory): what it "
+        "keeps for the next run is made again on every run; pass --bottleneck_dir a writable "
+        "folder."]
 
 
 def test_no_local_root_keeps_nothing(tmp_path):

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 from retrainer.io.atomic import making_folder, write_bytes_atomically
-from retrainer.io.host import code_digest
+from retrainer.io.host import code_digest, warn_not_kept
 from retrainer.io.storage import AnyPath, is_url, read_bytes
-
-log = logging.getLogger(__name__)
 
 
 def memo_key(*inputs: Any) -> str:
@@ -68,15 +65,14 @@ class Memo:
         return self.root is not None and os.path.exists(self._path_of(self.root, key))
 
     def write(self, key: str, data: bytes) -> None:
-        """Keep `data` under `key` (atomically); a failure is a warning."""
+        """Keep `data` under `key` (atomically); a failure is a warning (once per process)."""
         if self.root is None:
             return
         path = self._path_of(self.root, key)
         try:
             making_folder(path, lambda: write_bytes_atomically(path, data))
         except OSError as error:
-            log.warning("Could not keep %s for the next run (it will be made again): %s",
-                        path, error)
+            warn_not_kept(self.root, path, error)
 
     def read_sealed(self, key: str, kind: str) -> Optional[tuple[dict[str, Any], bytes]]:
         """(header, body) kept under `key` by `write_sealed(key, kind, ...)`; None when absent
