@@ -161,18 +161,14 @@ class RetrainConfig:
     def __post_init__(self) -> None:
         if not os.fspath(self.image_dir):
             raise UsageError("--image_dir must not be empty.")
-        for field in ("output_graph", "output_labels", "summaries_dir",
-                      "bottleneck_dir", "intermediate_output_graphs_dir", "checkpoint_path",
-                      "saved_model_dir", "audit_file", "tflite_output_file", "onnx_output_file",
-                      "labels_csv"):
+        for field in PATH_FLAGS:
             value = getattr(self, field)
-            if value is not None:
+            if field in _OFF_WHEN_EMPTY:
+                object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
+            elif field != "image_dir" and value is not None:  # image_dir stays as typed
                 if not os.fspath(value):
                     raise UsageError(f"--{field} must not be empty.")
                 object.__setattr__(self, field, as_path(value))  # URLs stay URLs
-        for field in ("metrics_file", "report_html"):  # an empty path turns that report off
-            value = getattr(self, field)
-            object.__setattr__(self, field, as_path(value) if value not in (None, "") else None)
         for flag, choices in (("tflite_quantization", MODES), ("onnx_quantization", ONNX_MODES)):
             object.__setattr__(self, flag, quantization_modes(flag, getattr(self, flag), choices))
         self._take_validation_split()
@@ -250,3 +246,8 @@ class RetrainConfig:
 
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(RetrainConfig)}
+# The flags naming a file or folder (their annotation names AnyPath): the run's data, cache and
+# outputs, in declaration order.
+PATH_FLAGS = tuple(field.name for field in dataclasses.fields(RetrainConfig)
+                   if "AnyPath" in str(field.type))
+_OFF_WHEN_EMPTY = ("metrics_file", "report_html")  # an empty path turns that report off

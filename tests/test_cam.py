@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from retrainer.explain.cam import class_activation_maps
 from retrainer.explain.gradcam import GradCam
+from retrainer.explain.lite_cam import LiteCam
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter
 from retrainer.extractors import create_extractor
@@ -84,3 +85,17 @@ def test_graphs_where_cam_differs_from_grad_cam_get_none(extractor, tmp_path):
         logits = tf.matmul(hidden, tf.constant(rng.normal(size=(8, 3)), tf.float32))
         tf.nn.softmax(logits, name="final_result")
     assert class_activation_maps(graph.as_graph_def(), "Placeholder:0", "final_result:0") is None
+
+
+def test_a_damaged_kept_map_model_is_not_used(tmp_path, monkeypatch):
+    """The map model is kept sealed in the user's cache: read back as written, and a truncated
+    one reads as absent (the next run converts it again) though a file is still there."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    cam = LiteCam("efficientnet_lite0", (SIZE, SIZE), np.zeros((8, 2), np.float32))
+    assert not cam.kept() and cam.model() is None
+    cam.remember(b"TFL3 model bytes")
+    assert cam.kept() and cam.model() == b"TFL3 model bytes"
+    (path,) = (tmp_path / "retrainer").glob("feature-map-models-v1/*/*.tflite")
+    path.write_bytes(path.read_bytes()[:-1])
+    assert cam.kept() and cam.model() is None
+    assert cam.maps([np.zeros((SIZE, SIZE, 3), np.uint8)], np.zeros(1, int)) is None

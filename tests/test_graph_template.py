@@ -97,15 +97,12 @@ def test_a_filled_graph_answers_as_the_traced_one_on_real_images(tiny_extractor,
                                                        + second.biases).numpy(), atol=1e-5)
 
 
-def test_damaged_or_foreign_templates_are_refused(tiny_extractor):
+def test_templates_of_other_roles_are_refused(tiny_extractor):
+    """(A damaged template is never read: tests/test_memo.py checks the seal it is kept in.)"""
     size = tiny_extractor.spec.vector_size
     head = head_of(size, 3, 0)
     template = make_template(traced(tiny_extractor, head, NO_TTA), arrays_of(head))
-    flipped = bytearray(template)
-    flipped[-100] ^= 1
-    assert fill_template(bytes(flipped), arrays_of(head)) is None  # digest mismatch
-    assert fill_template(template[:-1], arrays_of(head)) is None
-    assert fill_template(b"not a template", arrays_of(head)) is None
+    assert template is not None and fill_template(template, arrays_of(head)) is not None
     assert fill_template(template, arrays_of(head, novelty_of(size, 3, 0))) is None  # other roles
     assert make_template(traced(tiny_extractor, head, NO_TTA), arrays_of(head_of(size, 3, 9))) \
         is None  # the arrays are not in the graph

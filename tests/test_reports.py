@@ -4,9 +4,11 @@ the end-of-run summary, and the quality gates (exit 6, previous exports untouche
 from __future__ import annotations
 
 import base64
+import html
 import html.parser
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -114,6 +116,11 @@ def test_html_report_is_self_contained_and_has_the_pictures(tmp_path, colors):
     assert "&lt;script&gt;alert(1)&lt;.txt" in text  # the skipped file's name, escaped
     wrong = document["misclassified"][0]
     assert f"true: {wrong['true']}<br>predicted: {wrong['predicted']}" in text
+    # written before the end: it says so, and its figure is the metrics file's before the reports
+    until_report = re.search(r"([0-9.]+) s from the run's start to this report \(the summary's "
+                             r"Took adds writing the reports and the exit\)", html.unescape(text))
+    assert until_report is not None
+    assert float(until_report.group(1)) <= round(document["seconds"]["total"], 1)
 
 
 def test_confusion_matrix_is_a_tensorboard_image(tmp_path, colors):

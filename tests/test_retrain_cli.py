@@ -11,13 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from retrainer.cache.layout import MIRRORED_SUBFOLDER
+from retrainer.cli import PathOrUrl
 from retrainer.cli.retrain import main
-from retrainer.config import DEFAULT_EXTRACTOR, RetrainConfig, default_bottleneck_dir
+from retrainer.config import DEFAULT_EXTRACTOR, PATH_FLAGS, RetrainConfig, default_bottleneck_dir
 from retrainer.data.split import TRAINING, assign_split
 from retrainer.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
+from retrainer.pipeline import _flags_without_paths
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_pipeline import interrupt_cache_writes_after, retrain_args
 
@@ -74,8 +78,8 @@ def test_flags_keep_retrain_py_names_defaults_and_dash_spellings():
     training = RetrainConfig(image_dir="x").training
     assert (training.solver, training.training_steps(1000), training.sgd_learning_rate) == (
         "lbfgs", 4000, 0.01)
-    for given in ({"how_many_training_steps": 4000}, {"learning_rate": 0.01}):
-        assert RetrainConfig(image_dir="x", **given).training.solver == "sgd"
+    for sgd_flags in ({"how_many_training_steps": 4000}, {"learning_rate": 0.01}):
+        assert RetrainConfig(image_dir="x", **sgd_flags).training.solver == "sgd"
     assert RetrainConfig(image_dir="x", head_solver="sgd").training.solver == "sgd"
     assert RetrainConfig(image_dir="x", head_solver="lbfgs",
                          learning_rate=0.1).training.solver == "lbfgs"
@@ -345,3 +349,29 @@ def test_real_extractor_end_to_end_in_a_real_process(tmp_path, fashion_subset_di
             correct += labels[int(np.argmax(probabilities))] == label
             total += 1
     assert correct >= total - 2
+
+
+def test_every_path_flag_is_a_path_flag_of_the_config():
+    """PATH_FLAGS (derived from the config's annotations) are exactly the CLI's path options plus
+    --image_dir (kept as typed), so a new path flag is left out of the machine's "same flags"
+    record without anyone listing it."""
+    cli_paths = {param.name for param in main.params if isinstance(param.type, PathOrUrl)}
+    assert set(PATH_FLAGS) == cli_paths | {"image_dir"}
+    assert len(PATH_FLAGS) == len(set(PATH_FLAGS))
+
+
+@settings(max_examples=20, deadline=None)
+@given(folders=st.lists(st.text("abcxyz-_", min_size=1, max_size=6), min_size=2, max_size=2,
+                        unique=True))
+def test_runs_into_other_folders_have_the_same_flags_but_paths(folders):
+    """Every path flag moved to another folder: the same flags on this machine; an optional
+    output asked for or not, or any other flag changed: other flags."""
+    def config(folder: str, **changes) -> RetrainConfig:
+        paths = {name: f"/{folder}/{name}" for name in PATH_FLAGS}
+        return RetrainConfig(**{**paths, **changes})
+
+    first, second = (config(folder) for folder in folders)
+    assert _flags_without_paths(first) == _flags_without_paths(second)
+    assert _flags_without_paths(config(folders[0], saved_model_dir=None)) \
+        != _flags_without_paths(first)
+    assert _flags_without_paths(config(folders[0], seed=1)) != _flags_without_paths(first)

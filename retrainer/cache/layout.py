@@ -11,7 +11,7 @@
                                                       at the extractor's input size
                                                       (`audit_signatures_folder`)
       file-index-v1/<hash of a dataset folder>.index  its files' digests, .npy format (`file_index_path`)
-      heat-maps-v1/<aa>/<key>.maps                   the report's Grad-CAM maps (`heat_maps_path`)
+      heat-maps-v1/<aa>/<key>.maps                   the report's heat maps (`heat_maps_path`)
       heat-maps-v1/<aa>/<key>.html                   their figures (`heat_map_gallery_path`)
       frozen-graphs-v1/<aa>/<key>.sha256             the SHA-256 of the frozen graph its inputs
                                                       made (`frozen_graph_record_path`)

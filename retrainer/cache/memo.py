@@ -5,23 +5,24 @@ a file named by a hash of their inputs (`key`): retrainer's own code, library ve
 data they show (`Memo`). Outputs written elsewhere (the frozen graph, the checkpoint) are kept
 where they are when a record says the same inputs wrote exactly those bytes (`KeptOutputs`).
 Writes are atomic; a value that cannot be read (missing, partial, foreign) is made again, and one
-that cannot be written costs a warning and the next run's time, never the run.
+that cannot be written costs a warning and the next run's time, never the run. Per-machine files
+that are not made again cheaply (graph and checkpoint templates, the heat maps' map model) are
+sealed (`Memo.write_sealed`): a kind line, the SHA-256 of what follows, a JSON header and the body,
+so a truncated, altered or foreign file is never read as one.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import json
 import os
 from typing import Any, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 
 from retrainer.io.atomic import making_folder, write_bytes_atomically
-from retrainer.io.host import code_digest
+from retrainer.io.host import code_digest, warn_not_kept
 from retrainer.io.storage import AnyPath, is_url, read_bytes
-
-log = logging.getLogger(__name__)
 
 
 def memo_key(*inputs: Any) -> str:
@@ -64,15 +65,35 @@ class Memo:
         return self.root is not None and os.path.exists(self._path_of(self.root, key))
 
     def write(self, key: str, data: bytes) -> None:
-        """Keep `data` under `key` (atomically); a failure is a warning."""
+        """Keep `data` under `key` (atomically); a failure is a warning (once per process)."""
         if self.root is None:
             return
         path = self._path_of(self.root, key)
         try:
             making_folder(path, lambda: write_bytes_atomically(path, data))
         except OSError as error:
-            log.warning("Could not keep %s for the next run (it will be made again): %s",
-                        path, error)
+            warn_not_kept(self.root, path, error)
+
+    def read_sealed(self, key: str, kind: str) -> Optional[tuple[dict[str, Any], bytes]]:
+        """(header, body) kept under `key` by `write_sealed(key, kind, ...)`; None when absent
+        or not exactly what was written (another kind, truncated, any byte changed)."""
+        data = self.read(key)
+        magic = _magic(kind)
+        if data is None or not data.startswith(magic):
+            return None
+        digest, _, sealed = data[len(magic):].partition(b"\n")
+        if hashlib.sha256(sealed).hexdigest().encode() != digest:
+            return None
+        header, _, body = sealed.partition(b"\n")
+        return json.loads(header), body
+
+    def write_sealed(self, key: str, kind: str, header: dict[str, Any], body: bytes) -> None:
+        """Keep `body` and its `header` (JSON values) under `key`, sealed as `kind` (the file's
+        first line; say its version, e.g. "graph template v2"), atomically; a failure is a
+        warning."""
+        sealed = json.dumps(header, sort_keys=True).encode() + b"\n" + body
+        self.write(key, _magic(kind) + hashlib.sha256(sealed).hexdigest().encode() + b"\n"
+                   + sealed)
 
     def get(self, key: str, make: Callable[[], bytes],
             usable: Callable[[bytes], bool] = bool) -> bytes:
@@ -82,6 +103,10 @@ class Memo:
             data = make()
             self.write(key, data)
         return data
+
+
+def _magic(kind: str) -> bytes:
+    return f"retrainer {kind}\n".encode()
 
 
 class KeptOutputs:

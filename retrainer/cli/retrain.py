@@ -154,9 +154,9 @@ _BATCH = click.IntRange(min=-1)
          "here ('' for none).", type=_PATH)
 @_option("report_html", "Write a self-contained HTML report here, with training_curves.png and "
          "confusion_matrix.png beside it ('' for none).", type=_PATH)
-@_option("report_explanations", "Heat maps (Grad-CAM) in the report: every misclassified test "
-         "image and this many correct ones per class (0: none). Built-in EfficientNet-Lite and "
-         "keras: extractors.", type=click.IntRange(min=0))
+@_option("report_explanations", "Heat maps (class activation maps) in the report: every misclassified "
+         "test image and this many correct ones per class (0: none). Built-in EfficientNet-Lite "
+         "and keras: extractors.", type=click.IntRange(min=0))
 @_option("assert_accuracy_at_least", "Exit 6 and export nothing if the test accuracy (validation "
          "without test images) is below this fraction, e.g. 0.9. With --multi_label: the "
          "micro-F1.",

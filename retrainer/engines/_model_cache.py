@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from retrainer.io.atomic import write_bytes_atomically
-from retrainer.io.host import user_cache_dir
+from retrainer.io.host import user_cache_dir, warn_not_kept
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ def cached_model(path: Path, build: Callable[[], bytes]) -> bytes:
         write_bytes_atomically(path, model)
         write_bytes_atomically(_digest_path(path), hashlib.sha256(model).hexdigest().encode())
     except OSError as error:
-        log.warning("Cannot cache the converted model in %s (%s); it is converted again next "
-                    "run.", path, error.strerror or error)
+        warn_not_kept(engine_cache_dir(), path, error)
     return model
 
 
@@ -52,7 +51,7 @@ def kept_model(path: Path) -> Optional[bytes]:
     try:
         model = path.read_bytes()
         expected = _digest_path(path).read_text().strip()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not kept (or no cache folder at all)
         return None
     except (OSError, UnicodeDecodeError) as error:
         log.warning("Cached model %s is unreadable (%s); converting again.", path, error)

@@ -6,12 +6,11 @@ CAM is Grad-CAM's map for such a head).
 The map model is converted once per machine from the first frozen graph TensorFlow explains
 (`retrainer.explain.cam.ClassActivationMaps.feature_map_model`) and kept in the user's cache,
 keyed by the extractor's id, the input size, retrainer's code and TensorFlow's version; it is
-read back only when its SHA-256 (stored with it) matches.
+read back only when its seal (`cache.memo.Memo.write_sealed`: kind and SHA-256) matches.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,7 +21,7 @@ from retrainer.explain.heatmap import normalized
 from retrainer.formats.tflite import BatchInterpreter
 from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
 
-_MAGIC = b"retrainer feature map model v1\n"
+_KIND = "feature map model v2"  # how the model is sealed in the user's cache
 _BATCH = 16
 
 
@@ -43,16 +42,12 @@ class LiteCam:
 
     def model(self) -> Optional[bytes]:
         """The kept map model's .tflite bytes, or None (absent or damaged)."""
-        data = self._memo.read(self._key)
-        if data is None or not data.startswith(_MAGIC):
-            return None
-        digest, _, model = data[len(_MAGIC):].partition(b"\n")
-        return model if hashlib.sha256(model).hexdigest().encode() == digest else None
+        sealed = self._memo.read_sealed(self._key, _KIND)
+        return None if sealed is None else sealed[1]
 
     def remember(self, model: bytes) -> None:
         """Keep the map model (.tflite bytes) for the next runs."""
-        self._memo.write(self._key, _MAGIC + hashlib.sha256(model).hexdigest().encode() + b"\n"
-                         + model)
+        self._memo.write_sealed(self._key, _KIND, {}, model)
 
     def maps(self, pixels: Sequence[np.ndarray], classes: np.ndarray
              ) -> Optional[list[np.ndarray]]:

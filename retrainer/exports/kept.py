@@ -37,6 +37,8 @@ from retrainer.io.storage import AnyPath
 from retrainer.training.head_types import Head
 from retrainer.training.novelty import Novelty
 
+_TEMPLATE_KIND = "graph template v2"  # how templates are sealed in the user's cache
+
 
 def frozen_graph_key(extractor_id: str, head_arrays: tuple[Any, ...], metadata: dict[str, Any],
                      novelty_references: Optional[np.ndarray] = None) -> str:
@@ -116,7 +118,7 @@ class GraphTemplates:
 
     def graph(self) -> Optional[bytes]:
         """The frozen graph of these values from a kept template; None without a usable one."""
-        template = self._memo.read(self._key)
+        template = self._memo.read_sealed(self._key, _TEMPLATE_KIND)
         return None if template is None else fill_template(template, self._arrays)
 
     def remember(self, graph: bytes) -> None:
@@ -124,4 +126,4 @@ class GraphTemplates:
         made: see `formats.graph_template.make_template`)."""
         template = make_template(graph, self._arrays)
         if template is not None:
-            self._memo.write(self._key, template)
+            self._memo.write_sealed(self._key, _TEMPLATE_KIND, *template)

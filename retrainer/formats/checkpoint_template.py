@@ -6,20 +6,22 @@ shape, offset, size and masked CRC-32C, in data blocks that each end with a mask
 checkpoints of the same variables with the same shapes differ only in the tensors' bytes and
 those checksums. So a checkpoint TensorFlow wrote once serves as a template: later checkpoints
 put the new bytes at the same offsets and recompute the checksums (CRC-32C by `google_crc32c`).
-A template is made only when every checksum it holds is the one recomputed here.
+A template is made only when every checksum it holds is the one recomputed here. A template is
+(header, body): the JSON-ready layout (each tensor's entry, the index's data blocks, the index's
+size) and the two files' bytes, kept sealed in the user's cache (`cache.memo.Memo.write_sealed`:
+checked whole before use).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import struct
-from typing import Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import google_crc32c
 import numpy as np
 
-_MAGIC = b"retrainer checkpoint template v1\n"
+# A template: (header {"entries", "blocks", "index_size"}, the .index then the .data bytes).
+Template = tuple[dict[str, Any], bytes]
 _TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table footer
 _FOOTER = 48
 _TRAILER = 5  # a block's compression type byte, then its masked CRC-32C
@@ -27,7 +29,7 @@ _MASK_DELTA = 0xA282EAD8
 
 
 def make_template(index: bytes, data: bytes, tensors: Mapping[str, np.ndarray]
-                  ) -> Optional[bytes]:
+                  ) -> Optional[Template]:
     """The template of a checkpoint (its `.index` and `.data` files' bytes) that holds
     `tensors` ({key: array}, e.g. "head/weights/.ATTRIBUTES/VARIABLE_VALUE"); None when its
     layout is not the one read here or a tensor is not where its entry says."""
@@ -49,27 +51,17 @@ def make_template(index: bytes, data: bytes, tensors: Mapping[str, np.ndarray]
         if index[start + size + 1:start + size + _TRAILER] != _masked_crc(
                 index[start:start + size + 1]):
             return None
-    body = index + data
-    header = json.dumps({"entries": {key: entries[key] for key in tensors}, "blocks": blocks,
-                         "index_size": len(index),
-                         "sha256": hashlib.sha256(body).hexdigest()}).encode()
-    return _MAGIC + header + b"\n" + body
+    return ({"entries": {key: entries[key] for key in tensors}, "blocks": blocks,
+             "index_size": len(index)}, index + data)
 
 
-def fill_template(template: bytes, tensors: Mapping[str, np.ndarray]
+def fill_template(template: Template, tensors: Mapping[str, np.ndarray]
                   ) -> Optional[tuple[bytes, bytes]]:
     """(.index bytes, .data bytes) of the checkpoint holding `tensors` (the keys the template
-    was made with, same dtypes and shapes); None when the template is damaged or does not fit."""
-    if not template.startswith(_MAGIC):
-        return None
-    header, _, body = template[len(_MAGIC):].partition(b"\n")
-    try:
-        document = json.loads(header)
-        entries, blocks = document["entries"], document["blocks"]
-        index_size, digest = int(document["index_size"]), str(document["sha256"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if hashlib.sha256(body).hexdigest() != digest or set(entries) != set(tensors):
+    was made with, same dtypes and shapes); None when the template does not fit them."""
+    header, body = template
+    entries, blocks, index_size = header["entries"], header["blocks"], header["index_size"]
+    if set(entries) != set(tensors):
         return None
     index, data = bytearray(body[:index_size]), bytearray(body[index_size:])
     for key, (offset, size, crc_at) in entries.items():

@@ -8,14 +8,14 @@ written by putting the new arrays in, with the `protobuf` package alone: a minim
 GraphDef / NodeDef / AttrValue / TensorProto / TensorShapeProto (the fields touched here; every
 other field passes through as an unknown field, in order), serialized deterministically as
 TensorFlow serializes the graphs it writes. A template is kept only when filling it with the
-traced graph's own arrays gives back the traced bytes exactly.
+traced graph's own arrays gives back the traced bytes exactly. A template is (header, body): the
+JSON-ready {"roles": {Const node name: role}} and the emptied graph's bytes, kept sealed in the
+user's cache (`cache.memo.Memo.write_sealed`: checked whole before use).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 from typing import Any, Mapping, Optional
 
 import numpy as np
@@ -24,7 +24,8 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 # The arrays a template takes, by role.
 WEIGHTS, BIASES, NOVELTY_REFERENCES = "weights", "biases", "novelty_references"
 _FLOAT32 = 1  # TensorFlow's DT_FLOAT
-_MAGIC = b"retrainer graph template v1\n"
+# A template: (header {"roles": {node name: role}}, the graph's bytes with those nodes emptied).
+Template = tuple[dict[str, Any], bytes]
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,7 +73,7 @@ def _graph_def_class() -> Any:
     return message_factory.MessageFactory(pool).GetPrototype(graph_def)  # protobuf < 4.22
 
 
-def make_template(graph: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[bytes]:
+def make_template(graph: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[Template]:
     """The template of a traced frozen graph (its serialized bytes) whose run's `arrays` ({role:
     float32 array}) each fill exactly one Const node; None when they do not, or when filling the
     template with them would not give `graph` back."""
@@ -87,26 +88,16 @@ def make_template(graph: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[by
             return None
         roles[nodes[0].name] = role
         _set_tensor(nodes[0], np.zeros((0,) * np.ndim(array), np.float32))
-    body = graph_def.SerializeToString(deterministic=True)
-    header = json.dumps({"roles": roles, "sha256": hashlib.sha256(body).hexdigest()},
-                        sort_keys=True).encode()
-    template = _MAGIC + header + b"\n" + body
+    template = ({"roles": roles}, graph_def.SerializeToString(deterministic=True))
     return template if fill_template(template, arrays) == graph else None
 
 
-def fill_template(template: bytes, arrays: Mapping[str, np.ndarray]) -> Optional[bytes]:
+def fill_template(template: Template, arrays: Mapping[str, np.ndarray]) -> Optional[bytes]:
     """The frozen graph's bytes: `template` (`make_template`) with `arrays` ({role: float32
-    array}, the roles it was made with) put in; None when the template is damaged (its digest
-    does not match) or takes other roles."""
-    if not template.startswith(_MAGIC):
-        return None
-    header, _, body = template[len(_MAGIC):].partition(b"\n")
-    try:
-        document = json.loads(header)
-        roles, digest = dict(document["roles"]), str(document["sha256"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    if hashlib.sha256(body).hexdigest() != digest or set(roles.values()) != set(arrays):
+    array}, the roles it was made with) put in; None when it takes other roles."""
+    header, body = template
+    roles = dict(header["roles"])
+    if set(roles.values()) != set(arrays):
         return None
     graph_def = _graph_def_class()()
     graph_def.ParseFromString(body)

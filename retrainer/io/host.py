@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import importlib.metadata
+import logging
 import os
 import resource
 import sys
@@ -20,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
+
+log = logging.getLogger(__name__)
 
 # Lines TensorFlow's and absl's C++ code write straight to fd 2 while TensorFlow loads:
 # "I0000 00:00:1796333663.250190   31338 port.cc:153] oneDNN ..." and absl's preamble.
@@ -56,6 +59,24 @@ def user_cache_dir() -> Path:
     """`${XDG_CACHE_HOME:-~/.cache}/retrainer` (read on each call: tests redirect it)."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache_home) / "retrainer"
+
+
+def warn_not_kept(root: os.PathLike[str] | str, path: os.PathLike[str] | str, error: OSError
+                  ) -> None:
+    """A file of the cache folder `root` (the user's cache, or --bottleneck_dir) could not be
+    written: one warning per process and cache, saying what to do; each file at debug level."""
+    log.debug("Could not keep %s for the next run: %s", path, error)
+    user = user_cache_dir()
+    in_user_cache = Path(root).is_relative_to(user)
+    _warn_once(os.fspath(user if in_user_cache else root), error.strerror or str(error),
+               "set XDG_CACHE_HOME to a writable folder" if in_user_cache
+               else "pass --bottleneck_dir a writable folder")
+
+
+@functools.cache
+def _warn_once(folder: str, reason: str, fix: str) -> None:
+    log.warning("Cannot write retrainer's cache %s (%s): what it keeps for the next run is made "
+                "again on every run; %s.", folder, reason, fix)
 
 
 def usable_cpus() -> int:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Optional
 from retrainer.cache.file_index import FileIndex
 from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
-from retrainer.config import RetrainConfig
+from retrainer.config import PATH_FLAGS, RetrainConfig
 from retrainer.io.host import tensorflow_version, user_cache_dir
 from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad, start_devices
 from retrainer.pipeline.preflight import preflight
@@ -94,12 +94,5 @@ def _flags_without_paths(config: RetrainConfig) -> str:
     """The run's flags but its paths (only whether an optional output is asked for): what a run
     of the same flags on other data, into other folders, computes with."""
     flags = config.to_json()
-    return json.dumps({name: value if name not in _PATHS else value is not None
+    return json.dumps({name: value if name not in PATH_FLAGS else value is not None
                        for name, value in flags.items()}, sort_keys=True, default=str)
-
-
-# The flags naming the run's own data, cache and output paths.
-_PATHS = frozenset({
-    "image_dir", "bottleneck_dir", "output_graph", "output_labels", "summaries_dir",
-    "intermediate_output_graphs_dir", "checkpoint_path", "saved_model_dir", "audit_file",
-    "tflite_output_file", "onnx_output_file", "labels_csv", "metrics_file", "report_html"})

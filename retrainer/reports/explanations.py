@@ -40,7 +40,7 @@ from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
 log = logging.getLogger(__name__)
 
 SECTION_ID = "explanations"
-TITLE = "Where the model looked (Grad-CAM)"
+TITLE = "Where the model looked (class activation maps)"  # CAM, or Grad-CAM (module docstring)
 _BATCH = 16
 
 

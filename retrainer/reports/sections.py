@@ -57,7 +57,9 @@ def summary_section(result: Any) -> Section:
                      percent(split.balanced_accuracy), top_k))
     body = table(("split", "images", "accuracy", "balanced accuracy", "top-k"), rows)
     body += paragraph(f"Extractor {result.extractor['name']} ({result.extractor['id']}); "
-                      f"{len(result.labels)} classes; run took {result.seconds['total']:.1f} s.")
+                      f"{len(result.labels)} classes; {result.seconds['total']:.1f} s from the "
+                      "run's start to this report (the summary's Took adds writing the reports "
+                      "and the exit).")
     for gate in result.quality_gates:
         verdict = "PASSED" if gate.passed else "FAILED"
         text = (f"{verdict}: --{gate.flag} {gate.threshold:g} "

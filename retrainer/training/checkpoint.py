@@ -27,6 +27,7 @@ CHECKPOINT_SUFFIXES = (".index", ".data-00000-of-00001")
 _WEIGHTS = "head/weights/.ATTRIBUTES/VARIABLE_VALUE"
 _BIASES = "head/biases/.ATTRIBUTES/VARIABLE_VALUE"
 _STEP = "step/.ATTRIBUTES/VARIABLE_VALUE"
+_TEMPLATE_KIND = "checkpoint template v2"  # how templates are sealed in the user's cache
 
 
 def write_checkpoint(weights: Any, biases: Any, steps: int, path: os.PathLike[str] | str,
@@ -45,7 +46,7 @@ def write_checkpoint(weights: Any, biases: Any, steps: int, path: os.PathLike[st
     tensors = {_WEIGHTS: weights, _BIASES: biases, _STEP: np.int64(steps)}
     templates = Memo(None if is_url(path) else user_cache_dir(), checkpoint_template_path)
     template_key = _template_key(*weights.shape)
-    template = templates.read(template_key)
+    template = templates.read_sealed(template_key, _TEMPLATE_KIND)
     written = None if template is None else fill_template(template, tensors)
     if written is not None:
         os.makedirs(os.path.dirname(files[0]) or ".", exist_ok=True)
@@ -61,7 +62,7 @@ def write_checkpoint(weights: Any, biases: Any, steps: int, path: os.PathLike[st
                 contents.append(stream.read())
         template = make_template(contents[0], contents[1], tensors)
         if template is not None:
-            templates.write(template_key, template)
+            templates.write_sealed(template_key, _TEMPLATE_KIND, *template)
         written = (contents[0], contents[1])
     kept.remember(key, list(written))
 

@@ -9,7 +9,7 @@ is kept. The path stops once `patience` penalties in a row have not beaten the b
 training and validation splits are read here; the test split is never seen.
 
 The losses and gradients are numpy: float32 products on every core the caller allows (BLAS),
-float64 sums; scipy's L-BFGS-B steers the few thousand parameters. No TensorFlow: a warm rerun
+float64 sums; L-BFGS (training/_lbfgs.py) steers the parameters. No TensorFlow: a warm rerun
 need not import it, and the audit's label model fits with the same solver (`fit_layer`).
 Features are centred and scaled by the training split's own statistics inside the fit
 (`Standardization`: no scale below a tenth of the median feature's, so that no exported weight

@@ -5,9 +5,9 @@ The loss is the objective's mean cross entropy plus l2 x |weights|^2, the weight
 standardized features (`Standardization`: centred, scaled by the training statistics): L-BFGS
 then needs far fewer iterations, and one penalty means the same prior for every extractor. The
 standardization is folded into the returned layer, which works on the features as given.
-Products are float32 on every core the caller allows (BLAS), sums float64; scipy's L-BFGS-B
-steers the parameters. Used by the head's penalty path (training/convex.py) and by the audit's
-label model (audit/label_issues.py).
+Products are float32 on every core the caller allows (BLAS), sums float64; L-BFGS
+(training/_lbfgs.py) steers the parameters. Used by the head's penalty path (training/convex.py)
+and by the audit's label model (audit/label_issues.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
+
+# scipy.linalg loads its own OpenBLAS: imported with this module, before any thread controller
+# is made (`_blas`, `audit.neighbours.one_blas_thread`), so that each holds it to one thread.
+# Imported lazily, its two threads spun beside the solver's and the 70k head fit took 1.4x as
+# long.
 from scipy.linalg import LinAlgError, cholesky
 from scipy.linalg.blas import get_blas_funcs
-from scipy.optimize import minimize
 from threadpoolctl import ThreadpoolController
 
+from retrainer.training._lbfgs import minimize
 from retrainer.training.objectives import SOFTMAX, Objective
 
 _MIN_SCALE = 1e-6  # features whose training spread is below this are only centred
@@ -265,11 +270,11 @@ def chunk_rows(num_classes: int, row_bytes: int) -> int:
 
 def solve(problem: Problem, start: np.ndarray, l2: float,
           options: SolverOptions) -> tuple[np.ndarray, int]:
-    """L-BFGS-B from `start` at penalty `l2`: (float64 parameters, iterations run).
+    """L-BFGS from `start` at penalty `l2`: (float64 parameters, iterations run).
 
     The loss is summed by as many threads as the caller allows BLAS (the audit calls this under
-    one), each running its products on one BLAS thread; scipy's own small vector operations run
-    on one too, which is fastest for them. A loss of one chunk (or one thread) is summed on the
+    one), each running its products on one BLAS thread; L-BFGS's own vector operations run on
+    one too, which is fastest for them. A loss of one chunk (or one thread) is summed on the
     calling thread: handing each evaluation to a pool thread and waiting for it cost more than
     the evaluation itself on a busy 2-core host (the audit's 1k label model: ~500 evaluations).
     L-BFGS steps in `_Coordinates` (same minimum)."""
@@ -288,11 +293,9 @@ def solve(problem: Problem, start: np.ndarray, l2: float,
                                                        workers)
             return loss, coordinates.gradient(gradient)
 
-        solution = minimize(loss_and_gradient, coordinates.free(start), jac=True,
-                            method="L-BFGS-B",
-                            options={"maxiter": options.max_iterations, "ftol": options.tolerance,
-                                     "gtol": 1e-9})
-    return coordinates.params(solution.x), int(solution.nit)
+        solution = minimize(loss_and_gradient, coordinates.free(start), options.max_iterations,
+                            options.tolerance)
+    return coordinates.params(solution.x), solution.iterations
 
 
 class _Coordinates:
