@@ -105,22 +105,24 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
     else:
         signatures = signatures.take(usable)
     exact = duplicates.exact_groups(digests)
-    # The label model (a seeded sample's fits: a small working set) on a thread of its own; the
-    # outliers, then the near pairs, each on every CPU (`_threads`) and one after the other, so
-    # that one detector's working set is freed before the next one's is made (at a million
-    # images each is hundreds of MB). Each spends most of its time in numpy and LAPACK, which
-    # release the GIL; each on one BLAS thread.
+    # The label model (a seeded sample's fits, then its issues) on a thread of its own beside
+    # the outliers, then the near pairs: each on every CPU (`_threads`), the near pairs once
+    # the others are done, so that their working sets are freed before the near pairs' is made
+    # (at a million images each is hundreds of MB). Each spends most of its time in numpy and
+    # LAPACK, which release the GIL; each on one BLAS thread.
     seconds: dict[str, float] = {}
+
+    def mislabeled() -> list[label_issues.LabelIssue]:
+        model = _timed(seconds, "label model", label_issues.fit_out_of_fold, vectors, labels,
+                       len(collection.labels), seed)
+        return _timed(seconds, "mislabeled", label_issues.find_label_issues, model, labels)
+
     with one_blas_thread(), ThreadPoolExecutor(1, thread_name_prefix="audit") as pool:
-        label_probabilities = None if multi_label else pool.submit(
-            _timed, seconds, "label model", label_issues.fit_out_of_fold, vectors, labels,
-            len(collection.labels), seed)
+        label_work = None if multi_label else pool.submit(mislabeled)
         far = _timed(seconds, "outliers", outliers.find_outliers, vectors, labels)
+        issues = [] if label_work is None else label_work.result()
         pairs = _timed(seconds, "near pairs", duplicates.near_pairs, digests, vectors,
                        signatures.thumbnails, signatures.hashes)
-        issues = ([] if label_probabilities is None
-                  else _timed(seconds, "mislabeled", label_issues.find_label_issues,
-                              label_probabilities.result(), labels))
     log.info("Audit detectors: %s.", ", ".join(f"{name} {value:.1f} s"
                                                 for name, value in seconds.items()))
     near = _near_groups(len(usable), exact, pairs)

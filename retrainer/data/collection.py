@@ -8,6 +8,7 @@ structured array.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,11 @@ from retrainer.io.storage import AnyPath
 # identities (`retrainer.cache.file_index`), 40 bytes a file where tuples of Python ints took 260
 IDENTITY = np.dtype([("device", "<u8"), ("inode", "<u8"), ("size", "<i8"), ("mtime_ns", "<i8"),
                      ("ctime_ns", "<i8")])
+
+
+@functools.cache
+def _only(label_index: int) -> tuple[int]:
+    return (label_index,)
 
 
 @dataclass(frozen=True, slots=True)  # a million of them: no __dict__ each
@@ -38,8 +44,8 @@ class ImageFile:
     label_indices: tuple[int, ...] = ()  # every label of the image; () means (label_index,)
 
     def __post_init__(self) -> None:
-        if not self.label_indices:
-            object.__setattr__(self, "label_indices", (self.label_index,))
+        if not self.label_indices:  # one tuple per class, not per image (56 MB at a million)
+            object.__setattr__(self, "label_indices", _only(self.label_index))
 
     @property
     def path(self) -> AnyPath:

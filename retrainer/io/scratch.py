@@ -3,7 +3,7 @@
 At a million images the audit's thumbnails are 1 GB, read in chunks and gathered a few rows at a
 time. `ScratchRows` holds them in a file (created in a given folder and unlinked at once, so
 nothing is left behind, whatever ends the process) and hands out copies of the rows asked for,
-read with `pread` (runs of consecutive rows in one call): a memory map would not do for reading,
+read with `pread` (a slice in one call, scattered rows one call each): a memory map would not do for reading,
 since each page fault maps the 15 pages around it too (the kernel's fault-around), so a gather
 of a few thousand scattered rows maps the whole file into the process. Writes go through a
 shared memory map whose pages are dropped from the process (`madvise(MADV_DONTNEED)`) whenever
@@ -77,10 +77,14 @@ class ScratchRows:
         if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
             raise IndexError(f"index out of range for {len(self)} rows")
         unique, inverse = np.unique(flat, return_inverse=True)
-        rows = np.empty((len(unique), *self.shape[1:]), self.dtype)
-        breaks = (np.flatnonzero(np.diff(unique) != 1) + 1).tolist()
-        for first, last in zip([0, *breaks], [*breaks, len(unique)]) if len(unique) else ():
-            self._read_into(rows[first:last], int(unique[first]))
+        # One pread per row, in a list comprehension: half the time of a loop over runs of
+        # consecutive rows (scattered rows, as the audit gathers them, rarely make runs).
+        size = self._row_bytes
+        data = b"".join([os.pread(self._file, size, offset)
+                         for offset in (unique * size).tolist()])
+        if len(data) != len(unique) * size:
+            raise OSError(f"scratch file shorter than its {len(self)} rows")
+        rows = np.frombuffer(data, self.dtype).reshape(len(unique), *self.shape[1:])
         return rows[inverse.ravel()].reshape(positions.shape + self.shape[1:])
 
     def _read_into(self, rows: np.ndarray, start: int) -> None:
