@@ -113,3 +113,28 @@ def test_planted_flips_in_a_moderate_set_are_found(pools):
         suggested = {issue.position: issue.suggested for issue in flags(vectors, noisy)}
         found += suggested.get(position) == labels[position]
     assert found >= 16
+
+
+@settings(max_examples=5, deadline=None, database=None)
+@given(seed=st.integers(0, 2**16), classes=st.integers(2, 6))
+def test_issues_of_many_chunks_on_every_cpu_are_those_of_one_pass(pools, seed, classes):
+    """Above one chunk of rows the issues are found a chunk per CPU: exactly the issues, in the
+    same order, of the chunks one after the other, on real vectors resampled to 2.5 chunks
+    with 10 % of the labels flipped."""
+    from retrainer.audit import label_issues
+
+    vectors, labels, _ = pools["photos"]
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, len(labels), int(2.5 * label_issues.CHUNK_ROWS))
+    chosen = labels[rows] % classes
+    flipped = rng.random(len(rows)) < 0.1
+    chosen[flipped] = rng.integers(0, classes, int(flipped.sum()))
+    model = label_issues.fit_out_of_fold(vectors[rows], chosen, classes, seed)
+    found = label_issues.find_label_issues(model, chosen)
+    parallel = label_issues.in_order
+    try:
+        label_issues.in_order = lambda function, items, threads=True: map(function, items)
+        expected = label_issues.find_label_issues(model, chosen)
+    finally:
+        label_issues.in_order = parallel
+    assert found and found == expected
