@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from retrainer.exports.options import AUTO_TTA, NO_TTA
 from retrainer.exports.run import Exported, Exporter
 from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.formats.graph_contract import INPUT_OP
+from retrainer.io.storage import AnyPath
 from retrainer.pipeline._background import TensorFlowLoad
+from retrainer.pipeline.ahead import start_mirroring
 from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
     evaluate_multi_label,
@@ -58,7 +60,7 @@ from retrainer.training.image_modes import (
     training_options,
 )
 from retrainer.training.novelty import fit_run_novelty, novelty_summary
-from retrainer.training.tta import TtaChoice, choose_tta
+from retrainer.training.tta import MirroredSample, TtaChoice, choose_tta, mirrored_sample
 
 if TYPE_CHECKING:  # fine-tuning loads TensorFlow
     from retrainer.training.fine_tune import FineTuneResult
@@ -97,6 +99,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             signatures=config.audit.enabled,  # the audit's, from the same decode
         )
     extraction.remember()
+    mirrored = start_mirroring(config, engine, collection, bottlenecks)  # beside the audit
     audit = None
     if config.audit.enabled:
         with timer("audit"):
@@ -118,7 +121,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     tta = None
     if config.exports.tta == AUTO_TTA:
         with timer("tta"):
-            tta = _choose_tta(config, engine, trained, splits)
+            tta = _choose_tta(config, engine, trained, splits, mirrored)
         exporter.tta = tta.mode
     explained = (config.reports.report_html is not None
                  and config.reports.report_explanations > 0 and explainable(extraction.spec.name))
@@ -258,16 +261,18 @@ def needs_tensorflow(config: RetrainConfig) -> bool:
             or exports.intermediate_store_frequency > 0 or training.test_batch_size != -1)
 
 
-def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained,
-                splits: SplitFeatures) -> TtaChoice:
+def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained, splits: SplitFeatures,
+                mirrored: Callable[[list[AnyPath]], Optional[MirroredSample]]) -> TtaChoice:
     """--tta auto's choice (training/tta.py), checked on the cached validation vectors; not for
-    multi-label heads or a fine-tuned extractor (whose vectors are no longer the cache's)."""
+    multi-label heads or a fine-tuned extractor (whose vectors are no longer the cache's).
+    `mirrored(paths)`: the sample drawn ahead, if drawn from these validation images."""
     if config.training.multi_label or trained.tuning is not None:
         return TtaChoice(NO_TTA, 0, 0.0, 0.0, 0.0)
     validation = splits.features[VALIDATION]
-    return choose_tta(trained.head.head, engine, [image.path for image in splits.images[VALIDATION]],
-                      validation.features, validation.labels, config.training.seed,
-                      config.extraction.bottleneck_dir)
+    paths = [image.path for image in splits.images[VALIDATION]]
+    sample = mirrored(paths) or mirrored_sample(engine, paths, config.training.seed,
+                                                config.extraction.bottleneck_dir)
+    return choose_tta(trained.head.head, sample, validation.features, validation.labels)
 
 
 def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: SplitFeatures,

@@ -59,26 +59,47 @@ class TtaChoice:
         return dataclasses.asdict(self)
 
 
-def choose_tta(head: Head, engine: Engine, paths: Sequence[AnyPath], vectors: np.ndarray,
-               labels: np.ndarray, seed: int, bottleneck_dir: AnyPath) -> TtaChoice:
-    """Check flip on a seeded sample of the validation images (the module docstring).
+@dataclasses.dataclass(frozen=True)
+class MirroredSample:
+    """The seeded sample of validation images flip is checked on, and their mirror images'
+    vectors (`mirrored_sample`: no head needed, so it can run while the head trains).
+
+    Attributes:
+        paths: the decodable validation images it was drawn from, in split order.
+        rows: int [k] the sample's decodable images, as positions in `paths`.
+        vectors: float32 [k, D] their mirror images' vectors.
+    """
+
+    paths: tuple[AnyPath, ...]
+    rows: np.ndarray
+    vectors: np.ndarray
+
+
+def mirrored_sample(engine: Engine, paths: Sequence[AnyPath], seed: int,
+                    bottleneck_dir: AnyPath) -> MirroredSample:
+    """The mirror images' vectors of a seeded sample of up to SAMPLE_IMAGES of `paths` (the
+    decodable validation images), through `engine` (the one the cached vectors come from);
+    cached under `bottleneck_dir` too."""
+    rows = np.sort(np.random.default_rng(seed).permutation(len(paths))[:SAMPLE_IMAGES])
+    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir)
+    return MirroredSample(tuple(paths), rows[ok], mirrored)
+
+
+def choose_tta(head: Head, sample: MirroredSample, vectors: np.ndarray, labels: np.ndarray
+               ) -> TtaChoice:
+    """Check flip on `sample` (the module docstring).
 
     Args:
         head: the trained head (single-label).
-        engine: the engine the cached vectors come from.
-        paths: the decodable validation images.
-        vectors: float32 [len(paths), D], their cached vectors.
-        labels: int64 [len(paths)] class indices.
-        seed: picks the sample.
-        bottleneck_dir: the cache root; the mirror images' vectors are cached there too.
+        sample: `mirrored_sample` of the decodable validation images.
+        vectors: float32 [len(sample.paths), D], their cached vectors.
+        labels: int64 [len(sample.paths)] class indices.
     """
-    if not len(paths):
+    if not sample.paths:
         return TtaChoice("none", 0, 0.0, 0.0, 0.0)
-    rows = np.sort(np.random.default_rng(seed).permutation(len(paths))[:SAMPLE_IMAGES])
-    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir)
-    rows = rows[ok]
+    rows = sample.rows
     plain = _correct(head, vectors[rows], labels[rows])
-    flip = _correct(head, (vectors[rows] + mirrored) / 2, labels[rows])
+    flip = _correct(head, (vectors[rows] + sample.vectors) / 2, labels[rows])
     fixed, broken = int((flip & ~plain).sum()), int((plain & ~flip).sum())
     count = max(len(rows), 1)
     keep = len(rows) > 0 and broken - fixed <= np.sqrt(fixed + broken)

@@ -1,0 +1,50 @@
+"""Work the later stages need, started as soon as its inputs exist, on one background thread.
+
+After the bottleneck stage the run is mostly one core's work (the audit, the head fit), while
+--tta auto's check waits for the head only to compare: the mirror images of its validation
+sample (`training.tta.mirrored_sample`, the engine: no GIL) need only the split, so they are
+computed beside the audit and the head fit. The sample is used only if drawn from the images
+the check uses (the audit can move duplicates between splits); else the check draws its own.
+Measured on 1,000 Fashion-MNIST images (cold, int8, 2 cores): the tta stage 0.35 s -> 0.01 s,
+the audit and the head fit ~0.15 s longer.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Optional
+
+from retrainer.cache.bottlenecks import Bottlenecks
+from retrainer.config import RetrainConfig
+from retrainer.data.discovery import ImageCollection
+from retrainer.data.split import VALIDATION
+from retrainer.engines.base import Engine
+from retrainer.exports.options import AUTO_TTA
+from retrainer.io.storage import AnyPath
+from retrainer.training.tta import MirroredSample, mirrored_sample
+
+
+def start_mirroring(config: RetrainConfig, engine: Engine, collection: ImageCollection,
+                    bottlenecks: Bottlenecks) -> Callable[[list[AnyPath]], Optional[MirroredSample]]:
+    """Start --tta auto's mirrored sample of the decodable validation images on a background
+    thread (not for multi-label heads or fine-tuning, whose flip is not checked).
+
+    Returns:
+        `sample(paths)`: waits for the sample and returns it if it was drawn from the
+        validation images `paths`, else None (also when nothing was started).
+    """
+    training = config.training
+    if config.exports.tta != AUTO_TTA or training.multi_label or training.do_fine_tuning:
+        return lambda paths: None
+    paths = [image.path for image, ok in zip(collection.images, bottlenecks.ok)
+             if ok and image.split == VALIDATION]
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirroring")
+    job = pool.submit(mirrored_sample, engine, paths, training.seed,
+                      config.extraction.bottleneck_dir)
+    pool.shutdown(wait=False)  # the thread ends with its one job
+    return lambda chosen: _if_from(job, chosen)
+
+
+def _if_from(job: Future[MirroredSample], paths: list[AnyPath]) -> Optional[MirroredSample]:
+    sample = job.result()
+    return sample if list(sample.paths) == paths else None
