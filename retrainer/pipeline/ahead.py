@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from retrainer.cache.bottlenecks import Bottlenecks
 from retrainer.config import RetrainConfig
-from retrainer.data.discovery import ImageCollection
+from retrainer.data.collection import ImageCollection
 from retrainer.data.split import VALIDATION
 from retrainer.engines.base import Engine
 from retrainer.exports.options import AUTO_TTA
