@@ -146,3 +146,27 @@ def test_near_pairs_are_the_same_from_thumbnails_in_a_scratch_file(planted, tmp_
     monkeypatch.setattr("retrainer.io.scratch.RESIDENT_BYTES", 8 * 4096)
     assert duplicates.near_pairs(digests, vectors, scratch, signatures.hashes) == expected
     assert list(tmp_path.iterdir()) == []  # unlinked at once: nothing left behind
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 300), st.integers(1, 6), st.integers(0, 2**16), st.sampled_from([1, 7, 64]))
+def test_nearest_pairs_a_block_of_rows_at_a_time_are_every_kept_pair_once(count, limit, seed,
+                                                                          rows):
+    """The k-nearest graph's pairs, read a block of rows at a time into one key per pair, are
+    the distinct (min, max) pairs of every row and kept partner, sorted: as read whole."""
+    from retrainer.audit._nearest import Nearest, unique_pairs
+
+    generator = np.random.default_rng(seed)
+    nearest = Nearest(count, limit)
+    for _ in range(3):
+        firsts = generator.integers(0, count, 50)
+        seconds = (firsts + generator.integers(1, count, 50)) % count
+        nearest.add(firsts, seconds, generator.random(50).astype(np.float32))
+    assert nearest.partners.dtype == np.int32
+    owners = np.repeat(np.arange(count), limit)
+    partners = nearest.partners.ravel().astype(np.int64)
+    valid = partners >= 0
+    expected = unique_pairs(np.minimum(owners[valid], partners[valid]),
+                            np.maximum(owners[valid], partners[valid]))
+    found = nearest.pairs(rows)
+    assert all(np.array_equal(a, b) and a.dtype == np.int64 for a, b in zip(found, expected))

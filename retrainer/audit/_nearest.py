@@ -11,12 +11,13 @@ import numpy as np
 
 
 class Nearest:
-    """Each row's `limit` best partners so far (scores and positions, [N, limit] each): a few MB
-    for any N, instead of every gated pair."""
+    """Each row's `limit` best partners so far (scores and positions, [N, limit] each): 128 MB
+    at a million rows and 16 partners, instead of every gated pair."""
 
     def __init__(self, count: int, limit: int) -> None:
         self.scores = np.full((count, limit), -np.inf, np.float32)
-        self.partners = np.full((count, limit), -1, np.int64)
+        # int32 while the positions fit (they do below 2^31 rows): half the memory of int64
+        self.partners = np.full((count, limit), -1, np.int32 if count < 2**31 else np.int64)
         self.floor = np.full(count, -np.inf, np.float32)  # each row's worst kept score
 
     def contenders(self, rows: np.ndarray, columns: np.ndarray,
@@ -51,7 +52,7 @@ class Nearest:
         owners, partners, scores, rank = owners[top], partners[top], scores[top], rank[top]
         slot = np.searchsorted(unique, owners)
         offered_scores = np.full((len(unique), limit), -np.inf, np.float32)
-        offered_partners = np.full((len(unique), limit), -1, np.int64)
+        offered_partners = np.full((len(unique), limit), -1, self.partners.dtype)
         offered_scores[slot, rank] = scores
         offered_partners[slot, rank] = partners
         merged_scores = np.concatenate([self.scores[unique], offered_scores], axis=1)
@@ -61,13 +62,21 @@ class Nearest:
         self.partners[unique] = np.take_along_axis(merged_partners, best, axis=1)
         self.floor[unique] = self.scores[unique].min(axis=1)
 
-    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """Every kept (row, partner) pair once, as (first, second) with first < second."""
-        owners = np.repeat(np.arange(len(self.partners)), self.partners.shape[1])
-        partners = self.partners.ravel()
-        valid = partners >= 0
-        owners, partners = owners[valid], partners[valid]
-        return unique_pairs(np.minimum(owners, partners), np.maximum(owners, partners))
+    def pairs(self, rows: int = 1 << 16) -> tuple[np.ndarray, np.ndarray]:
+        """Every kept (row, partner) pair once, as (first, second) with first < second: the
+        pairs of `rows` rows at a time reduced to one int64 key each (a million rows' owners
+        and partners as int64 arrays took ~0.5 GB at once)."""
+        count = len(self.partners)
+        keys = [np.zeros(0, np.int64)]
+        for start in range(0, count, rows):
+            partners = self.partners[start:start + rows]
+            valid = partners >= 0
+            owners = np.broadcast_to(np.arange(start, start + len(partners))[:, None],
+                                     partners.shape)[valid]
+            found = partners[valid].astype(np.int64)
+            keys.append(np.minimum(owners, found) * count + np.maximum(owners, found))
+        unique = np.unique(np.concatenate(keys))
+        return unique // max(count, 1), unique % max(count, 1)
 
 
 def unique_pairs(firsts: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

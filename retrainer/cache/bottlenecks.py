@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import os
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
@@ -26,7 +27,6 @@ from retrainer.cache.signatures import SignatureCache
 from retrainer.data.batches import content_digest, decoded_batches
 from retrainer.data.signatures import Signatures
 from retrainer.engines import Engine
-from retrainer.io.host import usable_cpus
 from retrainer.io.storage import as_path, is_url, read_bytes
 
 if TYPE_CHECKING:  # a vector cache of any extractor needs no TensorFlow to be read
@@ -38,7 +38,8 @@ DEFAULT_BATCH_SIZE = 32
 # The cache lookup reads every file to hash it; the bytes of files it misses are kept, up to this
 # many in all, for the decoder, so that those files are not read twice.
 KEPT_BYTES = 64 << 20
-READ_BATCH = 8  # files read and hashed per task
+READ_BATCH = 4  # files read and hashed per task
+READ_THREADS = 8  # tasks in flight
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,15 +178,18 @@ def _read_and_hashed(paths: Sequence[os.PathLike[str] | str]) -> Iterator[tuple[
     def read_all(batch: Sequence[os.PathLike[str] | str]) -> list[tuple[bytes, str, str]]:
         return [read(path) for path in batch]
 
-    # Each task reads READ_BATCH files: a task (future) per file cost more than a small file's
-    # read and hash (47 us a file on 2 CPUs at 70,000 PNGs of 300 bytes).
-    chunk = 16 * usable_cpus()  # files in flight (camera JPEGs: ~100 MB)
-    with ThreadPoolExecutor(usable_cpus(), thread_name_prefix="hash") as pool:
-        for start in range(0, len(paths), chunk):
-            batches = [paths[first:first + READ_BATCH]
-                       for first in range(start, min(start + chunk, len(paths)), READ_BATCH)]
-            for done in pool.map(read_all, batches):
-                yield from done
+    # Each task reads READ_BATCH files (a task per file cost more than a small file's read and
+    # hash: 47 us a file at 70,000 PNGs of 300 bytes); READ_THREADS tasks in flight, so that a
+    # first run on files the page cache lost keeps the disk busy (32 files: ~100 MB of camera
+    # JPEGs).
+    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="hash") as pool:
+        pending: deque[Future[list[tuple[bytes, str, str]]]] = deque()
+        for first in range(0, len(paths), READ_BATCH):
+            pending.append(pool.submit(read_all, paths[first:first + READ_BATCH]))
+            if len(pending) >= READ_THREADS:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
 
 
 def _sign_cached(paths: Sequence[os.PathLike[str] | str], digests: list[str], positions: Sequence[int],
