@@ -40,7 +40,7 @@ Result = TypeVar("Result")
 AUDIT_FORMAT = 1
 # Bump when the detectors or their signatures change what they find: cached findings keyed with
 # an older version are then recomputed.
-DETECTORS_VERSION = 2
+DETECTORS_VERSION = 3  # 3: the label model fitted by the solver's own L-BFGS (other probabilities)
 
 
 @dataclasses.dataclass(frozen=True)
