@@ -147,12 +147,20 @@ def close_pairs(conditions: Sequence[Sequence[Part]], block_scores: Scores, pair
         return
     rng = np.random.default_rng(seed)
     plans = plans or [plan(parts, rng) for parts in conditions]
-    sides = [_codes(parts, shape, rng) for parts, shape in zip(conditions, plans)]
     log.info("Hashing %d rows: %s.", count, plans)
-    codes = np.concatenate([points for points, _ in sides], axis=1)
+    # Each condition's codes written into one array as they are made (a list of them and its
+    # concatenation held twice the codes: 480 MB at a million rows and 60 tables).
     symmetric = all(part.others is None for parts in conditions for part in parts)
-    other_codes = codes if symmetric else np.concatenate([others for _, others in sides], axis=1)
-    del sides
+    codes = np.empty((count, sum(shape.tables for shape in plans)), np.uint32)
+    other_codes = codes if symmetric else np.empty_like(codes)
+    column = 0
+    for parts, shape in zip(conditions, plans):
+        points, others = _codes(parts, shape, rng)
+        codes[:, column:column + shape.tables] = points
+        if not symmetric:
+            other_codes[:, column:column + shape.tables] = others
+        column += shape.tables
+        del points, others
 
     def table_pairs(table: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         found = []
