@@ -24,7 +24,7 @@ from retrainer.cache.file_index import FileIndex
 from retrainer.config import RetrainConfig
 from retrainer.data.collection import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
-from retrainer.engines.base import Engine
+from retrainer.engines.base import INT8, Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
 from retrainer.explain.scope import explainable
 from retrainer.exports.options import AUTO_TTA, NO_TTA
@@ -112,6 +112,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     exporter = Exporter(config.exports, extraction.spec, extraction.extractor, collection.labels,
                         held.folder(config.exports.intermediate_output_graphs_dir),
                         config.extraction.bottleneck_dir, tensorflow.ready)
+    if engine.precision == INT8:  # the heat maps' map: from the model that made the vectors
+        exporter.engine_model = getattr(engine, "model_path", None)
     trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
