@@ -27,9 +27,10 @@ def test_the_sample_drawn_ahead_is_the_one_drawn_in_place(tmp_path):
     collection = discover_images(image_dir, validation_percentage=40)
     bottlenecks = compute_bottlenecks([image.path for image in collection.images], engine,
                                       tmp_path / "cache")
-    paths = [image.path for image, ok in zip(collection.images, bottlenecks.ok)
-             if ok and image.split == VALIDATION]
-    assert len(paths) >= 2
+    # as the tta stage names them: `ImageCollection.paths` (strings in a local folder)
+    paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
+                             if ok and image.split == VALIDATION)
+    assert len(paths) >= 2 and all(isinstance(path, str) for path in paths)
     sample = start_mirroring(config, engine, collection, bottlenecks)
     drawn = sample(paths)
     assert drawn is not None
