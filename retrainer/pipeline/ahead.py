@@ -24,11 +24,12 @@ from retrainer.io.storage import AnyPath
 from retrainer.training.tta import MirroredSample, mirrored_sample
 
 
-def start_mirroring(config: RetrainConfig, engine: Engine, collection: ImageCollection,
-                    bottlenecks: Bottlenecks
+def start_mirroring(ahead: ThreadPoolExecutor, config: RetrainConfig, engine: Engine,
+                    collection: ImageCollection, bottlenecks: Bottlenecks
                     ) -> Callable[[list[str | AnyPath]], Optional[MirroredSample]]:
-    """Start --tta auto's mirrored sample of the decodable validation images on a background
-    thread (not for multi-label heads or fine-tuning, whose flip is not checked).
+    """Start --tta auto's mirrored sample of the decodable validation images on `ahead` (the
+    stages' background thread, joined however they end: it writes to the vector cache), not for
+    multi-label heads or fine-tuning, whose flip is not checked.
 
     Returns:
         `sample(paths)`: waits for the sample and returns it if it was drawn from the
@@ -40,10 +41,8 @@ def start_mirroring(config: RetrainConfig, engine: Engine, collection: ImageColl
         return lambda paths: None
     paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
                              if ok and image.split == VALIDATION)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirroring")
-    job = pool.submit(mirrored_sample, engine, paths, training.seed,
-                      config.extraction.bottleneck_dir)
-    pool.shutdown(wait=False)  # the thread ends with its one job
+    job = ahead.submit(mirrored_sample, engine, paths, training.seed,
+                       config.extraction.bottleneck_dir)
     return lambda chosen: _if_from(job, chosen)
 
 

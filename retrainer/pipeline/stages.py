@@ -74,6 +74,15 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     Raises:
         As `retrainer.pipeline.run`.
     """
+    # work started ahead (pipeline/ahead.py) is joined however the stages end: no thread
+    # writes to the cache after the run has returned or raised
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as ahead:
+        return _run_stages(config, collection, file_index, timer, tensorflow, ahead)
+
+
+def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
+                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: ThreadPoolExecutor
+                ) -> RetrainResult:
     if needs_tensorflow(config):
         tensorflow.start()  # the modes that always run it: loaded while the vectors are read
     extraction = prepare_extraction(config, timer, tensorflow.ready)
@@ -99,7 +108,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             signatures=config.audit.enabled,  # the audit's, from the same decode
         )
     extraction.remember()
-    mirrored = start_mirroring(config, engine, collection, bottlenecks)  # beside the audit
+    mirrored = start_mirroring(ahead, config, engine, collection, bottlenecks)  # beside the audit
     audit = None
     if config.audit.enabled:
         with timer("audit"):
