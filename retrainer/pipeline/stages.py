@@ -74,6 +74,15 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     Raises:
         As `retrainer.pipeline.run`.
     """
+    # work started ahead (pipeline/ahead.py) is joined however the stages end: no thread
+    # writes to the cache after the run has returned or raised
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as ahead:
+        return _run_stages(config, collection, file_index, timer, tensorflow, ahead)
+
+
+def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
+                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: ThreadPoolExecutor
+                ) -> RetrainResult:
     if needs_tensorflow(config):
         tensorflow.start()  # the modes that always run it: loaded while the vectors are read
     extraction = prepare_extraction(config, timer, tensorflow.ready)
@@ -99,7 +108,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             signatures=config.audit.enabled,  # the audit's, from the same decode
         )
     extraction.remember()
-    mirrored = start_mirroring(config, engine, collection, bottlenecks)  # beside the audit
+    mirrored = start_mirroring(ahead, config, engine, collection, bottlenecks)  # beside the audit
     audit = None
     if config.audit.enabled:
         with timer("audit"):
@@ -114,7 +123,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
                         config.extraction.bottleneck_dir, tensorflow.ready)
     if engine.precision == INT8:  # the heat maps' map: from the model that made the vectors
         exporter.engine_model = getattr(engine, "model_path", None)
-    trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
+    trained, validation_probabilities = _train_and_evaluate(config, extraction, splits,
+                                                            exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
                                   trained.tuning, config.training.novelty_pass_rate,
@@ -123,7 +133,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     tta = None
     if config.exports.tta == AUTO_TTA:
         with timer("tta"):
-            tta = _choose_tta(config, engine, trained, splits, mirrored)
+            tta = _choose_tta(config, engine, trained, splits,
+                              collection.paths(splits.images[VALIDATION]), mirrored)
         exporter.tta = tta.mode
     explained = (config.reports.report_html is not None
                  and config.reports.report_explanations > 0 and explainable(extraction.spec.name))
@@ -137,9 +148,9 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             multi_label = evaluate_multi_label(
                 collection.labels, splits.images[TESTING], trained.evaluation.positions,
                 trained.evaluation.probabilities, splits.images[VALIDATION],
-                trained.validation_probabilities, config.training.multi_label_threshold)
+                validation_probabilities, config.training.multi_label_threshold)
             test_metrics, validation_metrics = top1_metrics(
-                trained.evaluation, trained.validation_probabilities, splits)
+                trained.evaluation, validation_probabilities, splits)
             misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
             per_class = label_hits(trained.evaluation, multi_label, splits)
         else:
@@ -147,16 +158,15 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
                 splits.features[TESTING].labels[trained.evaluation.positions],
                 trained.evaluation.probabilities, trained.evaluation.positions)
             validation_metrics = split_metrics(splits.features[VALIDATION].labels,
-                                               trained.validation_probabilities)
+                                               validation_probabilities)
         headline = headline_split(test_metrics, validation_metrics)
         gates = check_gates(config.reports.assert_accuracy_at_least,
                             config.reports.assert_recall_at_least, *headline, collection.labels,
                             None if multi_label is None else
                             multi_label.test if headline[0] == TESTING else multi_label.validation)
     gate_failure = failure_message(gates)
-    # done with: 400 MB at 100,000 validation images of 1,000 classes, during the exports
-    trained = dataclasses.replace(trained,
-                                  validation_probabilities=trained.validation_probabilities[:0].copy())
+    # done with: 400 MB at 100,000 validation images of 1,000 classes, freed before the exports
+    del validation_probabilities
     # matplotlib draws the report's pictures meanwhile (each library holds the GIL part time)
     drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
     pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
@@ -248,7 +258,6 @@ class _Trained:
     tuning: Optional[FineTuneResult]
     distorted: Optional[dict[str, Any]]  # the distorted vectors' summary; None without them
     evaluation: Evaluation
-    validation_probabilities: np.ndarray  # float32 [N_val, C], each validation image once
     test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
 
 
@@ -264,22 +273,25 @@ def needs_tensorflow(config: RetrainConfig) -> bool:
 
 
 def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained, splits: SplitFeatures,
-                mirrored: Callable[[list[AnyPath]], Optional[MirroredSample]]) -> TtaChoice:
-    """--tta auto's choice (training/tta.py), checked on the cached validation vectors; not for
-    multi-label heads or a fine-tuned extractor (whose vectors are no longer the cache's).
-    `mirrored(paths)`: the sample drawn ahead, if drawn from these validation images."""
+                paths: list[str | AnyPath],
+                mirrored: Callable[[list[str | AnyPath]], Optional[MirroredSample]]) -> TtaChoice:
+    """--tta auto's choice (training/tta.py), checked on the cached validation vectors (of the
+    images at `paths`); not for multi-label heads or a fine-tuned extractor (whose vectors are no
+    longer the cache's). `mirrored(paths)`: the sample drawn ahead, if drawn from these images."""
     if config.training.multi_label or trained.tuning is not None:
         return TtaChoice(NO_TTA, 0, 0.0, 0.0, 0.0)
     validation = splits.features[VALIDATION]
-    paths = [image.path for image in splits.images[VALIDATION]]
     sample = mirrored(paths) or mirrored_sample(engine, paths, config.training.seed,
                                                 config.extraction.bottleneck_dir)
     return choose_tta(trained.head.head, sample, validation.features, validation.labels)
 
 
 def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: SplitFeatures,
-                        exporter: Exporter, held: HeldOutputs, timer: StageTimer) -> _Trained:
-    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation."""
+                        exporter: Exporter, held: HeldOutputs, timer: StageTimer
+                        ) -> tuple[_Trained, np.ndarray]:
+    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation; and
+    the head's float32 [N_val, C] probabilities of each validation image (not kept in
+    `_Trained`: the caller drops them once the metrics are made)."""
     options = config.training
     checkpoint = held.folder(options.checkpoint_path.parent) / options.checkpoint_path.name
     num_classes = len(splits.labels)
@@ -307,7 +319,7 @@ def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: S
         evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
         validation = head.head.probabilities(held_out[VALIDATION].features)
-    return _Trained(head, tuning, distorted, evaluation, validation, held_out[TESTING])
+    return _Trained(head, tuning, distorted, evaluation, held_out[TESTING]), validation
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
