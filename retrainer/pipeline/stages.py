@@ -33,7 +33,7 @@ from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.formats.graph_contract import INPUT_OP
 from retrainer.io.storage import AnyPath
 from retrainer.pipeline._background import TensorFlowLoad
-from retrainer.pipeline.ahead import start_mirroring
+from retrainer.pipeline.ahead import Ahead, start_mirroring
 from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
     evaluate_multi_label,
@@ -74,15 +74,12 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     Raises:
         As `retrainer.pipeline.run`.
     """
-    # work started ahead (pipeline/ahead.py) is joined however the stages end: no thread
-    # writes to the cache after the run has returned or raised
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as ahead:
+    with Ahead() as ahead:  # work started ahead is joined (stopped early on an error)
         return _run_stages(config, collection, file_index, timer, tensorflow, ahead)
 
 
 def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
-                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: ThreadPoolExecutor
-                ) -> RetrainResult:
+                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: Ahead) -> RetrainResult:
     if needs_tensorflow(config):
         tensorflow.start()  # the modes that always run it: loaded while the vectors are read
     extraction = prepare_extraction(config, timer, tensorflow.ready)
