@@ -15,7 +15,7 @@ from retrainer.explain.lite_cam import LiteCam
 from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter
 from retrainer.extractors import create_extractor
-from retrainer.formats.tflite import BatchInterpreter
+from retrainer.formats.tflite import BatchInterpreter, pooled_map_model
 from retrainer.training.head_layer import initial_head
 from retrainer.training.head_types import Head
 from retrainer.training.objectives import SIGMOID, SOFTMAX
@@ -143,3 +143,27 @@ def test_an_int8_runs_maps_come_from_its_engine_and_match_the_float32_graphs(
     # measured: correlations 0.965-1.000 (median 0.998), mean |difference| 0.019 of [0, 1]
     assert min(correlations) > 0.9 and np.median(correlations) > 0.98, correlations
     assert np.abs(maps - expected).mean() < 0.05
+
+
+def test_a_map_model_is_made_only_where_the_output_is_the_last_maps_mean():
+    """The map is made the output only where the model's output is its last map's spatial mean
+    (at most requantized): any other op after the pooling (here a scale and shift) would make
+    the map's class activation another than the graph's, so none is offered."""
+    kernel = tf.constant(np.random.default_rng(0).normal(size=(3, 3, 3, 4)), tf.float32)
+
+    def converted(after_pooling) -> bytes:
+        function = tf.function(
+            lambda images: after_pooling(tf.reduce_mean(
+                tf.nn.relu6(tf.nn.conv2d(images, kernel, 2, "SAME")), axis=[1, 2])),
+            input_signature=[tf.TensorSpec([None, 8, 8, 3], tf.float32)])
+        converter = tf.lite.TFLiteConverter.from_concrete_functions(
+            [function.get_concrete_function()])
+        return bytes(converter.convert())
+
+    images = np.random.default_rng(1).random((2, 8, 8, 3)).astype(np.float32)
+    pooled = converted(lambda vector: vector)
+    feature_map = BatchInterpreter(pooled_map_model(pooled))(images)
+    assert feature_map.shape == (2, 4, 4, 4)
+    np.testing.assert_allclose(feature_map.mean(axis=(1, 2)), BatchInterpreter(pooled)(images),
+                               rtol=1e-5, atol=1e-6)
+    assert pooled_map_model(converted(lambda vector: vector * 2.0 + 1.0)) is None

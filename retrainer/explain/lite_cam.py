@@ -84,6 +84,8 @@ class LiteCam:
             if interpreter.input_dtype != np.uint8:  # the int8 model takes raw pixels
                 images = images.astype(np.float32) / 255.0
             feature_map = interpreter(images)
+            if feature_map.ndim != 4 or feature_map.shape[-1] != len(self.weights):
+                return None  # not the map the head's vectors pool
             chosen = self.weights[:, classes[start:start + _BATCH]]
             heat += [normalized(raw) for raw in np.einsum("nhwk,kn->nhw", feature_map, chosen)]
         return heat

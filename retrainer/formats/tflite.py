@@ -80,29 +80,42 @@ class BatchInterpreter:
         return output.astype(np.float32, copy=True)
 
 
-_MEAN = 40  # the MEAN operator's builtin code in the TFLite schema
+# Builtin operator codes of the TFLite schema: the pooling, and what may follow it.
+_MEAN = 40
+_REQUANTIZING = frozenset({6, 114})  # DEQUANTIZE, QUANTIZE
 
 
 def pooled_map_model(model: bytes) -> Optional[bytes]:
-    """`model` (a one-output `.tflite` whose output is computed from the spatial mean of its
-    last [N, h, w, K] map, as an extractor's pooled vector is) with that map as its output
-    instead: the same operators and weights, the output's index changed in place (the map of
-    an int8 model comes out int8, with its scale and zero point). None when the model has no
-    MEAN operator or not exactly one output.
+    """`model` (a one-output `.tflite` whose output is the spatial mean of its last [N, h, w, K]
+    map, as an extractor's pooled vector is) with that map as its output instead: the same
+    operators and weights, the output's index changed in place (the map of an int8 model comes
+    out int8, with its scale and zero point). None unless the output is its last MEAN's, at most
+    (de)quantized after it (anything else after the pooling would make the map's class
+    activation another than the graph's).
     """
     root = fields.root(model)
-    codes = fields.tables(root, 1)  # Model.operator_codes
+    codes = [_builtin_code(code) for code in fields.tables(root, 1)]  # Model.operator_codes
     subgraphs = fields.tables(root, 2)  # Model.subgraphs
     if not subgraphs:
         return None
     main = subgraphs[0]
-    means = [operator for operator in fields.tables(main, 3)  # SubGraph.operators
-             if _builtin_code(codes[fields.scalar(operator, 0, number_types.Uint32Flags)])
-             == _MEAN]
+    operators = [(codes[fields.scalar(operator, 0, number_types.Uint32Flags)],
+                  fields.numbers(operator, 1, number_types.Int32Flags),  # inputs
+                  fields.numbers(operator, 2, number_types.Int32Flags))  # outputs
+                 for operator in fields.tables(main, 3)]  # SubGraph.operators
+    means = [index for index, (code, _, _) in enumerate(operators) if code == _MEAN]
     offset = fields.position(main, 2)  # SubGraph.outputs
     if not means or not offset or main.VectorLen(offset) != 1:
         return None
-    feature_map = fields.numbers(means[-1], 1, number_types.Int32Flags)[0]  # its input
+    reached = operators[means[-1]][2]
+    for code, inputs, outputs in operators[means[-1] + 1:]:
+        if set(inputs) & set(reached):
+            if code not in _REQUANTIZING:
+                return None
+            reached = outputs
+    if reached != fields.numbers(main, 2, number_types.Int32Flags):
+        return None
+    feature_map = operators[means[-1]][1][0]  # the MEAN's input
     patched = bytearray(model)
     struct.pack_into("<i", patched, main.Vector(offset), feature_map)
     return bytes(patched)
