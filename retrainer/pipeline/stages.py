@@ -112,7 +112,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     exporter = Exporter(config.exports, extraction.spec, extraction.extractor, collection.labels,
                         held.folder(config.exports.intermediate_output_graphs_dir),
                         config.extraction.bottleneck_dir, tensorflow.ready)
-    trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
+    trained, validation_probabilities = _train_and_evaluate(config, extraction, splits,
+                                                            exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
                                   trained.tuning, config.training.novelty_pass_rate,
@@ -135,9 +136,9 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             multi_label = evaluate_multi_label(
                 collection.labels, splits.images[TESTING], trained.evaluation.positions,
                 trained.evaluation.probabilities, splits.images[VALIDATION],
-                trained.validation_probabilities, config.training.multi_label_threshold)
+                validation_probabilities, config.training.multi_label_threshold)
             test_metrics, validation_metrics = top1_metrics(
-                trained.evaluation, trained.validation_probabilities, splits)
+                trained.evaluation, validation_probabilities, splits)
             misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
             per_class = label_hits(trained.evaluation, multi_label, splits)
         else:
@@ -145,16 +146,15 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
                 splits.features[TESTING].labels[trained.evaluation.positions],
                 trained.evaluation.probabilities, trained.evaluation.positions)
             validation_metrics = split_metrics(splits.features[VALIDATION].labels,
-                                               trained.validation_probabilities)
+                                               validation_probabilities)
         headline = headline_split(test_metrics, validation_metrics)
         gates = check_gates(config.reports.assert_accuracy_at_least,
                             config.reports.assert_recall_at_least, *headline, collection.labels,
                             None if multi_label is None else
                             multi_label.test if headline[0] == TESTING else multi_label.validation)
     gate_failure = failure_message(gates)
-    # done with: 400 MB at 100,000 validation images of 1,000 classes, during the exports
-    trained = dataclasses.replace(trained,
-                                  validation_probabilities=trained.validation_probabilities[:0].copy())
+    # done with: 400 MB at 100,000 validation images of 1,000 classes, freed before the exports
+    del validation_probabilities
     # matplotlib draws the report's pictures meanwhile (each library holds the GIL part time)
     drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
     pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
@@ -246,7 +246,6 @@ class _Trained:
     tuning: Optional[FineTuneResult]
     distorted: Optional[dict[str, Any]]  # the distorted vectors' summary; None without them
     evaluation: Evaluation
-    validation_probabilities: np.ndarray  # float32 [N_val, C], each validation image once
     test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
 
 
@@ -276,8 +275,11 @@ def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained, splits
 
 
 def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: SplitFeatures,
-                        exporter: Exporter, held: HeldOutputs, timer: StageTimer) -> _Trained:
-    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation."""
+                        exporter: Exporter, held: HeldOutputs, timer: StageTimer
+                        ) -> tuple[_Trained, np.ndarray]:
+    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation; and
+    the head's float32 [N_val, C] probabilities of each validation image (not kept in
+    `_Trained`: the caller drops them once the metrics are made)."""
     options = config.training
     checkpoint = held.folder(options.checkpoint_path.parent) / options.checkpoint_path.name
     num_classes = len(splits.labels)
@@ -305,7 +307,7 @@ def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: S
         evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
                                    options.test_batch_size, options.seed)
         validation = head.head.probabilities(held_out[VALIDATION].features)
-    return _Trained(head, tuning, distorted, evaluation, validation, held_out[TESTING])
+    return _Trained(head, tuning, distorted, evaluation, held_out[TESTING]), validation
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
