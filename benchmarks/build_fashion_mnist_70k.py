@@ -7,7 +7,7 @@ once into `<out>/bottlenecks`, so benchmarks and runs with `--bottleneck_dir <ou
 reuse them. Each part is built under a temporary name and renamed when complete; rerunning does
 only what is missing. Several minutes of CPU: run it under the team's CPU lock.
 
-    python benchmarks/build_fashion_mnist_70k.py --out /work/team/data/fashion_mnist_70k
+    python -m benchmarks.build_fashion_mnist_70k --out /work/team/data/fashion_mnist_70k
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ scikit-image's sample images and Debian mate-backgrounds' nature photographs). S
 sky, grass or texture look alike across photographs, so the classes overlap (about 80-90 % test
 accuracy), unlike the whole crops (100 %). Used for the `--search` table in docs/training.md.
 
-    python benchmarks/build_photo_patches.py SOURCE OUT [--per-class 40] [--size 48]
+    python -m benchmarks.build_photo_patches SOURCE OUT [--per-class 40] [--size 48]
 """
 
 from __future__ import annotations

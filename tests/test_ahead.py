@@ -5,18 +5,24 @@ from."""
 from __future__ import annotations
 
 import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from click.testing import CliRunner
 
 from retrainer.cache.bottlenecks import compute_bottlenecks
+from retrainer.cli.retrain import main as retrain_main
 from retrainer.config import RetrainConfig
 from retrainer.data.discovery import discover_images
 from retrainer.data.split import VALIDATION
 from retrainer.engines.factory import create_engine
+from retrainer.errors import EXIT_DATA
 from retrainer.pipeline.ahead import start_mirroring
 from retrainer.training.tta import mirrored_sample
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
+from tests.fixtures_pipeline import retrain_args
 
 
 def test_the_sample_drawn_ahead_is_the_one_drawn_in_place(tmp_path):
@@ -27,15 +33,32 @@ def test_the_sample_drawn_ahead_is_the_one_drawn_in_place(tmp_path):
     collection = discover_images(image_dir, validation_percentage=40)
     bottlenecks = compute_bottlenecks([image.path for image in collection.images], engine,
                                       tmp_path / "cache")
-    paths = [image.path for image, ok in zip(collection.images, bottlenecks.ok)
-             if ok and image.split == VALIDATION]
-    assert len(paths) >= 2
-    sample = start_mirroring(config, engine, collection, bottlenecks)
-    drawn = sample(paths)
-    assert drawn is not None
-    in_place = mirrored_sample(engine, paths, config.training.seed, tmp_path / "other cache")
-    np.testing.assert_array_equal(drawn.rows, in_place.rows)
-    np.testing.assert_allclose(drawn.vectors, in_place.vectors, atol=1e-6)
-    assert sample(paths[1:]) is None  # e.g. the audit moved a duplicate to another split
-    off = dataclasses.replace(config, tta="none")
-    assert start_mirroring(off, engine, collection, bottlenecks)(paths) is None
+    # as the tta stage names them: `ImageCollection.paths` (strings in a local folder)
+    paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
+                             if ok and image.split == VALIDATION)
+    assert len(paths) >= 2 and all(isinstance(path, str) for path in paths)
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        sample = start_mirroring(ahead, config, engine, collection, bottlenecks)
+        drawn = sample(paths)
+        assert drawn is not None
+        in_place = mirrored_sample(engine, paths, config.training.seed, tmp_path / "other cache")
+        np.testing.assert_array_equal(drawn.rows, in_place.rows)
+        np.testing.assert_allclose(drawn.vectors, in_place.vectors, atol=1e-6)
+        assert sample(paths[1:]) is None  # e.g. the audit moved a duplicate to another split
+        off = dataclasses.replace(config, tta="none")
+        assert start_mirroring(ahead, off, engine, collection, bottlenecks)(paths) is None
+
+
+def test_a_run_that_fails_after_the_vectors_leaves_nothing_running(tmp_path):
+    """Every image in the validation split: the run stops (no training images) right after the
+    mirroring started; it returns only once that work is done, so nothing writes to the cache
+    after it (this left a thread writing while a test removed its folder)."""
+    images = make_color_image_dir(tmp_path / "images", per_class=10, size=(800, 800))
+    args = retrain_args(tmp_path, images, "--validation_percentage", "100",
+                        "--testing_percentage", "0", steps=None)
+    before = set(threading.enumerate())
+    result = CliRunner().invoke(retrain_main, args)
+    assert result.exit_code == EXIT_DATA, result.output
+    assert "No decodable training images" in result.stderr
+    left = [thread.name for thread in set(threading.enumerate()) - before if not thread.daemon]
+    assert left == []  # was: mirroring_0 and its decode threads

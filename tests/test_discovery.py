@@ -265,3 +265,13 @@ def test_relative_image_dir_gives_absolute_paths(color_image_dir, monkeypatch):
     assert isinstance(collection, ImageCollection)
     assert collection.image_dir == color_image_dir
     assert all(image.path.is_absolute() for image in collection.images)
+
+
+def test_paths_are_each_image_path_as_a_string(color_image_dir):
+    """`ImageCollection.paths` (of every image, or of some of them, in their order): the images'
+    `path`s, as plain strings in a local folder."""
+    collection = discover_images(color_image_dir)
+    some = collection.images[::-3]
+    assert collection.paths() == [str(image.path) for image in collection.images]
+    assert collection.paths(some) == [str(image.path) for image in some]
+    assert all(type(path) is str for path in collection.paths(iter(some)))

@@ -99,6 +99,22 @@ def test_auto_keeps_flip_where_mirror_images_look_alike(tmp_path):
     assert json.loads((out / "graph.pb.meta.json").read_text())["tta"] == "flip"
 
 
+def test_the_check_takes_the_sample_drawn_ahead(tmp_path, monkeypatch):
+    """The tta stage uses the mirrored sample drawn beside the audit (pipeline/ahead.py): the
+    validation images are named alike on both sides, so it draws no sample of its own."""
+    from retrainer.pipeline import stages
+
+    def drawn_again(*args: object) -> None:
+        raise AssertionError("the tta stage drew its own mirrored sample")
+
+    monkeypatch.setattr(stages, "mirrored_sample", drawn_again)
+    args = retrain_args(tmp_path, mirrored_classes(tmp_path / "images"), "--validation_percentage",
+                        "30", "--report_html", "", "--json", steps=None)
+    result = CliRunner().invoke(retrain_main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["tta"]["images"] >= 6
+
+
 def test_an_unknown_mode_is_a_usage_error(tmp_path):
     args = retrain_args(tmp_path, make_color_image_dir(tmp_path / "images"), "--tta", "crop")
     result = CliRunner().invoke(retrain_main, args)

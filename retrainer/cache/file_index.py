@@ -56,10 +56,10 @@ TRUSTED_FILE_SYSTEMS = frozenset({
     "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "ramfs", "zfs", "f2fs", "bcachefs",
     "jfs", "reiserfs", "nilfs2", "overlay", "nfs", "nfs4", "ceph", "lustre", "gpfs",
 })
-_IDENTITY_FIELDS = ("device", "inode", "size", "mtime_ns", "ctime_ns")
-_RECORD = np.dtype([("device", "<u8"), ("inode", "<u8"), ("size", "<i8"), ("mtime_ns", "<i8"),
-                    ("ctime_ns", "<i8"), ("digest", "u1", (32,))])  # "S32" would drop 00 bytes
-_KEY = np.dtype([("device", "<u8"), ("inode", "<u8")])
+_IDENTITY_FIELDS: tuple[str, ...] = IDENTITY.names or ()
+# a record: a file's identity and its digest ("S32" would drop 00 bytes); a join key: its file
+_RECORD = np.dtype([*IDENTITY.descr, ("digest", "u1", (32,))])
+_KEY = np.dtype([(name, IDENTITY[name]) for name in ("device", "inode")])
 
 
 class FileIndex:

@@ -12,6 +12,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Optional
 
 import numpy as np
 
@@ -75,10 +76,12 @@ class ImageCollection:
                 table[self.labels[index]][image.split] += 1
         return table
 
-    def paths(self) -> list[str | AnyPath]:
-        """Every image's file, in order: plain strings in a local folder (no `Path` object per
-        image: a million take seconds to make and hundreds of MB), else `ImageFile.path`."""
+    def paths(self, images: Optional[Iterable[ImageFile]] = None) -> list[str | AnyPath]:
+        """Every image's file (or those of `images`, this collection's), in order: plain strings
+        in a local folder (no `Path` object per image: a million take seconds to make and
+        hundreds of MB), else `ImageFile.path`."""
+        chosen = self.images if images is None else images
         if isinstance(self.image_dir, Path):
             folder = os.fspath(self.image_dir)
-            return [os.path.join(folder, image.relpath) for image in self.images]
-        return [image.path for image in self.images]
+            return [os.path.join(folder, image.relpath) for image in chosen]
+        return [image.path for image in chosen]

@@ -24,27 +24,29 @@ from retrainer.io.storage import AnyPath
 from retrainer.training.tta import MirroredSample, mirrored_sample
 
 
-def start_mirroring(config: RetrainConfig, engine: Engine, collection: ImageCollection,
-                    bottlenecks: Bottlenecks) -> Callable[[list[AnyPath]], Optional[MirroredSample]]:
-    """Start --tta auto's mirrored sample of the decodable validation images on a background
-    thread (not for multi-label heads or fine-tuning, whose flip is not checked).
+def start_mirroring(ahead: ThreadPoolExecutor, config: RetrainConfig, engine: Engine,
+                    collection: ImageCollection, bottlenecks: Bottlenecks
+                    ) -> Callable[[list[str | AnyPath]], Optional[MirroredSample]]:
+    """Start --tta auto's mirrored sample of the decodable validation images on `ahead` (the
+    stages' background thread, joined however they end: it writes to the vector cache), not for
+    multi-label heads or fine-tuning, whose flip is not checked.
 
     Returns:
         `sample(paths)`: waits for the sample and returns it if it was drawn from the
-        validation images `paths`, else None (also when nothing was started).
+        validation images `paths` (as `ImageCollection.paths` gives them), else None (also
+        when nothing was started).
     """
     training = config.training
     if config.exports.tta != AUTO_TTA or training.multi_label or training.do_fine_tuning:
         return lambda paths: None
-    paths = [image.path for image, ok in zip(collection.images, bottlenecks.ok)
-             if ok and image.split == VALIDATION]
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirroring")
-    job = pool.submit(mirrored_sample, engine, paths, training.seed,
-                      config.extraction.bottleneck_dir)
-    pool.shutdown(wait=False)  # the thread ends with its one job
+    paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
+                             if ok and image.split == VALIDATION)
+    job = ahead.submit(mirrored_sample, engine, paths, training.seed,
+                       config.extraction.bottleneck_dir)
     return lambda chosen: _if_from(job, chosen)
 
 
-def _if_from(job: Future[MirroredSample], paths: list[AnyPath]) -> Optional[MirroredSample]:
+def _if_from(job: Future[MirroredSample], paths: list[str | AnyPath]
+             ) -> Optional[MirroredSample]:
     sample = job.result()
     return sample if list(sample.paths) == paths else None

@@ -74,6 +74,15 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     Raises:
         As `retrainer.pipeline.run`.
     """
+    # work started ahead (pipeline/ahead.py) is joined however the stages end: no thread
+    # writes to the cache after the run has returned or raised
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as ahead:
+        return _run_stages(config, collection, file_index, timer, tensorflow, ahead)
+
+
+def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
+                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: ThreadPoolExecutor
+                ) -> RetrainResult:
     if needs_tensorflow(config):
         tensorflow.start()  # the modes that always run it: loaded while the vectors are read
     extraction = prepare_extraction(config, timer, tensorflow.ready)
@@ -99,7 +108,7 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
             signatures=config.audit.enabled,  # the audit's, from the same decode
         )
     extraction.remember()
-    mirrored = start_mirroring(config, engine, collection, bottlenecks)  # beside the audit
+    mirrored = start_mirroring(ahead, config, engine, collection, bottlenecks)  # beside the audit
     audit = None
     if config.audit.enabled:
         with timer("audit"):
@@ -121,7 +130,8 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     tta = None
     if config.exports.tta == AUTO_TTA:
         with timer("tta"):
-            tta = _choose_tta(config, engine, trained, splits, mirrored)
+            tta = _choose_tta(config, engine, trained, splits,
+                              collection.paths(splits.images[VALIDATION]), mirrored)
         exporter.tta = tta.mode
     explained = (config.reports.report_html is not None
                  and config.reports.report_explanations > 0 and explainable(extraction.spec.name))
@@ -256,14 +266,14 @@ def needs_tensorflow(config: RetrainConfig) -> bool:
 
 
 def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained, splits: SplitFeatures,
-                mirrored: Callable[[list[AnyPath]], Optional[MirroredSample]]) -> TtaChoice:
-    """--tta auto's choice (training/tta.py), checked on the cached validation vectors; not for
-    multi-label heads or a fine-tuned extractor (whose vectors are no longer the cache's).
-    `mirrored(paths)`: the sample drawn ahead, if drawn from these validation images."""
+                paths: list[str | AnyPath],
+                mirrored: Callable[[list[str | AnyPath]], Optional[MirroredSample]]) -> TtaChoice:
+    """--tta auto's choice (training/tta.py), checked on the cached validation vectors (of the
+    images at `paths`); not for multi-label heads or a fine-tuned extractor (whose vectors are no
+    longer the cache's). `mirrored(paths)`: the sample drawn ahead, if drawn from these images."""
     if config.training.multi_label or trained.tuning is not None:
         return TtaChoice(NO_TTA, 0, 0.0, 0.0, 0.0)
     validation = splits.features[VALIDATION]
-    paths = [image.path for image in splits.images[VALIDATION]]
     sample = mirrored(paths) or mirrored_sample(engine, paths, config.training.seed,
                                                 config.extraction.bottleneck_dir)
     return choose_tta(trained.head.head, sample, validation.features, validation.labels)

@@ -70,12 +70,12 @@ class MirroredSample:
         vectors: float32 [k, D] their mirror images' vectors.
     """
 
-    paths: tuple[AnyPath, ...]
+    paths: tuple[str | AnyPath, ...]
     rows: np.ndarray
     vectors: np.ndarray
 
 
-def mirrored_sample(engine: Engine, paths: Sequence[AnyPath], seed: int,
+def mirrored_sample(engine: Engine, paths: Sequence[str | AnyPath], seed: int,
                     bottleneck_dir: AnyPath) -> MirroredSample:
     """The mirror images' vectors of a seeded sample of up to SAMPLE_IMAGES of `paths` (the
     decodable validation images), through `engine` (the one the cached vectors come from);
@@ -113,7 +113,7 @@ def choose_tta(head: Head, sample: MirroredSample, vectors: np.ndarray, labels: 
     return choice
 
 
-def _mirrored_vectors(engine: Engine, paths: Sequence[AnyPath], bottleneck_dir: AnyPath
+def _mirrored_vectors(engine: Engine, paths: Sequence[str | AnyPath], bottleneck_dir: AnyPath
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(float32 [decoded, D] vectors of the mirrored images, bool [len(paths)] decoded): from the
     bottleneck cache (`layout.MIRRORED_SUBFOLDER`) where present, so a rerun decodes nothing;
