@@ -197,9 +197,10 @@ class _Index:
                  alternatives: Sequence[tuple[np.ndarray, float]]) -> None:
         self.unit, self.other = unit, other
         matrices = [unit] if other is None else [unit, other]
-        sketches: list[Rows] = [np.asarray(matrix[:], np.float32) for matrix in matrices]
         self.sketches: Optional[list[_Sketch]] = None
-        if unit.shape[1] > SKETCH_DIMENSIONS:
+        if unit.shape[1] <= SKETCH_DIMENSIONS:
+            sketches: list[Rows] = [np.asarray(matrix[:], np.float32) for matrix in matrices]
+        else:
             sample = np.concatenate([np.asarray(matrix[sample_rows(len(matrix))], np.float32)
                                      for matrix in matrices])
             axes = top_axes(sample, SKETCH_DIMENSIONS)
