@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from retrainer.cache.bottlenecks import compute_bottlenecks
@@ -18,7 +18,7 @@ from retrainer.data.discovery import discover_images
 from retrainer.data.split import VALIDATION
 from retrainer.engines.factory import create_engine
 from retrainer.errors import EXIT_DATA
-from retrainer.pipeline.ahead import start_mirroring
+from retrainer.pipeline.ahead import Ahead, start_mirroring
 from retrainer.training.tta import mirrored_sample
 from tests.fixtures_data import make_color_image_dir
 from tests.fixtures_extractors import TinyExtractor
@@ -37,7 +37,7 @@ def test_the_sample_drawn_ahead_is_the_one_drawn_in_place(tmp_path):
     paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
                              if ok and image.split == VALIDATION)
     assert len(paths) >= 2 and all(isinstance(path, str) for path in paths)
-    with ThreadPoolExecutor(max_workers=1) as ahead:
+    with Ahead() as ahead:
         sample = start_mirroring(ahead, config, engine, collection, bottlenecks)
         drawn = sample(paths)
         assert drawn is not None
@@ -62,3 +62,21 @@ def test_a_run_that_fails_after_the_vectors_leaves_nothing_running(tmp_path):
     assert "No decodable training images" in result.stderr
     left = [thread.name for thread in set(threading.enumerate()) - before if not thread.daemon]
     assert left == []  # was: mirroring_0 and its decode threads
+
+
+def test_a_stopped_sample_decodes_and_keeps_nothing_more(tmp_path):
+    """The stages ended by an exception: `Ahead` tells its work to stop, and the mirrored sample
+    decodes no further chunk (nothing more is written to the cache)."""
+    image_dir = make_color_image_dir(tmp_path / "images", per_class=4)
+    paths = discover_images(image_dir).paths()
+    engine = create_engine(TinyExtractor(), "float32")
+    with pytest.raises(KeyError), Ahead() as ahead:
+        raise KeyError("a stage failed")
+    assert ahead.stopping.is_set()
+    stopped = mirrored_sample(engine, paths, 0, tmp_path / "cache", ahead.stopping)
+    assert len(stopped.rows) == 0 and len(stopped.vectors) == 0
+    assert not (tmp_path / "cache").exists() or not any(
+        path.is_file() for path in (tmp_path / "cache").rglob("*"))
+    with Ahead() as finished:
+        pass
+    assert not finished.stopping.is_set()

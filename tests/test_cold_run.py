@@ -1,7 +1,7 @@
 """A cold run (a new --bottleneck_dir and new output folders) on a machine where the same flags
 ran before imports no TensorFlow: the int8 extraction runs on LiteRT, the frozen graph and the
-checkpoint are written from the user cache's templates, the heat maps come from the kept map
-model; and it writes what a run with TensorFlow writes.
+checkpoint are written from the user cache's templates, the heat maps come from the int8
+engine's kept model; and it writes what a run with TensorFlow writes, heat maps included.
 
 Real processes (`python -X importtime -m retrainer.cli.retrain`), the real default extractor and
 real Fashion-MNIST images, as in tests/test_warm_rerun.py.
@@ -30,6 +30,13 @@ def heat_map_figures(folder: Path) -> int:
     return (folder / "out" / "report.html").read_text().count('alt="heat map of ')
 
 
+def gallery(folder: Path) -> str:
+    """The report's heat-map figures (their PNGs inline)."""
+    report = (folder / "out" / "report.html").read_text()
+    start = report.index('<div class="gallery">', report.index('<section id="explanations">'))
+    return report[start:report.index("</div>", start)]
+
+
 @pytest.mark.slow
 def test_a_cold_run_imports_no_tensorflow_and_writes_what_tensorflow_writes(
         tmp_path, fashion_subset_dir, fashion_mnist_holdout_dir):
@@ -42,4 +49,5 @@ def test_a_cold_run_imports_no_tensorflow_and_writes_what_tensorflow_writes(
     results = [stable({key: document[key] for key in SAME}) for document in (first, cold)]
     assert results[0] == results[1]
     assert heat_map_figures(tmp_path / "cold") == heat_map_figures(tmp_path / "first") > 0
+    assert gallery(tmp_path / "cold") == gallery(tmp_path / "first")  # the same maps
     assert classified(tmp_path / "cold", fashion_mnist_holdout_dir) >= 0.8

@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 
 from hypothesis import given, settings
@@ -65,6 +68,35 @@ def test_an_unwritable_cache_is_one_warning_that_says_what_to_do(tmp_path, caplo
         f"Cannot write retrainer's cache {blocked / 'bottlenecks'} (Not a directory): what it "
         "keeps for the next run is made again on every run; pass --bottleneck_dir a writable "
         "folder."]
+
+
+_IMPORT_MATPLOTLIB = """
+import sys
+from retrainer.cli import configure_logging
+if sys.argv[1] == "cli":
+    configure_logging("WARN")
+else:
+    import logging
+    logging.basicConfig(level=logging.WARNING)
+import matplotlib
+import matplotlib.font_manager
+print(matplotlib.get_cachedir())
+"""
+
+
+def test_an_unusable_cache_folder_gets_no_notices_from_matplotlib(tmp_path):
+    """matplotlib works in a temporary folder of its own, as without retrainer, but its notices
+    about it (every run) are hidden: retrainer's warning already names the folder."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    env = {name: value for name, value in os.environ.items() if name != "MPLCONFIGDIR"}
+    env["XDG_CACHE_HOME"] = str(blocked)
+    runs = {how: subprocess.run([sys.executable, "-c", _IMPORT_MATPLOTLIB, how], env=env,
+                                capture_output=True, text=True, check=True)
+            for how in ("cli", "plain")}
+    assert "Matplotlib created a temporary" in runs["plain"].stderr  # what the CLI hides
+    assert runs["cli"].stderr == ""
+    assert runs["cli"].stdout.startswith(os.path.join(tempfile.gettempdir(), "matplotlib-"))
 
 
 def test_no_local_root_keeps_nothing(tmp_path):

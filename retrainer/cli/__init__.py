@@ -18,7 +18,7 @@ import click
 
 from retrainer import __version__
 from retrainer.errors import EXIT_INTERRUPTED, EXIT_USAGE, RetrainerError
-from retrainer.io.host import filtered_stderr
+from retrainer.io.host import filtered_stderr, quiet_matplotlib_folders
 from retrainer.io.storage import as_path, is_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,6 +112,7 @@ def configure_logging(verbosity: str) -> None:
     # TensorFlow's own INFO lines ("Assets written to ...") are not our progress.
     for library in ("tensorflow", "absl"):
         logging.getLogger(library).setLevel(max(logging.getLogger().level, logging.WARNING))
+    quiet_matplotlib_folders()  # an unusable cache folder: retrainer's one warning says so
 
 
 def reports_errors(command: F) -> F:

@@ -39,7 +39,12 @@ from retrainer.data.decoding import decode_image
 from retrainer.engines._model_cache import cached_model, kept_model, model_path
 from retrainer.engines.base import INT8, Batch, Engine, precision_spec
 from retrainer.errors import UsageError
-from retrainer.formats.tflite import BatchInterpreter, full_integer_model, new_interpreter
+from retrainer.formats.tflite import (
+    BatchInterpreter,
+    full_integer_model,
+    new_interpreter,
+    pooled_map_model,
+)
 
 if TYPE_CHECKING:  # TensorFlow: imported only to convert a model, never to run a kept one
     from retrainer.extractors import ExtractorSpec, FeatureExtractor
@@ -198,6 +203,14 @@ class Int8Engine(Engine):
         finally:
             for _, vectors in pending:
                 vectors.cancel()
+
+
+def kept_map_model(path: Path) -> Optional[bytes]:
+    """The int8 model kept at `path` (`Int8Engine.model_path`) with its last map before the
+    pooling as its output (int8 [N, h, w, K]: the report's heat maps), or None when it is gone
+    or damaged."""
+    model = kept_model(path)
+    return None if model is None else pooled_map_model(model)
 
 
 def _converted(extractor: FeatureExtractor) -> bytes:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -96,6 +97,8 @@ class Exporter:
         self._exporter: Optional[GraphExporter] = None
         self._kept_graph: Optional[bytes] = None  # the exported graph, when kept untraced
         self._fine_tuned: Optional[bool] = None  # known once write_all ran
+        # the int8 engine's kept model that made the head's vectors: the heat maps' map
+        self.engine_model: Optional[Path] = None
 
     def graph_exporter(self, head: Head) -> GraphExporter:
         """The frozen-graph writer of `head`: the intermediate graphs' until `write_all`, the
@@ -117,14 +120,15 @@ class Exporter:
         TensorFlow: a fine-tuned extractor, or no kept template of the graph (or map model)."""
         if fine_tuned or not self._templates(head, novelty).kept():
             return True
-        return explained and not LiteCam(self.spec.id, self.spec.input_size, head.weights).kept()
+        return explained and not LiteCam(self.spec.id, self.spec.input_size, head.weights,
+                                         self.engine_model).kept()
 
     def lite_cam(self, head: Head) -> Optional[LiteCam]:
         """CAM of the exported graph without TensorFlow (`explain.lite_cam`), when it holds the
         unmodified extractor (not fine-tuned) and `head`; else None."""
         if self._fine_tuned is not False:
             return None
-        return LiteCam(self.spec.id, self.spec.input_size, head.weights)
+        return LiteCam(self.spec.id, self.spec.input_size, head.weights, self.engine_model)
 
     def _graph_exporter(self, head: Head, novelty: Optional[Novelty] = None,
                         thresholds: Optional[Sequence[float]] = None,

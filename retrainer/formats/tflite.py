@@ -10,10 +10,14 @@ and from `tf.lite.Interpreter` to LiteRT in one place. `ai-edge-litert` (`pip in
 
 from __future__ import annotations
 
+import struct
 import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import numpy as np
+from flatbuffers import number_types
+
+from retrainer.formats import flatbuffer_fields as fields
 
 if TYPE_CHECKING:  # imported where a model is converted, or run without LiteRT: a kept model
     import tensorflow as tf  # runs on LiteRT alone (the int8 engine's, beside TF's own import)
@@ -53,19 +57,61 @@ class BatchInterpreter:
 
     def __init__(self, model: bytes, threads: Optional[int] = None) -> None:
         self._interpreter = new_interpreter(model, threads)
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        self._output = self._interpreter.get_output_details()[0]["index"]
+        details = self._interpreter.get_input_details()[0]
+        self._input, self.input_dtype = details["index"], np.dtype(details["dtype"])
+        output = self._interpreter.get_output_details()[0]
+        self._output = output["index"]
+        self._scale, self._zero_point = output["quantization"]  # (0.0, 0): not quantized
         self._rows = 0
 
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
-        """The model's float32 output for the batch `inputs` (its first axis: the rows)."""
+        """The model's output for the batch `inputs` (its first axis: the rows) as float32; a
+        quantized integer output dequantized ((q - zero point) x scale)."""
         if len(inputs) != self._rows:  # re-plan only when the batch size changes
             self._interpreter.resize_tensor_input(self._input, inputs.shape)
             self._interpreter.allocate_tensors()
             self._rows = len(inputs)
         self._interpreter.set_tensor(self._input, inputs)
         self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).astype(np.float32, copy=True)
+        output = self._interpreter.get_tensor(self._output)
+        if self._scale and output.dtype != np.float32:
+            return (output.astype(np.float32) - np.float32(self._zero_point)) * np.float32(
+                self._scale)
+        return output.astype(np.float32, copy=True)
+
+
+_MEAN = 40  # the MEAN operator's builtin code in the TFLite schema
+
+
+def pooled_map_model(model: bytes) -> Optional[bytes]:
+    """`model` (a one-output `.tflite` whose output is computed from the spatial mean of its
+    last [N, h, w, K] map, as an extractor's pooled vector is) with that map as its output
+    instead: the same operators and weights, the output's index changed in place (the map of
+    an int8 model comes out int8, with its scale and zero point). None when the model has no
+    MEAN operator or not exactly one output.
+    """
+    root = fields.root(model)
+    codes = fields.tables(root, 1)  # Model.operator_codes
+    subgraphs = fields.tables(root, 2)  # Model.subgraphs
+    if not subgraphs:
+        return None
+    main = subgraphs[0]
+    means = [operator for operator in fields.tables(main, 3)  # SubGraph.operators
+             if _builtin_code(codes[fields.scalar(operator, 0, number_types.Uint32Flags)])
+             == _MEAN]
+    offset = fields.position(main, 2)  # SubGraph.outputs
+    if not means or not offset or main.VectorLen(offset) != 1:
+        return None
+    feature_map = fields.numbers(means[-1], 1, number_types.Int32Flags)[0]  # its input
+    patched = bytearray(model)
+    struct.pack_into("<i", patched, main.Vector(offset), feature_map)
+    return bytes(patched)
+
+
+def _builtin_code(code: Any) -> int:
+    """An OperatorCode's builtin code (the larger of its old int8 field and its int32 one)."""
+    return max(fields.scalar(code, 0, number_types.Int8Flags),
+               fields.scalar(code, 3, number_types.Int32Flags))
 
 
 def full_integer_model(

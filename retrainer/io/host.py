@@ -80,6 +80,34 @@ def _warn_once(folder: str, reason: str, fix: str) -> None:
                 "again on every run; %s.", folder, reason, fix)
 
 
+def quiet_matplotlib_folders() -> None:
+    """When the user's cache folder (XDG_CACHE_HOME) cannot be written, hide matplotlib's notices
+    that it works in a temporary folder instead (its own fallback, unchanged): retrainer's
+    warning (`warn_not_kept`) already names the folder and the fix."""
+    if not _could_write(user_cache_dir().parent / "matplotlib"):
+        for logger in ("matplotlib", "matplotlib.font_manager"):
+            logging.getLogger(logger).addFilter(_not_a_folder_notice)
+
+
+# What matplotlib logs on every import when its cache folder is unusable (then a temporary one)
+_MATPLOTLIB_FOLDER_NOTICES = ("mkdir -p failed for path", "Matplotlib created a temporary",
+                              "Matplotlib is building the font cache")
+
+
+def _not_a_folder_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(_MATPLOTLIB_FOLDER_NOTICES)
+
+
+def _could_write(folder: Path) -> bool:
+    """Whether `folder` is, or could be made, a writable folder (its nearest existing ancestor is
+    a writable folder); nothing is created."""
+    while not os.path.lexists(folder):
+        if folder.parent == folder:
+            return False
+        folder = folder.parent
+    return os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK)
+
+
 def usable_cpus() -> int:
     """How many CPUs this process may run on: one decode or interpreter thread each."""
     try:

@@ -11,7 +11,9 @@ the audit and the head fit ~0.15 s longer.
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from types import TracebackType
 from typing import Callable, Optional
 
 from retrainer.cache.bottlenecks import Bottlenecks
@@ -24,12 +26,30 @@ from retrainer.io.storage import AnyPath
 from retrainer.training.tta import MirroredSample, mirrored_sample
 
 
-def start_mirroring(ahead: ThreadPoolExecutor, config: RetrainConfig, engine: Engine,
+class Ahead:
+    """The stages' background thread, as a context manager around them: its work is joined
+    however they end (it writes to the vector cache: nothing may after the run), and told to
+    stop early (`stopping`) when they end by an exception, so that an error exits promptly."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead")
+
+    def __enter__(self) -> Ahead:
+        return self
+
+    def __exit__(self, kind: Optional[type[BaseException]], error: Optional[BaseException],
+                 traceback: Optional[TracebackType]) -> None:
+        if kind is not None:
+            self.stopping.set()
+        self.pool.shutdown(wait=True)
+
+
+def start_mirroring(ahead: Ahead, config: RetrainConfig, engine: Engine,
                     collection: ImageCollection, bottlenecks: Bottlenecks
                     ) -> Callable[[list[str | AnyPath]], Optional[MirroredSample]]:
-    """Start --tta auto's mirrored sample of the decodable validation images on `ahead` (the
-    stages' background thread, joined however they end: it writes to the vector cache), not for
-    multi-label heads or fine-tuning, whose flip is not checked.
+    """Start --tta auto's mirrored sample of the decodable validation images on `ahead` (not
+    for multi-label heads or fine-tuning, whose flip is not checked).
 
     Returns:
         `sample(paths)`: waits for the sample and returns it if it was drawn from the
@@ -41,8 +61,8 @@ def start_mirroring(ahead: ThreadPoolExecutor, config: RetrainConfig, engine: En
         return lambda paths: None
     paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
                              if ok and image.split == VALIDATION)
-    job = ahead.submit(mirrored_sample, engine, paths, training.seed,
-                       config.extraction.bottleneck_dir)
+    job = ahead.pool.submit(mirrored_sample, engine, paths, training.seed,
+                            config.extraction.bottleneck_dir, ahead.stopping)
     return lambda chosen: _if_from(job, chosen)
 
 

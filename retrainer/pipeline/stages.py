@@ -22,7 +22,7 @@ from retrainer.cache.file_index import FileIndex
 from retrainer.config import RetrainConfig
 from retrainer.data.collection import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
-from retrainer.engines.base import Engine
+from retrainer.engines.base import INT8, Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
 from retrainer.explain.scope import explainable
 from retrainer.exports.options import AUTO_TTA, NO_TTA
@@ -31,7 +31,7 @@ from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.formats.graph_contract import INPUT_OP
 from retrainer.io.storage import AnyPath
 from retrainer.pipeline._background import TensorFlowLoad
-from retrainer.pipeline.ahead import start_mirroring
+from retrainer.pipeline.ahead import Ahead, start_mirroring
 from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
     MultiLabelEvaluation,
@@ -74,15 +74,12 @@ def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: F
     Raises:
         As `retrainer.pipeline.run`.
     """
-    # work started ahead (pipeline/ahead.py) is joined however the stages end: no thread
-    # writes to the cache after the run has returned or raised
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ahead") as ahead:
+    with Ahead() as ahead:  # work started ahead is joined (stopped early on an error)
         return _run_stages(config, collection, file_index, timer, tensorflow, ahead)
 
 
 def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
-                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: ThreadPoolExecutor
-                ) -> RetrainResult:
+                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: Ahead) -> RetrainResult:
     if needs_tensorflow(config):
         tensorflow.start()  # the modes that always run it: loaded while the vectors are read
     extraction = prepare_extraction(config, timer, tensorflow.ready)
@@ -121,6 +118,8 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
     exporter = Exporter(config.exports, extraction.spec, extraction.extractor, collection.labels,
                         held.folder(config.exports.intermediate_output_graphs_dir),
                         config.extraction.bottleneck_dir, tensorflow.ready)
+    if engine.precision == INT8:  # the heat maps' map: from the model that made the vectors
+        exporter.engine_model = getattr(engine, "model_path", None)
     trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,

@@ -2,7 +2,8 @@
 
 The heat maps (`retrainer.explain`: CAM, which equals Grad-CAM for the retrained linear head at
 half the work; Grad-CAM for any other graph) come from the run's own classifier graph, frozen in
-memory exactly as it is exported, over the test images decoded as training decoded them; each
+memory exactly as it is exported (with the int8 engine, its own model's last map:
+`explain.lite_cam`), over the test images decoded as training decoded them; each
 figure shows the image as the network saw it and the same image with the heat map of the class
 its caption names as predicted over it.
 Every misclassified test image (up to the gallery's limit) and the first `per_class` correctly
@@ -198,7 +199,7 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
         digest.update(np.ascontiguousarray(image).data)
     memo = Memo(cache_root, heat_maps_path)
     key = memo_key("heat maps", input_name, output_name, len(pixels), digest.hexdigest(),
-                   ",".join(map(str, classes.tolist())))
+                   ",".join(map(str, classes.tolist())), lite.source if lite else None)
 
     def usable(data: bytes) -> bool:
         try:

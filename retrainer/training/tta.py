@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -76,12 +77,14 @@ class MirroredSample:
 
 
 def mirrored_sample(engine: Engine, paths: Sequence[str | AnyPath], seed: int,
-                    bottleneck_dir: AnyPath) -> MirroredSample:
+                    bottleneck_dir: AnyPath, stop: Optional[threading.Event] = None
+                    ) -> MirroredSample:
     """The mirror images' vectors of a seeded sample of up to SAMPLE_IMAGES of `paths` (the
     decodable validation images), through `engine` (the one the cached vectors come from);
-    cached under `bottleneck_dir` too."""
+    cached under `bottleneck_dir` too. Once `stop` is set, no further chunk is decoded (the
+    images not reached are left out of the sample: for a run that has failed)."""
     rows = np.sort(np.random.default_rng(seed).permutation(len(paths))[:SAMPLE_IMAGES])
-    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir)
+    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir, stop)
     return MirroredSample(tuple(paths), rows[ok], mirrored)
 
 
@@ -113,8 +116,8 @@ def choose_tta(head: Head, sample: MirroredSample, vectors: np.ndarray, labels: 
     return choice
 
 
-def _mirrored_vectors(engine: Engine, paths: Sequence[str | AnyPath], bottleneck_dir: AnyPath
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def _mirrored_vectors(engine: Engine, paths: Sequence[str | AnyPath], bottleneck_dir: AnyPath,
+                      stop: Optional[threading.Event]) -> tuple[np.ndarray, np.ndarray]:
     """(float32 [decoded, D] vectors of the mirrored images, bool [len(paths)] decoded): from the
     bottleneck cache (`layout.MIRRORED_SUBFOLDER`) where present, so a rerun decodes nothing;
     else decoded a chunk at a time (2,000 images at 224 x 224 would hold 300 MB of pixels)."""
@@ -123,6 +126,8 @@ def _mirrored_vectors(engine: Engine, paths: Sequence[str | AnyPath], bottleneck
     vectors: list[Optional[np.ndarray]] = [cache.load(key) for key in keys]
     missing = [index for index, vector in enumerate(vectors) if vector is None]
     for start in range(0, len(missing), CHUNK):
+        if stop is not None and stop.is_set():
+            break
         chunk = missing[start:start + CHUNK]
         pixels, ok = decode_files([paths[index] for index in chunk], engine.spec.input_size)
         if not ok.any():
