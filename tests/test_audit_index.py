@@ -200,3 +200,30 @@ def test_conditions_find_every_pair_equal_in_all_parts_of_one(rows, seed):
         assert sorted(candidates(conditions)) == sorted(found)
     finally:
         lsh.BLOCK_PAIRS = saved
+
+
+@SETTINGS
+@given(st.integers(2, 400), st.sampled_from([0.9, 0.97, 0.997]), st.booleans(),
+       st.integers(0, 2**16))
+def test_wide_rows_pairs_are_the_same_when_far_sketches_are_not_scored(count, gate, cross, seed):
+    """Rows wider than the sketches (copies planted within the reach; gates up to the mirror
+    pass's): the index that leaves unscored the candidates whose sketch prefixes lie beyond the
+    gate's reach returns exactly the pairs of the index that scores every candidate, with and
+    without `other` rows (a pair scored both ways round)."""
+    rng = np.random.default_rng(seed)
+    width = pairs.SKETCH_DIMENSIONS + 32
+    unit = unit_rows(rng.standard_normal((count, width)).astype(np.float32))
+    reach = np.sqrt(2 - 2 * gate)
+    originals = np.arange(0, count, 3)
+    nudge = unit_rows(rng.standard_normal((len(originals), width)).astype(np.float32))
+    rows = np.concatenate([unit, unit_rows(unit[originals] + 0.25 * reach * nudge)])
+    other = unit_rows(rows[:, ::-1] + 0.01) if cross else None
+    filtered = pair_set(pairs.similar_pairs(rows, gate, other=other, method="index"))
+    everything = pairs._within
+    try:
+        pairs._within = lambda sketches, firsts, seconds, reach: np.ones(len(firsts), bool)
+        scored = pair_set(pairs.similar_pairs(rows, gate, other=other, method="index"))
+    finally:
+        pairs._within = everything
+    assert filtered == scored
+    assert cross or len(scored) >= len(originals)  # the copies were looked at

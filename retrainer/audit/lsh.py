@@ -26,6 +26,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from retrainer.audit._threads import in_order
+from retrainer.audit.neighbours import Rows
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,11 @@ _TILE = 2048  # rows and columns of a bucket scored at a time
 class Part:
     """One descriptor a pair must be close in: rows `points` [N, D] float32, and `others` (None:
     `points`) for pairs scored one's points against the other's others; `reach`: the largest
-    distance of a pair that must be found."""
+    distance of a pair that must be found. Rows are taken a block at a time (the codes) or a
+    few hundred at a time (the plan's sample): they may be computed when taken (`Rows`)."""
 
-    points: np.ndarray
-    others: Optional[np.ndarray]
+    points: Rows
+    others: Optional[Rows]
     reach: float
 
     def distances(self, firsts: np.ndarray, seconds: np.ndarray) -> np.ndarray:
@@ -155,12 +157,9 @@ def close_pairs(conditions: Sequence[Sequence[Part]], block_scores: Scores, pair
     other_codes = codes if symmetric else np.empty_like(codes)
     column = 0
     for parts, shape in zip(conditions, plans):
-        points, others = _codes(parts, shape, rng)
-        codes[:, column:column + shape.tables] = points
-        if not symmetric:
-            other_codes[:, column:column + shape.tables] = others
+        _codes(parts, shape, rng, codes[:, column:column + shape.tables],
+               None if symmetric else other_codes[:, column:column + shape.tables])
         column += shape.tables
-        del points, others
 
     def table_pairs(table: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         found = []
@@ -180,18 +179,18 @@ def close_pairs(conditions: Sequence[Sequence[Part]], block_scores: Scores, pair
         yield from found
 
 
-def _codes(parts: Sequence[Part], shape: Plan,
-           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """uint32 [N, tables] twice: each row's bucket in each table from its points' side and
-    from its others' side (the same array when no part has others): its slot numbers mixed."""
+def _codes(parts: Sequence[Part], shape: Plan, rng: np.random.Generator, codes: np.ndarray,
+           other_codes: Optional[np.ndarray]) -> None:
+    """Write each row's bucket in each table into `codes` (uint32 [N, tables], from its points'
+    side) and `other_codes` (from its others' side; None: a symmetric index): its slot
+    numbers mixed. Written a block of rows at a time: no whole [N, tables] array besides."""
     projections = [(rng.standard_normal((part.points.shape[1], shape.tables * k), np.float32),
                     rng.uniform(0, width, shape.tables * k).astype(np.float32), k, width)
                    for part, k, width in zip(parts, shape.projections, shape.widths)]
     mixers = (rng.integers(1, 2**63, sum(shape.projections), np.int64) | 1).view(np.uint64)
     count = len(parts[0].points)
 
-    def side(others: bool) -> np.ndarray:
-        codes = np.empty((count, shape.tables), np.uint32)
+    def side(others: bool, out: np.ndarray) -> None:
         for start in range(0, count, _BLOCK_ROWS):
             stop = min(start + _BLOCK_ROWS, count)
             slots = [np.floor((np.asarray((part.others if others and part.others is not None
@@ -201,11 +200,14 @@ def _codes(parts: Sequence[Part], shape: Plan,
                      for part, (directions, offsets, k, width) in zip(parts, projections)]
             mixed = (np.concatenate(slots, axis=2).view(np.uint64) * mixers).sum(
                 axis=2, dtype=np.uint64)  # wraps modulo 2**64
-            codes[start:stop] = (mixed ^ (mixed >> np.uint64(32))).astype(np.uint32)
-        return codes
+            out[start:stop] = (mixed ^ (mixed >> np.uint64(32))).astype(np.uint32)
 
-    points = side(False)
-    return points, (side(True) if any(part.others is not None for part in parts) else points)
+    side(False, codes)
+    if other_codes is not None:
+        if any(part.others is not None for part in parts):
+            side(True, other_codes)
+        else:
+            other_codes[:] = codes
 
 
 def _table_candidates(codes: np.ndarray, other_codes: np.ndarray, table: int,

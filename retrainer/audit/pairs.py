@@ -8,7 +8,7 @@ are scored exactly. `similar_pairs` chooses (docs/audit.md).
 from __future__ import annotations
 
 import logging
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -30,6 +30,10 @@ SKETCH_DIMENSIONS = 64  # wider rows are hashed by their projection on this many
 # (its bucket joins and gathers cost more per product than the window's tiles).
 INDEX_OVERHEAD = 2.0
 PAIR_CHUNK = 1 << 15  # pairs whose rows are gathered at a time
+# squared distance added to a reach before a pair's sketches rule it out: rows of length 1 give
+# or take float32 rounding (~1e-6) would need far less
+SKETCH_MARGIN = 1e-3
+PREFIX_DIMENSIONS = 16  # columns of the wide rows' sketches kept for that test (64 MB a side)
 SEED = 0  # draws the index's projections: the same pairs on every run
 
 _Scored = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows, columns, scores of pairs
@@ -193,14 +197,17 @@ class _Index:
                  alternatives: Sequence[tuple[np.ndarray, float]]) -> None:
         self.unit, self.other = unit, other
         matrices = [unit] if other is None else [unit, other]
+        self.sketches: Optional[list[_Sketch]] = None
         if unit.shape[1] <= SKETCH_DIMENSIONS:
-            sketches = [np.asarray(matrix[:], np.float32) for matrix in matrices]
+            sketches: list[Rows] = [np.asarray(matrix[:], np.float32) for matrix in matrices]
         else:
             sample = np.concatenate([np.asarray(matrix[sample_rows(len(matrix))], np.float32)
                                      for matrix in matrices])
             axes = top_axes(sample, SKETCH_DIMENSIONS)
-            sketches = [_products(matrix, axes.T) for matrix in matrices]
+            self.sketches = [_Sketch(matrix, axes) for matrix in matrices]
+            sketches = list(self.sketches)
         main = lsh.Part(sketches[0], sketches[1] if other is not None else None, reach)
+        self.reach = reach
         self.conditions = [[main, lsh.Part(np.asarray(rows, np.float32), None, _reach(gate))]
                            for rows, gate in alternatives] or [[main]]
         rng = np.random.default_rng(SEED)
@@ -221,10 +228,23 @@ class _Index:
                 np.asarray(unit[rows], np.float32) @ np.asarray(other[columns], np.float32).T,
                 np.asarray(other[rows], np.float32) @ np.asarray(unit[columns], np.float32).T)
 
-        def pair_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        def exact_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
             scores = _pair_products(unit, unit if other is None else other, rows, columns)
             if other is not None:
                 scores = np.maximum(scores, _pair_products(other, unit, rows, columns))
+            return scores
+
+        # Projections on orthonormal axes bring no pair further apart, so a candidate whose
+        # sketches' prefixes are further apart than `reach` (with a margin for rounding) cannot
+        # pass the gate and is not scored: wide rows are costly (at a million images they are
+        # computed from the thumbnails pair by pair) and most candidates are that far apart.
+        def pair_scores(rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+            if self.sketches is None or not all(sketch.complete() for sketch in self.sketches):
+                return exact_scores(rows, columns)
+            scores = np.full(len(rows), -np.inf, np.float32)  # below any gate
+            close = np.flatnonzero(_within([sketch.prefix for sketch in self.sketches], rows,
+                                           columns, self.reach))
+            scores[close] = exact_scores(rows[close], columns[close])
             return scores
 
         for rows, columns, scores in lsh.close_pairs(self.conditions, block_scores, pair_scores,
@@ -235,6 +255,62 @@ class _Index:
 def _reach(gate: float) -> float:
     """How far apart two rows of length 1 with cosine `gate` can be: sqrt(2 - 2 gate)."""
     return float(np.sqrt(max(0.0, 2.0 - 2.0 * gate)))
+
+
+class _Sketch:
+    """Rows of a wide `Rows` projected on the sketch axes (float32 [N, K]), computed when taken:
+    a million rows' 64-wide sketches are 256 MB a side, needed once for the index's codes. A
+    slice is computed BLOCK_ROWS rows at a time from its start, as `_products` computes the
+    whole; the first PREFIX_DIMENSIONS columns of every row taken by a slice are kept in
+    `prefix` (the codes take every row once) for `_within`."""
+
+    def __init__(self, matrix: Rows, axes: np.ndarray) -> None:
+        self.matrix, self.columns = matrix, axes.T
+        self.shape = (len(matrix), axes.shape[0])
+        self.prefix = np.zeros((len(matrix), min(PREFIX_DIMENSIONS, axes.shape[0])), np.float32)
+        self._taken = np.zeros(len(matrix), bool)
+
+    def __len__(self) -> int:
+        return len(self.matrix)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if not isinstance(index, slice):
+            return np.asarray(self.matrix[index], np.float32) @ self.columns
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            return self[np.arange(start, stop, step)]
+        rows = np.empty((max(stop - start, 0), self.shape[1]), np.float32)
+        for block in range(start, stop, BLOCK_ROWS):
+            end = min(block + BLOCK_ROWS, stop)
+            rows[block - start:end - start] = (
+                np.asarray(self.matrix[block:end], np.float32) @ self.columns)
+        self.prefix[start:stop] = rows[:, :self.prefix.shape[1]]
+        self._taken[start:stop] = True
+        return rows
+
+    def complete(self) -> bool:
+        """Whether `prefix` holds every row."""
+        return bool(self._taken.all())
+
+
+def _within(sketches: Sequence[np.ndarray], rows: np.ndarray, columns: np.ndarray,
+            reach: float) -> np.ndarray:
+    """bool [P]: whether rows[p]'s sketch lies within `reach` of columns[p]'s (one sketch), or
+    either one's within reach of the other's other sketch (two: a row's unit and other
+    projections), give or take SKETCH_MARGIN: False only for pairs that cannot score `reach`'s
+    gate, whatever rounding the exact scores see."""
+    limit = reach * reach + SKETCH_MARGIN
+    close = np.empty(len(rows), bool)
+    first, second = sketches[0], sketches[-1]
+    for start in range(0, len(rows), PAIR_CHUNK):
+        row, column = rows[start:start + PAIR_CHUNK], columns[start:start + PAIR_CHUNK]
+        forward = first[row] - second[column]
+        near = np.einsum("ij,ij->i", forward, forward) <= limit
+        if len(sketches) > 1:
+            backward = second[row] - first[column]
+            near |= np.einsum("ij,ij->i", backward, backward) <= limit
+        close[start:start + PAIR_CHUNK] = near
+    return close
 
 
 def _products(matrix: Rows, columns: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from retrainer.cache.layout import audit_findings_path
 from retrainer.data.batches import decode_signatures
 from retrainer.data.split import TESTING, TRAINING
 from retrainer.io.atomic import write_bytes_atomically, write_text_atomically
+from retrainer.io.host import release_free_memory
 from retrainer.io.storage import AnyPath
 
 if TYPE_CHECKING:
@@ -121,8 +122,10 @@ def find_problems(collection: ImageCollection, bottlenecks: Bottlenecks,
         label_work = None if multi_label else pool.submit(mislabeled)
         far = _timed(seconds, "outliers", outliers.find_outliers, vectors, labels)
         issues = [] if label_work is None else label_work.result()
+        release_free_memory()  # what the two freed on their threads, before the near pairs'
         pairs = _timed(seconds, "near pairs", duplicates.near_pairs, digests, vectors,
                        signatures.thumbnails, signatures.hashes)
+    release_free_memory()
     log.info("Audit detectors: %s.", ", ".join(f"{name} {value:.1f} s"
                                                 for name, value in seconds.items()))
     near = _near_groups(len(usable), exact, pairs)

@@ -27,6 +27,7 @@ from retrainer.cache.signatures import SignatureCache
 from retrainer.data.batches import content_digest, decoded_batches
 from retrainer.data.signatures import Signatures
 from retrainer.engines import Engine
+from retrainer.io.host import release_free_memory
 from retrainer.io.storage import as_path, is_url, read_bytes
 
 if TYPE_CHECKING:  # a vector cache of any extractor needs no TensorFlow to be read
@@ -152,6 +153,7 @@ def compute_bottlenecks(
         signature_cache.store([digests[position] for position in fresh], made.take(fresh))
     for position, reason in sorted(skipped.items()):
         log.warning("Skipping %s: %s", paths[position], reason)
+    release_free_memory()  # the readers' threads' buffers: hundreds of MB at a million files
     return Bottlenecks(
         vectors=vectors,
         ok=ok,

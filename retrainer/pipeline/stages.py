@@ -15,8 +15,6 @@ import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-import numpy as np
-
 from retrainer.audit.report_section import audit_sections
 from retrainer.audit.run import DatasetAudit
 from retrainer.cache.bottlenecks import DEFAULT_BATCH_SIZE, compute_bottlenecks
@@ -36,6 +34,7 @@ from retrainer.pipeline._background import TensorFlowLoad
 from retrainer.pipeline.ahead import Ahead, start_mirroring
 from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
+    MultiLabelEvaluation,
     evaluate_multi_label,
     label_hits,
     top1_metrics,
@@ -47,19 +46,20 @@ from retrainer.reports.explanations import choose_images, explanation_section
 from retrainer.reports.gates import check_gates, failure_message
 from retrainer.reports.held_outputs import HeldOutputs
 from retrainer.reports.html import Section
-from retrainer.reports.metrics import split_metrics
+from retrainer.reports.metrics import SplitMetrics, split_metrics
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.checkpoint import written_without_tensorflow
 from retrainer.training.evaluate import Evaluation, evaluate_head
 from retrainer.training.head import train_head
-from retrainer.training.head_types import FeatureSet, TrainingResult
+from retrainer.training.head_types import FeatureSet, Head, TrainingResult
 from retrainer.training.image_modes import (
     distortions_of,
     fine_tuning_summary,
     training_options,
 )
 from retrainer.training.novelty import fit_run_novelty, novelty_summary
+from retrainer.training.options import TrainingOptions
 from retrainer.training.tta import MirroredSample, TtaChoice, choose_tta, mirrored_sample
 
 if TYPE_CHECKING:  # fine-tuning loads TensorFlow
@@ -120,8 +120,7 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
                         config.extraction.bottleneck_dir, tensorflow.ready)
     if engine.precision == INT8:  # the heat maps' map: from the model that made the vectors
         exporter.engine_model = getattr(engine, "model_path", None)
-    trained, validation_probabilities = _train_and_evaluate(config, extraction, splits,
-                                                            exporter, held, timer)
+    trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
                                   trained.tuning, config.training.novelty_pass_rate,
@@ -137,33 +136,17 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
                  and config.reports.report_explanations > 0 and explainable(extraction.spec.name))
     if exporter.needs_tensorflow(trained.head.head, novelty, trained.tuning is not None, explained):
         tensorflow.start()  # loaded while the evaluation and the pictures are made
+    measured = trained.measured
+    test_metrics, validation_metrics = measured.test, measured.validation
+    misclassified, per_class, multi_label = (measured.misclassified, measured.per_class,
+                                             measured.multi_label)
     with timer("evaluate"):
-        multi_label = None
-        misclassified = _misclassified(trained.evaluation, splits)
-        per_class = trained.evaluation.per_class
-        if config.training.multi_label:
-            multi_label = evaluate_multi_label(
-                collection.labels, splits.images[TESTING], trained.evaluation.positions,
-                trained.evaluation.probabilities, splits.images[VALIDATION],
-                validation_probabilities, config.training.multi_label_threshold)
-            test_metrics, validation_metrics = top1_metrics(
-                trained.evaluation, validation_probabilities, splits)
-            misclassified = wrong_label_sets(trained.evaluation, multi_label, splits)
-            per_class = label_hits(trained.evaluation, multi_label, splits)
-        else:
-            test_metrics = split_metrics(
-                splits.features[TESTING].labels[trained.evaluation.positions],
-                trained.evaluation.probabilities, trained.evaluation.positions)
-            validation_metrics = split_metrics(splits.features[VALIDATION].labels,
-                                               validation_probabilities)
         headline = headline_split(test_metrics, validation_metrics)
         gates = check_gates(config.reports.assert_accuracy_at_least,
                             config.reports.assert_recall_at_least, *headline, collection.labels,
                             None if multi_label is None else
                             multi_label.test if headline[0] == TESTING else multi_label.validation)
     gate_failure = failure_message(gates)
-    # done with: 400 MB at 100,000 validation images of 1,000 classes, freed before the exports
-    del validation_probabilities
     # matplotlib draws the report's pictures meanwhile (each library holds the GIL part time)
     drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
     pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
@@ -254,8 +237,20 @@ class _Trained:
     head: TrainingResult
     tuning: Optional[FineTuneResult]
     distorted: Optional[dict[str, Any]]  # the distorted vectors' summary; None without them
-    evaluation: Evaluation
+    evaluation: Evaluation  # its probabilities dropped once measured (`_evaluate`)
+    measured: _Measured
     test_features: FeatureSet  # the vectors the evaluation used (re-extracted after tuning)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measured:
+    """The evaluation's figures on both held-out splits, made from the head's probabilities."""
+
+    test: SplitMetrics
+    validation: SplitMetrics
+    misclassified: tuple[MisclassifiedImage, ...]
+    per_class: tuple[tuple[int, int], ...]  # (correct, total) per class (label: with it)
+    multi_label: Optional[MultiLabelEvaluation]
 
 
 def needs_tensorflow(config: RetrainConfig) -> bool:
@@ -284,11 +279,8 @@ def _choose_tta(config: RetrainConfig, engine: Engine, trained: _Trained, splits
 
 
 def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: SplitFeatures,
-                        exporter: Exporter, held: HeldOutputs, timer: StageTimer
-                        ) -> tuple[_Trained, np.ndarray]:
-    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation; and
-    the head's float32 [N_val, C] probabilities of each validation image (not kept in
-    `_Trained`: the caller drops them once the metrics are made)."""
+                        exporter: Exporter, held: HeldOutputs, timer: StageTimer) -> _Trained:
+    """Distorted vectors (if asked), the head, fine-tuning (if asked), then the evaluation."""
     options = config.training
     checkpoint = held.folder(options.checkpoint_path.parent) / options.checkpoint_path.name
     num_classes = len(splits.labels)
@@ -313,10 +305,38 @@ def _train_and_evaluate(config: RetrainConfig, extraction: Extraction, splits: S
             tuning, held_out = fine_tune_if_asked(
                 options, extraction.extractor(), head.head, splits.images, splits.features)
     with timer("evaluate"):
-        evaluation = evaluate_head(head.head, held_out[TESTING], num_classes,
-                                   options.test_batch_size, options.seed)
-        validation = head.head.probabilities(held_out[VALIDATION].features)
-    return _Trained(head, tuning, distorted, evaluation, held_out[TESTING]), validation
+        evaluation, measured = _evaluate(options, head.head, held_out, splits)
+    return _Trained(head, tuning, distorted, evaluation, measured, held_out[TESTING])
+
+
+def _evaluate(options: TrainingOptions, head: Head, held_out: dict[str, FeatureSet],
+              splits: SplitFeatures) -> tuple[Evaluation, _Measured]:
+    """The head on the test split, and the metrics of both held-out splits (`held_out`: their
+    vectors). Each split's float32 [N, C] probabilities (400 MB at 100,000 images of 1,000
+    classes) are freed once measured, the test split's before the validation split's are made
+    (a multi-label run needs both at once); the Evaluation returned keeps none."""
+    labels = splits.labels
+    evaluation = evaluate_head(head, held_out[TESTING], len(labels), options.test_batch_size,
+                               options.seed)
+    no_probabilities = evaluation.probabilities[:0].copy()
+    if options.multi_label:
+        validation = head.probabilities(held_out[VALIDATION].features)
+        multi_label = evaluate_multi_label(
+            labels, splits.images[TESTING], evaluation.positions, evaluation.probabilities,
+            splits.images[VALIDATION], validation, options.multi_label_threshold)
+        test_metrics, validation_metrics = top1_metrics(evaluation, validation, splits)
+        measured = _Measured(test_metrics, validation_metrics,
+                             wrong_label_sets(evaluation, multi_label, splits),
+                             label_hits(evaluation, multi_label, splits), multi_label)
+        return dataclasses.replace(evaluation, probabilities=no_probabilities), measured
+    misclassified = _misclassified(evaluation, splits)
+    test_metrics = split_metrics(splits.features[TESTING].labels[evaluation.positions],
+                                 evaluation.probabilities, evaluation.positions)
+    evaluation = dataclasses.replace(evaluation, probabilities=no_probabilities)  # freed here
+    validation_metrics = split_metrics(splits.features[VALIDATION].labels,
+                                       head.probabilities(held_out[VALIDATION].features))
+    return evaluation, _Measured(test_metrics, validation_metrics, misclassified,
+                                 evaluation.per_class, None)
 
 
 def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
