@@ -260,9 +260,9 @@ def _reach(gate: float) -> float:
 class _Sketch:
     """Rows of a wide `Rows` projected on the sketch axes (float32 [N, K]), computed when taken:
     a million rows' 64-wide sketches are 256 MB a side, needed once for the index's codes. A
-    slice is computed BLOCK_ROWS rows at a time from its start, as `_products` computes the
-    whole; the first PREFIX_DIMENSIONS columns of every row taken by a slice are kept in
-    `prefix` (the codes take every row once) for `_within`."""
+    slice is computed by `_products` (BLOCK_ROWS rows at a time from its start); the first
+    PREFIX_DIMENSIONS columns of every row taken by a slice are kept in `prefix` (the codes
+    take every row once) for `_within`."""
 
     def __init__(self, matrix: Rows, axes: np.ndarray) -> None:
         self.matrix, self.columns = matrix, axes.T
@@ -279,11 +279,7 @@ class _Sketch:
         start, stop, step = index.indices(len(self))
         if step != 1:
             return self[np.arange(start, stop, step)]
-        rows = np.empty((max(stop - start, 0), self.shape[1]), np.float32)
-        for block in range(start, stop, BLOCK_ROWS):
-            end = min(block + BLOCK_ROWS, stop)
-            rows[block - start:end - start] = (
-                np.asarray(self.matrix[block:end], np.float32) @ self.columns)
+        rows = _products(self.matrix, self.columns, start, stop)
         self.prefix[start:stop] = rows[:, :self.prefix.shape[1]]
         self._taken[start:stop] = True
         return rows
@@ -313,14 +309,18 @@ def _within(sketches: Sequence[np.ndarray], rows: np.ndarray, columns: np.ndarra
     return close
 
 
-def _products(matrix: Rows, columns: np.ndarray) -> np.ndarray:
-    """float32 `matrix @ columns` ([N] or [N, K]), BLOCK_ROWS rows of `matrix` at a time, each
-    written into the result (a list of blocks, then their concatenation, then a float32 copy
-    held three times the result: 768 MB for a 64-wide sketch of a million rows)."""
-    products = np.empty((len(matrix), *columns.shape[1:]), np.float32)
-    for start in range(0, len(matrix), BLOCK_ROWS):
-        products[start:start + BLOCK_ROWS] = (
-            np.asarray(matrix[start:start + BLOCK_ROWS], np.float32) @ columns)
+def _products(matrix: Rows, columns: np.ndarray, start: int = 0,
+              stop: Optional[int] = None) -> np.ndarray:
+    """float32 `matrix[start:stop] @ columns` ([N] or [N, K]), BLOCK_ROWS rows of `matrix` at a
+    time from `start`, each written into the result (a list of blocks, then their
+    concatenation, then a float32 copy held three times the result: 768 MB for a 64-wide sketch
+    of a million rows)."""
+    stop = len(matrix) if stop is None else stop
+    products = np.empty((max(stop - start, 0), *columns.shape[1:]), np.float32)
+    for block in range(start, stop, BLOCK_ROWS):
+        end = min(block + BLOCK_ROWS, stop)
+        products[block - start:end - start] = (
+            np.asarray(matrix[block:end], np.float32) @ columns)
     return products
 
 

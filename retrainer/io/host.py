@@ -204,4 +204,3 @@ def _malloc_trim() -> Optional[Callable[[int], Any]]:
         return ctypes.CDLL(None).malloc_trim  # the process's own C library
     except (OSError, AttributeError):  # musl has none
         return None
-
