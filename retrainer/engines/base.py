@@ -11,7 +11,8 @@ float32 extractor.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 
@@ -35,12 +36,14 @@ class Engine:
             vectors are the extractor's own).
         batch_size: images per call that the engine runs fastest at (callers may pass any).
         devices: TensorFlow names of the devices it runs on, e.g. ("/device:GPU:0",).
+        model_path: the kept `.tflite` it runs (int8), or None.
     """
 
     precision: str
     spec: "ExtractorSpec"
     batch_size: int
     devices: tuple[str, ...]
+    model_path: Optional[Path] = None
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Bottleneck vectors of a batch.

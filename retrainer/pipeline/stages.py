@@ -119,7 +119,7 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
                         held.folder(config.exports.intermediate_output_graphs_dir),
                         config.extraction.bottleneck_dir, tensorflow.ready)
     if engine.precision == INT8:  # the heat maps' map: from the model that made the vectors
-        exporter.engine_model = getattr(engine, "model_path", None)
+        exporter.engine_model = engine.model_path
     trained = _train_and_evaluate(config, extraction, splits, exporter, held, timer)
     with timer("novelty"):
         novelty = fit_run_novelty(splits, extraction.extractor() if trained.tuning else None,
