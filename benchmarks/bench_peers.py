@@ -24,6 +24,11 @@
 - with --baseline PATH, "baseline cold": the cold side with the retrainer of another checkout
   (e.g. main's), run just before the cold side of each round: a change's gain, in the same run.
 
+Each retrainer checkout's sources are compiled to bytecode (`compileall`) before the rounds, as
+pip compiles a package it installs and as the peers' TensorFlow and Keras are: a checkout run
+with PYTHONDONTWRITEBYTECODE set (or from a read-only folder) would otherwise compile all of
+retrainer's modules in every timed run (~0.1 s of a cold run).
+
 Every side gets the same EfficientNet-Lite0 weights at the same 224x224 input: no model hub is
 reachable, so the benchmark writes retrainer's own Lite0 as a TF2 SavedModel (the image feature
 vector interface: float32 [N, 224, 224, 3] in [0, 1] -> [N, 1280]) and hands it to the peers as
@@ -372,6 +377,7 @@ def compare(args: argparse.Namespace, work: Path) -> None:
         if any(key in keys for key in ("baseline", "cold", "warm", "rerun")):
             with cpu_lock(args.lock):  # untimed: what retrainer keeps per machine
                 for checkout in ([None, args.baseline] if "baseline" in keys else [None]):
+                    compile_retrainer(work / "fill", checkout)
                     fill_machine_cache(image_dir, work / "machine_cache", work / "fill", checkout)
         rounds = results.setdefault(str(size), {})
         for round_ in range(args.first_round, args.first_round + args.rounds):
@@ -387,6 +393,16 @@ def compare(args: argparse.Namespace, work: Path) -> None:
                           f"{measured['seconds']:.1f} s, test {measured['accuracy'] * 100:.1f} % "
                           f"({machine_line()})", flush=True)
         print_table(size, rounds)
+
+
+def compile_retrainer(scratch: Path, checkout: Optional[str] = None) -> None:
+    """Compile the sources of the retrainer package a retrain process imports (this checkout's,
+    or `checkout`'s) to bytecode, as an installed package has them (see the module docstring)."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    timed([sys.executable, "-c", "import compileall, os, retrainer; "
+           "raise SystemExit(not compileall.compile_dir(os.path.dirname(retrainer.__file__), "
+           "quiet=1))"],
+          scratch, retrainer_env(scratch / "unused_cache", checkout))
 
 
 def fill_machine_cache(image_dir: Path, machine_cache: Path, scratch: Path,

@@ -51,3 +51,29 @@ def test_a_cold_run_imports_no_tensorflow_and_writes_what_tensorflow_writes(
     assert heat_map_figures(tmp_path / "cold") == heat_map_figures(tmp_path / "first") > 0
     assert gallery(tmp_path / "cold") == gallery(tmp_path / "first")  # the same maps
     assert classified(tmp_path / "cold", fashion_mnist_holdout_dir) >= 0.8
+
+
+def specs_records(tmp_path: Path) -> list[Path]:
+    """The kept extraction-specs records (`pipeline.extraction`), in the user cache and beside
+    the vectors: the run-result records that name an engine."""
+    return [record for record in tmp_path.rglob("run-results-v1/*/*.json")
+            if '"engine"' in record.read_text()]
+
+
+@pytest.mark.slow
+def test_a_warm_run_without_a_specs_record_keeps_the_next_cold_run_off_tensorflow(
+        tmp_path, fashion_subset_dir):
+    """New code has no extraction-specs record (they are keyed by it), so its first run builds
+    the extractor; when that run is warm (every vector cached), its int8 engine runs no image,
+    and the record it writes must still name the model kept on this machine: else every later
+    cold run would build the engine through TensorFlow again."""
+    retrain(tmp_path, fashion_subset_dir, run="first")
+    records = specs_records(tmp_path)
+    assert records
+    for record in records:  # as after a code change
+        record.unlink()
+    warm, _ = retrain(tmp_path, fashion_subset_dir, run="first")
+    assert warm["bottlenecks_computed"] == 0
+    cold, cold_imported = retrain(tmp_path, fashion_subset_dir, run="cold")
+    assert cold["bottlenecks_computed"] > 0
+    assert not cold_imported

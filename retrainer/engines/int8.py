@@ -115,6 +115,15 @@ class Int8Engine(Engine):
         engine._start(model, path)
         return engine
 
+    def kept_model_path(self) -> Optional[Path]:
+        """`model_path`, or before the first call the model kept on this machine for this
+        extractor (None if none is whole): what a run that computed no vector records for the
+        next one (`pipeline.extraction`), which then runs it without TensorFlow."""
+        if self.model_path is None and self._extractor is not None:
+            path = _model_path(self._extractor, self.spec.id)
+            return path if kept_model(path) is not None else None
+        return self.model_path
+
     def _load(self) -> None:
         assert self._extractor is not None  # an engine from a kept model is loaded already
         extractor = self._extractor

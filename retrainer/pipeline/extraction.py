@@ -75,9 +75,15 @@ class _DeferredEngine(Engine):
         self.spec = spec
         self.batch_size = int(kept["batch_size"])
         self.devices = tuple(kept["devices"])
-        self.model_path = Path(kept["model"]) if kept.get("model") else None
+        self._kept_model = Path(kept["model"]) if kept.get("model") else None
         self._build = build
         self._engine: Optional[Engine] = None
+
+    @property
+    def model_path(self) -> Optional[Path]:  # type: ignore[override]  # read-only here
+        """The kept model it runs: the record's, or once started the started engine's (one
+        built where the record named none converts or finds one)."""
+        return self._kept_model if self._engine is None else self._engine.model_path
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         return self._started()(pixels)
@@ -94,8 +100,8 @@ class _DeferredEngine(Engine):
 
     def _started(self) -> Engine:
         if self._engine is None:
-            if self.precision == INT8 and self.model_path is not None:
-                self._engine = Int8Engine.from_kept_model(self.spec, self.model_path,
+            if self.precision == INT8 and self._kept_model is not None:
+                self._engine = Int8Engine.from_kept_model(self.spec, self._kept_model,
                                                           usable_cpus())
             if self._engine is None:
                 self._engine = self._build()
@@ -128,7 +134,9 @@ def prepare_extraction(config: RetrainConfig, timer: StageTimer,
         if key is None:
             return
         engine = extraction.engine
-        model = getattr(engine, "model_path", None)
+        # an int8 engine that ran no image (every vector cached) names the model kept for it
+        model = (engine.kept_model_path() if isinstance(engine, Int8Engine)
+                 else engine.model_path)
         document = json.dumps({
             "extractor": dataclasses.asdict(extraction.spec),
             "engine": {**dataclasses.asdict(engine.spec), "precision": engine.precision,
