@@ -207,8 +207,7 @@ def reduced_vectors(vectors: np.ndarray, keep: np.ndarray, dims: int) -> Rows:
     if len(keep) <= WHOLE_DESCRIBED or vectors.shape[1] <= dims:
         return take_rows(unit_components(vectors, dims, center=False, normalize=True), keep)
     # principal_components' axes for these arguments: those of its unit-length sample rows
-    projection = top_axes(unit_rows(vectors[sample_rows(len(vectors))]), dims).T
-    return Reduced(vectors, keep, projection)
+    return Reduced(vectors, keep, top_axes(unit_rows(vectors[sample_rows(len(vectors))]), dims).T)
 
 
 class Reduced:
