@@ -36,7 +36,7 @@ from retrainer.explain.scope import EXPLAINABLE, explainable
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
-from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
+from retrainer.reports.sections import MAX_GALLERY_IMAGES, THUMBNAIL_SIZE, thumbnail_image
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +274,7 @@ def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
     verdict = "correct" if image.correct else "wrong"
     caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
                f"predicted: {html.escape(image.predicted_label)} ({verdict})")
-    return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}'
-            f"{png_image(overlay(pixels, heat), f'heat map of {image.relpath}', 'thumbnail')}"
+    heat_map = png_image(overlay(pixels, heat, size=THUMBNAIL_SIZE),  # as the gallery shows it
+                         f"heat map of {image.relpath}", "thumbnail")
+    return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}{heat_map}'
             f"<figcaption>{caption}</figcaption></figure>")
