@@ -5,6 +5,7 @@ Only this package imports click. TensorFlow is imported inside the commands, so 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import functools
@@ -83,7 +84,9 @@ def exit_at_once(command: click.Command, **context: Any) -> None:
     With TensorFlow loaded, the interpreter's own shutdown (module teardown, thread pools,
     freeing every object) takes about half a second and does nothing a finished command needs:
     its files are written and closed, its threads joined. So once the command has returned (or
-    exited with a code), stdout and stderr are flushed and the process ends with that code. A
+    exited with a code), the `atexit` clean-ups run (TensorFlow's autograph removes the modules it
+    wrote to the temporary folder there: about 15 files a run would be left behind; the clean-ups
+    take under a millisecond), stdout and stderr are flushed and the process ends with that code. A
     command that raises anything else (a bug) ends the usual way, with its traceback.
     `context`: click context settings, e.g. `obj`.
     """
@@ -95,6 +98,7 @@ def exit_at_once(command: click.Command, **context: Any) -> None:
     if code is not None and not isinstance(code, int):
         sys.stderr.write(f"{code}\n")  # what `sys.exit("message")` prints
         code = 1
+    atexit._run_exitfuncs()  # what the interpreter's shutdown would run first; os._exit runs none
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing can reach it
             stream.flush()
