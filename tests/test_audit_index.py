@@ -227,3 +227,67 @@ def test_wide_rows_pairs_are_the_same_when_far_sketches_are_not_scored(count, ga
         pairs._within = everything
     assert filtered == scored
     assert cross or len(scored) >= len(originals)  # the copies were looked at
+
+
+class _Untakeable:
+    """Rows that fail when taken: a part the tables do not hash must not be read."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: object) -> np.ndarray:
+        raise AssertionError("rows of an unhashed part taken")
+
+
+@SETTINGS
+@given(row_sets(max_rows=30), st.integers(1, 8), st.integers(0, 2**16))
+def test_a_part_with_no_projections_is_not_read_and_changes_no_code(rows, projections, seed):
+    """A plan may give a part no projections (its condition hashed on the other part alone):
+    that part's rows (which may be computed when taken) are then not taken for the codes, and
+    the candidates are those of the same plan on its real rows."""
+    assume(len(rows) >= 2)
+    second = np.random.default_rng(seed).standard_normal((len(rows), 3)).astype(np.float32)
+    shape = lsh.Plan(4, (projections, 0), (1.0, 1.0), 0.0, 0.0, 0.0)
+
+    def found(other: object) -> list[tuple[int, int]]:
+        conditions = [[lsh.Part(rows, None, 0.1), lsh.Part(other, None, 0.1)]]  # type: ignore[arg-type]
+        return [pair for first, second_, _ in lsh.close_pairs(
+                    conditions, lambda r, c: np.ones((len(r), len(c)), np.float32),
+                    lambda r, c: np.ones(len(r), np.float32), 0.5, seed, [shape])
+                for pair in zip(first.tolist(), second_.tolist())]
+
+    assert found(_Untakeable(second.shape)) == found(second)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(600, 2500), st.integers(65, 160), st.integers(0, 2**16), st.booleans())
+def test_vectors_reduced_when_taken_are_the_whole_reductions(count, width, seed, subset):
+    """Above WHOLE_DESCRIBED images the passes' 64-wide reduction of the vectors is computed
+    when rows are taken (`duplicates.Reduced`): with every row kept, slices from a multiple of
+    BLOCK_ROWS (the index's blocks) give `unit_components`' floats exactly; any rows of any
+    kept subset the same values to float32 rounding."""
+    from retrainer.audit.neighbours import BLOCK_ROWS, unit_components
+
+    rng = np.random.default_rng(seed)
+    vectors = (rng.standard_normal((count, width)) + rng.standard_normal(width)).astype(np.float32)
+    keep = (np.sort(rng.choice(count, count * 3 // 4, replace=False)) if subset
+            else np.arange(count))
+    whole = unit_components(vectors, 64, center=False, normalize=True)[keep]
+    assert isinstance(duplicates.reduced_vectors(vectors, keep, 64), np.ndarray)
+    saved = duplicates.WHOLE_DESCRIBED
+    try:
+        duplicates.WHOLE_DESCRIBED = 0
+        reduced = duplicates.reduced_vectors(vectors, keep, 64)
+    finally:
+        duplicates.WHOLE_DESCRIBED = saved
+    assert isinstance(reduced, duplicates.Reduced) and reduced.shape == whole.shape
+    for start in range(0, len(keep), 2 * BLOCK_ROWS):  # other blocks when a subset is kept
+        taken, expected = reduced[start:start + 2 * BLOCK_ROWS], whole[start:start + 2 * BLOCK_ROWS]
+        assert np.array_equal(taken, expected) or subset
+        np.testing.assert_allclose(taken, expected, atol=1e-6)
+    positions = rng.integers(0, len(keep), 300)
+    np.testing.assert_allclose(reduced[positions], whole[positions], atol=1e-6)
+    np.testing.assert_allclose(reduced[::7], whole[::7], atol=1e-6)

@@ -22,10 +22,13 @@ import numpy as np
 
 from retrainer.audit._threads import in_order
 from retrainer.audit.neighbours import (
+    BLOCK_ROWS,
     Rows,
     pair_cosines,
     row_norms,
+    sample_rows,
     take_rows,
+    top_axes,
     unit_components,
     unit_rows,
 )
@@ -145,7 +148,7 @@ def near_pairs(
     return [NearPair(*pair) for pair in pairs]
 
 
-def _cosines(unit: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+def _cosines(unit: Rows, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """float32 [P]: the cosines of unit rows `rows[p]` and `columns[p]`."""
     return np.einsum("ij,ij->i", unit[rows], unit[columns])
 
@@ -158,8 +161,7 @@ def _candidates(vectors: np.ndarray, keep: np.ndarray, thumbnails: Thumbnails,
     "enlarged" to `descriptors` (whole up to WHOLE_DESCRIBED images, else `Described`)."""
     # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
     # cosines are gathered pair by pair through `keep` by the caller.
-    vector = take_rows(unit_components(vectors, SEARCH_DIMENSIONS["vector"], center=False,
-                                       normalize=True), keep)
+    vector = reduced_vectors(vectors, keep, SEARCH_DIMENSIONS["vector"])
 
     def vector_at_least(threshold: float) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         return lambda rows, columns: _cosines(vector, rows, columns) >= threshold
@@ -181,7 +183,7 @@ def _candidates(vectors: np.ndarray, keep: np.ndarray, thumbnails: Thumbnails,
     return unique_pairs(*(np.concatenate(side) for side in zip(*found)))
 
 
-def _shift_pass(descriptors: dict[str, Rows], vector: np.ndarray) -> tuple[np.ndarray, ...]:
+def _shift_pass(descriptors: dict[str, Rows], vector: Rows) -> tuple[np.ndarray, ...]:
     """The pass gated by the Fourier magnitude (re-encoded, resized, brightened and shifted
     copies): its pairs (firsts, seconds), its reduced descriptors freed on return."""
     spectrum, picture = (unit_components(descriptors[name], SEARCH_DIMENSIONS[name],
@@ -196,6 +198,50 @@ def _shift_pass(descriptors: dict[str, Rows], vector: np.ndarray) -> tuple[np.nd
     return similar_pairs(spectrum, FOURIER_MATCH, same_or_shifted, NEIGHBOUR_LIMIT,
                          alternatives=[(vector, SHIFT_VECTOR_MATCH),
                                        (picture, THUMBNAIL_MATCH)])
+
+
+def reduced_vectors(vectors: np.ndarray, keep: np.ndarray, dims: int) -> Rows:
+    """The kept vectors' `unit_components(vectors, dims, center=False, normalize=True)` (the
+    passes' cosine pre-tests): an array up to WHOLE_DESCRIBED images, above computed when rows
+    are taken (`Reduced`: 256 MB at a million images, held through all three passes)."""
+    if len(keep) <= WHOLE_DESCRIBED or vectors.shape[1] <= dims:
+        return take_rows(unit_components(vectors, dims, center=False, normalize=True), keep)
+    # principal_components' axes for these arguments: those of its unit-length sample rows
+    return Reduced(vectors, keep, top_axes(unit_rows(vectors[sample_rows(len(vectors))]), dims).T)
+
+
+class Reduced:
+    """Rows `keep` of `vectors` scaled to length 1, projected on `projection` and scaled to
+    length 1 (`Rows`): `unit_components`' values, computed when taken. A slice is computed
+    BLOCK_ROWS rows at a time from its start, as `unit_components` computes every row: with
+    every row kept (distinct files), a slice starting at a multiple of BLOCK_ROWS (the index's
+    blocks) gives the same floats; other rows the same values to float32 rounding."""
+
+    def __init__(self, vectors: np.ndarray, keep: np.ndarray, projection: np.ndarray) -> None:
+        self.vectors, self.projection = vectors, projection
+        every = len(keep) == len(vectors) and np.array_equal(keep, np.arange(len(vectors)))
+        self.keep = None if every else keep  # None: rows taken by slice, no gather
+        self.shape = (len(keep), projection.shape[1])
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if not isinstance(index, slice):
+            return self._rows(np.asarray(index) if self.keep is None else self.keep[index])
+        start, stop, step = index.indices(len(self))
+        if step != 1:
+            return self[np.arange(start, stop, step)]
+        rows = np.empty((max(stop - start, 0), self.shape[1]), np.float32)
+        for block in range(start, stop, BLOCK_ROWS):
+            end = min(block + BLOCK_ROWS, stop)
+            rows[block - start:end - start] = self._rows(
+                slice(block, end) if self.keep is None else self.keep[block:end])
+        return rows
+
+    def _rows(self, positions: Any) -> np.ndarray:
+        projected = unit_rows(self.vectors[positions]) @ self.projection
+        return projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
 
 
 def described(describe: Callable[[np.ndarray], np.ndarray], thumbnails: Thumbnails) -> Rows:
@@ -231,10 +277,15 @@ def mirrored_descriptor(thumbnails: np.ndarray) -> np.ndarray:
 def per_chunk(describe: Callable[[np.ndarray], np.ndarray], thumbnails: Thumbnails,
               rows: int = 4096) -> np.ndarray:
     """`describe(thumbnails)`, computed `rows` thumbnails at a time: the descriptors' float
-    intermediates (4 KB per thumbnail, a complex spectrum more) then stay at a few MB for any N."""
-    return np.concatenate([describe(thumbnails[start:start + rows])
-                           for start in range(0, len(thumbnails), rows)]
-                          or [describe(thumbnails[:1])[:0]])
+    intermediates (4 KB per thumbnail, a complex spectrum more) then stay at a few MB for any N;
+    each chunk is written into the result (a list of chunks and their concatenation held the
+    descriptors twice: 512 MB for a million 64-wide rows)."""
+    first = describe(thumbnails[:rows])
+    described = np.empty((len(thumbnails), *first.shape[1:]), first.dtype)
+    described[:len(first)] = first
+    for start in range(rows, len(thumbnails), rows):
+        described[start:start + rows] = describe(thumbnails[start:start + rows])
+    return described
 
 
 def small_descriptor(thumbnails: np.ndarray) -> np.ndarray:

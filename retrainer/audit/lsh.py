@@ -190,14 +190,19 @@ def _codes(parts: Sequence[Part], shape: Plan, rng: np.random.Generator, codes: 
     mixers = (rng.integers(1, 2**63, sum(shape.projections), np.int64) | 1).view(np.uint64)
     count = len(parts[0].points)
 
+    def slot_numbers(rows: Rows, start: int, stop: int, directions: np.ndarray,
+                     offsets: np.ndarray, k: int, width: float) -> np.ndarray:
+        if not k:  # a part these tables do not hash: its rows (maybe computed) not taken
+            return np.zeros((stop - start, shape.tables, 0), np.int64)
+        return (np.floor((np.asarray(rows[start:stop], np.float32) @ directions + offsets)
+                         / width).astype(np.int64).reshape(stop - start, shape.tables, k))
+
     def side(others: bool, out: np.ndarray) -> None:
         for start in range(0, count, _BLOCK_ROWS):
             stop = min(start + _BLOCK_ROWS, count)
-            slots = [np.floor((np.asarray((part.others if others and part.others is not None
-                                           else part.points)[start:stop], np.float32)
-                               @ directions + offsets) / width).astype(np.int64)
-                     .reshape(stop - start, shape.tables, k)
-                     for part, (directions, offsets, k, width) in zip(parts, projections)]
+            slots = [slot_numbers(part.others if others and part.others is not None
+                                  else part.points, start, stop, *projection)
+                     for part, projection in zip(parts, projections)]
             mixed = (np.concatenate(slots, axis=2).view(np.uint64) * mixers).sum(
                 axis=2, dtype=np.uint64)  # wraps modulo 2**64
             out[start:stop] = (mixed ^ (mixed >> np.uint64(32))).astype(np.uint32)
@@ -235,25 +240,41 @@ def _table_candidates(codes: np.ndarray, other_codes: np.ndarray, table: int,
                        block.ravel()[flat])
     small = np.flatnonzero((pairs < BLOCK_PAIRS) & (pairs > (counts if codes is other_codes
                                                              else 0)))
-    # every row of the small buckets, with its bucket's columns
-    members = np.repeat(small, counts[small])
-    rows = order[np.repeat(starts[small], counts[small])
-                 + np.arange(len(members)) - np.repeat(np.cumsum(counts[small]) - counts[small],
-                                                        counts[small])]
-    sizes = other_counts[members]
-    ends = np.cumsum(sizes)
+    rows, column_starts, sizes = _small_bucket_rows(order, starts, counts, other_starts,
+                                                    other_counts, small)
+    # Only these (int32 while rows fit) and `other_order` are held while the chunks are
+    # scored, on each table's thread: a million rows' bucket arrays were ~100 MB a thread.
+    del order, ordered, other_ordered, buckets, starts, counts, other_starts, other_counts
+    del pairs, small
+    ends = np.cumsum(sizes, dtype=np.int64)
     begin = 0
     while begin < len(rows):  # rows[begin:stop] bring at most CHUNK_PAIRS pairs
         done = ends[begin - 1] if begin else 0
         stop = max(begin + 1, int(np.searchsorted(ends, done + CHUNK_PAIRS, "right")))
         chunk = sizes[begin:stop]
-        firsts = np.repeat(rows[begin:stop], chunk)
-        within = np.arange(len(firsts)) - np.repeat(np.cumsum(chunk) - chunk, chunk)
-        seconds = other_order[np.repeat(other_starts[members[begin:stop]], chunk) + within]
+        firsts = np.repeat(rows[begin:stop].astype(np.int64), chunk)
+        within = np.arange(len(firsts)) - np.repeat(np.cumsum(chunk, dtype=np.int64) - chunk,
+                                                    chunk)
+        seconds = other_order[np.repeat(column_starts[begin:stop].astype(np.int64), chunk)
+                              + within]
         scores = pair_scores(firsts, seconds)
         chosen = scores >= gate
         yield firsts[chosen], seconds[chosen], scores[chosen]
         begin = stop
+
+
+def _small_bucket_rows(order: np.ndarray, starts: np.ndarray, counts: np.ndarray,
+                       other_starts: np.ndarray, other_counts: np.ndarray,
+                       small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every row of the `small` buckets with its bucket's columns: (row, where its bucket's
+    columns start in the other side's order, how many there are), int32 below 2^31 rows."""
+    index = np.int32 if len(order) < 2**31 else np.int64
+    members = np.repeat(small, counts[small])
+    rows = order[np.repeat(starts[small], counts[small])
+                 + np.arange(len(members)) - np.repeat(np.cumsum(counts[small]) - counts[small],
+                                                        counts[small])]
+    return (rows.astype(index), other_starts[members].astype(index),
+            other_counts[members].astype(index))
 
 
 def _first_sightings(firsts: np.ndarray, seconds: np.ndarray, codes: np.ndarray,

@@ -44,7 +44,7 @@ def similar_pairs(
     unit: Rows, gate: float,
     keep: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None,
     limit: Optional[int] = None, other: Optional[Rows] = None, method: str = "auto",
-    alternatives: Sequence[tuple[np.ndarray, float]] = (),
+    alternatives: Sequence[tuple[Rows, float]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs i < j of rows scoring at least `gate` and passing `keep`, at most `limit` per row.
 
@@ -73,9 +73,9 @@ def similar_pairs(
             enlarged centre.
         method: "exact", "index" (hashing), or "auto" (exact while its window is small).
         alternatives: what `keep` requires besides the gate, as (float32 [N, <= 64] rows of
-            length 1, gate) pairs of which a kept pair reaches at least one: the index then
-            looks only where such pairs can be (`lsh.Part`s: the main rows AND one of these),
-            `keep` still decides.
+            length 1, an array or any `Rows`; gate) pairs of which a kept pair reaches at
+            least one: the index then looks only where such pairs can be (`lsh.Part`s: the
+            main rows AND one of these), `keep` still decides.
 
     Returns:
         (first int64 [P], second int64 [P]) with first < second.
@@ -194,7 +194,7 @@ class _Index:
     (orthonormal, so no pair moves further apart); one condition per alternative."""
 
     def __init__(self, unit: Rows, other: Optional[Rows], reach: float,
-                 alternatives: Sequence[tuple[np.ndarray, float]]) -> None:
+                 alternatives: Sequence[tuple[Rows, float]]) -> None:
         self.unit, self.other = unit, other
         matrices = [unit] if other is None else [unit, other]
         self.sketches: Optional[list[_Sketch]] = None
@@ -208,7 +208,7 @@ class _Index:
             sketches = list(self.sketches)
         main = lsh.Part(sketches[0], sketches[1] if other is not None else None, reach)
         self.reach = reach
-        self.conditions = [[main, lsh.Part(np.asarray(rows, np.float32), None, _reach(gate))]
+        self.conditions = [[main, lsh.Part(rows, None, _reach(gate))]
                            for rows, gate in alternatives] or [[main]]
         rng = np.random.default_rng(SEED)
         self.plans = [lsh.plan(parts, rng) for parts in self.conditions]
