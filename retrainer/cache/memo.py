@@ -136,5 +136,8 @@ class KeptOutputs:
 
     def remember(self, key: str, contents: Sequence[bytes]) -> None:
         """Record what `key`'s inputs wrote (a failed write is a warning)."""
-        self._records.write(key, b"".join(hashlib.sha256(data).hexdigest().encode() + b"\n"
-                                          for data in contents))
+        self.remember_digests(key, [hashlib.sha256(data).hexdigest() for data in contents])
+
+    def remember_digests(self, key: str, digests: Sequence[str]) -> None:
+        """`remember`, given the files' SHA-256 (hex), for a caller that has them already."""
+        self._records.write(key, b"".join(digest.encode() + b"\n" for digest in digests))

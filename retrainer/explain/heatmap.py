@@ -69,16 +69,22 @@ def picture_size(size: tuple[int, int], max_side: int = MAX_PICTURE_SIDE) -> tup
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]] = None) -> bytes:
+def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]] = None,
+            size: Optional[tuple[int, int]] = None) -> bytes:
     """The image with the heat map laid over it, as PNG bytes.
 
     Args:
         pixels: uint8 [H, W, 3] RGB.
         heat: float [h, w] in [0, 1], any resolution (upsampled to H x W).
         mark: (y, x) in `pixels`' coordinates to ring (the peak), or None.
+        size: (height, width) to draw it at, the pixels resized first (a report's gallery shows
+            it at its thumbnails' size: a quarter of the blending and encoding of 224 x 224);
+            None: at the pixels' own size.
     """
     from matplotlib import colormaps  # ~0.3 s to import: a rerun reads its kept figures
 
+    if size is not None and size != pixels.shape[:2]:
+        pixels = np.asarray(Image.fromarray(pixels).resize(size[::-1], Image.Resampling.BILINEAR))
     height, width = pixels.shape[:2]
     values = np.clip(upsampled(heat, (height, width)), 0.0, 1.0)
     colours = colormaps[COLORMAP](values)[..., :3] * 255.0

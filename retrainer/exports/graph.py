@@ -21,7 +21,7 @@ from tensorflow.python.framework import convert_to_constants
 from retrainer.cache.memo import arrays_digest
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
-from retrainer.exports.kept import KeptGraphs, frozen_graph_key, write_sidecar
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key, graph_sha256, write_sidecar
 from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT
 from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath, as_path, is_url
@@ -117,13 +117,16 @@ class GraphExporter:
         new graph with the old labels.
         """
         data = self._reused(path)
+        made = data is None
         if data is None:
             data = self.frozen_graph_bytes()
             write_bytes_atomically(path, data)
+        sha256 = graph_sha256(data)  # once, for the record and the sidecar
+        if made:
             if self.cache_root is not None:
-                self._kept.remember(self._key(), data)
+                self._kept.remember(self._key(), sha256)
             on_frozen(data)
-        return write_sidecar(path, self.classifier.metadata(step), data)
+        return write_sidecar(path, self.classifier.metadata(step), sha256)
 
 
 def frozen_graph_def(function: Any) -> tf.compat.v1.GraphDef:

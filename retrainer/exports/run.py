@@ -27,6 +27,7 @@ from retrainer.exports.kept import (
     KeptGraphs,
     classifier_metadata,
     frozen_graph_key,
+    graph_sha256,
     write_sidecar,
 )
 from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
@@ -96,6 +97,7 @@ class Exporter:
         self.intermediate_graphs: list[AnyPath] = []
         self._exporter: Optional[GraphExporter] = None
         self._kept_graph: Optional[bytes] = None  # the exported graph, when kept untraced
+        self._kept_sha256 = ""  # its SHA-256 (hex), when kept
         self._fine_tuned: Optional[bool] = None  # known once write_all ran
         # the int8 engine's kept model that made the head's vectors: the heat maps' map
         self.engine_model: Optional[Path] = None
@@ -113,6 +115,11 @@ class Exporter:
         if self._kept_graph is not None:
             return self._kept_graph
         return self.graph_exporter(head).frozen_graph_bytes()
+
+    def graph_sha256(self, graph: bytes) -> str:
+        """The SHA-256 (hex) of `graph` (`exported_graph`'s bytes): the one `write_all` kept is
+        not hashed again (its sidecar holds it; the heat maps' keys name it)."""
+        return self._kept_sha256 if graph is self._kept_graph else graph_sha256(graph)
 
     def needs_tensorflow(self, head: Head, novelty: Optional[Novelty], fine_tuned: bool,
                          explained: bool) -> bool:
@@ -219,14 +226,16 @@ class Exporter:
                                None if novelty is None else novelty.references)
         kept = KeptGraphs(self.cache_root)
         data = kept.read(key, options.output_graph)
+        made = data is None
         if data is None:
             data = self._templates(head, novelty).graph()
             if data is None:
                 return None
             write_bytes_atomically(options.output_graph, data)
-            kept.remember(key, data)
-        self._kept_graph = data
-        return write_sidecar(options.output_graph, metadata, data)
+        self._kept_graph, self._kept_sha256 = data, graph_sha256(data)  # hashed once
+        if made:
+            kept.remember(key, self._kept_sha256)
+        return write_sidecar(options.output_graph, metadata, self._kept_sha256)
 
     def _templates(self, head: Head, novelty: Optional[Novelty]) -> GraphTemplates:
         """This machine's templates of the exported graph's structure."""

@@ -350,7 +350,8 @@ def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
     return [explanation_section(
         lambda: exporter.exported_graph(trained.head.head), f"{INPUT_OP}:0",
         f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
-        config.extraction.bottleneck_dir, tensorflow.ready, exporter.lite_cam(trained.head.head))]
+        config.extraction.bottleneck_dir, tensorflow.ready, exporter.lite_cam(trained.head.head),
+        exporter.graph_sha256)]
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures

@@ -36,7 +36,7 @@ from retrainer.explain.scope import EXPLAINABLE, explainable
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
-from retrainer.reports.sections import MAX_GALLERY_IMAGES, thumbnail_image
+from retrainer.reports.sections import MAX_GALLERY_IMAGES, THUMBNAIL_SIZE, thumbnail_image
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def explanation_section(
     cache_root: Optional[os.PathLike[str] | str] = None,
     load_tensorflow: Callable[[], None] = lambda: None,
     lite: Optional[LiteCam] = None,
+    graph_sha256: Callable[[bytes], str] = lambda data: hashlib.sha256(data).hexdigest(),
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -111,6 +112,8 @@ def explanation_section(
         lite: CAM without TensorFlow, when the graph is an unmodified extractor's with a
             linear head (`retrainer.explain.lite_cam`): used when its map model is kept, else
             made from this graph's.
+        graph_sha256: the SHA-256 (hex) of the graph's bytes, which name its maps and figures
+            (the exporter's: it hashed the graph it wrote already).
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -124,7 +127,8 @@ def explanation_section(
         log.warning("Report: no heat maps: %s", error)
         return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
     galleries = Memo(cache_root, heat_map_gallery_path)
-    key = _gallery_key(graph_bytes, input_name, output_name, input_size, images)
+    graph_digest = graph_sha256(graph_bytes)
+    key = _gallery_key(graph_digest, input_name, output_name, input_size, images)
     kept = galleries.read(key) if key is not None else None
     if kept is not None:
         return Section(SECTION_ID, TITLE, _body(images, per_class, started, kept.decode()))
@@ -136,7 +140,7 @@ def explanation_section(
         except UnreadableImageError as error:  # e.g. deleted since training
             log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
     try:
-        maps = _heat_maps(graph_bytes, input_name, output_name, pixels,
+        maps = _heat_maps(graph_bytes, graph_digest, input_name, output_name, pixels,
                           np.array([image.predicted_class for image in readable], np.int64),
                           cache_root, load_tensorflow, lite)
     except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
@@ -160,10 +164,10 @@ def _body(images: Sequence[Explained], per_class: int, started: float, gallery: 
     return body + '<div class="gallery">\n' + gallery + "\n</div>"
 
 
-def _gallery_key(graph: bytes, input_name: str, output_name: str, input_size: tuple[int, int],
-                 images: Sequence[Explained]) -> Optional[str]:
-    """What the figures are made from: the graph, the images' bytes and captions; None when an
-    image cannot be read (its figure is then left out, as the warning says)."""
+def _gallery_key(graph_digest: str, input_name: str, output_name: str,
+                 input_size: tuple[int, int], images: Sequence[Explained]) -> Optional[str]:
+    """What the figures are made from: the graph (its SHA-256), the images' bytes and captions;
+    None when an image cannot be read (its figure is then left out, as the warning says)."""
     files = []
     for image in images:
         if is_url(image.path):
@@ -172,20 +176,21 @@ def _gallery_key(graph: bytes, input_name: str, output_name: str, input_size: tu
             files.append(file_digest(image.path))
         except OSError:
             return None
-    return memo_key("heat-map gallery", hashlib.sha256(graph).hexdigest(), input_name,
-                    output_name, input_size, files, [tuple(image) for image in images])
+    return memo_key("heat-map gallery", graph_digest, input_name, output_name, input_size, files,
+                    [tuple(image) for image in images])
 
 
 class _NoHeatMaps(Exception):
     """The graph could not be explained (the reason is the message)."""
 
 
-def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.ndarray],
-               classes: np.ndarray, cache_root: Optional[os.PathLike[str] | str],
-               load_tensorflow: Callable[[], None], lite: Optional[LiteCam] = None
-               ) -> list[np.ndarray]:
+def _heat_maps(graph: bytes, graph_digest: str, input_name: str, output_name: str,
+               pixels: list[np.ndarray], classes: np.ndarray,
+               cache_root: Optional[os.PathLike[str] | str], load_tensorflow: Callable[[], None],
+               lite: Optional[LiteCam] = None) -> list[np.ndarray]:
     """The heat maps of `classes` (int64 [N]; -1: the graph's top class) over `pixels` (uint8
-    [H, W, 3] each) through the frozen graph (its bytes): read back when the same graph explained
+    [H, W, 3] each) through the frozen graph (its bytes; `graph_digest`: their SHA-256): read
+    back when the same graph explained
     the same pixels and classes before (no TensorFlow then), else computed and kept;
     `load_tensorflow()` is called before computing.
 
@@ -194,7 +199,7 @@ def _heat_maps(graph: bytes, input_name: str, output_name: str, pixels: list[np.
     """
     if not pixels:
         return []
-    digest = hashlib.sha256(graph)
+    digest = hashlib.sha256(graph_digest.encode())  # the graph's, then the pixels
     for image in pixels:
         digest.update(np.ascontiguousarray(image).data)
     memo = Memo(cache_root, heat_maps_path)
@@ -274,6 +279,7 @@ def _figure(image: Explained, pixels: np.ndarray, heat: np.ndarray) -> str:
     verdict = "correct" if image.correct else "wrong"
     caption = (f"{html.escape(image.relpath)}<br>true: {html.escape(image.true_label)}<br>"
                f"predicted: {html.escape(image.predicted_label)} ({verdict})")
-    return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}'
-            f"{png_image(overlay(pixels, heat), f'heat map of {image.relpath}', 'thumbnail')}"
+    heat_map = png_image(overlay(pixels, heat, size=THUMBNAIL_SIZE),  # as the gallery shows it
+                         f"heat map of {image.relpath}", "thumbnail")
+    return (f'<figure class="pair">{thumbnail_image(image.path, image.relpath)}{heat_map}'
             f"<figcaption>{caption}</figcaption></figure>")

@@ -21,6 +21,9 @@ _DPI = 100
 _LABEL_CHARACTERS = 32  # of a class name on an axis (the HTML report shows it whole)
 _MAX_NAMED = 60  # classes whose names fit on a confusion matrix's axes
 MATPLOTLIB_VERSION = importlib.metadata.version("matplotlib")  # in the keys of kept pictures
+# The training curves' panels in the figure (fractions): room for 6-character tick labels, the
+# titles above and the x labels below.
+_CURVES_MARGINS = {"left": 0.06, "right": 0.985, "bottom": 0.13, "top": 0.92, "wspace": 0.16}
 
 def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     """Accuracy and cross-entropy against step, train and validation (two panels).
@@ -36,7 +39,11 @@ def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     """
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(10, 4), dpi=_DPI, layout="constrained")
+    # Fixed margins: what the panels hold is known (short tick numbers, one-line titles and axis
+    # labels, legends inside), so no layout engine has to measure every artist first (a third
+    # of the picture's drawing time).
+    figure = Figure(figsize=(10, 4), dpi=_DPI)
+    figure.subplots_adjust(**_CURVES_MARGINS)
     steps = [point.step for point in history]
     panels = (
         ("Accuracy", "train_accuracy", "validation_accuracy"),
@@ -120,5 +127,7 @@ def _png(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    FigureCanvasAgg(figure).print_png(buffer)  # type: ignore[no-untyped-call]
+    # zlib level 1, as the heat maps: a third of level 6's encoding time, files ~20 % larger
+    FigureCanvasAgg(figure).print_png(  # type: ignore[no-untyped-call]
+        buffer, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
