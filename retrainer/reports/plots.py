@@ -25,6 +25,8 @@ MATPLOTLIB_VERSION = importlib.metadata.version("matplotlib")  # in the keys of 
 # titles above and the x labels below.
 _CURVES_MARGINS = {"left": 0.06, "right": 0.985, "bottom": 0.13, "top": 0.92, "wspace": 0.16}
 
+
+
 def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
     """Accuracy and cross-entropy against step, train and validation (two panels).
 
