@@ -45,6 +45,11 @@ class Engine:
     devices: tuple[str, ...]
     model_path: Optional[Path] = None
 
+    def kept_model_path(self) -> Optional[Path]:
+        """The kept model a next run can run without TensorFlow (its extraction-specs record):
+        `model_path`, unless the engine knows one before its first call (`Int8Engine`)."""
+        return self.model_path
+
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """Bottleneck vectors of a batch.
 

@@ -117,7 +117,7 @@ class Int8Engine(Engine):
 
     def kept_model_path(self) -> Optional[Path]:
         """`model_path`, or before the first call the model kept on this machine for this
-        extractor (None if none is whole): what a run that computed no vector records for the
+        extractor (None if none is whole): a run that computed no vector records it for the
         next one (`pipeline.extraction`), which then runs it without TensorFlow."""
         if self.model_path is None and self._extractor is not None:
             path = _model_path(self._extractor, self.spec.id)

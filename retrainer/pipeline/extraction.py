@@ -134,9 +134,7 @@ def prepare_extraction(config: RetrainConfig, timer: StageTimer,
         if key is None:
             return
         engine = extraction.engine
-        # an int8 engine that ran no image (every vector cached) names the model kept for it
-        model = (engine.kept_model_path() if isinstance(engine, Int8Engine)
-                 else engine.model_path)
+        model = engine.kept_model_path()  # also of an engine that ran no image (all cached)
         document = json.dumps({
             "extractor": dataclasses.asdict(extraction.spec),
             "engine": {**dataclasses.asdict(engine.spec), "precision": engine.precision,
