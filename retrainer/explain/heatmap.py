@@ -105,6 +105,13 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]
     return buffer.getvalue()
 
 
+def load_colormap() -> None:
+    """Import the colormap's module (`overlay`'s first call otherwise does)."""
+    from matplotlib import colormaps
+
+    colormaps[COLORMAP]
+
+
 def image_overlay(path: AnyPath, heat: np.ndarray) -> tuple[bytes, tuple[int, int]]:
     """The picture of one image file's heat map and the peak in the file's own pixels.
 

@@ -27,10 +27,11 @@ from retrainer.cache.file_index import FileIndex
 from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.config import PATH_FLAGS, RetrainConfig
-from retrainer.io.host import tensorflow_version, user_cache_dir
+from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
 from retrainer.pipeline._background import BackgroundImport, TensorFlowLoad, start_devices
 from retrainer.pipeline.preflight import preflight
 from retrainer.pipeline.timer import StageTimer
+from retrainer.reports.painter import Painter
 from retrainer.result import RetrainResult
 
 if TYPE_CHECKING:  # loaded by name on a background thread; listed so the import graph shows it
@@ -66,8 +67,12 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
                        json.dumps(config.to_json(), sort_keys=True, default=str))
     on_this_machine = Memo(user_cache_dir(), run_result_path)
     flags = memo_key("finished flags", tensorflow_version(), _flags_without_paths(config))
-    if finished.read(command) is None and on_this_machine.read(flags) is None:
+    new_command = finished.read(command) is None
+    if new_command and on_this_machine.read(flags) is None:
         tensorflow.start()
+    # matplotlib imported meanwhile on the other core, for the report's pictures (a finished
+    # command's are kept)
+    painter = Painter(start=new_command and usable_cpus() > 1)
     loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet and not tensorflow.started,
                                then=None if tensorflow.started else start_devices)
     try:
@@ -78,10 +83,11 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
         with timer("import"):
             stages_module = loading.module()
         result: RetrainResult = stages_module.run_stages(config, collection, file_index, timer,
-                                                         tensorflow)
+                                                         tensorflow, painter)
         if tensorflow.started:  # joined before exit (it was started for a run that had it all)
             tensorflow.ready()
     except BaseException:
+        painter.close()
         loading.close()
         tensorflow.close()
         raise

@@ -12,7 +12,6 @@ preflight runs. Each stage takes its typed view of the configuration (`config.tr
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from retrainer.audit.report_section import audit_sections
@@ -47,6 +46,7 @@ from retrainer.reports.gates import check_gates, failure_message
 from retrainer.reports.held_outputs import HeldOutputs
 from retrainer.reports.html import Section
 from retrainer.reports.metrics import SplitMetrics, split_metrics
+from retrainer.reports.painter import Painter
 from retrainer.reports.writer import draw_pictures, write_metrics_file, write_reports
 from retrainer.result import MisclassifiedImage, RetrainResult, headline_split
 from retrainer.training.checkpoint import written_without_tensorflow
@@ -67,19 +67,21 @@ if TYPE_CHECKING:  # fine-tuning loads TensorFlow
 
 
 def run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
-               timer: StageTimer, tensorflow: TensorFlowLoad) -> RetrainResult:
+               timer: StageTimer, tensorflow: TensorFlowLoad, painter: Painter) -> RetrainResult:
     """Run every stage after the preflight (see `retrainer.pipeline.run`) on its `collection`,
-    whose `file_index` has been looked up; `tensorflow` is loaded for the stages that need it.
+    whose `file_index` has been looked up; `tensorflow` is loaded for the stages that need it,
+    `painter` draws the report's pictures (closed here).
 
     Raises:
         As `retrainer.pipeline.run`.
     """
-    with Ahead() as ahead:  # work started ahead is joined (stopped early on an error)
-        return _run_stages(config, collection, file_index, timer, tensorflow, ahead)
+    with Ahead() as ahead, painter:  # work started ahead is joined (stopped early on an error)
+        return _run_stages(config, collection, file_index, timer, tensorflow, ahead, painter)
 
 
 def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: FileIndex,
-                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: Ahead) -> RetrainResult:
+                timer: StageTimer, tensorflow: TensorFlowLoad, ahead: Ahead,
+                painter: Painter) -> RetrainResult:
     if needs_tensorflow(config):
         tensorflow.start()  # the modes that always run it: loaded while the vectors are read
     extraction = prepare_extraction(config, timer, tensorflow.ready)
@@ -147,9 +149,8 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
                             None if multi_label is None else
                             multi_label.test if headline[0] == TESTING else multi_label.validation)
     gate_failure = failure_message(gates)
-    # matplotlib draws the report's pictures meanwhile (each library holds the GIL part time)
-    drawing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
-    pictures = drawing.submit(draw_pictures, config.reports, collection.labels,
+    # matplotlib draws the report's pictures meanwhile, in the painter's process
+    pictures = painter.draw(draw_pictures, config.reports, collection.labels,
                               trained.head.history, trained.head.summary()["solver"],
                               *headline, config.extraction.bottleneck_dir)
     exported = Exported({})
@@ -213,9 +214,9 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
         multi_label=multi_label,
         split_sizes={split: len(images) for split, images in splits.images.items()},
     )
-    with timer("reports"), drawing:
+    with timer("reports"):
         write_reports(result, config.reports, [*heat_maps, *audit_sections(audit_document)]
-                      if config.reports.report_html is not None else [], pictures.result(),
+                      if config.reports.report_html is not None else [], pictures(),
                       metrics_file=False)
         result = dataclasses.replace(result, seconds=timer.seconds(),
                                      peak_memory_gib=timer.peak_memory_gib())

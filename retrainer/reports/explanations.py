@@ -30,7 +30,7 @@ from retrainer.cache.memo import Memo, memo_key
 from retrainer.data.batches import file_digest
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError
-from retrainer.explain.heatmap import overlay
+from retrainer.explain.heatmap import load_colormap, overlay
 from retrainer.explain.lite_cam import LiteCam
 from retrainer.explain.scope import EXPLAINABLE, explainable
 from retrainer.io.host import usable_cpus
@@ -132,22 +132,24 @@ def explanation_section(
     kept = galleries.read(key) if key is not None else None
     if kept is not None:
         return Section(SECTION_ID, TITLE, _body(images, per_class, started, kept.decode()))
-    readable, pixels = [], []
-    for image in images:
-        try:
-            pixels.append(load_image(image.path, input_size))
-            readable.append(image)
-        except UnreadableImageError as error:  # e.g. deleted since training
-            log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
-    try:
-        maps = _heat_maps(graph_bytes, graph_digest, input_name, output_name, pixels,
-                          np.array([image.predicted_class for image in readable], np.int64),
-                          cache_root, load_tensorflow, lite)
-    except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
-        log.warning("Report: no heat maps: %s", error)
-        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
-    # PIL and numpy release the GIL while they resize, blend and encode: one figure per core
+    # PIL and numpy release the GIL while they resize, blend and encode: one figure per core;
+    # the colormap's module (matplotlib's import) loads while the images are read and mapped
     with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="heat-maps") as pool:
+        pool.submit(load_colormap)
+        readable, pixels = [], []
+        for image in images:
+            try:
+                pixels.append(load_image(image.path, input_size))
+                readable.append(image)
+            except UnreadableImageError as error:  # e.g. deleted since training
+                log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
+        try:
+            maps = _heat_maps(graph_bytes, graph_digest, input_name, output_name, pixels,
+                              np.array([image.predicted_class for image in readable], np.int64),
+                              cache_root, load_tensorflow, lite)
+        except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
+            log.warning("Report: no heat maps: %s", error)
+            return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
         gallery = "\n".join(pool.map(_figure, readable, pixels, maps))
     if key is not None and len(readable) == len(images):
         galleries.write(key, gallery.encode())

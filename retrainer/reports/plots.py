@@ -106,6 +106,15 @@ def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) 
     return _png(figure)
 
 
+def load_matplotlib() -> None:
+    """Import what drawing a picture needs and read the default font's characters (~0.35 s):
+    what `retrainer.reports.painter` does ahead, on an idle core."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    from matplotlib.figure import Figure  # noqa: F401
+
+    _font_characters()
+
+
 def _axis_label(label: str) -> str:
     """`label` as the plot's font can draw it: a character it lacks (CJK, emoji) as U+XXXX
     rather than an empty box and a warning; a long name shortened."""
