@@ -99,7 +99,7 @@ class Int8Engine(Engine):
         self._threads = threads
         self._runners: list[BatchInterpreter] = []
         self._pool: Optional[ThreadPoolExecutor] = None
-        self.model_path: Optional[Path] = None  # the cached .tflite, once loaded
+        self._model_path: Optional[Path] = None  # the cached .tflite, once loaded
 
     @classmethod
     def from_kept_model(cls, spec: ExtractorSpec, path: Path, threads: int
@@ -143,7 +143,7 @@ class Int8Engine(Engine):
     def _start(self, model: bytes, path: Path) -> None:
         """One single-thread interpreter per CPU (`MAX_INTERPRETERS` at most), created side by
         side (each packs its weights for XNNPACK: ~0.1 s)."""
-        self.model_path = path
+        self._model_path = path
         count = max(1, min(self._threads, MAX_INTERPRETERS))
         threads = max(1, self._threads // count)
         if count == 1:

@@ -84,7 +84,7 @@ class _DeferredEngine(Engine):
         self._engine: Optional[Engine] = None
 
     @property
-    def model_path(self) -> Optional[Path]:  # type: ignore[override]  # read-only here
+    def model_path(self) -> Optional[Path]:
         """The kept model it runs: the record's, or once started the started engine's (one
         built where the record named none converts or finds one)."""
         return self._kept_model if self._engine is None else self._engine.model_path
