@@ -80,10 +80,14 @@ def test_a_warm_run_without_a_specs_record_keeps_the_next_cold_run_off_tensorflo
 
 
 @pytest.mark.slow
-def test_new_code_with_every_vector_cached_stays_off_tensorflow(tmp_path, fashion_subset_dir):
-    """The first run of new code (no extraction-specs record: they are keyed by it) whose
-    vectors are all cached derives the built-in's specs and its int8 engine's record without
-    TensorFlow when the int8 model is kept on this machine, and records them for the next."""
+def test_a_warm_run_without_a_specs_record_derives_it_without_tensorflow(
+        tmp_path, fashion_subset_dir):
+    """A run whose vectors are all cached and that has no extraction-specs record (new code has
+    none: they are keyed by it) derives the built-in's specs and its int8 engine's record
+    without TensorFlow when the int8 model is kept on this machine, and records the same bytes.
+    With the finished-run records present, as here, it imports no TensorFlow at all (the first
+    run of new code lacks those too and imports it in the background from its start:
+    `pipeline.run`)."""
     first, _ = retrain(tmp_path, fashion_subset_dir, run="first")
     written_first = specs_records(tmp_path)
     kept = {record.name: record.read_bytes() for record in written_first}
