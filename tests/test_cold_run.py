@@ -77,3 +77,24 @@ def test_a_warm_run_without_a_specs_record_keeps_the_next_cold_run_off_tensorflo
     cold, cold_imported = retrain(tmp_path, fashion_subset_dir, run="cold")
     assert cold["bottlenecks_computed"] > 0
     assert not cold_imported
+
+
+@pytest.mark.slow
+def test_a_warm_run_without_a_specs_record_derives_it_without_tensorflow(
+        tmp_path, fashion_subset_dir):
+    """A run whose vectors are all cached and that has no extraction-specs record (new code has
+    none: they are keyed by it) derives the built-in's specs and its int8 engine's record
+    without TensorFlow when the int8 model is kept on this machine, and records the same bytes.
+    With the finished-run records present, as here, it imports no TensorFlow at all (the first
+    run of new code lacks those too and imports it in the background from its start:
+    `pipeline.run`)."""
+    first, _ = retrain(tmp_path, fashion_subset_dir, run="first")
+    written_first = specs_records(tmp_path)
+    kept = {record.name: record.read_bytes() for record in written_first}
+    for record in written_first:  # as after a code change
+        record.unlink()
+    warm, warm_imported = retrain(tmp_path, fashion_subset_dir, run="first")
+    assert warm["bottlenecks_computed"] == 0
+    assert not warm_imported
+    assert stable({key: warm[key] for key in SAME}) == stable({key: first[key] for key in SAME})
+    assert {record.name: record.read_bytes() for record in specs_records(tmp_path)} == kept
