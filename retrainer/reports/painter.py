@@ -31,6 +31,9 @@ from typing import Any, BinaryIO, Callable, Optional
 log = logging.getLogger(__name__)
 
 _READY = b"R"  # the helper's imports are done
+# imported by name in the helper, whose first thread must stay light: what draws the pictures
+# (`writer.draw_pictures`' module) and matplotlib's modules (`plots.load_matplotlib`)
+_AHEAD = ("retrainer.reports.writer", "retrainer.reports.plots")
 
 
 class Painter:
@@ -139,8 +142,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 def _import_at_low_priority(answers: BinaryIO) -> None:
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
-    from retrainer.reports import plots, writer  # noqa: F401  (draw_pictures' module)
-
+    _, plots = map(importlib.import_module, _AHEAD)
     plots.load_matplotlib()
     answers.write(_READY)
     answers.flush()
