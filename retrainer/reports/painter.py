@@ -99,8 +99,11 @@ class Painter:
             return lambda: _result(answer, draw_pictures, args)
         if process is not None:
             log.debug("Report pictures: drawn on a thread (the helper was not ready)")
-            _stop(process)
-        return self._thread.submit(draw_pictures, *args).result
+            process.kill()  # reaped after the drawing: a niced process can take a while to exit
+        drawing = self._thread.submit(draw_pictures, *args)
+        if process is not None:
+            self._thread.submit(_stop, process)
+        return drawing.result
 
     def close(self) -> None:
         """Stop the helper (if unused) and join the thread."""
