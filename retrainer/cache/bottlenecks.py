@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -61,6 +61,8 @@ class Bottlenecks:
         digests: hex SHA-256 of each file's bytes (the cache key), "" where it could not be read.
         signatures: the audit's signature of each image, when asked for (from the decode that
             made its vector, or from the cache beside the vectors); empty where skipped.
+        mirrored: {position: uint8 [H, W, 3] mirror image} of the asked positions whose vectors
+            were computed here (from the same decode).
     """
 
     vectors: np.ndarray
@@ -71,6 +73,7 @@ class Bottlenecks:
     seconds: float
     digests: tuple[str, ...] = ()
     signatures: Optional[Signatures] = None
+    mirrored: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def compute_bottlenecks(
@@ -81,6 +84,7 @@ def compute_bottlenecks(
     show_progress: bool = True,
     file_index: Optional[FileIndex] = None,
     signatures: bool = False,
+    mirrored: Collection[int] = (),
 ) -> Bottlenecks:
     """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
 
@@ -132,6 +136,7 @@ def compute_bottlenecks(
     reused = int(ok.sum())
     signature_cache = SignatureCache(bottleneck_dir, spec.input_size) if signatures else None
     made, known = signature_cache.lookup(digests) if signature_cache else (None, None)
+    kept_mirrored: dict[int, np.ndarray] = {}
     if missing:
         log.info(
             "Computing bottleneck vectors of %d images with %s (%d cached in %s).",
@@ -139,9 +144,12 @@ def compute_bottlenecks(
         )
         missing_paths = [paths[position] for position in missing]
         missing_digests = [digests[position] for position in missing]
+        wanted = set(mirrored)
         for index, vector, reason, signature in _computed(
                 missing_paths, missing_digests, contents, engine, cache, batch_size,
-                show_progress, signatures):
+                show_progress, signatures,
+                {index for index, position in enumerate(missing) if position in wanted},
+                kept_mirrored):
             if reason:
                 skipped[missing[index]] = reason
             else:
@@ -167,6 +175,7 @@ def compute_bottlenecks(
         seconds=time.perf_counter() - started,
         digests=tuple(digests),
         signatures=made,
+        mirrored={missing[index]: pixels for index, pixels in kept_mirrored.items()},
     )
 
 
@@ -248,9 +257,12 @@ def _computed(
     batch_size: int,
     show_progress: bool,
     signatures: bool = False,
+    mirror: Collection[int] = (),
+    mirrored: Optional[dict[int, np.ndarray]] = None,
 ) -> Iterator[tuple[int, Optional[np.ndarray], str, Optional[tuple[np.ndarray, np.uint64]]]]:
     """Run the pipeline over `paths` (whose `digests`, and some `contents`, are known), caching
-    each batch's vectors.
+    each batch's vectors; the mirror images of the decoded images at `mirror` (indices into
+    `paths`) go into `mirrored`.
 
     Entries are written on a background thread while the extractor works on the next batch; write
     errors surface on the next batch, and pending writes finish even when interrupted.
@@ -276,6 +288,8 @@ def _computed(
                     yield index, None, reason, None
                 else:
                     entries.append((digests[index], batch_vectors[row]))
+                    if index in mirror and mirrored is not None:
+                        mirrored[index] = np.ascontiguousarray(batch.images[row, :, ::-1])
                     signature = None if made is None else (made.thumbnails[row], made.hashes[row])
                     yield index, batch_vectors[row], "", signature
             for write in [write for write in writes if write.done()]:
