@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from retrainer.audit import duplicates, lsh, pairs
+from retrainer.audit import duplicates, lazy_rows, lsh, pairs
 from retrainer.audit.neighbours import unit_rows
 
 SETTINGS = settings(max_examples=60, deadline=None)
@@ -149,7 +149,7 @@ def test_near_pairs_are_the_same_with_the_index(thumbnails_with_copies, monkeypa
     digests, vectors, thumbnails, hashes = thumbnails_with_copies
     exact = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
     monkeypatch.setattr(pairs, "EXACT_COMPARISONS", -1)
-    monkeypatch.setattr(duplicates, "WHOLE_DESCRIBED", 0)
+    monkeypatch.setattr(lazy_rows, "WHOLE_DESCRIBED", 0)
     hashed = duplicates.near_pairs(digests, vectors, thumbnails, hashes)
     assert len(exact) >= 3 and hashed == exact
 
@@ -266,7 +266,7 @@ def test_a_part_with_no_projections_is_not_read_and_changes_no_code(rows, projec
 @given(st.integers(600, 2500), st.integers(65, 160), st.integers(0, 2**16), st.booleans())
 def test_vectors_reduced_when_taken_are_the_whole_reductions(count, width, seed, subset):
     """Above WHOLE_DESCRIBED images the passes' 64-wide reduction of the vectors is computed
-    when rows are taken (`duplicates.Reduced`): with every row kept, slices from a multiple of
+    when rows are taken (`lazy_rows.Reduced`): with every row kept, slices from a multiple of
     BLOCK_ROWS (the index's blocks) give `unit_components`' floats exactly; any rows of any
     kept subset the same values to float32 rounding."""
     from retrainer.audit.neighbours import BLOCK_ROWS, unit_components
@@ -276,14 +276,14 @@ def test_vectors_reduced_when_taken_are_the_whole_reductions(count, width, seed,
     keep = (np.sort(rng.choice(count, count * 3 // 4, replace=False)) if subset
             else np.arange(count))
     whole = unit_components(vectors, 64, center=False, normalize=True)[keep]
-    assert isinstance(duplicates.reduced_vectors(vectors, keep, 64), np.ndarray)
-    saved = duplicates.WHOLE_DESCRIBED
+    assert isinstance(lazy_rows.reduced_vectors(vectors, keep, 64), np.ndarray)
+    saved = lazy_rows.WHOLE_DESCRIBED
     try:
-        duplicates.WHOLE_DESCRIBED = 0
-        reduced = duplicates.reduced_vectors(vectors, keep, 64)
+        lazy_rows.WHOLE_DESCRIBED = 0
+        reduced = lazy_rows.reduced_vectors(vectors, keep, 64)
     finally:
-        duplicates.WHOLE_DESCRIBED = saved
-    assert isinstance(reduced, duplicates.Reduced) and reduced.shape == whole.shape
+        lazy_rows.WHOLE_DESCRIBED = saved
+    assert isinstance(reduced, lazy_rows.Reduced) and reduced.shape == whole.shape
     for start in range(0, len(keep), 2 * BLOCK_ROWS):  # other blocks when a subset is kept
         taken, expected = reduced[start:start + 2 * BLOCK_ROWS], whole[start:start + 2 * BLOCK_ROWS]
         assert np.array_equal(taken, expected) or subset

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from PIL import Image
 
-from retrainer.audit import duplicates, label_issues, outliers
+from retrainer.audit import duplicates, label_issues, lazy_rows, outliers
 from retrainer.audit.neighbours import principal_components, unit_components, unit_rows
 from retrainer.audit.run import _near_groups, find_problems
 from retrainer.cache.bottlenecks import Bottlenecks
@@ -142,7 +142,7 @@ def test_near_pairs_are_the_same_from_thumbnails_in_a_scratch_file(planted, tmp_
     assert expected
     scratch = ScratchRows(signatures.thumbnails.shape, np.uint8, tmp_path)
     scratch[:] = signatures.thumbnails
-    monkeypatch.setattr(duplicates, "WHOLE_DESCRIBED", 10)
+    monkeypatch.setattr(lazy_rows, "WHOLE_DESCRIBED", 10)
     monkeypatch.setattr("retrainer.io.scratch.RESIDENT_BYTES", 8 * 4096)
     assert duplicates.near_pairs(digests, vectors, scratch, signatures.hashes) == expected
     assert list(tmp_path.iterdir()) == []  # unlinked at once: nothing left behind

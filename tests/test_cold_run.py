@@ -77,3 +77,20 @@ def test_a_warm_run_without_a_specs_record_keeps_the_next_cold_run_off_tensorflo
     cold, cold_imported = retrain(tmp_path, fashion_subset_dir, run="cold")
     assert cold["bottlenecks_computed"] > 0
     assert not cold_imported
+
+
+@pytest.mark.slow
+def test_new_code_with_every_vector_cached_stays_off_tensorflow(tmp_path, fashion_subset_dir):
+    """The first run of new code (no extraction-specs record: they are keyed by it) whose
+    vectors are all cached derives the built-in's specs and its int8 engine's record without
+    TensorFlow when the int8 model is kept on this machine, and records them for the next."""
+    first, _ = retrain(tmp_path, fashion_subset_dir, run="first")
+    written_first = specs_records(tmp_path)
+    kept = {record.name: record.read_bytes() for record in written_first}
+    for record in written_first:  # as after a code change
+        record.unlink()
+    warm, warm_imported = retrain(tmp_path, fashion_subset_dir, run="first")
+    assert warm["bottlenecks_computed"] == 0
+    assert not warm_imported
+    assert stable({key: warm[key] for key in SAME}) == stable({key: first[key] for key in SAME})
+    assert {record.name: record.read_bytes() for record in specs_records(tmp_path)} == kept

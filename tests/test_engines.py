@@ -337,7 +337,7 @@ def test_int8_model_takes_raw_uint8_pixels_as_its_quantized_input(color_image_di
     extractor = TinyExtractor()
     engine = create_engine(extractor, "int8")
     assert int8.MODEL_FORMAT in engine.spec.id
-    model = int8.cached_model(int8._model_path(extractor, engine.spec.id), lambda: b"")
+    model = int8.cached_model(int8._model_path(extractor), lambda: b"")
     scale, zero_point = int8.input_quantization(model)
     assert np.float32(scale) == np.float32(1 / 255) and zero_point == 0
     height, width = extractor.spec.input_size

@@ -9,26 +9,25 @@ only. A candidate is kept when the pixels agree (thumbnail and perceptual hash, 
 once shifted, zoomed or mirrored into line) AND the bottleneck vectors
 agree: on Fashion-MNIST the vectors alone rank merely similar garments above a copy, and pixels
 alone match different photos of look-alike products, but the two together rarely do. Thresholds
-and their measurements: docs/audit.md.
+and their measurements: docs/audit.md. The descriptors' rows, whole or made when taken (a million
+images): `lazy_rows`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
 from retrainer.audit._threads import in_order
+from retrainer.audit.lazy_rows import Thumbnails, described, kept, per_chunk, reduced_vectors
 from retrainer.audit.neighbours import (
-    BLOCK_ROWS,
     Rows,
     pair_cosines,
     row_norms,
-    sample_rows,
     take_rows,
-    top_axes,
     unit_components,
     unit_rows,
 )
@@ -43,7 +42,6 @@ from retrainer.audit.signatures import (
     warped_correlation,
     zoomed_in,
 )
-from retrainer.io.scratch import ScratchRows
 
 # Measured with benchmarks/bench_audit.py (docs/audit.md): see there before changing any of them.
 # The passes (gate and pre-tests) use each descriptor's top principal axes (the crop pass: the
@@ -52,7 +50,6 @@ from retrainer.io.scratch import ScratchRows
 # candidates are then scored exactly.
 SEARCH_DIMENSIONS = {"spectrum": 32, "picture": 64, "vector": 64}
 _CHUNK = 20_000  # candidate pairs scored at a time
-WHOLE_DESCRIBED = 200_000  # images up to which the wide descriptors are kept whole
 NEIGHBOUR_LIMIT = 16  # partners per image kept by each pass (a k-nearest-neighbour graph)
 # A re-encoded, resized or brightened copy: the same thumbnail, hash and roughly the same vector.
 THUMBNAIL_MATCH = 0.997
@@ -86,7 +83,6 @@ ZOOM_GAIN = 0.01
 # barely change under a mirror, agree closely (flipped copies >= 0.97 on both datasets).
 MIRROR_VECTOR_MATCH = 0.90
 _MAX_CORRELATION = 1.0 + 1e-4  # of two float32 unit vectors, with rounding to spare
-Thumbnails = Union[np.ndarray, ScratchRows]  # uint8 [N, 32, 32]; indexing gives arrays
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +154,7 @@ def _candidates(vectors: np.ndarray, keep: np.ndarray, thumbnails: Thumbnails,
     """The three passes' candidate pairs (firsts < seconds, each once). Each pass's reduced
     descriptors are made just before it and dropped after it (at a million images each is
     128-256 MB): the same arrays, so the same pairs. Adds the crop pass's "small" and
-    "enlarged" to `descriptors` (whole up to WHOLE_DESCRIBED images, else `Described`)."""
+    "enlarged" to `descriptors` (`lazy_rows.kept`)."""
     # The vectors are used in place (a copy is 256 MB at 50k): reduced, then subset; exact
     # cosines are gathered pair by pair through `keep` by the caller.
     vector = reduced_vectors(vectors, keep, SEARCH_DIMENSIONS["vector"])
@@ -173,8 +169,7 @@ def _candidates(vectors: np.ndarray, keep: np.ndarray, thumbnails: Thumbnails,
                                NEIGHBOUR_LIMIT, enlarged,
                                alternatives=[(vector, CROP_VECTOR_MATCH)]))
     descriptors["small"], descriptors["enlarged"] = (
-        (small, enlarged) if len(thumbnails) <= WHOLE_DESCRIBED else
-        (Described(small_descriptor, thumbnails), Described(enlarged_descriptor, thumbnails)))
+        kept(small, small_descriptor, thumbnails), kept(enlarged, enlarged_descriptor, thumbnails))
     del small, enlarged
     found.append(similar_pairs(descriptors["picture"], THUMBNAIL_MATCH,
                                vector_at_least(MIRROR_VECTOR_MATCH), NEIGHBOUR_LIMIT,
@@ -200,92 +195,9 @@ def _shift_pass(descriptors: dict[str, Rows], vector: Rows) -> tuple[np.ndarray,
                                        (picture, THUMBNAIL_MATCH)])
 
 
-def reduced_vectors(vectors: np.ndarray, keep: np.ndarray, dims: int) -> Rows:
-    """The kept vectors' `unit_components(vectors, dims, center=False, normalize=True)` (the
-    passes' cosine pre-tests): an array up to WHOLE_DESCRIBED images, above computed when rows
-    are taken (`Reduced`: 256 MB at a million images, held through all three passes)."""
-    if len(keep) <= WHOLE_DESCRIBED or vectors.shape[1] <= dims:
-        return take_rows(unit_components(vectors, dims, center=False, normalize=True), keep)
-    # principal_components' axes for these arguments: those of its unit-length sample rows
-    return Reduced(vectors, keep, top_axes(unit_rows(vectors[sample_rows(len(vectors))]), dims).T)
-
-
-class Reduced:
-    """Rows `keep` of `vectors` scaled to length 1, projected on `projection` and scaled to
-    length 1 (`Rows`): `unit_components`' values, computed when taken. A slice is computed
-    BLOCK_ROWS rows at a time from its start, as `unit_components` computes every row: with
-    every row kept (distinct files), a slice starting at a multiple of BLOCK_ROWS (the index's
-    blocks) gives the same floats; other rows the same values to float32 rounding."""
-
-    def __init__(self, vectors: np.ndarray, keep: np.ndarray, projection: np.ndarray) -> None:
-        self.vectors, self.projection = vectors, projection
-        every = len(keep) == len(vectors) and np.array_equal(keep, np.arange(len(vectors)))
-        self.keep = None if every else keep  # None: rows taken by slice, no gather
-        self.shape = (len(keep), projection.shape[1])
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        if not isinstance(index, slice):
-            return self._rows(np.asarray(index) if self.keep is None else self.keep[index])
-        start, stop, step = index.indices(len(self))
-        if step != 1:
-            return self[np.arange(start, stop, step)]
-        rows = np.empty((max(stop - start, 0), self.shape[1]), np.float32)
-        for block in range(start, stop, BLOCK_ROWS):
-            end = min(block + BLOCK_ROWS, stop)
-            rows[block - start:end - start] = self._rows(
-                slice(block, end) if self.keep is None else self.keep[block:end])
-        return rows
-
-    def _rows(self, positions: Any) -> np.ndarray:
-        projected = unit_rows(self.vectors[positions]) @ self.projection
-        return projected / np.maximum(np.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
-
-
-def described(describe: Callable[[np.ndarray], np.ndarray], thumbnails: Thumbnails) -> Rows:
-    """The wide descriptors (128-256 floats per image): an array up to WHOLE_DESCRIBED images
-    (each pass and test reuses it), computed when rows are taken above (`Described`: no 1 GB
-    arrays at 1M images; the near pairs are the same)."""
-    if len(thumbnails) <= WHOLE_DESCRIBED:
-        return per_chunk(describe, thumbnails)
-    return Described(describe, thumbnails)
-
-
-class Described:
-    """Descriptors of thumbnails computed when rows are taken (`Rows`): `described[index]` is
-    `describe(thumbnails[index])`, e.g. 256 floats per image that would be 1 GB at 1M images."""
-
-    def __init__(self, describe: Callable[[np.ndarray], np.ndarray],
-                 thumbnails: Thumbnails) -> None:
-        self.describe, self.thumbnails = describe, thumbnails
-        self.shape = (len(thumbnails), describe(thumbnails[:1]).shape[1])
-
-    def __len__(self) -> int:
-        return len(self.thumbnails)
-
-    def __getitem__(self, index: Any) -> np.ndarray:
-        return per_chunk(self.describe, self.thumbnails[index])
-
-
 def mirrored_descriptor(thumbnails: np.ndarray) -> np.ndarray:
     """float32 [N, 256]: `thumbnail_descriptor` of the thumbnails mirrored left to right."""
     return thumbnail_descriptor(thumbnails[:, :, ::-1])
-
-
-def per_chunk(describe: Callable[[np.ndarray], np.ndarray], thumbnails: Thumbnails,
-              rows: int = 4096) -> np.ndarray:
-    """`describe(thumbnails)`, computed `rows` thumbnails at a time: the descriptors' float
-    intermediates (4 KB per thumbnail, a complex spectrum more) then stay at a few MB for any N;
-    each chunk is written into the result (a list of chunks and their concatenation held the
-    descriptors twice: 512 MB for a million 64-wide rows)."""
-    first = describe(thumbnails[:rows])
-    described = np.empty((len(thumbnails), *first.shape[1:]), first.dtype)
-    described[:len(first)] = first
-    for start in range(rows, len(thumbnails), rows):
-        described[start:start + rows] = describe(thumbnails[start:start + rows])
-    return described
 
 
 def small_descriptor(thumbnails: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ NULL_EIGENVALUE = {"float64": 1e-12, "float32": 1e-6}
 
 class Rows(Protocol):
     """Rows that can be taken by slice or by positions, e.g. an array, or descriptors computed
-    on demand from thumbnails (`duplicates.Described`)."""
+    on demand from thumbnails (`lazy_rows.Described`)."""
 
     @property
     def shape(self) -> tuple[int, ...]: ...

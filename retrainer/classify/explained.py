@@ -10,7 +10,6 @@ models of the explainable extractors qualify: a .tflite or .onnx has no gradient
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from typing import Any, Optional
@@ -32,6 +31,7 @@ from retrainer.formats.graph_contract import (
     METADATA_SUFFIX,
     NOVELTY_OUTPUT,
     SAVED_MODEL_METADATA,
+    graph_sha256,
 )
 from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath, is_url
@@ -104,7 +104,7 @@ class HeatmapWriter:
 
 def _frozen_graph_gradcam(config: ClassifyConfig, spec: Any) -> GradCam:
     data = read_graph_file(config.graph)
-    sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
+    sidecar = read_sidecar(config.graph, graph_sha256(data))
     if not sidecar:
         raise UsageError(
             f"--explain needs {config.graph}{METADATA_SUFFIX}, the sidecar retrain writes beside "

@@ -7,7 +7,6 @@ flags, else the export's `<graph>.meta.json`, else the graph itself.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any, Optional
 
@@ -31,6 +30,7 @@ from retrainer.formats.graph_contract import (
     INPUT_OP,
     INPUT_STD,
     METADATA_SUFFIX,
+    graph_sha256,
     metadata_path,
 )
 from retrainer.io.storage import AnyPath
@@ -43,7 +43,7 @@ class FrozenGraphModel:
 
     def __init__(self, config: ClassifyConfig) -> None:
         data = read_graph_file(config.graph)
-        sidecar = read_sidecar(config.graph, hashlib.sha256(data).hexdigest())
+        sidecar = read_sidecar(config.graph, graph_sha256(data))
         frozen = load_frozen_graph(
             config.graph,
             data,

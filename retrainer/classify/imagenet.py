@@ -14,7 +14,8 @@ import tensorflow as tf
 
 from retrainer.data.decoding import UnreadableImageError, load_image
 from retrainer.errors import ModelError, UsageError
-from retrainer.extractors.efficientnet_lite import VARIANTS, EfficientNetLite
+from retrainer.extractors.efficientnet_lite import EfficientNetLite
+from retrainer.formats.lite_weights import VARIANTS
 
 
 def imagenet_class_names() -> list[str]:

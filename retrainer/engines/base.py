@@ -36,14 +36,18 @@ class Engine:
             vectors are the extractor's own).
         batch_size: images per call that the engine runs fastest at (callers may pass any).
         devices: TensorFlow names of the devices it runs on, e.g. ("/device:GPU:0",).
-        model_path: the kept `.tflite` it runs (int8), or None.
     """
 
     precision: str
     spec: "ExtractorSpec"
     batch_size: int
     devices: tuple[str, ...]
-    model_path: Optional[Path] = None
+    _model_path: Optional[Path] = None
+
+    @property
+    def model_path(self) -> Optional[Path]:
+        """The kept `.tflite` it runs (int8), or None."""
+        return self._model_path
 
     def kept_model_path(self) -> Optional[Path]:
         """The kept model a next run can run without TensorFlow (its extraction-specs record):

@@ -45,6 +45,7 @@ from retrainer.formats.tflite import (
     new_interpreter,
     pooled_map_model,
 )
+from retrainer.io.host import tensorflow_version
 
 if TYPE_CHECKING:  # TensorFlow: imported only to convert a model, never to run a kept one
     from retrainer.extractors import ExtractorSpec, FeatureExtractor
@@ -93,12 +94,12 @@ class Int8Engine(Engine):
     def __init__(self, extractor: FeatureExtractor, threads: int) -> None:
         """The engine of `extractor`; its model is converted (or read from the cache) on the
         first call: a run whose vectors are all cached needs only the id, never the model."""
-        self.spec = precision_spec(extractor.spec, f"{MODEL_FORMAT}-{calibration_digest()[:8]}")
+        self.spec = int8_spec(extractor.spec)
         self._extractor: Optional[FeatureExtractor] = extractor
         self._threads = threads
         self._runners: list[BatchInterpreter] = []
         self._pool: Optional[ThreadPoolExecutor] = None
-        self.model_path: Optional[Path] = None  # the cached .tflite, once loaded
+        self._model_path: Optional[Path] = None  # the cached .tflite, once loaded
 
     @classmethod
     def from_kept_model(cls, spec: ExtractorSpec, path: Path, threads: int
@@ -120,14 +121,14 @@ class Int8Engine(Engine):
         extractor (None if none is whole): a run that computed no vector records it for the
         next one (`pipeline.extraction`), which then runs it without TensorFlow."""
         if self.model_path is None and self._extractor is not None:
-            path = _model_path(self._extractor, self.spec.id)
+            path = _model_path(self._extractor)
             return path if kept_model(path) is not None else None
         return self.model_path
 
     def _load(self) -> None:
         assert self._extractor is not None  # an engine from a kept model is loaded already
         extractor = self._extractor
-        path = _model_path(extractor, self.spec.id)
+        path = _model_path(extractor)
         try:
             model = cached_model(path, lambda: _converted(extractor))
         except Exception as error:  # the converter raises several unrelated types
@@ -142,7 +143,7 @@ class Int8Engine(Engine):
     def _start(self, model: bytes, path: Path) -> None:
         """One single-thread interpreter per CPU (`MAX_INTERPRETERS` at most), created side by
         side, each planned for BATCH_SIZE rows (XNNPACK packs its weights then: ~10 ms)."""
-        self.model_path = path
+        self._model_path = path
         count = max(1, min(self._threads, MAX_INTERPRETERS))
         threads = max(1, self._threads // count)
 
@@ -251,17 +252,29 @@ def input_quantization(model: bytes) -> tuple[float, int]:
     return new_interpreter(model).get_input_details()[0]["quantization"]
 
 
-def _model_path(extractor: FeatureExtractor, engine_id: str) -> Path:
-    """The cached model's path, keyed by all that decides its bytes."""
-    import tensorflow as tf
+def int8_spec(spec: ExtractorSpec) -> ExtractorSpec:
+    """The int8 engine's spec for an extractor's: its id names the model format and the
+    calibration set."""
+    return precision_spec(spec, f"{MODEL_FORMAT}-{calibration_digest()[:8]}")
 
-    weights = hashlib.sha256()
-    for variable in extractor.variables:
-        weights.update(variable.name.encode() + b"\0" + variable.numpy().tobytes())
-    height, width = extractor.spec.input_size
-    return model_path(engine_id, INT8, (MODEL_FORMAT, extractor.spec.id, f"{height}x{width}",
-                                        weights.hexdigest(), calibration_digest(),
-                                        tf.__version__))
+
+def kept_lite_model(spec: ExtractorSpec, weights_digest: str) -> Optional[Path]:
+    """The model kept on this machine for the extractor of `spec` whose `weights_digest()` is
+    `weights_digest` (a built-in's: its weights file's), if whole; found without TensorFlow."""
+    path = _keyed_path(spec, weights_digest)
+    return path if kept_model(path) is not None else None
+
+
+def _model_path(extractor: FeatureExtractor) -> Path:
+    return _keyed_path(extractor.spec, extractor.weights_digest())
+
+
+def _keyed_path(spec: ExtractorSpec, weights_digest: str) -> Path:
+    """The cached model's path, keyed by all that decides its bytes."""
+    height, width = spec.input_size
+    return model_path(int8_spec(spec).id, INT8, (MODEL_FORMAT, spec.id, f"{height}x{width}",
+                                                  weights_digest, calibration_digest(),
+                                                  tensorflow_version()))
 
 
 def _scaled(pixels: np.ndarray) -> np.ndarray:

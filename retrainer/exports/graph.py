@@ -21,8 +21,8 @@ from tensorflow.python.framework import convert_to_constants
 from retrainer.cache.memo import arrays_digest
 from retrainer.errors import UsageError
 from retrainer.exports.classifier import Classifier
-from retrainer.exports.kept import KeptGraphs, frozen_graph_key, graph_sha256, write_sidecar
-from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT
+from retrainer.exports.kept import KeptGraphs, frozen_graph_key, write_sidecar
+from retrainer.formats.graph_contract import INPUT_OP, NOVELTY_OUTPUT, graph_sha256
 from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath, as_path, is_url
 

@@ -12,7 +12,6 @@ made (`cache.layout.frozen_graph_record_path`), and the file must have that SHA-
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any, Optional, Sequence
@@ -69,12 +68,6 @@ def classifier_metadata(spec: ExtractorSpec, labels: Sequence[str], final_tensor
                           None if tta == NO_TTA else tta,
                           None if thresholds is None else [float(t) for t in thresholds],
                           None if novelty is None else novelty.to_json(), step)
-
-
-def graph_sha256(graph: bytes) -> str:
-    """The SHA-256 (hex) of a frozen graph's bytes: its sidecar's `graph_sha256`, computed once
-    per graph written (17 MB for EfficientNet-Lite0: ~20 ms a time)."""
-    return hashlib.sha256(graph).hexdigest()
 
 
 def write_sidecar(graph_path: os.PathLike[str] | str, metadata: dict[str, Any],

@@ -27,13 +27,12 @@ from retrainer.exports.kept import (
     KeptGraphs,
     classifier_metadata,
     frozen_graph_key,
-    graph_sha256,
     write_sidecar,
 )
 from retrainer.exports.options import AUTO_TTA, NO_TTA, ExportOptions
 from retrainer.exports.verify import FROZEN_GRAPH, ArtifactReport, export_report
 from retrainer.formats.extractor_spec import ExtractorSpec
-from retrainer.formats.graph_contract import write_labels
+from retrainer.formats.graph_contract import graph_sha256, write_labels
 from retrainer.io.atomic import write_bytes_atomically
 from retrainer.io.storage import AnyPath
 from retrainer.training.head_types import Head

@@ -8,6 +8,8 @@ frozen into a GraphDef and saved in a SavedModel together with a trained head.
 
 from __future__ import annotations
 
+import hashlib
+
 import tensorflow as tf
 
 from retrainer.errors import UsageError
@@ -31,6 +33,15 @@ class FeatureExtractor(tf.Module):
             float32 [N, D] with D == spec.vector_size.
         """
         raise NotImplementedError
+
+    def weights_digest(self) -> str:
+        """SHA-256 (hex) naming the weights as they are now, a part of the key of a model
+        converted from them (the int8 engine's): by default of every variable's name and values.
+        """
+        weights = hashlib.sha256()
+        for variable in self.variables:
+            weights.update(variable.name.encode() + b"\0" + variable.numpy().tobytes())
+        return weights.hexdigest()
 
     def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
         """The variables `--do_fine_tuning` trains: the top `blocks` blocks and the last layer.

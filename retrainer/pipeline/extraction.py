@@ -7,7 +7,8 @@ kept, keyed by retrainer's code, TensorFlow's version, the host and the extracti
 --bottleneck_dir and in the user's cache (`io.host.user_cache_dir`: a new --bottleneck_dir on the
 same machine); with them, the models are built only when something must run through them, and an
 int8 engine whose converted model is kept runs it without TensorFlow
-(`Int8Engine.from_kept_model`).
+(`Int8Engine.from_kept_model`). New code has no record yet; for a built-in EfficientNet-Lite at
+int8 whose model is kept on this machine, the record is derived without TensorFlow instead.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from retrainer.cache.layout import run_result_path
 from retrainer.cache.memo import Memo, memo_key
 from retrainer.cache.options import ExtractionOptions
 from retrainer.config import RetrainConfig
-from retrainer.engines import INT8, Engine
+from retrainer.engines import AUTO, INT8, Engine
 from retrainer.engines.base import Batch
-from retrainer.engines.int8 import Int8Engine
+from retrainer.engines.cpu import default_precision
+from retrainer.engines.int8 import Int8Engine, int8_spec, kept_lite_model
+from retrainer.errors import ModelError
 from retrainer.formats.extractor_spec import ExtractorSpec
+from retrainer.formats.lite_weights import MIN_IMAGE_SIZE, VARIANTS, lite_spec, weights_path
 from retrainer.io.host import tensorflow_version, usable_cpus, user_cache_dir
 from retrainer.io.storage import is_url
 from retrainer.pipeline.timer import StageTimer
@@ -83,7 +87,7 @@ class _DeferredEngine(Engine):
         self._loading: Optional[Future[Optional[Int8Engine]]] = None
 
     @property
-    def model_path(self) -> Optional[Path]:  # type: ignore[override]  # read-only here
+    def model_path(self) -> Optional[Path]:
         """The kept model it runs: the record's, or once started the started engine's (one
         built where the record named none converts or finds one)."""
         return self._kept_model if self._engine is None else self._engine.model_path
@@ -160,12 +164,9 @@ def prepare_extraction(config: RetrainConfig, timer: StageTimer,
             return
         engine = extraction.engine
         model = engine.kept_model_path()  # also of an engine that ran no image (all cached)
-        document = json.dumps({
-            "extractor": dataclasses.asdict(extraction.spec),
-            "engine": {**dataclasses.asdict(engine.spec), "precision": engine.precision,
-                       "batch_size": engine.batch_size, "devices": list(engine.devices),
-                       "model": None if model is None else str(model)},
-        }, sort_keys=True).encode()
+        document = json.dumps(_record(extraction.spec, engine.spec, engine.precision,
+                                      engine.batch_size, engine.devices, model),
+                              sort_keys=True).encode()
         if document != kept:
             for memo in records:
                 memo.write(key, document)
@@ -175,6 +176,10 @@ def prepare_extraction(config: RetrainConfig, timer: StageTimer,
             return _kept_extraction(json.loads(kept), build, remember)
         except (ValueError, KeyError, TypeError):  # a damaged record: built as without one
             kept = None
+    known = _kept_lite_int8(options) if key is not None and not config.training.do_fine_tuning \
+        else None
+    if known is not None:  # new code: no record yet, but nothing to build for
+        return _kept_extraction(known, build, remember)
     extractor, engine = build()
     return Extraction(extractor.spec, engine, lambda: (extractor, engine), remember)
 
@@ -190,6 +195,46 @@ def _kept_extraction(document: dict[str, Any],
     extraction.engine = _DeferredEngine(document["engine"], spec_of(document["engine"]),
                                         lambda: extraction.built()[1])
     return extraction
+
+
+def _record(spec: ExtractorSpec, engine: ExtractorSpec, precision: str, batch_size: int,
+            devices: tuple[str, ...], model: Optional[Path]) -> dict[str, Any]:
+    """The kept specs: the extractor's, its engine's (`Engine` attributes) and the kept model
+    the engine runs."""
+    return {"extractor": dataclasses.asdict(spec),
+            "engine": {**dataclasses.asdict(engine), "precision": precision,
+                       "batch_size": batch_size, "devices": list(devices),
+                       "model": None if model is None else str(model)}}
+
+
+def _kept_lite_int8(options: ExtractionOptions) -> Optional[dict[str, Any]]:
+    """The record a built-in EfficientNet-Lite at int8 writes, derived without TensorFlow
+    when the int8 model kept for it on this machine is whole; None otherwise (then built)."""
+    variant = VARIANTS.get(options.extractor)
+    if variant is None or options.devices or not (
+            options.precision == INT8 or (options.precision == AUTO and _auto_is_int8())):
+        return None
+    if options.image_size is not None and options.image_size < MIN_IMAGE_SIZE:
+        return None  # the build says why not
+    try:
+        weights_path(variant)  # installed (the build checks its digest)
+    except ModelError:
+        return None
+    spec = lite_spec(variant, options.image_size)
+    model = kept_lite_model(spec, variant.sha256)
+    if model is None:
+        return None
+    return _record(spec, int8_spec(spec), INT8, Int8Engine.batch_size, Int8Engine.devices,
+                   model)
+
+
+def _auto_is_int8() -> bool:
+    """Whether `--extractor_precision auto` means int8 for a built-in here, known without
+    TensorFlow: a Linux host with no GPU device (`engines.factory.create_engine` asks
+    TensorFlow) whose CPU runs int8 fast."""
+    gpu_nodes = ("nvidia", "kfd", "dxg")
+    return (platform.system() == "Linux" and default_precision(measured=True) == INT8
+            and not any(entry.startswith(gpu_nodes) for entry in os.listdir("/dev")))
 
 
 def _specs_key(options: ExtractionOptions) -> Optional[str]:

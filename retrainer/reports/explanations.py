@@ -33,6 +33,7 @@ from retrainer.errors import ModelError
 from retrainer.explain.heatmap import overlay
 from retrainer.explain.lite_cam import LiteCam
 from retrainer.explain.scope import EXPLAINABLE, explainable
+from retrainer.formats import graph_contract
 from retrainer.io.host import usable_cpus
 from retrainer.io.storage import is_url
 from retrainer.reports.html import Section, paragraph, png_image
@@ -95,7 +96,7 @@ def explanation_section(
     cache_root: Optional[os.PathLike[str] | str] = None,
     load_tensorflow: Callable[[], None] = lambda: None,
     lite: Optional[LiteCam] = None,
-    graph_sha256: Callable[[bytes], str] = lambda data: hashlib.sha256(data).hexdigest(),
+    graph_sha256: Callable[[bytes], str] = graph_contract.graph_sha256,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
