@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from retrainer.cache.bottlenecks import compute_bottlenecks
 from retrainer.cli.retrain import main as retrain_main
 from retrainer.config import RetrainConfig
+from retrainer.data.batches import decode_files, file_digest
 from retrainer.data.discovery import discover_images
 from retrainer.data.split import VALIDATION
 from retrainer.engines.factory import create_engine
 from retrainer.errors import EXIT_DATA
-from retrainer.data.batches import decode_files, file_digest
 from retrainer.pipeline.ahead import Ahead, mirror_positions, start_mirroring
 from retrainer.training.tta import mirrored_sample
 from tests.fixtures_data import make_color_image_dir

@@ -149,7 +149,7 @@ class Int8Engine(Engine):
 
         def planned(_: int) -> BatchInterpreter:
             runner = BatchInterpreter(model, threads)
-            runner.plan((BATCH_SIZE, *self.spec.input_size, 3))
+            runner.plan((BATCH_SIZE, *runner.input_shape[1:]))
             return runner
 
         if count == 1:

@@ -59,6 +59,7 @@ class BatchInterpreter:
         self._interpreter = new_interpreter(model, threads)
         details = self._interpreter.get_input_details()[0]
         self._input, self.input_dtype = details["index"], np.dtype(details["dtype"])
+        self.input_shape = tuple(int(size) for size in details["shape"])  # as the model has it
         output = self._interpreter.get_output_details()[0]
         self._output = output["index"]
         self._scale, self._zero_point = output["quantization"]  # (0.0, 0): not quantized
