@@ -80,10 +80,14 @@ def test_a_warm_run_without_a_specs_record_keeps_the_next_cold_run_off_tensorflo
 
 
 @pytest.mark.slow
-def test_new_code_with_every_vector_cached_stays_off_tensorflow(tmp_path, fashion_subset_dir):
-    """The first run of new code (no extraction-specs record: they are keyed by it) whose
-    vectors are all cached derives the built-in's specs and its int8 engine's record without
-    TensorFlow when the int8 model is kept on this machine, and records them for the next."""
+def test_a_warm_run_without_a_specs_record_derives_it_without_tensorflow(
+        tmp_path, fashion_subset_dir):
+    """A run whose vectors are all cached and that has no extraction-specs record (new code has
+    none: they are keyed by it) derives the built-in's specs and its int8 engine's record
+    without TensorFlow when the int8 model is kept on this machine, and records the same bytes.
+    With the finished-run records present, as here, it imports no TensorFlow at all (the first
+    run of new code lacks those too and imports it in the background from its start:
+    `pipeline.run`)."""
     first, _ = retrain(tmp_path, fashion_subset_dir, run="first")
     written_first = specs_records(tmp_path)
     kept = {record.name: record.read_bytes() for record in written_first}
@@ -94,3 +98,38 @@ def test_new_code_with_every_vector_cached_stays_off_tensorflow(tmp_path, fashio
     assert not warm_imported
     assert stable({key: warm[key] for key in SAME}) == stable({key: first[key] for key in SAME})
     assert {record.name: record.read_bytes() for record in specs_records(tmp_path)} == kept
+
+
+def finished_records(tmp_path: Path) -> list[Path]:
+    """The records of finished runs (`pipeline.run`: this command with this cache, these flags
+    on this machine), whose absence makes a run a first one."""
+    return [record for record in tmp_path.rglob("run-results-v1/*/*.json")
+            if record.read_text() == "{}\n"]
+
+
+# The CLI, started with the collection counted as large (`pipeline.EARLY_TENSORFLOW_IMAGES`).
+AS_LARGE = ("-c", "import runpy, sys, retrainer.pipeline as p; p.EARLY_TENSORFLOW_IMAGES = 0; "
+                  "sys.argv[0] = 'retrain'; runpy.run_module('retrainer.cli.retrain', "
+                  "run_name='__main__')")
+
+
+@pytest.mark.slow
+def test_a_first_run_of_a_large_collection_imports_tensorflow_only_for_a_stage_that_needs_it(
+        tmp_path, fashion_subset_dir):
+    """A first run (no finished-run record, as after a code change) imports TensorFlow in the
+    background as soon as discovery has counted the images, unless there are more than
+    EARLY_TENSORFLOW_IMAGES: then only a stage that needs it does (here none: the templates,
+    the int8 model and the specs record are kept), so its memory is not beside the audit's."""
+    first, _ = retrain(tmp_path, fashion_subset_dir, run="first")
+    for record in finished_records(tmp_path):
+        record.unlink()
+    small, small_imported = retrain(tmp_path, fashion_subset_dir, run="first")
+    assert small_imported
+    records = finished_records(tmp_path)
+    assert records
+    for record in records:
+        record.unlink()
+    large, large_imported = retrain(tmp_path, fashion_subset_dir, run="first", launch=AS_LARGE)
+    assert not large_imported
+    assert large["bottlenecks_computed"] == small["bottlenecks_computed"] == 0
+    assert stable({key: large[key] for key in SAME}) == stable({key: first[key] for key in SAME})

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pytest
@@ -26,9 +27,11 @@ VARYING = {"seconds", "peak_memory_gib", "bottlenecks_computed", "bottlenecks_re
            "cached"}  # the audit's: whether its findings were read back
 
 
-def retrain(tmp_path: Path, image_dir: Path, *extra: str, run: str = "") -> tuple[dict, bool]:
+def retrain(tmp_path: Path, image_dir: Path, *extra: str, run: str = "",
+            launch: Sequence[str] = ("-m", "retrainer.cli.retrain")) -> tuple[dict, bool]:
     """(the --json document, whether TensorFlow was imported) of one real `retrain` process
-    with its cache and outputs in tmp_path/run; the user cache is tmp_path/xdg."""
+    with its cache and outputs in tmp_path/run; the user cache is tmp_path/xdg. `launch`: the
+    interpreter's arguments that start the CLI."""
     out = tmp_path / run / "out"
     args = ["--image_dir", str(image_dir), "--bottleneck_dir", str(tmp_path / run / "cache"),
             "--output_graph", str(out / "graph.pb"), "--output_labels", str(out / "labels.txt"),
@@ -37,9 +40,8 @@ def retrain(tmp_path: Path, image_dir: Path, *extra: str, run: str = "") -> tupl
             "--audit_file", str(out / "audit.json"), "--testing_percentage", "20",
             "--validation_percentage", "20", "--json", "--quiet", *extra]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
-    process = subprocess.run([sys.executable, "-X", "importtime", "-m", "retrainer.cli.retrain",
-                              *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=600)
+    process = subprocess.run([sys.executable, "-X", "importtime", *launch, *args],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert process.returncode == 0, process.stderr[-3000:]
     imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
                 for line in process.stderr.splitlines() if line.startswith("import time:")}
