@@ -56,6 +56,30 @@ def test_vectors_are_the_extractors_and_reused_on_the_next_run(tmp_path, image_p
     np.testing.assert_array_equal(second.vectors, first.vectors)
 
 
+def test_files_are_read_and_hashed_alike_on_this_thread_and_on_threads(tmp_path, monkeypatch):
+    """Small files are read on the calling thread, the rest on threads from the first large
+    one: the same bytes, digests and reasons, in order, either way."""
+    sizes = [10, 300, bottlenecks_module.SERIAL_BYTES, 20, 5, 70_000, 1, 0]
+    paths = []
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"{index}.bin"
+        path.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+        paths.append(str(path))
+    paths.insert(3, str(tmp_path / "missing.png"))
+    expected = []
+    for path in paths:
+        if os.path.exists(path):
+            data = Path(path).read_bytes()
+            expected.append((data, file_digest(path), ""))
+        else:
+            expected.append((b"", "", "cannot read file (No such file or directory)"))
+    assert list(bottlenecks_module._read_and_hashed(paths)) == expected
+    monkeypatch.setattr(bottlenecks_module, "SERIAL_BYTES", 1 << 30)  # all on this thread
+    assert list(bottlenecks_module._read_and_hashed(paths)) == expected
+    monkeypatch.setattr(bottlenecks_module, "SERIAL_BYTES", 0)  # threads after the first
+    assert list(bottlenecks_module._read_and_hashed(paths)) == expected
+
+
 def test_cache_layout_is_content_addressed_per_extractor(tmp_path, image_paths, tiny_extractor):
     compute_bottlenecks(image_paths, tiny_extractor, tmp_path / "cache")
     digest = file_digest(image_paths[0])

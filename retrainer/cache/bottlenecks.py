@@ -15,7 +15,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Collection, Iterator, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -41,6 +41,10 @@ DEFAULT_BATCH_SIZE = 32
 KEPT_BYTES = 64 << 20
 READ_BATCH = 4  # files read and hashed per task
 READ_THREADS = 8  # tasks in flight
+# Files are read and hashed on the calling thread until one is this large or this slow to read
+# (a disk, not the page cache); the rest then on READ_THREADS threads.
+SERIAL_BYTES = 64 << 10
+SERIAL_SECONDS = 0.001
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,8 @@ class Bottlenecks:
         digests: hex SHA-256 of each file's bytes (the cache key), "" where it could not be read.
         signatures: the audit's signature of each image, when asked for (from the decode that
             made its vector, or from the cache beside the vectors); empty where skipped.
+        mirrored: {position: uint8 [H, W, 3] mirror image} of the asked positions whose vectors
+            were computed here (from the same decode).
     """
 
     vectors: np.ndarray
@@ -67,6 +73,7 @@ class Bottlenecks:
     seconds: float
     digests: tuple[str, ...] = ()
     signatures: Optional[Signatures] = None
+    mirrored: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def compute_bottlenecks(
@@ -77,6 +84,7 @@ def compute_bottlenecks(
     show_progress: bool = True,
     file_index: Optional[FileIndex] = None,
     signatures: bool = False,
+    mirrored: Collection[int] = (),
 ) -> Bottlenecks:
     """Vectors for `paths`: from the cache where present, computed (and cached) otherwise.
 
@@ -128,6 +136,7 @@ def compute_bottlenecks(
     reused = int(ok.sum())
     signature_cache = SignatureCache(bottleneck_dir, spec.input_size) if signatures else None
     made, known = signature_cache.lookup(digests) if signature_cache else (None, None)
+    kept_mirrored: dict[int, np.ndarray] = {}
     if missing:
         log.info(
             "Computing bottleneck vectors of %d images with %s (%d cached in %s).",
@@ -135,9 +144,12 @@ def compute_bottlenecks(
         )
         missing_paths = [paths[position] for position in missing]
         missing_digests = [digests[position] for position in missing]
+        wanted = set(mirrored)
         for index, vector, reason, signature in _computed(
                 missing_paths, missing_digests, contents, engine, cache, batch_size,
-                show_progress, signatures):
+                show_progress, signatures,
+                {index for index, position in enumerate(missing) if position in wanted},
+                kept_mirrored):
             if reason:
                 skipped[missing[index]] = reason
             else:
@@ -163,13 +175,20 @@ def compute_bottlenecks(
         seconds=time.perf_counter() - started,
         digests=tuple(digests),
         signatures=made,
+        mirrored={missing[index]: pixels for index, pixels in kept_mirrored.items()},
     )
 
 
 def _read_and_hashed(paths: Sequence[os.PathLike[str] | str]) -> Iterator[tuple[bytes, str, str]]:
-    """(bytes, hex SHA-256, "") of each file in order, or (b"", "", reason) if unreadable: read
-    and hashed on every CPU, a chunk at a time (hashing a 3 MB camera JPEG costs ~3 ms, a sixth
-    of decoding it; serially it held the decoders back by that much)."""
+    """(bytes, hex SHA-256, "") of each file in order, or (b"", "", reason) if unreadable.
+
+    Small files in the page cache are read and hashed one after another on this thread: on
+    threads the GIL's hand-offs cost more than their work (1,000 Fashion-MNIST PNGs of ~300
+    bytes: 8-10 ms here, 27-80 ms on 8 threads, the bottleneck stage's start waiting). From the
+    first file of SERIAL_BYTES or more, or slower than SERIAL_SECONDS to read (a disk), the rest
+    are read and hashed on every CPU, a chunk at a time (hashing a 3 MB camera JPEG costs
+    ~3 ms, a sixth of decoding it; serially it held the decoders back by that much; 400 files
+    of 256 KB: 79 ms on threads, 117 ms here)."""
     def read(path: os.PathLike[str] | str) -> tuple[bytes, str, str]:
         try:
             data = read_bytes(path)
@@ -180,14 +199,26 @@ def _read_and_hashed(paths: Sequence[os.PathLike[str] | str]) -> Iterator[tuple[
     def read_all(batch: Sequence[os.PathLike[str] | str]) -> list[tuple[bytes, str, str]]:
         return [read(path) for path in batch]
 
+    serial = 0
+    while serial < len(paths):
+        started = time.perf_counter()
+        result = read(paths[serial])
+        slow = time.perf_counter() - started >= SERIAL_SECONDS
+        serial += 1
+        yield result
+        if slow or len(result[0]) >= SERIAL_BYTES:
+            break
     # Each task reads READ_BATCH files (a task per file cost more than a small file's read and
     # hash: 47 us a file at 70,000 PNGs of 300 bytes); READ_THREADS tasks in flight, so that a
     # first run on files the page cache lost keeps the disk busy (32 files: ~100 MB of camera
     # JPEGs).
+    rest = paths[serial:]
+    if not rest:
+        return
     with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="hash") as pool:
         pending: deque[Future[list[tuple[bytes, str, str]]]] = deque()
-        for first in range(0, len(paths), READ_BATCH):
-            pending.append(pool.submit(read_all, paths[first:first + READ_BATCH]))
+        for first in range(0, len(rest), READ_BATCH):
+            pending.append(pool.submit(read_all, rest[first:first + READ_BATCH]))
             if len(pending) >= READ_THREADS:
                 yield from pending.popleft().result()
         while pending:
@@ -226,9 +257,12 @@ def _computed(
     batch_size: int,
     show_progress: bool,
     signatures: bool = False,
+    mirror: Collection[int] = (),
+    mirrored: Optional[dict[int, np.ndarray]] = None,
 ) -> Iterator[tuple[int, Optional[np.ndarray], str, Optional[tuple[np.ndarray, np.uint64]]]]:
     """Run the pipeline over `paths` (whose `digests`, and some `contents`, are known), caching
-    each batch's vectors.
+    each batch's vectors; the mirror images of the decoded images at `mirror` (indices into
+    `paths`) go into `mirrored`.
 
     Entries are written on a background thread while the extractor works on the next batch; write
     errors surface on the next batch, and pending writes finish even when interrupted.
@@ -254,6 +288,8 @@ def _computed(
                     yield index, None, reason, None
                 else:
                     entries.append((digests[index], batch_vectors[row]))
+                    if index in mirror and mirrored is not None:
+                        mirrored[index] = np.ascontiguousarray(batch.images[row, :, ::-1])
                     signature = None if made is None else (made.thumbnails[row], made.hashes[row])
                     yield index, batch_vectors[row], "", signature
             for write in [write for write in writes if write.done()]:

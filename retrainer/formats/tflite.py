@@ -59,18 +59,24 @@ class BatchInterpreter:
         self._interpreter = new_interpreter(model, threads)
         details = self._interpreter.get_input_details()[0]
         self._input, self.input_dtype = details["index"], np.dtype(details["dtype"])
+        self.input_shape = tuple(int(size) for size in details["shape"])  # as the model has it
         output = self._interpreter.get_output_details()[0]
         self._output = output["index"]
         self._scale, self._zero_point = output["quantization"]  # (0.0, 0): not quantized
         self._rows = 0
 
+    def plan(self, shape: tuple[int, ...]) -> None:
+        """Allocate the tensors for input batches of `shape` (a call does when its batch size
+        is another than the last one's)."""
+        if shape[0] != self._rows:  # re-plan only when the batch size changes
+            self._interpreter.resize_tensor_input(self._input, shape)
+            self._interpreter.allocate_tensors()
+            self._rows = shape[0]
+
     def __call__(self, inputs: np.ndarray) -> np.ndarray:
         """The model's output for the batch `inputs` (its first axis: the rows) as float32; a
         quantized integer output dequantized ((q - zero point) x scale)."""
-        if len(inputs) != self._rows:  # re-plan only when the batch size changes
-            self._interpreter.resize_tensor_input(self._input, inputs.shape)
-            self._interpreter.allocate_tensors()
-            self._rows = len(inputs)
+        self.plan(inputs.shape)
         self._interpreter.set_tensor(self._input, inputs)
         self._interpreter.invoke()
         output = self._interpreter.get_tensor(self._output)

@@ -23,7 +23,7 @@ from retrainer.data.split import VALIDATION
 from retrainer.engines.base import Engine
 from retrainer.exports.options import AUTO_TTA
 from retrainer.io.storage import AnyPath
-from retrainer.training.tta import MirroredSample, mirrored_sample
+from retrainer.training.tta import SAMPLE_IMAGES, MirroredSample, mirrored_sample
 
 
 class Ahead:
@@ -45,11 +45,23 @@ class Ahead:
         self.pool.shutdown(wait=True)
 
 
+def mirror_positions(config: RetrainConfig, collection: ImageCollection) -> list[int]:
+    """The positions of the images whose mirror images the bottleneck stage keeps for
+    `start_mirroring` (the validation images, when the sample takes them all)."""
+    training = config.training
+    if config.exports.tta != AUTO_TTA or training.multi_label or training.do_fine_tuning:
+        return []
+    positions = [position for position, image in enumerate(collection.images)
+                 if image.split == VALIDATION]
+    return positions if len(positions) <= SAMPLE_IMAGES else []
+
+
 def start_mirroring(ahead: Ahead, config: RetrainConfig, engine: Engine,
                     collection: ImageCollection, bottlenecks: Bottlenecks
                     ) -> Callable[[list[str | AnyPath]], Optional[MirroredSample]]:
     """Start --tta auto's mirrored sample of the decodable validation images on `ahead` (not
-    for multi-label heads or fine-tuning, whose flip is not checked).
+    for multi-label heads or fine-tuning, whose flip is not checked), from the mirror images
+    the bottleneck stage kept (`bottlenecks.mirrored`) where it did.
 
     Returns:
         `sample(paths)`: waits for the sample and returns it if it was drawn from the
@@ -59,10 +71,14 @@ def start_mirroring(ahead: Ahead, config: RetrainConfig, engine: Engine,
     training = config.training
     if config.exports.tta != AUTO_TTA or training.multi_label or training.do_fine_tuning:
         return lambda paths: None
-    paths = collection.paths(image for image, ok in zip(collection.images, bottlenecks.ok)
-                             if ok and image.split == VALIDATION)
+    positions = [position for position, (image, ok) in enumerate(zip(collection.images,
+                                                                      bottlenecks.ok))
+                 if ok and image.split == VALIDATION]
+    paths = collection.paths(collection.images[position] for position in positions)
+    decoded = {index: (bottlenecks.digests[position], bottlenecks.mirrored[position])
+               for index, position in enumerate(positions) if position in bottlenecks.mirrored}
     job = ahead.pool.submit(mirrored_sample, engine, paths, training.seed,
-                            config.extraction.bottleneck_dir, ahead.stopping)
+                            config.extraction.bottleneck_dir, ahead.stopping, decoded)
     return lambda chosen: _if_from(job, chosen)
 
 

@@ -18,6 +18,8 @@ import itertools
 import json
 import os
 import platform
+import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional
 
@@ -82,6 +84,7 @@ class _DeferredEngine(Engine):
         self._kept_model = Path(kept["model"]) if kept.get("model") else None
         self._build = build
         self._engine: Optional[Engine] = None
+        self._loading: Optional[Future[Optional[Int8Engine]]] = None
 
     @property
     def model_path(self) -> Optional[Path]:
@@ -94,7 +97,9 @@ class _DeferredEngine(Engine):
 
     def map(self, batches: Iterable[Batch], pixels: Callable[[Batch], np.ndarray]
             ) -> Iterator[tuple[Batch, np.ndarray]]:
-        """`Engine.map` of the engine, started at the first batch with pixels to run."""
+        """`Engine.map` of the engine, started at the first batch with pixels to run (a kept
+        int8 model loads meanwhile, while the first batch decodes)."""
+        self._load_kept_model()
         remaining = iter(batches)
         for batch in remaining:
             if len(pixels(batch)):
@@ -102,11 +107,31 @@ class _DeferredEngine(Engine):
                 return
             yield batch, np.zeros((0, self.spec.vector_size), np.float32)
 
+    def _load_kept_model(self) -> None:
+        """Start loading the kept int8 model on a thread (its interpreters: ~20 ms of LiteRT's
+        C++ work, no TensorFlow), unless started or there is none."""
+        if self._engine is not None or self._loading is not None:
+            return
+        if self.precision != INT8 or self._kept_model is None:
+            return
+        loading: Future[Optional[Int8Engine]] = Future()
+        kept_model = self._kept_model
+
+        def load() -> None:
+            try:
+                loading.set_result(Int8Engine.from_kept_model(self.spec, kept_model,
+                                                               usable_cpus()))
+            except BaseException as error:  # raised where the engine is first needed
+                loading.set_exception(error)
+
+        self._loading = loading
+        threading.Thread(target=load, name="int8-load", daemon=True).start()
+
     def _started(self) -> Engine:
         if self._engine is None:
-            if self.precision == INT8 and self._kept_model is not None:
-                self._engine = Int8Engine.from_kept_model(self.spec, self._kept_model,
-                                                          usable_cpus())
+            self._load_kept_model()
+            if self._loading is not None:
+                self._engine = self._loading.result()
             if self._engine is None:
                 self._engine = self._build()
         return self._engine

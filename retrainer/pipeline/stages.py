@@ -30,7 +30,7 @@ from retrainer.formats.extractor_spec import ExtractorSpec
 from retrainer.formats.graph_contract import INPUT_OP
 from retrainer.io.storage import AnyPath
 from retrainer.pipeline._background import TensorFlowLoad
-from retrainer.pipeline.ahead import Ahead, start_mirroring
+from retrainer.pipeline.ahead import Ahead, mirror_positions, start_mirroring
 from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
     MultiLabelEvaluation,
@@ -105,9 +105,11 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
             show_progress=config.extraction.show_progress,
             file_index=file_index,
             signatures=config.audit.enabled,  # the audit's, from the same decode
+            mirrored=mirror_positions(config, collection),  # --tta auto's, from the same decode
         )
     extraction.remember()
     mirrored = start_mirroring(ahead, config, engine, collection, bottlenecks)  # beside the audit
+    bottlenecks = dataclasses.replace(bottlenecks, mirrored={})  # the sample's now
     audit = None
     if config.audit.enabled:
         with timer("audit"):

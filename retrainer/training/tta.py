@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -77,14 +77,20 @@ class MirroredSample:
 
 
 def mirrored_sample(engine: Engine, paths: Sequence[str | AnyPath], seed: int,
-                    bottleneck_dir: AnyPath, stop: Optional[threading.Event] = None
+                    bottleneck_dir: AnyPath, stop: Optional[threading.Event] = None,
+                    decoded: Optional[Mapping[int, tuple[str, np.ndarray]]] = None
                     ) -> MirroredSample:
     """The mirror images' vectors of a seeded sample of up to SAMPLE_IMAGES of `paths` (the
     decodable validation images), through `engine` (the one the cached vectors come from);
     cached under `bottleneck_dir` too. Once `stop` is set, no further chunk is decoded (the
-    images not reached are left out of the sample: for a run that has failed)."""
+    images not reached are left out of the sample: for a run that has failed). `decoded`:
+    {position in `paths`: (file digest, uint8 [H, W, 3] mirror image)} of images the bottleneck
+    stage decoded (`compute_bottlenecks(mirrored=...)`): not read again."""
     rows = np.sort(np.random.default_rng(seed).permutation(len(paths))[:SAMPLE_IMAGES])
-    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir, stop)
+    known = decoded or {}
+    mirrored, ok = _mirrored_vectors(engine, [paths[row] for row in rows], bottleneck_dir, stop,
+                                     {index: known[row] for index, row in enumerate(rows)
+                                      if row in known})
     return MirroredSample(tuple(paths), rows[ok], mirrored)
 
 
@@ -117,29 +123,45 @@ def choose_tta(head: Head, sample: MirroredSample, vectors: np.ndarray, labels: 
 
 
 def _mirrored_vectors(engine: Engine, paths: Sequence[str | AnyPath], bottleneck_dir: AnyPath,
-                      stop: Optional[threading.Event]) -> tuple[np.ndarray, np.ndarray]:
+                      stop: Optional[threading.Event],
+                      decoded: Mapping[int, tuple[str, np.ndarray]]
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """(float32 [decoded, D] vectors of the mirrored images, bool [len(paths)] decoded): from the
     bottleneck cache (`layout.MIRRORED_SUBFOLDER`) where present, so a rerun decodes nothing;
-    else decoded a chunk at a time (2,000 images at 224 x 224 would hold 300 MB of pixels)."""
+    else from `decoded`'s mirror images ({index: (digest, pixels)}), or decoded a chunk at a
+    time (2,000 images at 224 x 224 would hold 300 MB of pixels)."""
     cache = BottleneckCache(as_path(bottleneck_dir), engine.spec, namespace=MIRRORED_SUBFOLDER)
-    keys = [file_digest(path) for path in paths]
+    keys = [decoded[index][0] if index in decoded else file_digest(path)
+            for index, path in enumerate(paths)]
     vectors: list[Optional[np.ndarray]] = [cache.load(key) for key in keys]
     missing = [index for index, vector in enumerate(vectors) if vector is None]
     for start in range(0, len(missing), CHUNK):
         if stop is not None and stop.is_set():
             break
         chunk = missing[start:start + CHUNK]
-        pixels, ok = decode_files([paths[index] for index in chunk], engine.spec.input_size)
-        if not ok.any():
+        images = {index: decoded[index][1] for index in chunk if index in decoded}
+        fresh = [index for index in chunk if index not in decoded]
+        if fresh:
+            pixels, ok = decode_files([paths[index] for index in fresh], engine.spec.input_size)
+            images.update((index, image[:, ::-1]) for index, image, good in zip(fresh, pixels, ok)
+                          if good)
+        done = [index for index in chunk if index in images]
+        if not done:
             continue
-        computed = engine(np.ascontiguousarray(pixels[ok][:, :, ::-1]))
-        decoded = [index for index, good in zip(chunk, ok) if good]
-        cache.store_all([(keys[index], vector) for index, vector in zip(decoded, computed)])
-        for index, vector in zip(decoded, computed):
+        computed = _vectors(engine, np.stack([images[index] for index in done]))
+        cache.store_all([(keys[index], vector) for index, vector in zip(done, computed)])
+        for index, vector in zip(done, computed):
             vectors[index] = vector
     found = np.array([vector is not None for vector in vectors], bool)
     rows = [vector for vector in vectors if vector is not None]
     return (np.stack(rows) if rows else np.zeros((0, engine.spec.vector_size), np.float32)), found
+
+
+def _vectors(engine: Engine, pixels: np.ndarray) -> np.ndarray:
+    """The engine's vectors of `pixels`, as one batch of `Engine.map`: on one interpreter of an
+    int8 engine, leaving the other CPUs to the audit and the head fit beside it."""
+    [(_, vectors)] = engine.map([pixels], lambda batch: batch)
+    return vectors
 
 
 def _correct(head: Head, vectors: np.ndarray, truth: np.ndarray) -> np.ndarray:
