@@ -46,7 +46,7 @@ class Painter:
         self._process: Optional[subprocess.Popen[bytes]] = None
         self._ready = False
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
-        if start and sys.platform.startswith("linux"):
+        if start and sys.platform.startswith("linux") and sys.executable:  # not embedded
             try:
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
