@@ -5,7 +5,9 @@ ready, absent or dies."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 import types
 
 import numpy as np
@@ -81,3 +83,38 @@ def test_an_unused_helper_is_stopped():
     assert process is not None
     painter.close()
     assert process.poll() is not None
+
+
+def test_a_ctrl_c_at_the_terminal_reaches_the_run_not_the_helper():
+    """The terminal sends SIGINT to its foreground process group: the helper is outside it (its
+    own session), so it never prints a KeyboardInterrupt traceback; the run stops it."""
+    with Painter() as painter:
+        process = painter._process
+        assert process is not None
+        assert os.getsid(process.pid) == process.pid != os.getsid(0)
+        assert os.getpgid(process.pid) != os.getpgid(0)
+
+
+
+def running(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie has ended: its parent is gone, and init may
+    reap it late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_the_helper_ends_when_the_run_does():
+    """A run killed outright never closes its painter: the helper ends at its stdin's end."""
+    started = subprocess.run(
+        [sys.executable, "-c", "import os; from retrainer.reports.painter import Painter; "
+                               "painter = Painter(); print(painter._process.pid, flush=True); "
+                               "painter.ready(timeout=None); os._exit(0)"],
+        capture_output=True, text=True, timeout=120, check=True)
+    helper = int(started.stdout.split()[0])
+    deadline = time.monotonic() + 60
+    while running(helper) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(helper)

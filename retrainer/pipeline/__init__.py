@@ -76,7 +76,8 @@ def run(config: RetrainConfig, timer: Optional[StageTimer] = None) -> RetrainRes
     first_run = new_command and on_this_machine.read(flags) is None
     # matplotlib imported meanwhile on the other core, for the report's pictures (a finished
     # command's are kept)
-    painter = Painter(start=new_command and usable_cpus() > 1)
+    pictures = config.reports.report_html is not None or config.reports.summaries_dir is not None
+    painter = Painter(start=new_command and pictures and usable_cpus() > 1)
     loading = BackgroundImport(STAGES_MODULE, quiet=tensorflow.quiet, then=start_devices)
     try:
         collection = preflight(config, timer)

@@ -48,9 +48,12 @@ class Painter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-pictures")
         if start and sys.platform.startswith("linux") and sys.executable:  # not embedded
             try:
+                # Its own session: a Ctrl-C at the terminal interrupts the run, which stops
+                # the helper, and not the helper mid-import (a traceback in the run's output).
+                # It ends by itself when the run does (its stdin reaches end of file).
                 self._process = subprocess.Popen(
                     [sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
+                    stdout=subprocess.PIPE, start_new_session=True,
                     env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))})
             except OSError:  # no interpreter to start: drawn on a thread
                 self._process = None
