@@ -48,8 +48,7 @@ class Ahead:
 def mirror_positions(config: RetrainConfig, collection: ImageCollection) -> list[int]:
     """The positions of the images whose mirror images the bottleneck stage keeps for
     `start_mirroring` (the validation images, when the sample takes them all)."""
-    training = config.training
-    if config.exports.tta != AUTO_TTA or training.multi_label or training.do_fine_tuning:
+    if not _checks_flip(config):
         return []
     positions = [position for position, image in enumerate(collection.images)
                  if image.split == VALIDATION]
@@ -68,8 +67,7 @@ def start_mirroring(ahead: Ahead, config: RetrainConfig, engine: Engine,
         validation images `paths` (as `ImageCollection.paths` gives them), else None (also
         when nothing was started).
     """
-    training = config.training
-    if config.exports.tta != AUTO_TTA or training.multi_label or training.do_fine_tuning:
+    if not _checks_flip(config):
         return lambda paths: None
     positions = [position for position, (image, ok) in enumerate(zip(collection.images,
                                                                       bottlenecks.ok))
@@ -77,9 +75,17 @@ def start_mirroring(ahead: Ahead, config: RetrainConfig, engine: Engine,
     paths = collection.paths(collection.images[position] for position in positions)
     decoded = {index: (bottlenecks.digests[position], bottlenecks.mirrored[position])
                for index, position in enumerate(positions) if position in bottlenecks.mirrored}
-    job = ahead.pool.submit(mirrored_sample, engine, paths, training.seed,
+    job = ahead.pool.submit(mirrored_sample, engine, paths, config.training.seed,
                             config.extraction.bottleneck_dir, ahead.stopping, decoded)
     return lambda chosen: _if_from(job, chosen)
+
+
+def _checks_flip(config: RetrainConfig) -> bool:
+    """Whether --tta auto checks flip on the validation images (not for multi-label heads or
+    fine-tuning)."""
+    training = config.training
+    return (config.exports.tta == AUTO_TTA and not training.multi_label
+            and not training.do_fine_tuning)
 
 
 def _if_from(job: Future[MirroredSample], paths: list[str | AnyPath]
