@@ -354,3 +354,36 @@ def test_int8_model_takes_raw_uint8_pixels_as_its_quantized_input(color_image_di
     float_input.invoke()
     expected = float_input.get_tensor(float_input.get_output_details()[0]["index"])
     np.testing.assert_array_equal(engine(pixels), expected)
+
+
+def test_int8_engine_runs_its_model_without_the_input_shift(color_image_dir):
+    """The kept model's first op only shifts the uint8 pixels to int8 (q - 128); the engine runs
+    the model without it (`int8_input_model`), fed the pixels with the top bit flipped: every
+    byte value gives the kept model's own outputs. A model that starts otherwise (the v1 model's
+    float input) is run as it is."""
+    from retrainer.engines import int8
+    from retrainer.formats.tflite import BatchInterpreter, full_integer_model, int8_input_model
+
+    extractor = TinyExtractor()
+    engine = create_engine(extractor, "int8")
+    height, width = extractor.spec.input_size
+    pixels = _pixels(sorted(color_image_dir.rglob("*.png")), (height, width))
+    every_byte = np.resize(np.arange(256, dtype=np.uint8), (2, height, width, 3))
+    pixels = np.concatenate([pixels, every_byte, 255 - every_byte])
+    vectors = engine(pixels)  # converts and keeps the model
+    model = int8.cached_model(int8._model_path(extractor), lambda: b"")
+    signed = int8_input_model(model)
+    assert signed is not None and len(signed) == len(model) and engine._signed
+    kept, shifted = BatchInterpreter(model), BatchInterpreter(signed)
+    assert (kept.input_dtype, shifted.input_dtype) == (np.uint8, np.int8)
+    assert len(shifted._interpreter._get_ops_details()) == len(
+        kept._interpreter._get_ops_details()) - 1
+    np.testing.assert_array_equal(shifted((pixels ^ np.uint8(0x80)).view(np.int8)), kept(pixels))
+    np.testing.assert_array_equal(vectors, kept(pixels))
+
+    features = tf.function(extractor.__call__,
+                           input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
+    calibration = [[int8._scaled(image[np.newaxis])]
+                   for image in int8.calibration_images((height, width))]
+    assert int8_input_model(full_integer_model(features.get_concrete_function(),
+                                               calibration)) is None
