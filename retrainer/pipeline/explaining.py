@@ -52,11 +52,11 @@ class Explanations:
         self._config, self._exporter, self._spec, self._head = config, exporter, spec, head
         self._tensorflow = tensorflow
         reports = config.reports
-        self.count = reports.report_explanations if reports.report_html is not None else 0
+        self._count = reports.report_explanations if reports.report_html is not None else 0
         # whether pictures are made (else a note, or no section: not timed as "explain")
-        self.explained = self.count > 0 and explainable(spec.name)
+        self.explained = self._count > 0 and explainable(spec.name)
         self._chosen = (choose_images(splits.images[TESTING], evaluation, splits.labels,
-                                      self.count) if self.count else [])
+                                      self._count) if self._count else [])
         self._figures: Optional[Future[Optional[Figures]]] = None
 
     def start(self, ahead: Ahead, fine_tuned: bool, novelty: Optional[Novelty],
@@ -73,12 +73,12 @@ class Explanations:
     def section(self) -> list[Section]:
         """The report's heat-map section, after the export (none with --report_explanations
         0): the figures started ahead are waited for (their error, if any, raised here)."""
-        if not self.count:
+        if not self._count:
             return []
         exporter, head, spec = self._exporter, self._head, self._spec
         return [explanation_section(
             lambda: exporter.exported_graph(head), f"{INPUT_OP}:0",
             f"{self._config.exports.final_tensor_name}:0", spec.name, spec.input_size,
-            self._chosen, self.count, self._config.extraction.bottleneck_dir,
+            self._chosen, self._count, self._config.extraction.bottleneck_dir,
             self._tensorflow.ready, exporter.lite_cam(head), exporter.graph_sha256,
             None if self._figures is None else self._figures.result)]
