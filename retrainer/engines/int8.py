@@ -10,9 +10,10 @@ photos span exactly, it gets scale 1/255 and zero point 0 (checked after convers
 are its quantized values: no float conversion on the host (0.76 CPU ms per 224x224 image). Its
 vectors are bit-identical to those of the v1 model, which took float32 [0, 1] and quantized them in
 its first op. (A cast from uint8 inside the model ran 3.7x slower on XNNPACK.) Its own first op
-shifts them to int8 (q - 128); the interpreters run the model without it, fed the pixels with
-their top bit flipped (the same int8 values; `formats.tflite.int8_input_model`): the kept file is
-unchanged, the vectors the same, the engine ~2.5 % faster.
+shifts them to int8 (q - 128), and its second subtracts the normalization's 127/255, which only
+moves the zero point; the interpreters run the model without both, fed the pixels with their top
+bit flipped (the same int8 values; `formats.tflite.int8_input_model`): the kept file is
+unchanged, the vectors the same, the engine ~3 % faster.
 Output: float32 vectors.
 
 Each CPU runs its own single-thread interpreter, rather than one interpreter splitting every
@@ -148,8 +149,8 @@ class Int8Engine(Engine):
     def _start(self, model: bytes, path: Path) -> None:
         """One single-thread interpreter per CPU (`MAX_INTERPRETERS` at most), created side by
         side, each planned for BATCH_SIZE rows (XNNPACK packs its weights then: ~10 ms); the
-        model run without its first operator, when that only shifts the uint8 pixels to int8
-        (`int8_input_model`: the same vectors, ~2.5 % less time)."""
+        model run without its first operators when they only shift the uint8 pixels to int8
+        (`int8_input_model`: the same vectors, ~3 % less time)."""
         self._model_path = path
         signed = int8_input_model(model)
         self._signed = signed is not None
