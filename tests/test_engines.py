@@ -354,3 +354,81 @@ def test_int8_model_takes_raw_uint8_pixels_as_its_quantized_input(color_image_di
     float_input.invoke()
     expected = float_input.get_tensor(float_input.get_output_details()[0]["index"])
     np.testing.assert_array_equal(engine(pixels), expected)
+
+
+def _ops(model: bytes) -> list[str]:
+    from retrainer.formats.tflite import BatchInterpreter
+
+    return [op["op_name"] for op in BatchInterpreter(model)._interpreter._get_ops_details()]
+
+
+def _every_byte(height: int, width: int) -> np.ndarray:
+    every_byte = np.resize(np.arange(256, dtype=np.uint8), (2, height, width, 3))
+    return np.concatenate([every_byte, 255 - every_byte])
+
+
+def test_int8_engine_runs_its_model_without_the_input_shift(color_image_dir):
+    """The kept model's first op only shifts the uint8 pixels to int8 (q - 128); the engine runs
+    the model without it (`int8_input_model`), fed the pixels with the top bit flipped: every
+    byte value gives the kept model's own outputs. A model that starts otherwise (the v1 model's
+    float input) is run as it is."""
+    from retrainer.engines import int8
+    from retrainer.formats.tflite import BatchInterpreter, full_integer_model, int8_input_model
+
+    extractor = TinyExtractor()
+    engine = create_engine(extractor, "int8")
+    height, width = extractor.spec.input_size
+    pixels = np.concatenate([_pixels(sorted(color_image_dir.rglob("*.png")), (height, width)),
+                             _every_byte(height, width)])
+    vectors = engine(pixels)  # converts and keeps the model
+    model = int8.cached_model(int8._model_path(extractor), lambda: b"")
+    signed = int8_input_model(model)
+    assert signed is not None and len(signed) == len(model) and engine._signed
+    kept, shifted = BatchInterpreter(model), BatchInterpreter(signed)
+    assert (kept.input_dtype, shifted.input_dtype) == (np.uint8, np.int8)
+    assert _ops(model)[0] == "QUANTIZE" and _ops(signed) == _ops(model)[1:]
+    np.testing.assert_array_equal(shifted((pixels ^ np.uint8(0x80)).view(np.int8)), kept(pixels))
+    np.testing.assert_array_equal(vectors, kept(pixels))
+
+    features = tf.function(extractor.__call__,
+                           input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
+    calibration = [[int8._scaled(image[np.newaxis])]
+                   for image in int8.calibration_images((height, width))]
+    assert int8_input_model(full_integer_model(features.get_concrete_function(),
+                                               calibration)) is None
+
+
+def test_efficientnet_lite_int8_runs_without_its_normalization(lite0_int8):
+    """EfficientNet-Lite's int8 model subtracts 127/255 after the shift to int8, which only
+    moves the zero point (-128 -> -1): both ops are left out, with the same outputs for every
+    byte value. The same model with another constant (a shift that changes the values) keeps
+    its subtraction."""
+    from flatbuffers import number_types
+
+    from retrainer.formats import flatbuffer_fields as fields
+    from retrainer.formats.tflite import BatchInterpreter, int8_input_model
+
+    pixels = _every_byte(224, 224)
+    vectors = lite0_int8(pixels)  # loads the model
+    assert lite0_int8.model_path is not None
+    model = lite0_int8.model_path.read_bytes()
+    flipped = (pixels ^ np.uint8(0x80)).view(np.int8)
+    signed = int8_input_model(model)
+    assert signed is not None
+    assert _ops(model)[:2] == ["QUANTIZE", "SUB"] and _ops(signed) == _ops(model)[2:]
+    np.testing.assert_array_equal(BatchInterpreter(signed)(flipped),
+                                  BatchInterpreter(model)(pixels))
+    np.testing.assert_array_equal(vectors, BatchInterpreter(model)(pixels))
+
+    main = fields.tables(fields.root(model), 2)[0]
+    constant = fields.tables(main, 3)[1]  # the SUB's second input: the constant
+    tensor = fields.tables(main, 0)[fields.numbers(constant, 1, number_types.Int32Flags)[1]]
+    buffer = fields.tables(fields.root(model), 4)[fields.scalar(tensor, 2,
+                                                                number_types.Uint32Flags)]
+    at = buffer.Vector(fields.position(buffer, 0))
+    other = bytearray(model)
+    other[at] = (other[at] - 1) % 256  # one step less subtracted: every value moves
+    other_signed = int8_input_model(bytes(other))
+    assert other_signed is not None and _ops(other_signed) == _ops(model)[1:]
+    np.testing.assert_array_equal(BatchInterpreter(other_signed)(flipped),
+                                  BatchInterpreter(bytes(other))(pixels))

@@ -295,3 +295,19 @@ def test_report_section_notes_a_model_it_cannot_explain(tmp_path, caplog):
     assert "<figure" not in section.body
     assert [record.levelname for record in caplog.records
             if "no heat maps" in record.getMessage()] == ["WARNING"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0, width=32) | st.just(float("nan")), min_size=1, max_size=64),
+       st.sampled_from([np.float32, np.float64]))
+def test_heat_colours_are_matplotlibs_jet(values, dtype):
+    """The heat maps' colours are matplotlib's "jet" colormap's, to the bit (0, 1, NaN too),
+    without importing matplotlib."""
+    from matplotlib import colormaps
+
+    from retrainer.explain.heatmap import jet
+
+    heat = np.array(values, dtype)
+    assert np.array_equal(jet(heat), colormaps["jet"](heat)[..., :3])
+    grid = np.linspace(0.0, 1.0, 4097, dtype=dtype).reshape(17, 241)  # every colour
+    assert np.array_equal(jet(grid), colormaps["jet"](grid)[..., :3])

@@ -7,9 +7,13 @@ model is cached on disk (`_model_cache`), keyed by the weights, calibration set 
 
 The model's input is quantized uint8: calibrated on pixels scaled to [0, 1], a range the shipped
 photos span exactly, it gets scale 1/255 and zero point 0 (checked after conversion), so raw pixels
-are its quantized values and are fed as they are: no float conversion on the host (0.76 CPU ms per
-224x224 image). Its vectors are bit-identical to those of the v1 model, which took float32 [0, 1]
-and quantized them in its first op. (A cast from uint8 inside the model ran 3.7x slower on XNNPACK.)
+are its quantized values: no float conversion on the host (0.76 CPU ms per 224x224 image). Its
+vectors are bit-identical to those of the v1 model, which took float32 [0, 1] and quantized them in
+its first op. (A cast from uint8 inside the model ran 3.7x slower on XNNPACK.) Its own first op
+shifts them to int8 (q - 128), and its second subtracts the normalization's 127/255, which only
+moves the zero point; the interpreters run the model without both, fed the pixels with their top
+bit flipped (the same int8 values; `formats.tflite.int8_input_model`): the kept file is
+unchanged, the vectors the same, the engine ~3 % faster.
 Output: float32 vectors.
 
 Each CPU runs its own single-thread interpreter, rather than one interpreter splitting every
@@ -42,6 +46,7 @@ from retrainer.errors import UsageError
 from retrainer.formats.tflite import (
     BatchInterpreter,
     full_integer_model,
+    int8_input_model,
     new_interpreter,
     pooled_map_model,
 )
@@ -99,6 +104,7 @@ class Int8Engine(Engine):
         self._threads = threads
         self._runners: list[BatchInterpreter] = []
         self._pool: Optional[ThreadPoolExecutor] = None
+        self._signed = False  # the interpreters take int8 (`_start`)
         self._model_path: Optional[Path] = None  # the cached .tflite, once loaded
 
     @classmethod
@@ -142,8 +148,13 @@ class Int8Engine(Engine):
 
     def _start(self, model: bytes, path: Path) -> None:
         """One single-thread interpreter per CPU (`MAX_INTERPRETERS` at most), created side by
-        side, each planned for BATCH_SIZE rows (XNNPACK packs its weights then: ~10 ms)."""
+        side, each planned for BATCH_SIZE rows (XNNPACK packs its weights then: ~10 ms); the
+        model run without its first operators when they only shift the uint8 pixels to int8
+        (`int8_input_model`: the same vectors, ~3 % less time)."""
         self._model_path = path
+        signed = int8_input_model(model)
+        self._signed = signed is not None
+        model = signed or model
         count = max(1, min(self._threads, MAX_INTERPRETERS))
         threads = max(1, self._threads // count)
 
@@ -171,11 +182,16 @@ class Int8Engine(Engine):
         bounds = np.linspace(0, len(pixels), chunks + 1).round().astype(int)
         slices = [pixels[start:end] for start, end in itertools.pairwise(bounds)]
         if self._pool is None:
-            return np.concatenate([self._runners[0](chunk) for chunk in slices])
-        shares = self._pool.map(lambda runner, share: [runner(chunk) for chunk in share],
+            return np.concatenate([self._run(self._runners[0], chunk) for chunk in slices])
+        shares = self._pool.map(lambda runner, share: [self._run(runner, chunk) for chunk in share],
                                 self._runners, [slices[first::count] for first in range(count)])
         done = list(shares)
         return np.concatenate([done[index % count][index // count] for index in range(chunks)])
+
+    def _run(self, runner: BatchInterpreter, pixels: np.ndarray) -> np.ndarray:
+        """`runner`'s vectors of uint8 `pixels`, fed as int8 (q - 128: the top bit flipped) to
+        a model that takes them so."""
+        return runner((pixels ^ np.uint8(0x80)).view(np.int8) if self._signed else pixels)
 
     def map(self, batches: Iterable[Batch], pixels: Callable[[Batch], np.ndarray]
             ) -> Iterator[tuple[Batch, np.ndarray]]:
@@ -193,7 +209,7 @@ class Int8Engine(Engine):
         def run(images: np.ndarray) -> np.ndarray:
             runner = free.get()
             try:
-                return np.concatenate([runner(images[start:start + BATCH_SIZE])
+                return np.concatenate([self._run(runner, images[start:start + BATCH_SIZE])
                                        for start in range(0, len(images), BATCH_SIZE)])
             finally:
                 free.put(runner)

@@ -22,7 +22,14 @@ from retrainer.io.storage import AnyPath, is_url, open_for_reading
 
 MAX_PICTURE_SIDE = 1024  # larger images are shown shrunk; the peak stays in their own pixels
 HEAT_OPACITY = (0.15, 0.6)  # opacity of the colour over the image at heat 0 and at heat 1
-COLORMAP = "jet"
+# matplotlib's "jet" (`matplotlib._cm._jet_data`): (x, y below x, y above x) per channel, made
+# into the same 256 colours here, as its `LinearSegmentedColormap` makes them: matplotlib's
+# import (~0.1 s of CPU holding the interpreter lock) is then left to the report's pictures
+JET = {"red": ((0.00, 0, 0), (0.35, 0, 0), (0.66, 1, 1), (0.89, 1, 1), (1.00, 0.5, 0.5)),
+       "green": ((0.000, 0, 0), (0.125, 0, 0), (0.375, 1, 1), (0.640, 1, 1), (0.910, 0, 0),
+                 (1.000, 0, 0)),
+       "blue": ((0.00, 0.5, 0.5), (0.11, 1, 1), (0.34, 1, 1), (0.65, 0, 0), (1.00, 0, 0))}
+COLOURS = 256  # matplotlib's default number of a colormap's colours
 MAX_NAME_BYTES = 200  # of the image's name in a heat map's file name (file systems allow 255)
 _EXIF_ORIENTATION = 0x0112
 _SIDEWAYS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
@@ -81,13 +88,11 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]
             it at its thumbnails' size: a quarter of the blending and encoding of 224 x 224);
             None: at the pixels' own size.
     """
-    from matplotlib import colormaps  # ~0.3 s to import: a rerun reads its kept figures
-
     if size is not None and size != pixels.shape[:2]:
         pixels = np.asarray(Image.fromarray(pixels).resize(size[::-1], Image.Resampling.BILINEAR))
     height, width = pixels.shape[:2]
     values = np.clip(upsampled(heat, (height, width)), 0.0, 1.0)
-    colours = colormaps[COLORMAP](values)[..., :3] * 255.0
+    colours = jet(values) * 255.0
     low, high = HEAT_OPACITY
     opacity = (low + (high - low) * values)[..., np.newaxis]
     blended = pixels.astype(np.float32) * (1 - opacity) + colours * opacity
@@ -105,11 +110,34 @@ def overlay(pixels: np.ndarray, heat: np.ndarray, mark: Optional[tuple[int, int]
     return buffer.getvalue()
 
 
-def load_colormap() -> None:
-    """Import the colormap's module (`overlay`'s first call otherwise does)."""
-    from matplotlib import colormaps
+def jet(values: np.ndarray) -> np.ndarray:
+    """float64 [..., 3] RGB in [0, 1]: the colours of `values` (float, [0, 1]; NaN: black) as
+    matplotlib's "jet" colormap gives them (its 256 colours, a value's colour by
+    floor(value * 256), 1 the last)."""
+    scaled = np.array(values, copy=True)
+    scaled *= COLOURS  # in the values' own dtype, as matplotlib's colormaps multiply
+    scaled[scaled == COLOURS] = COLOURS - 1
+    missing = np.isnan(scaled)
+    scaled[missing] = 0
+    colours = _JET_TABLE.take(np.clip(scaled.astype(int), 0, COLOURS - 1), axis=0)
+    colours[missing] = 0.0
+    return colours
 
-    colormaps[COLORMAP]
+
+def _lookup_table(segments: tuple[tuple[float, float, float], ...]) -> np.ndarray:
+    """float64 [COLOURS]: one channel's colours, made from its segments as matplotlib's
+    `colors._create_lookup_table` makes them (linear between the x points)."""
+    table = np.array(segments, np.float64)
+    x, below, above = table[:, 0] * (COLOURS - 1), table[:, 1], table[:, 2]
+    at = (COLOURS - 1) * np.linspace(0, 1, COLOURS)
+    index = np.searchsorted(x, at)[1:-1]
+    distance = (at[1:-1] - x[index - 1]) / (x[index] - x[index - 1])
+    return np.clip(np.concatenate([[above[0]], distance * (below[index] - above[index - 1])
+                                   + above[index - 1], [below[-1]]]), 0.0, 1.0)
+
+
+_JET_TABLE = np.stack([_lookup_table(JET[channel]) for channel in ("red", "green", "blue")],
+                      axis=1)
 
 
 def image_overlay(path: AnyPath, heat: np.ndarray) -> tuple[bytes, tuple[int, int]]:

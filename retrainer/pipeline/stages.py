@@ -23,14 +23,13 @@ from retrainer.data.collection import ImageCollection
 from retrainer.data.split import TESTING, TRAINING, VALIDATION
 from retrainer.engines.base import INT8, Engine
 from retrainer.errors import ExportFailedError, ExportMismatchError, QualityGateError
-from retrainer.explain.scope import explainable
 from retrainer.exports.options import AUTO_TTA, NO_TTA
 from retrainer.exports.run import Exported, Exporter
 from retrainer.formats.extractor_spec import ExtractorSpec
-from retrainer.formats.graph_contract import INPUT_OP
 from retrainer.io.storage import AnyPath
 from retrainer.pipeline._background import TensorFlowLoad
 from retrainer.pipeline.ahead import Ahead, mirror_positions, start_mirroring
+from retrainer.pipeline.explaining import Explanations
 from retrainer.pipeline.extraction import Extraction, prepare_extraction
 from retrainer.pipeline.multi_label import (
     MultiLabelEvaluation,
@@ -41,7 +40,6 @@ from retrainer.pipeline.multi_label import (
 )
 from retrainer.pipeline.split_features import SplitFeatures
 from retrainer.pipeline.timer import StageTimer
-from retrainer.reports.explanations import choose_images, explanation_section
 from retrainer.reports.gates import check_gates, failure_message
 from retrainer.reports.held_outputs import HeldOutputs
 from retrainer.reports.html import Section
@@ -136,9 +134,10 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
             tta = _choose_tta(config, engine, trained, splits,
                               collection.paths(splits.images[VALIDATION]), mirrored)
         exporter.tta = tta.mode
-    explained = (config.reports.report_html is not None
-                 and config.reports.report_explanations > 0 and explainable(extraction.spec.name))
-    if exporter.needs_tensorflow(trained.head.head, novelty, trained.tuning is not None, explained):
+    explanations = Explanations(config, exporter, extraction.spec, trained.head.head,
+                                trained.evaluation, splits, tensorflow)
+    if exporter.needs_tensorflow(trained.head.head, novelty, trained.tuning is not None,
+                                 explanations.explained):
         tensorflow.start()  # loaded while the evaluation and the pictures are made
     measured = trained.measured
     test_metrics, validation_metrics = measured.test, measured.validation
@@ -157,21 +156,21 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
                               *headline, config.extraction.bottleneck_dir)
     exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
+        thresholds = None if multi_label is None else multi_label.thresholds
+        # the heat maps' figures, when the graph is new: made meanwhile on the ahead thread
+        explanations.start(ahead, trained.tuning is not None, novelty, thresholds)
         with timer("export"):
             exported = exporter.write_all(trained.head.head, splits.images[TRAINING],
                                           splits.images[TESTING],
                                           fine_tuned=trained.tuning is not None,
-                                          novelty=novelty,
-                                          thresholds=None if multi_label is None
-                                          else multi_label.thresholds)
+                                          novelty=novelty, thresholds=thresholds)
             held.release()
     else:
         held.discard()
     heat_maps: list[Section] = []
     if config.reports.report_html is not None:
-        with timer("explain", active=explained):
-            heat_maps = _explanations(config, exporter, trained, extraction.spec, splits,
-                                      tensorflow)
+        with timer("explain", active=explanations.explained):  # (what it waited for)
+            heat_maps = explanations.section()
     audit_document = None
     if audit is not None:
         with timer("reports"):
@@ -340,21 +339,6 @@ def _evaluate(options: TrainingOptions, head: Head, held_out: dict[str, FeatureS
                                        head.probabilities(held_out[VALIDATION].features))
     return evaluation, _Measured(test_metrics, validation_metrics, misclassified,
                                  evaluation.per_class, None)
-
-
-def _explanations(config: RetrainConfig, exporter: Exporter, trained: _Trained,
-                  spec: ExtractorSpec, splits: SplitFeatures,
-                  tensorflow: TensorFlowLoad) -> list[Section]:
-    """The report's heat-map section (none with --report_explanations 0)."""
-    count = config.reports.report_explanations
-    if count == 0:
-        return []
-    chosen = choose_images(splits.images[TESTING], trained.evaluation, splits.labels, count)
-    return [explanation_section(
-        lambda: exporter.exported_graph(trained.head.head), f"{INPUT_OP}:0",
-        f"{config.exports.final_tensor_name}:0", spec.name, spec.input_size, chosen, count,
-        config.extraction.bottleneck_dir, tensorflow.ready, exporter.lite_cam(trained.head.head),
-        exporter.graph_sha256)]
 
 
 def _misclassified(evaluation: Evaluation, splits: SplitFeatures
