@@ -48,7 +48,7 @@ OTHER_PROGRAMS = {
     "--scheduler-file": "dask scheduler/worker", "--create-dirs": "curl",
     "--data": "curl", "--data-binary": "curl", "--fail": "curl",
     "--upgrade": "pip", "--quiet": "pip", "--extra-index-url": "pip",
-    "--hypothesis-seed": "pytest", "--durations": "pytest", "--pdb": "pytest",
+    "--hypothesis-seed": "pytest", "--durations": "pytest", "--dist": "pytest",
     "--logdir": "tensorboard", "--dir": "saved_model_cli", "--tag_set": "saved_model_cli",
     "--signature_def": "saved_model_cli", "--all": "saved_model_cli",
     "--input_exprs": "saved_model_cli", "--outdir": "saved_model_cli",
