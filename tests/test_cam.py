@@ -3,13 +3,9 @@ be the very maps Grad-CAM gives, on real photographs through real exported graph
 
 from __future__ import annotations
 
-import re
-import threading
-
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image
 
 from retrainer.engines.factory import create_engine
 from retrainer.engines.int8 import kept_map_model
@@ -20,7 +16,6 @@ from retrainer.exports.classifier import Classifier
 from retrainer.exports.graph import GraphExporter
 from retrainer.extractors import create_extractor
 from retrainer.formats.tflite import BatchInterpreter, pooled_map_model
-from retrainer.reports.explanations import Explained, explanation_section, lite_figures
 from retrainer.training.head_layer import initial_head
 from retrainer.training.head_types import Head
 from retrainer.training.objectives import SIGMOID, SOFTMAX
@@ -39,14 +34,6 @@ def photos() -> np.ndarray:
     """float32 [N, SIZE, SIZE, 3] in [0, 1]: scikit-image's photographs, squared."""
     return np.stack([np.asarray(photo(name).resize((SIZE, SIZE)), np.float32) / 255.0
                      for name in PHOTOS])
-
-
-@pytest.fixture(scope="module")
-def int8_engine(extractor, tmp_path_factory):
-    """`extractor`'s int8 engine, its model converted once into a cache of its own."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("int8-cache")))
-        yield create_engine(extractor, "int8")
 
 
 def frozen_graph(extractor, tmp_path, tta: str, objective=SOFTMAX, classes: int = 5):
@@ -119,12 +106,12 @@ def test_a_damaged_kept_map_model_is_not_used(tmp_path, monkeypatch):
 
 
 def test_an_int8_runs_maps_come_from_its_engine_and_match_the_float32_graphs(
-        extractor, int8_engine, photos, tmp_path, monkeypatch):
+        extractor, photos, tmp_path, monkeypatch):
     """With the int8 engine, the report's maps are its own model's last map (before the pooling
     that gives the head's vectors): that map pooled is the engine's vector, and the heat maps
     are the float32 graph's CAM to within int8's rounding (same head, real photographs)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    engine = int8_engine
+    engine = create_engine(extractor, "int8")
     pixels = np.round(photos * 255).astype(np.uint8)
     vectors = engine(pixels)
     assert engine.model_path is not None
@@ -180,44 +167,3 @@ def test_a_map_model_is_made_only_where_the_output_is_the_last_maps_mean():
     np.testing.assert_allclose(feature_map.mean(axis=(1, 2)), BatchInterpreter(pooled)(images),
                                rtol=1e-5, atol=1e-6)
     assert pooled_map_model(converted(lambda vector: vector * 2.0 + 1.0)) is None
-
-
-def test_figures_made_before_the_graph_is_written_are_the_ones_made_after(
-        extractor, int8_engine, photos, tmp_path, caplog):
-    """The report's figures made from the images alone while the export writes the graph
-    (`lite_figures`, the int8 engine's map) are kept as if made after it: the same section,
-    maps and figures in the cache; an image that cannot be read is warned once, when the
-    section is made, either way; a run ending on an error stops them."""
-    pixels = np.round(photos * 255).astype(np.uint8)
-    int8_engine(pixels[:1])  # the engine's model is kept
-    weights = np.random.default_rng(0).normal(size=(1280, 3)).astype(np.float32)
-    lite = LiteCam(extractor.spec.id, (SIZE, SIZE), weights, int8_engine.model_path)
-    images = []
-    for index, image in enumerate(pixels):
-        path = tmp_path / f"{index}.png"
-        Image.fromarray(image).save(path)
-        images.append(Explained(path, f"{index}.png", "a", "abc"[index % 3], index % 3))
-    images.insert(1, Explained(tmp_path / "gone.png", "gone.png", "a", "b", 1))
-
-    def section(root, figures=None):
-        body = explanation_section(lambda: b"the graph", "Placeholder:0", "final_result:0",
-                                   "efficientnet_lite0", (SIZE, SIZE), images, 1, root,
-                                   lite=lite, figures=figures).body
-        return re.sub(r"made in [0-9.]+ s", "", body)
-
-    def kept(root):
-        return {path.relative_to(root): path.read_bytes() for path in root.rglob("*")
-                if path.is_file()}
-
-    made_here = section(tmp_path / "here")
-    caplog.clear()
-    figures = lite_figures(images, (SIZE, SIZE), lite, threading.Event())
-    assert figures is not None and not caplog.records  # warned when the section is made
-    assert section(tmp_path / "ahead", lambda: figures) == made_here
-    (warning,) = caplog.records
-    assert warning.levelname == "WARNING" and "no heat map for gone.png" in warning.getMessage()
-    assert kept(tmp_path / "ahead") == kept(tmp_path / "here")
-    assert made_here.count("<figure") == len(pixels)
-    stopping = threading.Event()
-    stopping.set()
-    assert lite_figures(images, (SIZE, SIZE), lite, stopping) is None

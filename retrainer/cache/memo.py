@@ -134,10 +134,6 @@ class KeptOutputs:
         digests = [hashlib.sha256(data).hexdigest().encode() for data in contents]
         return contents if record.split() == digests else None
 
-    def holds(self, key: str) -> bool:
-        """Whether a record is kept under `key` (not read)."""
-        return self._records.holds(key)
-
     def remember(self, key: str, contents: Sequence[bytes]) -> None:
         """Record what `key`'s inputs wrote (a failed write is a warning)."""
         self.remember_digests(key, [hashlib.sha256(data).hexdigest() for data in contents])

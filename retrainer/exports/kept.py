@@ -91,11 +91,6 @@ class KeptGraphs:
         kept = self._kept.read(key, [path])
         return None if kept is None else kept[0]
 
-    def holds(self, key: str) -> bool:
-        """Whether a graph is recorded for `key`'s inputs (whether its file is still there is
-        not checked)."""
-        return self._kept.holds(key)
-
     def remember(self, key: str, sha256: str) -> None:
         """Record the graph `key`'s inputs froze to, by its SHA-256 (hex; a failed write is a
         warning and costs the next run its tracing)."""

@@ -129,22 +129,12 @@ class Exporter:
         return explained and not LiteCam(self.spec.id, self.spec.input_size, head.weights,
                                          self.engine_model).kept()
 
-    def lite_cam(self, head: Head, fine_tuned: Optional[bool] = None) -> Optional[LiteCam]:
+    def lite_cam(self, head: Head) -> Optional[LiteCam]:
         """CAM of the exported graph without TensorFlow (`explain.lite_cam`), when it holds the
-        unmodified extractor (not fine-tuned) and `head`; else None. `fine_tuned`: whether the
-        graph `write_all` writes will hold a fine-tuned extractor; None: as `write_all` was
-        told (unknown before it: None)."""
-        if (self._fine_tuned if fine_tuned is None else fine_tuned) is not False:
+        unmodified extractor (not fine-tuned) and `head`; else None."""
+        if self._fine_tuned is not False:
             return None
         return LiteCam(self.spec.id, self.spec.input_size, head.weights, self.engine_model)
-
-    def graph_is_new(self, head: Head, novelty: Optional[Novelty] = None,
-                     thresholds: Optional[np.ndarray] = None) -> bool:
-        """Whether --bottleneck_dir has no record of the graph `write_all` will write of an
-        unmodified extractor with these values (`exports.kept`): then nothing made from that
-        graph can be kept there yet (its heat maps are new too)."""
-        levels = None if thresholds is None else [float(value) for value in thresholds]
-        return not KeptGraphs(self.cache_root).holds(self._graph_key(head, novelty, levels)[1])
 
     def _graph_exporter(self, head: Head, novelty: Optional[Novelty] = None,
                         thresholds: Optional[Sequence[float]] = None,
@@ -228,28 +218,23 @@ class Exporter:
         """The sidecar of a graph written without TensorFlow, or None (it must be traced): the
         graph at --output_graph when it is the one these inputs froze to before
         (`exports.kept`), else the graph made from this machine's template of its structure."""
-        metadata, key = self._graph_key(head, novelty, thresholds)
+        spec, options = self.spec, self.options
+        metadata = classifier_metadata(spec, self.labels, options.final_tensor_name, self.tta,
+                                       thresholds, novelty)
+        key = frozen_graph_key(spec.id, (head.weights, head.biases), metadata,
+                               None if novelty is None else novelty.references)
         kept = KeptGraphs(self.cache_root)
-        data = kept.read(key, self.options.output_graph)
+        data = kept.read(key, options.output_graph)
         made = data is None
         if data is None:
             data = self._templates(head, novelty).graph()
             if data is None:
                 return None
-            write_bytes_atomically(self.options.output_graph, data)
+            write_bytes_atomically(options.output_graph, data)
         self._kept_graph, self._kept_sha256 = data, graph_sha256(data)  # hashed once
         if made:
             kept.remember(key, self._kept_sha256)
-        return write_sidecar(self.options.output_graph, metadata, self._kept_sha256)
-
-    def _graph_key(self, head: Head, novelty: Optional[Novelty],
-                   thresholds: Optional[list[float]]) -> tuple[dict[str, Any], str]:
-        """The exported graph's metadata, and the key of what it is made from
-        (`exports.kept.frozen_graph_key`) for an unmodified extractor."""
-        metadata = classifier_metadata(self.spec, self.labels, self.options.final_tensor_name,
-                                       self.tta, thresholds, novelty)
-        return metadata, frozen_graph_key(self.spec.id, (head.weights, head.biases), metadata,
-                                          None if novelty is None else novelty.references)
+        return write_sidecar(options.output_graph, metadata, self._kept_sha256)
 
     def _templates(self, head: Head, novelty: Optional[Novelty]) -> GraphTemplates:
         """This machine's templates of the exported graph's structure."""

@@ -156,20 +156,19 @@ def _run_stages(config: RetrainConfig, collection: ImageCollection, file_index: 
                               *headline, config.extraction.bottleneck_dir)
     exported = Exported({})
     if gate_failure is None:  # a model that fails a gate replaces no previous export
-        thresholds = None if multi_label is None else multi_label.thresholds
-        # the heat maps' figures, when the graph is new: made meanwhile on the ahead thread
-        explanations.start(ahead, trained.tuning is not None, novelty, thresholds)
         with timer("export"):
             exported = exporter.write_all(trained.head.head, splits.images[TRAINING],
                                           splits.images[TESTING],
                                           fine_tuned=trained.tuning is not None,
-                                          novelty=novelty, thresholds=thresholds)
+                                          novelty=novelty,
+                                          thresholds=None if multi_label is None
+                                          else multi_label.thresholds)
             held.release()
     else:
         held.discard()
     heat_maps: list[Section] = []
     if config.reports.report_html is not None:
-        with timer("explain", active=explanations.explained):  # (what it waited for)
+        with timer("explain", active=explanations.explained):
             heat_maps = explanations.section()
     audit_document = None
     if audit is not None:

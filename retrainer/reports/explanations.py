@@ -19,7 +19,6 @@ import html
 import io
 import logging
 import os
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple, Optional, Sequence
@@ -98,7 +97,6 @@ def explanation_section(
     load_tensorflow: Callable[[], None] = lambda: None,
     lite: Optional[LiteCam] = None,
     graph_sha256: Callable[[bytes], str] = graph_contract.graph_sha256,
-    figures: Optional[Callable[[], Optional[Figures]]] = None,
 ) -> Section:
     """The section; a note instead of pictures when the extractor cannot be explained.
 
@@ -117,9 +115,6 @@ def explanation_section(
             made from this graph's.
         graph_sha256: the SHA-256 (hex) of the graph's bytes, which name its maps and figures
             (the exporter's: it hashed the graph it wrote already).
-        figures: returns the figures `lite_figures` made of `images` with `lite` while the
-            graph was being written, or None (not made: made here); they are kept as if made
-            here.
     """
     if not explainable(extractor_name):
         return Section(SECTION_ID, TITLE, paragraph(
@@ -138,94 +133,26 @@ def explanation_section(
     kept = galleries.read(key) if key is not None else None
     if kept is not None:
         return Section(SECTION_ID, TITLE, _body(images, per_class, started, kept.decode()))
-    try:
-        made = figures() if figures is not None else None
-        if made is not None:
-            _warn_unreadable(made.unreadable)
-            readable, gallery = made.images, made.gallery
-            _keep_maps(_maps_key(graph_digest, input_name, output_name, made.pixels,
-                                 _classes(readable), lite), cache_root, made.maps)
-            started -= made.seconds  # the time they took beside the export
-        else:
-            readable, gallery = _made_here(graph_bytes, graph_digest, input_name, output_name,
-                                           input_size, images, cache_root, load_tensorflow, lite)
-    except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
-        log.warning("Report: no heat maps: %s", error)
-        return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
+    # PIL and numpy release the GIL while they resize, blend and encode: one figure per core
+    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="heat-maps") as pool:
+        readable, pixels = [], []
+        for image in images:
+            try:
+                pixels.append(load_image(image.path, input_size))
+                readable.append(image)
+            except UnreadableImageError as error:  # e.g. deleted since training
+                log.warning("Report: no heat map for %s: %s", image.relpath, error.reason)
+        try:
+            maps = _heat_maps(graph_bytes, graph_digest, input_name, output_name, pixels,
+                              np.array([image.predicted_class for image in readable], np.int64),
+                              cache_root, load_tensorflow, lite)
+        except (_NoHeatMaps, ModelError, LookupError) as error:  # an extra never fails a run
+            log.warning("Report: no heat maps: %s", error)
+            return Section(SECTION_ID, TITLE, paragraph(f"No heat maps: {error}.", "note"))
+        gallery = "\n".join(pool.map(_figure, readable, pixels, maps))
     if key is not None and len(readable) == len(images):
         galleries.write(key, gallery.encode())
     return Section(SECTION_ID, TITLE, _body(images, per_class, started, gallery))
-
-
-class Figures(NamedTuple):
-    """The gallery's figures made by `lite_figures`, before the graph they explain was written."""
-
-    images: list[Explained]  # the readable images, each one figure
-    pixels: list[np.ndarray]  # uint8 [H, W, 3] each, as the network saw them
-    maps: list[np.ndarray]  # float32 [h, w] each: the predicted class's heat map
-    gallery: str  # the figures' HTML
-    unreadable: list[tuple[str, str]]  # (relpath, why) of each image left out, warned later
-    seconds: float  # the time they took
-
-
-def lite_figures(images: Sequence[Explained], input_size: tuple[int, int], lite: LiteCam,
-                 stopping: threading.Event) -> Optional[Figures]:
-    """The figures of `images` (`choose_images`) with `lite`'s maps, made without the graph
-    (whose SHA-256 only names them in the cache: `explanation_section(figures=...)` keeps
-    them): so that they can be made while the graph is written. None when `lite` has no usable
-    map model, or once `stopping` is set (the run is ending on an error)."""
-    started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="heat-maps") as pool:
-        readable, pixels, unreadable = _loaded(images, input_size)
-        classes = _classes(readable)
-        if stopping.is_set() or (classes < 0).any():
-            return None
-        maps = lite.maps(pixels, classes) if pixels else []
-        if maps is None or stopping.is_set():
-            return None
-        gallery = "\n".join(pool.map(_figure, readable, pixels, maps))
-    return Figures(readable, pixels, maps, gallery, unreadable, time.perf_counter() - started)
-
-
-def _made_here(graph: bytes, graph_digest: str, input_name: str, output_name: str,
-               input_size: tuple[int, int], images: Sequence[Explained],
-               cache_root: Optional[os.PathLike[str] | str], load_tensorflow: Callable[[], None],
-               lite: Optional[LiteCam]) -> tuple[list[Explained], str]:
-    """The readable images and their figures' HTML, the maps read back or computed (and kept).
-
-    Raises:
-        _NoHeatMaps, ModelError, LookupError: as `_heat_maps`.
-    """
-    # PIL and numpy release the GIL while they resize, blend and encode: one figure per core
-    with ThreadPoolExecutor(max_workers=usable_cpus(), thread_name_prefix="heat-maps") as pool:
-        readable, pixels, unreadable = _loaded(images, input_size)
-        _warn_unreadable(unreadable)
-        maps = _heat_maps(graph, graph_digest, input_name, output_name, pixels,
-                          _classes(readable), cache_root, load_tensorflow, lite)
-        return readable, "\n".join(pool.map(_figure, readable, pixels, maps))
-
-
-def _loaded(images: Sequence[Explained], input_size: tuple[int, int]
-            ) -> tuple[list[Explained], list[np.ndarray], list[tuple[str, str]]]:
-    """The readable images, their pixels (uint8 [H, W, 3]) and (relpath, why) of the others."""
-    readable, pixels, unreadable = [], [], []
-    for image in images:
-        try:
-            pixels.append(load_image(image.path, input_size))
-            readable.append(image)
-        except UnreadableImageError as error:  # e.g. deleted since training
-            unreadable.append((image.relpath, error.reason))
-    return readable, pixels, unreadable
-
-
-def _warn_unreadable(unreadable: Sequence[tuple[str, str]]) -> None:
-    for relpath, reason in unreadable:
-        log.warning("Report: no heat map for %s: %s", relpath, reason)
-
-
-def _classes(images: Sequence[Explained]) -> np.ndarray:
-    """int64 [N]: the class each image's heat map shows (-1: the graph's top class)."""
-    return np.array([image.predicted_class for image in images], np.int64)
 
 
 def _body(images: Sequence[Explained], per_class: int, started: float, gallery: str) -> str:
@@ -273,8 +200,12 @@ def _heat_maps(graph: bytes, graph_digest: str, input_name: str, output_name: st
     """
     if not pixels:
         return []
+    digest = hashlib.sha256(graph_digest.encode())  # the graph's, then the pixels
+    for image in pixels:
+        digest.update(np.ascontiguousarray(image).data)
     memo = Memo(cache_root, heat_maps_path)
-    key = _maps_key(graph_digest, input_name, output_name, pixels, classes, lite)
+    key = memo_key("heat maps", input_name, output_name, len(pixels), digest.hexdigest(),
+                   ",".join(map(str, classes.tolist())), lite.source if lite else None)
 
     def usable(data: bytes) -> bool:
         try:
@@ -290,29 +221,10 @@ def _heat_maps(graph: bytes, graph_digest: str, input_name: str, output_name: st
     if maps is None:
         load_tensorflow()
         maps = _computed_maps(graph, input_name, output_name, pixels, classes, lite)
-    _keep_maps(key, cache_root, maps)
-    return maps
-
-
-def _maps_key(graph_digest: str, input_name: str, output_name: str, pixels: list[np.ndarray],
-              classes: np.ndarray, lite: Optional[LiteCam]) -> str:
-    """What the maps are made from: the graph (its SHA-256), the pixels, the classes, and where
-    CAM's map comes from."""
-    digest = hashlib.sha256(graph_digest.encode())  # the graph's, then the pixels
-    for image in pixels:
-        digest.update(np.ascontiguousarray(image).data)
-    return memo_key("heat maps", input_name, output_name, len(pixels), digest.hexdigest(),
-                    ",".join(map(str, classes.tolist())), lite.source if lite else None)
-
-
-def _keep_maps(key: str, cache_root: Optional[os.PathLike[str] | str],
-               maps: list[np.ndarray]) -> None:
-    """Keep `maps` (none: nothing to keep) under `key` for a rerun."""
-    if not maps:
-        return
     buffer = io.BytesIO()
     np.save(buffer, np.stack(maps).astype(np.float32), allow_pickle=False)
-    Memo(cache_root, heat_maps_path).write(key, buffer.getvalue())
+    memo.write(key, buffer.getvalue())
+    return maps
 
 
 def _computed_maps(graph: bytes, input_name: str, output_name: str,
