@@ -20,6 +20,8 @@ from typing import Any, Mapping, Optional
 import google_crc32c
 import numpy as np
 
+from retrainer.formats.protobuf_wire import FIXED32, FIXED64, VARINT, fields, varint
+
 # A template: (header {"entries", "blocks", "index_size"}, the .index then the .data bytes).
 Template = tuple[dict[str, Any], bytes]
 _TABLE_MAGIC = 0xDB4775248B80FB57  # LevelDB's table footer
@@ -87,15 +89,15 @@ def _layout(index: bytes) -> tuple[dict[str, tuple[int, int, int]], list[tuple[i
     footer = len(index) - _FOOTER
     if struct.unpack_from("<Q", index, len(index) - 8)[0] != _TABLE_MAGIC:
         raise ValueError("not a table")
-    _, position = _varint(index, footer)  # the metaindex block
-    _, position = _varint(index, position)
-    start, position = _varint(index, position)
-    size, _ = _varint(index, position)
+    _, position = varint(index, footer)  # the metaindex block
+    _, position = varint(index, position)
+    start, position = varint(index, position)
+    size, _ = varint(index, position)
     entries: dict[str, tuple[int, int, int]] = {}
     blocks = []
     for _, handle, _ in _block_entries(index, start, size):
-        block_start, after = _varint(index, handle)
-        block_size, _ = _varint(index, after)
+        block_start, after = varint(index, handle)
+        block_size, _ = varint(index, after)
         blocks.append((block_start, block_size))
         for key, value, value_end in _block_entries(index, block_start, block_size):
             if key:  # the empty key holds the bundle's header, not a tensor
@@ -109,9 +111,9 @@ def _block_entries(table: bytes, start: int, size: int) -> list[tuple[bytes, int
     end = start + size - 4 - 4 * restarts
     position, key, entries = start, b"", []
     while position < end:
-        shared, position = _varint(table, position)
-        unshared, position = _varint(table, position)
-        length, position = _varint(table, position)
+        shared, position = varint(table, position)
+        unshared, position = varint(table, position)
+        length, position = varint(table, position)
         key = key[:shared] + table[position:position + unshared]
         position += unshared
         entries.append((key, position, position + length))
@@ -121,34 +123,15 @@ def _block_entries(table: bytes, start: int, size: int) -> list[tuple[bytes, int
 
 def _bundle_entry(table: bytes, position: int, end: int) -> tuple[int, int, int]:
     """A BundleEntryProto's (offset, size, position of its crc32c field)."""
-    fields = {4: 0, 5: 0}
+    numbers = {4: 0, 5: 0}
     crc_at = -1
-    while position < end:
-        tag, position = _varint(table, position)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, position = _varint(table, position)
-            fields[number] = value
-        elif wire == 2:
-            length, position = _varint(table, position)
-            position += length
-        elif wire == 5:
-            if number == 6:
-                crc_at = position
-            position += 4
-        else:
+    for number, wire, _, value, _ in fields(table, position, end):
+        if wire == VARINT:
+            numbers[number] = varint(table, value)[0]
+        elif wire == FIXED32 and number == 6:
+            crc_at = value
+        elif wire == FIXED64:
             raise ValueError(f"wire type {wire}")
     if crc_at < 0:
         raise ValueError("no checksum")
-    return fields[4], fields[5], crc_at
-
-
-def _varint(buffer: bytes, position: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
+    return numbers[4], numbers[5], crc_at

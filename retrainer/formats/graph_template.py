@@ -16,10 +16,12 @@ user's cache (`cache.memo.Memo.write_sealed`: checked whole before use).
 from __future__ import annotations
 
 import functools
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from retrainer.formats.protobuf_wire import fields
 
 # The arrays a template takes, by role.
 WEIGHTS, BIASES, NOVELTY_REFERENCES = "weights", "biases", "novelty_references"
@@ -109,7 +111,7 @@ def fill_template(template: Template, arrays: Mapping[str, np.ndarray]) -> Optio
     view = memoryview(body)
     pieces: list[bytes | memoryview] = []
     filled = set()
-    for number, start, value, end in _fields(view, 0, len(body)):
+    for number, _, start, value, end in fields(view, 0, len(body)):
         name = _node_name(view, value, end) if number == _NODE else None
         if name in roles:
             graph_def = _graph_def_class().FromString(view[start:end])  # this node alone
@@ -125,45 +127,10 @@ def fill_template(template: Template, arrays: Mapping[str, np.ndarray]) -> Optio
 
 def _node_name(data: memoryview, start: int, end: int) -> Optional[str]:
     """The name of the NodeDef serialized in data[start:end] (its field 1), if it has one."""
-    for number, _, value, field_end in _fields(data, start, end):
+    for number, _, _, value, field_end in fields(data, start, end):
         if number == _NAME:
             return bytes(data[value:field_end]).decode("utf-8", "replace")
     return None
-
-
-def _fields(data: memoryview, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, where the field starts, where its value starts, where it ends) of each
-    field of the message serialized in data[start:end] (protobuf's wire format)."""
-    position = start
-    while position < end:
-        field_start = position
-        tag, position = _varint(data, position)
-        kind = tag & 7
-        if kind == 0:
-            value = position
-            _, position = _varint(data, position)
-        elif kind == 2:
-            length, value = _varint(data, position)
-            position = value + length
-        elif kind in (1, 5):
-            value, position = position, position + (8 if kind == 1 else 4)
-        else:
-            raise ValueError(f"a frozen graph's field of wire type {kind}")
-        if position > end:
-            raise ValueError("a truncated frozen graph")
-        yield tag >> 3, field_start, value, position
-
-
-def _varint(data: memoryview, position: int) -> tuple[int, int]:
-    """The varint at `position` and where the next field starts."""
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, position
-        shift += 7
 
 
 def _set_tensor(node: Any, array: np.ndarray) -> None:
