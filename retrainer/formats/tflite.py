@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 import warnings
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 import numpy as np
 from flatbuffers import number_types
@@ -115,7 +115,7 @@ def int8_input_model(model: bytes) -> Optional[bytes]:
     if len(subgraphs) != 1 or fields.tables(root, 7):  # one graph; no SignatureDefs (they name
         return None  # its input by index)
     main = subgraphs[0]
-    operators = [_operator(root, operator) for operator in fields.tables(main, 3)]
+    operators = _operators(root, main)
     graph_inputs = fields.numbers(main, 1, number_types.Int32Flags)  # SubGraph.inputs
     tensors = fields.tables(main, 0)  # SubGraph.tensors
     if len(operators) < 2 or len(graph_inputs) != 1:
@@ -131,9 +131,9 @@ def int8_input_model(model: bytes) -> Optional[bytes]:
     shifted = _unshifted(root, tensors, operators[1], value)
     if shifted is not None:
         dropped, value = 2, shifted
-    made = {graph_inputs[0], *(output for _, _, outputs, _ in operators[:dropped]
-                               for output in outputs)} - {value}
-    if any(made & set(inputs) for _, inputs, _, _ in operators[dropped:]):
+    made = {graph_inputs[0], *(output for operator in operators[:dropped]
+                               for output in operator.outputs)} - {value}
+    if any(made & set(operator.inputs) for operator in operators[dropped:]):
         return None  # a dropped operator's tensor is read later
     patched = bytearray(model)
     field = main.Pos + fields.position(main, 3)  # SubGraph.operators' offset, from itself
@@ -144,18 +144,30 @@ def int8_input_model(model: bytes) -> Optional[bytes]:
     return bytes(patched)
 
 
-def _operator(root: Any, operator: Any) -> tuple[int, list[int], list[int], Any]:
-    """(builtin code, inputs, outputs, options table or None) of an Operator."""
-    codes = fields.tables(root, 1)  # Model.operator_codes
-    index = fields.scalar(operator, 0, number_types.Uint32Flags)
-    return (_builtin_code(codes[index]) if index < len(codes) else -1,
-            fields.numbers(operator, 1, number_types.Int32Flags),
-            fields.numbers(operator, 2, number_types.Int32Flags),
-            fields.table(operator, 5) if fields.position(operator, 5) else None)
+class _Operator(NamedTuple):
+    """One Operator of a subgraph: its builtin code (-1 if its code index is out of range), the
+    tensors it reads and writes, and its options table (None when absent)."""
+
+    code: int
+    inputs: list[int]
+    outputs: list[int]
+    options: Any
 
 
-def _unshifted(root: Any, tensors: list[Any], operator: tuple[int, list[int], list[int], Any],
-               value: int) -> Optional[int]:
+def _operators(root: Any, subgraph: Any) -> list[_Operator]:
+    """`subgraph`'s operators in order, their codes looked up in the model's code table."""
+    codes = [_builtin_code(code) for code in fields.tables(root, 1)]  # Model.operator_codes
+    found = []
+    for operator in fields.tables(subgraph, 3):  # SubGraph.operators
+        index = fields.scalar(operator, 0, number_types.Uint32Flags)
+        found.append(_Operator(codes[index] if index < len(codes) else -1,
+                               fields.numbers(operator, 1, number_types.Int32Flags),
+                               fields.numbers(operator, 2, number_types.Int32Flags),
+                               fields.table(operator, 5) if fields.position(operator, 5) else None))
+    return found
+
+
+def _unshifted(root: Any, tensors: list[Any], operator: _Operator, value: int) -> Optional[int]:
     """The output of `operator` when it adds a scalar int8 constant to (or subtracts it from)
     the int8 tensor `value`, with no activation, and every value comes out as it went in: the
     same scale, and the constant's real value a whole number of steps that the zero points'
@@ -201,28 +213,24 @@ def pooled_map_model(model: bytes) -> Optional[bytes]:
     activation another than the graph's).
     """
     root = fields.root(model)
-    codes = [_builtin_code(code) for code in fields.tables(root, 1)]  # Model.operator_codes
     subgraphs = fields.tables(root, 2)  # Model.subgraphs
     if not subgraphs:
         return None
     main = subgraphs[0]
-    operators = [(codes[fields.scalar(operator, 0, number_types.Uint32Flags)],
-                  fields.numbers(operator, 1, number_types.Int32Flags),  # inputs
-                  fields.numbers(operator, 2, number_types.Int32Flags))  # outputs
-                 for operator in fields.tables(main, 3)]  # SubGraph.operators
-    means = [index for index, (code, _, _) in enumerate(operators) if code == _MEAN]
+    operators = _operators(root, main)
+    means = [index for index, operator in enumerate(operators) if operator.code == _MEAN]
     offset = fields.position(main, 2)  # SubGraph.outputs
     if not means or not offset or main.VectorLen(offset) != 1:
         return None
-    reached = operators[means[-1]][2]
-    for code, inputs, outputs in operators[means[-1] + 1:]:
-        if set(inputs) & set(reached):
-            if code not in _REQUANTIZING:
+    reached = operators[means[-1]].outputs
+    for operator in operators[means[-1] + 1:]:
+        if set(operator.inputs) & set(reached):
+            if operator.code not in _REQUANTIZING:
                 return None
-            reached = outputs
+            reached = operator.outputs
     if reached != fields.numbers(main, 2, number_types.Int32Flags):
         return None
-    feature_map = operators[means[-1]][1][0]  # the MEAN's input
+    feature_map = operators[means[-1]].inputs[0]  # the MEAN's input
     patched = bytearray(model)
     struct.pack_into("<i", patched, main.Vector(offset), feature_map)
     return bytes(patched)
