@@ -174,6 +174,11 @@ def test_label_issues_in_row_chunks_are_the_same(monkeypatch):
     model = label_issues.fit_out_of_fold(vectors, labels, 10)
     whole = label_issues.find_label_issues(model[:], labels)
     monkeypatch.setattr(label_issues, "CHUNK_ROWS", 64)
-    assert label_issues.find_label_issues(model, labels) == whole
+    chunked = label_issues.find_label_issues(model, labels)
+    assert [(issue.position, issue.suggested) for issue in chunked] == [
+        (issue.position, issue.suggested) for issue in whole]
+    assert [issue.score for issue in chunked] == pytest.approx([issue.score for issue in whole],
+                                                               rel=1e-6)
     assert {issue.position for issue in whole} & set(flipped.tolist())
-    np.testing.assert_allclose(model[100:164], model[:][100:164])
+    # float32 probabilities; a slice's row count picks the matmul kernel, so the last bits vary
+    np.testing.assert_allclose(model[100:164], model[:][100:164], rtol=1e-5, atol=1e-7)
