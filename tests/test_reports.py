@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from retrainer.cli.retrain import main
@@ -165,6 +167,23 @@ def test_a_curve_of_one_point_is_drawn(solver):
     pixels = np.asarray(Image.open(io.BytesIO(training_curves_png([point], solver))).convert("RGB"))
     blue = np.abs(pixels.astype(int) - (31, 119, 180)).sum(axis=2) < 60  # matplotlib's first colour
     assert _blobs(blue) >= 4  # per panel: the legend's sample and the point
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(steps=st.lists(st.integers(0, 60), min_size=1, max_size=4, unique=True).map(sorted),
+       solver=st.sampled_from(["lbfgs", "sgd"]))
+def test_curves_count_steps_in_whole_numbers(steps, solver):
+    """A tiny set's few evaluations (one L2 strength, two SGD points) still get whole-number
+    step ticks, not 35.96, 35.98, ..."""
+    from retrainer.reports.plots import training_curves_figure
+    from retrainer.training.head_types import EvalPoint
+
+    history = [EvalPoint(step=step, train_accuracy=0.5 + step / 200, cross_entropy=1 - step / 100,
+                         validation_accuracy=None, validation_count=0) for step in steps]
+    for axes in training_curves_figure(history, solver).axes:
+        low, high = axes.get_xlim()
+        shown = [tick for tick in axes.get_xticks() if low <= tick <= high]
+        assert shown and all(float(tick).is_integer() for tick in shown), (steps, shown)
 
 
 def _blobs(mask) -> int:

@@ -37,9 +37,16 @@ def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
             per L2 strength of the path, at its L-BFGS iteration count, on the whole splits).
 
     Returns:
-        PNG bytes.
+        PNG bytes (of `training_curves_figure`).
     """
+    return _png(training_curves_figure(history, solver))
+
+
+def training_curves_figure(history: Sequence[Any], solver: str = "sgd") -> Figure:
+    """The figure `training_curves_png` draws: its x axes count steps or iterations, so their
+    ticks are whole numbers however few the points."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     # Fixed margins: what the panels hold is known (short tick numbers, one-line titles and axis
     # labels, legends inside), so no layout engine has to measure every artist first (a third
@@ -64,9 +71,10 @@ def training_curves_png(history: Sequence[Any], solver: str = "sgd") -> bytes:
                       else "validation (whole split)")
         axes.set_title(title)
         axes.set_xlabel("step" if solver == "sgd" else "L-BFGS iterations (a point per L2 strength)")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axes.grid(alpha=0.3)
         axes.legend()
-    return _png(figure)
+    return figure
 
 
 def confusion_matrix_png(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
