@@ -34,11 +34,14 @@ def main() -> None:
     from retrainer.data.batches import decoded_images
     from retrainer.data.decoding import load_image
     from retrainer.engines import PRECISIONS
+    from retrainer.engines.cpu import cpu_precisions
     from retrainer.engines.factory import create_engine
     from retrainer.extractors import create_extractor
 
-    print(f"GPUs: {tf.config.list_physical_devices('GPU') or 'none (CPU figures)'}; "
-          f"{machine_line()}", flush=True)
+    gpus = tf.config.list_physical_devices("GPU")
+    print(f"GPUs: {gpus or 'none (CPU figures)'}; {machine_line()}", flush=True)
+    # On the CPU, bfloat16 only where TensorFlow applies its rewrite (AVX-512)
+    precisions = PRECISIONS if gpus else cpu_precisions()
     with tempfile.TemporaryDirectory() as scratch:
         work = Path(scratch)
         paths = fashion_mnist_files(work / "fashion", max(1, args.images // 50))
@@ -50,7 +53,7 @@ def main() -> None:
             pass
         decode = len(paths) / (time.perf_counter() - started)
         print(f"decode alone: {decode:.0f} images/s on {os.cpu_count()} CPUs", flush=True)
-        for precision in PRECISIONS:
+        for precision in precisions:
             engine = create_engine(extractor, precision)
             for batch in (int(value) for value in args.batches.split(",")):
                 raw, _ = engine_seconds(engine, pixels, batch)
